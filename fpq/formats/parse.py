@@ -1,0 +1,176 @@
+"""Format strings: ``parse_format`` and the canonical ``str`` (``parse_format(str(f)) == f``).
+
+Grammar (case-insensitive, spaces ignored):
+  fixed<W,I[,Q[,O]]>, ufixed<...>      fpq fixed point; defaults RND_CONV, SAT (a quantizer)
+  ap_fixed<W,I[,AP_Q[,AP_O]]>, ap_ufixed  C++ spelling; defaults AP_TRN, AP_WRAP as in ap_fixed.h
+  intN, uintN, intN_narrow               integers used with a scale
+  [u]eXmY[_bB][_ieee|_fn|_fnuz|_none][_nosub][_nosat]   minifloats, 3..16 bits
+  binary                                 bipolar +-1
+A bare ``eXmY`` follows the OCP / ml_dtypes conventions: e4m3 is float8_e4m3fn (max 448),
+e5m2, e5m10 (fp16) and e8m7 (bf16) are IEEE-like with inf and NaN, every other split has no
+inf or NaN (OCP FP4 / FP6). Any other choice is spelled with a suffix, e.g. ``e4m3_none`` for
+Brevitas' all-finite e4m3 (max 480).
+"""
+from __future__ import annotations
+
+import re
+
+from .types import (OVERFLOW_MODES, ROUNDING_MODES, SPECIALS, Binary, Fixed, Format, Int, Minifloat,
+                    default_specials)
+
+ACCEPTED_FORMS = (
+    "fixed<W,I[,ROUNDING[,OVERFLOW]]> / ufixed<...> (e.g. fixed<8,3>, fixed<6,2,RND,SAT>), "
+    "ap_fixed<W,I[,AP_RND_CONV[,AP_SAT]]> / ap_ufixed<...>, "
+    "intN / uintN / intN_narrow (e.g. int8, uint4), "
+    "[u]eXmY[_bBIAS][_ieee|_fn|_fnuz|_none][_nosub][_nosat] with 3..16 bits (e.g. e2m1, e4m3, e5m2, e3m2_b5), "
+    "aliases fp4, fp6_e2m3, fp6_e3m2, fp8_e4m3, fp8_e5m2, fp16, bf16, float8_e4m3fn, float8_e5m2, "
+    "float8_e4m3fnuz, float8_e5m2fnuz, float8_e4m3, float8_e3m4, float6_e2m3fn, float6_e3m2fn, "
+    "float4_e2m1fn, and binary"
+)
+
+ALIASES = {
+    "fp4": "e2m1",
+    "fp6_e2m3": "e2m3",
+    "fp6_e3m2": "e3m2",
+    "fp8_e4m3": "e4m3",
+    "fp8_e5m2": "e5m2",
+    "fp8": "e4m3",
+    "fp16": "e5m10",
+    "half": "e5m10",
+    "bf16": "e8m7",
+    "bfloat16": "e8m7",
+    "float16": "e5m10",
+    "float8_e4m3fn": "e4m3",
+    "float8_e5m2": "e5m2",
+    "float8_e4m3fnuz": "e4m3_b8_fnuz",
+    "float8_e5m2fnuz": "e5m2_b16_fnuz",
+    "float8_e4m3b11fnuz": "e4m3_b11_fnuz",
+    "float8_e4m3": "e4m3_ieee",
+    "float8_e3m4": "e3m4_ieee",
+    "float6_e2m3fn": "e2m3",
+    "float6_e3m2fn": "e3m2",
+    "float4_e2m1fn": "e2m1",
+    "bipolar": "binary",
+}
+
+
+def _bad(text: str, why: str) -> ValueError:
+    return ValueError(f"invalid format {text!r}: {why}. Accepted forms: {ACCEPTED_FORMS}")
+
+
+def parse_format(text) -> Format:
+    """Parse a format string (or pass a Format through). Raises ValueError naming the problem."""
+    if isinstance(text, Format):
+        return text
+    if not isinstance(text, str):
+        raise ValueError(f"a format must be a string or a Format, got {type(text).__name__}. "
+                         f"Accepted forms: {ACCEPTED_FORMS}")
+    original = text
+    s = re.sub(r"\s+", "", text).lower()
+    if not s:
+        raise _bad(original, "empty string")
+    s = ALIASES.get(s, s)
+    try:
+        if s == "binary":
+            return Binary()
+        if "<" in s:
+            return _parse_fixed(s, original)
+        m = re.fullmatch(r"(u?)int(-?\d+)(_narrow)?", s)
+        if m:
+            bits = int(m.group(2))
+            if bits < 1:
+                raise _bad(original, f"an integer needs at least 1 bit, got {bits}")
+            return Int(bits, signed=not m.group(1), narrow=bool(m.group(3)))
+        if re.fullmatch(r"u?e-?[\d.]+m-?[\d.]+(_.*)?", s):
+            return _parse_minifloat(s, original)
+    except ValueError as e:
+        if "Accepted forms" in str(e):
+            raise
+        raise _bad(original, str(e)) from None
+    raise _bad(original, "not a known format or alias")
+
+
+def _parse_fixed(s: str, original: str) -> Fixed:
+    m = re.fullmatch(r"(ap_)?(u?)fixed<([^>]*)>", s)
+    if not m:
+        raise _bad(original, "malformed fixed-point type")
+    ap, unsigned, body = m.group(1), m.group(2), m.group(3)
+    parts = body.split(",")
+    if len(parts) < 2 or len(parts) > 4:
+        raise _bad(original, f"fixed point takes 2 to 4 parameters (width, int bits, rounding, overflow), got {len(parts)}")
+    try:
+        width, int_bits = int(parts[0]), int(parts[1])
+    except ValueError:
+        raise _bad(original, "width and integer bits must be integers") from None
+    rounding = "TRN" if ap else "RND_CONV"
+    overflow = "WRAP" if ap else "SAT"
+    if len(parts) > 2:
+        rounding = parts[2].upper().removeprefix("AP_")
+        if rounding not in ROUNDING_MODES:
+            raise _bad(original, f"unknown rounding mode {parts[2]!r} (allowed: {', '.join(ROUNDING_MODES)})")
+    if len(parts) > 3:
+        overflow = parts[3].upper().removeprefix("AP_")
+        if overflow not in OVERFLOW_MODES:
+            raise _bad(original, f"unknown overflow mode {parts[3]!r} (allowed: {', '.join(OVERFLOW_MODES)})")
+    if width < 1:
+        raise _bad(original, f"width must be >= 1, got {width}")
+    return Fixed(width, int_bits, signed=not unsigned, rounding=rounding, overflow=overflow)
+
+
+def _parse_minifloat(s: str, original: str) -> Minifloat:
+    head, *suffixes = s.split("_")
+    m = re.fullmatch(r"(u?)e(-?[\d.]+)m(-?[\d.]+)", head)
+    if not m or not re.fullmatch(r"\d+", m.group(2)) or not re.fullmatch(r"\d+", m.group(3)):
+        raise _bad(original, "exponent and mantissa bits must be non-negative integers (eXmY)")
+    unsigned, e, mbits = bool(m.group(1)), int(m.group(2)), int(m.group(3))
+    if e < 1:
+        raise _bad(original, f"a minifloat needs at least 1 exponent bit, got e{e} "
+                             "(with no exponent it is an integer: use intN)")
+    kwargs = dict(signed=not unsigned, specials=default_specials(e, mbits))
+    seen = set()
+    for suf in suffixes:
+        key = "b" if re.fullmatch(r"b-?[\d.]+", suf) else suf
+        if key in seen:
+            raise _bad(original, f"suffix {suf!r} given twice")
+        seen.add(key)
+        if key == "b":
+            val = suf[1:]
+            if not re.fullmatch(r"-?\d+", val):
+                raise _bad(original, f"exponent bias must be an integer, got {val!r} "
+                                     "(a real-valued range shift belongs in the scale)")
+            kwargs["bias"] = int(val)
+        elif suf in SPECIALS or suf == "finite":
+            if "specials" in seen:
+                raise _bad(original, "more than one specials suffix")
+            seen.add("specials")
+            kwargs["specials"] = "none" if suf == "finite" else suf
+        elif suf == "nosub":
+            kwargs["subnormals"] = False
+        elif suf == "nosat":
+            kwargs["saturate"] = False
+        else:
+            raise _bad(original, f"unknown minifloat suffix {suf!r} "
+                                 f"(allowed: _bBIAS, {', '.join('_' + k for k in SPECIALS)}, _nosub, _nosat)")
+    return Minifloat(e, mbits, **kwargs)
+
+
+def format_to_str(fmt: Format) -> str:
+    """Canonical string of a Format."""
+    if isinstance(fmt, Binary):
+        return "binary"
+    if isinstance(fmt, Int):
+        return f"{'' if fmt.signed else 'u'}int{fmt.bits}{'_narrow' if fmt.narrow else ''}"
+    if isinstance(fmt, Fixed):
+        return f"{'' if fmt.signed else 'u'}fixed<{fmt.width},{fmt.int_bits},{fmt.rounding},{fmt.overflow}>"
+    if isinstance(fmt, Minifloat):
+        s = f"{'' if fmt.signed else 'u'}e{fmt.exp_bits}m{fmt.man_bits}"
+        if fmt.bias != fmt.default_bias:
+            s += f"_b{fmt.bias}"
+        if fmt.specials != default_specials(fmt.exp_bits, fmt.man_bits):
+            s += f"_{fmt.specials}"
+        if not fmt.subnormals:
+            s += "_nosub"
+        if not fmt.saturate:
+            s += "_nosat"
+        return s
+    raise TypeError(f"not a Format: {fmt!r}")

@@ -1,0 +1,308 @@
+"""The Format types: the single source of truth for every number format fpq knows.
+
+Each Format is a frozen dataclass validated on construction. The bit width is derived, never
+stored. ``str(fmt)`` is canonical and ``parse_format(str(fmt)) == fmt`` (see ``parse.py``).
+This module imports numpy only; torch, Brevitas and hls4ml consumers read these objects.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+# ap_fixed quantization (rounding) modes, with the ap_fixed.h meaning of each.
+ROUNDING_MODES = {
+    "RND": "round to nearest, ties toward +inf",
+    "RND_ZERO": "round to nearest, ties toward zero",
+    "RND_MIN_INF": "round to nearest, ties toward -inf",
+    "RND_INF": "round to nearest, ties away from zero",
+    "RND_CONV": "round to nearest, ties to even (convergent)",
+    "TRN": "truncate toward -inf (drop bits)",
+    "TRN_ZERO": "truncate toward zero",
+}
+# ap_fixed overflow modes.
+OVERFLOW_MODES = {
+    "SAT": "clamp to the largest / smallest value",
+    "SAT_ZERO": "an out-of-range value becomes zero",
+    "SAT_SYM": "clamp symmetrically to +-max (signed: the most negative code is not produced)",
+    "WRAP": "two's complement wrap-around (drop the high bits)",
+}
+SPECIALS = {
+    "none": "every code is a finite number (OCP FP4/FP6, Brevitas' generic minifloat)",
+    "ieee": "the top exponent holds inf (mantissa 0) and NaN (else), as IEEE 754",
+    "fn": "no inf; only the all-ones code (per sign) is NaN (float8_e4m3fn)",
+    "fnuz": "no inf, no negative zero; the negative-zero code is the single NaN",
+}
+
+
+# The specials a minifloat gets when none is named (OCP / ml_dtypes conventions): e4m3 is
+# float8_e4m3fn, e5m2 / fp16 / bf16 are IEEE-like; every other split has no inf or NaN.
+DEFAULT_SPECIALS = {(4, 3): "fn", (5, 2): "ieee", (5, 10): "ieee", (8, 7): "ieee"}
+
+
+def default_specials(exp_bits: int, man_bits: int) -> str:
+    return DEFAULT_SPECIALS.get((exp_bits, man_bits), "none")
+
+
+class Format:
+    """Base class of all formats. Subclasses are frozen dataclasses."""
+
+    kind: ClassVar[str] = "format"
+
+    def __str__(self) -> str:
+        from .parse import format_to_str
+
+        return format_to_str(self)
+
+
+def _check_int(name: str, value, minimum: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _check_bool(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+@dataclass(frozen=True, eq=True, repr=True)
+class Fixed(Format):
+    """Two's complement (or unsigned) fixed point exactly as ``ap_fixed<W, I, Q, O>``.
+
+    ``width`` bits in all, ``int_bits`` of them left of the binary point (may be negative or
+    larger than ``width``, as in ap_fixed). Values are ``k * 2**-(width - int_bits)`` for an
+    integer ``k`` in the signed or unsigned ``width``-bit range.
+    """
+
+    width: int
+    int_bits: int
+    signed: bool = True
+    rounding: str = "RND_CONV"
+    overflow: str = "SAT"
+    kind: ClassVar[str] = "fixed"
+
+    def __post_init__(self):
+        _check_int("fixed width", self.width, 1)
+        _check_int("fixed int_bits", self.int_bits)
+        _check_bool("signed", self.signed)
+        if self.width > 64:
+            raise ValueError(f"fixed width {self.width} > 64 is not supported")
+        if self.rounding not in ROUNDING_MODES:
+            raise ValueError(f"unknown rounding mode {self.rounding!r}; allowed: {', '.join(ROUNDING_MODES)}")
+        if self.overflow not in OVERFLOW_MODES:
+            raise ValueError(f"unknown overflow mode {self.overflow!r}; allowed: {', '.join(OVERFLOW_MODES)}")
+
+    __str__ = Format.__str__
+
+    @property
+    def frac_bits(self) -> int:
+        return self.width - self.int_bits
+
+    @property
+    def step(self) -> float:
+        return math.ldexp(1.0, -self.frac_bits)
+
+    @property
+    def int_range(self) -> tuple[int, int]:
+        """Range of the integer code k (value = k * step)."""
+        if self.signed:
+            return -(1 << (self.width - 1)), (1 << (self.width - 1)) - 1
+        return 0, (1 << self.width) - 1
+
+
+@dataclass(frozen=True, eq=True)
+class Int(Format):
+    """Integer codes used with a scale: value = k * scale, k in the (narrow) integer range.
+
+    Rounding is half to even (as torch.round and Brevitas); out-of-range values saturate.
+    """
+
+    bits: int
+    signed: bool = True
+    narrow: bool = False
+    kind: ClassVar[str] = "int"
+
+    def __post_init__(self):
+        _check_int("int bits", self.bits, 1)
+        _check_bool("signed", self.signed)
+        _check_bool("narrow", self.narrow)
+        if self.signed and self.bits < 2:
+            raise ValueError("a signed integer needs at least 2 bits (int2); for +-1 use 'binary'")
+        if self.bits > 32:
+            raise ValueError(f"int bits {self.bits} > 32 is not supported")
+        if self.narrow and not self.signed:
+            raise ValueError("narrow range applies to signed integers only")
+
+    __str__ = Format.__str__
+
+    @property
+    def width(self) -> int:
+        return self.bits
+
+    @property
+    def int_range(self) -> tuple[int, int]:
+        if self.signed:
+            lo = -(1 << (self.bits - 1))
+            return (lo + 1 if self.narrow else lo), (1 << (self.bits - 1)) - 1
+        return 0, (1 << self.bits) - 1
+
+    def as_fixed(self) -> Fixed:
+        """The Fixed format with the same value set at scale 1."""
+        return Fixed(self.bits, self.bits, self.signed, "RND_CONV", "SAT_SYM" if self.narrow else "SAT")
+
+
+@dataclass(frozen=True, eq=True)
+class Minifloat(Format):
+    """A small floating-point format ExMy: sign (optional), exponent, mantissa bits.
+
+    value = (-1)**s * 2**(e - bias) * (1 + m / 2**M) for normal codes (e > 0) and
+    (-1)**s * 2**(1 - bias) * (m / 2**M) for subnormal codes (e == 0) when ``subnormals``;
+    without subnormals an exponent field of 0 encodes zero only. ``specials`` says which codes
+    are inf / NaN (see SPECIALS); left as None it follows ``default_specials``. Rounding is to nearest, ties to even. ``saturate``: values
+    beyond the largest finite clamp to it; otherwise they become inf (ieee) or NaN (fn, fnuz).
+    """
+
+    exp_bits: int
+    man_bits: int
+    bias: int | None = None
+    signed: bool = True
+    subnormals: bool = True
+    specials: str | None = None
+    saturate: bool = True
+    kind: ClassVar[str] = "minifloat"
+
+    def __post_init__(self):
+        _check_int("exponent bits", self.exp_bits, 1)
+        _check_int("mantissa bits", self.man_bits, 0)
+        bias = self.bias
+        if bias is None:  # `is None`, never truthiness: a bias of 0 is a bias
+            bias = (1 << (self.exp_bits - 1)) - 1
+        if isinstance(bias, float):
+            if not bias.is_integer():
+                raise ValueError(f"exponent bias must be an integer, got {bias} "
+                                 "(a real-valued range shift belongs in the scale)")
+            bias = int(bias)
+        _check_int("exponent bias", bias)
+        object.__setattr__(self, "bias", bias)
+        if self.specials is None:
+            object.__setattr__(self, "specials", default_specials(self.exp_bits, self.man_bits))
+        _check_bool("signed", self.signed)
+        _check_bool("subnormals", self.subnormals)
+        _check_bool("saturate", self.saturate)
+        if self.specials not in SPECIALS:
+            raise ValueError(f"unknown specials {self.specials!r}; allowed: {', '.join(SPECIALS)}")
+        if not 3 <= self.width <= 16:
+            raise ValueError(f"minifloat width {self.width} (sign+exponent+mantissa) must be 3..16 bits")
+        if self.specials == "none" and not self.saturate:
+            raise ValueError("a minifloat without inf/NaN codes must saturate (saturate=True)")
+        if self.specials == "fnuz" and not self.signed:
+            raise ValueError("fnuz uses the negative-zero code as NaN: it needs a sign bit")
+        if self.specials == "ieee" and self.exp_bits < 2:
+            raise ValueError("ieee specials reserve the top exponent: at least 2 exponent bits needed")
+        if self.specials == "fn" and self.man_bits == 0 and self.exp_bits < 2:
+            raise ValueError("fn specials with 0 mantissa bits need at least 2 exponent bits")
+        if abs(bias) > 1000:
+            raise ValueError(f"exponent bias {bias} is out of the supported range (|bias| <= 1000)")
+
+    __str__ = Format.__str__
+
+    @property
+    def width(self) -> int:
+        return int(self.signed) + self.exp_bits + self.man_bits
+
+    @property
+    def default_bias(self) -> int:
+        return (1 << (self.exp_bits - 1)) - 1
+
+    @property
+    def emin(self) -> int:
+        """Unbiased exponent of the smallest normal value."""
+        return 1 - self.bias
+
+    @property
+    def max_exp_field(self) -> int:
+        """Largest exponent field value that encodes finite numbers."""
+        top = (1 << self.exp_bits) - 1
+        if self.specials == "ieee":
+            return top - 1
+        if self.specials == "fn" and self.man_bits == 0:
+            return top - 1
+        return top
+
+    @property
+    def max_value(self) -> float:
+        """Largest finite value."""
+        e = self.max_exp_field
+        m_max = (1 << self.man_bits) - 1
+        if self.specials == "fn" and self.man_bits > 0:
+            m_max -= 1  # the all-ones mantissa of the top exponent is NaN
+        if e == 0:  # only subnormals (tiny formats)
+            return math.ldexp(m_max, self.emin - self.man_bits)
+        return math.ldexp((1 << self.man_bits) + m_max, e - self.bias - self.man_bits)
+
+    @property
+    def min_normal(self) -> float:
+        return math.ldexp(1.0, self.emin)
+
+    @property
+    def min_subnormal(self) -> float:
+        if not self.subnormals or self.man_bits == 0:
+            return self.min_normal
+        return math.ldexp(1.0, self.emin - self.man_bits)
+
+    @property
+    def has_inf(self) -> bool:
+        return self.specials == "ieee"
+
+    @property
+    def has_nan(self) -> bool:
+        return self.specials != "none"
+
+
+@dataclass(frozen=True, eq=True)
+class Binary(Format):
+    """Bipolar binary: every value is -1 or +1 (times the scale). sign(0) = +1, as BipolarQuant."""
+
+    kind: ClassVar[str] = "binary"
+
+    __str__ = Format.__str__
+
+    @property
+    def width(self) -> int:
+        return 1
+
+    @property
+    def signed(self) -> bool:
+        return True
+
+
+SCALE_KINDS = ("none", "po2", "float", "block")
+GRANULARITIES = ("tensor", "channel", "block")
+ROLES = ("weight", "bias", "input", "output", "accumulator")
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How one tensor is quantized: its Format, the kind of scale and its granularity."""
+
+    format: Format
+    scale: str = "po2"
+    granularity: str = "tensor"
+    role: str = "weight"
+    block_size: int | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.format, Format):
+            raise ValueError(f"QuantSpec.format must be a Format, got {self.format!r}")
+        if self.scale not in SCALE_KINDS:
+            raise ValueError(f"unknown scale kind {self.scale!r}; allowed: {', '.join(SCALE_KINDS)}")
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"unknown granularity {self.granularity!r}; allowed: {', '.join(GRANULARITIES)}")
+        if self.role not in ROLES:
+            raise ValueError(f"unknown role {self.role!r}; allowed: {', '.join(ROLES)}")
+        if (self.granularity == "block") != (self.block_size is not None):
+            raise ValueError("block granularity needs block_size, and block_size needs block granularity")
+        if self.block_size is not None:
+            _check_int("block_size", self.block_size, 1)

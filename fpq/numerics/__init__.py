@@ -1,0 +1,11 @@
+"""Bit-exact numerics: the numpy reference and its torch twin (imported lazily)."""
+from .reference import quantize, quantize_unscaled, round_fixed, overflow_fixed
+
+__all__ = ["quantize", "quantize_unscaled", "round_fixed", "overflow_fixed", "quantize_torch"]
+
+
+def __getattr__(name):
+    if name in ("quantize_torch", "ste_quantize_unscaled", "quantize_unscaled_torch"):
+        from . import torch_ops
+        return getattr(torch_ops, name)
+    raise AttributeError(name)

@@ -1,0 +1,146 @@
+"""The bit-exact numpy reference: ``quantize(x, fmt, scale)``.
+
+This is the only hand-written oracle of fpq's numerics; every other path (torch, emulator,
+QONNX, HLS C-sim) is tested against it, and it is tested against ml_dtypes and the ap_fixed
+headers. Semantics, for every format:
+
+* ``y = Q(x / scale) * scale``. The two scale operations run in the dtype of ``x`` (float32
+  input: float32 arithmetic, exactly as a float32 torch fake-quant does); ``Q`` itself is
+  computed exactly in float64.
+* NaN in gives NaN out (fixed and integer hardware has no NaN: calibration and verification
+  reject NaN inputs before they get here).
+* +-inf: saturating formats give +-max; minifloats with ``saturate=False`` give inf (ieee) or
+  NaN (fn, fnuz); fixed WRAP / SAT_ZERO give NaN / 0 (ap_fixed has no defined wrap of inf).
+* Minifloat: round to nearest, ties to even; without subnormals, magnitudes below the smallest
+  normal round to 0 or to it (ties to 0). Unsigned formats clamp negatives to 0.
+* Fixed: each ap_fixed quantization mode and overflow mode exactly as ap_fixed.h.
+* Int: round half to even, saturate to the (narrow) range.
+* Binary: +scale where x >= 0, else -scale.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from ..formats import Binary, Fixed, Format, Int, Minifloat, parse_format
+
+
+def _as_float_array(x) -> np.ndarray:
+    a = np.asarray(x)
+    if a.dtype.kind != "f":
+        a = a.astype(np.float64)
+    return a
+
+
+def quantize(x, fmt, scale=1.0) -> np.ndarray:
+    """Quantize ``x`` to ``fmt`` with ``scale`` (scalar or broadcastable array)."""
+    fmt = parse_format(fmt)
+    x = _as_float_array(x)
+    dt = x.dtype
+    scale = np.asarray(scale, dtype=dt)
+    if np.any(~np.isfinite(scale)) or np.any(scale <= 0):
+        raise ValueError("scale must be finite and > 0")
+    xs = (x / scale).astype(dt) if not np.all(scale == 1) else x
+    q = quantize_unscaled(xs.astype(np.float64), fmt).astype(dt)
+    return (q * scale).astype(dt) if not np.all(scale == 1) else q
+
+
+@functools.singledispatch
+def quantize_unscaled(x: np.ndarray, fmt: Format) -> np.ndarray:
+    """Exact quantization at scale 1, float64 in and out. One function per Format class."""
+    raise TypeError(f"no numpy quantizer for {type(fmt).__name__}")
+
+
+@quantize_unscaled.register
+def _(x: np.ndarray, fmt: Binary) -> np.ndarray:
+    return np.where(np.isnan(x), np.nan, np.where(x >= 0, 1.0, -1.0))
+
+
+@quantize_unscaled.register
+def _(x: np.ndarray, fmt: Int) -> np.ndarray:
+    lo, hi = fmt.int_range
+    with np.errstate(invalid="ignore"):
+        return np.clip(np.rint(x), lo, hi)
+
+
+def round_fixed(s: np.ndarray, rounding: str) -> np.ndarray:
+    """Round the real numbers ``s`` (float64, exact) to integers by an ap_fixed mode."""
+    if rounding == "RND_CONV":
+        return np.rint(s)
+    f = np.floor(s)
+    if rounding == "TRN":
+        return f
+    if rounding == "TRN_ZERO":
+        return np.trunc(s)
+    frac = s - f  # exact in float64
+    above, tie = frac > 0.5, frac == 0.5
+    if rounding == "RND":
+        up = above | tie
+    elif rounding == "RND_ZERO":
+        up = above | (tie & (s < 0))
+    elif rounding == "RND_MIN_INF":
+        up = above
+    elif rounding == "RND_INF":
+        up = above | (tie & (s > 0))
+    else:
+        raise ValueError(f"unknown rounding mode {rounding!r}")
+    return f + up
+
+
+def overflow_fixed(k: np.ndarray, lo: int, hi: int, width: int, signed: bool, overflow: str) -> np.ndarray:
+    """Apply an ap_fixed overflow mode to integer codes ``k`` (float64 holding integers)."""
+    if overflow == "SAT":
+        return np.clip(k, lo, hi)
+    if overflow == "SAT_ZERO":
+        return np.where((k < lo) | (k > hi), 0.0, k)
+    if overflow == "SAT_SYM":
+        # ap_fixed.h: only an overflow (or underflow) saturates, and then to +-max; an
+        # in-range most negative code is kept.
+        sym_lo = -hi if signed else lo
+        return np.where(k > hi, hi, np.where(k < lo, sym_lo, k))
+    if overflow == "WRAP":
+        span = float(2 ** width)
+        with np.errstate(invalid="ignore"):
+            return np.mod(k - lo, span) + lo
+    raise ValueError(f"unknown overflow mode {overflow!r}")
+
+
+@quantize_unscaled.register
+def _(x: np.ndarray, fmt: Fixed) -> np.ndarray:
+    lo, hi = fmt.int_range
+    s = np.ldexp(x, fmt.frac_bits)  # exact: power-of-two scaling
+    inf = np.isinf(s)
+    with np.errstate(invalid="ignore"):
+        k = round_fixed(np.where(inf, 0.0, s), fmt.rounding)
+        k = np.where(inf, np.sign(s) * np.inf, k)
+        k = overflow_fixed(k, lo, hi, fmt.width, fmt.signed, fmt.overflow)
+    return np.ldexp(k, -fmt.frac_bits)
+
+
+@quantize_unscaled.register
+def _(x: np.ndarray, fmt: Minifloat) -> np.ndarray:
+    M = fmt.man_bits
+    mx = fmt.max_value
+    a = np.abs(x)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        _, e2 = np.frexp(a)                 # a = f * 2**e2 with f in [0.5, 1): exponent exact
+        e = np.maximum(e2 - 1, fmt.emin)    # binade exponent, clamped to the subnormal binade
+        ulp_exp = e - M
+        if not fmt.subnormals:
+            ulp_exp = np.where(a < fmt.min_normal, fmt.emin, ulp_exp)  # round to {0, min_normal}
+        finite = np.isfinite(a)
+        q = np.where(finite, np.ldexp(np.rint(np.ldexp(np.where(finite, a, 0.0), -ulp_exp)), ulp_exp), a)
+        over = q > mx
+        if fmt.saturate:
+            q = np.where(over, mx, q)
+        elif fmt.specials == "ieee":
+            q = np.where(over, np.inf, q)
+        else:
+            q = np.where(over, np.nan, q)
+        y = np.where(x < 0, -q, q)
+        if not fmt.signed:
+            y = np.where(x < 0, 0.0, y)
+        if fmt.specials == "fnuz":
+            y = np.where(y == 0, 0.0, y)  # no negative zero
+    return y
