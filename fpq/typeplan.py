@@ -1,0 +1,169 @@
+"""The TypePlan: every tensor's exact Format (and scale), layer by layer.
+
+It is computed by fpq from the formats, never left to hls4ml's ``auto``: the emulator, the HLS
+writer and the cost model all read it. Products and accumulators are derived here so that
+every consumer uses the same exact widths: an accumulator is wide enough that no sum of
+``fan_in`` products plus the bias can overflow, unless the user narrows it explicitly.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .formats import Binary, Fixed, Format, exact_fixed, parse_format
+
+ROLES_ORDER = ("input", "weight", "bias", "product", "accumulator", "output")
+
+
+def po2_exponents(scale) -> np.ndarray | None:
+    """Integer exponents if every scale is a power of two, else None."""
+    s = np.asarray(scale, dtype=np.float64)
+    if np.any(~np.isfinite(s)) or np.any(s <= 0):
+        return None
+    m, e = np.frexp(s)
+    if np.any(m != 0.5):
+        return None
+    return (e - 1).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class TensorType:
+    """A tensor's Format and scale: real value = format value * scale.
+
+    ``scale`` is a float32 array of shape () (per tensor) or (C,) (per output channel).
+    """
+
+    format: Format
+    scale: np.ndarray = field(default_factory=lambda: np.float32(1.0))
+
+    def __post_init__(self):
+        object.__setattr__(self, "format", parse_format(self.format))
+        object.__setattr__(self, "scale", np.asarray(self.scale, dtype=np.float32))
+
+    @property
+    def po2(self) -> bool:
+        return po2_exponents(self.scale) is not None
+
+    def carrier(self) -> Fixed:
+        """The exact fixed-point type holding every value of this tensor (scale folded in).
+
+        Per-channel power-of-two scales share one carrier wide enough for all channels.
+        A non-power-of-two scale has no exact fixed carrier: ValueError says so.
+        """
+        exps = po2_exponents(self.scale)
+        if exps is None:
+            raise ValueError(f"scale {self.scale.ravel()[:4]}... of {self.format} is not a power of two: "
+                             "no exact fixed-point carrier")
+        carriers = [exact_fixed(self.format, int(e)) for e in np.unique(exps)]
+        return fixed_union(carriers)
+
+    def describe(self) -> str:
+        s = self.scale.ravel()
+        if s.size == 1:
+            exps = po2_exponents(s)
+            sc = f"2^{int(exps[0])}" if exps is not None else f"{float(s[0]):.6g}"
+        else:
+            sc = f"per-channel[{s.size}]" + (" po2" if self.po2 else "")
+        return f"{self.format} x {sc}"
+
+
+def fixed_union(formats) -> Fixed:
+    """Smallest Fixed that holds every value of each of ``formats`` (all Fixed)."""
+    formats = list(formats)
+    signed = any(f.signed for f in formats)
+    frac = max(f.frac_bits for f in formats)
+    # integer bits needed, counting the sign bit once when any format is signed
+    ints = [f.int_bits + (1 if signed and not f.signed else 0) for f in formats]
+    int_bits = max(ints)
+    return Fixed(int_bits + frac, int_bits, signed)
+
+
+def product_type(a: Fixed, b: Fixed) -> Fixed:
+    """Exact type of a * b."""
+    signed = a.signed or b.signed
+    width = a.width + b.width + (1 if signed and not (a.signed and b.signed) else 0)
+    return Fixed(width, a.int_bits + b.int_bits + (width - a.width - b.width), signed)
+
+
+def sum_type(term: Fixed, count: int, extra: Fixed | None = None) -> Fixed:
+    """Exact type of a sum of ``count`` terms of type ``term`` (plus one ``extra`` term)."""
+    if count < 1:
+        raise ValueError("a sum needs at least one term")
+    grow = math.ceil(math.log2(count + (1 if extra is not None else 0))) if count > 1 or extra else 0
+    base = term if extra is None else fixed_union([term, extra])
+    return Fixed(base.width + grow, base.int_bits + grow, base.signed)
+
+
+@dataclass
+class LayerPlan:
+    """One layer: its op and the TensorType of each role it has."""
+
+    name: str
+    op: str
+    tensors: dict = field(default_factory=dict)   # role -> TensorType or Fixed (derived)
+    fan_in: int | None = None
+    note: str = ""
+
+    def derive(self) -> "LayerPlan":
+        """Fill product and accumulator from input, weight (and bias) when all are exact fixed."""
+        x, w = self.tensors.get("input"), self.tensors.get("weight")
+        if x is None or w is None or self.fan_in is None:
+            return self
+        if not (x.po2 and w.po2):
+            return self
+        prod = product_type(x.carrier(), w.carrier())
+        if isinstance(w.format, Binary) and isinstance(x.format, Binary):
+            prod = Fixed(2, 2, True)
+        b = self.tensors.get("bias")
+        bias_c = b.carrier() if isinstance(b, TensorType) and b.po2 else None
+        self.tensors["product"] = prod
+        self.tensors["accumulator"] = sum_type(prod, self.fan_in, bias_c)
+        return self
+
+
+@dataclass
+class TypePlan:
+    """Ordered per-layer types of a quantized network."""
+
+    layers: dict = field(default_factory=dict)   # name -> LayerPlan, in execution order
+
+    def add(self, layer: LayerPlan) -> LayerPlan:
+        self.layers[layer.name] = layer
+        return layer
+
+    def __getitem__(self, name) -> LayerPlan:
+        return self.layers[name]
+
+    def __iter__(self):
+        return iter(self.layers.values())
+
+    def __len__(self):
+        return len(self.layers)
+
+    def rows(self):
+        for layer in self:
+            for role in sorted(layer.tensors, key=lambda r: ROLES_ORDER.index(r) if r in ROLES_ORDER else 99):
+                t = layer.tensors[role]
+                yield layer.name, layer.op, role, (t.describe() if isinstance(t, TensorType) else str(t))
+
+    def table(self) -> str:
+        rows = [("layer", "op", "role", "type")] + list(self.rows())
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+    __str__ = table
+
+
+def plan(q) -> TypePlan:
+    """The TypePlan of a converted model (``fpq.convert``) or of a QONNX file / ModelWrapper."""
+    builder = getattr(q, "fpq_typeplan", None)
+    if callable(builder):
+        return builder()
+    if isinstance(q, TypePlan):
+        return q
+    from .export.graph import typeplan_from_qonnx  # QONNX path (fpq.export)
+    return typeplan_from_qonnx(q)
