@@ -104,6 +104,8 @@ class LayerPlan:
     op: str
     tensors: dict = field(default_factory=dict)   # role -> TensorType or Fixed (derived)
     fan_in: int | None = None
+    values: dict = field(default_factory=dict)    # role -> np.ndarray of quantized values (weight, bias)
+    attrs: dict = field(default_factory=dict)     # op attributes: kernel, stride, padding, shapes, ...
     note: str = ""
 
     def derive(self) -> "LayerPlan":
