@@ -17,19 +17,31 @@ import torch
 from ..formats import Binary, Fixed, Format, Int, Minifloat, finfo, parse_format
 
 
-@functools.singledispatch
+def _dispatch_on_format(func):
+    """singledispatch on the type of the second argument ``fmt`` (functools dispatches on the first)."""
+    dispatcher = functools.singledispatch(func)
+
+    @functools.wraps(func)
+    def wrapper(x, fmt):
+        return dispatcher.dispatch(type(fmt))(x, fmt)
+
+    wrapper.register = dispatcher.register
+    return wrapper
+
+
+@_dispatch_on_format
 def quantize_unscaled_torch(x: torch.Tensor, fmt: Format) -> torch.Tensor:
     """Exact quantization at scale 1 of a float64 tensor (no gradient)."""
     raise TypeError(f"no torch quantizer for {type(fmt).__name__}")
 
 
-@quantize_unscaled_torch.register
+@quantize_unscaled_torch.register(Binary)
 def _(x: torch.Tensor, fmt: Binary) -> torch.Tensor:
     one = torch.ones_like(x)
     return torch.where(torch.isnan(x), x, torch.where(x >= 0, one, -one))
 
 
-@quantize_unscaled_torch.register
+@quantize_unscaled_torch.register(Int)
 def _(x: torch.Tensor, fmt: Int) -> torch.Tensor:
     lo, hi = fmt.int_range
     return torch.clamp(torch.round(x), lo, hi)
@@ -65,14 +77,15 @@ def overflow_fixed_torch(k: torch.Tensor, lo: int, hi: int, width: int, signed: 
     if overflow == "SAT_ZERO":
         return torch.where((k < lo) | (k > hi), torch.zeros_like(k), k)
     if overflow == "SAT_SYM":
-        sym_lo = -hi if signed else lo
-        return torch.where(k > hi, torch.full_like(k, hi), torch.where(k < lo, torch.full_like(k, sym_lo), k))
+        # as ap_fixed.h: a signed target never takes the most negative code
+        return torch.clamp(k, -hi if signed else lo, hi)
     if overflow == "WRAP":
-        return torch.remainder(k - lo, float(2 ** width)) + lo
+        span = float(2 ** width)  # reduce first: k - lo is inexact for huge k
+        return torch.remainder(torch.remainder(k, span) - lo, span) + lo
     raise ValueError(f"unknown overflow mode {overflow!r}")
 
 
-@quantize_unscaled_torch.register
+@quantize_unscaled_torch.register(Fixed)
 def _(x: torch.Tensor, fmt: Fixed) -> torch.Tensor:
     lo, hi = fmt.int_range
     s = torch.ldexp(x, torch.tensor(float(fmt.frac_bits), dtype=x.dtype, device=x.device))
@@ -83,7 +96,7 @@ def _(x: torch.Tensor, fmt: Fixed) -> torch.Tensor:
     return k * (2.0 ** -fmt.frac_bits)
 
 
-@quantize_unscaled_torch.register
+@quantize_unscaled_torch.register(Minifloat)
 def _(x: torch.Tensor, fmt: Minifloat) -> torch.Tensor:
     M = fmt.man_bits
     mx = fmt.max_value

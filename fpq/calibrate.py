@@ -1,0 +1,129 @@
+"""fpq.calibrate: statistics-based post-training quantization of an ``fpq.convert`` model.
+
+Activation scales come from the float activations seen on ``batches``: while calibrating, every
+activation quantizer passes its input through unchanged (as Brevitas' calibration mode does)
+and records it, so the statistics describe the float network, not an already-quantized one.
+Weight and bias scales come from the parameters themselves. Brevitas' own statistics modules
+are not used because fpq's quantizers replace its tensor_quant (see fpq.nn.quantizers); the
+statistics here are few and exact (running max) or sample-based (percentile, MSE).
+
+Power-of-two scales: ``max`` and ``percentile`` take the smallest power of two that keeps the
+statistic representable (ceil of log2); ``mse`` picks, among that power of two and the eight
+below it, the one with the smallest quantization MSE on the samples.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from .nn.calibration_stats import METHODS, choose_scale
+from .nn.layers import init_param_scales
+from .nn.quantizers import FpqTensorQuant
+
+_SAMPLES_PER_BATCH = 4096     # values kept per quantizer and batch for percentile / MSE
+_MAX_SAMPLES = 1 << 20
+
+
+class _Recorder:
+    def __init__(self):
+        self.max = 0.0
+        self.samples = []
+        self.count = 0
+
+    def add(self, x: torch.Tensor, gen: torch.Generator):
+        x = x.detach().reshape(-1).to(torch.float64)
+        if x.numel() == 0:
+            return
+        self.max = max(self.max, float(x.abs().max()))
+        if self.count < _MAX_SAMPLES:
+            if x.numel() > _SAMPLES_PER_BATCH:
+                idx = torch.randint(0, x.numel(), (_SAMPLES_PER_BATCH,), generator=gen)
+                x = x[idx]
+            self.samples.append(x.cpu())
+            self.count += x.numel()
+
+
+def _first_tensor(batch):
+    if torch.is_tensor(batch):
+        return batch
+    if isinstance(batch, (list, tuple)) and batch and torch.is_tensor(batch[0]):
+        return batch[0]
+    if isinstance(batch, dict) and batch:
+        return next(iter(batch.values()))
+    raise TypeError(f"a calibration batch must be a tensor or (inputs, ...) tuple, got {type(batch).__name__}")
+
+
+@contextlib.contextmanager
+def _recording(q, recorders, gen):
+    """Make every activation quantizer an identity that records its input."""
+    hooked = []
+    for name, role, tq in q.fpq_quantizers():
+        if role != "output":
+            continue
+        rec = recorders.setdefault(id(tq), (tq, _Recorder()))[1]
+        tq.observer = lambda x, _rec=rec: _rec.add(x, gen)
+        hooked.append(tq)
+    try:
+        yield
+    finally:
+        for tq in hooked:
+            tq.observer = None
+
+
+def calibrate(q, batches, method: str = "max", percentile: float = 99.99, progress: bool = True,
+              max_batches: int | None = None):
+    """Set the scales of ``q`` (an ``fpq.convert`` model) from data; returns ``q``.
+
+    batches: an iterable of input tensors or (inputs, targets) tuples (a DataLoader works).
+    method: "max" | "percentile" | "mse". NaN or Inf in a batch raises ValueError naming it.
+    Quantizers whose format carries its own scaling (Fixed) keep scale 1.
+    """
+    from tqdm.auto import tqdm
+
+    if method not in METHODS:
+        raise ValueError(f"unknown calibration method {method!r}; allowed: {', '.join(METHODS)}")
+    if not hasattr(q, "fpq_quantizers"):
+        raise TypeError("fpq.calibrate expects a model returned by fpq.convert")
+    was_training = q.training
+    q.eval()
+    gen = torch.Generator().manual_seed(0)
+    recorders = {}
+    seen = 0
+    first = None
+    with torch.no_grad(), _recording(q, recorders, gen):
+        total = None
+        try:
+            total = len(batches)
+        except TypeError:
+            pass
+        if max_batches is not None:
+            total = min(total, max_batches) if total is not None else max_batches
+        for i, batch in enumerate(tqdm(batches, total=total, desc="fpq.calibrate", disable=not progress)):
+            if max_batches is not None and i >= max_batches:
+                break
+            x = _first_tensor(batch)
+            if torch.is_floating_point(x) and not torch.isfinite(x).all():
+                bad = int((~torch.isfinite(x)).sum())
+                raise ValueError(f"fpq.calibrate: batch {i} contains {bad} NaN/Inf value(s); "
+                                 "calibration data must be finite")
+            if first is None:
+                first = x
+            q(x)
+            seen += 1
+    if seen == 0:
+        raise ValueError("fpq.calibrate: no batches given")
+    for tq, rec in recorders.values():
+        if tq.scale_kind == "none" or rec.count == 0:
+            continue
+        if method == "max":
+            s = choose_scale(tq, torch.tensor([rec.max]), "max")
+        else:
+            s = choose_scale(tq, torch.cat(rec.samples + [torch.tensor([rec.max])]), method, percentile)
+        tq.set_scale(s)
+    for _, m in q.named_modules():
+        if hasattr(m, "fpq_weight"):
+            init_param_scales(m, "mse" if method == "mse" else "max")
+    q.fpq_record_shapes(first[:1])
+    q.train(was_training)
+    return q

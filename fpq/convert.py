@@ -1,0 +1,296 @@
+"""fpq.convert: a float PyTorch model -> a quantized model built from Brevitas layers.
+
+One policy (format strings for weights / activations / bias / inputs, scale kind, granularity,
+per-module overrides) becomes fpq quantizers (``fpq.nn.quantizers``) inside Brevitas quant
+layers. The model is traced with torch.fx; BatchNorm is folded with Brevitas' MergeBatchNorm;
+Dropout is removed; residual adds become ``FpqAdd`` modules; an explicit input quantizer is
+the first op. The original model is never mutated.
+"""
+from __future__ import annotations
+
+import copy
+import fnmatch
+import operator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from .formats import parse_format
+from .nn.layers import (FpqAct, FpqAdd, FpqAvgPool, FpqClamp, FpqConv1d, FpqConv2d, FpqInput,
+                        FpqLinear, init_param_scales, quant_layer)
+from .nn.quantizers import SCALE_KINDS, tensor_quant_of
+
+SUPPORTED = ("Linear", "Conv1d", "Conv2d", "BatchNorm1d/2d (after a Conv/Linear: folded)",
+             "ReLU", "ReLU6", "Hardtanh", "Identity", "MaxPool1d", "MaxPool2d", "AvgPool1d",
+             "AvgPool2d", "AdaptiveAvgPool1d/2d(1)", "Flatten", "Dropout (removed)",
+             "residual add (x + y, torch.add)", "torch.flatten / view / reshape", "F.relu")
+_KEEP_MODULES = (nn.ReLU, nn.MaxPool1d, nn.MaxPool2d, nn.Flatten)
+_DROP_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)
+_KEEP_FUNCTIONS = (F.relu, torch.relu, torch.flatten)
+_KEEP_METHODS = ("view", "reshape", "flatten", "relu", "size", "contiguous")
+_ADD_FUNCTIONS = (operator.add, torch.add, operator.iadd)
+_DROPOUT_FUNCTIONS = (F.dropout,)
+DEFAULT_BIAS = "int16"
+
+
+@dataclass
+class Policy:
+    """The quantization policy of a converted model (format strings are canonical)."""
+
+    weights: str
+    activations: str
+    bias: str
+    inputs: str
+    scale: str = "po2"
+    granularity: str = "tensor"
+    overrides: dict = field(default_factory=dict)
+    # module path -> {"weights": ..., "activations": ..., "bias": ...} actually used
+    layers: dict = field(default_factory=dict)
+
+
+def _fmt(value, what: str) -> str:
+    if value is None:
+        raise ValueError(f"no format for {what}: pass fmt=... or {what}=...")
+    return str(parse_format(value))  # bad strings raise parse_format's ValueError
+
+
+class FpqModel(fx.GraphModule):
+    """A converted model: a torch.fx GraphModule of fpq / Brevitas layers plus its policy."""
+
+    @property
+    def fpq_policy(self) -> Policy:
+        return self.meta["fpq_policy"]
+
+    def fpq_typeplan(self):
+        from .nn.plan import typeplan_from_module
+        return typeplan_from_module(self)
+
+    def fpq_quantizers(self):
+        """(name, role, fpq tensor quantizer) for every quantizer, in module order."""
+        out = []
+        for name, m in self.named_modules():
+            if isinstance(m, (FpqLinear, FpqConv1d, FpqConv2d)):
+                for role, tq in (("weight", m.fpq_weight), ("bias", m.fpq_bias), ("output", m.fpq_output)):
+                    if tq is not None:
+                        out.append((name, role, tq))
+            elif isinstance(m, FpqAct):
+                tq = m.fpq_output
+                if tq is not None:
+                    out.append((name, "output", tq))
+        return out
+
+    @torch.no_grad()
+    def fpq_record_shapes(self, x: torch.Tensor) -> None:
+        """Run ``x`` through the model once and keep every node's output shape (for the TypePlan)."""
+        from torch.fx.passes.shape_prop import ShapeProp
+        was = self.training
+        self.eval()
+        ShapeProp(self).propagate(x)
+        self.train(was)
+        shapes = {}
+        for node in self.graph.nodes:
+            tm = node.meta.get("tensor_meta")
+            if tm is not None and hasattr(tm, "shape"):
+                shapes[node.name] = tuple(tm.shape)
+        self.meta["fpq_shapes"] = shapes
+
+
+def _unsupported(path: str, what: str) -> ValueError:
+    return ValueError(f"fpq.convert: unsupported layer {path!r} of type {what}; "
+                      f"supported: {', '.join(SUPPORTED)}")
+
+
+def _resolve(policy: Policy, path: str) -> dict:
+    """Formats for one module: the policy defaults, then matching overrides (exact name wins)."""
+    out = {"weights": policy.weights, "activations": policy.activations, "bias": policy.bias}
+    matches = [p for p in policy.overrides if p != path and fnmatch.fnmatchcase(path, p)]
+    if path in policy.overrides:
+        matches.append(path)
+    for pattern in matches:  # globs in the order given, the exact name last
+        value = policy.overrides[pattern]
+        if isinstance(value, dict):
+            unknown = set(value) - {"weights", "activations", "bias"}
+            if unknown:
+                raise ValueError(f"override {pattern!r}: unknown keys {sorted(unknown)}; "
+                                 "allowed: weights, activations, bias")
+            out.update({k: _fmt(v, k) for k, v in value.items()})
+        else:
+            f = _fmt(value, f"override {pattern!r}")
+            out["weights"] = out["activations"] = f
+    return out
+
+
+def _trace(model: nn.Module) -> fx.GraphModule:
+    try:
+        return fx.symbolic_trace(model)
+    except Exception as e:  # data-dependent control flow etc.
+        raise ValueError(f"fpq.convert: the model could not be traced with torch.fx ({e}); "
+                         "fpq supports feed-forward models built from: " + ", ".join(SUPPORTED)) from e
+
+
+def _remove_passthrough(gm: fx.GraphModule) -> None:
+    modules = dict(gm.named_modules())
+    for node in list(gm.graph.nodes):
+        drop = ((node.op == "call_module" and isinstance(modules[node.target], _DROP_MODULES))
+                or (node.op == "call_function" and node.target in _DROPOUT_FUNCTIONS))
+        if drop:
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+    gm.graph.eliminate_dead_code()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+
+
+def _fold_bn(gm: fx.GraphModule) -> fx.GraphModule:
+    """Fold each BatchNorm into the Conv/Linear right before it (Brevitas' merge_bn does the math).
+
+    Brevitas' own MergeBatchNorm pass only matches graphs from its deprecated fx backport, so the
+    pattern is matched here on torch.fx nodes.
+    """
+    from brevitas.nn.utils import merge_bn
+    pairs = ((nn.Linear, nn.BatchNorm1d), (nn.Conv1d, nn.BatchNorm1d), (nn.Conv2d, nn.BatchNorm2d))
+    modules = dict(gm.named_modules())
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or not isinstance(modules[node.target], (nn.BatchNorm1d, nn.BatchNorm2d)):
+            continue
+        prev = node.args[0] if node.args else None
+        if not (isinstance(prev, fx.Node) and prev.op == "call_module" and len(prev.users) == 1):
+            continue
+        layer, bn = modules[prev.target], modules[node.target]
+        if not any(type(layer) is lt and type(bn) is bt for lt, bt in pairs):
+            continue
+        if not bn.track_running_stats or bn.running_mean is None:
+            continue  # batch statistics at inference: not foldable (reported as unsupported)
+        merge_bn(layer, bn, output_channel_dim=0)
+        node.replace_all_uses_with(prev)
+        gm.graph.erase_node(node)
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return gm
+
+
+def _set_module(gm: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(gm.get_submodule(parent) if parent else gm, name, module)
+
+
+def _unique(gm: nn.Module, base: str) -> str:
+    names = dict(gm.named_modules())
+    if base not in names:
+        return base
+    i = 1
+    while f"{base}_{i}" in names:
+        i += 1
+    return f"{base}_{i}"
+
+
+def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=None, overrides=None,
+            scale: str = "po2", granularity: str = "tensor", inputs=None) -> FpqModel:
+    """Quantize ``model``: every Linear/Conv weight, bias and activation gets an fpq Format.
+
+    fmt: default for weights and activations (and inputs). weights / activations / bias /
+    inputs: per role (bias defaults to int16 with its own scale). overrides: {module name or
+    glob: format string or {"weights", "activations", "bias"}}. scale: "po2" | "float" (Fixed
+    formats carry their own scaling and ignore it). granularity: weight scales per "tensor"
+    or per output "channel". Returns an FpqModel in eval mode; ``.train()`` it for QAT.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"fpq.convert expects a torch.nn.Module, got {type(model).__name__}")
+    if scale not in ("po2", "float"):
+        raise ValueError(f"unknown scale kind {scale!r}; allowed: 'po2', 'float'")
+    if granularity not in ("tensor", "channel"):
+        raise ValueError(f"unknown granularity {granularity!r}; allowed: 'tensor', 'channel'")
+    w = _fmt(weights if weights is not None else fmt, "weights")
+    a = _fmt(activations if activations is not None else fmt, "activations")
+    policy = Policy(weights=w, activations=a, bias=_fmt(bias if bias is not None else DEFAULT_BIAS, "bias"),
+                    inputs=_fmt(inputs if inputs is not None else a, "inputs"), scale=scale,
+                    granularity=granularity, overrides=dict(overrides or {}))
+    if isinstance(model, FpqModel):
+        from .nn.plan import dequantize_model
+        src, carried = dequantize_model(model)
+    else:
+        src, carried = copy.deepcopy(model), {}
+    src.eval()
+    gm = _trace(src)
+    _remove_passthrough(gm)
+    gm = _fold_bn(gm)
+    modules = dict(gm.named_modules())
+    names_seen = set()
+    for node in list(gm.graph.nodes):
+        if node.op == "call_module":
+            path, m = node.target, modules[node.target]
+            names_seen.add(path)
+            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+                f = _resolve(policy, path)
+                policy.layers[path] = f
+                _set_module(gm, path, quant_layer(m, f["weights"], f["bias"], f["activations"],
+                                                  scale, granularity))
+            elif isinstance(m, (nn.ReLU6, nn.Hardtanh)):
+                f = _resolve(policy, path)
+                policy.layers[path] = {"activations": f["activations"]}
+                _set_module(gm, path, FpqClamp(m.min_val, m.max_val, f["activations"], scale))
+            elif isinstance(m, (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
+                if isinstance(m, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
+                    size = m.output_size if isinstance(m.output_size, tuple) else (m.output_size,)
+                    if any(s != 1 for s in size):
+                        raise _unsupported(path, f"{type(m).__name__}(output_size={m.output_size})")
+                f = _resolve(policy, path)
+                policy.layers[path] = {"activations": f["activations"]}
+                _set_module(gm, path, FpqAvgPool(m, f["activations"], scale))
+            elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                raise _unsupported(path, f"{type(m).__name__} (a BatchNorm must directly follow a "
+                                         "Conv/Linear whose output it alone uses, to be folded)")
+            elif not isinstance(m, _KEEP_MODULES):
+                raise _unsupported(path, type(m).__name__)
+        elif node.op == "call_function":
+            if node.target in _ADD_FUNCTIONS:
+                tensors = [x for x in node.args if isinstance(x, fx.Node)]
+                if len(tensors) != 2 or len(node.args) != 2 or node.kwargs:
+                    raise _unsupported(node.name, "add with a constant or alpha (only x + y of two tensors)")
+                f = _resolve(policy, node.name)
+                policy.layers[node.name] = {"activations": f["activations"]}
+                name = _unique(gm, node.name)
+                gm.add_submodule(name, FpqAdd(f["activations"], scale))
+                with gm.graph.inserting_after(node):
+                    new = gm.graph.call_module(name, tuple(node.args))
+                node.replace_all_uses_with(new)
+                gm.graph.erase_node(node)
+                names_seen.add(node.name)
+            elif node.target is getattr or node.target is operator.getitem:
+                continue
+            elif node.target not in _KEEP_FUNCTIONS:
+                raise _unsupported(node.name, getattr(node.target, "__name__", str(node.target)))
+        elif node.op == "call_method" and node.target not in _KEEP_METHODS:
+            raise _unsupported(node.name, f"tensor method .{node.target}()")
+    unused = [p for p in policy.overrides
+              if not any(p == n or fnmatch.fnmatchcase(n, p) for n in names_seen)]
+    if unused:
+        raise ValueError(f"overrides {unused} match no module; module names: {sorted(names_seen)}")
+    # the explicit input quantizer(s): first op of the network
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    for i, ph in enumerate(placeholders):
+        name = _unique(gm, "input_quant" if len(placeholders) == 1 else f"input_quant_{i}")
+        gm.add_submodule(name, FpqInput(policy.inputs, scale))
+        with gm.graph.inserting_after(ph):
+            new = gm.graph.call_module(name, (ph,))
+        ph.replace_all_uses_with(new, delete_user_cb=lambda user: user is not new)
+    gm.graph.lint()
+    q = FpqModel(gm, gm.graph, class_name=type(model).__name__ + "Fpq")
+    q.meta["fpq_policy"] = policy
+    _carry_scales(q, carried)
+    return q.eval()
+
+
+def _carry_scales(q: FpqModel, carried: dict) -> None:
+    """Keep the scales of a re-converted model where the quantizer's format and kind are unchanged."""
+    for name, role, tq in q.fpq_quantizers():
+        old = carried.get((name, role))
+        if old is None:
+            continue
+        fmt, kind, log2 = old
+        if fmt == tq.fmt and kind == tq.scale_kind and log2.shape == tq.log2_scale.shape:
+            with torch.no_grad():
+                tq.log2_scale.copy_(log2)

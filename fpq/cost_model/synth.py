@@ -1,0 +1,261 @@
+"""Synthesize generated operators with yosys ``synth_xilinx`` and tabulate LUT / FF / CARRY / DSP.
+
+Flags (pinned, written into every table header):
+
+* ``-family xcup``: UltraScale+ (the default device, xcvu9p). The LUT fabric (LUT6, one carry
+  cell per 4 bits in yosys' mapping: yosys emits CARRY4 even for xcup) is the same in 7-series,
+  so the LUT counts also price xc7 parts; only the DSP cell differs (DSP48E1 25x18 vs 27x18).
+* ``-flatten``: one netlist per operator, so constant folding crosses module boundaries.
+* ``-noiopad``: out-of-context, as an operator inside a larger hls4ml design (no I/O buffers).
+* abc9 LUT mapping (the default of yosys 0.70).
+* flow ``lut`` adds ``-nodsp``: hls4ml / Vivado implement multipliers with narrow weights (< 9
+  bits, see hls4ml's own DSP estimator) in fabric, and yosys would otherwise put even a 3x3
+  multiplier into a DSP. Flow ``dsp`` keeps DSP inference: it measures how wide multipliers
+  tile onto DSP48E2 slices and what fabric remains around them.
+
+Run ``python -m fpq.cost_model.synth`` (or ``cost_model/run_synthesis.py``) to regenerate the
+committed table; ``--help`` lists the options.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import tempfile
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+
+from . import rtl
+from .yosys import YOWASP_PIN, run_script, yosys_version
+
+FAMILY = "xcup"
+BASE_FLAGS = f"-family {FAMILY} -flatten -noiopad"
+FLOWS = {"lut": BASE_FLAGS + " -nodsp", "dsp": BASE_FLAGS}
+TABLE = Path(__file__).resolve().parents[2] / "cost_model" / "operators_xcup.csv"
+COLUMNS = ["name", "kind", "flow", "lut", "lut_logic", "srl", "muxf", "carry", "ff", "dsp", "bram",
+           "params"]
+
+
+def synthesize(op: rtl.Operator, flow: str = "lut", workdir: Path | None = None) -> dict:
+    """Synthesize one operator; returns a table row (cell counts)."""
+    if flow not in FLOWS:
+        raise ValueError(f"unknown flow {flow!r}; allowed: {', '.join(FLOWS)}")
+    with tempfile.TemporaryDirectory(prefix="fpq_synth_") as tmp:
+        wd = Path(workdir) if workdir is not None else Path(tmp)
+        wd.mkdir(parents=True, exist_ok=True)
+        (wd / "op.v").write_text(op.verilog)
+        run_script(f"read_verilog -sv op.v\nsynth_xilinx {FLOWS[flow]} -top {op.name}\n"
+                   "tee -q -o stat.json stat -json\n", wd)
+        stat = json.loads((wd / "stat.json").read_text())
+    cells = stat["design"]["num_cells_by_type"]
+    return row_from_cells(op, flow, cells)
+
+
+def row_from_cells(op: rtl.Operator, flow: str, cells: dict) -> dict:
+    def count(pred):
+        return sum(v for k, v in cells.items() if pred(k))
+
+    logic = count(lambda k: k.startswith("LUT") and k[3:].isdigit())
+    srl = count(lambda k: k.startswith("SRL"))
+    lutram = count(lambda k: k.startswith("RAM") and not k.startswith("RAMB"))
+    return {
+        "name": op.name, "kind": op.kind, "flow": flow,
+        "lut": logic + srl + lutram, "lut_logic": logic, "srl": srl + lutram,
+        "muxf": count(lambda k: k.startswith("MUXF")),
+        "carry": count(lambda k: k.startswith("CARRY")),
+        "ff": count(lambda k: k.startswith("FD")),
+        "dsp": count(lambda k: k.startswith("DSP")),
+        "bram": count(lambda k: k.startswith("RAMB")),
+        "params": json.dumps(op.params, sort_keys=True),
+    }
+
+
+def synthesize_many(jobs: list, workers: int = 2, progress: bool = True) -> list[dict]:
+    """Synthesize (operator, flow) pairs in parallel (yosys runs as separate processes)."""
+    from tqdm import tqdm
+
+    rows = []
+    with ThreadPoolExecutor(max_workers=workers) as ex:
+        futs = {ex.submit(synthesize, op, flow): (op, flow) for op, flow in jobs}
+        for f in tqdm(as_completed(futs), total=len(futs), disable=not progress, desc="yosys synth_xilinx"):
+            rows.append(f.result())
+    order = {(op.name, flow): i for i, (op, flow) in enumerate(jobs)}
+    rows.sort(key=lambda r: order[(r["name"], r["flow"])])
+    return rows
+
+
+# ----------------------------------------------------------------------------- the grids
+MINIFLOATS = ("e2m1", "e2m3", "e3m2", "e4m3", "e5m2", "e3m4")
+
+
+def calibration_grid(seed: int = 1) -> list:
+    """The operators the estimator is fitted on: (operator, flow) pairs. Sized for a 2-core
+    machine (about 250 syntheses); ``holdout_grid`` holds the operators the benchmark checks."""
+    rng = random.Random(seed)
+    jobs = []
+    widths = (1, 2, 3, 4, 6, 8, 10, 12, 16)
+    for i, a in enumerate(widths):
+        for b in widths[i:]:
+            if a == 1 and b == 1:
+                continue
+            jobs.append((rtl.int_multiplier(a, b, True, True), "lut"))
+    for a, b in ((2, 2), (4, 8), (8, 8), (12, 12)):
+        jobs.append((rtl.int_multiplier(a, b, False, False), "lut"))
+        jobs.append((rtl.int_multiplier(a, b, False, True), "lut"))
+    # DSP tiling of wide multipliers (carrier products of wide minifloats go here)
+    for a, b in ((9, 9), (16, 16), (19, 8), (27, 18), (24, 24), (33, 8)):
+        jobs.append((rtl.int_multiplier(a, b, True, True), "dsp"))
+    # constant multipliers: a sample of constants per constant width and input width
+    for xb in (2, 4, 8, 12, 16):
+        for wb in (2, 3, 4, 6, 8, 12, 16):
+            hi = (1 << (wb - 1)) - 1
+            ks = {rng.randint(-hi - 1, hi) for _ in range(3)}
+            for k in sorted(ks):
+                jobs.append((rtl.const_multiplier(rtl.Int(xb), float(k), rtl.Int(wb)), "lut"))
+    # minifloat x minifloat and minifloat x int code-level multipliers
+    for i, fa in enumerate(MINIFLOATS):
+        for fb in MINIFLOATS[i:]:
+            if rtl.carrier(rtl._fmt(fa)).width + rtl.carrier(rtl._fmt(fb)).width <= 64:  # e5m2 x e5m2: 66
+                jobs.append((rtl.multiplier(fa, fb), "lut"))
+        for ib in ("int4", "int8"):
+            jobs.append((rtl.multiplier(fa, ib), "lut"))
+    for f in ("e2m0", "e3m0", "e4m0"):
+        jobs.append((rtl.multiplier(f, "int8"), "lut"))
+    for f in ("int2", "int4", "int8", "int16"):
+        jobs.append((rtl.multiplier("binary", f), "lut"))
+    jobs.append((rtl.multiplier("binary", "binary"), "lut"))
+    for k in (1, 2, 3):
+        for xf in ("int4", "int8"):
+            jobs.append((rtl.khot_multiplier(xf, "e3m0", k), "lut"))
+    for bits in (2, 4, 8, 16, 24, 32, 48):
+        jobs.append((rtl.adder(bits), "lut"))
+    for n, bits in ((4, 8), (16, 8), (8, 16), (32, 12), (8, 4), (16, 20)):
+        jobs.append((rtl.adder_tree(n, bits), "lut"))
+    for ib, ab in ((8, 16), (16, 32), (16, 48)):
+        jobs.append((rtl.accumulator(ib, ab), "lut"))
+    for n in (4, 16, 32, 64, 128):
+        jobs.append((rtl.xnor_popcount(n), "lut"))
+    jobs += [(op, "lut") for op in dense_layers("fit")]
+    return jobs
+
+
+def holdout_grid(seed: int = 7) -> list:
+    """Operators never used in the fit (other widths, constants, formats) plus held-out dense
+    layers: what ``benchmarks/bench_cost_model.py`` checks the estimator against."""
+    rng = random.Random(seed)
+    jobs = []
+    for a, b in ((5, 5), (7, 7), (5, 9), (7, 11), (9, 9), (3, 14), (11, 13), (2, 7)):
+        jobs.append((rtl.int_multiplier(a, b, True, True), "lut"))
+    for xb, wb in ((6, 5), (10, 7), (8, 10), (6, 14), (14, 9), (3, 6)):
+        hi = (1 << (wb - 1)) - 1
+        for _ in range(2):
+            k = rng.randint(-hi - 1, hi)
+            jobs.append((rtl.const_multiplier(rtl.Int(xb), float(k), rtl.Int(wb)), "lut"))
+    for fa, fb in (("e2m2", "e2m2"), ("e3m3", "e3m3"), ("e4m2", "e2m1"), ("e3m3", "int6"), ("e2m2", "int8"),
+                   ("e4m3", "int6")):
+        jobs.append((rtl.multiplier(fa, fb), "lut"))
+    for bits in (12, 40):
+        jobs.append((rtl.adder(bits), "lut"))
+    jobs.append((rtl.xnor_popcount(48), "lut"))
+    jobs += [(op, "lut") for op in dense_layers("holdout")]
+    return jobs
+
+
+DENSE_FORMATS = (("int8", "int8"), ("int8", "int4"), ("int8", "e2m1"), ("int8", "e4m3"), ("int4", "int4"),
+                 ("uint8", "e3m2"))
+
+
+def random_weights(fw, shape, rng, zero_frac=0.2) -> np.ndarray:
+    """Random values of ``fw`` with a fraction of zeros (as pruned / small weights are)."""
+    from ..formats import values as fmt_values
+
+    vals = fmt_values(fw)
+    # bell-shaped choice over the values, as trained weights are (most near zero)
+    p = np.exp(-0.5 * (vals / (0.4 * np.max(np.abs(vals)))) ** 2)
+    w = rng.choice(vals, size=shape, p=p / p.sum())
+    w[rng.random(shape) < zero_frac] = 0.0
+    return w
+
+
+def dense_layers(split: str) -> list:
+    """Small unrolled dense layers with random constant weights.
+
+    ``fit`` layers calibrate the layer-level adder model; ``holdout`` layers (other shapes and
+    seeds) are used only by the fidelity benchmark."""
+    if split not in ("fit", "holdout"):
+        raise ValueError("split must be 'fit' or 'holdout'")
+    shapes = ((4, 2), (6, 3), (3, 4)) if split == "fit" else ((4, 4), (8, 4), (5, 3))
+    seed = 100 if split == "fit" else 200
+    ops = []
+    for si, shape in enumerate(shapes):
+        for fi, (fx, fw) in enumerate(DENSE_FORMATS):
+            rng = np.random.default_rng(seed + 31 * si + fi)
+            W = random_weights(fw, shape, rng)
+            name = f"dense_{split}_{shape[0]}x{shape[1]}_{rtl.fmt_tag(rtl._fmt(fx))}_{rtl.fmt_tag(rtl._fmt(fw))}"
+            ops.append(rtl.dense(fx, W, fw, name=name))
+    return ops
+
+
+# ----------------------------------------------------------------------------- table I/O
+def table_header() -> list[str]:
+    return [f"# fpq operator costs measured with {yosys_version()} ({YOWASP_PIN})",
+            f"# script: read_verilog -sv op.v; synth_xilinx <flags> -top <op>; stat -json",
+            f"# flags lut: synth_xilinx {FLOWS['lut']}",
+            f"# flags dsp: synth_xilinx {FLOWS['dsp']}",
+            "# lut = LUT1..LUT6 + SRL + LUTRAM cells; carry = CARRY4 cells (yosys maps xcup carries to CARRY4);"
+            " ff = FD* cells; params = generator parameters (JSON)"]
+
+
+def write_table(rows: list[dict], path: Path = TABLE) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        for line in table_header():
+            f.write(line + "\n")
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r[k] for k in COLUMNS})
+    return path
+
+
+def read_table(path: Path = TABLE) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"operator table {path} missing: run `python -m fpq.cost_model.synth`")
+    with open(path) as f:
+        lines = [ln for ln in f if not ln.startswith("#")]
+    rows = list(csv.DictReader(lines))
+    for r in rows:
+        for k in ("lut", "lut_logic", "srl", "muxf", "carry", "ff", "dsp", "bram"):
+            r[k] = int(r[k])
+        r["params"] = json.loads(r["params"])
+    return rows
+
+
+def table_meta(path: Path = TABLE) -> list[str]:
+    with open(path) as f:
+        return [ln.rstrip("\n")[2:] for ln in f if ln.startswith("#")]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Synthesize fpq's operator grid with yosys synth_xilinx "
+                                             "and write the measured cost table.")
+    ap.add_argument("--out", type=Path, default=TABLE, help=f"output CSV (default {TABLE})")
+    ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="parallel yosys runs")
+    ap.add_argument("--limit", type=int, default=None, help="only the first N operators (smoke test)")
+    args = ap.parse_args(argv)
+    jobs = calibration_grid()
+    if args.limit:
+        jobs = jobs[: args.limit]
+    rows = synthesize_many(jobs, workers=args.jobs)
+    print(f"wrote {write_table(rows, args.out)} ({len(rows)} operators)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

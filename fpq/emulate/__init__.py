@@ -1,0 +1,330 @@
+"""``fpq.emulate``: a fast, vectorized executor of fpq's graph IR, bit-exact to the hardware.
+
+Numerics (the exactness contract):
+
+* quantizers follow ``fpq.quantize``; their outputs are stored as float32 (exact for power-of-two
+  scales; for a float scale the float32 rounding of ``q * scale``, as torch and qonnx store it).
+  The graph input is cast to float32 and its quantizer divides in float32, as the exported
+  model does; every later quantizer reads the exact float64 value of what precedes it.
+* linear / conv sums are exact. When the TypePlan proves that every partial sum fits in 24
+  significant bits, the matmul runs in float32 (exact in any summation order, and fast);
+  otherwise in float64 when the accumulator fits in 53 bits. A wider accumulator is refused
+  with an error naming the layer. With a non-power-of-two scale on an input or weight no
+  fixed-point accumulator exists: the sum runs in float64 and ``Emulator.exact[op]`` is False.
+* No per-sample Python: one matmul per layer over the whole batch (conv as im2col views).
+
+``device="cuda"`` runs the same program with torch on the GPU (float64 / float32 matmuls with
+TF32 disabled, so the results are identical).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..export.graph import Graph, Op, Quantizer, UnsupportedGraphError, accumulator_bits, read_graph
+from ..numerics.reference import quantize_unscaled
+from ..formats import Int
+from ..typeplan import po2_exponents
+
+FLOAT32_EXACT_BITS = 24
+FLOAT64_EXACT_BITS = 53
+
+
+def as_graph(q_or_onnx, example_input=None) -> Graph:
+    """Graph IR of a converted torch model, a QONNX path, a ModelWrapper / ModelProto or a Graph."""
+    if isinstance(q_or_onnx, Graph):
+        return q_or_onnx
+    try:
+        import torch
+        is_module = isinstance(q_or_onnx, torch.nn.Module)
+    except ImportError:  # pragma: no cover - torch is a dependency
+        is_module = False
+    if is_module:
+        if example_input is None:
+            raise ValueError("a torch model needs an example input to be exported before emulation")
+        from ..export import export_qonnx
+        return read_graph(export_qonnx(q_or_onnx, None, example_input))
+    return read_graph(q_or_onnx)
+
+
+class Emulator:
+    """A compiled executor of one Graph. ``emu(x)`` -> outputs; ``emu(x, return_trace=True)``."""
+
+    def __init__(self, graph, device=None, example_input=None):
+        self.graph = as_graph(graph, example_input)
+        self.device = device
+        self.exact = {}      # op name -> whether the emulation of this op is provably exact
+        self.acc_dtype = {}  # op name -> "float32" | "float64" for linear / conv
+        if device is not None and str(device) != "cpu":
+            from .torch_backend import TorchProgram
+            self._program = TorchProgram(self, device)
+        else:
+            self._program = None
+        self._plan()
+
+    # -- planning: accumulator dtypes and exactness per op
+    def _plan(self):
+        for op in self.graph.ops:
+            self.exact[op.name] = True
+            if op.kind in ("linear", "conv1d", "conv2d"):
+                t_in, t_w = op.types.get("input"), op.types.get("weight")
+                if t_in is None or t_w is None or not (t_in.po2 and t_w.po2):
+                    self.acc_dtype[op.name] = "float64"
+                    self.exact[op.name] = False
+                    continue
+                no_bias = Op(op.name, op.kind, op.inputs, op.outputs, weight=op.weight,
+                             types={"input": t_in, "weight": t_w})
+                bits_nb = accumulator_bits(no_bias)
+                bits = accumulator_bits(op) if "bias" in op.types or op.bias is None else None
+                if op.bias is not None and "bias" not in op.types:
+                    raise UnsupportedGraphError(f"layer {op.name}: its float32 bias has no exact fixed-point "
+                                                "form within 64 bits; quantize the bias")
+                if bits is None or bits > FLOAT64_EXACT_BITS:
+                    raise UnsupportedGraphError(
+                        f"layer {op.name}: the exact accumulator needs {bits} bits, more than float64's "
+                        f"{FLOAT64_EXACT_BITS}; the emulator refuses rather than round (narrow the formats "
+                        "or quantize the bias)")
+                self.acc_dtype[op.name] = "float32" if bits_nb <= FLOAT32_EXACT_BITS else "float64"
+                self._bias_in_f32 = None
+            elif op.kind in ("quant", "input_quant", "relu", "maxpool", "flatten", "reshape", "transpose",
+                             "output", "add", "mul", "div", "avgpool", "global_avgpool"):
+                if op.kind in ("quant", "input_quant") and op.quant.ttype.po2 is False:
+                    # a float scale: exact per fpq.quantize (division in float64 / float32 input)
+                    pass
+                if op.kind in ("add",):
+                    t = op.types.get("output")
+                    if t is None or t.format.width > FLOAT64_EXACT_BITS:
+                        self.exact[op.name] = False
+                if op.kind in ("mul", "div", "avgpool", "global_avgpool"):
+                    self.exact[op.name] = False  # one float64 rounding, same as ONNX in double
+            else:  # pragma: no cover - the reader only emits known kinds
+                raise UnsupportedGraphError(f"op {op.name}: kind {op.kind} has no emulation")
+        self._weights = {}
+        for op in self.graph.ops:
+            if op.weight is not None:
+                dt = np.float32 if self.acc_dtype[op.name] == "float32" else np.float64
+                w = op.weight.astype(dt)
+                if op.kind == "linear":
+                    w = np.ascontiguousarray(w.T)
+                self._weights[op.name] = (w, None if op.bias is None else op.bias.astype(np.float64))
+
+    # -- running
+    def __call__(self, x, return_trace=False):
+        if self._program is not None:
+            return self._program.run(x, return_trace)
+        g = self.graph
+        if isinstance(x, dict):
+            feeds = {k: np.asarray(v, dtype=np.float32) for k, v in x.items()}
+        else:
+            if len(g.inputs) != 1:
+                raise ValueError(f"the graph has inputs {g.inputs}; pass a dict")
+            feeds = {g.inputs[0]: _to_numpy(x)}
+        env = {}
+        for name, arr in feeds.items():
+            want = g.input_shapes[name]
+            if want is not None and tuple(arr.shape[1:]) != tuple(want[1:]):
+                if tuple(arr.shape) == tuple(want[1:]):
+                    arr = arr[None]
+                else:
+                    raise ValueError(f"input {name!r} has shape {arr.shape}; expected (N, {', '.join(map(str, want[1:]))})")
+            env[name] = arr
+        trace = {} if return_trace else None
+        last_use = self._last_use() if not return_trace else None
+        for i, op in enumerate(g.ops):
+            y = self._run(op, [env[t] for t in op.inputs])
+            env[op.outputs[0]] = y
+            if trace is not None:
+                trace[op.name] = y
+            elif last_use is not None:
+                for t in op.inputs:
+                    if last_use.get(t) == i and t not in g.outputs:
+                        env.pop(t, None)
+        outs = [env[o] for o in g.outputs]
+        out = outs[0] if len(outs) == 1 else outs
+        return (out, trace) if return_trace else out
+
+    def _last_use(self):
+        last = {}
+        for i, op in enumerate(self.graph.ops):
+            for t in op.inputs:
+                last[t] = i
+        return last
+
+    def _run(self, op: Op, xs):
+        k = op.kind
+        x = xs[0]
+        if k in ("quant", "input_quant"):
+            return quantize_fast(x if k == "input_quant" else x.astype(np.float64, copy=False), op.quant)
+        if k == "linear":
+            w, b = self._weights[op.name]
+            acc = x.astype(w.dtype, copy=False) @ w
+            return _add_bias(acc, b, 1)
+        if k in ("conv1d", "conv2d"):
+            w, b = self._weights[op.name]
+            return _add_bias(conv_nd(x.astype(w.dtype, copy=False), w, op.attrs), b, 1 if x.ndim > 1 else 0,
+                             channel_axis=1)
+        if k == "relu":
+            return np.maximum(x, 0, dtype=x.dtype)
+        if k == "add":
+            return x.astype(np.float64) + xs[1].astype(np.float64)
+        if k == "mul":
+            return x.astype(np.float64) * op.attrs["value"].astype(np.float64)
+        if k == "div":
+            return x.astype(np.float64) / op.attrs["value"].astype(np.float64)
+        if k == "maxpool":
+            return pool_nd(x, op.attrs, "max")
+        if k == "avgpool":
+            return pool_nd(x.astype(np.float64), op.attrs, "avg")
+        if k == "global_avgpool":
+            axes = tuple(range(2, x.ndim))
+            n = int(np.prod([x.shape[a] for a in axes]))
+            return x.astype(np.float64).sum(axis=axes, keepdims=True) / n
+        if k == "flatten":
+            ax = op.attrs["axis"]
+            return x.reshape(int(np.prod(x.shape[:ax])), -1)
+        if k == "reshape":
+            return x.reshape(batch_shape(op.attrs["shape"], op.in_shapes[0], x.shape))
+        if k == "transpose":
+            return np.transpose(x, op.attrs["perm"])
+        if k == "output":
+            return x
+        raise UnsupportedGraphError(f"op {op.name}: kind {k} has no emulation")  # pragma: no cover
+
+
+def _to_numpy(x) -> np.ndarray:
+    try:
+        import torch
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu().numpy()
+    except ImportError:  # pragma: no cover
+        pass
+    return np.asarray(x, dtype=np.float32)
+
+
+def _add_bias(acc, b, batch_dims, channel_axis=None):
+    if b is None:
+        return acc
+    if channel_axis is not None:
+        b = b.reshape((-1,) + (1,) * (acc.ndim - 2))
+    if acc.dtype != np.float64:
+        acc = acc.astype(np.float64)
+    acc += b
+    return acc
+
+
+def batch_shape(shape, exported_in_shape, actual_in_shape):
+    """ONNX Reshape target for a batch other than the exported one (dimension 0 is the batch)."""
+    shape = list(shape)
+    shape = [actual_in_shape[i] if s == 0 else s for i, s in enumerate(shape)]
+    if exported_in_shape is not None and shape and shape[0] == exported_in_shape[0] and \
+            actual_in_shape[0] != exported_in_shape[0]:
+        shape[0] = actual_in_shape[0] if -1 in shape[1:] else -1
+    return tuple(shape)
+
+
+def quantize_fast(x: np.ndarray, q: Quantizer) -> np.ndarray:
+    """``fpq.quantize(x, fmt, scale)`` stored as float32, with a fast path for po2-scaled ints.
+
+    The fast path is the same arithmetic: a power-of-two scale makes x / scale and q * scale
+    exact in any float dtype, so only rint and clip remain.
+    """
+    fmt, s = q.format, q.scale
+    if q.pre_scale is not None:
+        x = np.rint(x / q.pre_scale.astype(x.dtype)) * q.pre_scale.astype(x.dtype)
+    if isinstance(fmt, Int) and po2_exponents(s) is not None:
+        lo, hi = fmt.int_range
+        y = x * (1.0 / s).astype(x.dtype)
+        np.rint(y, out=y)
+        np.clip(y, lo, hi, out=y)
+        y *= s.astype(x.dtype)
+        return y.astype(np.float32, copy=False)
+    dt = x.dtype
+    sc = s.astype(dt)
+    unit = bool(np.all(s == 1))
+    xs = x if unit else x / sc
+    y = quantize_unscaled(xs.astype(np.float64, copy=False), fmt).astype(dt, copy=False)
+    if not unit:
+        y = y * sc
+    return y.astype(np.float32, copy=False)
+
+
+# ----------------------------------------------------------------------------- conv / pool
+
+def _pads_split(pads, nd):
+    return [(int(pads[i]), int(pads[i + nd])) for i in range(nd)]
+
+
+def _windows(x, kernel, strides, dilations, pads, fill=0.0, ceil_mode=0):
+    """(N, C, *out, *kernel) strided view of x padded with ``fill``."""
+    nd = len(kernel)
+    pw = _pads_split(pads, nd)
+    if ceil_mode:
+        pw = list(pw)
+        for i in range(nd):
+            size = x.shape[2 + i] + pw[i][0] + pw[i][1]
+            span = dilations[i] * (kernel[i] - 1) + 1
+            out_floor = (size - span) // strides[i] + 1
+            out_ceil = -(-(size - span) // strides[i]) + 1
+            # ONNX: a window that starts in the right padding is dropped
+            if (out_ceil - 1) * strides[i] >= x.shape[2 + i] + pw[i][0]:
+                out_ceil -= 1
+            extra = (out_ceil - out_floor) * strides[i]
+            pw[i] = (pw[i][0], pw[i][1] + extra)
+    if any(p != (0, 0) for p in pw):
+        x = np.pad(x, [(0, 0), (0, 0)] + list(pw), constant_values=fill)
+    spans = [dilations[i] * (kernel[i] - 1) + 1 for i in range(nd)]
+    v = np.lib.stride_tricks.sliding_window_view(x, spans, axis=tuple(range(2, 2 + nd)))
+    idx = (slice(None), slice(None)) + tuple(slice(None, None, strides[i]) for i in range(nd)) + \
+        tuple(slice(None, None, dilations[i]) for i in range(nd))
+    return v[idx]
+
+
+def conv_nd(x, w, attrs):
+    """ONNX Conv (1-D / 2-D, groups, strides, pads, dilations) as one tensordot per group."""
+    nd = len(attrs["kernel"])
+    win = _windows(x, attrs["kernel"], attrs["strides"], attrs["dilations"], attrs["pads"])
+    g = attrs["groups"]
+    cin_g = w.shape[1]
+    cout_g = w.shape[0] // g
+    outs = []
+    red = [1] + list(range(2 + nd, 2 + 2 * nd))     # channel + kernel axes of the windows
+    for gi in range(g):
+        wg = w[gi * cout_g:(gi + 1) * cout_g]
+        xg = win[:, gi * cin_g:(gi + 1) * cin_g]
+        # (N, *out, O)
+        y = np.tensordot(xg, wg, axes=(red, [1] + list(range(2, 2 + nd))))
+        outs.append(y)
+    y = outs[0] if g == 1 else np.concatenate(outs, axis=-1)
+    return np.ascontiguousarray(np.moveaxis(y, -1, 1))
+
+
+def pool_nd(x, attrs, mode):
+    nd = len(attrs["kernel"])
+    kernel, strides = attrs["kernel"], attrs["strides"]
+    dil = attrs.get("dilations", (1,) * nd)
+    if mode == "max":
+        win = _windows(x, kernel, strides, dil, attrs["pads"], -np.inf, attrs.get("ceil_mode", 0))
+        return win.max(axis=tuple(range(2 + nd, 2 + 2 * nd)))
+    win = _windows(x, kernel, strides, dil, attrs["pads"], 0.0, attrs.get("ceil_mode", 0))
+    total = win.sum(axis=tuple(range(2 + nd, 2 + 2 * nd)))
+    if attrs.get("count_include_pad", 0) and not attrs.get("ceil_mode", 0):
+        return total / float(np.prod(kernel))
+    ones = np.ones((1, 1) + x.shape[2:], dtype=np.float64)
+    cnt = _windows(ones, kernel, strides, dil, attrs["pads"], 0.0, attrs.get("ceil_mode", 0))
+    cnt = cnt.sum(axis=tuple(range(2 + nd, 2 + 2 * nd)))
+    return total / cnt
+
+
+def emulate(q_or_onnx, x, *, device=None, return_trace=False, example_input=None):
+    """Run a quantized network bit-exactly: a converted torch model, a QONNX path, a
+    ModelWrapper / ModelProto, or a Graph. Returns the output (float64 for accumulators,
+    float32 for quantized tensors); with ``return_trace`` also {op name: output}.
+
+    A torch model is exported in memory first (``example_input`` defaults to ``x[:1]``).
+    """
+    if example_input is None:
+        example_input = x[:1] if hasattr(x, "__getitem__") else x
+    emu = Emulator(q_or_onnx, device=device, example_input=example_input)
+    return emu(x, return_trace=return_trace)
+
+
+__all__ = ["emulate", "Emulator", "quantize_fast", "as_graph"]

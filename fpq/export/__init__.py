@@ -1,0 +1,141 @@
+"""QONNX export of a converted model (``export_qonnx``), fpq's QONNX transformations and the
+graph IR (``fpq.export.graph``: ``read_graph``, ``typeplan_from_qonnx``).
+
+``export_qonnx`` runs Brevitas' QONNX export, then fpq's transformations (``transforms``), never
+qonnx's ``cleanup_model``: that constant-folds the weight quantizers and loses the formats.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+
+from .graph import (FPQ_FORMAT_ATTR, Graph, Op, Quantizer, UnsupportedGraphError, read_graph,
+                    typeplan_from_graph, typeplan_from_qonnx)
+
+_PROXY_NAMES = ("weight_quant", "bias_quant", "output_quant", "act_quant", "input_quant")
+
+
+def _quantizer_formats(q, model) -> dict:
+    """{export node name: Format} for a converted model: each quantizer node is matched to the
+    fpq tensor quantizer whose Brevitas proxy produced it (by module path)."""
+    from .graph import QUANT_OPS
+    quants = getattr(q, "fpq_quantizers", None)
+    if not callable(quants):
+        return {}
+    paths = {id(m): p for p, m in q.named_modules()}
+    tq_paths = []
+    for _, _, tq in quants():
+        p = paths.get(id(tq))
+        if p is not None:
+            tq_paths.append((p, tq.fmt))
+    out, missing = {}, []
+    for node in model.graph.node:
+        if node.op_type not in QUANT_OPS:
+            continue
+        parts = [s for s in node.name.split("/") if s][:-1]
+        parts = [s for s in parts if s != "export_handler"]
+        proxy = ".".join(parts)
+        best = None
+        for p, fmt in tq_paths:
+            if p.startswith(proxy + ".") and (best is None or len(p) < len(best[0])):
+                best = (p, fmt)
+        if best is None:
+            missing.append(node.name)
+        else:
+            out[node.name] = best[1]
+    if missing:
+        raise RuntimeError(f"export_qonnx: quantizer nodes {missing} match no fpq quantizer of the model "
+                           f"(known: {[p for p, _ in tq_paths]}); the export's node naming changed")
+    return out
+
+
+def _as_tensor(example_input):
+    import torch
+    if isinstance(example_input, torch.Tensor):
+        return example_input.detach().to(torch.float32)
+    return torch.as_tensor(np.asarray(example_input, dtype=np.float32))
+
+
+def export_qonnx(q, path=None, example_input=None, *, input_name="input", output_name="output"):
+    """Export a quantized torch model (``fpq.convert`` or plain Brevitas layers) to QONNX.
+
+    The file keeps every weight quantizer (Quant / FloatQuant / BipolarQuant nodes), carries the
+    exact fpq Format of each quantizer in an ``fpq_format`` attribute, passes ``onnx.checker``
+    and runs in qonnx's executor. The export uses batch 1 (``example_input[:1]``).
+    Returns ``path``; with ``path=None`` returns the qonnx ModelWrapper.
+    """
+    import onnx
+    import torch
+    from brevitas.export import export_qonnx as brevitas_export
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    from .transforms import AnnotateFormats, RemoveFloatCasts, RemoveInitializersFromInputs, RenameIO
+
+    if example_input is None:
+        raise ValueError("export_qonnx needs an example input (a tensor of the model's input shape)")
+    x = _as_tensor(example_input)
+    if x.dim() == 0:
+        raise ValueError("example_input must have a batch dimension")
+    x = x[:1]
+    was_training = q.training
+    q.eval()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            raw = os.path.join(tmp, "raw.onnx")
+            with torch.no_grad():
+                # TorchScript export: one self-contained file with module-scoped node names
+                # (the dynamo exporter writes external data and loses the scopes)
+                brevitas_export(q, x, raw, dynamo=False)
+            model = ModelWrapper(raw)
+    finally:
+        q.train(was_training)
+    formats = _quantizer_formats(q, model)
+    model = model.transform(RemoveInitializersFromInputs())
+    model = model.transform(RemoveFloatCasts())
+    model = model.transform(AnnotateFormats(formats))
+    model = model.transform(RenameIO([input_name], [output_name]))
+    model = model.transform(InferShapes())
+    onnx.checker.check_model(model.model)
+    if path is None:
+        return model
+    path = str(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    model.save(path)
+    return path
+
+
+def cli_register(subparsers) -> None:
+    """``fpq export MODEL.onnx --out OUT.onnx``: read a QONNX file, check it and write it back
+    with fpq's transformations; prints the graph IR and the TypePlan."""
+    p = subparsers.add_parser("export", help="normalize a QONNX file with fpq's transformations and "
+                                             "print its graph IR and TypePlan")
+    p.add_argument("model", help="QONNX file (.onnx)")
+    p.add_argument("--out", help="write the normalized QONNX here")
+    p.set_defaults(func=_cli_export)
+
+
+def _cli_export(args) -> int:
+    import onnx
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    from .transforms import RemoveFloatCasts, RemoveInitializersFromInputs
+
+    g = read_graph(args.model)
+    print(g.summary())
+    print()
+    print(typeplan_from_graph(g).table())
+    if args.out:
+        m = ModelWrapper(args.model).transform(RemoveInitializersFromInputs())
+        m = m.transform(RemoveFloatCasts()).transform(InferShapes())
+        onnx.checker.check_model(m.model)
+        m.save(args.out)
+        print(f"wrote {args.out}")
+    return 0
+
+
+__all__ = ["export_qonnx", "read_graph", "typeplan_from_qonnx", "Graph", "Op", "Quantizer",
+           "UnsupportedGraphError", "cli_register", "FPQ_FORMAT_ATTR"]

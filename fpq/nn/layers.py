@@ -1,0 +1,192 @@
+"""Quantized layers: Brevitas quant layers whose eval-mode arithmetic is exact.
+
+Per the exactness contract, in eval mode linear / conv / add / average run in float64 (exact up
+to 53 bits; the TypePlan accumulator says how many are needed) and the output quantizer
+quantizes that float64 value directly, with no intermediate float32 rounding. Training mode
+runs in float32 for speed (the quantizers still produce grid values).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from brevitas.nn import QuantConv1d, QuantConv2d, QuantIdentity, QuantLinear
+from brevitas.quant_tensor import QuantTensor
+
+from .quantizers import make_quant, tensor_quant_of
+
+
+def _value(t):
+    return t.value if isinstance(t, QuantTensor) else t
+
+
+class _ExactWBIOL:
+    """Mixin for Brevitas weight layers: float64 arithmetic in eval mode."""
+
+    def inner_forward_impl(self, x, quant_weight, quant_bias):
+        x, w, b = _value(x), _value(quant_weight), _value(quant_bias)
+        if not self.training:
+            x, w = x.to(torch.float64), w.to(torch.float64)
+            b = None if b is None else b.to(torch.float64)
+        return super().inner_forward_impl(x, w, b)
+
+    # the fpq tensor quantizers (None when the role is not quantized)
+    @property
+    def fpq_weight(self):
+        return tensor_quant_of(self.weight_quant)
+
+    @property
+    def fpq_bias(self):
+        return tensor_quant_of(self.bias_quant) if self.bias is not None else None
+
+    @property
+    def fpq_output(self):
+        return tensor_quant_of(self.output_quant)
+
+
+class FpqLinear(_ExactWBIOL, QuantLinear):
+    fpq_op = "linear"
+
+
+class FpqConv1d(_ExactWBIOL, QuantConv1d):
+    fpq_op = "conv1d"
+
+
+class FpqConv2d(_ExactWBIOL, QuantConv2d):
+    fpq_op = "conv2d"
+
+
+class FpqAct(QuantIdentity):
+    """An activation quantizer (network input, or requantization after add / pool / clamp)."""
+
+    fpq_op = "quant"
+
+    def __init__(self, fmt, scale_kind="po2"):
+        super().__init__(act_quant=make_quant(fmt, "act", scale_kind), return_quant_tensor=False)
+
+    @property
+    def fpq_output(self):
+        return tensor_quant_of(self.act_quant)
+
+
+class FpqInput(FpqAct):
+    """The explicit input quantizer, first op of every converted network."""
+
+    fpq_op = "input"
+
+
+class FpqAdd(nn.Module):
+    """Residual add: exact sum (float64 in eval) then the activation quantizer."""
+
+    fpq_op = "add"
+
+    def __init__(self, fmt, scale_kind="po2"):
+        super().__init__()
+        self.quant = FpqAct(fmt, scale_kind)
+
+    def forward(self, a, b):
+        a, b = _value(a), _value(b)
+        if not self.training:
+            a, b = a.to(torch.float64), b.to(torch.float64)
+        return self.quant(a + b)
+
+    @property
+    def fpq_output(self):
+        return self.quant.fpq_output
+
+
+class FpqAvgPool(nn.Module):
+    """Average pooling (AvgPool1d/2d, AdaptiveAvgPool to 1) then the activation quantizer.
+
+    The mean runs in float64 in eval mode: a sum of grid values is exact; the division by a
+    non-power-of-two window rounds once in float64, far below any grid step of the next quantizer.
+    """
+
+    fpq_op = "avgpool"
+
+    def __init__(self, pool: nn.Module, fmt, scale_kind="po2"):
+        super().__init__()
+        self.pool = pool
+        self.quant = FpqAct(fmt, scale_kind)
+
+    def forward(self, x):
+        x = _value(x)
+        if not self.training:
+            x = x.to(torch.float64)
+        return self.quant(self.pool(x))
+
+    @property
+    def fpq_output(self):
+        return self.quant.fpq_output
+
+
+class FpqClamp(nn.Module):
+    """ReLU6 / Hardtanh: clamp (exact) then the activation quantizer (a bound may be off-grid)."""
+
+    fpq_op = "relu"
+
+    def __init__(self, min_val: float, max_val: float, fmt, scale_kind="po2"):
+        super().__init__()
+        self.min_val, self.max_val = float(min_val), float(max_val)
+        self.quant = FpqAct(fmt, scale_kind)
+
+    def forward(self, x):
+        return self.quant(torch.clamp(_value(x), self.min_val, self.max_val))
+
+    @property
+    def fpq_output(self):
+        return self.quant.fpq_output
+
+    def extra_repr(self):
+        return f"min={self.min_val}, max={self.max_val}"
+
+
+def quant_layer(module: nn.Module, weights, bias, output, scale_kind: str, granularity: str):
+    """The fpq twin of a float Linear / Conv1d / Conv2d, with the same float parameters."""
+    channels = module.out_features if isinstance(module, nn.Linear) else module.out_channels
+    wch = channels if granularity == "channel" else 0
+    kw = dict(weight_quant=make_quant(weights, "weight", scale_kind, wch),
+              bias_quant=make_quant(bias, "bias", scale_kind) if module.bias is not None else None,
+              output_quant=make_quant(output, "act", scale_kind),
+              return_quant_tensor=False,
+              device=module.weight.device, dtype=module.weight.dtype)
+    has_bias = module.bias is not None
+    if isinstance(module, nn.Linear):
+        new = FpqLinear(module.in_features, module.out_features, bias=has_bias, **kw)
+    else:
+        if module.padding_mode != "zeros":
+            raise ValueError(f"padding_mode={module.padding_mode!r} is not supported (only 'zeros')")
+        cls = FpqConv1d if isinstance(module, nn.Conv1d) else FpqConv2d
+        new = cls(module.in_channels, module.out_channels, module.kernel_size, stride=module.stride,
+                  padding=module.padding, dilation=module.dilation, groups=module.groups,
+                  bias=has_bias, **kw)
+    with torch.no_grad():
+        new.weight.copy_(module.weight)
+        if has_bias:
+            new.bias.copy_(module.bias)
+    init_param_scales(new)
+    return new
+
+
+@torch.no_grad()
+def init_param_scales(layer, method: str = "max") -> None:
+    """Weight / bias scales from the parameters (max |w|; Binary weights: mean |w|)."""
+    from ..formats import Binary
+    from .calibration_stats import choose_scale
+
+    for tq, p in ((layer.fpq_weight, layer.weight), (layer.fpq_bias, layer.bias)):
+        if tq is None or p is None or tq.scale_kind == "none":
+            continue
+        a = p.detach().abs().to(torch.float64)
+        if tq.channels:
+            a = a.reshape(tq.channels, -1)
+            if isinstance(tq.fmt, Binary):
+                tq.init_from_max(a.mean(1))  # qmax = 1: the scale is mean |w| (XNOR-Net)
+            else:
+                tq.set_scale(torch.stack([choose_scale(tq, row, method) for row in a]))
+        else:
+            if isinstance(tq.fmt, Binary):
+                tq.init_from_max(a.mean())
+            else:
+                tq.set_scale(choose_scale(tq, a.reshape(-1), method))

@@ -1,0 +1,225 @@
+"""Brevitas quantizers generated from fpq Formats.
+
+Users never write injectors: ``make_quant(fmt, role=...)`` returns a Brevitas injector class whose
+``tensor_quant`` is an fpq module. Its forward is ``fpq.numerics.torch_ops.quantize_torch``, the
+torch twin of ``fpq.quantize``, because Brevitas' own quantizers differ from the reference in
+places the contract cannot accept: its minifloat path has no "no subnormals" mode and always
+exports ``has_subnormal=True``, it has no ap_fixed rounding modes other than round/floor/ceil and
+no WRAP / SAT_ZERO / SAT_SYM overflow, and its float scales are computed from running statistics
+in float32. The injector still carries every piece of metadata Brevitas' QONNX export reads
+(scale, zero point, bit width; exponent / mantissa widths, exponent bias, saturation, inf / NaN
+codes), so ``brevitas.export.export_qonnx`` emits Quant / FloatQuant / BipolarQuant nodes.
+
+Scale kinds (``QuantSpec.scale``):
+  * ``none``  the format carries its own scaling (always used for Fixed); scale 1, not learned.
+  * ``po2``   scale = 2**round(t) with a learnable real exponent ``t`` (rounding STE).
+  * ``float`` scale = 2**t, learnable, any positive float32.
+The scale is stored as float32 and the quantizer applies it as ``fpq.quantize`` does: the
+division / multiplication run in the dtype of the incoming tensor (float32 activations and
+weights; float64 accumulations in eval mode), Q itself exactly.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from brevitas.inject import ExtendedInjector
+from brevitas.proxy import (ActQuantProxyFromInjector, BiasQuantProxyFromInjector,
+                            WeightQuantProxyFromInjector)
+from brevitas.proxy.float_parameter_quant import (BiasFloatQuantProxyFromInjector,
+                                                  WeightFloatQuantProxyFromInjector)
+from brevitas.proxy.float_runtime_quant import ActFloatQuantProxyFromInjector
+
+from ..formats import Binary, Fixed, Int, Minifloat, finfo, parse_format
+from ..numerics.torch_ops import ste_quantize_unscaled
+
+SCALE_KINDS = ("none", "po2", "float")
+
+# ap_fixed rounding -> the QONNX Quant rounding_mode string with the same meaning (qonnx
+# intquant.resolve_rounding_mode). RND (ties to +inf) and RND_MIN_INF (ties to -inf) have no
+# QONNX equivalent: the export keeps the exact format in the fpq_format attribute.
+QONNX_ROUNDING = {"RND_CONV": "ROUND", "TRN": "FLOOR", "TRN_ZERO": "DOWN", "RND_INF": "HALF_UP",
+                  "RND_ZERO": "HALF_DOWN"}
+
+
+def default_scale_kind(fmt, requested: str) -> str:
+    """Fixed formats define their own scaling; every other format takes the requested kind."""
+    if requested not in SCALE_KINDS:
+        raise ValueError(f"unknown scale kind {requested!r}; allowed: 'po2', 'float'")
+    return "none" if isinstance(fmt, Fixed) else requested
+
+
+class _RoundSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, t):
+        return torch.round(t)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+def po2_round_scale(value: float) -> float:
+    """The smallest power of two >= value (so that a calibrated maximum stays representable)."""
+    return math.ldexp(1.0, math.ceil(math.log2(value)))
+
+
+class FpqTensorQuant(nn.Module):
+    """Quantize a tensor to an fpq Format; returns Brevitas' (value, scale, zero_point, bit_width).
+
+    ``channels``: number of output channels for per-channel scales (weights, biases), else None.
+    """
+
+    def __init__(self, fpq_format: str, fpq_scale_kind: str, fpq_channels: int, fpq_role: str):
+        super().__init__()
+        self.fmt = parse_format(fpq_format)
+        self.scale_kind = fpq_scale_kind
+        self.role = fpq_role
+        self.channels = int(fpq_channels)  # 0: per tensor
+        info = finfo(self.fmt)
+        self.qmin, self.qmax = float(info.min), float(info.max)
+        shape = (self.channels,) if self.channels else ()
+        # log2 of the scale; a buffer when the scale is fixed by the format
+        t = torch.zeros(shape, dtype=torch.float32)
+        if self.scale_kind == "none":
+            self.register_buffer("log2_scale", t)
+        else:
+            self.log2_scale = nn.Parameter(t)
+        self.register_buffer("bit_width_t", torch.tensor(float(self.fmt.width)))
+        self.register_buffer("zero_t", torch.tensor(0.0))
+        # set by fpq.calibrate: a callable that records the input, which then passes unquantized
+        self.observer = None
+
+    # -- scale ---------------------------------------------------------------------------
+    def scale(self) -> torch.Tensor:
+        """The current float32 scale (shape () or (C,))."""
+        t = self.log2_scale
+        if self.scale_kind == "po2":
+            t = _RoundSTE.apply(t)
+        elif self.scale_kind == "none":
+            return torch.ones_like(t)
+        return torch.exp2(t)
+
+    @torch.no_grad()
+    def set_scale(self, scale) -> None:
+        """Set the scale (tensor/array/float, > 0); po2 scales must be powers of two."""
+        s = torch.as_tensor(scale, dtype=torch.float64).reshape(self.log2_scale.shape)
+        if self.scale_kind == "none":
+            if not torch.all(s == 1):
+                raise ValueError(f"{self.fmt} carries its own scaling: its scale is fixed at 1")
+            return
+        if not torch.all(torch.isfinite(s) & (s > 0)):
+            raise ValueError(f"scale must be finite and > 0, got {s}")
+        t = torch.log2(s)
+        if self.scale_kind == "po2" and not torch.all(t == torch.round(t)):
+            raise ValueError(f"po2 scale expected, got {s}")
+        self.log2_scale.copy_(t.to(torch.float32))
+
+    @torch.no_grad()
+    def init_from_max(self, maxabs) -> None:
+        """Scale so that ``maxabs`` (per tensor or per channel) maps to the format's maximum.
+
+        po2: rounded up to a power of two (ceil), so the maximum is never clipped.
+        """
+        if self.scale_kind == "none":
+            return
+        m = torch.as_tensor(maxabs, dtype=torch.float64).reshape(self.log2_scale.shape)
+        m = torch.where(torch.isfinite(m) & (m > 0), m, torch.ones_like(m))
+        s = m / self.qmax
+        if self.scale_kind == "po2":
+            s = torch.exp2(torch.ceil(torch.log2(s)))
+        self.set_scale(s.to(torch.float32).to(torch.float64))
+
+    # -- forward -------------------------------------------------------------------------
+    def _view(self, s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if self.channels and x.dim() > 1:
+            return s.view(-1, *([1] * (x.dim() - 1)))  # weights: channel dim 0
+        return s
+
+    def quantize(self, x: torch.Tensor):
+        s = self.scale()
+        if x.dim() == 0 or not torch.is_floating_point(x):
+            x = x.float()
+        if self.observer is not None and x.dim() > 0:
+            self.observer(x)
+            return x.to(torch.float32), self._view(s, x)
+        sv = self._view(s, x).to(x.dtype)
+        if self.scale_kind == "none":
+            y = ste_quantize_unscaled(x, self.fmt)
+        else:
+            y = ste_quantize_unscaled(x / sv, self.fmt) * sv
+        # quantized values are exactly representable in float32 (the contract stores them so)
+        return y.to(torch.float32), self._view(s, x)
+
+    def forward(self, x: torch.Tensor):
+        y, s = self.quantize(x)
+        return y, s, self.zero_t.to(s.dtype), self.bit_width_t
+
+    def extra_repr(self) -> str:
+        return f"format={self.fmt}, scale={self.scale_kind}, channels={self.channels or 'tensor'}"
+
+
+class FpqFloatTensorQuant(FpqTensorQuant):
+    """Minifloat version: returns the 9-tuple Brevitas' float proxies expect."""
+
+    def __init__(self, fpq_format: str, fpq_scale_kind: str, fpq_channels: int, fpq_role: str):
+        super().__init__(fpq_format, fpq_scale_kind, fpq_channels, fpq_role)
+        f = self.fmt
+        self.register_buffer("exp_bw", torch.tensor(float(f.exp_bits)))
+        self.register_buffer("man_bw", torch.tensor(float(f.man_bits)))
+        self.register_buffer("exp_bias", torch.tensor(float(f.bias)))
+        self.inf_values, self.nan_values = minifloat_special_codes(f)
+
+    def forward(self, x: torch.Tensor):
+        y, s = self.quantize(x)
+        return (y, s, self.zero_t.to(s.dtype), self.exp_bw, self.man_bw, self.exp_bias,
+                self.fmt.saturate, self.inf_values, self.nan_values)
+
+
+def minifloat_special_codes(f: Minifloat):
+    """Brevitas' description of inf / NaN: mantissa bit strings of the top exponent field."""
+    M = f.man_bits
+    if f.specials == "ieee":
+        inf = ("0" * M,)
+        nan = tuple(format(m, f"0{M}b") for m in range(1, 1 << M)) or None
+        return inf, nan
+    if f.specials == "fn":
+        return None, ("1" * M,)
+    return None, None  # "none"; "fnuz" (its NaN is the negative-zero code) as Brevitas' fnuz
+
+
+def make_quant(fmt, role: str, scale_kind: str = "po2", channels: int = 0):
+    """A Brevitas injector class quantizing to ``fmt`` for ``role`` (weight|bias|act)."""
+    fmt = parse_format(fmt)
+    kind = default_scale_kind(fmt, scale_kind)
+    is_float = isinstance(fmt, Minifloat)
+    proxy = {("weight", False): WeightQuantProxyFromInjector,
+             ("weight", True): WeightFloatQuantProxyFromInjector,
+             ("bias", False): BiasQuantProxyFromInjector,
+             ("bias", True): BiasFloatQuantProxyFromInjector,
+             ("act", False): ActQuantProxyFromInjector,
+             ("act", True): ActFloatQuantProxyFromInjector}[(role, is_float)]
+    attrs = dict(
+        proxy_class=proxy,
+        tensor_quant=FpqFloatTensorQuant if is_float else FpqTensorQuant,
+        fpq_format=str(fmt), fpq_scale_kind=kind, fpq_channels=int(channels), fpq_role=role,
+        signed=bool(fmt.signed),
+        narrow_range=bool(isinstance(fmt, Int) and fmt.narrow),
+        float_to_int_impl_type=QONNX_ROUNDING.get(getattr(fmt, "rounding", "RND_CONV"), "ROUND"),
+        requires_input_scale=False,
+    )
+    if is_float:
+        attrs["max_available_float"] = float(fmt.max_value)
+    return type(f"FpqQuant_{role}", (ExtendedInjector,), attrs)
+
+
+def tensor_quant_of(proxy):
+    """The fpq tensor quantizer inside a Brevitas proxy (None when quantization is off)."""
+    if proxy is None:
+        return None
+    tq = getattr(proxy, "tensor_quant", None)
+    if tq is None and getattr(proxy, "fused_activation_quant_proxy", None) is not None:
+        tq = proxy.fused_activation_quant_proxy.tensor_quant
+    return tq if isinstance(tq, FpqTensorQuant) else None

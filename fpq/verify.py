@@ -1,0 +1,289 @@
+"""``fpq.verify``: torch == emulator == qonnx executor == HLS C-sim, bit for bit, layer by layer.
+
+Paths (each compared with the emulator, atol=0, NaN equal to NaN):
+
+* ``torch``: the quantized torch model in eval mode (only when a torch model is given). Layer
+  values come from forward hooks on the modules whose last IR op they produce.
+* ``emulator``: ``fpq.emulate`` on the graph IR (the reference of the comparison).
+* ``qonnx``: ``qonnx.core.onnx_exec.execute_onnx`` one sample at a time on the first
+  ``qonnx_subset`` inputs, on a copy of the graph rewritten by ``ComputeInDouble`` so that its
+  sums are exact (in float32 ONNX Runtime would round a sum of wide products; see
+  ``fpq.export.transforms``). Quantizers whose format QONNX cannot express (e.g. fixed WRAP)
+  make the qonnx path not comparable; the report says so.
+* ``hls``: ``project.predict(x)`` and, when the project has it, ``project.trace(x)`` ({layer:
+  values}, keyed by IR op names).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .export.graph import Graph, read_graph
+
+REFERENCE = "emulator"
+
+
+@dataclass
+class Mismatch:
+    layer: str
+    path: str          # the path that differs from the emulator
+    index: tuple       # first differing index (sample first)
+    values: dict       # path -> value at that index
+
+    def __str__(self):
+        vals = ", ".join(f"{k}={v!r}" for k, v in self.values.items())
+        return f"layer {self.layer!r}: {self.path} differs from {REFERENCE} at index {self.index} ({vals})"
+
+
+@dataclass
+class VerifyReport:
+    exact: bool
+    first_mismatch: Mismatch | None
+    table: list                          # rows: dict(layer, path, compared, mismatches, max_abs_diff)
+    paths: list
+    n_inputs: int
+    notes: list = field(default_factory=list)
+    outputs: dict = field(default_factory=dict, repr=False)   # path -> final output
+
+    def __str__(self):
+        head = f"fpq.verify: {'EXACT' if self.exact else 'NOT EXACT'} over {self.n_inputs} inputs; " \
+               f"paths: {', '.join(self.paths)} (reference: {REFERENCE})"
+        lines = [head]
+        if self.first_mismatch is not None:
+            lines.append(f"first mismatch: {self.first_mismatch}")
+        rows = [("layer", "path", "compared", "mismatches", "max |diff|")]
+        for r in self.table:
+            rows.append((r["layer"], r["path"], str(r["compared"]), str(r["mismatches"]),
+                         f"{r['max_abs_diff']:.6g}" if r["compared"] else "-"))
+        w = [max(len(r[i]) for r in rows) for i in range(5)]
+        for k, r in enumerate(rows):
+            lines.append("  ".join(c.ljust(w[i]) for i, c in enumerate(r)).rstrip())
+            if k == 0:
+                lines.append("  ".join("-" * x for x in w))
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def _is_module(q) -> bool:
+    try:
+        import torch
+        return isinstance(q, torch.nn.Module)
+    except ImportError:  # pragma: no cover
+        return False
+
+
+def random_inputs(graph: Graph, n: int, seed: int = 0, *, spread: float = 1.5) -> np.ndarray:
+    """Off-grid float32 inputs for ``graph``: uniform over +-spread x the input format's range
+    (so about a third saturate) mixed with small normal values near the fine grid."""
+    from .formats import finfo
+    rng = np.random.default_rng(seed)
+    name = graph.inputs[0]
+    shape = (n,) + tuple(graph.input_shapes[name][1:])
+    first = graph.ops[0]
+    hi = 4.0
+    if first.quant is not None:
+        info = finfo(first.quant.format)
+        hi = float(max(abs(info.max), abs(info.min)) * np.max(first.quant.scale))
+    x = rng.uniform(-spread * hi, spread * hi, size=shape)
+    small = rng.random(shape) < 0.3
+    x[small] = rng.normal(0.0, hi / 16, size=int(small.sum()))
+    return x.astype(np.float32)
+
+
+def _torch_trace(q, x, graph: Graph):
+    """Final output and {IR op: value} of the torch model (forward hooks on modules)."""
+    import torch
+
+    modules = dict(q.named_modules())
+    last_op = {}
+    for op in graph.ops:
+        for node in op.onnx_nodes[-1:]:
+            path = ".".join(p for p in node.split("/")[1:-1] if p and p not in
+                            ("export_handler", "act_quant", "activation_impl", "weight_quant", "output_quant",
+                             "bias_quant", "input_quant"))
+            if path in modules and path != "":
+                last_op[path] = op.name
+    values, handles = {}, []
+
+    def hook(name):
+        def fn(_m, _i, out):
+            v = getattr(out, "value", out)
+            if isinstance(v, torch.Tensor):
+                values[name] = v.detach().cpu().to(torch.float64).numpy()
+        return fn
+
+    for path, op_name in last_op.items():
+        handles.append(modules[path].register_forward_hook(hook(op_name)))
+    was = q.training
+    q.eval()
+    try:
+        with torch.no_grad():
+            out = q(torch.as_tensor(x, dtype=torch.float32))
+    finally:
+        for h in handles:
+            h.remove()
+        q.train(was)
+    out = getattr(out, "value", out)
+    return out.detach().cpu().to(torch.float64).numpy(), values
+
+
+def qonnx_double_model(model):
+    """A copy of a QONNX model whose sums run exactly in float64 (``ComputeInDouble``)."""
+    from .export.graph import load_model
+    from .export.transforms import ComputeInDouble, RemoveFloatCasts, RemoveInitializersFromInputs
+    mw = load_model(model)
+    mw = mw.transform(RemoveInitializersFromInputs()).transform(RemoveFloatCasts())
+    return mw.transform(ComputeInDouble())
+
+
+def qonnx_trace(model, x, graph: Graph):
+    """qonnx's executor, one sample at a time: final output and {IR op: value}."""
+    from qonnx.core.onnx_exec import execute_onnx
+    mw = qonnx_double_model(model)
+    name = graph.inputs[0]
+    per_op = {op.name: [] for op in graph.ops}
+    outs = []
+    for i in range(len(x)):
+        ctx = execute_onnx(mw, {name: np.asarray(x[i:i + 1], dtype=np.float32)}, return_full_exec_context=True)
+        for op in graph.ops:
+            t = op.outputs[0]
+            if t in ctx and ctx[t] is not None:
+                per_op[op.name].append(np.asarray(ctx[t], dtype=np.float64))
+        outs.append(np.asarray(ctx[graph.outputs[0]], dtype=np.float64))
+    trace = {k: np.concatenate(v, axis=0) for k, v in per_op.items() if len(v) == len(x)}
+    return np.concatenate(outs, axis=0), trace
+
+
+def _compare(ref: np.ndarray, other: np.ndarray):
+    ref = np.asarray(ref, dtype=np.float64)
+    other = np.asarray(other, dtype=np.float64)
+    if other.shape != ref.shape:
+        if other.size == ref.size:
+            other = other.reshape(ref.shape)
+        else:
+            return ref.size, ref.size, float("inf"), (0,)
+    both_nan = np.isnan(ref) & np.isnan(other)
+    diff = (ref != other) & ~both_nan
+    n = int(diff.sum())
+    with np.errstate(invalid="ignore"):
+        d = np.abs(ref - other)
+    d = np.where(both_nan, 0.0, d)
+    d = np.where(np.isnan(d), np.inf, d)
+    first = tuple(int(i) for i in np.unravel_index(int(np.argmax(diff)), ref.shape)) if n else None
+    return ref.size, n, float(d.max()) if d.size else 0.0, first
+
+
+def verify(q, x=None, project=None, *, qonnx_subset: int = 64, n: int = 1000, seed: int = 0) -> VerifyReport:
+    """Compare every path on the same inputs; see the module docstring.
+
+    ``q``: a converted torch model (exported in memory) or a QONNX path / ModelWrapper.
+    ``x``: inputs (N, ...); None draws ``n`` off-grid random inputs (``random_inputs``).
+    """
+    from .emulate import Emulator
+    from .export import export_qonnx
+
+    notes = []
+    if _is_module(q):
+        if x is None:
+            raise ValueError("verify: a torch model needs inputs x (their shape defines the export)")
+        model = export_qonnx(q, None, x)
+    else:
+        model = q
+    graph = read_graph(model)
+    if x is None:
+        x = random_inputs(graph, n, seed)
+    try:
+        import torch
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu().numpy()
+    except ImportError:  # pragma: no cover
+        pass
+    x = np.asarray(x, dtype=np.float32)
+    emu = Emulator(graph)
+    ref_out, ref_trace = emu(x, return_trace=True)
+    ref_out = np.asarray(ref_out, dtype=np.float64)
+    inexact = [k for k, v in emu.exact.items() if not v]
+    if inexact:
+        notes.append(f"the emulator cannot prove exactness of {inexact} (float scales or float64-rounded ops): "
+                     "agreement there is checked, not guaranteed")
+    results = {}   # path -> (output, trace, rows used)
+    if _is_module(q):
+        out, tr = _torch_trace(q, x, graph)
+        results["torch"] = (out, tr, slice(None))
+    qonnx_ok = True
+    bad = [op.quant or op.weight_quant for op in graph.ops
+           if (op.quant is not None and not op.quant.qonnx_exact)
+           or (op.weight_quant is not None and not op.weight_quant.qonnx_exact)]
+    if bad:
+        qonnx_ok = False
+        notes.append("qonnx path not comparable: " + "; ".join(f"{b.node}: {b.note}" for b in bad))
+    if qonnx_subset and qonnx_subset > 0:
+        k = min(int(qonnx_subset), len(x))
+        try:
+            out, tr = qonnx_trace(model, x[:k], graph)
+            results["qonnx"] = (out, tr, slice(0, k))
+        except ValueError as e:
+            notes.append(f"qonnx path skipped: {e}")
+            qonnx_ok = False
+    if project is not None:
+        out = np.asarray(project.predict(x), dtype=np.float64)
+        tr = {}
+        if callable(getattr(project, "trace", None)):
+            tr = {k: np.asarray(v, dtype=np.float64) for k, v in dict(project.trace(x)).items()}
+        results["hls"] = (out, tr, slice(None))
+
+    rows, first, exact = [], None, True
+    order = [op.name for op in graph.ops]
+    for layer in order + ["<output>"]:
+        for path, (out, tr, rows_sel) in results.items():
+            if layer == "<output>":
+                ref, other = ref_out[rows_sel], out
+            else:
+                if layer not in tr:
+                    continue
+                ref, other = np.asarray(ref_trace[layer])[rows_sel], tr[layer]
+            compared, mism, maxd, idx = _compare(ref, other)
+            rows.append({"layer": layer, "path": path, "compared": compared, "mismatches": mism,
+                         "max_abs_diff": maxd})
+            counts = not (path == "qonnx" and not qonnx_ok)
+            if mism and counts:
+                exact = False
+                if first is None:
+                    o = np.asarray(other, dtype=np.float64).reshape(np.shape(ref))
+                    first = Mismatch(layer, path, idx, {REFERENCE: float(np.asarray(ref)[idx]), path: float(o[idx])})
+    rep = VerifyReport(exact, first, rows, [REFERENCE] + list(results), len(x), notes,
+                       {REFERENCE: ref_out, **{p: r[0] for p, r in results.items()}})
+    return rep
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def cli_register(subparsers) -> None:
+    """``fpq verify MODEL.onnx --n 1000 --seed 0 [--qonnx-subset 64]``."""
+    p = subparsers.add_parser("verify", help="check emulator == qonnx executor (== HLS C-sim) bit for bit")
+    p.add_argument("model", help="QONNX file (.onnx)")
+    p.add_argument("--n", type=int, default=1000, help="number of random off-grid inputs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--qonnx-subset", type=int, default=64, help="inputs run through qonnx's executor")
+    p.add_argument("--hls", default=None, help="an fpq HLS project directory to include (fpq.hls)")
+    p.set_defaults(func=_cli_verify)
+
+
+def _cli_verify(args) -> int:
+    project = None
+    if args.hls:
+        from . import hls
+        loader = getattr(hls, "load_project", None)
+        if loader is None:
+            raise SystemExit("fpq verify --hls: this fpq build has no fpq.hls.load_project")
+        project = loader(args.hls)
+    rep = verify(args.model, None, project, qonnx_subset=args.qonnx_subset, n=args.n, seed=args.seed)
+    print(rep)
+    return 0 if rep.exact else 1
+
+
+__all__ = ["verify", "VerifyReport", "Mismatch", "random_inputs", "qonnx_trace", "qonnx_double_model",
+           "cli_register"]
