@@ -39,7 +39,7 @@ def train(model, data, epochs: int, lr: float, seed: int, batch_size: int = 64, 
             loss = F.cross_entropy(model(xb), yb)
             loss.backward()
             opt.step()
-            total += float(loss) * len(xb)
+            total += loss.item() * len(xb)
         sched.step()
         losses.append(total / len(data.x_train))
     model.eval()

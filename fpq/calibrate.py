@@ -127,3 +127,14 @@ def calibrate(q, batches, method: str = "max", percentile: float = 99.99, progre
     q.fpq_record_shapes(first[:1])
     q.train(was_training)
     return q
+
+
+class _CallableModule(__import__("types").ModuleType):
+    """``import fpq.calibrate`` binds the submodule over the lazy function ``fpq.calibrate``; calling the
+    module calls the function, so ``fpq.calibrate(...)`` works in either import order."""
+
+    def __call__(self, *args, **kwargs):
+        return calibrate(*args, **kwargs)
+
+
+__import__("sys").modules[__name__].__class__ = _CallableModule

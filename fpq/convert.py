@@ -294,3 +294,14 @@ def _carry_scales(q: FpqModel, carried: dict) -> None:
         if fmt == tq.fmt and kind == tq.scale_kind and log2.shape == tq.log2_scale.shape:
             with torch.no_grad():
                 tq.log2_scale.copy_(log2)
+
+
+class _CallableModule(__import__("types").ModuleType):
+    """``import fpq.convert`` binds the submodule over the lazy function ``fpq.convert``; calling the
+    module calls the function, so ``fpq.convert(...)`` works in either import order."""
+
+    def __call__(self, *args, **kwargs):
+        return convert(*args, **kwargs)
+
+
+__import__("sys").modules[__name__].__class__ = _CallableModule

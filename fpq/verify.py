@@ -98,25 +98,47 @@ def _torch_trace(q, x, graph: Graph):
     import torch
 
     modules = dict(q.named_modules())
-    last_op = {}
+    stop = {"export_handler", "act_quant", "activation_impl", "weight_quant", "output_quant", "bias_quant"}
+    last_op = {}   # module path -> the last IR op it produces (its output is the module's output)
+    acc_hooks = {}
     for op in graph.ops:
         for node in op.onnx_nodes[-1:]:
-            path = ".".join(p for p in node.split("/")[1:-1] if p and p not in
-                            ("export_handler", "act_quant", "activation_impl", "weight_quant", "output_quant",
-                             "bias_quant", "input_quant"))
-            if path in modules and path != "":
-                last_op[path] = op.name
+            parts = [p for p in node.split("/") if p][:-1]
+            cut = next((i for i, p in enumerate(parts) if p in stop), len(parts))
+            path = ".".join(parts[:cut])
+            # a module's output is the last op inside it (FpqAdd: the add, then its quantizer)
+            for j in range(1, cut + 1):
+                prefix = ".".join(parts[:j])
+                if prefix in modules:
+                    last_op[prefix] = op.name
+                oq = getattr(modules[path], "output_quant", None) if path in modules else None
+                if op.kind in ("linear", "conv1d", "conv2d") and oq is not None and getattr(oq, "is_quant_enabled", False):
+                    acc_hooks[f"{path}.output_quant"] = op.name  # the accumulator enters the output quantizer
     values, handles = {}, []
 
-    def hook(name):
+    calls, shared = {}, set()
+
+    def hook(name, path):
         def fn(_m, _i, out):
             v = getattr(out, "value", out)
+            calls[path] = calls.get(path, 0) + 1
+            if calls[path] > 1:
+                shared.add(name)
+            if isinstance(v, torch.Tensor):
+                values[name] = v.detach().cpu().to(torch.float64).numpy()
+        return fn
+
+    def pre_hook(name):
+        def fn(_m, args):
+            v = getattr(args[0], "value", args[0])
             if isinstance(v, torch.Tensor):
                 values[name] = v.detach().cpu().to(torch.float64).numpy()
         return fn
 
     for path, op_name in last_op.items():
-        handles.append(modules[path].register_forward_hook(hook(op_name)))
+        handles.append(modules[path].register_forward_hook(hook(op_name, path)))
+    for path, op_name in acc_hooks.items():
+        handles.append(modules[path].register_forward_pre_hook(pre_hook(op_name)))
     was = q.training
     q.eval()
     try:
@@ -127,6 +149,8 @@ def _torch_trace(q, x, graph: Graph):
             h.remove()
         q.train(was)
     out = getattr(out, "value", out)
+    # a module called more than once (a shared nn.ReLU) has no single per-layer value
+    values = {k: v for k, v in values.items() if k not in shared}
     return out.detach().cpu().to(torch.float64).numpy(), values
 
 
@@ -176,11 +200,13 @@ def _compare(ref: np.ndarray, other: np.ndarray):
     return ref.size, n, float(d.max()) if d.size else 0.0, first
 
 
-def verify(q, x=None, project=None, *, qonnx_subset: int = 64, n: int = 1000, seed: int = 0) -> VerifyReport:
+def verify(q, x=None, project=None, *, qonnx_subset: int = 64, n: int = 1000, seed: int = 0,
+           model=None) -> VerifyReport:
     """Compare every path on the same inputs; see the module docstring.
 
-    ``q``: a converted torch model (exported in memory) or a QONNX path / ModelWrapper.
+    ``q``: a converted torch model or a QONNX path / ModelWrapper.
     ``x``: inputs (N, ...); None draws ``n`` off-grid random inputs (``random_inputs``).
+    ``model``: the QONNX file to check against a torch ``q`` (default: ``q`` exported in memory).
     """
     from .emulate import Emulator
     from .export import export_qonnx
@@ -189,8 +215,11 @@ def verify(q, x=None, project=None, *, qonnx_subset: int = 64, n: int = 1000, se
     if _is_module(q):
         if x is None:
             raise ValueError("verify: a torch model needs inputs x (their shape defines the export)")
-        model = export_qonnx(q, None, x)
+        if model is None:
+            model = export_qonnx(q, None, x)
     else:
+        if model is not None:
+            raise ValueError("verify: pass model=... only with a torch model q")
         model = q
     graph = read_graph(model)
     if x is None:
@@ -219,7 +248,11 @@ def verify(q, x=None, project=None, *, qonnx_subset: int = 64, n: int = 1000, se
            or (op.weight_quant is not None and not op.weight_quant.qonnx_exact)]
     if bad:
         qonnx_ok = False
-        notes.append("qonnx path not comparable: " + "; ".join(f"{b.node}: {b.note}" for b in bad))
+        why = {}
+        for b in bad:
+            why.setdefault(b.note, []).append(b.node)
+        notes.append("qonnx path not comparable (its executor computes another function): " + "; ".join(
+            f"{note} [{len(nodes)} node(s), first {nodes[0]}]" for note, nodes in why.items()))
     if qonnx_subset and qonnx_subset > 0:
         k = min(int(qonnx_subset), len(x))
         try:

@@ -1,17 +1,22 @@
 """fpq.quantize for Fixed formats against ap_fixed itself (hls4ml's ap_types headers, g++).
 
-tests/cpp/apfixed_oracle.cpp converts a dense grid (every code, every tie, both neighbours of
-every tie, values far out of range on both sides) plus raw doubles to ap_[u]fixed<W,I,Q,O>, for
-W in 2..12, I in -4..8, signed and unsigned, every quantization mode x every overflow mode, in
-the two ways an HLS C simulation converts: from a double (network inputs) and from a wide
-exact ap_fixed (a layer output from its accumulator). Every result must equal fpq's numpy
-reference (atol=0).
+tests/cpp/apfixed_oracle.cpp converts a dense grid (every code and every tie of the type, the
+quarter-LSB neighbours of every tie up to 9 bits and near the range ends and zero above, values
+far out of range on both sides) plus raw doubles (tiny, huge, +-inf, random) to
+ap_[u]fixed<W,I,Q,O> for W in 2..12, I in -4..8, signed and unsigned, every quantization mode x
+every overflow mode, in the two ways an HLS C simulation converts: from a double (network
+inputs) and from a wide exact ap_fixed (a layer output from its accumulator). Every result must
+equal fpq's numpy reference (atol=0).
 
-Compile time: each ap_fixed type costs ~25 ms of g++ front end + code generation (measured:
-1144 types of one rounding mode take 31 s at -O0, 72 s at -O1 on one core), so all 8008
-(W, I, S, Q, O) types take minutes. By default each (S, W, Q, O) is instantiated at two
-integer-bit counts chosen so that every (W, I) pair and every (I, Q, O) triple occurs;
-FPQ_APFIXED_FULL=1 instantiates all 8008 types.
+Compile time decides the design. Each ap_fixed type costs g++ ~25-40 ms at -O0 and about twice
+that at -O1 (measured: the 1144 types of one rounding mode take 31 s at -O0 and 72 s at -O1
+on one core), so all 8008 (W, I, S, Q, O) types take minutes. ap_fixed's conversion depends on
+I only through differences with the source exponent (F2 - F, I - I2 in ap_fixed_base.h), so
+converting x to <W, I> is converting x * 2**(I0 - I) to <W, I0>, scaled back. The default run
+instantiates every (S, W, Q, O) at one I (rotating so that every (W, I) and every (I, Q, O)
+occurs), checks that invariance on types instantiated at two I, and checks the reference at all
+13 I through it. FPQ_APFIXED_FULL=1 instantiates all 8008 types (minutes); FPQ_ORACLE_OPT sets
+the optimisation flag (default -O0: it compiles twice as fast and the run takes seconds).
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,11 +37,13 @@ QMODES = ["RND", "RND_ZERO", "RND_MIN_INF", "RND_INF", "RND_CONV", "TRN", "TRN_Z
 OMODES = ["SAT", "SAT_ZERO", "SAT_SYM", "WRAP"]  # kO order
 WIDTHS = range(2, 13)
 INT_BITS = range(-4, 9)
+INVARIANCE_WIDTHS = (3, 8, 12)   # signed types of these widths get a second I
+FIXED_PATH_WIDTHS = (2, 5, 8, 12)  # types of these widths also convert from a wide ap_fixed
+DENSE_MAX_WIDTH = 9  # up to this width every quarter LSB is on the grid
 SRC = Fixed(48, 20, True, "TRN", "SAT")  # SRC_T in the C++ file: holds every grid input exactly
 CPP = Path(__file__).parent / "cpp" / "apfixed_oracle.cpp"
 FULL = os.environ.get("FPQ_APFIXED_FULL", "") not in ("", "0")
-
-pytestmark = pytest.mark.slow
+OPT = os.environ.get("FPQ_ORACLE_OPT", "-O0")
 
 
 def ap_types_dir() -> Path:
@@ -44,40 +52,49 @@ def ap_types_dir() -> Path:
     return Path(hls4ml.__file__).parent / "templates" / "vivado" / "ap_types"
 
 
-def type_list(full: bool) -> list[tuple[int, int, int, int, int]]:
-    """(S, W, I, q, o) of every type to instantiate."""
+def type_list(full: bool) -> list[tuple[int, int, int, int, int, int]]:
+    """(S, W, I, q, o, fx) of every type to instantiate, sorted."""
     n_i = len(INT_BITS)
-    out = []
+    out = set()
     for s in (1, 0):
         for w in WIDTHS:
+            fx = int(full or w in FIXED_PATH_WIDTHS)
             for q in range(len(QMODES)):
                 for o in range(len(OMODES)):
                     if full:
-                        ints = list(INT_BITS)
-                    else:
-                        # rotate through I: over the 28 (q, o) pairs each W meets all 13 I, and
-                        # over the 11 W (two picks each) each (q, o) meets all 13 I
-                        t = w + 4 * q + o
-                        ints = sorted({INT_BITS[t % n_i], INT_BITS[(t + 6 + s) % n_i]})
-                    out += [(s, w, i, q, o) for i in ints]
-    return out
+                        out |= {(s, w, i, q, o, fx) for i in INT_BITS}
+                        continue
+                    # one I per (S, W, Q, O), rotating: for each (S, W) the 28 (Q, O) pairs meet
+                    # all 13 I, and for each (Q, O) the 2 x 11 (S, W) pairs meet all 13 I
+                    t = w + 4 * q + o + 7 * s
+                    out.add((s, w, INT_BITS[t % n_i], q, o, fx))
+                    if s == 1 and w in INVARIANCE_WIDTHS:
+                        out.add((s, w, INT_BITS[(t + 6) % n_i], q, o, fx))
+    return sorted(out)
 
 
 def grid_j(signed: bool, w: int, rng: np.random.Generator) -> np.ndarray:
-    """Quarter-LSB multiples: all codes +-8 around the range, far-out values, random ones."""
+    """Inputs in quarter LSBs (x = j * LSB / 4): codes, ties, their neighbours, far values."""
     lo, hi = Fixed(w, w, signed).int_range
-    j = [np.arange(4 * (lo - 8), 4 * (hi + 8) + 1)]
+    span = np.arange(4 * (lo - 8), 4 * (hi + 8) + 1)
+    if w <= DENSE_MAX_WIDTH:
+        j = [span]
+    else:  # every code and tie; quarter neighbours near the ends, zero and at random codes
+        near = np.concatenate([np.arange(c - 64, c + 65) for c in (lo, 0, hi)] + [rng.integers(lo, hi, 512)])
+        j = [span[span % 2 == 0], (4 * near[:, None] + np.array([1, 3])).ravel()]
     for m in (2 ** w - 1, 2 ** w, 2 ** w + 1, 2 ** (w + 1) + 3, 5 * 2 ** (w - 1) + 1):
         for c in (hi + m, lo - m):
             j.append(4 * c + np.arange(4))
     j.append(rng.integers(-2 ** (w + 4), 2 ** (w + 4), 64))
-    return np.concatenate(j).astype(np.int32)
+    return np.unique(np.concatenate(j)).astype(np.int32)
 
 
 def extras(rng: np.random.Generator) -> np.ndarray:
+    big = np.finfo(np.float64).max
     fixed = [0.0, -0.0, 5e-324, -5e-324, 1e-300, -1e-300, 2.0 ** -40, -(2.0 ** -40), 1 / 3, -1 / 3,
              np.pi, -np.pi, 0.1, -0.1, 7.75, -7.75, 255.5, -255.5, 1e6, -1e6, 2.0 ** 40 + 0.5,
-             1e300, -1e300, np.nextafter(0.5, 1), np.nextafter(-0.5, -1), 1 - 2.0 ** -53]
+             1e300, -1e300, big, -big, np.inf, -np.inf, np.nextafter(0.5, 1),
+             np.nextafter(-0.5, -1), 1 - 2.0 ** -53]
     mags = np.exp2(rng.uniform(-24, 14, 256))
     return np.concatenate([fixed, mags * rng.choice([-1.0, 1.0], mags.size)])
 
@@ -88,23 +105,26 @@ def _run(cmd, cwd):
         raise RuntimeError(f"{' '.join(map(str, cmd))} failed:\n{r.stderr[-4000:]}")
 
 
-@pytest.fixture(scope="session")
-def oracle(tmp_path_factory):
-    """Build the oracle once per session and run it; returns everything the tests compare."""
-    if shutil.which("g++") is None:
-        pytest.skip("g++ not found")
-    d = tmp_path_factory.mktemp("apfixed_oracle")
-    types = type_list(FULL)
-    (d / "types.inc").write_text(
-        "".join(f"T({k}, {s}, {w}, {i}, {q}, {o})\n" for k, (s, w, i, q, o) in enumerate(types)))
-    flags = ["g++", "-std=c++17", os.environ.get("FPQ_ORACLE_OPT", "-O1"), "-w", f"-I{ap_types_dir()}", f'-DORACLE_TYPES="{d / "types.inc"}"']
-    units = [(["-c", str(CPP), "-o", "main.o"])]
-    units += [[f"-DORACLE_Q={q}", "-c", str(CPP), "-o", f"q{q}.o"] for q in range(len(QMODES))]
+def _build(d: Path, types) -> float:
+    (d / "types.inc").write_text("".join(f"T({k}, {', '.join(map(str, t))})\n" for k, t in enumerate(types)))
+    flags = ["g++", "-std=c++17", OPT, "-w", f"-I{ap_types_dir()}", f'-DORACLE_TYPES="{d / "types.inc"}"']
+    units = [[f"-DORACLE_Q={q}", "-c", str(CPP), "-o", f"q{q}.o"] for q in range(len(QMODES))]
+    units.append(["-c", str(CPP), "-o", "main.o"])
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=max(1, min(os.cpu_count() or 1, len(units)))) as ex:
         list(ex.map(lambda u: _run(flags + u, d), units))
     _run(["g++", "-o", "oracle", "main.o", *[f"q{q}.o" for q in range(len(QMODES))]], d)
-    compile_s = time.perf_counter() - t0
+    return time.perf_counter() - t0
+
+
+@pytest.fixture(scope="session")
+def oracle(tmp_path_factory):
+    """Build the oracle once per session and run it; returns what the tests compare."""
+    if shutil.which("g++") is None:
+        pytest.skip("g++ not found")
+    d = tmp_path_factory.mktemp("apfixed_oracle")
+    types = type_list(FULL)
+    compile_s = _build(d, types)
 
     rng = np.random.default_rng(20260101)
     ext = extras(rng)
@@ -114,25 +134,28 @@ def oracle(tmp_path_factory):
         f.write(np.int32(ext.size).tobytes() + ext.astype("<f8").tobytes())
         for s in (1, 0):
             for w in range(1, 17):
-                g = grids[s, w]
-                f.write(np.int32(g.size).tobytes() + g.astype("<i4").tobytes())
+                f.write(np.int32(grids[s, w].size).tobytes() + grids[s, w].astype("<i4").tobytes())
     t0 = time.perf_counter()
     _run([str(d / "oracle"), "in.bin", "out.bin"], d)
     run_s = time.perf_counter() - t0
     codes = np.fromfile(d / "out.bin", dtype="<i2")
     results, pos = [], 0
-    for s, w, i, q, o in types:
-        n = grids[s, w].size
-        x = np.ldexp(grids[s, w].astype(np.float64), i - w - 2)
-        c_dbl = codes[pos:pos + n + ext.size]
-        c_fix = codes[pos + n + ext.size:pos + 2 * n + ext.size]
-        pos += 2 * n + ext.size
-        fmt = Fixed(w, i, bool(s), QMODES[q], OMODES[o])
-        results.append((fmt, x, c_dbl, c_fix))
+    for s, w, i, q, o, fx in types:
+        j = grids[s, w]
+        n = j.size
+        c_dbl = codes[pos:pos + n + ext.size].astype(np.float64)
+        pos += n + ext.size
+        c_fix = codes[pos:pos + n].astype(np.float64) if fx else None
+        pos += n if fx else 0
+        results.append((Fixed(w, i, bool(s), QMODES[q], OMODES[o]), j, c_dbl, c_fix))
     assert pos == codes.size, "oracle output size does not match the type list"
-    print(f"\napfixed oracle: {len(types)} types, compile {compile_s:.1f} s, run {run_s:.1f} s, "
-          f"{codes.size} conversions")
-    return {"results": results, "extras": ext, "n_types": len(types)}
+    print(f"\napfixed oracle: {len(types)} types, compile {compile_s:.1f} s ({OPT}), "
+          f"run {run_s:.1f} s, {codes.size} conversions")
+    return {"results": results, "extras": ext}
+
+
+def _grid_x(fmt: Fixed, j: np.ndarray) -> np.ndarray:
+    return np.ldexp(j.astype(np.float64), -fmt.frac_bits - 2)
 
 
 def _codes(fmt: Fixed, x: np.ndarray) -> np.ndarray:
@@ -140,47 +163,89 @@ def _codes(fmt: Fixed, x: np.ndarray) -> np.ndarray:
     return np.ldexp(quantize(x, fmt), fmt.frac_bits)
 
 
-def _report(fmt, x, want, got):
-    bad = np.flatnonzero(got != want)
-    rows = ", ".join(f"x={x[k]!r}: ap_fixed {want[k]} vs fpq {got[k]}" for k in bad[:5])
+def _mismatch(fmt, x, want, got) -> str | None:
+    if np.array_equal(want, got):
+        return None
+    bad = np.flatnonzero(want != got)
+    rows = ", ".join(f"x={x[k]!r}: ap_fixed {want[k]:g} vs fpq {got[k]:g}" for k in bad[:4])
     return f"{fmt}: {bad.size} mismatches, e.g. {rows}"
 
 
-def test_type_list_covers_every_pair():
+def _fail(bad):
+    bad = [b for b in bad if b]
+    assert not bad, f"{len(bad)} types disagree:\n" + "\n".join(bad[:20])
+
+
+def test_type_list_covers_every_combination():
     types = type_list(False)
-    assert {(w, i) for _, w, i, _, _ in types} == {(w, i) for w in WIDTHS for i in INT_BITS}
-    for s in (0, 1):
-        got = {(i, q, o) for s2, _, i, q, o in types if s2 == s}
-        assert got == {(i, q, o) for i in INT_BITS for q in range(7) for o in range(4)}
+    assert {(w, i) for _, w, i, *_ in types} == {(w, i) for w in WIDTHS for i in INT_BITS}
+    assert {(i, q, o) for _, _, i, q, o, _ in types} == {
+        (i, q, o) for i in INT_BITS for q in range(7) for o in range(4)}
+    assert {(s, w, q, o) for s, w, _, q, o, _ in types} == {
+        (s, w, q, o) for s in (0, 1) for w in WIDTHS for q in range(7) for o in range(4)}
+    assert {(s, q, o) for s, _, _, q, o, fx in types if fx} == {
+        (s, q, o) for s in (0, 1) for q in range(7) for o in range(4)}
     assert len(type_list(True)) == 2 * len(WIDTHS) * len(INT_BITS) * 7 * 4 == 8008
 
 
+@pytest.mark.slow
 def test_grid_fits_source_type(oracle):
-    for fmt, x, _, _ in oracle["results"]:
-        assert np.array_equal(quantize(x, SRC), x), f"grid of {fmt} is not exact in {SRC}"
+    for fmt, j, _, c_fix in oracle["results"]:
+        if c_fix is not None:
+            x = _grid_x(fmt, j)
+            assert np.array_equal(quantize(x, SRC), x), f"grid of {fmt} is not exact in {SRC}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("q", QMODES)
 def test_from_double(oracle, q):
     ext = oracle["extras"]
     bad = []
-    for fmt, x, c_dbl, _ in oracle["results"]:
-        if fmt.rounding != q:
-            continue
-        xx = np.concatenate([x, ext])
-        got = _codes(fmt, xx)
-        if not np.array_equal(got, c_dbl.astype(np.float64)):
-            bad.append(_report(fmt, xx, c_dbl, got))
-    assert not bad, "\n".join(bad[:20])
+    for fmt, j, c_dbl, _ in oracle["results"]:
+        if fmt.rounding == q:
+            x = np.concatenate([_grid_x(fmt, j), ext])
+            bad.append(_mismatch(fmt, x, c_dbl, _codes(fmt, x)))
+    _fail(bad)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("q", QMODES)
 def test_from_wide_fixed(oracle, q):
     bad = []
-    for fmt, x, _, c_fix in oracle["results"]:
-        if fmt.rounding != q:
-            continue
-        got = _codes(fmt, x)
-        if not np.array_equal(got, c_fix.astype(np.float64)):
-            bad.append(_report(fmt, x, c_fix, got))
-    assert not bad, "\n".join(bad[:20])
+    for fmt, j, _, c_fix in oracle["results"]:
+        if fmt.rounding == q and c_fix is not None:
+            x = _grid_x(fmt, j)
+            bad.append(_mismatch(fmt, x, c_fix, _codes(fmt, x)))
+    _fail(bad)
+
+
+@pytest.mark.slow
+def test_header_is_scale_invariant(oracle):
+    """Same (S, W, Q, O) at two I: the codes on the j grid must be identical (both paths)."""
+    by_kind = defaultdict(list)
+    for fmt, j, c_dbl, c_fix in oracle["results"]:
+        by_kind[fmt.width, fmt.signed, fmt.rounding, fmt.overflow].append((fmt, j.size, c_dbl, c_fix))
+    pairs = 0
+    for group in by_kind.values():
+        for (f0, n, d0, x0), (f1, _, d1, x1) in zip(group, group[1:]):
+            pairs += 1
+            assert np.array_equal(d0[:n], d1[:n]), f"{f0} and {f1} differ on the scaled grid"
+            if x0 is not None:
+                assert np.array_equal(x0, x1), f"{f0} and {f1} differ from a wide ap_fixed"
+    assert pairs >= (len(INVARIANCE_WIDTHS) * 28 if not FULL else 8008 - 616)
+
+
+@pytest.mark.slow
+def test_every_int_bits_through_scaling(oracle):
+    """fpq at every I in -4..8 against the instantiated <W, I0> on the same j grid."""
+    bad = []
+    for fmt0, j, c_dbl, c_fix in oracle["results"]:
+        if FULL and fmt0.int_bits != INT_BITS[0]:
+            continue  # every type is instantiated: test_from_double covers it directly
+        for i in INT_BITS:
+            if i == fmt0.int_bits:
+                continue
+            fmt = Fixed(fmt0.width, i, fmt0.signed, fmt0.rounding, fmt0.overflow)
+            x = _grid_x(fmt, j)
+            bad.append(_mismatch(fmt, x, c_dbl[:j.size], _codes(fmt, x)))
+    _fail(bad)

@@ -66,7 +66,8 @@ def _units(vals: np.ndarray, frac: int) -> np.ndarray:
     """Exact integer multiples of 2**-frac as an object array of Python ints (may exceed 64 bits)."""
     scaled = np.ldexp(np.asarray(vals, dtype=np.float64), frac)
     if not np.all(scaled == np.round(scaled)):
-        raise AssertionError("value not on the fixed grid")
+        bad = np.asarray(vals, dtype=np.float64).ravel()[(scaled != np.round(scaled)).ravel()][0]
+        raise ValueError(f"{bad!r} is not a multiple of 2**-{frac}: not a value of the format")
     return np.array([int(v) for v in scaled.ravel()], dtype=object).reshape(scaled.shape)
 
 

@@ -14,11 +14,13 @@ import numpy as np
 from .rtl import Operator
 from .yosys import cxxrtl_include, run_script
 
-_DRIVER = r"""
+_HEAD = r"""
 #include <cstdio>
 #include <cstdint>
+#include <cstring>
+#include <cstdlib>
 #include <vector>
-#include "dut.cc"
+INCLUDES
 template<size_t B> const cxxrtl::value<B> &V(const cxxrtl::value<B> &v) { return v; }
 template<size_t B> const cxxrtl::value<B> &V(const cxxrtl::wire<B> &w) { return w.curr; }
 template<size_t B> void put(cxxrtl::value<B> &v, uint64_t x) { v.template set<uint64_t>(x); }
@@ -26,21 +28,35 @@ template<size_t B> void put(cxxrtl::wire<B> &w, uint64_t x) { w.next.template se
 template<size_t B> void take(const cxxrtl::value<B> &v, uint32_t *o) {
   for (size_t i = 0; i < 4; i++) o[i] = i < v.chunks ? v.data[i] : 0;
 }
-int main(int argc, char **argv) {
-  FILE *f = fopen(argv[1], "rb");
-  uint64_t n;
-  if (fread(&n, 8, 1, f) != 1) return 2;
-  std::vector<uint64_t> in(n * NIN);
-  if (fread(in.data(), 8, n * NIN, f) != n * NIN) return 2;
-  fclose(f);
-  std::vector<uint32_t> out(n * NOUT * 4);
-  cxxrtl_design::p_dut top;
+"""
+
+_RUNNER = r"""
+static void run_IDX(const uint64_t *in, uint32_t *out, uint64_t n) {
+  cxxrtl_design::p_dutIDX top;
   for (uint64_t k = 0; k < n; k++) {
     const uint64_t *v = &in[k * NIN];
     uint32_t *o = &out[k * NOUT * 4];
 SETS
 STEP
 GETS
+  }
+}
+"""
+
+_MAIN = r"""
+int main(int argc, char **argv) {
+  int which = atoi(argv[3]);
+  static const int nin[] = {NINS}, nout[] = {NOUTS};
+  FILE *f = fopen(argv[1], "rb");
+  uint64_t n;
+  if (fread(&n, 8, 1, f) != 1) return 2;
+  std::vector<uint64_t> in(n * nin[which] + 1);
+  if (fread(in.data(), 8, n * nin[which], f) != n * nin[which]) return 2;
+  fclose(f);
+  std::vector<uint32_t> out(n * nout[which] * 4);
+  switch (which) {
+CASES
+  default: return 3;
   }
   f = fopen(argv[2], "wb");
   fwrite(out.data(), 4, out.size(), f);
@@ -54,32 +70,46 @@ def _mangle(port: str) -> str:
     return "p_" + port.replace("_", "__")
 
 
-def build(op: Operator, workdir: Path) -> Path:
-    """Write the operator, translate it with write_cxxrtl and compile the simulator."""
+def build(ops, workdir: Path) -> Path:
+    """Write the operators, translate them with write_cxxrtl and compile one simulator for all
+    (one yosys run and one g++ run however many operators: the slow steps are per build)."""
+    ops = [ops] if isinstance(ops, Operator) else list(ops)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "op.v").write_text(op.verilog)
-    run_script(f"read_verilog -sv op.v\nhierarchy -top {op.name}\nrename {op.name} dut\n"
-               "proc\nflatten\nopt_clean\nwrite_cxxrtl dut.cc\n", workdir)
-    sets = "\n".join(f"    put(top.{_mangle(p)}, v[{i}]);" for i, (p, _) in enumerate(op.inputs))
-    if op.clocked:
-        step = ("    put(top.p_clk, 0); top.step();\n    put(top.p_clk, 1); top.step(); top.step();")
-    else:
-        step = "    top.step();"
-    gets = "\n".join(f"    take(V(top.{_mangle(p)}), o + {4 * j});" for j, (p, _, _) in enumerate(op.outputs))
-    src = (_DRIVER.replace("SETS", sets).replace("STEP", step).replace("GETS", gets)
-           .replace("NIN", str(len(op.inputs))).replace("NOUT", str(len(op.outputs))))
-    (workdir / "sim.cc").write_text(src)
-    exe = workdir / "sim"
+    script = []
+    for i, op in enumerate(ops):
+        # one CXXRTL file per module: write_cxxrtl keeps only the top of a design
+        (workdir / f"op{i}.v").write_text(op.verilog.replace(f"module {op.name}(", f"module dut{i}(", 1))
+        script += ["design -reset", f"read_verilog -sv op{i}.v", f"hierarchy -top dut{i}", "proc", "flatten",
+                   "opt_clean", f"write_cxxrtl dut{i}.cc"]
+    run_script("\n".join(script) + "\n", workdir)
+    for i in range(len(ops)):  # each file defines the same C entry point: make it unique
+        f = workdir / f"dut{i}.cc"
+        f.write_text(f.read_text().replace("cxxrtl_design_create", f"cxxrtl_design_create_{i}"))
+    parts = [_HEAD.replace("INCLUDES", "\n".join(f'#include "dut{i}.cc"' for i in range(len(ops))))]
+    for i, op in enumerate(ops):
+        sets = "\n".join(f"    put(top.{_mangle(p)}, v[{j}]);" for j, (p, _) in enumerate(op.inputs))
+        # registered outputs settle one delta cycle after the clock edge: step twice
+        step = ("    put(top.p_clk, 0); top.step();\n    put(top.p_clk, 1); top.step(); top.step();"
+                if op.clocked else "    top.step();")
+        gets = "\n".join(f"    take(V(top.{_mangle(p)}), o + {4 * j});" for j, (p, _, _) in enumerate(op.outputs))
+        parts.append(_RUNNER.replace("SETS", sets).replace("STEP", step).replace("GETS", gets)
+                     .replace("IDX", str(i)).replace("NIN", str(len(op.inputs)))
+                     .replace("NOUT", str(len(op.outputs))))
+    cases = "\n".join(f"  case {i}: run_{i}(in.data(), out.data(), n); break;" for i in range(len(ops)))
+    parts.append(_MAIN.replace("NINS", ", ".join(str(len(op.inputs)) for op in ops))
+                 .replace("NOUTS", ", ".join(str(len(op.outputs)) for op in ops)).replace("CASES", cases))
+    (workdir / "sim.cc").write_text("".join(parts))
     r = subprocess.run(["g++", "-O1", "-std=c++14", "-w", f"-I{cxxrtl_include()}", "-I.", "sim.cc", "-o", "sim"],
                        cwd=workdir, capture_output=True, text=True)
     if r.returncode != 0:
-        raise RuntimeError(f"g++ failed on the CXXRTL model of {op.name}:\n{r.stderr[-3000:]}")
-    return exe
+        raise RuntimeError(f"g++ failed on the CXXRTL model of {[op.name for op in ops]}:\n{r.stderr[-3000:]}")
+    return workdir / "sim"
 
 
-def run(exe: Path, op: Operator, vectors: dict) -> dict:
-    """Apply input vectors (port -> array of codes, same length) and return port -> signed ints."""
+def run(exe: Path, op: Operator, vectors: dict, index: int = 0) -> dict:
+    """Apply input vectors (port -> array of codes, same length) to operator ``index`` of the
+    simulator and return port -> signed Python ints."""
     exe = Path(exe)
     n = len(next(iter(vectors.values())))
     cols = []
@@ -89,11 +119,11 @@ def run(exe: Path, op: Operator, vectors: dict) -> dict:
             raise ValueError("all input vectors must have the same length")
         cols.append((v & ((1 << w) - 1) if w < 64 else v).astype(np.uint64))
     blob = np.stack(cols, -1).astype(np.uint64) if cols else np.zeros((n, 0), np.uint64)
-    fin, fout = exe.parent / "in.bin", exe.parent / "out.bin"
+    fin, fout = exe.parent / f"in{index}.bin", exe.parent / f"out{index}.bin"
     with open(fin, "wb") as f:
         f.write(np.uint64(n).tobytes())
         f.write(np.ascontiguousarray(blob).tobytes())
-    r = subprocess.run([str(exe), str(fin), str(fout)], capture_output=True, text=True)
+    r = subprocess.run([str(exe), str(fin), str(fout), str(index)], capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"simulation of {op.name} failed ({r.returncode}): {r.stderr[-2000:]}")
     raw = np.fromfile(fout, dtype=np.uint32).reshape(n, len(op.outputs), 4).astype(np.uint64)
@@ -101,11 +131,11 @@ def run(exe: Path, op: Operator, vectors: dict) -> dict:
     for j, (p, w, signed) in enumerate(op.outputs):
         lo = raw[:, j, 0] | (raw[:, j, 1] << np.uint64(32))
         hi = raw[:, j, 2] | (raw[:, j, 3] << np.uint64(32))
-        vals = np.array([int(h) << 64 | int(l) for h, l in zip(hi, lo)], dtype=object)
         mask = (1 << w) - 1
-        vals = np.array([(v & mask) - ((1 << w) if signed and (v >> (w - 1)) & 1 else 0) for v in vals],
-                        dtype=object)
-        res[p] = vals
+        vals = [((int(h) << 64) | int(l)) & mask for h, l in zip(hi, lo)]
+        if signed:
+            vals = [v - (1 << w) if (v >> (w - 1)) & 1 else v for v in vals]
+        res[p] = np.array(vals, dtype=object)
     return res
 
 
@@ -135,24 +165,43 @@ def sampled_vectors(op: Operator, n: int, seed: int = 0) -> dict:
     return out
 
 
-def check(op: Operator, workdir: Path, vectors: dict | None = None, max_exhaustive: int = 1 << 16,
-          samples: int = 20000) -> tuple[int, int]:
-    """Simulate ``op`` and compare every output with its fpq reference; returns
-    (vectors checked, mismatches). Exhaustive when the input space is small enough."""
-    if vectors is None:
-        space = 1
-        for p, w in op.inputs:
-            c = op.codes.get(p)
-            space *= len(c) if c is not None else (1 << w)
-        vectors = exhaustive_vectors(op) if space <= max_exhaustive and not op.clocked else \
-            sampled_vectors(op, samples)
-    exe = build(op, workdir)
-    got = run(exe, op, vectors)
+def default_vectors(op: Operator, max_exhaustive: int = 1 << 16, samples: int = 20000) -> dict:
+    """Every input combination when there are at most ``max_exhaustive``, else ``samples``."""
+    space = 1
+    for p, w in op.inputs:
+        c = op.codes.get(p)
+        space *= len(c) if c is not None else (1 << w)
+    if space <= max_exhaustive and not op.clocked:
+        return exhaustive_vectors(op)
+    return sampled_vectors(op, samples)
+
+
+def compare(op: Operator, got: dict, vectors: dict) -> int:
+    """Number of (vector, output) pairs where the simulation differs from fpq's reference."""
     want = op.reference(vectors)
     bad = 0
-    n = len(next(iter(vectors.values())))
     for p, _, _ in op.outputs:
-        g = got[p]
         w = np.array([int(x) for x in np.ravel(want[p])], dtype=object)
-        bad += int(np.sum(g != w))
-    return n, bad
+        bad += int(np.sum(got[p] != w))
+    return bad
+
+
+def check_many(ops, workdir: Path, vectors=None, max_exhaustive: int = 1 << 16,
+               samples: int = 20000) -> list[tuple[int, int]]:
+    """Simulate several operators (one build) against their fpq reference: a list of
+    (vectors checked, mismatches), exhaustive where the input space is small enough."""
+    ops = list(ops)
+    exe = build(ops, workdir)
+    out = []
+    for i, op in enumerate(ops):
+        v = vectors[i] if vectors is not None and vectors[i] is not None else \
+            default_vectors(op, max_exhaustive, samples)
+        got = run(exe, op, v, i)
+        out.append((len(next(iter(v.values()))), compare(op, got, v)))
+    return out
+
+
+def check(op: Operator, workdir: Path, vectors: dict | None = None, max_exhaustive: int = 1 << 16,
+          samples: int = 20000) -> tuple[int, int]:
+    """Simulate one operator against its fpq reference: (vectors checked, mismatches)."""
+    return check_many([op], workdir, [vectors], max_exhaustive, samples)[0]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import os
 import random
@@ -74,18 +75,40 @@ def row_from_cells(op: rtl.Operator, flow: str, cells: dict) -> dict:
     }
 
 
-def synthesize_many(jobs: list, workers: int = 2, progress: bool = True) -> list[dict]:
-    """Synthesize (operator, flow) pairs in parallel (yosys runs as separate processes)."""
+def _key(op: rtl.Operator, flow: str) -> str:
+    return hashlib.sha1(f"{op.verilog}|{FLOWS[flow]}|{yosys_version()}".encode()).hexdigest()
+
+
+def synthesize_many(jobs: list, workers: int = 2, progress: bool = True, cache: Path | None = None) -> list[dict]:
+    """Synthesize (operator, flow) pairs in parallel (yosys runs as separate processes).
+
+    ``cache``: a JSON-lines file; rows found there (same Verilog, flags and yosys version) are
+    reused and new rows are appended as they finish, so an interrupted run resumes."""
     from tqdm import tqdm
 
-    rows = []
+    done = {}
+    if cache is not None and Path(cache).exists():
+        for line in Path(cache).read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                done[rec["key"]] = rec["row"]
+    rows, todo = {}, []
+    for op, flow in jobs:
+        k = _key(op, flow)
+        if k in done:
+            rows[(op.name, flow)] = done[k]
+        else:
+            todo.append((op, flow, k))
     with ThreadPoolExecutor(max_workers=workers) as ex:
-        futs = {ex.submit(synthesize, op, flow): (op, flow) for op, flow in jobs}
+        futs = {ex.submit(synthesize, op, flow): (op, flow, k) for op, flow, k in todo}
         for f in tqdm(as_completed(futs), total=len(futs), disable=not progress, desc="yosys synth_xilinx"):
-            rows.append(f.result())
-    order = {(op.name, flow): i for i, (op, flow) in enumerate(jobs)}
-    rows.sort(key=lambda r: order[(r["name"], r["flow"])])
-    return rows
+            op, flow, k = futs[f]
+            row = f.result()
+            rows[(op.name, flow)] = row
+            if cache is not None:
+                with open(cache, "a") as fh:
+                    fh.write(json.dumps({"key": k, "row": row}) + "\n")
+    return [rows[(op.name, flow)] for op, flow in jobs]
 
 
 # ----------------------------------------------------------------------------- the grids
@@ -247,12 +270,13 @@ def main(argv=None) -> int:
                                              "and write the measured cost table.")
     ap.add_argument("--out", type=Path, default=TABLE, help=f"output CSV (default {TABLE})")
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="parallel yosys runs")
+    ap.add_argument("--cache", type=Path, default=None, help="JSON-lines cache: resume an interrupted run")
     ap.add_argument("--limit", type=int, default=None, help="only the first N operators (smoke test)")
     args = ap.parse_args(argv)
     jobs = calibration_grid()
     if args.limit:
         jobs = jobs[: args.limit]
-    rows = synthesize_many(jobs, workers=args.jobs)
+    rows = synthesize_many(jobs, workers=args.jobs, cache=args.cache)
     print(f"wrote {write_table(rows, args.out)} ({len(rows)} operators)")
     return 0
 

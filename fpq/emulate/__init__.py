@@ -14,7 +14,8 @@ Numerics (the exactness contract):
 * No per-sample Python: one matmul per layer over the whole batch (conv as im2col views).
 
 ``device="cuda"`` runs the same program with torch on the GPU (float64 / float32 matmuls with
-TF32 disabled, so the results are identical).
+TF32 disabled, convolutions as unfold + matmul, so the results are identical);
+``backend="torch"`` runs that program on the CPU too.
 """
 from __future__ import annotations
 
@@ -49,20 +50,29 @@ def as_graph(q_or_onnx, example_input=None) -> Graph:
 class Emulator:
     """A compiled executor of one Graph. ``emu(x)`` -> outputs; ``emu(x, return_trace=True)``."""
 
-    def __init__(self, graph, device=None, example_input=None):
+    def __init__(self, graph, device=None, example_input=None, blas_threads=1, backend=None):
         self.graph = as_graph(graph, example_input)
         self.device = device
+        # the matmuls here are skinny (a few dozen columns): memory-bound, and OpenBLAS' threads
+        # cost more than they gain (measured 1.2 ms single-threaded vs 8-16 ms with 2 threads on
+        # a shared 2-core machine for 20000x64 @ 64x32). None leaves BLAS as configured.
+        self.blas_threads = blas_threads
         self.exact = {}      # op name -> whether the emulation of this op is provably exact
         self.acc_dtype = {}  # op name -> "float32" | "float64" for linear / conv
-        if device is not None and str(device) != "cpu":
-            from .torch_backend import TorchProgram
-            self._program = TorchProgram(self, device)
-        else:
-            self._program = None
+        if backend is None:
+            backend = "numpy" if device is None or str(device) == "cpu" else "torch"
+        if backend not in ("numpy", "torch"):
+            raise ValueError(f"unknown backend {backend!r}; allowed: 'numpy', 'torch'")
+        self.backend = backend
         self._plan()
+        self._program = None
+        if backend == "torch":
+            from .torch_backend import TorchProgram
+            self._program = TorchProgram(self, device or "cpu")
 
     # -- planning: accumulator dtypes and exactness per op
     def _plan(self):
+        self._bias_f32 = {}
         for op in self.graph.ops:
             self.exact[op.name] = True
             if op.kind in ("linear", "conv1d", "conv2d"):
@@ -73,8 +83,12 @@ class Emulator:
                     continue
                 no_bias = Op(op.name, op.kind, op.inputs, op.outputs, weight=op.weight,
                              types={"input": t_in, "weight": t_w})
-                bits_nb = accumulator_bits(no_bias)
-                bits = accumulator_bits(op) if "bias" in op.types or op.bias is None else None
+                try:
+                    bits_nb = accumulator_bits(no_bias)
+                    bits = accumulator_bits(op) if "bias" in op.types or op.bias is None else None
+                except ValueError as e:  # a product wider than 64 bits (e.g. e5m2 x e5m2)
+                    raise UnsupportedGraphError(f"layer {op.name}: no exact fixed-point accumulator ({e}); "
+                                                "the emulator refuses rather than round") from e
                 if op.bias is not None and "bias" not in op.types:
                     raise UnsupportedGraphError(f"layer {op.name}: its float32 bias has no exact fixed-point "
                                                 "form within 64 bits; quantize the bias")
@@ -84,7 +98,7 @@ class Emulator:
                         f"{FLOAT64_EXACT_BITS}; the emulator refuses rather than round (narrow the formats "
                         "or quantize the bias)")
                 self.acc_dtype[op.name] = "float32" if bits_nb <= FLOAT32_EXACT_BITS else "float64"
-                self._bias_in_f32 = None
+                self._bias_f32[op.name] = bits <= FLOAT32_EXACT_BITS
             elif op.kind in ("quant", "input_quant", "relu", "maxpool", "flatten", "reshape", "transpose",
                              "output", "add", "mul", "div", "avgpool", "global_avgpool"):
                 if op.kind in ("quant", "input_quant") and op.quant.ttype.po2 is False:
@@ -105,12 +119,20 @@ class Emulator:
                 w = op.weight.astype(dt)
                 if op.kind == "linear":
                     w = np.ascontiguousarray(w.T)
-                self._weights[op.name] = (w, None if op.bias is None else op.bias.astype(np.float64))
+                bdt = np.float32 if self._bias_f32.get(op.name) and dt == np.float32 else np.float64
+                self._weights[op.name] = (w, None if op.bias is None else op.bias.astype(bdt))
+        self._steps = self._compile()
 
     # -- running
     def __call__(self, x, return_trace=False):
         if self._program is not None:
             return self._program.run(x, return_trace)
+        if self.blas_threads is None:
+            return self._run_numpy(x, return_trace)
+        with _blas_controller().limit(limits=self.blas_threads, user_api="blas"):
+            return self._run_numpy(x, return_trace)
+
+    def _run_numpy(self, x, return_trace):
         g = self.graph
         if isinstance(x, dict):
             feeds = {k: np.asarray(v, dtype=np.float32) for k, v in x.items()}
@@ -127,20 +149,65 @@ class Emulator:
                 else:
                     raise ValueError(f"input {name!r} has shape {arr.shape}; expected (N, {', '.join(map(str, want[1:]))})")
             env[name] = arr
-        trace = {} if return_trace else None
-        last_use = self._last_use() if not return_trace else None
-        for i, op in enumerate(g.ops):
+        if not return_trace:
+            for fn, ins, out, free in self._steps:
+                env[out] = fn(*[env[t] for t in ins])
+                for t in free:
+                    env.pop(t, None)
+            outs = [env[o] for o in g.outputs]
+            return outs[0] if len(outs) == 1 else outs
+        trace = {}
+        for op in g.ops:
             y = self._run(op, [env[t] for t in op.inputs])
             env[op.outputs[0]] = y
-            if trace is not None:
-                trace[op.name] = y
-            elif last_use is not None:
-                for t in op.inputs:
-                    if last_use.get(t) == i and t not in g.outputs:
-                        env.pop(t, None)
+            trace[op.name] = y
         outs = [env[o] for o in g.outputs]
         out = outs[0] if len(outs) == 1 else outs
-        return (out, trace) if return_trace else out
+        return out, trace
+
+    def _compile(self):
+        """Steps (fn, input tensors, output tensor, tensors to free) with fusions that do not
+        change a single value: a weighted op feeding only its quantizer writes in place, and a
+        ReLU right after a quantizer becomes the quantizer's lower clip bound (max(Q(x), 0) =
+        clip(rint(x / s), max(lo, 0), hi) * s)."""
+        ops = self.graph.ops
+        consumers = {}
+        for op in ops:
+            for t in op.inputs:
+                consumers.setdefault(t, []).append(op)
+        outputs = set(self.graph.outputs)
+        steps, skip = [], set()
+        for i, op in enumerate(ops):
+            if op.name in skip:
+                continue
+            fn, ins, out = (lambda *xs, _op=op: self._run(_op, list(xs))), list(op.inputs), op.outputs[0]
+            if op.kind == "quant" and _int_po2(op.quant):
+                relu = _only_consumer(consumers, out, outputs, "relu")
+                lo, hi = op.quant.format.int_range
+                if relu is not None:
+                    lo = max(lo, 0)
+                    skip.add(relu.name)
+                    out = relu.outputs[0]
+                fn = _int_quant_fn(op.quant, lo, hi, inplace=self._owned(op, consumers, outputs))
+            elif op.kind == "output":
+                fn = lambda x: x  # noqa: E731
+            steps.append((fn, ins, out))
+        # free each tensor after its last use
+        last = {}
+        for k, (_, ins, _) in enumerate(steps):
+            for t in ins:
+                last[t] = k
+        keep = outputs | set(self.graph.inputs)
+        return [(fn, ins, out, [t for t in ins if last.get(t) == k and t not in keep])
+                for k, (fn, ins, out) in enumerate(steps)]
+
+    def _owned(self, op, consumers, outputs) -> bool:
+        """Whether op's input buffer is a temporary that only op reads (so it may be overwritten)."""
+        src = op.inputs[0]
+        prod = self.graph.producer(src)
+        return (prod is not None and prod.kind in ("linear", "conv1d", "conv2d", "add", "mul", "div",
+                                                   "avgpool", "global_avgpool")
+                and len(consumers.get(src, [])) == 1 and src not in outputs)
 
     def _last_use(self):
         last = {}
@@ -153,7 +220,9 @@ class Emulator:
         k = op.kind
         x = xs[0]
         if k in ("quant", "input_quant"):
-            return quantize_fast(x if k == "input_quant" else x.astype(np.float64, copy=False), op.quant)
+            if k == "quant" and po2_exponents(op.quant.scale) is None:
+                x = x.astype(np.float64, copy=False)  # a float scale divides the exact value in float64
+            return quantize_fast(x, op.quant)
         if k == "linear":
             w, b = self._weights[op.name]
             acc = x.astype(w.dtype, copy=False) @ w
@@ -190,6 +259,47 @@ class Emulator:
         raise UnsupportedGraphError(f"op {op.name}: kind {k} has no emulation")  # pragma: no cover
 
 
+_CONTROLLER = []
+
+
+def _blas_controller():
+    """threadpoolctl's controller, built once (finding the BLAS libraries takes milliseconds)."""
+    if not _CONTROLLER:
+        from threadpoolctl import ThreadpoolController
+        _CONTROLLER.append(ThreadpoolController())
+    return _CONTROLLER[0]
+
+
+def _int_po2(q) -> bool:
+    return q is not None and q.pre_scale is None and isinstance(q.format, Int) and po2_exponents(q.scale) is not None
+
+
+def _only_consumer(consumers, tensor, outputs, kind):
+    cs = consumers.get(tensor, [])
+    if len(cs) == 1 and cs[0].kind == kind and tensor not in outputs:
+        return cs[0]
+    return None
+
+
+def _int_quant_fn(q, lo, hi, inplace):
+    """rint / clip / rescale of a po2-scaled integer quantizer, in the input's dtype (exact: the
+    scale is a power of two), in place when the input is a temporary."""
+    s = np.asarray(q.scale, dtype=np.float64)
+    unit = bool(np.all(s == 1))
+
+    def fn(x):
+        if unit:
+            y = x if inplace else x.copy()
+        else:
+            y = np.multiply(x, (1.0 / s).astype(x.dtype), out=x if inplace else None)
+        np.rint(y, out=y)
+        np.clip(y, lo, hi, out=y)
+        if not unit:
+            y *= s.astype(y.dtype)
+        return y.astype(np.float32, copy=False)
+    return fn
+
+
 def _to_numpy(x) -> np.ndarray:
     try:
         import torch
@@ -205,7 +315,7 @@ def _add_bias(acc, b, batch_dims, channel_axis=None):
         return acc
     if channel_axis is not None:
         b = b.reshape((-1,) + (1,) * (acc.ndim - 2))
-    if acc.dtype != np.float64:
+    if acc.dtype != b.dtype:
         acc = acc.astype(np.float64)
     acc += b
     return acc
@@ -314,7 +424,7 @@ def pool_nd(x, attrs, mode):
     return total / cnt
 
 
-def emulate(q_or_onnx, x, *, device=None, return_trace=False, example_input=None):
+def emulate(q_or_onnx, x, *, device=None, return_trace=False, example_input=None, backend=None):
     """Run a quantized network bit-exactly: a converted torch model, a QONNX path, a
     ModelWrapper / ModelProto, or a Graph. Returns the output (float64 for accumulators,
     float32 for quantized tensors); with ``return_trace`` also {op name: output}.
@@ -323,7 +433,7 @@ def emulate(q_or_onnx, x, *, device=None, return_trace=False, example_input=None
     """
     if example_input is None:
         example_input = x[:1] if hasattr(x, "__getitem__") else x
-    emu = Emulator(q_or_onnx, device=device, example_input=example_input)
+    emu = Emulator(q_or_onnx, device=device, example_input=example_input, backend=backend)
     return emu(x, return_trace=return_trace)
 
 

@@ -596,7 +596,7 @@ def read_graph(model) -> Graph:
             if tt(x) is not None:
                 op.types["input"] = tt(x)
         elif op_type == "Div" and r.is_const(ins[1]):
-            op = _fuse_div_quant_mul(r, node, ins, mod) or \
+            op = _fuse_div_quant_mul(r, node, ins, mod, x in graph_inputs) or \
                 Op(r.unique(f"div_{mod}" if mod else "div"), "div", [x], [node.output[0]],
                    attrs={"value": np.asarray(r.const(ins[1])[0], dtype=np.float32)}, onnx_nodes=[node.name])
         elif op_type in ("MatMul", "Gemm", "Conv"):
@@ -661,7 +661,7 @@ def _add_type(t0, t1):
     return TensorType(Fixed(s.width, s.int_bits, s.signed), 1.0)
 
 
-def _fuse_div_quant_mul(r: _Reader, div, ins, mod):
+def _fuse_div_quant_mul(r: _Reader, div, ins, mod, on_input: bool):
     """Div(x, s) -> Quant(scale 1) -> Mul(s): one quant op of scale s (exactly the same function)."""
     q_node = r.single_consumer(div.output[0])
     if q_node is None or q_node.op_type not in QUANT_OPS or q_node.input[0] != div.output[0]:
@@ -680,7 +680,7 @@ def _fuse_div_quant_mul(r: _Reader, div, ins, mod):
                   inner.qonnx_exact, inner.note)
     r.fused.update({q_node.name, mul.name})
     x = ins[0]
-    kind = "quant"
+    kind = "input_quant" if on_input else "quant"
     op = Op(r.unique(f"{kind}_{mod}" if mod else kind), kind, [x], [mul.output[0]], quant=q,
             onnx_nodes=[div.name, q_node.name, mul.name])
     op.types = {"output": q.ttype}

@@ -121,7 +121,13 @@ def overflow_fixed(k: np.ndarray, lo: int, hi: int, width: int, signed: bool, ov
 @quantize_unscaled.register(Fixed)
 def _(x: np.ndarray, fmt: Fixed) -> np.ndarray:
     lo, hi = fmt.int_range
-    s = np.ldexp(x, fmt.frac_bits)  # exact: power-of-two scaling
+    with np.errstate(over="ignore", under="ignore"):
+        s = np.ldexp(x, fmt.frac_bits)  # exact power-of-two scaling, except at the double limits:
+    # a tiny x may underflow to +-0: any |s| in (0, 0.5) rounds as the true one in every mode
+    # (TRN of a tiny negative is -1 LSB, as ap_fixed gives); a huge finite x may overflow to inf:
+    # 2**1000 behaves as the true value (saturates; a multiple of 2**W, so WRAP gives 0)
+    s = np.where((s == 0) & (x != 0), np.copysign(0.25, x), s)
+    s = np.where(np.isinf(s) & np.isfinite(x), np.copysign(2.0 ** 1000, x), s)
     inf = np.isinf(s)
     with np.errstate(invalid="ignore"):
         k = round_fixed(np.where(inf, 0.0, s), fmt.rounding)

@@ -89,6 +89,9 @@ def overflow_fixed_torch(k: torch.Tensor, lo: int, hi: int, width: int, signed: 
 def _(x: torch.Tensor, fmt: Fixed) -> torch.Tensor:
     lo, hi = fmt.int_range
     s = torch.ldexp(x, torch.tensor(float(fmt.frac_bits), dtype=x.dtype, device=x.device))
+    # the double limits, as in the numpy reference: underflow to +-0, overflow of a finite x
+    s = torch.where((s == 0) & (x != 0), torch.copysign(torch.full_like(s, 0.25), x), s)
+    s = torch.where(torch.isinf(s) & torch.isfinite(x), torch.copysign(torch.full_like(s, 2.0 ** 1000), x), s)
     inf = torch.isinf(s)
     k = round_fixed_torch(torch.where(inf, torch.zeros_like(s), s), fmt.rounding)
     k = torch.where(inf, s, k)

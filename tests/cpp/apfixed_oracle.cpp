@@ -1,10 +1,10 @@
 // ap_fixed oracle for fpq's numpy reference (driven by tests/test_apfixed_oracle.py).
 //
-// For each type listed in the generated file ORACLE_TYPES (lines T(index, S, W, I, Q, O)),
+// For each type listed in the generated file ORACLE_TYPES (lines T(index, S, W, I, Q, O, FX)),
 // converts inputs to ap_fixed<W,I,Q,O> (S=1) or ap_ufixed<W,I,Q,O> (S=0) with the ap_types
 // headers shipped inside hls4ml, in the two ways an hls4ml C simulation converts:
 //   * from double: `input_t x = float_value` (network inputs);
-//   * from a wide ap_fixed: `res_t y = accum` (a layer output quantized from its exact
+//   * if FX: from a wide ap_fixed: `res_t y = accum` (a layer output quantized from its exact
 //     accumulator), with the source SRC_T holding every grid input exactly.
 // and writes the integer code of each result (the value is code * 2**(I - W)).
 //
@@ -19,7 +19,7 @@
 //           <W, I> is x = j * 2**(I - W - 2): quarter steps of the type's LSB, so every tie and
 //           both neighbours of every tie are on it; one j list per (S, W) serves every I.
 //   output: for each listed type in index order, int16 codes: n grid (from double),
-//           n_extra (from double), n grid (from SRC_T).
+//           n_extra (from double), then if FX n grid (from SRC_T).
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -39,10 +39,10 @@ typedef void (*ConvFn)(const double* x, long n, long n_grid, int16_t* from_doubl
                        int16_t* from_fixed);
 
 struct TypeDesc {
-  int s, w, i, q, o;
+  int s, w, i, q, o, fx;
 };
 constexpr TypeDesc kTypes[] = {
-#define T(idx, s, w, i, q, o) {s, w, i, q, o},
+#define T(idx, s, w, i, q, o, fx) {s, w, i, q, o, fx},
 #include ORACLE_TYPES
 #undef T
 };
@@ -61,7 +61,7 @@ static int16_t code_of(const ap_private<W, S>& v) {
 
 #ifdef ORACLE_Q
 
-template <bool S, int W, int I, int O>
+template <bool S, int W, int I, int O, bool FX>
 static void conv(const double* x, long n, long n_grid, int16_t* from_double,
                  int16_t* from_fixed) {
   typedef typename std::conditional<S, ap_fixed<W, I, kQ[ORACLE_Q], kO[O]>,
@@ -70,21 +70,23 @@ static void conv(const double* x, long n, long n_grid, int16_t* from_double,
     Dst y = x[k];
     from_double[k] = code_of<W, S>(y.V);
   }
-  for (long k = 0; k < n_grid; ++k) {
-    SRC_T src = x[k];
-    Dst y = src;
-    from_fixed[k] = code_of<W, S>(y.V);
+  if constexpr (FX) {  // only where asked: the second conversion costs compile time
+    for (long k = 0; k < n_grid; ++k) {
+      SRC_T src = x[k];
+      Dst y = src;
+      from_fixed[k] = code_of<W, S>(y.V);
+    }
   }
 }
 
-template <int Q, int S, int W, int I, int O>
+template <int Q, int S, int W, int I, int O, int FX>
 static void maybe_register(ConvFn* table, int idx) {
-  if constexpr (Q == ORACLE_Q) table[idx] = &conv<S != 0, W, I, O>;
+  if constexpr (Q == ORACLE_Q) table[idx] = &conv<S != 0, W, I, O, FX != 0>;
 }
 
 template <>
 void register_q<ORACLE_Q>(ConvFn* table) {
-#define T(idx, s, w, i, q, o) maybe_register<q, s, w, i, o>(table, idx);
+#define T(idx, s, w, i, q, o, fx) maybe_register<q, s, w, i, o, fx>(table, idx);
 #include ORACLE_TYPES
 #undef T
 }
@@ -141,7 +143,7 @@ int main(int argc, char** argv) {
     x.resize(n);
     for (long k = 0; k < n_grid; ++k) x[k] = std::ldexp((double)g[k], d.i - d.w - 2);
     for (long k = 0; k < n_extra; ++k) x[n_grid + k] = extra[k];
-    codes.resize(n + n_grid);
+    codes.resize(n + (d.fx ? n_grid : 0));
     table[t](x.data(), n, n_grid, codes.data(), codes.data() + n);
     if (fwrite(codes.data(), sizeof(int16_t), codes.size(), out) != codes.size())
       die("write failed");

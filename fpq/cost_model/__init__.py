@@ -1,0 +1,59 @@
+"""FPGA cost model: measured operator costs (yosys synth_xilinx) and per-layer estimates.
+
+``estimate_cost(q, device=..., reuse_factor=..., strategy=..., io_type=..., clock_period=...)``
+prices a TypePlan (or anything ``fpq.plan`` accepts). Submodules: ``rtl`` (Verilog generators),
+``sim`` (CXXRTL simulation against fpq's numerics), ``synth`` (synthesis and the measured
+table), ``ops`` (operator lookup / fit), ``devices``, ``estimate`` (the hls4ml model).
+"""
+from __future__ import annotations
+
+import json
+
+from .devices import DEVICES, Device, get_device
+from .estimate import CostReport
+
+
+def estimate_cost(q, device="xcvu9p", reuse_factor=1, strategy="Latency", io_type="io_parallel",
+                  clock_period=5, datapath="carrier", dsp_threshold=9) -> CostReport:
+    """Per-layer and total LUT, FF, DSP, BRAM18/URAM, latency (cycles, ns), II, BOPs and EBOPs.
+
+    ``q``: a TypePlan, a converted model, or a QONNX file / ModelWrapper. ``reuse_factor``: an
+    int for every layer, or {layer name: int}. ``datapath``: "carrier" prices the exact
+    fixed-point carrier datapath the HLS writer emits; "code" prices minifloat weights as codes
+    decoded at the shared multipliers (only differs where multipliers are shared, reuse > 1).
+    ``dsp_threshold``: weight carrier width from which multipliers go to DSPs (hls4ml / Vivado:
+    9); None keeps every multiplier in fabric.
+    """
+    from ..typeplan import TypePlan, plan
+    from .estimate import estimate
+
+    tp = q if isinstance(q, TypePlan) else plan(q)
+    return estimate(tp, device=device, reuse_factor=reuse_factor, strategy=strategy, io_type=io_type,
+                    clock_period=clock_period, datapath=datapath, dsp_threshold=dsp_threshold)
+
+
+def cli_register(subparsers):
+    """Add ``fpq cost`` to the fpq command line."""
+    p = subparsers.add_parser("cost", help="estimate FPGA resources and latency of a QONNX model",
+                              description="Estimate LUT/FF/DSP/BRAM, latency and II of a QONNX model "
+                                          "(exported by fpq) under hls4ml's strategies.")
+    p.add_argument("model", help="QONNX .onnx file")
+    p.add_argument("--device", default="xcvu9p", help=f"one of {', '.join(DEVICES)} or a full part number")
+    p.add_argument("--reuse-factor", type=int, default=1)
+    p.add_argument("--strategy", default="Latency", choices=["Latency", "Resource"])
+    p.add_argument("--io-type", default="io_parallel", choices=["io_parallel", "io_stream"])
+    p.add_argument("--clock-period", type=float, default=5.0, help="ns")
+    p.add_argument("--datapath", default="carrier", choices=["carrier", "code"])
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_cli_cost)
+    return p
+
+
+def _cli_cost(args) -> int:
+    rep = estimate_cost(args.model, device=args.device, reuse_factor=args.reuse_factor, strategy=args.strategy,
+                        io_type=args.io_type, clock_period=args.clock_period, datapath=args.datapath)
+    print(json.dumps(rep.to_dict(), indent=1, default=str) if args.json else rep)
+    return 0
+
+
+__all__ = ["estimate_cost", "cli_register", "CostReport", "Device", "DEVICES", "get_device"]

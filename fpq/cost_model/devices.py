@@ -1,0 +1,72 @@
+"""FPGA device data: resources and DSP multiplier widths (Xilinx/AMD data sheets).
+
+Delays are a coarse timing model for the latency estimate (yosys gives no timing): the delay
+of one LUT level plus local routing, and of one 4-bit carry segment, per family and speed grade
+-2. They are assumptions, not measurements; latency in cycles is reported with that caveat.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str
+    family: str           # 7series, ultrascale+, versal
+    lut: int
+    ff: int
+    dsp: int
+    bram18: int           # 18 Kb block RAMs (a 36 Kb block counts as two)
+    uram: int             # 288 Kb UltraRAMs
+    dsp_cell: str
+    dsp_a: int            # signed multiplier port widths of one DSP slice
+    dsp_b: int
+    lut_delay_ns: float   # one LUT level with local routing
+    carry4_delay_ns: float
+    synth_family: str     # yosys synth_xilinx -family
+
+    def describe(self) -> str:
+        return (f"{self.name} ({self.family}): {self.lut} LUT, {self.ff} FF, {self.dsp} {self.dsp_cell} "
+                f"({self.dsp_a}x{self.dsp_b}), {self.bram18} BRAM18, {self.uram} URAM")
+
+
+DEVICES = {d.name: d for d in (
+    # 7-series
+    Device("xc7z020", "7series", 53200, 106400, 220, 280, 0, "DSP48E1", 25, 18, 0.75, 0.25, "xc7"),
+    Device("xc7a100t", "7series", 63400, 126800, 240, 270, 0, "DSP48E1", 25, 18, 0.75, 0.25, "xc7"),
+    # UltraScale+
+    Device("xczu9eg", "ultrascale+", 274080, 548160, 2520, 1824, 0, "DSP48E2", 27, 18, 0.5, 0.15, "xcup"),
+    Device("xcvu9p", "ultrascale+", 1182240, 2364480, 6840, 4320, 960, "DSP48E2", 27, 18, 0.5, 0.15, "xcup"),
+    Device("xcu250", "ultrascale+", 1728000, 3456000, 12288, 5376, 1280, "DSP48E2", 27, 18, 0.5, 0.15, "xcup"),
+    # Versal
+    Device("xcvc1902", "versal", 899840, 1799680, 1968, 1934, 463, "DSP58", 27, 24, 0.45, 0.13, "xcup"),
+)}
+
+
+def get_device(name) -> Device:
+    """A Device by name; full part numbers (``xcvu9p-flga2104-2-e``) resolve to their die."""
+    if isinstance(name, Device):
+        return name
+    key = str(name).lower().strip()
+    if key in DEVICES:
+        return DEVICES[key]
+    for dev in sorted(DEVICES, key=len, reverse=True):
+        if key.startswith(dev + "-") or key.startswith(dev):
+            return DEVICES[dev]
+    raise ValueError(f"unknown device {name!r}; known devices: {', '.join(DEVICES)} "
+                     "(full part numbers such as xcvu9p-flga2104-2-e are accepted)")
+
+
+def dsp_tiles(a_bits: int, b_bits: int, device: Device, a_signed=True, b_signed=True) -> int:
+    """DSP slices one a x b multiplier needs: the operands are cut into pieces that fit the
+    slice's signed ports (an unsigned operand loses one bit of port width)."""
+    a_eff = a_bits + (0 if a_signed else 1)
+    b_eff = b_bits + (0 if b_signed else 1)
+
+    # a wide operand may be split on either port; split pieces lose their sign bit (port - 1)
+    best = None
+    for pa, pb in ((device.dsp_a, device.dsp_b), (device.dsp_b, device.dsp_a)):
+        ta = 1 if a_eff <= pa else -(-(a_eff - 1) // (pa - 1))
+        tb = 1 if b_eff <= pb else -(-(b_eff - 1) // (pb - 1))
+        best = ta * tb if best is None else min(best, ta * tb)
+    return best

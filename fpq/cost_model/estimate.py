@@ -1,0 +1,323 @@
+"""Per-layer FPGA cost of a TypePlan under hls4ml's strategies (the model behind estimate_cost).
+
+What is measured and what is modelled:
+
+* LUTs of the arithmetic come from the yosys synth_xilinx table (``ops.OperatorCosts``):
+  unrolled layers price every constant weight by its value (zero free, power of two a shift,
+  otherwise by the constant multiplier fit / lookup) plus the adder trees, with a layer-level
+  fit on synthesized dense layers.
+* hls4ml's structure is modelled explicitly: reuse factor R shares ``ceil(n_in*n_out/R)``
+  multipliers (hls4ml's block factor), which then multiply by weights read from a ROM / BRAM,
+  so they are general multipliers; multipliers whose weight carrier has >= ``dsp_threshold``
+  bits go to DSPs (hls4ml's own DSP estimator: "Vivado doesn't use DSP when precision < 9"),
+  tiled on the device's DSP port widths.
+* FFs, BRAM mapping and latency are a structural model (pipeline registers, BRAM18 aspect
+  ratios, LUT/carry delays per family), not measurements: yosys reports neither timing nor
+  Vivado's register retiming. The report says so in ``notes``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..formats import Binary, Fixed, Int, Minifloat, exact_fixed
+from ..typeplan import TensorType, TypePlan, po2_exponents
+from .devices import Device, dsp_tiles, get_device
+from .ops import OperatorCosts, csd_digits, default_costs, significant_bits
+
+STRATEGIES = ("latency", "resource")
+IO_TYPES = ("io_parallel", "io_stream")
+DATAPATHS = ("carrier", "code")
+MAC_OPS = ("linear", "dense", "gemm", "matmul", "conv1d", "conv2d", "conv")
+FREE_OPS = ("flatten", "reshape", "transpose", "output", "identity", "dropout", "input")
+BRAM18_SHAPES = ((512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1))
+COLUMNS = ("lut", "ff", "dsp", "bram18", "uram", "latency_cycles", "ii", "bops", "ebops")
+
+
+@dataclass
+class CostReport:
+    """Per-layer and total cost. ``layers``: list of dicts; ``total``: dict."""
+
+    device: Device
+    settings: dict
+    layers: list = field(default_factory=list)
+    total: dict = field(default_factory=dict)
+    datapath: str = ""
+    notes: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"device": self.device.name, "settings": dict(self.settings), "datapath": self.datapath,
+                "layers": [dict(l) for l in self.layers], "total": dict(self.total), "notes": list(self.notes)}
+
+    def table(self) -> str:
+        cols = ("layer", "op") + COLUMNS
+        rows = [cols]
+        for l in self.layers + [dict(self.total, layer="total", op="")]:
+            rows.append(tuple(_cell(l.get(c, "")) for c in cols))
+        w = [max(len(r[i]) for r in rows) for i in range(len(cols))]
+        out = ["  ".join(c.rjust(w[i]) if i > 1 else c.ljust(w[i]) for i, c in enumerate(r)) for r in rows]
+        out.insert(1, "  ".join("-" * x for x in w))
+        t = self.total
+        d = self.device
+        out.append(f"device {d.name}: LUT {100 * t['lut'] / d.lut:.2f}%  FF {100 * t['ff'] / d.ff:.2f}%  "
+                   f"DSP {100 * t['dsp'] / d.dsp:.2f}%  BRAM18 {100 * t['bram18'] / max(d.bram18, 1):.2f}%  "
+                   f"latency {t['latency_cycles']} cycles = {t['latency_ns']:.1f} ns at "
+                   f"{self.settings['clock_period']} ns, II {t['ii']}")
+        out.append(f"datapath: {self.datapath}")
+        return "\n".join(out)
+
+    __str__ = table
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.0f}" if abs(v) >= 10 else f"{v:.3g}"
+    return str(v)
+
+
+# ----------------------------------------------------------------------------- helpers
+def _carrier(t, notes: list, what: str) -> Fixed:
+    if isinstance(t, Fixed):
+        return t
+    if not isinstance(t, TensorType):
+        raise ValueError(f"{what}: no type in the TypePlan")
+    if t.po2:
+        return t.carrier()
+    notes.append(f"{what}: scale is not a power of two; priced on the format's own carrier "
+                 f"{exact_fixed(t.format)} (the rescale multiplier is not priced)")
+    return exact_fixed(t.format)
+
+
+def _weight_ints(lp, wt: TensorType, wc: Fixed, notes: list) -> np.ndarray | None:
+    """Weights as integer codes of their carrier, shaped (fan_in, n_out)."""
+    W = lp.values.get("weight")
+    if W is None:
+        return None
+    W = np.asarray(W, dtype=np.float64)
+    n_out = W.shape[0]
+    if po2_exponents(wt.scale) is None:  # values / scale are format values
+        s = np.asarray(wt.scale, np.float64)
+        s = s.reshape((-1,) + (1,) * (W.ndim - 1)) if s.size > 1 else s
+        W = W / s
+        wc = exact_fixed(wt.format)
+    K = np.ldexp(W, wc.frac_bits)
+    if not np.all(K == np.round(K)):
+        raise ValueError(f"layer {lp.name}: weights are not on the grid of their carrier {wc}")
+    return K.reshape(n_out, -1).T.astype(np.int64)
+
+
+def _pixels(lp) -> tuple[int, str]:
+    if not lp.op.startswith("conv"):
+        return 1, ""
+    shape = lp.attrs.get("out_shape")
+    if shape is None:
+        return 1, f"{lp.name}: output shape unknown (calibrate or export first); priced for one output pixel"
+    return int(np.prod(shape[2:])) if len(shape) > 2 else 1, ""
+
+
+def _elements(lp) -> int | None:
+    shape = lp.attrs.get("out_shape")
+    if shape is None:
+        return None
+    return int(np.prod(shape[1:])) if len(shape) > 1 else int(np.prod(shape))
+
+
+def _bram18(width_bits: int, depth: int) -> int:
+    for d, w in BRAM18_SHAPES:
+        if depth <= d:
+            return math.ceil(width_bits / w)
+    return math.ceil(width_bits / 1) * math.ceil(depth / 16384)
+
+
+def _t_add(dev: Device, bits: float) -> float:
+    return dev.lut_delay_ns + math.ceil(bits / 4) * dev.carry4_delay_ns
+
+
+# ----------------------------------------------------------------------------- MAC layers
+def _mac_layer(lp, ops: OperatorCosts, dev: Device, rf: int, strategy: str, clock: float,
+               dsp_threshold, datapath: str, notes: list) -> dict:
+    x_t, w_t = lp.tensors.get("input"), lp.tensors.get("weight")
+    xc = _carrier(x_t, notes, f"{lp.name} input")
+    wc = _carrier(w_t, notes, f"{lp.name} weight")
+    K = _weight_ints(lp, w_t, wc, notes)
+    fan_in = lp.fan_in
+    if K is not None:
+        fan_in = K.shape[0] if fan_in is None else fan_in
+        n_out = K.shape[1]
+    else:
+        n_out = lp.attrs.get("out_features") or lp.attrs.get("out_channels")
+        if fan_in is None or n_out is None:
+            raise ValueError(f"layer {lp.name}: no weight values and no fan_in / out size to price")
+        notes.append(f"{lp.name}: no weight values; each weight priced as the mean constant of {w_t.format}")
+    pixels, note = _pixels(lp)
+    if note:
+        notes.append(note)
+    acc = lp.tensors.get("accumulator")
+    acc_bits = acc.width if isinstance(acc, Fixed) else xc.width + wc.width + math.ceil(math.log2(max(fan_in, 2)))
+    x_bits, w_bits = xc.width, wc.width
+    binary = isinstance(x_t.format, Binary) and isinstance(w_t.format, Binary)
+    n_mac = fan_in * n_out
+    n_mult = math.ceil(n_mac / rf)                 # hls4ml's block factor
+    use_dsp = dsp_threshold is not None and w_bits >= dsp_threshold and x_bits >= 2 and not binary
+    lut = ff = dsp = bram = 0.0
+    if K is None:  # unknown weights: every value of the format in turn stands in for them
+        from ..formats import values
+        codes = np.ldexp(values(w_t.format), exact_fixed(w_t.format).frac_bits).astype(np.int64)
+        K = np.resize(codes, (fan_in, n_out))
+    nz = K != 0
+    nontrivial = nz & (np.abs(K) & (np.abs(K) - 1) != 0)    # not zero and not a power of two
+    if rf == 1:
+        # unrolled: every weight is a constant (hls4ml Latency, and Resource at reuse 1)
+        if binary:
+            lut = n_out * ops.xnorpop_luts(fan_in)
+            depth_ns = _t_add(dev, 1) * max(1, math.ceil(math.log2(max(fan_in, 2))))
+        elif use_dsp:
+            dsp = int(nontrivial.sum()) * dsp_tiles(x_bits, w_bits, dev, xc.signed, wc.signed)
+            lut = sum(ops.tree_luts(int(nz[:, j].sum()), x_bits + w_bits) for j in range(n_out))
+            lut += int(nontrivial.sum()) * ops.dsp_fabric_luts(x_bits + w_bits, 1)
+            lut += sum(ops.cmul_luts(x_bits, int(k), xc.signed)[0] for k in K[nz & ~nontrivial])
+            depth_ns = clock + _t_add(dev, acc_bits) * math.ceil(math.log2(max(fan_in, 2)))
+        else:
+            lut = ops.dense_luts(x_bits, K, xc.signed)
+            digits = max([csd_digits(int(k)) for k in K[nz]] or [1])
+            depth_ns = (_t_add(dev, x_bits + w_bits) * math.ceil(math.log2(max(digits, 1)))
+                        + _t_add(dev, acc_bits) * math.ceil(math.log2(max(int(nz.sum(0).max(initial=1)), 2))))
+        stages = max(1, math.ceil(depth_ns / clock))
+        cycles_pixel = 1
+        latency = stages + 1 if lp.op.startswith("conv") else stages
+        ff = stages * n_out * acc_bits + (n_out * acc_bits if pixels > 1 else 0)
+    else:
+        # shared multipliers: general x * w with w read from a ROM (Latency) or BRAM (Resource)
+        if binary:
+            lut = n_mult * 2 + ops.add_luts(acc_bits) * n_mult
+        elif use_dsp:
+            dsp = n_mult * dsp_tiles(x_bits, w_bits, dev, xc.signed, wc.signed)
+            lut = n_mult * ops.dsp_fabric_luts(x_bits + w_bits, dsp // max(n_mult, 1))
+        elif datapath == "code" and isinstance(w_t.format, Minifloat):
+            x_fmt = x_t.format if isinstance(x_t.format, (Int, Minifloat, Binary)) else xc
+            lut = n_mult * ops.mfmul_luts(x_fmt, w_t.format)[0]
+            w_bits = w_t.format.width  # weights stored as codes
+        else:
+            lut = n_mult * ops.mul_luts(x_bits, w_bits, xc.signed, wc.signed)[0]
+        lut += n_mult * ops.add_luts(acc_bits)        # accumulate each product into its output
+        store_bits = n_mult * w_bits
+        if strategy == "resource" and store_bits * rf > 18432 // 2:
+            bram = _bram18(store_bits, rf)
+        else:  # constants indexed by the reuse counter: LUT ROM, 64 entries per LUT6
+            lut += store_bits * math.ceil(rf / 64)
+        ff = n_out * acc_bits + n_mult * (x_bits + w_bits) + 2 * math.ceil(math.log2(rf + 1))
+        depth_ns = (clock if use_dsp else _t_add(dev, x_bits + w_bits) * max(1, math.ceil(math.log2(max(w_bits, 2)))))
+        stages = max(1, math.ceil(depth_ns / clock)) + 1
+        cycles_pixel = rf
+        latency = rf + stages
+    ii = cycles_pixel * pixels
+    latency = latency + (pixels - 1) * cycles_pixel
+    # integer proxies (per output pixel, times pixels)
+    b_w, b_a = w_t.format.width, x_t.format.width
+    zf = 1.0 - float(nz.mean())
+    bops = pixels * n_mac * ((1 - zf) * b_w * b_a + b_w + b_a + math.log2(max(fan_in, 1)))
+    eff = np.vectorize(lambda k: significant_bits(k) + (1 if k < 0 else 0))(K[nz]) if nz.any() else np.zeros(0)
+    ebops = pixels * float(np.sum(eff)) * x_bits
+    return dict(layer=lp.name, op=lp.op, lut=float(lut), ff=float(ff), dsp=int(dsp), bram18=int(bram), uram=0,
+                latency_cycles=int(latency), ii=int(ii), bops=float(bops), ebops=float(ebops),
+                n_mult=int(n_mult if rf > 1 else nz.sum()), fan_in=int(fan_in), n_out=int(n_out), pixels=pixels,
+                x_type=str(xc), w_type=str(wc), acc_bits=int(acc_bits),
+                zero_weights=int((~nz).sum()), po2_weights=int((nz & ~nontrivial).sum()),
+                mapping="xnor-popcount" if binary else ("dsp" if use_dsp else "lut"))
+
+
+# ----------------------------------------------------------------------------- other layers
+def _other_layer(lp, ops: OperatorCosts, notes: list) -> dict:
+    n = _elements(lp)
+    out_t, in_t = lp.tensors.get("output"), lp.tensors.get("input")
+    row = dict(layer=lp.name, op=lp.op, lut=0.0, ff=0.0, dsp=0, bram18=0, uram=0, latency_cycles=0, ii=1,
+               bops=0.0, ebops=0.0)
+    op = lp.op.lower()
+    if op in FREE_OPS or op == "input_quant":
+        return row   # wiring; the input quantizer IS the input type of the HLS design
+    if n is None:
+        notes.append(f"{lp.name} ({lp.op}): output shape unknown; not priced")
+        return row
+
+    def bits(t):
+        try:
+            return _carrier(t, notes, f"{lp.name}").width
+        except ValueError:
+            return None
+
+    ob = bits(out_t) if out_t is not None else None
+    ib = bits(in_t) if in_t is not None else None
+    ob = ob or ib or 16
+    ib = ib or ob
+    k = int(np.prod(lp.attrs.get("kernel", (2, 2)))) if "pool" in op else 1
+    if op == "relu":
+        lut = n * math.ceil(ob / 2)                       # zero on the sign: two bits per LUT6
+    elif op == "quant":
+        lut = n * (ops.add_luts(ib) + math.ceil(ob / 2))  # rounding adder + saturation mux
+    elif op == "add":
+        lut = n * ops.add_luts(max(ib, ob) + 1)
+    elif op == "maxpool":
+        lut = n * (k - 1) * (ops.add_luts(ib) + math.ceil(ib / 2))   # compare + select
+    elif op in ("avgpool", "global_avgpool"):
+        if lp.attrs.get("global") or op == "global_avgpool":
+            ins = lp.attrs.get("in_shape") or (lp.attrs.get("in_shapes") or [None])[0]
+            k = int(np.prod(ins[2:])) if ins is not None and len(ins) > 2 else k
+        lut = n * ops.tree_luts(k, ib)
+    else:
+        notes.append(f"{lp.name}: op {lp.op!r} has no cost model; not priced")
+        return row
+    row.update(lut=float(lut), ff=float(n * ob), latency_cycles=1)
+    return row
+
+
+# ----------------------------------------------------------------------------- entry point
+def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", io_type="io_parallel",
+             clock_period=5.0, datapath="carrier", dsp_threshold=9, costs: OperatorCosts | None = None) -> CostReport:
+    dev = get_device(device)
+    strat = str(strategy).lower()
+    if strat not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; allowed: Latency, Resource")
+    if io_type not in IO_TYPES:
+        raise ValueError(f"unknown io_type {io_type!r}; allowed: {', '.join(IO_TYPES)}")
+    if datapath not in DATAPATHS:
+        raise ValueError(f"unknown datapath {datapath!r}; allowed: {', '.join(DATAPATHS)}")
+    if not float(clock_period) > 0:
+        raise ValueError(f"clock_period must be positive (ns), got {clock_period}")
+    if isinstance(reuse_factor, dict):
+        rfs = reuse_factor
+    else:
+        rfs = {}
+        if int(reuse_factor) != reuse_factor or reuse_factor < 1:
+            raise ValueError(f"reuse_factor must be an integer >= 1, got {reuse_factor!r}")
+    ops = costs or default_costs()
+    notes: list = []
+    report = CostReport(dev, dict(reuse_factor=reuse_factor, strategy=strategy, io_type=io_type,
+                                  clock_period=float(clock_period), datapath=datapath,
+                                  dsp_threshold=dsp_threshold), notes=notes)
+    dp = []
+    for lp in tp:
+        if lp.op.lower() in MAC_OPS and "weight" in lp.tensors:
+            rf = int(rfs.get(lp.name, 1)) if rfs else int(reuse_factor)
+            row = _mac_layer(lp, ops, dev, rf, strat, float(clock_period), dsp_threshold, datapath, notes)
+            wf = lp.tensors["weight"].format
+            if isinstance(wf, Minifloat) or isinstance(lp.tensors["input"].format, Minifloat):
+                mode = "codes decoded at shared multipliers" if datapath == "code" and rf > 1 else "carrier"
+                dp.append(f"{lp.name}: {lp.tensors['input'].format} x {wf} as {mode} "
+                          f"{row['x_type']} x {row['w_type']}")
+        else:
+            row = _other_layer(lp, ops, notes)
+        report.layers.append(row)
+    report.datapath = ("; ".join(dp) if dp else "fixed point: products of the layers' exact fixed carriers") + \
+        (" (products of carrier widths, the datapath the HLS writer emits)" if datapath == "carrier" else "")
+    tot = {c: sum(l[c] for l in report.layers) for c in ("lut", "ff", "dsp", "bram18", "uram", "bops", "ebops")}
+    tot["latency_cycles"] = int(sum(l["latency_cycles"] for l in report.layers))
+    tot["ii"] = int(max([l["ii"] for l in report.layers] or [1]))
+    tot["latency_ns"] = tot["latency_cycles"] * float(clock_period)
+    report.total = tot
+    if io_type == "io_stream":
+        notes.append("io_stream priced as io_parallel layers (FIFOs between layers are not priced)")
+    notes.append("LUTs from yosys synth_xilinx measurements (not Vivado); FF, BRAM mapping and latency "
+                 "from a structural model of hls4ml")
+    return report

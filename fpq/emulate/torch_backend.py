@@ -1,0 +1,169 @@
+"""The emulator's torch program (GPU or CPU): the same ops and dtypes as the numpy path.
+
+Exactness on a GPU needs care the CPU does not: TF32 must be off for float32 matmuls (cuBLAS
+would round operands to 10 mantissa bits), and cuDNN convolution may pick FFT / Winograd
+algorithms that round. So convolutions run as unfold (im2col) + matmul, whose sums are exact
+in any order when the emulator's plan says the accumulator fits (24 bits float32, 53 float64).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..formats import Int
+from ..numerics.torch_ops import quantize_unscaled_torch
+from ..typeplan import po2_exponents
+
+
+class TorchProgram:
+    def __init__(self, emu, device):
+        self.emu = emu
+        self.device = torch.device(device)
+        self._w = None
+
+    def _weights(self):
+        if self._w is None:
+            self._w = {}
+            for name, (w, b) in self.emu._weights.items():
+                self._w[name] = (torch.from_numpy(np.ascontiguousarray(w)).to(self.device),
+                                 None if b is None else torch.from_numpy(b).to(self.device))
+        return self._w
+
+    def run(self, x, return_trace=False):
+        g = self.emu.graph
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(np.asarray(x, dtype=np.float32))
+        x = x.to(self.device, torch.float32)
+        want = g.input_shapes[g.inputs[0]]
+        if want is not None and tuple(x.shape[1:]) != tuple(want[1:]):
+            raise ValueError(f"input has shape {tuple(x.shape)}; expected (N, {', '.join(map(str, want[1:]))})")
+        prev = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        try:
+            with torch.no_grad():
+                env = {g.inputs[0]: x}
+                trace = {}
+                for op in g.ops:
+                    y = self._op(op, [env[t] for t in op.inputs])
+                    env[op.outputs[0]] = y
+                    if return_trace:
+                        trace[op.name] = y
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev
+        outs = [env[o] for o in g.outputs]
+        out = outs[0] if len(outs) == 1 else outs
+        return (out, trace) if return_trace else out
+
+    def _quant(self, x, q, input_quant):
+        s = torch.from_numpy(np.asarray(q.scale, dtype=np.float32)).to(self.device)
+        po2 = po2_exponents(q.scale) is not None
+        if not input_quant and not po2:
+            x = x.to(torch.float64)  # a float scale divides the exact value in float64
+        if q.pre_scale is not None:
+            ps = torch.from_numpy(np.asarray(q.pre_scale, dtype=np.float32)).to(self.device, x.dtype)
+            x = torch.round(x / ps) * ps
+        sd = s.to(x.dtype)
+        if isinstance(q.format, Int) and po2:
+            lo, hi = q.format.int_range
+            return torch.clamp(torch.round(x / sd), lo, hi).mul_(sd).to(torch.float32)
+        unit = bool(torch.all(s == 1))
+        xs = x if unit else x / sd
+        y = quantize_unscaled_torch(xs.to(torch.float64), q.format).to(x.dtype)
+        if not unit:
+            y = y * sd
+        return y.to(torch.float32)
+
+    def _op(self, op, xs):
+        k, x = op.kind, xs[0]
+        if k in ("quant", "input_quant"):
+            return self._quant(x, op.quant, k == "input_quant")
+        if k == "linear":
+            w, b = self._weights()[op.name]
+            acc = x.to(w.dtype) @ w
+            return _bias(acc, b, None)
+        if k in ("conv1d", "conv2d"):
+            w, b = self._weights()[op.name]
+            return _bias(_conv(x.to(w.dtype), w, op.attrs), b, 1)
+        if k == "relu":
+            return torch.clamp_min(x, 0)
+        if k == "add":
+            return x.to(torch.float64) + xs[1].to(torch.float64)
+        if k in ("mul", "div"):
+            c = torch.from_numpy(np.asarray(op.attrs["value"], dtype=np.float64)).to(self.device)
+            return x.to(torch.float64) * c if k == "mul" else x.to(torch.float64) / c
+        if k in ("maxpool", "avgpool"):
+            return _pool(x if k == "maxpool" else x.to(torch.float64), op.attrs, k)
+        if k == "global_avgpool":
+            dims = tuple(range(2, x.dim()))
+            n = int(np.prod([x.shape[d] for d in dims]))
+            return x.to(torch.float64).sum(dim=dims, keepdim=True) / n
+        if k == "flatten":
+            ax = op.attrs["axis"]
+            return x.reshape(int(np.prod(x.shape[:ax])), -1)
+        if k == "reshape":
+            from . import batch_shape
+            return x.reshape(batch_shape(op.attrs["shape"], op.in_shapes[0], tuple(x.shape)))
+        if k == "transpose":
+            perm = op.attrs["perm"] or tuple(reversed(range(x.dim())))
+            return x.permute(*perm)
+        if k == "output":
+            return x
+        raise ValueError(f"op {op.name}: kind {k} has no torch emulation")
+
+
+def _bias(acc, b, channel_axis):
+    if b is None:
+        return acc
+    if acc.dtype != b.dtype:
+        acc = acc.to(torch.float64)
+    if channel_axis is not None:
+        b = b.view(-1, *([1] * (acc.dim() - 2)))
+    return acc + b
+
+
+def _pad_split(pads, nd):
+    return [(int(pads[i]), int(pads[i + nd])) for i in range(nd)]
+
+
+def _conv(x, w, attrs):
+    """ONNX Conv as unfold + (grouped) matmul: exact sums, no cuDNN algorithm choice."""
+    nd = len(attrs["kernel"])
+    squeeze = nd == 1
+    if squeeze:  # 1-D as 2-D with a unit height
+        x, w = x.unsqueeze(2), w.unsqueeze(2)
+        kernel, strides = (1, attrs["kernel"][0]), (1, attrs["strides"][0])
+        dil = (1, attrs["dilations"][0])
+        pads = [(0, 0)] + _pad_split(attrs["pads"], 1)
+    else:
+        kernel, strides, dil = tuple(attrs["kernel"]), tuple(attrs["strides"]), tuple(attrs["dilations"])
+        pads = _pad_split(attrs["pads"], 2)
+    # F.pad takes the last dimension first
+    x = F.pad(x, (pads[1][0], pads[1][1], pads[0][0], pads[0][1]))
+    n, c, h, wd = x.shape
+    ho = (h - dil[0] * (kernel[0] - 1) - 1) // strides[0] + 1
+    wo = (wd - dil[1] * (kernel[1] - 1) - 1) // strides[1] + 1
+    cols = F.unfold(x, kernel, dilation=dil, stride=strides)      # (N, C*kh*kw, L)
+    g = attrs["groups"]
+    cout = w.shape[0]
+    cols = cols.view(n, g, (c // g) * kernel[0] * kernel[1], ho * wo)
+    wm = w.reshape(g, cout // g, -1)                               # (g, cout_g, cin_g*kh*kw)
+    y = torch.matmul(wm.unsqueeze(0), cols).reshape(n, cout, ho, wo)
+    return y.squeeze(2) if squeeze else y
+
+
+def _pool(x, attrs, kind):
+    nd = len(attrs["kernel"])
+    pads = _pad_split(attrs["pads"], nd)
+    if any(p[0] != p[1] for p in pads):
+        raise ValueError("asymmetric pool padding has no torch emulation; use the numpy backend")
+    pad = tuple(p[0] for p in pads)
+    if kind == "maxpool":
+        f = F.max_pool1d if nd == 1 else F.max_pool2d
+        return f(x, attrs["kernel"], attrs["strides"], pad, attrs.get("dilations", (1,) * nd),
+                 ceil_mode=bool(attrs.get("ceil_mode", 0)))
+    f = F.avg_pool1d if nd == 1 else F.avg_pool2d
+    # torch's average divides the float64 sum once, as the numpy path does
+    return f(x, attrs["kernel"], attrs["strides"], pad, ceil_mode=bool(attrs.get("ceil_mode", 0)),
+             count_include_pad=bool(attrs.get("count_include_pad", 0)))

@@ -1,0 +1,61 @@
+"""The small float networks of issue 4's conformance list, seeded, for tests, benchmarks and the
+golden QONNX files (``export/``): MLP 16-64-32-32-5, a Conv1d net, a Conv2d+BN+pool net and a
+residual block. Each builder returns ``(model, input_shape_without_batch)``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def mlp(dims=(16, 64, 32, 32, 5), seed: int = 0):
+    torch.manual_seed(seed)
+    layers = []
+    for i in range(len(dims) - 1):
+        layers.append(nn.Linear(dims[i], dims[i + 1]))
+        if i < len(dims) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers).eval(), (dims[0],)
+
+
+def conv1d_net(seed: int = 0):
+    torch.manual_seed(seed)
+    m = nn.Sequential(nn.Conv1d(2, 6, 3, padding=1), nn.ReLU(), nn.MaxPool1d(2),
+                      nn.Conv1d(6, 8, 3, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 3, 5))
+    return m.eval(), (2, 16)
+
+
+def conv2d_bn_net(seed: int = 0):
+    torch.manual_seed(seed)
+    m = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+                      nn.Conv2d(4, 8, 3, groups=2), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 2 * 2, 10))
+    with torch.no_grad():  # non-trivial BN statistics to fold
+        bn = m[1]
+        bn.running_mean.uniform_(-0.2, 0.2)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.1, 0.1)
+    return m.eval(), (1, 8, 8)
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, width=16, out=5):
+        super().__init__()
+        self.fc_in = nn.Linear(width, width)
+        self.relu = nn.ReLU()
+        self.fc1 = nn.Linear(width, width)
+        self.fc2 = nn.Linear(width, width)
+        self.head = nn.Linear(width, out)
+
+    def forward(self, x):
+        h = self.relu(self.fc_in(x))
+        r = self.fc2(self.relu(self.fc1(h)))
+        return self.head(self.relu(h + r))
+
+
+def residual_block(seed: int = 0):
+    torch.manual_seed(seed)
+    return ResidualBlock().eval(), (16,)
+
+
+MODELS = {"mlp": mlp, "conv1d": conv1d_net, "conv2d_bn": conv2d_bn_net, "residual": residual_block}

@@ -1,0 +1,422 @@
+"""fpq's hls4ml frontend: the graph IR (``fpq.export.graph``) -> an hls4ml layer list + config.
+
+Why fpq builds the hls4ml model itself instead of running hls4ml's QONNX frontend with extra
+handlers: that frontend rejects FloatQuant, turns scales into ``ApplyAlpha`` nodes at default
+precisions and infers ``auto`` types; fighting each of those passes would still leave precision
+decisions to hls4ml. Here every precision (input, weight, bias, accumulator, result) is an
+exact fpq Fixed, chosen from the TypePlan, and hls4ml's own layers (Dense, Conv1D/2D,
+Activation, pooling, Merge, Reshape), optimizer passes, templates and writers do the rest. The
+layers are built channels-last, as hls4ml's HLS code expects; the torch (NCHW) order of each
+tensor is tracked as a permutation so that weights after a flatten are re-ordered and the
+project's predict() takes and returns torch layouts.
+
+Exactness, layer by layer:
+* network input: the input port type IS the first quantizer when an ap_fixed cast expresses it
+  (fixed / int with a power-of-two scale: the float -> ap_fixed conversion rounds from all the
+  float's bits with the quantizer's rounding and overflow modes); otherwise (minifloat, binary,
+  narrow int) the port is a wide fixed type that holds every float32 value that can matter
+  exactly, followed by an ``FpqQuantize`` layer.
+* linear / conv: weights and biases in their exact carriers, the accumulator from the TypePlan
+  (exact: no sum can overflow), the result the accumulator itself or, when a cast quantizer
+  follows, that quantizer's type (the final cast from the exact accumulator is the quantizer).
+* relu, max pooling, flatten: their result keeps the input type (or the following cast).
+* add: the exact sum type of both inputs.
+* a quantizer that no cast expresses: ``FpqQuantize`` (hls/fpq_minifloat.h).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..formats import Binary, Fixed, Int, Minifloat, exact_fixed
+from ..typeplan import TensorType, fixed_union, po2_exponents, product_type, sum_type
+from . import cpp
+
+
+class HLSUnsupportedError(ValueError):
+    """The network (a layer, a format or a scale) cannot be made exact in HLS: the message says which and why."""
+
+
+@dataclass
+class _Tensor:
+    layer: str                 # hls4ml layer whose output holds it
+    fixed: Fixed               # exact type of its values (that layer's result precision)
+    torch_shape: tuple         # per sample, torch layout
+    hls_shape: tuple           # per sample, hls4ml (channels-last) layout
+    perm: np.ndarray | None    # hls flat index i holds torch flat element perm[i]; None: same order
+
+
+@dataclass
+class HLSPlan:
+    """Everything needed to build the hls4ml model; no file is written while making it."""
+
+    layers: list = field(default_factory=list)        # hls4ml layer dicts, in order
+    precisions: dict = field(default_factory=dict)    # layer name -> {var: Fixed}
+    input_name: str = "fpq_input"
+    input_shape: tuple = ()                           # torch layout, per sample
+    input_perm: np.ndarray | None = None
+    input_float32: bool = False                       # the port is exact for float32 values only
+    output_layer: str = ""
+    output_shape: tuple = ()                          # torch layout, per sample
+    output_perm: np.ndarray | None = None
+    op_layer: dict = field(default_factory=dict)      # IR op name -> hls4ml layer that computes it
+    layer_op: dict = field(default_factory=dict)      # hls4ml layer -> IR op whose value it finally holds
+    layer_shape: dict = field(default_factory=dict)   # hls4ml layer -> (torch shape, perm)
+    notes: list = field(default_factory=list)
+
+
+def channels_last_perm(torch_shape: tuple) -> np.ndarray | None:
+    """perm such that hls_flat[i] = torch_flat[perm[i]] for the channels-last layout."""
+    if len(torch_shape) <= 1:
+        return None
+    idx = np.arange(int(np.prod(torch_shape))).reshape(torch_shape)
+    return np.moveaxis(idx, 0, -1).ravel()
+
+
+def hls_shape_of(torch_shape: tuple) -> tuple:
+    return tuple(torch_shape[1:]) + (torch_shape[0],) if len(torch_shape) > 1 else tuple(torch_shape)
+
+
+def values_carrier(v) -> Fixed:
+    """Smallest signed Fixed holding the given float values exactly (for weights whose scale is
+    not a power of two: their float32 values are still dyadic numbers, so fixed point holds them)."""
+    v = np.asarray(v, dtype=np.float64).ravel()
+    nz = v[v != 0]
+    if nz.size == 0:
+        return Fixed(2, 2, True)
+    if not np.all(np.isfinite(nz)):
+        raise HLSUnsupportedError("non-finite weight or bias values")
+    frac = max(_frac_bits(float(x)) for x in np.unique(np.abs(nz)))
+    k = np.abs(np.rint(np.ldexp(nz, frac)))
+    width = int(k.max()).bit_length() + 1
+    return Fixed(width, width - frac, True)
+
+
+def _frac_bits(x: float) -> int:
+    """Smallest f with x * 2**f an integer (negative for multiples of 2**k, k > 0)."""
+    from fractions import Fraction
+
+    q = Fraction(x)
+    if q.denominator > 1:
+        return q.denominator.bit_length() - 1
+    n = abs(q.numerator)
+    return -((n & -n).bit_length() - 1)
+
+
+def _scale_exp(tt: TensorType, what: str) -> int:
+    exps = po2_exponents(tt.scale)
+    if exps is None:
+        raise HLSUnsupportedError(
+            f"{what}: scale {np.ravel(tt.scale)[:4]} of {tt.format} is not a power of two. y = Q(x / s) * s "
+            "needs an exact division by s, which a fixed-point datapath cannot do bit-exactly; "
+            "convert with scale='po2' for the HLS path")
+    exps = np.unique(exps)
+    if exps.size != 1:
+        raise HLSUnsupportedError(
+            f"{what}: per-channel activation scales ({exps.size} different powers of two) are not supported "
+            "in HLS; use a per-tensor activation scale")
+    return int(exps[0])
+
+
+def _check_format(fmt, what: str) -> None:
+    if isinstance(fmt, Minifloat):
+        try:
+            cpp.minifloat_params(fmt)
+        except ValueError as e:
+            raise HLSUnsupportedError(f"{what}: {e}") from None
+
+
+def _carrier(tt: TensorType | None, values, what: str) -> Fixed:
+    """Exact fixed type of a constant tensor (weight / bias)."""
+    if values is None:
+        return Fixed(2, 2, True)
+    if tt is not None and tt.po2:
+        _check_format(tt.format, what)
+        c = tt.carrier()
+        return Fixed(c.width, c.int_bits, c.signed)
+    return values_carrier(values)  # float (non-po2) scale or unquantized bias: the values themselves
+
+
+def input_capture_type(fmt, scale_exp: int) -> Fixed:
+    """A wide input port type for quantizers that run after the port (minifloat, binary, narrow
+    int). Every float32 value whose rounding matters is exact in it: magnitudes from half the
+    smallest step up (float32 has 24 significant bits), and saturation happens beyond twice
+    the format's range. TRN_ZERO keeps smaller magnitudes below the first tie; binary uses TRN so
+    that a tiny negative input keeps its sign."""
+    if isinstance(fmt, Binary):
+        return Fixed(3 + 30, 3, True, "TRN", "SAT")
+    c = exact_fixed(fmt, scale_exp)
+    frac = c.frac_bits + 1 + 24
+    ints = c.int_bits + 2
+    return Fixed(ints + frac, ints, True, "TRN_ZERO", "SAT")
+
+
+class _Builder:
+    def __init__(self, graph, typeplan):
+        self.g = graph
+        self.tp = typeplan
+        self.plan = HLSPlan()
+        self.t: dict[str, _Tensor] = {}
+        self.uses: dict[str, int] = {}
+        for op in graph.ops:
+            for i in op.inputs:
+                self.uses[i] = self.uses.get(i, 0) + 1
+        self.fused: set = set()   # layers whose result type a following cast already replaced
+
+    # -- helpers
+    def add_layer(self, layer: dict, precision: dict) -> None:
+        self.plan.layers.append(layer)
+        self.plan.precisions[layer["name"]] = precision
+
+    def src(self, op, k=0) -> _Tensor:
+        name = op.inputs[k]
+        if name not in self.t:
+            raise HLSUnsupportedError(f"op {op.name!r}: input {name!r} is not produced by an op fpq can map to HLS")
+        return self.t[name]
+
+    def set_out(self, op, tensor: _Tensor) -> None:
+        self.t[op.outputs[0]] = tensor
+        self.plan.op_layer[op.name] = tensor.layer
+        self.plan.layer_op[tensor.layer] = op.name
+        self.plan.layer_shape[tensor.layer] = (tensor.torch_shape, tensor.perm)
+
+    def torch_shape(self, op) -> tuple:
+        if op.out_shape is None:
+            raise HLSUnsupportedError(f"op {op.name!r}: output shape unknown (run shape inference)")
+        return tuple(int(d) for d in op.out_shape[1:])
+
+    # -- ops
+    def build(self):
+        g = self.g
+        if len(g.inputs) != 1:
+            raise HLSUnsupportedError(f"the HLS path takes networks with one input, got {len(g.inputs)}: {g.inputs}")
+        for op in g.ops:
+            handler = getattr(self, f"op_{op.kind}", None)
+            if handler is None:
+                raise HLSUnsupportedError(
+                    f"op {op.name!r} of kind {op.kind!r} is not supported by fpq's HLS path; supported: "
+                    f"{', '.join(k[3:] for k in dir(self) if k.startswith('op_'))}")
+            handler(op)
+        if not self.plan.output_layer:
+            raise HLSUnsupportedError("the graph has no output op")
+        return self.plan
+
+    def op_input_quant(self, op):
+        if op.inputs[0] not in self.g.inputs:
+            raise HLSUnsupportedError(f"op {op.name!r}: an input quantizer must read the graph input")
+        shape = tuple(int(d) for d in self.g.input_shapes[op.inputs[0]][1:])
+        if self.uses.get(op.inputs[0], 0) != 1:
+            raise HLSUnsupportedError("the graph input must feed the input quantizer only")
+        tt = op.quant.ttype
+        s = _scale_exp(tt, f"input quantizer {op.name!r}")
+        _check_format(tt.format, f"input quantizer {op.name!r}")
+        p = self.plan
+        p.input_shape, p.input_perm = shape, channels_last_perm(shape)
+        hshape = hls_shape_of(shape)
+        cast = cpp.cast_format(tt.format, s)
+        port = cast if cast is not None else input_capture_type(tt.format, s)
+        p.input_float32 = cast is None
+        self.add_layer({"class_name": "InputLayer", "name": p.input_name, "input_shape": list(hshape)},
+                       {"result": port})
+        tensor = _Tensor(p.input_name, port, shape, hshape, p.input_perm)
+        if cast is None:
+            tensor = self._quantize_layer(op, tensor, tt.format, s)
+        self.set_out(op, tensor)
+
+    def _quantize_layer(self, op, src: _Tensor, fmt, s: int) -> _Tensor:
+        cast = cpp.cast_format(fmt, s)
+        if cast is not None:
+            out, call, fstr = cast, "out_T({x})", f"{fmt} (ap_fixed cast)"
+        else:
+            out = exact_fixed(fmt, s)
+            out = Fixed(out.width, out.int_bits, out.signed)
+            call, fstr = cpp.quantizer_call(fmt, s, "in_T", "out_T"), str(fmt)
+        self.add_layer({"class_name": "FpqQuantize", "name": op.name, "inputs": [src.layer], "quantizer": call,
+                        "fpq_format": f"{fstr} x 2^{s}"}, {"result": out})
+        return _Tensor(op.name, out, src.torch_shape, src.hls_shape, src.perm)
+
+    def op_quant(self, op):
+        src = self.src(op)
+        tt = op.quant.ttype
+        if op.quant.pre_scale is not None:
+            raise HLSUnsupportedError(f"op {op.name!r}: Trunc with a pre-scale is not supported in HLS")
+        s = _scale_exp(tt, f"quantizer {op.name!r}")
+        _check_format(tt.format, f"quantizer {op.name!r}")
+        cast = cpp.cast_format(tt.format, s)
+        producer = next((L for L in self.plan.layers if L["name"] == src.layer), None)
+        fusable = (cast is not None and producer is not None and producer["class_name"] not in ("InputLayer",)
+                   and self.uses.get(op.inputs[0], 0) == 1 and src.layer not in self.fused)
+        if fusable:
+            # the producer's result cast from its exact value IS this quantizer
+            self.plan.precisions[src.layer]["result"] = cast
+            self.fused.add(src.layer)
+            self.set_out(op, _Tensor(src.layer, cast, src.torch_shape, src.hls_shape, src.perm))
+        else:
+            self.set_out(op, self._quantize_layer(op, src, tt.format, s))
+
+    def _weighted_types(self, op, src: _Tensor, w_hls: np.ndarray, b: np.ndarray | None):
+        wt, bt = op.types.get("weight"), op.types.get("bias")
+        w_c = _carrier(wt, op.weight, f"weight of {op.name!r}")
+        b_c = _carrier(bt, op.bias, f"bias of {op.name!r}") if op.bias is not None else Fixed(2, 2, True)
+        x_c = Fixed(src.fixed.width, src.fixed.int_bits, src.fixed.signed)
+        prod = product_type(x_c, w_c)
+        acc = sum_type(prod, op.fan_in, b_c if op.bias is not None else None)
+        lp = self.tp.layers.get(op.name) if self.tp is not None else None
+        planned = lp.tensors.get("accumulator") if lp is not None else None
+        if isinstance(planned, Fixed) and planned != acc:
+            # the TypePlan is the source of truth (a user may narrow an accumulator); it must
+            # still hold the input grid, or the sum could not even be formed
+            if planned.frac_bits < acc.frac_bits:
+                raise HLSUnsupportedError(
+                    f"layer {op.name!r}: TypePlan accumulator {planned} has fewer fractional bits than the "
+                    f"products ({prod}); it cannot hold the exact sum")
+            acc = planned
+        return {"weight": w_c, "bias": b_c, "accum": acc, "result": acc}
+
+    def op_linear(self, op):
+        src = self.src(op)
+        if len(src.hls_shape) != 1:
+            raise HLSUnsupportedError(f"linear {op.name!r}: input of shape {src.torch_shape} (flatten it first)")
+        w = np.asarray(op.weight, dtype=np.float64)  # (out, in)
+        if src.perm is not None:
+            w = w[:, src.perm]  # hls_x[i] = torch_x[perm[i]]
+        b = np.zeros(w.shape[0]) if op.bias is None else np.asarray(op.bias, dtype=np.float64)
+        prec = self._weighted_types(op, src, w, b)
+        layer = {"class_name": "Dense", "name": op.name, "inputs": [src.layer], "n_in": w.shape[1],
+                 "n_out": w.shape[0], "weight_data": np.ascontiguousarray(w.T), "bias_data": b, "use_bias": True}
+        self.add_layer(layer, prec)
+        shape = (w.shape[0],)
+        self.set_out(op, _Tensor(op.name, prec["result"], shape, shape, None))
+
+    def _conv(self, op, nd: int):
+        src = self.src(op)
+        a = op.attrs
+        if a.get("groups", 1) != 1:
+            raise HLSUnsupportedError(f"conv {op.name!r}: grouped / depthwise convolution (groups={a['groups']}) "
+                                      "is not supported in fpq's HLS path")
+        if any(d != 1 for d in a.get("dilations", (1,) * nd)):
+            raise HLSUnsupportedError(f"conv {op.name!r}: dilation {a['dilations']} is not supported in HLS")
+        if len(src.torch_shape) != nd + 1 or not _is_channels_last(src):
+            raise HLSUnsupportedError(f"conv {op.name!r}: input of shape {src.torch_shape} is not a {nd}-D feature map")
+        w = np.asarray(op.weight, dtype=np.float64)  # (cout, cin, *k)
+        cout, cin = w.shape[:2]
+        b = np.zeros(cout) if op.bias is None else np.asarray(op.bias, dtype=np.float64)
+        prec = self._weighted_types(op, src, w, b)
+        out_t = self.torch_shape(op)
+        pads, strides, k = a["pads"], a["strides"], a["kernel"]
+        layer = {"name": op.name, "inputs": [src.layer], "data_format": "channels_last", "n_chan": cin,
+                 "n_filt": cout, "bias_data": b, "use_bias": True, "dilation": 1}
+        if nd == 1:
+            layer.update(class_name="Conv1D", in_width=src.torch_shape[1], out_width=out_t[1], filt_width=k[0],
+                         stride_width=strides[0], pad_left=pads[0], pad_right=pads[1],
+                         weight_data=np.ascontiguousarray(w.transpose(2, 1, 0)))
+        else:
+            layer.update(class_name="Conv2D", in_height=src.torch_shape[1], in_width=src.torch_shape[2],
+                         out_height=out_t[1], out_width=out_t[2], filt_height=k[0], filt_width=k[1],
+                         stride_height=strides[0], stride_width=strides[1], pad_top=pads[0], pad_left=pads[1],
+                         pad_bottom=pads[2], pad_right=pads[3],
+                         weight_data=np.ascontiguousarray(w.transpose(2, 3, 1, 0)))
+        self.add_layer(layer, prec)
+        self.set_out(op, _Tensor(op.name, prec["result"], out_t, hls_shape_of(out_t), channels_last_perm(out_t)))
+
+    def op_conv1d(self, op):
+        self._conv(op, 1)
+
+    def op_conv2d(self, op):
+        self._conv(op, 2)
+
+    def op_relu(self, op):
+        src = self.src(op)
+        n = int(np.prod(src.hls_shape))
+        self.add_layer({"class_name": "Activation", "activation": "relu", "name": op.name, "inputs": [src.layer],
+                        "n_in": n}, {"result": src.fixed})
+        self.set_out(op, _Tensor(op.name, src.fixed, src.torch_shape, src.hls_shape, src.perm))
+
+    def op_maxpool(self, op):
+        src = self.src(op)
+        a = op.attrs
+        k = a["kernel"]
+        nd = len(k)
+        if any(a["pads"]) or a.get("ceil_mode", 0) or any(d != 1 for d in a.get("dilations", (1,) * nd)):
+            raise HLSUnsupportedError(f"maxpool {op.name!r}: padding, ceil_mode and dilation are not supported in HLS")
+        if len(src.torch_shape) != nd + 1 or not _is_channels_last(src):
+            raise HLSUnsupportedError(f"maxpool {op.name!r}: input of shape {src.torch_shape}")
+        out_t = self.torch_shape(op)
+        s = a["strides"]
+        layer = {"name": op.name, "inputs": [src.layer], "data_format": "channels_last", "n_filt": src.torch_shape[0],
+                 "count_pad": False}
+        if nd == 1:
+            layer.update(class_name="MaxPooling1D", n_in=src.torch_shape[1], n_out=out_t[1], pool_width=k[0],
+                         stride_width=s[0], pad_left=0, pad_right=0)
+        else:
+            layer.update(class_name="MaxPooling2D", in_height=src.torch_shape[1], in_width=src.torch_shape[2],
+                         out_height=out_t[1], out_width=out_t[2], pool_height=k[0], pool_width=k[1],
+                         stride_height=s[0], stride_width=s[1], pad_top=0, pad_bottom=0, pad_left=0, pad_right=0)
+        self.add_layer(layer, {"result": src.fixed, "accum": src.fixed})
+        self.set_out(op, _Tensor(op.name, src.fixed, out_t, hls_shape_of(out_t), channels_last_perm(out_t)))
+
+    def op_add(self, op):
+        a, b = self.src(op, 0), self.src(op, 1)
+        if a.hls_shape != b.hls_shape or not _same_perm(a.perm, b.perm):
+            raise HLSUnsupportedError(f"add {op.name!r}: inputs of shapes {a.torch_shape} and {b.torch_shape} "
+                                      "(broadcasting adds are not supported in HLS)")
+        u = fixed_union([Fixed(a.fixed.width, a.fixed.int_bits, a.fixed.signed),
+                         Fixed(b.fixed.width, b.fixed.int_bits, b.fixed.signed)])
+        out = sum_type(u, 2)
+        self.add_layer({"class_name": "Merge", "op": "add", "name": op.name, "inputs": [a.layer, b.layer]},
+                       {"result": out})
+        self.set_out(op, _Tensor(op.name, out, a.torch_shape, a.hls_shape, a.perm))
+
+    def _flatten_to(self, op, n: int):
+        src = self.src(op)
+        if int(np.prod(src.torch_shape)) != n:
+            raise HLSUnsupportedError(f"op {op.name!r}: reshape {src.torch_shape} -> ({n},) changes the size")
+        if len(src.hls_shape) == 1:
+            self.set_out(op, _Tensor(src.layer, src.fixed, (n,), (n,), src.perm))
+            return
+        # torch's flat order is unchanged by a flatten; the hls4ml order keeps its permutation
+        self.add_layer({"class_name": "Reshape", "name": op.name, "inputs": [src.layer], "target_shape": [n]},
+                       {"result": src.fixed})
+        self.set_out(op, _Tensor(op.name, src.fixed, (n,), (n,), src.perm))
+
+    def op_flatten(self, op):
+        if op.attrs.get("axis", 1) != 1:
+            raise HLSUnsupportedError(f"flatten {op.name!r}: axis {op.attrs['axis']} (only axis=1 is supported)")
+        self._flatten_to(op, int(np.prod(self.torch_shape(op))))
+
+    def op_reshape(self, op):
+        out = self.torch_shape(op)
+        if len(out) != 1:
+            raise HLSUnsupportedError(f"reshape {op.name!r} to {out}: only a flatten to (batch, n) is supported in HLS")
+        self._flatten_to(op, out[0])
+
+    def op_output(self, op):
+        src = self.src(op)
+        if self.plan.output_layer:
+            raise HLSUnsupportedError("the HLS path takes networks with one output")
+        if src.layer == self.plan.input_name:
+            raise HLSUnsupportedError("the network output is its input: nothing to build")
+        if src.layer != self.plan.layers[-1]["name"]:
+            raise HLSUnsupportedError(f"the network output {op.inputs[0]!r} must be computed by the last layer")
+        self.plan.output_layer = src.layer
+        self.plan.output_shape = src.torch_shape
+        self.plan.output_perm = src.perm
+        self.plan.op_layer[op.name] = src.layer
+
+
+def _same_perm(a, b) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return np.array_equal(a, b)
+
+
+def _is_channels_last(t: _Tensor) -> bool:
+    return t.hls_shape == hls_shape_of(t.torch_shape) and _same_perm(t.perm, channels_last_perm(t.torch_shape))
+
+
+def plan_hls(graph, typeplan=None) -> HLSPlan:
+    """Map the IR to hls4ml layers and exact precisions; raises HLSUnsupportedError naming the
+    op and the reason for anything that cannot be made exact."""
+    return _Builder(graph, typeplan).build()

@@ -1,0 +1,176 @@
+"""fpq.estimate_cost on hand-built TypePlans: structure, weight-value pricing, monotonic sanity,
+hls4ml's reuse-factor trade-off, devices and errors; plus a tiny synthesis proving the flow."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+import fpq
+from fpq.formats import Fixed, parse_format, quantize
+from fpq.typeplan import LayerPlan, TensorType, TypePlan
+from fpq.cost_model import estimate_cost, get_device
+from fpq.cost_model.ops import csd_digits, default_costs, significant_bits
+
+X_SCALE, W_SCALE = 2.0 ** -4, 2.0 ** -3
+
+
+def _layer(name, W, w_fmt, x_fmt="int8", op="linear", out_shape=None, w_scale=W_SCALE):
+    W = np.asarray(W, np.float32)
+    lp = LayerPlan(name, op, {"input": TensorType(x_fmt, X_SCALE), "weight": TensorType(w_fmt, w_scale)},
+                   fan_in=int(np.prod(W.shape[1:])), values={"weight": W},
+                   attrs={"out_shape": out_shape or (1, W.shape[0])})
+    return lp.derive()
+
+
+def _plan(W, w_fmt="int8", x_fmt="int8", **kw):
+    tp = TypePlan()
+    n_in = int(np.prod(np.shape(W)[1:]))
+    tp.add(LayerPlan("inp", "input_quant", {"output": TensorType(x_fmt, X_SCALE)}, attrs={"out_shape": (1, n_in)}))
+    tp.add(_layer("fc1", W, w_fmt, x_fmt, **kw))
+    tp.add(LayerPlan("act", "relu", {"input": TensorType(x_fmt, X_SCALE), "output": TensorType("uint8", X_SCALE)},
+                     attrs={"out_shape": (1, np.shape(W)[0])}))
+    return tp
+
+
+def _weights(w_fmt, shape=(8, 16), seed=0, scale=W_SCALE):
+    rng = np.random.default_rng(seed)
+    w = rng.normal(0, 0.6, size=shape) * float(fpq.finfo(parse_format(w_fmt)).max) * scale / 2
+    return quantize(w.astype(np.float32), parse_format(w_fmt), scale)
+
+
+def test_estimate_on_hand_built_plan():
+    tp = _plan(_weights("int8"))
+    rep = estimate_cost(tp, device="xcvu9p", clock_period=4)
+    assert [l["layer"] for l in rep.layers] == ["inp", "fc1", "act"]
+    fc = rep.layers[1]
+    assert fc["lut"] > 0 and fc["fan_in"] == 16 and fc["n_out"] == 8 and fc["mapping"] == "lut"
+    for c in ("lut", "ff", "dsp", "bram18", "uram", "bops", "ebops"):
+        assert rep.total[c] == pytest.approx(sum(l[c] for l in rep.layers))
+    assert rep.total["latency_ns"] == rep.total["latency_cycles"] * 4
+    assert rep.total["ii"] == 1
+    text = str(rep)
+    assert "fc1" in text and "total" in text and "xcvu9p" in text and "datapath" in text
+    d = json.loads(json.dumps(rep.to_dict()))
+    assert d["device"] == "xcvu9p" and len(d["layers"]) == 3
+    # the same result through fpq's public lazy API
+    assert fpq.estimate_cost(tp).total["lut"] == estimate_cost(tp).total["lut"]
+
+
+def test_weight_values_matter():
+    W = _weights("int8")
+    base = estimate_cost(_plan(W)).layers[1]["lut"]
+    assert estimate_cost(_plan(np.zeros_like(W))).layers[1]["lut"] == 0          # zeros are free
+    po2 = np.sign(W) * W_SCALE * 2.0 ** np.round(np.log2(np.maximum(np.abs(W) / W_SCALE, 1)))
+    po2 = quantize(po2.astype(np.float32), parse_format("int8"), W_SCALE)
+    assert estimate_cost(_plan(po2)).layers[1]["lut"] < 0.5 * base                # shifts are cheap
+    pruned = W.copy()
+    pruned[:, ::2] = 0
+    assert estimate_cost(_plan(pruned)).layers[1]["lut"] < base
+    rep = estimate_cost(_plan(pruned)).layers[1]
+    assert rep["zero_weights"] == int((pruned == 0).sum())
+
+
+def test_more_bits_never_cheaper():
+    costs = default_costs()
+    widths = list(range(1, 25))
+    grid = np.array([[costs.mul_luts(a, b)[0] for b in widths] for a in widths])
+    assert np.all(np.diff(grid, axis=0) >= 0) and np.all(np.diff(grid, axis=1) >= 0)
+    # the same layer with wider activations, constants unchanged
+    W = _weights("int6")
+    luts = [estimate_cost(_plan(W, "int6", x)).layers[1]["lut"] for x in ("int3", "int4", "int6", "int8", "int12")]
+    assert all(b >= a for a, b in zip(luts, luts[1:])), luts
+    # the same float weights at more weight bits, unrolled and shared (reuse 4)
+    rng = np.random.default_rng(1)
+    wf = rng.normal(0, 0.5, size=(8, 16)).astype(np.float32)
+    for rf in (1, 4):
+        luts = []
+        for bits in (3, 4, 5, 6, 8):
+            f = parse_format(f"int{bits}")
+            s = np.float32(2.0 ** -(bits - 2))
+            luts.append(estimate_cost(_plan(quantize(wf, f, s), f"int{bits}", w_scale=s), reuse_factor=rf,
+                                      dsp_threshold=None).layers[1]["lut"])
+        assert all(b >= a for a, b in zip(luts, luts[1:])), (rf, luts)
+
+
+def test_reuse_factor_trades_resources_for_latency():
+    W = _weights("int12", shape=(8, 32))
+    reps = [estimate_cost(_plan(W, "int12"), reuse_factor=rf).layers[1] for rf in (1, 2, 4, 8, 16)]
+    assert reps[0]["mapping"] == "dsp"
+    dsp = [r["dsp"] for r in reps]
+    lat = [r["latency_cycles"] for r in reps]
+    assert all(b <= a for a, b in zip(dsp, dsp[1:])) and dsp[-1] < dsp[0], dsp
+    assert all(b >= a for a, b in zip(lat, lat[1:])) and lat[-1] > lat[0], lat
+    assert [r["ii"] for r in reps] == [1, 2, 4, 8, 16]
+    assert reps[2]["n_mult"] == math.ceil(8 * 32 / 4)            # hls4ml's block factor
+    W = _weights("int6", shape=(8, 32))
+    luts = [estimate_cost(_plan(W, "int6"), reuse_factor=rf).layers[1]["lut"] for rf in (2, 4, 8, 16, 32)]
+    assert all(b <= a for a, b in zip(luts, luts[1:])) and luts[-1] < luts[0], luts
+    # Resource strategy keeps large weight arrays in BRAM
+    big = _weights("int8", shape=(64, 256))
+    res = estimate_cost(_plan(big), reuse_factor=64, strategy="Resource").layers[1]
+    lat = estimate_cost(_plan(big), reuse_factor=64, strategy="Latency").layers[1]
+    assert res["bram18"] > 0 and lat["bram18"] == 0 and res["lut"] < lat["lut"]
+
+
+def test_devices_and_errors():
+    assert get_device("xcvu9p-flga2104-2-e").name == "xcvu9p"
+    fams = {get_device(n).family for n in ("xc7z020", "xcvu9p", "xcvc1902")}
+    assert fams == {"7series", "ultrascale+", "versal"}
+    tp = _plan(_weights("int12", shape=(4, 8)))
+    with pytest.raises(ValueError, match="known devices: .*xcvu9p"):
+        estimate_cost(tp, device="xc9000")
+    with pytest.raises(ValueError, match="strategy"):
+        estimate_cost(tp, strategy="Fast")
+    with pytest.raises(ValueError, match="reuse_factor"):
+        estimate_cost(tp, reuse_factor=0)
+    with pytest.raises(ValueError, match="io_type"):
+        estimate_cost(tp, io_type="io_serial")
+    # a wide weight on a 7-series DSP48E1 (25x18) needs no more slices than on a DSP58 (27x24)
+    d7 = estimate_cost(tp, device="xc7z020").total["dsp"]
+    dv = estimate_cost(tp, device="xcvc1902").total["dsp"]
+    assert d7 >= dv > 0
+
+
+def test_bops_and_ebops_by_hand():
+    W = np.array([[0.0, 1.0, -3.0]], np.float32) * W_SCALE      # 1 output, fan-in 3, one zero
+    rep = estimate_cost(_plan(W, "int4", "int4")).layers[1]
+    b = 4
+    assert rep["bops"] == pytest.approx(3 * ((2 / 3) * b * b + b + b + math.log2(3)))
+    # EBOPs: effective bits of each nonzero weight (1 -> 1 bit, -3 -> 2 bits + sign) times input bits
+    assert rep["ebops"] == pytest.approx((1 + 3) * 4)
+    assert csd_digits(7) == 2 and csd_digits(5) == 2 and csd_digits(0) == 0 and significant_bits(12) == 2
+
+
+def test_conv_binary_and_minifloat_datapath():
+    rng = np.random.default_rng(2)
+    Wc = quantize(rng.normal(0, 1, (4, 2, 3, 3)).astype(np.float32), parse_format("int4"), 0.5)
+    tp = TypePlan()
+    tp.add(_layer("conv", Wc, "int4", op="conv2d", out_shape=(1, 4, 6, 6), w_scale=0.5))
+    r = estimate_cost(tp).layers[0]
+    assert r["ii"] == 36 and r["pixels"] == 36 and r["fan_in"] == 18
+    Wb = np.where(rng.random((8, 32)) < 0.5, -1.0, 1.0).astype(np.float32)
+    tb = TypePlan()
+    lp = LayerPlan("bin", "linear", {"input": TensorType("binary"), "weight": TensorType("binary")}, fan_in=32,
+                   values={"weight": Wb}, attrs={"out_shape": (1, 8)}).derive()
+    tb.add(lp)
+    rb = estimate_cost(tb).layers[0]
+    assert rb["mapping"] == "xnor-popcount" and 0 < rb["lut"] < estimate_cost(_plan(_weights("int8", (8, 32)))).layers[1]["lut"]
+    # minifloat weights: the report names the carrier datapath it priced
+    We = quantize(rng.normal(0, 1, (8, 16)).astype(np.float32), parse_format("e4m3"), 1.0)
+    rep = estimate_cost(_plan(We, "e4m3", w_scale=1.0), reuse_factor=4, dsp_threshold=None)
+    assert "fixed<19" in rep.datapath and "carrier" in rep.datapath
+    code = estimate_cost(_plan(We, "e4m3", w_scale=1.0), reuse_factor=4, dsp_threshold=None, datapath="code")
+    assert code.layers[1]["lut"] < rep.layers[1]["lut"]          # decoding codes beats 19-bit multipliers
+
+
+@pytest.mark.slow
+def test_synthesis_flow_reproduces_table(tmp_path):
+    from fpq.cost_model import rtl, synth
+    meta = synth.table_meta()
+    assert any("Yosys 0.70" in m for m in meta) and any("-nodsp" in m for m in meta)
+    row = synth.synthesize(rtl.adder(4), "lut", tmp_path / "a")
+    ref = [r for r in synth.read_table() if r["name"] == "add_s4_s4" and r["flow"] == "lut"][0]
+    assert (row["lut"], row["carry"]) == (ref["lut"], ref["carry"])
+    zero = synth.synthesize(rtl.const_multiplier("int4", -8.0, "int5"), "lut", tmp_path / "b")
+    assert zero["lut"] <= 4 and zero["dsp"] == 0   # x * -8: a negation of 4 bits, no multiplier

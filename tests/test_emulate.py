@@ -1,0 +1,144 @@
+"""fpq.emulate == torch forward == qonnx executor, atol=0, on random off-grid inputs."""
+import numpy as np
+import pytest
+import torch
+
+import fpq
+from fpq.emulate import Emulator
+from fpq.export.examples import MODELS, conv1d_net, mlp, residual_block
+from fpq.export.graph import UnsupportedGraphError, read_graph
+from fpq.verify import qonnx_trace, random_inputs
+
+FORMATS = ["int8", "int4", "fixed<8,3>", "fixed<6,2,RND,SAT>", "e4m3", "e2m1", "e3m2", "e2m3"]
+N = 400          # emulator / torch inputs per case
+N_QONNX = 6      # qonnx's executor runs one sample at a time: a subset
+
+
+def _torch_out(q, x):
+    with torch.no_grad():
+        return q(torch.from_numpy(x)).to(torch.float64).numpy()
+
+
+def _check(q, shape, qonnx=True):
+    mw = fpq.export_qonnx(q, None, torch.zeros(1, *shape))
+    graph = read_graph(mw)
+    x = random_inputs(graph, N, seed=1)
+    assert np.abs(x).max() > 1.2 * np.abs(fpq.emulate(graph, x[:64], return_trace=True)[1]["input_quant"]).max()
+    emu = Emulator(graph)
+    y = emu(x)
+    np.testing.assert_array_equal(y, _torch_out(q, x))
+    if qonnx and all(op.quant is None or op.quant.qonnx_exact for op in graph.ops):
+        yq, _ = qonnx_trace(mw, x[:N_QONNX], graph)
+        np.testing.assert_array_equal(y[:N_QONNX], yq)
+    return emu
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_mlp_formats(fmt):
+    m, shape = mlp((16, 32, 16, 5))
+    emu = _check(fpq.convert(m, fmt=fmt), shape)
+    assert all(emu.exact.values())
+
+
+@pytest.mark.parametrize("fmt", ["int8", "fixed<8,3>", "e4m3", "e2m1"])
+def test_conv1d_net(fmt):
+    m, shape = conv1d_net()
+    _check(fpq.convert(m, fmt=fmt), shape)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["int4", "e3m2", "e2m3"])
+def test_conv2d_bn_net(fmt):
+    m, shape = MODELS["conv2d_bn"]()
+    _check(fpq.convert(m, fmt=fmt), shape)
+
+
+def test_residual_block_and_mixed_formats():
+    m, shape = residual_block()
+    q = fpq.convert(m, weights="e2m1", activations="int8", overrides={"head": {"weights": "int4"}})
+    _check(q, shape)
+
+
+def test_float_accumulator_paths_are_chosen_by_the_typeplan():
+    m, shape = mlp((16, 32, 16, 5))
+    emu = Emulator(fpq.export_qonnx(fpq.convert(m, fmt="e4m3"), None, torch.zeros(1, 16)))
+    # e4m3 x e4m3 products need 38 bits: more than float32's 24, within float64's 53
+    assert set(emu.acc_dtype.values()) == {"float64"}
+    emu = Emulator(fpq.export_qonnx(fpq.convert(m, fmt="int4"), None, torch.zeros(1, 16)))
+    assert set(emu.acc_dtype.values()) == {"float32"}
+
+
+def test_too_wide_accumulator_is_refused():
+    m, shape = mlp((16, 8, 5))
+    mw = fpq.export_qonnx(fpq.convert(m, fmt="e5m2"), None, torch.zeros(1, 16))
+    with pytest.raises(UnsupportedGraphError, match=r"layer linear_0: no exact fixed-point accumulator"):
+        Emulator(mw)
+
+
+def test_trace_and_input_forms(tmp_path):
+    m, shape = mlp((16, 8, 5))
+    q = fpq.convert(m, fmt="int8")
+    path = fpq.export_qonnx(q, tmp_path / "m.onnx", torch.zeros(1, 16))
+    x = random_inputs(read_graph(path), 50)
+    y_path, trace = fpq.emulate(path, x, return_trace=True)
+    from qonnx.core.modelwrapper import ModelWrapper
+    np.testing.assert_array_equal(y_path, fpq.emulate(ModelWrapper(str(path)), x))
+    np.testing.assert_array_equal(y_path, fpq.emulate(q, torch.from_numpy(x)))   # exported in memory
+    assert list(trace) == [op.name for op in read_graph(path).ops]
+    np.testing.assert_array_equal(trace["input_quant"], fpq.quantize(x, "int8", q.input_quant.fpq_output.scale().item()))
+    with pytest.raises(ValueError, match=r"expected \(N, 16\)"):
+        fpq.emulate(path, np.zeros((3, 15), np.float32))
+
+
+@pytest.mark.parametrize("builder,fmt", [(mlp, "e4m3"), (conv1d_net, "int8"), (residual_block, "fixed<8,3>")])
+def test_torch_backend_equals_numpy(builder, fmt):
+    m, shape = builder()
+    mw = fpq.export_qonnx(fpq.convert(m, fmt=fmt), None, torch.zeros(1, *shape))
+    x = random_inputs(read_graph(mw), 200, seed=3)
+    a, ta = Emulator(mw)(x, return_trace=True)
+    b, tb = Emulator(mw, backend="torch")(x, return_trace=True)
+    np.testing.assert_array_equal(a, b.numpy())
+    for k in ta:
+        np.testing.assert_array_equal(np.asarray(ta[k], np.float64), tb[k].to(torch.float64).numpy())
+
+
+def _brevitas_mlp(minifloat: bool):
+    """A plain Brevitas network (not made by fpq.convert), power-of-two scales."""
+    import brevitas.nn as qnn
+    from brevitas.inject.enum import ScalingImplType
+    from brevitas.quant import Int8ActPerTensorFixedPoint, Int8WeightPerTensorFixedPoint, Uint8ActPerTensorFixedPoint
+    from brevitas.quant.float_quant_ocp import Fp8e4m3OCPActPerTensorFloat, Fp8e4m3OCPWeightPerTensorFloat
+
+    class W8(Fp8e4m3OCPWeightPerTensorFloat):
+        scaling_impl_type = ScalingImplType.CONST
+        scaling_init = 448.0 / 64   # Brevitas divides by the format maximum: scale 2^-6
+
+    class A8(Fp8e4m3OCPActPerTensorFloat):
+        scaling_impl_type = ScalingImplType.CONST
+        scaling_init = 448.0 / 32
+
+    w, a, r = (W8, A8, A8) if minifloat else (Int8WeightPerTensorFixedPoint, Int8ActPerTensorFixedPoint,
+                                             Uint8ActPerTensorFixedPoint)
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        qnn.QuantIdentity(act_quant=a, return_quant_tensor=True),
+        qnn.QuantLinear(16, 32, bias=True, weight_quant=w, return_quant_tensor=False),
+        qnn.QuantReLU(act_quant=r, return_quant_tensor=True),
+        qnn.QuantLinear(32, 5, bias=True, weight_quant=w)).eval()
+
+
+@pytest.mark.parametrize("minifloat", [False, True])
+def test_foreign_brevitas_qonnx(tmp_path, minifloat):
+    from brevitas.export import export_qonnx
+    m = _brevitas_mlp(minifloat)
+    path = tmp_path / "brevitas.onnx"
+    export_qonnx(m, torch.zeros(1, 16), str(path), dynamo=False)
+    graph = read_graph(path)
+    assert graph.ops[0].kind == "input_quant" and "bias" in graph.ops[1].types  # float bias held as exact fixed
+    x = random_inputs(graph, N, seed=2)
+    y = fpq.emulate(path, x)
+    with torch.no_grad():  # Brevitas in float64: its sums are then exact too
+        yt = m.double()(torch.from_numpy(x).double()).numpy()
+    np.testing.assert_array_equal(y, yt)
+    yq, _ = qonnx_trace(path, x[:N_QONNX], graph)
+    np.testing.assert_array_equal(y[:N_QONNX], yq)

@@ -1,0 +1,97 @@
+"""fpq.to_hls on the 16-64-32-32-5 MLP: C-sim == fpq.emulate == torch, atol=0, per format.
+
+Each project is compiled once (module-scoped fixture) and shared by the tests of its format.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import fpq
+from fpq.export.graph import read_graph
+from fpq.hls.testing import probe_inputs
+
+pytestmark = pytest.mark.slow
+
+# name -> (convert kwargs, to_hls kwargs)
+CASES = {
+    "int8": (dict(fmt="int8"), dict(backend="Vitis")),
+    "fixed<8,3>": (dict(fmt="fixed<8,3>"), dict(backend="Vivado")),
+    "e4m3": (dict(fmt="e4m3"), dict(backend="Vitis")),
+    "e2m1": (dict(fmt="e2m1"), dict(backend="Vivado")),
+    "e3m2": (dict(fmt="e3m2"), dict(backend="Vitis", strategy="Resource", reuse_factor=4)),
+    "mixed": (dict(fmt="int8", overrides={"0": "e4m3", "2": "e3m2", "4": "fixed<8,3>", "6": "e2m1"}),
+              dict(backend="Vitis")),
+}
+COMPILE_TIMES = {}
+
+
+def mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
+                         nn.Linear(32, 5))
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def project(request, tmp_path_factory):
+    conv_kw, hls_kw = CASES[request.param]
+    tmp = tmp_path_factory.mktemp("mlp")
+    q = fpq.convert(mlp(), **conv_kw)
+    calib = torch.randn(512, 16, generator=torch.Generator().manual_seed(1)) * 2
+    fpq.calibrate(q, [calib])
+    q.eval()
+    path = str(tmp / "mlp.onnx")
+    fpq.export_qonnx(q, path, calib[:1])
+    t0 = time.perf_counter()
+    proj = fpq.to_hls(path, tmp / "prj", **hls_kw)
+    COMPILE_TIMES[request.param] = (time.perf_counter() - t0, proj.compile_s)
+    print(f"\n{request.param}: to_hls {COMPILE_TIMES[request.param][0]:.1f} s (g++ {proj.compile_s:.1f} s)")
+    graph = read_graph(path)
+    x = probe_inputs(graph, 2000, seed=2)
+    return request.param, q, path, proj, x
+
+
+def test_csim_equals_emulator_and_torch(project):
+    name, q, path, proj, x = project
+    y_hls = proj.predict(x)
+    y_emu = np.asarray(fpq.emulate(path, x), dtype=np.float64)
+    with torch.no_grad():
+        y_torch = q(torch.from_numpy(x)).double().numpy()
+    assert y_hls.shape == (2000, 5)
+    assert np.unique(y_hls).size > 8, "outputs collapsed: the probe is not exercising the network"
+    bad = np.argwhere(y_hls != y_emu)
+    assert bad.size == 0, f"{name}: C-sim != emulator at {bad[:3].tolist()}: {y_hls[tuple(bad[0])]} vs {y_emu[tuple(bad[0])]}"
+    assert np.array_equal(y_hls, y_torch), f"{name}: C-sim != torch forward"
+
+
+def test_project_is_complete_and_typed_by_fpq(project):
+    name, q, path, proj, x = project
+    out = proj.outdir
+    for f in ("build_prj.tcl", "firmware/fpq_model.cpp", "firmware/parameters.h", "firmware/defines.h",
+              "fpq_project.json"):
+        assert (out / f).is_file(), f
+    stamp = json.loads((out / "fpq_project.json").read_text())
+    assert stamp["backend"] == CASES[name][1]["backend"]
+    defines = (out / "firmware" / "defines.h").read_text()
+    # every type is an explicit fpq type: hls4ml's default fixed<16,6> never appears
+    assert "ap_fixed<16,6>" not in defines
+    params = (out / "firmware" / "parameters.h").read_text()
+    if name in ("e4m3", "e2m1", "e3m2", "mixed"):
+        assert "fpq::quantize_minifloat<" in params
+        assert (out / "firmware" / "nnet_utils" / "fpq_minifloat.h").is_file()
+
+
+def test_trace_matches_emulated_layers(project):
+    """Every layer hls4ml traces equals the emulator's value of the same IR op."""
+    name, q, path, proj, x = project
+    tr = proj.trace(x[:64])
+    _, emu = fpq.emulate(path, x[:64], return_trace=True)
+    assert len(tr) >= 7, sorted(tr)
+    for op_name, v in tr.items():
+        want = np.asarray(emu[op_name], dtype=np.float64)
+        assert np.array_equal(v, want), f"{name}: layer {op_name} differs from the emulator"
