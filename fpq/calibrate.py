@@ -19,7 +19,6 @@ import torch
 
 from .nn.calibration_stats import METHODS, choose_scale
 from .nn.layers import init_param_scales
-from .nn.quantizers import FpqTensorQuant
 
 _SAMPLES_PER_BATCH = 4096     # values kept per quantizer and batch for percentile / MSE
 _MAX_SAMPLES = 1 << 20

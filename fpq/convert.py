@@ -19,8 +19,7 @@ from torch import fx, nn
 
 from .formats import parse_format
 from .nn.layers import (FpqAct, FpqAdd, FpqAvgPool, FpqClamp, FpqConv1d, FpqConv2d, FpqInput,
-                        FpqLinear, init_param_scales, quant_layer)
-from .nn.quantizers import SCALE_KINDS, tensor_quant_of
+                        FpqLinear, quant_layer)
 
 SUPPORTED = ("Linear", "Conv1d", "Conv2d", "BatchNorm1d/2d (after a Conv/Linear: folded)",
              "ReLU", "ReLU6", "Hardtanh", "Identity", "MaxPool1d", "MaxPool2d", "AvgPool1d",
@@ -214,6 +213,10 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
     else:
         src, carried = copy.deepcopy(model), {}
     src.eval()
+    for path, mod in src.named_modules():
+        if type(mod).__module__.startswith("brevitas."):  # fpq builds its own quantizers
+            raise _unsupported(path, f"{type(mod).__name__} (an already quantized Brevitas layer: "
+                                     "pass the float model, or a model returned by fpq.convert)")
     gm = _trace(src)
     _remove_passthrough(gm)
     gm = _fold_bn(gm)
@@ -223,7 +226,7 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
         if node.op == "call_module":
             path, m = node.target, modules[node.target]
             names_seen.add(path)
-            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            if type(m) in (nn.Linear, nn.Conv1d, nn.Conv2d):  # subclasses (e.g. Brevitas layers) differ
                 f = _resolve(policy, path)
                 policy.layers[path] = f
                 _set_module(gm, path, quant_layer(m, f["weights"], f["bias"], f["activations"],

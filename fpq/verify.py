@@ -320,3 +320,14 @@ def _cli_verify(args) -> int:
 
 __all__ = ["verify", "VerifyReport", "Mismatch", "random_inputs", "qonnx_trace", "qonnx_double_model",
            "cli_register"]
+
+
+class _CallableModule(type(__import__("sys"))):
+    """``fpq.verify`` is both this module and the function: once the module is imported Python
+    binds the attribute ``fpq.verify`` to it, so the module must be callable."""
+
+    def __call__(self, *args, **kwargs):
+        return verify(*args, **kwargs)
+
+
+__import__("sys").modules[__name__].__class__ = _CallableModule

@@ -3,19 +3,19 @@
 tests/cpp/apfixed_oracle.cpp converts a dense grid (every code and every tie of the type, the
 quarter-LSB neighbours of every tie up to 9 bits and near the range ends and zero above, values
 far out of range on both sides) plus raw doubles (tiny, huge, +-inf, random) to
-ap_[u]fixed<W,I,Q,O> for W in 2..12, I in -4..8, signed and unsigned, every quantization mode x
+ap_[u]fixed<W,I,Q,O> for W in 1..12, I in -4..8, signed and unsigned, every quantization mode x
 every overflow mode, in the two ways an HLS C simulation converts: from a double (network
 inputs) and from a wide exact ap_fixed (a layer output from its accumulator). Every result must
 equal fpq's numpy reference (atol=0).
 
 Compile time decides the design. Each ap_fixed type costs g++ ~25-40 ms at -O0 and about twice
 that at -O1 (measured: the 1144 types of one rounding mode take 31 s at -O0 and 72 s at -O1
-on one core), so all 8008 (W, I, S, Q, O) types take minutes. ap_fixed's conversion depends on
+on one core), so all 8736 (W, I, S, Q, O) types take minutes. ap_fixed's conversion depends on
 I only through differences with the source exponent (F2 - F, I - I2 in ap_fixed_base.h), so
 converting x to <W, I> is converting x * 2**(I0 - I) to <W, I0>, scaled back. The default run
 instantiates every (S, W, Q, O) at one I (rotating so that every (W, I) and every (I, Q, O)
 occurs), checks that invariance on types instantiated at two I, and checks the reference at all
-13 I through it. FPQ_APFIXED_FULL=1 instantiates all 8008 types (minutes); FPQ_ORACLE_OPT sets
+13 I through it. FPQ_APFIXED_FULL=1 instantiates all 8736 types (minutes); FPQ_ORACLE_OPT sets
 the optimisation flag (default -O0: it compiles twice as fast and the run takes seconds).
 """
 from __future__ import annotations
@@ -35,10 +35,10 @@ from fpq import Fixed, quantize
 
 QMODES = ["RND", "RND_ZERO", "RND_MIN_INF", "RND_INF", "RND_CONV", "TRN", "TRN_ZERO"]  # kQ order
 OMODES = ["SAT", "SAT_ZERO", "SAT_SYM", "WRAP"]  # kO order
-WIDTHS = range(2, 13)
+WIDTHS = range(1, 13)  # 2..12 asked for; 1 bit has its own SAT_SYM corner
 INT_BITS = range(-4, 9)
 INVARIANCE_WIDTHS = (3, 8, 12)   # signed types of these widths get a second I
-FIXED_PATH_WIDTHS = (2, 5, 8, 12)  # types of these widths also convert from a wide ap_fixed
+FIXED_PATH_WIDTHS = (1, 4, 8, 12)  # types of these widths also convert from a wide ap_fixed
 DENSE_MAX_WIDTH = 9  # up to this width every quarter LSB is on the grid
 SRC = Fixed(48, 20, True, "TRN", "SAT")  # SRC_T in the C++ file: holds every grid input exactly
 CPP = Path(__file__).parent / "cpp" / "apfixed_oracle.cpp"
@@ -185,7 +185,7 @@ def test_type_list_covers_every_combination():
         (s, w, q, o) for s in (0, 1) for w in WIDTHS for q in range(7) for o in range(4)}
     assert {(s, q, o) for s, _, _, q, o, fx in types if fx} == {
         (s, q, o) for s in (0, 1) for q in range(7) for o in range(4)}
-    assert len(type_list(True)) == 2 * len(WIDTHS) * len(INT_BITS) * 7 * 4 == 8008
+    assert len(type_list(True)) == 2 * len(WIDTHS) * len(INT_BITS) * 7 * 4 == 8736
 
 
 @pytest.mark.slow
@@ -232,7 +232,7 @@ def test_header_is_scale_invariant(oracle):
             assert np.array_equal(d0[:n], d1[:n]), f"{f0} and {f1} differ on the scaled grid"
             if x0 is not None:
                 assert np.array_equal(x0, x1), f"{f0} and {f1} differ from a wide ap_fixed"
-    assert pairs >= (len(INVARIANCE_WIDTHS) * 28 if not FULL else 8008 - 616)
+    assert pairs >= (len(INVARIANCE_WIDTHS) * 28 if not FULL else 8736 - 672)
 
 
 @pytest.mark.slow

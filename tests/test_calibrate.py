@@ -11,6 +11,16 @@ from torch import nn
 import fpq
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors on 2 shared cores: one intra-op thread is ~10x faster than two contended."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+
 def mlp():
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2)).eval()
@@ -48,7 +58,7 @@ def test_float_scale_maps_max_to_format_max():
 
 def test_percentile_and_mse_choose_smaller_or_equal_scales():
     data = _batches(scale=1.0)
-    data[0][0, 0] = 1000.0   # one outlier
+    data[0][0, 0] = 20.0   # one outlier: clipping it costs less than a coarse grid
     scales = {}
     for method in ("max", "percentile", "mse"):
         q = fpq.convert(mlp(), "int4")

@@ -12,6 +12,16 @@ import fpq
 from fpq.convert import FpqModel
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors on 2 shared cores: one intra-op thread is ~10x faster than two contended."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+
 def small_cnn():
     torch.manual_seed(0)
     return nn.Sequential(
@@ -44,6 +54,12 @@ def test_unsupported_function_and_constant_add():
         fpq.convert(Sig(), "int8")
     with pytest.raises(ValueError, match="constant"):
         fpq.convert(AddConst(), "int8")
+
+
+def test_brevitas_layer_is_refused_by_path():
+    from brevitas.nn import QuantLinear
+    with pytest.raises(ValueError, match="'1' of type QuantLinear.*supported:"):
+        fpq.convert(nn.Sequential(nn.Linear(3, 3), QuantLinear(3, 3)), "int8")
 
 
 def test_lone_batchnorm_is_refused():
@@ -208,6 +224,26 @@ def test_brevitas_qonnx_export_nodes(tmp_path):
         assert float(val(n.input[4])) == 7 and float(val(n.input[5])) == 448
     qn = [n for n in g.node if n.op_type == "Quant"]
     assert all(float(val(n.input[3])) in (8, 16) for n in qn)   # bit widths: int8 and int16 bias
+    # a Fixed format exports as Quant(bit_width=W, scale=2**-F); its rounding mode as QONNX names it
+    qf = fpq.convert(m, "fixed<8,3>", overrides={"8": "fixed<6,2,TRN,SAT>"})
+    export_qonnx(qf, torch.rand(1, 1, 8, 8), str(tmp_path / "f.onnx"))
+    gf = onnx.load(str(tmp_path / "f.onnx")).graph
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in gf.initializer}
+    consts = {n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t) for n in gf.node if n.op_type == "Constant"}
+    fixed = {(float(val(n.input[3])), float(val(n.input[1]))) for n in gf.node if n.op_type == "Quant"}
+    assert (8.0, 2.0 ** -5) in fixed and (6.0, 2.0 ** -4) in fixed
+    modes = {onnx.helper.get_attribute_value(a) for n in gf.node if n.op_type == "Quant"
+             for a in n.attribute if a.name == "rounding_mode"}
+    assert b"FLOOR" in modes
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in g.initializer}
+    consts = {n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t) for n in g.node if n.op_type == "Constant"}
     tq = q.get_submodule("0").fpq_weight
     assert any(val(n.input[1]) is not None and float(np.ravel(val(n.input[1]))[0]) == float(tq.scale())
                for n in qn)
+
+
+def test_typeplan_flags_layers_float64_cannot_sum_exactly():
+    m = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2))
+    assert all(not l.note for l in fpq.plan(fpq.convert(m, "e4m3")))
+    tp = fpq.plan(fpq.convert(m, "e5m2"))
+    assert "not guaranteed exact" in tp["0"].note and "accumulator" not in tp["0"].tensors

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import fpq
-from fpq.formats import Fixed, parse_format, quantize
+from fpq import quantize
+from fpq.formats import parse_format
 from fpq.typeplan import LayerPlan, TensorType, TypePlan
 from fpq.cost_model import estimate_cost, get_device
 from fpq.cost_model.ops import csd_digits, default_costs, significant_bits
@@ -117,7 +118,7 @@ def test_devices_and_errors():
     assert get_device("xcvu9p-flga2104-2-e").name == "xcvu9p"
     fams = {get_device(n).family for n in ("xc7z020", "xcvu9p", "xcvc1902")}
     assert fams == {"7series", "ultrascale+", "versal"}
-    tp = _plan(_weights("int12", shape=(4, 8)))
+    tp = _plan(_weights("int12", shape=(4, 8)), "int12")
     with pytest.raises(ValueError, match="known devices: .*xcvu9p"):
         estimate_cost(tp, device="xc9000")
     with pytest.raises(ValueError, match="strategy"):
@@ -130,6 +131,11 @@ def test_devices_and_errors():
     d7 = estimate_cost(tp, device="xc7z020").total["dsp"]
     dv = estimate_cost(tp, device="xcvc1902").total["dsp"]
     assert d7 >= dv > 0
+
+
+def test_weights_outside_their_type_are_refused():
+    with pytest.raises(ValueError, match="not values of"):
+        estimate_cost(_plan(_weights("int12"), "int8"))
 
 
 def test_bops_and_ebops_by_hand():

@@ -103,8 +103,10 @@ def _weight_ints(lp, wt: TensorType, wc: Fixed, notes: list) -> np.ndarray | Non
         W = W / s
         wc = exact_fixed(wt.format)
     K = np.ldexp(W, wc.frac_bits)
-    if not np.all(K == np.round(K)):
-        raise ValueError(f"layer {lp.name}: weights are not on the grid of their carrier {wc}")
+    lo, hi = wc.int_range
+    if not np.all(K == np.round(K)) or K.min(initial=0) < lo or K.max(initial=0) > hi:
+        raise ValueError(f"layer {lp.name}: weights are not values of their type {wt.describe()} "
+                         f"(carrier {wc}): quantize them first")
     return K.reshape(n_out, -1).T.astype(np.int64)
 
 

@@ -191,9 +191,10 @@ class OperatorCosts:
         from .rtl import multiplier  # names and params come from the generator itself
 
         op = multiplier(fa, fb)
-        r = self.measured(op.name)
-        if r:
-            return float(r["lut"]), "measured"
+        for o in (op, multiplier(fb, fa)):   # the table holds one operand order
+            r = self.measured(o.name)
+            if r:
+                return float(r["lut"]), "measured"
         if op.kind == "mul":
             return self.mul_luts(op.params["a_bits"], op.params["b_bits"], op.params["a_signed"],
                                  op.params["b_signed"])

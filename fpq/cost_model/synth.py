@@ -5,7 +5,9 @@ Flags (pinned, written into every table header):
 * ``-family xcup``: UltraScale+ (the default device, xcvu9p). The LUT fabric (LUT6, one carry
   cell per 4 bits in yosys' mapping: yosys emits CARRY4 even for xcup) is the same in 7-series,
   so the LUT counts also price xc7 parts; only the DSP cell differs (DSP48E1 25x18 vs 27x18).
-* ``-flatten``: one netlist per operator, so constant folding crosses module boundaries.
+* ``-flatten``: flatten inside each operator; operators are synthesized in batches, each a
+  ``keep_hierarchy`` module, so ``stat`` reports every operator alone (checked equal to a
+  synthesis of the operator by itself).
 * ``-noiopad``: out-of-context, as an operator inside a larger hls4ml design (no I/O buffers).
 * abc9 LUT mapping (the default of yosys 0.70).
 * flow ``lut`` adds ``-nodsp``: hls4ml / Vivado implement multipliers with narrow weights (< 9
@@ -43,17 +45,49 @@ COLUMNS = ["name", "kind", "flow", "lut", "lut_logic", "srl", "muxf", "carry", "
 
 def synthesize(op: rtl.Operator, flow: str = "lut", workdir: Path | None = None) -> dict:
     """Synthesize one operator; returns a table row (cell counts)."""
+    return synthesize_batch([op], flow, workdir)[0]
+
+
+def synthesize_batch(ops: list, flow: str = "lut", workdir: Path | None = None) -> list[dict]:
+    """Synthesize several operators in one yosys run: each is a ``keep_hierarchy`` module under
+    a wrapper that only wires its ports out, so ``stat`` reports every operator on its own
+    (identical to synthesizing it alone) while yosys reads its cell libraries once."""
     if flow not in FLOWS:
         raise ValueError(f"unknown flow {flow!r}; allowed: {', '.join(FLOWS)}")
+    names = [op.name for op in ops]
+    if len(set(names)) != len(names):
+        raise ValueError("operator names in one batch must be unique")
+    src, ports, inst = [], [], []
+    for i, op in enumerate(ops):
+        src.append("(* keep_hierarchy *)\n" + op.verilog)
+        conns = []
+        if op.clocked:
+            ports += [f"input wire i{i}_clk", f"input wire i{i}_rst"]
+            conns += [f".clk(i{i}_clk)", f".rst(i{i}_rst)"]
+        for p, w in op.inputs:
+            if not (op.clocked and p == "rst"):
+                ports.append(f"input wire [{w - 1}:0] i{i}_{p}")
+                conns.append(f".{p}(i{i}_{p})")
+        for p, w, _ in op.outputs:
+            ports.append(f"output wire [{w - 1}:0] o{i}_{p}")
+            conns.append(f".{p}(o{i}_{p})")
+        inst.append(f"  {op.name} u{i}({', '.join(conns)});")
+    src.append("module fpq_batch(\n  " + ",\n  ".join(ports) + "\n);\n" + "\n".join(inst) + "\nendmodule\n")
     with tempfile.TemporaryDirectory(prefix="fpq_synth_") as tmp:
         wd = Path(workdir) if workdir is not None else Path(tmp)
         wd.mkdir(parents=True, exist_ok=True)
-        (wd / "op.v").write_text(op.verilog)
-        run_script(f"read_verilog -sv op.v\nsynth_xilinx {FLOWS[flow]} -top {op.name}\n"
+        (wd / "ops.v").write_text("\n".join(src))
+        run_script(f"read_verilog -sv ops.v\nsynth_xilinx {FLOWS[flow]} -top fpq_batch\n"
                    "tee -q -o stat.json stat -json\n", wd)
         stat = json.loads((wd / "stat.json").read_text())
-    cells = stat["design"]["num_cells_by_type"]
-    return row_from_cells(op, flow, cells)
+    mods = stat["modules"]
+    rows = []
+    for op in ops:
+        key = "\\" + op.name if "\\" + op.name in mods else op.name
+        if key not in mods:
+            raise RuntimeError(f"yosys reported no module {op.name} (has {sorted(mods)[:5]}...)")
+        rows.append(row_from_cells(op, flow, mods[key].get("num_cells_by_type", {})))
+    return rows
 
 
 def row_from_cells(op: rtl.Operator, flow: str, cells: dict) -> dict:
@@ -79,8 +113,10 @@ def _key(op: rtl.Operator, flow: str) -> str:
     return hashlib.sha1(f"{op.verilog}|{FLOWS[flow]}|{yosys_version()}".encode()).hexdigest()
 
 
-def synthesize_many(jobs: list, workers: int = 2, progress: bool = True, cache: Path | None = None) -> list[dict]:
-    """Synthesize (operator, flow) pairs in parallel (yosys runs as separate processes).
+def synthesize_many(jobs: list, workers: int = 2, progress: bool = True, cache: Path | None = None,
+                    batch: int = 12) -> list[dict]:
+    """Synthesize (operator, flow) pairs: batches of ``batch`` operators per yosys run, ``workers``
+    runs in parallel.
 
     ``cache``: a JSON-lines file; rows found there (same Verilog, flags and yosys version) are
     reused and new rows are appended as they finish, so an interrupted run resumes."""
@@ -99,15 +135,21 @@ def synthesize_many(jobs: list, workers: int = 2, progress: bool = True, cache: 
             rows[(op.name, flow)] = done[k]
         else:
             todo.append((op, flow, k))
-    with ThreadPoolExecutor(max_workers=workers) as ex:
-        futs = {ex.submit(synthesize, op, flow): (op, flow, k) for op, flow, k in todo}
-        for f in tqdm(as_completed(futs), total=len(futs), disable=not progress, desc="yosys synth_xilinx"):
-            op, flow, k = futs[f]
-            row = f.result()
-            rows[(op.name, flow)] = row
-            if cache is not None:
-                with open(cache, "a") as fh:
-                    fh.write(json.dumps({"key": k, "row": row}) + "\n")
+    chunks = []
+    for flow in FLOWS:
+        sel = [t for t in todo if t[1] == flow]
+        chunks += [sel[i:i + batch] for i in range(0, len(sel), batch)]
+    with ThreadPoolExecutor(max_workers=workers) as ex, \
+            tqdm(total=len(todo), disable=not progress, desc="yosys synth_xilinx") as bar:
+        futs = {ex.submit(synthesize_batch, [t[0] for t in ch], ch[0][1]): ch for ch in chunks}
+        for f in as_completed(futs):
+            ch = futs[f]
+            for (op, flow, k), row in zip(ch, f.result()):
+                rows[(op.name, flow)] = row
+                if cache is not None:
+                    with open(cache, "a") as fh:
+                        fh.write(json.dumps({"key": k, "row": row}) + "\n")
+            bar.update(len(ch))
     return [rows[(op.name, flow)] for op, flow in jobs]
 
 
@@ -226,7 +268,8 @@ def dense_layers(split: str) -> list:
 # ----------------------------------------------------------------------------- table I/O
 def table_header() -> list[str]:
     return [f"# fpq operator costs measured with {yosys_version()} ({YOWASP_PIN})",
-            f"# script: read_verilog -sv op.v; synth_xilinx <flags> -top <op>; stat -json",
+            "# script: read_verilog -sv ops.v; synth_xilinx <flags> -top fpq_batch; stat -json (each operator a"
+            " keep_hierarchy module under a wrapper that wires its ports out; its own cells are its row)",
             f"# flags lut: synth_xilinx {FLOWS['lut']}",
             f"# flags dsp: synth_xilinx {FLOWS['dsp']}",
             "# lut = LUT1..LUT6 + SRL + LUTRAM cells; carry = CARRY4 cells (yosys maps xcup carries to CARRY4);"

@@ -363,65 +363,88 @@ def _pads_split(pads, nd):
     return [(int(pads[i]), int(pads[i + nd])) for i in range(nd)]
 
 
-def _windows(x, kernel, strides, dilations, pads, fill=0.0, ceil_mode=0):
-    """(N, C, *out, *kernel) strided view of x padded with ``fill``."""
+def _padded(x, kernel, strides, dilations, pads, fill=0.0, ceil_mode=0):
+    """x padded with ``fill`` (ONNX pads; ceil_mode adds right padding) and the output size."""
     nd = len(kernel)
     pw = _pads_split(pads, nd)
-    if ceil_mode:
-        pw = list(pw)
-        for i in range(nd):
-            size = x.shape[2 + i] + pw[i][0] + pw[i][1]
-            span = dilations[i] * (kernel[i] - 1) + 1
-            out_floor = (size - span) // strides[i] + 1
-            out_ceil = -(-(size - span) // strides[i]) + 1
+    out = []
+    for i in range(nd):
+        size = x.shape[2 + i] + pw[i][0] + pw[i][1]
+        span = dilations[i] * (kernel[i] - 1) + 1
+        n_out = (size - span) // strides[i] + 1
+        if ceil_mode:
+            n_ceil = -(-(size - span) // strides[i]) + 1
             # ONNX: a window that starts in the right padding is dropped
-            if (out_ceil - 1) * strides[i] >= x.shape[2 + i] + pw[i][0]:
-                out_ceil -= 1
-            extra = (out_ceil - out_floor) * strides[i]
+            if (n_ceil - 1) * strides[i] >= x.shape[2 + i] + pw[i][0]:
+                n_ceil -= 1
+            extra = max(0, (n_ceil - 1) * strides[i] + span - size)
             pw[i] = (pw[i][0], pw[i][1] + extra)
+            n_out = n_ceil
+        out.append(int(n_out))
     if any(p != (0, 0) for p in pw):
         x = np.pad(x, [(0, 0), (0, 0)] + list(pw), constant_values=fill)
-    spans = [dilations[i] * (kernel[i] - 1) + 1 for i in range(nd)]
-    v = np.lib.stride_tricks.sliding_window_view(x, spans, axis=tuple(range(2, 2 + nd)))
-    idx = (slice(None), slice(None)) + tuple(slice(None, None, strides[i]) for i in range(nd)) + \
-        tuple(slice(None, None, dilations[i]) for i in range(nd))
-    return v[idx]
+    return x, out
+
+
+def _offsets(xp, kernel, strides, dilations, out):
+    """(N, C, *out) strided views of the padded input, one per kernel offset (row-major)."""
+    nd = len(kernel)
+    for off in np.ndindex(*kernel):
+        idx = (slice(None), slice(None)) + tuple(
+            slice(off[d] * dilations[d], off[d] * dilations[d] + (out[d] - 1) * strides[d] + 1, strides[d])
+            for d in range(nd))
+        yield xp[idx]
 
 
 def conv_nd(x, w, attrs):
-    """ONNX Conv (1-D / 2-D, groups, strides, pads, dilations) as one tensordot per group."""
-    nd = len(attrs["kernel"])
-    win = _windows(x, attrs["kernel"], attrs["strides"], attrs["dilations"], attrs["pads"])
+    """ONNX Conv (1-D / 2-D, groups, strides, pads, dilations): im2col then a batched matmul.
+
+    Patches are laid out (N, C*kk, L) so that each kernel offset is one strided copy of
+    contiguous rows and the matmul result is already (N, O, L), channels first.
+    """
+    kernel, strides, dil = attrs["kernel"], attrs["strides"], attrs["dilations"]
+    xp, out = _padded(x, kernel, strides, dil, attrs["pads"])
+    n, c = x.shape[:2]
+    kk = int(np.prod(kernel))
+    L = int(np.prod(out))
+    patches = np.empty((n, c * kk, L), dtype=x.dtype)
+    for j, v in enumerate(_offsets(xp, kernel, strides, dil, out)):
+        patches[:, j::kk, :] = v.reshape(n, c, L)
     g = attrs["groups"]
-    cin_g = w.shape[1]
-    cout_g = w.shape[0] // g
-    outs = []
-    red = [1] + list(range(2 + nd, 2 + 2 * nd))     # channel + kernel axes of the windows
-    for gi in range(g):
-        wg = w[gi * cout_g:(gi + 1) * cout_g]
-        xg = win[:, gi * cin_g:(gi + 1) * cin_g]
-        # (N, *out, O)
-        y = np.tensordot(xg, wg, axes=(red, [1] + list(range(2, 2 + nd))))
-        outs.append(y)
-    y = outs[0] if g == 1 else np.concatenate(outs, axis=-1)
-    return np.ascontiguousarray(np.moveaxis(y, -1, 1))
+    cout = w.shape[0]
+    cout_g, width = cout // g, w.shape[1] * kk
+    if g == 1:
+        y = np.matmul(w.reshape(cout, width), patches)
+    else:
+        y = np.empty((n, cout, L), dtype=np.result_type(x.dtype, w.dtype))
+        for gi in range(g):
+            wg = w[gi * cout_g:(gi + 1) * cout_g].reshape(cout_g, width)
+            y[:, gi * cout_g:(gi + 1) * cout_g] = np.matmul(wg, patches[:, gi * width:(gi + 1) * width])
+    return y.reshape(n, cout, *out)
 
 
 def pool_nd(x, attrs, mode):
     nd = len(attrs["kernel"])
     kernel, strides = attrs["kernel"], attrs["strides"]
     dil = attrs.get("dilations", (1,) * nd)
+    fill = -np.inf if mode == "max" else 0.0
+    xp, out = _padded(x, kernel, strides, dil, attrs["pads"], fill, attrs.get("ceil_mode", 0))
+    acc = None
+    for v in _offsets(xp, kernel, strides, dil, out):
+        if acc is None:
+            acc = v.copy()
+        elif mode == "max":
+            np.maximum(acc, v, out=acc)
+        else:
+            acc += v
     if mode == "max":
-        win = _windows(x, kernel, strides, dil, attrs["pads"], -np.inf, attrs.get("ceil_mode", 0))
-        return win.max(axis=tuple(range(2 + nd, 2 + 2 * nd)))
-    win = _windows(x, kernel, strides, dil, attrs["pads"], 0.0, attrs.get("ceil_mode", 0))
-    total = win.sum(axis=tuple(range(2 + nd, 2 + 2 * nd)))
+        return acc
     if attrs.get("count_include_pad", 0) and not attrs.get("ceil_mode", 0):
-        return total / float(np.prod(kernel))
+        return acc / float(np.prod(kernel))
     ones = np.ones((1, 1) + x.shape[2:], dtype=np.float64)
-    cnt = _windows(ones, kernel, strides, dil, attrs["pads"], 0.0, attrs.get("ceil_mode", 0))
-    cnt = cnt.sum(axis=tuple(range(2 + nd, 2 + 2 * nd)))
-    return total / cnt
+    op, _ = _padded(ones, kernel, strides, dil, attrs["pads"], 0.0, attrs.get("ceil_mode", 0))
+    cnt = sum(v for v in _offsets(op, kernel, strides, dil, out))
+    return acc / cnt
 
 
 def emulate(q_or_onnx, x, *, device=None, return_trace=False, example_input=None, backend=None):
@@ -438,3 +461,15 @@ def emulate(q_or_onnx, x, *, device=None, return_trace=False, example_input=None
 
 
 __all__ = ["emulate", "Emulator", "quantize_fast", "as_graph"]
+
+
+class _CallableModule(type(__import__("sys"))):
+    """``fpq.emulate`` is both this package and the function: importing the package (``from
+    fpq.emulate import Emulator``) makes Python bind the attribute ``fpq.emulate`` to the
+    module, so the module itself must be callable for ``fpq.emulate(...)`` to keep working."""
+
+    def __call__(self, *args, **kwargs):
+        return emulate(*args, **kwargs)
+
+
+__import__("sys").modules[__name__].__class__ = _CallableModule

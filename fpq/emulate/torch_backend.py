@@ -57,12 +57,12 @@ class TorchProgram:
         return (out, trace) if return_trace else out
 
     def _quant(self, x, q, input_quant):
-        s = torch.from_numpy(np.asarray(q.scale, dtype=np.float32)).to(self.device)
+        s = torch.tensor(np.asarray(q.scale, dtype=np.float32), device=self.device)
         po2 = po2_exponents(q.scale) is not None
         if not input_quant and not po2:
             x = x.to(torch.float64)  # a float scale divides the exact value in float64
         if q.pre_scale is not None:
-            ps = torch.from_numpy(np.asarray(q.pre_scale, dtype=np.float32)).to(self.device, x.dtype)
+            ps = torch.tensor(np.asarray(q.pre_scale, dtype=np.float32), device=self.device, dtype=x.dtype)
             x = torch.round(x / ps) * ps
         sd = s.to(x.dtype)
         if isinstance(q.format, Int) and po2:
@@ -91,7 +91,7 @@ class TorchProgram:
         if k == "add":
             return x.to(torch.float64) + xs[1].to(torch.float64)
         if k in ("mul", "div"):
-            c = torch.from_numpy(np.asarray(op.attrs["value"], dtype=np.float64)).to(self.device)
+            c = torch.tensor(np.asarray(op.attrs["value"], dtype=np.float64), device=self.device)
             return x.to(torch.float64) * c if k == "mul" else x.to(torch.float64) / c
         if k in ("maxpool", "avgpool"):
             return _pool(x if k == "maxpool" else x.to(torch.float64), op.attrs, k)

@@ -5,8 +5,9 @@ Export side (``export_qonnx``):
   * ``RemoveFloatCasts``: fpq layers compute in float64 in eval mode, so the export carries
     ``Cast(to=DOUBLE)`` around Conv/Gemm; ONNX Runtime has no double Conv and hls4ml has no
     Cast. Dropping them gives a plain float32 QONNX graph (the casts only widened exact values).
-  * ``AnnotateFormats``: writes the ``fpq_format`` attribute on every quantizer node, and gives a
-    Fixed format its real scale 2^-frac (Brevitas exports fpq's fixed quantizers at scale 1).
+  * ``AnnotateFormats``: writes the ``fpq_format`` attribute on every quantizer node, and makes
+    sure a Fixed format is written as Quant(bitwidth=W, scale=2^-frac) (a quantizer that exports
+    scale 1 gets that scale).
   * ``RenameIO``: stable graph input / output names.
 
 Verification side (``fpq.verify``):
@@ -75,7 +76,7 @@ class RemoveFloatCasts(Transformation):
 
 
 class AnnotateFormats(Transformation):
-    """``formats``: {quantizer node name: Format}. Writes fpq_format; Fixed gets its 2^-frac scale."""
+    """``formats``: {quantizer node name: Format}. Writes fpq_format; a Fixed gets its 2^-frac scale."""
 
     def __init__(self, formats: dict):
         super().__init__()
@@ -90,9 +91,11 @@ class AnnotateFormats(Transformation):
             _set_attr(node, FPQ_FORMAT_ATTR, str(fmt))
             if isinstance(fmt, Fixed) and node.op_type in ("Quant", "IntQuant"):
                 scale = model.get_initializer(node.input[1])
+                step = np.float32(2.0 ** -fmt.frac_bits)
+                if scale is not None and np.all(np.asarray(scale) == step):
+                    continue  # already Quant(bitwidth=W, scale=2^-frac)
                 if scale is None or not np.all(np.asarray(scale) == 1):
-                    raise ValueError(f"quantizer {node.name!r} of {fmt}: expected the unit scale Brevitas "
-                                     f"exports for fpq's fixed quantizers, got {scale}")
+                    raise ValueError(f"quantizer {node.name!r} of {fmt}: expected scale 1 or {step}, got {scale}")
                 name = model.make_new_valueinfo_name()
                 model.set_initializer(name, np.asarray(2.0 ** -fmt.frac_bits, dtype=np.float32))
                 node.input[1] = name

@@ -100,6 +100,8 @@ def _code_table(fmt: Format) -> tuple[np.ndarray, np.ndarray]:
     codes = np.arange(1 << fmt.width, dtype=np.int64)
     vals = decode(codes, fmt)
     finite = np.isfinite(vals)
+    if isinstance(fmt, Int) and fmt.narrow:  # the most negative code is not a value
+        finite &= vals >= fmt.int_range[0]
     # one code per value: +0 wins over -0 (lower code first, stable sort)
     v, idx = np.unique(vals[finite], return_index=True)
     return v, codes[finite][idx]
@@ -117,6 +119,7 @@ def encode(x, fmt) -> np.ndarray:
     fmt = parse_format(fmt)
     vals, codes = _code_table(fmt)
     x = np.asarray(x, dtype=np.float64)
+    shape, x = x.shape, x.ravel()
     pos = np.clip(np.searchsorted(vals, x), 0, len(vals) - 1)
     ok = vals[pos] == x
     out = codes[pos].copy()
@@ -142,7 +145,7 @@ def encode(x, fmt) -> np.ndarray:
     if not ok.all():
         bad = x[~ok].ravel()[0]
         raise ValueError(f"{bad!r} is not a value of {fmt}; quantize before encoding")
-    return out
+    return out.reshape(shape)
 
 
 def exact_fixed(fmt, scale_exp: int = 0) -> Fixed:
@@ -164,4 +167,7 @@ def exact_fixed(fmt, scale_exp: int = 0) -> Fixed:
     frac = fmt.man_bits - fmt.emin           # every value is a multiple of 2**-frac
     kmax = int(fmt.max_value * 2.0 ** frac)   # exact: max_value is such a multiple
     width = kmax.bit_length() + int(fmt.signed)
+    if width > 64:
+        raise ValueError(f"{fmt} needs a {width}-bit fixed-point carrier to hold every value exactly; "
+                         "exact_fixed supports at most 64 bits (Fixed's limit)")
     return Fixed(width, width - frac + scale_exp, fmt.signed)

@@ -107,11 +107,11 @@ def _parse_fixed(s: str, original: str) -> Fixed:
     if len(parts) > 2:
         rounding = parts[2].upper().removeprefix("AP_")
         if rounding not in ROUNDING_MODES:
-            raise _bad(original, f"unknown rounding mode {parts[2]!r} (allowed: {', '.join(ROUNDING_MODES)})")
+            raise _bad(original, f"unknown rounding mode {parts[2].upper()!r} (allowed: {', '.join(ROUNDING_MODES)})")
     if len(parts) > 3:
         overflow = parts[3].upper().removeprefix("AP_")
         if overflow not in OVERFLOW_MODES:
-            raise _bad(original, f"unknown overflow mode {parts[3]!r} (allowed: {', '.join(OVERFLOW_MODES)})")
+            raise _bad(original, f"unknown overflow mode {parts[3].upper()!r} (allowed: {', '.join(OVERFLOW_MODES)})")
     if width < 1:
         raise _bad(original, f"width must be >= 1, got {width}")
     return Fixed(width, int_bits, signed=not unsigned, rounding=rounding, overflow=overflow)
@@ -129,9 +129,9 @@ def _parse_minifloat(s: str, original: str) -> Minifloat:
     kwargs = dict(signed=not unsigned, specials=default_specials(e, mbits))
     seen = set()
     for suf in suffixes:
-        key = "b" if re.fullmatch(r"b-?[\d.]+", suf) else suf
+        key = "b" if suf.startswith("b") else suf
         if key in seen:
-            raise _bad(original, f"suffix {suf!r} given twice")
+            raise _bad(original, "exponent bias given twice" if key == "b" else f"suffix {suf!r} given twice")
         seen.add(key)
         if key == "b":
             val = suf[1:]

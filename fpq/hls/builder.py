@@ -357,6 +357,59 @@ class _Builder:
         self.add_layer(layer, {"result": src.fixed, "accum": src.fixed})
         self.set_out(op, _Tensor(op.name, src.fixed, out_t, hls_shape_of(out_t), channels_last_perm(out_t)))
 
+    def _mean_types(self, op, src: _Tensor, n: int):
+        """Exact types of a mean over ``n`` values (n a power of two: the mean is src / 2^k)."""
+        k = n.bit_length() - 1
+        if n != 1 << k:
+            raise HLSUnsupportedError(
+                f"{op.kind} {op.name!r}: a window of {n} values; the mean of a non-power-of-two window is not a "
+                "finite binary fraction, so no fixed-point type holds it exactly. Use a power-of-two window "
+                "or max pooling")
+        f = src.fixed
+        mean = Fixed(f.width + k, f.int_bits, f.signed)                # same range, k more fraction bits
+        accum = Fixed(f.width + 2 * k, f.int_bits + k, f.signed)      # holds the sum and, after /n, the mean
+        return {"result": mean, "accum": accum}
+
+    def op_avgpool(self, op):
+        src = self.src(op)
+        a = op.attrs
+        k = a["kernel"]
+        nd = len(k)
+        if any(a["pads"]) or a.get("ceil_mode", 0):
+            raise HLSUnsupportedError(f"avgpool {op.name!r}: padding and ceil_mode are not supported in HLS")
+        if len(src.torch_shape) != nd + 1 or not _is_channels_last(src):
+            raise HLSUnsupportedError(f"avgpool {op.name!r}: input of shape {src.torch_shape}")
+        prec = self._mean_types(op, src, int(np.prod(k)))
+        out_t = self.torch_shape(op)
+        s = a["strides"]
+        layer = {"name": op.name, "inputs": [src.layer], "data_format": "channels_last", "n_filt": src.torch_shape[0],
+                 "count_pad": False}
+        if nd == 1:
+            layer.update(class_name="AveragePooling1D", n_in=src.torch_shape[1], n_out=out_t[1], pool_width=k[0],
+                         stride_width=s[0], pad_left=0, pad_right=0)
+        else:
+            layer.update(class_name="AveragePooling2D", in_height=src.torch_shape[1], in_width=src.torch_shape[2],
+                         out_height=out_t[1], out_width=out_t[2], pool_height=k[0], pool_width=k[1],
+                         stride_height=s[0], stride_width=s[1], pad_top=0, pad_bottom=0, pad_left=0, pad_right=0)
+        self.add_layer(layer, prec)
+        self.set_out(op, _Tensor(op.name, prec["result"], out_t, hls_shape_of(out_t), channels_last_perm(out_t)))
+
+    def op_global_avgpool(self, op):
+        src = self.src(op)
+        nd = len(src.torch_shape) - 1
+        if nd not in (1, 2) or not _is_channels_last(src):
+            raise HLSUnsupportedError(f"global_avgpool {op.name!r}: input of shape {src.torch_shape}")
+        prec = self._mean_types(op, src, int(np.prod(src.torch_shape[1:])))
+        c = src.torch_shape[0]
+        layer = {"name": op.name, "inputs": [src.layer], "data_format": "channels_last", "n_filt": c}
+        if nd == 1:
+            layer.update(class_name="GlobalAveragePooling1D", n_in=src.torch_shape[1])
+        else:
+            layer.update(class_name="GlobalAveragePooling2D", in_height=src.torch_shape[1], in_width=src.torch_shape[2])
+        self.add_layer(layer, prec)
+        out_t = self.torch_shape(op)  # (C, 1[, 1]) with keepdims, (C,) without: the same flat order
+        self.set_out(op, _Tensor(op.name, prec["result"], out_t, (c,), None))
+
     def op_add(self, op):
         a, b = self.src(op, 0), self.src(op, 1)
         if a.hls_shape != b.hls_shape or not _same_perm(a.perm, b.perm):

@@ -99,22 +99,56 @@ class FpqAdd(nn.Module):
 class FpqAvgPool(nn.Module):
     """Average pooling (AvgPool1d/2d, AdaptiveAvgPool to 1) then the activation quantizer.
 
-    The mean runs in float64 in eval mode: a sum of grid values is exact; the division by a
-    non-power-of-two window rounds once in float64, far below any grid step of the next quantizer.
+    In eval mode the window sum is exact in float64 and the mean is ONE correctly rounded
+    float64 division by the window size, so an exact tie of the next quantizer stays a tie
+    (torch's own float64 average may multiply by a rounded reciprocal instead). Windows must
+    have a constant size: no ceil_mode, and padding only with count_include_pad=True.
     """
 
     fpq_op = "avgpool"
 
     def __init__(self, pool: nn.Module, fmt, scale_kind="po2"):
         super().__init__()
+        if isinstance(pool, (nn.AvgPool1d, nn.AvgPool2d)):
+            pad = pool.padding if isinstance(pool.padding, tuple) else (pool.padding,)
+            if pool.ceil_mode or (any(pad) and not pool.count_include_pad) or \
+                    getattr(pool, "divisor_override", None) is not None:
+                raise ValueError("AvgPool with ceil_mode, divisor_override or count_include_pad=False "
+                                 "has windows of varying size: not supported")
         self.pool = pool
         self.quant = FpqAct(fmt, scale_kind)
 
+    def window(self) -> int | None:
+        """Number of elements averaged (None: the whole spatial extent)."""
+        p = self.pool
+        if isinstance(p, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
+            return None
+        k = p.kernel_size if isinstance(p.kernel_size, tuple) else (p.kernel_size,) * (1 if isinstance(p, nn.AvgPool1d) else 2)
+        n = 1
+        for v in k:
+            n *= v
+        return n
+
+    def exact_mean(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.pool
+        if isinstance(p, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
+            dims = (-1,) if isinstance(p, nn.AdaptiveAvgPool1d) else (-2, -1)
+            count = 1
+            for d in dims:
+                count *= x.shape[d]
+            return x.sum(dim=dims, keepdim=True) / count
+        if isinstance(p, nn.AvgPool1d):
+            s = F.avg_pool2d(x.unsqueeze(-2), (1, p.kernel_size[0]), (1, p.stride[0]), (0, p.padding[0]),
+                             divisor_override=1).squeeze(-2)
+        else:
+            s = F.avg_pool2d(x, p.kernel_size, p.stride, p.padding, divisor_override=1)
+        return s / self.window()
+
     def forward(self, x):
         x = _value(x)
-        if not self.training:
-            x = x.to(torch.float64)
-        return self.quant(self.pool(x))
+        if self.training:
+            return self.quant(self.pool(x))
+        return self.quant(self.exact_mean(x.to(torch.float64)))
 
     @property
     def fpq_output(self):

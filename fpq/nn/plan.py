@@ -12,6 +12,8 @@ from ..typeplan import LayerPlan, TensorType, TypePlan
 from .layers import FpqAct, FpqAdd, FpqAvgPool, FpqClamp, FpqConv1d, FpqConv2d, FpqInput, FpqLinear
 
 _WEIGHT_LAYERS = (FpqLinear, FpqConv1d, FpqConv2d)
+# float64 holds 53 significant bits: a wider exact sum may round in the eval-mode torch forward
+FLOAT64_NOT_EXACT = "the float64 eval forward is not guaranteed exact for this layer"
 
 
 def _tensor_type(tq) -> TensorType:
@@ -90,7 +92,10 @@ def typeplan_from_module(q) -> TypePlan:
                 try:
                     layer.derive()
                 except ValueError as e:  # e.g. e5m2 x e5m2 products need more than 64 bits
-                    layer.note = f"no exact fixed-point product/accumulator: {e}"
+                    layer.note = f"no exact fixed-point product/accumulator ({e}); {FLOAT64_NOT_EXACT}"
+                acc = layer.tensors.get("accumulator")
+                if acc is not None and acc.width > 53:
+                    layer.note = f"accumulator needs {acc.width} bits; {FLOAT64_NOT_EXACT}"
             elif isinstance(m, FpqAdd):
                 add(node, name, "add", _tensor_type(m.fpq_output), ins)
             elif isinstance(m, FpqAvgPool):
@@ -101,6 +106,8 @@ def typeplan_from_module(q) -> TypePlan:
                     attrs = {"kernel": p.kernel_size, "stride": p.stride, "padding": p.padding,
                              "ceil_mode": p.ceil_mode, "count_include_pad": p.count_include_pad}
                 attrs["dims"] = 1 if isinstance(p, (nn.AvgPool1d, nn.AdaptiveAvgPool1d)) else 2
+                # the mean is exact_sum / divisor, one correctly rounded float64 division
+                attrs["divisor"] = m.window()  # None: the whole spatial extent (global)
                 add(node, name, "avgpool", _tensor_type(m.fpq_output), ins, **attrs)
             elif isinstance(m, FpqClamp):
                 add(node, name, "relu", _tensor_type(m.fpq_output), ins, min=m.min_val, max=m.max_val)

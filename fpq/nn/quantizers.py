@@ -1,12 +1,14 @@
 """Brevitas quantizers generated from fpq Formats.
 
 Users never write injectors: ``make_quant(fmt, role=...)`` returns a Brevitas injector class whose
-``tensor_quant`` is an fpq module. Its forward is ``fpq.numerics.torch_ops.quantize_torch``, the
-torch twin of ``fpq.quantize``, because Brevitas' own quantizers differ from the reference in
-places the contract cannot accept: its minifloat path has no "no subnormals" mode and always
-exports ``has_subnormal=True``, it has no ap_fixed rounding modes other than round/floor/ceil and
-no WRAP / SAT_ZERO / SAT_SYM overflow, and its float scales are computed from running statistics
-in float32. The injector still carries every piece of metadata Brevitas' QONNX export reads
+``tensor_quant`` is an fpq module whose forward is ``fpq.numerics.torch_ops`` (the torch twin of
+``fpq.quantize``). Brevitas' own quantizers were checked against the reference (brevitas 0.13.4):
+its int8 and OCP e4m3 / e5m2 act quantizers agree exactly on random inputs, on every tie and
+just below powers of two. They are still not used because they cover only part of what fpq
+formats mean: no minifloat without subnormals (and export always says has_subnormal=1), no
+ap_fixed rounding other than round / floor / ceil, no WRAP / SAT_ZERO / SAT_SYM overflow, no
+non-saturating ieee / fn overflow to inf / NaN as fpq defines it; one quantizer for every format
+keeps all paths identical. The injector still carries every piece of metadata Brevitas' QONNX export reads
 (scale, zero point, bit width; exponent / mantissa widths, exponent bias, saturation, inf / NaN
 codes), so ``brevitas.export.export_qonnx`` emits Quant / FloatQuant / BipolarQuant nodes.
 
@@ -32,7 +34,7 @@ from brevitas.proxy.float_parameter_quant import (BiasFloatQuantProxyFromInjecto
                                                   WeightFloatQuantProxyFromInjector)
 from brevitas.proxy.float_runtime_quant import ActFloatQuantProxyFromInjector
 
-from ..formats import Binary, Fixed, Int, Minifloat, finfo, parse_format
+from ..formats import Fixed, Int, Minifloat, finfo, parse_format
 from ..numerics.torch_ops import ste_quantize_unscaled
 
 SCALE_KINDS = ("none", "po2", "float")
@@ -153,9 +155,16 @@ class FpqTensorQuant(nn.Module):
         # quantized values are exactly representable in float32 (the contract stores them so)
         return y.to(torch.float32), self._view(s, x)
 
+    def brevitas_scale(self, s: torch.Tensor) -> torch.Tensor:
+        """The scale in Brevitas / QONNX terms (value = integer code * scale): a Fixed format's
+        own step 2**-frac_bits is part of it, so Quant(bit_width=W, scale=2**-F) is fixed<W, W-F>."""
+        if isinstance(self.fmt, Fixed):
+            return s * (2.0 ** -self.fmt.frac_bits)
+        return s
+
     def forward(self, x: torch.Tensor):
         y, s = self.quantize(x)
-        return y, s, self.zero_t.to(s.dtype), self.bit_width_t
+        return y, self.brevitas_scale(s), self.zero_t.to(s.dtype), self.bit_width_t
 
     def extra_repr(self) -> str:
         return f"format={self.fmt}, scale={self.scale_kind}, channels={self.channels or 'tensor'}"

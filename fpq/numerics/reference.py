@@ -10,9 +10,11 @@ headers. Semantics, for every format:
 * NaN in gives NaN out (fixed and integer hardware has no NaN: calibration and verification
   reject NaN inputs before they get here).
 * +-inf: saturating formats give +-max; minifloats with ``saturate=False`` give inf (ieee) or
-  NaN (fn, fnuz); fixed WRAP / SAT_ZERO give NaN / 0 (ap_fixed has no defined wrap of inf).
+  NaN (fn, fnuz); fixed SAT_ZERO and WRAP give 0 (ap_fixed reads inf as 2**1024).
 * Minifloat: round to nearest, ties to even; without subnormals, magnitudes below the smallest
-  normal round to 0 or to it (ties to 0). Unsigned formats clamp negatives to 0.
+  normal round to 0 or to it (ties to 0). With no mantissa bits (M=0) there is no mantissa bit
+  to make even and a tie between two powers of two goes away from zero (as ml_dtypes'
+  float8_e8m0fnu and qonnx's float_quant). Unsigned formats clamp negatives to 0.
 * Fixed: each ap_fixed quantization mode and overflow mode exactly as ap_fixed.h.
 * Int: round half to even, saturate to the (narrow) range.
 * Binary: +scale where x >= 0, else -scale.
@@ -108,8 +110,9 @@ def overflow_fixed(k: np.ndarray, lo: int, hi: int, width: int, signed: bool, ov
         return np.where((k < lo) | (k > hi), 0.0, k)
     if overflow == "SAT_SYM":
         # ap_fixed.h (checked with g++, from double and from a wider ap_fixed): a signed
-        # target never takes the most negative code, even when the value is exactly it.
-        return np.clip(k, -hi if signed else lo, hi)
+        # target never takes the most negative code, even when the value is exactly it; except
+        # at 1 bit, where the header's "most negative + 1" is the most negative code again.
+        return np.clip(k, -hi if signed and width > 1 else lo, hi)
     if overflow == "WRAP":
         span = float(2 ** width)
         with np.errstate(invalid="ignore"):
@@ -124,14 +127,13 @@ def _(x: np.ndarray, fmt: Fixed) -> np.ndarray:
     with np.errstate(over="ignore", under="ignore"):
         s = np.ldexp(x, fmt.frac_bits)  # exact power-of-two scaling, except at the double limits:
     # a tiny x may underflow to +-0: any |s| in (0, 0.5) rounds as the true one in every mode
-    # (TRN of a tiny negative is -1 LSB, as ap_fixed gives); a huge finite x may overflow to inf:
-    # 2**1000 behaves as the true value (saturates; a multiple of 2**W, so WRAP gives 0)
+    # (TRN of a tiny negative is -1 LSB, as ap_fixed gives). A huge x may overflow to inf, and
+    # ap_fixed reads +-inf as +-2**1024: 2**1000 behaves the same (saturates, SAT_ZERO gives
+    # 0, and WRAP gives 0 as it is a multiple of 2**W LSBs).
     s = np.where((s == 0) & (x != 0), np.copysign(0.25, x), s)
-    s = np.where(np.isinf(s) & np.isfinite(x), np.copysign(2.0 ** 1000, x), s)
-    inf = np.isinf(s)
+    s = np.where(np.isinf(s), np.copysign(2.0 ** 1000, s), s)
     with np.errstate(invalid="ignore"):
-        k = round_fixed(np.where(inf, 0.0, s), fmt.rounding)
-        k = np.where(inf, np.sign(s) * np.inf, k)
+        k = round_fixed(s, fmt.rounding)
         k = overflow_fixed(k, lo, hi, fmt.width, fmt.signed, fmt.overflow)
     return np.ldexp(k, -fmt.frac_bits)
 

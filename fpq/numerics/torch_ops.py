@@ -77,8 +77,8 @@ def overflow_fixed_torch(k: torch.Tensor, lo: int, hi: int, width: int, signed: 
     if overflow == "SAT_ZERO":
         return torch.where((k < lo) | (k > hi), torch.zeros_like(k), k)
     if overflow == "SAT_SYM":
-        # as ap_fixed.h: a signed target never takes the most negative code
-        return torch.clamp(k, -hi if signed else lo, hi)
+        # as ap_fixed.h: a signed target never takes the most negative code (unless 1 bit wide)
+        return torch.clamp(k, -hi if signed and width > 1 else lo, hi)
     if overflow == "WRAP":
         span = float(2 ** width)  # reduce first: k - lo is inexact for huge k
         return torch.remainder(torch.remainder(k, span) - lo, span) + lo
@@ -89,12 +89,10 @@ def overflow_fixed_torch(k: torch.Tensor, lo: int, hi: int, width: int, signed: 
 def _(x: torch.Tensor, fmt: Fixed) -> torch.Tensor:
     lo, hi = fmt.int_range
     s = torch.ldexp(x, torch.tensor(float(fmt.frac_bits), dtype=x.dtype, device=x.device))
-    # the double limits, as in the numpy reference: underflow to +-0, overflow of a finite x
+    # the double limits, as in the numpy reference: underflow to +-0; inf read as 2**1024
     s = torch.where((s == 0) & (x != 0), torch.copysign(torch.full_like(s, 0.25), x), s)
-    s = torch.where(torch.isinf(s) & torch.isfinite(x), torch.copysign(torch.full_like(s, 2.0 ** 1000), x), s)
-    inf = torch.isinf(s)
-    k = round_fixed_torch(torch.where(inf, torch.zeros_like(s), s), fmt.rounding)
-    k = torch.where(inf, s, k)
+    s = torch.where(torch.isinf(s), torch.copysign(torch.full_like(s, 2.0 ** 1000), s), s)
+    k = round_fixed_torch(s, fmt.rounding)
     k = overflow_fixed_torch(k, lo, hi, fmt.width, fmt.signed, fmt.overflow)
     return k * (2.0 ** -fmt.frac_bits)
 

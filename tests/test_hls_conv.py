@@ -1,0 +1,93 @@
+"""fpq.to_hls on conv nets (io_stream and io_parallel): C-sim == fpq.emulate == torch, atol=0."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import fpq
+from fpq.export.graph import read_graph
+from fpq.hls.testing import probe_inputs
+
+pytestmark = pytest.mark.slow
+
+
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.r1 = nn.ReLU()
+        self.c2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.r2 = nn.ReLU()
+        self.fc = nn.Linear(4 * 6 * 6, 5)
+
+    def forward(self, x):
+        y = self.r1(self.c1(x))
+        return self.fc(torch.flatten(self.r2(y + self.c2(y)), 1))
+
+
+def conv2d_bn_pool():
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 3 * 3, 5))
+
+
+def conv1d():
+    return nn.Sequential(nn.Conv1d(2, 4, 3), nn.ReLU(), nn.MaxPool1d(2), nn.Conv1d(4, 4, 3, padding=1), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(4 * 7, 5))
+
+
+# name -> (model factory, input shape, convert kwargs, to_hls kwargs)
+CASES = {
+    "conv2d_bn_pool-int8-stream": (conv2d_bn_pool, (1, 8, 8), dict(fmt="int8"),
+                                   dict(backend="Vitis", io_type="io_stream")),
+    "residual-e4m3-stream": (Residual, (1, 6, 6), dict(fmt="e4m3"), dict(backend="Vivado", io_type="io_stream")),
+    "conv1d-e2m3-parallel": (conv1d, (2, 16), dict(fmt="e2m3"), dict(backend="Vitis", io_type="io_parallel")),
+}
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def project(request, tmp_path_factory):
+    factory, shape, conv_kw, hls_kw = CASES[request.param]
+    torch.manual_seed(0)
+    model = factory()
+    with torch.no_grad():  # non-trivial batch-norm statistics, so the folding matters
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+    model.eval()
+    tmp = tmp_path_factory.mktemp("conv")
+    q = fpq.convert(model, **conv_kw)
+    calib = torch.randn((256,) + shape, generator=torch.Generator().manual_seed(1)) * 2
+    fpq.calibrate(q, [calib])
+    q.eval()
+    path = str(tmp / "net.onnx")
+    fpq.export_qonnx(q, path, calib[:1])
+    proj = fpq.to_hls(path, tmp / "prj", **hls_kw)
+    print(f"\n{request.param}: g++ {proj.compile_s:.1f} s")
+    x = probe_inputs(read_graph(path), 2000, seed=3)
+    return request.param, q, path, proj, x
+
+
+def test_csim_equals_emulator_and_torch(project):
+    name, q, path, proj, x = project
+    y_hls = proj.predict(x)
+    y_emu = np.asarray(fpq.emulate(path, x), dtype=np.float64)
+    with torch.no_grad():
+        y_torch = q(torch.from_numpy(x)).double().numpy()
+    assert y_hls.shape == (2000, 5)
+    assert np.unique(y_hls).size > 8
+    bad = np.argwhere(y_hls != y_emu)
+    assert bad.size == 0, f"{name}: C-sim != emulator at {bad[:3].tolist()}"
+    assert np.array_equal(y_hls, y_torch), f"{name}: C-sim != torch forward"
+
+
+def test_every_traced_layer_matches_emulator(project):
+    name, q, path, proj, x = project
+    tr = proj.trace(x[:32])
+    _, emu = fpq.emulate(path, x[:32], return_trace=True)
+    assert any(k.startswith("conv") for k in tr) or any(k.startswith("quant") for k in tr)
+    for op_name, v in tr.items():
+        assert np.array_equal(v, np.asarray(emu[op_name], dtype=np.float64)), f"{name}: {op_name}"
