@@ -236,8 +236,8 @@ def verify(q, x=None, project=None, *, qonnx_subset: int = 64, n: int = 1000, se
     ref_out = np.asarray(ref_out, dtype=np.float64)
     inexact = [k for k, v in emu.exact.items() if not v]
     if inexact:
-        notes.append(f"the emulator cannot prove exactness of {inexact} (float scales or float64-rounded ops): "
-                     "agreement there is checked, not guaranteed")
+        notes.append(f"not fixed-point exact by construction: {inexact} (a float scale, or a mean / division "
+                     "rounded once in float64): agreement there is checked here, not proven")
     results = {}   # path -> (output, trace, rows used)
     if _is_module(q):
         out, tr = _torch_trace(q, x, graph)

@@ -142,3 +142,23 @@ def test_foreign_brevitas_qonnx(tmp_path, minifloat):
     np.testing.assert_array_equal(y, yt)
     yq, _ = qonnx_trace(path, x[:N_QONNX], graph)
     np.testing.assert_array_equal(y[:N_QONNX], yq)
+
+
+@pytest.mark.parametrize("fmt", ["int8", "e4m3"])
+def test_average_pools(fmt):
+    """AvgPool2d, AvgPool1d (exported through a 2-D pool) and AdaptiveAvgPool(1): torch == emulator ==
+    qonnx (ComputeInDouble lowers the pools to an exact sum and one float64 division)."""
+    from torch import nn
+    torch.manual_seed(0)
+    m2 = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(4, 4, 3), nn.ReLU(),
+                       nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+    m1 = nn.Sequential(nn.Conv1d(2, 4, 3), nn.ReLU(), nn.AvgPool1d(3, stride=2, padding=1), nn.Flatten(),
+                       nn.Linear(4 * 7, 3)).eval()
+    for m, shape in ((m2, (1, 8, 8)), (m1, (2, 16))):
+        rep = fpq.verify(fpq.convert(m, fmt=fmt), random_inputs_for(m, shape), qonnx_subset=3)
+        assert rep.exact and "qonnx" in rep.paths, str(rep)
+        assert any(r["layer"].startswith("avgpool") and r["path"] == "qonnx" for r in rep.table)
+
+
+def random_inputs_for(m, shape, n=200):
+    return np.random.default_rng(5).normal(0, 40, size=(n, *shape)).astype(np.float32)

@@ -43,6 +43,10 @@ CASES = {
                                    dict(backend="Vitis", io_type="io_stream")),
     "residual-e4m3-stream": (Residual, (1, 6, 6), dict(fmt="e4m3"), dict(backend="Vivado", io_type="io_stream")),
     "conv1d-e2m3-parallel": (conv1d, (2, 16), dict(fmt="e2m3"), dict(backend="Vitis", io_type="io_parallel")),
+    # average pooling: the exported max pool of conv2d_bn_pool turned into a 2x2 average pool in
+    # the IR (fpq.export_qonnx of nn.AvgPool2d does not pass ONNX shape inference yet), so the
+    # reference is the emulator of that IR only
+    "avgpool-e3m2-parallel": (conv2d_bn_pool, (1, 8, 8), dict(fmt="e3m2"), dict(backend="Vivado", io_type="io_parallel")),
 }
 
 
@@ -65,29 +69,42 @@ def project(request, tmp_path_factory):
     q.eval()
     path = str(tmp / "net.onnx")
     fpq.export_qonnx(q, path, calib[:1])
-    proj = fpq.to_hls(path, tmp / "prj", **hls_kw)
+    graph = read_graph(path)
+    if request.param.startswith("avgpool"):
+        pools = [op for op in graph.ops if op.kind == "maxpool"]
+        assert pools
+        for op in pools:
+            op.kind = "avgpool"
+            op.attrs["count_include_pad"] = 0
+            op.types.pop("output", None)  # as the IR reader leaves it: a mean is not of the input's type
+            for user in graph.ops:
+                if op.outputs[0] in user.inputs:
+                    user.types.pop("input", None)
+        q = None  # the torch model computes a max pool: not a reference here
+    proj = fpq.to_hls(graph, tmp / "prj", **hls_kw)
     print(f"\n{request.param}: g++ {proj.compile_s:.1f} s")
-    x = probe_inputs(read_graph(path), 2000, seed=3)
-    return request.param, q, path, proj, x
+    x = probe_inputs(graph, 2000, seed=3)
+    return request.param, q, graph, proj, x
 
 
 def test_csim_equals_emulator_and_torch(project):
-    name, q, path, proj, x = project
+    name, q, graph, proj, x = project
     y_hls = proj.predict(x)
-    y_emu = np.asarray(fpq.emulate(path, x), dtype=np.float64)
-    with torch.no_grad():
-        y_torch = q(torch.from_numpy(x)).double().numpy()
+    y_emu = np.asarray(fpq.emulate(graph, x), dtype=np.float64)
     assert y_hls.shape == (2000, 5)
     assert np.unique(y_hls).size > 8
     bad = np.argwhere(y_hls != y_emu)
     assert bad.size == 0, f"{name}: C-sim != emulator at {bad[:3].tolist()}"
-    assert np.array_equal(y_hls, y_torch), f"{name}: C-sim != torch forward"
+    if q is not None:
+        with torch.no_grad():
+            y_torch = q(torch.from_numpy(x)).double().numpy()
+        assert np.array_equal(y_hls, y_torch), f"{name}: C-sim != torch forward"
 
 
 def test_every_traced_layer_matches_emulator(project):
-    name, q, path, proj, x = project
+    name, q, graph, proj, x = project
     tr = proj.trace(x[:32])
-    _, emu = fpq.emulate(path, x[:32], return_trace=True)
+    _, emu = fpq.emulate(graph, x[:32], return_trace=True)
     assert any(k.startswith("conv") for k in tr) or any(k.startswith("quant") for k in tr)
     for op_name, v in tr.items():
         assert np.array_equal(v, np.asarray(emu[op_name], dtype=np.float64)), f"{name}: {op_name}"

@@ -95,3 +95,16 @@ def test_trace_matches_emulated_layers(project):
     for op_name, v in tr.items():
         want = np.asarray(emu[op_name], dtype=np.float64)
         assert np.array_equal(v, want), f"{name}: layer {op_name} differs from the emulator"
+
+
+def test_minifloat_input_port_takes_float32_only(project):
+    """A minifloat input quantizer runs after a wide port sized for float32 values; float64
+    values that float32 cannot hold are refused rather than silently rounded twice."""
+    name, q, path, proj, x = project
+    if not proj.info["input_float32"]:
+        assert name in ("int8", "fixed<8,3>")  # the port type itself is the input quantizer
+        return
+    x64 = x[:4].astype(np.float64) + 1e-12
+    with pytest.raises(ValueError, match="float32"):
+        proj.predict(x64)
+    assert np.array_equal(proj.predict(x[:4].astype(np.float64)), proj.predict(x[:4]))

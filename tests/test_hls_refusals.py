@@ -138,10 +138,36 @@ def test_float_weight_scale_is_carried_exactly(int8_path, tmp_path):
     wt = lin.types["weight"]
     lin.types["weight"] = TensorType(wt.format, (wt.scale * s).astype(np.float32))
     proj = fpq.to_hls(g, tmp_path / "prj")
-    w_type = proj.plan.precisions[lin.name]["weight"]
+    w_type = fpq.parse_format(proj.info["layers"][lin.name]["weight"])
     assert w_type.width > 8  # wider than int8: the carrier of the actual float32 values
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((500, 8)) * 2).astype(np.float32)
     y = proj.predict(x)
     assert np.array_equal(y, np.asarray(fpq.emulate(g, x), dtype=np.float64))
     assert np.unique(y).size > 8
+
+
+@pytest.mark.slow
+def test_cli_hls_then_load_project_and_verify(int8_path, tmp_path, capsys):
+    """`fpq hls` writes a project; load_project reuses it; fpq.verify finds C-sim exact."""
+    import argparse
+
+    from fpq.hls import cli_register, load_project
+
+    parser = argparse.ArgumentParser(prog="fpq")
+    cli_register(parser.add_subparsers())
+    out = tmp_path / "cli_prj"
+    args = parser.parse_args(["hls", int8_path, "--out", str(out), "--backend", "Vivado", "--reuse-factor", "2",
+                              "--strategy", "Resource"])
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out}" in printed and "accum=fixed<" in printed
+    proj = load_project(out)
+    assert proj.info["strategy"] == "Resource" and proj.info["reuse_factor"] == 2
+    x = (np.random.default_rng(5).standard_normal((300, 8)) * 3).astype(np.float32)
+    assert np.array_equal(proj.predict(x), np.asarray(fpq.emulate(int8_path, x), dtype=np.float64))
+    assert callable(proj.hls_model.build)  # hls4ml's linked project: build() runs the vendor flow
+    rep = fpq.verify(int8_path, x[:200], project=proj, qonnx_subset=8)
+    assert rep.exact, str(rep)
+    with pytest.raises(FileNotFoundError, match="not a complete fpq HLS project"):
+        load_project(tmp_path)

@@ -9,6 +9,8 @@ exact, and ``parse_format(str(fmt)) == fmt``.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -17,7 +19,8 @@ import fpq
 from fpq import Binary, Fixed, Int, Minifloat, parse_format
 from fpq.formats import OVERFLOW_MODES, ROUNDING_MODES, SPECIALS
 
-SETTINGS = settings(max_examples=int(__import__("os").environ.get("FPQ_HYPOTHESIS_EXAMPLES", 120)), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# FPQ_HYPOTHESIS_EXAMPLES raises the budget for a deeper search (run with 2000 before release)
+SETTINGS = settings(max_examples=int(os.environ.get("FPQ_HYPOTHESIS_EXAMPLES", 120)), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 def fixed_formats(roundings=tuple(ROUNDING_MODES), overflows=tuple(OVERFLOW_MODES), signed=st.booleans()):
     return st.builds(Fixed, st.integers(1, 16), st.integers(-8, 24), signed,

@@ -72,7 +72,8 @@ def export_qonnx(q, path=None, example_input=None, *, input_name="input", output
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.transformation.infer_shapes import InferShapes
 
-    from .transforms import AnnotateFormats, RemoveFloatCasts, RemoveInitializersFromInputs, RenameIO
+    from .transforms import (AnnotateFormats, RemoveDoubleDivision, RemoveFloatCasts, RemoveInitializersFromInputs,
+                             RenameIO)
 
     if example_input is None:
         raise ValueError("export_qonnx needs an example input (a tensor of the model's input shape)")
@@ -93,6 +94,10 @@ def export_qonnx(q, path=None, example_input=None, *, input_name="input", output
     finally:
         q.train(was_training)
     formats = _quantizer_formats(q, model)
+    sum_pools = [name for name, m in q.named_modules()
+                 if callable(getattr(m, "exact_mean", None)) and getattr(m, "window", lambda: None)() is not None]
+    if sum_pools:
+        model = model.transform(RemoveDoubleDivision(sum_pools))
     model = model.transform(RemoveInitializersFromInputs())
     model = model.transform(RemoveFloatCasts())
     model = model.transform(AnnotateFormats(formats))

@@ -64,7 +64,8 @@ SIMPLE_KINDS = {"Relu": "relu", "MaxPool": "maxpool", "AveragePool": "avgpool",
                 "Transpose": "transpose"}
 SUPPORTED_OPS = ("Quant", "FloatQuant", "BipolarQuant", "Trunc", "MatMul", "Gemm", "Conv", "Add",
                  "Mul", "Div", "Relu", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten",
-                 "Reshape", "Transpose", "Identity", "Dropout", "Constant", "Cast")
+                 "Reshape", "Transpose", "Identity", "Dropout", "Constant", "Cast", "Unsqueeze", "Squeeze",
+                 "ReduceSum")
 KINDS = ("input_quant", "quant", "linear", "conv1d", "conv2d", "relu", "add", "mul", "div", "maxpool",
          "avgpool", "global_avgpool", "flatten", "reshape", "transpose", "output")
 # QONNX rounding_mode -> ap_fixed rounding mode with the same effect on x/scale
@@ -226,6 +227,15 @@ def _c_name(text: str) -> str:
 
 _NOISE = {"export_handler", "act_quant", "activation_impl", "weight_quant", "input_quant",
           "output_quant", "bias_quant", "trunc_quant", "act_impl"}
+
+
+def _op_name(kind: str, mod: str) -> str:
+    """IR op name: the kind plus the module path (a dynamo name like 'linear_1' is kept as is)."""
+    if not mod:
+        return kind
+    if mod == kind or mod.startswith(kind + "_"):
+        return mod
+    return f"{kind}_{mod}"
 
 
 def _module_path(node_name: str) -> str:
@@ -590,20 +600,20 @@ def read_graph(model) -> Graph:
         if op_type in QUANT_OPS or op_type == "IntQuant":
             q = quantizer_of(node, mw)
             kind = "input_quant" if x in graph_inputs else "quant"
-            op = Op(r.unique(f"{kind}_{mod}" if mod else kind), kind, [x], [node.output[0]], quant=q,
+            op = Op(r.unique(_op_name(kind, mod)), kind, [x], [node.output[0]], quant=q,
                     onnx_nodes=[node.name])
             op.types = {"output": q.ttype}
             if tt(x) is not None:
                 op.types["input"] = tt(x)
         elif op_type == "Div" and r.is_const(ins[1]):
             op = _fuse_div_quant_mul(r, node, ins, mod, x in graph_inputs) or \
-                Op(r.unique(f"div_{mod}" if mod else "div"), "div", [x], [node.output[0]],
+                Op(r.unique(_op_name("div", mod)), "div", [x], [node.output[0]],
                    attrs={"value": np.asarray(r.const(ins[1])[0], dtype=np.float32)}, onnx_nodes=[node.name])
         elif op_type in ("MatMul", "Gemm", "Conv"):
             op = _weighted(r, node, a, ins, mod)
         elif op_type == "Add":
             if len(ins) == 2 and not r.is_const(ins[0]) and not r.is_const(ins[1]):
-                op = Op(r.unique(f"add_{mod}" if mod else "add"), "add", ins, [node.output[0]], onnx_nodes=[node.name])
+                op = Op(r.unique(_op_name("add", mod)), "add", ins, [node.output[0]], onnx_nodes=[node.name])
                 t0, t1 = tt(ins[0]), tt(ins[1])
                 st = _add_type(t0, t1)
                 if st is not None:
@@ -617,11 +627,20 @@ def read_graph(model) -> Graph:
             if c is None:
                 raise UnsupportedGraphError(f"Mul node {node.name!r} of two activations is not supported")
             xin = ins[1] if c == ins[0] else ins[0]
-            op = Op(r.unique(f"mul_{mod}" if mod else "mul"), "mul", [xin], [node.output[0]],
+            op = Op(r.unique(_op_name("mul", mod)), "mul", [xin], [node.output[0]],
                     attrs={"value": np.asarray(r.const(c)[0], dtype=np.float32)}, onnx_nodes=[node.name])
+        elif op_type in ("Unsqueeze", "Squeeze"):
+            # a pure relabelling of dimensions: a reshape to the inferred output shape
+            op = Op(r.unique(_op_name("reshape", mod)), "reshape", [x], [node.output[0]], onnx_nodes=[node.name])
+            out_shape = r.shape(node.output[0])
+            if out_shape is None:
+                raise UnsupportedGraphError(f"{op_type} node {node.name!r}: output shape unknown")
+            op.attrs = {"shape": tuple(out_shape)}
+        elif op_type == "ReduceSum":
+            op = _fuse_global_avgpool(r, node, a, ins, mod)
         elif op_type in SIMPLE_KINDS:
             kind = SIMPLE_KINDS[op_type]
-            op = Op(r.unique(f"{kind}_{mod}" if mod else kind), kind, [x], [node.output[0]], onnx_nodes=[node.name])
+            op = Op(r.unique(_op_name(kind, mod)), kind, [x], [node.output[0]], onnx_nodes=[node.name])
             op.attrs = _simple_attrs(r, node, kind, a, ins)
         else:
             raise UnsupportedGraphError(
@@ -648,6 +667,25 @@ def read_graph(model) -> Graph:
     if not graph_inputs:
         raise UnsupportedGraphError("the graph has no dynamic input")
     return Graph(ops, graph_inputs, outputs, {i: r.shape(i) for i in graph_inputs}, g.name or "model")
+
+
+def _fuse_global_avgpool(r: _Reader, node, a, ins, mod) -> Op:
+    """ReduceSum over every spatial axis (keepdims) + Div by their size: a global average."""
+    shape = r.shape(ins[0])
+    axes = a.get("axes")
+    if axes is None and len(ins) > 1:
+        axes = r.const(ins[1])[0].tolist()
+    axes = sorted(int(ax) % len(shape) for ax in (axes or []))
+    div = r.single_consumer(node.output[0], "Div")
+    n = int(np.prod(shape[2:])) if shape else 0
+    if axes == list(range(2, len(shape))) and a.get("keepdims", 1) and div is not None and \
+            div.input[0] == node.output[0] and r.is_const(div.input[1]) and \
+            float(np.asarray(r.const(div.input[1])[0])) == n:
+        r.fused.add(div.name)
+        return Op(r.unique(_op_name("global_avgpool", mod)), "global_avgpool", [ins[0]], [div.output[0]],
+                  onnx_nodes=[node.name, div.name])
+    raise UnsupportedGraphError(f"ReduceSum node {node.name!r}: only a sum over all spatial axes (keepdims) divided "
+                                "by their size (a global average pool) is supported")
 
 
 def _add_type(t0, t1):
@@ -681,7 +719,7 @@ def _fuse_div_quant_mul(r: _Reader, div, ins, mod, on_input: bool):
     r.fused.update({q_node.name, mul.name})
     x = ins[0]
     kind = "input_quant" if on_input else "quant"
-    op = Op(r.unique(f"{kind}_{mod}" if mod else kind), kind, [x], [mul.output[0]], quant=q,
+    op = Op(r.unique(_op_name(kind, mod)), kind, [x], [mul.output[0]], quant=q,
             onnx_nodes=[div.name, q_node.name, mul.name])
     op.types = {"output": q.ttype}
     return op
@@ -768,7 +806,7 @@ def _weighted(r: _Reader, node, a, ins, mod) -> Op:
             raise UnsupportedGraphError(f"{op_type} node {node.name!r}: bias of shape {bias.shape} does not "
                                         f"match {cout} output channels")
         bias = np.broadcast_to(bias.reshape(-1), (cout,)).astype(np.float32)
-    op = Op(r.unique(f"{kind}_{mod}" if mod else kind), kind, [ins[0]], [out_t], attrs=attrs,
+    op = Op(r.unique(_op_name(kind, mod)), kind, [ins[0]], [out_t], attrs=attrs,
             weight=np.ascontiguousarray(weight, dtype=np.float32), bias=bias, weight_quant=wq, bias_quant=bq,
             onnx_nodes=fused)
     if wq is not None:
@@ -801,9 +839,11 @@ def _simple_attrs(r, node, kind, a, ins) -> dict:
     if kind == "reshape":
         if not r.is_const(ins[1]):
             raise UnsupportedGraphError(f"Reshape node {node.name!r}: the shape must be a constant")
-        if a.get("allowzero", 0):
-            raise UnsupportedGraphError(f"Reshape node {node.name!r}: allowzero=1 is not supported")
-        return {"shape": tuple(int(s) for s in r.const(ins[1])[0])}
+        shape = tuple(int(s) for s in r.const(ins[1])[0])
+        if a.get("allowzero", 0) and 0 in shape:
+            raise UnsupportedGraphError(f"Reshape node {node.name!r}: allowzero=1 with a 0 in the shape "
+                                        "(an empty tensor) is not supported")
+        return {"shape": shape}
     if kind == "transpose":
         return {"perm": tuple(a["perm"]) if "perm" in a else None}
     return {}

@@ -68,11 +68,29 @@ class RemoveFloatCasts(Transformation):
                         other.input[i] = src
             g.node.remove(node)
             return model, True  # one at a time: the graph lists changed
-        # every remaining float tensor is float32 again
-        for vi in list(g.value_info) + list(g.output):
+        # every remaining float tensor is float32 again: double constants (a pooling divisor)
+        # become float32 when that is exact, else the file cannot be written without rounding
+        from onnx import numpy_helper
+        for init in g.initializer:
+            if init.data_type == TensorProto.DOUBLE:
+                init.CopyFrom(numpy_helper.from_array(_exact_f32(numpy_helper.to_array(init), init.name), init.name))
+        for node in g.node:
+            if node.op_type == "Constant":
+                for a in node.attribute:
+                    if a.name == "value" and a.t.data_type == TensorProto.DOUBLE:
+                        a.t.CopyFrom(numpy_helper.from_array(_exact_f32(numpy_helper.to_array(a.t), node.name),
+                                                             a.t.name))
+        for vi in list(g.value_info) + list(g.output) + list(g.input):
             if vi.type.tensor_type.elem_type == TensorProto.DOUBLE:
                 vi.type.tensor_type.elem_type = TensorProto.FLOAT
         return model, False
+
+
+def _exact_f32(a, name):
+    f = np.asarray(a).astype(np.float32)
+    if not np.array_equal(f.astype(np.float64), np.asarray(a, dtype=np.float64)):
+        raise ValueError(f"constant {name!r} is not exactly representable in float32")
+    return f
 
 
 class AnnotateFormats(Transformation):
@@ -99,6 +117,46 @@ class AnnotateFormats(Transformation):
                 name = model.make_new_valueinfo_name()
                 model.set_initializer(name, np.asarray(2.0 ** -fmt.frac_bits, dtype=np.float32))
                 node.input[1] = name
+        return model, False
+
+
+class RemoveDoubleDivision(Transformation):
+    """Undo a torch exporter bug: ``F.avg_pool2d(..., divisor_override=1)`` (a window sum) is
+    exported as an AveragePool (a mean) and the divisor is dropped silently, so fpq's exact
+    average (window sum / window size) arrives as AveragePool followed by Div(window): the mean
+    divided twice. ``scopes``: module paths (ONNX scope '/a/b') of the layers known to do this."""
+
+    def __init__(self, scopes):
+        super().__init__()
+        self.scopes = ["/" + s.replace(".", "/") + "/" for s in scopes]
+
+    def apply(self, model):
+        g = model.graph
+        producer = {o: n for n in g.node for o in n.output}
+        for node in list(g.node):
+            if node.op_type != "Div" or not any(node.name.startswith(s) for s in self.scopes):
+                continue
+            src = producer.get(node.input[0])
+            while src is not None and src.op_type in ("Squeeze", "Unsqueeze", "Reshape"):  # AvgPool1d as 2-D
+                src = producer.get(src.input[0])
+            if src is None or src.op_type != "AveragePool":
+                continue
+            k = int(np.prod(helper.get_attribute_value(next(a for a in src.attribute if a.name == "kernel_shape"))))
+            c = model.get_initializer(node.input[1])
+            if c is None:
+                cn = producer.get(node.input[1])
+                c = None if cn is None or cn.op_type != "Constant" else \
+                    __import__("onnx").numpy_helper.to_array(cn.attribute[0].t)
+            if c is None or float(np.asarray(c)) != k:
+                continue
+            for other in g.node:
+                for i, t in enumerate(other.input):
+                    if t == node.output[0]:
+                        other.input[i] = node.input[0]
+            for o in g.output:
+                if o.name == node.output[0]:
+                    raise ValueError("an average pool cannot be the graph output here")
+            g.node.remove(node)
         return model, False
 
 
@@ -249,12 +307,52 @@ class ComputeInDouble(Transformation):
                                                   name=f"{node.name}_sum"))
                 out_nodes.append(helper.make_node("Div", [s, cnt], [node.output[0]], name=f"{node.name}_div"))
             elif node.op_type == "AveragePool":
-                raise ValueError(f"ComputeInDouble: AveragePool node {node.name!r} has no exact float64 form in "
-                                 "ONNX Runtime; the qonnx-executor check does not support it")
+                out_nodes.extend(self._lower_avgpool(model, node))
             else:
                 out_nodes.append(node)
         del g.node[:]
         g.node.extend(out_nodes)
+
+    @staticmethod
+    def _lower_avgpool(model, node):
+        """AveragePool -> one-hot patch Conv (exact) + double ReduceSum + Div by the window count
+        (the count per output position when padding is not counted), as the emulator computes."""
+        a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+        if a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID") or a.get("ceil_mode", 0):
+            raise ValueError(f"ComputeInDouble: AveragePool {node.name!r} with auto_pad / ceil_mode is not supported")
+        k = list(a["kernel_shape"])
+        nd = len(k)
+        xshape = model.get_tensor_shape(node.input[0])
+        yshape = model.get_tensor_shape(node.output[0])
+        c, kk = xshape[1], int(np.prod(k))
+        base = node.name.replace("/", "_")
+        eye = np.zeros((c * kk, 1, *k), dtype=np.float32)
+        for ch in range(c):
+            for j in range(kk):
+                eye[(ch * kk + j, 0) + np.unravel_index(j, k)] = 1.0
+        model.set_initializer(f"{base}__onehot", eye)
+        strides, pads = a.get("strides", [1] * nd), a.get("pads", [0] * 2 * nd)
+        patches = f"{node.output[0]}__patches"
+        nodes = [helper.make_node("Conv", [node.input[0], f"{base}__onehot"], [patches], name=f"fpq_patches_{base}",
+                                  kernel_shape=k, strides=strides, pads=pads, group=c)]
+        shp = f"{base}__shape"
+        model.set_initializer(shp, np.asarray([yshape[0], c, kk] + list(yshape[2:]), dtype=np.int64))
+        nodes.append(helper.make_node("Reshape", [patches, shp], [f"{patches}__r"], name=f"{base}_reshape"))
+        axes = f"{base}__axes"
+        model.set_initializer(axes, np.asarray([2], dtype=np.int64))
+        nodes.append(helper.make_node("ReduceSum", [f"{patches}__r", axes], [f"{patches}__sum"], keepdims=0,
+                                      name=f"{base}_sum"))
+        if a.get("count_include_pad", 0) or not any(pads):
+            count = np.asarray(float(kk))
+        else:  # windows at the border see fewer real inputs
+            from ..emulate import pool_nd
+            ones = np.ones((1, 1) + tuple(xshape[2:]))
+            count = pool_nd(ones, {"kernel": tuple(k), "strides": tuple(strides), "pads": tuple(pads),
+                                   "dilations": (1,) * nd, "ceil_mode": 0, "count_include_pad": 1}, "avg") * kk
+        cnt = f"{base}__count"
+        model.set_initializer(cnt, np.asarray(count, dtype=np.float64))
+        nodes.append(helper.make_node("Div", [f"{patches}__sum", cnt], [node.output[0]], name=f"{base}_div"))
+        return nodes
 
     @staticmethod
     def _lower_conv(model, node):

@@ -18,16 +18,6 @@ import re
 from .types import (OVERFLOW_MODES, ROUNDING_MODES, SPECIALS, Binary, Fixed, Format, Int, Minifloat,
                     default_specials)
 
-ACCEPTED_FORMS = (
-    "fixed<W,I[,ROUNDING[,OVERFLOW]]> / ufixed<...> (e.g. fixed<8,3>, fixed<6,2,RND,SAT>), "
-    "ap_fixed<W,I[,AP_RND_CONV[,AP_SAT]]> / ap_ufixed<...>, "
-    "intN / uintN / intN_narrow (e.g. int8, uint4), "
-    "[u]eXmY[_bBIAS][_ieee|_fn|_fnuz|_none][_nosub][_nosat] with 3..16 bits (e.g. e2m1, e4m3, e5m2, e3m2_b5), "
-    "aliases fp4, fp6_e2m3, fp6_e3m2, fp8_e4m3, fp8_e5m2, fp16, bf16, float8_e4m3fn, float8_e5m2, "
-    "float8_e4m3fnuz, float8_e5m2fnuz, float8_e4m3, float8_e3m4, float6_e2m3fn, float6_e3m2fn, "
-    "float4_e2m1fn, and binary"
-)
-
 ALIASES = {
     "fp4": "e2m1",
     "fp6_e2m3": "e2m3",
@@ -52,6 +42,14 @@ ALIASES = {
     "float4_e2m1fn": "e2m1",
     "bipolar": "binary",
 }
+
+ACCEPTED_FORMS = (
+    "fixed<W,I[,ROUNDING[,OVERFLOW]]> / ufixed<...> (e.g. fixed<8,3>, fixed<6,2,RND,SAT>), "
+    "ap_fixed<W,I[,AP_RND_CONV[,AP_SAT]]> / ap_ufixed<...>, "
+    "intN / uintN / intN_narrow (e.g. int8, uint4), "
+    "[u]eXmY[_bBIAS][_ieee|_fn|_fnuz|_none][_nosub][_nosat] with 3..16 bits (e.g. e2m1, e4m3, e5m2, e3m2_b5), "
+    f"binary, and the aliases {', '.join(ALIASES)}"
+)
 
 
 def _bad(text: str, why: str) -> ValueError:

@@ -8,16 +8,50 @@ from .builder import HLSUnsupportedError
 
 
 def to_hls(q_or_onnx, outdir, **kwargs):
+    """Write an exact hls4ml project of a quantized model and compile it for C simulation.
+
+    Arguments (all keyword after ``outdir``): backend="Vitis"|"Vivado",
+    io_type="io_parallel"|"io_stream", part="xcvu9p-flga2104-2-e", clock_period=5 (ns),
+    reuse_factor=1, strategy="Latency"|"Resource", example_input=None (needed for a torch model).
+    Returns an ``HLSProject`` (``predict``, ``trace``, ``build``, ``outdir``, ``hls_model``).
+    See ``fpq.hls.project.to_hls``.
+    """
     from .project import to_hls as _to_hls
 
     return _to_hls(q_or_onnx, outdir, **kwargs)
 
 
-to_hls.__doc__ = """Write an exact hls4ml project of a quantized model and compile it for C simulation.
+def load_project(outdir):
+    """A project written earlier by ``to_hls`` (``predict`` / ``trace`` reuse its compiled library)."""
+    from .project import load_project as _load
 
-See ``fpq.hls.project.to_hls`` for the arguments: (q_or_onnx, outdir, *, backend="Vitis"|"Vivado",
-io_type="io_parallel"|"io_stream", part="xcvu9p-flga2104-2-e", clock_period=5, reuse_factor=1,
-strategy="Latency"|"Resource", example_input=None) -> HLSProject.
-"""
+    return _load(outdir)
 
-__all__ = ["to_hls", "HLSUnsupportedError"]
+
+def cli_register(subparsers) -> None:
+    """``fpq hls MODEL.onnx --out DIR [--backend Vitis] [--io-type io_parallel] ...``"""
+    p = subparsers.add_parser("hls", help="write an exact hls4ml project of a QONNX model and compile it for C-sim")
+    p.add_argument("model", help="QONNX file (.onnx), e.g. from `fpq export` / fpq.export_qonnx")
+    p.add_argument("--out", required=True, help="project folder (created; an earlier fpq project there is replaced)")
+    p.add_argument("--backend", default="Vitis", choices=["Vitis", "Vivado"])
+    p.add_argument("--io-type", default="io_parallel", choices=["io_parallel", "io_stream"])
+    p.add_argument("--part", default="xcvu9p-flga2104-2-e")
+    p.add_argument("--clock-period", type=float, default=5.0, help="ns")
+    p.add_argument("--reuse-factor", type=int, default=1)
+    p.add_argument("--strategy", default="Latency", choices=["Latency", "Resource"])
+    p.set_defaults(func=_cli_hls)
+
+
+def _cli_hls(args) -> int:
+    proj = to_hls(args.model, args.out, backend=args.backend, io_type=args.io_type, part=args.part,
+                  clock_period=args.clock_period, reuse_factor=args.reuse_factor, strategy=args.strategy)
+    print(f"wrote {proj.outdir} ({args.backend}, {args.io_type}); C-sim library compiled in {proj.compile_s:.1f} s")
+    width = max(len(n) for n in proj.info["layers"])
+    for name, types in proj.info["layers"].items():
+        print(f"  {name:{width}s}  " + "  ".join(f"{k}={v}" for k, v in types.items()))
+    for note in proj.info["notes"]:
+        print(f"  note: {note}")
+    return 0
+
+
+__all__ = ["to_hls", "load_project", "cli_register", "HLSUnsupportedError"]

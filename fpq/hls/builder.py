@@ -272,6 +272,9 @@ class _Builder:
                 raise HLSUnsupportedError(
                     f"layer {op.name!r}: TypePlan accumulator {planned} has fewer fractional bits than the "
                     f"products ({prod}); it cannot hold the exact sum")
+            if planned.int_bits < acc.int_bits:
+                self.plan.notes.append(f"{op.name}: accumulator {planned} from the TypePlan is narrower than the "
+                                       f"exact {acc}; sums beyond its range saturate as the TypePlan says")
             acc = planned
         return {"weight": w_c, "bias": b_c, "accum": acc, "result": acc}
 

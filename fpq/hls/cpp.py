@@ -27,11 +27,12 @@ def ap_type(fmt: Fixed) -> str:
     return f"{base}<{fmt.width},{fmt.int_bits},AP_{fmt.rounding},AP_{fmt.overflow}>"
 
 
-def hls4ml_precision(fmt: Fixed):
-    """hls4ml's precision object for a Fixed (passed as an object: no string round trip)."""
-    from hls4ml.model.types import FixedPrecisionType
-
-    return FixedPrecisionType(fmt.width, fmt.int_bits, fmt.signed, fmt.rounding, fmt.overflow)
+def hls4ml_precision(fmt: Fixed) -> str:
+    """hls4ml's precision string for a Fixed, with its rounding and overflow modes spelled out
+    (a string, not a type object: hls4ml writes the config to YAML, which its
+    link_existing_project reads back with safe_load)."""
+    base = "fixed" if fmt.signed else "ufixed"
+    return f"{base}<{fmt.width},{fmt.int_bits},{fmt.rounding},{fmt.overflow}>"
 
 
 def minifloat_params(fmt: Minifloat, scale_exp: int = 0) -> dict:

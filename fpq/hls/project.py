@@ -26,30 +26,95 @@ STAMP = "fpq_project.json"
 PROJECT_NAME = "fpq_model"
 
 
+class _CSim:
+    """The compiled C-sim library of a project, called through ctypes (the double entry point:
+    inputs reach ap_fixed's constructor with every bit they have)."""
+
+    def __init__(self, so_path: Path, n_in: int, n_out: int, traced: dict):
+        self.lib = ctypes.CDLL(str(so_path))
+        self.n_in, self.n_out, self.traced = n_in, n_out, dict(traced)
+        self.top = getattr(self.lib, f"{PROJECT_NAME}_double")
+        arr = np.ctypeslib.ndpointer(ctypes.c_double, flags="C_CONTIGUOUS")
+        self.top.argtypes = [arr, arr]
+        self.top.restype = None
+
+    def run(self, flat: np.ndarray) -> np.ndarray:
+        out = np.zeros((flat.shape[0], self.n_out), dtype=np.float64)
+        for i in range(flat.shape[0]):  # the top function takes one sample
+            self.top(flat[i], out[i])
+        return out
+
+    def trace(self, flat: np.ndarray) -> dict:
+        class _Slot(ctypes.Structure):
+            _fields_ = [("name", ctypes.c_char_p), ("data", ctypes.c_void_p)]
+
+        lib = self.lib
+        lib.allocate_trace_storage.argtypes = [ctypes.c_size_t]
+        lib.collect_trace_output.argtypes = [ctypes.POINTER(_Slot)]
+        slots = (_Slot * len(self.traced))()
+        per_layer = {name: np.zeros((flat.shape[0], size)) for name, size in self.traced.items()}
+        out = np.zeros(self.n_out, dtype=np.float64)
+        lib.allocate_trace_storage(ctypes.sizeof(ctypes.c_double))
+        try:
+            for i in range(flat.shape[0]):
+                self.top(flat[i], out)
+                lib.collect_trace_output(slots)
+                for slot in slots:
+                    name = slot.name.decode()
+                    ptr = ctypes.cast(slot.data, ctypes.POINTER(ctypes.c_double))
+                    per_layer[name][i] = np.ctypeslib.as_array(ptr, shape=(self.traced[name],))
+        finally:
+            lib.free_trace_storage()
+        return per_layer
+
+
+def _perm(p):
+    return None if p is None else np.asarray(p, dtype=np.int64)
+
+
 class HLSProject:
     """A written, compiled hls4ml project of an fpq model.
 
     ``predict(x)`` runs the C simulation (torch layouts in and out, float64 values);
-    ``trace(x)`` returns every layer's output keyed by the IR op names; ``build(...)`` runs the
-    vendor flow (Vivado / Vitis HLS must be installed).
+    ``trace(x)`` returns every traced layer's output keyed by the IR op whose value it holds;
+    ``build(...)`` runs the vendor flow through hls4ml (Vivado / Vitis HLS must be installed).
+    ``hls_model`` is the hls4ml ModelGraph (for a project loaded from disk, hls4ml's linked
+    stand-in that can compile, predict and build).
     """
 
-    def __init__(self, hls_model, plan: HLSPlan, outdir: Path, graph, compile_s: float):
-        self.hls_model = hls_model
-        self.plan = plan
+    def __init__(self, outdir, info: dict, hls_model=None):
         self.outdir = Path(outdir)
-        self.graph = graph
-        self.compile_s = compile_s
+        self.info = info
+        self._hls_model = hls_model
+        self.compile_s = info.get("compile_seconds")
+        self._csim = _CSim(self.outdir / "firmware" / info["library"], info["input_size"], info["output_size"],
+                           info["traced"])
 
     def __repr__(self):
-        return f"HLSProject({str(self.outdir)!r}, {len(self.plan.layers)} hls4ml layers)"
+        return f"HLSProject({str(self.outdir)!r}, {self.info['backend']}, {self.info['io_type']})"
+
+    @property
+    def hls_model(self):
+        if self._hls_model is None:
+            from hls4ml.converters import link_existing_project
+
+            self._hls_model = link_existing_project(str(self.outdir))
+        return self._hls_model
+
+    @property
+    def input_shape(self) -> tuple:
+        return tuple(self.info["input_shape"])
+
+    @property
+    def output_shape(self) -> tuple:
+        return tuple(self.info["output_shape"])
 
     # -- inputs / outputs in torch layout
-    def _prepare(self, x) -> tuple[np.ndarray, int]:
+    def _prepare(self, x) -> np.ndarray:
         x = np.asarray(x)
         if x.dtype.kind != "f":
             raise ValueError(f"predict takes floating-point inputs, got dtype {x.dtype}")
-        shape = self.plan.input_shape
+        shape = self.input_shape
         if x.shape == shape:
             x = x[None]
         if x.shape[1:] != shape:
@@ -57,18 +122,19 @@ class HLSProject:
         if np.isnan(x).any():
             raise ValueError("NaN input: fixed-point hardware has no NaN")
         x64 = x.astype(np.float64)
-        if self.plan.input_float32 and not np.array_equal(x64.astype(np.float32).astype(np.float64), x64,
-                                                          equal_nan=True):
+        if self.info["input_float32"] and not np.array_equal(x64.astype(np.float32).astype(np.float64), x64):
             raise ValueError("this design's input port is exact for float32 values (its first quantizer runs "
                              "after the port); pass float32 inputs (x.astype(np.float32))")
-        n = x64.shape[0]
-        flat = x64.reshape(n, -1)
-        if self.plan.input_perm is not None:
-            flat = flat[:, self.plan.input_perm]
-        return np.ascontiguousarray(flat), n
+        flat = x64.reshape(x64.shape[0], -1)
+        perm = _perm(self.info["input_perm"])
+        if perm is not None:
+            flat = flat[:, perm]  # torch (NCHW) order -> hls4ml's channels-last order
+        return np.ascontiguousarray(flat)
 
-    def _to_torch(self, y: np.ndarray, n: int, shape: tuple, perm) -> np.ndarray:
-        y = np.asarray(y, dtype=np.float64).reshape(n, -1)
+    @staticmethod
+    def _to_torch(y: np.ndarray, shape, perm) -> np.ndarray:
+        n = y.shape[0]
+        perm = _perm(perm)
         if perm is not None:
             out = np.empty_like(y)
             out[:, perm] = y
@@ -77,51 +143,31 @@ class HLSProject:
 
     def predict(self, x) -> np.ndarray:
         """C-sim of the compiled project on ``x`` (batch, *input shape) -> (batch, *output shape)."""
-        flat, n = self._prepare(x)
-        y = self.hls_model.predict(flat)
-        return self._to_torch(y, n, self.plan.output_shape, self.plan.output_perm)
+        y = self._csim.run(self._prepare(x))
+        return self._to_torch(y, self.output_shape, self.info["output_perm"])
 
     def trace(self, x) -> dict:
-        """Output of every traced layer for ``x``, keyed by the IR op whose value it holds
-        (an op fused into its producer, e.g. a re-quantization, is reported under its own name)."""
-        flat, n = self._prepare(x)
-        lib = self.hls_model._top_function_lib
-        top, _ = self.hls_model._get_top_function(flat)
-        layers = {}
-        for layer in self.hls_model.get_layers():
-            if layer.get_attr("function_cpp", None) and layer.get_attr("trace", False):
-                layers[layer.name] = int(np.prod(layer.get_output_variable().shape))
-
-        class _Trace(ctypes.Structure):
-            _fields_ = [("name", ctypes.c_char_p), ("data", ctypes.c_void_p)]
-
-        lib.allocate_trace_storage.argtypes = [ctypes.c_size_t]
-        lib.collect_trace_output.argtypes = [ctypes.POINTER(_Trace)]
-        slots = (_Trace * len(layers))()
-        per_layer = {name: [] for name in layers}
-        out_size = int(np.prod(self.plan.output_shape))
-        lib.allocate_trace_storage(ctypes.sizeof(ctypes.c_double))
-        try:
-            for i in range(n):
-                res = np.zeros(out_size, dtype=np.float64)
-                top(np.ascontiguousarray(flat[i]), res)
-                lib.collect_trace_output(slots)
-                for s in slots:
-                    name = s.name.decode()
-                    ptr = ctypes.cast(s.data, ctypes.POINTER(ctypes.c_double))
-                    per_layer[name].append(np.ctypeslib.as_array(ptr, shape=(layers[name],)).copy())
-        finally:
-            lib.free_trace_storage()
+        """{IR op name: its output} for every layer hls4ml traces (an op fused into its
+        producer, e.g. a re-quantization folded into a Dense result type, under its own name)."""
+        per_layer = self._csim.trace(self._prepare(x))
         out = {}
-        for op_name, layer in self.plan.op_layer.items():
-            if layer in per_layer and self.plan.layer_op.get(layer) == op_name:
-                shape, perm = self.plan.layer_shape[layer]
-                out[op_name] = self._to_torch(np.array(per_layer[layer]), n, shape, perm)
+        for layer, (op_name, shape, perm) in self.info["layer_ops"].items():
+            if layer in per_layer:
+                out[op_name] = self._to_torch(per_layer[layer], shape, perm)
         return out
 
     def build(self, **kwargs):
-        """Run the vendor HLS flow (hls4ml's ``build``: csim, synth, ...). Needs Vivado/Vitis HLS."""
+        """Run the vendor HLS flow (hls4ml's ``build``: csim, synth, cosim, export...)."""
         return self.hls_model.build(**kwargs)
+
+
+def load_project(outdir) -> HLSProject:
+    """An fpq HLS project written earlier by ``to_hls`` (its compiled C-sim library is reused)."""
+    outdir = Path(outdir)
+    stamp = outdir / STAMP
+    if not stamp.is_file():
+        raise FileNotFoundError(f"{outdir} is not a complete fpq HLS project (no {STAMP})")
+    return HLSProject(outdir, json.loads(stamp.read_text()))
 
 
 def _check_args(backend, io_type, strategy, reuse_factor, clock_period):
@@ -262,6 +308,7 @@ def to_hls(q_or_onnx, outdir, *, backend="Vitis", io_type="io_parallel", part="x
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     hls_model.config.config["OutputDir"] = str(outdir)
+    _retarget_config(outdir, tmp)
     t0 = time.perf_counter()
     try:
         hls_model._compile()  # g++ of the written project (write() already ran)
@@ -271,13 +318,42 @@ def to_hls(q_or_onnx, outdir, *, backend="Vitis", io_type="io_parallel", part="x
         os.replace(outdir, failed)
         raise RuntimeError(f"compiling the HLS project failed ({err}); the sources are in {failed}") from err
     compile_s = time.perf_counter() - t0
-    (outdir / STAMP).write_text(json.dumps({
-        "fpq_project": PROJECT_NAME, "backend": backend, "io_type": io_type, "part": part,
-        "clock_period": clock_period, "reuse_factor": reuse_factor, "strategy": strategy,
-        "input_shape": list(plan.input_shape), "output_shape": list(plan.output_shape),
+    info = _project_info(hls_model, plan, dict(backend=backend, io_type=io_type, part=part, clock_period=clock_period,
+                                               reuse_factor=reuse_factor, strategy=strategy))
+    info["compile_seconds"] = round(compile_s, 2)
+    (outdir / STAMP).write_text(json.dumps(info, indent=1))  # last: marks the project complete
+    return HLSProject(outdir, info, hls_model)
+
+
+def _retarget_config(outdir: Path, tmp: Path) -> None:
+    """hls4ml_config.yml records the folder the project was written in; point it at outdir so that
+    hls4ml's link_existing_project / build work on the moved project."""
+    cfg = outdir / "hls4ml_config.yml"
+    if cfg.is_file():
+        cfg.write_text(cfg.read_text().replace(str(tmp), str(outdir)))
+
+
+def _project_info(hls_model, plan: HLSPlan, options: dict) -> dict:
+    lib = Path(hls_model._top_function_lib._name).name
+    traced = {layer.name: int(np.prod(layer.get_output_variable().shape)) for layer in hls_model.get_layers()
+              if layer.get_attr("function_cpp", None) and layer.get_attr("trace", False)}
+
+    def plist(p):
+        return None if p is None else [int(i) for i in p]
+
+    layer_ops = {}
+    for layer, op_name in plan.layer_op.items():
+        shape, perm = plan.layer_shape[layer]
+        layer_ops[layer] = [op_name, list(shape), plist(perm)]
+    return {
+        "fpq_project": PROJECT_NAME, **options, "library": lib,
+        "input_shape": list(plan.input_shape), "input_perm": plist(plan.input_perm),
+        "input_size": int(np.prod(plan.input_shape)), "input_float32": plan.input_float32,
+        "output_shape": list(plan.output_shape), "output_perm": plist(plan.output_perm),
+        "output_size": int(np.prod(plan.output_shape)), "traced": traced, "layer_ops": layer_ops,
         "layers": {name: {k: str(v) for k, v in prec.items()} for name, prec in plan.precisions.items()},
-        "compile_seconds": round(compile_s, 2)}, indent=1))
-    return HLSProject(hls_model, plan, outdir, graph, compile_s)
+        "notes": plan.notes,
+    }
 
 
-__all__ = ["to_hls", "HLSProject", "HLSUnsupportedError"]
+__all__ = ["to_hls", "load_project", "HLSProject", "HLSUnsupportedError"]

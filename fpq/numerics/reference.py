@@ -43,9 +43,11 @@ def quantize(x, fmt, scale=1.0) -> np.ndarray:
     scale = np.asarray(scale, dtype=dt)
     if np.any(~np.isfinite(scale)) or np.any(scale <= 0):
         raise ValueError("scale must be finite and > 0")
-    xs = (x / scale).astype(dt) if not np.all(scale == 1) else x
-    q = quantize_unscaled(xs.astype(np.float64), fmt).astype(dt)
-    return (q * scale).astype(dt) if not np.all(scale == 1) else q
+    unit = bool(np.all(scale == 1))
+    with np.errstate(over="ignore", under="ignore"):  # x / scale may leave dt's range: defined
+        xs = x if unit else (x / scale).astype(dt)
+        q = quantize_unscaled(xs.astype(np.float64), fmt).astype(dt)
+        return q if unit else (q * scale).astype(dt)
 
 
 def _dispatch_on_format(func):

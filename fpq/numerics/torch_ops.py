@@ -153,10 +153,12 @@ def quantize_torch(x: torch.Tensor, fmt, scale=1.0) -> torch.Tensor:
     """Torch twin of ``fpq.quantize``: identical values, straight-through gradient."""
     fmt = parse_format(fmt)
     if not torch.is_floating_point(x):
-        x = x.to(torch.float32)
+        x = x.to(torch.float64)  # as the numpy reference: integers are quantized in float64
     if not torch.is_tensor(scale):
         scale = torch.tensor(scale, dtype=x.dtype, device=x.device)
     scale = scale.to(dtype=x.dtype, device=x.device)
+    if scale.device.type == "cpu" and not bool(torch.all(torch.isfinite(scale) & (scale > 0))):
+        raise ValueError("scale must be finite and > 0")  # checked on CPU only: no GPU sync
     unit = bool(torch.all(scale == 1))
     xs = x if unit else x / scale
     q = ste_quantize_unscaled(xs, fmt)
