@@ -64,8 +64,8 @@ def predict_dense(op: rtl.Operator) -> float:
 def fidelity(cached: bool) -> bool:
     jobs = synth.holdout_grid()
     costs = OperatorCosts()
-    fitted = {r["name"] for r in costs.rows}
-    overlap = [op.name for op, _ in jobs if op.name in fitted]
+    fitted = {(r["name"], r["flow"]) for r in costs.rows}
+    overlap = [op.name for op, flow in jobs if (op.name, flow) in fitted]
     assert not overlap, f"held-out operators found in the calibration table: {overlap}"
     if cached and HOLDOUT.exists():
         rows = {r["name"]: r for r in synth.read_table(HOLDOUT)}

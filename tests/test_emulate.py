@@ -46,7 +46,6 @@ def test_conv1d_net(fmt):
     _check(fpq.convert(m, fmt=fmt), shape)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["int4", "e3m2", "e2m3"])
 def test_conv2d_bn_net(fmt):
     m, shape = MODELS["conv2d_bn"]()
@@ -162,3 +161,24 @@ def test_average_pools(fmt):
 
 def random_inputs_for(m, shape, n=200):
     return np.random.default_rng(5).normal(0, 40, size=(n, *shape)).astype(np.float32)
+
+
+def test_foreign_brevitas_trunc_avgpool(tmp_path):
+    """Brevitas' TruncAvgPool2d exports AveragePool + Trunc: emulator == Brevitas == qonnx."""
+    import brevitas.nn as qnn
+    from brevitas.export import export_qonnx
+    from brevitas.quant import Uint8ActPerTensorFixedPoint
+    m = torch.nn.Sequential(qnn.QuantIdentity(act_quant=Uint8ActPerTensorFixedPoint, return_quant_tensor=True),
+                            qnn.TruncAvgPool2d(kernel_size=2, stride=2, return_quant_tensor=True)).eval()
+    path = tmp_path / "trunc.onnx"
+    export_qonnx(m, torch.zeros(1, 2, 4, 4), str(path), dynamo=False)
+    graph = read_graph(path)
+    assert [op.kind for op in graph.ops] == ["input_quant", "avgpool", "quant", "output"]
+    assert graph.ops[2].quant.op_type == "Trunc"
+    x = np.random.default_rng(0).uniform(-0.5, 1.5, size=(300, 2, 4, 4)).astype(np.float32)
+    y = fpq.emulate(path, x)
+    with torch.no_grad():
+        yt = m(torch.from_numpy(x)).value.double().numpy()
+    np.testing.assert_array_equal(y, yt)
+    yq, _ = qonnx_trace(path, x[:N_QONNX], graph)
+    np.testing.assert_array_equal(y[:N_QONNX], yq)

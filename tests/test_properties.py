@@ -20,10 +20,13 @@ from fpq import Binary, Fixed, Int, Minifloat, parse_format
 from fpq.formats import OVERFLOW_MODES, ROUNDING_MODES, SPECIALS
 
 # FPQ_HYPOTHESIS_EXAMPLES raises the budget for a deeper search (run with 2000 before release)
-SETTINGS = settings(max_examples=int(os.environ.get("FPQ_HYPOTHESIS_EXAMPLES", 120)), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=int(os.environ.get("FPQ_HYPOTHESIS_EXAMPLES", 120)), deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
 
-def fixed_formats(roundings=tuple(ROUNDING_MODES), overflows=tuple(OVERFLOW_MODES), signed=st.booleans()):
-    return st.builds(Fixed, st.integers(1, 16), st.integers(-8, 24), signed,
+
+def fixed_formats(roundings=tuple(ROUNDING_MODES), overflows=tuple(OVERFLOW_MODES), signed=st.booleans(),
+                  min_width=1):
+    return st.builds(Fixed, st.integers(min_width, 16), st.integers(-8, 24), signed,
                      st.sampled_from(roundings), st.sampled_from(overflows))
 
 
@@ -62,8 +65,7 @@ monotone_formats = st.one_of(fixed_formats(overflows=("SAT", "SAT_SYM")), int_fo
                              minifloat_formats(monotone=True), st.just(Binary()))
 # symmetric range and a rounding that commutes with negation (Binary: except at 0 -> +1)
 symmetric_formats = st.one_of(
-    fixed_formats(("RND_CONV", "RND_ZERO", "RND_INF", "TRN_ZERO"), ("SAT_SYM",), st.just(True)).filter(
-        lambda f: f.width > 1),
+    fixed_formats(("RND_CONV", "RND_ZERO", "RND_INF", "TRN_ZERO"), ("SAT_SYM",), st.just(True), min_width=2),
     int_formats(narrow=True), minifloat_formats(signed=True), st.just(Binary()))
 nearest_even_formats = st.one_of(fixed_formats(("RND_CONV",)), int_formats(), minifloat_formats())
 

@@ -214,6 +214,12 @@ def _mac_layer(lp, ops: OperatorCosts, dev: Device, rf: int, strategy: str, cloc
         stages = max(1, math.ceil(depth_ns / clock)) + 1
         cycles_pixel = rf
         latency = rf + stages
+    out_t = lp.tensors.get("output")
+    if isinstance(out_t, TensorType):
+        # the layer requantizes its accumulator itself (fpq.convert models; in QONNX graphs the
+        # quantizer is its own op): a rounding adder and a saturation mux per output channel
+        ob = _carrier(out_t, notes, f"{lp.name} output").width
+        lut += n_out * (ops.add_luts(acc_bits) + math.ceil(ob / 2))
     ii = cycles_pixel * pixels
     latency = latency + (pixels - 1) * cycles_pixel
     # integer proxies (per output pixel, times pixels)

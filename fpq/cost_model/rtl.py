@@ -12,7 +12,6 @@ operands' carriers, sums ``sum_type``: the same widths the HLS writer and the em
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -249,7 +248,7 @@ def const_multiplier(fx, weight: float, fw, name: str | None = None) -> Operator
     xs = "$signed(x)" if fx.signed else "$signed({1'b0, x})"
     lines = [f"wire signed [{pt.width - 1}:0] c = {lit};",
              f"wire signed [{pt.width - 1}:0] xe = {xs};",
-             f"assign p = xe * c;"]
+             "assign p = xe * c;"]
     ports = [_port("input", "x", fx.width), _port("output", "p", pt.width, True)]
 
     def ref(inp):
@@ -315,9 +314,9 @@ def adder(a_bits: int, b_bits: int | None = None, signed: bool = True) -> Operat
     s = "s" if signed else "u"
     name = f"add_{s}{a_bits}_{s}{b_bits}"
     if signed:
-        lines = [f"assign y = $signed(a) + $signed(b);"]
+        lines = ["assign y = $signed(a) + $signed(b);"]
     else:
-        lines = [f"assign y = a + b;"]
+        lines = ["assign y = a + b;"]
     ports = [_port("input", "a", a_bits), _port("input", "b", b_bits), _port("output", "y", w, signed)]
     fa, fb = Fixed(a_bits, a_bits, signed), Fixed(b_bits, b_bits, signed)
 

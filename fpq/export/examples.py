@@ -25,10 +25,10 @@ def conv1d_net(seed: int = 0):
     return m.eval(), (2, 16)
 
 
-def conv2d_bn_net(seed: int = 0):
+def conv2d_bn_net(seed: int = 0, groups: int = 2):
     torch.manual_seed(seed)
     m = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
-                      nn.Conv2d(4, 8, 3, groups=2), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 2 * 2, 10))
+                      nn.Conv2d(4, 8, 3, groups=groups), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 2 * 2, 10))
     with torch.no_grad():  # non-trivial BN statistics to fold
         bn = m[1]
         bn.running_mean.uniform_(-0.2, 0.2)

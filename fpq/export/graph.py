@@ -11,13 +11,19 @@ cost model) sees one op per hardware layer:
 * ``MatMul`` + ``Add(constant)`` and ``Gemm`` / ``Conv`` with a bias input become one
   ``linear`` / ``conv`` op with ``bias``;
 * ``Div(scale) -> Quant(scale 1) -> Mul(scale)`` (qonnx's ExtractQuantScaleZeroPt form) is one
-  ``quant`` op with that scale.
+  ``quant`` op with that scale;
+* ``ReduceSum(spatial axes) -> Div(count)`` is one ``global_avgpool``; ``Unsqueeze`` / ``Squeeze``
+  become ``reshape``; ``Identity`` / ``Dropout`` and float ``Cast`` (fpq layers widen to float64)
+  are dropped (values unchanged);
+* outputs that are constants (Brevitas' QuantTensor metadata: scale, bit width) are ignored.
 
 Op kinds (``Op.kind``) and their attributes:
 
 ==================  ==========================================================================
-``input_quant``     quantizer on a graph input (the network's first op); ``quant``
-``quant``           activation (re)quantizer: ``quant`` (a :class:`Quantizer`)
+``input_quant``     quantizer on a graph input (the network's first op); ``quant``; the graph
+                    input is float32 and this quantizer divides by its scale in float32
+``quant``           activation (re)quantizer: ``quant`` (a :class:`Quantizer`); also Trunc
+                    (``quant.pre_scale``: the input is first rounded to that grid)
 ``linear``          y = x @ weight.T + bias; weight (out, in)
 ``conv1d/conv2d``   weight (out, in/groups, *kernel); kernel, strides, pads (ONNX order:
                     begins then ends), dilations, groups
@@ -45,7 +51,6 @@ is False and ``Quantizer.note`` says why.
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 
@@ -656,7 +661,12 @@ def read_graph(model) -> Graph:
             types[op.outputs[0]] = op.types["output"]
         ops.append(op)
 
-    outputs = [o.name for o in g.output]
+    # Brevitas exports of a QuantTensor also output its scale / zero-point / bit width: constants,
+    # not network outputs
+    outputs = [o.name for o in g.output if not r.is_const(o.name)
+               and (o.name in r.producer or o.name in graph_inputs)]
+    if not outputs:
+        raise UnsupportedGraphError("the graph has no dynamic output")
     for o in outputs:
         src = r.resolve(o)
         op = Op(r.unique(f"output_{_c_name(o)}" if len(outputs) > 1 else "output"), "output", [src], [o],

@@ -27,7 +27,7 @@ from onnx import TensorProto, helper
 from qonnx.transformation.base import Transformation
 
 from ..formats import Fixed, parse_format
-from .graph import FPQ_FORMAT_ATTR, QUANT_OPS
+from .graph import FPQ_FORMAT_ATTR
 
 QONNX_DOMAIN = "qonnx.custom_op.general"
 

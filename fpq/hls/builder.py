@@ -139,14 +139,36 @@ def _carrier(tt: TensorType | None, values, what: str) -> Fixed:
     return values_carrier(values)  # float (non-po2) scale or unquantized bias: the values themselves
 
 
-def input_capture_type(fmt, scale_exp: int) -> Fixed:
+@dataclass(frozen=True)
+class PortType:
+    """An ap_fixed input port type that may be wider than fpq's Fixed allows (64 bits); it only
+    feeds an FpqQuantize layer, never arithmetic."""
+
+    width: int
+    int_bits: int
+    signed: bool
+    rounding: str
+    overflow: str
+
+    @property
+    def frac_bits(self) -> int:
+        return self.width - self.int_bits
+
+    def __str__(self):
+        return f"{'fixed' if self.signed else 'ufixed'}<{self.width},{self.int_bits},{self.rounding},{self.overflow}>"
+
+
+def input_capture_type(fmt, scale_exp: int):
     """A wide input port type for quantizers that run after the port (minifloat, binary, narrow
     int). Every float32 value whose rounding matters is exact in it: magnitudes from half the
     smallest step up (float32 has 24 significant bits), and saturation happens beyond twice
     the format's range. TRN_ZERO keeps smaller magnitudes below the first tie; binary uses TRN so
     that a tiny negative input keeps its sign."""
     if isinstance(fmt, Binary):
-        return Fixed(3 + 30, 3, True, "TRN", "SAT")
+        # float32 semantics of x / 2^s (see fpq::quantize_binary_input): for s >= 1 the sign
+        # decision sits at -2^(s-150), which the port must resolve
+        frac = 150 - scale_exp if scale_exp >= 1 else 30
+        return PortType(2 + frac, 2, True, "TRN", "SAT")
     c = exact_fixed(fmt, scale_exp)
     frac = c.frac_bits + 1 + 24
     ints = c.int_bits + 2
@@ -222,13 +244,16 @@ class _Builder:
                        {"result": port})
         tensor = _Tensor(p.input_name, port, shape, hshape, p.input_perm)
         if cast is None:
-            tensor = self._quantize_layer(op, tensor, tt.format, s)
+            tensor = self._quantize_layer(op, tensor, tt.format, s, network_input=True)
         self.set_out(op, tensor)
 
-    def _quantize_layer(self, op, src: _Tensor, fmt, s: int) -> _Tensor:
+    def _quantize_layer(self, op, src: _Tensor, fmt, s: int, network_input: bool = False) -> _Tensor:
         cast = cpp.cast_format(fmt, s)
         if cast is not None:
             out, call, fstr = cast, "out_T({x})", f"{fmt} (ap_fixed cast)"
+        elif isinstance(fmt, Binary) and network_input and s >= 1:
+            out = exact_fixed(fmt, s)
+            call, fstr = f"fpq::quantize_binary_input<in_T, out_T, {s}, {s - 150}>({{x}})", str(fmt)
         else:
             out = exact_fixed(fmt, s)
             out = Fixed(out.width, out.int_bits, out.signed)
@@ -246,7 +271,9 @@ class _Builder:
         _check_format(tt.format, f"quantizer {op.name!r}")
         cast = cpp.cast_format(tt.format, s)
         producer = next((L for L in self.plan.layers if L["name"] == src.layer), None)
-        fusable = (cast is not None and producer is not None and producer["class_name"] not in ("InputLayer",)
+        # not into the input port (it already is a quantizer) nor into a Reshape (hls4ml makes it an
+        # alias of its input in io_parallel, so its result type would not be applied)
+        fusable = (cast is not None and producer is not None and producer["class_name"] not in ("InputLayer", "Reshape")
                    and self.uses.get(op.inputs[0], 0) == 1 and src.layer not in self.fused)
         if fusable:
             # the producer's result cast from its exact value IS this quantizer

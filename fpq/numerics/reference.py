@@ -15,7 +15,17 @@ headers. Semantics, for every format:
   normal round to 0 or to it (ties to 0). With no mantissa bits (M=0) there is no mantissa bit
   to make even and a tie between two powers of two goes away from zero (as ml_dtypes'
   float8_e8m0fnu and qonnx's float_quant). Unsigned formats clamp negatives to 0.
-* Fixed: each ap_fixed quantization mode and overflow mode exactly as ap_fixed.h.
+* Fixed: exactly ap_fixed.h's conversion, from a double and from a wider ap_fixed (checked
+  with g++ in tests/test_apfixed_oracle.py): the code k of the exact value is rounded first
+  (TRN floor, TRN_ZERO toward 0, RND ties to +inf, RND_ZERO ties to 0, RND_MIN_INF ties to
+  -inf, RND_INF ties away from 0, RND_CONV ties to even), then the overflow mode applies to
+  the rounded code, so a value that rounds past the range overflows. SAT clamps; SAT_ZERO
+  gives 0; SAT_SYM clamps a signed type to +-max: it never produces the most negative code,
+  even for a value that is exactly it (ap_fixed counts it as an underflow), except at 1 bit
+  where ap_fixed's "-max" is that code. WRAP keeps the low W bits of the two's complement code,
+  unsigned types too: an unsigned negative is rounded like any other value (-0.4 LSB with RND
+  gives 0) and, if still negative, saturates to 0 or wraps to 2**W + k. A tiny double (even
+  subnormal) truncates to -1 LSB under TRN when negative; +-inf count as +-2**1024.
 * Int: round half to even, saturate to the (narrow) range.
 * Binary: +scale where x >= 0, else -scale.
 """

@@ -1,0 +1,92 @@
+"""``fpq sweep`` and ``fpq report`` on the command line."""
+from __future__ import annotations
+
+import sys
+
+from .grid import KINDS
+
+
+def cli_register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "sweep", help="accuracy / cost / bit-exactness over a grid of formats x PTQ methods",
+        description="Evaluate a grid of weight x activation formats (x first/last-layer formats) x calibration "
+                    "methods on a model: accuracy on held-out data, fpq.estimate_cost, fpq.verify. Finished "
+                    "points are cached in OUT/cache.jsonl, so an interrupted sweep resumes.")
+    p.add_argument("--model", required=True,
+                   help="the trained float model: FILE.py:NAME or MODULE:NAME (a callable returning it, or the "
+                        "model) or FILE.pt (torch.save(model))")
+    p.add_argument("--data", default="fpq.data:load_digits_split",
+                   help="FILE.py:NAME or MODULE:NAME returning data with x_train, y_train, x_test, y_test "
+                        "(default: %(default)s)")
+    p.add_argument("--formats", nargs="+", help="formats for both weights and activations")
+    p.add_argument("--weights", nargs="+", help="weight formats (default: --formats)")
+    p.add_argument("--activations", nargs="+", help="activation formats (default: --formats)")
+    p.add_argument("--bits", nargs="+", type=int, help="build the format axis with fpq.report.grid: widths")
+    p.add_argument("--kinds", nargs="+", choices=KINDS, default=["int", "minifloat"],
+                   help="kinds for --bits (default: int minifloat)")
+    p.add_argument("--first-last", nargs="+", help="formats for the first and last layer (swept)")
+    p.add_argument("--methods", nargs="+", default=["max", "mse"], help="calibration methods (default: max mse)")
+    p.add_argument("--qat-epochs", type=int, default=0)
+    p.add_argument("--out", default="out/sweep", help="output folder (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--verify-samples", type=int, default=64)
+    p.add_argument("--only", nargs="+", help="run only these point ids")
+    p.add_argument("--fresh", action="store_true", help="ignore the cache (recompute)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--report", action="store_true", help="also write the HTML report into OUT")
+    p.set_defaults(func=_cli_sweep)
+
+    r = subparsers.add_parser("report", help="Pareto tables, plots and an HTML page of a sweep",
+                              description="Write the Pareto fronts (accuracy vs LUT, DSP, latency), plots "
+                                          "(PNG, SVG) and index.html of a sweep's results.")
+    r.add_argument("results", help="results.json / results.csv, or the sweep's output folder")
+    r.add_argument("--out", default=None, help="output folder (default: next to the results)")
+    r.set_defaults(func=_cli_report)
+
+
+def _cli_sweep(args) -> int:
+    from .grid import grid
+    from .html import report
+    from .sweep import sweep
+
+    formats = args.formats
+    if args.bits:
+        formats = (formats or []) + grid(args.bits, args.kinds)
+    try:
+        res = sweep(args.model, args.data, formats=formats, methods=args.methods, weights=args.weights,
+                    activations=args.activations, first_last=args.first_last, qat_epochs=args.qat_epochs,
+                    out=args.out, workers=args.workers, seed=args.seed, verify_samples=args.verify_samples,
+                    progress=not args.no_progress, only=args.only, fresh=args.fresh)
+    except (ValueError, TypeError) as e:
+        print(f"fpq sweep: error: {e}", file=sys.stderr)
+        return 2
+    m = res.meta
+    print(f"fpq sweep: {m['points']} points ({m['computed']} computed, {m['cached']} cached) in {m['seconds']:.1f} s; "
+          f"float {m['float_accuracy']:.2f}%")
+    for r in res.records:
+        print(f"  {r['id']}  W {r['weights']:<10} A {r['activations']:<10} {r['method']:<5} "
+              f"acc {_f(r['accuracy'])}  LUT {_f(r['lut'])}  DSP {_f(r['dsp'])}  exact {r['exact']}  {r['status']}")
+    print(f"wrote {res.csv_path} and {res.json_path}")
+    if args.report:
+        print(f"report: {report(res, args.out)}")
+    return 0 if all(r["status"] != "error" for r in res.records) else 1
+
+
+def _f(v) -> str:
+    return "-" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)
+
+
+def _cli_report(args) -> int:
+    import os
+
+    from .html import report
+
+    out = args.out or (args.results if os.path.isdir(args.results) else os.path.dirname(os.path.abspath(args.results)))
+    try:
+        path = report(args.results, out)
+    except (ValueError, TypeError) as e:
+        print(f"fpq report: error: {e}", file=sys.stderr)
+        return 2
+    print(f"report: {path}")
+    return 0

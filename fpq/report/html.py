@@ -1,0 +1,158 @@
+"""``fpq.report``: Pareto tables, plots and one self-contained HTML page of a sweep.
+
+The page uses only relative links to the images written next to it (PNG shown, SVG linked), has
+no external resources, and a small script that writes the load state of every image into the
+page (``#fpq-image-status``), so a headless browser's DOM dump shows whether they rendered.
+"""
+from __future__ import annotations
+
+import html
+import json
+import os
+from collections import Counter
+
+from .pareto import COSTS, fronts
+from .plots import all_plots
+from .sweep import load_results, write_tables
+
+FRONT_COLUMNS = ("weights", "activations", "first_last", "method", "accuracy", "lut", "ff", "dsp", "latency_ns",
+                 "exact", "id")
+POINT_COLUMNS = ("id", "weights", "activations", "first_last", "method", "accuracy", "lut", "dsp", "latency_ns",
+                 "exact", "status")
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1400px}
+h1{font-size:1.5em} h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:12px;margin:8px 0}
+th,td{border:1px solid #ccc;padding:2px 6px;text-align:right} th{background:#f3f3f3}
+td.l,th.l{text-align:left} code{font-size:11px;white-space:pre-wrap;word-break:break-all}
+figure{display:inline-block;margin:8px;vertical-align:top} figure img{max-width:640px;border:1px solid #eee}
+.int{color:#1f77b4} .minifloat{color:#ff7f0e} .bad{color:#b00020;font-weight:bold}
+"""
+
+_SCRIPT = """
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var lines = imgs.map(function (im) {
+    return JSON.stringify({src: im.getAttribute('src'), complete: im.complete, naturalWidth: im.naturalWidth});
+  });
+  var ok = imgs.filter(function (im) { return im.complete && im.naturalWidth > 0; }).length;
+  var st = document.getElementById('fpq-image-status');
+  st.textContent = lines.join('\\n');
+  st.setAttribute('data-loaded', ok + '/' + imgs.length);
+});
+"""
+
+
+def _fmt(v, col: str) -> str:
+    if v is None or v == "":
+        return "-"
+    if col == "accuracy":
+        return f"{float(v):.2f}"
+    if col == "exact":
+        return "yes" if v is True else ("NO" if v is False else str(v))
+    if isinstance(v, float):
+        return f"{v:.0f}" if abs(v) >= 10 else f"{v:.3g}"
+    return str(v)
+
+
+def _table(rows, cols, extra=None) -> str:
+    e = html.escape
+    head = "".join(f'<th class="{"l" if c in ("weights", "activations", "first_last", "method", "id", "status") else ""}">'
+                   f"{e(c)}</th>" for c in cols) + ("<th class='l'>regenerate</th>" if extra else "")
+    body = []
+    for r in rows:
+        cells = []
+        for c in cols:
+            cls = "l" if c in ("weights", "activations", "first_last", "method", "id", "status") else ""
+            if c == "exact" and r.get(c) is False:
+                cls += " bad"
+            cells.append(f'<td class="{cls}">{e(_fmt(r.get(c), c))}</td>')
+        if extra:
+            cells.append(f'<td class="l"><code>{e(extra(r))}</code></td>')
+        body.append(f'<tr class="{e(str(r.get("family", "")))}">' + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _command(r: dict) -> str:
+    return r.get("command") or r.get("python") or ""
+
+
+def summary_lines(records, meta, front_by_cost) -> list:
+    """Plain-text findings computed from the data (which kinds are on each front)."""
+    lines = []
+    ok = [r for r in records if r.get("status") != "error"]
+    fam = Counter(r["family"] for r in ok)
+    lines.append(f"{len(records)} points ({', '.join(f'{n} {k}' for k, n in sorted(fam.items()))}); "
+                 f"{sum(r.get('status') == 'error' for r in records)} failed; "
+                 f"bit-exact (torch == emulator == qonnx) on {sum(r.get('exact') is True for r in ok)}, "
+                 f"not exact on {sum(r.get('exact') is False for r in ok)}, not verified on "
+                 f"{sum(r.get('exact') is None for r in ok)}.")
+    for cost, front in front_by_cost.items():
+        if not front:
+            continue
+        c = Counter(r["family"] for r in front)
+        best = max(front, key=lambda r: r["accuracy"])
+        cheapest = front[0]
+        lines.append(f"Pareto front vs {COSTS.get(cost, cost)}: {len(front)} points "
+                     f"({', '.join(f'{n} {k}' for k, n in sorted(c.items()))}); cheapest "
+                     f"{cheapest['weights']}/{cheapest['activations']} at {_fmt(cheapest['accuracy'], 'accuracy')}%, "
+                     f"most accurate {best['weights']}/{best['activations']} at {_fmt(best['accuracy'], 'accuracy')}% "
+                     f"for {_fmt(best[cost], cost)} {COSTS.get(cost, cost)}.")
+    return lines
+
+
+def report(results, out_dir: str = "out/report", title: str = "fpq sweep report", costs=tuple(COSTS)) -> str:
+    """Write plots (PNG + SVG), results.csv/json and index.html into ``out_dir``; returns the page's path.
+
+    results: what ``fpq.sweep`` returned, a list of records, or a results.json / results.csv path.
+    """
+    records, meta = load_results(results)
+    if not records:
+        raise ValueError("fpq.report: no sweep points to report")
+    missing = [k for k in ("weights", "activations", "accuracy", "family", "w_bits", "a_bits") if k not in records[0]]
+    if missing:
+        raise ValueError(f"fpq.report: records lack {missing}; pass what fpq.sweep wrote")
+    os.makedirs(out_dir, exist_ok=True)
+    write_tables(records, meta, out_dir)
+    plots = all_plots(records, out_dir, meta.get("float_accuracy"), costs)
+    front_by_cost = fronts(records, costs)
+    e = html.escape
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{e(title)}</title>",
+             f"<style>{_CSS}</style></head><body>", f"<h1>{e(title)}</h1>"]
+    facts = []
+    if meta.get("float_accuracy") is not None:
+        facts.append(f"float model: {meta['float_accuracy']:.2f}% ({e(str(meta.get('metric', 'accuracy')))} on "
+                     f"{meta.get('n_test', '?')} held-out samples)")
+    if meta.get("seconds") is not None:
+        facts.append(f"sweep time: {meta['seconds']:.1f} s with {meta.get('workers')} worker(s); "
+                     f"{meta.get('computed')} points computed, {meta.get('cached')} from the cache; seed {meta.get('seed')}")
+    if meta.get("first_layer"):
+        facts.append(f"first / last layer: {e(meta['first_layer'])} / {e(meta['last_layer'])}")
+    parts.append("<ul>" + "".join(f"<li>{f}</li>" for f in facts) +
+                 "".join(f"<li>{e(s)}</li>" for s in summary_lines(records, meta, front_by_cost)) + "</ul>")
+    parts.append("<p>Data: <a href='results.csv'>results.csv</a>, <a href='results.json'>results.json</a>. "
+                 "Cost: <code>fpq.estimate_cost</code> (a model, see its notes); exactness: <code>fpq.verify</code> "
+                 "on off-grid inputs, without HLS.</p>")
+    parts.append("<h2>Plots</h2>")
+    for name, p in plots.items():
+        png, svg = os.path.basename(p["png"]), os.path.basename(p["svg"])
+        parts.append(f"<figure><img src='{e(png)}' alt='{e(name)}'><figcaption>{e(name)} "
+                     f"(<a href='{e(svg)}'>SVG</a>, <a href='{e(png)}'>PNG</a>)</figcaption></figure>")
+    for cost, front in front_by_cost.items():
+        parts.append(f"<h2>Pareto front: accuracy vs {e(COSTS.get(cost, cost))}</h2>")
+        parts.append(_table(front, FRONT_COLUMNS, _command) if front else "<p>no usable points</p>")
+    parts.append("<h2>All points</h2><p>Each row's command rebuilds that point (add <code>--fresh</code> "
+                 "to recompute instead of reading the cache).</p>")
+    parts.append(_table(records, POINT_COLUMNS, _command))
+    errs = [r for r in records if r.get("error")]
+    if errs:
+        parts.append("<h2>Errors</h2>" + _table(errs, ("id", "weights", "activations", "method", "error")))
+    parts.append("<h2>Image check</h2><pre id='fpq-image-status' data-loaded='pending'>pending</pre>")
+    parts.append(f"<script>{_SCRIPT}</script>")
+    parts.append(f"<!-- fpq-meta {e(json.dumps({k: meta.get(k) for k in ('points', 'seed', 'context')}))} -->")
+    parts.append("</body></html>")
+    path = os.path.join(out_dir, "index.html")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(parts))
+    return path

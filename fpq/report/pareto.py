@@ -1,0 +1,45 @@
+"""Pareto fronts of sweep points: maximize accuracy, minimize one cost."""
+from __future__ import annotations
+
+import math
+
+COSTS = {"lut": "LUTs", "dsp": "DSPs", "latency_ns": "latency (ns)"}
+
+
+def _usable(r: dict, acc: str, cost: str) -> bool:
+    a, c = r.get(acc), r.get(cost)
+    return (r.get("status", "ok") != "error" and a is not None and c is not None
+            and math.isfinite(float(a)) and math.isfinite(float(c)))
+
+
+def pareto_front(records, cost: str = "lut", accuracy: str = "accuracy") -> list:
+    """The points no other point beats: none has accuracy >= and cost <= with one of them strict.
+
+    Points with an error or a missing value are left out. Identical points are all kept. The
+    front is returned by increasing cost (then decreasing accuracy).
+    """
+    pts = [r for r in records if _usable(r, accuracy, cost)]
+    # sort by cost, best accuracy first among equal costs; a point is on the front iff its
+    # accuracy beats every point of strictly lower cost and ties the best at its own cost
+    pts.sort(key=lambda r: (float(r[cost]), -float(r[accuracy])))
+    front, best_below = [], -math.inf
+    i = 0
+    while i < len(pts):
+        c = float(pts[i][cost])
+        group = [r for r in pts[i:] if float(r[cost]) == c]
+        top = float(group[0][accuracy])
+        if top > best_below:
+            front += [r for r in group if float(r[accuracy]) == top]
+            best_below = top
+        i += len(group)
+    return front
+
+
+def dominated(a: dict, b: dict, cost: str, accuracy: str = "accuracy") -> bool:
+    """True when ``b`` dominates ``a``."""
+    aa, ac, ba, bc = float(a[accuracy]), float(a[cost]), float(b[accuracy]), float(b[cost])
+    return ba >= aa and bc <= ac and (ba > aa or bc < ac)
+
+
+def fronts(records, costs=tuple(COSTS), accuracy: str = "accuracy") -> dict:
+    return {c: pareto_front(records, c, accuracy) for c in costs}

@@ -1,0 +1,596 @@
+"""``fpq.sweep``: accuracy, hardware cost and bit-exactness over a grid of formats x PTQ methods.
+
+Each point converts the float model with one (weights, activations[, first/last layer]) format
+choice, calibrates it with one method (optionally a few QAT epochs), and records
+
+* the task metric on the held-out data (top-1 accuracy in % by default),
+* ``fpq.estimate_cost`` totals (LUT, FF, DSP, BRAM18, latency, BOPs),
+* ``fpq.verify`` on a few off-grid inputs (torch == emulator == qonnx executor, no HLS).
+
+Points run on local processes (``concurrent.futures`` with spawn, one torch thread each). Every
+finished point is appended to ``out/cache.jsonl`` as one JSON line keyed by a hash of its
+configuration and of the model, data and settings, so a killed sweep resumes where it stopped.
+Each point reseeds torch with ``seed`` before it starts, so results do not depend on the order
+or the process a point ran in. At the end ``results.csv`` and ``results.json`` hold one tidy row
+per point with canonical format strings and the command that rebuilds it.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import importlib
+import importlib.util
+import json
+import os
+import pickle
+import shlex
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .grid import canonical_list, describe, grid, points
+
+CACHE = "cache.jsonl"
+COST_FIELDS = ("lut", "ff", "dsp", "bram18", "latency_cycles", "latency_ns", "ii", "bops", "ebops")
+COLUMNS = ("id", "weights", "activations", "first_last", "method", "qat_epochs", "seed", "family",
+           "w_kind", "w_bits", "a_kind", "a_bits", "accuracy", *COST_FIELDS, "datapath", "exact",
+           "verify_samples", "verify_paths", "mismatch", "status", "error", "seconds", "command", "python")
+DEFAULT_DATA_SPEC = "fpq.data:load_digits_split"
+
+
+# ----------------------------------------------------------------------------- inputs
+@dataclass
+class SweepData:
+    """Training inputs (calibration, QAT) and held-out inputs/targets (the metric, verify)."""
+
+    x_train: object
+    y_train: object
+    x_test: object
+    y_test: object
+
+
+def as_sweep_data(data) -> SweepData:
+    """Accepts an object with x_train/y_train/x_test/y_test (``fpq.data.load_digits_split()``), a
+    4-tuple (x_train, y_train, x_test, y_test) or {"train": (x, y), "test": (x, y)}."""
+    import torch
+
+    if all(hasattr(data, k) for k in ("x_train", "y_train", "x_test", "y_test")):
+        parts = (data.x_train, data.y_train, data.x_test, data.y_test)
+    elif isinstance(data, dict) and "train" in data and "test" in data:
+        parts = (*data["train"], *data["test"])
+    elif isinstance(data, (tuple, list)) and len(data) == 4:
+        parts = tuple(data)
+    else:
+        raise TypeError("fpq.sweep: data must have x_train, y_train, x_test, y_test (e.g. "
+                        "fpq.data.load_digits_split()), or be (x_train, y_train, x_test, y_test), "
+                        f"or {{'train': (x, y), 'test': (x, y)}}; got {type(data).__name__}")
+    xtr, ytr, xte, yte = (torch.as_tensor(p) for p in parts)
+    if len(xtr) == 0 or len(xte) == 0:
+        raise ValueError("fpq.sweep: data has an empty train or test split")
+    if len(xtr) != len(ytr) or len(xte) != len(yte):
+        raise ValueError(f"fpq.sweep: inputs and targets differ in length (train {len(xtr)} vs {len(ytr)}, "
+                         f"test {len(xte)} vs {len(yte)})")
+    if not (torch.isfinite(xtr).all() and torch.isfinite(xte).all()):
+        raise ValueError("fpq.sweep: data inputs contain NaN or Inf")
+    return SweepData(xtr.float(), ytr, xte.float(), yte)
+
+
+def load_spec(spec: str):
+    """``path/to/file.py:name``, ``package.module:name`` (called if callable) or a ``.pt`` file
+    holding a whole pickled model (``torch.save(model)``)."""
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"not a model/data spec: {spec!r}")
+    if spec.endswith((".pt", ".pth")) and ":" not in spec:
+        import torch
+        if not os.path.exists(spec):
+            raise ValueError(f"model file {spec!r} does not exist")
+        return torch.load(spec, weights_only=False)
+    target, sep, name = spec.rpartition(":")
+    if not sep or not target or not name:
+        raise ValueError(f"spec {spec!r}: expected FILE.py:NAME, MODULE:NAME or FILE.pt")
+    if target.endswith(".py"):
+        if not os.path.exists(target):
+            raise ValueError(f"spec {spec!r}: file {target!r} does not exist")
+        mod = _load_file_module(os.path.abspath(target))
+    else:
+        mod = importlib.import_module(target)
+    if not hasattr(mod, name):
+        raise ValueError(f"spec {spec!r}: {target} has no attribute {name!r}")
+    obj = getattr(mod, name)
+    return obj() if callable(obj) and not _is_module(obj) else obj
+
+
+_SPEC_FILES = {}   # module name -> file, for modules loaded from a spec's .py file
+
+
+def _load_file_module(path: str):
+    """Import a .py file under a stable name; the workers import it under the same name so that
+    models whose class is defined there unpickle."""
+    name = "_fpq_spec_" + hashlib.sha1(path.encode()).hexdigest()[:10]
+    mod = sys.modules.get(name)
+    if mod is None:
+        s = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(s)
+        sys.modules[name] = mod
+        s.loader.exec_module(mod)
+        _SPEC_FILES[name] = path
+    return mod
+
+
+def _is_module(obj) -> bool:
+    import torch
+    return isinstance(obj, torch.nn.Module)
+
+
+def top1_accuracy(logits, targets) -> float:
+    """Top-1 accuracy in percent."""
+    return 100.0 * float((logits.argmax(1) == targets).double().mean())
+
+
+# ----------------------------------------------------------------------------- settings
+@dataclass
+class Settings:
+    seed: int = 0
+    qat_epochs: int = 0
+    qat_lr: float = 1e-3
+    verify_samples: int = 64
+    verify_qonnx: int = 8
+    calib_samples: int = 1024
+    scale: str = "po2"
+    granularity: str = "tensor"
+    cost: dict = field(default_factory=dict)
+    first_layer: str | None = None
+    last_layer: str | None = None
+    model_spec: str | None = None
+    data_spec: str | None = None
+    out: str = ""
+    metric_name: str = "accuracy"
+
+    def fingerprint(self) -> dict:
+        keep = ("qat_lr", "verify_samples", "verify_qonnx", "calib_samples", "scale", "granularity",
+                "cost", "first_layer", "last_layer", "metric_name")
+        return {k: getattr(self, k) for k in keep}
+
+
+def point_id(cfg: dict) -> str:
+    """Short stable id of one configuration (formats, method, QAT epochs, seed)."""
+    keys = ("weights", "activations", "first_last", "method", "qat_epochs", "seed")
+    blob = json.dumps({k: cfg.get(k) for k in keys}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _digest(h, t) -> None:
+    import torch
+    t = torch.as_tensor(t).detach().cpu().contiguous()
+    h.update(str((t.dtype, tuple(t.shape))).encode())
+    h.update(t.numpy().tobytes())
+
+
+def context_hash(model, data: SweepData, settings: Settings, metric) -> str:
+    """Hash of everything besides the point's configuration that its result depends on."""
+    from .. import __version__
+    h = hashlib.sha256()
+    h.update(repr(model).encode())
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        _digest(h, v)
+    for t in (data.x_train, data.y_train, data.x_test, data.y_test):
+        _digest(h, t)
+    h.update(json.dumps(settings.fingerprint(), sort_keys=True, default=str).encode())
+    h.update(f"{getattr(metric, '__module__', '')}.{getattr(metric, '__qualname__', repr(metric))}".encode())
+    h.update(__version__.encode())
+    return h.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- one point
+def _overrides(cfg: dict, st: Settings) -> dict:
+    fl = cfg["first_last"]
+    if fl is None:
+        return {}
+    return {"overrides": {st.first_layer: fl, st.last_layer: fl}, "inputs": fl}
+
+
+def build_point(model, cfg: dict, st: Settings, data: SweepData):
+    """Convert and calibrate (and QAT) one configuration; returns the quantized model."""
+    import torch
+
+    from ..calibrate import calibrate
+    from ..convert import convert
+
+    torch.manual_seed(cfg["seed"])
+    q = convert(model, weights=cfg["weights"], activations=cfg["activations"], scale=st.scale,
+                granularity=st.granularity, **_overrides(cfg, st))
+    calib = data.x_train[:st.calib_samples]
+    calibrate(q, [calib[i:i + 256] for i in range(0, len(calib), 256)], method=cfg["method"], progress=False)
+    if cfg["qat_epochs"]:
+        _qat(q, data, cfg["qat_epochs"], st.qat_lr, cfg["seed"])
+    return q.eval()
+
+
+def _qat(q, data: SweepData, epochs: int, lr: float, seed: int) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(q.parameters(), lr=lr)
+    for _ in range(epochs):
+        q.train()
+        perm = torch.randperm(len(data.x_train), generator=gen)
+        for i in range(0, len(perm), 64):
+            idx = perm[i:i + 64]
+            opt.zero_grad()
+            F.cross_entropy(q(data.x_train[idx]), data.y_train[idx]).backward()
+            opt.step()
+    q.eval()
+
+
+def evaluate(model, x, y, metric, batch: int = 512) -> float:
+    import torch
+    model.eval()
+    with torch.no_grad():
+        out = torch.cat([model(x[i:i + batch]) for i in range(0, len(x), batch)])
+    return float(metric(out, y))
+
+
+def verify_inputs(x_test, n: int, seed: int) -> np.ndarray:
+    """``n`` off-grid inputs near the held-out data: noisy copies, a third of them blown up 2-4x
+    so that the input and activation quantizers saturate."""
+    rng = np.random.default_rng(seed)
+    x = np.asarray(x_test, dtype=np.float64)
+    x = x[rng.choice(len(x), size=n, replace=n > len(x))]
+    span = max(float(np.abs(x).max()), 1e-3)
+    x = x + rng.normal(0.0, 0.05 * span, size=x.shape)
+    big = rng.random(n) < 1 / 3
+    x[big] *= rng.uniform(2.0, 4.0, size=(int(big.sum()),) + (1,) * (x.ndim - 1))
+    return x.astype(np.float32)
+
+
+def run_point(model, data: SweepData, cfg: dict, st: Settings, metric) -> dict:
+    """Evaluate one configuration; failures of one step are recorded, not raised."""
+    from ..cost_model import estimate_cost
+    from ..verify import verify
+
+    t0 = time.time()
+    rec = {k: None for k in COLUMNS}
+    rec.update(cfg, id=point_id(cfg), status="ok", error="", verify_samples=st.verify_samples)
+    rec.update(_family(cfg))
+    try:
+        q = build_point(model, cfg, st, data)
+        rec["accuracy"] = evaluate(q, data.x_test, data.y_test, metric)
+    except Exception as e:  # this configuration cannot be built: record why, go on with the rest
+        rec.update(status="error", error=f"build: {type(e).__name__}: {e}")
+        rec["seconds"] = round(time.time() - t0, 3)
+        return rec
+    try:
+        cost = estimate_cost(q, **st.cost)
+        rec.update({k: _num(cost.total.get(k)) for k in COST_FIELDS}, datapath=cost.datapath)
+    except Exception as e:
+        rec.update(status="partial", error=f"cost: {type(e).__name__}: {e}")
+    if st.verify_samples:
+        try:
+            rep = verify(q, verify_inputs(data.x_test, st.verify_samples, cfg["seed"]),
+                         qonnx_subset=min(st.verify_qonnx, st.verify_samples))
+            rec.update(exact=bool(rep.exact), verify_paths="+".join(rep.paths),
+                       mismatch="" if rep.first_mismatch is None else str(rep.first_mismatch))
+        except Exception as e:
+            rec.update(status="partial", exact=None,
+                       error=(rec["error"] + "; " if rec["error"] else "") + f"verify: {type(e).__name__}: {e}")
+    rec["seconds"] = round(time.time() - t0, 3)
+    return rec
+
+
+def _num(v):
+    if v is None:
+        return None
+    v = float(v)
+    return int(v) if v.is_integer() else round(v, 3)
+
+
+def _family(cfg: dict) -> dict:
+    wk, wb = describe(cfg["weights"])
+    ak, ab = describe(cfg["activations"])
+    return {"w_kind": wk, "w_bits": wb, "a_kind": ak, "a_bits": ab, "family": wk if wk == ak else "mixed"}
+
+
+# ----------------------------------------------------------------------------- worker processes
+_WORKER = {}
+
+
+def _init_worker(spec_files: dict, payload: bytes) -> None:
+    import torch
+    torch.set_num_threads(1)
+    torch.set_num_interop_threads(1)
+    import warnings
+    warnings.filterwarnings("ignore")
+    for path in spec_files.values():
+        _load_file_module(path)
+    _WORKER.update(pickle.loads(payload))
+
+
+def _worker_point(cfg: dict) -> dict:
+    w = _WORKER
+    return run_point(w["model"], w["data"], cfg, w["settings"], w["metric"])
+
+
+# ----------------------------------------------------------------------------- cache and output
+def read_cache(path: str) -> dict:
+    """{cache key: record}; a line cut short by a kill is skipped (that point is recomputed)."""
+    out = {}
+    if not os.path.exists(path):
+        return out
+    with open(path) as f:
+        for line in f:
+            try:
+                entry = json.loads(line)
+                out[entry["key"]] = entry["record"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    return out
+
+
+def _append_cache(path: str, key: str, rec: dict) -> None:
+    with open(path, "a") as f:  # one write per line, flushed: a kill loses at most this line
+        f.write(json.dumps({"key": key, "record": rec}, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_tables(records: list, meta: dict, out: str) -> tuple[str, str]:
+    os.makedirs(out, exist_ok=True)
+    jpath, cpath = os.path.join(out, "results.json"), os.path.join(out, "results.csv")
+    with open(jpath, "w") as f:
+        json.dump({"meta": meta, "records": records}, f, indent=1, default=str)
+    with open(cpath, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(COLUMNS), extrasaction="ignore")
+        w.writeheader()
+        for r in records:
+            w.writerow({k: "" if r.get(k) is None else r.get(k) for k in COLUMNS})
+    return cpath, jpath
+
+
+def commands(cfg: dict, st: Settings) -> tuple[str, str]:
+    """The ``fpq sweep ... --only ID`` command (when the model and data are specs) and the Python call."""
+    pid = point_id(cfg)
+    py = (f"fpq.sweep(model, data, weights=[{cfg['weights']!r}], activations=[{cfg['activations']!r}], "
+          f"methods=({cfg['method']!r},), first_last={None if cfg['first_last'] is None else [cfg['first_last']]!r}, "
+          f"qat_epochs={cfg['qat_epochs']}, seed={cfg['seed']}, only=[{pid!r}])")
+    if st.model_spec is None:
+        return "", py
+    parts = ["fpq", "sweep", "--model", st.model_spec, "--data", st.data_spec or DEFAULT_DATA_SPEC,
+             "--weights", cfg["weights"], "--activations", cfg["activations"], "--methods", cfg["method"]]
+    if cfg["first_last"] is not None:
+        parts += ["--first-last", cfg["first_last"]]
+    if cfg["qat_epochs"]:
+        parts += ["--qat-epochs", str(cfg["qat_epochs"])]
+    parts += ["--seed", str(cfg["seed"]), "--verify-samples", str(st.verify_samples)]
+    if st.out:
+        parts += ["--out", st.out]
+    parts += ["--only", pid]
+    return " ".join(shlex.quote(p) for p in parts), py
+
+
+@dataclass
+class SweepResult:
+    records: list
+    meta: dict
+    out: str
+    csv_path: str
+    json_path: str
+    computed: int     # points evaluated in this call (the rest came from the cache)
+
+    def ok(self) -> list:
+        return [r for r in self.records if r["status"] != "error"]
+
+
+# ----------------------------------------------------------------------------- the sweep
+def _layer_names(q) -> tuple[str, str]:
+    names = [n for n, f in q.fpq_policy.layers.items() if "weights" in f]
+    if not names:
+        raise ValueError("fpq.sweep: the model has no Linear/Conv layer to quantize")
+    return names[0], names[-1]
+
+
+def _check_pipeline(model, data: SweepData, cfg: dict, st: Settings) -> tuple[str, str]:
+    """Convert, calibrate, run, price and export one point up front: a model the pipeline cannot
+    take fails here with the reason, before any point starts."""
+    from ..calibrate import calibrate
+    from ..convert import convert
+    from ..cost_model import estimate_cost
+    from ..export import export_qonnx
+
+    step = "convert"
+    try:
+        q = convert(model, weights=cfg["weights"], activations=cfg["activations"], scale=st.scale,
+                    granularity=st.granularity)
+        first, last = _layer_names(q)
+        step = "calibrate"
+        calibrate(q, [data.x_train[:64]], method="max", progress=False)
+        step = "forward"
+        evaluate(q, data.x_test[:8], data.y_test[:8], lambda o, t: 0.0)
+        step = "estimate_cost"
+        estimate_cost(q, **st.cost)
+        step = "export_qonnx"
+        export_qonnx(q, None, data.x_test[:1])
+    except Exception as e:
+        raise ValueError(f"fpq.sweep: the model cannot go through the fpq pipeline ({step} failed with "
+                         f"weights={cfg['weights']}, activations={cfg['activations']}): "
+                         f"{type(e).__name__}: {e}") from e
+    return first, last
+
+
+def sweep(model, data=None, formats=None, methods=("max", "mse"), weights=None, activations=None,
+          first_last=None, qat_epochs: int = 0, out: str = "out/sweep", workers: int = 2, seed: int = 0,
+          verify_samples: int = 64, progress: bool = True, *, only=None, fresh: bool = False,
+          metric=None, cost=None, scale: str = "po2", granularity: str = "tensor",
+          calib_samples: int = 1024, verify_qonnx: int = 8) -> SweepResult:
+    """Evaluate every (weights x activations x first_last x method) point; see the module docstring.
+
+    model: a float ``nn.Module`` (trained) or a spec ``FILE.py:NAME`` / ``MODULE:NAME`` / ``FILE.pt``
+    (with specs the results carry ``fpq sweep`` commands). data: see ``as_sweep_data``, or a spec
+    (default ``fpq.data:load_digits_split``). formats: both axes (default ``grid()``: int and every
+    minifloat split, 3..8 bits); weights / activations: one axis each. first_last: formats for
+    the first and last Linear/Conv (and the input quantizer); None keeps the policy. methods:
+    calibration methods (``fpq.calibrate``). only: point ids to run (others skipped). fresh:
+    ignore the cache. metric: callable(logits, targets) -> float, higher is better (default
+    top-1 accuracy in %); must be picklable for workers > 1. cost: keyword arguments for
+    ``fpq.estimate_cost``. workers <= 1 runs in this process.
+    """
+    import torch
+
+    from ..nn.calibration_stats import METHODS
+
+    t_start = time.time()
+    st = Settings(seed=int(seed), qat_epochs=int(qat_epochs), verify_samples=int(verify_samples),
+                  verify_qonnx=int(verify_qonnx), calib_samples=int(calib_samples), scale=scale,
+                  granularity=granularity, cost=dict(cost or {}), out=str(out),
+                  metric_name=getattr(metric, "__name__", "metric") if metric is not None else "accuracy")
+    # --- everything is checked before any point runs
+    if isinstance(model, str):
+        st.model_spec = model
+        model = load_spec(model)
+    if data is None:
+        data = DEFAULT_DATA_SPEC
+    if isinstance(data, str):
+        st.data_spec = data
+        data = load_spec(data)
+    if not _is_module(model):
+        raise TypeError(f"fpq.sweep: model must be a torch.nn.Module or a spec string, got {type(model).__name__}")
+    data = as_sweep_data(data)
+    metric = metric if metric is not None else top1_accuracy
+    if formats is None and weights is None and activations is None:
+        formats = grid()
+    w_axis = canonical_list(weights if weights is not None else formats, "weights")
+    a_axis = canonical_list(activations if activations is not None else formats, "activations")
+    fl_axis = [None] if first_last is None else canonical_list(first_last, "first_last")
+    methods = [methods] if isinstance(methods, str) else list(methods or [])
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise ValueError(f"fpq.sweep: unknown calibration method(s) {bad}; allowed: {', '.join(METHODS)}")
+    empty = [n for n, ax in (("weights", w_axis), ("activations", a_axis), ("first_last", fl_axis),
+                             ("methods", methods)) if not ax]
+    if empty:
+        raise ValueError(f"fpq.sweep: empty grid: no entries for {', '.join(empty)}")
+    if st.qat_epochs < 0 or st.verify_samples < 0 or st.calib_samples < 1:
+        raise ValueError("fpq.sweep: qat_epochs and verify_samples must be >= 0, calib_samples >= 1")
+    cfgs = [dict(c, qat_epochs=st.qat_epochs, seed=st.seed) for c in points(w_axis, a_axis, methods, fl_axis)]
+    if only is not None:
+        only = [only] if isinstance(only, str) else list(only)
+        ids = {point_id(c) for c in cfgs}
+        unknown = [o for o in only if o not in ids]
+        if unknown:
+            raise ValueError(f"fpq.sweep: --only ids {unknown} are not points of this grid "
+                             f"({len(cfgs)} points; pass the same formats/methods/seed they were made with)")
+        cfgs = [c for c in cfgs if point_id(c) in only]
+    workers = int(workers)
+    payload = None
+    if workers > 1:
+        try:
+            payload = pickle.dumps({"model": model, "data": data, "settings": st, "metric": metric})
+        except Exception as e:
+            raise ValueError(f"fpq.sweep: workers={workers} needs the model, data and metric to be picklable "
+                             f"(defined at module top level): {type(e).__name__}: {e}; or pass workers=1") from e
+    st.first_layer, st.last_layer = _check_pipeline(model, data, cfgs[0], st)
+    if payload is not None:  # the layer names are known now
+        payload = pickle.dumps({"model": model, "data": data, "settings": st, "metric": metric})
+
+    # --- cache
+    os.makedirs(st.out, exist_ok=True)
+    cache_path = os.path.join(st.out, CACHE)
+    ctx = context_hash(model, data, st, metric)
+    key = {point_id(c): f"{point_id(c)}-{ctx}" for c in cfgs}
+    cached = {} if fresh else read_cache(cache_path)
+    done = {point_id(c): cached[key[point_id(c)]] for c in cfgs if key[point_id(c)] in cached}
+    todo = [c for c in cfgs if point_id(c) not in done]
+
+    from tqdm.auto import tqdm
+    bar = tqdm(total=len(cfgs), initial=len(done), desc="fpq.sweep", unit="pt", disable=not progress)
+
+    def finish(cfg, rec):
+        rec["command"], rec["python"] = commands(cfg, st)
+        _append_cache(cache_path, key[point_id(cfg)], rec)
+        done[point_id(cfg)] = rec
+        bar.update(1)
+        bar.set_postfix_str(f"{cfg['weights']}/{cfg['activations']} {rec['status']}")
+
+    try:
+        if workers > 1 and len(todo) > 1:
+            import multiprocessing as mp
+            with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=mp.get_context("spawn"),
+                                     initializer=_init_worker, initargs=(dict(_SPEC_FILES), payload)) as pool:
+                futures = {pool.submit(_worker_point, c): c for c in todo}
+                for fut in as_completed(futures):
+                    finish(futures[fut], fut.result())
+        else:
+            float_threads = torch.get_num_threads()
+            try:
+                for c in todo:
+                    finish(c, run_point(model, data, c, st, metric))
+            finally:
+                torch.set_num_threads(float_threads)
+    finally:
+        bar.close()
+
+    records = [done[point_id(c)] for c in cfgs]
+    meta = {"float_accuracy": evaluate(model, data.x_test, data.y_test, metric), "metric": st.metric_name,
+            "points": len(records), "computed": len(todo), "cached": len(cfgs) - len(todo),
+            "seconds": round(time.time() - t_start, 2), "workers": workers, "seed": st.seed,
+            "model_spec": st.model_spec, "data_spec": st.data_spec or (DEFAULT_DATA_SPEC if st.model_spec else None),
+            "first_layer": st.first_layer, "last_layer": st.last_layer, "settings": st.fingerprint(),
+            "context": ctx, "n_test": len(data.x_test)}
+    cpath, jpath = write_tables(records, meta, st.out)
+    return SweepResult(records, meta, st.out, cpath, jpath, len(todo))
+
+
+def load_results(results) -> tuple[list, dict]:
+    """(records, meta) from a SweepResult, a list of records, or a results.json / results.csv path."""
+    if isinstance(results, SweepResult):
+        return list(results.records), dict(results.meta)
+    if isinstance(results, (str, os.PathLike)):
+        path = str(results)
+        if os.path.isdir(path):
+            path = os.path.join(path, "results.json")
+        if not os.path.exists(path):
+            raise ValueError(f"no sweep results at {path!r}")
+        if path.endswith(".json"):
+            with open(path) as f:
+                obj = json.load(f)
+            return list(obj["records"]), dict(obj.get("meta", {}))
+        if path.endswith(".csv"):
+            with open(path, newline="") as f:
+                return [_parse_csv_row(r) for r in csv.DictReader(f)], {}
+        raise ValueError(f"sweep results must be results.json or results.csv, got {path!r}")
+    if isinstance(results, (list, tuple)):
+        return [dict(r) for r in results], {}
+    raise TypeError(f"expected sweep results (SweepResult, list of records, or a path), got {type(results).__name__}")
+
+
+def _parse_csv_row(row: dict) -> dict:
+    out = {}
+    for k, v in row.items():
+        if v == "":
+            out[k] = None
+        elif k == "exact":
+            out[k] = v == "True"
+        elif k in ("accuracy", "seconds", *COST_FIELDS, "w_bits", "a_bits", "qat_epochs", "seed", "verify_samples"):
+            out[k] = float(v) if "." in v or "e" in v.lower() else int(v)
+        else:
+            out[k] = v
+    return out
+
+
+__all__ = ["sweep", "grid", "SweepResult", "SweepData", "load_results", "load_spec", "point_id",
+           "top1_accuracy", "verify_inputs"]
+
+
+class _CallableModule(type(sys)):
+    """``import fpq.report.sweep`` may bind the name ``sweep`` on the package to this module; calling
+    the module calls the function, so ``fpq.report.sweep(...)`` works either way."""
+
+    def __call__(self, *args, **kwargs):
+        return sweep(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
