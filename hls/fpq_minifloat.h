@@ -90,15 +90,13 @@ template <class in_T, class out_T, int S> out_T quantize_binary(in_T x) {
     return out_T(v);
 }
 
-// Binary input quantizer with float32 semantics: fpq divides a float32 input by its scale 2^S in
-// float32 first, and for S >= 1 a tiny negative x (x >= -2^(S-150)) underflows to -0 there, which
-// quantizes to +1. The input port type holds x exactly down to 2^(S-150) (floor rounding, so
-// the comparison with that grid value is exact).
-template <class in_T, class out_T, int S, int T> out_T quantize_binary_input(in_T x) {
+// Binary input quantizer on a float32 input port, with fpq's float32 semantics: the input is
+// divided by its scale 2^S in float32 first, so for S >= 1 a tiny negative x underflows to -0
+// there and quantizes to +1 (an ap_fixed port would need ~150 bits to see that).
+template <class in_T, class out_T, int S> out_T quantize_binary_float(in_T x) {
     #pragma HLS INLINE
-    ap_fixed<2, T + 2> lim;  // -2^T
-    lim.range(1, 0) = 3;
-    ap_fixed<2, 2> one = x < lim ? ap_fixed<2, 2>(-1) : ap_fixed<2, 2>(1);
+    float xs = float(x) / float(1ULL << S);  // exact power of two, S <= 63
+    ap_fixed<2, 2> one = xs >= 0.0f ? ap_fixed<2, 2>(1) : ap_fixed<2, 2>(-1);
     ap_fixed<2, 2 + S> v;
     v.range(1, 0) = one.range(1, 0);
     return out_T(v);

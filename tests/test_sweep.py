@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import importlib
 import json
 import os
 
@@ -13,8 +14,9 @@ from torch import nn
 import fpq
 from fpq.data import load_digits_split
 from fpq.report import grid, minifloat_splits, point_id
-from fpq.report import sweep as sweep_mod
 from fpq.report.sweep import COLUMNS, read_cache, sweep
+
+sweep_mod = importlib.import_module("fpq.report.sweep")  # the module (the package binds the function)
 
 
 @pytest.fixture(scope="module")

@@ -139,23 +139,21 @@ def _carrier(tt: TensorType | None, values, what: str) -> Fixed:
     return values_carrier(values)  # float (non-po2) scale or unquantized bias: the values themselves
 
 
-@dataclass(frozen=True)
-class PortType:
-    """An ap_fixed input port type that may be wider than fpq's Fixed allows (64 bits); it only
-    feeds an FpqQuantize layer, never arithmetic."""
+class FloatPort:
+    """A float32 input port (hls4ml precision ``float``): only for binary inputs with a scale >= 2,
+    where fpq's float32 division by the scale decides the sign of tiny inputs."""
 
-    width: int
-    int_bits: int
-    signed: bool
-    rounding: str
-    overflow: str
-
-    @property
-    def frac_bits(self) -> int:
-        return self.width - self.int_bits
+    width = 32
+    rounding = overflow = None
 
     def __str__(self):
-        return f"{'fixed' if self.signed else 'ufixed'}<{self.width},{self.int_bits},{self.rounding},{self.overflow}>"
+        return "float"
+
+    def __eq__(self, other):
+        return isinstance(other, FloatPort)
+
+    def __hash__(self):
+        return hash("float")
 
 
 def input_capture_type(fmt, scale_exp: int):
@@ -165,10 +163,9 @@ def input_capture_type(fmt, scale_exp: int):
     the format's range. TRN_ZERO keeps smaller magnitudes below the first tie; binary uses TRN so
     that a tiny negative input keeps its sign."""
     if isinstance(fmt, Binary):
-        # float32 semantics of x / 2^s (see fpq::quantize_binary_input): for s >= 1 the sign
-        # decision sits at -2^(s-150), which the port must resolve
-        frac = 150 - scale_exp if scale_exp >= 1 else 30
-        return PortType(2 + frac, 2, True, "TRN", "SAT")
+        if scale_exp >= 1:
+            return FloatPort()  # see fpq::quantize_binary_float
+        return Fixed(32, 2, True, "TRN", "SAT")  # TRN: a tiny negative input keeps its sign
     c = exact_fixed(fmt, scale_exp)
     frac = c.frac_bits + 1 + 24
     ints = c.int_bits + 2
@@ -253,7 +250,7 @@ class _Builder:
             out, call, fstr = cast, "out_T({x})", f"{fmt} (ap_fixed cast)"
         elif isinstance(fmt, Binary) and network_input and s >= 1:
             out = exact_fixed(fmt, s)
-            call, fstr = f"fpq::quantize_binary_input<in_T, out_T, {s}, {s - 150}>({{x}})", str(fmt)
+            call, fstr = f"fpq::quantize_binary_float<in_T, out_T, {s}>({{x}})", str(fmt)
         else:
             out = exact_fixed(fmt, s)
             out = Fixed(out.width, out.int_bits, out.signed)

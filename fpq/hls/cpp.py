@@ -31,6 +31,8 @@ def hls4ml_precision(fmt: Fixed) -> str:
     """hls4ml's precision string for a Fixed, with its rounding and overflow modes spelled out
     (a string, not a type object: hls4ml writes the config to YAML, which its
     link_existing_project reads back with safe_load)."""
+    if str(fmt) == "float":  # builder.FloatPort
+        return "float"
     base = "fixed" if fmt.signed else "ufixed"
     return f"{base}<{fmt.width},{fmt.int_bits},{fmt.rounding},{fmt.overflow}>"
 

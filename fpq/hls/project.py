@@ -234,6 +234,8 @@ def _config(plan: HLSPlan, backend: str, io_type, part, clock_period, reuse_fact
 def _same(p, fixed) -> bool:
     from hls4ml.model.types import FixedPrecisionType
 
+    if str(fixed) == "float":  # builder.FloatPort
+        return "float" in str(p).lower()
     if not isinstance(p, FixedPrecisionType):
         return False
     return (p.width, p.integer, p.signed) == (fixed.width, fixed.int_bits, fixed.signed) and \

@@ -331,6 +331,16 @@ def read_cache(path: str) -> dict:
     return out
 
 
+def _end_partial_line(path: str) -> None:
+    """A kill during a write leaves a line without its newline; end it so the next record starts
+    on a line of its own (the partial line itself is skipped by ``read_cache``)."""
+    if os.path.exists(path) and os.path.getsize(path):
+        with open(path, "rb+") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+
+
 def _append_cache(path: str, key: str, rec: dict) -> None:
     with open(path, "a") as f:  # one write per line, flushed: a kill loses at most this line
         f.write(json.dumps({"key": key, "record": rec}, default=str) + "\n")
@@ -501,6 +511,7 @@ def sweep(model, data=None, formats=None, methods=("max", "mse"), weights=None, 
     cache_path = os.path.join(st.out, CACHE)
     ctx = context_hash(model, data, st, metric)
     key = {point_id(c): f"{point_id(c)}-{ctx}" for c in cfgs}
+    _end_partial_line(cache_path)
     cached = {} if fresh else read_cache(cache_path)
     done = {point_id(c): cached[key[point_id(c)]] for c in cfgs if key[point_id(c)] in cached}
     todo = [c for c in cfgs if point_id(c) not in done]
