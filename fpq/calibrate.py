@@ -17,6 +17,7 @@ import contextlib
 
 import torch
 
+from ._api import callable_module
 from .nn.calibration_stats import METHODS, choose_scale
 from .nn.layers import init_param_scales
 
@@ -128,12 +129,4 @@ def calibrate(q, batches, method: str = "max", percentile: float = 99.99, progre
     return q
 
 
-class _CallableModule(__import__("types").ModuleType):
-    """``import fpq.calibrate`` binds the submodule over the lazy function ``fpq.calibrate``; calling the
-    module calls the function, so ``fpq.calibrate(...)`` works in either import order."""
-
-    def __call__(self, *args, **kwargs):
-        return calibrate(*args, **kwargs)
-
-
-__import__("sys").modules[__name__].__class__ = _CallableModule
+callable_module(__name__, "calibrate")  # see fpq/_api.py

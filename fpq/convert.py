@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from ._api import callable_module
 from .formats import parse_format
 from .nn.layers import (FpqAct, FpqAdd, FpqAvgPool, FpqClamp, FpqConv1d, FpqConv2d, FpqInput,
                         FpqLinear, quant_layer)
@@ -299,12 +300,4 @@ def _carry_scales(q: FpqModel, carried: dict) -> None:
                 tq.log2_scale.copy_(log2)
 
 
-class _CallableModule(__import__("types").ModuleType):
-    """``import fpq.convert`` binds the submodule over the lazy function ``fpq.convert``; calling the
-    module calls the function, so ``fpq.convert(...)`` works in either import order."""
-
-    def __call__(self, *args, **kwargs):
-        return convert(*args, **kwargs)
-
-
-__import__("sys").modules[__name__].__class__ = _CallableModule
+callable_module(__name__, "convert")  # see fpq/_api.py

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._api import callable_module
 from .export.graph import Graph, read_graph
 
 REFERENCE = "emulator"
@@ -322,12 +323,4 @@ __all__ = ["verify", "VerifyReport", "Mismatch", "random_inputs", "qonnx_trace",
            "cli_register"]
 
 
-class _CallableModule(type(__import__("sys"))):
-    """``fpq.verify`` is both this module and the function: once the module is imported Python
-    binds the attribute ``fpq.verify`` to it, so the module must be callable."""
-
-    def __call__(self, *args, **kwargs):
-        return verify(*args, **kwargs)
-
-
-__import__("sys").modules[__name__].__class__ = _CallableModule
+callable_module(__name__, "verify")  # see fpq/_api.py

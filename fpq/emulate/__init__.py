@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._api import callable_module
 from ..export.graph import Graph, Op, Quantizer, UnsupportedGraphError, accumulator_bits, read_graph
 from ..numerics.reference import quantize_unscaled
 from ..formats import Int
@@ -470,13 +471,4 @@ def emulate(q_or_onnx, x, *, device=None, return_trace=False, example_input=None
 __all__ = ["emulate", "Emulator", "quantize_fast", "as_graph"]
 
 
-class _CallableModule(type(__import__("sys"))):
-    """``fpq.emulate`` is both this package and the function: importing the package (``from
-    fpq.emulate import Emulator``) makes Python bind the attribute ``fpq.emulate`` to the
-    module, so the module itself must be callable for ``fpq.emulate(...)`` to keep working."""
-
-    def __call__(self, *args, **kwargs):
-        return emulate(*args, **kwargs)
-
-
-__import__("sys").modules[__name__].__class__ = _CallableModule
+callable_module(__name__, "emulate")  # see fpq/_api.py

@@ -1,0 +1,130 @@
+"""Pareto fronts on synthetic points, the report's files, and the page in headless Chromium."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from fpq.report import dominated, grid, pareto_front, report
+from fpq.report.grid import describe
+
+
+def _records(n: int, seed: int = 0) -> list:
+    """Synthetic sweep records with the fields fpq.sweep writes (values on a coarse grid: ties)."""
+    rng = np.random.default_rng(seed)
+    fmts = grid(range(4, 7), ("int", "minifloat"))
+    out = []
+    for i in range(n):
+        w, a = fmts[rng.integers(len(fmts))], fmts[rng.integers(len(fmts))]
+        (wk, wb), (ak, ab) = describe(w), describe(a)
+        out.append({"id": f"p{i:03d}", "weights": w, "activations": a, "first_last": None,
+                    "method": ["max", "mse"][i % 2], "family": wk if wk == ak else "mixed", "w_kind": wk,
+                    "w_bits": wb, "a_kind": ak, "a_bits": ab, "accuracy": float(rng.integers(80, 100)),
+                    "lut": float(rng.integers(1, 40) * 1000), "dsp": int(rng.integers(0, 4)),
+                    "latency_ns": float(rng.integers(3, 8) * 5), "exact": bool(i % 7), "status": "ok",
+                    "error": "", "command": f"fpq sweep --model m.py:f --only p{i:03d}", "python": ""})
+    return out
+
+
+def _brute_front(records, cost):
+    pts = [r for r in records if r["status"] != "error" and r["accuracy"] is not None and r[cost] is not None]
+    return {r["id"] for r in pts if not any(dominated(r, o, cost) for o in pts)}
+
+
+def test_pareto_front_small_known_case():
+    pts = [dict(id=i, accuracy=a, lut=c, status="ok") for i, (a, c) in
+           enumerate([(90, 10), (95, 20), (93, 20), (95, 30), (99, 50), (80, 5), (99, 50), (70, 60)])]
+    front = pareto_front(pts, "lut")
+    assert [p["id"] for p in front] == [5, 0, 1, 4, 6]  # by cost; the two identical (99, 50) both kept
+    pts.append(dict(id=9, accuracy=100.0, lut=1, status="error"))
+    pts.append(dict(id=10, accuracy=None, lut=1, status="ok"))
+    assert [p["id"] for p in pareto_front(pts, "lut")] == [5, 0, 1, 4, 6]  # failed / missing left out
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("cost", ["lut", "dsp", "latency_ns"])
+def test_pareto_front_matches_brute_force(seed, cost):
+    recs = _records(60, seed)
+    recs[3]["status"] = "error"
+    recs[4][cost] = None
+    front = pareto_front(recs, cost)
+    assert {r["id"] for r in front} == _brute_front(recs, cost)
+    costs = [r[cost] for r in front]
+    accs = [r["accuracy"] for r in front]
+    assert costs == sorted(costs) and all(b >= a for a, b in zip(accs, accs[1:]))
+
+
+def test_report_writes_plots_tables_and_commands(tmp_path):
+    recs = _records(40)
+    recs[5].update(status="error", error="build: ValueError: boom", accuracy=None)
+    page = report(recs, str(tmp_path), title="synthetic <sweep>")
+    text = open(page, encoding="utf-8").read()
+    for stem in ("pareto_lut", "pareto_dsp", "pareto_latency_ns", "int_vs_minifloat", "heatmap_int",
+                 "heatmap_minifloat"):
+        for ext in ("png", "svg"):
+            p = tmp_path / f"{stem}.{ext}"
+            assert p.stat().st_size > 1000, p
+        assert f"src='{stem}.png'" in text and f"href='{stem}.svg'" in text
+    srcs = re.findall(r"(?:src|href)='([^']+)'", text)
+    assert srcs and all(not os.path.isabs(s) and (tmp_path / s).exists() for s in srcs)  # relative, present
+    assert "synthetic &lt;sweep&gt;" in text  # escaped
+    for r in pareto_front(recs, "lut"):
+        assert f"fpq sweep --model m.py:f --only {r['id']}" in text
+    assert "build: ValueError: boom" in text
+    assert json.load(open(tmp_path / "results.json"))["records"][0]["id"] == "p000"
+    # the CSV round-trips into the same report
+    page2 = report(str(tmp_path / "results.csv"), str(tmp_path / "again"))
+    assert open(page2).read().count("<tr") == text.count("<tr")
+    with pytest.raises(ValueError, match="no sweep points"):
+        report([], str(tmp_path / "empty"))
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def _chromium(page, tmp_path, *extra):
+    profile = tmp_path / f"profile{len(list(tmp_path.iterdir()))}"
+    cmd = [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0",
+           "--virtual-time-budget=5000", *extra, f"file://{os.path.abspath(page)}"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=90)
+
+
+def _page_problems(page, tmp_path):
+    """(images loaded / total, console lines) from a DOM dump of ``page``."""
+    run = _chromium(page, tmp_path, "--dump-dom")
+    assert run.returncode == 0, run.stderr[-2000:]
+    m = re.search(r'id="fpq-image-status" data-loaded="(\d+)/(\d+)"', run.stdout)
+    console = [l for l in run.stderr.splitlines() if ":CONSOLE" in l or "Uncaught" in l]
+    return (m and (int(m.group(1)), int(m.group(2)))), console, run.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install -y chromium; "
+                                             "make deps installs it); the browser check needs it")
+def test_report_renders_in_headless_chromium(tmp_path):
+    out = tmp_path / "rep"
+    page = report(_records(30), str(out))
+    loaded, console, dom = _page_problems(page, tmp_path)
+    n_img = open(page).read().count("<img ")
+    assert n_img >= 5 and loaded == (n_img, n_img), (loaded, dom[-1500:])
+    assert all(json.loads(l)["naturalWidth"] > 0 for l in
+               re.search(r'id="fpq-image-status"[^>]*>([^<]*)<', dom).group(1).strip().splitlines())
+    assert console == []
+    shot = tmp_path / "shot.png"
+    run = _chromium(page, tmp_path, f"--screenshot={shot}", "--window-size=1200,1600")
+    assert run.returncode == 0 and shot.stat().st_size > 10000
+    import matplotlib.image as mpimg
+    assert mpimg.imread(str(shot)).std() > 0.01  # not a blank page
+    # the checks can fail: a missing image and a script error are caught
+    os.remove(out / "pareto_lut.png")
+    with open(page, "a") as f:
+        f.write("<script>undefinedFunction();</script>")
+    loaded, console, _ = _page_problems(page, tmp_path)
+    assert loaded == (n_img - 1, n_img) and any("Uncaught" in l for l in console)
