@@ -42,6 +42,7 @@ SAMPLED = {
     "s16xs16": lambda: rtl.int_multiplier(16, 16),
     "e4m3xint16": lambda: rtl.multiplier("e4m3", "int16"),
     "xnorpop24": lambda: rtl.xnor_popcount(24),
+    "xnorpop96": lambda: rtl.xnor_popcount(96),      # ports wider than 64 bits
 }
 
 

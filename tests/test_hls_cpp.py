@@ -138,7 +138,7 @@ def _build(tmp_path, quant_cases, conv_types):
     src = tmp_path / "driver.cpp"
     src.write_text(DRIVER % {"funcs": "\n".join(funcs), "cases": "\n".join(cases)})
     exe = tmp_path / "driver"
-    subprocess.run(["g++", "-O1", "-std=c++14", f"-I{cpp.HLS_DIR}", f"-I{HLS4ML_TEMPLATES / 'ap_types'}",
+    subprocess.run(["g++", "-O0", "-std=c++14", f"-I{cpp.HLS_DIR}", f"-I{HLS4ML_TEMPLATES / 'ap_types'}",
                     f"-I{HLS4ML_TEMPLATES / 'nnet_utils'}", str(src), "-o", str(exe)], check=True,
                    capture_output=True, text=True)
     return exe

@@ -39,7 +39,8 @@ KW = dict(methods=("max",), workers=1, verify_samples=8, progress=False, calib_s
 
 
 def _strip(records):
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+    """Records without the timing and the commands (they name the output folder)."""
+    return [{k: v for k, v in r.items() if k not in ("seconds", "command", "python")} for r in records]
 
 
 def test_grid_lists_every_split():
@@ -112,6 +113,11 @@ def test_resume_recomputes_only_missing_points(tiny, tmp_path, monkeypatch):
         other[1].weight.mul_(0.5)
     sweep(other, data, only=ids[:1], **fmts, **KW)
     assert calls == ids[:1]
+    # so does other fpq code (a cached point of an older cost model is not reused)
+    calls.clear()
+    monkeypatch.setattr(sweep_mod, "source_hash", lambda: "other code")
+    sweep(model, data, only=ids[1:2], **fmts, **KW)
+    assert calls == ids[1:2]
 
 
 @pytest.mark.slow
@@ -161,3 +167,29 @@ def test_bad_input_fails_before_any_work(tiny, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="picklable"):
         sweep(unpicklable, data, formats=["int4"], out=str(out), **dict(KW, workers=2))
     assert not out.exists()  # nothing was started, not even the output folder
+
+
+def test_first_last_override_and_qat(tiny, tmp_path):
+    model, data = tiny
+    res = sweep(model, data, weights=["int3"], activations=["int3"], first_last=["int8"], qat_epochs=1,
+                out=str(tmp_path / "fl"), **KW)
+    (r,) = res.records
+    assert r["status"] == "ok" and r["exact"] is True and r["first_last"] == "int8" and r["qat_epochs"] == 1
+    assert (res.meta["first_layer"], res.meta["last_layer"]) == ("1", "3")
+    st = sweep_mod.Settings(first_layer="1", last_layer="3", calib_samples=256)
+    cfg = {k: r[k] for k in ("weights", "activations", "first_last", "method", "qat_epochs", "seed")}
+    q = sweep_mod.build_point(model, cfg, st, sweep_mod.as_sweep_data(data))
+    layers = q.fpq_policy.layers
+    assert layers["1"]["weights"] == layers["3"]["activations"] == "int8" and q.fpq_policy.inputs == "int8"
+    assert sweep_mod.evaluate(q, data[2], data[3], sweep_mod.top1_accuracy) == r["accuracy"]  # QAT is seeded
+
+
+def test_cli_report_and_sweep_errors(tiny, tmp_path, capsys):
+    from fpq.cli import main
+    model, data = tiny
+    sweep(model, data, weights=["int4"], activations=["int4"], out=str(tmp_path / "r"), **KW)
+    assert main(["report", str(tmp_path / "r")]) == 0
+    assert (tmp_path / "r" / "index.html").exists() and "report:" in capsys.readouterr().out
+    assert main(["sweep", "--model", "no_such_file.py:f", "--formats", "int4", "--out", str(tmp_path / "x")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "missing")]) == 2

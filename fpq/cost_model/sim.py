@@ -23,8 +23,11 @@ _HEAD = r"""
 INCLUDES
 template<size_t B> const cxxrtl::value<B> &V(const cxxrtl::value<B> &v) { return v; }
 template<size_t B> const cxxrtl::value<B> &V(const cxxrtl::wire<B> &w) { return w.curr; }
-template<size_t B> void put(cxxrtl::value<B> &v, uint64_t x) { v.template set<uint64_t>(x); }
-template<size_t B> void put(cxxrtl::wire<B> &w, uint64_t x) { w.next.template set<uint64_t>(x); }
+// inputs of any width: 64-bit words, least significant first (Python masks them to the width)
+template<size_t B> void put(cxxrtl::value<B> &v, const uint64_t *x) {
+  for (size_t i = 0; i < v.chunks; i++) v.data[i] = (uint32_t)(x[i / 2] >> (32 * (i % 2)));
+}
+template<size_t B> void put(cxxrtl::wire<B> &w, const uint64_t *x) { put(w.next, x); }
 template<size_t B> void take(const cxxrtl::value<B> &v, uint32_t *o) {
   for (size_t i = 0; i < 4; i++) o[i] = i < v.chunks ? v.data[i] : 0;
 }
@@ -66,6 +69,10 @@ CASES
 """
 
 
+def _words(width: int) -> int:
+    return -(-width // 64)
+
+
 def _mangle(port: str) -> str:
     return "p_" + port.replace("_", "__")
 
@@ -88,16 +95,21 @@ def build(ops, workdir: Path) -> Path:
         f.write_text(f.read_text().replace("cxxrtl_design_create", f"cxxrtl_design_create_{i}"))
     parts = [_HEAD.replace("INCLUDES", "\n".join(f'#include "dut{i}.cc"' for i in range(len(ops))))]
     for i, op in enumerate(ops):
-        sets = "\n".join(f"    put(top.{_mangle(p)}, v[{j}]);" for j, (p, _) in enumerate(op.inputs))
+        offs, sets = 0, []
+        for p, w in op.inputs:
+            sets.append(f"    put(top.{_mangle(p)}, v + {offs});")
+            offs += _words(w)
+        sets = "\n".join(sets)
         # registered outputs settle one delta cycle after the clock edge: step twice
-        step = ("    put(top.p_clk, 0); top.step();\n    put(top.p_clk, 1); top.step(); top.step();"
+        step = ("    top.p_clk.set<uint64_t>(0); top.step();\n"
+                "    top.p_clk.set<uint64_t>(1); top.step(); top.step();"
                 if op.clocked else "    top.step();")
         gets = "\n".join(f"    take(V(top.{_mangle(p)}), o + {4 * j});" for j, (p, _, _) in enumerate(op.outputs))
         parts.append(_RUNNER.replace("SETS", sets).replace("STEP", step).replace("GETS", gets)
-                     .replace("IDX", str(i)).replace("NIN", str(len(op.inputs)))
+                     .replace("IDX", str(i)).replace("NIN", str(offs))
                      .replace("NOUT", str(len(op.outputs))))
     cases = "\n".join(f"  case {i}: run_{i}(in.data(), out.data(), n); break;" for i in range(len(ops)))
-    parts.append(_MAIN.replace("NINS", ", ".join(str(len(op.inputs)) for op in ops))
+    parts.append(_MAIN.replace("NINS", ", ".join(str(sum(_words(w) for _, w in op.inputs)) for op in ops))
                  .replace("NOUTS", ", ".join(str(len(op.outputs)) for op in ops)).replace("CASES", cases))
     (workdir / "sim.cc").write_text("".join(parts))
     r = subprocess.run(["g++", "-O1", "-std=c++14", "-w", f"-I{cxxrtl_include()}", "-I.", "sim.cc", "-o", "sim"],
@@ -114,10 +126,15 @@ def run(exe: Path, op: Operator, vectors: dict, index: int = 0) -> dict:
     n = len(next(iter(vectors.values())))
     cols = []
     for p, w in op.inputs:
-        v = np.asarray(vectors[p], dtype=np.int64)
+        v = np.asarray(vectors[p])
         if len(v) != n:
             raise ValueError("all input vectors must have the same length")
-        cols.append((v & ((1 << w) - 1) if w < 64 else v).astype(np.uint64))
+        if w <= 63 and v.dtype != object:
+            cols.append((v.astype(np.int64) & ((1 << w) - 1)).astype(np.uint64))
+            continue
+        ints = [int(x) & ((1 << w) - 1) for x in v]            # Python ints: any width
+        for j in range(_words(w)):
+            cols.append(np.array([(x >> (64 * j)) & ((1 << 64) - 1) for x in ints], dtype=np.uint64))
     blob = np.stack(cols, -1).astype(np.uint64) if cols else np.zeros((n, 0), np.uint64)
     fin, fout = exe.parent / f"in{index}.bin", exe.parent / f"out{index}.bin"
     with open(fin, "wb") as f:
@@ -154,10 +171,12 @@ def sampled_vectors(op: Operator, n: int, seed: int = 0) -> dict:
     out = {}
     for p, w in op.inputs:
         codes = op.codes.get(p)
-        if codes is None:
-            v = rng.integers(0, 1 << min(w, 62), size=n, dtype=np.int64)
-            if w > 62:  # fill the top bits too
-                v = v | (rng.integers(0, 1 << (w - 62), size=n, dtype=np.int64) << 62)
+        if codes is None and w > 62:   # wide ports: Python ints built from 31-bit pieces
+            parts = rng.integers(0, 1 << 31, size=(n, -(-w // 31)), dtype=np.int64)
+            v = np.array([sum(int(x) << (31 * j) for j, x in enumerate(row)) & ((1 << w) - 1)
+                          for row in parts], dtype=object)
+        elif codes is None:
+            v = rng.integers(0, 1 << w, size=n, dtype=np.int64)
         else:
             v = rng.choice(codes, size=n)
             v[: min(len(codes), 4)] = np.sort(codes)[[0, -1, len(codes) // 2, 1 % len(codes)]][: min(len(codes), 4)]

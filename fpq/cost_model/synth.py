@@ -308,6 +308,25 @@ def table_meta(path: Path = TABLE) -> list[str]:
         return [ln.rstrip("\n")[2:] for ln in f if ln.startswith("#")]
 
 
+def check_operators(ops: list, chunk: int = 40) -> int:
+    """Simulate every operator (CXXRTL) against fpq's reference before it is priced: exhaustive
+    up to 2**16 input combinations, 5000 sampled vectors above. Raises on any mismatch."""
+    from tqdm import tqdm
+
+    from . import sim
+
+    uniq = list({op.name: op for op in ops}.values())
+    with tempfile.TemporaryDirectory(prefix="fpq_sim_") as tmp, \
+            tqdm(total=len(uniq), desc="RTL == fpq reference (CXXRTL)") as bar:
+        for i in range(0, len(uniq), chunk):
+            part = uniq[i:i + chunk]
+            for op, (n, bad) in zip(part, sim.check_many(part, Path(tmp) / str(i), samples=5000)):
+                if bad:
+                    raise AssertionError(f"{op.name}: {bad} of {n} simulated outputs differ from fpq's reference")
+            bar.update(len(part))
+    return len(uniq)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Synthesize fpq's operator grid with yosys synth_xilinx "
                                              "and write the measured cost table.")
@@ -315,10 +334,13 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="parallel yosys runs")
     ap.add_argument("--cache", type=Path, default=None, help="JSON-lines cache: resume an interrupted run")
     ap.add_argument("--limit", type=int, default=None, help="only the first N operators (smoke test)")
+    ap.add_argument("--no-check", action="store_true", help="skip the RTL simulation against fpq's numerics")
     args = ap.parse_args(argv)
     jobs = calibration_grid()
     if args.limit:
         jobs = jobs[: args.limit]
+    if not args.no_check:
+        check_operators([op for op, _ in jobs])
     rows = synthesize_many(jobs, workers=args.jobs, cache=args.cache)
     print(f"wrote {write_table(rows, args.out)} ({len(rows)} operators)")
     return 0

@@ -12,7 +12,11 @@ from .cli import cli_register
 from .grid import grid, minifloat_splits
 from .html import report
 from .pareto import dominated, pareto_front
-from .sweep import SweepResult, load_results, point_id, sweep
+from .sweep import SweepResult, load_results, point_id
+
+# ``sweep`` is the submodule, made callable (it calls ``sweep.sweep``): binding the function here
+# instead would make ``import fpq.report.sweep as m`` return the function, not the module
+from . import sweep  # noqa: E402  isort: skip
 
 __all__ = ["sweep", "report", "pareto_front", "dominated", "grid", "minifloat_splits", "SweepResult",
            "load_results", "point_id", "cli_register"]

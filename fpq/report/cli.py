@@ -30,7 +30,11 @@ def cli_register(subparsers) -> None:
     p.add_argument("--out", default="out/sweep", help="output folder (default: %(default)s)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--verify-samples", type=int, default=64)
+    p.add_argument("--verify-samples", type=int, default=64, help="off-grid inputs for fpq.verify (0: none)")
+    p.add_argument("--verify-qonnx", type=int, default=2, help="of those, run through the QONNX executor")
+    p.add_argument("--calib-samples", type=int, default=1024, help="training inputs used to calibrate")
+    p.add_argument("--scale", default="po2", choices=["po2", "float"], help="scale kind (fpq.convert)")
+    p.add_argument("--granularity", default="tensor", choices=["tensor", "channel"], help="weight scales")
     p.add_argument("--only", nargs="+", help="run only these point ids")
     p.add_argument("--fresh", action="store_true", help="ignore the cache (recompute)")
     p.add_argument("--no-progress", action="store_true")
@@ -57,7 +61,9 @@ def _cli_sweep(args) -> int:
         res = sweep(args.model, args.data, formats=formats, methods=args.methods, weights=args.weights,
                     activations=args.activations, first_last=args.first_last, qat_epochs=args.qat_epochs,
                     out=args.out, workers=args.workers, seed=args.seed, verify_samples=args.verify_samples,
-                    progress=not args.no_progress, only=args.only, fresh=args.fresh)
+                    progress=not args.no_progress, only=args.only, fresh=args.fresh,
+                    verify_qonnx=args.verify_qonnx, calib_samples=args.calib_samples, scale=args.scale,
+                    granularity=args.granularity)
     except (ValueError, TypeError) as e:
         print(f"fpq sweep: error: {e}", file=sys.stderr)
         return 2

@@ -26,7 +26,7 @@ h1{font-size:1.5em} h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid 
 table{border-collapse:collapse;font-size:12px;margin:8px 0}
 th,td{border:1px solid #ccc;padding:2px 6px;text-align:right} th{background:#f3f3f3}
 td.l,th.l{text-align:left} code{font-size:11px;white-space:pre-wrap;word-break:break-all}
-figure{display:inline-block;margin:8px;vertical-align:top} figure img{max-width:640px;border:1px solid #eee}
+figure{display:inline-block;margin:8px;vertical-align:top;max-width:100%} figure img{max-width:100%;border:1px solid #eee}
 .int{color:#1f77b4} .minifloat{color:#ff7f0e} .bad{color:#b00020;font-weight:bold}
 """
 

@@ -137,7 +137,7 @@ class Settings:
     qat_epochs: int = 0
     qat_lr: float = 1e-3
     verify_samples: int = 64
-    verify_qonnx: int = 8
+    verify_qonnx: int = 2
     calib_samples: int = 1024
     scale: str = "po2"
     granularity: str = "tensor"
@@ -169,10 +169,29 @@ def _digest(h, t) -> None:
     h.update(t.numpy().tobytes())
 
 
+# files of this package that only present results (editing them keeps the cache valid)
+_PRESENTATION = ("html.py", "plots.py", "pareto.py", "cli.py")
+
+
+def source_hash() -> str:
+    """Hash of fpq's code and the measured cost tables: a point cached by other code is recomputed."""
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    files = sorted(p for p in root.rglob("*.py") if not (p.parent.name == "report" and p.name in _PRESENTATION))
+    files += sorted((root.parent / "cost_model").glob("*.csv"))  # the operator table estimate_cost reads
+    h = hashlib.sha256()
+    for p in files:
+        h.update(str(p.relative_to(root.parent)).encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def context_hash(model, data: SweepData, settings: Settings, metric) -> str:
-    """Hash of everything besides the point's configuration that its result depends on."""
+    """Hash of everything besides the point's configuration that its result depends on: the
+    model, the data, the settings, the metric and fpq's code."""
     from .. import __version__
     h = hashlib.sha256()
+    h.update(source_hash().encode())
     h.update(repr(model).encode())
     for k, v in model.state_dict().items():
         h.update(k.encode())
@@ -361,14 +380,23 @@ def write_tables(records: list, meta: dict, out: str) -> tuple[str, str]:
     return cpath, jpath
 
 
+# sweep() keyword arguments with a default that commands leave out, and their CLI flags
+_DEFAULTS = {"verify_qonnx": 2, "calib_samples": 1024, "scale": "po2", "granularity": "tensor", "cost": {}}
+_CLI_FLAGS = {"verify_qonnx": "--verify-qonnx", "calib_samples": "--calib-samples", "scale": "--scale",
+              "granularity": "--granularity"}
+
+
 def commands(cfg: dict, st: Settings) -> tuple[str, str]:
     """The ``fpq sweep ... --only ID`` command (when the model and data are specs) and the Python call."""
     pid = point_id(cfg)
-    py = (f"fpq.sweep(model, data, weights=[{cfg['weights']!r}], activations=[{cfg['activations']!r}], "
+    extra = {k: getattr(st, k) for k, v in _DEFAULTS.items() if getattr(st, k) != v}  # settings not at default
+    args = (f"{st.model_spec!r}, {(st.data_spec or DEFAULT_DATA_SPEC)!r}" if st.model_spec else "model, data")
+    py = (f"fpq.sweep({args}, weights=[{cfg['weights']!r}], activations=[{cfg['activations']!r}], "
           f"methods=({cfg['method']!r},), first_last={None if cfg['first_last'] is None else [cfg['first_last']]!r}, "
-          f"qat_epochs={cfg['qat_epochs']}, seed={cfg['seed']}, only=[{pid!r}])")
-    if st.model_spec is None:
-        return "", py
+          f"qat_epochs={cfg['qat_epochs']}, seed={cfg['seed']}, verify_samples={st.verify_samples}, "
+          + "".join(f"{k}={v!r}, " for k, v in extra.items()) + f"out={st.out!r}, only=[{pid!r}])")
+    if st.model_spec is None or set(extra) - set(_CLI_FLAGS):
+        return "", py  # the command line cannot express this point
     parts = ["fpq", "sweep", "--model", st.model_spec, "--data", st.data_spec or DEFAULT_DATA_SPEC,
              "--weights", cfg["weights"], "--activations", cfg["activations"], "--methods", cfg["method"]]
     if cfg["first_last"] is not None:
@@ -376,6 +404,8 @@ def commands(cfg: dict, st: Settings) -> tuple[str, str]:
     if cfg["qat_epochs"]:
         parts += ["--qat-epochs", str(cfg["qat_epochs"])]
     parts += ["--seed", str(cfg["seed"]), "--verify-samples", str(st.verify_samples)]
+    for k, v in extra.items():
+        parts += [_CLI_FLAGS[k], str(v)]
     if st.out:
         parts += ["--out", st.out]
     parts += ["--only", pid]
@@ -435,7 +465,7 @@ def sweep(model, data=None, formats=None, methods=("max", "mse"), weights=None, 
           first_last=None, qat_epochs: int = 0, out: str = "out/sweep", workers: int = 2, seed: int = 0,
           verify_samples: int = 64, progress: bool = True, *, only=None, fresh: bool = False,
           metric=None, cost=None, scale: str = "po2", granularity: str = "tensor",
-          calib_samples: int = 1024, verify_qonnx: int = 8) -> SweepResult:
+          calib_samples: int = 1024, verify_qonnx: int = 2) -> SweepResult:
     """Evaluate every (weights x activations x first_last x method) point; see the module docstring.
 
     model: a float ``nn.Module`` (trained) or a spec ``FILE.py:NAME`` / ``MODULE:NAME`` / ``FILE.pt``
@@ -446,7 +476,9 @@ def sweep(model, data=None, formats=None, methods=("max", "mse"), weights=None, 
     calibration methods (``fpq.calibrate``). only: point ids to run (others skipped). fresh:
     ignore the cache. metric: callable(logits, targets) -> float, higher is better (default
     top-1 accuracy in %); must be picklable for workers > 1. cost: keyword arguments for
-    ``fpq.estimate_cost``. workers <= 1 runs in this process.
+    ``fpq.estimate_cost``. workers <= 1 runs in this process. verify_samples: off-grid inputs
+    compared torch == emulator (0: no verify); the QONNX executor runs the first
+    ``verify_qonnx`` of them (it takes ~0.2 s a sample, the largest share of a point's time).
     """
     import torch
 
@@ -535,12 +567,14 @@ def sweep(model, data=None, formats=None, methods=("max", "mse"), weights=None, 
                 for fut in as_completed(futures):
                     finish(futures[fut], fut.result())
         else:
-            float_threads = torch.get_num_threads()
+            # one thread like the workers: QAT sums in float32 could otherwise depend on the thread count
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
             try:
                 for c in todo:
                     finish(c, run_point(model, data, c, st, metric))
             finally:
-                torch.set_num_threads(float_threads)
+                torch.set_num_threads(threads)
     finally:
         bar.close()
 
