@@ -26,6 +26,8 @@ _LAZY = {
     "verify": "fpq.verify",
     "estimate_cost": "fpq.cost_model",
     "profile_torch": "fpq.cost_model.profile",
+    "sweep": "fpq.report",
+    "report": "fpq.report",
 }
 
 __all__ = ["Binary", "Fixed", "Format", "Int", "Minifloat", "QuantSpec", "decode", "encode",

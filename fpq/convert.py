@@ -46,6 +46,7 @@ class Policy:
     scale: str = "po2"
     granularity: str = "tensor"
     overrides: dict = field(default_factory=dict)
+    method: str = "ste"    # "biper": binary weights binarized by BiPer's square wave (fpq.nn.biper)
     # module path -> {"weights": ..., "activations": ..., "bias": ...} actually used
     layers: dict = field(default_factory=dict)
 
@@ -188,14 +189,17 @@ def _unique(gm: nn.Module, base: str) -> str:
 
 
 def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=None, overrides=None,
-            scale: str = "po2", granularity: str = "tensor", inputs=None) -> FpqModel:
+            scale: str = "po2", granularity: str = "tensor", inputs=None, method: str = "ste",
+            omega=None) -> FpqModel:
     """Quantize ``model``: every Linear/Conv weight, bias and activation gets an fpq Format.
 
     fmt: default for weights and activations (and inputs). weights / activations / bias /
     inputs: per role (bias defaults to int16 with its own scale). overrides: {module name or
     glob: format string or {"weights", "activations", "bias"}}. scale: "po2" | "float" (Fixed
     formats carry their own scaling and ignore it). granularity: weight scales per "tensor"
-    or per output "channel". Returns an FpqModel in eval mode; ``.train()`` it for QAT.
+    or per output "channel". method: "ste" (straight-through quantizers) or "biper" (binary
+    weights become BiPer weights with frequency ``omega``, see fpq.nn.biper). Returns an
+    FpqModel in eval mode; ``.train()`` it for QAT.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"fpq.convert expects a torch.nn.Module, got {type(model).__name__}")
@@ -203,11 +207,15 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
         raise ValueError(f"unknown scale kind {scale!r}; allowed: 'po2', 'float'")
     if granularity not in ("tensor", "channel"):
         raise ValueError(f"unknown granularity {granularity!r}; allowed: 'tensor', 'channel'")
+    if method not in ("ste", "biper"):
+        raise ValueError(f"unknown method {method!r}; allowed: 'ste', 'biper'")
+    if (omega is not None) != (method == "biper"):
+        raise ValueError("omega (BiPer's frequency) is required with method='biper' and only there")
     w = _fmt(weights if weights is not None else fmt, "weights")
     a = _fmt(activations if activations is not None else fmt, "activations")
     policy = Policy(weights=w, activations=a, bias=_fmt(bias if bias is not None else DEFAULT_BIAS, "bias"),
                     inputs=_fmt(inputs if inputs is not None else a, "inputs"), scale=scale,
-                    granularity=granularity, overrides=dict(overrides or {}))
+                    granularity=granularity, overrides=dict(overrides or {}), method=method)
     if isinstance(model, FpqModel):
         from .nn.plan import dequantize_model
         src, carried = dequantize_model(model)
@@ -285,6 +293,9 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
     q = FpqModel(gm, gm.graph, class_name=type(model).__name__ + "Fpq")
     q.meta["fpq_policy"] = policy
     _carry_scales(q, carried)
+    if method == "biper":
+        from .nn.biper import to_biper
+        to_biper(q, omega)
     return q.eval()
 
 

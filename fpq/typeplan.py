@@ -115,9 +115,12 @@ class LayerPlan:
             return self
         if not (x.po2 and w.po2):
             return self
-        prod = product_type(x.carrier(), w.carrier())
+        xc, wc = x.carrier(), w.carrier()
+        prod = product_type(xc, wc)
         if isinstance(w.format, Binary) and isinstance(x.format, Binary):
-            prod = Fixed(2, 2, True)
+            # +-2^a * +-2^b = +-2^(a+b): a sign bit plus the exponent span of both carriers
+            # (each binary carrier is Fixed(2 + span, 2 + max exponent)); scales included
+            prod = Fixed(xc.width + wc.width - 2, xc.int_bits + wc.int_bits - 2, True)
         b = self.tensors.get("bias")
         bias_c = b.carrier() if isinstance(b, TensorType) and b.po2 else None
         self.tensors["product"] = prod

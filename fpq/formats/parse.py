@@ -95,7 +95,8 @@ def _parse_fixed(s: str, original: str) -> Fixed:
     ap, unsigned, body = m.group(1), m.group(2), m.group(3)
     parts = body.split(",")
     if len(parts) < 2 or len(parts) > 4:
-        raise _bad(original, f"fixed point takes 2 to 4 parameters (width, int bits, rounding, overflow), got {len(parts)}")
+        raise _bad(original, "fixed point takes 2 to 4 parameters (width, int bits, rounding, overflow), "
+                             f"got {len(parts)}")
     try:
         width, int_bits = int(parts[0]), int(parts[1])
     except ValueError:

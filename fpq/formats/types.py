@@ -160,7 +160,8 @@ class Minifloat(Format):
     value = (-1)**s * 2**(e - bias) * (1 + m / 2**M) for normal codes (e > 0) and
     (-1)**s * 2**(1 - bias) * (m / 2**M) for subnormal codes (e == 0) when ``subnormals``;
     without subnormals an exponent field of 0 encodes zero only. ``specials`` says which codes
-    are inf / NaN (see SPECIALS); left as None it follows ``default_specials``. Rounding is to nearest, ties to even. ``saturate``: values
+    are inf / NaN (see SPECIALS); left as None it follows ``default_specials``. Rounding is to
+    nearest, ties to even (with no mantissa bit, M=0, ties go away from zero). ``saturate``: values
     beyond the largest finite clamp to it; otherwise they become inf (ieee) or NaN (fn, fnuz).
     """
 

@@ -25,12 +25,11 @@ Exactness, layer by layer:
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..formats import Binary, Fixed, Int, Minifloat, exact_fixed
+from ..formats import Binary, Fixed, Minifloat, exact_fixed
 from ..typeplan import TensorType, fixed_union, po2_exponents, product_type, sum_type
 from . import cpp
 

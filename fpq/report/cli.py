@@ -18,7 +18,8 @@ def cli_register(subparsers) -> None:
     p.add_argument("--data", default="fpq.data:load_digits_split",
                    help="FILE.py:NAME or MODULE:NAME returning data with x_train, y_train, x_test, y_test "
                         "(default: %(default)s)")
-    p.add_argument("--formats", nargs="+", help="formats for both weights and activations")
+    p.add_argument("--formats", nargs="+", help="formats for both weights and activations (default, with no "
+                   "--formats, --weights, --activations or --bits: int and every minifloat split of 3..8 bits)")
     p.add_argument("--weights", nargs="+", help="weight formats (default: --formats)")
     p.add_argument("--activations", nargs="+", help="activation formats (default: --formats)")
     p.add_argument("--bits", nargs="+", type=int, help="build the format axis with fpq.report.grid: widths")

@@ -16,8 +16,9 @@
 // Protocol (little-endian binary):
 //   input : int32 n_extra, n_extra float64 (raw inputs, used for every type, double only),
 //           then for S in (1, 0), W in 1..WMAX: int32 n, n int32 j. The grid input of type
-//           <W, I> is x = j * 2**(I - W - 2): quarter steps of the type's LSB, so every tie and
-//           both neighbours of every tie are on it; one j list per (S, W) serves every I.
+//           <W, I> is x = j * 2**(I - W - 2), in quarter steps of the type's LSB, so codes,
+//           ties and the points either side of a tie are integers j; one j list per (S, W)
+//           serves every I (the Python side chooses the lists).
 //   output: for each listed type in index order, int16 codes: n grid (from double),
 //           n_extra (from double), then if FX n grid (from SRC_T).
 #include <cmath>
