@@ -51,7 +51,15 @@ def _cost_table(rows: list, base: float, float_prof, fpga: str, clock: float) ->
 
 def main(quick: bool = False, seed: int = 0, device: str = "cpu", fpga: str = "xcvu9p", batch: int = 256,
          threads: int = 1, verbose: bool = True) -> dict:
+    old = torch.get_num_threads()
     torch.set_num_threads(threads)
+    try:
+        return _main(quick, seed, device, fpga, batch, verbose)
+    finally:
+        torch.set_num_threads(old)
+
+
+def _main(quick, seed, device, fpga, batch, verbose) -> dict:
     t0 = time.time()
     data = load_digits_split(seed=0)
     torch.manual_seed(seed)

@@ -163,3 +163,27 @@ def test_cli_profile(tmp_path, capsys):
     bad = parser.parse_args(["profile", f"{src}:nothing"])
     assert bad.func(bad) == 2
     assert "has no attribute 'nothing'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cost_digits_example_quick():
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "cost_digits.py"
+    spec = importlib.util.spec_from_file_location("cost_digits", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    threads = torch.get_num_threads()
+    res = mod.main(quick=True, verbose=False, batch=64)
+    assert torch.get_num_threads() == threads
+    assert [r["weights"] for r in res["rows"]] == list(mod.WEIGHT_FORMATS)
+    assert res["float"] > 90
+    for r in res["rows"]:
+        assert r["profile"].status == "ok" and r["profile"].median_ms > 0
+        assert all(r["cost"][k] > 0 for k in ("lut", "ff", "latency_cycles", "bops", "ebops"))
+        assert (r["qat"] is not None) == (r["ptq"] < res["float"] - mod.QAT_THRESHOLD)
+    assert res["rows"][0]["ptq"] >= res["float"] - 2  # int8 weights and activations: PTQ is near float
+    assert res["float_profile"].row("float fp32").status == "ok"
+    lines = mod._cost_table(res["rows"], res["float"], res["float_profile"], "xcvu9p", 5).splitlines()
+    assert [l.split()[0] for l in lines[3:]] == ["float", *mod.WEIGHT_FORMATS]
