@@ -44,9 +44,10 @@ def _cost_table(rows: list, base: float, float_prof, fpga: str, clock: float) ->
                       f"{p.median_ms:.2f}", f"{p.throughput:,.0f}"))
     w = [max(len(l[i]) for l in lines) for i in range(len(head))]
     fmt = lambda l: "  ".join(c.ljust(w[i]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(l))  # noqa: E731
-    return "\n".join([f"digits CNN, activations {ACTIVATIONS}; FPGA estimate on {fpga} at {clock} ns "
-                      f"(hls4ml Latency, io_parallel, reuse 1); fake-quant forward timed on "
-                      f"{float_prof.device_name}, batch {float_prof.batch}, {float_prof.threads} thread(s)", fmt(head), "  ".join("-" * x for x in w), *map(fmt, lines[1:])])
+    title = (f"digits CNN, activations {ACTIVATIONS}; FPGA estimate on {fpga} at {clock} ns (hls4ml Latency, "
+             f"io_parallel, reuse 1); fake-quant forward timed on {float_prof.device_name}, "
+             f"batch {float_prof.batch}, {float_prof.threads} thread(s)")
+    return "\n".join([title, fmt(head), "  ".join("-" * x for x in w), *map(fmt, lines[1:])])
 
 
 def main(quick: bool = False, seed: int = 0, device: str = "cpu", fpga: str = "xcvu9p", batch: int = 256,

@@ -26,6 +26,7 @@ _LAZY = {
     "verify": "fpq.verify",
     "estimate_cost": "fpq.cost_model",
     "profile_torch": "fpq.cost_model.profile",
+    "ptq": "fpq.ptq",
     "sweep": "fpq.report",
     "report": "fpq.report",
 }

@@ -187,3 +187,11 @@ def test_cost_digits_example_quick():
     assert res["float_profile"].row("float fp32").status == "ok"
     lines = mod._cost_table(res["rows"], res["float"], res["float_profile"], "xcvu9p", 5).splitlines()
     assert [l.split()[0] for l in lines[3:]] == ["float", *mod.WEIGHT_FORMATS]
+
+
+def test_input_shape_from_a_calibrated_conv_model():
+    q = fpq.convert(_Conv().eval(), fmt="int8")
+    fpq.calibrate(q, [torch.rand(4, 1, 8, 8)], progress=False)
+    res = fpq.profile_torch(q, dtypes=("fp32",), gemm=False, **FAST)
+    assert res.input_shape == (1, 8, 8)
+    assert res.row("fpq fake-quant").status == "ok"

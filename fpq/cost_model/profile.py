@@ -476,7 +476,8 @@ def cli_register(subparsers):
                     "in fp32/bf16/fp16, as fpq fake-quant (with --fmt/--weights) and its GEMMs in FP8.")
     p.add_argument("model", help="'package.module:attr' or 'file.py:attr' (an nn.Module or a zero-argument "
                                  "factory), or a file written by torch.save(model)")
-    p.add_argument("--fmt", help="convert with this format first (weights and activations)")
+    p.add_argument("--fmt", help="convert with this format first (weights and activations; not calibrated: "
+                                 "the timing does not depend on the scales)")
     p.add_argument("--weights", help="weight format for the conversion")
     p.add_argument("--activations", help="activation format for the conversion")
     p.add_argument("--input-shape", help="one input's shape without the batch, e.g. 1,8,8")

@@ -1,0 +1,104 @@
+"""`fpq convert`: a float PyTorch model on disk -> a calibrated, exported QONNX file.
+
+The model is named as ``path/to/file.py:Factory`` or ``package.module:attr`` (a class or function
+returning an ``nn.Module``), optionally with ``--state weights.pt`` (a state dict). Calibration
+data is an ``.npz`` / ``.npy`` array (``--calib``), or ``digits`` for scikit-learn's bundled set.
+The output is the QONNX file that ``fpq hls``, ``fpq verify`` and ``fpq cost`` read.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+
+
+def load_model(spec: str, state: str | None = None):
+    """Import ``file.py:Name`` or ``module:Name`` and build the model (no arguments)."""
+    import torch
+    from torch import nn
+
+    if ":" not in spec:
+        raise ValueError(f"model {spec!r}: expected 'path/to/file.py:Factory' or 'package.module:Factory'")
+    where, name = spec.rsplit(":", 1)
+    if where.endswith(".py"):
+        if not os.path.exists(where):
+            raise ValueError(f"model file {where!r} does not exist")
+        mod_spec = importlib.util.spec_from_file_location("_fpq_user_model", where)
+        module = importlib.util.module_from_spec(mod_spec)
+        mod_spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(where)
+    if not hasattr(module, name):
+        raise ValueError(f"{where} has no attribute {name!r}")
+    obj = getattr(module, name)
+    model = obj if isinstance(obj, nn.Module) else obj()
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{spec} did not give a torch.nn.Module (got {type(model).__name__})")
+    if state:
+        model.load_state_dict(torch.load(state, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def load_calibration(source: str, input_shape):
+    """Calibration inputs as a float32 tensor: 'digits', an .npy file, or an .npz (first array)."""
+    import numpy as np
+    import torch
+
+    if source == "digits":
+        from .data import load_digits_split
+        x = load_digits_split(seed=0).x_train
+    else:
+        if not os.path.exists(source):
+            raise ValueError(f"calibration data {source!r} does not exist (give an .npy/.npz file or 'digits')")
+        arr = np.load(source)
+        if hasattr(arr, "files"):
+            arr = arr[arr.files[0]]
+        x = torch.as_tensor(np.asarray(arr, dtype=np.float32))
+    if input_shape is not None:
+        x = x.reshape((-1, *input_shape))
+    return x
+
+
+def _parse_overrides(items):
+    out = {}
+    for item in items or ():
+        if "=" not in item:
+            raise ValueError(f"--override {item!r}: expected NAME_OR_GLOB=FORMAT")
+        k, v = item.split("=", 1)
+        out[k] = v
+    return out
+
+
+def cli_register(subparsers) -> None:
+    p = subparsers.add_parser("convert", help="quantize a float PyTorch model, calibrate it and export QONNX",
+                              description=__doc__)
+    p.add_argument("model", help="path/to/file.py:Factory or package.module:Factory")
+    p.add_argument("--fmt", help="one format for weights and activations (e.g. e2m1, int8, fixed<8,3>)")
+    p.add_argument("--weights", help="weight format")
+    p.add_argument("--activations", help="activation format")
+    p.add_argument("--override", action="append", metavar="NAME=FORMAT",
+                   help="per-module format by name or glob, e.g. 'fc3=int8' (repeatable)")
+    p.add_argument("--scale", choices=("po2", "float"), default="po2")
+    p.add_argument("--granularity", choices=("tensor", "channel"), default="tensor")
+    p.add_argument("--state", help="state dict (.pt) to load into the model")
+    p.add_argument("--calib", default="digits", help="calibration data: .npy/.npz file or 'digits'")
+    p.add_argument("--method", choices=("max", "percentile", "mse"), default="max")
+    p.add_argument("--input-shape", help="per-sample input shape, e.g. 1,8,8")
+    p.add_argument("--out", required=True, help="output QONNX file")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    import fpq
+
+    shape = tuple(int(s) for s in args.input_shape.split(",")) if args.input_shape else None
+    model = load_model(args.model, args.state)
+    q = fpq.convert(model, args.fmt, weights=args.weights, activations=args.activations,
+                    overrides=_parse_overrides(args.override), scale=args.scale,
+                    granularity=args.granularity)
+    x = load_calibration(args.calib, shape)
+    fpq.calibrate(q, [x[i:i + 256] for i in range(0, len(x), 256)], method=args.method)
+    fpq.export_qonnx(q, args.out, x[:1])
+    print(fpq.plan(q))
+    print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,37 @@
+"""`fpq convert` then `fpq verify` from the command line, on a model file the test writes."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _fpq(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "fpq", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_convert_then_verify(tmp_path):
+    (tmp_path / "net.py").write_text(textwrap.dedent("""
+        from torch import nn
+        def Net():
+            return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+    """))
+    r = _fpq("convert", "net.py:Net", "--fmt", "e2m1", "--override", "3=int8", "--input-shape", "1,8,8",
+             "--out", "net.onnx", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "e2m1" in r.stdout and "int8" in r.stdout and (tmp_path / "net.onnx").exists()
+    r = _fpq("verify", "net.onnx", "--n", "100", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "EXACT" in r.stdout
+
+
+def test_convert_bad_inputs(tmp_path):
+    r = _fpq("convert", "nofile.py:Net", "--fmt", "e2m1", "--out", "x.onnx", cwd=tmp_path)
+    assert r.returncode != 0 and "does not exist" in r.stderr
+    (tmp_path / "net.py").write_text("from torch import nn\nNet = lambda: nn.Linear(4, 2)\n")
+    r = _fpq("convert", "net.py:Net", "--fmt", "e9m9x", "--out", "x.onnx", cwd=tmp_path)
+    assert r.returncode != 0 and "Accepted forms" in r.stderr
+    assert not (tmp_path / "x.onnx").exists()
