@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 import numpy as np
@@ -161,7 +162,14 @@ def main(argv=None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as e:
+        # bad input is the user's to fix: one clear line, no traceback (FPQ_DEBUG=1 shows it)
+        if os.environ.get("FPQ_DEBUG"):
+            raise
+        print(f"fpq {first}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
