@@ -1,12 +1,14 @@
 """BiPer vs sign/STE binarization on the digits CNN (first and last layers int8, the rest binary).
 
-Both variants start from the same float initialization, use the same policy (binary weights
+Every variant starts from the same float initialization, uses the same policy (binary weights
 with a per-output-channel po2 scale, binary activations, int8 input / first / last layer),
 the same two-stage loop (``fpq.nn.biper.train_two_stage``: Adam, cosine decay, fresh optimizer
 per stage) and the same epochs; only the weight binarizer differs:
   * BiPer: sign(sin(omega * w)), sine-surrogate gradient, stage 1 with sin(omega * w) weights,
     regularizer tau * mean(sin(omega * w)^2);
-  * baseline: sign(w) with the clipped straight-through gradient (stage 1 is the same as 2).
+  * sign/STE (the baseline): sign(w), gradient where |w| <= 1 (BinaryConnect / XNOR-Net);
+  * fpq STE: fpq's generic Binary quantizer, sign(w / s) * s with the gradient clipped to
+    |w| <= s (the window follows the scale s = mean |w|, so large weights get no gradient).
 
     python examples/biper_digits.py [--quick] [--seeds 0 1 2]
 """
@@ -22,21 +24,23 @@ import fpq
 from fpq.data import load_digits_split
 from fpq.nn import biper
 
-OMEGA = 32.0     # latent weights start in +-1/sqrt(fan_in) ~ +-0.08: omega*w spans about one period
-TAU = 1e-4
+OMEGA = 32.0     # latent weights start in +-1/sqrt(fan_in) ~ +-0.06: omega * w within +-2
+TAU = 1e-3
 LR = 3e-3
+EPOCHS = (5, 10)  # (stage 1, stage 2)
+METHODS = ("fpq_ste", "sign_ste", "biper")
 
 
 class BinaryDigitsCNN(nn.Module):
-    """8x8 digits: conv(1->32) int8 | conv(32->64) bin | pool | conv(64->64) bin | pool | fc int8."""
+    """8x8 digits: conv(1->16) int8 | conv(16->32) bin | pool | conv(32->32) bin | pool | fc int8."""
 
     def __init__(self):
         super().__init__()
-        self.conv1 = nn.Conv2d(1, 32, 3, padding=1)
-        self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
-        self.conv3 = nn.Conv2d(64, 64, 3, padding=1)
+        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
+        self.conv3 = nn.Conv2d(32, 32, 3, padding=1)
         self.pool = nn.MaxPool2d(2)
-        self.fc = nn.Linear(64 * 2 * 2, 10)
+        self.fc = nn.Linear(32 * 2 * 2, 10)
 
     def forward(self, x):
         x = self.conv1(x)                  # its binary output quantizer is the sign activation
@@ -46,9 +50,12 @@ class BinaryDigitsCNN(nn.Module):
 
 
 def convert(model: nn.Module, method: str):
-    kw = dict(omega=OMEGA) if method == "biper" else {}
-    return fpq.convert(model, fmt="binary", inputs="int8", granularity="channel",
-                       overrides=biper.end_layer_overrides(model, "int8"), method=method, **kw)
+    kw = dict(method="biper", omega=OMEGA) if method == "biper" else {}
+    q = fpq.convert(model, fmt="binary", inputs="int8", granularity="channel",
+                    overrides=biper.end_layer_overrides(model, "int8"), **kw)
+    if method == "sign_ste":
+        biper.to_sign_ste(q)
+    return q
 
 
 def accuracy(model, x, y) -> float:
@@ -62,7 +69,7 @@ def run_seed(data, seed: int, epochs: tuple) -> dict:
     init = BinaryDigitsCNN()
     calib = [x for x, _ in data.batches(256, train=True)]
     out = {}
-    for method in ("ste", "biper"):
+    for method in METHODS:
         q = convert(init, method)
         fpq.calibrate(q, calib, progress=False)
         t0 = time.time()
@@ -77,26 +84,30 @@ def run_seed(data, seed: int, epochs: tuple) -> dict:
 def main(quick: bool = False, seeds=(0, 1, 2), verbose: bool = True) -> dict:
     torch.set_num_threads(1)
     data = load_digits_split(seed=0)
-    epochs = (1, 1) if quick else (8, 12)
+    epochs = (1, 1) if quick else EPOCHS
     rows = {}
     for s in seeds:
         rows[s] = run_seed(data, s, epochs)
         if verbose:
             r = rows[s]
-            print(f"seed {s}: sign/STE {r['ste']:.2f}%  BiPer {r['biper']:.2f}%  "
-                  f"({r['ste_s']:.0f} s + {r['biper_s']:.0f} s)", flush=True)
-    mean = {m: sum(rows[s][m] for s in seeds) / len(seeds) for m in ("ste", "biper")}
+            print(f"seed {s}: " + "  ".join(f"{LABELS[m]} {r[m]:.2f}% ({r[m + '_s']:.0f} s)" for m in METHODS),
+                  flush=True)
+    mean = {m: sum(rows[s][m] for s in seeds) / len(seeds) for m in METHODS}
     if verbose:
         print(table(rows, mean, epochs))
     return {"seeds": rows, "mean": mean, "epochs": epochs}
 
 
+LABELS = {"fpq_ste": "fpq STE", "sign_ste": "sign/STE", "biper": "BiPer"}
+
+
 def table(rows: dict, mean: dict, epochs: tuple) -> str:
-    lines = [f"digits binary CNN (int8 first/last layer), {epochs[0]}+{epochs[1]} epochs, test accuracy %",
-             f"{'seed':<6} {'sign/STE':>9} {'BiPer':>7}", "-" * 24]
+    head = f"{'seed':<6}" + "".join(f"{LABELS[m]:>10}" for m in METHODS)
+    lines = [f"digits binary CNN (int8 first/last layer), {epochs[0]}+{epochs[1]} epochs, test accuracy % "
+             "(450 held-out images)", head, "-" * len(head)]
     for s, r in rows.items():
-        lines.append(f"{s:<6} {r['ste']:>9.2f} {r['biper']:>7.2f}")
-    lines.append(f"{'mean':<6} {mean['ste']:>9.2f} {mean['biper']:>7.2f}")
+        lines.append(f"{s:<6}" + "".join(f"{r[m]:>10.2f}" for m in METHODS))
+    lines.append(f"{'mean':<6}" + "".join(f"{mean[m]:>10.2f}" for m in METHODS))
     return "\n".join(lines)
 
 

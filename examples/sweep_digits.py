@@ -61,6 +61,7 @@ def load_model(path: str = MODEL_PATH, epochs: int = FLOAT_EPOCHS, seed: int = 0
 
 def main(demo: bool, out: str | None, workers: int, seed: int, progress: bool = True) -> str:
     import fpq.report as rep
+    from fpq.report.pareto import markdown_front
 
     torch.set_num_threads(1)
     t0 = time.time()
@@ -80,9 +81,7 @@ def main(demo: bool, out: str | None, workers: int, seed: int, progress: bool = 
     print(f"{m['points']} points ({m['computed']} computed, {m['cached']} cached), sweep {m['seconds']:.1f} s, "
           f"total {time.time() - t0:.1f} s with {workers} worker(s); float accuracy {m['float_accuracy']:.2f}%")
     for cost in ("lut", "dsp", "latency_ns"):
-        front = rep.pareto_front(res.records, cost)
-        print(f"Pareto front, accuracy vs {cost}: " + ", ".join(
-            f"{r['weights']}/{r['activations']} {r['accuracy']:.1f}% @ {r[cost]}" for r in front))
+        print(f"\nPareto front, accuracy vs {cost}:\n{markdown_front(res.records, cost)}")
     not_exact = [r["id"] for r in res.records if r["exact"] is not True]
     print(f"bit-exact (torch == emulator == qonnx): {len(res.records) - len(not_exact)}/{len(res.records)}"
           + (f"; not exact or not verified: {not_exact}" if not_exact else ""))

@@ -216,3 +216,24 @@ def test_layers_api_trains():
     lin(torch.randn(5, 12)).sum().backward()
     assert lin.weight.grad is not None and torch.isfinite(lin.weight.grad).all()
     assert isinstance(lin.fpq_weight, biper.BiPerWeightQuant) and lin.fpq_weight.channels == 4
+
+
+def test_sign_ste_baseline_quantizer():
+    torch.manual_seed(0)
+    m = _cnn()
+    q = fpq.convert(m, fmt="binary", inputs="int8", granularity="channel", overrides=biper.end_layer_overrides(m))
+    assert biper.to_sign_ste(q) == 1
+    layer = q.get_submodule("1")
+    tq = layer.fpq_weight
+    assert isinstance(tq, biper.SignSTEWeightQuant) and not biper.biper_quantizers(q)
+    with torch.no_grad():
+        layer.weight.mul_(20.0)  # some latent weights beyond +-1 (no gradient there)
+    w = layer.weight
+    q.train()
+    y, _ = tq.quantize(w)
+    s = tq.scale().detach().reshape(-1, 1, 1, 1)
+    assert torch.equal(y, torch.where(w >= 0, 1.0, -1.0) * s)
+    y.sum().backward()
+    inside = (w.detach().abs() <= 1).float()
+    assert 0 < inside.mean() < 1
+    assert torch.equal(w.grad, (s * inside).expand_as(w))  # the window is |w| <= 1, whatever the scale

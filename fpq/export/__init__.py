@@ -73,6 +73,7 @@ def export_qonnx(q, path=None, example_input=None, *, input_name="input", output
     from qonnx.transformation.infer_shapes import InferShapes
 
     from ..nn.biper import export_weights
+    from ..nn.multfree import export_weights as khot_export_weights
     from .transforms import (AnnotateFormats, RemoveDoubleDivision, RemoveFloatCasts, RemoveInitializersFromInputs,
                              RenameIO)
 
@@ -87,8 +88,9 @@ def export_qonnx(q, path=None, example_input=None, *, input_name="input", output
     try:
         with tempfile.TemporaryDirectory() as tmp:
             raw = os.path.join(tmp, "raw.onnx")
-            # export_weights: BiPer latent weights that QONNX's BipolarQuant binarizes as BiPer does
-            with torch.no_grad(), export_weights(q):
+            # export_weights: BiPer latent weights that QONNX's BipolarQuant binarizes as BiPer does;
+            # khot_export_weights: K-hot weights as their values, which a plain Int Quant keeps
+            with torch.no_grad(), export_weights(q), khot_export_weights(q):
                 # TorchScript export: one self-contained file with module-scoped node names
                 # (the dynamo exporter writes external data and loses the scopes)
                 brevitas_export(q, x, raw, dynamo=False)

@@ -222,9 +222,17 @@ class ComputeInDouble(Transformation):
         cast_cache = {}
         for node in list(g.node):
             if _is_custom(node):
+                new_nodes.append(node)
                 for o in node.output:
                     dtype[o] = TensorProto.FLOAT  # qonnx casts quantizer outputs to float32
-                new_nodes.append(node)
+                if node.op_type == "BipolarQuant" and dtype.get(node.input[0]) == TensorProto.DOUBLE:
+                    # except BipolarQuant, which keeps its input's dtype: cast its +-scale values
+                    # (exact in float32) back to float32, as the other quantizers give
+                    out = node.output[0]
+                    node.output[0] = f"{out}__f64"
+                    dtype[node.output[0]] = TensorProto.DOUBLE
+                    new_nodes.append(helper.make_node("Cast", [node.output[0]], [out], to=TensorProto.FLOAT,
+                                                      name=f"fpq_bipolar_cast_{len(new_nodes)}"))
                 continue
             if node.op_type == "Cast":
                 dtype[node.output[0]] = helper.get_attribute_value(node.attribute[0])

@@ -16,6 +16,7 @@ exported graph computes exactly the trained binary weights.
 
 Public pieces: ``biper_binarize`` / ``sign_ste`` (autograd functions), ``BiPerWeightQuant``
 (the fpq tensor quantizer), ``to_biper`` (used by ``fpq.convert(..., method="biper")``),
+``SignSTEWeightQuant`` / ``to_sign_ste`` (the classic sign / clipped-STE baseline),
 ``BiPerLinear`` / ``BiPerConv2d`` (layers for hand-built models), ``set_stage``,
 ``regularizer``, ``end_layer_overrides`` and ``train_two_stage`` (the training helper).
 """
@@ -87,26 +88,21 @@ def sign_ste(x: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- the quantizer
-class BiPerWeightQuant(FpqTensorQuant):
-    """Binary weight quantizer with the BiPer map: value = sign(sin(omega * w)) * scale.
+class _LatentBinaryWeightQuant(FpqTensorQuant):
+    """Binary weight quantizer: value = binarize(w) * scale, with a binarizer chosen by the subclass.
 
-    Stage 1 in training mode gives sin(omega * w) * scale (continuous); stage 2, and eval mode
-    in either stage, the binary value. The scale (per output channel with granularity
-    "channel") is the learnable scale of FpqTensorQuant (po2 or float kind).
+    The scale (per output channel with granularity "channel") is FpqTensorQuant's learnable
+    scale (po2 or float kind); unlike fpq's generic Binary quantizer, the gradient window of
+    the binarizer does not depend on the scale.
     """
 
-    def __init__(self, fpq_format: str, fpq_scale_kind: str, fpq_channels: int, fpq_role: str, fpq_omega: float):
+    def __init__(self, fpq_format: str, fpq_scale_kind: str, fpq_channels: int, fpq_role: str):
         super().__init__(fpq_format, fpq_scale_kind, fpq_channels, fpq_role)
         if not isinstance(self.fmt, Binary):
-            raise ValueError(f"BiPer binarizes weights: its format must be binary, got {self.fmt}")
-        self.omega = _check_omega(fpq_omega)
-        self.register_buffer("stage", torch.tensor(2, dtype=torch.int64))
+            raise ValueError(f"{type(self).__name__} binarizes weights: its format must be binary, got {self.fmt}")
 
     def latent_map(self, w: torch.Tensor) -> torch.Tensor:
-        """The weight before the scale: sin(omega * w) in stage-1 training, else the square wave."""
-        if self.training and int(self.stage) == 1:
-            return torch.sin(self.omega * w)
-        return biper_binarize(w, self.omega)
+        raise NotImplementedError
 
     def quantize(self, x: torch.Tensor):
         s = self.scale()
@@ -115,6 +111,37 @@ class BiPerWeightQuant(FpqTensorQuant):
         sv = self._view(s, x).to(x.dtype)
         # +-1 times a float32 scale is exact in float32 (the contract stores quantized values so)
         return (self.latent_map(x) * sv).to(torch.float32), self._view(s, x)
+
+    def export_weight(self, w: torch.Tensor) -> torch.Tensor:
+        """A latent weight that QONNX's BipolarQuant (sign(w) * scale) binarizes identically."""
+        return w.detach()
+
+
+class SignSTEWeightQuant(_LatentBinaryWeightQuant):
+    """The classic BNN weight binarizer (BinaryConnect / XNOR-Net): sign(w) forward, gradient
+    where |w| <= 1 (``sign_ste``); BiPer's baseline."""
+
+    def latent_map(self, w: torch.Tensor) -> torch.Tensor:
+        return sign_ste(w)
+
+
+class BiPerWeightQuant(_LatentBinaryWeightQuant):
+    """BiPer: value = sign(sin(omega * w)) * scale, trained through the sine surrogate.
+
+    Stage 1 in training mode gives sin(omega * w) * scale (continuous); stage 2, and eval mode
+    in either stage, the binary value.
+    """
+
+    def __init__(self, fpq_format: str, fpq_scale_kind: str, fpq_channels: int, fpq_role: str, fpq_omega: float):
+        super().__init__(fpq_format, fpq_scale_kind, fpq_channels, fpq_role)
+        self.omega = _check_omega(fpq_omega)
+        self.register_buffer("stage", torch.tensor(2, dtype=torch.int64))
+
+    def latent_map(self, w: torch.Tensor) -> torch.Tensor:
+        """The weight before the scale: sin(omega * w) in stage-1 training, else the square wave."""
+        if self.training and int(self.stage) == 1:
+            return torch.sin(self.omega * w)
+        return biper_binarize(w, self.omega)
 
     def export_weight(self, w: torch.Tensor) -> torch.Tensor:
         """A latent weight with sign(w) == sign(sin(omega * w)): the peak of its half period."""
@@ -137,19 +164,16 @@ def biper_quantizers(model: nn.Module) -> list:
     return [(n, m, m.fpq_weight) for n, m in _weight_layers(model) if isinstance(m.fpq_weight, BiPerWeightQuant)]
 
 
-def to_biper(model: nn.Module, omega: float) -> int:
-    """Make every binary weight quantizer of ``model`` a BiPer quantizer (in place; the learned
-    scales are kept). Returns how many layers changed; ValueError if none has binary weights."""
-    omega = _check_omega(omega)
+def _swap_binary_weight_quant(model: nn.Module, cls, **kwargs) -> int:
     n = 0
-    for name, m in _weight_layers(model):
+    for _, m in _weight_layers(model):
         tq = m.fpq_weight
         if tq is None or not isinstance(tq.fmt, Binary):
             continue
         proxy = m.weight_quant
         # the injector builds the tensor quantizer (also when Brevitas re-creates it on a
-        # state-dict load), so the BiPer class goes there, not onto the proxy only
-        proxy.quant_injector = proxy.quant_injector.let(tensor_quant=BiPerWeightQuant, fpq_omega=omega)
+        # state-dict load), so the class goes there, not onto the proxy only
+        proxy.quant_injector = proxy.quant_injector.let(tensor_quant=cls, **kwargs)
         proxy.init_tensor_quant()
         with torch.no_grad():
             m.fpq_weight.log2_scale.copy_(tq.log2_scale)
@@ -161,13 +185,29 @@ def to_biper(model: nn.Module, omega: float) -> int:
     return n
 
 
+def to_biper(model: nn.Module, omega: float) -> int:
+    """Make every binary weight quantizer of ``model`` a BiPer quantizer (in place; the learned
+    scales are kept). Returns how many layers changed; ValueError if none has binary weights."""
+    return _swap_binary_weight_quant(model, BiPerWeightQuant, fpq_omega=_check_omega(omega))
+
+
+def to_sign_ste(model: nn.Module) -> int:
+    """Make every binary weight quantizer a classic sign / clipped-STE one (BiPer's baseline)."""
+    return _swap_binary_weight_quant(model, SignSTEWeightQuant)
+
+
+def _latent_binary(model: nn.Module) -> list:
+    return [(n, m, m.fpq_weight) for n, m in _weight_layers(model)
+            if isinstance(m.fpq_weight, _LatentBinaryWeightQuant)]
+
+
 @contextlib.contextmanager
 def export_weights(model: nn.Module):
     """Within the block, each BiPer latent weight is replaced by an equivalent one that a plain
     sign (QONNX BipolarQuant) binarizes identically; the trained latent weights come back after."""
     saved = []
     try:
-        for _, m, tq in biper_quantizers(model):
+        for _, m, tq in _latent_binary(model):
             saved.append((m, m.weight.detach().clone()))
             with torch.no_grad():
                 m.weight.copy_(tq.export_weight(m.weight))

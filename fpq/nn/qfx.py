@@ -24,7 +24,7 @@ constant in f and i):
 With a fixed width the int bits follow the binary point (I = W - F), so dF collects both terms.
 
 ``freeze(q)`` replaces each QFX quantizer by an ordinary fpq quantizer with the learned
-``Fixed`` format (per channel: one Fixed plus power-of-two channel scales), so export,
+``Fixed`` format (per channel: Int(W) with power-of-two channel scales 2**-F_c), so export,
 emulation, HLS and cost see plain fixed-point types; the frozen model's outputs are identical.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ import math
 import torch
 from torch import nn
 
-from ..formats import Fixed
+from ..formats import Fixed, Int
 from ..numerics.torch_ops import round_fixed_torch
 from .quantizers import FpqTensorQuant, _RoundSTE, tensor_quant_of
 
@@ -73,6 +73,7 @@ class _QfxQuant(torch.autograd.Function):
         ctx.save_for_backward(v, k, lo, hi, F64, I64)
         ctx.signed = signed
         ctx.shapes = (F.shape, I.shape)
+        ctx.dtypes = (F.dtype, I.dtype)
         return torch.ldexp(k, -F64).to(x.dtype)
 
     @staticmethod
@@ -92,8 +93,8 @@ class _QfxQuant(torch.autograd.Function):
         if ctx.signed:
             dI = torch.where(below, -LN2 * top + zero, dI)
         fs, is_ = ctx.shapes
-        gF = _reduce_to(g64 * dF, fs).to(torch.float32)
-        gI = _reduce_to(g64 * dI, is_).to(torch.float32)
+        gF = _reduce_to(g64 * dF, fs).to(ctx.dtypes[0])
+        gI = _reduce_to(g64 * dI, is_).to(ctx.dtypes[1])
         return gx, gF, gI, None, None
 
 
@@ -109,9 +110,10 @@ def qfx_quantize(x: torch.Tensor, F: torch.Tensor, I: torch.Tensor, signed: bool
 class QfxTensorQuant(FpqTensorQuant):
     """A Fixed quantizer whose binary point (and, optionally, width) is learned.
 
-    ``fmt`` always reports the current format: per tensor Fixed(W, W - F); per channel the
-    Fixed with the most fraction bits, and ``scale()`` the power-of-two channel scales
-    2**(Fmax - F_c) (the representation ``freeze`` keeps).
+    ``fmt`` always reports the current format: per tensor Fixed(W, W - F) at scale 1; per
+    channel Int(W) with power-of-two channel scales ``scale()`` = 2**-F_c, i.e. channel c is
+    fixed<W, W - F_c> (the representation ``freeze`` keeps; fpq's QONNX reader takes a Fixed
+    format only at its own scale, so per-channel points are spelled as Int x 2**-F_c).
     """
 
     def __init__(self, fpq_format: str, fpq_scale_kind: str, fpq_channels: int, fpq_role: str,
@@ -127,6 +129,9 @@ class QfxTensorQuant(FpqTensorQuant):
         if base.width > MAX_WIDTH:
             raise ValueError(f"QFX width {base.width} > {MAX_WIDTH}: values would not be exact in float32")
         self.qfx_channels = int(fpq_qfx_channels)
+        if self.qfx_channels and base.rounding != "RND_CONV":
+            raise ValueError(f"per-channel binary points freeze to Int x 2**-F_c, which rounds half "
+                             f"to even (RND_CONV); {base} rounds {base.rounding}")
         if self.qfx_channels and fpq_role != "weight":
             raise ValueError("per-channel binary points are for weights only (channel dim 0)")
         self.learn_width = bool(fpq_qfx_learn_width)
@@ -162,15 +167,16 @@ class QfxTensorQuant(FpqTensorQuant):
         return F + I
 
     @property
-    def fmt(self) -> Fixed:
+    def fmt(self):
         if "frac_bits" not in self._parameters:  # during the base class' __init__
             return self._base
+        b = self._base
         with torch.no_grad():
             F, I = self.bits()
             W = int((F + I).reshape(-1)[0])
-            fmax = int(F.max())
-        b = self._base
-        return Fixed(W, W - fmax, b.signed, b.rounding, b.overflow)
+        if self.qfx_channels:  # W-bit integer codes, channel c at power-of-two scale 2**-F_c
+            return Int(W, b.signed)
+        return Fixed(W, W - int(F), b.signed, b.rounding, b.overflow)
 
     @fmt.setter
     def fmt(self, value) -> None:  # the base class sets the converted format once
@@ -179,8 +185,7 @@ class QfxTensorQuant(FpqTensorQuant):
     def scale(self) -> torch.Tensor:
         if not self.qfx_channels:
             return torch.ones((), dtype=torch.float32, device=self.frac_bits.device)
-        F = torch.round(self.frac_bits.detach())
-        return torch.exp2(F.max() - F).to(torch.float32)
+        return torch.exp2(-torch.round(self.frac_bits.detach())).to(torch.float32)
 
     def set_scale(self, scale) -> None:
         raise ValueError("a QFX quantizer's scale follows its learned binary points: set frac_bits")
@@ -215,7 +220,7 @@ class QfxTensorQuant(FpqTensorQuant):
         return t
 
     def brevitas_scale(self, s: torch.Tensor) -> torch.Tensor:
-        return s * (2.0 ** -self.fmt.frac_bits)
+        return s if self.qfx_channels else s * (2.0 ** -self.fmt.frac_bits)
 
     def forward(self, x: torch.Tensor):
         y, s = self.quantize(x)
@@ -343,7 +348,8 @@ def bit_penalty(q: nn.Module, weight_by: str = "count") -> torch.Tensor:
 @torch.no_grad()
 def freeze(q: nn.Module) -> list:
     """Replace every QFX quantizer by an ordinary fpq quantizer with its learned Fixed format (in
-    place): per tensor scale 1 ("none"), per channel power-of-two channel scales. Returns
+    place): per tensor Fixed(W, W - F) at scale 1 ("none"), per channel Int(W) at power-of-two
+    channel scales 2**-F_c (each channel a fixed<W, W - F_c>). Returns
     (module name, role, format string) for each frozen quantizer."""
     from .quantizers import FpqTensorQuant as Plain
     out = []

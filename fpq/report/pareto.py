@@ -43,3 +43,18 @@ def dominated(a: dict, b: dict, cost: str, accuracy: str = "accuracy") -> bool:
 
 def fronts(records, costs=tuple(COSTS), accuracy: str = "accuracy") -> dict:
     return {c: pareto_front(records, c, accuracy) for c in costs}
+
+
+def markdown_front(records, cost: str = "lut", accuracy: str = "accuracy") -> str:
+    """The Pareto front as a Markdown table (for a README)."""
+    rows = ["| weights | activations | method | accuracy % | LUT | DSP | latency ns | bit-exact |",
+            "|---|---|---|---:|---:|---:|---:|---|"]
+    for r in pareto_front(records, cost, accuracy):
+        rows.append(f"| {r['weights']} | {r['activations']} | {r.get('method', '')} | {float(r[accuracy]):.2f} | "
+                    f"{_n(r.get('lut'))} | {_n(r.get('dsp'))} | {_n(r.get('latency_ns'))} | "
+                    f"{'yes' if r.get('exact') is True else 'no' if r.get('exact') is False else '-'} |")
+    return "\n".join(rows)
+
+
+def _n(v) -> str:
+    return "-" if v is None else f"{float(v):.0f}"

@@ -1,0 +1,115 @@
+"""fpq.ptq: post-training quantization algorithms on any fpq format, composed in one call.
+
+    q = fpq.convert(model, "e2m1")
+    fpq.ptq(q, batches, methods=["act_equalization", "format_search", "gptq", "bias_correction"])
+
+Methods always run in this fixed order, whatever order they are listed in (``ORDER``):
+
+1. ``weight_equalization``  cross-layer range equalization of float weights (equalize.py)
+2. ``act_equalization``     SmoothQuant migration of activation ranges into weights, ``alpha``
+3. calibration              ``fpq.calibrate(q, batches, method=calibration)``: activation scales
+                            and weight / bias scales from the (equalized) float weights
+4. ``format_search``        per-layer weight format (ExMy split) and exponent bias / clipping
+5. ``gptq`` or ``learned_round``  the weight rounding (at most one of them)
+6. ``bias_correction``      per-channel bias correction of the remaining mean output error
+
+Equalization changes float weights, so it must precede calibration; format search needs the
+calibrated activations that feed each layer; rounding needs the final weight formats and scales;
+bias correction corrects what rounding left. ``calibration=None`` keeps the model's current
+scales (not allowed together with an equalization). Every method leaves an fpq model: weights
+change only in value (after rounding they are grid values of the unchanged scale), scales keep
+their kind, every tensor keeps an fpq Format, so ``fpq.export_qonnx`` / ``emulate`` / ``to_hls``
+/ ``verify`` take the result unchanged. A method that cannot apply to a layer raises a
+ValueError naming the layer. Options (keyword arguments) go to the method they belong to; an
+unknown option is an error. Returns ``q`` (modified in place); ``report`` (a dict, optional)
+receives what each method did.
+"""
+from __future__ import annotations
+
+import torch
+
+from .._api import callable_module
+from . import _common
+from . import bias_correction as _bias_correction
+from . import equalize as _equalize
+from . import format_search as _format_search
+from . import gptq as _gptq
+from . import learned_round as _learned_round
+
+ORDER = ("weight_equalization", "act_equalization", "format_search", "gptq", "learned_round",
+         "bias_correction")
+
+_RUN = {
+    "weight_equalization": _equalize.weight_equalization,
+    "act_equalization": _equalize.act_equalization,
+    "format_search": _format_search.run,
+    "gptq": _gptq.run,
+    "learned_round": _learned_round.run,
+    "bias_correction": _bias_correction.run,
+}
+
+# the options each method understands (besides seed / progress / report)
+OPTIONS = {
+    "weight_equalization": ("equalize_layers", "equalize_iters"),
+    "act_equalization": ("equalize_layers", "alpha"),
+    "format_search": ("format_candidates", "search_shifts", "search_min_clip", "max_rows"),
+    "gptq": ("gptq_act_order", "max_rows"),
+    "learned_round": ("round_iters", "round_lr", "round_reg", "max_rows"),
+    "bias_correction": (),
+}
+
+
+def ptq(q, batches, methods=("bias_correction",), *, seed: int = 0, progress: bool = True,
+        calibration: str | None = "max", report: dict | None = None, **options):
+    """Apply the PTQ ``methods`` to ``q`` (an ``fpq.convert`` model) using ``batches``.
+
+    batches: an iterable of input tensors or (inputs, targets) tuples, read several times (a list
+    or a DataLoader). calibration: "max" | "percentile" | "mse" | None (keep current scales).
+    seed: makes sampling (rows, learned-round minibatches) reproducible. See the module
+    docstring for the order and ``OPTIONS`` for the keyword options of each method.
+    """
+    from .. import calibrate
+
+    if not hasattr(q, "fpq_quantizers"):
+        raise TypeError("fpq.ptq expects a model returned by fpq.convert")
+    if isinstance(methods, str):
+        methods = [methods]
+    methods = list(methods)
+    unknown = [m for m in methods if m not in _RUN]
+    if unknown:
+        raise ValueError(f"fpq.ptq: unknown method(s) {unknown}; allowed: {', '.join(ORDER)}")
+    if len(set(methods)) != len(methods):
+        raise ValueError(f"fpq.ptq: a method is listed twice in {methods}")
+    if "gptq" in methods and "learned_round" in methods:
+        raise ValueError("fpq.ptq: gptq and learned_round both choose the weight rounding; pick one")
+    allowed = {o for m in methods for o in OPTIONS[m]}
+    bad = sorted(set(options) - allowed)
+    if bad:
+        raise ValueError(f"fpq.ptq: option(s) {bad} are not used by methods {methods}; "
+                         f"options of these methods: {sorted(allowed) or 'none'}")
+    equalizing = any(m in methods for m in ("weight_equalization", "act_equalization"))
+    if equalizing and calibration is None:
+        raise ValueError("fpq.ptq: equalization changes the float weights, so the model must be "
+                         "recalibrated afterwards: pass calibration='max' | 'percentile' | 'mse'")
+    batches = list(batches)
+    if not batches:
+        raise ValueError("fpq.ptq: no batches given")
+    if getattr(q, "meta", {}).get("fpq_policy") is not None and q.fpq_policy.method != "ste":
+        raise ValueError(f"fpq.ptq: models converted with method={q.fpq_policy.method!r} are not "
+                         "supported (their weights are not fpq-quantized parameters)")
+    report = {} if report is None else report
+    torch.manual_seed(seed)
+    for name in ORDER:
+        if name == "format_search" and calibration is not None:
+            calibrate(q, batches, method=calibration, progress=progress)   # step 3
+        if name not in methods:
+            continue
+        kw = {k: v for k, v in options.items() if k in OPTIONS[name]}
+        _RUN[name](q, batches, seed=seed, progress=progress, report=report, **kw)
+    q.fpq_record_shapes(_common.first_tensor(batches[0])[:1])
+    return q
+
+
+__all__ = ["ptq", "ORDER", "OPTIONS"]
+
+callable_module(__name__, "ptq")  # see fpq/_api.py

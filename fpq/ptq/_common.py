@@ -1,0 +1,131 @@
+"""Shared pieces of the PTQ methods: the weight layers in execution order, their inputs on
+calibration data (im2col rows), and the layer-output error every method measures.
+
+The layer-output error of weights ``Wq`` is ``mean((X @ (W - Wq).T) ** 2)`` over calibration
+rows ``X`` (the layer's quantized inputs, im2col'd for convolutions) and output channels, with
+``W`` the layer's float weights before the rounding method ran. The bias cancels in it.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+from ..nn.layers import FpqConv1d, FpqConv2d, FpqLinear
+
+WEIGHT_LAYERS = (FpqLinear, FpqConv1d, FpqConv2d)
+
+
+def first_tensor(batch):
+    if torch.is_tensor(batch):
+        return batch
+    if isinstance(batch, (list, tuple)) and batch and torch.is_tensor(batch[0]):
+        return batch[0]
+    if isinstance(batch, dict) and batch:
+        return next(iter(batch.values()))
+    raise TypeError(f"a PTQ batch must be a tensor or an (inputs, ...) tuple, got {type(batch).__name__}")
+
+
+def weight_layers(q):
+    """[(name, module)] of the Linear / Conv layers of an fpq model, in graph execution order."""
+    modules = dict(q.named_modules())
+    out = []
+    for node in q.graph.nodes:
+        if node.op == "call_module" and isinstance(modules[node.target], WEIGHT_LAYERS):
+            out.append((node.target, modules[node.target]))
+    return out
+
+
+def check_groups(name, m):
+    if isinstance(m, (FpqConv1d, FpqConv2d)) and m.groups != 1:
+        raise ValueError(f"layer {name!r}: grouped convolution (groups={m.groups}) is not supported "
+                         "by this PTQ method; only groups=1")
+
+
+def im2col(m, x: torch.Tensor) -> torch.Tensor:
+    """Rows of the layer's dot products: (rows, in_features) so that y = rows @ W2d.T."""
+    if isinstance(m, FpqLinear):
+        return x.reshape(-1, x.shape[-1])
+    if isinstance(m, FpqConv1d):
+        x = x.unsqueeze(-2)
+        k, s, p, d = (1, m.kernel_size[0]), (1, m.stride[0]), (0, m.padding[0]), (1, m.dilation[0])
+    else:
+        k, s, p, d = m.kernel_size, m.stride, m.padding, m.dilation
+    if isinstance(p, str):
+        raise ValueError(f"padding={p!r} is not supported by fpq's PTQ methods; give explicit padding")
+    cols = F.unfold(x, k, dilation=d, padding=p, stride=s)        # (N, C*k, L)
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+
+
+def w2d(w: torch.Tensor) -> torch.Tensor:
+    return w.reshape(w.shape[0], -1)
+
+
+@contextlib.contextmanager
+def eval_mode(q):
+    was = q.training
+    q.eval()
+    try:
+        yield
+    finally:
+        q.train(was)
+
+
+@torch.no_grad()
+def layer_inputs(q, layer_names, batches, max_rows: int = 8192, seed: int = 0) -> dict:
+    """{name: float64 (rows, in_features)} inputs of the named layers on ``batches`` in the
+    model's current (quantized, eval) state; at most ``max_rows`` rows, sampled with ``seed``."""
+    modules = dict(q.named_modules())
+    rows = {n: [] for n in layer_names}
+    hooks = []
+    for n in layer_names:
+        m = modules[n]
+
+        def hook(mod, inp, _n=n):
+            x = inp[0]
+            x = x.value if hasattr(x, "value") else x
+            rows[_n].append(im2col(mod, x.detach().to(torch.float32)))
+        hooks.append(m.register_forward_pre_hook(hook))
+    try:
+        with eval_mode(q):
+            for b in batches:
+                q(first_tensor(b))
+    finally:
+        for h in hooks:
+            h.remove()
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for n, parts in rows.items():
+        x = torch.cat(parts)
+        if x.shape[0] > max_rows:
+            x = x[torch.randperm(x.shape[0], generator=gen)[:max_rows]]
+        out[n] = x.to(torch.float64)
+    return out
+
+
+@torch.no_grad()
+def quantized_weight(m, w: torch.Tensor | None = None) -> torch.Tensor:
+    """The layer's weight quantizer applied to ``w`` (default: its own weight), float32."""
+    w = m.weight if w is None else w
+    y, _ = m.fpq_weight.quantize(w.detach().to(torch.float32))
+    return y
+
+
+@torch.no_grad()
+def layer_error(x: torch.Tensor, w_ref: torch.Tensor, w_q: torch.Tensor) -> float:
+    """mean((x @ (w_ref - w_q).T) ** 2) in float64 (the layer-output MSE)."""
+    d = w2d(w_ref).to(torch.float64) - w2d(w_q).to(torch.float64)
+    return float(torch.mean((x @ d.T) ** 2))
+
+
+@torch.no_grad()
+def channel_errors(x: torch.Tensor, w_ref: torch.Tensor, w_q: torch.Tensor) -> torch.Tensor:
+    """Per output channel mean squared output error (C,), float64."""
+    d = w2d(w_ref).to(torch.float64) - w2d(w_q).to(torch.float64)
+    return torch.mean((x @ d.T) ** 2, dim=0)
+
+
+def set_weight(m, w: torch.Tensor) -> None:
+    with torch.no_grad():
+        m.weight.copy_(w.to(m.weight.dtype).reshape(m.weight.shape))

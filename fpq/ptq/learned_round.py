@@ -1,0 +1,94 @@
+"""Learned rounding (AdaRound, Nagel et al. 2020) on any fpq weight format.
+
+Reimplemented rather than taken from Brevitas: Brevitas' learned round replaces the
+``float_to_int_impl`` inside its integer quantizer, a part fpq's quantizers do not have, and it
+rounds between integers, whereas a minifloat's two neighbours of a value are not one unit apart.
+Here each scaled weight w/s (clipped to the format's range) lies between its two neighbours
+``lo <= w/s <= hi`` in ``fpq.values(fmt)``, the grid of any format of at most 16 bits, and a
+rectified sigmoid h(V) in [0, 1] chooses between them:
+    w_soft = s * (lo + (hi - lo) * h(V))
+minimizing the layer-output error on calibration rows plus AdaRound's annealed regularizer that
+drives h to 0 or 1. The final weights are the hard choice, i.e. grid values at the unchanged
+scale. As for GPTQ, a layer keeps the learned rounding only when its layer-output error is not
+larger than round-to-nearest's.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..formats import values
+from . import _common as C
+
+_ZETA, _GAMMA = 1.1, -0.1
+
+
+def _h(v):
+    return torch.clamp(torch.sigmoid(v) * (_ZETA - _GAMMA) + _GAMMA, 0.0, 1.0)
+
+
+def neighbours(u: torch.Tensor, fmt):
+    """(lo, hi) grid values of ``fmt`` around u (float64), u clipped to the format's range."""
+    grid = torch.from_numpy(np.unique(np.asarray(values(fmt), dtype=np.float64)))
+    grid = grid[torch.isfinite(grid)]
+    u = torch.clamp(u, float(grid[0]), float(grid[-1]))
+    i = torch.searchsorted(grid, u.contiguous())            # first grid value >= u
+    i = torch.clamp(i, 0, len(grid) - 1)
+    hi = grid[i]
+    lo = torch.where(hi == u, hi, grid[torch.clamp(i - 1, min=0)])
+    return u, lo, hi
+
+
+def _learn_layer(m, x, w, iters, lr, reg, gen):
+    tq = m.fpq_weight
+    s = tq.scale().detach().to(torch.float64)
+    s = s.reshape(-1, *([1] * (w.dim() - 1))) if s.dim() else s
+    u, lo, hi = neighbours(w.to(torch.float64) / s, tq.fmt)
+    gap = hi - lo
+    frac = torch.where(gap > 0, (u - lo) / torch.where(gap > 0, gap, torch.ones_like(gap)),
+                       torch.zeros_like(u))
+    p = torch.clamp((frac - _GAMMA) / (_ZETA - _GAMMA), 1e-4, 1 - 1e-4)
+    v = torch.log(p / (1 - p)).clone().requires_grad_(True)   # h(v) == frac at the start
+    target = x @ C.w2d(w.to(torch.float64)).T
+    norm = float(torch.mean(target ** 2)) or 1.0
+    opt = torch.optim.Adam([v], lr=lr)
+    n = x.shape[0]
+    batch = min(n, 1024)
+    for it in range(iters):
+        rows = x[torch.randint(0, n, (batch,), generator=gen)]
+        w_soft = s * (lo + gap * _h(v))
+        err = torch.mean((rows @ C.w2d(w.to(torch.float64) - w_soft).T) ** 2) / norm
+        # AdaRound's regularizer with beta annealed 20 -> 2 after a 20 % warm-up
+        t = it / max(1, iters - 1)
+        beta = 20.0 - 18.0 * max(0.0, (t - 0.2) / 0.8)
+        r = 0.0 if t < 0.2 else reg * torch.mean(1 - torch.abs(2 * _h(v) - 1) ** beta)
+        opt.zero_grad()
+        (err + r).backward()
+        opt.step()
+    with torch.no_grad():
+        g = torch.where(_h(v) >= 0.5, hi, lo)
+        return (g * s).to(torch.float32)
+
+
+def run(q, batches, *, seed: int = 0, progress: bool = True, round_iters: int = 400,
+        round_lr: float = 0.01, round_reg: float = 0.01, max_rows: int = 8192,
+        report: dict | None = None, **_):
+    from tqdm.auto import tqdm
+
+    layers = C.weight_layers(q)
+    for name, m in layers:
+        C.check_groups(name, m)
+    gen = torch.Generator().manual_seed(seed)
+    result = {}
+    for name, m in tqdm(layers, desc="fpq.ptq learned_round", disable=not progress):
+        w = m.weight.detach().clone()
+        x = C.layer_inputs(q, [name], batches, max_rows, seed)[name]
+        w_rtn = C.quantized_weight(m, w)
+        with torch.enable_grad():
+            w_learn = C.quantized_weight(m, _learn_layer(m, x, w, round_iters, round_lr, round_reg, gen))
+        e_learn, e_rtn = C.layer_error(x, w, w_learn), C.layer_error(x, w, w_rtn)
+        keep = e_learn <= e_rtn
+        C.set_weight(m, w_learn if keep else w_rtn)
+        result[name] = {"kept": keep, "error": min(e_learn, e_rtn), "error_rtn": e_rtn}
+    if report is not None:
+        report["learned_round"] = result

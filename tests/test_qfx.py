@@ -1,0 +1,187 @@
+"""QFX learned binary points: exact forward, the documented gradient, freeze, bit penalty."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import fpq
+from fpq.formats import Fixed, Int
+from fpq.nn import qfx
+from fpq.nn.qfx import QfxTensorQuant, qfx_quantize
+
+
+def _offgrid(rng, n, hi):
+    """Off-grid values over +-3*hi (a third saturate), some tiny, plus exact ties."""
+    x = rng.uniform(-3 * hi, 3 * hi, n)
+    x[: n // 8] = rng.normal(0, hi / 64, n // 8)
+    return x
+
+
+@pytest.mark.parametrize("W,F,signed,rounding", [(8, 5, True, "RND_CONV"), (4, 1, True, "RND_CONV"),
+                                                 (6, 8, False, "TRN"), (5, -2, True, "RND"),
+                                                 (3, 0, True, "RND_INF")])
+def test_forward_equals_reference_fixed(W, F, signed, rounding):
+    rng = np.random.default_rng(W * 10 + F)
+    fmt = Fixed(W, W - F, signed, rounding, "SAT")
+    hi = 2.0 ** (W - F)
+    x = np.concatenate([_offgrid(rng, 4000, hi), (np.arange(-40, 40) + 0.5) * 2.0 ** -F]).astype(np.float32)
+    y = qfx_quantize(torch.from_numpy(x), torch.tensor(float(F)), torch.tensor(float(W - F)), signed, rounding)
+    assert np.array_equal(y.numpy(), fpq.quantize(x, fmt))
+
+
+def _relaxed_loss(x, c, F, I, signed):
+    return (c * qfx_quantize(x, F, I, signed)).sum()
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_binary_point_gradient_finite_difference_where_saturated(signed):
+    """Where every element saturates, the relaxed forward (real F, I) is differentiable and the
+    estimator must be its exact derivative: central differences agree to float64 precision."""
+    rng = np.random.default_rng(1)
+    F0, I0 = 4.3, 2.6                                    # real: the relaxation
+    big = 2.0 ** I0 * 4
+    x = torch.from_numpy(np.concatenate([rng.uniform(big, 2 * big, 50), rng.uniform(-2 * big, -big, 50)]))
+    c = torch.from_numpy(rng.normal(size=100))
+    F = torch.tensor(F0, dtype=torch.float64, requires_grad=True)
+    I = torch.tensor(I0, dtype=torch.float64, requires_grad=True)
+    _relaxed_loss(x, c, F, I, signed).backward()
+    h = 1e-6
+    for name, g in (("F", F.grad), ("I", I.grad)):
+        def L(d):
+            f, i = (F0 + d, I0) if name == "F" else (F0, I0 + d)
+            return float(_relaxed_loss(x, c, torch.tensor(f, dtype=torch.float64),
+                                       torch.tensor(i, dtype=torch.float64), signed))
+        fd = (L(h) - L(-h)) / (2 * h)
+        assert abs(float(g) - fd) <= 1e-6 * max(1.0, abs(fd)), (name, float(g), fd)
+    assert float(F.grad) != 0 and float(I.grad) != 0
+
+
+def test_binary_point_gradient_inside_is_lsq_term_and_x_is_clipped_ste():
+    """Inside the range: dy/dF = -ln2 2^-F (round(x 2^F) - x 2^F) (STE through the rounding of
+    x), dy/dx = 1; outside dy/dx = 0. Fixed width: I = W - F, so dF also gets -dI."""
+    rng = np.random.default_rng(2)
+    W, F0 = 8, 5
+    x = torch.from_numpy(rng.uniform(-6, 6, 400)).requires_grad_(True)   # range of fixed<8,3>: [-4, 4)
+    c = torch.from_numpy(rng.normal(size=400))
+    f = torch.tensor(float(F0), dtype=torch.float64, requires_grad=True)
+    (c * qfx_quantize(x, f, W - f)).sum().backward()
+    xn, cn = x.detach().numpy(), c.numpy()
+    v = xn * 2.0 ** F0
+    k = np.clip(np.round(v), -128, 127)
+    inside = (v >= -128) & (v <= 127)
+    step = 2.0 ** -F0
+    # outside, y = 2^-F * bound with the bound's code fixed: dy/dF = -ln2 * 2^-F * code
+    expect = np.where(inside, -math.log(2) * step * (k - v), -math.log(2) * step * k)
+    assert np.isclose(float(f.grad), float((cn * expect).sum()), rtol=1e-12, atol=0)
+    assert np.array_equal(x.grad.numpy(), np.where(inside, cn, 0.0))
+    assert inside.any() and (~inside).any()
+
+
+def test_rounded_binary_point_is_straight_through():
+    tq = QfxTensorQuant("fixed<8,3>", "none", 0, "output")
+    with torch.no_grad():
+        tq.frac_bits.fill_(4.6)      # F = 5
+    x = torch.linspace(-7, 7, 301)
+    y, _ = tq.quantize(x)
+    y.sum().backward()
+    f = torch.tensor(5.0, dtype=torch.float64, requires_grad=True)
+    qfx_quantize(x, f, 8 - f).sum().backward()
+    assert torch.equal(y, qfx_quantize(x, torch.tensor(5.0), torch.tensor(3.0)))
+    assert math.isclose(float(tq.frac_bits.grad), float(f.grad), rel_tol=1e-6)
+    assert tq.fmt == Fixed(8, 3)
+
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.c2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 4 * 4, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.c1(x))
+        x = x + torch.relu(self.c2(x))
+        return self.fc(torch.flatten(x, 1))
+
+
+def _trained_qfx(granularity, learn_width=False, fmt="fixed<6,2>"):
+    torch.manual_seed(0)
+    q = fpq.convert(_Net(), fmt=fmt)
+    n = qfx.make_trainable(q, granularity=granularity, learn_width=learn_width)
+    x = torch.rand(64, 1, 4, 4) * 2
+    qfx.init_activations(q, [x])
+    opt = torch.optim.SGD(q.parameters(), lr=0.5)
+    q.train()
+    for _ in range(5):
+        opt.zero_grad()
+        ((q(x) - 1.0) ** 2).mean().backward()
+        opt.step()
+    q.eval()
+    return q, n
+
+
+@pytest.mark.slow   # fpq.verify exports and runs the qonnx executor (~8 s)
+@pytest.mark.parametrize("granularity,learn_width", [("tensor", False), ("channel", False), ("tensor", True)])
+def test_freeze_keeps_outputs_and_gives_plain_formats(granularity, learn_width):
+    q, n = _trained_qfx(granularity, learn_width)
+    assert n == 8   # 3 weights + input + 3 layer outputs + the add
+    # spread the binary points as training might (per channel too), then compare
+    with torch.no_grad():
+        for i, (_, role, tq) in enumerate(qfx.qfx_quantizers(q)):
+            tq.frac_bits.add_(torch.arange(tq.frac_bits.numel()).reshape(tq.frac_bits.shape) % 3 - (i % 2))
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(rng.uniform(-3, 3, (200, 1, 4, 4)).astype(np.float32))
+    formats = {(nm, r): (tq.fmt, tq.scale().clone()) for nm, r, tq in qfx.qfx_quantizers(q)}
+    with torch.no_grad():
+        before = q(x)
+    frozen = qfx.freeze(q)
+    assert len(frozen) == n and not qfx.qfx_quantizers(q)
+    with torch.no_grad():
+        after = q(x)
+    assert torch.equal(before, after)
+    for name, role, tq in q.fpq_quantizers():
+        if (name, role) in formats:
+            fmt, s = formats[(name, role)]
+            assert type(tq) is fpq.nn.FpqTensorQuant and tq.fmt == fmt and torch.equal(tq.scale(), s)
+            assert isinstance(fmt, Int if (granularity == "channel" and role == "weight") else Fixed)
+    tp = fpq.plan(q)
+    assert all(lp.tensors["accumulator"].width <= 53 for lp in tp if "accumulator" in lp.tensors)
+    rep = fpq.verify(q, x)
+    assert rep.exact, rep.first_mismatch
+
+
+def test_learned_points_move_and_bit_penalty_shrinks_width():
+    q, _ = _trained_qfx("tensor")
+    moved = [tq for _, _, tq in qfx.qfx_quantizers(q) if float(tq.frac_bits.detach() % 1) != 0]
+    assert moved, "training changed no binary point"
+    torch.manual_seed(0)
+    q = fpq.convert(_Net(), fmt="fixed<10,4>")
+    qfx.make_trainable(q, learn_width=True, min_width=3, init="format")
+    start = qfx.bit_penalty(q, "width").item()
+    assert start == 8 * 10
+    opt = torch.optim.SGD([p for n, p in q.named_parameters() if "bits" in n], lr=0.5)
+    for _ in range(20):
+        opt.zero_grad()
+        qfx.bit_penalty(q).backward()
+        opt.step()
+    widths = [int(tq.fmt.width) for _, _, tq in qfx.qfx_quantizers(q)]
+    assert min(widths) == 3 and max(widths) < 10
+
+
+def test_errors_are_clear():
+    q = fpq.convert(_Net(), fmt="int8")
+    with pytest.raises(ValueError, match="no fixed-point"):
+        qfx.make_trainable(q)
+    q = fpq.convert(_Net(), fmt="fixed<6,2,RND,SAT>")
+    with pytest.raises(ValueError, match="RND_CONV"):
+        qfx.make_trainable(q, granularity="channel")
+    q = fpq.convert(_Net(), fmt="fixed<6,2,RND_CONV,WRAP>")
+    with pytest.raises(ValueError, match="SAT"):
+        qfx.make_trainable(q)
+    q = fpq.convert(_Net(), fmt="fixed<6,2>")
+    with pytest.raises(ValueError, match="granularity"):
+        qfx.make_trainable(q, granularity="block")
+    with pytest.raises(ValueError, match="learn_width with per-channel"):
+        qfx.make_trainable(q, granularity="channel", learn_width=True)
