@@ -39,13 +39,13 @@ class BinaryDigitsCNN(nn.Module):
         self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
         self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
         self.conv3 = nn.Conv2d(32, 32, 3, padding=1)
-        self.pool = nn.MaxPool2d(2)
+        self.pool1, self.pool2 = nn.MaxPool2d(2), nn.MaxPool2d(2)  # one module per call: one TypePlan layer each
         self.fc = nn.Linear(32 * 2 * 2, 10)
 
     def forward(self, x):
         x = self.conv1(x)                  # its binary output quantizer is the sign activation
-        x = self.pool(self.conv2(x))       # 4x4
-        x = self.pool(self.conv3(x))       # 2x2
+        x = self.pool1(self.conv2(x))      # 4x4
+        x = self.pool2(self.conv3(x))      # 2x2
         return self.fc(torch.flatten(x, 1))
 
 

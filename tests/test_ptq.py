@@ -101,10 +101,14 @@ def _op_error(m, x, w_ref, w_q):
     return float(torch.mean(d ** 2))
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+ROUNDING_CASES = [("int4", "tensor", "po2"), ("e2m1", "tensor", "po2"), ("e2m1", "channel", "po2"),
+                  ("int4", "channel", "float")]
+
+
+@pytest.mark.parametrize("fmt, granularity, scale", ROUNDING_CASES)
 @pytest.mark.parametrize("method", ["gptq", "learned_round"])
-def test_rounding_never_worse_than_nearest(fmt, method):
-    q = fpq.convert(_model(), fmt)
+def test_rounding_never_worse_than_nearest(fmt, granularity, scale, method):
+    q = fpq.convert(_model(), fmt, granularity=granularity, scale=scale)
     w0 = {n: m.weight.detach().clone() for n, m in _common.weight_layers(q)}
     data = _batches()
     rep = {}
@@ -204,19 +208,6 @@ def test_equalization_keeps_the_float_function():
     assert not torch.equal(q.conv1.weight, m.conv1.weight)
 
 
-def test_bias_correction_reduces_mean_output_error():
-    m = _model()
-    q = fpq.convert(m, "int4")
-    data = _batches()
-    fpq.calibrate(q, data, progress=False)
-    x = torch.cat(data)
-    ref = m(x).detach()
-    before = (q(x).detach() - ref).mean(0).abs().mean()
-    fpq.ptq(q, data, methods=["bias_correction"], progress=False)
-    after = (q(x).detach() - ref).mean(0).abs().mean()
-    assert after < before
-
-
 def test_learned_round_is_reproducible_with_seed():
     ws = []
     for _ in range(2):
@@ -275,7 +266,18 @@ def test_bad_arguments(kwargs, match):
 
 def test_not_a_converted_model():
     with pytest.raises(TypeError, match="fpq.convert"):
-        fpq.ptq(nn.Linear(2, 2), _batches())
+        fpq.ptq(nn.Linear(2, 2), _batches(), methods=["gptq"])
+
+
+def test_calibration_none_keeps_scales_and_default_recalibrates():
+    q = fpq.convert(_model(), "int4")
+    data = _batches()
+    fpq.calibrate(q, data, method="mse", progress=False)
+    acts = {(n, r): tq.scale().clone() for n, r, tq in q.fpq_quantizers() if r == "output"}
+    fpq.ptq(q, data, methods=["gptq"], calibration=None, progress=False)
+    assert all(torch.equal(tq.scale(), acts[(n, r)]) for n, r, tq in q.fpq_quantizers() if r == "output")
+    fpq.ptq(q, data, methods=[], progress=False)          # max calibration: other scales
+    assert any(not torch.equal(tq.scale(), acts[(n, r)]) for n, r, tq in q.fpq_quantizers() if r == "output")
 
 
 # --- the PTQ result goes through every path unchanged -------------------------------------------
@@ -300,3 +302,27 @@ def test_hls_csim_exact_after_ptq(tmp_path):
     proj = fpq.to_hls(q, tmp_path / "prj", example_input=x[:1])
     rep = fpq.verify(q, x, project=proj, qonnx_subset=0)
     assert rep.exact and "hls" in rep.paths, str(rep)
+
+
+@pytest.mark.parametrize("rounding", [None, "gptq", "learned_round"])
+def test_bias_correction_removes_mean_layer_error(rounding):
+    """Against the float weights from before rounding (the rounded weights alone show no error)."""
+    q = fpq.convert(_model(), "int4", bias="int16")
+    data = _batches()
+    w0 = {n: m.weight.detach().clone() for n, m in _common.weight_layers(q)}
+    b0 = {n: m.bias.detach().clone() for n, m in _common.weight_layers(q)}
+    methods = ([rounding] if rounding else []) + ["bias_correction"]
+    kw = {"round_iters": 40} if rounding == "learned_round" else {}
+    fpq.ptq(q, data, methods=methods, progress=False, **kw)
+    xs = _captured_inputs(q, data)
+    for n, m in _common.weight_layers(q):
+        def out(w, b):
+            y = F.linear(xs[n], w.double(), b.double()) if isinstance(m, nn.Linear) else \
+                F.conv2d(xs[n], w.double(), b.double(), padding=m.padding)
+            return y.transpose(0, 1).reshape(y.shape[1], -1).mean(1)
+        target = out(w0[n], b0[n])
+        wq = m.fpq_weight.quantize(m.weight.detach())[0]
+        before = (out(wq, b0[n]) - target).abs()
+        after = (out(wq, m.fpq_bias.quantize(m.bias.detach())[0]) - target).abs()
+        assert after.sum() < before.sum(), n
+        assert float(after.max()) <= float(m.fpq_bias.scale()) / 2 * 1.0001, n   # only bias rounding left

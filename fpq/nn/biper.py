@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from ..formats import Binary
-from .layers import FpqConv2d, FpqLinear, init_param_scales
+from .layers import FpqConv1d, FpqConv2d, FpqLinear, init_param_scales
 from .quantizers import FpqTensorQuant, make_quant
 
 STAGES = (1, 2)
@@ -154,8 +154,9 @@ class BiPerWeightQuant(_LatentBinaryWeightQuant):
 
 
 def _weight_layers(model: nn.Module):
+    """fpq's weight layers (Linear, Conv1d, Conv2d and their subclasses)."""
     for name, m in model.named_modules():
-        if isinstance(m, (FpqLinear, FpqConv2d)) or getattr(m, "fpq_op", None) in ("linear", "conv1d", "conv2d"):
+        if isinstance(m, (FpqLinear, FpqConv1d, FpqConv2d)):
             yield name, m
 
 
@@ -180,8 +181,8 @@ def _swap_binary_weight_quant(model: nn.Module, cls, **kwargs) -> int:
         proxy.train(m.training)
         n += 1
     if n == 0:
-        raise ValueError("method='biper' binarizes binary weights, but no layer has binary weights; "
-                         "use fmt='binary' or weights='binary'")
+        raise ValueError(f"{cls.__name__} binarizes binary weights, but no layer has binary weights; "
+                         "convert with fmt='binary' or weights='binary'")
     return n
 
 

@@ -11,7 +11,8 @@ Methods always run in this fixed order, whatever order they are listed in (``ORD
                             and weight / bias scales from the (equalized) float weights
 4. ``format_search``        per-layer weight format (ExMy split) and exponent bias / clipping
 5. ``gptq`` or ``learned_round``  the weight rounding (at most one of them)
-6. ``bias_correction``      per-channel bias correction of the remaining mean output error
+6. ``bias_correction``      per-channel bias correction of the mean output error left by the
+                            rounding (measured against the float weights from before step 5)
 
 Equalization changes float weights, so it must precede calibration; format search needs the
 calibrated activations that feed each layer; rounding needs the final weight formats and scales;
@@ -59,9 +60,10 @@ OPTIONS = {
 }
 
 
-def ptq(q, batches, methods=("bias_correction",), *, seed: int = 0, progress: bool = True,
+def ptq(q, batches, methods, *, seed: int = 0, progress: bool = True,
         calibration: str | None = "max", report: dict | None = None, **options):
-    """Apply the PTQ ``methods`` to ``q`` (an ``fpq.convert`` model) using ``batches``.
+    """Apply the PTQ ``methods`` (names from ``ORDER``; [] only calibrates) to ``q``, an
+    ``fpq.convert`` model, using ``batches``.
 
     batches: an iterable of input tensors or (inputs, targets) tuples, read several times (a list
     or a DataLoader). calibration: "max" | "percentile" | "mse" | None (keep current scales).
@@ -99,12 +101,17 @@ def ptq(q, batches, methods=("bias_correction",), *, seed: int = 0, progress: bo
                          "supported (their weights are not fpq-quantized parameters)")
     report = {} if report is None else report
     torch.manual_seed(seed)
+    float_weights = None
     for name in ORDER:
         if name == "format_search" and calibration is not None:
             calibrate(q, batches, method=calibration, progress=progress)   # step 3
+        if name == "gptq":   # rounding replaces the float weights: bias correction needs them
+            float_weights = {n: m.weight.detach().clone() for n, m in _common.weight_layers(q)}
         if name not in methods:
             continue
         kw = {k: v for k, v in options.items() if k in OPTIONS[name]}
+        if name == "bias_correction":
+            kw["float_weights"] = float_weights
         _RUN[name](q, batches, seed=seed, progress=progress, report=report, **kw)
     q.fpq_record_shapes(_common.first_tensor(batches[0])[:1])
     return q

@@ -1,12 +1,20 @@
-"""Bias correction (Nagel et al. 2019, empirical form) through Brevitas' ``bias_correction_mode``.
+"""Bias correction (Nagel et al. 2019, empirical form): per output channel, add to the bias the
+mean output error the weight rounding leaves on the layer's real (quantized) inputs:
 
-Brevitas' implementation works unchanged with fpq's quantizers: for each layer it compares the
-mean output with quantization disabled (float weights) and enabled, on the same input, and adds
-the per-channel difference to the bias. fpq then re-chooses each corrected bias' scale (max rule
-of the bias format, e.g. int16) so that the new bias is not clipped by the old scale, and the
-bias stays an fpq-quantized value. A layer without a bias cannot be corrected without adding a
-parameter the quantized model does not have (Brevitas would add an unquantized one): that is an
-error naming the layer.
+    b += (W_float - W_q) @ mean(x)        (for a convolution: mean over im2col rows, padding
+                                           zeros included, i.e. exactly the conv's own sums)
+
+Layer by layer in execution order, so each layer sees inputs already corrected upstream.
+``W_float`` are the weights before rounding (fpq.ptq passes the float weights from before
+gptq / learned_round; alone, the layer's current float weights).
+
+Written here rather than with Brevitas' ``bias_correction_mode``: that one takes the layer's own
+weight parameter as the float reference, and after GPTQ / learned rounding fpq stores the
+rounded grid values in that parameter, so Brevitas would measure no error and correct nothing.
+(Standalone on unrounded weights it computes the same mean difference.) Afterwards each corrected
+bias' scale is re-chosen by the max rule of its format (e.g. int16) so the new bias is not
+clipped by the old scale. A layer without a bias cannot be corrected without adding a parameter
+the quantized model does not have: that is an error naming the layer.
 """
 from __future__ import annotations
 
@@ -16,8 +24,30 @@ from ..nn.calibration_stats import choose_scale
 from . import _common as C
 
 
-def run(q, batches, *, seed: int = 0, progress: bool = True, report: dict | None = None, **_):
-    from brevitas.graph.calibrate import bias_correction_mode
+@torch.no_grad()
+def mean_input(q, name, m, batches) -> torch.Tensor:
+    """Mean im2col row (float64) of the layer's inputs over all calibration batches."""
+    acc = {"sum": None, "n": 0}
+
+    def hook(mod, inp):
+        x = inp[0]
+        x = x.value if hasattr(x, "value") else x
+        rows = C.im2col(mod, x.detach().to(torch.float64))
+        s = rows.sum(0)
+        acc["sum"] = s if acc["sum"] is None else acc["sum"] + s
+        acc["n"] += rows.shape[0]
+    h = m.register_forward_pre_hook(hook)
+    try:
+        with C.eval_mode(q):
+            for b in batches:
+                q(C.first_tensor(b))
+    finally:
+        h.remove()
+    return acc["sum"] / acc["n"]
+
+
+def run(q, batches, *, seed: int = 0, progress: bool = True, float_weights: dict | None = None,
+        report: dict | None = None, **_):
     from tqdm.auto import tqdm
 
     layers = C.weight_layers(q)
@@ -25,16 +55,19 @@ def run(q, batches, *, seed: int = 0, progress: bool = True, report: dict | None
     if no_bias:
         raise ValueError(f"bias_correction: layer(s) {no_bias} have no bias to correct; convert a "
                          "model whose Linear/Conv layers have bias=True, or leave out bias_correction")
-    before = {n: m.bias.detach().clone() for n, m in layers}
-    with C.eval_mode(q), torch.no_grad(), bias_correction_mode(q, skip_if_no_bias=True):
-        for b in tqdm(batches, desc="fpq.ptq bias_correction", disable=not progress):
-            q(C.first_tensor(b))
+    for n, m in layers:
+        C.check_groups(n, m)
+    float_weights = float_weights or {}
     delta = {}
-    with torch.no_grad():
-        for n, m in layers:
+    for n, m in tqdm(layers, desc="fpq.ptq bias_correction", disable=not progress):
+        w_f = float_weights.get(n, m.weight.detach())
+        w_q = C.quantized_weight(m)
+        corr = (C.w2d(w_f).to(torch.float64) - C.w2d(w_q).to(torch.float64)) @ mean_input(q, n, m, batches)
+        with torch.no_grad():
+            m.bias.copy_((m.bias.to(torch.float64) + corr).to(m.bias.dtype))
             tq = m.fpq_bias
             if tq is not None and tq.scale_kind != "none":
                 tq.set_scale(choose_scale(tq, m.bias.detach().abs().to(torch.float64), "max"))
-            delta[n] = float((m.bias - before[n]).abs().max())
+        delta[n] = float(corr.abs().max())
     if report is not None:
         report["bias_correction"] = {"max_change": delta}

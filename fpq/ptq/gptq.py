@@ -13,6 +13,8 @@ tests/test_ptq.py). fpq adds two things Brevitas does not do:
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from . import _common as C
@@ -20,7 +22,9 @@ from . import _common as C
 
 def run(q, batches, *, seed: int = 0, progress: bool = True, gptq_act_order: bool = False,
         max_rows: int = 8192, report: dict | None = None):
-    from brevitas.graph.gptq import gptq_mode
+    with warnings.catch_warnings():   # brevitas.graph imports warn about optional kernels
+        warnings.simplefilter("ignore")
+        from brevitas.graph.gptq import gptq_mode
     from tqdm.auto import tqdm
 
     layers = C.weight_layers(q)
