@@ -35,4 +35,4 @@ def test_quick_run_trains_and_deploys(tmp_path):
     with torch.no_grad():
         y_torch = q(torch.from_numpy(x)).double().numpy()
     assert np.array_equal(np.asarray(fpq.emulate(path, x), dtype=np.float64), y_torch)
-    assert "BiPer" in ex.table(out["seeds"], out["mean"], out["epochs"])
+    assert "BiPer" in ex.table(out["seeds"], out["mean"], out["epochs"], out["channels"])

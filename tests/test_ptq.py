@@ -326,3 +326,17 @@ def test_bias_correction_removes_mean_layer_error(rounding):
         after = (out(wq, m.fpq_bias.quantize(m.bias.detach())[0]) - target).abs()
         assert after.sum() < before.sum(), n
         assert float(after.max()) <= float(m.fpq_bias.scale()) / 2 * 1.0001, n   # only bias rounding left
+
+
+def test_methods_run_in_the_documented_order_whatever_the_list_order():
+    from fpq.ptq import ORDER
+
+    assert ORDER == ("weight_equalization", "act_equalization", "format_search", "gptq",
+                     "learned_round", "bias_correction")
+    states = []
+    for methods in (["gptq", "format_search", "bias_correction"], ["bias_correction", "gptq", "format_search"]):
+        q = fpq.convert(_model(), "e2m1")
+        fpq.ptq(q, _batches(), methods=methods, progress=False)
+        states.append({k: v.clone() for k, v in q.state_dict().items()})
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
