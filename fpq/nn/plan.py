@@ -43,6 +43,10 @@ def typeplan_from_module(q) -> TypePlan:
     ttype, lname = {}, {}   # fx node -> TensorType of its value / name of the layer producing it
 
     def add(node, name, op, out_type, ins, **attrs):
+        # a module called more than once (one shared nn.MaxPool2d / nn.ReLU) is one layer per call
+        base, k = name, 2
+        while name in tp.layers:
+            name, k = f"{base}:{k}", k + 1
         layer = LayerPlan(name, op)
         if ins and ins[0] in ttype:
             layer.tensors["input"] = ttype[ins[0]]
