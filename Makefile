@@ -19,7 +19,7 @@ test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile
 
 demo: $(STAMP)
-	$(PY) examples/digits_cnn.py
+	$(PY) examples/demo.py
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
