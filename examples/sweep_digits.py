@@ -21,27 +21,13 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+from _digits_common import train  # noqa: E402
 from digits_cnn import DigitsCNN  # noqa: E402
 
 FLOAT_EPOCHS = 15
 MODEL_PATH = os.path.join("out", "digits_cnn_float.pt")
 # one minifloat per width for the demo: the OCP / common splits (4: FP4, 6: FP6 e3m2, 8: FP8 e4m3)
 DEMO_MINIFLOATS = ("e2m1", "e2m2", "e3m2", "e3m3", "e4m3")
-
-
-def _train(model, data, epochs: int, seed: int) -> None:
-    import torch.nn.functional as F
-    torch.manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
-    for ep in range(epochs):
-        model.train()
-        for xb, yb in data.batches(64, train=True, shuffle=True, seed=seed * 1000 + ep):
-            opt.zero_grad()
-            F.cross_entropy(model(xb), yb).backward()
-            opt.step()
-        sched.step()
-    model.eval()
 
 
 def load_model(path: str = MODEL_PATH, epochs: int = FLOAT_EPOCHS, seed: int = 0) -> DigitsCNN:
@@ -53,7 +39,7 @@ def load_model(path: str = MODEL_PATH, epochs: int = FLOAT_EPOCHS, seed: int = 0
         return model.eval()
     torch.manual_seed(seed)
     model = DigitsCNN()
-    _train(model, load_digits_split(seed=0), epochs, seed)
+    train(model, load_digits_split(seed=0), epochs, 3e-3, seed)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     torch.save(model.state_dict(), path)
     return model.eval()

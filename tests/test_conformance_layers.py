@@ -14,15 +14,6 @@ import fpq
 from fpq.nn import FpqAdd, FpqAvgPool, FpqClamp, FpqConv1d, FpqConv2d, FpqInput, FpqLinear
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors on 2 shared cores: one intra-op thread is ~10x faster than two contended."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 FORMATS = ["int8", "int4", "uint8", "fixed<8,3>", "fixed<6,2,RND,SAT>", "fixed<6,2,TRN,WRAP>",
            "e4m3", "e5m2", "e3m2", "e2m3", "e2m1"]
 

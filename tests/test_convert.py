@@ -12,16 +12,6 @@ import fpq
 from fpq.convert import FpqModel
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors on 2 shared cores: one intra-op thread is ~10x faster than two contended."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-
 def small_cnn():
     torch.manual_seed(0)
     return nn.Sequential(

@@ -8,15 +8,6 @@ import pytest
 import torch
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors on 2 shared cores: one intra-op thread is ~10x faster than two contended."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 
 
