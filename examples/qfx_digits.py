@@ -60,13 +60,14 @@ def qat_qfx(q, data, epochs: int, seed: int, lr: float = 1e-3):
 def checked(q, data, x_check, label: str, hls: bool, notes: list) -> dict:
     """Accuracy, exactness (torch == emulator == qonnx [== C-sim]) and cost of a final model."""
     acc = accuracy(q, data.x_test, data.y_test)
-    proj = None
-    if hls:
-        try:
-            proj = fpq.to_hls(q, tempfile.mkdtemp(prefix="qfx_hls_"), example_input=data.x_test[:1])
-        except Exception as e:  # report, do not hide: the row then says C-sim "n/a"
-            notes.append(f"{label}: to_hls failed: {type(e).__name__}: {e}")
-    rep = fpq.verify(q, x_check, project=proj)
+    with tempfile.TemporaryDirectory(prefix="qfx_hls_") as tmp:
+        proj = None
+        if hls:
+            try:
+                proj = fpq.to_hls(q, os.path.join(tmp, "prj"), example_input=data.x_test[:1])
+            except Exception as e:  # report, do not hide: the row then says C-sim "n/a"
+                notes.append(f"{label}: to_hls failed: {type(e).__name__}: {e}")
+        rep = fpq.verify(q, x_check, project=proj)
     cost = fpq.estimate_cost(q)
     weight_dsp = sum(r["dsp"] for r in cost.layers if r["op"] in ("conv2d", "linear"))
     return dict(acc=acc, exact=bool(rep.exact), csim=None if proj is None else bool(rep.exact),
