@@ -44,14 +44,15 @@ class _Recorder:
             self.count += x.numel()
 
 
-def _first_tensor(batch):
+def first_tensor(batch):
+    """The input tensor of a batch: a tensor, the first item of an (inputs, targets) tuple, or a dict's first value."""
     if torch.is_tensor(batch):
         return batch
     if isinstance(batch, (list, tuple)) and batch and torch.is_tensor(batch[0]):
         return batch[0]
     if isinstance(batch, dict) and batch:
         return next(iter(batch.values()))
-    raise TypeError(f"a calibration batch must be a tensor or (inputs, ...) tuple, got {type(batch).__name__}")
+    raise TypeError(f"a batch must be a tensor or (inputs, ...) tuple, got {type(batch).__name__}")
 
 
 @contextlib.contextmanager
@@ -102,7 +103,7 @@ def calibrate(q, batches, method: str = "max", percentile: float = 99.99, progre
         for i, batch in enumerate(tqdm(batches, total=total, desc="fpq.calibrate", disable=not progress)):
             if max_batches is not None and i >= max_batches:
                 break
-            x = _first_tensor(batch)
+            x = first_tensor(batch)
             if torch.is_floating_point(x) and not torch.isfinite(x).all():
                 bad = int((~torch.isfinite(x)).sum())
                 raise ValueError(f"fpq.calibrate: batch {i} contains {bad} NaN/Inf value(s); "

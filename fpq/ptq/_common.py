@@ -12,19 +12,10 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
+from ..calibrate import first_tensor  # noqa: F401  (re-exported: the methods call C.first_tensor)
 from ..nn.layers import FpqConv1d, FpqConv2d, FpqLinear
 
 WEIGHT_LAYERS = (FpqLinear, FpqConv1d, FpqConv2d)
-
-
-def first_tensor(batch):
-    if torch.is_tensor(batch):
-        return batch
-    if isinstance(batch, (list, tuple)) and batch and torch.is_tensor(batch[0]):
-        return batch[0]
-    if isinstance(batch, dict) and batch:
-        return next(iter(batch.values()))
-    raise TypeError(f"a PTQ batch must be a tensor or an (inputs, ...) tuple, got {type(batch).__name__}")
 
 
 def weight_layers(q):
