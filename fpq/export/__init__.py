@@ -72,8 +72,7 @@ def export_qonnx(q, path=None, example_input=None, *, input_name="input", output
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.transformation.infer_shapes import InferShapes
 
-    from ..nn.biper import export_weights
-    from ..nn.multfree import export_weights as khot_export_weights
+    from ..nn.layers import exportable_weights
     from .transforms import (AnnotateFormats, RemoveDoubleDivision, RemoveFloatCasts, RemoveInitializersFromInputs,
                              RenameIO)
 
@@ -88,9 +87,8 @@ def export_qonnx(q, path=None, example_input=None, *, input_name="input", output
     try:
         with tempfile.TemporaryDirectory() as tmp:
             raw = os.path.join(tmp, "raw.onnx")
-            # export_weights: BiPer latent weights that QONNX's BipolarQuant binarizes as BiPer does;
-            # khot_export_weights: K-hot weights as their values, which a plain Int Quant keeps
-            with torch.no_grad(), export_weights(q), khot_export_weights(q):
+            # BiPer / K-hot latent weights become ones the plain QONNX nodes quantize identically
+            with torch.no_grad(), exportable_weights(q):
                 # TorchScript export: one self-contained file with module-scoped node names
                 # (the dynamo exporter writes external data and loses the scopes)
                 brevitas_export(q, x, raw, dynamo=False)

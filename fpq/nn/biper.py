@@ -10,7 +10,7 @@ per-output-channel scale complete the method; the first and last layers stay at 
 In fpq a BiPer weight is an ordinary ``Binary()`` weight with a per-channel scale: only the
 map from the latent float weight to the sign differs. So the TypePlan, the emulator, the HLS
 path and the cost model see plain binary layers. The QONNX export writes a ``BipolarQuant``
-node, which computes sign(w) * scale: ``export_weights`` temporarily puts each latent weight on
+node, which computes sign(w) * scale: ``fpq.nn.layers.exportable_weights`` temporarily puts each latent weight on
 a peak of its sine (w = b * pi / (2 omega)), where sign(w) = sign(sin(omega * w)) = b, so the
 exported graph computes exactly the trained binary weights.
 
@@ -22,7 +22,6 @@ Public pieces: ``biper_binarize`` / ``sign_ste`` (autograd functions), ``BiPerWe
 """
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -195,28 +194,6 @@ def to_biper(model: nn.Module, omega: float) -> int:
 def to_sign_ste(model: nn.Module) -> int:
     """Make every binary weight quantizer a classic sign / clipped-STE one (BiPer's baseline)."""
     return _swap_binary_weight_quant(model, SignSTEWeightQuant)
-
-
-def _latent_binary(model: nn.Module) -> list:
-    return [(n, m, m.fpq_weight) for n, m in _weight_layers(model)
-            if isinstance(m.fpq_weight, _LatentBinaryWeightQuant)]
-
-
-@contextlib.contextmanager
-def export_weights(model: nn.Module):
-    """Within the block, each BiPer latent weight is replaced by an equivalent one that a plain
-    sign (QONNX BipolarQuant) binarizes identically; the trained latent weights come back after."""
-    saved = []
-    try:
-        for _, m, tq in _latent_binary(model):
-            saved.append((m, m.weight.detach().clone()))
-            with torch.no_grad():
-                m.weight.copy_(tq.export_weight(m.weight))
-        yield model
-    finally:
-        with torch.no_grad():
-            for m, w in saved:
-                m.weight.copy_(w)
 
 
 # ----------------------------------------------------------------------------- layers

@@ -7,6 +7,8 @@ runs in float32 for speed (the quantizers still produce grid values).
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -224,3 +226,26 @@ def init_param_scales(layer, method: str = "max") -> None:
                 tq.init_from_max(a.mean())
             else:
                 tq.set_scale(choose_scale(tq, a.reshape(-1), method))
+
+
+@contextlib.contextmanager
+def exportable_weights(model: nn.Module):
+    """Within the block, every weight whose quantizer defines ``export_weight(w)`` holds that value.
+
+    Some quantizers map a latent float weight in a way QONNX's nodes cannot (BiPer's square wave,
+    K-hot rounding); ``export_weight`` gives an equivalent latent weight that the exported plain
+    BipolarQuant / Quant node maps to the same quantized value. The trained weights come back after.
+    """
+    saved = []
+    try:
+        for m in model.modules():
+            tq = getattr(m, "fpq_weight", None)
+            if tq is not None and hasattr(tq, "export_weight"):
+                saved.append((m, m.weight.detach().clone()))
+                with torch.no_grad():
+                    m.weight.copy_(tq.export_weight(m.weight))
+        yield model
+    finally:
+        with torch.no_grad():
+            for m, w in saved:
+                m.weight.copy_(w)

@@ -17,7 +17,6 @@ multiplication, as fpq's other po2 quantizers.
 """
 from __future__ import annotations
 
-import contextlib
 
 import numpy as np
 import torch
@@ -187,18 +186,3 @@ def to_pow2(model: nn.Module, **kw) -> int:
     return to_khot(model, 1, **kw)
 
 
-@contextlib.contextmanager
-def export_weights(model: nn.Module):
-    """Within the block each K-hot latent weight is its quantized value, which the exported
-    plain Int(W) Quant node reproduces exactly; the latent weights come back after."""
-    saved = []
-    try:
-        for _, m, tq in khot_quantizers(model):
-            saved.append((m, m.weight.detach().clone()))
-            with torch.no_grad():
-                m.weight.copy_(tq.export_weight(m.weight))
-        yield model
-    finally:
-        with torch.no_grad():
-            for m, w in saved:
-                m.weight.copy_(w)

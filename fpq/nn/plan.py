@@ -140,6 +140,21 @@ def typeplan_from_module(q) -> TypePlan:
     return tp
 
 
+def float_twin(m) -> nn.Module:
+    """The plain torch Linear / Conv with the float (latent) weights of an fpq weight layer."""
+    if isinstance(m, FpqLinear):
+        f = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
+    else:
+        cls = nn.Conv1d if isinstance(m, FpqConv1d) else nn.Conv2d
+        f = cls(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
+                m.groups, bias=m.bias is not None)
+    with torch.no_grad():
+        f.weight.copy_(m.weight)
+        if m.bias is not None:
+            f.bias.copy_(m.bias)
+    return f
+
+
 def dequantize_model(q) -> tuple[nn.Module, dict]:
     """A float GraphModule equal to ``q`` without quantizers, and q's scales keyed by (name, role).
 
@@ -168,17 +183,7 @@ def dequantize_model(q) -> tuple[nn.Module, dict]:
             new.name = node.target
             delattr(owner, leaf)
         elif isinstance(m, _WEIGHT_LAYERS):
-            if isinstance(m, FpqLinear):
-                f = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
-            else:
-                cls = nn.Conv1d if isinstance(m, FpqConv1d) else nn.Conv2d
-                f = cls(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
-                        m.groups, bias=m.bias is not None)
-            with torch.no_grad():
-                f.weight.copy_(m.weight)
-                if m.bias is not None:
-                    f.bias.copy_(m.bias)
-            setattr(owner, leaf, f)
+            setattr(owner, leaf, float_twin(m))
         elif isinstance(m, FpqAvgPool):
             setattr(owner, leaf, m.pool)
         elif isinstance(m, FpqClamp):

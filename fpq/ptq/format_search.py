@@ -17,10 +17,10 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
 from ..formats import Int, Minifloat, finfo, parse_format
-from ..nn.layers import FpqConv1d, FpqLinear, quant_layer
+from ..nn.layers import quant_layer
+from ..nn.plan import float_twin
 from ..numerics.torch_ops import quantize_unscaled_torch
 from . import _common as C
 
@@ -86,24 +86,10 @@ def search_layer(x, w, candidates, kind, channels, shifts=4, min_clip=0.5):
     return best[0], best[1], table
 
 
-def _float_twin(m):
-    if isinstance(m, FpqLinear):
-        f = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
-    else:
-        cls = nn.Conv1d if isinstance(m, FpqConv1d) else nn.Conv2d
-        f = cls(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
-                m.groups, bias=m.bias is not None)
-    with torch.no_grad():
-        f.weight.copy_(m.weight)
-        if m.bias is not None:
-            f.bias.copy_(m.bias)
-    return f
-
-
 def _replace_weight_format(q, name, m, fmt, scale):
     policy = q.fpq_policy
     f = policy.layers[name]
-    new = quant_layer(_float_twin(m), str(fmt), f["bias"], f["activations"], m.fpq_weight.scale_kind
+    new = quant_layer(float_twin(m), str(fmt), f["bias"], f["activations"], m.fpq_weight.scale_kind
                       if m.fpq_weight.scale_kind != "none" else policy.scale,
                       "channel" if m.fpq_weight.channels else "tensor")
     with torch.no_grad():
