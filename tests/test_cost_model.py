@@ -184,3 +184,17 @@ def test_synthesis_flow_reproduces_table(tmp_path):
     ref = [r for r in synth.read_table() if r["name"] == "add_s4_s4" and r["flow"] == "lut"][0]
     assert (row["lut"], row["carry"]) == (ref["lut"], ref["carry"])
     assert neg["lut"] <= 4 and neg["dsp"] == 0     # x * -8: a negation of 4 bits, no multiplier
+
+
+def test_report_flags_a_design_that_does_not_fit():
+    """e4m3 weights at reuse 1 on a small part need more DSPs than it has: the report says so."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    q = fpq.convert(nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)).eval(), "e4m3")
+    fpq.calibrate(q, [torch.randn(32, 64)], progress=False)
+    small = fpq.estimate_cost(q, device="xc7z020", reuse_factor=1)
+    assert "dsp" in small.over_budget() and "DOES NOT FIT" in str(small)
+    big = fpq.estimate_cost(q, device="xcvu9p", reuse_factor=64, strategy="Resource")
+    assert big.over_budget() == [] and "DOES NOT FIT" not in str(big)

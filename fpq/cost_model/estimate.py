@@ -51,6 +51,16 @@ class CostReport:
         return {"device": self.device.name, "settings": dict(self.settings), "datapath": self.datapath,
                 "layers": [dict(l) for l in self.layers], "total": dict(self.total), "notes": list(self.notes)}
 
+    def utilization(self) -> dict:
+        """Share of the device's LUT / FF / DSP / BRAM18 this design needs (1.0 = all of it)."""
+        t, d = self.total, self.device
+        return {"lut": t["lut"] / d.lut, "ff": t["ff"] / d.ff, "dsp": t["dsp"] / max(d.dsp, 1),
+                "bram18": t["bram18"] / max(d.bram18, 1)}
+
+    def over_budget(self) -> list:
+        """Resources the design needs more of than the device has."""
+        return [k for k, v in self.utilization().items() if v > 1.0]
+
     def table(self) -> str:
         cols = ("layer", "op") + COLUMNS
         rows = [cols]
@@ -65,6 +75,10 @@ class CostReport:
                    f"DSP {100 * t['dsp'] / d.dsp:.2f}%  BRAM18 {100 * t['bram18'] / max(d.bram18, 1):.2f}%  "
                    f"latency {t['latency_cycles']} cycles = {t['latency_ns']:.1f} ns at "
                    f"{self.settings['clock_period']} ns, II {t['ii']}")
+        over = self.over_budget()
+        if over:
+            out.append(f"DOES NOT FIT {d.name}: needs more {', '.join(k.upper() for k in over)} than the device has "
+                       "(raise the reuse factor, use the Resource strategy or narrower formats)")
         out.append(f"datapath: {self.datapath}")
         return "\n".join(out)
 
