@@ -193,3 +193,13 @@ def test_cli_report_and_sweep_errors(tiny, tmp_path, capsys):
     assert main(["sweep", "--model", "no_such_file.py:f", "--formats", "int4", "--out", str(tmp_path / "x")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "missing")]) == 2
+
+
+def test_profile_records_measured_inference(tiny, tmp_path):
+    """With profile=..., each point carries its measured float and fake-quant throughput."""
+    model, data = tiny
+    res = sweep(model, data, weights=["int4"], activations=["int8"], out=str(tmp_path / "p"),
+                profile={"device": "cpu", "batch": 8, "warmup": 1, "iters": 2}, **KW)
+    (rec,) = res.records
+    assert rec["status"] == "ok", rec["error"]
+    assert rec["float_inf_per_s"] > 0 and rec["fake_quant_inf_per_s"] > 0 and rec["profile_device"]

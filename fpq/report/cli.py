@@ -33,6 +33,9 @@ def cli_register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verify-samples", type=int, default=64, help="off-grid inputs for fpq.verify (0: none)")
     p.add_argument("--verify-qonnx", type=int, default=2, help="of those, run through the QONNX executor")
+    p.add_argument("--profile-device", choices=("cpu", "cuda"), default=None,
+                   help="also measure each point's float and fake-quant inferences/s on this device")
+    p.add_argument("--profile-batch", type=int, default=256, help="batch size of --profile-device")
     p.add_argument("--calib-samples", type=int, default=1024, help="training inputs used to calibrate")
     p.add_argument("--scale", default="po2", choices=["po2", "float"], help="scale kind (fpq.convert)")
     p.add_argument("--granularity", default="tensor", choices=["tensor", "channel"], help="weight scales")
@@ -64,6 +67,8 @@ def _cli_sweep(args) -> int:
                     out=args.out, workers=args.workers, seed=args.seed, verify_samples=args.verify_samples,
                     progress=not args.no_progress, only=args.only, fresh=args.fresh,
                     verify_qonnx=args.verify_qonnx, calib_samples=args.calib_samples, scale=args.scale,
+                    profile=None if args.profile_device is None else
+                    {"device": args.profile_device, "batch": args.profile_batch},
                     granularity=args.granularity)
     except (ValueError, TypeError) as e:
         print(f"fpq sweep: error: {e}", file=sys.stderr)

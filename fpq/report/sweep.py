@@ -37,7 +37,8 @@ CACHE = "cache.jsonl"
 COST_FIELDS = ("lut", "ff", "dsp", "bram18", "latency_cycles", "latency_ns", "ii", "bops", "ebops")
 COLUMNS = ("id", "weights", "activations", "first_last", "method", "qat_epochs", "seed", "family",
            "w_kind", "w_bits", "a_kind", "a_bits", "accuracy", *COST_FIELDS, "datapath", "exact",
-           "verify_samples", "verify_paths", "mismatch", "status", "error", "seconds", "command", "python")
+           "verify_samples", "verify_paths", "mismatch", "profile_device", "float_inf_per_s",
+           "fake_quant_inf_per_s", "status", "error", "seconds", "command", "python")
 DEFAULT_DATA_SPEC = "fpq.data:load_digits_split"
 
 
@@ -142,6 +143,7 @@ class Settings:
     scale: str = "po2"
     granularity: str = "tensor"
     cost: dict = field(default_factory=dict)
+    profile: dict | None = None   # keyword arguments of fpq.profile_torch; None: not measured
     first_layer: str | None = None
     last_layer: str | None = None
     model_spec: str | None = None
@@ -151,7 +153,7 @@ class Settings:
 
     def fingerprint(self) -> dict:
         keep = ("qat_lr", "verify_samples", "verify_qonnx", "calib_samples", "scale", "granularity",
-                "cost", "first_layer", "last_layer", "metric_name")
+                "cost", "profile", "first_layer", "last_layer", "metric_name")
         return {k: getattr(self, k) for k in keep}
 
 
@@ -297,6 +299,15 @@ def run_point(model, data: SweepData, cfg: dict, st: Settings, metric) -> dict:
         except Exception as e:
             rec.update(status="partial", exact=None,
                        error=(rec["error"] + "; " if rec["error"] else "") + f"verify: {type(e).__name__}: {e}")
+    if st.profile is not None:
+        try:  # measured GPU/CPU inference of the same model, next to its FPGA estimate
+            from ..cost_model.profile import profile_torch
+            prof = profile_torch(q, **dict(st.profile, dtypes=("fp32",), gemm=False, progress=False))
+            rec.update(profile_device=prof.device_name, float_inf_per_s=_num(prof.row("float fp32").throughput),
+                       fake_quant_inf_per_s=_num(prof.row("fpq fake-quant").throughput))
+        except Exception as e:
+            rec.update(status="partial",
+                       error=(rec["error"] + "; " if rec["error"] else "") + f"profile: {type(e).__name__}: {e}")
     rec["seconds"] = round(time.time() - t0, 3)
     return rec
 
@@ -465,7 +476,7 @@ def sweep(model, data=None, formats=None, methods=("max", "mse"), weights=None, 
           first_last=None, qat_epochs: int = 0, out: str = "out/sweep", workers: int = 2, seed: int = 0,
           verify_samples: int = 64, progress: bool = True, *, only=None, fresh: bool = False,
           metric=None, cost=None, scale: str = "po2", granularity: str = "tensor",
-          calib_samples: int = 1024, verify_qonnx: int = 2) -> SweepResult:
+          calib_samples: int = 1024, verify_qonnx: int = 2, profile=None) -> SweepResult:
     """Evaluate every (weights x activations x first_last x method) point; see the module docstring.
 
     model: a float ``nn.Module`` (trained) or a spec ``FILE.py:NAME`` / ``MODULE:NAME`` / ``FILE.pt``
@@ -479,6 +490,8 @@ def sweep(model, data=None, formats=None, methods=("max", "mse"), weights=None, 
     ``fpq.estimate_cost``. workers <= 1 runs in this process. verify_samples: off-grid inputs
     compared torch == emulator (0: no verify); the QONNX executor runs the first
     ``verify_qonnx`` of them (it takes ~0.2 s a sample, the largest share of a point's time).
+    profile: keyword arguments of ``fpq.profile_torch`` (e.g. ``{"device": "cuda", "batch": 4096}``)
+    to record each point's measured float fp32 and fake-quant inferences/s; None skips it.
     """
     import torch
 
@@ -488,6 +501,7 @@ def sweep(model, data=None, formats=None, methods=("max", "mse"), weights=None, 
     st = Settings(seed=int(seed), qat_epochs=int(qat_epochs), verify_samples=int(verify_samples),
                   verify_qonnx=int(verify_qonnx), calib_samples=int(calib_samples), scale=scale,
                   granularity=granularity, cost=dict(cost or {}), out=str(out),
+                  profile=None if profile is None else dict(profile),
                   metric_name=getattr(metric, "__name__", "metric") if metric is not None else "accuracy")
     # --- everything is checked before any point runs
     if isinstance(model, str):
