@@ -33,19 +33,8 @@ FLOAT64_EXACT_BITS = 53
 
 def as_graph(q_or_onnx, example_input=None) -> Graph:
     """Graph IR of a converted torch model, a QONNX path, a ModelWrapper / ModelProto or a Graph."""
-    if isinstance(q_or_onnx, Graph):
-        return q_or_onnx
-    try:
-        import torch
-        is_module = isinstance(q_or_onnx, torch.nn.Module)
-    except ImportError:  # pragma: no cover - torch is a dependency
-        is_module = False
-    if is_module:
-        if example_input is None:
-            raise ValueError("a torch model needs an example input to be exported before emulation")
-        from ..export import export_qonnx
-        return read_graph(export_qonnx(q_or_onnx, None, example_input))
-    return read_graph(q_or_onnx)
+    from ..export import as_graph as _as_graph
+    return _as_graph(q_or_onnx, example_input, purpose="emulation")
 
 
 class Emulator:

@@ -146,3 +146,25 @@ def _cli_export(args) -> int:
 
 __all__ = ["export_qonnx", "read_graph", "typeplan_from_qonnx", "Graph", "Op", "Quantizer",
            "UnsupportedGraphError", "cli_register", "FPQ_FORMAT_ATTR"]
+
+
+def as_graph(q_or_onnx, example_input=None, purpose: str = "reading"):
+    """The fpq graph IR of a converted torch model (exported first, so it needs ``example_input``),
+    a QONNX file / ModelWrapper / ModelProto, or a Graph (returned as is)."""
+    from pathlib import Path
+
+    if isinstance(q_or_onnx, Graph):
+        return q_or_onnx
+    try:
+        import torch
+        is_module = isinstance(q_or_onnx, torch.nn.Module)
+    except ImportError:  # pragma: no cover - torch is a dependency
+        is_module = False
+    if is_module:
+        if example_input is None:
+            raise ValueError(f"{purpose} of a torch model needs example_input= (a tensor of the input shape) "
+                             "to export it to QONNX first")
+        return read_graph(export_qonnx(q_or_onnx, None, example_input))
+    if isinstance(q_or_onnx, (str, os.PathLike)) and not Path(q_or_onnx).is_file():
+        raise FileNotFoundError(f"no QONNX file at {q_or_onnx}")
+    return read_graph(q_or_onnx)

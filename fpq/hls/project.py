@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..export import as_graph
 from .builder import HLSPlan, HLSUnsupportedError, plan_hls
 
 BACKENDS = {"vitis": "Vitis", "vivado": "Vivado"}
@@ -193,29 +194,6 @@ def _check_args(backend, io_type, strategy, reuse_factor, clock_period):
     return b, s
 
 
-def _read_graph(q, example_input):
-    """The fpq graph IR of a converted torch model, a QONNX file / ModelWrapper / ModelProto, or an IR Graph."""
-    from ..export.graph import Graph, read_graph
-
-    if isinstance(q, Graph):
-        return q
-    try:
-        import torch
-        is_module = isinstance(q, torch.nn.Module)
-    except ImportError:  # pragma: no cover - torch is a dependency
-        is_module = False
-    if is_module:
-        from ..export import export_qonnx
-
-        if example_input is None:
-            raise ValueError("to_hls of a torch model needs example_input= (a tensor of the input shape) "
-                             "to export it to QONNX first")
-        return read_graph(export_qonnx(q, None, example_input))
-    if isinstance(q, (str, os.PathLike)) and not Path(q).is_file():
-        raise FileNotFoundError(f"no QONNX file at {q}")
-    return read_graph(q)
-
-
 def _config(plan: HLSPlan, backend: str, io_type, part, clock_period, reuse_factor, strategy, outdir) -> dict:
     from hls4ml.backends import get_backend
 
@@ -286,7 +264,7 @@ def to_hls(q_or_onnx, outdir, *, backend="Vitis", io_type="io_parallel", part="x
     op and the reason, before writing anything, for what cannot be exact in HLS.
     """
     backend, strategy = _check_args(backend, io_type, strategy, reuse_factor, clock_period)
-    graph = _read_graph(q_or_onnx, example_input)
+    graph = as_graph(q_or_onnx, example_input, purpose="to_hls")
     from ..export.graph import typeplan_from_graph
 
     plan = plan_hls(graph, typeplan_from_graph(graph))  # refusals happen here, before any file

@@ -60,7 +60,7 @@ def quantize(x, fmt, scale=1.0) -> np.ndarray:
         return q if unit else (q * scale).astype(dt)
 
 
-def _dispatch_on_format(func):
+def dispatch_on_format(func):
     """singledispatch on the type of the second argument ``fmt`` (functools dispatches on the first)."""
     dispatcher = functools.singledispatch(func)
 
@@ -72,7 +72,7 @@ def _dispatch_on_format(func):
     return wrapper
 
 
-@_dispatch_on_format
+@dispatch_on_format
 def quantize_unscaled(x: np.ndarray, fmt: Format) -> np.ndarray:
     """Exact quantization at scale 1, float64 in and out. One function per Format class."""
     raise TypeError(f"no numpy quantizer for {type(fmt).__name__}")

@@ -15,21 +15,10 @@ import functools
 import torch
 
 from ..formats import Binary, Fixed, Format, Int, Minifloat, finfo, parse_format
+from .reference import dispatch_on_format
 
 
-def _dispatch_on_format(func):
-    """singledispatch on the type of the second argument ``fmt`` (functools dispatches on the first)."""
-    dispatcher = functools.singledispatch(func)
-
-    @functools.wraps(func)
-    def wrapper(x, fmt):
-        return dispatcher.dispatch(type(fmt))(x, fmt)
-
-    wrapper.register = dispatcher.register
-    return wrapper
-
-
-@_dispatch_on_format
+@dispatch_on_format
 def quantize_unscaled_torch(x: torch.Tensor, fmt: Format) -> torch.Tensor:
     """Exact quantization at scale 1 of a float64 tensor (no gradient)."""
     raise TypeError(f"no torch quantizer for {type(fmt).__name__}")
