@@ -20,7 +20,7 @@ from torch import fx, nn
 from ._api import callable_module
 from .formats import parse_format
 from .nn.layers import (FpqAct, FpqAdd, FpqAvgPool, FpqClamp, FpqConv1d, FpqConv2d, FpqInput,
-                        FpqLinear, quant_layer)
+                        FpqLinear, link_input_quantizers, quant_layer)
 
 SUPPORTED = ("Linear", "Conv1d", "Conv2d", "BatchNorm1d/2d (after a Conv/Linear: folded)",
              "ReLU", "ReLU6", "Hardtanh", "Identity", "MaxPool1d", "MaxPool2d", "AvgPool1d",
@@ -296,6 +296,7 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
     if method == "biper":
         from .nn.biper import to_biper
         to_biper(q, omega)
+    link_input_quantizers(q)
     return q.eval()
 
 

@@ -254,6 +254,13 @@ def verify(q, x=None, project=None, *, qonnx_subset: int = 64, n: int = 1000, se
             why.setdefault(b.note, []).append(b.node)
         notes.append("qonnx path not comparable (its executor computes another function): " + "; ".join(
             f"{note} [{len(nodes)} node(s), first {nodes[0]}]" for note, nodes in why.items()))
+    wide = sorted(emu.rounded_to_odd)
+    if wide:
+        qonnx_ok = False
+        notes.append(f"layers {wide} sum more than 53 bits: fpq holds each sum rounded to odd, which every "
+                     "quantizer after it rounds as the true sum; qonnx's float64 executor may round such "
+                     "sums, and the C-sim's wide accumulator reads back as a plain double, so those values "
+                     "are compared but do not count (the quantized tensors after them do, for torch and hls)")
     if qonnx_subset and qonnx_subset > 0:
         k = min(int(qonnx_subset), len(x))
         try:
@@ -282,7 +289,7 @@ def verify(q, x=None, project=None, *, qonnx_subset: int = 64, n: int = 1000, se
             compared, mism, maxd, idx = _compare(ref, other)
             rows.append({"layer": layer, "path": path, "compared": compared, "mismatches": mism,
                          "max_abs_diff": maxd})
-            counts = not (path == "qonnx" and not qonnx_ok)
+            counts = not (path == "qonnx" and not qonnx_ok) and not (layer in wide and path == "hls")
             if mism and counts:
                 exact = False
                 if first is None:

@@ -235,5 +235,7 @@ def test_brevitas_qonnx_export_nodes(tmp_path):
 def test_typeplan_flags_layers_float64_cannot_sum_exactly():
     m = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2))
     assert all(not l.note for l in fpq.plan(fpq.convert(m, "e4m3")))
-    tp = fpq.plan(fpq.convert(m, "e5m2"))
+    tp = fpq.plan(fpq.convert(m, "e5m2"))  # 72-bit sums: exact in pieces (fpq.numerics.wide)
+    assert not tp["0"].note and tp["0"].tensors["accumulator"].width == 70
+    tp = fpq.plan(fpq.convert(m, "bf16"))
     assert "not guaranteed exact" in tp["0"].note and "accumulator" not in tp["0"].tensors

@@ -67,9 +67,13 @@ def test_float_accumulator_paths_are_chosen_by_the_typeplan():
     assert set(emu.acc_dtype.values()) == {"float32"}
 
 
-def test_too_wide_accumulator_is_refused():
+def test_wide_accumulators_are_summed_in_pieces_and_wider_ones_refused():
     m, shape = mlp((16, 8, 5))
-    mw = fpq.export_qonnx(fpq.convert(m, fmt="e5m2"), None, torch.zeros(1, 16))
+    # e5m2 x e5m2 sums need 72 bits: summed in pieces, rounded to odd (tests/test_wide.py)
+    emu = Emulator(fpq.export_qonnx(fpq.convert(m, fmt="e5m2"), None, torch.zeros(1, 16)))
+    assert set(emu.acc_dtype.values()) == {"wide"} and emu.rounded_to_odd == {"linear_0", "linear_2"}
+    # bf16 values need a fixed-point carrier of hundreds of bits: no exact accumulator at all
+    mw = fpq.export_qonnx(fpq.convert(m, fmt="bf16"), None, torch.zeros(1, 16))
     with pytest.raises(UnsupportedGraphError, match=r"layer linear_0: no exact fixed-point accumulator"):
         Emulator(mw)
 

@@ -8,8 +8,9 @@ Numerics (the exactness contract):
   model does; every later quantizer reads the exact float64 value of what precedes it.
 * linear / conv sums are exact. When the TypePlan proves that every partial sum fits in 24
   significant bits, the matmul runs in float32 (exact in any summation order, and fast);
-  otherwise in float64 when the accumulator fits in 53 bits. A wider accumulator is refused
-  with an error naming the layer. With a non-power-of-two scale on an input or weight no
+  otherwise in float64 when the accumulator fits in 53 bits. A wider one (up to 94 bits, e.g.
+  e5m2 x e5m2) is summed exactly in pieces and rounded to odd (``fpq.numerics.wide``), which every
+  later quantizer rounds as it would the exact sum; wider still is refused naming the layer. With a non-power-of-two scale on an input or weight no
   fixed-point accumulator exists: the sum runs in float64 and ``Emulator.exact[op]`` is False.
 * No per-sample Python: one matmul per layer over the whole batch (conv as im2col views).
 
@@ -24,6 +25,7 @@ import numpy as np
 from .._api import callable_module
 from ..export.graph import Graph, Op, Quantizer, UnsupportedGraphError, accumulator_bits, read_graph
 from ..numerics.reference import quantize_unscaled
+from ..numerics.wide import WIDE_BITS as WIDE_EXACT_BITS, exact_bilinear
 from ..formats import Int
 from ..typeplan import po2_exponents
 
@@ -49,7 +51,8 @@ class Emulator:
         self.blas_threads = blas_threads
         self.chunk = 4096   # rows per pass (measured on the MLP: 4096 best among 1024..8192 and one pass)
         self.exact = {}      # op name -> whether the emulation of this op is provably exact
-        self.acc_dtype = {}  # op name -> "float32" | "float64" for linear / conv
+        self.acc_dtype = {}  # op name -> "float32" | "float64" | "wide" for linear / conv
+        self.rounded_to_odd = set()  # linear / conv ops whose output is their exact sum rounded to odd
         if backend is None:
             backend = "numpy" if device is None or str(device) == "cpu" else "torch"
         if backend not in ("numpy", "torch"):
@@ -77,17 +80,24 @@ class Emulator:
                 try:
                     bits_nb = accumulator_bits(no_bias)
                     bits = accumulator_bits(op) if "bias" in op.types or op.bias is None else None
-                except ValueError as e:  # a product wider than 64 bits (e.g. e5m2 x e5m2)
+                except ValueError as e:  # a product wider than 128 bits
                     raise UnsupportedGraphError(f"layer {op.name}: no exact fixed-point accumulator ({e}); "
                                                 "the emulator refuses rather than round") from e
                 if op.bias is not None and "bias" not in op.types:
                     raise UnsupportedGraphError(f"layer {op.name}: its float32 bias has no exact fixed-point "
                                                 "form within 64 bits; quantize the bias")
-                if bits is None or bits > FLOAT64_EXACT_BITS:
+                if bits is None or bits > WIDE_EXACT_BITS:
                     raise UnsupportedGraphError(
-                        f"layer {op.name}: the exact accumulator needs {bits} bits, more than float64's "
-                        f"{FLOAT64_EXACT_BITS}; the emulator refuses rather than round (narrow the formats "
-                        "or quantize the bias)")
+                        f"layer {op.name}: the exact accumulator needs {bits} bits, more than the "
+                        f"{WIDE_EXACT_BITS} fpq sums exactly with two float64 limbs; the emulator refuses rather "
+                        "than round (narrow the formats or quantize the bias)")
+                if bits > FLOAT64_EXACT_BITS:
+                    # summed in pieces and rounded to odd (fpq.numerics.wide): every quantizer after it
+                    # rounds exactly as on the true sum; what else reads it is not exact
+                    self.acc_dtype[op.name] = "wide"
+                    self.rounded_to_odd.add(op.name)
+                    self._bias_f32[op.name] = False
+                    continue
                 self.acc_dtype[op.name] = "float32" if bits_nb <= FLOAT32_EXACT_BITS else "float64"
                 self._bias_f32[op.name] = bits <= FLOAT32_EXACT_BITS
             elif op.kind in ("quant", "input_quant", "relu", "maxpool", "flatten", "reshape", "transpose",
@@ -100,6 +110,7 @@ class Emulator:
                     self.exact[op.name] = False  # one float64 rounding, same as ONNX in double
             else:  # pragma: no cover - the reader only emits known kinds
                 raise UnsupportedGraphError(f"op {op.name}: kind {op.kind} has no emulation")
+        self._mark_rounded_to_odd_readers()
         self._weights = {}
         for op in self.graph.ops:
             if op.weight is not None:
@@ -110,6 +121,22 @@ class Emulator:
                 bdt = np.float32 if self._bias_f32.get(op.name) and dt == np.float32 else np.float64
                 self._weights[op.name] = (w, None if op.bias is None else op.bias.astype(bdt))
         self._steps = self._compile()
+
+    def _mark_rounded_to_odd_readers(self):
+        """Ops reading a rounded-to-odd sum (directly or through ReLU / max pool / reshapes, which
+        commute with it) are exact only if they are quantizers; anything else (add, mean, the graph
+        output) sees the rounded value and is marked not exact."""
+        odd = set()
+        for op in self.graph.ops:
+            if op.name in self.rounded_to_odd:
+                odd.add(op.outputs[0])
+            elif any(t in odd for t in op.inputs):
+                if op.kind in ("relu", "maxpool", "flatten", "reshape", "transpose"):
+                    odd.add(op.outputs[0])
+                elif op.kind != "quant":
+                    self.exact[op.name] = False
+        for t in odd & set(self.graph.outputs):
+            self.exact[self.graph.producer(t).name] = False
 
     # -- running
     def __call__(self, x, return_trace=False):
@@ -222,10 +249,15 @@ class Emulator:
             return quantize_fast(x, op.quant)
         if k == "linear":
             w, b = self._weights[op.name]
+            if op.name in self.rounded_to_odd:
+                return exact_bilinear(np.matmul, x.astype(np.float64), w, b, op.fan_in, strict=True)[0]
             acc = x.astype(w.dtype, copy=False) @ w
             return _add_bias(acc, b, 1)
         if k in ("conv1d", "conv2d"):
             w, b = self._weights[op.name]
+            if op.name in self.rounded_to_odd:
+                return exact_bilinear(lambda a, c: conv_nd(a, c, op.attrs), x.astype(np.float64), w, b, op.fan_in,
+                                      bias_shape=(-1,) + (1,) * (x.ndim - 2), strict=True)[0]
             return _add_bias(conv_nd(x.astype(w.dtype, copy=False), w, op.attrs), b, 1 if x.ndim > 1 else 0,
                              channel_axis=1)
         if k == "relu":

@@ -3,7 +3,8 @@
 Exactness on a GPU needs care the CPU does not: TF32 must be off for float32 matmuls (cuBLAS
 would round operands to 10 mantissa bits), and cuDNN convolution may pick FFT / Winograd
 algorithms that round. So convolutions run as unfold (im2col) + matmul, whose sums are exact
-in any order when the emulator's plan says the accumulator fits (24 bits float32, 53 float64).
+in any order when the emulator's plan says the accumulator fits (24 bits float32, 53 float64);
+wider sums go through fpq.numerics.wide, as on the numpy path.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 
 from ..formats import Int
 from ..numerics.torch_ops import quantize_unscaled_torch
+from ..numerics.wide import exact_bilinear
 from ..typeplan import po2_exponents
 
 
@@ -81,10 +83,15 @@ class TorchProgram:
             return self._quant(x, op.quant, k == "input_quant")
         if k == "linear":
             w, b = self._weights()[op.name]
+            if op.name in self.emu.rounded_to_odd:
+                return exact_bilinear(torch.matmul, x.to(torch.float64), w, b, op.fan_in, strict=True)[0]
             acc = x.to(w.dtype) @ w
             return _bias(acc, b, None)
         if k in ("conv1d", "conv2d"):
             w, b = self._weights()[op.name]
+            if op.name in self.emu.rounded_to_odd:
+                return exact_bilinear(lambda a, c: _conv(a, c, op.attrs), x.to(torch.float64), w, b, op.fan_in,
+                                      bias_shape=(-1,) + (1,) * (x.dim() - 2), strict=True)[0]
             return _bias(_conv(x.to(w.dtype), w, op.attrs), b, 1)
         if k == "relu":
             return torch.clamp_min(x, 0)

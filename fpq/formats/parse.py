@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import re
 
-from .types import (OVERFLOW_MODES, ROUNDING_MODES, SPECIALS, Binary, Fixed, Format, Int, Minifloat,
-                    default_specials)
+from .types import (MAX_QUANTIZE_WIDTH, OVERFLOW_MODES, ROUNDING_MODES, SPECIALS, Binary, Fixed, Format, Int,
+                    Minifloat, default_specials)
 
 ALIASES = {
     "fp4": "e2m1",
@@ -113,6 +113,8 @@ def _parse_fixed(s: str, original: str) -> Fixed:
             raise _bad(original, f"unknown overflow mode {parts[3].upper()!r} (allowed: {', '.join(OVERFLOW_MODES)})")
     if width < 1:
         raise _bad(original, f"width must be >= 1, got {width}")
+    if width > MAX_QUANTIZE_WIDTH:
+        raise _bad(original, f"width {width} > {MAX_QUANTIZE_WIDTH} is not supported for a tensor format")
     return Fixed(width, int_bits, signed=not unsigned, rounding=rounding, overflow=overflow)
 
 

@@ -67,6 +67,13 @@ def _check_bool(name: str, value) -> None:
         raise ValueError(f"{name} must be True or False, got {value!r}")
 
 
+# Tensors are quantized to at most 64-bit fixed point (numpy's int64 codes); wider Fixed types
+# exist as derived exact products / accumulators (e5m2 x e5m2 sums need 72 bits), which HLS
+# carries as ap_fixed (up to 1024 bits) and fpq.numerics.wide sums exactly.
+MAX_QUANTIZE_WIDTH = 64
+MAX_FIXED_WIDTH = 128
+
+
 @dataclass(frozen=True, eq=True, repr=True)
 class Fixed(Format):
     """Two's complement (or unsigned) fixed point exactly as ``ap_fixed<W, I, Q, O>``.
@@ -87,8 +94,8 @@ class Fixed(Format):
         _check_int("fixed width", self.width, 1)
         _check_int("fixed int_bits", self.int_bits)
         _check_bool("signed", self.signed)
-        if self.width > 64:
-            raise ValueError(f"fixed width {self.width} > 64 is not supported")
+        if self.width > MAX_FIXED_WIDTH:
+            raise ValueError(f"fixed width {self.width} > {MAX_FIXED_WIDTH} is not supported")
         if self.rounding not in ROUNDING_MODES:
             raise ValueError(f"unknown rounding mode {self.rounding!r}; allowed: {', '.join(ROUNDING_MODES)}")
         if self.overflow not in OVERFLOW_MODES:

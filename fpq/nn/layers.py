@@ -1,21 +1,24 @@
 """Quantized layers: Brevitas quant layers whose eval-mode arithmetic is exact.
 
 Per the exactness contract, in eval mode linear / conv / add / average run in float64 (exact up
-to 53 bits; the TypePlan accumulator says how many are needed) and the output quantizer
+to 53 bits; wider linear / conv sums are rounded to odd, see fpq.numerics.wide) and the output quantizer
 quantizes that float64 value directly, with no intermediate float32 rounding. Training mode
 runs in float32 for speed (the quantizers still produce grid values).
 """
 from __future__ import annotations
 
 import contextlib
+import weakref
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
 
 from brevitas.nn import QuantConv1d, QuantConv2d, QuantIdentity, QuantLinear
 from brevitas.quant_tensor import QuantTensor
 
+from ..numerics.wide import exact_bilinear
+from ..typeplan import TensorType
 from .quantizers import make_quant, tensor_quant_of
 
 
@@ -28,10 +31,40 @@ class _ExactWBIOL:
 
     def inner_forward_impl(self, x, quant_weight, quant_bias):
         x, w, b = _value(x), _value(quant_weight), _value(quant_bias)
-        if not self.training:
-            x, w = x.to(torch.float64), w.to(torch.float64)
-            b = None if b is None else b.to(torch.float64)
-        return super().inner_forward_impl(x, w, b)
+        if self.training:
+            return super().inner_forward_impl(x, w, b)
+        x, w = x.to(torch.float64), w.to(torch.float64)
+        b = None if b is None else b.to(torch.float64)
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return super().inner_forward_impl(x, w, b)  # the exported graph holds the plain op
+        # a sum wider than 53 bits (e5m2 x e5m2) is summed in pieces and rounded to odd, which the
+        # output quantizer then rounds as it would the exact sum (fpq.numerics.wide)
+        parent = super()
+        bias_shape = None if self.fpq_op == "linear" else (-1,) + (1,) * (x.dim() - 2)
+        y, _ = exact_bilinear(lambda a, c: parent.inner_forward_impl(a, c, None), x, w, b,
+                              fan_in=w[0].numel(), bias_shape=bias_shape, x_bound=self._input_bound())
+        return y
+
+    def _input_bound(self):
+        """(top, bottom) bounding every input value, from the fpq quantizer that produced the input
+        (see link_input_quantizers), so the eval forward need not read the data to know that one
+        float64 sum is exact; None when unknown (the data is then examined)."""
+        link = self.__dict__.get("_fpq_input_link")
+        if link is None:
+            return None
+        ref, code, src, chain = link
+        root = ref()
+        if root is None or root.code != code:  # the graph changed since the link was made
+            return None
+        try:
+            tq = root.get_submodule(src).fpq_output
+            if tq is None or not all(isinstance(root.get_submodule(c), _VALUE_PRESERVING) for c in chain):
+                return None
+            with torch.no_grad():
+                carrier = TensorType(tq.fmt, tq.scale().detach().float().cpu().numpy()).carrier()
+        except (AttributeError, ValueError):  # no such module any more, or no exact carrier
+            return None
+        return carrier.int_bits, carrier.int_bits - carrier.width
 
     # the fpq tensor quantizers (None when the role is not quantized)
     @property
@@ -249,3 +282,34 @@ def exportable_weights(model: nn.Module):
         with torch.no_grad():
             for m, w in saved:
                 m.weight.copy_(w)
+
+
+# Ops between a quantizer and a weight layer that output a subset of their input values.
+_VALUE_PRESERVING = (nn.ReLU, nn.MaxPool1d, nn.MaxPool2d, nn.Flatten, nn.Dropout, nn.Identity)
+_VALUE_PRESERVING_FUNCTIONS = {torch.flatten, torch.relu, F.relu, F.max_pool1d, F.max_pool2d, torch.reshape}
+_VALUE_PRESERVING_METHODS = {"flatten", "view", "reshape", "relu"}
+
+
+def link_input_quantizers(root: fx.GraphModule) -> None:
+    """Record, on each weight layer, which fpq quantizer produced its input (through value-
+    preserving ops only), so that its eval forward knows the input grid without a pass over the
+    data. The link is checked against the graph's code on every use: an edited graph drops it."""
+    modules = dict(root.named_modules())
+    for node in root.graph.nodes:
+        layer = modules.get(node.target) if node.op == "call_module" else None
+        if not isinstance(layer, _ExactWBIOL):
+            continue
+        src, chain, found = node.args[0] if node.args else None, [], None
+        while isinstance(src, fx.Node) and found is None:
+            if src.op == "call_module" and getattr(modules[src.target], "fpq_output", None) is not None:
+                found = src.target
+            elif src.op == "call_module" and isinstance(modules[src.target], _VALUE_PRESERVING):
+                chain.append(src.target)
+                src = src.args[0]
+            elif (src.op == "call_function" and src.target in _VALUE_PRESERVING_FUNCTIONS) or \
+                    (src.op == "call_method" and src.target in _VALUE_PRESERVING_METHODS):
+                src = src.args[0]
+            else:
+                break
+        layer.__dict__["_fpq_input_link"] = None if found is None else (weakref.ref(root), root.code, found,
+                                                                          tuple(chain))

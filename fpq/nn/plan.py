@@ -8,12 +8,13 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from ..numerics.wide import WIDE_BITS
 from ..typeplan import LayerPlan, TensorType, TypePlan
 from .layers import FpqAct, FpqAdd, FpqAvgPool, FpqClamp, FpqConv1d, FpqConv2d, FpqInput, FpqLinear
 
 _WEIGHT_LAYERS = (FpqLinear, FpqConv1d, FpqConv2d)
-# float64 holds 53 significant bits: a wider exact sum may round in the eval-mode torch forward
-FLOAT64_NOT_EXACT = "the float64 eval forward is not guaranteed exact for this layer"
+# the eval-mode torch forward sums up to WIDE_BITS exactly (fpq.numerics.wide); wider sums round
+FLOAT64_NOT_EXACT = f"the eval forward is exact only up to {WIDE_BITS}-bit sums: not guaranteed exact for this layer"
 
 
 def _tensor_type(tq) -> TensorType:
@@ -95,10 +96,10 @@ def typeplan_from_module(q) -> TypePlan:
                     layer.values["bias"] = _quantized_values(m.fpq_bias, m.bias)
                 try:
                     layer.derive()
-                except ValueError as e:  # e.g. e5m2 x e5m2 products need more than 64 bits
+                except ValueError as e:  # e.g. a product wider than 128 bits
                     layer.note = f"no exact fixed-point product/accumulator ({e}); {FLOAT64_NOT_EXACT}"
                 acc = layer.tensors.get("accumulator")
-                if acc is not None and acc.width > 53:
+                if acc is not None and acc.width > WIDE_BITS:
                     layer.note = f"accumulator needs {acc.width} bits; {FLOAT64_NOT_EXACT}"
             elif isinstance(m, FpqAdd):
                 add(node, name, "add", _tensor_type(m.fpq_output), ins)

@@ -36,6 +36,7 @@ import functools
 import numpy as np
 
 from ..formats import Binary, Fixed, Format, Int, Minifloat, parse_format
+from ..formats.types import MAX_QUANTIZE_WIDTH
 
 
 def _as_float_array(x) -> np.ndarray:
@@ -135,6 +136,9 @@ def overflow_fixed(k: np.ndarray, lo: int, hi: int, width: int, signed: bool, ov
 
 @quantize_unscaled.register(Fixed)
 def _(x: np.ndarray, fmt: Fixed) -> np.ndarray:
+    if fmt.width > MAX_QUANTIZE_WIDTH:
+        raise ValueError(f"{fmt}: fixed formats wider than {MAX_QUANTIZE_WIDTH} bits are derived accumulator "
+                         "types; tensors are quantized to at most 64 bits")
     lo, hi = fmt.int_range
     with np.errstate(over="ignore", under="ignore"):
         s = np.ldexp(x, fmt.frac_bits)  # exact power-of-two scaling, except at the double limits:
