@@ -33,6 +33,8 @@ EXHAUSTIVE = {
     "addu7u5": lambda: rtl.adder(7, 5, signed=False),
     "tree3": lambda: rtl.adder_tree(3, 5),
     "xnorpop8": lambda: rtl.xnor_popcount(8),
+    # a binary x binary layer as the HLS project builds it: +-1 terms, 2^8 input codes
+    "densebin": lambda: rtl.dense("binary", np.where(np.arange(16).reshape(8, 2) % 3 == 0, -1.0, 1.0), "binary"),
 }
 # zero, +-powers of two, dense and sparse constants, minifloat weights as carrier constants
 CONSTS = [(Int(8), 0.0, Int(4)), (Int(8), -4.0, Int(4)), (Int(8), 8.0, Int(5)), (Int(8), -3.0, Int(4)),

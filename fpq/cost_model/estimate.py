@@ -187,8 +187,8 @@ def _mac_layer(lp, ops: OperatorCosts, dev: Device, rf: int, strategy: str, cloc
     if rf == 1:
         # unrolled: every weight is a constant (hls4ml Latency, and Resource at reuse 1)
         if binary:
-            lut = n_out * ops.xnorpop_luts(fan_in)
-            depth_ns = _t_add(dev, 1) * max(1, math.ceil(math.log2(max(fan_in, 2))))
+            lut = ops.binary_dense_luts(fan_in, n_out)
+            depth_ns = _t_add(dev, acc_bits) * math.ceil(math.log2(max(fan_in, 2)))
         elif use_dsp:
             dsp = int(nontrivial.sum()) * dsp_tiles(x_bits, w_bits, dev, xc.signed, wc.signed)
             lut = sum(ops.tree_luts(int(nz[:, j].sum()), x_bits + w_bits) for j in range(n_out))
@@ -206,9 +206,7 @@ def _mac_layer(lp, ops: OperatorCosts, dev: Device, rf: int, strategy: str, cloc
         ff = stages * n_out * acc_bits + (n_out * acc_bits if pixels > 1 else 0)
     else:
         # shared multipliers: general x * w with w read from a ROM (Latency) or BRAM (Resource)
-        if binary:
-            lut = n_mult * 2 + ops.add_luts(acc_bits) * n_mult
-        elif use_dsp:
+        if use_dsp:
             dsp = n_mult * dsp_tiles(x_bits, w_bits, dev, xc.signed, wc.signed)
             lut = n_mult * ops.dsp_fabric_luts(x_bits + w_bits, dsp // max(n_mult, 1))
         elif datapath == "code" and isinstance(w_t.format, Minifloat):
@@ -247,7 +245,10 @@ def _mac_layer(lp, ops: OperatorCosts, dev: Device, rf: int, strategy: str, cloc
                 n_mult=int(n_mult if rf > 1 else nz.sum()), fan_in=int(fan_in), n_out=int(n_out), pixels=pixels,
                 x_type=str(xc), w_type=str(wc), acc_bits=int(acc_bits),
                 zero_weights=int((~nz).sum()), po2_weights=int((nz & ~nontrivial).sum()),
-                mapping="xnor-popcount" if binary else ("dsp" if use_dsp else "lut"))
+                mapping="adder-tree" if binary else ("dsp" if use_dsp else "lut"),
+                # binary x binary: fpq's HLS project sums +-2^k terms in an adder tree, which is what
+                # is priced; an XNOR-popcount design (not what fpq emits) would take this many LUTs
+                **({"xnorpop_lut": float(n_out * ops.xnorpop_luts(fan_in))} if binary else {}))
 
 
 # ----------------------------------------------------------------------------- other layers

@@ -205,8 +205,14 @@ class OperatorCosts:
         # fabric left around DSP-mapped multipliers (sign handling, the adders between tiles)
         self.dsp_lut_fit = _fit([[max(0, r["params"]["out_bits"] - 36) if r["dsp"] > 1 else 0.0, 1.0]
                                  for r in dsp], [r["lut"] for r in dsp]) if dsp else None
-        dense = [r for r in lut if r["kind"] == "dense"]
+        dense = [r for r in lut if r["kind"] == "dense" and r["params"]["x"] != "binary"]
         self.dense_fit = self._fit_dense(dense) if dense else None
+        # binary x binary layers: synthesis makes each output's sum of +-1 terms something between
+        # an adder tree and a popcount; priced from measured layers, per output, by fan-in
+        # (no simple fit holds: 8 inputs collapse into LUT6 popcounts), interpolated in fan-in
+        bd = sorted((r["params"]["n_in"], r["lut"] / r["params"]["n_out"])
+                    for r in lut if r["kind"] == "dense" and r["params"]["x"] == "binary")
+        self._binary_dense_points = bd
 
     def _mul_model(self, a: int, b: int) -> float:
         return max(0.0, self.mul_fit(mul_features(a, b)))
@@ -280,6 +286,21 @@ class OperatorCosts:
     def tree_luts(self, n_terms: int, term_bits: float) -> float:
         b = adder_bits(n_terms, term_bits)
         return max(0.0, self.add_fit([b, 1.0])) if b > 0 else 0.0
+
+    def binary_dense_luts(self, n_in: int, n_out: int) -> float:
+        """An unrolled binary x binary layer as fpq's HLS project builds it (+-1 terms summed):
+        measured LUTs per output, linear in fan-in between and beyond the measured layers."""
+        pts = self._binary_dense_points
+        if len(pts) < 2:
+            return n_out * self.xnorpop_luts(n_in)
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        if n_in <= xs[0]:
+            per = ys[0] * n_in / xs[0]
+        elif n_in >= xs[-1]:
+            per = ys[-1] + (ys[-1] - ys[-2]) / (xs[-1] - xs[-2]) * (n_in - xs[-1])
+        else:
+            per = float(np.interp(n_in, xs, ys))
+        return max(0.0, n_out * per)
 
     def xnorpop_luts(self, n: int) -> float:
         return max(0.0, self.xnorpop_fit([n, 1.0])) if n > 0 else 0.0

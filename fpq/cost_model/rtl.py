@@ -407,7 +407,10 @@ def dense(fx, weights: np.ndarray, fw, name: str = "dense") -> Operator:
     K = _units(W, cw.frac_bits)
     lines = []
     for i in range(n_in):
-        xs = f"$signed(x{i})" if fx.signed else f"$signed({{1'b0, x{i}}})"
+        if isinstance(fx, Binary):  # the code bit selects +1 or -1, the value of the 2-bit carrier
+            xs = f"x{i}[0] ? {acc.width}'sd1 : -{acc.width}'sd1"
+        else:
+            xs = f"$signed(x{i})" if fx.signed else f"$signed({{1'b0, x{i}}})"
         lines.append(f"wire signed [{acc.width - 1}:0] xe{i} = {xs};")
     for j in range(n_out):
         terms = []

@@ -205,6 +205,7 @@ def calibration_grid(seed: int = 1) -> list:
     for n in (4, 16, 32, 64, 128):
         jobs.append((rtl.xnor_popcount(n), "lut"))
     jobs += [(op, "lut") for op in dense_layers("fit")]
+    jobs += [(op, "lut") for op in binary_dense_layers("fit")]
     return jobs
 
 
@@ -227,6 +228,7 @@ def holdout_grid(seed: int = 7) -> list:
         jobs.append((rtl.adder(bits), "lut"))
     jobs.append((rtl.xnor_popcount(48), "lut"))
     jobs += [(op, "lut") for op in dense_layers("holdout")]
+    jobs += [(op, "lut") for op in binary_dense_layers("holdout")]
     return jobs
 
 
@@ -262,6 +264,18 @@ def dense_layers(split: str) -> list:
             W = random_weights(fw, shape, rng)
             name = f"dense_{split}_{shape[0]}x{shape[1]}_{rtl.fmt_tag(rtl._fmt(fx))}_{rtl.fmt_tag(rtl._fmt(fw))}"
             ops.append(rtl.dense(fx, W, fw, name=name))
+    return ops
+
+
+def binary_dense_layers(split: str) -> list:
+    """Unrolled binary x binary dense layers: a sum of +-1 terms per output, as fpq's HLS project
+    builds them (synthesis turns them into something between an adder tree and a popcount)."""
+    shapes = ((8, 2), (16, 2), (32, 2), (64, 2), (24, 3)) if split == "fit" else ((16, 4), (32, 4), (48, 2))
+    ops = []
+    for si, (n_in, n_out) in enumerate(shapes):
+        rng = np.random.default_rng((300 if split == "fit" else 400) + si)
+        W = np.where(rng.random((n_in, n_out)) < 0.5, -1.0, 1.0)
+        ops.append(rtl.dense("binary", W, "binary", name=f"dense_{split}_{n_in}x{n_out}_bin_bin"))
     return ops
 
 
