@@ -202,3 +202,21 @@ def test_report_flags_a_design_that_does_not_fit():
     assert "dsp" in small.over_budget() and "DOES NOT FIT" in str(small)
     big = fpq.estimate_cost(q, device="xcvu9p", reuse_factor=64, strategy="Resource")
     assert big.over_budget() == [] and "DOES NOT FIT" not in str(big)
+
+
+def test_io_stream_adds_fifos_and_line_buffers():
+    import torch
+    from fpq.export.examples import conv2d_bn_net
+    m, shape = conv2d_bn_net()
+    q = fpq.convert(m, fmt="int8")
+    fpq.calibrate(q, [torch.randn((64,) + shape)])
+    par = fpq.estimate_cost(q, device="xcvu9p")
+    st = fpq.estimate_cost(q, device="xcvu9p", io_type="io_stream")
+    rows = {r["layer"]: r for r in st.layers}
+    # the first conv's output: 4 channels x 8 bits x 64 pixels > 1024 bits: block RAM; the second
+    # conv keeps two input rows in shift registers
+    assert rows["0"]["fifo_bram18"] >= 1 and rows["4"]["line_buffer_lut"] > 0
+    assert st.total["lut"] > par.total["lut"] and st.total["bram18"] > par.total["bram18"]
+    assert any("io_stream" in n for n in st.notes)
+    # flat layers need no FIFO of their own
+    assert rows["7"]["fifo_lut"] == 0 and rows["7"]["fifo_bram18"] == 0

@@ -321,16 +321,9 @@ def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", 
                                   dsp_threshold=dsp_threshold), notes=notes)
     dp = []
     for lp in tp:
-        if lp.op.lower() in MAC_OPS and "weight" in lp.tensors:
-            rf = int(rfs.get(lp.name, 1)) if rfs else int(reuse_factor)
-            row = _mac_layer(lp, ops, dev, rf, strat, float(clock_period), dsp_threshold, datapath, notes)
-            wf = lp.tensors["weight"].format
-            if isinstance(wf, Minifloat) or isinstance(lp.tensors["input"].format, Minifloat):
-                mode = "codes decoded at shared multipliers" if datapath == "code" and rf > 1 else "carrier"
-                dp.append(f"{lp.name}: {lp.tensors['input'].format} x {wf} as {mode} "
-                          f"{row['x_type']} x {row['w_type']}")
-        else:
-            row = _other_layer(lp, ops, notes)
+        row = _layer_row(lp, ops, dev, rfs, reuse_factor, strat, clock_period, dsp_threshold, datapath, notes, dp)
+        if io_type == "io_stream":
+            _add_stream_buffers(row, lp)
         report.layers.append(row)
     report.datapath = ("; ".join(dp) if dp else "fixed point: products of the layers' exact fixed carriers") + \
         (" (products of carrier widths, the datapath the HLS writer emits)" if datapath == "carrier" else "")
@@ -340,7 +333,62 @@ def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", 
     tot["latency_ns"] = tot["latency_cycles"] * float(clock_period)
     report.total = tot
     if io_type == "io_stream":
-        notes.append("io_stream priced as io_parallel layers (FIFOs between layers are not priced)")
+        notes.append(f"io_stream: each layer's output FIFO (depth = its pixels, as hls4ml sizes them) as SRL "
+                     f"LUTs up to {SRL_MAX_BITS} bits, else BRAM18; conv2d line buffers as SRL LUTs, the "
+                     "kernel window as FFs (structural, not calibrated)")
     notes.append("LUTs from yosys synth_xilinx measurements (not Vivado); FF, BRAM mapping and latency "
                  "from a structural model of hls4ml")
     return report
+
+
+def _layer_row(lp, ops, dev, rfs, reuse_factor, strat, clock_period, dsp_threshold, datapath, notes, dp) -> dict:
+    if not (lp.op.lower() in MAC_OPS and "weight" in lp.tensors):
+        return _other_layer(lp, ops, notes)
+    rf = int(rfs.get(lp.name, 1)) if rfs else int(reuse_factor)
+    row = _mac_layer(lp, ops, dev, rf, strat, float(clock_period), dsp_threshold, datapath, notes)
+    wf = lp.tensors["weight"].format
+    if isinstance(wf, Minifloat) or isinstance(lp.tensors["input"].format, Minifloat):
+        mode = "codes decoded at shared multipliers" if datapath == "code" and rf > 1 else "carrier"
+        dp.append(f"{lp.name}: {lp.tensors['input'].format} x {wf} as {mode} {row['x_type']} x {row['w_type']}")
+    return row
+
+
+# hls4ml's io_stream: an hls::stream FIFO of (channels x bits) words between layers, its depth the
+# number of pixels; Vitis HLS keeps small FIFOs in shift registers (SRL32 LUTs) and puts large ones
+# in block RAM. The threshold is Vitis' auto_srl_max_bits default.
+SRL_MAX_BITS = 1024
+
+
+def _bits_of(t) -> int | None:
+    if isinstance(t, TensorType) and t.po2:
+        try:
+            return t.carrier().width
+        except ValueError:
+            return None
+    return None
+
+
+def _add_stream_buffers(row: dict, lp) -> None:
+    """Add the layer's output FIFO and (conv2d) its line buffer to ``row`` (io_stream)."""
+    shape = lp.attrs.get("out_shape")
+    bits = _bits_of(lp.tensors.get("output")) or row.get("acc_bits") or _bits_of(lp.tensors.get("input"))
+    fifo_lut = fifo_bram = line_lut = window_ff = 0
+    if shape is not None and len(shape) > 2 and bits:
+        width, depth = int(shape[1]) * bits, int(np.prod(shape[2:]))
+        if depth > 1:
+            if width * depth <= SRL_MAX_BITS:
+                fifo_lut = width * math.ceil(depth / 32)
+            else:
+                fifo_bram = _bram18(width, depth)
+    ins = lp.attrs.get("in_shape")
+    kernel = lp.attrs.get("kernel")
+    in_bits = _bits_of(lp.tensors.get("input"))
+    if lp.op in ("conv1d", "conv2d") and ins is not None and kernel is not None and in_bits:
+        cin, k = int(ins[1]), tuple(kernel)
+        window_ff = int(np.prod(k)) * cin * in_bits
+        if lp.op == "conv2d" and len(ins) == 4:   # (kh - 1) rows of the input kept in shift registers
+            line_lut = (k[0] - 1) * cin * in_bits * math.ceil(int(ins[3]) / 32)
+    row["lut"] += fifo_lut + line_lut
+    row["bram18"] += fifo_bram
+    row["ff"] += window_ff
+    row.update(fifo_lut=fifo_lut, fifo_bram18=fifo_bram, line_buffer_lut=line_lut)
