@@ -32,17 +32,11 @@ def conv2d_bn_pool():
                          nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 3 * 3, 5))
 
 
-def conv1d():
-    return nn.Sequential(nn.Conv1d(2, 4, 3), nn.ReLU(), nn.MaxPool1d(2), nn.Conv1d(4, 4, 3, padding=1), nn.ReLU(),
-                         nn.Flatten(), nn.Linear(4 * 7, 5))
-
-
-# name -> (model factory, input shape, convert kwargs, to_hls kwargs)
+# name -> (model factory, input shape, convert kwargs, to_hls kwargs). The format x backend x io
+# cells of the example conv nets are in tests/test_hls_conformance.py; these are the special
+# cases: a conv residual block (a Merge of streams) and average pooling.
 CASES = {
-    "conv2d_bn_pool-int8-stream": (conv2d_bn_pool, (1, 8, 8), dict(fmt="int8"),
-                                   dict(backend="Vitis", io_type="io_stream")),
     "residual-e4m3-stream": (Residual, (1, 6, 6), dict(fmt="e4m3"), dict(backend="Vivado", io_type="io_stream")),
-    "conv1d-e2m3-parallel": (conv1d, (2, 16), dict(fmt="e2m3"), dict(backend="Vitis", io_type="io_parallel")),
     # average pooling: the exported max pool of conv2d_bn_pool turned into a 2x2 average pool in
     # the IR (fpq.export_qonnx of nn.AvgPool2d does not pass ONNX shape inference yet), so the
     # reference is the emulator of that IR only

@@ -74,6 +74,16 @@ def channels_last_perm(torch_shape: tuple) -> np.ndarray | None:
     return np.moveaxis(idx, 0, -1).ravel()
 
 
+def _ungroup(w: np.ndarray, groups: int) -> np.ndarray:
+    """(cout, cin / groups, *k) grouped conv weight -> (cout, cin, *k) block-diagonal dense weight."""
+    cout, cg = w.shape[:2]
+    dense = np.zeros((cout, cg * groups) + w.shape[2:], dtype=w.dtype)
+    per = cout // groups
+    for g in range(groups):
+        dense[g * per:(g + 1) * per, g * cg:(g + 1) * cg] = w[g * per:(g + 1) * per]
+    return dense
+
+
 def hls_shape_of(torch_shape: tuple) -> tuple:
     return tuple(torch_shape[1:]) + (torch_shape[0],) if len(torch_shape) > 1 else tuple(torch_shape)
 
@@ -319,14 +329,18 @@ class _Builder:
     def _conv(self, op, nd: int):
         src = self.src(op)
         a = op.attrs
-        if a.get("groups", 1) != 1:
-            raise HLSUnsupportedError(f"conv {op.name!r}: grouped / depthwise convolution (groups={a['groups']}) "
-                                      "is not supported in fpq's HLS path")
         if any(d != 1 for d in a.get("dilations", (1,) * nd)):
             raise HLSUnsupportedError(f"conv {op.name!r}: dilation {a['dilations']} is not supported in HLS")
         if len(src.torch_shape) != nd + 1 or not _is_channels_last(src):
             raise HLSUnsupportedError(f"conv {op.name!r}: input of shape {src.torch_shape} is not a {nd}-D feature map")
-        w = np.asarray(op.weight, dtype=np.float64)  # (cout, cin, *k)
+        w = np.asarray(op.weight, dtype=np.float64)  # (cout, cin / groups, *k)
+        groups = int(a.get("groups", 1))
+        if groups != 1:
+            # hls4ml has no grouped convolution: a dense conv whose weight is zero across groups
+            # computes the same sums exactly (the accumulator stays sized for the true fan-in)
+            w = _ungroup(w, groups)
+            self.plan.notes.append(f"{op.name}: groups={groups} built as a dense convolution with zero weights "
+                                   "between groups (hls4ml has no grouped convolution)")
         cout, cin = w.shape[:2]
         b = np.zeros(cout) if op.bias is None else np.asarray(op.bias, dtype=np.float64)
         prec = self._weighted_types(op, src, w, b)

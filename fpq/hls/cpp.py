@@ -10,14 +10,16 @@ from pathlib import Path
 
 from ..formats import Binary, Fixed, Format, Int, Minifloat, exact_fixed
 
-# The top-level hls/ folder of the repository holds the C++ fpq adds to hls4ml projects.
-HLS_DIR = Path(__file__).resolve().parent.parent.parent / "hls"
+# The C++ fpq adds to hls4ml projects, shipped as package data. Its one source is the top-level
+# hls/ folder of the repository; fpq/hls/include/ links to it, and a wheel build copies the file.
+HLS_DIR = Path(__file__).resolve().parent / "include"
 MINIFLOAT_HEADER = HLS_DIR / "fpq_minifloat.h"
 
 
 def header_path() -> Path:
     if not MINIFLOAT_HEADER.is_file():
-        raise FileNotFoundError(f"fpq's C++ header is missing: {MINIFLOAT_HEADER} (install fpq from its source tree)")
+        raise FileNotFoundError(f"fpq's C++ header is missing: {MINIFLOAT_HEADER} (a broken fpq install: "
+                                "reinstall fpq, whose package data includes fpq/hls/include/*.h)")
     return MINIFLOAT_HEADER
 
 
