@@ -7,23 +7,29 @@ Methods always run in this fixed order, whatever order they are listed in (``ORD
 
 1. ``weight_equalization``  cross-layer range equalization of float weights (equalize.py)
 2. ``act_equalization``     SmoothQuant migration of activation ranges into weights, ``alpha``
-3. calibration              ``fpq.calibrate(q, batches, method=calibration)``: activation scales
+3. ``act_channel_scales``   per-channel power-of-two activation scales folded into the weights
+                            (LLM-FP4's pre-shifted exponent bias; act_search.py)
+4. calibration              ``fpq.calibrate(q, batches, method=calibration)``: activation scales
                             and weight / bias scales from the (equalized) float weights
-4. ``format_search``        per-layer weight format (ExMy split) and exponent bias / clipping
-5. ``gptq`` or ``learned_round``  the weight rounding (at most one of them)
-6. ``bias_correction``      per-channel bias correction of the mean output error left by the
-                            rounding (measured against the float weights from before step 5)
+5. ``act_search``           per activation tensor: format (ExMy split) and exponent bias / clipping
+                            minimizing the network-output error (act_search.py)
+6. ``format_search``        per-layer weight format (ExMy split) and exponent bias / clipping
+7. ``gptq`` or ``learned_round``  the weight rounding (at most one of them)
+8. ``bias_correction``      per-channel bias correction of the mean output error left by the
+                            rounding (measured against the float weights from before step 7)
 
-Equalization changes float weights, so it must precede calibration; format search needs the
-calibrated activations that feed each layer; rounding needs the final weight formats and scales;
-bias correction corrects what rounding left. ``calibration=None`` keeps the model's current
+Equalization and channel scales change float weights, so they precede calibration; the searches
+need calibrated scales everywhere else (activations first, so that the weight search sees the
+final layer inputs); rounding needs the final weight formats and scales; bias correction
+corrects what rounding left. ``calibration=None`` keeps the model's current
 scales (not allowed together with an equalization). Every method leaves an fpq model: weights
 change only in value (after rounding they are grid values of the unchanged scale), scales keep
 their kind, every tensor keeps an fpq Format, so ``fpq.export_qonnx`` / ``emulate`` / ``to_hls``
 / ``verify`` take the result unchanged. A method that cannot apply to a layer raises a
 ValueError naming the layer. Options (keyword arguments) go to the method they belong to; an
-unknown option is an error. Returns ``q`` (modified in place); ``report`` (a dict, optional)
-receives what each method did.
+unknown option is an error. ``reference="float"`` (learned_round, bias_correction) compares with
+the float network's own layer outputs instead of the float weights on the quantized inputs.
+Returns ``q`` (modified in place); ``report`` (a dict, optional) receives what each method did.
 """
 from __future__ import annotations
 
@@ -31,18 +37,22 @@ import torch
 
 from .._api import callable_module
 from . import _common
+from . import act_search as _act_search
 from . import bias_correction as _bias_correction
 from . import equalize as _equalize
 from . import format_search as _format_search
 from . import gptq as _gptq
 from . import learned_round as _learned_round
 
-ORDER = ("weight_equalization", "act_equalization", "format_search", "gptq", "learned_round",
-         "bias_correction")
+ORDER = ("weight_equalization", "act_equalization", "act_channel_scales", "act_search",
+         "format_search", "gptq", "learned_round", "bias_correction")
+_BEFORE_CALIBRATION = ("weight_equalization", "act_equalization", "act_channel_scales")
 
 _RUN = {
     "weight_equalization": _equalize.weight_equalization,
     "act_equalization": _equalize.act_equalization,
+    "act_channel_scales": _act_search.channel_scales,
+    "act_search": _act_search.run,
     "format_search": _format_search.run,
     "gptq": _gptq.run,
     "learned_round": _learned_round.run,
@@ -53,10 +63,12 @@ _RUN = {
 OPTIONS = {
     "weight_equalization": ("equalize_layers", "equalize_iters"),
     "act_equalization": ("equalize_layers", "alpha"),
+    "act_channel_scales": ("equalize_layers", "act_max_shift"),
+    "act_search": ("act_format_candidates", "act_shifts", "act_min_clip", "act_metric"),
     "format_search": ("format_candidates", "search_shifts", "search_min_clip", "max_rows"),
     "gptq": ("gptq_act_order", "max_rows"),
-    "learned_round": ("round_iters", "round_lr", "round_reg", "max_rows"),
-    "bias_correction": (),
+    "learned_round": ("round_iters", "round_lr", "round_reg", "max_rows", "reference"),
+    "bias_correction": ("reference",),
 }
 
 
@@ -89,9 +101,9 @@ def ptq(q, batches, methods, *, seed: int = 0, progress: bool = True,
     if bad:
         raise ValueError(f"fpq.ptq: option(s) {bad} are not used by methods {methods}; "
                          f"options of these methods: {sorted(allowed) or 'none'}")
-    equalizing = any(m in methods for m in ("weight_equalization", "act_equalization"))
+    equalizing = any(m in methods for m in _BEFORE_CALIBRATION)
     if equalizing and calibration is None:
-        raise ValueError("fpq.ptq: equalization changes the float weights, so the model must be "
+        raise ValueError("fpq.ptq: equalization / channel scales change the float weights, so the model must be "
                          "recalibrated afterwards: pass calibration='max' | 'percentile' | 'mse'")
     batches = list(batches)
     if not batches:
@@ -103,8 +115,8 @@ def ptq(q, batches, methods, *, seed: int = 0, progress: bool = True,
     torch.manual_seed(seed)
     float_weights = None
     for name in ORDER:
-        if name == "format_search" and calibration is not None:
-            calibrate(q, batches, method=calibration, progress=progress)   # step 3
+        if name == "act_search" and calibration is not None:
+            calibrate(q, batches, method=calibration, progress=progress)   # step 4
         if name == "gptq":   # rounding replaces the float weights: bias correction needs them
             float_weights = {n: m.weight.detach().clone() for n, m in _common.weight_layers(q)}
         if name not in methods:

@@ -31,7 +31,8 @@ def weight_layers(q):
 def check_groups(name, m):
     if isinstance(m, (FpqConv1d, FpqConv2d)) and m.groups != 1:
         raise ValueError(f"layer {name!r}: grouped convolution (groups={m.groups}) is not supported "
-                         "by this PTQ method; only groups=1")
+                         "by this PTQ method (gptq: Brevitas' GPTQ is used as is; equalization: "
+                         "channel j of a grouped consumer is not one column); only groups=1")
 
 
 def im2col(m, x: torch.Tensor) -> torch.Tensor:
@@ -49,8 +50,18 @@ def im2col(m, x: torch.Tensor) -> torch.Tensor:
     return cols.transpose(1, 2).reshape(-1, cols.shape[1])
 
 
-def w2d(w: torch.Tensor) -> torch.Tensor:
-    return w.reshape(w.shape[0], -1)
+def w2d(w: torch.Tensor, groups: int = 1) -> torch.Tensor:
+    """(out, in_features) weights so that y = im2col rows @ w2d.T. A grouped convolution's
+    weights become block diagonal over the full im2col row (F.unfold is channel-major, so group
+    g's inputs are one contiguous slice): the same sums, with the zeros outside each group."""
+    w = w.reshape(w.shape[0], -1)
+    if groups == 1:
+        return w
+    return torch.block_diag(*w.split(w.shape[0] // groups))
+
+
+def groups_of(m) -> int:
+    return int(getattr(m, "groups", 1))
 
 
 @contextlib.contextmanager
@@ -63,10 +74,51 @@ def eval_mode(q):
         q.train(was)
 
 
+REFERENCES = ("quantized", "float")
+
+
+def check_reference(method, reference):
+    if reference not in REFERENCES:
+        raise ValueError(f"{method}: reference must be one of {REFERENCES}, got {reference!r}")
+
+
+@contextlib.contextmanager
+def float_network(q, float_weights: dict | None = None, float_biases: dict | None = None):
+    """Within the block ``q`` is its float network: every quantizer passes its input through
+    (as during calibration) and the layers named in ``float_weights`` / ``float_biases`` hold
+    those float parameters (after rounding the weights hold grid values; after bias correction
+    the biases are corrected)."""
+    tqs = [tq for _, _, tq in q.fpq_quantizers()]
+    modules = dict(q.named_modules())
+    saved = []
+    for tq in tqs:
+        tq.observer = lambda t: None
+    try:
+        with torch.no_grad():
+            for attr, params in (("weight", float_weights), ("bias", float_biases)):
+                for n, v in (params or {}).items():
+                    p = getattr(modules[n], attr)
+                    saved.append((p, p.detach().clone()))
+                    p.copy_(v)
+        yield q
+    finally:
+        for tq in tqs:
+            tq.observer = None
+        with torch.no_grad():
+            for p, v in saved:
+                p.copy_(v)
+
+
 @torch.no_grad()
-def layer_inputs(q, layer_names, batches, max_rows: int = 8192, seed: int = 0) -> dict:
+def layer_inputs(q, layer_names, batches, max_rows: int = 8192, seed: int = 0,
+                 float_weights: dict | None = None) -> dict:
     """{name: float64 (rows, in_features)} inputs of the named layers on ``batches`` in the
-    model's current (quantized, eval) state; at most ``max_rows`` rows, sampled with ``seed``."""
+    model's current (quantized, eval) state; at most ``max_rows`` rows, sampled with ``seed``.
+    With ``float_weights`` (a dict, may be empty): the inputs in the float network instead
+    (``float_network``); the same seed samples the same rows, so the two are row-aligned."""
+    if float_weights is not None:
+        with float_network(q, float_weights):
+            return layer_inputs(q, layer_names, batches, max_rows, seed)
     modules = dict(q.named_modules())
     rows = {n: [] for n in layer_names}
     hooks = []
@@ -104,16 +156,21 @@ def quantized_weight(m, w: torch.Tensor | None = None) -> torch.Tensor:
 
 
 @torch.no_grad()
-def layer_error(x: torch.Tensor, w_ref: torch.Tensor, w_q: torch.Tensor) -> float:
-    """mean((x @ (w_ref - w_q).T) ** 2) in float64 (the layer-output MSE)."""
-    d = w2d(w_ref).to(torch.float64) - w2d(w_q).to(torch.float64)
+def layer_error(x: torch.Tensor, w_ref: torch.Tensor, w_q: torch.Tensor, groups: int = 1,
+                xf: torch.Tensor | None = None) -> float:
+    """mean((x @ (w_ref - w_q).T) ** 2) in float64 (the layer-output MSE); with the float
+    network's row-aligned inputs ``xf``: mean((xf @ w_ref.T - x @ w_q.T) ** 2)."""
+    if xf is not None:
+        d = xf @ w2d(w_ref, groups).to(torch.float64).T - x @ w2d(w_q, groups).to(torch.float64).T
+        return float(torch.mean(d ** 2))
+    d = w2d(w_ref, groups).to(torch.float64) - w2d(w_q, groups).to(torch.float64)
     return float(torch.mean((x @ d.T) ** 2))
 
 
 @torch.no_grad()
-def channel_errors(x: torch.Tensor, w_ref: torch.Tensor, w_q: torch.Tensor) -> torch.Tensor:
+def channel_errors(x: torch.Tensor, w_ref: torch.Tensor, w_q: torch.Tensor, groups: int = 1) -> torch.Tensor:
     """Per output channel mean squared output error (C,), float64."""
-    d = w2d(w_ref).to(torch.float64) - w2d(w_q).to(torch.float64)
+    d = w2d(w_ref, groups).to(torch.float64) - w2d(w_q, groups).to(torch.float64)
     return torch.mean((x @ d.T) ** 2, dim=0)
 
 

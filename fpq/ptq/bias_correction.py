@@ -6,7 +6,10 @@ mean output error the weight rounding leaves on the layer's real (quantized) inp
 
 Layer by layer in execution order, so each layer sees inputs already corrected upstream.
 ``W_float`` are the weights before rounding (fpq.ptq passes the float weights from before
-gptq / learned_round; alone, the layer's current float weights).
+gptq / learned_round; alone, the layer's current float weights). ``reference="float"``: the
+empirical form against the float network, b += W_float @ mean(x_float) - W_q @ mean(x), x_float
+the layer's inputs in the float network, which also removes the mean shift that upstream
+activation quantization left.
 
 Written here rather than with Brevitas' ``bias_correction_mode``: that one takes the layer's own
 weight parameter as the float reference, and after GPTQ / learned rounding fpq stores the
@@ -47,22 +50,29 @@ def mean_input(q, name, m, batches) -> torch.Tensor:
 
 
 def run(q, batches, *, seed: int = 0, progress: bool = True, float_weights: dict | None = None,
-        report: dict | None = None, **_):
+        reference: str = "quantized", report: dict | None = None, **_):
     from tqdm.auto import tqdm
 
+    C.check_reference("bias_correction", reference)
     layers = C.weight_layers(q)
     no_bias = [n for n, m in layers if m.bias is None]
     if no_bias:
         raise ValueError(f"bias_correction: layer(s) {no_bias} have no bias to correct; convert a "
                          "model whose Linear/Conv layers have bias=True, or leave out bias_correction")
-    for n, m in layers:
-        C.check_groups(n, m)
-    float_weights = float_weights or {}
+    float_weights = float_weights or {n: m.weight.detach().clone() for n, m in layers}
+    float_biases = {n: m.bias.detach().clone() for n, m in layers}   # before any correction
     delta = {}
     for n, m in tqdm(layers, desc="fpq.ptq bias_correction", disable=not progress):
         w_f = float_weights.get(n, m.weight.detach())
         w_q = C.quantized_weight(m)
-        corr = (C.w2d(w_f).to(torch.float64) - C.w2d(w_q).to(torch.float64)) @ mean_input(q, n, m, batches)
+        g = C.groups_of(m)
+        x_q = mean_input(q, n, m, batches)
+        if reference == "float":
+            with C.float_network(q, float_weights, float_biases):
+                x_f = mean_input(q, n, m, batches)
+        else:
+            x_f = x_q
+        corr = C.w2d(w_f, g).to(torch.float64) @ x_f - C.w2d(w_q, g).to(torch.float64) @ x_q
         with torch.no_grad():
             m.bias.copy_((m.bias.to(torch.float64) + corr).to(m.bias.dtype))
             tq = m.fpq_bias

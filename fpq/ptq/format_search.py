@@ -14,8 +14,6 @@ updated), keeping the bias and output quantizers and their scales.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ..formats import Int, Minifloat, finfo, parse_format
@@ -56,7 +54,7 @@ def scale_candidates(fmt, w2d, kind, channels, shifts, min_clip):
     return torch.stack([(s0 * v).to(torch.float32).to(torch.float64) for v in f])
 
 
-def candidate_errors(x, w, fmt, kind, channels, shifts=4, min_clip=0.5):
+def candidate_errors(x, w, fmt, kind, channels, shifts=4, min_clip=0.5, groups=1):
     """(scales (S, C|1), errors (S, C)): per-channel layer-output error of every candidate scale."""
     w2 = C.w2d(w).to(torch.float32)
     cands = scale_candidates(fmt, w2, kind, channels, shifts, min_clip)
@@ -64,15 +62,15 @@ def candidate_errors(x, w, fmt, kind, channels, shifts=4, min_clip=0.5):
     for s in cands:
         sv = s.to(torch.float32).view(-1, 1)
         wq = quantize_unscaled_torch(w2 / sv, fmt) * sv      # what the weight quantizer computes
-        errs.append(C.channel_errors(x, w2, wq))
+        errs.append(C.channel_errors(x, w2, wq, groups))
     return cands, torch.stack(errs)
 
 
-def search_layer(x, w, candidates, kind, channels, shifts=4, min_clip=0.5):
+def search_layer(x, w, candidates, kind, channels, shifts=4, min_clip=0.5, groups=1):
     """Best (format, scale tensor) and {str(format): error} for one layer."""
     best, table = None, {}
     for fmt in candidates:
-        scales, errs = candidate_errors(x, w, fmt, kind, channels, shifts, min_clip)
+        scales, errs = candidate_errors(x, w, fmt, kind, channels, shifts, min_clip, groups)
         if channels:
             idx = torch.argmin(errs, dim=0)
             scale = scales[idx, torch.arange(scales.shape[1])]
@@ -115,7 +113,6 @@ def run(q, batches, *, seed=0, progress=True, format_candidates=None, search_shi
     layers = C.weight_layers(q)
     chosen = {}
     for name, m in tqdm(layers, desc="fpq.ptq format_search", disable=not progress):
-        C.check_groups(name, m)
         tq = m.fpq_weight
         if tq is None:
             raise ValueError(f"format_search: layer {name!r} has no weight quantizer")
@@ -128,7 +125,7 @@ def run(q, batches, *, seed=0, progress=True, format_candidates=None, search_shi
                              f"{[str(c) for c in cands]}")
         x = C.layer_inputs(q, [name], batches, max_rows, seed)[name]
         fmt, scale, table = search_layer(x, m.weight.detach(), cands, tq.scale_kind, tq.channels,
-                                         search_shifts, search_min_clip)
+                                         search_shifts, search_min_clip, C.groups_of(m))
         _replace_weight_format(q, name, m, fmt, scale)
         chosen[name] = {"format": str(fmt), "errors": table}
     if report is not None:

@@ -9,7 +9,10 @@ rectified sigmoid h(V) in [0, 1] chooses between them:
     w_soft = s * (lo + (hi - lo) * h(V))
 minimizing the layer-output error on calibration rows plus AdaRound's annealed regularizer that
 drives h to 0 or 1. The final weights are the hard choice, i.e. grid values at the unchanged
-scale. As for GPTQ, a layer keeps the learned rounding only when its layer-output error is not
+scale. ``reference="float"`` compares against the float network's own layer output (its inputs
+come from the float network, row-aligned): AdaRound's asymmetric reconstruction, which also
+absorbs the error upstream quantization left in the inputs. Grouped convolutions are handled through block-diagonal weights (``_common.w2d``). As for
+GPTQ, a layer keeps the learned rounding only when its layer-output error is not
 larger than round-to-nearest's.
 """
 from __future__ import annotations
@@ -39,8 +42,11 @@ def neighbours(u: torch.Tensor, fmt):
     return u, lo, hi
 
 
-def _learn_layer(m, x, w, iters, lr, reg, gen):
+def _learn_layer(m, x, w, iters, lr, reg, gen, xf=None):
+    """Hard grid weights (float32) minimizing mean((xr @ W.T - x @ W_soft.T)**2) + regularizer,
+    xr = x (reference "quantized") or the float network's row-aligned inputs xf ("float")."""
     tq = m.fpq_weight
+    g = C.groups_of(m)
     s = tq.scale().detach().to(torch.float64)
     s = s.reshape(-1, *([1] * (w.dim() - 1))) if s.dim() else s
     u, lo, hi = neighbours(w.to(torch.float64) / s, tq.fmt)
@@ -49,15 +55,15 @@ def _learn_layer(m, x, w, iters, lr, reg, gen):
                        torch.zeros_like(u))
     p = torch.clamp((frac - _GAMMA) / (_ZETA - _GAMMA), 1e-4, 1 - 1e-4)
     v = torch.log(p / (1 - p)).clone().requires_grad_(True)   # h(v) == frac at the start
-    target = x @ C.w2d(w.to(torch.float64)).T
+    target = (x if xf is None else xf) @ C.w2d(w.to(torch.float64), g).T
     norm = float(torch.mean(target ** 2)) or 1.0
     opt = torch.optim.Adam([v], lr=lr)
     n = x.shape[0]
     batch = min(n, 1024)
     for it in range(iters):
-        rows = x[torch.randint(0, n, (batch,), generator=gen)]
+        idx = torch.randint(0, n, (batch,), generator=gen)
         w_soft = s * (lo + gap * _h(v))
-        err = torch.mean((rows @ C.w2d(w.to(torch.float64) - w_soft).T) ** 2) / norm
+        err = torch.mean((target[idx] - x[idx] @ C.w2d(w_soft, g).T) ** 2) / norm
         # AdaRound's regularizer with beta annealed 20 -> 2 after a 20 % warm-up
         t = it / max(1, iters - 1)
         beta = 20.0 - 18.0 * max(0.0, (t - 0.2) / 0.8)
@@ -66,27 +72,30 @@ def _learn_layer(m, x, w, iters, lr, reg, gen):
         (err + r).backward()
         opt.step()
     with torch.no_grad():
-        g = torch.where(_h(v) >= 0.5, hi, lo)
-        return (g * s).to(torch.float32)
+        grid = torch.where(_h(v) >= 0.5, hi, lo)
+        return (grid * s).to(torch.float32)
 
 
 def run(q, batches, *, seed: int = 0, progress: bool = True, round_iters: int = 400,
         round_lr: float = 0.01, round_reg: float = 0.01, max_rows: int = 8192,
-        report: dict | None = None, **_):
+        reference: str = "quantized", report: dict | None = None, **_):
     from tqdm.auto import tqdm
 
+    C.check_reference("learned_round", reference)
     layers = C.weight_layers(q)
-    for name, m in layers:
-        C.check_groups(name, m)
+    float_weights = {n: m.weight.detach().clone() for n, m in layers}
     gen = torch.Generator().manual_seed(seed)
     result = {}
     for name, m in tqdm(layers, desc="fpq.ptq learned_round", disable=not progress):
         w = m.weight.detach().clone()
         x = C.layer_inputs(q, [name], batches, max_rows, seed)[name]
+        xf = C.layer_inputs(q, [name], batches, max_rows, seed, float_weights)[name] \
+            if reference == "float" else None
         w_rtn = C.quantized_weight(m, w)
         with torch.enable_grad():
-            w_learn = C.quantized_weight(m, _learn_layer(m, x, w, round_iters, round_lr, round_reg, gen))
-        e_learn, e_rtn = C.layer_error(x, w, w_learn), C.layer_error(x, w, w_rtn)
+            w_learn = C.quantized_weight(m, _learn_layer(m, x, w, round_iters, round_lr, round_reg, gen, xf))
+        g = C.groups_of(m)
+        e_learn, e_rtn = C.layer_error(x, w, w_learn, g, xf), C.layer_error(x, w, w_rtn, g, xf)
         keep = e_learn <= e_rtn
         C.set_weight(m, w_learn if keep else w_rtn)
         result[name] = {"kept": keep, "error": min(e_learn, e_rtn), "error_rtn": e_rtn}

@@ -1,0 +1,223 @@
+"""The activation side of LLM-FP4 (Liu et al. 2023): per activation tensor, a search over the
+format (ExMy split) and its exponent bias / clipping; and per-channel power-of-two activation
+scales folded into the weights.
+
+``act_search``: every activation quantizer (network input, each layer's output, add / pool
+requantizers), in execution order, tries each candidate format (default: its own format; give
+``act_format_candidates`` to search the split) at the scales s0 * 2**-k, k = 0..act_shifts, for
+a po2 scale (a shift of the exponent bias; s0 the max rule of the float activation's maximum, so
+k > 0 clips) or s0 * f, f from 1 down to act_min_clip, for a float scale. It keeps the candidate
+with the smallest network-output error on the calibration batches between y_q, the quantized
+network's output with the choices made so far, and y_float, the float network's output (every
+quantizer bypassed): ``act_metric="mse"`` mean((y_q - y_float)**2), or ``"kl"`` the KL
+divergence of their softmaxes (classifiers: MSE rewards clipping large logits into ties). Greedy and end to end rather than per layer, because an activation
+quantizer's error matters only through what it does to the rest of the network (the last
+layer's output quantizer has no consumer at all). Ties keep the earlier candidate (current
+format, least clipping).
+
+``act_channel_scales``: LLM-FP4's per-channel activation scales. For each equalization region
+(equalize.py: producers P whose outputs reach consumers C through ReLU / pooling / flatten /
+residual adds), channel j gets the power-of-two scale s * 2**-k_j with
+k_j = floor(log2(max_all / max_j)) (at most ``act_max_shift``, max_j the float range of channel j
+at the consumers' inputs): the channel's range is stretched onto the tensor's range. fpq keeps the
+activation quantizers per tensor and realizes the per-channel scale exactly by folding 2**k_j into
+the producers' row j and bias and 2**-k_j into the consumers' column j (a power of two: exact in
+floating point, so the float network is unchanged bit for bit). For minifloat weights the column
+shift is the "pre-shifted exponent bias" of LLM-FP4: the column keeps its relative precision
+unless it falls into the subnormals. The model keeps per-tensor
+activation quantizers, so it stays a TypePlan of fpq Formats that every path takes unchanged.
+It changes float weights, so ``fpq.ptq`` runs it before calibration.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..formats import Int, Minifloat, finfo, parse_format
+from ..nn.layers import FpqAct, FpqAdd, FpqAvgPool, FpqClamp, FpqInput, quant_layer
+from ..nn.plan import float_twin
+from . import _common as C
+from . import equalize as _eq
+
+
+def act_quantizers(q):
+    """[(module name, module)] of every module owning an activation quantizer, execution order."""
+    modules = dict(q.named_modules())
+    out = []
+    for node in q.graph.nodes:
+        if node.op != "call_module":
+            continue
+        m = modules[node.target]
+        if isinstance(m, C.WEIGHT_LAYERS + (FpqAct, FpqAdd, FpqAvgPool, FpqClamp)) and m.fpq_output is not None:
+            out.append((node.target, m))
+    return out
+
+
+def _set_owner(q, name, new):
+    parent, _, leaf = name.rpartition(".")
+    setattr(q.get_submodule(parent) if parent else q, leaf, new)
+
+
+def replace_act_format(q, name, m, fmt):
+    """Give module ``name`` an activation quantizer of format ``fmt`` (scale carried over);
+    returns the module now holding it. The policy records the new format."""
+    old = m.fpq_output
+    kind = old.scale_kind
+    if isinstance(m, C.WEIGHT_LAYERS):
+        f = q.fpq_policy.layers[name]
+        new = quant_layer(float_twin(m), f["weights"], f["bias"], str(fmt),
+                          m.fpq_weight.scale_kind if m.fpq_weight.scale_kind != "none" else kind,
+                          "channel" if m.fpq_weight.channels else "tensor")
+        with torch.no_grad():
+            for role in ("fpq_weight", "fpq_bias"):
+                o, n = getattr(m, role), getattr(new, role)
+                if o is not None:
+                    n.log2_scale.copy_(o.log2_scale)
+        new.train(m.training)
+        _set_owner(q, name, new)
+        owner = new
+    elif isinstance(m, FpqAct):   # FpqInput too
+        owner = type(m)(str(fmt), kind).train(m.training)
+        _set_owner(q, name, owner)
+    else:                          # FpqAdd / FpqAvgPool / FpqClamp requantize through .quant
+        m.quant = FpqAct(str(fmt), kind).train(m.training)
+        owner = m
+    with torch.no_grad():
+        owner.fpq_output.log2_scale.copy_(old.log2_scale)
+    policy = q.fpq_policy
+    if isinstance(m, FpqInput):
+        policy.inputs = str(fmt)
+    else:
+        policy.layers[name] = dict(policy.layers.get(name, {}), activations=str(fmt))
+        ov = policy.overrides.get(name)
+        ov = dict(ov) if isinstance(ov, dict) else ({"weights": ov, "activations": ov} if ov else {})
+        policy.overrides[name] = dict(ov, activations=str(fmt))
+    return owner
+
+
+@torch.no_grad()
+def _float_pass(q, batches):
+    """(float network outputs per batch, {id(tq): max |input|} of every activation quantizer)."""
+    maxima = {}
+    tqs = [tq for _, _, tq in q.fpq_quantizers()]
+
+    def observer(tq):
+        def rec(x):
+            if tq.role != "weight" and tq.role != "bias":
+                maxima[id(tq)] = max(maxima.get(id(tq), 0.0), float(x.detach().abs().max()))
+        return rec
+    for tq in tqs:
+        tq.observer = observer(tq)
+    try:
+        with C.eval_mode(q):
+            ys = [q(C.first_tensor(b)).to(torch.float64) for b in batches]
+    finally:
+        for tq in tqs:
+            tq.observer = None
+    return ys, maxima
+
+
+METRICS = ("mse", "kl")
+
+
+@torch.no_grad()
+def output_error(q, batches, ys, metric="mse") -> float:
+    """The network-output error over the calibration batches (float64): "mse" mean((q(x) -
+    y_float)**2); "kl" mean over samples of KL(softmax(y_float) || softmax(q(x))) along dim 1,
+    for classifiers, whose logits matter only through their softmax."""
+    tot, n = 0.0, 0
+    with C.eval_mode(q):
+        for b, y in zip(batches, ys):
+            yq = q(C.first_tensor(b)).to(torch.float64)
+            if metric == "mse":
+                tot += float(((yq - y) ** 2).sum())
+                n += y.numel()
+            else:
+                p = torch.log_softmax(y, 1)
+                tot += float((p.exp() * (p - torch.log_softmax(yq, 1))).sum())
+                n += y.shape[0]
+    return tot / n
+
+
+def scale_candidates(fmt, kind, maxabs, shifts, min_clip):
+    """Candidate scales (python floats, float32-representable), the max rule first."""
+    m = maxabs if math.isfinite(maxabs) and maxabs > 0 else 1.0
+    s0 = m / float(finfo(fmt).max)
+    if kind == "po2":
+        s0 = math.ldexp(1.0, math.ceil(math.log2(s0)))
+        return [math.ldexp(s0, -k) for k in range(shifts + 1)]
+    fs = torch.linspace(1.0, min_clip, 2 * shifts + 1, dtype=torch.float64).tolist()
+    return [float(torch.tensor(s0 * f, dtype=torch.float32)) for f in fs]
+
+
+def run(q, batches, *, seed=0, progress=True, act_format_candidates=None, act_shifts=4,
+        act_min_clip=0.5, act_metric="mse", report=None, **_):
+    from tqdm.auto import tqdm
+
+    if act_metric not in METRICS:
+        raise ValueError(f"act_search: act_metric must be one of {METRICS}, got {act_metric!r}")
+    if act_shifts < 0 or not 0 < act_min_clip <= 1:
+        raise ValueError("act_search: act_shifts must be >= 0 and act_min_clip in (0, 1]")
+    cands = None
+    if act_format_candidates:
+        cands = [parse_format(c) for c in act_format_candidates]
+        if not all(isinstance(c, (Int, Minifloat)) for c in cands):
+            raise ValueError(f"act_search: candidates must be Int or Minifloat formats, got "
+                             f"{[str(c) for c in cands]}")
+    owners = act_quantizers(q)
+    for name, m in owners:
+        if m.fpq_output.scale_kind == "none":
+            raise ValueError(f"act_search: layer {name!r} has activation format {m.fpq_output.fmt}, "
+                             "which carries its own scaling (Fixed): no exponent bias / clipping to search")
+    ys, maxima = _float_pass(q, batches)
+    maxabs = {name: maxima.get(id(m.fpq_output), 0.0) for name, m in owners}
+    chosen = {}
+    for name, m in tqdm(owners, desc="fpq.ptq act_search", disable=not progress):
+        fmts = cands or [m.fpq_output.fmt]
+        table, best = {}, None
+        for fmt in fmts:
+            if fmt != m.fpq_output.fmt:
+                m = replace_act_format(q, name, m, fmt)
+            tq = m.fpq_output
+            for s in scale_candidates(fmt, tq.scale_kind, maxabs[name], act_shifts, act_min_clip):
+                tq.set_scale(s)
+                e = output_error(q, batches, ys, act_metric)
+                table[(str(fmt), s)] = e
+                if best is None or e < best[2]:
+                    best = (fmt, s, e)
+        fmt, s, e = best
+        if fmt != m.fpq_output.fmt:
+            m = replace_act_format(q, name, m, fmt)
+        m.fpq_output.set_scale(s)
+        chosen[name] = {"format": str(fmt), "scale": s, "error": e, "errors": table}
+    if report is not None:
+        report["act_search"] = chosen
+
+
+def channel_shifts(maxima: torch.Tensor, max_shift: int) -> torch.Tensor:
+    """k_j = floor(log2(max_all / max_j)) clamped to [0, max_shift] (0 for a dead channel)."""
+    top = float(maxima.max())
+    if top <= 0:
+        return torch.zeros_like(maxima)
+    k = torch.floor(torch.log2(top / torch.where(maxima > 0, maxima, torch.full_like(maxima, top))))
+    return torch.clamp(k, 0, max_shift)
+
+
+def channel_scales(q, batches, *, seed=0, progress=True, equalize_layers=None, act_max_shift=3,
+                   report=None, **_):
+    from tqdm.auto import tqdm
+
+    if not (isinstance(act_max_shift, int) and act_max_shift >= 0):
+        raise ValueError(f"act_channel_scales: act_max_shift must be an int >= 0, got {act_max_shift!r}")
+    regions = _eq.pairs(q, equalize_layers)
+    ranges = _eq.act_ranges(q, regions, batches)
+    shifts = {}
+    for ps, cs in tqdm(regions, desc="fpq.ptq act_channel_scales", disable=not progress):
+        k = channel_shifts(ranges[ps[0]], act_max_shift)
+        # producers' row j times 2**k_j, consumers' column j times 2**-k_j (scale_region divides
+        # the producers by its factor)
+        _eq.scale_region(q, ps, cs, torch.exp2(-k))
+        shifts[ps[0]] = [int(v) for v in k.tolist()]
+    if report is not None:
+        report["act_channel_scales"] = {"regions": regions, "shifts": shifts}
