@@ -26,10 +26,9 @@ from fpq.hls.testing import BACKENDS, CONV_NETS, FORMATS, MODEL_NAMES, conforman
 pytestmark = pytest.mark.slow
 
 N_PROBES, QONNX_SUBSET = 2000, 16
-# Formats with no exact QONNX Quant form: RND rounds ties towards +inf, which no rounding_mode
-# of qonnx's Quant expresses (HALF_UP rounds them away from zero). The export keeps the format
-# in an fpq_format attribute, and fpq.verify reports the qonnx path as not comparable.
-NO_QONNX_FORM = {"fixed<6,2,RND,SAT>"}
+# Every format of the matrix has an exact QONNX form, so every cell requires qonnx's agreement:
+# fixed<6,2,RND,SAT> (ties towards +inf, no QONNX rounding_mode) is written as a half-step Quant
+# node (FLOOR, half an LSB) and a CEIL Quant node (fpq.export.graph.TWO_NODE_ROUNDING).
 CELLS = full_cells() if os.environ.get("FPQ_CONFORMANCE_FULL") == "1" else default_cells()
 
 
@@ -58,18 +57,14 @@ def run_cell(fmt, model_name, backend, io_type, tmp_path):
     print(f"\n{fmt} {model_name} {backend} {io_type}: " + ", ".join(f"{k} {v:.1f} s" for k, v in cell.seconds.items()))
     assert rep.paths == ["emulator", "torch", "qonnx", "hls"], rep
     # every path must be comparable: no quantizer the qonnx executor computes differently
-    qonnx_notes = [n for n in rep.notes if "qonnx path" in n]
-    if fmt in NO_QONNX_FORM:
-        assert len(qonnx_notes) == 1 and "not comparable" in qonnx_notes[0] and fmt in qonnx_notes[0], rep.notes
-    else:
-        assert not qonnx_notes, rep.notes
+    assert not [n for n in rep.notes if "qonnx path" in n], rep.notes
     assert rep.exact, f"{fmt} {model_name} {backend} {io_type}:\n{rep}"
 
     out_rows = {r["path"]: r for r in rep.table if r["layer"] == "<output>"}
     n_out = int(np.prod(proj.output_shape))
     assert out_rows["hls"]["compared"] == out_rows["torch"]["compared"] == N_PROBES * n_out
     assert out_rows["qonnx"]["compared"] == QONNX_SUBSET * n_out
-    assert all(r["mismatches"] == 0 for p, r in out_rows.items() if p != "qonnx" or fmt not in NO_QONNX_FORM)
+    assert all(r["mismatches"] == 0 for r in out_rows.values())
     assert np.unique(rep.outputs["hls"]).size > 8, "outputs collapsed: the probe is not exercising the network"
     # every weighted layer's value is compared inside the C-sim too (hls4ml's trace)
     compared = {r["layer"] for r in rep.table if r["path"] == "hls" and r["layer"] != "<output>" and r["compared"]}

@@ -12,6 +12,9 @@ cost model) sees one op per hardware layer:
   ``linear`` / ``conv`` op with ``bias``;
 * ``Div(scale) -> Quant(scale 1) -> Mul(scale)`` (qonnx's ExtractQuantScaleZeroPt form) is one
   ``quant`` op with that scale;
+* a half-step ``Quant`` (``fpq_role="half_step"``) and the ``Quant`` it feeds are one quantizer:
+  the Fixed RND / RND_MIN_INF they compute exactly (``TWO_NODE_ROUNDING``); a half-step node
+  alone, or a pair that does not compute its ``fpq_format``, is an error naming the node;
 * ``ReduceSum(spatial axes) -> Div(count)`` is one ``global_avgpool``; ``Unsqueeze`` / ``Squeeze``
   become ``reshape``; ``Identity`` / ``Dropout`` and float ``Cast`` (fpq layers widen to float64)
   are dropped (values unchanged);
@@ -77,6 +80,25 @@ KINDS = ("input_quant", "quant", "linear", "conv1d", "conv2d", "relu", "add", "m
 QONNX_ROUNDING = {"ROUND": "RND_CONV", "HALF_EVEN": "RND_CONV", "FLOOR": "TRN", "DOWN": "TRN_ZERO",
                   "HALF_UP": "RND_INF", "HALF_DOWN": "RND_ZERO"}
 FPQ_FORMAT_ATTR = "fpq_format"
+# ap_fixed's RND (ties to +inf) and RND_MIN_INF (ties to -inf) have no QONNX rounding_mode; the
+# export writes them exactly as two Quant nodes (transforms.AnnotateFormats): a "half-step" node
+# (attribute fpq_role="half_step") onto the grid of half an LSB, then the format's own node:
+#   RND(x)         = Quant_CEIL (Quant_FLOOR(x, scale=s/2, bits=W+1), scale=s, bits=W)
+#   RND_MIN_INF(x) = Quant_FLOOR(Quant_CEIL (x, scale=s/2, bits=W+1), scale=s, bits=W)
+# Why this is exact (t = x/s; codes before clipping): with n = floor(2t), ceil(n/2) = floor(t+1/2):
+# n = 2k means k <= t < k+1/2, both are k; n = 2k+1 means k+1/2 <= t < k+1, both are k+1 (a tie
+# t = k+1/2 goes up: RND). Mirrored, with n = ceil(2t), floor(n/2) = ceil(t-1/2) (ties go down:
+# RND_MIN_INF). Clipping: qonnx clamps then rounds, and for integer bounds that equals rounding
+# then clamping. g(n) = ceil(n/2) or floor(n/2) is non-decreasing, so g(clip(n, lo1, hi1)) =
+# clip(g(n), g(lo1), g(hi1)); the (W+1)-bit range maps onto [-2^(W-1), 2^(W-1)] (ceil) or
+# [-2^(W-1), 2^(W-1)-1] (floor), signed, and onto [0, 2^W] or [0, 2^W-1] unsigned: each contains
+# the W-bit range, so the second node's clamp alone decides, as SAT does on the rounded code.
+# SAT_SYM (signed) is the second node with narrow=1 (clamp to +-(2^(W-1)-1)); unsigned SAT_SYM is
+# SAT. The half-step values must be exact in float32 (qonnx casts quantizer outputs to it): W+1 <= 24.
+FPQ_ROLE_ATTR = "fpq_role"
+HALF_STEP_ROLE = "half_step"
+# ap_fixed rounding -> (rounding_mode of the half-step node, of the format's node)
+TWO_NODE_ROUNDING = {"RND": ("FLOOR", "CEIL"), "RND_MIN_INF": ("CEIL", "FLOOR")}
 # kinds whose output values are a subset of their input values (the type passes through)
 TYPE_PRESERVING = ("relu", "maxpool", "flatten", "reshape", "transpose", "output")
 
@@ -356,13 +378,30 @@ def _int_from_quant(node, mw) -> tuple[Format, bool, str]:
 
 
 def quantizer_of(node, mw) -> Quantizer:
-    """The fpq Quantizer of a QONNX Quant / FloatQuant / BipolarQuant / Trunc node."""
+    """The fpq Quantizer of a QONNX Quant / FloatQuant / BipolarQuant / Trunc node (a Quant node
+    after a half-step node: the Fixed RND / RND_MIN_INF the pair computes)."""
     op = node.op_type
+    if is_half_step(node):
+        raise UnsupportedGraphError(f"{op} node {node.name!r} is a half-step node ({FPQ_ROLE_ATTR}={HALF_STEP_ROLE}): "
+                                    "it is read only together with the Quant node it feeds")
     scale = mw.get_initializer(node.input[1])
     if scale is None:
         raise UnsupportedGraphError(f"{op} node {node.name!r}: the scale ({node.input[1]!r}) must be a constant")
     scale = np.asarray(scale, dtype=np.float32)
     _check_scale(scale, node)
+    if op in ("Quant", "IntQuant"):
+        half = _producer(mw, node.input[0])
+        half = half if half is not None and is_half_step(half) else None
+        declared = _attrs(node).get(FPQ_FORMAT_ATTR)
+        declared = parse_format(declared) if declared is not None else None
+        if half is not None:
+            return _fixed_two_node(node, half, mw, declared)
+        if has_two_node_form(declared) and \
+                str(_attrs(node).get("rounding_mode", "ROUND")).upper() == TWO_NODE_ROUNDING[declared.rounding][1]:
+            raise UnsupportedGraphError(
+                f"Quant node {node.name!r}: fpq_format {declared} with rounding_mode "
+                f"{TWO_NODE_ROUNDING[declared.rounding][1]} is the second node of a two-node form, but no half-step "
+                f"node ({FPQ_ROLE_ATTR}={HALF_STEP_ROLE}) feeds it")
     pre = None
     if op in ("Quant", "IntQuant"):
         fmt, exact, note = _int_from_quant(node, mw)
@@ -407,6 +446,73 @@ def _fixed_over_quant(node, fixed: Fixed, qfmt: Format, scale: np.ndarray) -> Qu
                             f"{fixed.overflow}): qonnx's executor computes {qfmt} x 2^-{fixed.frac_bits}")
     one = np.ones_like(scale)
     return Quantizer(TensorType(fixed, _flat_scale(one, node)), one, node.name, node.op_type, same, note)
+
+
+def has_two_node_form(fmt) -> bool:
+    """Whether ``fmt`` is a Fixed the export writes exactly as a half-step node + its Quant node
+    (RND / RND_MIN_INF with SAT / SAT_SYM; see TWO_NODE_ROUNDING)."""
+    return isinstance(fmt, Fixed) and fmt.rounding in TWO_NODE_ROUNDING and fmt.overflow in ("SAT", "SAT_SYM") \
+        and (fmt.width >= 2 or not fmt.signed) and fmt.width + 1 <= 24  # signed 1 bit: qonnx makes it bipolar
+
+
+def is_half_step(node) -> bool:
+    return node.op_type in ("Quant", "IntQuant") and _attrs(node).get(FPQ_ROLE_ATTR) == HALF_STEP_ROLE
+
+
+def two_node_settings(fixed: Fixed) -> tuple[dict, dict]:
+    """(half-step node, format's node) settings of a Fixed with ``has_two_node_form``."""
+    first, second = TWO_NODE_ROUNDING[fixed.rounding]
+    half = {"bitwidth": fixed.width + 1, "signed": int(fixed.signed), "narrow": 0, "rounding_mode": first,
+            "scale": 2.0 ** -(fixed.frac_bits + 1)}
+    main = {"bitwidth": fixed.width, "signed": int(fixed.signed),
+            "narrow": int(fixed.overflow == "SAT_SYM" and fixed.signed), "rounding_mode": second,
+            "scale": 2.0 ** -fixed.frac_bits}
+    return half, main
+
+
+def _producer(mw, tensor):
+    return next((n for n in mw.graph.node if tensor in n.output), None)
+
+
+def half_step_partner(half, mw):
+    """The Quant node a half-step node feeds (its only consumer); an error naming the node otherwise."""
+    consumers = [n for n in mw.graph.node if half.output[0] in n.input]
+    if len(consumers) != 1 or half.output[0] in [o.name for o in mw.graph.output] or \
+            consumers[0].op_type not in ("Quant", "IntQuant") or consumers[0].input[0] != half.output[0] or \
+            is_half_step(consumers[0]):
+        raise UnsupportedGraphError(
+            f"half-step node {half.name!r} ({FPQ_ROLE_ATTR}={HALF_STEP_ROLE}) must feed exactly one Quant node "
+            f"(the second node of a Fixed RND / RND_MIN_INF), got consumers {[c.name for c in consumers]}")
+    return consumers[0]
+
+
+def _quant_settings(node, mw) -> dict:
+    a = _attrs(node)
+    zp = mw.get_initializer(node.input[2])
+    if zp is None or np.any(np.asarray(zp) != 0):
+        raise UnsupportedGraphError(f"Quant node {node.name!r}: zero-point must be a constant 0")
+    return {"bitwidth": _scalar(mw, node.input[3], "bitwidth", node), "signed": int(a.get("signed", 1)),
+            "narrow": int(a.get("narrow", 0)), "rounding_mode": str(a.get("rounding_mode", "ROUND")).upper(),
+            "scale": _scalar(mw, node.input[1], "scale", node)}
+
+
+def _fixed_two_node(node, half, mw, fixed) -> Quantizer:
+    """The Fixed RND / RND_MIN_INF that a half-step node + Quant node compute (qonnx-exact): the IR
+    holds one quantizer, exactly as for any other Fixed written as one Quant node."""
+    if not has_two_node_form(fixed):
+        raise UnsupportedGraphError(
+            f"half-step node {half.name!r} feeds Quant node {node.name!r} whose fpq_format is {fixed}; a half-step "
+            "node belongs before a Fixed with RND or RND_MIN_INF rounding, SAT or SAT_SYM overflow, "
+            "at most 23 bits (2 or more when signed)")
+    half_step_partner(half, mw)
+    for n, want, what in zip((half, node), two_node_settings(fixed), ("half-step node", "second node")):
+        got = _quant_settings(n, mw)
+        bad = [f"{k}={got[k]} (expected {v})" for k, v in want.items() if got[k] != v]
+        if bad:
+            raise UnsupportedGraphError(f"half-step node {half.name!r} and Quant node {node.name!r} do not compute "
+                                        f"{fixed}: the {what} has {', '.join(bad)}")
+    one = np.ones((), dtype=np.float32)
+    return Quantizer(TensorType(fixed, _flat_scale(one, node)), one, node.name, node.op_type, True, "")
 
 
 def _compatible(declared: Format, qonnx_fmt: Format) -> bool:
@@ -464,6 +570,7 @@ class _Reader:
         self.names = set()
         self.alias = {}       # tensor -> tensor it is an identity of
         self.fused = set()    # ONNX node names already folded into an op
+        self.half_of = {}     # output of a half-step node -> its name
 
     # -- constants (weights / biases through their quantizers)
     def is_const(self, t: str) -> bool:
@@ -487,7 +594,9 @@ class _Reader:
             self.fused.add(n.name)
             x, q = self.const(n.input[0])
             a = _attrs(n)
-            if n.op_type in QUANT_OPS:
+            if is_half_step(n):
+                half_step_partner(n, self.mw)  # its partner's quantizer computes both nodes
+            elif n.op_type in QUANT_OPS:
                 q = quantizer_of(n, self.mw)
                 x = q(np.asarray(x, dtype=np.float32))
             elif n.op_type == "Transpose":
@@ -602,11 +711,18 @@ def read_graph(model) -> Graph:
                                             "casts between float32 and float64 of quantized tensors are")
             r.alias[node.output[0]] = x
             continue
+        if is_half_step(node):
+            # the half-step node is part of the Quant node after it (one quantizer in the IR)
+            half_step_partner(node, mw)
+            r.alias[node.output[0]] = x
+            r.half_of[node.output[0]] = node.name
+            continue
         if op_type in QUANT_OPS or op_type == "IntQuant":
             q = quantizer_of(node, mw)
             kind = "input_quant" if x in graph_inputs else "quant"
+            half = r.half_of.get(node.input[0])
             op = Op(r.unique(_op_name(kind, mod)), kind, [x], [node.output[0]], quant=q,
-                    onnx_nodes=[node.name])
+                    onnx_nodes=([half] if half else []) + [node.name])
             op.types = {"output": q.ttype}
             if tt(x) is not None:
                 op.types["input"] = tt(x)
@@ -712,7 +828,7 @@ def _add_type(t0, t1):
 def _fuse_div_quant_mul(r: _Reader, div, ins, mod, on_input: bool):
     """Div(x, s) -> Quant(scale 1) -> Mul(s): one quant op of scale s (exactly the same function)."""
     q_node = r.single_consumer(div.output[0])
-    if q_node is None or q_node.op_type not in QUANT_OPS or q_node.input[0] != div.output[0]:
+    if q_node is None or q_node.op_type not in QUANT_OPS or q_node.input[0] != div.output[0] or is_half_step(q_node):
         return None
     mul = r.single_consumer(q_node.output[0], "Mul")
     if mul is None:

@@ -7,7 +7,10 @@ Export side (``export_qonnx``):
     Cast. Dropping them gives a plain float32 QONNX graph (the casts only widened exact values).
   * ``AnnotateFormats``: writes the ``fpq_format`` attribute on every quantizer node, and makes
     sure a Fixed format is written as Quant(bitwidth=W, scale=2^-frac) (a quantizer that exports
-    scale 1 gets that scale).
+    scale 1 gets that scale). A Fixed with RND / RND_MIN_INF rounding (no QONNX rounding_mode)
+    and SAT / SAT_SYM overflow is written exactly as two Quant nodes: a half-step node
+    (``fpq_role="half_step"``) to the grid of half an LSB, then the format's node whose CEIL /
+    FLOOR decides the ties (the proof is at ``graph.TWO_NODE_ROUNDING``); the reader fuses them.
   * ``RenameIO``: stable graph input / output names.
 
 Verification side (``fpq.verify``):
@@ -27,7 +30,8 @@ from onnx import TensorProto, helper
 from qonnx.transformation.base import Transformation
 
 from ..formats import Fixed, parse_format
-from .graph import FPQ_FORMAT_ATTR
+from .graph import (FPQ_FORMAT_ATTR, FPQ_ROLE_ATTR, HALF_STEP_ROLE, has_two_node_form, is_half_step,
+                    two_node_settings)
 
 QONNX_DOMAIN = "qonnx.custom_op.general"
 
@@ -101,7 +105,7 @@ class AnnotateFormats(Transformation):
         self.formats = formats
 
     def apply(self, model):
-        for node in model.graph.node:
+        for node in list(model.graph.node):
             fmt = self.formats.get(node.name)
             if fmt is None:
                 continue
@@ -110,14 +114,42 @@ class AnnotateFormats(Transformation):
             if isinstance(fmt, Fixed) and node.op_type in ("Quant", "IntQuant"):
                 scale = model.get_initializer(node.input[1])
                 step = np.float32(2.0 ** -fmt.frac_bits)
-                if scale is not None and np.all(np.asarray(scale) == step):
-                    continue  # already Quant(bitwidth=W, scale=2^-frac)
-                if scale is None or not np.all(np.asarray(scale) == 1):
+                if scale is None or not (np.all(np.asarray(scale) == step) or np.all(np.asarray(scale) == 1)):
                     raise ValueError(f"quantizer {node.name!r} of {fmt}: expected scale 1 or {step}, got {scale}")
-                name = model.make_new_valueinfo_name()
-                model.set_initializer(name, np.asarray(2.0 ** -fmt.frac_bits, dtype=np.float32))
-                node.input[1] = name
+                if not np.all(np.asarray(scale) == step):
+                    name = model.make_new_valueinfo_name()
+                    model.set_initializer(name, np.asarray(2.0 ** -fmt.frac_bits, dtype=np.float32))
+                    node.input[1] = name
+                if has_two_node_form(fmt):
+                    _write_two_node(model, node, fmt)
         return model, False
+
+
+def _write_two_node(model, node, fmt: Fixed) -> None:
+    """Insert the half-step Quant node before ``node`` and set both nodes as
+    ``graph.two_node_settings`` says (Quant_CEIL(Quant_FLOOR(x, s/2, W+1), s, W) for RND)."""
+    g = model.graph
+    producer = next((n for n in g.node if node.input[0] in n.output), None)
+    if producer is not None and is_half_step(producer):
+        return  # already written (the transformation ran before)
+    half_set, main_set = two_node_settings(fmt)
+    for k in ("signed", "narrow", "rounding_mode"):
+        _set_attr(node, k, main_set[k])
+    bits = model.get_initializer(node.input[3])
+    if bits is None or float(np.asarray(bits)) != main_set["bitwidth"]:
+        raise ValueError(f"quantizer {node.name!r} of {fmt}: expected bitwidth {main_set['bitwidth']}, got {bits}")
+    base = f"{node.name}_half_step"
+    inits = {}
+    for what, value in (("scale", half_set["scale"]), ("zeropt", 0.0), ("bitwidth", half_set["bitwidth"])):
+        inits[what] = f"{base}_{what}"  # node names are unique: so are these (and the file is reproducible)
+        model.set_initializer(inits[what], np.asarray(value, dtype=np.float32))
+    out = f"{base}_out"
+    half = helper.make_node(node.op_type, [node.input[0], inits["scale"], inits["zeropt"], inits["bitwidth"]],
+                            [out], name=base, domain=node.domain, signed=half_set["signed"],
+                            narrow=half_set["narrow"], rounding_mode=half_set["rounding_mode"])
+    half.attribute.append(helper.make_attribute(FPQ_ROLE_ATTR, HALF_STEP_ROLE))
+    node.input[0] = out
+    g.node.insert(list(g.node).index(node), half)
 
 
 class RemoveDoubleDivision(Transformation):

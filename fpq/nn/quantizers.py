@@ -41,7 +41,8 @@ SCALE_KINDS = ("none", "po2", "float")
 
 # ap_fixed rounding -> the QONNX Quant rounding_mode string with the same meaning (qonnx
 # intquant.resolve_rounding_mode). RND (ties to +inf) and RND_MIN_INF (ties to -inf) have no
-# QONNX equivalent: the export keeps the exact format in the fpq_format attribute.
+# single-node QONNX equivalent: fpq.export's AnnotateFormats writes them as two Quant nodes (a
+# half-step FLOOR / CEIL, then CEIL / FLOOR), which fpq's reader fuses back into one quantizer.
 QONNX_ROUNDING = {"RND_CONV": "ROUND", "TRN": "FLOOR", "TRN_ZERO": "DOWN", "RND_INF": "HALF_UP",
                   "RND_ZERO": "HALF_DOWN"}
 
