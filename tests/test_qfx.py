@@ -185,3 +185,91 @@ def test_errors_are_clear():
         qfx.make_trainable(q, granularity="block")
     with pytest.raises(ValueError, match="learn_width with per-channel"):
         qfx.make_trainable(q, granularity="channel", learn_width=True)
+
+
+def _learned_width_net(fmt="fixed<8,4>"):
+    torch.manual_seed(0)
+    q = fpq.convert(_Net(), fmt=fmt)
+    qfx.make_trainable(q, learn_width=True, min_width=3, init="format")
+    return q
+
+
+def test_cost_penalty_is_the_cost_models_price_and_its_gradient():
+    """weight_by="cost": per layer n_weights x (multiplier LUTs + accumulate adder) from the cost
+    model's table at the current widths; gradient = the multiplier fit's slope (numpy features)."""
+    from fpq.cost_model.ops import default_costs, mul_features
+
+    costs = default_costs()
+    q = _learned_width_net()
+    layers = {"c1": (36, 9), "c2": (144, 36), "fc": (320, 64)}   # (weights, fan-in)
+
+    def priced(widths):   # widths: {layer: (x bits, w bits)}, all signed here
+        return sum(n * (costs.mul_luts(a, b)[0] + costs.add_luts(a + b + math.ceil(math.log2(fi))))
+                   for (n, fi), (a, b) in zip(layers.values(), widths.values()))
+
+    p = qfx.bit_penalty(q, "cost")
+    assert math.isclose(p.item(), priced({k: (8, 8) for k in layers}), rel_tol=1e-12)
+    p.backward()
+    tq = {n: t for n, r, t in qfx.qfx_quantizers(q) if r == "weight"}["fc"]
+    h = 1e-4
+    slope = (costs.mul_fit(mul_features(8, 8 + h)) - costs.mul_fit(mul_features(8, 8 - h))) / (2 * h)
+    expect = 320 * (slope + float(costs.add_fit.coef[0]))
+    assert math.isclose(float(tq.int_bits.grad), expect, rel_tol=1e-6)
+    # one bit less on the fc weights: the penalty falls by the cost model's difference
+    with torch.no_grad():
+        tq.int_bits.sub_(1)
+    lower = qfx.bit_penalty(q, "cost").item()
+    assert lower < p.item()
+    assert math.isclose(lower, priced({"c1": (8, 8), "c2": (8, 8), "fc": (8, 7)}), rel_tol=1e-12)
+    with pytest.raises(ValueError, match="'cost'"):
+        qfx.bit_penalty(q, "luts")
+
+
+def test_training_with_cost_penalty_lowers_the_estimate():
+    import copy
+
+    q = _learned_width_net()
+    x = torch.rand(64, 1, 4, 4) * 2
+    qfx.init_activations(q, [x])
+    target = torch.randn(64, 5)
+
+    def estimate(model):
+        frozen = copy.deepcopy(model)
+        qfx.freeze(frozen)
+        return fpq.estimate_cost(frozen).total["lut"]
+
+    before, p0 = estimate(q), qfx.bit_penalty(q, "cost").item()
+    bits = [p for n, p in q.named_parameters() if "bits" in n]
+    opt = torch.optim.Adam([{"params": [p for n, p in q.named_parameters() if "bits" not in n], "lr": 1e-3},
+                            {"params": bits, "lr": 0.1}])
+    q.train()
+    for _ in range(30):
+        opt.zero_grad()
+        loss = ((q(x) - target) ** 2).mean() + 1e-5 * qfx.bit_penalty(q, "cost")
+        loss.backward()
+        opt.step()
+    q.eval()
+    after, p1 = estimate(q), qfx.bit_penalty(q, "cost").item()
+    assert p1 < p0 and after < before, (p0, p1, before, after)
+
+
+def test_unfoldable_batchnorm_is_refused_clearly_and_residual_adds_are_quantized():
+    """fpq folds every BatchNorm into the Conv / Linear before it, so its scale and shift are
+    quantized with the folded weights and bias (learned points included). A BatchNorm that
+    cannot be folded would need a constant Mul + Add in the graph, which the QONNX reader and
+    the HLS writer do not carry exactly: convert refuses it, naming the layer and the rule."""
+    class Unfoldable(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(1, 4, 3, padding=1)
+            self.bn = nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            y = self.c(x)
+            return self.bn(y + y)
+
+    with pytest.raises(ValueError, match=r"'bn' of type BatchNorm2d \(a BatchNorm must directly follow"):
+        fpq.convert(Unfoldable(), fmt="fixed<8,3>")
+    q = fpq.convert(_Net(), fmt="fixed<8,3>")
+    qfx.make_trainable(q)
+    assert ("add.quant", "output") in {(n, r) for n, r, _ in qfx.qfx_quantizers(q)}   # the FpqAdd's quantizer

@@ -12,7 +12,8 @@ def to_hls(q_or_onnx, outdir, **kwargs):
 
     Arguments (all keyword after ``outdir``): backend="Vitis"|"Vivado",
     io_type="io_parallel"|"io_stream", part="xcvu9p-flga2104-2-e", clock_period=5 (ns),
-    reuse_factor=1, strategy="Latency"|"Resource", example_input=None (needed for a torch model).
+    reuse_factor=1, strategy="Latency"|"Resource"|"distributed_arithmetic", example_input=None (needed
+    for a torch model).
     Returns an ``HLSProject`` (``predict``, ``trace``, ``build``, ``outdir``, ``hls_model``).
     See ``fpq.hls.project.to_hls``.
     """
@@ -38,7 +39,8 @@ def cli_register(subparsers) -> None:
     p.add_argument("--part", default="xcvu9p-flga2104-2-e")
     p.add_argument("--clock-period", type=float, default=5.0, help="ns")
     p.add_argument("--reuse-factor", type=int, default=1)
-    p.add_argument("--strategy", default="Latency", choices=["Latency", "Resource"])
+    p.add_argument("--strategy", default="Latency", choices=["Latency", "Resource", "distributed_arithmetic"],
+                   help="distributed_arithmetic: da4ml shift-and-add kernels, no multipliers (reuse factor 1)")
     p.set_defaults(func=_cli_hls)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..export import as_graph
+from . import da
 from .builder import HLSPlan, HLSUnsupportedError, plan_hls
 
 BACKENDS = {"vitis": "Vitis", "vivado": "Vivado"}
@@ -184,9 +185,9 @@ def _check_args(backend, io_type, strategy, reuse_factor, clock_period):
         raise ValueError(f"backend {backend!r} is not supported; allowed: Vitis, Vivado")
     if io_type not in IO_TYPES:
         raise ValueError(f"io_type {io_type!r} is not supported; allowed: {', '.join(IO_TYPES)}")
-    s = STRATEGIES.get(str(strategy).lower())
+    s = da.STRATEGY if da.is_da(strategy) else STRATEGIES.get(str(strategy).lower())
     if s is None:
-        raise ValueError(f"strategy {strategy!r} is not supported; allowed: Latency, Resource")
+        raise ValueError(f"strategy {strategy!r} is not supported; allowed: Latency, Resource, distributed_arithmetic")
     if isinstance(reuse_factor, bool) or not isinstance(reuse_factor, int) or reuse_factor < 1:
         raise ValueError(f"reuse_factor must be an integer >= 1, got {reuse_factor!r}")
     if not isinstance(clock_period, (int, float)) or not clock_period > 0:
@@ -205,9 +206,13 @@ def _config(plan: HLSPlan, backend: str, io_type, part, clock_period, reuse_fact
     from . import cpp
 
     layer_cfg = {}
+    classes = {L["name"]: L["class_name"] for L in plan.layers}
     for name, prec in plan.precisions.items():
+        s = da.layer_strategy(classes[name]) if strategy == da.STRATEGY else strategy  # see fpq.hls.da
         layer_cfg[name] = {"Precision": {k: cpp.hls4ml_precision(v) for k, v in prec.items()}, "Trace": True,
-                           "ReuseFactor": reuse_factor, "Strategy": strategy}
+                           "ReuseFactor": reuse_factor, "Strategy": s}
+    if strategy == da.STRATEGY:
+        strategy = "Latency"  # the model default: hls4ml's DA pass refuses every non-Dense/Conv layer
     # The model-level default precision is never used: every variable gets an explicit type and
     # _check_precisions() verifies it after hls4ml's passes ran.
     config["HLSConfig"] = {"Model": {"Precision": "fixed<16,6>", "ReuseFactor": reuse_factor, "Strategy": strategy,
@@ -255,19 +260,26 @@ def _check_precisions(hls_model, plan: HLSPlan) -> None:
 
 
 def to_hls(q_or_onnx, outdir, *, backend="Vitis", io_type="io_parallel", part="xcvu9p-flga2104-2-e",
-           clock_period=5, reuse_factor=1, strategy="Latency", example_input=None) -> HLSProject:
+           clock_period=5, reuse_factor=1, strategy="Latency", example_input=None, da_options=None) -> HLSProject:
     """Write an exact hls4ml project of a quantized model and compile it for C simulation.
 
     ``q_or_onnx``: a model from ``fpq.convert`` (give ``example_input``), a QONNX file path,
     a qonnx ModelWrapper / onnx ModelProto, or an fpq graph IR. Every precision comes from fpq's
     TypePlan (never hls4ml's ``auto``). Raises ``HLSUnsupportedError`` (a ValueError) naming the
     op and the reason, before writing anything, for what cannot be exact in HLS.
+    ``strategy="distributed_arithmetic"`` (or "da"): da4ml shift-and-add kernels for the Dense /
+    Conv layers, solved with ``da_options`` (da4ml solver options; see ``fpq.hls.da``).
     """
     backend, strategy = _check_args(backend, io_type, strategy, reuse_factor, clock_period)
     graph = as_graph(q_or_onnx, example_input, purpose="to_hls")
     from ..export.graph import typeplan_from_graph
 
     plan = plan_hls(graph, typeplan_from_graph(graph))  # refusals happen here, before any file
+    if strategy == da.STRATEGY:
+        da.check(plan, io_type=io_type, reuse_factor=reuse_factor)
+        da.generate(plan, io_type=io_type, options=da_options)
+    elif da_options is not None:
+        raise ValueError("da_options is for strategy='distributed_arithmetic' only")
     outdir = Path(outdir).resolve()
     if outdir.exists() and any(outdir.iterdir()) and not (outdir / STAMP).is_file():
         raise FileExistsError(f"{outdir} exists and is not an fpq HLS project; refusing to overwrite it")
@@ -287,6 +299,7 @@ def to_hls(q_or_onnx, outdir, *, backend="Vitis", io_type="io_parallel", part="x
         hls_model = ModelGraph.from_layer_list(config, plan.layers, inputs=[plan.input_name],
                                                outputs=[plan.output_layer])
         _check_precisions(hls_model, plan)
+        da.check_indices(hls_model)
         hls_model.write()
         if outdir.exists():
             shutil.rmtree(outdir)
