@@ -121,6 +121,18 @@ def run(seed: int, epochs: int, qat_epochs: int, widths, hls: bool, verbose: boo
             r = rows[label]
             print(f"  seed {seed} {label}: {r['acc']:.2f}%  ({time.time() - t0:.0f} s)", flush=True)
 
+    def freeze_and_check(q, label):
+        """Freeze the learned points; the frozen model must give the trained one's outputs."""
+        with torch.no_grad():
+            before = q(data.x_test)
+        frozen = qfx.freeze(q)
+        with torch.no_grad():
+            same = torch.equal(before, q(data.x_test))
+        rows[label] = checked(q, data, x_check, label, hls, notes, qonnx_subset=qonnx_subset)
+        rows[label]["frozen_equal"] = same
+        rows[label]["format"] = formats_of(q)
+        return frozen
+
     for W in widths:
         # hand-picked: one binary point for every tensor, each trained the same way
         best = None
@@ -139,15 +151,8 @@ def run(seed: int, epochs: int, qat_epochs: int, widths, hls: bool, verbose: boo
             qfx.make_trainable(q, granularity=gran, init="max")
             qfx.init_activations(q, calib)
             qat_qfx(q, data, qat_epochs, seed + 1)
-            with torch.no_grad():
-                before = q(data.x_test)
-            qfx.freeze(q)
-            with torch.no_grad():
-                same = torch.equal(before, q(data.x_test))
             label = f"W{W} QFX per-{gran}"
-            rows[label] = checked(q, data, x_check, label, hls, notes, qonnx_subset=qonnx_subset)
-            rows[label]["frozen_equal"] = same
-            rows[label]["format"] = formats_of(q)
+            freeze_and_check(q, label)
             log(label)
     for lam in cost_lambdas:
         # learned widths (2..max_width bits) and points, traded against the cost model's LUTs
@@ -155,15 +160,8 @@ def run(seed: int, epochs: int, qat_epochs: int, widths, hls: bool, verbose: boo
         qfx.make_trainable(q, learn_width=True, min_width=2, max_width=max_width, init="max")
         qfx.init_activations(q, calib)
         qat_qfx(q, data, qat_epochs, seed + 1, cost_lambda=lam)
-        with torch.no_grad():
-            before = q(data.x_test)
-        frozen = qfx.freeze(q)
-        with torch.no_grad():
-            same = torch.equal(before, q(data.x_test))
         label = f"QFX width<={max_width}, cost x {lam:g}"
-        rows[label] = checked(q, data, x_check, label, hls, notes, qonnx_subset=qonnx_subset)
-        rows[label]["frozen_equal"] = same
-        rows[label]["format"] = formats_of(q)
+        frozen = freeze_and_check(q, label)
         rows[label]["mean_width"] = float(np.mean([fpq.parse_format(f).width for _, _, f in frozen]))
         log(label)
     for label, k in (("int8 weights", None), ("K-hot K=2", 2), ("power-of-two K=1", 1)):

@@ -10,28 +10,15 @@ import re
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import fpq
 from fpq.export import as_graph
 from fpq.hls import HLSUnsupportedError
 from fpq.hls.testing import probe_inputs
 from fpq.nn import multfree
+from fpq.export.examples import ConvResidual as _Net
 
 pytest.importorskip("da4ml")
-
-
-class _Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.c1 = nn.Conv2d(1, 4, 3, padding=1)
-        self.c2 = nn.Conv2d(4, 4, 3, padding=1)
-        self.fc = nn.Linear(4 * 4 * 4, 5)
-
-    def forward(self, x):
-        x = torch.relu(self.c1(x))
-        x = x + torch.relu(self.c2(x))
-        return self.fc(torch.flatten(x, 1))
 
 
 def _model(khot=None):

@@ -10,6 +10,7 @@ import fpq
 from fpq.formats import Fixed, Int
 from fpq.nn import qfx
 from fpq.nn.qfx import QfxTensorQuant, qfx_quantize
+from fpq.export.examples import ConvResidual as _Net
 
 
 def _offgrid(rng, n, hi):
@@ -91,19 +92,6 @@ def test_rounded_binary_point_is_straight_through():
     assert torch.equal(y, qfx_quantize(x, torch.tensor(5.0), torch.tensor(3.0)))
     assert math.isclose(float(tq.frac_bits.grad), float(f.grad), rel_tol=1e-6)
     assert tq.fmt == Fixed(8, 3)
-
-
-class _Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.c1 = nn.Conv2d(1, 4, 3, padding=1)
-        self.c2 = nn.Conv2d(4, 4, 3, padding=1)
-        self.fc = nn.Linear(4 * 4 * 4, 5)
-
-    def forward(self, x):
-        x = torch.relu(self.c1(x))
-        x = x + torch.relu(self.c2(x))
-        return self.fc(torch.flatten(x, 1))
 
 
 def _trained_qfx(granularity, learn_width=False, fmt="fixed<6,2>"):

@@ -4,12 +4,12 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import fpq
 from fpq.cost_model.ops import csd_digits
 from fpq.nn import multfree
 from fpq.nn.multfree import KHotWeightQuant, csd_count, khot_codes
+from fpq.export.examples import ConvResidual as _Net
 
 
 def _brute_force_codes(width, k):
@@ -58,19 +58,6 @@ def test_gradient_is_clipped_straight_through_and_scale_learns():
     inside = (w.detach() / 2.0 ** -5).abs() <= 127
     assert torch.equal(w.grad, inside.float())
     assert tq.log2_scale.grad is not None and float(tq.log2_scale.grad) != 0
-
-
-class _Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.c1 = nn.Conv2d(1, 4, 3, padding=1)
-        self.c2 = nn.Conv2d(4, 4, 3, padding=1)
-        self.fc = nn.Linear(4 * 4 * 4, 5)
-
-    def forward(self, x):
-        x = torch.relu(self.c1(x))
-        x = x + torch.relu(self.c2(x))
-        return self.fc(torch.flatten(x, 1))
 
 
 @pytest.mark.slow   # fpq.verify exports and runs the qonnx executor

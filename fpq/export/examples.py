@@ -58,4 +58,19 @@ def residual_block(seed: int = 0):
     return ResidualBlock().eval(), (16,)
 
 
+class ConvResidual(nn.Module):
+    """A small conv net with a residual add (4x4 input), for the QFX / multiplier-free / DA tests."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.c2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 4 * 4, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.c1(x))
+        x = x + torch.relu(self.c2(x))
+        return self.fc(torch.flatten(x, 1))
+
+
 MODELS = {"mlp": mlp, "conv1d": conv1d_net, "conv2d_bn": conv2d_bn_net, "residual": residual_block}

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..calibrate import first_tensor  # noqa: F401  (re-exported: the methods call C.first_tensor)
-from ..nn.layers import FpqConv1d, FpqConv2d, FpqLinear
+from ..nn.layers import FpqConv1d, FpqConv2d, FpqLinear, quant_layer
 
 WEIGHT_LAYERS = (FpqLinear, FpqConv1d, FpqConv2d)
 
@@ -177,3 +177,31 @@ def channel_errors(x: torch.Tensor, w_ref: torch.Tensor, w_q: torch.Tensor, grou
 def set_weight(m, w: torch.Tensor) -> None:
     with torch.no_grad():
         m.weight.copy_(w.to(m.weight.dtype).reshape(m.weight.shape))
+
+
+def rebuild_weight_layer(q, name, m, *, weights=None, activations=None, fallback_kind="po2"):
+    """Replace weight layer ``name`` (module ``m``) by one built for new weight / output formats
+    (None: keep the policy's), put it in ``q`` and record it in the policy; the scales of the
+    roles that keep their format are carried over. Returns the new module."""
+    from ..nn.plan import float_twin
+    policy = q.fpq_policy
+    f = dict(policy.layers[name])
+    f.update({k: str(v) for k, v in (("weights", weights), ("activations", activations)) if v is not None})
+    kind = m.fpq_weight.scale_kind
+    new = quant_layer(float_twin(m), f["weights"], f["bias"], f["activations"],
+                      kind if kind != "none" else fallback_kind, "channel" if m.fpq_weight.channels else "tensor")
+    keep = ["fpq_bias"] + (["fpq_weight"] if weights is None else []) + (["fpq_output"] if activations is None else [])
+    with torch.no_grad():
+        for role in keep:
+            old, nw = getattr(m, role), getattr(new, role)
+            if old is not None and nw is not None:
+                nw.log2_scale.copy_(old.log2_scale)
+    new.train(m.training)
+    parent, _, leaf = name.rpartition(".")
+    setattr(q.get_submodule(parent) if parent else q, leaf, new)
+    policy.layers[name] = f
+    ov = policy.overrides.get(name)
+    ov = dict(ov) if isinstance(ov, dict) else ({"weights": ov, "activations": ov} if ov else {})
+    policy.overrides[name] = dict(ov, **{k: f[k] for k in ("weights", "activations", "bias") if k in f})
+    return new
+

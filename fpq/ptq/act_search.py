@@ -35,8 +35,7 @@ import math
 import torch
 
 from ..formats import Int, Minifloat, finfo, parse_format
-from ..nn.layers import FpqAct, FpqAdd, FpqAvgPool, FpqClamp, FpqInput, quant_layer
-from ..nn.plan import float_twin
+from ..nn.layers import FpqAct, FpqAdd, FpqAvgPool, FpqClamp, FpqInput
 from . import _common as C
 from . import equalize as _eq
 
@@ -65,18 +64,7 @@ def replace_act_format(q, name, m, fmt):
     old = m.fpq_output
     kind = old.scale_kind
     if isinstance(m, C.WEIGHT_LAYERS):
-        f = q.fpq_policy.layers[name]
-        new = quant_layer(float_twin(m), f["weights"], f["bias"], str(fmt),
-                          m.fpq_weight.scale_kind if m.fpq_weight.scale_kind != "none" else kind,
-                          "channel" if m.fpq_weight.channels else "tensor")
-        with torch.no_grad():
-            for role in ("fpq_weight", "fpq_bias"):
-                o, n = getattr(m, role), getattr(new, role)
-                if o is not None:
-                    n.log2_scale.copy_(o.log2_scale)
-        new.train(m.training)
-        _set_owner(q, name, new)
-        owner = new
+        owner = C.rebuild_weight_layer(q, name, m, activations=fmt, fallback_kind=kind)
     elif isinstance(m, FpqAct):   # FpqInput too
         owner = type(m)(str(fmt), kind).train(m.training)
         _set_owner(q, name, owner)

@@ -17,8 +17,6 @@ from __future__ import annotations
 import torch
 
 from ..formats import Int, Minifloat, finfo, parse_format
-from ..nn.layers import quant_layer
-from ..nn.plan import float_twin
 from ..numerics.torch_ops import quantize_unscaled_torch
 from . import _common as C
 
@@ -85,23 +83,9 @@ def search_layer(x, w, candidates, kind, channels, shifts=4, min_clip=0.5, group
 
 
 def _replace_weight_format(q, name, m, fmt, scale):
-    policy = q.fpq_policy
-    f = policy.layers[name]
-    new = quant_layer(float_twin(m), str(fmt), f["bias"], f["activations"], m.fpq_weight.scale_kind
-                      if m.fpq_weight.scale_kind != "none" else policy.scale,
-                      "channel" if m.fpq_weight.channels else "tensor")
+    new = C.rebuild_weight_layer(q, name, m, weights=fmt, fallback_kind=q.fpq_policy.scale)
     with torch.no_grad():
-        for role in ("fpq_bias", "fpq_output"):
-            old, nw = getattr(m, role), getattr(new, role)
-            if old is not None:
-                nw.log2_scale.copy_(old.log2_scale)
         new.fpq_weight.set_scale(scale.to(torch.float32).to(torch.float64))
-    new.train(m.training)
-    parent, _, leaf = name.rpartition(".")
-    setattr(q.get_submodule(parent) if parent else q, leaf, new)
-    f = dict(f, weights=str(fmt))
-    policy.layers[name] = f
-    policy.overrides[name] = {k: f[k] for k in ("weights", "activations", "bias")}
 
 
 def run(q, batches, *, seed=0, progress=True, format_candidates=None, search_shifts=4,
