@@ -426,26 +426,38 @@ def _offsets(xp, kernel, strides, dilations, out):
 
 
 def conv_nd(x, w, attrs):
-    """ONNX Conv (1-D / 2-D, groups, strides, pads, dilations): im2col then a batched matmul.
+    """ONNX Conv (1-D / 2-D, groups, strides, pads, dilations) as im2col and matrix products.
 
-    Patches are laid out (N, C*kk, L) so that each kernel offset is one strided copy of
-    contiguous rows and the matmul result is already (N, O, L), channels first.
+    Many output pixels: patches (N, C*kk, L) and a batched matmul whose result is already
+    (N, O, L). Few (L < 16): the batched matmul would run N tiny products, so patches are laid
+    out (N*L, C*kk) for one large product, then transposed to channels first.
     """
     kernel, strides, dil = attrs["kernel"], attrs["strides"], attrs["dilations"]
     xp, out = _padded(x, kernel, strides, dil, attrs["pads"])
     n, c = x.shape[:2]
     kk = int(np.prod(kernel))
     L = int(np.prod(out))
-    patches = np.empty((n, c * kk, L), dtype=x.dtype)
-    for j, v in enumerate(_offsets(xp, kernel, strides, dil, out)):
-        patches[:, j::kk, :] = v.reshape(n, c, L)
     g = attrs["groups"]
     cout = w.shape[0]
     cout_g, width = cout // g, w.shape[1] * kk
+    dt = np.result_type(x.dtype, w.dtype)
+    if L < 16:
+        rows = np.empty((n,) + tuple(out) + (c, kk), dtype=x.dtype)
+        for j, v in enumerate(_offsets(xp, kernel, strides, dil, out)):
+            rows[..., j] = np.moveaxis(v, 1, -1)
+        rows = rows.reshape(n * L, c * kk)
+        y = np.empty((n * L, cout), dtype=dt)
+        for gi in range(g):
+            wg = w[gi * cout_g:(gi + 1) * cout_g].reshape(cout_g, width)
+            y[:, gi * cout_g:(gi + 1) * cout_g] = rows[:, gi * width:(gi + 1) * width] @ wg.T
+        return np.ascontiguousarray(np.moveaxis(y.reshape(n, L, cout), 2, 1)).reshape(n, cout, *out)
+    patches = np.empty((n, c * kk, L), dtype=x.dtype)
+    for j, v in enumerate(_offsets(xp, kernel, strides, dil, out)):
+        patches[:, j::kk, :] = v.reshape(n, c, L)
     if g == 1:
         y = np.matmul(w.reshape(cout, width), patches)
     else:
-        y = np.empty((n, cout, L), dtype=np.result_type(x.dtype, w.dtype))
+        y = np.empty((n, cout, L), dtype=dt)
         for gi in range(g):
             wg = w[gi * cout_g:(gi + 1) * cout_g].reshape(cout_g, width)
             y[:, gi * cout_g:(gi + 1) * cout_g] = np.matmul(wg, patches[:, gi * width:(gi + 1) * width])
