@@ -62,11 +62,16 @@ def quantize(x, fmt, scale=1.0) -> np.ndarray:
 
 
 def dispatch_on_format(func):
-    """singledispatch on the type of the second argument ``fmt`` (functools dispatches on the first)."""
+    """singledispatch on the type of the second argument ``fmt`` (functools dispatches on the first),
+    for the quantizers (numpy reference and torch twin), which refuse fixed formats wider than a
+    tensor may be (wider ones exist only as derived accumulator types)."""
     dispatcher = functools.singledispatch(func)
 
     @functools.wraps(func)
     def wrapper(x, fmt):
+        if isinstance(fmt, Fixed) and fmt.width > MAX_QUANTIZE_WIDTH:
+            raise ValueError(f"{fmt}: fixed formats wider than {MAX_QUANTIZE_WIDTH} bits are derived accumulator "
+                             "types; tensors are quantized to at most 64 bits")
         return dispatcher.dispatch(type(fmt))(x, fmt)
 
     wrapper.register = dispatcher.register
@@ -136,9 +141,6 @@ def overflow_fixed(k: np.ndarray, lo: int, hi: int, width: int, signed: bool, ov
 
 @quantize_unscaled.register(Fixed)
 def _(x: np.ndarray, fmt: Fixed) -> np.ndarray:
-    if fmt.width > MAX_QUANTIZE_WIDTH:
-        raise ValueError(f"{fmt}: fixed formats wider than {MAX_QUANTIZE_WIDTH} bits are derived accumulator "
-                         "types; tensors are quantized to at most 64 bits")
     lo, hi = fmt.int_range
     with np.errstate(over="ignore", under="ignore"):
         s = np.ldexp(x, fmt.frac_bits)  # exact power-of-two scaling, except at the double limits:

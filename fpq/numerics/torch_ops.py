@@ -15,7 +15,6 @@ import functools
 import torch
 
 from ..formats import Binary, Fixed, Format, Int, Minifloat, finfo, parse_format
-from ..formats.types import MAX_QUANTIZE_WIDTH
 from .reference import dispatch_on_format
 
 
@@ -77,9 +76,6 @@ def overflow_fixed_torch(k: torch.Tensor, lo: int, hi: int, width: int, signed: 
 
 @quantize_unscaled_torch.register(Fixed)
 def _(x: torch.Tensor, fmt: Fixed) -> torch.Tensor:
-    if fmt.width > MAX_QUANTIZE_WIDTH:
-        raise ValueError(f"{fmt}: fixed formats wider than {MAX_QUANTIZE_WIDTH} bits are derived accumulator "
-                         "types; tensors are quantized to at most 64 bits")
     lo, hi = fmt.int_range
     s = torch.ldexp(x, torch.tensor(float(fmt.frac_bits), dtype=x.dtype, device=x.device))
     # the double limits, as in the numpy reference: underflow to +-0; inf read as 2**1024

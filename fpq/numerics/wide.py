@@ -55,22 +55,27 @@ def bit_span(x):
     return int(e.max()), int((e.astype(np.int64) - FLOAT64_BITS + low).min())
 
 
+def _sum_top(x_top: int, w_span, fan_in: int, b_span) -> int:
+    """Bit above every partial sum of ``fan_in`` products x * w (and the bias)."""
+    grow = math.ceil(math.log2(max(fan_in, 1) + (b_span is not None)))
+    top = x_top + w_span[0] + grow
+    return top if b_span is None else max(top, b_span[0] + 1)
+
+
 def fits_float64(x_span, w_span, fan_in: int, b_span=None) -> bool:
     """Whether sum(x * w) (+ b) over ``fan_in`` terms is exact in float64 in any order."""
     if x_span is None or w_span is None:
         return True
-    grow = math.ceil(math.log2(max(fan_in, 1) + (b_span is not None)))
-    top = x_span[0] + w_span[0] + grow
     bottom = x_span[1] + w_span[1]
     if b_span is not None:
-        top, bottom = max(top, b_span[0] + 1), min(bottom, b_span[1])
-    return top - bottom <= FLOAT64_BITS
+        bottom = min(bottom, b_span[1])
+    return _sum_top(x_span[0], w_span, fan_in, b_span) - bottom <= FLOAT64_BITS
 
 
 def _x_fits(x, ws, fan_in, bs) -> bool:
     """A cheap sufficient test of fits_float64 for a large activation tensor (a few elementwise
-    passes instead of bit_span's): from max |x|, the grid step every x must sit on for the sum to
-    fit 53 bits, then one check that it does."""
+    passes instead of bit_span's): from max |x|, the coarsest grid step x may sit on for the sum
+    to fit 53 bits, then one check that it does."""
     if ws is None:
         return True
     amax = float(x.abs().max()) if _is_torch(x) else float(np.abs(x).max(initial=0.0))
@@ -78,16 +83,11 @@ def _x_fits(x, ws, fan_in, bs) -> bool:
         return True
     if not math.isfinite(amax):
         return False
-    grow = math.ceil(math.log2(max(fan_in, 1) + (bs is not None)))
-    top = math.frexp(amax)[1] + ws[0] + grow
-    if bs is not None:
-        top = max(top, bs[0] + 1)
-    lowest = top - FLOAT64_BITS          # every product (and the bias) must be a multiple of 2^lowest
-    if bs is not None and bs[1] < lowest:
+    x_top = math.frexp(amax)[1]
+    x_bottom = _sum_top(x_top, ws, fan_in, bs) - FLOAT64_BITS - ws[1]
+    if abs(x_bottom) > 1000 or not fits_float64((x_top, x_bottom), ws, fan_in, bs):  # (the bias' grid)
         return False
-    y = x * 2.0 ** (ws[1] - lowest)      # x must be a multiple of 2^(lowest - ws_bottom)
-    if abs(ws[1] - lowest) > 1000:
-        return False
+    y = x * 2.0 ** -x_bottom
     return bool((y == y.trunc()).all()) if _is_torch(y) else bool(np.array_equal(y, np.trunc(y)))
 
 
