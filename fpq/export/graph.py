@@ -390,7 +390,7 @@ def quantizer_of(node, mw) -> Quantizer:
     scale = np.asarray(scale, dtype=np.float32)
     _check_scale(scale, node)
     if op in ("Quant", "IntQuant"):
-        half = _producer(mw, node.input[0])
+        half = mw.find_producer(node.input[0])
         half = half if half is not None and is_half_step(half) else None
         declared = _attrs(node).get(FPQ_FORMAT_ATTR)
         declared = parse_format(declared) if declared is not None else None
@@ -470,13 +470,9 @@ def two_node_settings(fixed: Fixed) -> tuple[dict, dict]:
     return half, main
 
 
-def _producer(mw, tensor):
-    return next((n for n in mw.graph.node if tensor in n.output), None)
-
-
 def half_step_partner(half, mw):
     """The Quant node a half-step node feeds (its only consumer); an error naming the node otherwise."""
-    consumers = [n for n in mw.graph.node if half.output[0] in n.input]
+    consumers = mw.find_consumers(half.output[0])
     if len(consumers) != 1 or half.output[0] in [o.name for o in mw.graph.output] or \
             consumers[0].op_type not in ("Quant", "IntQuant") or consumers[0].input[0] != half.output[0] or \
             is_half_step(consumers[0]):

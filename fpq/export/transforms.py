@@ -129,7 +129,7 @@ def _write_two_node(model, node, fmt: Fixed) -> None:
     """Insert the half-step Quant node before ``node`` and set both nodes as
     ``graph.two_node_settings`` says (Quant_CEIL(Quant_FLOOR(x, s/2, W+1), s, W) for RND)."""
     g = model.graph
-    producer = next((n for n in g.node if node.input[0] in n.output), None)
+    producer = model.find_producer(node.input[0])
     if producer is not None and is_half_step(producer):
         return  # already written (the transformation ran before)
     half_set, main_set = two_node_settings(fmt)
