@@ -13,13 +13,12 @@ below it, the one with the smallest quantization MSE on the samples.
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 from ._api import callable_module
 from .nn.calibration_stats import METHODS, choose_scale
 from .nn.layers import init_param_scales
+from .nn.quantizers import observing
 
 _SAMPLES_PER_BATCH = 4096     # values kept per quantizer and batch for percentile / MSE
 _MAX_SAMPLES = 1 << 20
@@ -55,21 +54,14 @@ def first_tensor(batch):
     raise TypeError(f"a batch must be a tensor or (inputs, ...) tuple, got {type(batch).__name__}")
 
 
-@contextlib.contextmanager
 def _recording(q, recorders, gen):
     """Make every activation quantizer an identity that records its input."""
-    hooked = []
+    observers = []
     for name, role, tq in q.fpq_quantizers():
-        if role != "output":
-            continue
-        rec = recorders.setdefault(id(tq), (tq, _Recorder()))[1]
-        tq.observer = lambda x, _rec=rec: _rec.add(x, gen)
-        hooked.append(tq)
-    try:
-        yield
-    finally:
-        for tq in hooked:
-            tq.observer = None
+        if role == "output":
+            rec = recorders.setdefault(id(tq), (tq, _Recorder()))[1]
+            observers.append((tq, lambda x, _rec=rec: _rec.add(x, gen)))
+    return observing(observers)
 
 
 def calibrate(q, batches, method: str = "max", percentile: float = 99.99, progress: bool = True,

@@ -36,7 +36,7 @@ from torch import nn
 
 from ..formats import Fixed, Int
 from ..numerics.torch_ops import round_fixed_torch
-from .quantizers import FpqTensorQuant, _RoundSTE, tensor_quant_of
+from .quantizers import FpqTensorQuant, _RoundSTE, observing, tensor_quant_of
 
 LN2 = math.log(2.0)
 MAX_WIDTH = 24     # quantized values stay exact in float32 (the contract stores them so)
@@ -315,13 +315,10 @@ def init_activations(q: nn.Module, batches) -> int:
     was = q.training
     q.eval()
     try:
-        for tq in qs:
-            tq.observer = observer(tq)
-        for b in batches:
-            q(b[0] if isinstance(b, (tuple, list)) else b)
+        with observing((tq, observer(tq)) for tq in qs):
+            for b in batches:
+                q(b[0] if isinstance(b, (tuple, list)) else b)
     finally:
-        for tq in qs:
-            tq.observer = None
         q.train(was)
     for tq in qs:
         tq.init_from_max(maxima[id(tq)])

@@ -22,6 +22,7 @@ weights; float64 accumulations in eval mode), Q itself exactly.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -223,6 +224,21 @@ def make_quant(fmt, role: str, scale_kind: str = "po2", channels: int = 0):
     if is_float:
         attrs["max_available_float"] = float(fmt.max_value)
     return type(f"FpqQuant_{role}", (ExtendedInjector,), attrs)
+
+
+@contextlib.contextmanager
+def observing(observers):
+    """Within the block each quantizer of ``observers`` ((tensor quantizer, callable) pairs) passes
+    its input through unquantized and calls its callable on it (calibration, QFX initialisation,
+    the float network of PTQ); the quantizers quantize again afterwards, also on error."""
+    observers = list(observers)
+    for tq, fn in observers:
+        tq.observer = fn
+    try:
+        yield
+    finally:
+        for tq, _ in observers:
+            tq.observer = None
 
 
 def tensor_quant_of(proxy):

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from ..calibrate import first_tensor  # noqa: F401  (re-exported: the methods call C.first_tensor)
 from ..nn.layers import FpqConv1d, FpqConv2d, FpqLinear, quant_layer
+from ..nn.quantizers import observing
 
 WEIGHT_LAYERS = (FpqLinear, FpqConv1d, FpqConv2d)
 
@@ -88,22 +89,18 @@ def float_network(q, float_weights: dict | None = None, float_biases: dict | Non
     (as during calibration) and the layers named in ``float_weights`` / ``float_biases`` hold
     those float parameters (after rounding the weights hold grid values; after bias correction
     the biases are corrected)."""
-    tqs = [tq for _, _, tq in q.fpq_quantizers()]
     modules = dict(q.named_modules())
     saved = []
-    for tq in tqs:
-        tq.observer = lambda t: None
     try:
-        with torch.no_grad():
-            for attr, params in (("weight", float_weights), ("bias", float_biases)):
-                for n, v in (params or {}).items():
-                    p = getattr(modules[n], attr)
-                    saved.append((p, p.detach().clone()))
-                    p.copy_(v)
-        yield q
+        with observing((tq, lambda t: None) for _, _, tq in q.fpq_quantizers()):
+            with torch.no_grad():
+                for attr, params in (("weight", float_weights), ("bias", float_biases)):
+                    for n, v in (params or {}).items():
+                        p = getattr(modules[n], attr)
+                        saved.append((p, p.detach().clone()))
+                        p.copy_(v)
+            yield q
     finally:
-        for tq in tqs:
-            tq.observer = None
         with torch.no_grad():
             for p, v in saved:
                 p.copy_(v)
