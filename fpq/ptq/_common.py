@@ -194,11 +194,22 @@ def rebuild_weight_layer(q, name, m, *, weights=None, activations=None, fallback
             if old is not None and nw is not None:
                 nw.log2_scale.copy_(old.log2_scale)
     new.train(m.training)
+    set_module(q, name, new)
+    record_formats(q, name, **{k: f[k] for k in ("weights", "activations", "bias") if k in f})
+    return new
+
+
+def set_module(q, name, new):
     parent, _, leaf = name.rpartition(".")
     setattr(q.get_submodule(parent) if parent else q, leaf, new)
-    policy.layers[name] = f
+
+
+def record_formats(q, name, **formats):
+    """Record module ``name``'s new formats in the policy: its layer entry and its exact-name
+    override (merged into an existing one; a plain-format override covers weights and activations)."""
+    policy = q.fpq_policy
+    policy.layers[name] = dict(policy.layers.get(name, {}), **formats)
     ov = policy.overrides.get(name)
     ov = dict(ov) if isinstance(ov, dict) else ({"weights": ov, "activations": ov} if ov else {})
-    policy.overrides[name] = dict(ov, **{k: f[k] for k in ("weights", "activations", "bias") if k in f})
-    return new
+    policy.overrides[name] = dict(ov, **formats)
 

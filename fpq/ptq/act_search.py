@@ -36,6 +36,7 @@ import torch
 
 from ..formats import Int, Minifloat, finfo, parse_format
 from ..nn.layers import FpqAct, FpqAdd, FpqAvgPool, FpqClamp, FpqInput
+from ..nn.quantizers import observing
 from . import _common as C
 from . import equalize as _eq
 
@@ -53,11 +54,6 @@ def act_quantizers(q):
     return out
 
 
-def _set_owner(q, name, new):
-    parent, _, leaf = name.rpartition(".")
-    setattr(q.get_submodule(parent) if parent else q, leaf, new)
-
-
 def replace_act_format(q, name, m, fmt):
     """Give module ``name`` an activation quantizer of format ``fmt`` (scale carried over);
     returns the module now holding it. The policy records the new format."""
@@ -67,20 +63,16 @@ def replace_act_format(q, name, m, fmt):
         owner = C.rebuild_weight_layer(q, name, m, activations=fmt, fallback_kind=kind)
     elif isinstance(m, FpqAct):   # FpqInput too
         owner = type(m)(str(fmt), kind).train(m.training)
-        _set_owner(q, name, owner)
+        C.set_module(q, name, owner)
     else:                          # FpqAdd / FpqAvgPool / FpqClamp requantize through .quant
         m.quant = FpqAct(str(fmt), kind).train(m.training)
         owner = m
     with torch.no_grad():
         owner.fpq_output.log2_scale.copy_(old.log2_scale)
-    policy = q.fpq_policy
     if isinstance(m, FpqInput):
-        policy.inputs = str(fmt)
+        q.fpq_policy.inputs = str(fmt)
     else:
-        policy.layers[name] = dict(policy.layers.get(name, {}), activations=str(fmt))
-        ov = policy.overrides.get(name)
-        ov = dict(ov) if isinstance(ov, dict) else ({"weights": ov, "activations": ov} if ov else {})
-        policy.overrides[name] = dict(ov, activations=str(fmt))
+        C.record_formats(q, name, activations=str(fmt))
     return owner
 
 
@@ -95,14 +87,8 @@ def _float_pass(q, batches):
             if tq.role != "weight" and tq.role != "bias":
                 maxima[id(tq)] = max(maxima.get(id(tq), 0.0), float(x.detach().abs().max()))
         return rec
-    for tq in tqs:
-        tq.observer = observer(tq)
-    try:
-        with C.eval_mode(q):
-            ys = [q(C.first_tensor(b)).to(torch.float64) for b in batches]
-    finally:
-        for tq in tqs:
-            tq.observer = None
+    with observing((tq, observer(tq)) for tq in tqs), C.eval_mode(q):
+        ys = [q(C.first_tensor(b)).to(torch.float64) for b in batches]
     return ys, maxima
 
 
