@@ -160,15 +160,20 @@ def scale_region(q, ps, cs, s):
             c.weight.copy_((c.weight.to(torch.float64) * sc.view(cview)).to(c.weight.dtype))
 
 
+def _channel_max(t, n):
+    """max |t| per index of dimension 1 (a weight's input features, an activation's features),
+    then over the flattened positions of each of the producers' ``n`` channels (channel-major)."""
+    r = t.abs().to(torch.float64).transpose(0, 1).reshape(t.shape[1], -1).amax(1)
+    return r.reshape(n, -1).amax(1) if r.numel() != n else r
+
+
 def _col_range(q, ps, cs):
     """max |W_C| per input channel (in the producers' numbering), over the consumers."""
     modules = dict(q.named_modules())
     n = modules[ps[0]].weight.shape[0]
     out = None
     for cn in cs:
-        w = modules[cn].weight.detach().abs().to(torch.float64)
-        cols = w.transpose(0, 1).reshape(w.shape[1], -1).amax(1)     # per input feature
-        r = cols.reshape(n, -1).amax(1) if cols.numel() != n else cols
+        r = _channel_max(modules[cn].weight.detach(), n)              # per input channel
         out = r if out is None else torch.maximum(out, r)
     return out
 
@@ -208,9 +213,7 @@ def act_ranges(q, regions, batches):
             def hook(mod, inp, _key=ps[0], _n=n):
                 x = inp[0]
                 x = x.value if hasattr(x, "value") else x
-                x = x.detach().abs().to(torch.float64)
-                r = x.transpose(0, 1).reshape(x.shape[1], -1).amax(1)
-                r = r.reshape(_n, -1).amax(1) if r.numel() != _n else r
+                r = _channel_max(x.detach(), _n)
                 ranges[_key] = r if _key not in ranges else torch.maximum(ranges[_key], r)
             hooks.append(modules[cn].register_forward_pre_hook(hook))
     try:
