@@ -290,26 +290,37 @@ _VALUE_PRESERVING_FUNCTIONS = {torch.flatten, torch.relu, F.relu, F.max_pool1d, 
 _VALUE_PRESERVING_METHODS = {"flatten", "view", "reshape", "relu"}
 
 
-def link_input_quantizers(root: fx.GraphModule) -> None:
-    """Record, on each weight layer, which fpq quantizer produced its input (through value-
-    preserving ops only), so that its eval forward knows the input grid without a pass over the
-    data. The link is checked against the graph's code on every use: an edited graph drops it."""
+def input_sources(root: fx.GraphModule) -> dict:
+    """{weight layer name: (name of the module whose fpq quantizer produced its input, names of the
+    value-preserving modules in between)}, following the graph back through value-preserving ops
+    only (ReLU, max pooling, flatten / reshape, dropout); layers whose input comes from anything
+    else are left out."""
     modules = dict(root.named_modules())
+    out = {}
     for node in root.graph.nodes:
         layer = modules.get(node.target) if node.op == "call_module" else None
         if not isinstance(layer, _ExactWBIOL):
             continue
-        src, chain, found = node.args[0] if node.args else None, [], None
-        while isinstance(src, fx.Node) and found is None:
+        src, chain = node.args[0] if node.args else None, []
+        while isinstance(src, fx.Node):
             if src.op == "call_module" and getattr(modules[src.target], "fpq_output", None) is not None:
-                found = src.target
-            elif src.op == "call_module" and isinstance(modules[src.target], _VALUE_PRESERVING):
-                chain.append(src.target)
-                src = src.args[0]
-            elif (src.op == "call_function" and src.target in _VALUE_PRESERVING_FUNCTIONS) or \
-                    (src.op == "call_method" and src.target in _VALUE_PRESERVING_METHODS):
-                src = src.args[0]
-            else:
+                out[node.target] = (src.target, tuple(chain))
                 break
-        layer.__dict__["_fpq_input_link"] = None if found is None else (weakref.ref(root), root.code, found,
-                                                                          tuple(chain))
+            if src.op == "call_module" and isinstance(modules[src.target], _VALUE_PRESERVING):
+                chain.append(src.target)
+            elif not ((src.op == "call_function" and src.target in _VALUE_PRESERVING_FUNCTIONS) or
+                      (src.op == "call_method" and src.target in _VALUE_PRESERVING_METHODS)):
+                break
+            src = src.args[0]
+    return out
+
+
+def link_input_quantizers(root: fx.GraphModule) -> None:
+    """Record, on each weight layer, which fpq quantizer produced its input (``input_sources``),
+    so that its eval forward knows the input grid without a pass over the data. The link is
+    checked against the graph's code on every use: an edited graph drops it."""
+    sources = input_sources(root)
+    for name, layer in root.named_modules():
+        if isinstance(layer, _ExactWBIOL):
+            found = sources.get(name)
+            layer.__dict__["_fpq_input_link"] = None if found is None else (weakref.ref(root), root.code) + found

@@ -361,20 +361,14 @@ def _width_of(tq) -> tuple[torch.Tensor, bool]:
 
 
 def _source_quantizers(q: nn.Module) -> dict:
-    """{weighted layer name: tensor quantizer whose value that layer reads}. Follows the fx
-    graph back through ops that pass values through (relu, max pooling, flatten, reshape)."""
-    from torch import fx
+    """{weighted layer name: tensor quantizer whose value that layer reads} (None where no
+    quantizer reaches it through value-passing ops: relu, max pooling, flatten, reshape)."""
+    from .layers import input_sources
 
     modules = dict(q.named_modules())
-    src, out = {}, {}
-    for node in q.graph.nodes:
-        ins = [a for a in node.args if isinstance(a, fx.Node)]
-        m = modules.get(node.target) if node.op == "call_module" else None
-        if m is not None and getattr(m, "fpq_op", None) in ("linear", "conv1d", "conv2d"):
-            out[node.target] = src.get(ins[0]) if ins else None
-        tq = getattr(m, "fpq_output", None) if m is not None else None
-        src[node] = tq if tq is not None else (src.get(ins[0]) if ins else None)
-    return out
+    sources = input_sources(q)
+    return {name: (modules[sources[name][0]].fpq_output if name in sources else None)
+            for name, m in modules.items() if getattr(m, "fpq_op", None) in ("linear", "conv1d", "conv2d")}
 
 
 def _mul_fit_torch(costs, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
