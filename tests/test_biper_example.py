@@ -1,9 +1,6 @@
 """examples/biper_digits.py --quick runs, learns, and its trained BiPer model exports bit-exactly."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -12,18 +9,10 @@ import fpq
 from fpq.nn import biper
 
 pytestmark = pytest.mark.slow
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "biper_digits.py"
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("biper_digits", EXAMPLE)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_quick_run_trains_and_deploys(tmp_path):
-    ex = _load()
+def test_quick_run_trains_and_deploys(tmp_path, load_script):
+    ex = load_script("examples/biper_digits.py")
     out = ex.main(quick=True, seeds=(0,), verbose=False)
     r = out["seeds"][0]
     assert set(out["mean"]) == set(ex.METHODS)

@@ -1,5 +1,4 @@
 """Regression against the golden QONNX files in export/ (written by export/make_golden.py)."""
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -15,15 +14,8 @@ GOLDEN = Path(__file__).resolve().parent.parent / "export"
 CASES = sorted(p.stem for p in GOLDEN.glob("*.onnx"))
 
 
-def _make_golden():
-    spec = importlib.util.spec_from_file_location("make_golden", GOLDEN / "make_golden.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_golden_cases_exist():
-    assert set(CASES) == set(_make_golden().CASES)
+def test_golden_cases_exist(load_script):
+    assert set(CASES) == set(load_script("export/make_golden.py").CASES)
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -40,9 +32,9 @@ def test_golden_file_still_emulates_to_its_outputs(name):
 
 
 @pytest.mark.parametrize("name", ["mlp_int8", "conv1d_e2m1", "mlp_mixed"])
-def test_export_today_reproduces_the_golden_outputs(name):
+def test_export_today_reproduces_the_golden_outputs(name, load_script):
     """convert + export_qonnx of the same seeded model still computes exactly the golden outputs."""
-    mg = _make_golden()
+    mg = load_script("export/make_golden.py")
     q, shape = mg.build(name)
     data = np.load(GOLDEN / f"{name}.npz")
     mw = fpq.export_qonnx(q, None, torch.zeros(1, *shape))

@@ -166,14 +166,8 @@ def test_cli_profile(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_cost_digits_example_quick():
-    import importlib.util
-    import pathlib
-
-    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "cost_digits.py"
-    spec = importlib.util.spec_from_file_location("cost_digits", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+def test_cost_digits_example_quick(load_script):
+    mod = load_script("examples/cost_digits.py")
     threads = torch.get_num_threads()
     res = mod.main(quick=True, verbose=False, batch=64)
     assert torch.get_num_threads() == threads

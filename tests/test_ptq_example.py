@@ -3,15 +3,10 @@ conversion, fpq.ptq, selection on training loss, the table), checked for structu
 from __future__ import annotations
 
 import math
-import os
-import sys
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
-
-import ptq_digits  # noqa: E402
 
 
-def test_ptq_digits_quick():
+def test_ptq_digits_quick(load_script):
+    ptq_digits = load_script("examples/ptq_digits.py")
     r = ptq_digits.main(quick=True, verbose=False)
     assert r["seeds"] == (0,) and list(r["formats"]) == [("W4A4", "int4"), ("W4A4", "e2m1")]
     assert 50.0 < r["float"] <= 100.0                       # 3 epochs already learn digits

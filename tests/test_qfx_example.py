@@ -3,24 +3,13 @@ tensor and per channel, learned widths with the cost penalty, freeze, int8 / K-h
 QAT, verify, cost) runs and is exact."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 pytestmark = pytest.mark.slow   # ~25 s of CPU: the script itself, one epoch per variant
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "qfx_digits.py"
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("qfx_digits", EXAMPLE)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_smoke_run_every_variant_exact_and_costed():
-    ex = _load()
+def test_smoke_run_every_variant_exact_and_costed(load_script):
+    ex = load_script("examples/qfx_digits.py")
     all_rows, text = ex.main(smoke=True, seeds=(0,), verbose=False)
     rows = all_rows[0]
     cost_row = "QFX width<=8, cost x 1e-07"
