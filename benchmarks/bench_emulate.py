@@ -5,6 +5,14 @@ this one run (best of several repeats; the qonnx executor on a subset, extrapola
 labelled so). Every path's output is checked bit for bit against the emulator's.
 
     .venv/bin/python benchmarks/bench_emulate.py [--n 20000] [--qonnx-subset 20] [--no-hls]
+
+Throughput on a device (the issue's GPU target: >= 500 M MLP inferences/s at batch 2^20):
+
+    python benchmarks/bench_emulate.py --device cuda [--batch 1048576]
+
+runs the MLP through the emulator's torch backend, Brevitas' fake-quant forward and the plain
+float32 MLP on that device, checks the emulator's output bit for bit against the numpy emulator,
+and prints inferences per second for each.
 """
 from __future__ import annotations
 
@@ -120,6 +128,49 @@ def bench_model(name, model, shape, n, qonnx_subset, hls, tmp):
     return rows
 
 
+def _device_time(fn, device, repeats=10):
+    """Best wall time of fn() on device (synchronized), after two warm-up calls."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    out = None
+    for _ in range(2):
+        out = fn()
+    sync()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        sync()
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def bench_throughput(device: str, batch: int) -> list:
+    """Inferences per second of the int8 MLP at one large batch on ``device``."""
+    dev = torch.device(device)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"\n== mlp throughput on {name}: int8, batch {batch}")
+    m, shape = mlp()
+    q = fpq.convert(m, fmt="int8")
+    graph = read_graph(fpq.export_qonnx(q, None, torch.zeros(1, *shape)))
+    x = random_inputs(graph, batch, seed=0)
+    reference = Emulator(graph)(x)                       # numpy emulator on the CPU
+    xd = torch.from_numpy(x).to(dev)
+    emu = Emulator(graph, device=dev, backend="torch")
+    rows = []
+    t, y = _device_time(lambda: emu(xd), dev)
+    rows.append(("fpq emulator (torch backend)", t, _same(reference, y.cpu().numpy())))
+    bm = brevitas_twin().to(dev)
+    with torch.no_grad():
+        rows.append(("Brevitas fake-quant forward (own int8 quantizers, float32)",
+                     _device_time(lambda: bm(xd), dev)[0], "other weights: speed only"))
+        fm = m.to(dev)
+        rows.append(("plain float32 MLP (no quantization)", _device_time(lambda: fm(xd), dev)[0], "float"))
+    w = max(len(r[0]) for r in rows)
+    for label, t, check in rows:
+        print(f"   {label.ljust(w)}  {t * 1e3:8.2f} ms  {batch / t / 1e6:10.1f} M inferences/s  {check}")
+    return rows
+
+
 def _same(a, b):
     return "bit-exact" if np.array_equal(np.asarray(a, np.float64), np.asarray(b, np.float64)) else "MISMATCH"
 
@@ -129,7 +180,14 @@ def main():
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--qonnx-subset", type=int, default=20)
     ap.add_argument("--no-hls", action="store_true")
+    ap.add_argument("--device", help="throughput mode on this device (cuda, cpu) instead of the CPU comparison")
+    ap.add_argument("--batch", type=int, default=2 ** 20, help="batch of the throughput mode")
     args = ap.parse_args()
+    if args.device:
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
+            raise SystemExit("--device cuda: torch sees no CUDA device here")
+        bench_throughput(args.device, args.batch)
+        return
     try:
         fpq.to_hls  # noqa: B018 - probe that the HLS path exists
         hls = not args.no_hls

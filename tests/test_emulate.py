@@ -93,14 +93,17 @@ def test_trace_and_input_forms(tmp_path):
         fpq.emulate(path, np.zeros((3, 15), np.float32))
 
 
-@pytest.mark.parametrize("builder,fmt", [(mlp, "e4m3"), (conv1d_net, "int8"), (residual_block, "fixed<8,3>")])
+@pytest.mark.parametrize("builder,fmt", [(mlp, "e4m3"), (mlp, "int8"), (conv1d_net, "int8"),
+                                         (MODELS["conv2d_bn"], "int4"), (residual_block, "fixed<8,3>")])
 def test_torch_backend_equals_numpy(builder, fmt):
     m, shape = builder()
     mw = fpq.export_qonnx(fpq.convert(m, fmt=fmt), None, torch.zeros(1, *shape))
     x = random_inputs(read_graph(mw), 200, seed=3)
     a, ta = Emulator(mw)(x, return_trace=True)
-    b, tb = Emulator(mw, backend="torch")(x, return_trace=True)
+    torch_emu = Emulator(mw, backend="torch")
+    b, tb = torch_emu(x, return_trace=True)
     np.testing.assert_array_equal(a, b.numpy())
+    np.testing.assert_array_equal(a, torch_emu(x).numpy())  # the fused in-place schedule (no trace)
     for k in ta:
         np.testing.assert_array_equal(np.asarray(ta[k], np.float64), tb[k].to(torch.float64).numpy())
 
