@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 import fpq
 from fpq import quantize
@@ -220,3 +221,29 @@ def test_io_stream_adds_fifos_and_line_buffers():
     assert any("io_stream" in n for n in st.notes)
     # flat layers need no FIFO of their own
     assert rows["7"]["fifo_lut"] == 0 and rows["7"]["fifo_bram18"] == 0
+
+
+def test_grouped_conv_priced_as_the_dense_conv_hls_builds():
+    """fpq.to_hls builds a grouped conv dense with zero cross-group weights: the estimate prices
+    exactly that circuit (same as an explicitly zero-filled dense conv), at reuse 1 and above."""
+    torch.manual_seed(0)
+    grouped = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, groups=2)).eval()
+    dense = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3)).eval()
+    with torch.no_grad():
+        dense[0].weight.zero_()
+        dense[0].weight[:4, :2] = grouped[0].weight[:4]
+        dense[0].weight[4:, 2:] = grouped[0].weight[4:]
+        dense[0].bias.copy_(grouped[0].bias)
+    x = torch.randn(16, 4, 6, 6)
+    rows = {}
+    for name, m in (("grouped", grouped), ("dense", dense)):
+        q = fpq.convert(m, fmt="fixed<8,3>")
+        q(x)
+        rows[name] = [estimate_cost(q.fpq_typeplan(), reuse_factor=rf).layers[1] for rf in (1, 4)]
+    for g, d in zip(rows["grouped"], rows["dense"]):
+        assert g["op"] == "conv2d" and g["fan_in"] == d["fan_in"] == 36
+        for key in ("dsp", "n_mult", "latency_cycles"):
+            assert g[key] == d[key], key
+        # the grouped layer's accumulator is a bit narrower (its sums have 18 terms, not 36)
+        assert g["acc_bits"] <= d["acc_bits"] and g["lut"] == pytest.approx(d["lut"], rel=0.01)
+    assert rows["grouped"][1]["n_mult"] == 36 * 8 // 4   # every dense slot, zeros included

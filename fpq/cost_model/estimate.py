@@ -124,6 +124,19 @@ def _weight_ints(lp, wt: TensorType, wc: Fixed, notes: list) -> np.ndarray | Non
     return K.reshape(n_out, -1).T.astype(np.int64)
 
 
+def _dense_from_groups(K: np.ndarray, groups: int) -> np.ndarray:
+    """A grouped conv's (fan_in / group, n_out) codes as the dense (fan_in, n_out) matrix the HLS
+    project builds (fpq.hls builds grouped convs dense with zero cross-group weights): free at
+    reuse 1, where zeros are constants, but real multiplier slots at reuse > 1."""
+    fan_g, n_out = K.shape
+    out_g = n_out // groups
+    dense = np.zeros((fan_g * groups, n_out), dtype=K.dtype)
+    for j in range(n_out):
+        g = j // out_g
+        dense[g * fan_g:(g + 1) * fan_g, j] = K[:, j]
+    return dense
+
+
 def _pixels(lp) -> tuple[int, str]:
     if not lp.op.startswith("conv"):
         return 1, ""
@@ -159,6 +172,10 @@ def _mac_layer(lp, ops: OperatorCosts, dev: Device, rf: int, strategy: str, cloc
     wc = _carrier(w_t, notes, f"{lp.name} weight")
     K = _weight_ints(lp, w_t, wc, notes)
     fan_in = lp.fan_in
+    groups = int(lp.attrs.get("groups", 1) or 1)
+    if groups > 1 and K is not None:
+        K = _dense_from_groups(K, groups)
+        fan_in = K.shape[0]
     if K is not None:
         fan_in = K.shape[0] if fan_in is None else fan_in
         n_out = K.shape[1]

@@ -189,11 +189,11 @@ class Emulator:
                 env.pop(t, None)
         return [env[o] for o in self.graph.outputs]
 
-    def _compile(self):
-        """Steps (fn, input tensors, output tensor, tensors to free) with fusions that do not
-        change a single value: a weighted op feeding only its quantizer writes in place, and a
-        ReLU right after a quantizer becomes the quantizer's lower clip bound (max(Q(x), 0) =
-        clip(rint(x / s), max(lo, 0), hi) * s)."""
+    def _schedule(self):
+        """Steps (op, input tensors, output tensor, clip) with fusions that do not change a single
+        value: a po2 integer quantizer gets clip = (lo, hi, in_place) -- in place when it is the only
+        reader of a weighted op's temporary -- and a ReLU right after it becomes its lower clip bound
+        (max(Q(x), 0) = clip(rint(x / s), max(lo, 0), hi) * s). Both backends compile this list."""
         ops = self.graph.ops
         consumers = {}
         for op in ops:
@@ -201,10 +201,10 @@ class Emulator:
                 consumers.setdefault(t, []).append(op)
         outputs = set(self.graph.outputs)
         steps, skip = [], set()
-        for i, op in enumerate(ops):
+        for op in ops:
             if op.name in skip:
                 continue
-            fn, ins, out = (lambda *xs, _op=op: self._run(_op, list(xs))), list(op.inputs), op.outputs[0]
+            out, clip = op.outputs[0], None
             if op.kind == "quant" and _int_po2(op.quant):
                 relu = _only_consumer(consumers, out, outputs, "relu")
                 lo, hi = op.quant.format.int_range
@@ -212,18 +212,22 @@ class Emulator:
                     lo = max(lo, 0)
                     skip.add(relu.name)
                     out = relu.outputs[0]
-                fn = _int_quant_fn(op.quant, lo, hi, inplace=self._owned(op, consumers, outputs))
+                clip = (lo, hi, self._owned(op, consumers, outputs))
+            steps.append((op, list(op.inputs), out, clip))
+        return steps
+
+    def _compile(self):
+        """(fn, input tensors, output tensor, tensors to free after it) for the numpy path."""
+        steps = []
+        for op, ins, out, clip in self._schedule():
+            if clip is not None:
+                fn = _int_quant_fn(op.quant, *clip)
             elif op.kind == "output":
                 fn = lambda x: x  # noqa: E731
+            else:
+                fn = lambda *xs, _op=op: self._run(_op, list(xs))  # noqa: E731
             steps.append((fn, ins, out))
-        # free each tensor after its last use
-        last = {}
-        for k, (_, ins, _) in enumerate(steps):
-            for t in ins:
-                last[t] = k
-        keep = outputs | set(self.graph.inputs)
-        return [(fn, ins, out, [t for t in ins if last.get(t) == k and t not in keep])
-                for k, (fn, ins, out) in enumerate(steps)]
+        return with_frees(steps, set(self.graph.outputs) | set(self.graph.inputs))
 
     def _owned(self, op, consumers, outputs) -> bool:
         """Whether op's input buffer is a temporary that only op reads (so it may be overwritten)."""
@@ -232,13 +236,6 @@ class Emulator:
         return (prod is not None and prod.kind in ("linear", "conv1d", "conv2d", "add", "mul", "div",
                                                    "avgpool", "global_avgpool")
                 and len(consumers.get(src, [])) == 1 and src not in outputs)
-
-    def _last_use(self):
-        last = {}
-        for i, op in enumerate(self.graph.ops):
-            for t in op.inputs:
-                last[t] = i
-        return last
 
     def _run(self, op: Op, xs):
         k = op.kind
@@ -297,6 +294,17 @@ def _blas_controller():
         from threadpoolctl import ThreadpoolController
         _CONTROLLER.append(ThreadpoolController())
     return _CONTROLLER[0]
+
+
+def with_frees(steps, keep):
+    """(fn, ins, out) steps -> (fn, ins, out, tensors to free after it): each tensor not in
+    ``keep`` is dropped after its last use."""
+    last = {}
+    for k, (_, ins, _) in enumerate(steps):
+        for t in ins:
+            last[t] = k
+    return [(fn, ins, out, [t for t in ins if last.get(t) == k and t not in keep])
+            for k, (fn, ins, out) in enumerate(steps)]
 
 
 def _int_po2(q) -> bool:

@@ -23,6 +23,7 @@ class TorchProgram:
         self.emu = emu
         self.device = torch.device(device)
         self._w = None
+        self._compiled = None
 
     def _weights(self):
         if self._w is None:
@@ -47,16 +48,63 @@ class TorchProgram:
             with torch.no_grad():
                 env = {g.inputs[0]: x}
                 trace = {}
-                for op in g.ops:
+                if not return_trace:
+                    for fn, ins, out, free in self._steps():
+                        env[out] = fn(*[env[t] for t in ins])
+                        for t in free:
+                            env.pop(t, None)
+                for op in g.ops if return_trace else ():
                     y = self._op(op, [env[t] for t in op.inputs])
                     env[op.outputs[0]] = y
-                    if return_trace:
-                        trace[op.name] = y
+                    trace[op.name] = y
         finally:
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev
         outs = [env[o] for o in g.outputs]
         out = outs[0] if len(outs) == 1 else outs
         return (out, trace) if return_trace else out
+
+    def _steps(self):
+        """The emulator's fused schedule (see Emulator._schedule) as torch functions. A po2 integer
+        quantizer runs as in-place multiply / round / clamp / multiply on the matmul's temporary:
+        on a GPU these element-wise passes, not the matmuls, bound an MLP's throughput."""
+        if self._compiled is None:
+            steps = []
+            for op, ins, out, clip in self.emu._schedule():
+                if clip is not None:
+                    fn = self._int_quant_fn(op.quant, *clip)
+                elif op.kind == "output":
+                    fn = lambda x: x  # noqa: E731
+                else:
+                    fn = lambda *xs, _op=op: self._op(_op, list(xs))  # noqa: E731
+                steps.append((fn, ins, out))
+            from . import with_frees
+            g = self.emu.graph
+            self._compiled = with_frees(steps, set(g.outputs) | set(g.inputs))
+        return self._compiled
+
+    def _int_quant_fn(self, q, lo, hi, inplace):
+        """round(x * 2^-k) clamped, times 2^k: multiplying by the exact inverse of a power of two
+        gives the same float as dividing by it (one correctly rounded result of the same real)."""
+        s64 = np.asarray(q.scale, dtype=np.float64)
+        unit = bool(np.all(s64 == 1))
+        scales = {}
+
+        def on(dtype):  # the scale and its inverse as tensors of the input's dtype, made once
+            if dtype not in scales:
+                scales[dtype] = (torch.tensor(1.0 / s64, dtype=dtype, device=self.device),
+                                 torch.tensor(s64, dtype=dtype, device=self.device))
+            return scales[dtype]
+
+        def fn(x):
+            y = x if inplace else x.clone()
+            if not unit:
+                inv, s = on(y.dtype)
+                y.mul_(inv)
+            y.round_().clamp_(lo, hi)
+            if not unit:
+                y.mul_(s)
+            return y.to(torch.float32)
+        return fn
 
     def _quant(self, x, q, input_quant):
         s = torch.tensor(np.asarray(q.scale, dtype=np.float32), device=self.device)
@@ -85,6 +133,8 @@ class TorchProgram:
             w, b = self._weights()[op.name]
             if op.name in self.emu.rounded_to_odd:
                 return exact_bilinear(torch.matmul, x.to(torch.float64), w, b, op.fan_in, strict=True)[0]
+            if b is not None and b.dtype == w.dtype and x.dim() == 2:
+                return torch.addmm(b, x.to(w.dtype), w)  # exact: every partial sum fits the dtype
             acc = x.to(w.dtype) @ w
             return _bias(acc, b, None)
         if k in ("conv1d", "conv2d"):
