@@ -117,6 +117,26 @@ out_T quantize_clamp(in_T x) {
     return out_T(r);
 }
 
+// Any monotone quantizer as a lookup: th[0..N-1] ascending, lv[0..N]; the result is lv[k] with
+// k = the number of thresholds <= x, found by binary search (ceil(log2(N+1)) comparisons).
+// fpq computes both tables from its own quantizer (fpq/hls/thresholds.py), which is how a
+// scale that is not a power of two stays exact: no division by it happens in hardware.
+template <class in_T, class out_T, int N>
+out_T quantize_by_thresholds(in_T x, const in_T th[N], const out_T lv[N + 1]) {
+    #pragma HLS INLINE
+    int lo = 0, hi = N;  // the answer lies in [lo, hi]
+ThresholdSearch:
+    for (int step = 0; step < 20; step++) {  // 2^20 > any table fpq writes
+        #pragma HLS UNROLL
+        if (lo < hi) {
+            int mid = (lo + hi) / 2;
+            if (x >= th[mid]) lo = mid + 1;
+            else hi = mid;
+        }
+    }
+    return lv[lo];
+}
+
 // Element-wise layer wrappers used by fpq's hls4ml layer FpqQuantize. CONFIG_T supplies
 // n_in and a static template function `quantize<in, out>(x)` that applies one quantizer.
 template <class data_T, class res_T, typename CONFIG_T>

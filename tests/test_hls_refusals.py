@@ -45,14 +45,18 @@ def _assert_refused(target, out, match, exc=HLSUnsupportedError, **kw):
     assert not list(out.parent.glob(f".{out.name}.tmp-*"))
 
 
-def test_float_activation_scale_is_refused_naming_the_layer(tmp_path):
+def test_float_scales_on_weights_and_activations_are_refused_naming_the_layer(tmp_path):
+    """Float-scaled activations are built as exact lookup tables (test_hls_float_scales.py), but
+    not after a sum of float-scaled inputs times float-scaled weights: that sum is wider than 53
+    bits, and the quantizer is defined on its float64 value."""
     path = _export(tmp_path, "float", fmt="int8", scale="float")
     g = read_graph(path)
     quant_ops = [op.name for op in g.ops if op.kind in ("input_quant", "quant")]
     with pytest.raises(HLSUnsupportedError) as err:
         fpq.to_hls(path, tmp_path / "prj")
     msg = str(err.value)
-    assert "not a power of two" in msg and any(name in msg for name in quant_ops), msg
+    assert "not a power of two" in msg and "wider than 53 bits" in msg and "power-of-two (or Fixed) weight" in msg
+    assert any(f"quantizer '{name}'" in msg for name in quant_ops), msg
     assert not (tmp_path / "prj").exists()
 
 

@@ -100,7 +100,8 @@ def _carrier(t, notes: list, what: str) -> Fixed:
     if t.po2:
         return t.carrier()
     notes.append(f"{what}: scale is not a power of two; priced on the format's own carrier "
-                 f"{exact_fixed(t.format)} (the rescale multiplier is not priced)")
+                 f"{exact_fixed(t.format)} (the scaled values are wider, and an activation quantizer with "
+                 "such a scale is a threshold lookup table in the HLS project: neither is priced)")
     return exact_fixed(t.format)
 
 

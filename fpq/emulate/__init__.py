@@ -241,9 +241,7 @@ class Emulator:
         k = op.kind
         x = xs[0]
         if k in ("quant", "input_quant"):
-            if k == "quant" and po2_exponents(op.quant.scale) is None:
-                x = x.astype(np.float64, copy=False)  # a float scale divides the exact value in float64
-            return quantize_fast(x, op.quant)
+            return apply_quantizer(op, x)
         if k == "linear":
             w, b = self._weights[op.name]
             if op.name in self.rounded_to_odd:
@@ -366,6 +364,14 @@ def batch_shape(shape, exported_in_shape, actual_in_shape):
             actual_in_shape[0] != exported_in_shape[0]:
         shape[0] = actual_in_shape[0] if -1 in shape[1:] else -1
     return tuple(shape)
+
+
+def apply_quantizer(op: Op, x: np.ndarray) -> np.ndarray:
+    """A quant / input_quant op's output: the emulator's definition of it (the HLS lookup tables
+    of float-scaled quantizers are computed from this function)."""
+    if op.kind == "quant" and po2_exponents(op.quant.scale) is None:
+        x = x.astype(np.float64, copy=False)  # a float scale divides the exact value in float64
+    return quantize_fast(x, op.quant)
 
 
 def quantize_fast(x: np.ndarray, q: Quantizer) -> np.ndarray:

@@ -238,11 +238,18 @@ class _Builder:
         if self.uses.get(op.inputs[0], 0) != 1:
             raise HLSUnsupportedError("the graph input must feed the input quantizer only")
         tt = op.quant.ttype
-        s = _scale_exp(tt, f"input quantizer {op.name!r}")
-        _check_format(tt.format, f"input quantizer {op.name!r}")
         p = self.plan
         p.input_shape, p.input_perm = shape, channels_last_perm(shape)
         hshape = hls_shape_of(shape)
+        if not tt.po2:  # a float scale: a float32 port and the quantizer as a lookup on float32 values
+            port = FloatPort()
+            p.input_float32 = True
+            self.add_layer({"class_name": "InputLayer", "name": p.input_name, "input_shape": list(hshape)},
+                           {"result": port})
+            self.set_out(op, self._lookup_quantize_layer(op, _Tensor(p.input_name, port, shape, hshape, p.input_perm)))
+            return
+        s = _scale_exp(tt, f"input quantizer {op.name!r}")
+        _check_format(tt.format, f"input quantizer {op.name!r}")
         cast = cpp.cast_format(tt.format, s)
         port = cast if cast is not None else input_capture_type(tt.format, s)
         p.input_float32 = cast is None
@@ -268,11 +275,51 @@ class _Builder:
                         "fpq_format": f"{fstr} x 2^{s}"}, {"result": out})
         return _Tensor(op.name, out, src.torch_shape, src.hls_shape, src.perm)
 
+    def _lookup_quantize_layer(self, op, src: _Tensor) -> _Tensor:
+        """A quantizer with a scale that is not a power of two, as an exact lookup table over the
+        values its input can take (fpq.hls.thresholds): y = levels[#thresholds <= x]."""
+        from ..emulate import apply_quantizer
+        from .thresholds import c_array, lookup_table
+        tt = op.quant.ttype
+        if np.size(tt.scale) != 1:
+            raise HLSUnsupportedError(f"quantizer {op.name!r}: per-channel scales that are not powers of two "
+                                      "are not supported in HLS; use a per-tensor scale (or po2 scales)")
+        in_type = "float32" if isinstance(src.fixed, FloatPort) else Fixed(src.fixed.width, src.fixed.int_bits,
+                                                                           src.fixed.signed)
+        if in_type != "float32" and in_type.width > 53:
+            raise HLSUnsupportedError(
+                f"quantizer {op.name!r}: its scale {float(np.ravel(tt.scale)[0])!r} is not a power of two, and its "
+                f"input (layer {src.layer!r}) is the exact {in_type}, wider than 53 bits. fpq defines a float-scaled "
+                "quantizer on the float64 value of its input, which such a sum is not; the sum grows this wide when "
+                "both the layer's inputs and weights have float scales. Use power-of-two (or Fixed) weight scales, "
+                "or scale='po2'")
+        try:
+            th, lv = lookup_table(lambda x: apply_quantizer(op, x), in_type)
+        except ValueError as e:
+            raise HLSUnsupportedError(f"quantizer {op.name!r} (scale {float(np.ravel(tt.scale)[0])!r}, not a power "
+                                      f"of two): no exact lookup table: {e}") from None
+        out = values_carrier(lv)
+        n = len(th)
+        if n == 0:
+            tables, call = "", f"out_T({float(lv[0])!r})"
+        else:
+            tables = (f"static const in_T th[{n}] = {c_array(th)}; "
+                      f"static const out_T lv[{n + 1}] = {c_array(lv)};")
+            call = f"fpq::quantize_by_thresholds<in_T, out_T, {n}>({{x}}, th, lv)"
+        self.add_layer({"class_name": "FpqQuantize", "name": op.name, "inputs": [src.layer], "quantizer": call,
+                        "quantizer_tables": tables,
+                        "fpq_format": f"{tt.format} x {float(np.ravel(tt.scale)[0])!r} ({n} thresholds)"},
+                       {"result": out})
+        return _Tensor(op.name, out, src.torch_shape, src.hls_shape, src.perm)
+
     def op_quant(self, op):
         src = self.src(op)
         tt = op.quant.ttype
         if op.quant.pre_scale is not None:
             raise HLSUnsupportedError(f"op {op.name!r}: Trunc with a pre-scale is not supported in HLS")
+        if not tt.po2:
+            self.set_out(op, self._lookup_quantize_layer(op, src))
+            return
         s = _scale_exp(tt, f"quantizer {op.name!r}")
         _check_format(tt.format, f"quantizer {op.name!r}")
         cast = cpp.cast_format(tt.format, s)

@@ -29,6 +29,7 @@ class FpqQuantize(Layer):
         Attribute("n_in"),
         Attribute("quantizer", value_type=str),
         Attribute("fpq_format", value_type=str),
+        Attribute("quantizer_tables", value_type=str, default=""),  # C++ statements before the call
     ]
 
     def initialize(self):
@@ -44,7 +45,7 @@ _CONFIG = """struct config{index} {{
     // fpq quantizer: {fpq_format}
     template <class in_T, class out_T> static out_T quantize(in_T x) {{
         #pragma HLS INLINE
-        return {call};
+        {tables}return {call};
     }}
 }};\n"""
 
@@ -56,6 +57,8 @@ class FpqQuantizeConfigTemplate(LayerConfigTemplate):
     def format(self, node):
         params = self._default_config_params(node)
         params["call"] = node.get_attr("quantizer").format(x="x")
+        tables = node.get_attr("quantizer_tables", "")
+        params["tables"] = tables + "\n        " if tables else ""
         return _CONFIG.format(**params)
 
 
