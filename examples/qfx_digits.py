@@ -1,6 +1,6 @@
 """QFX on the digits CNN: learned binary points vs the best hand-picked one, and K-hot weights.
 
-    python examples/qfx_digits.py [--quick | --smoke] [--seeds 0 1 2] [--hls] [--da]
+    python examples/qfx_digits.py [--quick | --smoke] [--seeds 0 1 2] [--hls] [--da] [--batchnorm keep]
 
 1. For W = 4, 6, 8 bits: every hand-picked fixed<W,I> (one binary point for all weights and
    activations, I = 0..W) is converted from the same float model and trained (QAT) for the
@@ -18,7 +18,9 @@ each is costed with fpq.estimate_cost (xcvu9p, reuse 1, hls4ml Latency). Biases 
 every row. Accuracies are on the 450 held-out images; mean over the seeds. With --da the
 multiplier-free variants are also built with hls4ml's distributed-arithmetic strategy (da4ml:
 shift-and-add kernels, no multiplier) and that C-sim is checked too. --smoke runs every path
-once on one width with one epoch (a test of the script, not a result).
+once on one width with one epoch (a test of the script, not a result). ``--batchnorm keep``
+keeps the CNN's BatchNorms element-wise instead of folding them into the convs (QFX then also
+learns the binary points of their scale and output; see fpq.nn.batchnorm).
 """
 from __future__ import annotations
 
@@ -97,14 +99,14 @@ def formats_of(q) -> str:
     tp = fpq.plan(q)
     parts = []
     for lp in tp:
-        if lp.op in ("conv2d", "linear"):
+        if lp.op in ("conv2d", "linear", "batchnorm"):
             parts.append(f"{lp.name}: w {lp.tensors['weight'].describe()}, out {lp.tensors['output'].describe()}")
     return "; ".join(parts)
 
 
 def run(seed: int, epochs: int, qat_epochs: int, widths, hls: bool, verbose: bool, da: bool = False,
         int_points=None, n_random: int = 200, n_test_check=None, qonnx_subset: int = 64, cost_lambdas=(),
-        max_width: int = 8):
+        max_width: int = 8, batchnorm: str = "fold"):
     torch.manual_seed(seed)
     data = load_digits_split(seed=0)
     model = DigitsCNN()
@@ -137,7 +139,7 @@ def run(seed: int, epochs: int, qat_epochs: int, widths, hls: bool, verbose: boo
         # hand-picked: one binary point for every tensor, each trained the same way
         best = None
         for I in (range(0, W + 1) if int_points is None else int_points):
-            q = fpq.convert(model, fmt=f"fixed<{W},{I}>")
+            q = fpq.convert(model, fmt=f"fixed<{W},{I}>", batchnorm=batchnorm)
             train(q, data, qat_epochs, 1e-3, seed + 1)
             a = accuracy(q, data.x_test, data.y_test)
             if best is None or a > best[1]:
@@ -147,7 +149,7 @@ def run(seed: int, epochs: int, qat_epochs: int, widths, hls: bool, verbose: boo
         rows[label]["format"] = f"fixed<{W},{best[0]}> everywhere"
         log(label)
         for gran in ("tensor", "channel"):
-            q = fpq.convert(model, fmt=f"fixed<{W},{max(1, W // 2)}>")
+            q = fpq.convert(model, fmt=f"fixed<{W},{max(1, W // 2)}>", batchnorm=batchnorm)
             qfx.make_trainable(q, granularity=gran, init="max")
             qfx.init_activations(q, calib)
             qat_qfx(q, data, qat_epochs, seed + 1)
@@ -156,7 +158,7 @@ def run(seed: int, epochs: int, qat_epochs: int, widths, hls: bool, verbose: boo
             log(label)
     for lam in cost_lambdas:
         # learned widths (2..max_width bits) and points, traded against the cost model's LUTs
-        q = fpq.convert(model, fmt=f"fixed<{max_width},{max_width // 2}>")
+        q = fpq.convert(model, fmt=f"fixed<{max_width},{max_width // 2}>", batchnorm=batchnorm)
         qfx.make_trainable(q, learn_width=True, min_width=2, max_width=max_width, init="max")
         qfx.init_activations(q, calib)
         qat_qfx(q, data, qat_epochs, seed + 1, cost_lambda=lam)
@@ -165,7 +167,7 @@ def run(seed: int, epochs: int, qat_epochs: int, widths, hls: bool, verbose: boo
         rows[label]["mean_width"] = float(np.mean([fpq.parse_format(f).width for _, _, f in frozen]))
         log(label)
     for label, k in (("int8 weights", None), ("K-hot K=2", 2), ("power-of-two K=1", 1)):
-        q = fpq.convert(model, fmt="int8")
+        q = fpq.convert(model, fmt="int8", batchnorm=batchnorm)
         fpq.calibrate(q, calib, progress=False)
         if k is not None:
             multfree.to_khot(q, k, granularity="tensor")
@@ -200,7 +202,7 @@ def table(all_rows: list, hls: bool) -> str:
 
 
 def main(quick=False, seeds=(0,), hls=False, verbose=True, widths=(4, 6, 8), da=False, smoke=False,
-         cost_lambdas=(0.0, 3e-8, 1e-7)):
+         cost_lambdas=(0.0, 3e-8, 1e-7), batchnorm="fold"):
     torch.set_num_threads(1)
     epochs, qat_epochs = (1, 1) if smoke else (5, 2) if quick else (30, 10)
     extra = dict(int_points=(2,), n_random=16, n_test_check=16, qonnx_subset=8) if smoke else {}
@@ -208,7 +210,8 @@ def main(quick=False, seeds=(0,), hls=False, verbose=True, widths=(4, 6, 8), da=
         widths, cost_lambdas = widths[:1], cost_lambdas[-1:]
     all_rows, all_notes = [], []
     for s in seeds:
-        rows, notes = run(s, epochs, qat_epochs, widths, hls, verbose, da=da, cost_lambdas=cost_lambdas, **extra)
+        rows, notes = run(s, epochs, qat_epochs, widths, hls, verbose, da=da, cost_lambdas=cost_lambdas,
+                          batchnorm=batchnorm, **extra)
         all_rows.append(rows)
         all_notes += notes
     text = table(all_rows, hls)
@@ -233,5 +236,8 @@ if __name__ == "__main__":
     ap.add_argument("--hls", action="store_true", help="also build each model with fpq.to_hls and check the C-sim")
     ap.add_argument("--da", action="store_true", help="also build the multiplier-free variants with hls4ml's "
                     "distributed-arithmetic strategy (da4ml) and check that C-sim")
+    ap.add_argument("--batchnorm", choices=("fold", "keep"), default="fold",
+                    help="fold the BatchNorms into the convs (default) or keep them element-wise")
     a = ap.parse_args()
-    main(quick=a.quick, seeds=tuple(a.seeds), hls=a.hls, da=a.da, smoke=a.smoke, cost_lambdas=tuple(a.cost_lambdas))
+    main(quick=a.quick, seeds=tuple(a.seeds), hls=a.hls, da=a.da, smoke=a.smoke, cost_lambdas=tuple(a.cost_lambdas),
+         batchnorm=a.batchnorm)

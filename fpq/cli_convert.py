@@ -80,6 +80,8 @@ def cli_register(subparsers) -> None:
                    help="per-module format by name or glob, e.g. 'fc3=int8' (repeatable)")
     p.add_argument("--scale", choices=("po2", "float"), default="po2")
     p.add_argument("--granularity", choices=("tensor", "channel"), default="tensor")
+    p.add_argument("--batchnorm", choices=("fold", "keep"), default="fold",
+                   help="fold each BatchNorm into the Conv/Linear before it where possible, or keep all element-wise")
     p.add_argument("--state", help="state dict (.pt) to load into the model")
     p.add_argument("--calib", default="digits", help="calibration data: .npy/.npz file or 'digits'")
     p.add_argument("--method", choices=("max", "percentile", "mse"), default="max")
@@ -95,7 +97,7 @@ def _run(args) -> int:
     model = load_model(args.model, args.state)
     q = fpq.convert(model, args.fmt, weights=args.weights, activations=args.activations,
                     overrides=_parse_overrides(args.override), scale=args.scale,
-                    granularity=args.granularity)
+                    granularity=args.granularity, batchnorm=args.batchnorm)
     x = load_calibration(args.calib, shape)
     fpq.calibrate(q, [x[i:i + 256] for i in range(0, len(x), 256)], method=args.method)
     fpq.export_qonnx(q, args.out, x[:1])

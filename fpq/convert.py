@@ -2,9 +2,10 @@
 
 One policy (format strings for weights / activations / bias / inputs, scale kind, granularity,
 per-module overrides) becomes fpq quantizers (``fpq.nn.quantizers``) inside Brevitas quant
-layers. The model is traced with torch.fx; BatchNorm is folded with Brevitas' MergeBatchNorm;
-Dropout is removed; residual adds become ``FpqAdd`` modules; an explicit input quantizer is
-the first op. The original model is never mutated.
+layers. The model is traced with torch.fx; BatchNorm is folded with Brevitas' merge_bn where it
+directly follows a Conv/Linear, else (or with ``batchnorm="keep"``) kept element-wise as an
+``FpqBatchNorm`` (fpq.nn.batchnorm); Dropout is removed; residual adds become ``FpqAdd``
+modules; an explicit input quantizer is the first op. The original model is never mutated.
 """
 from __future__ import annotations
 
@@ -19,10 +20,12 @@ from torch import fx, nn
 
 from ._api import callable_module
 from .formats import parse_format
+from .nn.batchnorm import FpqBatchNorm, from_batchnorm
 from .nn.layers import (FpqAct, FpqAdd, FpqAvgPool, FpqClamp, FpqConv1d, FpqConv2d, FpqInput,
                         FpqLinear, link_input_quantizers, quant_layer)
 
-SUPPORTED = ("Linear", "Conv1d", "Conv2d", "BatchNorm1d/2d (after a Conv/Linear: folded)",
+SUPPORTED = ("Linear", "Conv1d", "Conv2d",
+             "BatchNorm1d/2d (folded into the Conv/Linear before it, else element-wise)",
              "ReLU", "ReLU6", "Hardtanh", "Identity", "MaxPool1d", "MaxPool2d", "AvgPool1d",
              "AvgPool2d", "AdaptiveAvgPool1d/2d(1)", "Flatten", "Dropout (removed)",
              "residual add (x + y, torch.add)", "torch.flatten / view / reshape", "F.relu")
@@ -33,6 +36,7 @@ _KEEP_METHODS = ("view", "reshape", "flatten", "relu", "size", "contiguous")
 _ADD_FUNCTIONS = (operator.add, torch.add, operator.iadd)
 _DROPOUT_FUNCTIONS = (F.dropout,)
 DEFAULT_BIAS = "int16"
+BATCHNORM_MODES = ("fold", "keep")
 
 
 @dataclass
@@ -47,6 +51,7 @@ class Policy:
     granularity: str = "tensor"
     overrides: dict = field(default_factory=dict)
     method: str = "ste"    # "biper": binary weights binarized by BiPer's square wave (fpq.nn.biper)
+    batchnorm: object = "fold"   # "fold" | "keep" | {BatchNorm name or glob: "fold" | "keep"}
     # module path -> {"weights": ..., "activations": ..., "bias": ...} actually used
     layers: dict = field(default_factory=dict)
 
@@ -72,7 +77,7 @@ class FpqModel(fx.GraphModule):
         """(name, role, fpq tensor quantizer) for every quantizer, in module order."""
         out = []
         for name, m in self.named_modules():
-            if isinstance(m, (FpqLinear, FpqConv1d, FpqConv2d)):
+            if isinstance(m, (FpqLinear, FpqConv1d, FpqConv2d, FpqBatchNorm)):
                 for role, tq in (("weight", m.fpq_weight), ("bias", m.fpq_bias), ("output", m.fpq_output)):
                     if tq is not None:
                         out.append((name, role, tq))
@@ -144,8 +149,38 @@ def _remove_passthrough(gm: fx.GraphModule) -> None:
     gm.recompile()
 
 
-def _fold_bn(gm: fx.GraphModule) -> fx.GraphModule:
-    """Fold each BatchNorm into the Conv/Linear right before it (Brevitas' merge_bn does the math).
+def _check_batchnorm(batchnorm):
+    """The batchnorm option: "fold" | "keep" | {BatchNorm module name or glob: "fold" | "keep"}."""
+    if isinstance(batchnorm, str):
+        if batchnorm not in BATCHNORM_MODES:
+            raise ValueError(f"unknown batchnorm mode {batchnorm!r}; allowed: 'fold', 'keep', or a dict "
+                             "{BatchNorm name or glob: 'fold' | 'keep'}")
+        return batchnorm
+    if not isinstance(batchnorm, dict):
+        raise TypeError(f"batchnorm must be 'fold', 'keep' or a dict, got {type(batchnorm).__name__}")
+    bad = {k: v for k, v in batchnorm.items() if v not in BATCHNORM_MODES}
+    if bad:
+        raise ValueError(f"batchnorm modes {bad}: allowed values are 'fold' and 'keep'")
+    return dict(batchnorm)
+
+
+def _bn_mode(batchnorm, path: str) -> str:
+    """The mode of one BatchNorm: a string applies to all; in a dict the exact name wins over
+    globs (the last matching glob in the order given), unlisted BatchNorms fold."""
+    if isinstance(batchnorm, str):
+        return batchnorm
+    if path in batchnorm:
+        return batchnorm[path]
+    mode = "fold"
+    for pattern, value in batchnorm.items():
+        if fnmatch.fnmatchcase(path, pattern):
+            mode = value
+    return mode
+
+
+def _fold_bn(gm: fx.GraphModule, batchnorm="fold") -> fx.GraphModule:
+    """Fold each BatchNorm into the Conv/Linear right before it (Brevitas' merge_bn does the math),
+    unless its mode (``batchnorm``) is "keep". BatchNorms left here become FpqBatchNorm layers.
 
     Brevitas' own MergeBatchNorm pass only matches graphs from its deprecated fx backport, so the
     pattern is matched here on torch.fx nodes.
@@ -156,6 +191,8 @@ def _fold_bn(gm: fx.GraphModule) -> fx.GraphModule:
     for node in list(gm.graph.nodes):
         if node.op != "call_module" or not isinstance(modules[node.target], (nn.BatchNorm1d, nn.BatchNorm2d)):
             continue
+        if _bn_mode(batchnorm, node.target) == "keep":
+            continue
         prev = node.args[0] if node.args else None
         if not (isinstance(prev, fx.Node) and prev.op == "call_module" and len(prev.users) == 1):
             continue
@@ -163,7 +200,7 @@ def _fold_bn(gm: fx.GraphModule) -> fx.GraphModule:
         if not any(type(layer) is lt and type(bn) is bt for lt, bt in pairs):
             continue
         if not bn.track_running_stats or bn.running_mean is None:
-            continue  # batch statistics at inference: not foldable (reported as unsupported)
+            continue  # batch statistics at inference: not foldable (refused by convert)
         merge_bn(layer, bn, output_channel_dim=0)
         node.replace_all_uses_with(prev)
         gm.graph.erase_node(node)
@@ -190,7 +227,7 @@ def _unique(gm: nn.Module, base: str) -> str:
 
 def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=None, overrides=None,
             scale: str = "po2", granularity: str = "tensor", inputs=None, method: str = "ste",
-            omega=None) -> FpqModel:
+            omega=None, batchnorm="fold") -> FpqModel:
     """Quantize ``model``: every Linear/Conv weight, bias and activation gets an fpq Format.
 
     fmt: default for weights and activations (and inputs). weights / activations / bias /
@@ -198,7 +235,13 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
     glob: format string or {"weights", "activations", "bias"}}. scale: "po2" | "float" (Fixed
     formats carry their own scaling and ignore it). granularity: weight scales per "tensor"
     or per output "channel". method: "ste" (straight-through quantizers) or "biper" (binary
-    weights become BiPer weights with frequency ``omega``, see fpq.nn.biper). Returns an
+    weights become BiPer weights with frequency ``omega``, see fpq.nn.biper). batchnorm:
+    "fold" (default) folds each BatchNorm that directly follows a Conv/Linear (whose output it
+    alone uses) into that layer and keeps every other BatchNorm element-wise; "keep" keeps them
+    all element-wise; a dict {BatchNorm name or glob: "fold" | "keep"} chooses per layer
+    (unlisted: "fold"). An element-wise BatchNorm is an ``FpqBatchNorm``: y = Q_act(x * Q_w(s) +
+    Q_b(t)) with s = gamma / sqrt(var + eps) and t = beta - mean * s quantized per channel by the
+    layer's weight and bias formats (overrides by the BatchNorm's name apply). Returns an
     FpqModel in eval mode; ``.train()`` it for QAT.
     """
     if not isinstance(model, nn.Module):
@@ -211,11 +254,13 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
         raise ValueError(f"unknown method {method!r}; allowed: 'ste', 'biper'")
     if (omega is not None) != (method == "biper"):
         raise ValueError("omega (BiPer's frequency) is required with method='biper' and only there")
+    batchnorm = _check_batchnorm(batchnorm)
     w = _fmt(weights if weights is not None else fmt, "weights")
     a = _fmt(activations if activations is not None else fmt, "activations")
     policy = Policy(weights=w, activations=a, bias=_fmt(bias if bias is not None else DEFAULT_BIAS, "bias"),
                     inputs=_fmt(inputs if inputs is not None else a, "inputs"), scale=scale,
-                    granularity=granularity, overrides=dict(overrides or {}), method=method)
+                    granularity=granularity, overrides=dict(overrides or {}), method=method,
+                    batchnorm=batchnorm)
     if isinstance(model, FpqModel):
         from .nn.plan import dequantize_model
         src, carried = dequantize_model(model)
@@ -228,7 +273,12 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
                                      "pass the float model, or a model returned by fpq.convert)")
     gm = _trace(src)
     _remove_passthrough(gm)
-    gm = _fold_bn(gm)
+    if isinstance(batchnorm, dict):
+        bns = [n for n, m in gm.named_modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
+        stray = [p for p in batchnorm if not any(p == n or fnmatch.fnmatchcase(n, p) for n in bns)]
+        if stray:
+            raise ValueError(f"batchnorm entries {stray} match no BatchNorm; BatchNorm names: {bns}")
+    gm = _fold_bn(gm, batchnorm)
     modules = dict(gm.named_modules())
     names_seen = set()
     for node in list(gm.graph.nodes):
@@ -253,8 +303,12 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
                 policy.layers[path] = {"activations": f["activations"]}
                 _set_module(gm, path, FpqAvgPool(m, f["activations"], scale))
             elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                raise _unsupported(path, f"{type(m).__name__} (a BatchNorm must directly follow a "
-                                         "Conv/Linear whose output it alone uses, to be folded)")
+                if not m.track_running_stats or m.running_mean is None:
+                    raise _unsupported(path, f"{type(m).__name__} without running statistics "
+                                             "(track_running_stats=False normalizes with batch statistics)")
+                f = _resolve(policy, path)
+                policy.layers[path] = dict(f, batchnorm="element-wise")
+                _set_module(gm, path, from_batchnorm(m, f["weights"], f["bias"], f["activations"], scale))
             elif not isinstance(m, _KEEP_MODULES):
                 raise _unsupported(path, type(m).__name__)
         elif node.op == "call_function":

@@ -35,3 +35,27 @@ def test_convert_bad_inputs(tmp_path):
     r = _fpq("convert", "net.py:Net", "--fmt", "e9m9x", "--out", "x.onnx", cwd=tmp_path)
     assert r.returncode != 0 and "Accepted forms" in r.stderr
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_convert_keeps_batchnorm_then_verify(tmp_path):
+    (tmp_path / "net.py").write_text(textwrap.dedent("""
+        import torch
+        from torch import nn
+        def Net():
+            torch.manual_seed(0)
+            m = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                              nn.Linear(256, 10))
+            with torch.no_grad():
+                m[1].running_var.uniform_(0.5, 2.0)
+                m[1].running_mean.uniform_(-0.2, 0.2)
+            return m.eval()
+    """))
+    r = _fpq("convert", "net.py:Net", "--fmt", "int8", "--batchnorm", "keep", "--input-shape", "1,8,8",
+             "--out", "net.onnx", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    import onnx
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "net.onnx")).graph.node]
+    assert "Mul" in ops and "Add" in ops   # the kept BatchNorm: quantized x * s + t
+    r = _fpq("verify", "net.onnx", "--n", "100", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "EXACT" in r.stdout and "batchnorm" in r.stdout

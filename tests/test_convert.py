@@ -52,9 +52,13 @@ def test_brevitas_layer_is_refused_by_path():
         fpq.convert(nn.Sequential(nn.Linear(3, 3), QuantLinear(3, 3)), "int8")
 
 
-def test_lone_batchnorm_is_refused():
+def test_lone_batchnorm_is_kept_elementwise_and_batch_statistics_refused():
+    from fpq.nn.batchnorm import FpqBatchNorm
+
     m = nn.Sequential(nn.BatchNorm1d(4), nn.Linear(4, 2)).eval()
-    with pytest.raises(ValueError, match="BatchNorm1d.*follow"):
+    assert isinstance(fpq.convert(m, "int8").get_submodule("0"), FpqBatchNorm)   # nothing to fold into
+    m = nn.Sequential(nn.BatchNorm1d(4, track_running_stats=False), nn.Linear(4, 2)).eval()
+    with pytest.raises(ValueError, match="BatchNorm1d without running statistics"):
         fpq.convert(m, "int8")
 
 

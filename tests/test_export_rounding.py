@@ -190,3 +190,31 @@ def test_converted_model_verifies_exact_with_qonnx(fmt):
     out = {r["path"]: r for r in rep.table if r["layer"] == "<output>"}
     assert out["qonnx"]["compared"] == 24 * 5 and out["qonnx"]["mismatches"] == 0
     assert out["torch"]["compared"] == 200 * 5 and out["torch"]["mismatches"] == 0
+
+
+@pytest.mark.parametrize("fmt", ["fixed<6,2,TRN,SAT_SYM>", "fixed<7,1,RND_ZERO,SAT_SYM>", "fixed<5,3,TRN_ZERO,SAT_SYM>",
+                                 "fixed<8,3,RND_CONV,SAT_SYM>", "fixed<6,0,RND_INF,SAT_SYM>"])
+def test_symmetric_saturation_is_one_exact_narrow_quant_node(fmt):
+    """ap_fixed SAT_SYM (codes +-(2^(W-1) - 1)) is QONNX's narrow range: with a rounding QONNX has,
+    the format is one Quant node (narrow=1) that qonnx's executor computes exactly."""
+    m, shape = mlp((12, 16, 5))
+    q = fpq.convert(m, fmt=fmt)
+    q.eval()
+    mw = fpq.export_qonnx(q, None, torch.zeros(1, *shape))
+    attrs = [{a.name: helper.get_attribute_value(a) for a in n.attribute} for n in mw.graph.node]
+    ours = [a for a in attrs if a.get("fpq_format") == str(parse_format(fmt)).encode()]
+    assert len(ours) == 5 and all(a["narrow"] == 1 for a in ours)   # input, 2 weights, 2 outputs
+    graph = read_graph(mw)
+    quantizers = [q_ for op in graph.ops for q_ in (op.quant, op.weight_quant) if q_ is not None]
+    assert all(q_.qonnx_exact for q_ in quantizers)
+    x = probe_inputs(graph, 200, seed=3)
+    rep = fpq.verify(q, x, qonnx_subset=24, model=mw)
+    assert rep.exact and "qonnx" in rep.paths, rep
+    out = {r["path"]: r for r in rep.table if r["layer"] == "<output>"}
+    assert out["qonnx"]["compared"] == 24 * 5 and out["qonnx"]["mismatches"] == 0
+    # the most negative code really is excluded (qonnx and fpq agree on the clamp)
+    f = parse_format(fmt)
+    lo = -(2 ** (f.width - 1) - 1) * 2.0 ** -f.frac_bits
+    y = execute_onnx(_one_quant(1, True, parse_format(fmt).width).transform(AnnotateFormats({"/q/Quant": fmt})),
+                     {"x": np.array([[-1e6]], np.float32)})["y"]
+    assert float(y.ravel()[0]) == float(fpq.quantize(np.array([-1e6]), parse_format(fmt))[0]) == lo

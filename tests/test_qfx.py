@@ -241,23 +241,29 @@ def test_training_with_cost_penalty_lowers_the_estimate():
     assert p1 < p0 and after < before, (p0, p1, before, after)
 
 
-def test_unfoldable_batchnorm_is_refused_clearly_and_residual_adds_are_quantized():
-    """fpq folds every BatchNorm into the Conv / Linear before it, so its scale and shift are
-    quantized with the folded weights and bias (learned points included). A BatchNorm that
-    cannot be folded would need a constant Mul + Add in the graph, which the QONNX reader and
-    the HLS writer do not carry exactly: convert refuses it, naming the layer and the rule."""
+def test_unfoldable_batchnorm_is_kept_elementwise_and_residual_adds_are_quantized():
+    """fpq folds a BatchNorm into the Conv / Linear right before it; one that cannot be folded
+    (here after an add) is kept element-wise (fpq.nn.batchnorm, QFX trains its s, t and output;
+    tests/test_batchnorm.py covers the whole path). A BatchNorm without running statistics is
+    still refused, naming the layer and the reason."""
+    from fpq.nn.batchnorm import FpqBatchNorm
+
     class Unfoldable(nn.Module):
-        def __init__(self):
+        def __init__(self, stats=True):
             super().__init__()
             self.c = nn.Conv2d(1, 4, 3, padding=1)
-            self.bn = nn.BatchNorm2d(4)
+            self.bn = nn.BatchNorm2d(4, track_running_stats=stats)
 
         def forward(self, x):
             y = self.c(x)
             return self.bn(y + y)
 
-    with pytest.raises(ValueError, match=r"'bn' of type BatchNorm2d \(a BatchNorm must directly follow"):
-        fpq.convert(Unfoldable(), fmt="fixed<8,3>")
+    q = fpq.convert(Unfoldable(), fmt="fixed<8,3>")
+    assert isinstance(q.bn, FpqBatchNorm)
+    qfx.make_trainable(q)
+    assert {("bn", "weight"), ("bn", "output")} <= {(n, r) for n, r, _ in qfx.qfx_quantizers(q)}
+    with pytest.raises(ValueError, match=r"'bn' of type BatchNorm2d without running statistics"):
+        fpq.convert(Unfoldable(stats=False).eval(), fmt="fixed<8,3>")
     q = fpq.convert(_Net(), fmt="fixed<8,3>")
     qfx.make_trainable(q)
     assert ("add.quant", "output") in {(n, r) for n, r, _ in qfx.qfx_quantizers(q)}   # the FpqAdd's quantizer

@@ -11,6 +11,8 @@ What is measured and what is modelled:
   so they are general multipliers; multipliers whose weight carrier has >= ``dsp_threshold``
   bits go to DSPs (hls4ml's own DSP estimator: "Vivado doesn't use DSP when precision < 9"),
   tiled on the device's DSP port widths.
+* an element-wise BatchNorm (x * s_c + t_c) is priced per element: a constant multiplication by
+  its channel's s_c from the same tables and an adder (``_batchnorm_layer``).
 * FFs, BRAM mapping and latency are a structural model (pipeline registers, BRAM18 aspect
   ratios, LUT/carry delays per family), not measurements: yosys reports neither timing nor
   Vivado's register retiming. The report says so in ``notes``.
@@ -269,6 +271,70 @@ def _mac_layer(lp, ops: OperatorCosts, dev: Device, rf: int, strategy: str, cloc
                 **({"xnorpop_lut": float(n_out * ops.xnorpop_luts(fan_in))} if binary else {}))
 
 
+# ----------------------------------------------------------------------------- element-wise BatchNorm
+def _batchnorm_layer(lp, ops: OperatorCosts, dev: Device, rf: int, clock: float, dsp_threshold,
+                     notes: list) -> dict:
+    """x * s_c + t_c on every element (hls4ml's BatchNormalization): per element one
+    multiplication by its channel's constant s_c (priced by value like an unrolled weight: zero
+    free, a power of two a shift, otherwise the constant-multiplier table) and one add of t_c at
+    the exact sum width; then, in an fpq.convert plan, the output requantization. With reuse
+    factor R, ceil(n / R) general multipliers read s from a ROM instead. The adders, the DSP
+    mapping rule (as for weights) and FF / latency are the same structural model as the MAC layers."""
+    x_t, w_t = lp.tensors.get("input"), lp.tensors.get("weight")
+    xc = _carrier(x_t, notes, f"{lp.name} input")
+    wc = _carrier(w_t, notes, f"{lp.name} scale")
+    K = _weight_ints(lp, w_t, wc, notes)
+    if K is None:
+        raise ValueError(f"layer {lp.name}: no scale values to price")
+    K = K.reshape(-1)
+    C = K.size
+    n = _elements(lp)
+    if n is None:
+        notes.append(f"{lp.name}: output shape unknown (calibrate or export first); priced for one element per channel")
+        n = C
+    per_ch = max(1, n // C)
+    acc = lp.tensors.get("accumulator")
+    x_bits, w_bits = xc.width, wc.width
+    acc_bits = acc.width if isinstance(acc, Fixed) else x_bits + w_bits + 1
+    nz = K != 0
+    nontrivial = nz & (np.abs(K) & (np.abs(K) - 1) != 0)
+    use_dsp = dsp_threshold is not None and w_bits >= dsp_threshold and x_bits >= 2
+    lut = 0.0
+    dsp = 0
+    if rf == 1:
+        if use_dsp:
+            dsp = per_ch * int(nontrivial.sum()) * dsp_tiles(x_bits, w_bits, dev, xc.signed, wc.signed)
+            lut += per_ch * sum(ops.cmul_luts(x_bits, int(k), xc.signed)[0] for k in K[nz & ~nontrivial])
+        else:
+            lut += per_ch * sum(ops.cmul_luts(x_bits, int(k), xc.signed)[0] for k in K[nz])
+        n_mult = int(nz.sum()) * per_ch
+        digits = max([csd_digits(int(k)) for k in K[nz]] or [1])
+        depth_ns = _t_add(dev, x_bits + w_bits) * math.ceil(math.log2(max(digits, 1))) + _t_add(dev, acc_bits)
+    else:
+        n_mult = math.ceil(n / rf)
+        if use_dsp:
+            dsp = n_mult * dsp_tiles(x_bits, w_bits, dev, xc.signed, wc.signed)
+        else:
+            lut += n_mult * ops.mul_luts(x_bits, w_bits, xc.signed, wc.signed)[0]
+        lut += C * w_bits * math.ceil(rf / 64)           # the constants in a LUT ROM
+        depth_ns = clock if use_dsp else _t_add(dev, x_bits + w_bits) * max(1, math.ceil(math.log2(max(w_bits, 2))))
+    n_add = n if rf == 1 else math.ceil(n / rf)
+    lut += n_add * ops.add_luts(acc_bits)                 # + t_c
+    out_t = lp.tensors.get("output")
+    if isinstance(out_t, TensorType):                     # output requantization (fpq.convert plans)
+        ob = _carrier(out_t, notes, f"{lp.name} output").width
+        lut += n_add * (ops.add_luts(acc_bits) + math.ceil(ob / 2))
+    stages = max(1, math.ceil(depth_ns / clock))
+    latency = stages if rf == 1 else rf + stages
+    b_w, b_a = w_t.format.width, x_t.format.width
+    eff = np.array([significant_bits(int(k)) + (1 if k < 0 else 0) for k in K[nz]], dtype=np.float64)
+    return dict(layer=lp.name, op=lp.op, lut=float(lut), ff=float(n * acc_bits), dsp=int(dsp), bram18=0, uram=0,
+                latency_cycles=int(latency), ii=int(rf), bops=float(n * (b_w * b_a + acc_bits)),
+                ebops=float(per_ch * eff.sum() * x_bits), n_mult=int(n_mult), fan_in=1, n_out=int(n), pixels=per_ch,
+                x_type=str(xc), w_type=str(wc), acc_bits=int(acc_bits), zero_weights=int((~nz).sum()),
+                po2_weights=int((nz & ~nontrivial).sum()), mapping="dsp" if use_dsp else "lut")
+
+
 # ----------------------------------------------------------------------------- other layers
 def _other_layer(lp, ops: OperatorCosts, notes: list) -> dict:
     n = _elements(lp)
@@ -360,6 +426,9 @@ def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", 
 
 
 def _layer_row(lp, ops, dev, rfs, reuse_factor, strat, clock_period, dsp_threshold, datapath, notes, dp) -> dict:
+    if lp.op.lower() == "batchnorm" and "weight" in lp.tensors:
+        rf = int(rfs.get(lp.name, 1)) if rfs else int(reuse_factor)
+        return _batchnorm_layer(lp, ops, dev, rf, float(clock_period), dsp_threshold, notes)
     if not (lp.op.lower() in MAC_OPS and "weight" in lp.tensors):
         return _other_layer(lp, ops, notes)
     rf = int(rfs.get(lp.name, 1)) if rfs else int(reuse_factor)

@@ -8,7 +8,8 @@ Numerics (the exactness contract):
   model does; every later quantizer reads the exact float64 value of what precedes it.
 * linear / conv sums are exact. When the TypePlan proves that every partial sum fits in 24
   significant bits, the matmul runs in float32 (exact in any summation order, and fast);
-  otherwise in float64 when the accumulator fits in 53 bits. A wider one (up to 94 bits, e.g.
+  otherwise in float64 when the accumulator fits in 53 bits (always for the element-wise
+  BatchNorm x * s + t, one product and one add per element). A wider one (up to 94 bits, e.g.
   e5m2 x e5m2) is summed exactly in pieces and rounded to odd (``fpq.numerics.wide``), which every
   later quantizer rounds as it would the exact sum; wider still is refused naming the layer. With a non-power-of-two scale on an input or weight no
   fixed-point accumulator exists: the sum runs in float64 and ``Emulator.exact[op]`` is False.
@@ -69,7 +70,7 @@ class Emulator:
         self._bias_f32 = {}
         for op in self.graph.ops:
             self.exact[op.name] = True
-            if op.kind in ("linear", "conv1d", "conv2d"):
+            if op.kind in ("linear", "conv1d", "conv2d", "batchnorm"):
                 t_in, t_w = op.types.get("input"), op.types.get("weight")
                 if t_in is None or t_w is None or not (t_in.po2 and t_w.po2):
                     self.acc_dtype[op.name] = "float64"
@@ -96,6 +97,10 @@ class Emulator:
                     # rounds exactly as on the true sum; what else reads it is not exact
                     self.acc_dtype[op.name] = "wide"
                     self.rounded_to_odd.add(op.name)
+                    self._bias_f32[op.name] = False
+                    continue
+                if op.kind == "batchnorm":  # element-wise: float64 costs nothing here
+                    self.acc_dtype[op.name] = "float64"
                     self._bias_f32[op.name] = False
                     continue
                 self.acc_dtype[op.name] = "float32" if bits_nb <= FLOAT32_EXACT_BITS else "float64"
@@ -233,7 +238,7 @@ class Emulator:
         """Whether op's input buffer is a temporary that only op reads (so it may be overwritten)."""
         src = op.inputs[0]
         prod = self.graph.producer(src)
-        return (prod is not None and prod.kind in ("linear", "conv1d", "conv2d", "add", "mul", "div",
+        return (prod is not None and prod.kind in ("linear", "conv1d", "conv2d", "batchnorm", "add", "mul", "div",
                                                    "avgpool", "global_avgpool")
                 and len(consumers.get(src, [])) == 1 and src not in outputs)
 
@@ -248,6 +253,16 @@ class Emulator:
                 return exact_bilinear(np.matmul, x.astype(np.float64), w, b, op.fan_in, strict=True)[0]
             acc = x.astype(w.dtype, copy=False) @ w
             return _add_bias(acc, b, 1)
+        if k == "batchnorm":
+            w, b = self._weights[op.name]
+            shape = (1, -1) + (1,) * (x.ndim - 2)
+            x = x.astype(np.float64)
+            if op.name in self.rounded_to_odd:
+                return exact_bilinear(lambda a, c: a * c.reshape(shape), x, w, b, 1, bias_shape=shape, strict=True)[0]
+            y = x * w.reshape(shape)
+            if b is not None:
+                y += b.reshape(shape)
+            return y
         if k in ("conv1d", "conv2d"):
             w, b = self._weights[op.name]
             if op.name in self.rounded_to_odd:

@@ -143,6 +143,14 @@ class TorchProgram:
                 return exact_bilinear(lambda a, c: _conv(a, c, op.attrs), x.to(torch.float64), w, b, op.fan_in,
                                       bias_shape=(-1,) + (1,) * (x.dim() - 2), strict=True)[0]
             return _bias(_conv(x.to(w.dtype), w, op.attrs), b, 1)
+        if k == "batchnorm":
+            w, b = self._weights()[op.name]
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            x = x.to(torch.float64)
+            if op.name in self.emu.rounded_to_odd:
+                return exact_bilinear(lambda a, c: a * c.view(shape), x, w, b, 1, bias_shape=shape, strict=True)[0]
+            y = x * w.view(shape)
+            return y if b is None else y + b.view(shape)
         if k == "relu":
             return torch.clamp_min(x, 0)
         if k == "add":

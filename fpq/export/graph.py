@@ -30,6 +30,9 @@ Op kinds (``Op.kind``) and their attributes:
 ``linear``          y = x @ weight.T + bias; weight (out, in)
 ``conv1d/conv2d``   weight (out, in/groups, *kernel); kernel, strides, pads (ONNX order:
                     begins then ends), dilations, groups
+``batchnorm``       y = x * weight + bias per channel (axis 1): weight (C,) from a Mul by a
+                    quantized constant, bias (C,) from the Add of a constant right after it
+                    (fpq's element-wise BatchNorm, or any file with that pattern); fan_in 1
 ``relu``            max(x, 0)
 ``add``             x0 + x1 (both dynamic)
 ``mul`` / ``div``   x * c, x / c with a constant ``c`` (attrs["value"])
@@ -59,7 +62,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..formats import Binary, Fixed, Format, Int, Minifloat, parse_format
+from ..formats import QONNX_ROUNDING, Binary, Fixed, Format, Int, Minifloat, parse_format
 from ..typeplan import LayerPlan, TensorType, TypePlan, fixed_union, po2_exponents, sum_type
 
 QONNX_DOMAINS = ("qonnx.custom_op.general", "finn.custom_op.general", "onnx.brevitas", "")
@@ -74,11 +77,8 @@ SUPPORTED_OPS = ("Quant", "FloatQuant", "BipolarQuant", "Trunc", "MatMul", "Gemm
                  "Mul", "Div", "Relu", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten",
                  "Reshape", "Transpose", "Identity", "Dropout", "Constant", "Cast", "Unsqueeze", "Squeeze",
                  "ReduceSum")
-KINDS = ("input_quant", "quant", "linear", "conv1d", "conv2d", "relu", "add", "mul", "div", "maxpool",
-         "avgpool", "global_avgpool", "flatten", "reshape", "transpose", "output")
-# QONNX rounding_mode -> ap_fixed rounding mode with the same effect on x/scale
-QONNX_ROUNDING = {"ROUND": "RND_CONV", "HALF_EVEN": "RND_CONV", "FLOOR": "TRN", "DOWN": "TRN_ZERO",
-                  "HALF_UP": "RND_INF", "HALF_DOWN": "RND_ZERO"}
+KINDS = ("input_quant", "quant", "linear", "conv1d", "conv2d", "batchnorm", "relu", "add", "mul", "div",
+         "maxpool", "avgpool", "global_avgpool", "flatten", "reshape", "transpose", "output")
 FPQ_FORMAT_ATTR = "fpq_format"
 # ap_fixed's RND (ties to +inf) and RND_MIN_INF (ties to -inf) have no QONNX rounding_mode; the
 # export writes them exactly as two Quant nodes (transforms.AnnotateFormats): a "half-step" node
@@ -370,11 +370,10 @@ def _int_from_quant(node, mw) -> tuple[Format, bool, str]:
         raise UnsupportedGraphError(f"Quant node {node.name!r}: unsigned narrow range (max 2^b-2) is not supported")
     if QONNX_ROUNDING[rounding] == "RND_CONV":
         return Int(bits, signed, narrow), True, ""
-    if narrow:
-        raise UnsupportedGraphError(f"Quant node {node.name!r}: narrow range with rounding_mode {rounding} "
-                                    "is not supported (only ROUND)")
-    # integer codes with another rounding: a Fixed with step 1 (the scale stays outside)
-    return Fixed(bits, bits, signed, QONNX_ROUNDING[rounding], "SAT"), True, ""
+    # integer codes with another rounding: a Fixed with step 1 (the scale stays outside); qonnx
+    # clips to the integer range before rounding, the same as after for integer bounds, and its
+    # narrow range +-(2^(b-1) - 1) is ap_fixed's SAT_SYM
+    return Fixed(bits, bits, signed, QONNX_ROUNDING[rounding], "SAT_SYM" if narrow else "SAT"), True, ""
 
 
 def quantizer_of(node, mw) -> Quantizer:
@@ -602,10 +601,11 @@ class _Reader:
                 x = np.transpose(x, perm)
             elif n.op_type == "Reshape":
                 shape = self.const(n.input[1])[0].astype(np.int64)
-                x = np.reshape(x, _onnx_reshape(np.shape(x), shape))
+                new_shape = _onnx_reshape(np.shape(x), shape)
                 if q is not None and q.scale.size > 1:
-                    raise UnsupportedGraphError(f"Reshape node {n.name!r} of a per-channel quantized constant "
-                                                "is not supported")
+                    # the scale moves with the values (a BatchNorm's per-channel s viewed as (1, C, 1, 1))
+                    q = _requant_layout(q, np.reshape(np.broadcast_to(q.scale, np.shape(x)), new_shape))
+                x = np.reshape(x, new_shape)
             elif n.op_type in ("Flatten", "Unsqueeze", "Squeeze") and q is not None and q.scale.size > 1:
                 raise UnsupportedGraphError(f"{n.op_type} node {n.name!r} of a per-channel quantized constant "
                                             "is not supported")
@@ -744,8 +744,11 @@ def read_graph(model) -> Graph:
             if c is None:
                 raise UnsupportedGraphError(f"Mul node {node.name!r} of two activations is not supported")
             xin = ins[1] if c == ins[0] else ins[0]
-            op = Op(r.unique(_op_name("mul", mod)), "mul", [xin], [node.output[0]],
-                    attrs={"value": np.asarray(r.const(c)[0], dtype=np.float32)}, onnx_nodes=[node.name])
+            if r.const(c)[1] is not None:   # a quantized constant: an element-wise BatchNorm
+                op = _batchnorm(r, node, xin, c, mod)
+            else:
+                op = Op(r.unique(_op_name("mul", mod)), "mul", [xin], [node.output[0]],
+                        attrs={"value": np.asarray(r.const(c)[0], dtype=np.float32)}, onnx_nodes=[node.name])
         elif op_type in ("Unsqueeze", "Squeeze"):
             # a pure relabelling of dimensions: a reshape to the inferred output shape
             op = Op(r.unique(_op_name("reshape", mod)), "reshape", [x], [node.output[0]], onnx_nodes=[node.name])
@@ -943,6 +946,56 @@ def _weighted(r: _Reader, node, a, ins, mod) -> Op:
     return op
 
 
+def _per_channel(node, value, q, x_shape, what: str):
+    """A constant broadcast against x (N, C, ...) that varies at most along the channel axis 1:
+    its (C,) values and its quantizer with the scale flattened to (C,) or ()."""
+    v = np.asarray(value, dtype=np.float32)
+    if x_shape is None or len(x_shape) < 2:
+        raise UnsupportedGraphError(f"{node.op_type} node {node.name!r}: input shape unknown or without a "
+                                    "channel axis")
+    C = int(x_shape[1])
+    if v.ndim > len(x_shape):
+        raise UnsupportedGraphError(f"{node.op_type} node {node.name!r}: {what} of shape {v.shape} has more "
+                                    f"dimensions than the input {x_shape}")
+    full = (1,) * (len(x_shape) - v.ndim) + v.shape
+    if full[0] != 1 or any(d != 1 for i, d in enumerate(full) if i != 1) or full[1] not in (1, C):
+        raise UnsupportedGraphError(f"{node.op_type} node {node.name!r}: {what} of shape {v.shape} is not one value "
+                                    f"per channel of the input {x_shape} (only a per-channel scale and shift, "
+                                    "an element-wise BatchNorm, is supported)")
+    vals = np.broadcast_to(v.reshape(-1), (C,)).astype(np.float32)
+    if q is not None and q.scale.size > 1:
+        qs = np.broadcast_to(np.asarray(q.scale, np.float32).reshape((1,) * (len(full) - q.scale.ndim) + q.scale.shape),
+                             full)
+        q = Quantizer(TensorType(q.format, np.ascontiguousarray(qs.reshape(-1))), np.ascontiguousarray(qs.reshape(-1)),
+                      q.node, q.op_type, q.qonnx_exact, q.note, q.pre_scale)
+    return np.ascontiguousarray(vals), q
+
+
+def _batchnorm(r: _Reader, mul, x: str, c: str, mod) -> Op:
+    """Mul(x, quantized per-channel constant s) [+ Add(constant t)]: one element-wise BatchNorm
+    op y = x * s + t (``weight`` = s, ``bias`` = t, both (C,)), as fpq's FpqBatchNorm exports."""
+    x_shape = r.shape(x)
+    s, sq = _per_channel(mul, *r.const(c), x_shape, "the scale")
+    out_t, fused = mul.output[0], [mul.name]
+    t, tq = None, None
+    add = r.single_consumer(out_t, "Add")
+    if add is not None:
+        other = [i for i in add.input if i != out_t]
+        if len(other) == 1 and r.is_const(other[0]):
+            t, tq = _per_channel(add, *r.const(other[0]), x_shape, "the shift")
+            out_t = add.output[0]
+            fused.append(add.name)
+            r.fused.add(add.name)
+    op = Op(r.unique(_op_name("batchnorm", mod)), "batchnorm", [x], [out_t], attrs={"channels": int(x_shape[1])},
+            weight=s, bias=t, weight_quant=sq, bias_quant=tq, onnx_nodes=fused)
+    op.types["weight"] = sq.ttype
+    if t is not None:
+        bt = tq.ttype if tq is not None else _unquantized_bias_type(t)
+        if bt is not None:
+            op.types["bias"] = bt
+    return op
+
+
 def _simple_attrs(r, node, kind, a, ins) -> dict:
     if kind in ("maxpool", "avgpool"):
         k = tuple(a["kernel_shape"])
@@ -986,7 +1039,7 @@ def typeplan_from_graph(graph: Graph) -> TypePlan:
         if op.bias is not None:
             values["bias"] = op.bias
         tensors = {k: v for k, v in op.types.items()}
-        if op.kind in ("linear", "conv1d", "conv2d"):
+        if op.kind in ("linear", "conv1d", "conv2d", "batchnorm"):
             tensors.pop("output", None)  # the op's output is its accumulator (derived)
         lp = LayerPlan(op.name, op.kind, tensors, op.fan_in, values, attrs,
                        note="; ".join(q.note for q in (op.quant, op.weight_quant, op.bias_quant) if q and q.note))

@@ -29,7 +29,7 @@ from onnx import TensorProto, helper
 
 from qonnx.transformation.base import Transformation
 
-from ..formats import Fixed, parse_format
+from ..formats import ROUNDING_TO_QONNX, Fixed, parse_format
 from .graph import (FPQ_FORMAT_ATTR, FPQ_ROLE_ATTR, HALF_STEP_ROLE, has_two_node_form, is_half_step,
                     two_node_settings)
 
@@ -122,7 +122,19 @@ class AnnotateFormats(Transformation):
                     node.input[1] = name
                 if has_two_node_form(fmt):
                     _write_two_node(model, node, fmt)
+                else:
+                    _write_one_node(node, fmt)
         return model, False
+
+
+def _write_one_node(node, fmt: Fixed) -> None:
+    """Set the node's rounding_mode and narrow to the format's where QONNX has them (Brevitas
+    writes ROUND on every weight node, and narrow only for narrow Ints), so that qonnx's executor
+    computes the format itself; other formats keep what Brevitas wrote (the reader notes them)."""
+    sym = fmt.overflow == "SAT_SYM" and fmt.signed and fmt.width >= 2
+    if fmt.rounding in ROUNDING_TO_QONNX and (fmt.overflow == "SAT" or sym):
+        _set_attr(node, "rounding_mode", ROUNDING_TO_QONNX[fmt.rounding])
+        _set_attr(node, "narrow", int(sym))
 
 
 def _write_two_node(model, node, fmt: Fixed) -> None:

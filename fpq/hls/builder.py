@@ -21,6 +21,8 @@ Exactness, layer by layer:
   follows, that quantizer's type (the final cast from the exact accumulator is the quantizer).
 * relu, max pooling, flatten: their result keeps the input type (or the following cast).
 * add: the exact sum type of both inputs.
+* batchnorm (element-wise): hls4ml's BatchNormalization, scale / bias in their exact carriers,
+  the result the exact x * s + t (or the cast of the quantizer that follows).
 * a quantizer that no cast expresses: ``FpqQuantize`` (hls/fpq_minifloat.h).
 """
 from __future__ import annotations
@@ -413,6 +415,39 @@ class _Builder:
 
     def op_conv2d(self, op):
         self._conv(op, 2)
+
+    def op_batchnorm(self, op):
+        """Element-wise BatchNorm as hls4ml's own BatchNormalization layer: res = data * scale + bias
+        with hls4ml's exact product (``nnet::product::mult`` returns decltype(a * w)) and ap_fixed's
+        exact add; the result type is the exact sum (or the cast of the quantizer that follows)."""
+        src = self.src(op)
+        C = int(op.attrs.get("channels", op.weight.shape[0]))
+        s = np.asarray(op.weight, dtype=np.float64)
+        b = np.zeros(C) if op.bias is None else np.asarray(op.bias, dtype=np.float64)
+        n = int(np.prod(src.hls_shape))
+        if len(src.torch_shape) == 1:
+            # one value per channel: per-element constants in the hls order (n_filt = -1)
+            idx = np.arange(C) if src.perm is None else np.asarray(src.perm)
+            s_hls, b_hls, n_filt = s[idx], b[idx], -1
+        elif _is_channels_last(src) and src.torch_shape[0] == C:
+            s_hls, b_hls, n_filt = s, b, C   # channels-last: element i belongs to channel i % C
+        else:
+            raise HLSUnsupportedError(f"batchnorm {op.name!r}: input of shape {src.torch_shape} is not a "
+                                      "channels-first feature map with its channels on axis 1")
+        s_c = _carrier(op.types.get("weight"), op.weight, f"scale of {op.name!r}")
+        b_c = (_carrier(op.types.get("bias"), op.bias, f"shift of {op.name!r}") if op.bias is not None
+               else Fixed(2, 2, True))
+        x_c = Fixed(src.fixed.width, src.fixed.int_bits, src.fixed.signed)
+        acc = sum_type(product_type(x_c, s_c), 1, b_c)
+        lp = self.tp.layers.get(op.name) if self.tp is not None else None
+        planned = lp.tensors.get("accumulator") if lp is not None else None
+        if isinstance(planned, Fixed) and planned != acc:
+            raise HLSUnsupportedError(f"batchnorm {op.name!r}: the TypePlan's exact sum {planned} differs from "
+                                      f"the one of its HLS operands {acc}")
+        self.add_layer({"class_name": "BatchNormalization", "name": op.name, "inputs": [src.layer], "n_in": n,
+                        "n_filt": n_filt, "scale_data": s_hls, "bias_data": b_hls},
+                       {"scale": s_c, "bias": b_c, "result": acc})
+        self.set_out(op, _Tensor(op.name, acc, src.torch_shape, src.hls_shape, src.perm))
 
     def op_relu(self, op):
         src = self.src(op)

@@ -248,7 +248,7 @@ def _check_precisions(hls_model, plan: HLSPlan) -> None:
             continue
         if not _same(out, want["result"]):
             raise AssertionError(f"layer {layer.name!r}: result type {out} is not the planned {want['result']}")
-        for var in ("weight", "bias"):
+        for var in ("weight", "bias", "scale"):
             if var in want and layer.weights.get(var) is not None:
                 p = layer.weights[var].type.precision
                 if not _same(p, want[var]):

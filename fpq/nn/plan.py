@@ -10,6 +10,7 @@ from torch import fx, nn
 
 from ..numerics.wide import WIDE_BITS
 from ..typeplan import LayerPlan, TensorType, TypePlan
+from .batchnorm import FpqBatchNorm, to_batchnorm
 from .layers import FpqAct, FpqAdd, FpqAvgPool, FpqClamp, FpqConv1d, FpqConv2d, FpqInput, FpqLinear
 
 _WEIGHT_LAYERS = (FpqLinear, FpqConv1d, FpqConv2d)
@@ -29,10 +30,22 @@ def _quantized_values(tq, p: torch.Tensor) -> np.ndarray:
     return y.cpu().numpy().astype(np.float32)
 
 
+def _derive(layer: LayerPlan) -> None:
+    """Product and accumulator types of a weighted layer (linear, conv, batchnorm)."""
+    try:
+        layer.derive()
+    except ValueError as e:  # e.g. a product wider than 128 bits
+        layer.note = f"no exact fixed-point product/accumulator ({e}); {FLOAT64_NOT_EXACT}"
+    acc = layer.tensors.get("accumulator")
+    if acc is not None and acc.width > WIDE_BITS:
+        layer.note = f"accumulator needs {acc.width} bits; {FLOAT64_NOT_EXACT}"
+
+
 def typeplan_from_module(q) -> TypePlan:
     """The TypePlan of an ``fpq.convert`` model, layers in execution order.
 
-    Ops: input, linear, conv1d, conv2d, relu (ReLU; ReLU6 / Hardtanh with attrs min/max),
+    Ops: input, linear, conv1d, conv2d, batchnorm (element-wise x * s + t per channel, weight =
+    s, bias = t, fan_in 1), relu (ReLU; ReLU6 / Hardtanh with attrs min/max),
     add, maxpool, avgpool, flatten, output. Roles: input / weight / bias / output TensorTypes
     read from the quantizers (an op without its own quantizer passes its input's type through);
     ``attrs["inputs"]`` names the producing layers; shapes appear once ``fpq_record_shapes``
@@ -94,13 +107,16 @@ def typeplan_from_module(q) -> TypePlan:
                 if m.fpq_bias is not None:
                     layer.tensors["bias"] = _tensor_type(m.fpq_bias)
                     layer.values["bias"] = _quantized_values(m.fpq_bias, m.bias)
-                try:
-                    layer.derive()
-                except ValueError as e:  # e.g. a product wider than 128 bits
-                    layer.note = f"no exact fixed-point product/accumulator ({e}); {FLOAT64_NOT_EXACT}"
-                acc = layer.tensors.get("accumulator")
-                if acc is not None and acc.width > WIDE_BITS:
-                    layer.note = f"accumulator needs {acc.width} bits; {FLOAT64_NOT_EXACT}"
+                _derive(layer)
+            elif isinstance(m, FpqBatchNorm):
+                # y = Q_out(x * s + t) per channel (dim 1): one product and one add per element
+                layer = add(node, name, "batchnorm", _tensor_type(m.fpq_output), ins, channels=m.num_features)
+                layer.fan_in = 1
+                layer.tensors["weight"] = _tensor_type(m.fpq_weight)
+                layer.values["weight"] = _quantized_values(m.fpq_weight, m.weight)
+                layer.tensors["bias"] = _tensor_type(m.fpq_bias)
+                layer.values["bias"] = _quantized_values(m.fpq_bias, m.bias)
+                _derive(layer)
             elif isinstance(m, FpqAdd):
                 add(node, name, "add", _tensor_type(m.fpq_output), ins)
             elif isinstance(m, FpqAvgPool):
@@ -185,6 +201,8 @@ def dequantize_model(q) -> tuple[nn.Module, dict]:
             delattr(owner, leaf)
         elif isinstance(m, _WEIGHT_LAYERS):
             setattr(owner, leaf, float_twin(m))
+        elif isinstance(m, FpqBatchNorm):
+            setattr(owner, leaf, to_batchnorm(m))
         elif isinstance(m, FpqAvgPool):
             setattr(owner, leaf, m.pool)
         elif isinstance(m, FpqClamp):

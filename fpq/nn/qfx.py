@@ -132,8 +132,8 @@ class QfxTensorQuant(FpqTensorQuant):
         if self.qfx_channels and base.rounding != "RND_CONV":
             raise ValueError(f"per-channel binary points freeze to Int x 2**-F_c, which rounds half "
                              f"to even (RND_CONV); {base} rounds {base.rounding}")
-        if self.qfx_channels and fpq_role != "weight":
-            raise ValueError("per-channel binary points are for weights only (channel dim 0)")
+        if self.qfx_channels and fpq_role not in ("weight", "bias"):
+            raise ValueError("per-channel binary points are for weights and biases only (channel dim 0)")
         self.learn_width = bool(fpq_qfx_learn_width)
         if self.learn_width and self.qfx_channels:
             raise ValueError("learn_width with per-channel binary points is not supported: the "
@@ -236,11 +236,17 @@ class QfxTensorQuant(FpqTensorQuant):
 
 # ----------------------------------------------------------------------------- model level
 def _proxies(model: nn.Module):
-    """(module name, role, proxy) of every weight / output quantizer proxy of an fpq model."""
+    """(module name, role, proxy, module) of every weight / output quantizer proxy of an fpq model,
+    and of the scale (weight), shift (bias) and output of each element-wise BatchNorm."""
     from .layers import FpqAct
     for name, m in model.named_modules():
         if getattr(m, "fpq_op", None) in ("linear", "conv1d", "conv2d") and hasattr(m, "weight_quant"):
             yield name, "weight", m.weight_quant, m
+            yield name, "output", m.output_quant, m
+        elif getattr(m, "fpq_op", None) == "batchnorm":
+            # QFX quantizes element-wise BatchNorm too: its s, t and output each learn a binary point
+            yield name, "weight", m.weight_quant, m
+            yield name, "bias", m.bias_quant, m
             yield name, "output", m.output_quant, m
         elif isinstance(m, FpqAct):
             yield name, "output", m.act_quant, m
@@ -270,7 +276,9 @@ def make_trainable(q: nn.Module, *, weights: bool = True, activations: bool = Tr
     """Give every Fixed weight / activation quantizer of an ``fpq.convert`` model a learned binary
     point (in place). Returns how many quantizers changed; ValueError if none is Fixed.
 
-    granularity: "tensor" or "channel" (weights only; activations stay per tensor).
+    An element-wise BatchNorm (``fpq.nn.batchnorm``) counts as weights for its scale s and shift
+    t (each trained when its format is Fixed) and as an activation for its output.
+    granularity: "tensor" or "channel" (weights and BatchNorm s / t; activations stay per tensor).
     learn_width: also learn the integer bits (then ``bit_penalty`` trades width for accuracy).
     init: "max" puts each weight's binary point where max |w| just fits (activations keep the
     converted format's point until ``init_activations`` sees data); "format" keeps the
@@ -285,13 +293,13 @@ def make_trainable(q: nn.Module, *, weights: bool = True, activations: bool = Tr
         tq = tensor_quant_of(proxy)
         if tq is None or isinstance(tq, QfxTensorQuant) or not isinstance(tq.fmt, Fixed):
             continue
-        if (role == "weight" and not weights) or (role == "output" and not activations):
+        if (role in ("weight", "bias") and not weights) or (role == "output" and not activations):
             continue
-        ch = m.weight.shape[0] if role == "weight" and granularity == "channel" else 0
+        ch = m.weight.shape[0] if role in ("weight", "bias") and granularity == "channel" else 0
         _replace(proxy, m, tensor_quant=QfxTensorQuant, fpq_qfx_channels=ch,
                  fpq_qfx_learn_width=learn_width, fpq_qfx_min_width=min_width, fpq_qfx_max_width=max_width)
-        if role == "weight" and init == "max":
-            w = m.weight.detach().abs().to(torch.float64)
+        if role in ("weight", "bias") and init == "max":
+            w = (m.weight if role == "weight" else m.bias).detach().abs().to(torch.float64)
             tensor_quant_of(proxy).init_from_max(w.reshape(ch, -1).amax(1) if ch else w.max())
         n += 1
     if n == 0:
@@ -341,8 +349,8 @@ def bit_penalty(q: nn.Module, weight_by: str = "count", *, costs=None) -> torch.
     modules = dict(q.named_modules())
     for name, role, tq in qfx_quantizers(q):
         w = tq.width().sum() if tq.qfx_channels else tq.width()
-        if weight_by == "count" and role == "weight":
-            p = modules[name].weight
+        if weight_by == "count" and role in ("weight", "bias"):
+            p = getattr(modules[name], role)
             w = w * (p.numel() / max(1, tq.qfx_channels or 1))
         total = total + w
     return total

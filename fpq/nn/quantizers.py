@@ -40,12 +40,14 @@ from ..numerics.torch_ops import ste_quantize_unscaled
 
 SCALE_KINDS = ("none", "po2", "float")
 
-# ap_fixed rounding -> the QONNX Quant rounding_mode string with the same meaning (qonnx
-# intquant.resolve_rounding_mode). RND (ties to +inf) and RND_MIN_INF (ties to -inf) have no
-# single-node QONNX equivalent: fpq.export's AnnotateFormats writes them as two Quant nodes (a
-# half-step FLOOR / CEIL, then CEIL / FLOOR), which fpq's reader fuses back into one quantizer.
-QONNX_ROUNDING = {"RND_CONV": "ROUND", "TRN": "FLOOR", "TRN_ZERO": "DOWN", "RND_INF": "HALF_UP",
-                  "RND_ZERO": "HALF_DOWN"}
+
+
+def _narrow(fmt) -> bool:
+    """QONNX's narrow range (codes +-(2^(b-1) - 1)): a narrow Int, or a signed Fixed saturating
+    symmetrically (ap_fixed SAT_SYM), so the exported Quant node computes the format itself."""
+    if isinstance(fmt, Int):
+        return bool(fmt.narrow)
+    return isinstance(fmt, Fixed) and fmt.signed and fmt.overflow == "SAT_SYM" and fmt.width >= 2
 
 
 def default_scale_kind(fmt, requested: str) -> str:
@@ -217,8 +219,10 @@ def make_quant(fmt, role: str, scale_kind: str = "po2", channels: int = 0):
         tensor_quant=FpqFloatTensorQuant if is_float else FpqTensorQuant,
         fpq_format=str(fmt), fpq_scale_kind=kind, fpq_channels=int(channels), fpq_role=role,
         signed=bool(fmt.signed),
-        narrow_range=bool(isinstance(fmt, Int) and fmt.narrow),
-        float_to_int_impl_type=QONNX_ROUNDING.get(getattr(fmt, "rounding", "RND_CONV"), "ROUND"),
+        narrow_range=_narrow(fmt),
+        # what Brevitas' export op runs while tracing (it knows ROUND / FLOOR / CEIL only; the
+        # values do not matter): fpq.export's AnnotateFormats writes the format's QONNX rounding
+        float_to_int_impl_type="FLOOR" if getattr(fmt, "rounding", None) == "TRN" else "ROUND",
         requires_input_scale=False,
     )
     if is_float:
