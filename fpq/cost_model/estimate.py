@@ -302,11 +302,16 @@ def _batchnorm_layer(lp, ops: OperatorCosts, dev: Device, rf: int, clock: float,
     lut = 0.0
     dsp = 0
     if rf == 1:
-        if use_dsp:
-            dsp = per_ch * int(nontrivial.sum()) * dsp_tiles(x_bits, w_bits, dev, xc.signed, wc.signed)
-            lut += per_ch * sum(ops.cmul_luts(x_bits, int(k), xc.signed)[0] for k in K[nz & ~nontrivial])
-        else:
-            lut += per_ch * sum(ops.cmul_luts(x_bits, int(k), xc.signed)[0] for k in K[nz])
+        # each channel's constant on its own: per-channel scales make the common carrier wide, but
+        # a constant's multiplier needs only its significant bits (the rest is a shift)
+        for k in K[nontrivial]:
+            k_bits = significant_bits(int(k)) + 1
+            if dsp_threshold is not None and k_bits >= dsp_threshold and x_bits >= 2:
+                dsp += per_ch * dsp_tiles(x_bits, k_bits, dev, xc.signed, True)
+            else:
+                lut += per_ch * ops.cmul_luts(x_bits, int(k), xc.signed)[0]
+        lut += per_ch * sum(ops.cmul_luts(x_bits, int(k), xc.signed)[0] for k in K[nz & ~nontrivial])
+        use_dsp = dsp > 0
         n_mult = int(nz.sum()) * per_ch
         digits = max([csd_digits(int(k)) for k in K[nz]] or [1])
         depth_ns = _t_add(dev, x_bits + w_bits) * math.ceil(math.log2(max(digits, 1))) + _t_add(dev, acc_bits)
