@@ -203,3 +203,19 @@ def test_profile_records_measured_inference(tiny, tmp_path):
     (rec,) = res.records
     assert rec["status"] == "ok", rec["error"]
     assert rec["float_inf_per_s"] > 0 and rec["fake_quant_inf_per_s"] > 0 and rec["profile_device"]
+
+
+def test_first_and_last_layers_are_weight_layers_not_a_kept_batchnorm():
+    """A BatchNorm kept element-wise records weight formats (its per-channel scale) but is not the
+    "first layer" of a first/last override."""
+    import torch
+    from torch import nn
+
+    import fpq
+    from fpq.report.sweep import _layer_names
+
+    m = nn.Sequential(nn.BatchNorm1d(8), nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2), nn.BatchNorm1d(2)).eval()
+    q = fpq.convert(m, fmt="int8")
+    assert {"0", "4"} <= {n for n, f in q.fpq_policy.layers.items() if "weights" in f}
+    assert _layer_names(q) == ("1", "3")
+    assert torch.isfinite(q(torch.randn(4, 8))).all()

@@ -438,7 +438,10 @@ class SweepResult:
 
 # ----------------------------------------------------------------------------- the sweep
 def _layer_names(q) -> tuple[str, str]:
-    names = [n for n, f in q.fpq_policy.layers.items() if "weights" in f]
+    from ..nn.layers import FpqConv1d, FpqConv2d, FpqLinear
+    modules = dict(q.named_modules())
+    names = [n for n, f in q.fpq_policy.layers.items()   # a kept BatchNorm has weight formats too
+             if "weights" in f and isinstance(modules.get(n), (FpqLinear, FpqConv1d, FpqConv2d))]
     if not names:
         raise ValueError("fpq.sweep: the model has no Linear/Conv layer to quantize")
     return names[0], names[-1]
