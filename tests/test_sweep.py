@@ -214,8 +214,9 @@ def test_first_and_last_layers_are_weight_layers_not_a_kept_batchnorm():
     import fpq
     from fpq.report.sweep import _layer_names
 
-    m = nn.Sequential(nn.BatchNorm1d(8), nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2), nn.BatchNorm1d(2)).eval()
+    m = nn.Sequential(nn.BatchNorm1d(8), nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2), nn.ReLU(),
+                      nn.BatchNorm1d(2)).eval()
     q = fpq.convert(m, fmt="int8")
-    assert {"0", "4"} <= {n for n, f in q.fpq_policy.layers.items() if "weights" in f}
+    assert {"0", "5"} <= {n for n, f in q.fpq_policy.layers.items() if "weights" in f}
     assert _layer_names(q) == ("1", "3")
     assert torch.isfinite(q(torch.randn(4, 8))).all()
