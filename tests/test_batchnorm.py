@@ -276,3 +276,21 @@ def test_reconvert_keeps_batchnorm_and_its_scales():
     q2.fpq_record_shapes(x[:1])
     with torch.no_grad():
         assert torch.equal(q(x), q2(x))
+
+
+def test_cost_penalty_prices_the_batchnorm_multipliers():
+    """qfx.bit_penalty(q, "cost") includes each kept BatchNorm (a multiplier by s and an adder of
+    t per channel), so learning narrower s lowers it: the gradient reaches s's width."""
+    q = fpq.convert(_model(), fmt="fixed<8,3>", bias="fixed<12,4>")
+    qfx.make_trainable(q, learn_width=True)
+    qfx.init_activations(q, [torch.randn(64, 2, 6, 6) * 2])
+    found = {(n, r): tq for n, r, tq in qfx.qfx_quantizers(q)}
+    p = qfx.bit_penalty(q, "cost")
+    p.backward()
+    for name in ("bn_in", "bn_relu", "bn_flat"):
+        g = found[name, "weight"].int_bits.grad
+        assert g is not None and float(g.abs().sum()) > 0, name
+    # two bits fewer on one BatchNorm's s: the cost model's value falls
+    with torch.no_grad():
+        found["bn_relu", "weight"].int_bits -= 2
+    assert 0 < float(qfx.bit_penalty(q, "cost")) < float(p)

@@ -376,7 +376,7 @@ def _source_quantizers(q: nn.Module) -> dict:
     modules = dict(q.named_modules())
     sources = input_sources(q)
     return {name: (modules[sources[name][0]].fpq_output if name in sources else None)
-            for name, m in modules.items() if getattr(m, "fpq_op", None) in ("linear", "conv1d", "conv2d")}
+            for name, m in modules.items() if getattr(m, "fpq_op", None) in ("linear", "conv1d", "conv2d", "batchnorm")}
 
 
 def _mul_fit_torch(costs, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -390,8 +390,9 @@ def _mul_fit_torch(costs, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def cost_penalty(q: nn.Module, *, costs=None) -> torch.Tensor:
-    """Estimated LUTs of the multiply-accumulate datapath of every Linear / Conv of ``q``, as a
-    function of the input and weight widths, differentiable through the QFX widths.
+    """Estimated LUTs of the multiply-accumulate datapath of every Linear / Conv (and kept
+    BatchNorm: one multiplier by s and one adder of t per channel) of ``q``, as a function of the
+    input and weight widths, differentiable through the QFX widths.
 
     Each layer is priced as fpq's cost model prices ``n = weight.numel()`` general multipliers
     (``OperatorCosts.mul_luts``: the measured LUTs where synthesized, else the clamped fit) plus
