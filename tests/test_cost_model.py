@@ -247,3 +247,24 @@ def test_grouped_conv_priced_as_the_dense_conv_hls_builds():
         # the grouped layer's accumulator is a bit narrower (its sums have 18 terms, not 36)
         assert g["acc_bits"] <= d["acc_bits"] and g["lut"] == pytest.approx(d["lut"], rel=0.01)
     assert rows["grouped"][1]["n_mult"] == 36 * 8 // 4   # every dense slot, zeros included
+
+
+def test_per_channel_weight_scales_price_each_channel_at_its_code_width():
+    """Unrolled weights with per-output-channel po2 scales: channel c's constants are int codes
+    times 2^e_c, so they cost what the same codes cost at one scale (DSP mapping and LUTs alike);
+    the common carrier, wider by the spread of the exponents, matters only for shared multipliers."""
+    rng = np.random.default_rng(3)
+    codes = rng.integers(-127, 128, size=(8, 16)).astype(np.float64)
+    exps = np.array([0, -3, -6, -1, -2, -5, -4, 0], dtype=np.float64)
+    scales = (2.0 ** exps).astype(np.float32)
+    per_ch = _plan((codes * scales[:, None]).astype(np.float32), "int8", w_scale=scales)
+    one = _plan((codes * 2.0 ** -3).astype(np.float32), "int8", w_scale=np.float32(2.0 ** -3))
+    for thr in (None, 8):
+        a = estimate_cost(per_ch, dsp_threshold=thr).layers[1]
+        b = estimate_cost(one, dsp_threshold=thr).layers[1]
+        assert a["dsp"] == b["dsp"] and a["lut"] == pytest.approx(b["lut"], rel=0.05), (thr, a, b)
+    assert estimate_cost(one, dsp_threshold=8).layers[1]["dsp"] > 0
+    # shared multipliers (reuse 4) hold the common carrier: wider, so not cheaper
+    wide = estimate_cost(per_ch, reuse_factor=4, dsp_threshold=None).layers[1]
+    narrow = estimate_cost(one, reuse_factor=4, dsp_threshold=None).layers[1]
+    assert wide["lut"] > narrow["lut"] and wide["w_type"] != narrow["w_type"]

@@ -193,6 +193,11 @@ def _mac_layer(lp, ops: OperatorCosts, dev: Device, rf: int, strategy: str, cloc
     acc = lp.tensors.get("accumulator")
     acc_bits = acc.width if isinstance(acc, Fixed) else xc.width + wc.width + math.ceil(math.log2(max(fan_in, 2)))
     x_bits, w_bits = xc.width, wc.width
+    if rf == 1 and isinstance(w_t, TensorType) and w_t.po2 and np.size(w_t.scale) > 1:
+        # unrolled per-output-channel constants: each column is codes of one single-scale carrier
+        # times its channel's shift, so its multipliers and adder tree need that width, not the
+        # common carrier's (which grows with the spread of the channel scales)
+        w_bits = min(w_bits, exact_fixed(w_t.format).width)
     binary = isinstance(x_t.format, Binary) and isinstance(w_t.format, Binary)
     n_mac = fan_in * n_out
     n_mult = math.ceil(n_mac / rf)                 # hls4ml's block factor
