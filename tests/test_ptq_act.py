@@ -10,7 +10,8 @@ import torch
 
 import fpq
 from fpq.ptq import act_search
-from test_ptq import _assert_torch_equals_emulator, _batches, _model, _random_inputs
+from test_ptq import ResCNN, _assert_torch_equals_emulator, _batches, _model, _random_inputs
+from torch import nn
 
 
 def _float_outputs(m, data):
@@ -136,3 +137,67 @@ def test_act_search_errors_name_the_layer():
                 equalize_layers=["conv1"])
     with pytest.raises(ValueError, match="recalibrated"):
         fpq.ptq(q, _batches(), methods=["act_channel_scales"], progress=False, calibration=None)
+
+
+class SharedPool(nn.Module):
+    """A residual add, an in-place ReLU and one average pool called twice (one quantizer that
+    act_search visits at both calls)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(2, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+        self.pool = nn.AvgPool2d(2)
+        self.fc = nn.Linear(4 * 1 * 1, 3)
+
+    def forward(self, x):
+        h = self.pool(self.relu(self.conv1(x)))
+        h = h + self.relu(self.conv2(h))
+        return self.fc(torch.flatten(self.pool(h), 1))
+
+
+@pytest.mark.parametrize("cls, fmt", [(SharedPool, "e2m1"), (ResCNN, "int4")])
+def test_act_search_prefix_cache_makes_the_same_choices(cls, fmt):
+    """Running only the nodes after the searched tensor's owner (the prefix cached) gives every
+    candidate exactly the error of a whole-network run, so the same choices and the same model."""
+    m, data = _model(cls), _batches()
+    kw = dict(act_shifts=3, act_metric="kl", act_format_candidates=[fmt, "e3m0"])
+    reps, outs = [], []
+    for cache in (True, False):
+        q = fpq.convert(m, fmt)
+        fpq.calibrate(q, data, progress=False)
+        rep = {}
+        act_search.run(q, data, progress=False, report=rep, prefix_cache=cache, **kw)
+        reps.append(rep["act_search"])
+        q.eval()
+        with torch.no_grad():
+            outs.append(q(_random_inputs()))
+    assert reps[0] == reps[1]          # every candidate's error, bit for bit
+    assert torch.equal(outs[0], outs[1])
+    assert len(reps[0]) >= 5
+
+
+def test_run_until_stops_after_the_last_call_of_the_recorded_modules():
+    """The PTQ passes that only need some layers' inputs stop each forward after those layers'
+    last calls (a module called twice: after its second call), with the inputs a full pass sees."""
+    from fpq.ptq import _common
+    q = fpq.convert(_model(SharedPool), "e2m1")
+    data = _batches()
+    fpq.calibrate(q, data, progress=False)
+    full, early, fc_calls = {"pool": [], "conv1": []}, {"pool": [], "conv1": []}, []
+    hooks = [q.get_submodule(n).register_forward_pre_hook(
+        lambda mod, inp, n=n: full[n].append(inp[0].clone())) for n in full]
+    q.eval()
+    with torch.no_grad():
+        for x in data:
+            q(x)
+    for h in hooks:
+        h.remove()
+    h = q.fc.register_forward_pre_hook(lambda mod, inp: fc_calls.append(1))
+    _common.run_until(q, data, {n: (lambda mod, inp, n=n: early[n].append(inp[0].clone())) for n in early})
+    h.remove()
+    assert fc_calls == []                                 # fc (after pool's second call) never ran
+    assert len(early["pool"]) == 2 * len(data) and len(early["conv1"]) == len(data)
+    for n in full:
+        assert all(torch.equal(a, b) for a, b in zip(full[n], early[n])), n

@@ -106,6 +106,45 @@ def float_network(q, float_weights: dict | None = None, float_biases: dict | Non
                 p.copy_(v)
 
 
+class _Done(Exception):
+    """Raised by run_until's hooks: every module of interest has seen its inputs."""
+
+
+@torch.no_grad()
+def run_until(q, batches, record: dict) -> None:
+    """Run ``q`` (eval) on every batch, calling ``record[name](module, inputs)`` at each call of
+    module ``name``. Each forward stops once every named module has made as many calls as the
+    graph has for it: what follows cannot change their inputs, so it is not run."""
+    modules = dict(q.named_modules())
+    calls = {n: sum(1 for nd in q.graph.nodes if nd.op == "call_module" and nd.target == n) for n in record}
+    stop = all(calls.values())     # a module not called by the graph itself: run to the end
+    seen = {}
+
+    def make(n, fn):
+        def hook(mod, inp):
+            fn(mod, inp)
+            seen[n] = seen.get(n, 0) + 1
+            if stop and all(seen.get(k, 0) >= c for k, c in calls.items()):
+                raise _Done
+        return hook
+    hooks = [modules[n].register_forward_pre_hook(make(n, fn)) for n, fn in record.items()]
+    try:
+        with eval_mode(q):
+            for b in batches:
+                seen.clear()
+                try:
+                    q(first_tensor(b))
+                except _Done:
+                    pass
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def _value(x):
+    return x.value if hasattr(x, "value") else x
+
+
 @torch.no_grad()
 def layer_inputs(q, layer_names, batches, max_rows: int = 8192, seed: int = 0,
                  float_weights: dict | None = None) -> dict:
@@ -116,24 +155,11 @@ def layer_inputs(q, layer_names, batches, max_rows: int = 8192, seed: int = 0,
     if float_weights is not None:
         with float_network(q, float_weights):
             return layer_inputs(q, layer_names, batches, max_rows, seed)
-    modules = dict(q.named_modules())
     rows = {n: [] for n in layer_names}
-    hooks = []
-    for n in layer_names:
-        m = modules[n]
 
-        def hook(mod, inp, _n=n):
-            x = inp[0]
-            x = x.value if hasattr(x, "value") else x
-            rows[_n].append(im2col(mod, x.detach().to(torch.float32)))
-        hooks.append(m.register_forward_pre_hook(hook))
-    try:
-        with eval_mode(q):
-            for b in batches:
-                q(first_tensor(b))
-    finally:
-        for h in hooks:
-            h.remove()
+    def recorder(n):
+        return lambda mod, inp: rows[n].append(im2col(mod, _value(inp[0]).detach().to(torch.float32)))
+    run_until(q, batches, {n: recorder(n) for n in layer_names})
     gen = torch.Generator().manual_seed(seed)
     out = {}
     for n, parts in rows.items():

@@ -15,6 +15,10 @@ quantizer's error matters only through what it does to the rest of the network (
 layer's output quantizer has no consumer at all). Ties keep the earlier candidate (current
 format, least clipping).
 
+A candidate changes only its own tensor, so the nodes before its owner in the graph compute the
+same values for every candidate: they run once per activation tensor (``_Prefix``, which carries
+the values the rest of the graph reads from them) and each candidate runs only the rest.
+
 ``act_channel_scales``: LLM-FP4's per-channel activation scales. For each equalization region
 (equalize.py: producers P whose outputs reach consumers C through ReLU / pooling / flatten /
 residual adds), channel j gets the power-of-two scale s * 2**-k_j with
@@ -33,6 +37,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import fx
 
 from ..formats import Int, Minifloat, finfo, parse_format
 from ..nn.layers import FpqAct, FpqAdd, FpqAvgPool, FpqClamp, FpqInput
@@ -95,15 +100,60 @@ def _float_pass(q, batches):
 METRICS = ("mse", "kl")
 
 
+class _Prefix:
+    """The graph of ``q`` cut before one node: per batch, the values of the earlier nodes that the
+    node and its successors read (the frontier). ``advance`` moves the cut forward by running the
+    nodes in between once; ``outputs`` runs only the nodes from the cut to the output. Modules
+    are looked up by name on every call, so a module replaced at or after the cut is used."""
+
+    def __init__(self, q, batches):
+        self.nodes = list(q.graph.nodes)
+        self.interp = fx.Interpreter(q, garbage_collect_values=False)
+        self.batches = batches
+        self.start, self.envs = 0, [{"input": C.first_tensor(b)} for b in batches]
+
+    def _run(self, env, stop):
+        """Run nodes[start:stop] on a copy of the frontier ``env`` (tensors cloned: a node may
+        work in place); returns the extended environment, or the output value at the output node."""
+        live = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in env.items()}
+        x = live.pop("input", None)
+        self.interp.env = live
+        for node in self.nodes[self.start:stop]:
+            if node.op == "placeholder":
+                self.interp.args_iter = iter([x])
+            live[node] = self.interp.run_node(node)
+            if node.op == "output":
+                return live[node]
+        return live
+
+    def advance(self, stop):
+        """Move the cut to node index ``stop``; back to the start first if it is behind the
+        current cut (a module called twice, searched again for its first call)."""
+        if stop < self.start:
+            self.start, self.envs = 0, [{"input": C.first_tensor(b)} for b in self.batches]
+        if stop == self.start:
+            return
+        later = {n for n in self.nodes[stop:]}
+        envs = [self._run(env, stop) for env in self.envs]
+        keep = [n for n in self.nodes[:stop] if any(u in later for u in n.users)]
+        self.envs = [{n: env[n] for n in keep} for env in envs]
+        self.start = stop
+
+    def outputs(self):
+        return [self._run(env, len(self.nodes)) for env in self.envs]
+
+
 @torch.no_grad()
-def output_error(q, batches, ys, metric="mse") -> float:
+def output_error(q, batches, ys, metric="mse", prefix: _Prefix | None = None) -> float:
     """The network-output error over the calibration batches (float64): "mse" mean((q(x) -
     y_float)**2); "kl" mean over samples of KL(softmax(y_float) || softmax(q(x))) along dim 1,
-    for classifiers, whose logits matter only through their softmax."""
+    for classifiers, whose logits matter only through their softmax. With ``prefix`` only the
+    nodes after its cut run (the same values: the nodes before the cut are unchanged)."""
     tot, n = 0.0, 0
     with C.eval_mode(q):
-        for b, y in zip(batches, ys):
-            yq = q(C.first_tensor(b)).to(torch.float64)
+        outs = prefix.outputs() if prefix is not None else [q(C.first_tensor(b)) for b in batches]
+        for yq, y in zip(outs, ys):
+            yq = yq.to(torch.float64)
             if metric == "mse":
                 tot += float(((yq - y) ** 2).sum())
                 n += y.numel()
@@ -126,7 +176,9 @@ def scale_candidates(fmt, kind, maxabs, shifts, min_clip):
 
 
 def run(q, batches, *, seed=0, progress=True, act_format_candidates=None, act_shifts=4,
-        act_min_clip=0.5, act_metric="mse", report=None, **_):
+        act_min_clip=0.5, act_metric="mse", report=None, prefix_cache=True, **_):
+    """``prefix_cache=False`` runs the whole network for every candidate (the same choices,
+    slower; kept to test the cache against)."""
     from tqdm.auto import tqdm
 
     if act_metric not in METRICS:
@@ -147,7 +199,15 @@ def run(q, batches, *, seed=0, progress=True, act_format_candidates=None, act_sh
     ys, maxima = _float_pass(q, batches)
     maxabs = {name: maxima.get(id(m.fpq_output), 0.0) for name, m in owners}
     chosen = {}
+    first_call = {}
+    for i, node in enumerate(q.graph.nodes):
+        if node.op == "call_module":
+            first_call.setdefault(node.target, i)   # a module called twice: its first call
+    prefix = _Prefix(q, batches) if prefix_cache else None
     for name, m in tqdm(owners, desc="fpq.ptq act_search", disable=not progress):
+        if prefix is not None:
+            with C.eval_mode(q), torch.no_grad():
+                prefix.advance(first_call[name])
         fmts = cands or [m.fpq_output.fmt]
         table, best = {}, None
         for fmt in fmts:
@@ -156,7 +216,7 @@ def run(q, batches, *, seed=0, progress=True, act_format_candidates=None, act_sh
             tq = m.fpq_output
             for s in scale_candidates(fmt, tq.scale_kind, maxabs[name], act_shifts, act_min_clip):
                 tq.set_scale(s)
-                e = output_error(q, batches, ys, act_metric)
+                e = output_error(q, batches, ys, act_metric, prefix)
                 table[(str(fmt), s)] = e
                 if best is None or e < best[2]:
                     best = (fmt, s, e)

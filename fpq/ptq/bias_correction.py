@@ -28,25 +28,19 @@ from . import _common as C
 
 
 @torch.no_grad()
-def mean_input(q, name, m, batches) -> torch.Tensor:
-    """Mean im2col row (float64) of the layer's inputs over all calibration batches."""
-    acc = {"sum": None, "n": 0}
+def mean_inputs(q, names, batches) -> dict:
+    """{name: mean im2col row (float64) of the layer's inputs over all calibration batches}."""
+    acc = {n: [None, 0] for n in names}
 
-    def hook(mod, inp):
-        x = inp[0]
-        x = x.value if hasattr(x, "value") else x
-        rows = C.im2col(mod, x.detach().to(torch.float64))
-        s = rows.sum(0)
-        acc["sum"] = s if acc["sum"] is None else acc["sum"] + s
-        acc["n"] += rows.shape[0]
-    h = m.register_forward_pre_hook(hook)
-    try:
-        with C.eval_mode(q):
-            for b in batches:
-                q(C.first_tensor(b))
-    finally:
-        h.remove()
-    return acc["sum"] / acc["n"]
+    def recorder(n):
+        def rec(mod, inp):
+            rows = C.im2col(mod, C._value(inp[0]).detach().to(torch.float64))
+            s = rows.sum(0)
+            acc[n][0] = s if acc[n][0] is None else acc[n][0] + s
+            acc[n][1] += rows.shape[0]
+        return rec
+    C.run_until(q, batches, {n: recorder(n) for n in names})
+    return {n: a[0] / a[1] for n, a in acc.items()}
 
 
 def run(q, batches, *, seed: int = 0, progress: bool = True, float_weights: dict | None = None,
@@ -62,16 +56,15 @@ def run(q, batches, *, seed: int = 0, progress: bool = True, float_weights: dict
     float_weights = float_weights or {n: m.weight.detach().clone() for n, m in layers}
     float_biases = {n: m.bias.detach().clone() for n, m in layers}   # before any correction
     delta = {}
+    if reference == "float":   # the float network does not change with the corrections: one pass
+        with C.float_network(q, float_weights, float_biases):
+            x_float = mean_inputs(q, [n for n, _ in layers], batches)
     for n, m in tqdm(layers, desc="fpq.ptq bias_correction", disable=not progress):
         w_f = float_weights.get(n, m.weight.detach())
         w_q = C.quantized_weight(m)
         g = C.groups_of(m)
-        x_q = mean_input(q, n, m, batches)
-        if reference == "float":
-            with C.float_network(q, float_weights, float_biases):
-                x_f = mean_input(q, n, m, batches)
-        else:
-            x_f = x_q
+        x_q = mean_inputs(q, [n], batches)[n]
+        x_f = x_float[n] if reference == "float" else x_q
         corr = C.w2d(w_f, g).to(torch.float64) @ x_f - C.w2d(w_q, g).to(torch.float64) @ x_q
         with torch.no_grad():
             m.bias.copy_((m.bias.to(torch.float64) + corr).to(m.bias.dtype))
