@@ -14,9 +14,7 @@ Methods always run in this fixed order, whatever order they are listed in (``ORD
 5. ``act_search``           per activation tensor: format (ExMy split) and exponent bias / clipping
                             minimizing the network-output error (act_search.py)
 6. ``format_search``        per-layer weight format (ExMy split) and exponent bias / clipping
-7. ``gptq``, ``learned_round`` or ``block_round``  the weight rounding (at most one of them;
-                            block_round learns the rounding of a block's layers jointly against
-                            the float network's block output, BRECQ; block_round.py)
+7. ``gptq`` or ``learned_round``  the weight rounding (at most one of them)
 8. ``bias_correction``      per-channel bias correction of the mean output error left by the
                             rounding (measured against the float weights from before step 7)
 
@@ -30,8 +28,7 @@ their kind, every tensor keeps an fpq Format, so ``fpq.export_qonnx`` / ``emulat
 / ``verify`` take the result unchanged. A method that cannot apply to a layer raises a
 ValueError naming the layer. Options (keyword arguments) go to the method they belong to; an
 unknown option is an error. ``reference="float"`` (learned_round, bias_correction) compares with
-the float network's own layer outputs instead of the float weights on the quantized inputs;
-block_round always compares with the float network's block outputs.
+the float network's own layer outputs instead of the float weights on the quantized inputs.
 Returns ``q`` (modified in place); ``report`` (a dict, optional) receives what each method did.
 """
 from __future__ import annotations
@@ -42,14 +39,13 @@ from .._api import callable_module
 from . import _common
 from . import act_search as _act_search
 from . import bias_correction as _bias_correction
-from . import block_round as _block_round
 from . import equalize as _equalize
 from . import format_search as _format_search
 from . import gptq as _gptq
 from . import learned_round as _learned_round
 
 ORDER = ("weight_equalization", "act_equalization", "act_channel_scales", "act_search",
-         "format_search", "gptq", "learned_round", "block_round", "bias_correction")
+         "format_search", "gptq", "learned_round", "bias_correction")
 _BEFORE_CALIBRATION = ("weight_equalization", "act_equalization", "act_channel_scales")
 
 _RUN = {
@@ -60,7 +56,6 @@ _RUN = {
     "format_search": _format_search.run,
     "gptq": _gptq.run,
     "learned_round": _learned_round.run,
-    "block_round": _block_round.run,
     "bias_correction": _bias_correction.run,
 }
 
@@ -73,7 +68,6 @@ OPTIONS = {
     "format_search": ("format_candidates", "search_shifts", "search_min_clip", "max_rows"),
     "gptq": ("gptq_act_order", "max_rows"),
     "learned_round": ("round_iters", "round_lr", "round_reg", "max_rows", "reference"),
-    "block_round": ("round_iters", "round_lr", "round_reg", "block_layers", "block_batch", "block_drop"),
     "bias_correction": ("reference",),
 }
 
@@ -100,9 +94,8 @@ def ptq(q, batches, methods, *, seed: int = 0, progress: bool = True,
         raise ValueError(f"fpq.ptq: unknown method(s) {unknown}; allowed: {', '.join(ORDER)}")
     if len(set(methods)) != len(methods):
         raise ValueError(f"fpq.ptq: a method is listed twice in {methods}")
-    rounding = [m for m in ("gptq", "learned_round", "block_round") if m in methods]
-    if len(rounding) > 1:
-        raise ValueError(f"fpq.ptq: {' and '.join(rounding)} all choose the weight rounding; pick one")
+    if "gptq" in methods and "learned_round" in methods:
+        raise ValueError("fpq.ptq: gptq and learned_round both choose the weight rounding; pick one")
     allowed = {o for m in methods for o in OPTIONS[m]}
     bad = sorted(set(options) - allowed)
     if bad:
