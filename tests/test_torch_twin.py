@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import fpq
-from fpq import quantize
+from fpq import Fixed, Minifloat, quantize
 from fpq.numerics.torch_ops import quantize_torch
 
 FORMATS = [
@@ -133,3 +133,86 @@ def test_cuda_equals_reference(fmt):
     info = fpq.finfo(fmt)
     inside = (x.detach() / 0.5 >= info.min) & (x.detach() / 0.5 <= info.max)
     assert torch.equal(x.grad, inside.to(x.dtype))
+
+
+# -- bit for bit on the grid: every value +-1 ulp, ties +-1 ulp, the edges, specials ----------------
+GRID_FORMATS = [
+    "e2m1", "e2m3", "e3m2", "e4m3", "e5m2", "e4m3_none", "e4m3_nosat", "e5m2_nosat", "float8_e4m3fnuz",
+    "e4m3_b11_fnuz_nosat", "ue3m2", "ue4m3_nosub_nosat", "e3m2_nosub", "e3m0", "e5m0_nosub", "fp16", "bf16",
+    Minifloat(3, 2, bias=-2),                    # emin > 0: no value below 8
+    Minifloat(4, 3, bias=12, subnormals=False, specials="ieee", saturate=False),
+    Minifloat(5, 2, bias=-110),                  # beyond float32's range: float32 inputs take float64
+    Minifloat(4, 3, bias=140),                   # below float32's normals: float64 too
+    Minifloat(2, 1, signed=False, subnormals=False),
+    "fixed<8,3>", "fixed<6,2,RND,SAT_SYM>", "fixed<5,-1,RND_ZERO,WRAP>", "ufixed<7,3,RND_MIN_INF,SAT_ZERO>",
+    "fixed<4,6,RND_INF,SAT>", "fixed<9,4,TRN,WRAP>", "fixed<10,1,TRN_ZERO,SAT_SYM>", "fixed<16,-90>",
+    "fixed<32,16>", "ufixed<30,2,RND,WRAP>", "fixed<64,10,RND_CONV,WRAP>", "fixed<12,-1000>", "fixed<8,1010>",
+    "int8", "int4_narrow", "uint3", "int32", "binary",
+]
+# quiet NaNs of both signs, with and without a payload (signalling NaNs are not produced by
+# arithmetic; the torch quantizer returns them quieted, the reference passes some through)
+_QNAN = {np.float32: [0x7FC00000, 0xFFC00000, 0x7FC12345, 0xFFE00001],
+         np.float64: [0x7FF8000000000000, 0xFFF8000000000000, 0x7FF8000012345678, 0xFFFC000000000001]}
+
+
+def _grid_points(fmt) -> np.ndarray:
+    """The format's values (every one up to 16 bits, else codes near the ends and zero), in float64."""
+    if fmt.width <= 16:
+        return fpq.values(fmt)
+    lo, hi = fmt.int_range
+    k = np.unique(np.concatenate([np.arange(lo, lo + 40), np.arange(hi - 40, hi + 1), np.arange(-40, 40),
+                                  np.random.default_rng(0).integers(lo, hi, 200, endpoint=True)]))
+    step = fmt.step if isinstance(fmt, Fixed) else 1.0
+    return np.unique(np.clip(k, lo, hi).astype(np.float64) * step)
+
+
+def grid(fmt, dtype) -> np.ndarray:
+    """Every value, every midpoint between neighbours (the ties), the overflow boundary and far
+    beyond, the zero boundary and far below, each with its neighbours 1 ulp of ``dtype`` either
+    side, both signs; +-0, +-inf, quiet NaNs; the dtype's subnormals and extremes."""
+    fmt = fpq.parse_format(fmt)
+    v = _grid_points(fmt)
+    v = v[np.isfinite(v)]
+    top = float(np.max(np.abs(v)))
+    pos = np.abs(v[v != 0])
+    small = float(np.min(pos)) if pos.size else 1.0
+    gaps = np.diff(v)
+    edge = [top + g * top * 2.0 ** -8 for g in (0.5, 1, 1.5, 2, 3)] + [2 * top, 8 * top, top * 2.0 ** 40]
+    edge += [small * f for f in (0.25, 0.5, 0.75, 1.5)]
+    with np.errstate(over="ignore"):
+        pts = np.concatenate([v, v[:-1] + gaps / 2, edge, [1e30, 1e300]]).astype(dtype)
+        pts = pts[np.isfinite(pts)]
+        pts = np.concatenate([pts, np.nextafter(pts, np.inf), np.nextafter(pts, -np.inf)])
+    info = np.finfo(dtype)
+    pts = np.concatenate([pts, [info.max, info.tiny, info.smallest_subnormal, 3 * info.smallest_subnormal]])
+    pts = np.concatenate([pts, -pts, np.array([0.0, np.inf], dtype)])
+    pts = np.concatenate([pts, -pts[-2:]])  # -0.0, -inf
+    nans = np.array(_QNAN[dtype], dtype=np.uint32 if dtype == np.float32 else np.uint64).view(dtype)
+    return np.concatenate([pts, nans]).astype(dtype)
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    return a.view(np.uint32 if a.dtype == np.float32 else np.uint64)
+
+
+@pytest.mark.parametrize("fmt", GRID_FORMATS, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_grid_bit_for_bit(fmt, dtype):
+    from fpq.numerics import quantize_unscaled
+    from fpq.numerics.torch_ops import quantize_unscaled_torch, ste_quantize_unscaled
+
+    fmt = fpq.parse_format(fmt)
+    x = grid(fmt, dtype)
+    with np.errstate(over="ignore"):  # values beyond float32's range become +-inf, as in fpq.quantize
+        want = quantize_unscaled(x.astype(np.float64), fmt).astype(dtype)
+    xt = torch.from_numpy(x.copy())
+    for got in (quantize_unscaled_torch(xt, fmt), quantize_torch(xt, fmt), ste_quantize_unscaled(xt, fmt)):
+        assert got.dtype == xt.dtype
+        bad = _bits(got.numpy()) != _bits(want)
+        assert not bad.any(), f"{fmt} {dtype.__name__}: {x[bad][:5]} -> {got.numpy()[bad][:5]}, want {want[bad][:5]}"
+    assert np.array_equal(_bits(xt.numpy()), _bits(x)), "the input was modified"
+    # the clipped straight-through gradient, on the same grid
+    info = fpq.finfo(fmt)
+    xg = xt.clone().requires_grad_(True)
+    ste_quantize_unscaled(xg, fmt).backward(torch.ones_like(xt))
+    assert torch.equal(xg.grad, ((xt >= info.min) & (xt <= info.max)).to(xt.dtype))

@@ -3,37 +3,70 @@
 ``quantize_torch(x, fmt, scale)`` returns exactly the values of ``reference.quantize`` on the
 same inputs, on CPU and CUDA: the scale division / multiplication run in the dtype of ``x``
 (as in the reference) and the rounding step runs in float64, where it is exact for every
-format fpq has (float32 would overflow ``2**-ulp`` for bf16-like exponent ranges).
+format fpq has, or in float32 for a float32 ``x`` where every step of it is exact there too
+(not for bf16-like exponent ranges, whose ulps leave float32's normal range).
 
 Gradient: straight through inside the representable range, zero outside (clipped STE); the
 scale receives the usual LSQ-style gradient through the division and multiplication.
 """
 from __future__ import annotations
 
-import functools
+import math
 
 import torch
 
 from ..formats import Binary, Fixed, Format, Int, Minifloat, finfo, parse_format
-from .reference import dispatch_on_format
+from .reference import dispatch_on_format, quantize_unscaled
+
+
+# Speed (the quantizer is in every fpq forward pass): each format works on one or two temporaries
+# with in-place, vectorised float / integer ops. Comparisons (bool tensors), torch.where and
+# masked_fill are several times slower per element on CPU and torch.ldexp computes pow(2, e) per
+# element; the hot formats avoid them. Powers of two are built from exponent bits and applied by
+# multiplication or division, which is exact (unlike ldexp's pow, whose result is only as exact
+# as the libm). A float32 tensor is quantized in float32 where every step is exact there (half
+# the memory traffic, no conversions); otherwise in float64 as the reference.
+
+# float dtype -> (integer dtype of its bit pattern, mantissa bits, exponent bits)
+_IEEE = {torch.float32: (torch.int32, 23, 8), torch.float64: (torch.int64, 52, 11)}
+
+
+def _compute_dtype(x: torch.Tensor, float32_exact: bool) -> torch.dtype:
+    return torch.float32 if x.dtype == torch.float32 and float32_exact else torch.float64
+
+
+def _via_reference(x: torch.Tensor, fmt: Format) -> torch.Tensor:
+    """The numpy reference itself, for formats outside the exactness conditions of the fast paths
+    (fixed point with |frac_bits| > 1000, minifloats whose range leaves float64's)."""
+    y = quantize_unscaled(x.detach().cpu().to(torch.float64).numpy(), fmt)
+    return torch.from_numpy(y).to(device=x.device, dtype=x.dtype)
 
 
 @dispatch_on_format
 def quantize_unscaled_torch(x: torch.Tensor, fmt: Format) -> torch.Tensor:
-    """Exact quantization at scale 1 of a float64 tensor (no gradient)."""
+    """Exact quantization at scale 1: ``reference.quantize_unscaled`` of ``x`` in float64, returned
+    in the dtype of ``x`` (float64 for integer input). No gradient; ``x`` is not modified."""
     raise TypeError(f"no torch quantizer for {type(fmt).__name__}")
+
+
+def _float_input(x: torch.Tensor) -> torch.Tensor:
+    return x if torch.is_floating_point(x) else x.to(torch.float64)
 
 
 @quantize_unscaled_torch.register(Binary)
 def _(x: torch.Tensor, fmt: Binary) -> torch.Tensor:
-    one = torch.ones_like(x)
-    return torch.where(torch.isnan(x), x, torch.where(x >= 0, one, -one))
+    x = _float_input(x)
+    y = torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+    return y.masked_fill_(torch.isnan(x), float("nan"))  # the reference's NaN, not the input's
 
 
 @quantize_unscaled_torch.register(Int)
 def _(x: torch.Tensor, fmt: Int) -> torch.Tensor:
+    x = _float_input(x)
     lo, hi = fmt.int_range
-    return torch.clamp(torch.round(x), lo, hi)
+    # rounding is exact in any float dtype; the bounds are exact in float32 up to 24 bits
+    y = torch.round(x.to(_compute_dtype(x, fmt.bits <= 24)))
+    return y.clamp_(lo, hi).to(x.dtype)
 
 
 def round_fixed_torch(s: torch.Tensor, rounding: str) -> torch.Tensor:
@@ -70,50 +103,91 @@ def overflow_fixed_torch(k: torch.Tensor, lo: int, hi: int, width: int, signed: 
         return torch.clamp(k, -hi if signed and width > 1 else lo, hi)
     if overflow == "WRAP":
         span = float(2 ** width)  # reduce first: k - lo is inexact for huge k
-        return torch.remainder(torch.remainder(k, span) - lo, span) + lo
+        wrapped = torch.remainder(torch.remainder(k, span) - lo, span) + lo
+        return torch.where(torch.isnan(k), k, wrapped)  # NaN as it came (torch.remainder alters it)
     raise ValueError(f"unknown overflow mode {overflow!r}")
 
 
 @quantize_unscaled_torch.register(Fixed)
 def _(x: torch.Tensor, fmt: Fixed) -> torch.Tensor:
+    x = _float_input(x)
+    F = fmt.frac_bits
+    if abs(F) > 1000:  # 2**F is not a (normal) double
+        return _via_reference(x, fmt)
     lo, hi = fmt.int_range
-    s = torch.ldexp(x, torch.tensor(float(fmt.frac_bits), dtype=x.dtype, device=x.device))
-    # the double limits, as in the numpy reference: underflow to +-0; inf read as 2**1024
-    s = torch.where((s == 0) & (x != 0), torch.copysign(torch.full_like(s, 0.25), x), s)
-    s = torch.where(torch.isinf(s), torch.copysign(torch.full_like(s, 2.0 ** 1000), s), s)
-    k = round_fixed_torch(s, fmt.rounding)
-    k = overflow_fixed_torch(k, lo, hi, fmt.width, fmt.signed, fmt.overflow)
-    return k * (2.0 ** -fmt.frac_bits)
+    # float32 holds every code of <= 24 bits times 2**+-F exactly (|F| <= 100 keeps them normal);
+    # the ties-to-one-side modes need s - floor(s) exactly, which takes float64
+    dt = _compute_dtype(x, fmt.width <= 24 and abs(F) <= 100 and fmt.rounding in ("RND_CONV", "TRN", "TRN_ZERO"))
+    xd = x.to(dt)
+    s = xd * 2.0 ** F  # exact (as the reference's ldexp), except at the dtype's limits:
+    if F < 0:  # underflow to +-0 is possible: any |s| in (0, 0.5) rounds as the true one in every mode
+        s = torch.where((s == 0) & (xd != 0), torch.copysign(torch.full_like(s, 0.25), xd), s)
+    # +-inf (input or overflow) reads as 2**1024 in the reference. Every |s| >= 2**116 is an integer
+    # multiple of 2**64 (float64 has 53 significant bits) and acts as it does: it saturates, and
+    # SAT_ZERO and WRAP give 0. Clamping to 2**120 (a float32 too) keeps that and removes inf.
+    s.clamp_(-2.0 ** 120, 2.0 ** 120)
+    if fmt.rounding == "RND_CONV":
+        k = s.round_()  # half to even, in place
+    else:
+        k = round_fixed_torch(s, fmt.rounding)
+    if fmt.overflow == "SAT":
+        k.clamp_(lo, hi)
+    else:
+        k = overflow_fixed_torch(k, lo, hi, fmt.width, fmt.signed, fmt.overflow)
+    return k.mul_(2.0 ** -F).to(x.dtype)
+
+
+def _minifloat_float32_exact(fmt: Minifloat) -> bool:
+    """Every value of ``fmt`` and every power of two the quantizer scales by is a normal float32."""
+    return fmt.man_bits <= 23 and fmt.emin - fmt.man_bits >= -126 and _top_exponent(fmt) <= 127
+
+
+def _top_exponent(fmt: Minifloat) -> int:
+    """Binade exponent of the largest finite value: larger exponents all overflow."""
+    return math.frexp(fmt.max_value)[1] - 1
 
 
 @quantize_unscaled_torch.register(Minifloat)
 def _(x: torch.Tensor, fmt: Minifloat) -> torch.Tensor:
+    x = _float_input(x)
     M = fmt.man_bits
-    mx = fmt.max_value
-    a = torch.abs(x)
-    finite = torch.isfinite(a)
-    a0 = torch.where(finite, a, torch.zeros_like(a))
-    _, e2 = torch.frexp(a0)
-    e = torch.clamp(e2.to(torch.int64) - 1, min=fmt.emin)
-    ulp_exp = e - M
+    dt = _compute_dtype(x, _minifloat_float32_exact(fmt))
+    itype, mant, ebits = _IEEE[dt]
+    bias = (1 << (ebits - 1)) - 1
+    # range of the binade exponent e: below emin every value has the subnormal spacing; above the
+    # top binade every value overflows, so e + 1 stands for all (inf and NaN included)
+    e_lo, e_hi = fmt.emin, min(_top_exponent(fmt) + 1, bias)
+    if e_lo - M < 1 - bias:  # 2**(e_lo - M) is not normal (not reached: |bias| <= 1000, width <= 16)
+        return _via_reference(x, fmt)
+    xd = x.to(dt)
+    # ulp = 2**(e - M) per element, built in the exponent field of the dtype's bit pattern:
+    # the field of |x| (sign and mantissa masked off) clamped to [e_lo, e_hi], minus M
+    field = xd.view(itype) & (((1 << ebits) - 1) << mant)
+    if not fmt.subnormals:  # below the smallest normal: round to a multiple of it ({0, min_normal})
+        tiny = field < ((e_lo + bias) << mant)
+    field.clamp_((e_lo + bias) << mant, (e_hi + bias) << mant).sub_(M << mant)
     if not fmt.subnormals:
-        ulp_exp = torch.where(a0 < fmt.min_normal, torch.full_like(ulp_exp, fmt.emin), ulp_exp)
-    ulp_exp = ulp_exp.to(x.dtype)
-    q = torch.ldexp(torch.round(torch.ldexp(a0, -ulp_exp)), ulp_exp)
-    q = torch.where(finite, q, a)
-    over = q > mx
-    if fmt.saturate:
-        q = torch.where(over, torch.full_like(q, mx), q)
-    elif fmt.specials == "ieee":
-        q = torch.where(over, torch.full_like(q, float("inf")), q)
-    else:
-        q = torch.where(over, torch.full_like(q, float("nan")), q)
-    y = torch.where(x < 0, -q, q)
+        field.masked_fill_(tiny, (e_lo + bias) << mant)
+    ulp = field.view(dt)
+    q = xd / ulp  # exact: division by a power of two; +-inf and NaN pass through
     if not fmt.signed:
-        y = torch.where(x < 0, torch.zeros_like(y), y)
-    if fmt.specials == "fnuz":
-        y = torch.where(y == 0, torch.zeros_like(y), y)
-    return y
+        q.clamp_(min=0.0)  # negatives quantize to 0 (the sign of -0 and NaN is cleared below)
+    q.round_().mul_(ulp)  # nearest multiple of the ulp, ties to even; exact
+    mx = fmt.max_value
+    if fmt.saturate:
+        q.clamp_(-mx, mx)
+    else:
+        q.masked_fill_(q.abs() > mx, float("inf") if fmt.specials == "ieee" else float("nan"))
+    if fmt.signed:
+        # the reference negates where x < 0: -0.0 and NaN (of either sign) come out positive.
+        # The sign source (in the ulp's memory, no longer needed) is x with those made positive.
+        sign = torch.add(xd, 0.0, out=ulp).nan_to_num_(nan=0.0)  # -0.0 + 0.0 = +0.0
+        q.copysign_(sign)
+        if fmt.specials == "fnuz":
+            q.add_(0.0)  # no negative zero
+    else:
+        q.abs_()  # -0.0 and -NaN to positive; every other value is >= 0 already
+    return q.to(x.dtype)
 
 
 class _QuantizeSTE(torch.autograd.Function):
@@ -121,7 +195,7 @@ class _QuantizeSTE(torch.autograd.Function):
     def forward(ctx, xs, fmt, lo, hi):
         ctx.save_for_backward(xs)
         ctx.bounds = (lo, hi)
-        return quantize_unscaled_torch(xs.detach().to(torch.float64), fmt).to(xs.dtype)
+        return quantize_unscaled_torch(xs.detach(), fmt)
 
     @staticmethod
     def backward(ctx, grad):
