@@ -17,7 +17,8 @@ the accuracy lost by max calibration that it recovers (on the means: 450 test im
 Equalization and per-channel activation scales act on both regions of the CNN: conv1 -> conv2,
 and across the residual add, producers conv2 and conv3 (the add's operands take the same channel
 scaling) with consumers conv3 and fc. Activation search compares softmaxes (act_metric="kl");
-learned rounding and bias correction use the float network as reference (reference="float").
+learned rounding and bias correction use the float network as reference (reference="float");
+block rounding (BR, BRECQ with QDrop) always does, with 800 steps (twice learned rounding's).
 The 4-bit minifloats are e2m1 and e3m0 (e3m2 is a 6-bit format). Variants that begin with the
 same methods share that computation (``run_variants``). ``--quick`` (the smoke test): one seed,
 3 training epochs, one calibration batch, two formats, max and one combination.
@@ -41,21 +42,24 @@ import fpq  # noqa: E402
 from fpq.data import load_digits_split  # noqa: E402
 from fpq.nn.layers import link_input_quantizers  # noqa: E402
 from fpq.ptq import ORDER  # noqa: E402
+from fpq.ptq._common import weight_layers  # noqa: E402
 
 FORMATS = [("W4A4", "int4"), ("W4A4", "e2m1"), ("W4A4", "e3m0"),
            ("W6A6", "int6"), ("W6A6", "e2m3"), ("W6A6", "e3m2")]
 SINGLE = ["weight_equalization", "act_equalization", "act_channel_scales", "act_search",
-          "format_search", "gptq", "learned_round", "bias_correction"]
+          "format_search", "gptq", "learned_round", "block_round", "bias_correction"]
 COMBOS = [["act_search", "format_search", "gptq", "bias_correction"],
           ["act_search", "format_search", "learned_round"],
           ["act_search", "format_search", "learned_round", "bias_correction"],
+          ["act_search", "format_search", "block_round"],
+          ["act_search", "format_search", "block_round", "bias_correction"],
           ["act_equalization", "act_search", "format_search", "gptq", "bias_correction"],
           ["act_channel_scales", "act_search", "format_search", "gptq", "bias_correction"],
           # MSE calibration of the activations instead of max (no activation search)
           ["format_search", "gptq", "bias_correction", "@mse"]]
 SHORT = {"weight_equalization": "WE", "act_equalization": "AE", "act_channel_scales": "ACS",
          "act_search": "AS", "format_search": "FS", "gptq": "GPTQ", "learned_round": "LR",
-         "bias_correction": "BC"}
+         "block_round": "BR", "bias_correction": "BC"}
 
 
 def label(methods) -> str:
@@ -68,32 +72,43 @@ def label(methods) -> str:
 
 def stages(methods) -> tuple:
     """The variant as a sequence of fpq.ptq calls, each on the previous one's model: the methods
-    before calibration plus calibration, then act_search, format_search, and the rounding with
-    bias correction (one call: bias correction needs the float weights from before rounding).
-    The calls compose to exactly what one fpq.ptq call with all the methods computes (same order;
-    each method seeds its own randomness), so variants that share leading stages share their
-    models (``run_variants``)."""
+    before calibration plus calibration, then act_search, format_search, the rounding, and bias
+    correction (given the float weights from before the rounding, see ``apply_stage``). The calls
+    compose to exactly what one fpq.ptq call with all the methods computes (same order; each
+    method seeds its own randomness), so variants that share leading stages share their models
+    (``run_variants``): e.g. AS+FS+BR+BC continues from AS+FS+BR's model."""
     cal = ([m[1:] for m in methods if m.startswith("@")] or ["max"])[0]
     methods = [m for m in methods if not m.startswith("@")]
     out = [(cal,) + tuple(m for m in ORDER if m in methods and m in _BEFORE)]
     out += [(m,) for m in ("act_search", "format_search") if m in methods]
-    last = tuple(m for m in ("gptq", "learned_round", "bias_correction") if m in methods)
-    return tuple(out + ([last] if last else []))
+    out += [(m,) for m in ("gptq", "learned_round", "block_round", "bias_correction") if m in methods]
+    return tuple(out)
 
 
 _BEFORE = ("weight_equalization", "act_equalization", "act_channel_scales")
 
 
+_ROUNDING = ("gptq", "learned_round", "block_round")
+
+
 def apply_stage(q, stage, calib, round_iters):
-    """One fpq.ptq call; a stage starting with a calibration method calibrates, others keep scales."""
+    """One fpq.ptq call; a stage starting with a calibration method calibrates, others keep scales.
+    A rounding stage keeps the float weights it started from in the model's meta (copied with it), for
+    the bias correction stage after it (what one fpq.ptq call passes from rounding to correction)."""
     cal, methods = (stage[0], list(stage[1:])) if stage[0] in ("max", "mse", "percentile") else (None, list(stage))
     kw = {}
     if "act_search" in methods:
         kw["act_metric"] = "kl"      # a classifier: compare softmaxes, not raw logits
     if "learned_round" in methods:
         kw["round_iters"] = round_iters
+    if "block_round" in methods:      # its default is 800 steps of 32 samples (block_round.run)
+        kw["round_iters"] = 2 * round_iters
     if "learned_round" in methods or "bias_correction" in methods:
         kw["reference"] = "float"
+    if "bias_correction" in methods and "pre_rounding_weights" in q.meta:
+        kw["float_weights"] = q.meta["pre_rounding_weights"]
+    if any(m in methods for m in _ROUNDING):     # in meta: GraphModule's deepcopy keeps it
+        q.meta["pre_rounding_weights"] = {n: m.weight.detach().clone() for n, m in weight_layers(q)}
     fpq.ptq(q, calib, methods=methods, progress=False, calibration=cal, **kw)
 
 
@@ -197,7 +212,7 @@ def table(results) -> str:
              f"{results['float']:.2f} ({', '.join(f'{a:.2f}' for a in results['floats'])}). "
              "max: max calibration only; WE / AE weight / activation equalization, ACS per-channel "
              "activation scales, AS activation search, FS (weight) format search, GPTQ, LR learned "
-             "rounding, BC bias correction; @mse: MSE calibration instead of max.",
+             "rounding, BR block-wise learned rounding, BC bias correction; @mse: MSE calibration instead of max.",
              head, "-" * len(head)]
     for k in labels:
         lines.append(f"{k:<{w}}" + "".join(f"{results['formats'][f]['rows'][k]:>{c}.2f}" for f in fmts))

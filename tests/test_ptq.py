@@ -173,15 +173,16 @@ def test_format_search_per_channel_exponent_bias():
 METHOD_SETS = [["weight_equalization"], ["act_equalization"], ["act_channel_scales"], ["act_search"],
                ["format_search"], ["gptq"], ["learned_round"], ["bias_correction"],
                ["act_equalization", "format_search", "gptq", "bias_correction"],
-               ["act_channel_scales", "act_search", "format_search", "learned_round", "bias_correction"]]
+               ["act_channel_scales", "act_search", "format_search", "learned_round", "bias_correction"],
+               ["block_round"], ["act_search", "format_search", "block_round", "bias_correction"]]
 
 
 @pytest.mark.parametrize("fmt", ["int4", "e2m1", "e3m2"])
 @pytest.mark.parametrize("methods", METHOD_SETS, ids=["+".join(m) for m in METHOD_SETS])
 def test_torch_equals_emulator_after_each_method(fmt, methods):
     q = fpq.convert(_model(), fmt)
-    fpq.ptq(q, _batches(), methods=methods, progress=False, round_iters=40) if "learned_round" in methods \
-        else fpq.ptq(q, _batches(), methods=methods, progress=False)
+    kw = {"round_iters": 40} if "learned_round" in methods or "block_round" in methods else {}
+    fpq.ptq(q, _batches(), methods=methods, progress=False, **kw)
     _assert_torch_equals_emulator(q, _random_inputs())
     tp = fpq.plan(q)
     assert all(isinstance(t.format, (fpq.Int, fpq.Minifloat)) for l in tp
@@ -366,6 +367,7 @@ def test_grouped_conv_learned_round_format_search_bias_correction(fmt):
 @pytest.mark.parametrize("kwargs, match", [
     (dict(methods=["adaround"]), "unknown method"),
     (dict(methods=["gptq", "learned_round"]), "pick one"),
+    (dict(methods=["learned_round", "block_round"]), "learned_round and block_round .*pick one"),
     (dict(methods=["gptq", "gptq"]), "listed twice"),
     (dict(methods=["gptq"], alpha=0.5), r"option\(s\) \['alpha'\]"),
     (dict(methods=["weight_equalization"], calibration=None), "recalibrated"),
@@ -446,7 +448,7 @@ def test_methods_run_in_the_documented_order_whatever_the_list_order():
     from fpq.ptq import ORDER
 
     assert ORDER == ("weight_equalization", "act_equalization", "act_channel_scales", "act_search",
-                     "format_search", "gptq", "learned_round", "bias_correction")
+                     "format_search", "gptq", "learned_round", "block_round", "bias_correction")
     states = []
     for methods in (["gptq", "format_search", "bias_correction"], ["bias_correction", "gptq", "format_search"]):
         q = fpq.convert(_model(), "e2m1")

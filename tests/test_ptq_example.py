@@ -50,9 +50,10 @@ def test_ptq_digits_stages_equal_one_ptq_call(load_script):
     variants = [["act_search", "format_search", "learned_round"],
                 ["act_search", "format_search", "learned_round", "bias_correction"],
                 ["act_equalization", "act_search", "format_search", "gptq", "bias_correction"],
+                ["format_search", "block_round"], ["format_search", "block_round", "bias_correction"],
                 ["bias_correction", "@mse"], []]
     assert ptq_digits.stages(variants[2]) == (("max", "act_equalization"), ("act_search",),
-                                              ("format_search",), ("gptq", "bias_correction"))
+                                              ("format_search",), ("gptq",), ("bias_correction",))
     models = ptq_digits.run_variants(model, "e2m1", variants, calib, round_iters=20)
     x = data.x_test[:64]
     for v in variants:
@@ -61,6 +62,8 @@ def test_ptq_digits_stages_equal_one_ptq_call(load_script):
         kw = {"act_metric": "kl"} if "act_search" in methods else {}
         if "learned_round" in methods:
             kw["round_iters"] = 20
+        if "block_round" in methods:
+            kw["round_iters"] = 40        # the example gives block_round twice learned_round's steps
         if "learned_round" in methods or "bias_correction" in methods:
             kw["reference"] = "float"
         fpq.ptq(q, calib, methods=methods, progress=False,
@@ -70,3 +73,5 @@ def test_ptq_digits_stages_equal_one_ptq_call(load_script):
         with torch.no_grad():
             assert torch.equal(q(x), staged(x)), v
         assert q.fpq_policy.layers == staged.fpq_policy.layers, v
+        sq, ss = q.state_dict(), staged.state_dict()      # weights, biases, scales
+        assert sq.keys() == ss.keys() and all(torch.equal(sq[k], ss[k]) for k in sq), v

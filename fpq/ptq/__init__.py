@@ -14,7 +14,9 @@ Methods always run in this fixed order, whatever order they are listed in (``ORD
 5. ``act_search``           per activation tensor: format (ExMy split) and exponent bias / clipping
                             minimizing the network-output error (act_search.py)
 6. ``format_search``        per-layer weight format (ExMy split) and exponent bias / clipping
-7. ``gptq`` or ``learned_round``  the weight rounding (at most one of them)
+7. ``gptq``, ``learned_round`` or ``block_round``  the weight rounding (at most one of them;
+                            block_round learns the rounding of a block's layers jointly against
+                            the float network's block output, BRECQ; block_round.py)
 8. ``bias_correction``      per-channel bias correction of the mean output error left by the
                             rounding (measured against the float weights from before step 7)
 
@@ -28,7 +30,10 @@ their kind, every tensor keeps an fpq Format, so ``fpq.export_qonnx`` / ``emulat
 / ``verify`` take the result unchanged. A method that cannot apply to a layer raises a
 ValueError naming the layer. Options (keyword arguments) go to the method they belong to; an
 unknown option is an error. ``reference="float"`` (learned_round, bias_correction) compares with
-the float network's own layer outputs instead of the float weights on the quantized inputs.
+the float network's own layer outputs instead of the float weights on the quantized inputs;
+block_round always compares with the float network's block outputs. ``float_weights`` ({layer
+name: weights}, bias_correction) gives the float weights to correct against when the rounding
+ran in an earlier call (by default those from before this call's rounding, or the current ones).
 Returns ``q`` (modified in place); ``report`` (a dict, optional) receives what each method did.
 """
 from __future__ import annotations
@@ -39,13 +44,14 @@ from .._api import callable_module
 from . import _common
 from . import act_search as _act_search
 from . import bias_correction as _bias_correction
+from . import block_round as _block_round
 from . import equalize as _equalize
 from . import format_search as _format_search
 from . import gptq as _gptq
 from . import learned_round as _learned_round
 
 ORDER = ("weight_equalization", "act_equalization", "act_channel_scales", "act_search",
-         "format_search", "gptq", "learned_round", "bias_correction")
+         "format_search", "gptq", "learned_round", "block_round", "bias_correction")
 _BEFORE_CALIBRATION = ("weight_equalization", "act_equalization", "act_channel_scales")
 
 _RUN = {
@@ -56,6 +62,7 @@ _RUN = {
     "format_search": _format_search.run,
     "gptq": _gptq.run,
     "learned_round": _learned_round.run,
+    "block_round": _block_round.run,
     "bias_correction": _bias_correction.run,
 }
 
@@ -68,7 +75,8 @@ OPTIONS = {
     "format_search": ("format_candidates", "search_shifts", "search_min_clip", "max_rows"),
     "gptq": ("gptq_act_order", "max_rows"),
     "learned_round": ("round_iters", "round_lr", "round_reg", "max_rows", "reference"),
-    "bias_correction": ("reference",),
+    "block_round": ("round_iters", "round_lr", "round_reg", "block_layers", "block_batch", "block_drop"),
+    "bias_correction": ("reference", "float_weights"),
 }
 
 
@@ -94,13 +102,17 @@ def ptq(q, batches, methods, *, seed: int = 0, progress: bool = True,
         raise ValueError(f"fpq.ptq: unknown method(s) {unknown}; allowed: {', '.join(ORDER)}")
     if len(set(methods)) != len(methods):
         raise ValueError(f"fpq.ptq: a method is listed twice in {methods}")
-    if "gptq" in methods and "learned_round" in methods:
-        raise ValueError("fpq.ptq: gptq and learned_round both choose the weight rounding; pick one")
+    rounding = [m for m in ("gptq", "learned_round", "block_round") if m in methods]
+    if len(rounding) > 1:
+        raise ValueError(f"fpq.ptq: {' and '.join(rounding)} all choose the weight rounding; pick one")
     allowed = {o for m in methods for o in OPTIONS[m]}
     bad = sorted(set(options) - allowed)
     if bad:
         raise ValueError(f"fpq.ptq: option(s) {bad} are not used by methods {methods}; "
                          f"options of these methods: {sorted(allowed) or 'none'}")
+    if "float_weights" in options and rounding:
+        raise ValueError(f"fpq.ptq: float_weights (bias_correction's reference weights) is for a call "
+                         f"after the rounding; here {rounding[0]} runs in the same call and provides them")
     equalizing = any(m in methods for m in _BEFORE_CALIBRATION)
     if equalizing and calibration is None:
         raise ValueError("fpq.ptq: equalization / channel scales change the float weights, so the model must be "
@@ -122,7 +134,7 @@ def ptq(q, batches, methods, *, seed: int = 0, progress: bool = True,
         if name not in methods:
             continue
         kw = {k: v for k, v in options.items() if k in OPTIONS[name]}
-        if name == "bias_correction":
+        if name == "bias_correction" and "float_weights" not in kw:
             kw["float_weights"] = float_weights
         _RUN[name](q, batches, seed=seed, progress=progress, report=report, **kw)
     q.fpq_record_shapes(_common.first_tensor(batches[0])[:1])

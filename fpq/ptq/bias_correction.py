@@ -54,6 +54,10 @@ def run(q, batches, *, seed: int = 0, progress: bool = True, float_weights: dict
         raise ValueError(f"bias_correction: layer(s) {no_bias} have no bias to correct; convert a "
                          "model whose Linear/Conv layers have bias=True, or leave out bias_correction")
     float_weights = float_weights or {n: m.weight.detach().clone() for n, m in layers}
+    unknown = sorted(set(float_weights) - {n for n, _ in layers})
+    if unknown:
+        raise ValueError(f"bias_correction: float_weights names {unknown}, which are not weight layers "
+                         f"of the model; its weight layers: {[n for n, _ in layers]}")
     float_biases = {n: m.bias.detach().clone() for n, m in layers}   # before any correction
     delta = {}
     if reference == "float":   # the float network does not change with the corrections: one pass

@@ -42,38 +42,57 @@ def neighbours(u: torch.Tensor, fmt):
     return u, lo, hi
 
 
+class SoftRounding:
+    """AdaRound's rounding variables of one weight layer: ``v`` chooses, per weight, between the
+    two grid neighbours of w/s; shared by the per-layer (this module) and block-wise
+    (block_round.py) reconstructions."""
+
+    def __init__(self, m, w):
+        self.shape = w.shape
+        s = m.fpq_weight.scale().detach().to(torch.float64)
+        self.s = s.reshape(-1, *([1] * (w.dim() - 1))) if s.dim() else s
+        u, self.lo, self.hi = neighbours(w.to(torch.float64) / self.s, m.fpq_weight.fmt)
+        self.gap = self.hi - self.lo
+        frac = torch.where(self.gap > 0, (u - self.lo) / torch.where(self.gap > 0, self.gap, torch.ones_like(u)),
+                           torch.zeros_like(u))
+        p = torch.clamp((frac - _GAMMA) / (_ZETA - _GAMMA), 1e-4, 1 - 1e-4)
+        self.v = torch.log(p / (1 - p)).clone().requires_grad_(True)   # h(v) == frac at the start
+
+    def soft(self):
+        """The differentiable weights s * (lo + (hi - lo) * h(v)), float64."""
+        return self.s * (self.lo + self.gap * _h(self.v))
+
+    def regularizer(self, it: int, iters: int):
+        """AdaRound's regularizer driving h(v) to 0 or 1, beta annealed 20 -> 2 after a 20 % warm-up."""
+        t = it / max(1, iters - 1)
+        if t < 0.2:
+            return 0.0
+        beta = 20.0 - 18.0 * (t - 0.2) / 0.8
+        return torch.mean(1 - torch.abs(2 * _h(self.v) - 1) ** beta)
+
+    @torch.no_grad()
+    def hard(self):
+        """The hard choice: grid values at the unchanged scale, float32."""
+        return (torch.where(_h(self.v) >= 0.5, self.hi, self.lo) * self.s).to(torch.float32)
+
+
 def _learn_layer(m, x, w, iters, lr, reg, gen, xf=None):
     """Hard grid weights (float32) minimizing mean((xr @ W.T - x @ W_soft.T)**2) + regularizer,
     xr = x (reference "quantized") or the float network's row-aligned inputs xf ("float")."""
-    tq = m.fpq_weight
     g = C.groups_of(m)
-    s = tq.scale().detach().to(torch.float64)
-    s = s.reshape(-1, *([1] * (w.dim() - 1))) if s.dim() else s
-    u, lo, hi = neighbours(w.to(torch.float64) / s, tq.fmt)
-    gap = hi - lo
-    frac = torch.where(gap > 0, (u - lo) / torch.where(gap > 0, gap, torch.ones_like(gap)),
-                       torch.zeros_like(u))
-    p = torch.clamp((frac - _GAMMA) / (_ZETA - _GAMMA), 1e-4, 1 - 1e-4)
-    v = torch.log(p / (1 - p)).clone().requires_grad_(True)   # h(v) == frac at the start
+    r = SoftRounding(m, w)
     target = (x if xf is None else xf) @ C.w2d(w.to(torch.float64), g).T
     norm = float(torch.mean(target ** 2)) or 1.0
-    opt = torch.optim.Adam([v], lr=lr)
+    opt = torch.optim.Adam([r.v], lr=lr)
     n = x.shape[0]
     batch = min(n, 1024)
     for it in range(iters):
         idx = torch.randint(0, n, (batch,), generator=gen)
-        w_soft = s * (lo + gap * _h(v))
-        err = torch.mean((target[idx] - x[idx] @ C.w2d(w_soft, g).T) ** 2) / norm
-        # AdaRound's regularizer with beta annealed 20 -> 2 after a 20 % warm-up
-        t = it / max(1, iters - 1)
-        beta = 20.0 - 18.0 * max(0.0, (t - 0.2) / 0.8)
-        r = 0.0 if t < 0.2 else reg * torch.mean(1 - torch.abs(2 * _h(v) - 1) ** beta)
+        err = torch.mean((target[idx] - x[idx] @ C.w2d(r.soft(), g).T) ** 2) / norm
         opt.zero_grad()
-        (err + r).backward()
+        (err + reg * r.regularizer(it, iters)).backward()
         opt.step()
-    with torch.no_grad():
-        grid = torch.where(_h(v) >= 0.5, hi, lo)
-        return (grid * s).to(torch.float32)
+    return r.hard()
 
 
 def run(q, batches, *, seed: int = 0, progress: bool = True, round_iters: int = 400,
