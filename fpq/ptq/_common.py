@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..calibrate import first_tensor  # noqa: F401  (re-exported: the methods call C.first_tensor)
-from ..nn.layers import FpqConv1d, FpqConv2d, FpqLinear, quant_layer
+from ..nn.layers import FpqConv1d, FpqConv2d, FpqLinear, _value, quant_layer
 from ..nn.quantizers import observing
 
 WEIGHT_LAYERS = (FpqLinear, FpqConv1d, FpqConv2d)
@@ -139,10 +139,6 @@ def run_until(q, batches, record: dict) -> None:
     finally:
         for h in hooks:
             h.remove()
-
-
-def _value(x):
-    return x.value if hasattr(x, "value") else x
 
 
 @torch.no_grad()

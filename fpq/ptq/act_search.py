@@ -133,7 +133,7 @@ class _Prefix:
             self.start, self.envs = 0, [{"input": C.first_tensor(b)} for b in self.batches]
         if stop == self.start:
             return
-        later = {n for n in self.nodes[stop:]}
+        later = set(self.nodes[stop:])
         envs = [self._run(env, stop) for env in self.envs]
         keep = [n for n in self.nodes[:stop] if any(u in later for u in n.users)]
         self.envs = [{n: env[n] for n in keep} for env in envs]

@@ -206,23 +206,16 @@ def act_ranges(q, regions, batches):
     network (quantizers bypassed)."""
     modules = dict(q.named_modules())
     ranges = {}
-    hooks = []
+    record = {}   # consumer name -> recorder (a consumer reads one tensor: it is in one region)
     for ps, cs in regions:
         n = modules[ps[0]].weight.shape[0]
         for cn in cs:
-            def hook(mod, inp, _key=ps[0], _n=n):
-                x = inp[0]
-                x = x.value if hasattr(x, "value") else x
-                r = _channel_max(x.detach(), _n)
+            def rec(mod, inp, _key=ps[0], _n=n):
+                r = _channel_max(C._value(inp[0]).detach(), _n)
                 ranges[_key] = r if _key not in ranges else torch.maximum(ranges[_key], r)
-            hooks.append(modules[cn].register_forward_pre_hook(hook))
-    try:
-        with C.float_network(q), C.eval_mode(q):
-            for b in batches:
-                q(C.first_tensor(b))
-    finally:
-        for h in hooks:
-            h.remove()
+            record[cn] = rec
+    with C.float_network(q):
+        C.run_until(q, batches, record)
     return ranges
 
 
