@@ -189,3 +189,105 @@ def test_foreign_brevitas_trunc_avgpool(tmp_path):
     np.testing.assert_array_equal(y, yt)
     yq, _ = qonnx_trace(path, x[:N_QONNX], graph)
     np.testing.assert_array_equal(y[:N_QONNX], yq)
+
+
+# -- the fused schedule's rounded-to-odd bias (Emulator._odd_bias)
+
+@pytest.mark.parametrize("fmt", ["int8", "uint4", "fixed<8,3>", "fixed<8,3,RND_ZERO,SAT>", "fixed<6,2,TRN,SAT_SYM>",
+                                 "fixed<7,7,RND_INF,WRAP>", "e4m3", "e2m1", "e3m2", "e5m2"])
+def test_odd_bias_is_invisible_to_quantizers_on_the_grid(fmt):
+    from fpq.emulate import odd_bias
+    from fpq.formats import parse_format
+    from fpq.formats.facts import exact_fixed
+    rng = np.random.default_rng(0)
+    p_exp = -6
+    # the coarsest scale allowed: half the quantizer's finest step is exactly the grid p
+    scale_exp = p_exp + 1 + exact_fixed(parse_format(fmt), 0).frac_bits
+    scale = 2.0 ** scale_exp
+    # sums on the grid: every one near zero, random ones over 4x the format's range, all near its edges
+    edge = 1 << (exact_fixed(parse_format(fmt), scale_exp).int_bits - p_exp)
+    codes = np.concatenate([np.arange(-(1 << 12), 1 << 12), rng.integers(-2 * edge, 2 * edge, 20000),
+                            np.add.outer([-edge, edge // 2, edge], np.arange(-256, 256)).ravel()])
+    a = codes * 2.0 ** p_exp
+    b = rng.integers(-(1 << 20), 1 << 20, 24) * 2.0 ** (p_exp - 14)   # biases with 14 finer bits
+    b[:4] = np.arange(4) * 2.0 ** p_exp                       # and some on the grid
+    exact = fpq.quantize(a[:, None] + b[None, :], fmt, scale)
+    np.testing.assert_array_equal(fpq.quantize(a[:, None] + odd_bias(b, p_exp)[None, :], fmt, scale), exact)
+    # the test can fail: the bias moved to a grid point (below or above) differs, and so does a
+    # quantizer one step finer
+    hi = np.floor(b / 2.0 ** p_exp) * 2.0 ** p_exp
+    assert not all(np.array_equal(fpq.quantize(a[:, None] + c[None, :], fmt, scale), exact)
+                   for c in (hi, hi + 2.0 ** p_exp * (b != hi)))
+    if "TRN" not in fmt:   # (a truncation's thresholds are whole steps: one step finer is still fine)
+        assert not np.array_equal(fpq.quantize(a[:, None] + odd_bias(b, p_exp)[None, :], fmt, scale / 2),
+                                  fpq.quantize(a[:, None] + b[None, :], fmt, scale / 2))
+
+
+def test_odd_bias_fast_path_equals_the_exact_bias_end_to_end():
+    """int8 MLP: biases carry 9 more fraction bits than the products (int16 x 2^-17 vs 2^-8), so
+    the exact sum needs float64; the fused schedule runs it in float32 with odd biases."""
+    m, shape = mlp()
+    mw = fpq.export_qonnx(fpq.convert(m, fmt="int8"), None, torch.zeros(1, *shape))
+    graph = read_graph(mw)
+    x = random_inputs(graph, 20000, seed=5)
+    emu = Emulator(graph)
+    linears = [op.name for op in graph.ops if op.kind == "linear"]
+    assert sorted(emu._fast_weights) == sorted(linears)
+    assert all(emu._fast_weights[n][1].dtype == np.float32 and emu._weights[n][1].dtype == np.float64 for n in linears)
+    exact, _ = emu(x, return_trace=True)            # op by op, exact float64 biases
+    np.testing.assert_array_equal(emu(x), exact)
+    np.testing.assert_array_equal(Emulator(graph, backend="torch")(x).numpy(), exact)
+    # the inputs reach the cases that matter: biases merely truncated to the grid change outputs
+    for n in linears:
+        t = graph[n].types
+        p = 2.0 ** -(t["input"].carrier().frac_bits + t["weight"].carrier().frac_bits)
+        emu._fast_weights[n] = (emu._fast_weights[n][0], (np.floor(emu._weights[n][1] / p) * p).astype(np.float32))
+    emu._steps = emu._compile()
+    assert not np.array_equal(emu(x), exact)
+
+
+def test_odd_bias_refused_where_a_reader_would_see_it():
+    m, shape = residual_block()
+    q = fpq.convert(m, fmt="int8")
+    graph = read_graph(fpq.export_qonnx(q, None, torch.zeros(1, *shape)))
+    emu = Emulator(graph)
+    # fc2's sum is added to another tensor before any quantizer: it keeps the exact bias
+    adds = [op for op in graph.ops if op.kind == "add"]
+    assert adds
+    feeding_add = {graph.producer(t).name for op in adds for t in op.inputs if graph.producer(t) is not None}
+    for n in feeding_add:
+        if graph[n].kind == "linear":
+            assert n not in emu._fast_weights
+    x = random_inputs(graph, 2000, seed=2)
+    np.testing.assert_array_equal(emu(x), emu(x, return_trace=True)[0])
+
+
+@pytest.mark.parametrize("cfg", [
+    dict(cin=1, cout=4, hw=(8, 8), k=(3, 3), s=(1, 1), d=(1, 1), p=(1, 1, 1, 1), g=1),
+    dict(cin=4, cout=8, hw=(4, 5), k=(3, 2), s=(2, 1), d=(1, 2), p=(0, 1, 2, 0), g=2),
+    dict(cin=3, cout=6, hw=(9,), k=(4,), s=(2,), d=(2,), p=(1, 2), g=3),
+])
+def test_dense_conv_matrix_equals_im2col_and_torch(cfg):
+    from fpq.emulate import conv_nd, dense_conv_matrix
+    rng = np.random.default_rng(1)
+    nd = len(cfg["hw"])
+    w = rng.integers(-9, 10, (cfg["cout"], cfg["cin"] // cfg["g"]) + cfg["k"]).astype(np.float64)
+    x = rng.integers(-9, 10, (50, cfg["cin"]) + cfg["hw"]).astype(np.float64)
+    attrs = dict(kernel=cfg["k"], strides=cfg["s"], dilations=cfg["d"], pads=cfg["p"], groups=cfg["g"])
+    t, out_shape = dense_conv_matrix(w, attrs, x.shape[1:])
+    y = (x.reshape(50, -1) @ t).reshape((50,) + out_shape)
+    np.testing.assert_array_equal(y, conv_nd(x, w, attrs))
+    pad = cfg["p"]
+    xt = torch.nn.functional.pad(torch.from_numpy(x), sum(((pad[i], pad[i + nd]) for i in reversed(range(nd))), ()))
+    conv = torch.nn.functional.conv1d if nd == 1 else torch.nn.functional.conv2d
+    ref = conv(xt, torch.from_numpy(w), stride=cfg["s"], dilation=cfg["d"], groups=cfg["g"])
+    np.testing.assert_array_equal(y, ref.numpy())
+
+
+def test_dense_conv_only_for_small_maps():
+    from fpq.emulate import dense_conv_matrix
+    attrs = dict(kernel=(3, 3), strides=(1, 1), dilations=(1, 1), pads=(1, 1, 1, 1), groups=1)
+    assert dense_conv_matrix(np.ones((4, 1, 3, 3)), attrs, (1, 8, 8)) is not None
+    assert dense_conv_matrix(np.ones((16, 1, 3, 3)), attrs, (1, 32, 32)) is None      # 16M entries
+    assert dense_conv_matrix(np.ones((4, 1, 1, 1)), dict(attrs, kernel=(1, 1), pads=(0, 0, 0, 0)),
+                             (1, 16, 16)) is None                                   # 256x the work

@@ -13,7 +13,12 @@ Numerics (the exactness contract):
   e5m2 x e5m2) is summed exactly in pieces and rounded to odd (``fpq.numerics.wide``), which every
   later quantizer rounds as it would the exact sum; wider still is refused naming the layer. With a non-power-of-two scale on an input or weight no
   fixed-point accumulator exists: the sum runs in float64 and ``Emulator.exact[op]`` is False.
-* No per-sample Python: one matmul per layer over the whole batch (conv as im2col views).
+* The fused run (not ``return_trace``) may add a bias rounded to odd on the product grid when the
+  sum fits float32 but its bias has finer bits; only quantizers whose thresholds lie on that
+  grid read such a sum, so no output changes (``Emulator._odd_bias``). The traced run uses the
+  exact bias.
+* No per-sample Python: one matmul per layer over the whole batch (conv as im2col views, or one
+  GEMM against the unrolled conv matrix when the feature map is small).
 
 ``device="cuda"`` runs the same program with torch on the GPU (float64 / float32 matmuls with
 TF32 disabled, convolutions as unfold + matmul, so the results are identical);
@@ -28,6 +33,7 @@ from ..export.graph import Graph, Op, Quantizer, UnsupportedGraphError, accumula
 from ..numerics.reference import quantize_unscaled
 from ..numerics.wide import WIDE_BITS as WIDE_EXACT_BITS, exact_bilinear
 from ..formats import Int
+from ..formats.facts import exact_fixed
 from ..typeplan import po2_exponents
 
 FLOAT32_EXACT_BITS = 24
@@ -68,6 +74,7 @@ class Emulator:
     # -- planning: accumulator dtypes and exactness per op
     def _plan(self):
         self._bias_f32 = {}
+        odd_bias_candidates = {}  # float32 sums whose bias alone is too fine for float32
         for op in self.graph.ops:
             self.exact[op.name] = True
             if op.kind in ("linear", "conv1d", "conv2d", "batchnorm"):
@@ -105,6 +112,8 @@ class Emulator:
                     continue
                 self.acc_dtype[op.name] = "float32" if bits_nb <= FLOAT32_EXACT_BITS else "float64"
                 self._bias_f32[op.name] = bits <= FLOAT32_EXACT_BITS
+                if bits_nb <= FLOAT32_EXACT_BITS < bits:
+                    odd_bias_candidates[op.name] = bits_nb
             elif op.kind in ("quant", "input_quant", "relu", "maxpool", "flatten", "reshape", "transpose",
                              "output", "add", "mul", "div", "avgpool", "global_avgpool"):
                 if op.kind in ("add",):
@@ -125,7 +134,57 @@ class Emulator:
                     w = np.ascontiguousarray(w.T)
                 bdt = np.float32 if self._bias_f32.get(op.name) and dt == np.float32 else np.float64
                 self._weights[op.name] = (w, None if op.bias is None else op.bias.astype(bdt))
+        self._dense = {}         # (op name, input shape, dtype) -> dense conv matrix or None
+        self._fast_weights = {}  # op name -> (w, bias) the fused schedule uses instead (see _odd_bias)
+        for name, bits_nb in odd_bias_candidates.items():
+            b = self._odd_bias(self.graph[name], bits_nb)
+            if b is not None:
+                self._fast_weights[name] = (self._weights[name][0], b)
         self._steps = self._compile()
+
+    def _odd_bias(self, op, bits_nb):
+        """A float32 bias b' that gives every quantizer reading ``op`` the value the exact bias gives,
+        or None.
+
+        The weighted sum A is a multiple of the product grid p (input lsb x weight lsb) and fits
+        float32; a bias with finer bits makes A + b too wide for it. Write b = b_hi + r with b_hi
+        on the grid p and 0 <= r < p, and use b' = b_hi + (p/2 if r else 0): A + b' is A + b
+        "rounded to odd" on the grid p, i.e. equal to it on the grid and otherwise strictly
+        inside the same open interval between two grid points. Any function of the sum that is
+        constant between points of the grid p gives the same result on both: a quantizer whose
+        rounding ties and saturation points are all on that grid (half its finest step is a
+        multiple of p), seen through ReLU / max pool / reshapes (monotone or value-preserving).
+        Anything else reading the sum (an add, a graph output, a float scale) keeps the exact
+        float64 bias. The traced run (``return_trace``) always uses the exact bias."""
+        t_in, t_w = op.types["input"], op.types["weight"]
+        p_exp = -(t_in.carrier().frac_bits + t_w.carrier().frac_bits)   # p = 2**p_exp
+        consumers = {}
+        for o in self.graph.ops:
+            for t in o.inputs:
+                consumers.setdefault(t, []).append(o)
+        outputs = set(self.graph.outputs)
+        todo = [op.outputs[0]]
+        while todo:
+            t = todo.pop()
+            if t in outputs or not consumers.get(t):
+                return None
+            for c in consumers[t]:
+                if c.kind in ("relu", "maxpool", "flatten", "reshape", "transpose"):
+                    todo.append(c.outputs[0])
+                    continue
+                q = c.quant if c.kind == "quant" else None
+                exps = None if q is None or q.pre_scale is not None else po2_exponents(q.scale)
+                if exps is None:
+                    return None
+                half_step_exp = -exact_fixed(q.format, int(exps.min())).frac_bits - 1
+                if half_step_exp < p_exp:
+                    return None
+        odd = odd_bias(op.bias, p_exp)
+        # A + b' lives on the grid p/2 and |A| < 2**bits_nb * p: float32 holds it when
+        room = (2.0 ** bits_nb + float(np.max(np.abs(odd), initial=0.0)) * 2.0 ** -p_exp) * 2
+        if room > 2.0 ** FLOAT32_EXACT_BITS:
+            return None
+        return odd.astype(np.float32)
 
     def _mark_rounded_to_odd_readers(self):
         """Ops reading a rounded-to-odd sum (directly or through ReLU / max pool / reshapes, which
@@ -230,7 +289,7 @@ class Emulator:
             elif op.kind == "output":
                 fn = lambda x: x  # noqa: E731
             else:
-                fn = lambda *xs, _op=op: self._run(_op, list(xs))  # noqa: E731
+                fn = lambda *xs, _op=op: self._run(_op, list(xs), fast=True)  # noqa: E731
             steps.append((fn, ins, out))
         return with_frees(steps, set(self.graph.outputs) | set(self.graph.inputs))
 
@@ -242,13 +301,22 @@ class Emulator:
                                                    "avgpool", "global_avgpool")
                 and len(consumers.get(src, [])) == 1 and src not in outputs)
 
-    def _run(self, op: Op, xs):
+    def dense_conv(self, op, in_shape, w):
+        """(matrix, output shape) of a small convolution unrolled into one dense matrix, or None
+        (see dense_conv_matrix); built once per op, input shape and weight dtype."""
+        key = (op.name, tuple(in_shape), w.dtype)
+        if key not in self._dense:
+            self._dense[key] = dense_conv_matrix(w, op.attrs, tuple(in_shape))
+        return self._dense[key]
+
+    def _run(self, op: Op, xs, fast=False):
+        """One op; ``fast`` (the fused schedule) may use a rounded-to-odd bias (see _odd_bias)."""
         k = op.kind
         x = xs[0]
         if k in ("quant", "input_quant"):
             return apply_quantizer(op, x)
         if k == "linear":
-            w, b = self._weights[op.name]
+            w, b = self._fast_weights[op.name] if fast and op.name in self._fast_weights else self._weights[op.name]
             if op.name in self.rounded_to_odd:
                 return exact_bilinear(np.matmul, x.astype(np.float64), w, b, op.fan_in, strict=True)[0]
             acc = x.astype(w.dtype, copy=False) @ w
@@ -264,12 +332,14 @@ class Emulator:
                 y += b.reshape(shape)
             return y
         if k in ("conv1d", "conv2d"):
-            w, b = self._weights[op.name]
+            w, b = self._fast_weights[op.name] if fast and op.name in self._fast_weights else self._weights[op.name]
             if op.name in self.rounded_to_odd:
                 return exact_bilinear(lambda a, c: conv_nd(a, c, op.attrs), x.astype(np.float64), w, b, op.fan_in,
                                       bias_shape=(-1,) + (1,) * (x.ndim - 2), strict=True)[0]
-            return _add_bias(conv_nd(x.astype(w.dtype, copy=False), w, op.attrs), b, 1 if x.ndim > 1 else 0,
-                             channel_axis=1)
+            x = x.astype(w.dtype, copy=False)
+            t = self.dense_conv(op, x.shape[1:], w)
+            y = conv_nd(x, w, op.attrs) if t is None else (x.reshape(len(x), -1) @ t[0]).reshape((len(x),) + t[1])
+            return _add_bias(y, b, 1 if x.ndim > 1 else 0, channel_axis=1)
         if k == "relu":
             return np.maximum(x, 0, dtype=x.dtype)
         if k == "add":
@@ -491,6 +561,40 @@ def conv_nd(x, w, attrs):
             wg = w[gi * cout_g:(gi + 1) * cout_g].reshape(cout_g, width)
             y[:, gi * cout_g:(gi + 1) * cout_g] = np.matmul(wg, patches[:, gi * width:(gi + 1) * width])
     return y.reshape(n, cout, *out)
+
+
+def odd_bias(b, p_exp: int) -> np.ndarray:
+    """b rounded to odd on the grid 2**p_exp: b itself on the grid, else the midpoint of the grid
+    interval holding it (float64, exact). See Emulator._odd_bias for why quantizers cannot tell."""
+    b = np.asarray(b, dtype=np.float64)
+    p = np.ldexp(1.0, p_exp)
+    hi = np.floor(b / p) * p      # exact: p is a power of two
+    return hi + np.where(b != hi, p / 2, 0.0)
+
+
+DENSE_CONV_MAX_ENTRIES = 1 << 18  # the unrolled matrix stays cache-sized (1 MiB of float32)
+DENSE_CONV_MAX_WORK = 8           # and costs at most 8x the multiply-adds of im2col
+
+
+def dense_conv_matrix(w, attrs, in_shape):
+    """A small convolution as one (inputs, outputs) matrix T: conv(x) = x.reshape(N, -1) @ T.
+
+    Why: on small feature maps (the first layers of trigger / edge nets) building im2col patches
+    costs more than the products; one GEMM against the unrolled conv is 2x faster on the digits
+    conv net (measured) although it multiplies by zeros. Exact: each output sums the same products
+    plus exact zeros, so every partial sum is bounded as im2col's are. T is conv_nd applied to the
+    identity basis (each entry one weight times 1, or 0). None when T would be large or the extra
+    zero products more than DENSE_CONV_MAX_WORK times im2col's work."""
+    n_in = int(np.prod(in_shape))
+    c_g, kk = w.shape[1], int(np.prod(w.shape[2:]))
+    xp, out = _padded(np.zeros((1, 1) + tuple(in_shape[1:])), attrs["kernel"], attrs["strides"],
+                      attrs["dilations"], attrs["pads"])
+    n_out = w.shape[0] * int(np.prod(out))
+    if n_in * n_out > DENSE_CONV_MAX_ENTRIES or n_in > DENSE_CONV_MAX_WORK * c_g * kk:
+        return None
+    eye = np.eye(n_in, dtype=w.dtype).reshape((n_in,) + tuple(in_shape))
+    t = conv_nd(eye, w, attrs)
+    return np.ascontiguousarray(t.reshape(n_in, n_out)), tuple(t.shape[1:])
 
 
 def pool_nd(x, attrs, mode):

@@ -24,14 +24,26 @@ class TorchProgram:
         self.device = torch.device(device)
         self._w = None
         self._compiled = None
+        self._dense = {}
 
-    def _weights(self):
+    def _weights(self, fast=False):
+        """name -> (w, b) tensors; ``fast``: the fused schedule's (a rounded-to-odd bias, see
+        Emulator._odd_bias, where the emulator has one)."""
         if self._w is None:
             self._w = {}
-            for name, (w, b) in self.emu._weights.items():
-                self._w[name] = (torch.from_numpy(np.ascontiguousarray(w)).to(self.device),
-                                 None if b is None else torch.from_numpy(b).to(self.device))
-        return self._w
+            for key, table in (("exact", self.emu._weights), ("fast", {**self.emu._weights, **self.emu._fast_weights})):
+                self._w[key] = {name: (torch.from_numpy(np.ascontiguousarray(w)).to(self.device),
+                                       None if b is None else torch.from_numpy(b).to(self.device))
+                                for name, (w, b) in table.items()}
+        return self._w["fast" if fast else "exact"]
+
+    def _dense_conv(self, op, in_shape):
+        """The emulator's dense matrix for a small conv (Emulator.dense_conv) on this device."""
+        key = (op.name, in_shape)
+        if key not in self._dense:
+            t = self.emu.dense_conv(op, in_shape, self.emu._weights[op.name][0])
+            self._dense[key] = None if t is None else (torch.from_numpy(t[0]).to(self.device), t[1])
+        return self._dense[key]
 
     def run(self, x, return_trace=False):
         g = self.emu.graph
@@ -75,7 +87,7 @@ class TorchProgram:
                 elif op.kind == "output":
                     fn = lambda x: x  # noqa: E731
                 else:
-                    fn = lambda *xs, _op=op: self._op(_op, list(xs))  # noqa: E731
+                    fn = lambda *xs, _op=op: self._op(_op, list(xs), fast=True)  # noqa: E731
                 steps.append((fn, ins, out))
             from . import with_frees
             g = self.emu.graph
@@ -125,12 +137,12 @@ class TorchProgram:
             y = y * sd
         return y.to(torch.float32)
 
-    def _op(self, op, xs):
+    def _op(self, op, xs, fast=False):
         k, x = op.kind, xs[0]
         if k in ("quant", "input_quant"):
             return self._quant(x, op.quant, k == "input_quant")
         if k == "linear":
-            w, b = self._weights()[op.name]
+            w, b = self._weights(fast)[op.name]
             if op.name in self.emu.rounded_to_odd:
                 return exact_bilinear(torch.matmul, x.to(torch.float64), w, b, op.fan_in, strict=True)[0]
             if b is not None and b.dtype == w.dtype and x.dim() == 2:
@@ -138,11 +150,14 @@ class TorchProgram:
             acc = x.to(w.dtype) @ w
             return _bias(acc, b, None)
         if k in ("conv1d", "conv2d"):
-            w, b = self._weights()[op.name]
+            w, b = self._weights(fast)[op.name]
             if op.name in self.emu.rounded_to_odd:
                 return exact_bilinear(lambda a, c: _conv(a, c, op.attrs), x.to(torch.float64), w, b, op.fan_in,
                                       bias_shape=(-1,) + (1,) * (x.dim() - 2), strict=True)[0]
-            return _bias(_conv(x.to(w.dtype), w, op.attrs), b, 1)
+            x = x.to(w.dtype)
+            dense = self._dense_conv(op, tuple(x.shape[1:]))
+            y = _conv(x, w, op.attrs) if dense is None else (x.reshape(len(x), -1) @ dense[0]).view(len(x), *dense[1])
+            return _bias(y, b, 1)
         if k == "batchnorm":
             w, b = self._weights()[op.name]
             shape = (1, -1) + (1,) * (x.dim() - 2)
