@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .formats import Binary, Fixed, Format, exact_fixed, parse_format
+from .formats.facts import MAX_ENUMERABLE_BITS, values as format_values
 
 ROLES_ORDER = ("input", "weight", "bias", "product", "accumulator", "output")
 
@@ -59,6 +60,17 @@ class TensorType:
         carriers = [exact_fixed(self.format, int(e)) for e in np.unique(exps)]
         return fixed_union(carriers)
 
+    def value_carrier(self) -> Fixed | None:
+        """The exact Fixed holding every value this tensor takes as stored (float32 of q * scale),
+        also for a scale that is not a power of two: from the format's values, when there are at
+        most 2**16 of them (else None)."""
+        if self.po2:
+            return self.carrier()
+        if self.format.width > MAX_ENUMERABLE_BITS:
+            return None
+        levels = (format_values(self.format)[:, None] * self.scale.astype(np.float64).ravel()[None, :])
+        return values_carrier(levels.astype(np.float32))
+
     def describe(self) -> str:
         s = self.scale.ravel()
         if s.size == 1:
@@ -67,6 +79,24 @@ class TensorType:
         else:
             sc = f"per-channel[{s.size}]" + (" po2" if self.po2 else "")
         return f"{self.format} x {sc}"
+
+
+def values_carrier(v) -> Fixed:
+    """Smallest signed Fixed holding the given finite float values exactly. Float numbers are
+    dyadic (x = k * 2**-f), so fixed point holds any of them: weights or quantizer outputs whose
+    scale is not a power of two, for instance."""
+    v = np.asarray(v, dtype=np.float64).ravel()
+    nz = np.abs(v[v != 0])
+    if nz.size == 0:
+        return Fixed(2, 2, True)
+    if not np.all(np.isfinite(nz)):
+        raise ValueError("non-finite values have no fixed-point carrier")
+    m, e = np.frexp(nz)                            # nz = m * 2**e, 0.5 <= m < 1
+    k = np.ldexp(m, 53).astype(np.int64)           # an integer: float64 has 53 significant bits
+    trailing = np.log2((k & -k).astype(np.float64)).astype(np.int64)
+    frac = int(np.max(53 - e - trailing))          # the smallest f with every x * 2**f an integer
+    width = int(np.max(np.ldexp(nz, frac))).bit_length() + 1
+    return Fixed(width, width - frac, True)
 
 
 def fixed_union(formats) -> Fixed:

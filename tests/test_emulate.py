@@ -291,3 +291,27 @@ def test_dense_conv_only_for_small_maps():
     assert dense_conv_matrix(np.ones((16, 1, 3, 3)), attrs, (1, 32, 32)) is None      # 16M entries
     assert dense_conv_matrix(np.ones((4, 1, 1, 1)), dict(attrs, kernel=(1, 1), pads=(0, 0, 0, 0)),
                              (1, 16, 16)) is None                                   # 256x the work
+
+
+def test_float_scaled_inputs_proven_exact_from_their_values():
+    """A float activation scale has no fixed-point type by format, but the values it produces
+    (float32 q * s) are dyadic: with fixed-point weights the exact sum fits 53 bits, so float64
+    sums it exactly and the emulator says so; with float weight scales too it does not."""
+    from fpq.emulate import value_accumulator_bits
+    m, shape = mlp()
+    proven = fpq.convert(m, weights="fixed<8,1>", activations="int8", scale="float")
+    both = fpq.convert(m, fmt="int8", scale="float")
+    for q in (proven, both):
+        fpq.calibrate(q, [torch.randn(256, *shape) * 2])
+    g = read_graph(fpq.export_qonnx(proven, None, torch.zeros(1, *shape)))
+    assert not any(op.types["input"].po2 for op in g.ops if op.kind == "linear")
+    emu = Emulator(g)
+    bits = {op.name: value_accumulator_bits(op) for op in g.ops if op.kind == "linear"}
+    assert all(35 < b <= 53 for b in bits.values()), bits
+    assert all(emu.exact.values())
+    rep = fpq.verify(proven, random_inputs(g, 300, seed=1), qonnx_subset=4)
+    assert rep.exact and not any("not proven" in n for n in rep.notes)
+    g2 = read_graph(fpq.export_qonnx(both, None, torch.zeros(1, *shape)))
+    emu2 = Emulator(g2)
+    assert all(value_accumulator_bits(op) > 53 and not emu2.exact[op.name] for op in g2.ops if op.kind == "linear")
+    assert any("not proven" in n for n in fpq.verify(both, random_inputs(g2, 300, seed=1), qonnx_subset=4).notes)

@@ -34,7 +34,7 @@ from ..numerics.reference import quantize_unscaled
 from ..numerics.wide import WIDE_BITS as WIDE_EXACT_BITS, exact_bilinear
 from ..formats import Int
 from ..formats.facts import exact_fixed
-from ..typeplan import po2_exponents
+from ..typeplan import po2_exponents, product_type, sum_type, values_carrier
 
 FLOAT32_EXACT_BITS = 24
 FLOAT64_EXACT_BITS = 53
@@ -80,8 +80,11 @@ class Emulator:
             if op.kind in ("linear", "conv1d", "conv2d", "batchnorm"):
                 t_in, t_w = op.types.get("input"), op.types.get("weight")
                 if t_in is None or t_w is None or not (t_in.po2 and t_w.po2):
+                    # a float scale: no fixed-point type from the formats, but the values are
+                    # still dyadic; float64 sums them exactly when their exact sum fits 53 bits
+                    bits = value_accumulator_bits(op)
                     self.acc_dtype[op.name] = "float64"
-                    self.exact[op.name] = False
+                    self.exact[op.name] = bits is not None and bits <= FLOAT64_EXACT_BITS
                     continue
                 no_bias = Op(op.name, op.kind, op.inputs, op.outputs, weight=op.weight,
                              types={"input": t_in, "weight": t_w})
@@ -561,6 +564,21 @@ def conv_nd(x, w, attrs):
             wg = w[gi * cout_g:(gi + 1) * cout_g].reshape(cout_g, width)
             y[:, gi * cout_g:(gi + 1) * cout_g] = np.matmul(wg, patches[:, gi * width:(gi + 1) * width])
     return y.reshape(n, cout, *out)
+
+
+def value_accumulator_bits(op: Op) -> int | None:
+    """Bits of the exact sum of a linear / conv / batchnorm whose input or weight scale is not a
+    power of two, from the values each operand can take: the input's as stored (float32 q * s for
+    every value q of its format), the weights' and bias' own. None when the input's format is
+    too wide to enumerate or its type is unknown."""
+    t_in, t_w = op.types.get("input"), op.types.get("weight")
+    xc = None if t_in is None else t_in.value_carrier()
+    if xc is None or op.weight is None or op.fan_in is None:
+        return None
+    wc = t_w.carrier() if t_w is not None and t_w.po2 else values_carrier(op.weight)
+    t_b = op.types.get("bias")
+    bc = None if op.bias is None else (t_b.carrier() if t_b is not None and t_b.po2 else values_carrier(op.bias))
+    return sum_type(product_type(xc, wc), op.fan_in, bc).width
 
 
 def odd_bias(b, p_exp: int) -> np.ndarray:

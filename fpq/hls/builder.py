@@ -33,6 +33,7 @@ import numpy as np
 
 from ..formats import Binary, Fixed, Minifloat, exact_fixed
 from ..typeplan import TensorType, fixed_union, po2_exponents, product_type, sum_type
+from ..typeplan import values_carrier as _values_carrier
 from . import cpp
 
 
@@ -91,29 +92,11 @@ def hls_shape_of(torch_shape: tuple) -> tuple:
 
 
 def values_carrier(v) -> Fixed:
-    """Smallest signed Fixed holding the given float values exactly (for weights whose scale is
-    not a power of two: their float32 values are still dyadic numbers, so fixed point holds them)."""
-    v = np.asarray(v, dtype=np.float64).ravel()
-    nz = v[v != 0]
-    if nz.size == 0:
-        return Fixed(2, 2, True)
-    if not np.all(np.isfinite(nz)):
-        raise HLSUnsupportedError("non-finite weight or bias values")
-    frac = max(_frac_bits(float(x)) for x in np.unique(np.abs(nz)))
-    k = np.abs(np.rint(np.ldexp(nz, frac)))
-    width = int(k.max()).bit_length() + 1
-    return Fixed(width, width - frac, True)
-
-
-def _frac_bits(x: float) -> int:
-    """Smallest f with x * 2**f an integer (negative for multiples of 2**k, k > 0)."""
-    from fractions import Fraction
-
-    q = Fraction(x)
-    if q.denominator > 1:
-        return q.denominator.bit_length() - 1
-    n = abs(q.numerator)
-    return -((n & -n).bit_length() - 1)
+    """fpq.typeplan.values_carrier, refusing non-finite values as an HLS error."""
+    try:
+        return _values_carrier(v)
+    except ValueError as e:
+        raise HLSUnsupportedError(f"weight or bias values: {e}") from None
 
 
 def _scale_exp(tt: TensorType, what: str) -> int:
