@@ -45,18 +45,30 @@ def best_of(fn, repeats=7):
     return best, out
 
 
-def brevitas_twin(dims=(16, 64, 32, 32, 5)):
-    """The same MLP shape built from Brevitas' own int8 quantizers (Brevitas' fake-quant forward)."""
+def brevitas_twin(model):
+    """The float model's layers rebuilt from Brevitas' own int8 quantizers (Brevitas' fake-quant
+    forward): Linear / Conv -> QuantLinear / QuantConv, ReLU -> QuantReLU, an int8 QuantIdentity at
+    the input; a BatchNorm is dropped (fpq folds it into the conv; the twin is timed, not compared)."""
     import brevitas.nn as qnn
     from brevitas.quant import (Int8ActPerTensorFixedPoint, Int8WeightPerTensorFixedPoint,
                                 Uint8ActPerTensorFixedPoint)
     torch.manual_seed(0)
     layers = [qnn.QuantIdentity(act_quant=Int8ActPerTensorFixedPoint, return_quant_tensor=True)]
-    for i in range(len(dims) - 1):
-        layers.append(qnn.QuantLinear(dims[i], dims[i + 1], bias=True, weight_quant=Int8WeightPerTensorFixedPoint,
-                                      return_quant_tensor=True))
-        if i < len(dims) - 2:
+    for m in model:
+        w = dict(weight_quant=Int8WeightPerTensorFixedPoint, return_quant_tensor=True)
+        if isinstance(m, torch.nn.Linear):
+            layers.append(qnn.QuantLinear(m.in_features, m.out_features, bias=True, **w))
+        elif isinstance(m, torch.nn.Conv2d):
+            layers.append(qnn.QuantConv2d(m.in_channels, m.out_channels, m.kernel_size, stride=m.stride,
+                                          padding=m.padding, groups=m.groups, bias=True, **w))
+        elif isinstance(m, torch.nn.ReLU):
             layers.append(qnn.QuantReLU(act_quant=Uint8ActPerTensorFixedPoint, return_quant_tensor=True))
+        elif isinstance(m, torch.nn.MaxPool2d):
+            layers.append(torch.nn.MaxPool2d(m.kernel_size, m.stride))  # Brevitas passes QuantTensors through
+        elif isinstance(m, torch.nn.Flatten):
+            layers.append(torch.nn.Flatten())
+        elif not isinstance(m, torch.nn.BatchNorm2d):
+            raise TypeError(f"no Brevitas twin for {type(m).__name__}")
     return torch.nn.Sequential(*layers).eval()
 
 
@@ -81,19 +93,18 @@ def bench_model(name, model, shape, n, qonnx_subset, hls, tmp):
     with torch.no_grad():
         t_fq, yq = best_of(lambda: q(xt), 3)
     rows.append(("fpq.convert model torch forward (float64 eval)", t_fq, _same(y, yq.double().numpy())))
-    if name == "mlp":
-        bm = brevitas_twin()
+    bm = brevitas_twin(model)
+    with torch.no_grad():
+        t_bv, _ = best_of(lambda: bm(xt))
+    rows.append(("Brevitas fake-quant forward (own int8 quantizers, float32)", t_bv, "other weights: speed only"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the emulator runs its BLAS on one thread: the same footing
+    try:
         with torch.no_grad():
-            t_bv, _ = best_of(lambda: bm(xt))
-        rows.append(("Brevitas fake-quant forward (own int8 quantizers, float32)", t_bv, "other weights: speed only"))
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # the emulator runs its BLAS on one thread: the same footing
-        try:
-            with torch.no_grad():
-                t_bv1, _ = best_of(lambda: bm(xt))
-        finally:
-            torch.set_num_threads(threads)
-        rows.append(("Brevitas fake-quant forward, 1 torch thread", t_bv1, "other weights: speed only"))
+            t_bv1, _ = best_of(lambda: bm(xt))
+    finally:
+        torch.set_num_threads(threads)
+    rows.append(("Brevitas fake-quant forward, 1 torch thread", t_bv1, "other weights: speed only"))
 
     # qonnx's executor: one sample at a time, on a subset
     from qonnx.core.modelwrapper import ModelWrapper
@@ -159,7 +170,7 @@ def bench_throughput(device: str, batch: int) -> list:
     rows = []
     t, y = _device_time(lambda: emu(xd), dev)
     rows.append(("fpq emulator (torch backend)", t, _same(reference, y.cpu().numpy())))
-    bm = brevitas_twin().to(dev)
+    bm = brevitas_twin(m).to(dev)
     with torch.no_grad():
         rows.append(("Brevitas fake-quant forward (own int8 quantizers, float32)",
                      _device_time(lambda: bm(xd), dev)[0], "other weights: speed only"))
