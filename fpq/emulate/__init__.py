@@ -11,8 +11,10 @@ Numerics (the exactness contract):
   otherwise in float64 when the accumulator fits in 53 bits (always for the element-wise
   BatchNorm x * s + t, one product and one add per element). A wider one (up to 94 bits, e.g.
   e5m2 x e5m2) is summed exactly in pieces and rounded to odd (``fpq.numerics.wide``), which every
-  later quantizer rounds as it would the exact sum; wider still is refused naming the layer. With a non-power-of-two scale on an input or weight no
-  fixed-point accumulator exists: the sum runs in float64 and ``Emulator.exact[op]`` is False.
+  later quantizer rounds as it would the exact sum; wider still is refused naming the layer.
+* A non-power-of-two scale on an input or weight gives no fixed-point type by format; the sum
+  runs in float64, and ``Emulator.exact[op]`` is True when the values themselves (float32 q * s,
+  dyadic numbers) prove it fits 53 bits (``value_accumulator_bits``), else False.
 * The fused run (not ``return_trace``) may add a bias rounded to odd on the product grid when the
   sum fits float32 but its bias has finer bits; only quantizers whose thresholds lie on that
   grid read such a sum, so no output changes (``Emulator._odd_bias``). The traced run uses the
