@@ -315,3 +315,21 @@ def test_float_scaled_inputs_proven_exact_from_their_values():
     emu2 = Emulator(g2)
     assert all(value_accumulator_bits(op) > 53 and not emu2.exact[op.name] for op in g2.ops if op.kind == "linear")
     assert any("not proven" in n for n in fpq.verify(both, random_inputs(g2, 300, seed=1), qonnx_subset=4).notes)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+@pytest.mark.parametrize("builder,fmt", [(mlp, "int8"), (mlp, "e4m3"), (MODELS["conv2d_bn"], "int8"),
+                                         (MODELS["conv2d_bn"], "e2m1"), (residual_block, "fixed<8,3>")])
+def test_cuda_emulator_equals_numpy(builder, fmt):
+    """On a GPU (TF32 off, convs as GEMMs): the fused run and the trace equal the numpy emulator;
+    fpq.emulate picks the GPU itself for a CUDA tensor."""
+    m, shape = builder()
+    graph = read_graph(fpq.export_qonnx(fpq.convert(m, fmt=fmt), None, torch.zeros(1, *shape)))
+    x = random_inputs(graph, 20000, seed=7)
+    ref, ref_trace = Emulator(graph)(x, return_trace=True)
+    y = fpq.emulate(graph, torch.from_numpy(x).cuda())
+    assert y.is_cuda
+    np.testing.assert_array_equal(ref, y.cpu().numpy())
+    _, trace = Emulator(graph, device="cuda")(x[:2000], return_trace=True)
+    for k in ref_trace:
+        np.testing.assert_array_equal(np.asarray(ref_trace[k][:2000], np.float64), trace[k].cpu().double().numpy())

@@ -647,7 +647,10 @@ def emulate(q_or_onnx, x, *, device=None, return_trace=False, example_input=None
     float32 for quantized tensors); with ``return_trace`` also {op name: output}.
 
     A torch model is exported in memory first (``example_input`` defaults to ``x[:1]``).
+    ``device`` None: numpy on the CPU, or the torch backend on the GPU when ``x`` is a CUDA tensor.
     """
+    if device is None and getattr(x, "is_cuda", False):
+        device = x.device
     if example_input is None:
         example_input = x[:1] if hasattr(x, "__getitem__") else x
     emu = Emulator(q_or_onnx, device=device, example_input=example_input, backend=backend)
