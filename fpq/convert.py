@@ -12,14 +12,14 @@ from __future__ import annotations
 import copy
 import fnmatch
 import operator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
 from ._api import callable_module
-from .formats import parse_format
+from .formats import Binary, parse_format
 from .nn.batchnorm import FpqBatchNorm, from_batchnorm
 from .nn.layers import (FpqAct, FpqAdd, FpqAvgPool, FpqClamp, FpqConv1d, FpqConv2d, FpqInput,
                         FpqLinear, link_input_quantizers, quant_layer)
@@ -126,6 +126,23 @@ def _resolve(policy: Policy, path: str) -> dict:
             f = _fmt(value, f"override {pattern!r}")
             out["weights"] = out["activations"] = f
     return out
+
+
+BN_SCALE_FOR_BINARY = "int8"
+
+
+def _batchnorm_formats(policy: Policy, path: str) -> dict:
+    """A kept BatchNorm's formats: its scale s takes the weight format, except that a binary
+    weight format from the defaults gives it int8 -- binary weights mean binary conv / linear
+    weights, and a binary s would keep only the sign and a power of two of each channel's scale
+    (BNN practice keeps BatchNorm in higher precision). An override naming the BatchNorm's
+    weights, binary included, is used as given."""
+    f = _resolve(policy, path)
+    if isinstance(parse_format(f["weights"]), Binary):
+        probe = _resolve(replace(policy, weights=BN_SCALE_FOR_BINARY), path)
+        if probe["weights"] == BN_SCALE_FOR_BINARY:   # not set by an override
+            f["weights"] = BN_SCALE_FOR_BINARY
+    return f
 
 
 def _trace(model: nn.Module) -> fx.GraphModule:
@@ -241,7 +258,8 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
     all element-wise; a dict {BatchNorm name or glob: "fold" | "keep"} chooses per layer
     (unlisted: "fold"). An element-wise BatchNorm is an ``FpqBatchNorm``: y = Q_act(x * Q_w(s) +
     Q_b(t)) with s = gamma / sqrt(var + eps) and t = beta - mean * s quantized per channel by the
-    layer's weight and bias formats (overrides by the BatchNorm's name apply). Returns an
+    layer's weight and bias formats (overrides by the BatchNorm's name apply; a binary default
+    weight format gives s int8 instead: see _batchnorm_formats). Returns an
     FpqModel in eval mode; ``.train()`` it for QAT.
     """
     if not isinstance(model, nn.Module):
@@ -306,7 +324,7 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
                 if not m.track_running_stats or m.running_mean is None:
                     raise _unsupported(path, f"{type(m).__name__} without running statistics "
                                              "(track_running_stats=False normalizes with batch statistics)")
-                f = _resolve(policy, path)
+                f = _batchnorm_formats(policy, path)
                 policy.layers[path] = dict(f, batchnorm="element-wise")
                 _set_module(gm, path, from_batchnorm(m, f["weights"], f["bias"], f["activations"], scale))
             elif not isinstance(m, _KEEP_MODULES):

@@ -294,3 +294,33 @@ def test_cost_penalty_prices_the_batchnorm_multipliers():
     with torch.no_grad():
         found["bn_relu", "weight"].int_bits -= 2
     assert 0 < float(qfx.bit_penalty(q, "cost")) < float(p)
+
+
+def test_binary_weights_leave_a_kept_batchnorm_int8_unless_overridden():
+    """weights='binary' binarizes conv / linear weights; a kept BatchNorm's scale gets int8 (a binary
+    s would keep only each channel's sign and power of two), and BiPer leaves it alone. An override
+    naming the BatchNorm is used as given."""
+    from fpq.nn.biper import biper_quantizers
+    q = fpq.convert(_model(), weights="binary", activations="int8", method="biper", omega=4.0,
+                    batchnorm="keep", overrides={"c1": {"weights": "int8"}})
+    bns = {n: m for n, m in q.named_modules() if isinstance(m, FpqBatchNorm)}
+    assert len(bns) == 4 and all(str(m.fpq_weight.fmt) == "int8" for m in bns.values())
+    assert {n for n, _, _ in biper_quantizers(q)} == {"fc1", "fc2"}
+    fpq.calibrate(q, [torch.randn(256, 2, 6, 6, generator=torch.Generator().manual_seed(1)) * 2], progress=False)
+    q.eval()
+    mw = fpq.export_qonnx(q, None, torch.zeros(1, 2, 6, 6))
+    x = probe_inputs(read_graph(mw), 1000, seed=2)
+    with torch.no_grad():
+        assert np.array_equal(fpq.emulate(mw, x), q(torch.from_numpy(x)).double().numpy())
+    q2 = fpq.convert(_model(), weights="binary", activations="int8", batchnorm="keep",
+                     overrides={"bn_*": {"weights": "binary"}})
+    assert all(str(m.fpq_weight.fmt) == "binary" for m in q2.modules() if isinstance(m, FpqBatchNorm))
+
+
+@pytest.mark.slow
+def test_hls_csim_kept_batchnorm_with_distributed_arithmetic(tmp_path):
+    q = _converted("int8", batchnorm="keep")
+    path = fpq.export_qonnx(q, tmp_path / "m.onnx", torch.zeros(1, 2, 6, 6))
+    proj = fpq.to_hls(path, tmp_path / "prj", strategy="distributed_arithmetic")
+    x = probe_inputs(read_graph(path), 1000, seed=6)
+    assert np.array_equal(np.asarray(proj.predict(x), np.float64).reshape(-1, 5), fpq.emulate(path, x))
