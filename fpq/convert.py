@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from ._api import callable_module
-from .formats import Binary, parse_format
+from .formats import Binary, Fixed, parse_format
+from .typeplan import narrow_accumulator
 from .nn.batchnorm import FpqBatchNorm, from_batchnorm
 from .nn.layers import (FpqAct, FpqAdd, FpqAvgPool, FpqClamp, FpqConv1d, FpqConv2d, FpqInput,
                         FpqLinear, link_input_quantizers, quant_layer)
@@ -52,6 +53,7 @@ class Policy:
     overrides: dict = field(default_factory=dict)
     method: str = "ste"    # "biper": binary weights binarized by BiPer's square wave (fpq.nn.biper)
     batchnorm: object = "fold"   # "fold" | "keep" | {BatchNorm name or glob: "fold" | "keep"}
+    accumulator_bits: object = None   # None | int | {Linear/Conv name or glob: int}
     # module path -> {"weights": ..., "activations": ..., "bias": ...} actually used
     layers: dict = field(default_factory=dict)
 
@@ -244,7 +246,7 @@ def _unique(gm: nn.Module, base: str) -> str:
 
 def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=None, overrides=None,
             scale: str = "po2", granularity: str = "tensor", inputs=None, method: str = "ste",
-            omega=None, batchnorm="fold") -> FpqModel:
+            omega=None, batchnorm="fold", accumulator_bits=None) -> FpqModel:
     """Quantize ``model``: every Linear/Conv weight, bias and activation gets an fpq Format.
 
     fmt: default for weights and activations (and inputs). weights / activations / bias /
@@ -259,7 +261,11 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
     (unlisted: "fold"). An element-wise BatchNorm is an ``FpqBatchNorm``: y = Q_act(x * Q_w(s) +
     Q_b(t)) with s = gamma / sqrt(var + eps) and t = beta - mean * s quantized per channel by the
     layer's weight and bias formats (overrides by the BatchNorm's name apply; a binary default
-    weight format gives s int8 instead: see _batchnorm_formats). Returns an
+    weight format gives s int8 instead: see _batchnorm_formats). accumulator_bits: None (exact
+    accumulators: no sum can overflow), an int, or {Linear/Conv name or glob: int}: that layer's
+    accumulator keeps its exact LSB and only ``bits`` bits, wrapping on overflow as ap_fixed's
+    AP_WRAP does, identically in torch, QONNX, the emulator and HLS (fpq.typeplan.narrow_accumulator).
+    Returns an
     FpqModel in eval mode; ``.train()`` it for QAT.
     """
     if not isinstance(model, nn.Module):
@@ -278,7 +284,7 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
     policy = Policy(weights=w, activations=a, bias=_fmt(bias if bias is not None else DEFAULT_BIAS, "bias"),
                     inputs=_fmt(inputs if inputs is not None else a, "inputs"), scale=scale,
                     granularity=granularity, overrides=dict(overrides or {}), method=method,
-                    batchnorm=batchnorm)
+                    batchnorm=batchnorm, accumulator_bits=accumulator_bits)
     if isinstance(model, FpqModel):
         from .nn.plan import dequantize_model
         src, carried = dequantize_model(model)
@@ -368,8 +374,30 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
     if method == "biper":
         from .nn.biper import to_biper
         to_biper(q, omega)
+    _set_accumulator_bits(q, accumulator_bits)
     link_input_quantizers(q)
     return q.eval()
+
+
+def _set_accumulator_bits(q: FpqModel, accumulator_bits) -> None:
+    """fpq_accumulator_bits on each Linear / Conv the option names (a dict: the exact name wins
+    over globs, the last matching glob in the order given)."""
+    if accumulator_bits is None:
+        return
+    layers = {n: m for n, m in q.named_modules() if isinstance(m, (FpqLinear, FpqConv1d, FpqConv2d))}
+    spec = accumulator_bits if isinstance(accumulator_bits, dict) else {"*": accumulator_bits}
+    for bits in spec.values():
+        narrow_accumulator(Fixed(64, 32), bits)  # raises a clear error for a bad value
+    stray = [p for p in spec if p != "*" and not any(p == n or fnmatch.fnmatchcase(n, p) for n in layers)]
+    if stray:
+        raise ValueError(f"accumulator_bits entries {stray} match no Linear/Conv; their names: {sorted(layers)}")
+    for name, m in layers.items():
+        if name in spec:
+            m.fpq_accumulator_bits = int(spec[name])
+            continue
+        hits = [b for p, b in spec.items() if fnmatch.fnmatchcase(name, p)]
+        if hits:
+            m.fpq_accumulator_bits = int(hits[-1])
 
 
 def _carry_scales(q: FpqModel, carried: dict) -> None:

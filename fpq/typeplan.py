@@ -126,6 +126,27 @@ def sum_type(term: Fixed, count: int, extra: Fixed | None = None) -> Fixed:
     return Fixed(base.width + grow, base.int_bits + grow, base.signed)
 
 
+def narrow_accumulator(exact: Fixed, bits: int) -> Fixed:
+    """A user's ``bits``-wide accumulator: the exact accumulator's LSB (so no product or bias is
+    ever rounded), its top bits dropped, wrapping on overflow as ap_fixed's default AP_WRAP does.
+    Wrapping is arithmetic modulo 2**bits, which does not depend on the order of the additions,
+    so every path (torch, QONNX, emulator, HLS) computes the same wrapped sum; a saturating
+    narrow accumulator would depend on that order and is not offered. No narrower than needed:
+    ``bits`` >= the exact width gives the exact accumulator."""
+    if not isinstance(bits, (int, np.integer)) or isinstance(bits, bool) or bits < 2:
+        raise ValueError(f"accumulator_bits must be an integer >= 2, got {bits!r}")
+    if bits >= exact.width:
+        return exact
+    return Fixed(int(bits), exact.int_bits - (exact.width - int(bits)), exact.signed, "TRN", "WRAP")
+
+
+def wrap_constants(acc: Fixed) -> tuple[float, float]:
+    """(m, h) with wrap(y) = y - m * floor((y + h) / m) for a WRAP accumulator: m = 2**width LSBs,
+    h = half of it when signed. Exact in float64 for sums that fit 53 bits."""
+    m = math.ldexp(1.0, acc.int_bits)
+    return m, (m / 2 if acc.signed else 0.0)
+
+
 @dataclass
 class LayerPlan:
     """One layer: its op and the TensorType of each role it has."""
@@ -154,7 +175,16 @@ class LayerPlan:
         b = self.tensors.get("bias")
         bias_c = b.carrier() if isinstance(b, TensorType) and b.po2 else None
         self.tensors["product"] = prod
-        self.tensors["accumulator"] = sum_type(prod, self.fan_in, bias_c)
+        acc = sum_type(prod, self.fan_in, bias_c)
+        bits = self.attrs.get("accumulator_bits")
+        if bits is not None and bias_c is not None and bias_c.frac_bits > prod.frac_bits:
+            raise ValueError(
+                f"layer {self.name!r}: accumulator_bits={bits} keeps the exact sum's LSB, and this layer's bias "
+                f"({b.describe()}, LSB 2^-{bias_c.frac_bits}) is finer than its products (LSB 2^-{prod.frac_bits}), "
+                f"so {bits} bits would hold almost no integer part. Quantize the bias on the product grid, e.g. "
+                f"bias='fixed<{max(16, bits)},{max(16, bits) - prod.frac_bits}>' (at most {prod.frac_bits} "
+                "fractional bits), or leave accumulator_bits unset")
+        self.tensors["accumulator"] = acc if bits is None else narrow_accumulator(acc, bits)
         return self
 
 

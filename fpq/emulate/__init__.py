@@ -36,7 +36,7 @@ from ..numerics.reference import quantize_unscaled
 from ..numerics.wide import WIDE_BITS as WIDE_EXACT_BITS, exact_bilinear
 from ..formats import Int
 from ..formats.facts import exact_fixed
-from ..typeplan import po2_exponents, product_type, sum_type, values_carrier
+from ..typeplan import LayerPlan, po2_exponents, product_type, sum_type, values_carrier, wrap_constants
 
 FLOAT32_EXACT_BITS = 24
 FLOAT64_EXACT_BITS = 53
@@ -76,6 +76,7 @@ class Emulator:
     # -- planning: accumulator dtypes and exactness per op
     def _plan(self):
         self._bias_f32 = {}
+        self._wrap = {}   # op name -> (m, h) of its narrow wrapping accumulator (accumulator_bits)
         odd_bias_candidates = {}  # float32 sums whose bias alone is too fine for float32
         for op in self.graph.ops:
             self.exact[op.name] = True
@@ -104,6 +105,16 @@ class Emulator:
                         f"layer {op.name}: the exact accumulator needs {bits} bits, more than the "
                         f"{WIDE_EXACT_BITS} fpq sums exactly with two float64 limbs; the emulator refuses rather "
                         "than round (narrow the formats or quantize the bias)")
+                if op.attrs.get("accumulator_bits") is not None:
+                    narrow = LayerPlan(op.name, op.kind, dict(op.types), op.fan_in,
+                                       attrs={"accumulator_bits": op.attrs["accumulator_bits"]}).derive()
+                    acc = narrow.tensors["accumulator"]
+                    if acc.width < bits:
+                        if bits > FLOAT64_EXACT_BITS:
+                            raise UnsupportedGraphError(
+                                f"layer {op.name}: a {acc.width}-bit wrapping accumulator of a sum that needs {bits} "
+                                f"bits; the emulator wraps exact float64 sums (up to {FLOAT64_EXACT_BITS} bits)")
+                        self._wrap[op.name] = wrap_constants(acc)
                 if bits > FLOAT64_EXACT_BITS:
                     # summed in pieces and rounded to odd (fpq.numerics.wide): every quantizer after it
                     # rounds exactly as on the true sum; what else reads it is not exact
@@ -117,7 +128,7 @@ class Emulator:
                     continue
                 self.acc_dtype[op.name] = "float32" if bits_nb <= FLOAT32_EXACT_BITS else "float64"
                 self._bias_f32[op.name] = bits <= FLOAT32_EXACT_BITS
-                if bits_nb <= FLOAT32_EXACT_BITS < bits:
+                if bits_nb <= FLOAT32_EXACT_BITS < bits and op.name not in self._wrap:
                     odd_bias_candidates[op.name] = bits_nb
             elif op.kind in ("quant", "input_quant", "relu", "maxpool", "flatten", "reshape", "transpose",
                              "output", "add", "mul", "div", "avgpool", "global_avgpool"):
@@ -306,6 +317,15 @@ class Emulator:
                                                    "avgpool", "global_avgpool")
                 and len(consumers.get(src, [])) == 1 and src not in outputs)
 
+    def _wrapped(self, op, acc):
+        """The sum wrapped into op's narrow accumulator (if any): y - m * floor((y + h) / m), in
+        float64, where every step is exact for sums up to 53 bits."""
+        if op.name not in self._wrap:
+            return acc
+        m, h = self._wrap[op.name]
+        y = acc.astype(np.float64)
+        return y - m * np.floor((y + h) / m)
+
     def dense_conv(self, op, in_shape, w):
         """(matrix, output shape) of a small convolution unrolled into one dense matrix, or None
         (see dense_conv_matrix); built once per op, input shape and weight dtype."""
@@ -325,7 +345,7 @@ class Emulator:
             if op.name in self.rounded_to_odd:
                 return exact_bilinear(np.matmul, x.astype(np.float64), w, b, op.fan_in, strict=True)[0]
             acc = x.astype(w.dtype, copy=False) @ w
-            return _add_bias(acc, b, 1)
+            return self._wrapped(op, _add_bias(acc, b, 1))
         if k == "batchnorm":
             w, b = self._weights[op.name]
             shape = (1, -1) + (1,) * (x.ndim - 2)
@@ -344,7 +364,7 @@ class Emulator:
             x = x.astype(w.dtype, copy=False)
             t = self.dense_conv(op, x.shape[1:], w)
             y = conv_nd(x, w, op.attrs) if t is None else (x.reshape(len(x), -1) @ t[0]).reshape((len(x),) + t[1])
-            return _add_bias(y, b, 1 if x.ndim > 1 else 0, channel_axis=1)
+            return self._wrapped(op, _add_bias(y, b, 1 if x.ndim > 1 else 0, channel_axis=1))
         if k == "relu":
             return np.maximum(x, 0, dtype=x.dtype)
         if k == "add":

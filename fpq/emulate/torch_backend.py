@@ -37,6 +37,14 @@ class TorchProgram:
                                 for name, (w, b) in table.items()}
         return self._w["fast" if fast else "exact"]
 
+    def _wrapped(self, op, acc):
+        """As Emulator._wrapped: the narrow wrapping accumulator, in float64."""
+        if op.name not in self.emu._wrap:
+            return acc
+        m, h = self.emu._wrap[op.name]
+        y = acc.to(torch.float64)
+        return y - m * torch.floor((y + h) / m)
+
     def _dense_conv(self, op, in_shape):
         """The emulator's dense matrix for a small conv (Emulator.dense_conv) on this device."""
         key = (op.name, in_shape)
@@ -146,9 +154,9 @@ class TorchProgram:
             if op.name in self.emu.rounded_to_odd:
                 return exact_bilinear(torch.matmul, x.to(torch.float64), w, b, op.fan_in, strict=True)[0]
             if b is not None and b.dtype == w.dtype and x.dim() == 2:
-                return torch.addmm(b, x.to(w.dtype), w)  # exact: every partial sum fits the dtype
+                return self._wrapped(op, torch.addmm(b, x.to(w.dtype), w))  # exact: every partial sum fits
             acc = x.to(w.dtype) @ w
-            return _bias(acc, b, None)
+            return self._wrapped(op, _bias(acc, b, None))
         if k in ("conv1d", "conv2d"):
             w, b = self._weights(fast)[op.name]
             if op.name in self.emu.rounded_to_odd:
@@ -157,7 +165,7 @@ class TorchProgram:
             x = x.to(w.dtype)
             dense = self._dense_conv(op, tuple(x.shape[1:]))
             y = _conv(x, w, op.attrs) if dense is None else (x.reshape(len(x), -1) @ dense[0]).view(len(x), *dense[1])
-            return _bias(y, b, 1)
+            return self._wrapped(op, _bias(y, b, 1))
         if k == "batchnorm":
             w, b = self._weights()[op.name]
             shape = (1, -1) + (1,) * (x.dim() - 2)

@@ -770,6 +770,8 @@ def read_graph(model) -> Graph:
         op.out_shape = r.shape(op.outputs[0])
         if tt(op.inputs[0]) is not None and "input" not in op.types:
             op.types["input"] = tt(op.inputs[0])
+        if op.kind in ("linear", "conv1d", "conv2d"):
+            _read_wrap(r, op)   # needs the input type
         if op.kind in TYPE_PRESERVING and "input" in op.types:
             op.types["output"] = op.types["input"]
         if "output" in op.types:
@@ -944,6 +946,52 @@ def _weighted(r: _Reader, node, a, ins, mod) -> Op:
         if bt is not None:
             op.types["bias"] = bt
     return op
+
+
+def _read_wrap(r: _Reader, op: Op) -> None:
+    """A narrow wrapping accumulator written after the sum as y - m * Floor((y + h) / m) (fpq's
+    export of accumulator_bits): the ops become op.attrs["accumulator_bits"], the width that
+    fpq.typeplan.narrow_accumulator gives this m on the exact accumulator's LSB."""
+    y = op.outputs[0]
+    cs = r.consumers.get(y, [])
+    sub = next((n for n in cs if n.op_type == "Sub" and n.input[0] == y), None)
+    if sub is None or len(cs) != 2:
+        return
+    first = next(n for n in cs if n is not sub)
+    chain, h = [first], 0.0
+    if first.op_type == "Add":
+        c = [i for i in first.input if i != y]
+        if len(c) != 1 or not r.is_const(c[0]):
+            return
+        h = float(np.asarray(r.const(c[0])[0]).ravel()[0])
+        chain.append(r.single_consumer(first.output[0], "Div"))
+    div = chain[-1]
+    if div is None or div.op_type != "Div" or not r.is_const(div.input[1]):
+        return
+    m = float(np.asarray(r.const(div.input[1])[0]).ravel()[0])
+    floor = r.single_consumer(div.output[0], "Floor")
+    mul = floor and r.single_consumer(floor.output[0], "Mul")
+    if mul is None or sub.input[1] != mul.output[0]:
+        return
+    mc = [i for i in mul.input if i != floor.output[0]]
+    if len(mc) != 1 or not r.is_const(mc[0]) or float(np.asarray(r.const(mc[0])[0]).ravel()[0]) != m:
+        return
+    what = f"layer {op.name}: wrap of its sum (nodes {first.name!r}..{sub.name!r})"
+    exact = LayerPlan(op.name, op.kind, dict(op.types), op.fan_in).derive().tensors.get("accumulator")
+    m_exp = np.frexp(m)[1] - 1
+    if not isinstance(exact, Fixed):
+        raise UnsupportedGraphError(f"{what}: the sum has no exact fixed-point type (input and weight need "
+                                    "power-of-two scales) to wrap")
+    if m <= 0 or np.ldexp(1.0, m_exp) != m:
+        raise UnsupportedGraphError(f"{what}: the modulus m={m} is not a power of two")
+    bits = exact.width - (exact.int_bits - int(m_exp))
+    if not 2 <= bits < exact.width or h != (m / 2 if exact.signed else 0.0):
+        raise UnsupportedGraphError(f"{what}: m={m}, h={h} is not a wrap of the exact accumulator {exact} "
+                                    "to fewer bits at its LSB")
+    op.attrs["accumulator_bits"] = bits
+    op.outputs = [sub.output[0]]
+    op.onnx_nodes += [n.name for n in chain + [floor, mul, sub]]
+    r.fused.update(op.onnx_nodes)
 
 
 def _per_channel(node, value, q, x_shape, what: str):

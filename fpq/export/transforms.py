@@ -239,7 +239,7 @@ class RenameIO(Transformation):
 
 # ----------------------------------------------------------------------------- float64 check
 
-_DOUBLE_OPS = ("MatMul", "Gemm", "Add", "Sub", "Mul", "Div", "ReduceSum")
+_DOUBLE_OPS = ("MatMul", "Gemm", "Add", "Sub", "Mul", "Div", "ReduceSum", "Floor")  # Floor: the wrap of accumulator_bits
 # value-preserving ops: exact in float32 and float64 alike
 _PASS_OPS = ("Relu", "MaxPool", "Flatten", "Reshape", "Transpose", "Identity", "Squeeze", "Unsqueeze")
 

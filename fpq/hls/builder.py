@@ -339,7 +339,8 @@ class _Builder:
                     f"products ({prod}); it cannot hold the exact sum")
             if planned.int_bits < acc.int_bits:
                 self.plan.notes.append(f"{op.name}: accumulator {planned} from the TypePlan is narrower than the "
-                                       f"exact {acc}; sums beyond its range saturate as the TypePlan says")
+                                       f"exact {acc}; sums beyond its range {planned.overflow.lower()} as the "
+                                       "TypePlan says")
             acc = planned
         return {"weight": w_c, "bias": b_c, "accum": acc, "result": acc}
 

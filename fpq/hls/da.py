@@ -69,6 +69,12 @@ def check(plan: HLSPlan, *, io_type: str, reuse_factor: int) -> None:
     if not weighted:
         raise HLSUnsupportedError("strategy distributed_arithmetic: the network has no Dense / Conv layer")
     for L in weighted:
+        acc = plan.precisions.get(L["name"], {}).get("accum")
+        if getattr(acc, "overflow", None) == "WRAP":
+            raise HLSUnsupportedError(
+                f"strategy distributed_arithmetic: layer {L['name']!r} has a narrow wrapping accumulator "
+                f"({acc}, from accumulator_bits); da4ml sizes its own exact adders and would not wrap. Use the "
+                "Latency or Resource strategy, or leave accumulator_bits unset")
         if L["class_name"] in CONV and io_type != "io_parallel":
             raise HLSUnsupportedError(
                 f"strategy distributed_arithmetic: conv layer {L['name']!r} with io_type {io_type!r}; hls4ml's "

@@ -18,7 +18,7 @@ from brevitas.nn import QuantConv1d, QuantConv2d, QuantIdentity, QuantLinear
 from brevitas.quant_tensor import QuantTensor
 
 from ..numerics.wide import exact_bilinear
-from ..typeplan import TensorType
+from ..typeplan import TensorType, wrap_constants
 from .quantizers import make_quant, tensor_quant_of
 
 
@@ -27,28 +27,57 @@ def _value(t):
 
 
 class _ExactWBIOL:
-    """Mixin for Brevitas weight layers: float64 arithmetic in eval mode."""
+    """Mixin for Brevitas weight layers: float64 arithmetic in eval mode, and the optional
+    narrow wrapping accumulator (``fpq_accumulator_bits``, see fpq.typeplan.narrow_accumulator)."""
+
+    fpq_accumulator_bits = None   # set per layer by fpq.convert(accumulator_bits=...)
 
     def inner_forward_impl(self, x, quant_weight, quant_bias):
         x, w, b = _value(x), _value(quant_weight), _value(quant_bias)
+        acc = self._narrow_accumulator()
         if self.training:
-            return super().inner_forward_impl(x, w, b)
+            y = super().inner_forward_impl(x, w, b)
+            # the hardware's wrap in the forward pass, straight through in the backward pass
+            return y if acc is None else y + (_wrap(y.detach().to(torch.float64), acc).to(y.dtype) - y.detach())
         x, w = x.to(torch.float64), w.to(torch.float64)
         b = None if b is None else b.to(torch.float64)
         if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-            return super().inner_forward_impl(x, w, b)  # the exported graph holds the plain op
+            y = super().inner_forward_impl(x, w, b)  # the exported graph holds the plain op
+            return y if acc is None else _wrap(y, acc)   # (and the wrap as Add / Div / Floor / Mul / Sub)
         # a sum wider than 53 bits (e5m2 x e5m2) is summed in pieces and rounded to odd, which the
         # output quantizer then rounds as it would the exact sum (fpq.numerics.wide)
         parent = super()
         bias_shape = None if self.fpq_op == "linear" else (-1,) + (1,) * (x.dim() - 2)
         y, _ = exact_bilinear(lambda a, c: parent.inner_forward_impl(a, c, None), x, w, b,
                               fan_in=w[0].numel(), bias_shape=bias_shape, x_bound=self._input_bound())
-        return y
+        return y if acc is None else _wrap(y, acc)
 
-    def _input_bound(self):
-        """(top, bottom) bounding every input value, from the fpq quantizer that produced the input
-        (see link_input_quantizers), so the eval forward need not read the data to know that one
-        float64 sum is exact; None when unknown (the data is then examined)."""
+    def _narrow_accumulator(self):
+        """The WRAP accumulator type when ``fpq_accumulator_bits`` narrows this layer's exact one,
+        else None. Needs the input's quantizer (linked by fpq.convert) to know the product grid."""
+        bits = self.fpq_accumulator_bits
+        if bits is None:
+            return None
+        from ..typeplan import LayerPlan
+        t_in = self._input_type()
+        if t_in is None or not t_in.po2:
+            raise ValueError(f"{type(self).__name__}: accumulator_bits={bits} needs a power-of-two scaled input "
+                             "quantizer right before the layer (the product grid sets the accumulator's LSB)")
+        with torch.no_grad():
+            tensors = {"input": t_in, "weight": _type_of(self.fpq_weight)}
+            if self.fpq_bias is not None:
+                tensors["bias"] = _type_of(self.fpq_bias)
+        exact = LayerPlan("", self.fpq_op, dict(tensors), self.weight[0].numel()).derive().tensors["accumulator"]
+        if exact.width > 53 and bits < exact.width:
+            raise ValueError(f"accumulator_bits={bits}: the exact sum of this layer needs {exact.width} bits, more "
+                             "than the 53 that float64 holds exactly, so its wrap cannot be computed exactly here")
+        acc = LayerPlan("", self.fpq_op, tensors, self.weight[0].numel(), attrs={"accumulator_bits": bits}
+                        ).derive().tensors["accumulator"]
+        return None if acc == exact else acc
+
+    def _input_type(self):
+        """TensorType of the fpq quantizer that produced the input (see link_input_quantizers),
+        None when unknown."""
         link = self.__dict__.get("_fpq_input_link")
         if link is None:
             return None
@@ -61,10 +90,20 @@ class _ExactWBIOL:
             if tq is None or not all(isinstance(root.get_submodule(c), _VALUE_PRESERVING) for c in chain):
                 return None
             with torch.no_grad():
-                carrier = TensorType(tq.fmt, tq.scale().detach().float().cpu().numpy()).carrier()
-        except (AttributeError, ValueError):  # no such module any more, or no exact carrier
+                return _type_of(tq)
+        except AttributeError:  # no such module any more
             return None
-        return carrier.int_bits, carrier.int_bits - carrier.width
+
+    def _input_bound(self):
+        """(top, bottom) bounding every input value, from the fpq quantizer that produced the input,
+        so the eval forward need not read the data to know that one float64 sum is exact; None
+        when unknown (the data is then examined)."""
+        t = self._input_type()
+        try:
+            carrier = None if t is None else t.carrier()
+        except ValueError:  # no exact carrier (a float scale)
+            return None
+        return None if carrier is None else (carrier.int_bits, carrier.int_bits - carrier.width)
 
     # the fpq tensor quantizers (None when the role is not quantized)
     @property
@@ -78,6 +117,16 @@ class _ExactWBIOL:
     @property
     def fpq_output(self):
         return tensor_quant_of(self.output_quant)
+
+
+def _type_of(tq) -> TensorType:
+    return TensorType(tq.fmt, tq.scale().detach().float().cpu().numpy())
+
+
+def _wrap(y: torch.Tensor, acc) -> torch.Tensor:
+    """y wrapped into the WRAP accumulator ``acc`` (y on its grid): y - m * floor((y + h) / m)."""
+    m, h = wrap_constants(acc)
+    return y - m * torch.floor((y + h) / m)
 
 
 class FpqLinear(_ExactWBIOL, QuantLinear):

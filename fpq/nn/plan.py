@@ -100,6 +100,8 @@ def typeplan_from_module(q) -> TypePlan:
                                  stride=tuple(m.stride), padding=tuple(m.padding),
                                  dilation=tuple(m.dilation), groups=m.groups)
                     fan_in = int(np.prod(m.kernel_size)) * (m.in_channels // m.groups)
+                if m.fpq_accumulator_bits is not None:
+                    attrs["accumulator_bits"] = m.fpq_accumulator_bits
                 layer = add(node, name, m.fpq_op, _tensor_type(m.fpq_output), ins, **attrs)
                 layer.fan_in = fan_in
                 layer.tensors["weight"] = _tensor_type(m.fpq_weight)
