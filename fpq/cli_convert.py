@@ -78,6 +78,10 @@ def cli_register(subparsers) -> None:
     p.add_argument("--activations", help="activation format")
     p.add_argument("--override", action="append", metavar="NAME=FORMAT",
                    help="per-module format by name or glob, e.g. 'fc3=int8' (repeatable)")
+    p.add_argument("--bias", help="bias format (default int16 with its own scale)")
+    p.add_argument("--accumulator-bits", type=int, metavar="N",
+                   help="narrow every Linear/Conv accumulator to N bits at its exact LSB, wrapping on overflow "
+                        "(needs a bias on the product grid, e.g. --bias 'fixed<24,16>')")
     p.add_argument("--scale", choices=("po2", "float"), default="po2")
     p.add_argument("--granularity", choices=("tensor", "channel"), default="tensor")
     p.add_argument("--batchnorm", choices=("fold", "keep"), default="fold",
@@ -97,7 +101,8 @@ def _run(args) -> int:
     model = load_model(args.model, args.state)
     q = fpq.convert(model, args.fmt, weights=args.weights, activations=args.activations,
                     overrides=_parse_overrides(args.override), scale=args.scale,
-                    granularity=args.granularity, batchnorm=args.batchnorm)
+                    granularity=args.granularity, batchnorm=args.batchnorm, bias=args.bias,
+                    accumulator_bits=args.accumulator_bits)
     x = load_calibration(args.calib, shape)
     fpq.calibrate(q, [x[i:i + 256] for i in range(0, len(x), 256)], method=args.method)
     fpq.export_qonnx(q, args.out, x[:1])

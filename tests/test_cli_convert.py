@@ -59,3 +59,19 @@ def test_convert_keeps_batchnorm_then_verify(tmp_path):
     r = _fpq("verify", "net.onnx", "--n", "100", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "EXACT" in r.stdout and "batchnorm" in r.stdout
+
+
+def test_convert_narrow_accumulators_then_verify(tmp_path):
+    (tmp_path / "net.py").write_text(textwrap.dedent("""
+        from torch import nn
+        def Net():
+            return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+    """))
+    r = _fpq("convert", "net.py:Net", "--fmt", "int8", "--bias", "fixed<24,16>", "--accumulator-bits", "14",
+             "--input-shape", "1,8,8", "--out", "net.onnx", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    import onnx
+    assert "Floor" in [n.op_type for n in onnx.load(str(tmp_path / "net.onnx")).graph.node]   # the wrap
+    r = _fpq("verify", "net.onnx", "--n", "200", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "EXACT" in r.stdout
