@@ -44,6 +44,8 @@ def predict_operator(costs: OperatorCosts, op: rtl.Operator) -> float:
         return costs.add_luts(max(p["a_bits"], p["b_bits"]) + 1)
     if op.kind == "xnorpop":
         return costs.xnorpop_luts(p["n"])
+    if op.kind == "thr":
+        return costs.thr_luts(p["in_bits"], p["n"], p["out_bits"], p["span"])[0]
     raise ValueError(op.kind)
 
 
@@ -78,7 +80,10 @@ def fidelity(cached: bool) -> bool:
     for op, _ in jobs:
         if op.kind == "dense":
             continue
-        out.append((op.name, "operator", rows[op.name]["lut"], predict_operator(costs, op)))
+        # threshold lookups (float-scaled quantizers) are their own group: the operator group's
+        # figures stay comparable with earlier runs
+        out.append((op.name, "lookup" if op.kind == "thr" else "operator", rows[op.name]["lut"],
+                    predict_operator(costs, op)))
     for op, _ in jobs:
         if op.kind == "dense":
             out.append((op.name, "dense", rows[op.name]["lut"], predict_dense(op)))
@@ -86,7 +91,7 @@ def fidelity(cached: bool) -> bool:
     for name, kind, m, e in out:
         print(f"{name:36s} {kind:8s} {m:9d} {e:9.1f} {(e - m) / max(m, 1):+8.1%}")
     ok = True
-    for label, sel in (("operators", "operator"), ("dense layers", "dense"), ("all", None)):
+    for label, sel in (("operators", "operator"), ("dense layers", "dense"), ("lookups", "lookup"), ("all", None)):
         items = [(m, e) for _, k, m, e in out if sel is None or k == sel]
         m = np.array([x[0] for x in items], float)
         e = np.array([x[1] for x in items], float)

@@ -268,3 +268,83 @@ def test_per_channel_weight_scales_price_each_channel_at_its_code_width():
     wide = estimate_cost(per_ch, reuse_factor=4, dsp_threshold=None).layers[1]
     narrow = estimate_cost(one, reuse_factor=4, dsp_threshold=None).layers[1]
     assert wide["lut"] > narrow["lut"] and wide["w_type"] != narrow["w_type"]
+
+
+def test_threshold_lookup_cost_monotone():
+    """Wider input never cheaper; more thresholds never cheaper within one search shape. A count
+    with n + 1 not a power of two makes an irregular search (mid a data-dependent sum), which
+    yosys builds larger than the regular tree of 2**S - 1 thresholds: 252 thresholds (e4m3) cost
+    more than 255 (int8). So monotone in n is asserted per shape, and irregular >= regular below;
+    and up to half the input grid: a table holding nearly every value of a narrow input is nearly
+    the identity, measured cheaper (8-bit input, 255 random thresholds: 41 LUTs)."""
+    costs = default_costs()
+    reg = [2 ** s - 1 for s in range(1, 9)]
+    irr = [n for n in range(2, 256) if (n + 1) & n]
+    for w in (8, 16, 24, 32, 45):
+        for ns in (reg, irr):
+            v = [costs.thr_luts(w, n, 30)[0] for n in ns if n <= 2 ** (w - 1)]
+            assert all(b >= a for a, b in zip(v, v[1:])), (w, v)
+        for n in irr:
+            assert costs.thr_luts(w, n, 30)[0] >= costs.thr_luts(w, 2 ** (n.bit_length() - 1) - 1, 30)[0]
+    for n in (1, 7, 100, 255):
+        v = [costs.thr_luts(w, n, 30)[0] for w in range(8, 54)]
+        assert all(b >= a for a, b in zip(v, v[1:])), (n, v)
+        assert costs.thr_luts(32, n, 32)[0] >= costs.thr_luts(32, n, 8)[0]   # wider levels
+
+
+def test_threshold_fit_on_held_out_lookups():
+    """Held-out threshold lookups (cost_model/holdout_xcup.csv: other widths, counts, scales,
+    never fitted) against the fit: median |rel err| within 20%."""
+    from fpq.cost_model import synth
+    costs = default_costs()
+    rows = [r for r in synth.read_table(synth.HOLDOUT_TABLE) if r["kind"] == "thr"]
+    assert len(rows) >= 8 and not {r["name"] for r in rows} & {r["name"] for r in costs.rows}
+    err = [abs(costs.thr_luts(r["params"]["in_bits"], r["params"]["n"], r["params"]["out_bits"],
+                              r["params"]["span"])[0] - r["lut"]) / r["lut"] for r in rows]
+    assert np.median(err) < 0.2, err
+
+
+def test_float_scaled_mlp_prices_its_lookups():
+    """fpq.convert(scale="float") makes every activation quantizer a threshold lookup in the HLS
+    project: the input quantizer over float32 and each layer's requantization over its exact
+    accumulator. The report prices them with the HLS project's own tables and input types
+    (checked against fpq's HLS builder), and the layers on the exact float32 values they carry."""
+    from torch import nn
+    from fpq.export.graph import typeplan_from_graph
+    from fpq.hls.builder import plan_hls
+    from fpq.hls.project import as_graph
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
+    x = torch.randn(64, 16)
+    reps, qs = {}, {}
+    for sc in ("float", "po2"):
+        qs[sc] = fpq.convert(m, weights="fixed<8,1>", activations="int8", scale=sc)
+        fpq.calibrate(qs[sc], [x], progress=False)
+        reps[sc] = estimate_cost(qs[sc])
+    rep = reps["float"]
+    rows = {r["layer"]: r for r in rep.layers}
+    lk = [r for r in rep.layers if r.get("mapping") == "threshold-lookup"]
+    assert [r["layer"] for r in lk] == ["input_quant", "0:lookup", "2:lookup"]
+    assert all(r["lut"] > 0 and r["latency_cycles"] >= 1 for r in lk)
+    assert rows["input_quant"]["in_bits"] == 32 and rows["input_quant"]["lookups"] == 16
+    assert rows["0:lookup"]["lookups"] == 32 and rows["2:lookup"]["lookups"] == 10
+    # the same tables and input widths as the HLS project fpq writes
+    g = as_graph(qs["float"], x[:1], purpose="to_hls")
+    hls = plan_hls(g, typeplan_from_graph(g))
+    acc = {L["name"]: hls.precisions[L["name"]]["accum"].width for L in hls.layers if L["class_name"] == "Dense"}
+    n_th = {L["name"]: int(L["fpq_format"].split("(")[1].split()[0]) for L in hls.layers
+            if L["class_name"] == "FpqQuantize"}
+    assert rows["0:lookup"]["in_bits"] == acc["linear_0"] and rows["2:lookup"]["in_bits"] == acc["linear_2"]
+    assert (rows["input_quant"]["thresholds"], rows["0:lookup"]["thresholds"], rows["2:lookup"]["thresholds"]) == \
+        (n_th["input_quant"], n_th["quant_0"], n_th["quant_2"])
+    assert not any("neither is priced" in n or "lookup bounded" in n for n in rep.notes)
+    # float scales cost more: the lookups, and 32-bit value carriers instead of 8-bit codes
+    # feeding the constant multipliers (fpq's HLS project multiplies the float32 values q * s)
+    po2 = reps["po2"]
+    assert not any(r.get("mapping") == "threshold-lookup" for r in po2.layers)
+    assert rows["0"]["x_type"].startswith("fixed<32") and rows["0"]["lut"] > po2.layers[1]["lut"]
+    assert rep.total["lut"] > po2.total["lut"] + sum(r["lut"] for r in lk) * 0.5
+    # io_stream: flat tensors stream whole, so the same lookups
+    st = estimate_cost(qs["float"], io_type="io_stream")
+    assert [r["lookups"] for r in st.layers if r.get("mapping") == "threshold-lookup"] == [16, 32, 10]

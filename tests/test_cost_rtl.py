@@ -35,6 +35,11 @@ EXHAUSTIVE = {
     "xnorpop8": lambda: rtl.xnor_popcount(8),
     # a binary x binary layer as the HLS project builds it: +-1 terms, 2^8 input codes
     "densebin": lambda: rtl.dense("binary", np.where(np.arange(16).reshape(8, 2) % 3 == 0, -1.0, 1.0), "binary"),
+    # threshold lookups (float-scaled quantizers in the HLS project): the index k, irregular search
+    "thr_index": lambda: rtl.threshold_quantizer(
+        Fixed(10, 4), np.ldexp(np.sort(np.random.default_rng(1).choice(np.arange(-512, 512), 37, replace=False)), -6)),
+    # the real table of int4 x 0.3 over fixed<12,6>, with its level ROM (15 thresholds: regular)
+    "thr_int4": lambda: rtl.threshold_quantizer(Fixed(12, 6), *rtl.quantizer_table("int4", 0.3, Fixed(12, 6))),
 }
 # zero, +-powers of two, dense and sparse constants, minifloat weights as carrier constants
 CONSTS = [(Int(8), 0.0, Int(4)), (Int(8), -4.0, Int(4)), (Int(8), 8.0, Int(5)), (Int(8), -3.0, Int(4)),
@@ -45,6 +50,8 @@ SAMPLED = {
     "e4m3xint16": lambda: rtl.multiplier("e4m3", "int16"),
     "xnorpop24": lambda: rtl.xnor_popcount(24),
     "xnorpop96": lambda: rtl.xnor_popcount(96),      # ports wider than 64 bits
+    # uint8 x 0.0171 over a 45-bit accumulator (255 thresholds, as in a float-scaled MLP)
+    "thr_w45": lambda: rtl.threshold_quantizer(Fixed(45, 9), *rtl.quantizer_table("uint8", 0.0171, Fixed(45, 9))),
 }
 
 
@@ -139,3 +146,25 @@ def test_generator_errors():
         rtl.const_multiplier("int8", 0.3, "int8")
     with pytest.raises(ValueError, match="fixed or int"):
         rtl.const_multiplier("e4m3", 1.0, "int8")
+
+
+def test_threshold_lookup_is_the_quantizer():
+    """The RTL's oracle (levels[searchsorted(thresholds, x)]) is fpq's quantizer on every input."""
+    import fpq
+    t = Fixed(12, 6)
+    th, lv = rtl.quantizer_table("int4", 0.3, t)
+    op = rtl.threshold_quantizer(t, th, lv)
+    assert op.params["n"] == len(th) == 15 and op.params["steps"] == 4
+    codes = np.arange(1 << 12)
+    x = decode(codes, t)
+    want = fpq.quantize(x, "int4", np.float32(0.3)).astype(np.float32)   # stored as float32, as the HLS levels
+    frac = rtl.values_carrier(lv).frac_bits
+    got = np.array([float(v) for v in op.reference({"x": codes})["y"]])
+    assert np.array_equal(np.ldexp(got, -frac), want.astype(np.float64))
+    idx = rtl.threshold_quantizer(t, th)        # index output: k = #thresholds <= x
+    k = idx.reference({"x": codes})["y"]
+    assert np.array_equal(np.asarray(k, np.int64), np.searchsorted(th, x, side="right"))
+    with pytest.raises(ValueError, match="ascending"):
+        rtl.threshold_quantizer(t, th[::-1])
+    with pytest.raises(ValueError, match="signed Fixed"):
+        rtl.threshold_quantizer(Fixed(12, 6, False), th)

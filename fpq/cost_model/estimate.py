@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..formats import Binary, Fixed, Int, Minifloat, exact_fixed
-from ..typeplan import TensorType, TypePlan, po2_exponents
+from ..typeplan import TensorType, TypePlan, po2_exponents, product_type, sum_type, values_carrier
 from .devices import Device, dsp_tiles, get_device
 from .ops import OperatorCosts, csd_digits, default_costs, significant_bits
 
@@ -94,17 +94,36 @@ def _cell(v) -> str:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _carrier(t, notes: list, what: str) -> Fixed:
+def _carrier(t, notes: list, what: str, weight: bool = False) -> Fixed:
     if isinstance(t, Fixed):
         return t
     if not isinstance(t, TensorType):
         raise ValueError(f"{what}: no type in the TypePlan")
     if t.po2:
         return t.carrier()
-    notes.append(f"{what}: scale is not a power of two; priced on the format's own carrier "
-                 f"{exact_fixed(t.format)} (the scaled values are wider, and an activation quantizer with "
-                 "such a scale is a threshold lookup table in the HLS project: neither is priced)")
+    if not weight:
+        # an activation with a float scale: the HLS project carries its exact float32 values
+        # q * s (values_carrier of the lookup's levels), which value_carrier() is
+        vc = t.value_carrier()
+        if vc is not None:
+            return vc
+        notes.append(f"{what}: scale is not a power of two and {t.format} has too many values to enumerate; "
+                     f"priced on the format's own carrier {exact_fixed(t.format)} (the HLS project's values are wider)")
+        return exact_fixed(t.format)
+    notes.append(f"{what}: scale is not a power of two; constants priced as codes of the format's own carrier "
+                 f"{exact_fixed(t.format)} (the HLS project multiplies by their float32 values, up to 24 "
+                 "significant bits: this underestimates)")
     return exact_fixed(t.format)
+
+
+def _values_fixed(t, values) -> Fixed | None:
+    """The exact Fixed the HLS project gives a constant tensor (weight / bias): its carrier for a
+    power-of-two scale, else the values themselves (fpq.typeplan.values_carrier)."""
+    if isinstance(t, TensorType) and t.po2:
+        return t.carrier()
+    if values is None:
+        return None
+    return values_carrier(np.asarray(values, np.float64))
 
 
 def _weight_ints(lp, wt: TensorType, wc: Fixed, notes: list) -> np.ndarray | None:
@@ -172,7 +191,7 @@ def _mac_layer(lp, ops: OperatorCosts, dev: Device, rf: int, strategy: str, cloc
                dsp_threshold, datapath: str, notes: list) -> dict:
     x_t, w_t = lp.tensors.get("input"), lp.tensors.get("weight")
     xc = _carrier(x_t, notes, f"{lp.name} input")
-    wc = _carrier(w_t, notes, f"{lp.name} weight")
+    wc = _carrier(w_t, notes, f"{lp.name} weight", weight=True)
     K = _weight_ints(lp, w_t, wc, notes)
     fan_in = lp.fan_in
     groups = int(lp.attrs.get("groups", 1) or 1)
@@ -191,6 +210,14 @@ def _mac_layer(lp, ops: OperatorCosts, dev: Device, rf: int, strategy: str, cloc
     if note:
         notes.append(note)
     acc = lp.tensors.get("accumulator")
+    if not isinstance(acc, Fixed) and fan_in:
+        # no planned accumulator (a float scale somewhere): the exact sum the HLS builder forms
+        # from the input's values, the weights' and the bias' own values
+        wv = _values_fixed(w_t, lp.values.get("weight"))
+        bv = (_values_fixed(lp.tensors.get("bias"), lp.values.get("bias"))
+              if "bias" in lp.tensors else None)
+        if wv is not None:
+            acc = sum_type(product_type(xc, wv), int(fan_in), bv)
     acc_bits = acc.width if isinstance(acc, Fixed) else xc.width + wc.width + math.ceil(math.log2(max(fan_in, 2)))
     x_bits, w_bits = xc.width, wc.width
     if rf == 1 and isinstance(w_t, TensorType) and w_t.po2 and np.size(w_t.scale) > 1:
@@ -252,9 +279,10 @@ def _mac_layer(lp, ops: OperatorCosts, dev: Device, rf: int, strategy: str, cloc
         cycles_pixel = rf
         latency = rf + stages
     out_t = lp.tensors.get("output")
-    if isinstance(out_t, TensorType):
+    if isinstance(out_t, TensorType) and out_t.po2:
         # the layer requantizes its accumulator itself (fpq.convert models; in QONNX graphs the
-        # quantizer is its own op): a rounding adder and a saturation mux per output channel
+        # quantizer is its own op): a rounding adder and a saturation mux per output channel.
+        # A float-scaled output is a threshold lookup instead: its own row (estimate's _lookup_row)
         ob = _carrier(out_t, notes, f"{lp.name} output").width
         lut += n_out * (ops.add_luts(acc_bits) + math.ceil(ob / 2))
     ii = cycles_pixel * pixels
@@ -269,6 +297,7 @@ def _mac_layer(lp, ops: OperatorCosts, dev: Device, rf: int, strategy: str, cloc
                 latency_cycles=int(latency), ii=int(ii), bops=float(bops), ebops=float(ebops),
                 n_mult=int(n_mult if rf > 1 else nz.sum()), fan_in=int(fan_in), n_out=int(n_out), pixels=pixels,
                 x_type=str(xc), w_type=str(wc), acc_bits=int(acc_bits),
+                acc_type=acc if isinstance(acc, Fixed) else None,
                 zero_weights=int((~nz).sum()), po2_weights=int((nz & ~nontrivial).sum()),
                 mapping="adder-tree" if binary else ("dsp" if use_dsp else "lut"),
                 # binary x binary: fpq's HLS project sums +-2^k terms in an adder tree, which is what
@@ -287,7 +316,7 @@ def _batchnorm_layer(lp, ops: OperatorCosts, dev: Device, rf: int, clock: float,
     mapping rule (as for weights) and FF / latency are the same structural model as the MAC layers."""
     x_t, w_t = lp.tensors.get("input"), lp.tensors.get("weight")
     xc = _carrier(x_t, notes, f"{lp.name} input")
-    wc = _carrier(w_t, notes, f"{lp.name} scale")
+    wc = _carrier(w_t, notes, f"{lp.name} scale", weight=True)
     K = _weight_ints(lp, w_t, wc, notes)
     if K is None:
         raise ValueError(f"layer {lp.name}: no scale values to price")
@@ -331,7 +360,7 @@ def _batchnorm_layer(lp, ops: OperatorCosts, dev: Device, rf: int, clock: float,
     n_add = n if rf == 1 else math.ceil(n / rf)
     lut += n_add * ops.add_luts(acc_bits)                 # + t_c
     out_t = lp.tensors.get("output")
-    if isinstance(out_t, TensorType):                     # output requantization (fpq.convert plans)
+    if isinstance(out_t, TensorType) and out_t.po2:       # output requantization (fpq.convert plans)
         ob = _carrier(out_t, notes, f"{lp.name} output").width
         lut += n_add * (ops.add_luts(acc_bits) + math.ceil(ob / 2))
     stages = max(1, math.ceil(depth_ns / clock))
@@ -414,10 +443,42 @@ def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", 
                                   clock_period=float(clock_period), datapath=datapath,
                                   dsp_threshold=dsp_threshold), notes=notes)
     dp = []
+    produced, prev = {}, None    # layer -> exact Fixed of the value the HLS project holds after it
     for lp in tp:
         row = _layer_row(lp, ops, dev, rfs, reuse_factor, strat, clock_period, dsp_threshold, datapath, notes, dp)
+        acc = row.pop("acc_type", None)
         if io_type == "io_stream":
             _add_stream_buffers(row, lp)
+        srcs = lp.attrs.get("inputs")
+        src = srcs[0] if srcs else prev
+        in_t, out_t = lp.tensors.get("input"), lp.tensors.get("output")
+        op = lp.op.lower()
+        if isinstance(out_t, TensorType) and not out_t.po2 and out_t is not in_t and op != "output":
+            # a float-scaled quantizer: the HLS project builds it as a threshold lookup over the
+            # exact values of what feeds it
+            if op in ("input", "input_quant"):
+                feed = "float32"
+            elif acc is not None:
+                feed = acc
+            elif op == "quant":
+                feed = produced.get(src)
+            else:
+                feed = None
+            lk = _lookup_row(lp, out_t, feed, row.get("acc_bits"), ops, dev, float(clock_period), io_type, notes)
+            if op in ("input", "input_quant", "quant"):
+                lk.update(layer=row["layer"], op=row["op"])
+                row = lk          # the layer is the quantizer
+            else:
+                report.layers.append(row)
+                row = lk
+            produced[lp.name] = lk.pop("_out")
+        elif isinstance(out_t, TensorType) and out_t is not in_t:
+            produced[lp.name] = out_t.value_carrier()
+        elif acc is not None and out_t is None:
+            produced[lp.name] = acc
+        else:
+            produced[lp.name] = produced.get(src)
+        prev = lp.name
         report.layers.append(row)
     report.datapath = ("; ".join(dp) if dp else "fixed point: products of the layers' exact fixed carriers") + \
         (" (products of carrier widths, the datapath the HLS writer emits)" if datapath == "carrier" else "")
@@ -433,6 +494,78 @@ def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", 
     notes.append("LUTs from yosys synth_xilinx measurements (not Vivado); FF, BRAM mapping and latency "
                  "from a structural model of hls4ml")
     return report
+
+
+_TABLES: dict = {}
+
+
+def _table(fmt, scale: float, feed):
+    """The lookup table of the HLS project (cached: the same quantizer over the same input type)."""
+    from .rtl import quantizer_table
+
+    key = (str(fmt), scale, str(feed))
+    if key not in _TABLES:
+        _TABLES[key] = quantizer_table(fmt, np.float32(scale), feed)
+    return _TABLES[key]
+
+
+def _lookup_row(lp, t: TensorType, feed, feed_bits, ops: OperatorCosts, dev: Device, clock: float, io_type: str,
+                notes: list) -> dict:
+    """The threshold lookup (fpq::quantize_by_thresholds) of quantizer ``t`` on every element:
+    n thresholds of the input's exact type (W bits; the float32 port: 32), a binary search of
+    ceil(log2(n + 1)) comparator levels and a ROM of n + 1 levels. The table is the HLS
+    project's own where the input type is known, else bounded by the format's value count."""
+    from ..formats import values as format_values
+    from .rtl import threshold_span
+
+    name = lp.name if lp.op.lower() in ("input", "input_quant", "quant") else f"{lp.name}:lookup"
+    n_el = _elements(lp)
+    shape = lp.attrs.get("out_shape")
+    if n_el is None:
+        notes.append(f"{name}: output shape unknown (calibrate or export first); lookup priced for one element")
+        n_el = 1
+    pixels = int(np.prod(shape[2:])) if shape is not None and len(shape) > 2 else 1
+    # io_parallel: FpqQuantize unrolls over every element; io_stream: one pixel (its channels) per
+    # cycle, as the conv layers are priced
+    units = n_el // pixels if io_type == "io_stream" else n_el
+    table = None
+    if np.size(t.scale) != 1:
+        why = "per-channel float scales (the HLS project refuses them)"
+    elif isinstance(feed, Fixed) and feed.width > 53:
+        why = f"its input {feed} is wider than 53 bits (the HLS project refuses it)"
+    elif feed is None:
+        why = "the exact type of its input is not known here"
+    else:
+        try:
+            table = _table(t.format, float(np.ravel(t.scale)[0]), feed if feed == "float32" else
+                           Fixed(feed.width, feed.int_bits, feed.signed))
+            why = ""
+        except ValueError as e:
+            why = f"no exact table ({e})"
+    if table is not None:
+        th, lv = table
+        n = len(th)
+        w = 32 if feed == "float32" else feed.width
+        span = 32 if feed == "float32" else threshold_span(w, feed.frac_bits, th)[0]
+        out = values_carrier(lv) if n else Fixed(2, 2, True)
+        out_bits = out.width
+    else:
+        n = max(1, len(format_values(t.format)) - 1)
+        w = 32 if feed == "float32" else (feed.width if isinstance(feed, Fixed) else (feed_bits or 32))
+        span = w
+        out = t.value_carrier() or exact_fixed(t.format)
+        out_bits = out.width
+        notes.append(f"{name}: {t.describe()} lookup bounded: {n} thresholds (the format's values) over {w} "
+                     f"input bits, since {why}")
+    luts, carry = ops.thr_luts(w, n, out_bits, span)
+    steps = math.ceil(math.log2(n + 1)) if n else 0
+    depth_ns = steps * _t_add(dev, span) + dev.lut_delay_ns     # comparator levels, then the level ROM
+    stages = max(1, math.ceil(depth_ns / clock)) if n else 0
+    return dict(layer=name, op="threshold_lookup", lut=float(units * luts), ff=float(units * out_bits), dsp=0,
+                bram18=0, uram=0, latency_cycles=int(stages), ii=int(pixels if io_type == "io_stream" else 1),
+                bops=0.0, ebops=0.0, mapping="threshold-lookup", thresholds=int(n), in_bits=int(w),
+                in_span=int(span), out_bits=int(out_bits), lookups=int(units), carry=float(units * carry),
+                quantizer=t.describe(), _out=out)
 
 
 def _layer_row(lp, ops, dev, rfs, reuse_factor, strat, clock_period, dsp_threshold, datapath, notes, dp) -> dict:
@@ -457,11 +590,9 @@ SRL_MAX_BITS = 1024
 
 
 def _bits_of(t) -> int | None:
-    if isinstance(t, TensorType) and t.po2:
-        try:
-            return t.carrier().width
-        except ValueError:
-            return None
+    if isinstance(t, TensorType):
+        vc = t.value_carrier()      # float scales: the exact float32 values the HLS project carries
+        return vc.width if vc is not None else None
     return None
 
 

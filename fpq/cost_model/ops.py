@@ -127,6 +127,38 @@ def adder_bits(n_terms: int, term_bits: float) -> float:
     return total
 
 
+def thr_steps(n: int) -> int:
+    """Comparator levels of the unrolled binary search over n thresholds: ceil(log2(n + 1))."""
+    return max(1, math.ceil(math.log2(n + 1))) if n > 0 else 0
+
+
+def thr_features(n: int, span: int, out_bits: int) -> list[float]:
+    """Features of a threshold lookup (fpq::quantize_by_thresholds) over n thresholds that
+    differ in ``span`` input bits, with ``out_bits``-bit levels.
+
+    * ``steps x span``: one comparator per search level on the path;
+    * the threshold ROMs the comparators read. When n + 1 is a power of two the search is a
+      regular tree (mid = lo + a constant) and the ROMs grow as n x span; otherwise mid is a
+      data-dependent sum and yosys keeps more of it: n x span x steps (from the table: 2-3x
+      the regular cost at n = 200). n counts only up to half of the 2**span input grid: a
+      table holding nearly every input value is nearly the identity.
+    * the level ROM: (n + 1) x out_bits.
+    Chosen by leave-one-out cross-validation on the calibration table (median |rel err| 15%)."""
+    if n <= 0:
+        return [0.0] * 4
+    s = thr_steps(n)
+    n_eff = min(n, (1 << min(span, 62)) - n)
+    regular = (n + 1) & n == 0
+    return [s * span, n_eff * span / 16 if regular else 0.0, 0.0 if regular else n_eff * span * s / 128,
+            (n + 1) * out_bits / 16]
+
+
+def thr_carry_features(n: int, span: int) -> list[float]:
+    s = thr_steps(n)
+    regular = (n + 1) & n == 0
+    return [s * span if regular else 0.0, 0.0 if regular else s * span]
+
+
 @dataclass
 class Fit:
     coef: np.ndarray
@@ -213,6 +245,15 @@ class OperatorCosts:
         bd = sorted((r["params"]["n_in"], r["lut"] / r["params"]["n_out"])
                     for r in lut if r["kind"] == "dense" and r["params"]["x"] == "binary")
         self._binary_dense_points = bd
+        thr = [r for r in lut if r["kind"] == "thr"]
+        if thr:
+            def feats(r, f):
+                p = r["params"]
+                return f(p["n"], p["span"], p["out_bits"]) if f is thr_features else f(p["n"], p["span"])
+            self.thr_fit = _fit([feats(r, thr_features) for r in thr], [r["lut"] for r in thr])
+            self.thr_carry_fit = _fit([feats(r, thr_carry_features) for r in thr], [r["carry"] for r in thr])
+        else:
+            self.thr_fit = self.thr_carry_fit = None
 
     def _mul_model(self, a: int, b: int) -> float:
         return max(0.0, self.mul_fit(mul_features(a, b)))
@@ -302,6 +343,19 @@ class OperatorCosts:
             per = float(np.interp(n_in, xs, ys))
         return max(0.0, n_out * per)
 
+    def thr_luts(self, in_bits: int, n: int, out_bits: int, span: int | None = None) -> tuple[float, float]:
+        """(LUTs, CARRY4s) of a threshold lookup over a signed ``in_bits``-bit input, n thresholds
+        and ``out_bits``-bit levels (the fit: every table is new). ``span``: the input bits the
+        thresholds differ in (``rtl.threshold_span``); None bounds it by the input width."""
+        if self.thr_fit is None:
+            raise RuntimeError(f"{self.path} has no threshold lookup rows (kind 'thr'): run "
+                               "`python -m fpq.cost_model.synth --family thr`")
+        if n <= 0:
+            return 0.0, 0.0   # no threshold: the output is a constant
+        span = in_bits if span is None else min(span, in_bits)
+        return (max(0.0, self.thr_fit(thr_features(n, span, out_bits))),
+                max(0.0, self.thr_carry_fit(thr_carry_features(n, span))))
+
     def xnorpop_luts(self, n: int) -> float:
         return max(0.0, self.xnorpop_fit([n, 1.0])) if n > 0 else 0.0
 
@@ -344,7 +398,8 @@ class OperatorCosts:
 
     def summary(self) -> dict:
         fits = {"mul": self.mul_fit, "cmul": self.cmul_fit, "mfmul": self.mfmul_fit, "add": self.add_fit,
-                "xnorpop": self.xnorpop_fit, "dense": self.dense_fit}
+                "xnorpop": self.xnorpop_fit, "dense": self.dense_fit, "thr": self.thr_fit,
+                "thr_carry": self.thr_carry_fit}
         return {k: {"coef": [round(float(c), 4) for c in f.coef], "rows": f.n, "fit_mare": round(f.mare, 4)}
                 for k, f in fits.items() if f is not None}
 

@@ -12,12 +12,13 @@ operands' carriers, sums ``sum_type``: the same widths the HLS writer and the em
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..formats import Binary, Fixed, Format, Int, Minifloat, decode, exact_fixed, parse_format
-from ..typeplan import product_type, sum_type
+from ..typeplan import product_type, sum_type, values_carrier
 
 
 @dataclass
@@ -25,7 +26,7 @@ class Operator:
     """One synthesizable module and the oracle for its outputs."""
 
     name: str
-    kind: str                   # mul, cmul, mfmul, khot, add, tree, acc, xnorpop, dense
+    kind: str                   # mul, cmul, mfmul, khot, add, tree, acc, xnorpop, dense, thr
     verilog: str
     inputs: list                # [(port, width)]
     outputs: list               # [(port, width, signed)]
@@ -33,6 +34,7 @@ class Operator:
     clocked: bool = False       # has clk (rising edge) and rst ports
     reference: object = None    # f(dict port -> int64 codes) -> dict port -> exact integer values (object or int64)
     codes: dict = field(default_factory=dict)  # port -> allowed input codes (finite values only)
+    probes: dict = field(default_factory=dict)  # port -> codes every sampled check includes (edge cases)
 
     def in_bits(self) -> int:
         return sum(w for _, w in self.inputs)
@@ -433,3 +435,114 @@ def dense(fx, weights: np.ndarray, fw, name: str = "dense") -> Operator:
                          x_signed=cx.signed, w_bits=cw.width, out_bits=acc.width,
                          consts=[int(k) for k in K.ravel()]),
                     reference=ref, codes={f"x{i}": valid_codes(fx) for i in range(n_in)})
+
+
+# ----------------------------------------------------------------------------- threshold lookup
+def _case_rom(fn: str, idx_bits: int, out_bits: int, codes, signed: bool) -> list:
+    """A Verilog function returning the constant codes[i] for index i (a ROM of constants)."""
+    sg = "signed " if signed else ""
+    lines = [f"function {sg}[{out_bits - 1}:0] {fn};", f"  input [{idx_bits - 1}:0] i;", "  case (i)"]
+    for i, c in enumerate(codes):
+        c = int(c)
+        lit = f"-{out_bits}'sd{-c}" if c < 0 else f"{out_bits}'{'s' if signed else ''}d{c}"
+        lines.append(f"    {idx_bits}'d{i}: {fn} = {lit};")
+    lines += [f"    default: {fn} = {out_bits}'d0;", "  endcase", "endfunction"]
+    return lines
+
+
+def threshold_quantizer(in_type: Fixed, thresholds, levels=None, name: str | None = None) -> Operator:
+    """y = levels[k], k = number of ``thresholds`` <= x, for x of the signed fixed type ``in_type``:
+    the lookup fpq's HLS project builds for a quantizer whose scale is not a power of two
+    (``fpq::quantize_by_thresholds`` in hls/fpq_minifloat.h, tables from fpq.hls.thresholds).
+
+    Same structure as the C++: a fully unrolled binary search, ceil(log2(N + 1)) steps, each
+    comparing x with the constant th[mid] selected by the search so far (a ROM of the N
+    thresholds), then a ROM of the N + 1 levels indexed by the result. ``thresholds`` and
+    ``levels`` are values (ascending; thresholds on the grid of ``in_type``); the output is the
+    level's code in ``values_carrier(levels)``. ``levels=None`` outputs k itself (unsigned)."""
+    if not isinstance(in_type, Fixed) or not in_type.signed:
+        raise ValueError(f"threshold quantizer input must be a signed Fixed (an accumulator grid), got {in_type}")
+    th = np.asarray(thresholds, dtype=np.float64).ravel()
+    n = th.size
+    if n < 1:
+        raise ValueError("a threshold quantizer needs at least one threshold (none: the output is a constant)")
+    if np.any(np.diff(th) <= 0):
+        raise ValueError("thresholds must be strictly ascending")
+    w = in_type.width
+    th_codes = _units(th, in_type.frac_bits)
+    lo_c, hi_c = in_type.int_range
+    if min(th_codes) < lo_c or max(th_codes) > hi_c:
+        raise ValueError(f"thresholds outside the range of the input type {in_type}")
+    idx_bits = max(1, n.bit_length())                  # holds 0..N
+    steps = max(1, math.ceil(math.log2(n + 1)))       # after these, lo == hi on every path
+    if levels is None:
+        out_t, lv_codes, out_bits, out_signed = None, None, idx_bits, False
+    else:
+        lv = np.asarray(levels, dtype=np.float64).ravel()
+        if lv.size != n + 1:
+            raise ValueError(f"{n} thresholds need {n + 1} levels, got {lv.size}")
+        out_t = values_carrier(lv)
+        lv_codes = _units(lv, out_t.frac_bits)
+        out_bits, out_signed = out_t.width, True
+    name = name or f"thr_s{w}_n{n}"
+    lines = _case_rom("th", idx_bits, w, th_codes, True)
+    if lv_codes is not None:
+        lines += _case_rom("lv", idx_bits, out_bits, lv_codes, True)
+    lines += [f"reg [{idx_bits - 1}:0] lo, hi, mid;", f"reg [{idx_bits}:0] sum;", "integer s;",
+              "always @* begin",
+              f"  lo = {idx_bits}'d0; hi = {idx_bits}'d{n}; mid = {idx_bits}'d0; sum = {idx_bits + 1}'d0;",
+              f"  for (s = 0; s < {steps}; s = s + 1) begin",
+              "    if (lo < hi) begin",
+              "      sum = lo + hi;",
+              f"      mid = sum[{idx_bits}:1];",
+              "      if (x >= th(mid)) lo = mid + 1'b1; else hi = mid;",
+              "    end",
+              "  end",
+              "end",
+              "assign y = " + ("lv(lo);" if lv_codes is not None else "lo;")]
+    ports = [_port("input", "x", w, True), _port("output", "y", out_bits, out_signed)]
+
+    def ref(inp):
+        half = 1 << (w - 1)     # the signed value of each w-bit pattern (Python ints: any width)
+        x = np.array([((int(c) + half) % (2 * half)) - half for c in np.ravel(inp["x"])], dtype=object)
+        k = np.searchsorted(np.array(list(th_codes), dtype=object), x, side="right")
+        if lv_codes is None:
+            return {"y": k.astype(np.int64)}
+        return {"y": np.array([lv_codes[int(i)] for i in k], dtype=object)}
+
+    return Operator(name, "thr", _module(name, ports, lines), [("x", w)], [("y", out_bits, out_signed)],
+                    dict(in_bits=w, n=int(n), out_bits=int(out_bits), steps=int(steps),
+                         in_type=str(in_type), out_type=str(out_t) if out_t is not None else "index"),
+                    reference=ref, codes={"x": None},
+                    # sampled checks of wide inputs: every threshold, its predecessor and the ends
+                    probes={"x": np.array([int(c) + d for c in th_codes for d in (-1, 0)] + [lo_c, hi_c],
+                                          dtype=object)})
+
+
+def quantizer_table(fmt, scale, in_type) -> tuple[np.ndarray, np.ndarray]:
+    """(thresholds, levels) of fpq's quantizer ``fmt`` x ``scale`` over the values of ``in_type``
+    (a Fixed, or "float32" for a float32 network input): the very table fpq's HLS project holds
+    (``fpq.hls.thresholds.lookup_table`` of the emulator's quantizer, as the HLS builder calls it)."""
+    from ..emulate import quantize_fast
+    from ..export.graph import Quantizer
+    from ..hls.thresholds import lookup_table
+    from ..typeplan import TensorType
+
+    tt = TensorType(fmt, np.float32(scale))
+    q = Quantizer(tt, tt.scale, "cost_model", "Quant")
+    if in_type == "float32":   # the network input: divided in float32, as the emulator does
+        return lookup_table(lambda x: quantize_fast(np.asarray(x, np.float32), q), "float32")
+    return lookup_table(lambda x: quantize_fast(np.asarray(x, np.float64), q), in_type)
+
+
+def threshold_span(in_bits: int, frac_bits: int, thresholds) -> tuple[int, int]:
+    """(compared bits, range bits) of a threshold table over a signed ``in_bits``-bit input:
+    the comparators see only the bits between the lowest set bit common to every threshold and
+    the highest bit in which a threshold differs from its sign extension; the input bits above
+    only decide whether x is out of the thresholds' range (a wide AND / OR, no carry chain)."""
+    codes = [int(c) for c in _units(np.asarray(thresholds, np.float64), frac_bits)]
+    nz = [c for c in codes if c]
+    low = min(((abs(c) & -abs(c)).bit_length() - 1 for c in nz), default=0)
+    top = max((c if c >= 0 else ~c).bit_length() + 1 for c in codes)
+    top = min(max(top, low + 1), in_bits)
+    return top - low, in_bits - top

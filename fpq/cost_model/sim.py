@@ -180,6 +180,12 @@ def sampled_vectors(op: Operator, n: int, seed: int = 0) -> dict:
         else:
             v = rng.choice(codes, size=n)
             v[: min(len(codes), 4)] = np.sort(codes)[[0, -1, len(codes) // 2, 1 % len(codes)]][: min(len(codes), 4)]
+        extra = op.probes.get(p)
+        if extra is not None and len(extra):   # edge cases first (e.g. every threshold and its predecessor)
+            extra = [int(e) & ((1 << w) - 1) for e in extra]     # two's complement bit patterns
+            m = min(len(extra), n)
+            v = v.astype(object) if (w > 62 or v.dtype == object) else v
+            v[:m] = extra[:m]
         out[p] = v
     return out
 

@@ -206,6 +206,7 @@ def calibration_grid(seed: int = 1) -> list:
         jobs.append((rtl.xnor_popcount(n), "lut"))
     jobs += [(op, "lut") for op in dense_layers("fit")]
     jobs += [(op, "lut") for op in binary_dense_layers("fit")]
+    jobs += [(op, "lut") for op in threshold_quantizers("fit")]
     return jobs
 
 
@@ -229,6 +230,7 @@ def holdout_grid(seed: int = 7) -> list:
     jobs.append((rtl.xnor_popcount(48), "lut"))
     jobs += [(op, "lut") for op in dense_layers("holdout")]
     jobs += [(op, "lut") for op in binary_dense_layers("holdout")]
+    jobs += [(op, "lut") for op in threshold_quantizers("holdout")]
     return jobs
 
 
@@ -279,6 +281,90 @@ def binary_dense_layers(split: str) -> list:
     return ops
 
 
+THRESHOLD_WIDTHS = (8, 12, 16, 20, 24, 32)
+THRESHOLD_COUNTS = (1, 3, 7, 15, 31, 63, 127, 255)
+
+
+def _realistic_threshold_op(fmt, w: int, range_ratio_log2: int, rng, name: str):
+    """The lookup fpq's HLS project builds for quantizer ``fmt`` with a float32 scale over a
+    ``w``-bit accumulator grid fixed<w, w/2>: the scale puts the quantizer's range
+    2**range_ratio_log2 times inside the accumulator's (accumulators are sized for the worst
+    case, so the quantizer clips well inside them)."""
+    from ..formats import facts
+    from ..formats import Fixed as _Fixed
+
+    fmt = rtl._fmt(fmt)
+    in_type = _Fixed(w, w // 2, True)
+    top = float(np.max(np.abs(facts.values(fmt))))
+    u = float(rng.uniform(0.5, 1.0))
+    scale = np.float32(u * 2.0 ** (w // 2 - 1 - range_ratio_log2) / top)   # not a power of two
+    th, lv = rtl.quantizer_table(fmt, scale, in_type)
+    if len(th) == 0:
+        return None
+    op = rtl.threshold_quantizer(in_type, th, lv, name=name)
+    span, ext = rtl.threshold_span(w, in_type.frac_bits, th)
+    op.params.update(table=f"{fmt} x {float(scale)!r}", span=span, ext=ext)
+    return op
+
+
+def _random_threshold_op(w: int, n: int, rng, name: str, index_levels: bool = True):
+    """n distinct random thresholds over the whole w-bit grid (every bit significant); levels
+    0..n (a narrow output) or, without ``index_levels``, random ascending float32 levels."""
+    from ..formats import Fixed as _Fixed
+
+    in_type = _Fixed(w, w, True)
+    if n >= (1 << w):
+        return None
+    codes = set()
+    while len(codes) < n:
+        codes.update(int(c) for c in rng.integers(-(1 << (w - 1)), 1 << (w - 1), size=n - len(codes)))
+    th = np.array(sorted(codes), dtype=np.float64)
+    lv = (np.arange(n + 1, dtype=np.float64) - n // 2 if index_levels
+          else np.cumsum(rng.uniform(0.01, 1.0, n + 1)).astype(np.float32))
+    op = rtl.threshold_quantizer(in_type, th, lv, name=name)
+    span, ext = rtl.threshold_span(w, 0, th)
+    op.params.update(table="random", span=span, ext=ext)
+    return op
+
+
+def threshold_quantizers(split: str) -> list:
+    """Threshold lookups (float-scaled quantizers in the HLS project) to synthesize.
+
+    ``fit``: W x N on the grid THRESHOLD_WIDTHS x THRESHOLD_COUNTS, each once as the real table
+    of an int / uint quantizer with 2**b - 1 thresholds (fewer where the W-bit grid does not
+    resolve every level) and, for W in 8 / 16 / 24 / 32, once with random thresholds and index
+    levels; plus counts N + 1 that are not powers of two (the search is then irregular: e4m3 /
+    e2m1 tables, random tables) and a few 48-bit inputs. ``holdout``: other widths, counts and
+    scales (and the accumulator widths of a float-scaled int8 MLP), never fitted."""
+    if split not in ("fit", "holdout"):
+        raise ValueError("split must be 'fit' or 'holdout'")
+    ops = []
+    if split == "fit":
+        rng = np.random.default_rng(500)
+        for w in THRESHOLD_WIDTHS:
+            for i, n in enumerate(THRESHOLD_COUNTS):
+                b = n.bit_length()
+                fmt = f"uint{b}" if b % 2 else f"int{b}"
+                ops.append(_realistic_threshold_op(fmt, w, (0, 2, 5)[i % 3], rng, f"thr_fit_s{w}_{fmt}"))
+                if w in (8, 16, 24, 32):
+                    ops.append(_random_threshold_op(w, n, rng, f"thr_fit_s{w}_rnd{n}"))
+        for w in (12, 16, 24, 32):
+            for fmt in ("e4m3", "e2m1"):
+                ops.append(_realistic_threshold_op(fmt, w, 1, rng, f"thr_fit_s{w}_{fmt}"))
+            for n in (5, 24, 100, 200):
+                ops.append(_random_threshold_op(w, n, rng, f"thr_fit_s{w}_rnd{n}", index_levels=n % 2 == 0))
+        for fmt in ("int4", "int8", "e4m3"):
+            ops.append(_realistic_threshold_op(fmt, 48, 6, rng, f"thr_fit_s48_{fmt}"))
+    else:
+        rng = np.random.default_rng(600)
+        for w, fmt, r in ((10, "int4", 1), (28, "uint8", 3), (40, "int8", 6), (45, "int8", 7), (36, "e4m3", 4),
+                          (20, "int6", 2), (45, "uint8", 7)):
+            ops.append(_realistic_threshold_op(fmt, w, r, rng, f"thr_holdout_s{w}_{fmt}"))
+        for w, n in ((14, 60), (28, 150), (20, 127)):
+            ops.append(_random_threshold_op(w, n, rng, f"thr_holdout_s{w}_rnd{n}"))
+    return [op for op in ops if op is not None]
+
+
 # ----------------------------------------------------------------------------- table I/O
 def table_header() -> list[str]:
     return [f"# fpq operator costs measured with {yosys_version()} ({YOWASP_PIN})",
@@ -298,9 +384,24 @@ def write_table(rows: list[dict], path: Path = TABLE) -> Path:
             f.write(line + "\n")
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
-        for r in rows:
-            w.writerow({k: r[k] for k in COLUMNS})
+        for r in rows:   # rows read back by read_table hold params as a dict: the same JSON again
+            w.writerow({k: (json.dumps(r[k], sort_keys=True) if k == "params" and isinstance(r[k], dict) else r[k])
+                        for k in COLUMNS})
     return path
+
+
+HOLDOUT_TABLE = TABLE.parent / "holdout_xcup.csv"
+FAMILIES = {"thr": threshold_quantizers}   # kind -> generator of its (fit / holdout) operators
+
+
+def merge_family(kind: str, rows: list[dict], path: Path) -> Path:
+    """Replace the rows of ``kind`` in the table at ``path`` by ``rows``, keeping every other row
+    as it is (no re-synthesis); refuses a table measured with another yosys or other flags."""
+    old = read_table(path) if Path(path).exists() else []
+    if old and table_meta(path) != [h[2:] for h in table_header()]:
+        raise RuntimeError(f"{path} was measured with another yosys version or other flags than this run "
+                           f"({table_meta(path)[0]!r}); regenerate the whole table instead of merging")
+    return write_table([r for r in old if r["kind"] != kind] + rows, path)
 
 
 def read_table(path: Path = TABLE) -> list[dict]:
@@ -349,7 +450,19 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", type=Path, default=None, help="JSON-lines cache: resume an interrupted run")
     ap.add_argument("--limit", type=int, default=None, help="only the first N operators (smoke test)")
     ap.add_argument("--no-check", action="store_true", help="skip the RTL simulation against fpq's numerics")
+    ap.add_argument("--family", choices=["all"] + sorted(FAMILIES), default="all",
+                    help="all: the whole calibration grid (rewrites --out); thr: only the threshold lookups, "
+                         f"their rows replaced in --out and their held-out rows in {HOLDOUT_TABLE.name}, every "
+                         "other row kept as it is")
     args = ap.parse_args(argv)
+    if args.family != "all":
+        fit, held = FAMILIES[args.family]("fit"), FAMILIES[args.family]("holdout")
+        if not args.no_check:
+            check_operators(fit + held)
+        rows = synthesize_many([(op, "lut") for op in fit + held], workers=args.jobs, cache=args.cache)
+        print(f"wrote {merge_family(args.family, rows[:len(fit)], args.out)} ({len(fit)} {args.family} rows)")
+        print(f"wrote {merge_family(args.family, rows[len(fit):], HOLDOUT_TABLE)} ({len(held)} held-out rows)")
+        return 0
     jobs = calibration_grid()
     if args.limit:
         jobs = jobs[: args.limit]
