@@ -13,6 +13,8 @@ below it, the one with the smallest quantization MSE on the samples.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from ._api import callable_module
@@ -64,6 +66,20 @@ def _recording(q, recorders, gen):
     return observing(observers)
 
 
+@contextlib.contextmanager
+def _unwrapped(q):
+    """Narrow wrapping accumulators off while the activation quantizers only record: the sums
+    are then of unquantized values, off the grid the wrap is defined on."""
+    layers = [m for m in q.modules() if getattr(m, "fpq_accumulator_bits", None) is not None]
+    for m in layers:
+        m.fpq_wrap_off = True
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.fpq_wrap_off = False
+
+
 def calibrate(q, batches, method: str = "max", percentile: float = 99.99, progress: bool = True,
               max_batches: int | None = None):
     """Set the scales of ``q`` (an ``fpq.convert`` model) from data; returns ``q``.
@@ -84,7 +100,7 @@ def calibrate(q, batches, method: str = "max", percentile: float = 99.99, progre
     recorders = {}
     seen = 0
     first = None
-    with torch.no_grad(), _recording(q, recorders, gen):
+    with torch.no_grad(), _recording(q, recorders, gen), _unwrapped(q):
         total = None
         try:
             total = len(batches)
@@ -117,6 +133,9 @@ def calibrate(q, batches, method: str = "max", percentile: float = 99.99, progre
     for _, m in q.named_modules():
         if hasattr(m, "fpq_weight"):
             init_param_scales(m, "mse" if method == "mse" else "max")
+    for m in q.modules():   # a narrow accumulator the new scales cannot have fails here, naming why
+        if getattr(m, "fpq_accumulator_bits", None) is not None:
+            m._narrow_accumulator()
     q.fpq_record_shapes(first[:1])
     q.train(was_training)
     return q

@@ -392,6 +392,7 @@ def _set_accumulator_bits(q: FpqModel, accumulator_bits) -> None:
     if stray:
         raise ValueError(f"accumulator_bits entries {stray} match no Linear/Conv; their names: {sorted(layers)}")
     for name, m in layers.items():
+        m.fpq_layer_name = name   # for error messages
         if name in spec:
             m.fpq_accumulator_bits = int(spec[name])
             continue

@@ -100,3 +100,18 @@ def test_da_refuses_and_cost_model_prices_the_narrow_accumulator(tmp_path):
     assert not (tmp_path / "prj").exists()
     narrow, exact = fpq.estimate_cost(q), fpq.estimate_cost(_without_wrap(q))
     assert narrow.total["ff"] < exact.total["ff"] and narrow.total["lut"] < exact.total["lut"]
+
+
+@pytest.mark.slow
+def test_accumulator_example_smoke(load_script):
+    """examples/accumulator_digits.py --quick: every width's emulator == torch on the test images;
+    narrower accumulators change more images, the narrowest most of them."""
+    ex = load_script("examples/accumulator_digits.py")
+    out = ex.main(quick=True, verbose=False)
+    rows = out["rows"]
+    assert rows[0]["bits"] == "exact" and all(r["exact_emulation"] for r in rows)
+    assert max(out["exact_widths"].values()) > 16
+    # an image whose logits change at N bits has a sum that overflows N bits, and so N - 1 bits
+    changed = [r["changed"] for r in rows[1:]]
+    assert changed == sorted(changed) and changed[-1] > 50.0
+    assert rows[-1]["cost"]["ff"] < rows[0]["cost"]["ff"]

@@ -31,6 +31,7 @@ class _ExactWBIOL:
     narrow wrapping accumulator (``fpq_accumulator_bits``, see fpq.typeplan.narrow_accumulator)."""
 
     fpq_accumulator_bits = None   # set per layer by fpq.convert(accumulator_bits=...)
+    fpq_wrap_off = False          # True while fpq.calibrate records unquantized activations
 
     def inner_forward_impl(self, x, quant_weight, quant_bias):
         x, w, b = _value(x), _value(quant_weight), _value(quant_bias)
@@ -56,7 +57,7 @@ class _ExactWBIOL:
         """The WRAP accumulator type when ``fpq_accumulator_bits`` narrows this layer's exact one,
         else None. Needs the input's quantizer (linked by fpq.convert) to know the product grid."""
         bits = self.fpq_accumulator_bits
-        if bits is None:
+        if bits is None or self.fpq_wrap_off:
             return None
         from ..typeplan import LayerPlan
         t_in = self._input_type()
@@ -67,11 +68,12 @@ class _ExactWBIOL:
             tensors = {"input": t_in, "weight": _type_of(self.fpq_weight)}
             if self.fpq_bias is not None:
                 tensors["bias"] = _type_of(self.fpq_bias)
-        exact = LayerPlan("", self.fpq_op, dict(tensors), self.weight[0].numel()).derive().tensors["accumulator"]
+        name = self.__dict__.get("fpq_layer_name", type(self).__name__)
+        exact = LayerPlan(name, self.fpq_op, dict(tensors), self.weight[0].numel()).derive().tensors["accumulator"]
         if exact.width > 53 and bits < exact.width:
-            raise ValueError(f"accumulator_bits={bits}: the exact sum of this layer needs {exact.width} bits, more "
+            raise ValueError(f"layer {name!r}: accumulator_bits={bits}: its exact sum needs {exact.width} bits, more "
                              "than the 53 that float64 holds exactly, so its wrap cannot be computed exactly here")
-        acc = LayerPlan("", self.fpq_op, tensors, self.weight[0].numel(), attrs={"accumulator_bits": bits}
+        acc = LayerPlan(name, self.fpq_op, tensors, self.weight[0].numel(), attrs={"accumulator_bits": bits}
                         ).derive().tensors["accumulator"]
         return None if acc == exact else acc
 
