@@ -133,8 +133,9 @@ def calibrate(q, batches, method: str = "max", percentile: float = 99.99, progre
     for _, m in q.named_modules():
         if hasattr(m, "fpq_weight"):
             init_param_scales(m, "mse" if method == "mse" else "max")
-    for m in q.modules():   # a narrow accumulator the new scales cannot have fails here, naming why
-        if getattr(m, "fpq_accumulator_bits", None) is not None:
+    for m in q.modules():   # a narrow accumulator keeps the products' LSB: put the bias there,
+        if getattr(m, "fpq_accumulator_bits", None) is not None:  # or fail here naming why
+            m.fit_bias_to_products()
             m._narrow_accumulator()
     q.fpq_record_shapes(first[:1])
     q.train(was_training)

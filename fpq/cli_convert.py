@@ -80,8 +80,7 @@ def cli_register(subparsers) -> None:
                    help="per-module format by name or glob, e.g. 'fc3=int8' (repeatable)")
     p.add_argument("--bias", help="bias format (default int16 with its own scale)")
     p.add_argument("--accumulator-bits", type=int, metavar="N",
-                   help="narrow every Linear/Conv accumulator to N bits at its exact LSB, wrapping on overflow "
-                        "(needs a bias on the product grid, e.g. --bias 'fixed<24,16>')")
+                   help="narrow every Linear/Conv accumulator to N bits at its exact LSB, wrapping on overflow")
     p.add_argument("--scale", choices=("po2", "float"), default="po2")
     p.add_argument("--granularity", choices=("tensor", "channel"), default="tensor")
     p.add_argument("--batchnorm", choices=("fold", "keep"), default="fold",

@@ -264,7 +264,8 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
     weight format gives s int8 instead: see _batchnorm_formats). accumulator_bits: None (exact
     accumulators: no sum can overflow), an int, or {Linear/Conv name or glob: int}: that layer's
     accumulator keeps its exact LSB and only ``bits`` bits, wrapping on overflow as ap_fixed's
-    AP_WRAP does, identically in torch, QONNX, the emulator and HLS (fpq.typeplan.narrow_accumulator).
+    AP_WRAP does, identically in torch, QONNX, the emulator and HLS (fpq.typeplan.narrow_accumulator);
+    fpq.calibrate puts an integer bias on the products' grid for it.
     Returns an
     FpqModel in eval mode; ``.train()`` it for QAT.
     """

@@ -183,7 +183,8 @@ class LayerPlan:
                 f"({b.describe()}, LSB 2^-{bias_c.frac_bits}) is finer than its products (LSB 2^-{prod.frac_bits}), "
                 f"so {bits} bits would hold almost no integer part. Quantize the bias on the product grid, e.g. "
                 f"bias='fixed<{max(16, bits)},{max(16, bits) - prod.frac_bits}>' (at most {prod.frac_bits} "
-                "fractional bits), or leave accumulator_bits unset")
+                "fractional bits), or an integer bias format such as int16 (fpq.calibrate then scales it onto "
+                "that grid), or leave accumulator_bits unset")
         self.tensors["accumulator"] = acc if bits is None else narrow_accumulator(acc, bits)
         return self
 

@@ -71,9 +71,16 @@ def test_every_path_wraps_identically(name, io_type, backend, tmp_path):
 def test_refusals_and_training():
     m, shape = mlp()
     x = torch.randn(64, *shape)
-    # the default int16 bias has finer bits than the products: a narrow accumulator would be all LSBs
+    # the default int16 bias (scale from its max) would be finer than the products: calibrate gives it
+    # the products' LSB; a Fixed bias carries its own scaling, so a finer one is refused naming the fix
     q = fpq.convert(m, fmt="int8", accumulator_bits=16)
-    with pytest.raises(ValueError, match="Quantize the bias on the product grid"):
+    fpq.calibrate(q, [x], progress=False)
+    for lp in fpq.plan(q):
+        if "accumulator" in lp.tensors:
+            assert lp.tensors["bias"].carrier().frac_bits == lp.tensors["product"].frac_bits
+            assert lp.tensors["accumulator"].width == 16
+    q = fpq.convert(m, fmt="int8", bias="fixed<24,2>", accumulator_bits=16)
+    with pytest.raises(ValueError, match=r"layer '0': .*Quantize the bias on the product grid"):
         fpq.calibrate(q, [x], progress=False)
     with pytest.raises(ValueError, match=r"accumulator_bits entries \['nope'\] match no Linear/Conv"):
         fpq.convert(m, fmt="int8", accumulator_bits={"nope": 12})

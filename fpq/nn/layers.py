@@ -77,6 +77,25 @@ class _ExactWBIOL:
                         ).derive().tensors["accumulator"]
         return None if acc == exact else acc
 
+    def fit_bias_to_products(self) -> None:
+        """With a narrow accumulator, a scaled bias finer than the products takes the products'
+        LSB as its scale (the bias is rounded onto the grid the accumulator keeps, its range only
+        grows). Fixed bias formats carry their own scaling and are left as they are (a finer one
+        is then refused by _narrow_accumulator, naming the fix)."""
+        tb = self.fpq_bias
+        t_in = self._input_type()
+        if self.fpq_accumulator_bits is None or tb is None or tb.scale_kind == "none" or t_in is None \
+                or not t_in.po2:
+            return
+        with torch.no_grad():
+            bt, wt = _type_of(tb), _type_of(self.fpq_weight)
+            if not (bt.po2 and wt.po2):
+                return
+            p_frac = t_in.carrier().frac_bits + wt.carrier().frac_bits
+            extra = bt.carrier().frac_bits - p_frac      # fractional bits finer than the products
+            if extra > 0:
+                tb.set_scale(tb.scale().detach().double() * 2.0 ** extra)
+
     def _input_type(self):
         """TensorType of the fpq quantizer that produced the input (see link_input_quantizers),
         None when unknown."""
