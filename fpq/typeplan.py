@@ -140,11 +140,22 @@ def narrow_accumulator(exact: Fixed, bits: int) -> Fixed:
     return Fixed(int(bits), exact.int_bits - (exact.width - int(bits)), exact.signed, "TRN", "WRAP")
 
 
-def wrap_constants(acc: Fixed) -> tuple[float, float]:
-    """(m, h) with wrap(y) = y - m * floor((y + h) / m) for a WRAP accumulator: m = 2**width LSBs,
-    h = half of it when signed. Exact in float64 for sums that fit 53 bits."""
+def wrap(y, acc: Fixed):
+    """``y`` (float64 values on the grid of the WRAP accumulator ``acc``; a numpy array or a torch
+    tensor) wrapped into ``acc``: y - m * floor((y + h) / m), m = 2**width LSBs, h = half of it when
+    signed. Every step is exact in float64 for sums that fit 53 bits. The one wrap of torch, the
+    export and both emulator backends."""
     m = math.ldexp(1.0, acc.int_bits)
-    return m, (m / 2 if acc.signed else 0.0)
+    q = (y + (m / 2 if acc.signed else 0.0)) / m
+    return y - m * (q.floor() if hasattr(q, "floor") else np.floor(q))
+
+
+def constant_carrier(t, values) -> Fixed | None:
+    """The exact Fixed of a constant tensor (weight / bias): its type's carrier for a power-of-two
+    scale, else the carrier of its own values (None with neither)."""
+    if isinstance(t, TensorType) and t.po2:
+        return t.carrier()
+    return None if values is None else values_carrier(values)
 
 
 @dataclass

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..formats import Binary, Fixed, Int, Minifloat, exact_fixed
-from ..typeplan import TensorType, TypePlan, po2_exponents, product_type, sum_type, values_carrier
+from ..typeplan import TensorType, TypePlan, constant_carrier, po2_exponents, product_type, sum_type, values_carrier
 from .devices import Device, dsp_tiles, get_device
-from .ops import OperatorCosts, csd_digits, default_costs, significant_bits
+from .ops import OperatorCosts, csd_digits, default_costs, significant_bits, thr_steps
 
 STRATEGIES = ("latency", "resource")
 IO_TYPES = ("io_parallel", "io_stream")
@@ -114,16 +114,6 @@ def _carrier(t, notes: list, what: str, weight: bool = False) -> Fixed:
                  f"{exact_fixed(t.format)} (the HLS project multiplies by their float32 values, up to 24 "
                  "significant bits: this underestimates)")
     return exact_fixed(t.format)
-
-
-def _values_fixed(t, values) -> Fixed | None:
-    """The exact Fixed the HLS project gives a constant tensor (weight / bias): its carrier for a
-    power-of-two scale, else the values themselves (fpq.typeplan.values_carrier)."""
-    if isinstance(t, TensorType) and t.po2:
-        return t.carrier()
-    if values is None:
-        return None
-    return values_carrier(np.asarray(values, np.float64))
 
 
 def _weight_ints(lp, wt: TensorType, wc: Fixed, notes: list) -> np.ndarray | None:
@@ -213,8 +203,8 @@ def _mac_layer(lp, ops: OperatorCosts, dev: Device, rf: int, strategy: str, cloc
     if not isinstance(acc, Fixed) and fan_in:
         # no planned accumulator (a float scale somewhere): the exact sum the HLS builder forms
         # from the input's values, the weights' and the bias' own values
-        wv = _values_fixed(w_t, lp.values.get("weight"))
-        bv = (_values_fixed(lp.tensors.get("bias"), lp.values.get("bias"))
+        wv = constant_carrier(w_t, lp.values.get("weight"))
+        bv = (constant_carrier(lp.tensors.get("bias"), lp.values.get("bias"))
               if "bias" in lp.tensors else None)
         if wv is not None:
             acc = sum_type(product_type(xc, wv), int(fan_in), bv)
@@ -558,7 +548,7 @@ def _lookup_row(lp, t: TensorType, feed, feed_bits, ops: OperatorCosts, dev: Dev
         notes.append(f"{name}: {t.describe()} lookup bounded: {n} thresholds (the format's values) over {w} "
                      f"input bits, since {why}")
     luts, carry = ops.thr_luts(w, n, out_bits, span)
-    steps = math.ceil(math.log2(n + 1)) if n else 0
+    steps = thr_steps(n)
     depth_ns = steps * _t_add(dev, span) + dev.lut_delay_ns     # comparator levels, then the level ROM
     stages = max(1, math.ceil(depth_ns / clock)) if n else 0
     return dict(layer=name, op="threshold_lookup", lut=float(units * luts), ff=float(units * out_bits), dsp=0,

@@ -36,10 +36,13 @@ from ..numerics.reference import quantize_unscaled
 from ..numerics.wide import WIDE_BITS as WIDE_EXACT_BITS, exact_bilinear
 from ..formats import Int
 from ..formats.facts import exact_fixed
-from ..typeplan import LayerPlan, po2_exponents, product_type, sum_type, values_carrier, wrap_constants
+from ..typeplan import LayerPlan, constant_carrier, po2_exponents, product_type, sum_type, wrap
 
 FLOAT32_EXACT_BITS = 24
 FLOAT64_EXACT_BITS = 53
+# ops a quantizer sees through: monotone (ReLU, max pool) or value-preserving (reshapes), so a
+# sum rounded to odd keeps its meaning behind them
+ORDER_KEEPING = ("relu", "maxpool", "flatten", "reshape", "transpose")
 
 
 def as_graph(q_or_onnx, example_input=None) -> Graph:
@@ -76,7 +79,7 @@ class Emulator:
     # -- planning: accumulator dtypes and exactness per op
     def _plan(self):
         self._bias_f32 = {}
-        self._wrap = {}   # op name -> (m, h) of its narrow wrapping accumulator (accumulator_bits)
+        self._wrap = {}   # op name -> its narrow wrapping accumulator type (accumulator_bits)
         odd_bias_candidates = {}  # float32 sums whose bias alone is too fine for float32
         for op in self.graph.ops:
             self.exact[op.name] = True
@@ -114,7 +117,7 @@ class Emulator:
                             raise UnsupportedGraphError(
                                 f"layer {op.name}: a {acc.width}-bit wrapping accumulator of a sum that needs {bits} "
                                 f"bits; the emulator wraps exact float64 sums (up to {FLOAT64_EXACT_BITS} bits)")
-                        self._wrap[op.name] = wrap_constants(acc)
+                        self._wrap[op.name] = acc
                 if bits > FLOAT64_EXACT_BITS:
                     # summed in pieces and rounded to odd (fpq.numerics.wide): every quantizer after it
                     # rounds exactly as on the true sum; what else reads it is not exact
@@ -174,18 +177,15 @@ class Emulator:
         float64 bias. The traced run (``return_trace``) always uses the exact bias."""
         t_in, t_w = op.types["input"], op.types["weight"]
         p_exp = -(t_in.carrier().frac_bits + t_w.carrier().frac_bits)   # p = 2**p_exp
-        consumers = {}
-        for o in self.graph.ops:
-            for t in o.inputs:
-                consumers.setdefault(t, []).append(o)
         outputs = set(self.graph.outputs)
         todo = [op.outputs[0]]
         while todo:
             t = todo.pop()
-            if t in outputs or not consumers.get(t):
+            readers = self.graph.consumers(t)
+            if t in outputs or not readers:
                 return None
-            for c in consumers[t]:
-                if c.kind in ("relu", "maxpool", "flatten", "reshape", "transpose"):
+            for c in readers:
+                if c.kind in ORDER_KEEPING:
                     todo.append(c.outputs[0])
                     continue
                 q = c.quant if c.kind == "quant" else None
@@ -211,7 +211,7 @@ class Emulator:
             if op.name in self.rounded_to_odd:
                 odd.add(op.outputs[0])
             elif any(t in odd for t in op.inputs):
-                if op.kind in ("relu", "maxpool", "flatten", "reshape", "transpose"):
+                if op.kind in ORDER_KEEPING:
                     odd.add(op.outputs[0])
                 elif op.kind != "quant":
                     self.exact[op.name] = False
@@ -274,25 +274,20 @@ class Emulator:
         value: a po2 integer quantizer gets clip = (lo, hi, in_place) -- in place when it is the only
         reader of a weighted op's temporary -- and a ReLU right after it becomes its lower clip bound
         (max(Q(x), 0) = clip(rint(x / s), max(lo, 0), hi) * s). Both backends compile this list."""
-        ops = self.graph.ops
-        consumers = {}
-        for op in ops:
-            for t in op.inputs:
-                consumers.setdefault(t, []).append(op)
         outputs = set(self.graph.outputs)
         steps, skip = [], set()
-        for op in ops:
+        for op in self.graph.ops:
             if op.name in skip:
                 continue
             out, clip = op.outputs[0], None
             if op.kind == "quant" and _int_po2(op.quant):
-                relu = _only_consumer(consumers, out, outputs, "relu")
+                relu = _only_consumer(self.graph, out, outputs, "relu")
                 lo, hi = op.quant.format.int_range
                 if relu is not None:
                     lo = max(lo, 0)
                     skip.add(relu.name)
                     out = relu.outputs[0]
-                clip = (lo, hi, self._owned(op, consumers, outputs))
+                clip = (lo, hi, self._owned(op, outputs))
             steps.append((op, list(op.inputs), out, clip))
         return steps
 
@@ -309,22 +304,21 @@ class Emulator:
             steps.append((fn, ins, out))
         return with_frees(steps, set(self.graph.outputs) | set(self.graph.inputs))
 
-    def _owned(self, op, consumers, outputs) -> bool:
+    def _owned(self, op, outputs) -> bool:
         """Whether op's input buffer is a temporary that only op reads (so it may be overwritten)."""
         src = op.inputs[0]
         prod = self.graph.producer(src)
         return (prod is not None and prod.kind in ("linear", "conv1d", "conv2d", "batchnorm", "add", "mul", "div",
                                                    "avgpool", "global_avgpool")
-                and len(consumers.get(src, [])) == 1 and src not in outputs)
+                and len(self.graph.consumers(src)) == 1 and src not in outputs)
+
+    def _weights_for(self, op, fast):
+        """(w, b) of a linear / conv: the fused schedule's (a rounded-to-odd bias) when ``fast``."""
+        return self._fast_weights.get(op.name, self._weights[op.name]) if fast else self._weights[op.name]
 
     def _wrapped(self, op, acc):
-        """The sum wrapped into op's narrow accumulator (if any): y - m * floor((y + h) / m), in
-        float64, where every step is exact for sums up to 53 bits."""
-        if op.name not in self._wrap:
-            return acc
-        m, h = self._wrap[op.name]
-        y = acc.astype(np.float64)
-        return y - m * np.floor((y + h) / m)
+        """The sum wrapped into op's narrow accumulator, if it has one (fpq.typeplan.wrap, float64)."""
+        return wrap(acc.astype(np.float64), self._wrap[op.name]) if op.name in self._wrap else acc
 
     def dense_conv(self, op, in_shape, w):
         """(matrix, output shape) of a small convolution unrolled into one dense matrix, or None
@@ -341,7 +335,7 @@ class Emulator:
         if k in ("quant", "input_quant"):
             return apply_quantizer(op, x)
         if k == "linear":
-            w, b = self._fast_weights[op.name] if fast and op.name in self._fast_weights else self._weights[op.name]
+            w, b = self._weights_for(op, fast)
             if op.name in self.rounded_to_odd:
                 return exact_bilinear(np.matmul, x.astype(np.float64), w, b, op.fan_in, strict=True)[0]
             acc = x.astype(w.dtype, copy=False) @ w
@@ -357,7 +351,7 @@ class Emulator:
                 y += b.reshape(shape)
             return y
         if k in ("conv1d", "conv2d"):
-            w, b = self._fast_weights[op.name] if fast and op.name in self._fast_weights else self._weights[op.name]
+            w, b = self._weights_for(op, fast)
             if op.name in self.rounded_to_odd:
                 return exact_bilinear(lambda a, c: conv_nd(a, c, op.attrs), x.astype(np.float64), w, b, op.fan_in,
                                       bias_shape=(-1,) + (1,) * (x.ndim - 2), strict=True)[0]
@@ -419,8 +413,8 @@ def _int_po2(q) -> bool:
     return q is not None and q.pre_scale is None and isinstance(q.format, Int) and po2_exponents(q.scale) is not None
 
 
-def _only_consumer(consumers, tensor, outputs, kind):
-    cs = consumers.get(tensor, [])
+def _only_consumer(graph, tensor, outputs, kind):
+    cs = graph.consumers(tensor)
     if len(cs) == 1 and cs[0].kind == kind and tensor not in outputs:
         return cs[0]
     return None
@@ -597,10 +591,8 @@ def value_accumulator_bits(op: Op) -> int | None:
     xc = None if t_in is None else t_in.value_carrier()
     if xc is None or op.weight is None or op.fan_in is None:
         return None
-    wc = t_w.carrier() if t_w is not None and t_w.po2 else values_carrier(op.weight)
-    t_b = op.types.get("bias")
-    bc = None if op.bias is None else (t_b.carrier() if t_b is not None and t_b.po2 else values_carrier(op.bias))
-    return sum_type(product_type(xc, wc), op.fan_in, bc).width
+    bc = None if op.bias is None else constant_carrier(op.types.get("bias"), op.bias)
+    return sum_type(product_type(xc, constant_carrier(t_w, op.weight)), op.fan_in, bc).width
 
 
 def odd_bias(b, p_exp: int) -> np.ndarray:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from ..formats import Int
 from ..numerics.torch_ops import quantize_unscaled_torch
 from ..numerics.wide import exact_bilinear
-from ..typeplan import po2_exponents
+from ..typeplan import po2_exponents, wrap
 
 
 class TorchProgram:
@@ -39,11 +39,7 @@ class TorchProgram:
 
     def _wrapped(self, op, acc):
         """As Emulator._wrapped: the narrow wrapping accumulator, in float64."""
-        if op.name not in self.emu._wrap:
-            return acc
-        m, h = self.emu._wrap[op.name]
-        y = acc.to(torch.float64)
-        return y - m * torch.floor((y + h) / m)
+        return wrap(acc.to(torch.float64), self.emu._wrap[op.name]) if op.name in self.emu._wrap else acc
 
     def _dense_conv(self, op, in_shape):
         """The emulator's dense matrix for a small conv (Emulator.dense_conv) on this device."""

@@ -193,6 +193,10 @@ class Graph:
                 return op
         return None
 
+    def consumers(self, tensor: str) -> list:
+        """The ops that read ``tensor``, in execution order."""
+        return [op for op in self.ops if tensor in op.inputs]
+
     def tensor_type(self, tensor: str) -> TensorType | None:
         for op in self.ops:
             if tensor in op.outputs:

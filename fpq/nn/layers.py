@@ -18,7 +18,7 @@ from brevitas.nn import QuantConv1d, QuantConv2d, QuantIdentity, QuantLinear
 from brevitas.quant_tensor import QuantTensor
 
 from ..numerics.wide import exact_bilinear
-from ..typeplan import TensorType, wrap_constants
+from ..typeplan import TensorType, wrap
 from .quantizers import make_quant, tensor_quant_of
 
 
@@ -39,19 +39,19 @@ class _ExactWBIOL:
         if self.training:
             y = super().inner_forward_impl(x, w, b)
             # the hardware's wrap in the forward pass, straight through in the backward pass
-            return y if acc is None else y + (_wrap(y.detach().to(torch.float64), acc).to(y.dtype) - y.detach())
+            return y if acc is None else y + (wrap(y.detach().to(torch.float64), acc).to(y.dtype) - y.detach())
         x, w = x.to(torch.float64), w.to(torch.float64)
         b = None if b is None else b.to(torch.float64)
         if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
             y = super().inner_forward_impl(x, w, b)  # the exported graph holds the plain op
-            return y if acc is None else _wrap(y, acc)   # (and the wrap as Add / Div / Floor / Mul / Sub)
+            return y if acc is None else wrap(y, acc)   # (and the wrap as Add / Div / Floor / Mul / Sub)
         # a sum wider than 53 bits (e5m2 x e5m2) is summed in pieces and rounded to odd, which the
         # output quantizer then rounds as it would the exact sum (fpq.numerics.wide)
         parent = super()
         bias_shape = None if self.fpq_op == "linear" else (-1,) + (1,) * (x.dim() - 2)
         y, _ = exact_bilinear(lambda a, c: parent.inner_forward_impl(a, c, None), x, w, b,
                               fan_in=w[0].numel(), bias_shape=bias_shape, x_bound=self._input_bound())
-        return y if acc is None else _wrap(y, acc)
+        return y if acc is None else wrap(y, acc)
 
     def _narrow_accumulator(self):
         """The WRAP accumulator type when ``fpq_accumulator_bits`` narrows this layer's exact one,
@@ -65,9 +65,9 @@ class _ExactWBIOL:
             raise ValueError(f"{type(self).__name__}: accumulator_bits={bits} needs a power-of-two scaled input "
                              "quantizer right before the layer (the product grid sets the accumulator's LSB)")
         with torch.no_grad():
-            tensors = {"input": t_in, "weight": _type_of(self.fpq_weight)}
+            tensors = {"input": t_in, "weight": tensor_type_of(self.fpq_weight)}
             if self.fpq_bias is not None:
-                tensors["bias"] = _type_of(self.fpq_bias)
+                tensors["bias"] = tensor_type_of(self.fpq_bias)
         name = self.__dict__.get("fpq_layer_name", type(self).__name__)
         exact = LayerPlan(name, self.fpq_op, dict(tensors), self.weight[0].numel()).derive().tensors["accumulator"]
         if exact.width > 53 and bits < exact.width:
@@ -88,7 +88,7 @@ class _ExactWBIOL:
                 or not t_in.po2:
             return
         with torch.no_grad():
-            bt, wt = _type_of(tb), _type_of(self.fpq_weight)
+            bt, wt = tensor_type_of(tb), tensor_type_of(self.fpq_weight)
             if not (bt.po2 and wt.po2):
                 return
             p_frac = t_in.carrier().frac_bits + wt.carrier().frac_bits
@@ -111,7 +111,7 @@ class _ExactWBIOL:
             if tq is None or not all(isinstance(root.get_submodule(c), _VALUE_PRESERVING) for c in chain):
                 return None
             with torch.no_grad():
-                return _type_of(tq)
+                return tensor_type_of(tq)
         except AttributeError:  # no such module any more
             return None
 
@@ -140,14 +140,10 @@ class _ExactWBIOL:
         return tensor_quant_of(self.output_quant)
 
 
-def _type_of(tq) -> TensorType:
-    return TensorType(tq.fmt, tq.scale().detach().float().cpu().numpy())
-
-
-def _wrap(y: torch.Tensor, acc) -> torch.Tensor:
-    """y wrapped into the WRAP accumulator ``acc`` (y on its grid): y - m * floor((y + h) / m)."""
-    m, h = wrap_constants(acc)
-    return y - m * torch.floor((y + h) / m)
+def tensor_type_of(tq) -> TensorType:
+    """The TensorType (format and current scale) of an fpq tensor quantizer."""
+    with torch.no_grad():
+        return TensorType(tq.fmt, tq.scale().detach().to(torch.float32).cpu().numpy())
 
 
 class FpqLinear(_ExactWBIOL, QuantLinear):

@@ -9,19 +9,14 @@ import torch
 from torch import fx, nn
 
 from ..numerics.wide import WIDE_BITS
-from ..typeplan import LayerPlan, TensorType, TypePlan
+from ..typeplan import LayerPlan, TypePlan
 from .batchnorm import FpqBatchNorm, to_batchnorm
-from .layers import FpqAct, FpqAdd, FpqAvgPool, FpqClamp, FpqConv1d, FpqConv2d, FpqInput, FpqLinear
+from .layers import (FpqAct, FpqAdd, FpqAvgPool, FpqClamp, FpqConv1d, FpqConv2d, FpqInput, FpqLinear,
+                     tensor_type_of)
 
 _WEIGHT_LAYERS = (FpqLinear, FpqConv1d, FpqConv2d)
 # the eval-mode torch forward sums up to WIDE_BITS exactly (fpq.numerics.wide); wider sums round
 FLOAT64_NOT_EXACT = f"the eval forward is exact only up to {WIDE_BITS}-bit sums: not guaranteed exact for this layer"
-
-
-def _tensor_type(tq) -> TensorType:
-    with torch.no_grad():
-        s = tq.scale().detach().to(torch.float32).cpu().numpy()
-    return TensorType(tq.fmt, s)
 
 
 @torch.no_grad()
@@ -88,7 +83,7 @@ def typeplan_from_module(q) -> TypePlan:
         if node.op == "call_module":
             m, name = modules[node.target], node.target
             if isinstance(m, FpqInput):
-                add(node, name, "input", _tensor_type(m.fpq_output), ins)
+                add(node, name, "input", tensor_type_of(m.fpq_output), ins)
             elif isinstance(m, _WEIGHT_LAYERS):
                 attrs = {"out_features" if isinstance(m, FpqLinear) else "out_channels":
                          m.out_features if isinstance(m, FpqLinear) else m.out_channels}
@@ -102,25 +97,25 @@ def typeplan_from_module(q) -> TypePlan:
                     fan_in = int(np.prod(m.kernel_size)) * (m.in_channels // m.groups)
                 if m.fpq_accumulator_bits is not None:
                     attrs["accumulator_bits"] = m.fpq_accumulator_bits
-                layer = add(node, name, m.fpq_op, _tensor_type(m.fpq_output), ins, **attrs)
+                layer = add(node, name, m.fpq_op, tensor_type_of(m.fpq_output), ins, **attrs)
                 layer.fan_in = fan_in
-                layer.tensors["weight"] = _tensor_type(m.fpq_weight)
+                layer.tensors["weight"] = tensor_type_of(m.fpq_weight)
                 layer.values["weight"] = _quantized_values(m.fpq_weight, m.weight)
                 if m.fpq_bias is not None:
-                    layer.tensors["bias"] = _tensor_type(m.fpq_bias)
+                    layer.tensors["bias"] = tensor_type_of(m.fpq_bias)
                     layer.values["bias"] = _quantized_values(m.fpq_bias, m.bias)
                 _derive(layer)
             elif isinstance(m, FpqBatchNorm):
                 # y = Q_out(x * s + t) per channel (dim 1): one product and one add per element
-                layer = add(node, name, "batchnorm", _tensor_type(m.fpq_output), ins, channels=m.num_features)
+                layer = add(node, name, "batchnorm", tensor_type_of(m.fpq_output), ins, channels=m.num_features)
                 layer.fan_in = 1
-                layer.tensors["weight"] = _tensor_type(m.fpq_weight)
+                layer.tensors["weight"] = tensor_type_of(m.fpq_weight)
                 layer.values["weight"] = _quantized_values(m.fpq_weight, m.weight)
-                layer.tensors["bias"] = _tensor_type(m.fpq_bias)
+                layer.tensors["bias"] = tensor_type_of(m.fpq_bias)
                 layer.values["bias"] = _quantized_values(m.fpq_bias, m.bias)
                 _derive(layer)
             elif isinstance(m, FpqAdd):
-                add(node, name, "add", _tensor_type(m.fpq_output), ins)
+                add(node, name, "add", tensor_type_of(m.fpq_output), ins)
             elif isinstance(m, FpqAvgPool):
                 p = m.pool
                 if isinstance(p, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
@@ -131,11 +126,11 @@ def typeplan_from_module(q) -> TypePlan:
                 attrs["dims"] = 1 if isinstance(p, (nn.AvgPool1d, nn.AdaptiveAvgPool1d)) else 2
                 # the mean is exact_sum / divisor, one correctly rounded float64 division
                 attrs["divisor"] = m.window()  # None: the whole spatial extent (global)
-                add(node, name, "avgpool", _tensor_type(m.fpq_output), ins, **attrs)
+                add(node, name, "avgpool", tensor_type_of(m.fpq_output), ins, **attrs)
             elif isinstance(m, FpqClamp):
-                add(node, name, "relu", _tensor_type(m.fpq_output), ins, min=m.min_val, max=m.max_val)
+                add(node, name, "relu", tensor_type_of(m.fpq_output), ins, min=m.min_val, max=m.max_val)
             elif isinstance(m, FpqAct):
-                add(node, name, "quant", _tensor_type(m.fpq_output), ins)
+                add(node, name, "quant", tensor_type_of(m.fpq_output), ins)
             elif isinstance(m, nn.ReLU):
                 add(node, name, "relu", ttype.get(ins[0]), ins, min=0.0, max=float("inf"))
             elif isinstance(m, (nn.MaxPool1d, nn.MaxPool2d)):
