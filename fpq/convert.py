@@ -183,18 +183,24 @@ def _check_batchnorm(batchnorm):
     return dict(batchnorm)
 
 
+def _by_name(spec: dict, path: str, default):
+    """The value ``spec`` ({module name or glob: value}) gives module ``path``: the exact name wins
+    over globs, among globs the last matching one in the order given; ``default`` when none does."""
+    if path in spec:
+        return spec[path]
+    hits = [v for pattern, v in spec.items() if fnmatch.fnmatchcase(path, pattern)]
+    return hits[-1] if hits else default
+
+
+def _unmatched(patterns, names) -> list:
+    """The names / globs among ``patterns`` that match none of ``names``."""
+    return [p for p in patterns if not any(p == n or fnmatch.fnmatchcase(n, p) for n in names)]
+
+
 def _bn_mode(batchnorm, path: str) -> str:
-    """The mode of one BatchNorm: a string applies to all; in a dict the exact name wins over
-    globs (the last matching glob in the order given), unlisted BatchNorms fold."""
-    if isinstance(batchnorm, str):
-        return batchnorm
-    if path in batchnorm:
-        return batchnorm[path]
-    mode = "fold"
-    for pattern, value in batchnorm.items():
-        if fnmatch.fnmatchcase(path, pattern):
-            mode = value
-    return mode
+    """The mode of one BatchNorm: a string applies to all; a dict chooses by name (``_by_name``),
+    unlisted BatchNorms fold."""
+    return batchnorm if isinstance(batchnorm, str) else _by_name(batchnorm, path, "fold")
 
 
 def _fold_bn(gm: fx.GraphModule, batchnorm="fold") -> fx.GraphModule:
@@ -300,7 +306,7 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
     _remove_passthrough(gm)
     if isinstance(batchnorm, dict):
         bns = [n for n, m in gm.named_modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
-        stray = [p for p in batchnorm if not any(p == n or fnmatch.fnmatchcase(n, p) for n in bns)]
+        stray = _unmatched(batchnorm, bns)
         if stray:
             raise ValueError(f"batchnorm entries {stray} match no BatchNorm; BatchNorm names: {bns}")
     gm = _fold_bn(gm, batchnorm)
@@ -356,8 +362,7 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
                 raise _unsupported(node.name, getattr(node.target, "__name__", str(node.target)))
         elif node.op == "call_method" and node.target not in _KEEP_METHODS:
             raise _unsupported(node.name, f"tensor method .{node.target}()")
-    unused = [p for p in policy.overrides
-              if not any(p == n or fnmatch.fnmatchcase(n, p) for n in names_seen)]
+    unused = _unmatched(policy.overrides, names_seen)
     if unused:
         raise ValueError(f"overrides {unused} match no module; module names: {sorted(names_seen)}")
     # the explicit input quantizer(s): first op of the network
@@ -381,25 +386,22 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
 
 
 def _set_accumulator_bits(q: FpqModel, accumulator_bits) -> None:
-    """fpq_accumulator_bits on each Linear / Conv the option names (a dict: the exact name wins
-    over globs, the last matching glob in the order given)."""
+    """fpq_accumulator_bits on each Linear / Conv the option names (an int: all; a dict: by name,
+    ``_by_name``)."""
     if accumulator_bits is None:
         return
     layers = {n: m for n, m in q.named_modules() if isinstance(m, (FpqLinear, FpqConv1d, FpqConv2d))}
-    spec = accumulator_bits if isinstance(accumulator_bits, dict) else {"*": accumulator_bits}
-    for bits in spec.values():
+    by_name = isinstance(accumulator_bits, dict)
+    for bits in (accumulator_bits.values() if by_name else [accumulator_bits]):
         narrow_accumulator(Fixed(64, 32), bits)  # raises a clear error for a bad value
-    stray = [p for p in spec if p != "*" and not any(p == n or fnmatch.fnmatchcase(n, p) for n in layers)]
+    stray = _unmatched(accumulator_bits, layers) if by_name else []
     if stray:
         raise ValueError(f"accumulator_bits entries {stray} match no Linear/Conv; their names: {sorted(layers)}")
     for name, m in layers.items():
         m.fpq_layer_name = name   # for error messages
-        if name in spec:
-            m.fpq_accumulator_bits = int(spec[name])
-            continue
-        hits = [b for p, b in spec.items() if fnmatch.fnmatchcase(name, p)]
-        if hits:
-            m.fpq_accumulator_bits = int(hits[-1])
+        bits = _by_name(accumulator_bits, name, None) if by_name else accumulator_bits
+        if bits is not None:
+            m.fpq_accumulator_bits = int(bits)
 
 
 def _carry_scales(q: FpqModel, carried: dict) -> None:
