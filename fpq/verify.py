@@ -12,6 +12,15 @@ Paths (each compared with the emulator, atol=0, NaN equal to NaN):
   make the qonnx path not comparable; the report says so.
 * ``hls``: ``project.predict(x)`` and, when the project has it, ``project.trace(x)`` ({layer:
   values}, keyed by IR op names).
+
+Inputs follow the rule of every fpq path (``fpq.emulate.check_input``): the value the user gave
+is compared in its own dtype (a float64 input stays float64 on every path; NaN / inf are refused).
+The inputs run in chunks of ``chunk`` rows: each chunk's per-layer values are compared and
+dropped, so memory stays bounded by one chunk's trace whatever the number of inputs.
+
+The headline is EXACT only when at least one path independent of the emulator was compared and
+counted and nothing counted differs; when none was (qonnx not comparable, no torch model, no
+project), it is NOT VERIFIED and ``exact`` is False.
 """
 from __future__ import annotations
 
@@ -39,16 +48,24 @@ class Mismatch:
 
 @dataclass
 class VerifyReport:
-    exact: bool
+    exact: bool                          # verified and no counted mismatch
     first_mismatch: Mismatch | None
     table: list                          # rows: dict(layer, path, compared, mismatches, max_abs_diff)
     paths: list
     n_inputs: int
     notes: list = field(default_factory=list)
     outputs: dict = field(default_factory=dict, repr=False)   # path -> final output
+    verified: bool = True                # some path independent of the emulator was compared and counts
+
+    @property
+    def status(self) -> str:
+        """'EXACT', 'NOT EXACT' or 'NOT VERIFIED' (no independent path was compared)."""
+        if not self.verified:
+            return "NOT VERIFIED"
+        return "EXACT" if self.exact else "NOT EXACT"
 
     def __str__(self):
-        head = f"fpq.verify: {'EXACT' if self.exact else 'NOT EXACT'} over {self.n_inputs} inputs; " \
+        head = f"fpq.verify: {self.status} over {self.n_inputs} inputs; " \
                f"paths: {', '.join(self.paths)} (reference: {REFERENCE})"
         lines = [head]
         if self.first_mismatch is not None:
@@ -144,7 +161,13 @@ def _torch_trace(q, x, graph: Graph):
     q.eval()
     try:
         with torch.no_grad():
-            out = q(torch.as_tensor(x, dtype=torch.float32))
+            try:
+                out = q(torch.as_tensor(x))   # the user's dtype: float64 inputs are quantized as doubles
+            except RuntimeError as e:
+                if x.dtype != np.float64:
+                    raise
+                raise ValueError(f"fpq.verify: the torch model cannot run float64 inputs ({e}); every path "
+                                 "quantizes the value given, so pass float32 inputs to compare in float32") from e
     finally:
         for h in handles:
             h.remove()
@@ -155,24 +178,33 @@ def _torch_trace(q, x, graph: Graph):
     return out.detach().cpu().to(torch.float64).numpy(), values
 
 
-def qonnx_double_model(model):
-    """A copy of a QONNX model whose sums run exactly in float64 (``ComputeInDouble``)."""
+def qonnx_double_model(model, input_dtype=np.float32):
+    """A copy of a QONNX model whose sums run exactly in float64 (``ComputeInDouble``);
+    ``input_dtype`` float64 declares the graph input double, so the value given is quantized."""
+    from onnx import TensorProto
     from .export.graph import load_model
     from .export.transforms import ComputeInDouble, RemoveFloatCasts, RemoveInitializersFromInputs
     mw = load_model(model)
     mw = mw.transform(RemoveInitializersFromInputs()).transform(RemoveFloatCasts())
+    if np.dtype(input_dtype) == np.float64:   # (transform works on a copy: the caller's model is untouched)
+        for vi in mw.graph.input:
+            vi.type.tensor_type.elem_type = TensorProto.DOUBLE
     return mw.transform(ComputeInDouble())
 
 
-def qonnx_trace(model, x, graph: Graph):
-    """qonnx's executor, one sample at a time: final output and {IR op: value}."""
+def qonnx_trace(model, x, graph: Graph, mw=None):
+    """qonnx's executor, one sample at a time: final output and {IR op: value}. ``mw``: the
+    ``qonnx_double_model`` of ``model`` for x's dtype, when already built."""
     from qonnx.core.onnx_exec import execute_onnx
-    mw = qonnx_double_model(model)
+    x = np.asarray(x)
+    dt = np.float64 if x.dtype == np.float64 else np.float32
+    if mw is None:
+        mw = qonnx_double_model(model, dt)
     name = graph.inputs[0]
     per_op = {op.name: [] for op in graph.ops}
     outs = []
     for i in range(len(x)):
-        ctx = execute_onnx(mw, {name: np.asarray(x[i:i + 1], dtype=np.float32)}, return_full_exec_context=True)
+        ctx = execute_onnx(mw, {name: np.asarray(x[i:i + 1], dtype=dt)}, return_full_exec_context=True)
         for op in graph.ops:
             t = op.outputs[0]
             if t in ctx and ctx[t] is not None:
@@ -202,22 +234,26 @@ def _compare(ref: np.ndarray, other: np.ndarray):
 
 
 def verify(q, x=None, project=None, *, qonnx_subset: int = 64, n: int = 1000, seed: int = 0,
-           model=None) -> VerifyReport:
+           model=None, chunk: int = 1024) -> VerifyReport:
     """Compare every path on the same inputs; see the module docstring.
 
     ``q``: a converted torch model or a QONNX path / ModelWrapper.
     ``x``: inputs (N, ...); None draws ``n`` off-grid random inputs (``random_inputs``).
     ``model``: the QONNX file to check against a torch ``q`` (default: ``q`` exported in memory).
+    ``chunk``: rows run and compared at a time (memory: one chunk's per-layer values per path).
     """
-    from .emulate import Emulator
+    from .emulate import Emulator, check_input
     from .export import export_qonnx
 
+    if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
+        raise ValueError(f"verify: chunk must be a positive integer (rows per pass), got {chunk!r}")
+    chunk = int(chunk)
     notes = []
     if _is_module(q):
         if x is None:
             raise ValueError("verify: a torch model needs inputs x (their shape defines the export)")
         if model is None:
-            model = export_qonnx(q, None, x)
+            model = export_qonnx(q, None, x[:1])
     else:
         if model is not None:
             raise ValueError("verify: pass model=... only with a torch model q")
@@ -225,24 +261,14 @@ def verify(q, x=None, project=None, *, qonnx_subset: int = 64, n: int = 1000, se
     graph = read_graph(model)
     if x is None:
         x = random_inputs(graph, n, seed)
-    try:
-        import torch
-        if isinstance(x, torch.Tensor):
-            x = x.detach().cpu().numpy()
-    except ImportError:  # pragma: no cover
-        pass
-    x = np.asarray(x, dtype=np.float32)
     emu = Emulator(graph)
-    ref_out, ref_trace = emu(x, return_trace=True)
-    ref_out = np.asarray(ref_out, dtype=np.float64)
+    # the rule of every path (fpq.emulate.check_input): the user's dtype, NaN / inf refused
+    x = check_input(x, bool(emu.float32_inputs), who="fpq.verify")
     inexact = [k for k, v in emu.exact.items() if not v]
     if inexact:
         notes.append(f"not fixed-point exact by construction: {inexact} (a float scale, or a mean / division "
                      "rounded once in float64): agreement there is checked here, not proven")
-    results = {}   # path -> (output, trace, rows used)
-    if _is_module(q):
-        out, tr = _torch_trace(q, x, graph)
-        results["torch"] = (out, tr, slice(None))
+    paths = ["torch"] if _is_module(q) else []
     qonnx_ok = True
     bad = [op.quant or op.weight_quant for op in graph.ops
            if (op.quant is not None and not op.quant.qonnx_exact)
@@ -261,43 +287,83 @@ def verify(q, x=None, project=None, *, qonnx_subset: int = 64, n: int = 1000, se
                      "quantizer after it rounds as the true sum; qonnx's float64 executor may round such "
                      "sums, and the C-sim's wide accumulator reads back as a plain double, so those values "
                      "are compared but do not count (the quantized tensors after them do, for torch and hls)")
-    if qonnx_subset and qonnx_subset > 0:
-        k = min(int(qonnx_subset), len(x))
+    k_qonnx = min(int(qonnx_subset), len(x)) if qonnx_subset and qonnx_subset > 0 else 0
+    qonnx_mw = None
+    if k_qonnx:
+        paths.append("qonnx")
         try:
-            out, tr = qonnx_trace(model, x[:k], graph)
-            results["qonnx"] = (out, tr, slice(0, k))
+            qonnx_mw = qonnx_double_model(model, x.dtype)
         except ValueError as e:
             notes.append(f"qonnx path skipped: {e}")
-            qonnx_ok = False
+            qonnx_ok, k_qonnx = False, 0
+            paths.remove("qonnx")
     if project is not None:
-        out = np.asarray(project.predict(x), dtype=np.float64)
-        tr = {}
-        if callable(getattr(project, "trace", None)):
-            tr = {k: np.asarray(v, dtype=np.float64) for k, v in dict(project.trace(x)).items()}
-        results["hls"] = (out, tr, slice(None))
+        paths.append("hls")
 
-    rows, first, exact = [], None, True
-    order = [op.name for op in graph.ops]
-    for layer in order + ["<output>"]:
-        for path, (out, tr, rows_sel) in results.items():
-            if layer == "<output>":
-                ref, other = ref_out[rows_sel], out
-            else:
-                if layer not in tr:
-                    continue
-                ref, other = np.asarray(ref_trace[layer])[rows_sel], tr[layer]
-            compared, mism, maxd, idx = _compare(ref, other)
-            rows.append({"layer": layer, "path": path, "compared": compared, "mismatches": mism,
-                         "max_abs_diff": maxd})
-            counts = not (path == "qonnx" and not qonnx_ok) and not (layer in wide and path == "hls")
-            if mism and counts:
-                exact = False
-                if first is None:
-                    o = np.asarray(other, dtype=np.float64).reshape(np.shape(ref))
-                    first = Mismatch(layer, path, idx, {REFERENCE: float(np.asarray(ref)[idx]), path: float(o[idx])})
-    rep = VerifyReport(exact, first, rows, [REFERENCE] + list(results), len(x), notes,
-                       {REFERENCE: ref_out, **{p: r[0] for p, r in results.items()}})
-    return rep
+    order = {name: i for i, name in enumerate([op.name for op in graph.ops] + ["<output>"])}
+    stats = {}        # (layer index, path index) -> table row
+    firsts = {}       # (layer index, path index) -> first counted Mismatch (global sample index)
+    outputs = {p: [] for p in [REFERENCE] + paths}
+
+    def counts(layer, path):
+        return not (path == "qonnx" and not qonnx_ok) and not (layer in wide and path == "hls")
+
+    def compare(layer, path, ref, other, offset):
+        compared, mism, maxd, idx = _compare(ref, other)
+        key = (order[layer], paths.index(path))
+        row = stats.setdefault(key, {"layer": layer, "path": path, "compared": 0, "mismatches": 0,
+                                     "max_abs_diff": 0.0})
+        row["compared"] += compared
+        row["mismatches"] += mism
+        row["max_abs_diff"] = max(row["max_abs_diff"], maxd)
+        if mism and counts(layer, path) and key not in firsts:
+            o = np.asarray(other, dtype=np.float64).reshape(np.shape(ref)) if np.size(other) == np.size(ref) else None
+            vals = {REFERENCE: float(np.asarray(ref)[idx])}
+            if o is not None:
+                vals[path] = float(o[idx])
+            firsts[key] = Mismatch(layer, path, (idx[0] + offset,) + tuple(idx[1:]), vals)
+
+    for start in range(0, len(x), chunk):
+        xc = x[start:start + chunk]
+        ref_out, ref_trace = emu(xc, return_trace=True)
+        ref_out = np.asarray(ref_out, dtype=np.float64)
+        outputs[REFERENCE].append(ref_out)
+        results = {}   # path -> (output, trace, rows of this chunk it covers)
+        if "torch" in paths:
+            out, tr = _torch_trace(q, xc, graph)
+            results["torch"] = (out, tr, len(xc))
+        if k_qonnx > start:
+            try:
+                out, tr = qonnx_trace(model, xc[:k_qonnx - start], graph, qonnx_mw)
+                results["qonnx"] = (out, tr, len(out))
+            except ValueError as e:
+                notes.append(f"qonnx path skipped: {e}")
+                qonnx_ok, k_qonnx = False, 0
+        if project is not None:
+            out = np.asarray(project.predict(xc), dtype=np.float64)
+            tr = {}
+            if callable(getattr(project, "trace", None)):
+                tr = {k: np.asarray(v, dtype=np.float64) for k, v in dict(project.trace(xc)).items()}
+            results["hls"] = (out, tr, len(xc))
+        for path, (out, tr, rows) in results.items():
+            outputs[path].append(out)
+            for layer, ref in ref_trace.items():
+                if layer in tr:
+                    compare(layer, path, np.asarray(ref)[:rows], tr[layer], start)
+            compare("<output>", path, ref_out[:rows], out, start)
+        del ref_trace, results   # this chunk's per-layer values: dropped before the next one
+
+    rows = [stats[k] for k in sorted(stats)]
+    verified = any(r["compared"] > 0 and counts(r["layer"], r["path"]) for r in rows)
+    first = firsts[min(firsts)] if firsts else None
+    exact = verified and first is None
+    if not verified:
+        notes.append("NOT VERIFIED: no path independent of the emulator was compared and counted (pass the "
+                     "torch model, an HLS project, or a qonnx_subset > 0 on a model qonnx can execute); "
+                     "the emulator alone proves nothing")
+    outs = {p: np.concatenate(v, axis=0) for p, v in outputs.items() if v}
+    return VerifyReport(exact, first, rows, [REFERENCE] + [p for p in paths if outputs.get(p)], len(x), notes,
+                        outs, verified)
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -4,8 +4,14 @@ Numerics (the exactness contract):
 
 * quantizers follow ``fpq.quantize``; their outputs are stored as float32 (exact for power-of-two
   scales; for a float scale the float32 rounding of ``q * scale``, as torch and qonnx store it).
-  The graph input is cast to float32 and its quantizer divides in float32, as the exported
-  model does; every later quantizer reads the exact float64 value of what precedes it.
+  Every later quantizer reads the exact float64 value of what precedes it.
+* inputs (``check_input``, the rule of every fpq path: emulate, verify, HLS predict): the value
+  the user gave is quantized. A float64 input stays float64 (integers become float64, other
+  floats float32), so a power-of-two input scale quantizes the double exactly, as torch and the
+  C-sim's ap_fixed port do. An input quantizer with a float (non-power-of-two) scale divides in
+  float32, as the exported model (a float32 graph input) and the C-sim's float32 port do: its
+  float64 inputs must hold float32 numbers, else they are refused. NaN / +-inf inputs are
+  refused (fixed-point hardware has neither), naming how many and the first index.
 * linear / conv sums are exact. When the TypePlan proves that every partial sum fits in 24
   significant bits, the matmul runs in float32 (exact in any summation order, and fast);
   otherwise in float64 when the accumulator fits in 53 bits (always for the element-wise
@@ -70,6 +76,8 @@ class Emulator:
         if backend not in ("numpy", "torch"):
             raise ValueError(f"unknown backend {backend!r}; allowed: 'numpy', 'torch'")
         self.backend = backend
+        # graph inputs read by a quantizer with a float scale: their division runs in float32
+        self.float32_inputs = {name for name in self.graph.inputs if _float_scaled_reader(self.graph, name)}
         self._plan()
         self._program = None
         if backend == "torch":
@@ -220,6 +228,14 @@ class Emulator:
 
     # -- running
     def __call__(self, x, return_trace=False):
+        if isinstance(x, dict):
+            if self._program is not None:
+                raise ValueError("the torch backend takes one input array, not a dict")
+            x = {k: check_input(v, k in self.float32_inputs, who=f"input {k!r}") for k, v in x.items()}
+        elif self._program is None or not _is_tensor(x):
+            x = check_input(x, bool(self.float32_inputs), who="fpq.emulate")
+        else:
+            x = check_input_tensor(x, bool(self.float32_inputs), who="fpq.emulate")
         if self._program is not None:
             return self._program.run(x, return_trace)
         if self.blas_threads is None:
@@ -230,11 +246,11 @@ class Emulator:
     def _run_numpy(self, x, return_trace):
         g = self.graph
         if isinstance(x, dict):
-            feeds = {k: np.asarray(v, dtype=np.float32) for k, v in x.items()}
+            feeds = dict(x)
         else:
             if len(g.inputs) != 1:
                 raise ValueError(f"the graph has inputs {g.inputs}; pass a dict")
-            feeds = {g.inputs[0]: _to_numpy(x)}
+            feeds = {g.inputs[0]: x}
         env = {}
         for name, arr in feeds.items():
             want = g.input_shapes[name]
@@ -439,14 +455,98 @@ def _int_quant_fn(q, lo, hi, inplace):
     return fn
 
 
-def _to_numpy(x) -> np.ndarray:
+def _is_tensor(x) -> bool:
     try:
         import torch
-        if isinstance(x, torch.Tensor):
-            x = x.detach().cpu().numpy()
+        return isinstance(x, torch.Tensor)
     except ImportError:  # pragma: no cover
-        pass
-    return np.asarray(x, dtype=np.float32)
+        return False
+
+
+def _float_scaled_reader(graph, name) -> bool:
+    """Whether graph input ``name`` feeds a quantizer whose scale (or Trunc pre-scale) is not a
+    power of two: that division is not exact, and the exported model runs it in float32."""
+    for c in graph.consumers(name):
+        q = c.quant if c.kind in ("input_quant", "quant") else None
+        if q is not None and (po2_exponents(q.scale) is None or
+                              (q.pre_scale is not None and po2_exponents(q.pre_scale) is None)):
+            return True
+    return False
+
+
+NONFINITE_RULE = ("fixed-point hardware has neither NaN nor infinity, so every fpq path (emulate, verify, "
+                  "HLS predict) refuses them: replace or drop those values first")
+
+
+def refuse_nonfinite(x: np.ndarray, who: str = "input") -> None:
+    """One ValueError naming how many values of ``x`` are NaN / +-inf and the first one's index."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = np.sum(x, dtype=np.float64)   # NaN / inf propagate; no extra array the size of x
+    if np.isfinite(total):
+        return
+    flat = x.reshape(-1)
+    count, first, step = 0, None, 1 << 20
+    for i in range(0, flat.size, step):   # a finite float64 sum may still overflow: scan exactly
+        bad = ~np.isfinite(flat[i:i + step])
+        k = int(bad.sum())
+        if k and first is None:
+            first = i + int(np.argmax(bad))
+        count += k
+    if count:
+        idx = tuple(int(j) for j in np.unravel_index(first, x.shape))
+        raise ValueError(f"{who}: {count} input value(s) are NaN or infinite (the first at index {idx}: "
+                         f"{flat[first]}); {NONFINITE_RULE}")
+
+
+def check_input(x, float32_only: bool = False, who: str = "input") -> np.ndarray:
+    """The inputs rule of every fpq path (module docstring): a numpy array holding the value the
+    user gave -- float64 kept, integers as float64, other floats as float32 -- refusing NaN / inf,
+    complex values, and (``float32_only``: a float-scaled input quantizer, which divides in float32)
+    float64 values that are not float32 numbers."""
+    if _is_tensor(x):
+        x = x.detach().cpu().numpy()
+    x = np.asarray(x)
+    if x.dtype.kind not in "fiub":
+        raise ValueError(f"{who}: inputs must be real numbers (float or integer arrays), got dtype {x.dtype}")
+    x = x.astype(np.float64 if x.dtype == np.float64 or x.dtype.kind in "iub" else np.float32, copy=False)
+    refuse_nonfinite(x, who)
+    if float32_only and x.dtype == np.float64:
+        x32 = x.astype(np.float32)
+        bad = x32 != x
+        if bad.any():
+            first = tuple(int(j) for j in np.argwhere(bad)[0])
+            raise ValueError(
+                f"{who}: {int(bad.sum())} float64 value(s) are not float32 numbers (the first at index {first}: "
+                f"{x[first]!r}); this model's input quantizer has a float (non-power-of-two) scale and divides "
+                "in float32, as its exported file and HLS port do: pass float32 inputs (x.astype(np.float32))")
+        x = x32
+    return x
+
+
+def check_input_tensor(x, float32_only: bool = False, who: str = "input"):
+    """``check_input`` for a torch tensor kept on its device (the torch backend)."""
+    import torch
+    if x.is_complex():
+        raise ValueError(f"{who}: inputs must be real numbers (float or integer tensors), got dtype {x.dtype}")
+    x = x.detach()
+    x = x.to(torch.float64 if x.dtype == torch.float64 or not x.is_floating_point() else torch.float32)
+    fin = torch.isfinite(x)
+    if not bool(fin.all()):
+        bad = ~fin
+        first = tuple(int(j) for j in torch.nonzero(bad)[0])
+        raise ValueError(f"{who}: {int(bad.sum())} input value(s) are NaN or infinite (the first at index {first}: "
+                         f"{float(x[first])}); {NONFINITE_RULE}")
+    if float32_only and x.dtype == torch.float64:
+        x32 = x.to(torch.float32)
+        bad = x32.to(torch.float64) != x
+        if bool(bad.any()):
+            first = tuple(int(j) for j in torch.nonzero(bad)[0])
+            raise ValueError(
+                f"{who}: {int(bad.sum())} float64 value(s) are not float32 numbers (the first at index {first}); "
+                "this model's input quantizer has a float (non-power-of-two) scale and divides in float32, as "
+                "its exported file and HLS port do: pass float32 inputs")
+        x = x32
+    return x
 
 
 def _add_bias(acc, b, batch_dims, channel_axis=None):
@@ -669,7 +769,7 @@ def emulate(q_or_onnx, x, *, device=None, return_trace=False, example_input=None
     return emu(x, return_trace=return_trace)
 
 
-__all__ = ["emulate", "Emulator", "quantize_fast", "as_graph"]
+__all__ = ["emulate", "Emulator", "quantize_fast", "as_graph", "check_input", "refuse_nonfinite"]
 
 
 callable_module(__name__, "emulate")  # see fpq/_api.py

@@ -52,8 +52,10 @@ class TorchProgram:
     def run(self, x, return_trace=False):
         g = self.emu.graph
         if isinstance(x, np.ndarray):
-            x = torch.from_numpy(np.asarray(x, dtype=np.float32))
-        x = x.to(self.device, torch.float32)
+            x = torch.from_numpy(x)
+        # Emulator.__call__ checked the input (fpq.emulate.check_input): float64 stays float64, so
+        # the input quantizer reads the value the user gave
+        x = x.to(self.device, torch.float64 if x.dtype == torch.float64 else torch.float32)
         want = g.input_shapes[g.inputs[0]]
         if want is not None and tuple(x.shape[1:]) != tuple(want[1:]):
             raise ValueError(f"input has shape {tuple(x.shape)}; expected (N, {', '.join(map(str, want[1:]))})")

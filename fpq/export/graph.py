@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..formats import QONNX_ROUNDING, Binary, Fixed, Format, Int, Minifloat, parse_format
+from ..formats import QONNX_ROUNDING, ROUNDING_TO_QONNX, Binary, Fixed, Format, Int, Minifloat, parse_format
 from ..typeplan import LayerPlan, TensorType, TypePlan, fixed_union, po2_exponents, sum_type
 
 QONNX_DOMAINS = ("qonnx.custom_op.general", "finn.custom_op.general", "onnx.brevitas", "")
@@ -422,10 +422,11 @@ def quantizer_of(node, mw) -> Quantizer:
         if isinstance(declared, Fixed) and op in ("Quant", "IntQuant"):
             return _fixed_over_quant(node, declared, fmt, scale)
         if declared != fmt:
-            if not _compatible(declared, fmt):
+            why = _contradiction(declared, fmt)
+            if why:
                 raise UnsupportedGraphError(
                     f"{op} node {node.name!r}: fpq_format {declared} contradicts the node's QONNX attributes "
-                    f"({fmt}); refusing an ambiguous file")
+                    f"({fmt}): {why}; refusing an ambiguous file")
             exact = False
             note = (note + "; " if note else "") + (f"fpq_format {declared} refines the QONNX attributes ({fmt}): "
                                                    "qonnx's executor computes the latter")
@@ -445,6 +446,19 @@ def _fixed_over_quant(node, fixed: Fixed, qfmt: Format, scale: np.ndarray) -> Qu
     narrow = bool(a.get("narrow", 0))
     same = rounding == fixed.rounding and ((fixed.overflow == "SAT" and not narrow) or
                                            (fixed.overflow == "SAT_SYM" and narrow and fixed.signed))
+    # A format QONNX can write on one node (AnnotateFormats writes exactly that) must be what the node
+    # says; one it cannot write keeps Brevitas' ROUND / narrow=0 (or its own rounding). Anything else
+    # flips rounding or range between the node (qonnx) and the attribute (emulator, HLS): refused.
+    sym = fixed.overflow == "SAT_SYM" and fixed.signed and fixed.width >= 2
+    one_node = fixed.rounding in ROUNDING_TO_QONNX and (fixed.overflow == "SAT" or sym)
+    bad = []
+    if (one_node and rounding != fixed.rounding) or (not one_node and rounding not in ("RND_CONV", fixed.rounding)):
+        bad.append(f"rounding_mode {a.get('rounding_mode', 'ROUND')} is not {fixed.rounding}")
+    if (one_node and narrow != sym) or (not one_node and narrow and not sym):
+        bad.append(f"narrow={int(narrow)} does not match overflow {fixed.overflow}")
+    if bad:
+        raise UnsupportedGraphError(f"Quant node {node.name!r}: fpq_format {fixed} contradicts the node's QONNX "
+                                    f"attributes ({'; '.join(bad)}); refusing an ambiguous file")
     note = "" if same else (f"{fixed} has no exact QONNX Quant form (rounding {fixed.rounding}, overflow "
                             f"{fixed.overflow}): qonnx's executor computes {qfmt} x 2^-{fixed.frac_bits}")
     one = np.ones_like(scale)
@@ -514,16 +528,35 @@ def _fixed_two_node(node, half, mw, fixed) -> Quantizer:
     return Quantizer(TensorType(fixed, _flat_scale(one, node)), one, node.name, node.op_type, True, "")
 
 
-def _compatible(declared: Format, qonnx_fmt: Format) -> bool:
-    """Whether an fpq_format attribute may refine what the QONNX attributes say."""
-    if type(declared) is type(qonnx_fmt):
-        if isinstance(declared, Minifloat):
-            return (declared.exp_bits, declared.man_bits, declared.bias) == \
-                   (qonnx_fmt.exp_bits, qonnx_fmt.man_bits, qonnx_fmt.bias)
-        return declared.width == qonnx_fmt.width
-    # Fixed written over an Int Quant (bits = width; the scale carries the binary point)
-    return isinstance(declared, (Fixed, Int)) and isinstance(qonnx_fmt, (Fixed, Int)) and \
-        declared.width == qonnx_fmt.width
+def _contradiction(declared: Format, qonnx_fmt: Format) -> str:
+    """Why an ``fpq_format`` attribute contradicts the format its node's QONNX attributes give
+    ("" when it only refines them). Widths, signedness, narrowness, rounding and overflow must
+    agree: the emulator and HLS follow the attribute, qonnx's executor the node, so a flip would
+    make two "exact" paths compute different functions. A refinement is only what QONNX cannot
+    write: an unsigned minifloat (FloatQuant is always signed), one without subnormals (qonnx
+    ignores has_subnormal), a Fixed's binary point (the scale carries it)."""
+    d, q = declared, qonnx_fmt
+    if type(d) is not type(q):
+        return f"a {d.kind} format over a node computing {q.kind}"
+    if isinstance(d, Minifloat):
+        diff = [what for what, a, b in (("exponent bits", d.exp_bits, q.exp_bits), ("mantissa bits", d.man_bits, q.man_bits),
+                                        ("exponent bias", d.bias, q.bias), ("inf / NaN encoding", d.specials, q.specials),
+                                        ("saturation (overflow)", d.saturate, q.saturate)) if a != b]
+        if d.subnormals and not q.subnormals:
+            diff.append("subnormals (the node has none)")
+        if d.signed and not q.signed:  # pragma: no cover - FloatQuant is always signed
+            diff.append("signedness")
+        return ", ".join(diff) + " differ" if diff else ""
+    if isinstance(d, Int):
+        diff = [what for what, a, b in (("width", d.bits, q.bits), ("signedness", d.signed, q.signed),
+                                        ("narrowness", d.narrow, q.narrow)) if a != b]
+        return ", ".join(diff) + " differ" if diff else ""
+    if isinstance(d, Fixed):
+        diff = [what for what, a, b in (("width", d.width, q.width), ("signedness", d.signed, q.signed),
+                                        ("rounding", d.rounding, q.rounding), ("overflow", d.overflow, q.overflow))
+                if a != b]
+        return ", ".join(diff) + " differ" if diff else ""
+    return ""
 
 
 def _trunc(node, mw, scale):
