@@ -56,14 +56,89 @@ def first_tensor(batch):
     raise TypeError(f"a batch must be a tensor or (inputs, ...) tuple, got {type(batch).__name__}")
 
 
-def _recording(q, recorders, gen):
-    """Make every activation quantizer an identity that records its input."""
+def _recording(q, recorders, gen, paused=()):
+    """Make every activation quantizer an identity that records its input (not while ``paused``,
+    a list, is non-empty)."""
     observers = []
     for name, role, tq in q.fpq_quantizers():
         if role == "output":
             rec = recorders.setdefault(id(tq), (tq, _Recorder()))[1]
-            observers.append((tq, lambda x, _rec=rec: _rec.add(x, gen)))
+            observers.append((tq, lambda x, _rec=rec: None if paused else _rec.add(x, gen)))
     return observing(observers)
+
+
+def _shape(t) -> str:
+    return "(N" + "".join(f", {d}" for d in t.shape[1:]) + (",)" if t.dim() == 1 else ")")
+
+
+def _expected(m):
+    """(description, expected input shape, check) of a layer that fixes its input's shape."""
+    from .nn.batchnorm import FpqBatchNorm
+    from .nn.layers import FpqConv1d, FpqConv2d, FpqLinear
+    if isinstance(m, FpqLinear):
+        return (f"Linear(in_features={m.in_features})", f"(N, {m.in_features})",
+                lambda t: t.dim() >= 2 and t.shape[-1] == m.in_features)
+    if isinstance(m, (FpqConv1d, FpqConv2d)):
+        dims = 1 if isinstance(m, FpqConv1d) else 2
+        return (f"Conv{dims}d(in_channels={m.in_channels})",
+                f"(N, {m.in_channels}, " + ("L)" if dims == 1 else "H, W)"),
+                lambda t: t.dim() == dims + 2 and t.shape[1] == m.in_channels)
+    if isinstance(m, FpqBatchNorm):
+        return (f"BatchNorm(num_features={m.num_features})", f"(N, {m.num_features}, ...)",
+                lambda t: t.dim() >= 2 and t.shape[1] == m.num_features)
+    return None
+
+
+@torch.no_grad()
+def check_input(q, x: torch.Tensor, who: str = "fpq.calibrate") -> None:
+    """Run two rows of the input batch ``x`` through ``q`` node by node and raise one ValueError
+    naming the first layer whose input has the wrong shape (with the shape it expects), the node
+    where anything else fails, or a node that does not keep dimension 0 the batch (a reshape
+    merging rows; two rows make that visible). Cheap: two rows, once."""
+    from torch import fx
+
+    if not torch.is_tensor(x) or x.dim() < 2 or x.shape[0] == 0:
+        raise ValueError(f"{who}: an input batch must be a tensor of at least one row and two dimensions "
+                         "(N, features...), dimension 0 the batch (one sample x: x[None]); got "
+                         f"{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}")
+    rows = x[:2] if x.shape[0] >= 2 else torch.cat([x[:1], x[:1]])
+    modules = dict(q.named_modules())
+    given = f"the input batch of shape {tuple(x.shape)}"
+
+    class Check(fx.Interpreter):
+        def run_node(self, node):
+            args, _ = self.fetch_args_kwargs_from_env(node)
+            where = f"{who}: {given} does not fit the model: "
+            if node.op == "call_module":
+                exp = _expected(modules[node.target])
+                t = args[0] if args else None
+                if exp is not None and torch.is_tensor(t) and not exp[2](t):
+                    raise ValueError(where + f"layer {node.target!r} ({exp[0]}) expects input of shape "
+                                     f"{exp[1]}, got {_shape(t)}")
+            try:
+                out = super().run_node(node)
+            except Exception as e:
+                ins = [_shape(a) for a in args if torch.is_tensor(a)]
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise ValueError(where + f"node {node.name!r} fails on inputs of shape "
+                                 f"{', '.join(ins) or '()'}: {first}") from None
+            value = getattr(out, "value", out)   # a Brevitas QuantTensor carries its tensor
+            if node.op != "placeholder" and torch.is_tensor(value) and value.dim() > 0 \
+                    and value.shape[0] != rows.shape[0]:
+                raise ValueError(f"{who}: node {node.name!r} does not keep dimension 0 the batch: "
+                                 f"{rows.shape[0]} input rows give an output of shape {tuple(value.shape)}; "
+                                 "reshape with x.flatten(1) or x.view(x.size(0), -1)")
+            return out
+
+    check = Check(q)
+    check.extra_traceback = False   # the message names the node already
+    was = q.training
+    q.eval()
+    try:
+        with _unwrapped(q):
+            check.run(rows)
+    finally:
+        q.train(was)
 
 
 @contextlib.contextmanager
@@ -71,13 +146,14 @@ def _unwrapped(q):
     """Narrow wrapping accumulators off while the activation quantizers only record: the sums
     are then of unquantized values, off the grid the wrap is defined on."""
     layers = [m for m in q.modules() if getattr(m, "fpq_accumulator_bits", None) is not None]
+    before = [m.fpq_wrap_off for m in layers]   # restored as found: the block may be nested
     for m in layers:
         m.fpq_wrap_off = True
     try:
         yield
     finally:
-        for m in layers:
-            m.fpq_wrap_off = False
+        for m, off in zip(layers, before):
+            m.fpq_wrap_off = off
 
 
 def calibrate(q, batches, method: str = "max", percentile: float = 99.99, progress: bool = True,
@@ -98,9 +174,10 @@ def calibrate(q, batches, method: str = "max", percentile: float = 99.99, progre
     q.eval()
     gen = torch.Generator().manual_seed(0)
     recorders = {}
-    seen = 0
+    seen = rows = 0
     first = None
-    with torch.no_grad(), _recording(q, recorders, gen), _unwrapped(q):
+    paused = []
+    with torch.no_grad(), _recording(q, recorders, gen, paused), _unwrapped(q):
         total = None
         try:
             total = len(batches)
@@ -116,12 +193,24 @@ def calibrate(q, batches, method: str = "max", percentile: float = 99.99, progre
                 bad = int((~torch.isfinite(x)).sum())
                 raise ValueError(f"fpq.calibrate: batch {i} contains {bad} NaN/Inf value(s); "
                                  "calibration data must be finite")
-            if first is None:
+            seen += 1
+            if x.dim() > 1 and x.shape[0] == 0:
+                continue    # no rows: nothing to record
+            if first is None:   # shapes checked once, before any statistics, on two rows
+                paused.append(True)
+                try:
+                    check_input(q, x)
+                finally:
+                    paused.clear()
                 first = x
             q(x)
-            seen += 1
+            rows += x.shape[0]
     if seen == 0:
-        raise ValueError("fpq.calibrate: no batches given")
+        raise ValueError("fpq.calibrate: no batches given (an empty iterable" +
+                         (f" or max_batches={max_batches})" if max_batches is not None else ")"))
+    if rows == 0:
+        raise ValueError(f"fpq.calibrate: the {seen} batch(es) given hold no rows (batch size 0); "
+                         "calibration needs data, else every scale would stay at its initial value")
     for tq, rec in recorders.values():
         if tq.scale_kind == "none" or rec.count == 0:
             continue

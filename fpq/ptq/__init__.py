@@ -91,6 +91,7 @@ def ptq(q, batches, methods, *, seed: int = 0, progress: bool = True,
     docstring for the order and ``OPTIONS`` for the keyword options of each method.
     """
     from .. import calibrate
+    from ..calibrate import check_input
 
     if not hasattr(q, "fpq_quantizers"):
         raise TypeError("fpq.ptq expects a model returned by fpq.convert")
@@ -120,6 +121,7 @@ def ptq(q, batches, methods, *, seed: int = 0, progress: bool = True,
     batches = list(batches)
     if not batches:
         raise ValueError("fpq.ptq: no batches given")
+    check_input(q, _common.first_tensor(batches[0]), "fpq.ptq")   # shapes, before any method runs
     if getattr(q, "meta", {}).get("fpq_policy") is not None and q.fpq_policy.method != "ste":
         raise ValueError(f"fpq.ptq: models converted with method={q.fpq_policy.method!r} are not "
                          "supported (their weights are not fpq-quantized parameters)")
