@@ -80,7 +80,11 @@ def _describe(fmt) -> str:
 def info_text(text: str) -> str:
     """finfo, the exact fixed-point carrier and, up to 8 bits, every code and its value."""
     fmt = parse_format(text)
-    info = finfo(fmt)
+    try:
+        info = finfo(fmt)
+    except OverflowError:  # e.g. fixed<8,100000>: its LSB or max is beyond float64
+        raise ValueError(f"format {text!r}: its values lie outside the float64 range "
+                         f"(about 2**-1074 .. 2**1023), so fpq cannot represent them") from None
     try:
         carrier = str(exact_fixed(fmt))
     except ValueError as e:
@@ -111,11 +115,7 @@ def _cli_formats(args) -> int:
 
 
 def _cli_info(args) -> int:
-    try:
-        print(info_text(args.format))
-    except ValueError as e:
-        print(f"fpq info: error: {e}", file=sys.stderr)
-        return 2
+    print(info_text(args.format))  # a bad format string: main() prints the one error line
     return 0
 
 
@@ -136,8 +136,15 @@ def register_plugins(subparsers, modules=CLI_MODULES) -> list[str]:
     return done
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the fpq rule: a usage error is one line ``fpq CMD: error: ...``, exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fpq", description="PyTorch to FPGA in low precision, bit-exact from torch to HLS C simulation.",
         epilog=f"Format strings: {ACCEPTED_FORMS}")
     parser.add_argument("--version", action="version", version=f"fpq {__version__}")
@@ -153,7 +160,97 @@ def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
+# commands whose positional MODEL is a QONNX file: main() checks it before the command runs, so that a
+# missing, unreadable or corrupt file is one error line whichever library then reads it
+ONNX_INPUT_COMMANDS = ("verify", "cost", "export", "hls")
+
+
+def check_input_file(path: str, what: str) -> None:
+    """Refuse a path that is not an existing, readable regular file (one clear message)."""
+    if not os.path.exists(path):
+        raise ValueError(f"{what} {path!r} does not exist")
+    if os.path.isdir(path):
+        raise ValueError(f"{what} {path!r} is a directory, not a file")
+    if not os.path.isfile(path):
+        raise ValueError(f"{what} {path!r} is not a regular file")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"{what} {path!r} is not readable (permission denied)")
+
+
+def check_onnx_file(path: str) -> None:
+    """Refuse a file that is not a well-formed ONNX model, before any library reads it."""
+    import onnx
+
+    check_input_file(path, "QONNX file")
+    try:
+        model = onnx.load(path)
+    except Exception as e:  # protobuf's DecodeError and friends: the bytes are not a ModelProto
+        raise ValueError(f"{path!r} is not an ONNX model file ({type(e).__name__}: {e})") from None
+    try:
+        onnx.checker.check_model(model)
+    except Exception as e:  # onnx's ValidationError: parsed, but not a valid model (e.g. an empty file)
+        raise ValueError(f"{path!r} is not a valid ONNX model ({type(e).__name__}: {e})") from None
+
+
+TRUST_PICKLE_HELP = ("allow a FILE.pt model written by torch.save(model). Such a file is a Python pickle, and "
+                     "loading a pickle can run any code it contains: give this flag only for files you trust. "
+                     "Without it a .pt file is read with torch.load(weights_only=True) (tensors only), which "
+                     "cannot hold a model; name the model's code as FILE.py:NAME instead")
+
+
+def load_model_file(path: str, trust_pickle: bool = False, flag: str = "--trust-pickle"):
+    """A whole model saved with ``torch.save(model)``: unpickled only when ``trust_pickle`` (a
+    pickle can run code); otherwise read tensors-only and refused with what to do instead."""
+    import pickle
+
+    import torch
+
+    check_input_file(path, "model file")
+    if trust_pickle:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's allow-list refused a class: the file holds code to run
+        raise ValueError(f"model file {path!r} is a pickle holding more than tensors (e.g. torch.save(model)); "
+                         f"unpickling it can run any code in the file, so fpq does not without {flag}. Give "
+                         f"{flag} if you trust the file, or save model.state_dict() and name the model's "
+                         "code as FILE.py:NAME") from None
+    except Exception as e:  # not a torch.save file at all
+        raise ValueError(f"model file {path!r} is not a torch.save file ({type(e).__name__}: "
+                         f"{_one_line(e)})") from None
+    raise ValueError(f"model file {path!r} holds a {type(obj).__name__} of tensors (a state dict?), not a "
+                     "model: name the model's code as FILE.py:NAME (a factory that loads these weights)")
+
+
+def _user_error_types() -> tuple:
+    """Exceptions that mean bad input (a file, a spec, a format, an option value), not a bug in fpq."""
+    import pickle
+    import zipfile
+    kinds = [ValueError, OSError, OverflowError, ImportError, SyntaxError, EOFError, pickle.UnpicklingError,
+             zipfile.BadZipFile]
+    for mod, name in (("google.protobuf.message", "Error"), ("onnx.checker", "ValidationError")):
+        try:
+            kinds.append(getattr(importlib.import_module(mod), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(kinds)
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        return f"{e.filename!r}: {e.strerror}"
+    text = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+    return text or type(e).__name__
+
+
 def main(argv=None) -> int:
+    """Run one command; returns its exit status.
+
+    The rule for every command: bad input (a missing, unreadable or corrupt file, a bad format
+    string or spec, a value out of range) prints ONE line ``fpq CMD: error: ...`` on stderr and
+    exits 2, before any work. Any other exception is a bug in fpq: one line ``fpq CMD: internal
+    error: ...`` and exit 1. ``FPQ_DEBUG=1`` re-raises either with its traceback.
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
     # the built-in commands need no plugin (and so no torch import)
     first = next((a for a in argv if not a.startswith("-")), None)
@@ -162,14 +259,26 @@ def main(argv=None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
+    cmd = args.command
     try:
+        if cmd in ONNX_INPUT_COMMANDS and isinstance(getattr(args, "model", None), str):
+            check_onnx_file(args.model)
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as e:
-        # bad input is the user's to fix: one clear line, no traceback (FPQ_DEBUG=1 shows it)
+    except KeyboardInterrupt:
+        print(f"fpq {cmd}: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit:
+        raise
+    except Exception as e:
         if os.environ.get("FPQ_DEBUG"):
             raise
-        print(f"fpq {first}: error: {e}", file=sys.stderr)
-        return 2
+        if isinstance(e, _user_error_types()):
+            # bad input is the user's to fix: one clear line, no traceback
+            print(f"fpq {cmd}: error: {_one_line(e)}", file=sys.stderr)
+            return 2
+        print(f"fpq {cmd}: internal error (a bug in fpq, please report it): {type(e).__name__}: {_one_line(e)} "
+              f"(run with FPQ_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

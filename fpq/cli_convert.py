@@ -27,7 +27,16 @@ def load_model(spec: str, state: str | None = None):
         module = importlib.util.module_from_spec(mod_spec)
         mod_spec.loader.exec_module(module)
     else:
-        module = importlib.import_module(where)
+        if os.sep in where or (os.altsep and os.altsep in where) or os.path.exists(where):
+            raise ValueError(f"model {spec!r}: {where!r} is a path but not a .py file; expected "
+                             "'path/to/file.py:Factory' or 'package.module:Factory'")
+        try:
+            module = importlib.import_module(where)
+        except ModuleNotFoundError as e:
+            if e.name is None or not where.startswith(e.name):
+                raise  # the user's module itself imports something missing
+            raise ValueError(f"model {spec!r}: no module named {where!r} (give 'path/to/file.py:Factory' or "
+                             "an importable 'package.module:Factory')") from None
     if not hasattr(module, name):
         raise ValueError(f"{where} has no attribute {name!r}")
     obj = getattr(module, name)
@@ -96,7 +105,21 @@ def cli_register(subparsers) -> None:
 def _run(args) -> int:
     import fpq
 
-    shape = tuple(int(s) for s in args.input_shape.split(",")) if args.input_shape else None
+    from .cli import check_input_file
+
+    # every input is checked before the model's code runs or any file is written
+    shape = None
+    if args.input_shape:
+        try:
+            shape = tuple(int(s) for s in args.input_shape.split(","))
+        except ValueError:
+            raise ValueError(f"--input-shape {args.input_shape!r}: give positive integers like 1,8,8") from None
+        if not shape or min(shape) < 1:
+            raise ValueError(f"--input-shape {args.input_shape!r}: give positive integers like 1,8,8")
+    if args.state:
+        check_input_file(args.state, "--state file")
+    if args.calib != "digits":
+        check_input_file(args.calib, "calibration data")
     model = load_model(args.model, args.state)
     q = fpq.convert(model, args.fmt, weights=args.weights, activations=args.activations,
                     overrides=_parse_overrides(args.override), scale=args.scale,

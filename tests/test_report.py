@@ -26,7 +26,8 @@ def _records(n: int, seed: int = 0) -> list:
                     "method": ["max", "mse"][i % 2], "family": wk if wk == ak else "mixed", "w_kind": wk,
                     "w_bits": wb, "a_kind": ak, "a_bits": ab, "accuracy": float(rng.integers(80, 100)),
                     "lut": float(rng.integers(1, 40) * 1000), "dsp": int(rng.integers(0, 4)),
-                    "latency_ns": float(rng.integers(3, 8) * 5), "exact": bool(i % 7), "status": "ok",
+                    "latency_ns": float(rng.integers(3, 8) * 5), "exact": bool(i % 7), "verify_samples": 8,
+                    "verify_paths": "emulator+torch+qonnx", "status": "ok",
                     "error": "", "command": f"fpq sweep --model m.py:f --only p{i:03d}", "python": ""})
     return out
 
@@ -61,7 +62,7 @@ def test_pareto_front_matches_brute_force(seed, cost):
 
 def test_report_writes_plots_tables_and_commands(tmp_path):
     recs = _records(40)
-    recs[5].update(status="error", error="build: ValueError: boom", accuracy=None)
+    recs[5].update(status="error", error="build: ValueError: boom", accuracy=None, exact=None)
     page = report(recs, str(tmp_path), title="synthetic <sweep>")
     text = open(page, encoding="utf-8").read()
     for stem in ("pareto_lut", "pareto_dsp", "pareto_latency_ns", "int_vs_minifloat", "heatmap_int",

@@ -160,7 +160,7 @@ def test_bad_input_fails_before_any_work(tiny, tmp_path, monkeypatch):
         def forward(self, x):
             return self.rnn(x.reshape(-1, 8, 8))[0][:, -1]
 
-    with pytest.raises(ValueError, match="cannot go through the fpq pipeline \\(convert failed.*LSTM"):
+    with pytest.raises(ValueError, match="cannot go through the fpq pipeline \\(convert failed"):  # LSTM, or its slicing
         sweep(Gated(), data, formats=["int4"], out=str(out), **KW)
     unpicklable = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
     unpicklable.hook = lambda x: x

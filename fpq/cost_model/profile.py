@@ -438,8 +438,9 @@ def _gemm_rows(res, gemms, dev, x, warmup, iters, timed, bar, batch) -> None:
 
 
 # ----------------------------------------------------------------------------- command line
-def _load_model(spec: str) -> nn.Module:
-    """'pkg.module:attr', 'file.py:attr' (a module or a zero-argument factory) or a torch.save file."""
+def _load_model(spec: str, trust_pickle: bool = False) -> nn.Module:
+    """'pkg.module:attr', 'file.py:attr' (a module or a zero-argument factory) or a torch.save file
+    (unpickled only with ``trust_pickle``: a pickle can run any code)."""
     import importlib
     import importlib.util
     import os
@@ -459,8 +460,8 @@ def _load_model(spec: str) -> nn.Module:
             raise ValueError(f"model {spec!r}: {where} has no attribute {attr!r}")
         model = obj if isinstance(obj, nn.Module) else obj()
     elif os.path.exists(spec):
-        # a whole pickled module (torch.save(model)): only load files you trust
-        model = torch.load(spec, map_location="cpu", weights_only=False)
+        from ..cli import load_model_file
+        model = load_model_file(spec, trust_pickle)
     else:
         raise ValueError(f"model {spec!r}: give 'package.module:attr', 'file.py:attr' or a torch.save file")
     if not isinstance(model, nn.Module):
@@ -475,7 +476,9 @@ def cli_register(subparsers):
         description="Latency (median, p90 per batch) and throughput of a PyTorch model on the CPU or a GPU, "
                     "in fp32/bf16/fp16, as fpq fake-quant (with --fmt/--weights) and its GEMMs in FP8.")
     p.add_argument("model", help="'package.module:attr' or 'file.py:attr' (an nn.Module or a zero-argument "
-                                 "factory), or a file written by torch.save(model)")
+                                 "factory), or a file written by torch.save(model) (with --trust-pickle only)")
+    from ..cli import TRUST_PICKLE_HELP
+    p.add_argument("--trust-pickle", action="store_true", help=TRUST_PICKLE_HELP)
     p.add_argument("--fmt", help="convert with this format first (weights and activations; not calibrated: "
                                  "the timing does not depend on the scales)")
     p.add_argument("--weights", help="weight format for the conversion")
@@ -498,7 +501,7 @@ def _cli_profile(args) -> int:
     import sys
 
     try:
-        model = _load_model(args.model)
+        model = _load_model(args.model, getattr(args, "trust_pickle", False))
         shape = None
         if args.input_shape:
             try:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 
+from ..cli import TRUST_PICKLE_HELP
 from .grid import KINDS
 
 
@@ -14,7 +15,8 @@ def cli_register(subparsers) -> None:
                     "points are cached in OUT/cache.jsonl, so an interrupted sweep resumes.")
     p.add_argument("--model", required=True,
                    help="the trained float model: FILE.py:NAME or MODULE:NAME (a callable returning it, or the "
-                        "model) or FILE.pt (torch.save(model))")
+                        "model) or FILE.pt (torch.save(model), with --trust-pickle only)")
+    p.add_argument("--trust-pickle", action="store_true", help=TRUST_PICKLE_HELP)
     p.add_argument("--data", default="fpq.data:load_digits_split",
                    help="FILE.py:NAME or MODULE:NAME returning data with x_train, y_train, x_test, y_test "
                         "(default: %(default)s)")
@@ -69,7 +71,7 @@ def _cli_sweep(args) -> int:
                     verify_qonnx=args.verify_qonnx, calib_samples=args.calib_samples, scale=args.scale,
                     profile=None if args.profile_device is None else
                     {"device": args.profile_device, "batch": args.profile_batch},
-                    granularity=args.granularity)
+                    granularity=args.granularity, trust_pickle=args.trust_pickle)
     except (ValueError, TypeError) as e:
         print(f"fpq sweep: error: {e}", file=sys.stderr)
         return 2

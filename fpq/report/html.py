@@ -49,6 +49,8 @@ def _fmt(v, col: str) -> str:
         return "-"
     if col == "accuracy":
         return f"{float(v):.2f}"
+    if col == "seconds":
+        return f"{float(v):.1f}"
     if col == "exact":
         return "yes" if v is True else ("NO" if v is False else str(v))
     if isinstance(v, float):
@@ -120,16 +122,16 @@ def report(results, out_dir: str = "out/report", title: str = "fpq sweep report"
     e = html.escape
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{e(title)}</title>",
              f"<style>{_CSS}</style></head><body>", f"<h1>{e(title)}</h1>"]
-    facts = []
+    facts = []  # every value is escaped: results.json is a file anyone may have edited
     if meta.get("float_accuracy") is not None:
-        facts.append(f"float model: {meta['float_accuracy']:.2f}% ({e(str(meta.get('metric', 'accuracy')))} on "
+        facts.append(f"float model: {_fmt(meta['float_accuracy'], 'accuracy')}% ({meta.get('metric', 'accuracy')} on "
                      f"{meta.get('n_test', '?')} held-out samples)")
     if meta.get("seconds") is not None:
-        facts.append(f"sweep time: {meta['seconds']:.1f} s with {meta.get('workers')} worker(s); "
+        facts.append(f"sweep time: {_fmt(meta['seconds'], 'seconds')} s with {meta.get('workers')} worker(s); "
                      f"{meta.get('computed')} points computed, {meta.get('cached')} from the cache; seed {meta.get('seed')}")
     if meta.get("first_layer"):
-        facts.append(f"first / last layer: {e(meta['first_layer'])} / {e(meta['last_layer'])}")
-    parts.append("<ul>" + "".join(f"<li>{f}</li>" for f in facts) +
+        facts.append(f"first / last layer: {meta['first_layer']} / {meta.get('last_layer')}")
+    parts.append("<ul>" + "".join(f"<li>{e(f)}</li>" for f in facts) +
                  "".join(f"<li>{e(s)}</li>" for s in summary_lines(records, meta, front_by_cost)) + "</ul>")
     parts.append("<p>Data: <a href='results.csv'>results.csv</a>, <a href='results.json'>results.json</a>. "
                  "Cost: <code>fpq.estimate_cost</code> (a model, see its notes); exactness: <code>fpq.verify</code> "

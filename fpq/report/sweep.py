@@ -79,16 +79,15 @@ def as_sweep_data(data) -> SweepData:
     return SweepData(xtr.float(), ytr, xte.float(), yte)
 
 
-def load_spec(spec: str):
+def load_spec(spec: str, trust_pickle: bool = False):
     """``path/to/file.py:name``, ``package.module:name`` (called if callable) or a ``.pt`` file
-    holding a whole pickled model (``torch.save(model)``)."""
+    holding a whole pickled model (``torch.save(model)``), loaded only with ``trust_pickle=True``
+    (unpickling runs whatever code the file holds)."""
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"not a model/data spec: {spec!r}")
     if spec.endswith((".pt", ".pth")) and ":" not in spec:
-        import torch
-        if not os.path.exists(spec):
-            raise ValueError(f"model file {spec!r} does not exist")
-        return torch.load(spec, weights_only=False)
+        from ..cli import load_model_file
+        return load_model_file(spec, trust_pickle, flag="--trust-pickle (trust_pickle=True)")
     target, sep, name = spec.rpartition(":")
     if not sep or not target or not name:
         raise ValueError(f"spec {spec!r}: expected FILE.py:NAME, MODULE:NAME or FILE.pt")
@@ -150,6 +149,7 @@ class Settings:
     data_spec: str | None = None
     out: str = ""
     metric_name: str = "accuracy"
+    trust_pickle: bool = False   # the model spec is a .pt pickle the user allowed (for the commands)
 
     def fingerprint(self) -> dict:
         keep = ("qat_lr", "verify_samples", "verify_qonnx", "calib_samples", "scale", "granularity",
@@ -329,7 +329,34 @@ def _family(cfg: dict) -> dict:
 _WORKER = {}
 
 
-def _init_worker(spec_files: dict, payload: bytes) -> None:
+def _die_with_parent(parent_pid: int) -> None:
+    """End this worker when the sweep process dies, even by SIGKILL (which runs no cleanup in the
+    parent): on Linux the kernel sends SIGKILL to the worker (prctl PR_SET_PDEATHSIG); everywhere a
+    daemon thread polls the parent's pid (an orphan is re-parented, so getppid changes)."""
+    import threading
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass  # no usable libc: the watchdog below still ends the worker
+    if os.getppid() != parent_pid:  # the parent died before the death signal was armed
+        os._exit(1)
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="fpq-sweep-parent-watchdog", daemon=True).start()
+
+
+def _init_worker(spec_files: dict, payload: bytes, parent_pid: int | None = None) -> None:
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)  # first: importing torch takes seconds
     import torch
     torch.set_num_threads(1)
     torch.set_num_interop_threads(1)
@@ -345,19 +372,177 @@ def _worker_point(cfg: dict) -> dict:
     return run_point(w["model"], w["data"], cfg, w["settings"], w["metric"])
 
 
+# ----------------------------------------------------------------------------- record checks
+STATUSES = ("ok", "partial", "error")
+VERIFY_PATHS = ("emulator", "torch", "qonnx", "hls")
+_INTS = ("qat_epochs", "seed", "verify_samples")
+_NONNEG = (*COST_FIELDS, "float_inf_per_s", "fake_quant_inf_per_s", "seconds")
+_TEXT = ("mismatch", "profile_device", "error", "command", "python")
+
+
+class BadRecord(ValueError):
+    """A sweep record read back from a file that fpq.sweep could not have written."""
+
+    def __init__(self, field: str, why: str):
+        super().__init__(f"field {field!r}: {why}")
+        self.field = field
+
+
+def _real(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+
+def check_record(rec, strict: bool = False) -> None:
+    """Raise BadRecord naming the first field of ``rec`` that fpq.sweep could not have written:
+    unknown or missing fields, wrong types, negative costs, non-finite numbers, format strings
+    that do not parse (or are not canonical), kind/bits/family that do not match the formats, and
+    an ``exact`` that is not None or a bool from a verify that ran (samples > 0, paths named,
+    status not "error"). ``strict`` (the sweep's own cache): every column present and the id is
+    the hash of the record's configuration."""
+    from ..formats import parse_format
+    from ..nn.calibration_stats import METHODS
+
+    if not isinstance(rec, dict):
+        raise BadRecord("record", f"expected a JSON object, got {type(rec).__name__}")
+    unknown = sorted(set(rec) - set(COLUMNS))
+    if unknown:
+        raise BadRecord(str(unknown[0]), f"unknown field; allowed: {', '.join(COLUMNS)}")
+    need = COLUMNS if strict else ("id", "weights", "activations", "method", "status")
+    for k in need:
+        if k not in rec:
+            raise BadRecord(k, "missing")
+    get = rec.get
+    if not isinstance(get("id"), str) or not (0 < len(rec["id"]) <= 64) or not all(
+            c.isascii() and (c.isalnum() or c in "_-.") for c in rec["id"]):
+        raise BadRecord("id", f"expected up to 64 letters, digits, '_', '-', '.', got {get('id')!r}")
+    for k in ("weights", "activations", "first_last"):
+        v = get(k)
+        if v is None and k == "first_last":
+            continue
+        if not isinstance(v, str):
+            raise BadRecord(k, f"expected a format string, got {type(v).__name__}")
+        try:
+            canon = str(parse_format(v))
+        except (ValueError, TypeError) as e:
+            raise BadRecord(k, f"{v!r} is not a format ({str(e).split('. Accepted forms')[0]})") from None
+        if canon != v:
+            raise BadRecord(k, f"{v!r} is not canonical (fpq.sweep writes {canon!r})")
+    if get("method") not in METHODS:
+        raise BadRecord("method", f"{get('method')!r} is not one of {', '.join(METHODS)}")
+    if get("status") not in STATUSES:
+        raise BadRecord("status", f"{get('status')!r} is not one of {', '.join(STATUSES)}")
+    for k in _INTS:
+        v = get(k)
+        if (v is None and strict) or (v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0)):
+            raise BadRecord(k, f"expected an integer >= 0, got {v!r}")
+    for k in ("accuracy", *_NONNEG):
+        v = get(k)
+        if k == "accuracy" and isinstance(v, float) and np.isnan(v):
+            continue  # a user metric may give NaN; fpq.sweep records it as it is
+        if v is not None and (not _real(v) or (k in _NONNEG and v < 0)):
+            raise BadRecord(k, f"expected None or a finite number{' >= 0' if k in _NONNEG else ''}, got {v!r}")
+    for k in (*_TEXT, "datapath"):
+        if get(k) is not None and not isinstance(rec[k], str):
+            raise BadRecord(k, f"expected None or a string, got {type(rec[k]).__name__}")
+    fam = _family(rec)  # kinds, bits and family follow from the formats
+    for k, v in fam.items():
+        if k in rec and rec[k] != v:
+            raise BadRecord(k, f"{rec[k]!r} does not match the formats ({v!r})")
+    paths = get("verify_paths")
+    if paths not in (None, "") and (not isinstance(paths, str)
+                                    or any(p not in VERIFY_PATHS for p in paths.split("+"))):
+        raise BadRecord("verify_paths", f"{paths!r} is not '+'-joined names of {', '.join(VERIFY_PATHS)}")
+    exact = get("exact")
+    if exact is not None:
+        if not isinstance(exact, bool):
+            raise BadRecord("exact", f"expected None, true or false, got {exact!r}")
+        if get("status") == "error" or get("verify_samples", 1) == 0 or not paths:
+            raise BadRecord("exact", "set although no verify ran (status error, verify_samples 0 or no "
+                                     "verify_paths)")
+    if get("status") == "error" and get("accuracy") is not None:
+        raise BadRecord("accuracy", "set on a point whose build failed")
+    if strict:
+        cfg = {k: rec[k] for k in ("weights", "activations", "first_last", "method", "qat_epochs", "seed")}
+        if rec["id"] != point_id(cfg):
+            raise BadRecord("id", f"{rec['id']!r} is not the id of this configuration ({point_id(cfg)!r})")
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived while the pool ran (a BaseException so that no ``except Exception`` eats it)."""
+
+
+def _stop_pool(pool) -> None:
+    """Kill the pool's workers now (a point may run for minutes; shutdown would wait for it)."""
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        try:
+            proc.kill()
+        except (OSError, ValueError):
+            pass  # already gone
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _run_pool(todo: list, workers: int, payload: bytes, finish) -> None:
+    """Run the points on spawned workers. The workers die with this process (see _die_with_parent);
+    SIGTERM or Ctrl-C here kills them first, then ends the sweep (SIGTERM: SystemExit(143))."""
+    import multiprocessing as mp
+    import signal
+    import threading
+
+    def on_term(signum, frame):
+        raise _Terminated()
+
+    own_handler = (threading.current_thread() is threading.main_thread()
+                   and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None))
+    if own_handler:  # a handler the caller installed is left alone
+        signal.signal(signal.SIGTERM, on_term)
+    try:
+        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=mp.get_context("spawn"),
+                                 initializer=_init_worker,
+                                 initargs=(dict(_SPEC_FILES), payload, os.getpid())) as pool:
+            try:
+                futures = {pool.submit(_worker_point, c): c for c in todo}
+                for fut in as_completed(futures):
+                    finish(futures[fut], fut.result())
+            except BaseException:
+                _stop_pool(pool)
+                raise
+    except _Terminated:
+        raise SystemExit(128 + int(signal.SIGTERM)) from None
+    finally:
+        if own_handler:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 # ----------------------------------------------------------------------------- cache and output
 def read_cache(path: str) -> dict:
-    """{cache key: record}; a line cut short by a kill is skipped (that point is recomputed)."""
+    """{cache key: record}. A line that is not a record fpq.sweep wrote (cut short by a kill, or
+    edited) is skipped with a warning naming its line and field; its point is recomputed."""
+    import warnings
+
     out = {}
     if not os.path.exists(path):
         return out
     with open(path) as f:
-        for line in f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
             try:
                 entry = json.loads(line)
-                out[entry["key"]] = entry["record"]
-            except (json.JSONDecodeError, KeyError, TypeError):
+                if not isinstance(entry, dict) or set(entry) != {"key", "record"}:
+                    raise BadRecord("line", "expected {\"key\": ..., \"record\": {...}}")
+                key, rec = entry["key"], entry["record"]
+                check_record(rec, strict=True)
+                if not isinstance(key, str) or key.split("-", 1)[0] != rec["id"]:
+                    raise BadRecord("key", f"{key!r} does not start with the record's id {rec['id']!r}")
+            except json.JSONDecodeError:
+                warnings.warn(f"fpq.sweep: {path} line {n} is not a complete JSON line (cut short by a kill?): "
+                              "skipped, its point is recomputed", stacklevel=2)
                 continue
+            except BadRecord as e:
+                warnings.warn(f"fpq.sweep: {path} line {n} is not a record fpq.sweep wrote ({e}): skipped, "
+                              "its point is recomputed", stacklevel=2)
+                continue
+            out[key] = rec
     return out
 
 
@@ -405,10 +590,12 @@ def commands(cfg: dict, st: Settings) -> tuple[str, str]:
     py = (f"fpq.sweep({args}, weights=[{cfg['weights']!r}], activations=[{cfg['activations']!r}], "
           f"methods=({cfg['method']!r},), first_last={None if cfg['first_last'] is None else [cfg['first_last']]!r}, "
           f"qat_epochs={cfg['qat_epochs']}, seed={cfg['seed']}, verify_samples={st.verify_samples}, "
-          + "".join(f"{k}={v!r}, " for k, v in extra.items()) + f"out={st.out!r}, only=[{pid!r}])")
+          + "".join(f"{k}={v!r}, " for k, v in extra.items()) + ("trust_pickle=True, " if st.trust_pickle else "")
+          + f"out={st.out!r}, only=[{pid!r}])")
     if st.model_spec is None or set(extra) - set(_CLI_FLAGS):
         return "", py  # the command line cannot express this point
-    parts = ["fpq", "sweep", "--model", st.model_spec, "--data", st.data_spec or DEFAULT_DATA_SPEC,
+    parts = ["fpq", "sweep", "--model", st.model_spec, *(["--trust-pickle"] if st.trust_pickle else []),
+             "--data", st.data_spec or DEFAULT_DATA_SPEC,
              "--weights", cfg["weights"], "--activations", cfg["activations"], "--methods", cfg["method"]]
     if cfg["first_last"] is not None:
         parts += ["--first-last", cfg["first_last"]]
@@ -479,7 +666,8 @@ def sweep(model, data=None, formats=None, methods=("max", "mse"), weights=None, 
           first_last=None, qat_epochs: int = 0, out: str = "out/sweep", workers: int = 2, seed: int = 0,
           verify_samples: int = 64, progress: bool = True, *, only=None, fresh: bool = False,
           metric=None, cost=None, scale: str = "po2", granularity: str = "tensor",
-          calib_samples: int = 1024, verify_qonnx: int = 2, profile=None) -> SweepResult:
+          calib_samples: int = 1024, verify_qonnx: int = 2, profile=None,
+          trust_pickle: bool = False) -> SweepResult:
     """Evaluate every (weights x activations x first_last x method) point; see the module docstring.
 
     model: a float ``nn.Module`` (trained) or a spec ``FILE.py:NAME`` / ``MODULE:NAME`` / ``FILE.pt``
@@ -495,6 +683,8 @@ def sweep(model, data=None, formats=None, methods=("max", "mse"), weights=None, 
     ``verify_qonnx`` of them (it takes ~0.2 s a sample, the largest share of a point's time).
     profile: keyword arguments of ``fpq.profile_torch`` (e.g. ``{"device": "cuda", "batch": 4096}``)
     to record each point's measured float fp32 and fake-quant inferences/s; None skips it.
+    trust_pickle: allow a model spec ``FILE.pt`` written by ``torch.save(model)`` (a pickle: loading
+    it runs any code it holds; only for files you trust).
     """
     import torch
 
@@ -509,7 +699,8 @@ def sweep(model, data=None, formats=None, methods=("max", "mse"), weights=None, 
     # --- everything is checked before any point runs
     if isinstance(model, str):
         st.model_spec = model
-        model = load_spec(model)
+        st.trust_pickle = bool(trust_pickle)
+        model = load_spec(model, trust_pickle=bool(trust_pickle))
     if data is None:
         data = DEFAULT_DATA_SPEC
     if isinstance(data, str):
@@ -577,12 +768,7 @@ def sweep(model, data=None, formats=None, methods=("max", "mse"), weights=None, 
 
     try:
         if workers > 1 and len(todo) > 1:
-            import multiprocessing as mp
-            with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=mp.get_context("spawn"),
-                                     initializer=_init_worker, initargs=(dict(_SPEC_FILES), payload)) as pool:
-                futures = {pool.submit(_worker_point, c): c for c in todo}
-                for fut in as_completed(futures):
-                    finish(futures[fut], fut.result())
+            _run_pool(todo, workers, payload, finish)
         else:
             # one thread like the workers: QAT sums in float32 could otherwise depend on the thread count
             threads = torch.get_num_threads()
@@ -618,26 +804,69 @@ def load_results(results) -> tuple[list, dict]:
             raise ValueError(f"no sweep results at {path!r}")
         if path.endswith(".json"):
             with open(path) as f:
-                obj = json.load(f)
-            return list(obj["records"]), dict(obj.get("meta", {}))
+                try:
+                    obj = json.load(f)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}: not a JSON file ({e})") from None
+            if not isinstance(obj, dict) or not isinstance(obj.get("records"), list):
+                raise ValueError(f"{path}: expected {{\"meta\": {{...}}, \"records\": [...]}} as fpq.sweep writes")
+            meta = obj.get("meta", {})
+            _check_meta(meta, path)
+            for i, r in enumerate(obj["records"]):
+                try:
+                    check_record(r)
+                except BadRecord as e:
+                    raise ValueError(f"{path}: records[{i}] is not a record fpq.sweep writes: {e}") from None
+            return list(obj["records"]), dict(meta)
         if path.endswith(".csv"):
+            records = []
             with open(path, newline="") as f:
-                return [_parse_csv_row(r) for r in csv.DictReader(f)], {}
+                for n, row in enumerate(csv.DictReader(f), 2):  # line 1 is the header
+                    try:
+                        r = _parse_csv_row(row)
+                        check_record(r)
+                    except BadRecord as e:
+                        raise ValueError(f"{path} line {n} is not a record fpq.sweep writes: {e}") from None
+                    records.append(r)
+            return records, {}
         raise ValueError(f"sweep results must be results.json or results.csv, got {path!r}")
     if isinstance(results, (list, tuple)):
         return [dict(r) for r in results], {}
     raise TypeError(f"expected sweep results (SweepResult, list of records, or a path), got {type(results).__name__}")
 
 
+_META_NUMBERS = ("float_accuracy", "seconds", "points", "computed", "cached", "workers", "seed", "n_test")
+
+
+def _check_meta(meta, path: str) -> None:
+    """The meta fields the report prints must have the types fpq.sweep writes (they are escaped too)."""
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: 'meta' must be a JSON object, got {type(meta).__name__}")
+    for k in _META_NUMBERS:
+        if meta.get(k) is not None and not _real(meta[k]):
+            raise ValueError(f"{path}: meta field {k!r}: expected a finite number, got {meta[k]!r}")
+    for k in ("metric", "model_spec", "data_spec", "first_layer", "last_layer", "context"):
+        if meta.get(k) is not None and not isinstance(meta[k], str):
+            raise ValueError(f"{path}: meta field {k!r}: expected a string, got {type(meta[k]).__name__}")
+
+
 def _parse_csv_row(row: dict) -> dict:
     out = {}
     for k, v in row.items():
+        if k is None or v is None:  # more or fewer cells than the header has
+            raise BadRecord(str(k), "the row's cells do not match the header")
         if v == "":
             out[k] = None
         elif k == "exact":
+            if v not in ("True", "False"):
+                raise BadRecord(k, f"expected True, False or empty, got {v!r}")
             out[k] = v == "True"
-        elif k in ("accuracy", "seconds", *COST_FIELDS, "w_bits", "a_bits", "qat_epochs", "seed", "verify_samples"):
-            out[k] = float(v) if "." in v or "e" in v.lower() else int(v)
+        elif k in ("accuracy", "seconds", *COST_FIELDS, "w_bits", "a_bits", "qat_epochs", "seed", "verify_samples",
+                   "float_inf_per_s", "fake_quant_inf_per_s"):
+            try:
+                out[k] = float(v) if any(c in v for c in ".eEnN") else int(v)
+            except ValueError:
+                raise BadRecord(k, f"expected a number, got {v!r}") from None
         else:
             out[k] = v
     return out
