@@ -140,15 +140,15 @@ def test_act_search_errors_name_the_layer():
 
 
 class SharedPool(nn.Module):
-    """A residual add, an in-place ReLU and one average pool called twice (one quantizer that
-    act_search visits at both calls)."""
+    """A residual add, an in-place ReLU and one max pool called twice (a module with a quantizer,
+    an AvgPool, may be called only once: fpq.convert refuses it, the export could not name it)."""
 
     def __init__(self):
         super().__init__()
         self.conv1 = nn.Conv2d(2, 4, 3, padding=1)
         self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
         self.relu = nn.ReLU(inplace=True)
-        self.pool = nn.AvgPool2d(2)
+        self.pool = nn.MaxPool2d(2)
         self.fc = nn.Linear(4 * 1 * 1, 3)
 
     def forward(self, x):
