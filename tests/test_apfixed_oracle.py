@@ -17,6 +17,13 @@ instantiates every (S, W, Q, O) at one I (rotating so that every (W, I) and ever
 occurs), checks that invariance on types instantiated at two I, and checks the reference at all
 13 I through it. FPQ_APFIXED_FULL=1 instantiates all 8736 types (minutes); FPQ_ORACLE_OPT sets
 the optimisation flag (default -O0: it compiles twice as fast and the run takes seconds).
+
+Issue 15 added, in the same compile: wide types (fixed<54,8> and ufixed<53,8>, the widest float64
+holds, and fixed<32,8>) in every mode, which caught np.mod's rounding of WRAP past 53 bits; raw
+inputs one double either side of the ties of every binary point the types use (the neighbour of
+-1/2 LSB is -(1/2 - 2**-54) LSB, which `s - floor(s)` made a false tie under RND_MIN_INF / RND_INF);
+and the refusals of what float64 or float32 input cannot hold (fixed<56,8>, fixed<64,8>, float32
+into fixed<32,8>).
 """
 from __future__ import annotations
 
@@ -40,6 +47,8 @@ INT_BITS = range(-4, 9)
 INVARIANCE_WIDTHS = (3, 8, 12)   # signed types of these widths get a second I
 FIXED_PATH_WIDTHS = (1, 4, 8, 12)  # types of these widths also convert from a wide ap_fixed
 DENSE_MAX_WIDTH = 9  # up to this width every quarter LSB is on the grid
+WIDE = ((1, 54, 8), (0, 53, 8), (1, 32, 8))  # (S, W, I): every (Q, O), from double only
+GRID_WMAX = 64  # WMAX in the C++ file
 SRC = Fixed(48, 20, True, "TRN", "SAT")  # SRC_T in the C++ file: holds every grid input exactly
 CPP = Path(__file__).parent / "cpp" / "apfixed_oracle.cpp"
 FULL = os.environ.get("FPQ_APFIXED_FULL", "") not in ("", "0")
@@ -73,8 +82,14 @@ def type_list(full: bool) -> list[tuple[int, int, int, int, int, int]]:
     return sorted(out)
 
 
+def wide_types() -> list[tuple[int, int, int, int, int, int]]:
+    return [(s, w, i, q, o, 0) for s, w, i in WIDE for q in range(len(QMODES)) for o in range(len(OMODES))]
+
+
 def grid_j(signed: bool, w: int, rng: np.random.Generator) -> np.ndarray:
     """Inputs in quarter LSBs (x = j * LSB / 4): codes, ties, their neighbours, far values."""
+    if w > max(WIDTHS):  # wide types: every quarter LSB near zero, random ones (int32 j); the extras
+        return np.unique(np.concatenate([np.arange(-256, 257), rng.integers(-2 ** 31, 2 ** 31, 256)])).astype(np.int32)
     lo, hi = Fixed(w, w, signed).int_range
     span = np.arange(4 * (lo - 8), 4 * (hi + 8) + 1)
     if w <= DENSE_MAX_WIDTH:
@@ -96,7 +111,13 @@ def extras(rng: np.random.Generator) -> np.ndarray:
              1e300, -1e300, big, -big, np.inf, -np.inf, np.nextafter(0.5, 1),
              np.nextafter(-0.5, -1), 1 - 2.0 ** -53]
     mags = np.exp2(rng.uniform(-24, 14, 256))
-    return np.concatenate([fixed, mags * rng.choice([-1.0, 1.0], mags.size)])
+    # one double either side of the ties 1/2 and 3/2 LSB of every binary point in use (F = W - I)
+    frac_bits = {w - i for w in WIDTHS for i in INT_BITS} | {w - i for _, w, i in WIDE}
+    ties = np.ldexp(np.array([0.5, 1.5])[:, None], -np.array(sorted(frac_bits))[None, :]).ravel()
+    near = np.concatenate([np.nextafter(ties, 0), np.nextafter(ties, np.inf)])
+    # the wide types' range (+-128, 256 unsigned) with every bit of a double, and 200 (> fixed<32,8>'s max)
+    wide = np.concatenate([rng.uniform(-260, 260, 128), np.nextafter([128.0, 256.0], 0), [200.0]])
+    return np.concatenate([fixed, mags * rng.choice([-1.0, 1.0], mags.size), near, -near, wide, -wide])
 
 
 def _run(cmd, cwd):
@@ -123,22 +144,23 @@ def oracle(tmp_path_factory):
     if shutil.which("g++") is None:
         pytest.skip("g++ not found")
     d = tmp_path_factory.mktemp("apfixed_oracle")
-    types = type_list(FULL)
+    types = type_list(FULL) + wide_types()
     compile_s = _build(d, types)
 
     rng = np.random.default_rng(20260101)
     ext = extras(rng)
-    grids = {(s, w): grid_j(bool(s), w, rng) if w in WIDTHS else np.zeros(0, np.int32)
-             for s in (1, 0) for w in range(1, 17)}
+    wide_w = {(s, w) for s, w, _ in WIDE}
+    grids = {(s, w): grid_j(bool(s), w, rng) if w in WIDTHS or (s, w) in wide_w else np.zeros(0, np.int32)
+             for s in (1, 0) for w in range(1, GRID_WMAX + 1)}
     with open(d / "in.bin", "wb") as f:
         f.write(np.int32(ext.size).tobytes() + ext.astype("<f8").tobytes())
         for s in (1, 0):
-            for w in range(1, 17):
+            for w in range(1, GRID_WMAX + 1):
                 f.write(np.int32(grids[s, w].size).tobytes() + grids[s, w].astype("<i4").tobytes())
     t0 = time.perf_counter()
     _run([str(d / "oracle"), "in.bin", "out.bin"], d)
     run_s = time.perf_counter() - t0
-    codes = np.fromfile(d / "out.bin", dtype="<i2")
+    codes = np.fromfile(d / "out.bin", dtype="<i8")
     results, pos = [], 0
     for s, w, i, q, o, fx in types:
         j = grids[s, w]
@@ -240,6 +262,8 @@ def test_every_int_bits_through_scaling(oracle):
     """fpq at every I in -4..8 against the instantiated <W, I0> on the same j grid."""
     bad = []
     for fmt0, j, c_dbl, c_fix in oracle["results"]:
+        if fmt0.width not in WIDTHS:
+            continue  # the wide types are instantiated at one I only, for their own points
         if FULL and fmt0.int_bits != INT_BITS[0]:
             continue  # every type is instantiated: test_from_double covers it directly
         for i in INT_BITS:
@@ -249,3 +273,34 @@ def test_every_int_bits_through_scaling(oracle):
             x = _grid_x(fmt, j)
             bad.append(_mismatch(fmt, x, c_dbl[:j.size], _codes(fmt, x)))
     _fail(bad)
+
+
+@pytest.mark.slow
+def test_wide_and_near_tie_points_were_checked(oracle):
+    """The issue-15 points are in the comparison above for every (Q, O): the wide types came back,
+    and ap_fixed's answers at them are what the issue reports (a sanity check of the oracle)."""
+    ext = oracle["extras"]
+    seen = set()
+    for fmt, j, c_dbl, _ in oracle["results"]:
+        if fmt.width in (54, 53, 32):
+            seen.add((fmt.width, fmt.rounding, fmt.overflow))
+            dbl = dict(zip(ext.tolist(), c_dbl[j.size:].tolist()))
+            if fmt.width == 32 and fmt.overflow == "SAT":
+                assert dbl[200.0] == 2 ** 31 - 1  # saturates to max = 128 - 2**-24, not 128
+        if (fmt.width, fmt.int_bits) == (2, 1) and fmt.signed and fmt.rounding in ("RND_MIN_INF", "RND_INF"):
+            dbl = dict(zip(ext.tolist(), c_dbl[j.size:].tolist()))
+            assert dbl[-float.fromhex("0x1.fffffffffffffp-3")] == 0  # -(1/2 - 2**-54) LSB -> 0
+    assert seen == {(w, q, o) for w in (54, 53, 32) for q in QMODES for o in OMODES}
+    assert -float.fromhex("0x1.fffffffffffffp-3") in set(ext.tolist())
+
+
+@pytest.mark.parametrize("q", QMODES)
+def test_what_float64_or_float32_cannot_hold_is_refused(q):
+    """fixed<56,8> and fixed<64,8> have values float64 cannot hold (np.mod's WRAP was off by 6 and
+    1638 LSB at -0.1); float32 input cannot hold fixed<32,8>'s (200 came back as 128 > max)."""
+    for o in OMODES:
+        for w in (56, 64):
+            with pytest.raises(ValueError, match=f"fixed<{w},8,{q},{o}>: not every value of this format is a float64"):
+                quantize(-0.1, Fixed(w, 8, True, q, o))
+        with pytest.raises(ValueError, match="float32 input cannot return every value"):
+            quantize(np.float32(200), Fixed(32, 8, True, q, o))

@@ -146,7 +146,7 @@ GRID_FORMATS = [
     Minifloat(2, 1, signed=False, subnormals=False),
     "fixed<8,3>", "fixed<6,2,RND,SAT_SYM>", "fixed<5,-1,RND_ZERO,WRAP>", "ufixed<7,3,RND_MIN_INF,SAT_ZERO>",
     "fixed<4,6,RND_INF,SAT>", "fixed<9,4,TRN,WRAP>", "fixed<10,1,TRN_ZERO,SAT_SYM>", "fixed<16,-90>",
-    "fixed<32,16>", "ufixed<30,2,RND,WRAP>", "fixed<64,10,RND_CONV,WRAP>", "fixed<12,-1000>", "fixed<8,1010>",
+    "fixed<32,16>", "ufixed<30,2,RND,WRAP>", "fixed<54,10,RND_CONV,WRAP>", "fixed<12,-1000>", "fixed<8,1010>",
     "int8", "int4_narrow", "uint3", "int32", "binary",
 ]
 # quiet NaNs of both signs, with and without a payload (signalling NaNs are not produced by
@@ -199,6 +199,7 @@ def _bits(a: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_grid_bit_for_bit(fmt, dtype):
     from fpq.numerics import quantize_unscaled
+    from fpq.numerics.reference import float_limits, inexact_reason
     from fpq.numerics.torch_ops import quantize_unscaled_torch, ste_quantize_unscaled
 
     fmt = fpq.parse_format(fmt)
@@ -206,7 +207,13 @@ def test_grid_bit_for_bit(fmt, dtype):
     with np.errstate(over="ignore"):  # values beyond float32's range become +-inf, as in fpq.quantize
         want = quantize_unscaled(x.astype(np.float64), fmt).astype(dtype)
     xt = torch.from_numpy(x.copy())
-    for got in (quantize_unscaled_torch(xt, fmt), quantize_torch(xt, fmt), ste_quantize_unscaled(xt, fmt)):
+    if dtype == np.float32 and inexact_reason(fmt, float_limits(np.finfo(np.float32))):
+        with pytest.raises(ValueError, match="float32 input cannot return every value"):
+            quantize_torch(xt, fmt)  # the public twin refuses, as fpq.quantize; the internals round
+        public = []
+    else:
+        public = [quantize_torch(xt, fmt)]
+    for got in (quantize_unscaled_torch(xt, fmt), *public, ste_quantize_unscaled(xt, fmt)):
         assert got.dtype == xt.dtype
         bad = _bits(got.numpy()) != _bits(want)
         assert not bad.any(), f"{fmt} {dtype.__name__}: {x[bad][:5]} -> {got.numpy()[bad][:5]}, want {want[bad][:5]}"

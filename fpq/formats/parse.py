@@ -1,6 +1,7 @@
 """Format strings: ``parse_format`` and the canonical ``str`` (``parse_format(str(f)) == f``).
 
-Grammar (case-insensitive, spaces ignored):
+Grammar (case-insensitive; ASCII only; spaces only at the ends and around ``<``, ``,`` and ``>``;
+numbers are plain ASCII digits, a leading ``-`` where a negative is allowed):
   fixed<W,I[,Q[,O]]>, ufixed<...>      fpq fixed point; defaults RND_CONV, SAT (a quantizer)
   ap_fixed<W,I[,AP_Q[,AP_O]]>, ap_ufixed  C++ spelling; defaults AP_TRN, AP_WRAP as in ap_fixed.h
   intN, uintN, intN_narrow               integers used with a scale
@@ -64,22 +65,30 @@ def parse_format(text) -> Format:
         raise ValueError(f"a format must be a string or a Format, got {type(text).__name__}. "
                          f"Accepted forms: {ACCEPTED_FORMS}")
     original = text
-    s = re.sub(r"\s+", "", text).lower()
+    if not text.isascii():
+        c = next(ch for ch in text if not ch.isascii())
+        raise _bad(original, f"non-ASCII character {c!r} (U+{ord(c):04X}); formats are spelled in ASCII letters "
+                             "and digits 0-9")
+    # spaces around the punctuation of fixed<W, I> read naturally; inside a name or number they
+    # are a typo ('i n t 8', 'fixed<1 0,3>'), refused rather than guessed
+    s = re.sub(r"\s*([<>,])\s*", r"\1", text.strip()).lower()
     if not s:
         raise _bad(original, "empty string")
+    if re.search(r"\s", s):
+        raise _bad(original, "spaces inside a name or number (allowed only at the ends and around '<', ',', '>')")
     s = ALIASES.get(s, s)
     try:
         if s == "binary":
             return Binary()
         if "<" in s:
             return _parse_fixed(s, original)
-        m = re.fullmatch(r"(u?)int(-?\d+)(_narrow)?", s)
+        m = re.fullmatch(r"(u?)int(-?[0-9]+)(_narrow)?", s)
         if m:
             bits = int(m.group(2))
             if bits < 1:
                 raise _bad(original, f"an integer needs at least 1 bit, got {bits}")
             return Int(bits, signed=not m.group(1), narrow=bool(m.group(3)))
-        if re.fullmatch(r"u?e-?[\d.]+m-?[\d.]+(_.*)?", s):
+        if re.fullmatch(r"u?e-?[0-9.]+m-?[0-9.]+(_.*)?", s):
             return _parse_minifloat(s, original)
     except ValueError as e:
         if "Accepted forms" in str(e):
@@ -97,10 +106,9 @@ def _parse_fixed(s: str, original: str) -> Fixed:
     if len(parts) < 2 or len(parts) > 4:
         raise _bad(original, "fixed point takes 2 to 4 parameters (width, int bits, rounding, overflow), "
                              f"got {len(parts)}")
-    try:
-        width, int_bits = int(parts[0]), int(parts[1])
-    except ValueError:
-        raise _bad(original, "width and integer bits must be integers") from None
+    if not all(re.fullmatch(r"-?[0-9]+", p) for p in parts[:2]):  # int() would take '1_0' and '+8'
+        raise _bad(original, "width and integer bits must be integers (ASCII digits, e.g. fixed<8,-2>)")
+    width, int_bits = int(parts[0]), int(parts[1])
     rounding = "TRN" if ap else "RND_CONV"
     overflow = "WRAP" if ap else "SAT"
     if len(parts) > 2:
@@ -115,13 +123,16 @@ def _parse_fixed(s: str, original: str) -> Fixed:
         raise _bad(original, f"width must be >= 1, got {width}")
     if width > MAX_QUANTIZE_WIDTH:
         raise _bad(original, f"width {width} > {MAX_QUANTIZE_WIDTH} is not supported for a tensor format")
+    if int_bits > 1024 or width - int_bits > 1074:  # values past 2**1024 or below 2**-1074
+        raise _bad(original, f"integer bits {int_bits} and fraction bits {width - int_bits} put values outside "
+                             "float64's range (integer bits <= 1024, fraction bits <= 1074)")
     return Fixed(width, int_bits, signed=not unsigned, rounding=rounding, overflow=overflow)
 
 
 def _parse_minifloat(s: str, original: str) -> Minifloat:
     head, *suffixes = s.split("_")
-    m = re.fullmatch(r"(u?)e(-?[\d.]+)m(-?[\d.]+)", head)
-    if not m or not re.fullmatch(r"\d+", m.group(2)) or not re.fullmatch(r"\d+", m.group(3)):
+    m = re.fullmatch(r"(u?)e(-?[0-9.]+)m(-?[0-9.]+)", head)
+    if not m or not re.fullmatch(r"[0-9]+", m.group(2)) or not re.fullmatch(r"[0-9]+", m.group(3)):
         raise _bad(original, "exponent and mantissa bits must be non-negative integers (eXmY)")
     unsigned, e, mbits = bool(m.group(1)), int(m.group(2)), int(m.group(3))
     if e < 1:
@@ -136,7 +147,7 @@ def _parse_minifloat(s: str, original: str) -> Minifloat:
         seen.add(key)
         if key == "b":
             val = suf[1:]
-            if not re.fullmatch(r"-?\d+", val):
+            if not re.fullmatch(r"-?[0-9]+", val):
                 raise _bad(original, f"exponent bias must be an integer, got {val!r} "
                                      "(a real-valued range shift belongs in the scale)")
             kwargs["bias"] = int(val)

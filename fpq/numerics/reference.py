@@ -28,10 +28,18 @@ headers. Semantics, for every format:
   subnormal) truncates to -1 LSB under TRN when negative; +-inf count as +-2**1024.
 * Int: round half to even, saturate to the (narrow) range.
 * Binary: +scale where x >= 0, else -scale.
+
+Refused (ValueError, before any work): a format some of whose values float64 cannot hold
+exactly (fixed<64,3> has 63 significant bits; a minifloat whose range leaves float64's); an
+input dtype that cannot hold every value of the format (float32 input with fixed<32,8> or int32:
+the result would be the float32 rounding of a code, possibly outside the format; pass float64);
+complex, non-numeric or long-double input, and integers beyond 2**53 (not exact in float64); a
+scale that does not broadcast to the input's shape.
 """
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 
@@ -41,19 +49,96 @@ from ..formats.types import MAX_QUANTIZE_WIDTH
 
 def _as_float_array(x) -> np.ndarray:
     a = np.asarray(x)
+    if a.dtype.kind not in "fiub":
+        raise ValueError(f"fpq.quantize: x must hold real numbers (float, int or bool), got dtype {a.dtype}"
+                         + (" (the imaginary part would be lost)" if a.dtype.kind == "c" else ""))
+    if a.dtype.kind == "f" and a.dtype.itemsize > 8:
+        raise ValueError(f"fpq.quantize: {a.dtype} input would be rounded to float64 before quantizing; "
+                         "pass float64, float32 or float16")
+    if a.dtype.kind in "iu" and a.dtype.itemsize > 4 and a.size and (
+            int(a.max()) > 2 ** 53 or int(a.min()) < -2 ** 53):
+        raise ValueError("fpq.quantize: integer inputs beyond +-2**53 are not exact in float64, where fpq "
+                         "quantizes; pass them as float64 (rounded by you) or reduce them")
     if a.dtype.kind != "f":
         a = a.astype(np.float64)
     return a
 
 
+@functools.lru_cache(maxsize=1024)
+def _needs(fmt: Format) -> tuple[int, int, int]:
+    """(significant bits, exponent of the lowest bit, exponent of the top bit) that holding every
+    finite value of ``fmt`` exactly takes."""
+    if isinstance(fmt, Binary):
+        return 1, 0, 0
+    if isinstance(fmt, (Fixed, Int)):
+        lo, hi = fmt.int_range
+        F = fmt.frac_bits if isinstance(fmt, Fixed) else 0
+        return max(hi.bit_length(), 1), -F, max(hi.bit_length(), (-lo).bit_length(), 1) - 1 - F
+    assert isinstance(fmt, Minifloat)
+    top = fmt.max_exp_field - fmt.bias if fmt.max_exp_field > 0 else fmt.emin - 1  # only subnormals
+    return fmt.man_bits + 1, fmt.emin - fmt.man_bits, top
+
+
+def float_limits(info) -> tuple[int, int, int]:
+    """(precision, exponent of the smallest subnormal, exponent of the top binade) of a float type
+    from its numpy or torch finfo."""
+    nmant = -math.frexp(float(info.eps))[1] + 1
+    return nmant + 1, math.frexp(float(info.tiny))[1] - 1 - nmant, math.frexp(float(info.max))[1] - 1
+
+
+FLOAT64_LIMITS = (53, -1074, 1023)
+
+
+@functools.lru_cache(maxsize=1024)
+def inexact_reason(fmt: Format, limits: tuple[int, int, int] = FLOAT64_LIMITS) -> str | None:
+    """Why a float type of these ``limits`` (see float_limits) cannot hold every value of ``fmt``
+    exactly, or None when it can."""
+    prec, low, top = limits
+    bits, f_low, f_top = _needs(fmt)
+    if bits > prec:
+        return f"its values have up to {bits} significant bits, more than the {prec} it holds"
+    if f_low < low:
+        return f"its values go down to multiples of 2**{f_low}, below its smallest 2**{low}"
+    if f_top > top:
+        return f"its values reach 2**{f_top}, beyond its range (below 2**{top + 1})"
+    return None
+
+
+def check_exact_in(fmt: Format, dtype, who: str, limits: tuple[int, int, int]) -> None:
+    """Refuse an input dtype that cannot hold every value of ``fmt``: the result, returned in that
+    dtype, would be the rounding of a code, possibly outside the format."""
+    why = inexact_reason(fmt, limits)
+    if why is not None:
+        raise ValueError(f"{who}: {dtype} input cannot return every value of {fmt} exactly ({why}); "
+                         "pass float64 input (or use a narrower format)")
+
+
+def _as_scale(scale, x: np.ndarray) -> np.ndarray:
+    s = np.asarray(scale)
+    if s.dtype.kind not in "fiu":
+        raise ValueError(f"fpq.quantize: scale must hold real numbers, got dtype {s.dtype}")
+    try:
+        shape = np.broadcast_shapes(s.shape, x.shape)
+    except ValueError:
+        shape = None
+    if shape != x.shape:  # a wrong shape is an error even when every scale is 1
+        raise ValueError(f"fpq.quantize: a scale of shape {s.shape} does not broadcast to the input's shape "
+                         f"{x.shape}; give one scale, or one per channel shaped to broadcast (e.g. (C, 1))")
+    s = s.astype(x.dtype)
+    if np.any(~np.isfinite(s)) or np.any(s <= 0):
+        raise ValueError("scale must be finite and > 0")
+    return s
+
+
 def quantize(x, fmt, scale=1.0) -> np.ndarray:
-    """Quantize ``x`` to ``fmt`` with ``scale`` (scalar or broadcastable array)."""
+    """Quantize ``x`` to ``fmt`` with ``scale`` (scalar or array that broadcasts to ``x``'s shape)."""
     fmt = parse_format(fmt)
+    check_quantizable(fmt)
     x = _as_float_array(x)
     dt = x.dtype
-    scale = np.asarray(scale, dtype=dt)
-    if np.any(~np.isfinite(scale)) or np.any(scale <= 0):
-        raise ValueError("scale must be finite and > 0")
+    if dt != np.float64:
+        check_exact_in(fmt, dt.name, "fpq.quantize", float_limits(np.finfo(dt)))
+    scale = _as_scale(scale, x)
     unit = bool(np.all(scale == 1))
     with np.errstate(over="ignore", under="ignore"):  # x / scale may leave dt's range: defined
         xs = x if unit else (x / scale).astype(dt)
@@ -61,17 +146,28 @@ def quantize(x, fmt, scale=1.0) -> np.ndarray:
         return q if unit else (q * scale).astype(dt)
 
 
+def check_quantizable(fmt: Format) -> None:
+    """Refuse formats the quantizers cannot compute exactly: fixed formats wider than a tensor may
+    be (wider ones exist only as derived accumulator types), and any whose values are not all
+    float64 numbers (fpq's results are float64 values)."""
+    if isinstance(fmt, Fixed) and fmt.width > MAX_QUANTIZE_WIDTH:
+        raise ValueError(f"{fmt}: fixed formats wider than {MAX_QUANTIZE_WIDTH} bits are derived accumulator "
+                         "types; tensors are quantized to at most 64 bits")
+    why = inexact_reason(fmt)
+    if why is not None:
+        raise ValueError(f"{fmt}: not every value of this format is a float64 number ({why}); fpq quantizes "
+                         "only to formats float64 holds exactly (fixed point: at most 53 significant bits, "
+                         "i.e. fixed<54,I> / ufixed<53,I>, with values within 2**-1074 .. 2**1023)")
+
+
 def dispatch_on_format(func):
     """singledispatch on the type of the second argument ``fmt`` (functools dispatches on the first),
-    for the quantizers (numpy reference and torch twin), which refuse fixed formats wider than a
-    tensor may be (wider ones exist only as derived accumulator types)."""
+    for the quantizers (numpy reference and torch twin), which refuse what check_quantizable does."""
     dispatcher = functools.singledispatch(func)
 
     @functools.wraps(func)
     def wrapper(x, fmt):
-        if isinstance(fmt, Fixed) and fmt.width > MAX_QUANTIZE_WIDTH:
-            raise ValueError(f"{fmt}: fixed formats wider than {MAX_QUANTIZE_WIDTH} bits are derived accumulator "
-                             "types; tensors are quantized to at most 64 bits")
+        check_quantizable(fmt)
         return dispatcher.dispatch(type(fmt))(x, fmt)
 
     wrapper.register = dispatcher.register
@@ -100,24 +196,25 @@ def round_fixed(s: np.ndarray, rounding: str) -> np.ndarray:
     """Round the real numbers ``s`` (float64, exact) to integers by an ap_fixed mode."""
     if rounding == "RND_CONV":
         return np.rint(s)
-    f = np.floor(s)
     if rounding == "TRN":
-        return f
+        return np.floor(s)
     if rounding == "TRN_ZERO":
         return np.trunc(s)
-    frac = s - f  # exact in float64
-    above, tie = frac > 0.5, frac == 0.5
-    if rounding == "RND":
-        up = above | tie
-    elif rounding == "RND_ZERO":
-        up = above | (tie & (s < 0))
-    elif rounding == "RND_MIN_INF":
-        up = above
-    elif rounding == "RND_INF":
-        up = above | (tie & (s > 0))
-    else:
+    up, down = _ties(rounding)
+    t = np.trunc(s)
+    # s - trunc(s) is exact for every double (its bits below the binary point); s - floor(s) is
+    # not for s in (-1/2, 0): -(1/2 - 2**-54) gave 1/2, a false tie
+    frac = s - t
+    return t + (frac >= 0.5 if up else frac > 0.5) - (frac <= -0.5 if down else frac < -0.5)
+
+
+def _ties(rounding: str) -> tuple[bool, bool]:
+    """Where a tie of a round-to-nearest mode goes: (up for +1/2, down for -1/2)."""
+    ties = {"RND": (True, False), "RND_ZERO": (False, False), "RND_MIN_INF": (False, True),
+            "RND_INF": (True, True)}
+    if rounding not in ties:
         raise ValueError(f"unknown rounding mode {rounding!r}")
-    return f + up
+    return ties[rounding]
 
 
 def overflow_fixed(k: np.ndarray, lo: int, hi: int, width: int, signed: bool, overflow: str) -> np.ndarray:
@@ -132,11 +229,20 @@ def overflow_fixed(k: np.ndarray, lo: int, hi: int, width: int, signed: bool, ov
         # at 1 bit, where the header's "most negative + 1" is the most negative code again.
         return np.clip(k, -hi if signed and width > 1 else lo, hi)
     if overflow == "WRAP":
-        span = float(2 ** width)
-        with np.errstate(invalid="ignore"):
-            # reduce first: k - lo is not exact in float64 for huge k (e.g. 1e30 * 2**4)
-            return np.mod(np.mod(k, span) - lo, span) + lo
+        return wrap_codes(np, k, lo, hi, width)
     raise ValueError(f"unknown overflow mode {overflow!r}")
+
+
+def wrap_codes(xp, k, lo: int, hi: int, width: int, precision: int = 53):
+    """k modulo 2**width into [lo, hi], exactly, for numpy or torch (``xp``) floats of ``precision``
+    bits holding integers. fmod is exact for every float, and so is each step after it: np.mod /
+    torch.remainder rounded k + 2**width for a negative k past 53 bits (fixed<54,8,TRN,WRAP>)."""
+    span = float(2 ** width)
+    r = xp.fmod(k, span)  # sign of k, |r| < span; NaN stays NaN
+    if width + 2 <= precision:  # r + span - lo is a positive integer below 2**(width + 2): exact
+        return xp.fmod(r + (span - lo), span) + lo  # (+0.0 for -0.0, as the wrap always gave)
+    r = xp.where(r < lo, r + span, r)  # each correction yields a code of the format: exact
+    return xp.where(r > hi, r - span, r) + 0.0
 
 
 @quantize_unscaled.register(Fixed)

@@ -11,12 +11,15 @@ scale receives the usual LSQ-style gradient through the division and multiplicat
 """
 from __future__ import annotations
 
+import functools
 import math
 
+import numpy as np
 import torch
 
 from ..formats import Binary, Fixed, Format, Int, Minifloat, finfo, parse_format
-from .reference import dispatch_on_format, quantize_unscaled
+from .reference import (_ties, check_exact_in, check_quantizable, dispatch_on_format, float_limits, quantize_unscaled,
+                        wrap_codes)
 
 
 # Speed (the quantizer is in every fpq forward pass): each format works on one or two temporaries
@@ -72,24 +75,15 @@ def _(x: torch.Tensor, fmt: Int) -> torch.Tensor:
 def round_fixed_torch(s: torch.Tensor, rounding: str) -> torch.Tensor:
     if rounding == "RND_CONV":
         return torch.round(s)  # half to even
-    f = torch.floor(s)
     if rounding == "TRN":
-        return f
+        return torch.floor(s)
     if rounding == "TRN_ZERO":
         return torch.trunc(s)
-    frac = s - f
-    above, tie = frac > 0.5, frac == 0.5
-    if rounding == "RND":
-        up = above | tie
-    elif rounding == "RND_ZERO":
-        up = above | (tie & (s < 0))
-    elif rounding == "RND_MIN_INF":
-        up = above
-    elif rounding == "RND_INF":
-        up = above | (tie & (s > 0))
-    else:
-        raise ValueError(f"unknown rounding mode {rounding!r}")
-    return f + up.to(s.dtype)
+    up, down = _ties(rounding)
+    t = torch.trunc(s)
+    frac = s - t  # exact in any float dtype (s - floor(s) is not for s in (-1/2, 0)); see round_fixed
+    t += (frac >= 0.5 if up else frac > 0.5).to(s.dtype)
+    return t.sub_((frac <= -0.5 if down else frac < -0.5).to(s.dtype))
 
 
 def overflow_fixed_torch(k: torch.Tensor, lo: int, hi: int, width: int, signed: bool,
@@ -102,9 +96,8 @@ def overflow_fixed_torch(k: torch.Tensor, lo: int, hi: int, width: int, signed: 
         # as ap_fixed.h: a signed target never takes the most negative code (unless 1 bit wide)
         return torch.clamp(k, -hi if signed and width > 1 else lo, hi)
     if overflow == "WRAP":
-        span = float(2 ** width)  # reduce first: k - lo is inexact for huge k
-        wrapped = torch.remainder(torch.remainder(k, span) - lo, span) + lo
-        return torch.where(torch.isnan(k), k, wrapped)  # NaN as it came (torch.remainder alters it)
+        wrapped = wrap_codes(torch, k, lo, hi, width, _limits(k.dtype)[0])
+        return torch.where(torch.isnan(k), k, wrapped)  # NaN as it came (torch.fmod alters the payload)
     raise ValueError(f"unknown overflow mode {overflow!r}")
 
 
@@ -115,9 +108,9 @@ def _(x: torch.Tensor, fmt: Fixed) -> torch.Tensor:
     if abs(F) > 1000:  # 2**F is not a (normal) double
         return _via_reference(x, fmt)
     lo, hi = fmt.int_range
-    # float32 holds every code of <= 24 bits times 2**+-F exactly (|F| <= 100 keeps them normal);
-    # the ties-to-one-side modes need s - floor(s) exactly, which takes float64
-    dt = _compute_dtype(x, fmt.width <= 24 and abs(F) <= 100 and fmt.rounding in ("RND_CONV", "TRN", "TRN_ZERO"))
+    # float32 holds every code of <= 24 bits times 2**+-F exactly (|F| <= 100 keeps them normal),
+    # and every rounding step (s - trunc(s) included) is exact there
+    dt = _compute_dtype(x, fmt.width <= 24 and abs(F) <= 100)
     xd = x.to(dt)
     s = xd * 2.0 ** F  # exact (as the reference's ldexp), except at the dtype's limits:
     if F < 0:  # underflow to +-0 is possible: any |s| in (0, 0.5) rounds as the true one in every mode
@@ -213,12 +206,30 @@ def ste_quantize_unscaled(xs: torch.Tensor, fmt) -> torch.Tensor:
 
 
 def quantize_torch(x: torch.Tensor, fmt, scale=1.0) -> torch.Tensor:
-    """Torch twin of ``fpq.quantize``: identical values, straight-through gradient."""
+    """Torch twin of ``fpq.quantize``: identical values (and the same refusals), straight-through
+    gradient."""
     fmt = parse_format(fmt)
-    if not torch.is_floating_point(x):
-        x = x.to(torch.float64)  # as the numpy reference: integers are quantized in float64
+    check_quantizable(fmt)
+    if not torch.is_tensor(x):
+        raise ValueError(f"quantize_torch: x must be a torch tensor, got {type(x).__name__} (use fpq.quantize)")
+    x = _real_input(x)
+    if x.dtype != torch.float64:
+        check_exact_in(fmt, str(x.dtype).removeprefix("torch."), "quantize_torch", _limits(x.dtype))
     if not torch.is_tensor(scale):
+        kind = np.asarray(scale).dtype
+        if kind.kind not in "fiu":
+            raise ValueError(f"quantize_torch: scale must hold real numbers, got {kind}")
         scale = torch.tensor(scale, dtype=x.dtype, device=x.device)
+    elif scale.is_complex() or scale.dtype == torch.bool:
+        raise ValueError(f"quantize_torch: scale must hold real numbers, got {scale.dtype}")
+    try:
+        shape = torch.broadcast_shapes(scale.shape, x.shape)
+    except RuntimeError:
+        shape = None
+    if shape != x.shape:  # a wrong shape is an error even when every scale is 1
+        raise ValueError(f"quantize_torch: a scale of shape {tuple(scale.shape)} does not broadcast to the "
+                         f"input's shape {tuple(x.shape)}; give one scale, or one per channel shaped to "
+                         "broadcast (e.g. (C, 1))")
     scale = scale.to(dtype=x.dtype, device=x.device)
     if scale.device.type == "cpu" and not bool(torch.all(torch.isfinite(scale) & (scale > 0))):
         raise ValueError("scale must be finite and > 0")  # checked on CPU only: no GPU sync
@@ -226,3 +237,21 @@ def quantize_torch(x: torch.Tensor, fmt, scale=1.0) -> torch.Tensor:
     xs = x if unit else x / scale
     q = ste_quantize_unscaled(xs, fmt)
     return q if unit else q * scale
+
+
+def _real_input(x: torch.Tensor) -> torch.Tensor:
+    """x as a float tensor, as the numpy reference takes it; refuses what it refuses."""
+    if x.is_complex():
+        raise ValueError(f"quantize_torch: x must hold real numbers, got {x.dtype} (the imaginary part would "
+                         "be lost)")
+    if torch.is_floating_point(x):
+        return x
+    if x.dtype == torch.int64 and x.numel() and bool(((x > 2 ** 53) | (x < -2 ** 53)).any()):
+        raise ValueError("quantize_torch: integer inputs beyond +-2**53 are not exact in float64, where fpq "
+                         "quantizes; pass them as float64 (rounded by you) or reduce them")
+    return x.to(torch.float64)  # as the numpy reference: integers are quantized in float64
+
+
+@functools.lru_cache(maxsize=None)
+def _limits(dtype: torch.dtype) -> tuple[int, int, int]:
+    return float_limits(torch.finfo(dtype))

@@ -15,11 +15,11 @@
 //
 // Protocol (little-endian binary):
 //   input : int32 n_extra, n_extra float64 (raw inputs, used for every type, double only),
-//           then for S in (1, 0), W in 1..WMAX: int32 n, n int32 j. The grid input of type
+//           then for S in (1, 0), W in 1..WMAX (64): int32 n, n int32 j. The grid input of type
 //           <W, I> is x = j * 2**(I - W - 2), in quarter steps of the type's LSB, so codes,
 //           ties and the points either side of a tie are integers j; one j list per (S, W)
 //           serves every I (the Python side chooses the lists).
-//   output: for each listed type in index order, int16 codes: n grid (from double),
+//   output: for each listed type in index order, int64 codes: n grid (from double),
 //           n_extra (from double), then if FX n grid (from SRC_T).
 #include <cmath>
 #include <cstdint>
@@ -30,14 +30,14 @@
 
 #include "ap_fixed.h"
 
-constexpr int WMAX = 16;
+constexpr int WMAX = 64;  // types up to 54 bits (float64's widest), codes as int64
 constexpr ap_q_mode kQ[7] = {AP_RND, AP_RND_ZERO, AP_RND_MIN_INF, AP_RND_INF,
                              AP_RND_CONV, AP_TRN, AP_TRN_ZERO};
 constexpr ap_o_mode kO[4] = {AP_SAT, AP_SAT_ZERO, AP_SAT_SYM, AP_WRAP};
 typedef ap_fixed<48, 20, AP_TRN, AP_SAT> SRC_T;  // exact for every grid input (checked in Python)
 
-typedef void (*ConvFn)(const double* x, long n, long n_grid, int16_t* from_double,
-                       int16_t* from_fixed);
+typedef void (*ConvFn)(const double* x, long n, long n_grid, int64_t* from_double,
+                       int64_t* from_fixed);
 
 struct TypeDesc {
   int s, w, i, q, o, fx;
@@ -54,17 +54,18 @@ template <int Q>
 void register_q(ConvFn* table);
 
 template <int W, bool S>
-static int16_t code_of(const ap_private<W, S>& v) {
+static int64_t code_of(const ap_private<W, S>& v) {
+  static_assert(W < 63, "codes are returned as int64");
   long long c = v.to_int64() & ((1LL << W) - 1);  // the W-bit pattern
   if (S && (c >> (W - 1))) c -= 1LL << W;            // two's complement
-  return (int16_t)c;
+  return (int64_t)c;
 }
 
 #ifdef ORACLE_Q
 
 template <bool S, int W, int I, int O, bool FX>
-static void conv(const double* x, long n, long n_grid, int16_t* from_double,
-                 int16_t* from_fixed) {
+static void conv(const double* x, long n, long n_grid, int64_t* from_double,
+                 int64_t* from_fixed) {
   typedef typename std::conditional<S, ap_fixed<W, I, kQ[ORACLE_Q], kO[O]>,
                                     ap_ufixed<W, I, kQ[ORACLE_Q], kO[O]> >::type Dst;
   for (long k = 0; k < n; ++k) {
@@ -136,7 +137,7 @@ int main(int argc, char** argv) {
   FILE* out = fopen(argv[2], "wb");
   if (!out) die("cannot open output");
   std::vector<double> x;
-  std::vector<int16_t> codes;
+  std::vector<int64_t> codes;
   for (int t = 0; t < NTYPES; ++t) {
     const TypeDesc& d = kTypes[t];
     const std::vector<int32_t>& g = grid[d.s][d.w];
@@ -146,7 +147,7 @@ int main(int argc, char** argv) {
     for (long k = 0; k < n_extra; ++k) x[n_grid + k] = extra[k];
     codes.resize(n + (d.fx ? n_grid : 0));
     table[t](x.data(), n, n_grid, codes.data(), codes.data() + n);
-    if (fwrite(codes.data(), sizeof(int16_t), codes.size(), out) != codes.size())
+    if (fwrite(codes.data(), sizeof(int64_t), codes.size(), out) != codes.size())
       die("write failed");
   }
   if (fclose(out) != 0) die("write failed");
