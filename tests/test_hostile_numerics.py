@@ -114,8 +114,8 @@ def test_the_issue_points():
                                   "fixed<55,0,RND,SAT>", "e5m2_b-1000"])
 def test_formats_float64_cannot_hold_are_refused(text):
     fmt = parse_format(text)
-    for call in (lambda: fpq.quantize(100, fmt), lambda: quantize_torch(torch.tensor([100.0], dtype=torch.float64), fmt),
-                 lambda: fpq.quantize(np.array([-0.1]), fmt)):
+    for call in (lambda: fpq.quantize(100, fmt), lambda: fpq.quantize(np.array([-0.1]), fmt),
+                 lambda: quantize_torch(torch.tensor([100.0], dtype=torch.float64), fmt)):
         with pytest.raises(ValueError, match=r"not every value of this format is a float64 number") as e:
             call()
         assert str(fmt) in str(e.value) and "53" in str(e.value)

@@ -152,7 +152,8 @@ def check_quantizable(fmt: Format) -> None:
     float64 numbers (fpq's results are float64 values)."""
     if isinstance(fmt, Fixed) and fmt.width > MAX_QUANTIZE_WIDTH:
         raise ValueError(f"{fmt}: fixed formats wider than {MAX_QUANTIZE_WIDTH} bits are derived accumulator "
-                         "types; tensors are quantized to at most 64 bits")
+                         "types; tensors are quantized to formats float64 holds (at most fixed<54,I> / "
+                         "ufixed<53,I>)")
     why = inexact_reason(fmt)
     if why is not None:
         raise ValueError(f"{fmt}: not every value of this format is a float64 number ({why}); fpq quantizes "
