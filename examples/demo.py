@@ -46,7 +46,7 @@ def hardware_path(model, data, out_dir: str, n_random: int, qat_epochs: int) -> 
     t0 = time.time()
     proj = fpq.to_hls(q, os.path.join(out_dir, "digits_cnn_e2m1_hls"), backend="Vitis",
                       io_type="io_parallel", part="xcvu9p-flga2104-2-e", clock_period=5,
-                      example_input=data.x_test[:1])
+                      example_input=data.x_test[:1], overwrite=True)  # a rerun replaces fpq's own files only
     print(f"hls4ml project: {proj.outdir} (written and compiled for C-sim in {time.time() - t0:.0f} s)")
 
     rng = np.random.default_rng(0)

@@ -100,7 +100,7 @@ def test_foreign_outdir_is_not_overwritten(int8_path, tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match="not an fpq HLS project"):
+    with pytest.raises(FileExistsError, match="is not empty; pass overwrite=True"):
         fpq.to_hls(int8_path, out)
     assert (out / "notes.txt").read_text() == "keep me"
 

@@ -13,7 +13,8 @@ def to_hls(q_or_onnx, outdir, **kwargs):
     Arguments (all keyword after ``outdir``): backend="Vitis"|"Vivado",
     io_type="io_parallel"|"io_stream", part="xcvu9p-flga2104-2-e", clock_period=5 (ns),
     reuse_factor=1, strategy="Latency"|"Resource"|"distributed_arithmetic", example_input=None (needed
-    for a torch model).
+    for a torch model), overwrite=False (a non-empty ``outdir`` is refused unless True; then only
+    the files of the fpq project there, as its manifest lists them, are replaced).
     Returns an ``HLSProject`` (``predict``, ``trace``, ``build``, ``outdir``, ``hls_model``).
     See ``fpq.hls.project.to_hls``.
     """
@@ -33,7 +34,10 @@ def cli_register(subparsers) -> None:
     """``fpq hls MODEL.onnx --out DIR [--backend Vitis] [--io-type io_parallel] ...``"""
     p = subparsers.add_parser("hls", help="write an exact hls4ml project of a QONNX model and compile it for C-sim")
     p.add_argument("model", help="QONNX file (.onnx), e.g. from `fpq export` / fpq.export_qonnx")
-    p.add_argument("--out", required=True, help="project folder (created; an earlier fpq project there is replaced)")
+    p.add_argument("--out", required=True, help="project folder (created; a non-empty one needs --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the files of the fpq project in --out (only those its manifest lists; vendor reports "
+                        "and other files stay)")
     p.add_argument("--backend", default="Vitis", choices=["Vitis", "Vivado"])
     p.add_argument("--io-type", default="io_parallel", choices=["io_parallel", "io_stream"])
     p.add_argument("--part", default="xcvu9p-flga2104-2-e")
@@ -46,7 +50,8 @@ def cli_register(subparsers) -> None:
 
 def _cli_hls(args) -> int:
     proj = to_hls(args.model, args.out, backend=args.backend, io_type=args.io_type, part=args.part,
-                  clock_period=args.clock_period, reuse_factor=args.reuse_factor, strategy=args.strategy)
+                  clock_period=args.clock_period, reuse_factor=args.reuse_factor, strategy=args.strategy,
+                  overwrite=args.overwrite)
     print(f"wrote {proj.outdir} ({args.backend}, {args.io_type}); C-sim library compiled in {proj.compile_s:.1f} s")
     width = max(len(n) for n in proj.info["layers"])
     for name, types in proj.info["layers"].items():

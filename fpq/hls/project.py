@@ -4,16 +4,32 @@ The project is written and compiled in a temporary sibling folder and moved to `
 when g++ succeeded, with an ``fpq_project.json`` stamp written last: a failed compile leaves
 nothing that looks like a finished project. Refusals (an op, format or scale that cannot be
 exact in HLS) happen while planning, before any file is written.
+
+Trust rules (issue 15):
+* A project is independent of its path: the weights are compiled into the C-sim library
+  (hls4ml's C-sim reads weight text files at run time from the absolute build folder, and calls
+  exit(1) inside the Python process when one is missing; fpq replaces that load by a copy from
+  constant tables in the weight headers), build_lib.sh passes no path to g++, and
+  hls4ml_config.yml says ``OutputDir: .``. A project can be moved or copied, and no file of it
+  names a folder of the machine that built it.
+* The output path may hold only letters, digits and ``/ . _ - + @ , = ~ :`` (no quote, backslash,
+  ``$``, backtick, space or control character can reach a shell, Tcl or C++ string).
+* fpq deletes only what it wrote: ``fpq_project.json`` lists every file of the project (its
+  manifest). A non-empty ``outdir`` is refused unless ``overwrite=True``, and then only the files
+  of the earlier manifest are replaced (vendor reports and the user's own files stay); a file fpq
+  would write over that no manifest lists is refused. A failed compile leaves its sources in a
+  fresh ``<outdir>.failed[-N]`` folder and never touches an existing one.
 """
 from __future__ import annotations
 
 import ctypes
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -26,6 +42,11 @@ IO_TYPES = ("io_parallel", "io_stream")
 STRATEGIES = {"latency": "Latency", "resource": "Resource"}
 STAMP = "fpq_project.json"
 PROJECT_NAME = "fpq_model"
+_LIBRARY = re.compile(rf"{PROJECT_NAME}-[0-9A-Za-z]+\.so")
+# Characters an output path may hold: none can end a quoted shell word, a Tcl word or a C++
+# string literal (the vendor flow passes the folder to all three). Letters and digits may be
+# any script's (str.isalnum).
+PATH_PUNCTUATION = "/._-+@,=~:"
 
 
 class _CSim:
@@ -33,7 +54,14 @@ class _CSim:
     inputs reach ap_fixed's constructor with every bit they have)."""
 
     def __init__(self, so_path: Path, n_in: int, n_out: int, traced: dict):
-        self.lib = ctypes.CDLL(str(so_path))
+        if not so_path.is_file():
+            raise FileNotFoundError(f"the project's compiled C-sim library {so_path} is missing; rerun fpq.to_hls "
+                                    "(with overwrite=True) to rebuild the project")
+        try:
+            self.lib = ctypes.CDLL(str(so_path))
+        except OSError as e:
+            raise RuntimeError(f"the project's C-sim library {so_path} cannot be loaded ({e}); rerun fpq.to_hls "
+                               "(with overwrite=True) to rebuild it on this machine") from None
         self.n_in, self.n_out, self.traced = n_in, n_out, dict(traced)
         self.top = getattr(self.lib, f"{PROJECT_NAME}_double")
         self.top.argtypes = [ctypes.c_void_p, ctypes.c_void_p]  # raw row pointers: no per-call checks
@@ -96,8 +124,11 @@ class HLSProject:
         self.info = info
         self._hls_model = hls_model
         self.compile_s = info.get("compile_seconds")
-        self._csim = _CSim(self.outdir / "firmware" / info["library"], info["input_size"], info["output_size"],
-                           info["traced"])
+        lib = str(info.get("library", ""))
+        if not _LIBRARY.fullmatch(lib):  # a stamp names its library, never a path elsewhere
+            raise ValueError(f"{self.outdir / STAMP}: library {lib!r} is not a C-sim library name of an fpq project "
+                             f"({PROJECT_NAME}-<stamp>.so)")
+        self._csim = _CSim(self.outdir / "firmware" / lib, info["input_size"], info["output_size"], info["traced"])
 
     def __repr__(self):
         return f"HLSProject({str(self.outdir)!r}, {self.info['backend']}, {self.info['io_type']})"
@@ -108,6 +139,9 @@ class HLSProject:
             from hls4ml.converters import link_existing_project
 
             self._hls_model = link_existing_project(str(self.outdir))
+            # hls4ml_config.yml says OutputDir: . (no absolute path in a project): point the
+            # linked model at the folder it was loaded from, wherever that is now
+            self._hls_model.config.config["OutputDir"] = str(self.outdir)
         return self._hls_model
 
     @property
@@ -128,8 +162,8 @@ class HLSProject:
             x = x[None]
         if x.shape[1:] != shape:
             raise ValueError(f"input of shape {x.shape}; the model takes (batch, {', '.join(map(str, shape))})")
-        if np.isnan(x).any():
-            raise ValueError("NaN input: fixed-point hardware has no NaN")
+        from ..emulate import refuse_nonfinite
+        refuse_nonfinite(x, "predict")  # NaN and +-inf: the one rule of every fpq path (fpq.emulate.check_input)
         x64 = x.astype(np.float64)
         if self.info["input_float32"] and not np.array_equal(x64.astype(np.float32).astype(np.float64), x64):
             raise ValueError("this design's input port is exact for float32 values (its first quantizer runs "
@@ -171,12 +205,203 @@ class HLSProject:
 
 
 def load_project(outdir) -> HLSProject:
-    """An fpq HLS project written earlier by ``to_hls`` (its compiled C-sim library is reused)."""
+    """An fpq HLS project written earlier by ``to_hls`` (its compiled C-sim library is reused).
+    A project may have been moved or copied since: nothing in it depends on where it was built."""
     outdir = Path(outdir)
     stamp = outdir / STAMP
     if not stamp.is_file():
         raise FileNotFoundError(f"{outdir} is not a complete fpq HLS project (no {STAMP})")
     return HLSProject(outdir, json.loads(stamp.read_text()))
+
+
+def check_outdir_path(outdir) -> Path:
+    """The absolute output folder, refusing a path character that could end a quoted shell, Tcl or
+    C++ string (the vendor flow and hls4ml's scripts hand the folder to all three)."""
+    given = os.fspath(outdir)
+    if not isinstance(given, str):
+        raise ValueError(f"outdir must be a str or os.PathLike of a str, got {type(outdir).__name__}")
+    resolved = Path(given).resolve()
+    for text, what in ((given, "outdir"), (str(resolved), f"outdir (resolved to {str(resolved)!r})")):
+        for c in text:
+            if not (c.isalnum() or c in PATH_PUNCTUATION):
+                raise ValueError(
+                    f"{what} {text!r} holds the character {c!r}, which fpq refuses in an HLS project path (it could "
+                    "break out of the shell, Tcl or C++ strings the path reaches; a space also breaks the vendor "
+                    f"tools); allowed: letters, digits and {' '.join(PATH_PUNCTUATION)}")
+    return resolved
+
+
+def _manifest(outdir: Path) -> tuple[set, set]:
+    """(files, dirs) an earlier to_hls wrote in ``outdir``, from its stamp: relative POSIX paths,
+    each checked to stay inside ``outdir``. No stamp, or a stamp without a manifest: nothing."""
+    stamp = outdir / STAMP
+    if not stamp.is_file():
+        return set(), set()
+    try:
+        info = json.loads(stamp.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return set(), set()  # not fpq's stamp: nothing here is fpq's, fpq_project.json included
+    if not isinstance(info, dict) or not isinstance(info.get("files"), list):
+        return set(), set()
+    base = outdir.resolve()
+    out = []
+    for key in ("files", "dirs"):
+        entries = info.get(key, [])
+        if not isinstance(entries, list):
+            raise ValueError(f"{stamp}: its manifest {key!r} is not a list; refusing to delete anything")
+        good = set()
+        for rel in entries:
+            pure = PurePosixPath(rel) if isinstance(rel, str) else None
+            if (pure is None or not rel or pure.is_absolute() or any(p in ("..", ".") for p in pure.parts)
+                    or "\\" in rel or "\0" in rel or str(pure) != rel
+                    or not (base / rel).parent.resolve().is_relative_to(base)):
+                raise ValueError(f"{stamp}: manifest entry {rel!r} is not a plain path inside {outdir}; refusing to "
+                                 "delete anything (remove the folder by hand if it is yours)")
+            good.add(rel)
+        out.append(good)
+    files, dirs = out
+    return files | {STAMP}, dirs
+
+
+def _check_target(outdir: Path, overwrite: bool) -> None:
+    """Before any work: ``outdir`` is absent, empty, or overwrite=True was given."""
+    if not isinstance(overwrite, bool):
+        raise ValueError(f"overwrite must be True or False, got {overwrite!r}")
+    if outdir.is_symlink() or (outdir.exists() and not outdir.is_dir()):
+        raise FileExistsError(f"{outdir} exists and is not a folder; choose another outdir")
+    if outdir.is_dir() and any(outdir.iterdir()):
+        if not overwrite:
+            raise FileExistsError(
+                f"{outdir} is not empty; pass overwrite=True to replace the files of the fpq project there (only the "
+                f"files its {STAMP} lists are removed; vendor reports and your own files stay), or choose a new folder")
+        _manifest(outdir)  # a forged manifest is refused now, before any work
+
+
+def _tree(root: Path) -> tuple[list, list]:
+    """(files, dirs) under ``root``, relative POSIX paths, sorted."""
+    files, dirs = [], []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = Path(dirpath).relative_to(root)
+        dirs += [(rel / d).as_posix() for d in dirnames]
+        files += [(rel / f).as_posix() for f in filenames]
+    return sorted(files), sorted(dirs)
+
+
+def _conflicts(outdir: Path, files: list, ours: set) -> list:
+    """Paths in ``outdir`` that the new project would replace but no fpq manifest lists."""
+    bad = []
+    for rel in files + [STAMP]:
+        target = outdir / rel
+        for parent in reversed(PurePosixPath(rel).parents[:-1]):  # a file where fpq needs a folder
+            p = outdir / parent
+            if p.is_symlink() or (p.exists() and not p.is_dir()):
+                bad.append(parent.as_posix())
+        if (target.exists() or target.is_symlink()) and (rel not in ours or target.is_dir()):
+            bad.append(rel)
+    return sorted(set(bad))
+
+
+def _install(tmp: Path, outdir: Path, files: list, dirs: list, old_files: set, old_dirs: set) -> list:
+    """Move the built project from ``tmp`` into ``outdir``: the files of the earlier manifest go
+    first (the stamp before all), nothing else is touched. Returns the folders fpq created."""
+    if not outdir.exists():
+        os.replace(tmp, outdir)  # a new folder: fpq wrote all of it
+        return dirs
+    (outdir / STAMP).unlink(missing_ok=True)  # an interrupted install never looks complete
+    for rel in sorted(old_files):
+        p = outdir / rel
+        if p.is_symlink() or p.is_file():
+            p.unlink()
+    for rel in sorted(old_dirs, key=lambda d: -d.count("/")):  # deepest first; only emptied ones
+        p = outdir / rel
+        if p.is_dir() and not p.is_symlink() and not any(p.iterdir()):
+            p.rmdir()
+    created = [d for d in dirs if not (outdir / d).exists()] + [d for d in dirs if d in old_dirs]
+    for d in dirs:
+        (outdir / d).mkdir(exist_ok=True)
+    for rel in files:
+        os.replace(tmp / rel, outdir / rel)
+    shutil.rmtree(tmp)
+    return sorted(set(created))
+
+
+def _fresh_failed(outdir: Path) -> Path:
+    """``<outdir>.failed``, or ``.failed-2``, ``-3``... : a name nothing holds yet."""
+    cand, n = outdir.with_name(outdir.name + ".failed"), 1
+    while cand.exists() or cand.is_symlink():
+        n += 1
+        cand = outdir.with_name(f"{outdir.name}.failed-{n}")
+    return cand
+
+
+def _strip_build_paths(root: Path) -> None:
+    """hls4ml writes the project folder into two files: build_lib.sh passes it to g++ as
+    WEIGHTS_DIR (unused with the weights compiled in, and a path with a quote would be C++ code),
+    hls4ml_config.yml records it as OutputDir. Neither is kept."""
+    lib = root / "build_lib.sh"
+    lines = lib.read_text().splitlines(keepends=True)
+    kept = [ln.replace(' -D WEIGHTS_DIR="${WEIGHTS_DIR}"', "") for ln in lines if not ln.startswith("WEIGHTS_DIR=")]
+    text = "".join(kept)
+    if "WEIGHTS_DIR" in text:
+        raise RuntimeError(f"hls4ml's build_lib.sh changed: it still passes WEIGHTS_DIR ({lib}); fpq cannot make "
+                           "the build independent of its path")
+    lib.write_text(text)
+    cfg = root / "hls4ml_config.yml"
+    lines = cfg.read_text().splitlines(keepends=True)
+    hits = [i for i, ln in enumerate(lines) if ln.startswith("OutputDir:")]
+    if len(hits) != 1:
+        raise RuntimeError(f"hls4ml_config.yml has {len(hits)} OutputDir lines, expected one")
+    lines[hits[0]] = "OutputDir: .\n"
+    cfg.write_text("".join(lines))
+
+
+_LOAD_TXT = re.compile(r'nnet::load_weights_from_txt<([^;<>]+), (\d+)>\((\w+), "(\w+)\.txt"\);')
+
+
+def _embed_weights(root: Path) -> None:
+    """Replace hls4ml's C-sim weight loading (text files read at run time from the absolute build
+    folder, exit(1) when one is missing) by a copy from a constant double table that each weight
+    header gets next to its C-sim declaration. The values are hls4ml's own decimal strings, the
+    ones its text files and its synthesis initializers hold, and they reach ap_fixed through a
+    double as the text loader's ``stream >> double`` did. A constant POD table compiles as fast as
+    the text loader (an initialized ap_fixed array would run every conversion inline)."""
+    top = root / "firmware" / f"{PROJECT_NAME}.cpp"
+    text = top.read_text()
+    if "load_compressed_weights_from_txt" in text or "load_exponent_weights_from_txt" in text:
+        raise RuntimeError(f"{top}: hls4ml wrote compressed / exponent weights, which fpq cannot embed")
+
+    def embed(m):
+        _, n, var, fname = m.groups()
+        header = root / "firmware" / "weights" / f"{var}.h"
+        pat = re.compile(r"#ifndef __SYNTHESIS__\n(?P<decl>[^\n]*\b" + var + r"\[" + n +
+                         r"\]);\n#else\n(?P=decl) = \{(?P<vals>[^}]*)\};\n")
+        src = header.read_text()
+        found = list(pat.finditer(src))
+        if var != fname or len(found) != 1:
+            raise RuntimeError(f"{header}: not the weight header fpq expects from hls4ml (one C-sim declaration of "
+                               f"{var}[{n}] and its initialized synthesis twin)")
+        h = found[0]
+        table = f"static const double {var}_fpq_init[{n}] = {{{h['vals']}}};\n"
+        header.write_text(src[:h.start()] + f"#ifndef __SYNTHESIS__\n{h['decl']};\n{table}#else\n"
+                          f"{h['decl']} = {{{h['vals']}}};\n" + src[h.end():])
+        (root / "firmware" / "weights" / f"{var}.txt").unlink()
+        return f"for (unsigned fpq_i = 0; fpq_i < {n}; fpq_i++) {var}[fpq_i] = {var}_fpq_init[fpq_i];"
+
+    text = _LOAD_TXT.sub(embed, text)
+    if "_from_txt" in text or list((root / "firmware" / "weights").glob("*.txt")):
+        raise RuntimeError(f"{top}: a weight load from a text file is left that fpq could not embed")
+    top.write_text(text)
+
+
+def _check_no_paths(root: Path, files: list, paths: list) -> None:
+    """No file of the project (the compiled library included) names the folders it was built in."""
+    needles = [p.encode() for p in paths]
+    for rel in files:
+        data = (root / rel).read_bytes()
+        for n in needles:
+            if n in data:
+                raise RuntimeError(f"the generated file {rel} holds the build path {n.decode()!r}; fpq refuses to "
+                                   "write a project that depends on where it was built")
 
 
 def _check_args(backend, io_type, strategy, reuse_factor, clock_period):
@@ -260,7 +485,8 @@ def _check_precisions(hls_model, plan: HLSPlan) -> None:
 
 
 def to_hls(q_or_onnx, outdir, *, backend="Vitis", io_type="io_parallel", part="xcvu9p-flga2104-2-e",
-           clock_period=5, reuse_factor=1, strategy="Latency", example_input=None, da_options=None) -> HLSProject:
+           clock_period=5, reuse_factor=1, strategy="Latency", example_input=None, da_options=None,
+           overwrite=False) -> HLSProject:
     """Write an exact hls4ml project of a quantized model and compile it for C simulation.
 
     ``q_or_onnx``: a model from ``fpq.convert`` (give ``example_input``), a QONNX file path,
@@ -269,8 +495,12 @@ def to_hls(q_or_onnx, outdir, *, backend="Vitis", io_type="io_parallel", part="x
     op and the reason, before writing anything, for what cannot be exact in HLS.
     ``strategy="distributed_arithmetic"`` (or "da"): da4ml shift-and-add kernels for the Dense /
     Conv layers, solved with ``da_options`` (da4ml solver options; see ``fpq.hls.da``).
+    ``outdir`` must be absent or empty, or ``overwrite=True``: then only the files of the fpq
+    project there (its manifest) are replaced, anything else in the folder stays.
     """
     backend, strategy = _check_args(backend, io_type, strategy, reuse_factor, clock_period)
+    outdir = check_outdir_path(outdir)
+    _check_target(outdir, overwrite)
     graph = as_graph(q_or_onnx, example_input, purpose="to_hls")
     from ..export.graph import typeplan_from_graph
 
@@ -280,19 +510,14 @@ def to_hls(q_or_onnx, outdir, *, backend="Vitis", io_type="io_parallel", part="x
         da.generate(plan, io_type=io_type, options=da_options)
     elif da_options is not None:
         raise ValueError("da_options is for strategy='distributed_arithmetic' only")
-    outdir = Path(outdir).resolve()
-    if outdir.exists() and any(outdir.iterdir()) and not (outdir / STAMP).is_file():
-        raise FileExistsError(f"{outdir} exists and is not an fpq HLS project; refusing to overwrite it")
-
     from hls4ml.model.graph import ModelGraph
 
     from .layers import register
 
     register()
     outdir.parent.mkdir(parents=True, exist_ok=True)
-    # Written in a temporary sibling, moved into place, then compiled there (hls4ml's C-sim
-    # library reads its weight files from the folder it was compiled in). A failed compile
-    # moves the folder aside to <outdir>.failed; the stamp file is written last.
+    # Written and compiled in a temporary sibling (nothing in it depends on its folder), then
+    # moved into place; the stamp with the manifest is written last.
     tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=outdir.parent))
     try:
         config = _config(plan, backend, io_type, part, clock_period, reuse_factor, strategy, tmp)
@@ -301,36 +526,43 @@ def to_hls(q_or_onnx, outdir, *, backend="Vitis", io_type="io_parallel", part="x
         _check_precisions(hls_model, plan)
         da.check_indices(hls_model)
         hls_model.write()
-        if outdir.exists():
-            shutil.rmtree(outdir)
-        os.replace(tmp, outdir)
+        _embed_weights(tmp)
+        _strip_build_paths(tmp)
+        old_files, old_dirs = _manifest(outdir) if outdir.is_dir() else (set(), set())
+        clash = _conflicts(outdir, _tree(tmp)[0], old_files)
+        if clash:  # before the compile: nothing of the user's is replaced
+            raise FileExistsError(
+                f"{outdir} holds {', '.join(clash[:5])}{' ...' if len(clash) > 5 else ''}, which the new project would "
+                f"replace but no fpq manifest ({STAMP}) lists as fpq's; move them away or choose another folder")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    hls_model.config.config["OutputDir"] = str(outdir)
-    _retarget_config(outdir, tmp)
     t0 = time.perf_counter()
     try:
         hls_model._compile()  # g++ of the written project (write() already ran)
     except BaseException as err:
-        failed = outdir.with_name(outdir.name + ".failed")
-        shutil.rmtree(failed, ignore_errors=True)
-        os.replace(outdir, failed)
-        raise RuntimeError(f"compiling the HLS project failed ({err}); the sources are in {failed}") from err
+        failed = _fresh_failed(outdir)
+        os.replace(tmp, failed)
+        raise RuntimeError(f"compiling the HLS project failed ({err}); its sources are in {failed} ({outdir} is "
+                           "unchanged)") from err
     compile_s = time.perf_counter() - t0
+    try:
+        files, dirs = _tree(tmp)
+        _check_no_paths(tmp, files, [str(tmp)])  # the only folder hls4ml saw (its name is unique)
+        clash = _conflicts(outdir, files, old_files)  # the library's name is known now
+        if clash:
+            raise FileExistsError(f"{outdir} holds {', '.join(clash)}, which no fpq manifest lists as fpq's")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    created = _install(tmp, outdir, files, dirs, old_files, old_dirs)
+    hls_model.config.config["OutputDir"] = str(outdir)
     info = _project_info(hls_model, plan, dict(backend=backend, io_type=io_type, part=part, clock_period=clock_period,
                                                reuse_factor=reuse_factor, strategy=strategy))
     info["compile_seconds"] = round(compile_s, 2)
+    info["files"], info["dirs"] = files, created  # the manifest: what a later overwrite may remove
     (outdir / STAMP).write_text(json.dumps(info, indent=1))  # last: marks the project complete
     return HLSProject(outdir, info, hls_model)
-
-
-def _retarget_config(outdir: Path, tmp: Path) -> None:
-    """hls4ml_config.yml records the folder the project was written in; point it at outdir so that
-    hls4ml's link_existing_project / build work on the moved project."""
-    cfg = outdir / "hls4ml_config.yml"
-    if cfg.is_file():
-        cfg.write_text(cfg.read_text().replace(str(tmp), str(outdir)))
 
 
 def _project_info(hls_model, plan: HLSPlan, options: dict) -> dict:
