@@ -33,7 +33,7 @@ import fpq  # noqa: E402
 from fpq.emulate import Emulator  # noqa: E402
 from fpq.export.examples import conv2d_bn_net, mlp  # noqa: E402
 from fpq.export.graph import read_graph  # noqa: E402
-from fpq.verify import random_inputs  # noqa: E402
+from fpq.verification import random_inputs  # noqa: E402
 
 
 def best_of(fn, repeats=7):

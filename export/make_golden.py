@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import fpq  # noqa: E402
 from fpq.export.examples import MODELS  # noqa: E402
 from fpq.export.graph import read_graph  # noqa: E402
-from fpq.verify import random_inputs  # noqa: E402
+from fpq.verification import random_inputs  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CASES = {  # name: (model, convert kwargs)

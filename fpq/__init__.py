@@ -1,38 +1,57 @@
 """fpq: PyTorch to FPGA in low precision, bit-exact from torch to HLS C simulation.
 
 The Format layer (``fpq.formats``, ``fpq.quantize``) imports numpy only; the rest of the public
-API is imported on first use so that ``import fpq`` stays light.
+API is imported on first use so that ``import fpq`` stays light (no torch, no onnx).
+
+Each public function is a plain function. Two of them share their name with the package that
+defines them (``fpq.emulate``, ``fpq.ptq``): those packages are imported here, before the
+function is bound, because importing a submodule sets the package attribute of its name; later
+imports (``from fpq.emulate import Emulator``) find the module in ``sys.modules`` and leave
+``fpq.emulate`` the function. Both packages import numpy only at import time.
 """
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 from .formats import (Binary, Fixed, Format, Int, Minifloat, QuantSpec, decode, encode, exact_fixed,
                       finfo, parse_format, values)
 from .numerics import quantize
+from .emulate import emulate   # binds the function over the package of the same name (see above)
+from .ptq import ptq           # likewise
+
+if TYPE_CHECKING:   # what the lazy names below resolve to, for IDEs and type checkers
+    from .calibration import calibrate
+    from .conversion import convert
+    from .cost_model import estimate_cost
+    from .cost_model.profile import profile_torch
+    from .export import export_qonnx
+    from .hls import to_hls
+    from .numerics.torch_ops import quantize_torch
+    from .report import report, sweep
+    from .typeplan import TypePlan, plan
+    from .verification import verify
 
 __version__ = "0.1.0"
 
 # public name -> module that defines it (imported lazily)
 _LAZY = {
     "quantize_torch": "fpq.numerics.torch_ops",
-    "convert": "fpq.convert",
-    "calibrate": "fpq.calibrate",
+    "convert": "fpq.conversion",
+    "calibrate": "fpq.calibration",
     "plan": "fpq.typeplan",
     "TypePlan": "fpq.typeplan",
     "export_qonnx": "fpq.export",
-    "emulate": "fpq.emulate",
     "to_hls": "fpq.hls",
-    "verify": "fpq.verify",
+    "verify": "fpq.verification",
     "estimate_cost": "fpq.cost_model",
     "profile_torch": "fpq.cost_model.profile",
-    "ptq": "fpq.ptq",
     "sweep": "fpq.report",
     "report": "fpq.report",
 }
 
 __all__ = ["Binary", "Fixed", "Format", "Int", "Minifloat", "QuantSpec", "decode", "encode",
-           "exact_fixed", "finfo", "parse_format", "values", "quantize", *_LAZY]
+           "exact_fixed", "finfo", "parse_format", "values", "quantize", "emulate", "ptq", *_LAZY]
 
 
 def __getattr__(name):
@@ -41,3 +60,7 @@ def __getattr__(name):
         globals()[name] = value
         return value
     raise AttributeError(f"module 'fpq' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

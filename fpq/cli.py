@@ -20,8 +20,8 @@ from .formats import (Binary, Fixed, Int, Minifloat, decode, exact_fixed, finfo,
 from .formats.parse import ACCEPTED_FORMS, ALIASES
 
 # modules that may register subcommands (convert, export, hls, verify, cost, sweep, report, ...)
-CLI_MODULES = ("fpq.cli_convert", "fpq.convert", "fpq.calibrate", "fpq.export", "fpq.emulate", "fpq.hls", "fpq.verify",
-               "fpq.cost_model", "fpq.cost_model.profile", "fpq.report", "fpq.ptq")
+CLI_MODULES = ("fpq.cli_convert", "fpq.conversion", "fpq.calibration", "fpq.export", "fpq.emulate", "fpq.hls",
+               "fpq.verification", "fpq.cost_model", "fpq.cost_model.profile", "fpq.report", "fpq.ptq")
 BUILTIN = ("formats", "info")
 
 # named formats listed by `fpq formats` besides the alias targets

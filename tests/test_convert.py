@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import fpq
-from fpq.convert import FpqModel
+from fpq.conversion import FpqModel
 
 
 def small_cnn():

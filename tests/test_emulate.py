@@ -7,7 +7,7 @@ import fpq
 from fpq.emulate import Emulator
 from fpq.export.examples import MODELS, conv1d_net, mlp, residual_block
 from fpq.export.graph import UnsupportedGraphError, read_graph
-from fpq.verify import qonnx_trace, random_inputs
+from fpq.verification import qonnx_trace, random_inputs
 
 FORMATS = ["int8", "int4", "fixed<8,3>", "fixed<6,2,RND,SAT>", "e4m3", "e2m1", "e3m2", "e2m3"]
 N = 400          # emulator / torch inputs per case

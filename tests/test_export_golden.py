@@ -8,7 +8,7 @@ import torch
 
 import fpq
 from fpq.export.graph import read_graph
-from fpq.verify import qonnx_trace
+from fpq.verification import qonnx_trace
 
 GOLDEN = Path(__file__).resolve().parent.parent / "export"
 CASES = sorted(p.stem for p in GOLDEN.glob("*.onnx"))

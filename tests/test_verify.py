@@ -7,9 +7,10 @@ import torch
 from onnx import numpy_helper
 
 import fpq
+from fpq.emulate import Emulator
 from fpq.export.examples import conv1d_net, mlp
 from fpq.export.graph import read_graph
-from fpq.verify import random_inputs
+from fpq.verification import random_inputs
 
 
 def _model(fmt="int8"):
@@ -59,7 +60,7 @@ class _Project:
     """Stands in for an HLS project: predict (and trace) from the emulator, one value off."""
 
     def __init__(self, graph, bad_layer=None):
-        self.emu = fpq.emulate.Emulator(graph)
+        self.emu = Emulator(graph)
         self.bad_layer = bad_layer
 
     def predict(self, x):
@@ -88,7 +89,7 @@ def test_verify_with_a_project():
 
 def test_cli_verify_and_export(tmp_path, capsys):
     from fpq.export import cli_register as reg_export
-    from fpq.verify import cli_register as reg_verify
+    from fpq.verification import cli_register as reg_verify
     q, shape = _model("e2m1")
     path = fpq.export_qonnx(q, tmp_path / "m.onnx", torch.zeros(1, *shape))
     parser = argparse.ArgumentParser(prog="fpq")

@@ -509,7 +509,7 @@ def _cli_profile(args) -> int:
             except ValueError:
                 raise ValueError(f"--input-shape {args.input_shape!r}: give integers like 1,8,8") from None
         if args.fmt or args.weights or args.activations:
-            from ..convert import convert
+            from ..conversion import convert
             model = convert(model, fmt=args.fmt, weights=args.weights, activations=args.activations)
         res = profile_torch(model, batch=args.batch, device=args.device, dtypes=args.dtypes.split(","),
                             warmup=args.warmup, iters=args.iters, input_shape=shape, threads=args.threads,

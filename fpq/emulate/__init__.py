@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._api import callable_module
 from ..export.graph import Graph, Op, Quantizer, UnsupportedGraphError, accumulator_bits, read_graph
 from ..numerics.reference import quantize_unscaled
 from ..numerics.wide import WIDE_BITS as WIDE_EXACT_BITS, exact_bilinear
@@ -770,6 +769,3 @@ def emulate(q_or_onnx, x, *, device=None, return_trace=False, example_input=None
 
 
 __all__ = ["emulate", "Emulator", "quantize_fast", "as_graph", "check_input", "refuse_nonfinite"]
-
-
-callable_module(__name__, "emulate")  # see fpq/_api.py

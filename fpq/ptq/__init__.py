@@ -38,33 +38,31 @@ Returns ``q`` (modified in place); ``report`` (a dict, optional) receives what e
 """
 from __future__ import annotations
 
-import torch
-
-from .._api import callable_module
-from . import _common
-from . import act_search as _act_search
-from . import bias_correction as _bias_correction
-from . import block_round as _block_round
-from . import equalize as _equalize
-from . import format_search as _format_search
-from . import gptq as _gptq
-from . import learned_round as _learned_round
+import importlib
 
 ORDER = ("weight_equalization", "act_equalization", "act_channel_scales", "act_search",
          "format_search", "gptq", "learned_round", "block_round", "bias_correction")
 _BEFORE_CALIBRATION = ("weight_equalization", "act_equalization", "act_channel_scales")
 
+# method -> (module of this package, function). The modules import torch, so they are imported
+# on first use: `import fpq` imports this package to bind `fpq.ptq` to its function.
 _RUN = {
-    "weight_equalization": _equalize.weight_equalization,
-    "act_equalization": _equalize.act_equalization,
-    "act_channel_scales": _act_search.channel_scales,
-    "act_search": _act_search.run,
-    "format_search": _format_search.run,
-    "gptq": _gptq.run,
-    "learned_round": _learned_round.run,
-    "block_round": _block_round.run,
-    "bias_correction": _bias_correction.run,
+    "weight_equalization": ("equalize", "weight_equalization"),
+    "act_equalization": ("equalize", "act_equalization"),
+    "act_channel_scales": ("act_search", "channel_scales"),
+    "act_search": ("act_search", "run"),
+    "format_search": ("format_search", "run"),
+    "gptq": ("gptq", "run"),
+    "learned_round": ("learned_round", "run"),
+    "block_round": ("block_round", "run"),
+    "bias_correction": ("bias_correction", "run"),
 }
+
+
+def _method(name: str):
+    module, func = _RUN[name]
+    return getattr(importlib.import_module(f"{__name__}.{module}"), func)
+
 
 # the options each method understands (besides seed / progress / report)
 OPTIONS = {
@@ -90,8 +88,10 @@ def ptq(q, batches, methods, *, seed: int = 0, progress: bool = True,
     seed: makes sampling (rows, learned-round minibatches) reproducible. See the module
     docstring for the order and ``OPTIONS`` for the keyword options of each method.
     """
-    from .. import calibrate
-    from ..calibrate import check_input
+    import torch
+
+    from ..calibration import calibrate, check_input
+    from . import _common
 
     if not hasattr(q, "fpq_quantizers"):
         raise TypeError("fpq.ptq expects a model returned by fpq.convert")
@@ -138,11 +138,9 @@ def ptq(q, batches, methods, *, seed: int = 0, progress: bool = True,
         kw = {k: v for k, v in options.items() if k in OPTIONS[name]}
         if name == "bias_correction" and "float_weights" not in kw:
             kw["float_weights"] = float_weights
-        _RUN[name](q, batches, seed=seed, progress=progress, report=report, **kw)
+        _method(name)(q, batches, seed=seed, progress=progress, report=report, **kw)
     q.fpq_record_shapes(_common.first_tensor(batches[0])[:1])
     return q
 
 
 __all__ = ["ptq", "ORDER", "OPTIONS"]
-
-callable_module(__name__, "ptq")  # see fpq/_api.py

@@ -12,7 +12,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from ..calibrate import first_tensor  # noqa: F401  (re-exported: the methods call C.first_tensor)
+from ..calibration import first_tensor  # noqa: F401  (re-exported: the methods call C.first_tensor)
 from ..nn.layers import FpqConv1d, FpqConv2d, FpqLinear, _value, quant_layer
 from ..nn.quantizers import observing
 

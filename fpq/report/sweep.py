@@ -218,8 +218,8 @@ def build_point(model, cfg: dict, st: Settings, data: SweepData):
     """Convert and calibrate (and QAT) one configuration; returns the quantized model."""
     import torch
 
-    from ..calibrate import calibrate
-    from ..convert import convert
+    from ..calibration import calibrate
+    from ..conversion import convert
 
     torch.manual_seed(cfg["seed"])
     q = convert(model, weights=cfg["weights"], activations=cfg["activations"], scale=st.scale,
@@ -272,7 +272,7 @@ def verify_inputs(x_test, n: int, seed: int) -> np.ndarray:
 def run_point(model, data: SweepData, cfg: dict, st: Settings, metric) -> dict:
     """Evaluate one configuration; failures of one step are recorded, not raised."""
     from ..cost_model import estimate_cost
-    from ..verify import verify
+    from ..verification import verify
 
     t0 = time.time()
     rec = {k: None for k in COLUMNS}
@@ -637,8 +637,8 @@ def _layer_names(q) -> tuple[str, str]:
 def _check_pipeline(model, data: SweepData, cfg: dict, st: Settings) -> tuple[str, str]:
     """Convert, calibrate, run, price and export one point up front: a model the pipeline cannot
     take fails here with the reason, before any point starts."""
-    from ..calibrate import calibrate
-    from ..convert import convert
+    from ..calibration import calibrate
+    from ..conversion import convert
     from ..cost_model import estimate_cost
     from ..export import export_qonnx
 

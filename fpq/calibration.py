@@ -17,7 +17,6 @@ import contextlib
 
 import torch
 
-from ._api import callable_module
 from .nn.calibration_stats import METHODS, choose_scale
 from .nn.layers import init_param_scales
 from .nn.quantizers import observing
@@ -229,6 +228,3 @@ def calibrate(q, batches, method: str = "max", percentile: float = 99.99, progre
     q.fpq_record_shapes(first[:1])
     q.train(was_training)
     return q
-
-
-callable_module(__name__, "calibrate")  # see fpq/_api.py

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._api import callable_module
 from .export.graph import Graph, read_graph
 
 REFERENCE = "emulator"
@@ -394,6 +393,3 @@ def _cli_verify(args) -> int:
 
 __all__ = ["verify", "VerifyReport", "Mismatch", "random_inputs", "qonnx_trace", "qonnx_double_model",
            "cli_register"]
-
-
-callable_module(__name__, "verify")  # see fpq/_api.py

@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ._api import callable_module
 from .formats import Binary, Fixed, parse_format
 from .typeplan import narrow_accumulator
 from .nn.batchnorm import FpqBatchNorm, from_batchnorm
@@ -505,6 +504,3 @@ def _carry_scales(q: FpqModel, carried: dict) -> None:
         if fmt == tq.fmt and kind == tq.scale_kind and log2.shape == tq.log2_scale.shape:
             with torch.no_grad():
                 tq.log2_scale.copy_(log2)
-
-
-callable_module(__name__, "convert")  # see fpq/_api.py
