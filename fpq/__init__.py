@@ -3,22 +3,25 @@
 The Format layer (``fpq.formats``, ``fpq.quantize``) imports numpy only; the rest of the public
 API is imported on first use so that ``import fpq`` stays light (no torch, no onnx).
 
-Each public function is a plain function. Two of them share their name with the package that
-defines them (``fpq.emulate``, ``fpq.ptq``): those packages are imported here, before the
-function is bound, because importing a submodule sets the package attribute of its name; later
-imports (``from fpq.emulate import Emulator``) find the module in ``sys.modules`` and leave
-``fpq.emulate`` the function. Both packages import numpy only at import time.
+Each public function is a plain function. Three of them share their name with the package that
+defines them (``fpq.emulate``, ``fpq.ptq``, ``fpq.report``): those packages are imported here,
+before the function is bound, because importing a submodule sets the package attribute of its
+name; later imports (``from fpq.emulate import Emulator``) find the module in ``sys.modules`` and
+leave ``fpq.emulate`` the function. These packages import numpy only at import time.
 """
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING
 
+__version__ = "0.1.0"   # before the imports: fpq.cli (imported by fpq.report) reads it
+
 from .formats import (Binary, Fixed, Format, Int, Minifloat, QuantSpec, decode, encode, exact_fixed,
                       finfo, parse_format, values)
 from .numerics import quantize
 from .emulate import emulate   # binds the function over the package of the same name (see above)
 from .ptq import ptq           # likewise
+from .report import report, sweep   # likewise (report)
 
 if TYPE_CHECKING:   # what the lazy names below resolve to, for IDEs and type checkers
     from .calibration import calibrate
@@ -28,11 +31,8 @@ if TYPE_CHECKING:   # what the lazy names below resolve to, for IDEs and type ch
     from .export import export_qonnx
     from .hls import to_hls
     from .numerics.torch_ops import quantize_torch
-    from .report import report, sweep
     from .typeplan import TypePlan, plan
     from .verification import verify
-
-__version__ = "0.1.0"
 
 # public name -> module that defines it (imported lazily)
 _LAZY = {
@@ -46,12 +46,11 @@ _LAZY = {
     "verify": "fpq.verification",
     "estimate_cost": "fpq.cost_model",
     "profile_torch": "fpq.cost_model.profile",
-    "sweep": "fpq.report",
-    "report": "fpq.report",
 }
 
 __all__ = ["Binary", "Fixed", "Format", "Int", "Minifloat", "QuantSpec", "decode", "encode",
-           "exact_fixed", "finfo", "parse_format", "values", "quantize", "emulate", "ptq", *_LAZY]
+           "exact_fixed", "finfo", "parse_format", "values", "quantize", "emulate", "ptq", "report", "sweep",
+           *_LAZY]
 
 
 def __getattr__(name):

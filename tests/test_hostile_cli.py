@@ -19,7 +19,7 @@ from torch import nn
 from fpq.cli import main
 from fpq.report import grid
 from fpq.report.grid import describe
-from fpq.report.sweep import SweepResult, load_results, load_spec, read_cache, sweep
+from fpq.report.sweeping import SweepResult, load_results, load_spec, read_cache, sweep
 from fpq.report.html import report
 
 

@@ -14,9 +14,9 @@ from torch import nn
 import fpq
 from fpq.data import load_digits_split
 from fpq.report import grid, minifloat_splits, point_id
-from fpq.report.sweep import COLUMNS, read_cache, sweep
+from fpq.report.sweeping import COLUMNS, read_cache, sweep
 
-sweep_mod = importlib.import_module("fpq.report.sweep")  # the module (the package binds the function)
+sweep_mod = importlib.import_module("fpq.report.sweeping")  # the module (monkeypatched below)
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +212,7 @@ def test_first_and_last_layers_are_weight_layers_not_a_kept_batchnorm():
     from torch import nn
 
     import fpq
-    from fpq.report.sweep import _layer_names
+    from fpq.report.sweeping import _layer_names
 
     m = nn.Sequential(nn.BatchNorm1d(8), nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2), nn.ReLU(),
                       nn.BatchNorm1d(2)).eval()

@@ -58,7 +58,7 @@ def cli_register(subparsers) -> None:
 def _cli_sweep(args) -> int:
     from .grid import grid
     from .html import report
-    from .sweep import sweep
+    from .sweeping import sweep
 
     formats = args.formats
     if args.bits:

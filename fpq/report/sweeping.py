@@ -874,14 +874,3 @@ def _parse_csv_row(row: dict) -> dict:
 
 __all__ = ["sweep", "grid", "SweepResult", "SweepData", "load_results", "load_spec", "point_id",
            "top1_accuracy", "verify_inputs"]
-
-
-class _CallableModule(type(sys)):
-    """``import fpq.report.sweep`` may bind the name ``sweep`` on the package to this module; calling
-    the module calls the function, so ``fpq.report.sweep(...)`` works either way."""
-
-    def __call__(self, *args, **kwargs):
-        return sweep(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
