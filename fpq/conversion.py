@@ -70,9 +70,9 @@ class FpqModel(fx.GraphModule):
     def fpq_policy(self) -> Policy:
         return self.meta["fpq_policy"]
 
-    def fpq_typeplan(self):
-        from .nn.plan import typeplan_from_module
-        return typeplan_from_module(self)
+    def fpq_typeplan(self, example_input=None):
+        from .export import typeplan_of   # the one TypePlan: read from the in-memory QONNX export
+        return typeplan_of(self, example_input)
 
     def fpq_quantizers(self):
         """(name, role, fpq tensor quantizer) for every quantizer, in module order."""

@@ -211,7 +211,14 @@ class TypePlan:
         return layer
 
     def __getitem__(self, name) -> LayerPlan:
-        return self.layers[name]
+        """The layer ``name``, or the layer made from the torch module ``name`` (``attrs["module"]``;
+        the op itself before a requantizer fused into it)."""
+        if name in self.layers:
+            return self.layers[name]
+        found = [lp for lp in self if lp.attrs.get("module") == name and not lp.attrs.get("fused_into")]
+        if not found:
+            raise KeyError(f"no layer or module named {name!r}; layers: {list(self.layers)}")
+        return found[0]
 
     def __iter__(self):
         return iter(self.layers.values())
@@ -235,12 +242,16 @@ class TypePlan:
     __str__ = table
 
 
-def plan(q) -> TypePlan:
-    """The TypePlan of a converted model (``fpq.convert``) or of a QONNX file / ModelWrapper."""
-    builder = getattr(q, "fpq_typeplan", None)
-    if callable(builder):
-        return builder()
+def plan(q, example_input=None) -> TypePlan:
+    """The TypePlan of a converted model (``fpq.convert``) or of a QONNX file / ModelWrapper.
+
+    Both are read from the same graph IR: a converted model through its in-memory QONNX export,
+    which needs its input shape (recorded by ``fpq.calibrate``, a Linear's ``in_features``, or
+    ``example_input``)."""
     if isinstance(q, TypePlan):
         return q
+    builder = getattr(q, "fpq_typeplan", None)
+    if callable(builder):
+        return builder(example_input) if example_input is not None else builder()
     from .export.graph import typeplan_from_qonnx  # QONNX path (fpq.export)
     return typeplan_from_qonnx(q)

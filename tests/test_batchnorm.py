@@ -73,7 +73,7 @@ def test_convert_keeps_unfoldable_batchnorms_and_folds_the_rest():
     ref = _model().bn_relu
     s = ref.weight / torch.sqrt(ref.running_var + ref.eps)
     assert torch.allclose(q.bn_relu.weight, s) and torch.allclose(q.bn_relu.bias, ref.bias - ref.running_mean * s)
-    tp = fpq.plan(q)
+    tp = fpq.plan(q, torch.zeros(1, 2, 6, 6))
     assert tp["bn_relu"].op == "batchnorm" and tp["bn_relu"].fan_in == 1
     assert {"input", "weight", "bias", "product", "accumulator", "output"} <= set(tp["bn_relu"].tensors)
     # int8 scale per channel: s and t have one power-of-two scale per channel
@@ -261,7 +261,7 @@ def test_cost_entry_present_and_monotone_in_bits():
     for bits in (4, 6, 8):
         q = _converted(f"int{bits}")
         rep = fpq.estimate_cost(q)
-        row = next(r for r in rep.layers if r["layer"] == "bn_relu")
+        row = next(r for r in rep.layers if r["layer"] == "batchnorm_bn_relu")
         assert row["op"] == "batchnorm" and row["lut"] > 0 and row["n_out"] == 4 * 6 * 6
         luts.append(row["lut"] + 1000 * row["dsp"])
         assert not any("bn_relu" in n and "no cost model" in n for n in rep.notes)

@@ -194,16 +194,16 @@ def test_binary_product_type_includes_the_scales():
 
 def test_cost_model_prices_binary_layers_in_luts_without_dsps():
     q, _ = _convert()
-    rep = fpq.estimate_cost(q, device="xcvu9p")
+    rep = fpq.estimate_cost(q, part="xcvu9p")
     rows = {r["layer"]: r for r in rep.layers}
-    assert rows["1"]["mapping"] == "adder-tree"  # what the HLS project builds
-    assert rows["1"]["dsp"] == 0 and rows["1"]["lut"] > 0
+    assert rows["conv2d_1"]["mapping"] == "adder-tree"  # what the HLS project builds
+    assert rows["conv2d_1"]["dsp"] == 0 and rows["conv2d_1"]["lut"] > 0
     # more output channels cost more LUTs (the cost follows the layer, not a constant)
     big = _cnn()
     big[1] = nn.Conv2d(4, 16, 3, padding=1)
     big[4] = nn.Linear(16 * 16, 10)
     qb, _ = _convert(big)
-    assert {r["layer"]: r for r in fpq.estimate_cost(qb).layers}["1"]["lut"] > rows["1"]["lut"]
+    assert {r["layer"]: r for r in fpq.estimate_cost(qb).layers}["conv2d_1"]["lut"] > rows["conv2d_1"]["lut"]
 
 
 def test_layers_api_trains():

@@ -104,18 +104,20 @@ def test_original_not_mutated():
 def test_overrides_and_globs():
     m = small_cnn()
     q = fpq.convert(m, "int8", overrides={"[68]": "e2m1", "8": {"weights": "int4"}, "0": {"bias": "int12"}})
-    tp = fpq.plan(q)
+    x = torch.rand(1, 1, 8, 8)   # the plan is read from the QONNX export: it needs the input shape
+    tp = fpq.plan(q, x)
     assert str(tp["0"].tensors["weight"].format) == "int8"
     assert str(tp["0"].tensors["bias"].format) == "int12"
     assert str(tp["6"].tensors["weight"].format) == "e2m1"
-    assert str(tp["6"].tensors["output"].format) == "e2m1"
+    # a minifloat requantizer is no cast: its own layer after the linear (its own circuit in HLS)
+    assert str(tp["quant_6"].tensors["output"].format) == "e2m1" and "output" not in tp["6"].tensors
     # the exact name wins over the glob for the keys it sets; the glob sets the rest
     assert str(tp["8"].tensors["weight"].format) == "int4"
-    assert str(tp["8"].tensors["output"].format) == "e2m1"
+    assert str(tp["quant_8"].tensors["output"].format) == "e2m1"
     assert str(tp["input_quant"].tensors["output"].format) == "int8"
     # first / last layer at another format is a one-liner; inputs= sets the input quantizer
     q2 = fpq.convert(m, "e2m1", overrides={"0": "int8", "8": "int8"}, inputs="fixed<8,1>")
-    tp2 = fpq.plan(q2)
+    tp2 = fpq.plan(q2, x)
     assert [str(tp2[n].tensors["weight"].format) for n in ("0", "6", "8")] == ["int8", "e2m1", "int8"]
     assert str(tp2["input_quant"].tensors["output"].format) == "fixed<8,1,RND_CONV,SAT>"
 
@@ -124,10 +126,14 @@ def test_typeplan_order_roles_and_table():
     q = fpq.convert(small_cnn(), "int8")
     fpq.calibrate(q, [torch.rand(8, 1, 8, 8)], progress=False)
     tp = fpq.plan(q)
-    assert [(l.name, l.op) for l in tp] == [
-        ("input_quant", "input"), ("0", "conv2d"), ("2", "relu"), ("3", "maxpool"), ("4", "flatten"),
-        ("6", "linear"), ("7", "relu"), ("8", "linear"), ("output", "output")]
-    conv = tp["0"]
+    # the graph's ops; a cast requantizer after a conv / linear is fused into it (its output)
+    assert [(l.name, l.op, l.attrs.get("fused_into")) for l in tp] == [
+        ("input_quant", "input_quant", None), ("conv2d_0", "conv2d", None), ("quant_0", "quant", "conv2d_0"),
+        ("relu_2", "relu", None), ("maxpool_3", "maxpool", None), ("flatten_4", "flatten", None),
+        ("linear_6", "linear", None), ("quant_6", "quant", "linear_6"), ("relu_7", "relu", None),
+        ("linear_8", "linear", None), ("quant_8", "quant", "linear_8"), ("output", "output", None)]
+    conv = tp["0"]   # a torch module path finds its layer
+    assert conv is tp["conv2d_0"]
     assert conv.fan_in == 9 and conv.attrs["kernel"] == (3, 3) and conv.attrs["inputs"] == ["input_quant"]
     assert conv.attrs["out_shape"] == (1, 4, 8, 8)
     assert {"input", "weight", "bias", "product", "accumulator", "output"} <= set(conv.tensors)

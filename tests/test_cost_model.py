@@ -43,7 +43,7 @@ def _weights(w_fmt, shape=(8, 16), seed=0, scale=W_SCALE):
 
 def test_estimate_on_hand_built_plan():
     tp = _plan(_weights("int8"))
-    rep = estimate_cost(tp, device="xcvu9p", clock_period=4)
+    rep = estimate_cost(tp, part="xcvu9p", clock_period=4)
     assert [l["layer"] for l in rep.layers] == ["inp", "fc1", "act"]
     fc = rep.layers[1]
     assert fc["lut"] > 0 and fc["fan_in"] == 16 and fc["n_out"] == 8 and fc["mapping"] == "lut"
@@ -125,7 +125,7 @@ def test_devices_and_errors():
     assert fams == {"7series", "ultrascale+", "versal"}
     tp = _plan(_weights("int12", shape=(4, 8)), "int12")
     with pytest.raises(ValueError, match="known devices: .*xcvu9p"):
-        estimate_cost(tp, device="xc9000")
+        estimate_cost(tp, part="xc9000")
     with pytest.raises(ValueError, match="strategy"):
         estimate_cost(tp, strategy="Fast")
     with pytest.raises(ValueError, match="reuse_factor"):
@@ -133,8 +133,8 @@ def test_devices_and_errors():
     with pytest.raises(ValueError, match="io_type"):
         estimate_cost(tp, io_type="io_serial")
     # a wide weight on a 7-series DSP48E1 (25x18) needs no more slices than on a DSP58 (27x24)
-    d7 = estimate_cost(tp, device="xc7z020").total["dsp"]
-    dv = estimate_cost(tp, device="xcvc1902").total["dsp"]
+    d7 = estimate_cost(tp, part="xc7z020").total["dsp"]
+    dv = estimate_cost(tp, part="xcvc1902").total["dsp"]
     assert d7 >= dv > 0
 
 
@@ -199,9 +199,9 @@ def test_report_flags_a_design_that_does_not_fit():
     torch.manual_seed(0)
     q = fpq.convert(nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)).eval(), "e4m3")
     fpq.calibrate(q, [torch.randn(32, 64)], progress=False)
-    small = fpq.estimate_cost(q, device="xc7z020", reuse_factor=1)
+    small = fpq.estimate_cost(q, part="xc7z020", reuse_factor=1)
     assert "dsp" in small.over_budget() and "DOES NOT FIT" in str(small)
-    big = fpq.estimate_cost(q, device="xcvu9p", reuse_factor=64, strategy="Resource")
+    big = fpq.estimate_cost(q, part="xcvu9p", reuse_factor=64, strategy="Resource")
     assert big.over_budget() == [] and "DOES NOT FIT" not in str(big)
 
 
@@ -211,16 +211,16 @@ def test_io_stream_adds_fifos_and_line_buffers():
     m, shape = conv2d_bn_net()
     q = fpq.convert(m, fmt="int8")
     fpq.calibrate(q, [torch.randn((64,) + shape)])
-    par = fpq.estimate_cost(q, device="xcvu9p")
-    st = fpq.estimate_cost(q, device="xcvu9p", io_type="io_stream")
+    par = fpq.estimate_cost(q, part="xcvu9p")
+    st = fpq.estimate_cost(q, part="xcvu9p", io_type="io_stream")
     rows = {r["layer"]: r for r in st.layers}
     # the first conv's output: 4 channels x 8 bits x 64 pixels > 1024 bits: block RAM; the second
     # conv keeps two input rows in shift registers
-    assert rows["0"]["fifo_bram18"] >= 1 and rows["4"]["line_buffer_lut"] > 0
+    assert rows["conv2d_0"]["fifo_bram18"] >= 1 and rows["conv2d_4"]["line_buffer_lut"] > 0
     assert st.total["lut"] > par.total["lut"] and st.total["bram18"] > par.total["bram18"]
     assert any("io_stream" in n for n in st.notes)
     # flat layers need no FIFO of their own
-    assert rows["7"]["fifo_lut"] == 0 and rows["7"]["fifo_bram18"] == 0
+    assert rows["linear_7"]["fifo_lut"] == 0 and rows["linear_7"]["fifo_bram18"] == 0
 
 
 def test_grouped_conv_priced_as_the_dense_conv_hls_builds():
@@ -239,7 +239,7 @@ def test_grouped_conv_priced_as_the_dense_conv_hls_builds():
     for name, m in (("grouped", grouped), ("dense", dense)):
         q = fpq.convert(m, fmt="fixed<8,3>")
         q(x)
-        rows[name] = [estimate_cost(q.fpq_typeplan(), reuse_factor=rf).layers[1] for rf in (1, 4)]
+        rows[name] = [estimate_cost(q.fpq_typeplan(x[:1]), reuse_factor=rf).layers[1] for rf in (1, 4)]
     for g, d in zip(rows["grouped"], rows["dense"]):
         assert g["op"] == "conv2d" and g["fan_in"] == d["fan_in"] == 36
         for key in ("dsp", "n_mult", "latency_cycles"):
@@ -325,25 +325,25 @@ def test_float_scaled_mlp_prices_its_lookups():
     rep = reps["float"]
     rows = {r["layer"]: r for r in rep.layers}
     lk = [r for r in rep.layers if r.get("mapping") == "threshold-lookup"]
-    assert [r["layer"] for r in lk] == ["input_quant", "0:lookup", "2:lookup"]
+    assert [r["layer"] for r in lk] == ["input_quant", "quant_0", "quant_2"]
     assert all(r["lut"] > 0 and r["latency_cycles"] >= 1 for r in lk)
     assert rows["input_quant"]["in_bits"] == 32 and rows["input_quant"]["lookups"] == 16
-    assert rows["0:lookup"]["lookups"] == 32 and rows["2:lookup"]["lookups"] == 10
+    assert rows["quant_0"]["lookups"] == 32 and rows["quant_2"]["lookups"] == 10
     # the same tables and input widths as the HLS project fpq writes
     g = as_graph(qs["float"], x[:1], purpose="to_hls")
     hls = plan_hls(g, typeplan_from_graph(g))
     acc = {L["name"]: hls.precisions[L["name"]]["accum"].width for L in hls.layers if L["class_name"] == "Dense"}
     n_th = {L["name"]: int(L["fpq_format"].split("(")[1].split()[0]) for L in hls.layers
             if L["class_name"] == "FpqQuantize"}
-    assert rows["0:lookup"]["in_bits"] == acc["linear_0"] and rows["2:lookup"]["in_bits"] == acc["linear_2"]
-    assert (rows["input_quant"]["thresholds"], rows["0:lookup"]["thresholds"], rows["2:lookup"]["thresholds"]) == \
+    assert rows["quant_0"]["in_bits"] == acc["linear_0"] and rows["quant_2"]["in_bits"] == acc["linear_2"]
+    assert (rows["input_quant"]["thresholds"], rows["quant_0"]["thresholds"], rows["quant_2"]["thresholds"]) == \
         (n_th["input_quant"], n_th["quant_0"], n_th["quant_2"])
     assert not any("neither is priced" in n or "lookup bounded" in n for n in rep.notes)
     # float scales cost more: the lookups, and 32-bit value carriers instead of 8-bit codes
     # feeding the constant multipliers (fpq's HLS project multiplies the float32 values q * s)
     po2 = reps["po2"]
     assert not any(r.get("mapping") == "threshold-lookup" for r in po2.layers)
-    assert rows["0"]["x_type"].startswith("fixed<32") and rows["0"]["lut"] > po2.layers[1]["lut"]
+    assert rows["linear_0"]["x_type"].startswith("fixed<32") and rows["linear_0"]["lut"] > po2.layers[1]["lut"]
     assert rep.total["lut"] > po2.total["lut"] + sum(r["lut"] for r in lk) * 0.5
     # io_stream: flat tensors stream whole, so the same lookups
     st = estimate_cost(qs["float"], io_type="io_stream")

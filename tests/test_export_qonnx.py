@@ -80,7 +80,7 @@ def test_graph_ir_and_typeplan_match_the_converted_model(tmp_path):
     assert conv2.attrs == {"kernel": (3, 3), "strides": (1, 1), "pads": (0, 0, 0, 0), "dilations": (1, 1),
                            "groups": 2}
     assert conv2.weight.shape == (8, 2, 3, 3) and conv2.fan_in == 18 and conv2.out_shape == (1, 8, 2, 2)
-    tp_onnx, tp_torch = typeplan_from_qonnx(path), q.fpq_typeplan()
+    tp_onnx, tp_torch = typeplan_from_qonnx(path), q.fpq_typeplan(torch.zeros(1, *shape))
     torch_w = [lp for lp in tp_torch if "weight" in lp.tensors]
     onnx_w = [lp for lp in tp_onnx if "weight" in lp.tensors]
     assert len(torch_w) == len(onnx_w) == 3

@@ -224,7 +224,7 @@ def test_training_with_cost_penalty_lowers_the_estimate():
     def estimate(model):
         frozen = copy.deepcopy(model)
         qfx.freeze(frozen)
-        return fpq.estimate_cost(frozen).total["lut"]
+        return fpq.estimate_cost(frozen.fpq_typeplan(x[:1])).total["lut"]   # the plan needs the input shape
 
     before, p0 = estimate(q), qfx.bit_penalty(q, "cost").item()
     bits = [p for n, p in q.named_parameters() if "bits" in n]

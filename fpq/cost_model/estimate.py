@@ -158,6 +158,19 @@ def _pixels(lp) -> tuple[int, str]:
     return int(np.prod(shape[2:])) if len(shape) > 2 else 1, ""
 
 
+def _in_shape(lp):
+    """The shape of the layer's (first) input, from the TypePlan's ``in_shapes``."""
+    shapes = lp.attrs.get("in_shapes") or [None]
+    return shapes[0]
+
+
+def _reuse(lp, rfs: dict, default) -> int:
+    """The layer's reuse factor from ``{name: rf}`` (its plan name or its torch module path)."""
+    if not rfs:
+        return int(default)
+    return int(rfs.get(lp.name, rfs.get(lp.attrs.get("module"), 1)))
+
+
 def _elements(lp) -> int | None:
     shape = lp.attrs.get("out_shape")
     if shape is None:
@@ -398,7 +411,7 @@ def _other_layer(lp, ops: OperatorCosts, notes: list) -> dict:
         lut = n * (k - 1) * (ops.add_luts(ib) + math.ceil(ib / 2))   # compare + select
     elif op in ("avgpool", "global_avgpool"):
         if lp.attrs.get("global") or op == "global_avgpool":
-            ins = lp.attrs.get("in_shape") or (lp.attrs.get("in_shapes") or [None])[0]
+            ins = _in_shape(lp)
             k = int(np.prod(ins[2:])) if ins is not None and len(ins) > 2 else k
         lut = n * ops.tree_luts(k, ib)
     else:
@@ -435,6 +448,11 @@ def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", 
     dp = []
     produced, prev = {}, None    # layer -> exact Fixed of the value the HLS project holds after it
     for lp in tp:
+        if lp.attrs.get("fused_into"):
+            # a cast requantizer the layer before computes (and is priced with): no circuit of its own
+            produced[lp.name] = produced.get(lp.attrs["fused_into"])
+            prev = lp.name
+            continue
         row = _layer_row(lp, ops, dev, rfs, reuse_factor, strat, clock_period, dsp_threshold, datapath, notes, dp)
         acc = row.pop("acc_type", None)
         if io_type == "io_stream":
@@ -560,11 +578,11 @@ def _lookup_row(lp, t: TensorType, feed, feed_bits, ops: OperatorCosts, dev: Dev
 
 def _layer_row(lp, ops, dev, rfs, reuse_factor, strat, clock_period, dsp_threshold, datapath, notes, dp) -> dict:
     if lp.op.lower() == "batchnorm" and "weight" in lp.tensors:
-        rf = int(rfs.get(lp.name, 1)) if rfs else int(reuse_factor)
+        rf = _reuse(lp, rfs, reuse_factor)
         return _batchnorm_layer(lp, ops, dev, rf, float(clock_period), dsp_threshold, notes)
     if not (lp.op.lower() in MAC_OPS and "weight" in lp.tensors):
         return _other_layer(lp, ops, notes)
-    rf = int(rfs.get(lp.name, 1)) if rfs else int(reuse_factor)
+    rf = _reuse(lp, rfs, reuse_factor)
     row = _mac_layer(lp, ops, dev, rf, strat, float(clock_period), dsp_threshold, datapath, notes)
     wf = lp.tensors["weight"].format
     if isinstance(wf, Minifloat) or isinstance(lp.tensors["input"].format, Minifloat):
@@ -598,7 +616,7 @@ def _add_stream_buffers(row: dict, lp) -> None:
                 fifo_lut = width * math.ceil(depth / 32)
             else:
                 fifo_bram = _bram18(width, depth)
-    ins = lp.attrs.get("in_shape")
+    ins = _in_shape(lp)
     kernel = lp.attrs.get("kernel")
     in_bits = _bits_of(lp.tensors.get("input"))
     if lp.op in ("conv1d", "conv2d") and ins is not None and kernel is not None and in_bits:

@@ -144,7 +144,7 @@ def _cli_export(args) -> int:
     return 0
 
 
-__all__ = ["export_qonnx", "read_graph", "typeplan_from_qonnx", "Graph", "Op", "Quantizer",
+__all__ = ["export_qonnx", "read_graph", "typeplan_from_qonnx", "typeplan_of", "Graph", "Op", "Quantizer",
            "UnsupportedGraphError", "cli_register", "FPQ_FORMAT_ATTR"]
 
 
@@ -168,3 +168,35 @@ def as_graph(q_or_onnx, example_input=None, purpose: str = "reading"):
     if isinstance(q_or_onnx, (str, os.PathLike)) and not Path(q_or_onnx).is_file():
         raise FileNotFoundError(f"no QONNX file at {q_or_onnx}")
     return read_graph(q_or_onnx)
+
+
+def recorded_input(q):
+    """An example input (batch 1, zeros) of a converted model, from the input shape it recorded
+    (``fpq_record_shapes``, run by ``fpq.calibrate``) or, for a model that starts with a Linear,
+    its ``in_features``; None when neither tells the shape."""
+    import torch
+    from torch import nn
+
+    shapes = (getattr(q, "meta", None) or {}).get("fpq_shapes") or {}
+    graph = getattr(q, "graph", None)
+    for node in getattr(graph, "nodes", ()):
+        if node.op == "placeholder" and node.name in shapes:
+            return torch.zeros((1,) + tuple(shapes[node.name][1:]))
+    for m in q.modules():
+        if isinstance(m, nn.Linear):
+            return torch.zeros(1, m.in_features)
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            break
+    return None
+
+
+def typeplan_of(q, example_input=None):
+    """The one TypePlan of a converted model: read from its in-memory QONNX export, so that
+    ``fpq.plan(q)`` and ``fpq.plan("q.onnx")`` are the same plan (the cost model, the emulator and
+    the HLS builder all read this one)."""
+    x = recorded_input(q) if example_input is None else example_input
+    if x is None:
+        raise ValueError("the TypePlan of a converted model is read from its QONNX export, which needs the "
+                         "input shape: run fpq.calibrate (it records the shapes) or q.fpq_record_shapes(x) first")
+    return typeplan_from_graph(as_graph(q, x, purpose="the TypePlan"))
+
