@@ -129,7 +129,7 @@ def digits_cnn_costs(epochs: int = 8) -> None:
         try:
             q = fpq.convert(model, weights=wf, activations="int8")
             fpq.calibrate(q, batches, progress=False)
-            t = estimate_cost(q, device="xcvu9p", dsp_threshold=dsp).total
+            t = estimate_cost(q, part="xcvu9p", dsp_threshold=dsp).total
             print(f"{label:8s} {t['lut']:9.0f} {t['ff']:8.0f} {t['dsp']:5d} {t['bram18']:6d} {t['latency_cycles']:6d} "
                   f"{t['ii']:4d} {t['bops']:10.3g} {t['ebops']:10.3g}")
         except Exception as e:  # report, do not hide: a format the converter refuses shows its reason

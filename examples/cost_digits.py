@@ -6,7 +6,7 @@ formats whose post-training accuracy falls more than 1 point below float, and pr
 accuracy, ``fpq.estimate_cost`` totals (LUT, FF, DSP, BRAM18, latency, II, BOPs, EBOPs) and the
 fake-quant forward timed by ``fpq.profile_torch``; then the float model's own timings.
 
-    python examples/cost_digits.py [--quick] [--device cpu|cuda] [--fpga-device xcvu9p]
+    python examples/cost_digits.py [--quick] [--device cpu|cuda] [--part xcvu9p]
 """
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def _main(quick, seed, device, fpga, batch, verbose) -> dict:
         if ptq < base - QAT_THRESHOLD:
             train(q, data, 1 if quick else 4, 1e-3, seed + 1)
             qat = accuracy(q, data.x_test, data.y_test)
-        cost = fpq.estimate_cost(q, device=fpga)
+        cost = fpq.estimate_cost(q, part=fpga)
         p = fpq.profile_torch(q, dtypes=(), gemm=False, **timing)
         rows.append(dict(weights=w, ptq=ptq, qat=qat, cost=dict(cost.total), profile=p.row("fpq fake-quant"),
                          cost_report=cost))
@@ -106,8 +106,8 @@ if __name__ == "__main__":
     ap.add_argument("--quick", action="store_true", help="few epochs and timed runs (a smoke run)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu", help="where profile_torch times the models: cpu, cuda")
-    ap.add_argument("--fpga-device", default="xcvu9p", help="FPGA part for estimate_cost")
+    ap.add_argument("--part", "--fpga-device", dest="fpga", default="xcvu9p", help="FPGA part for estimate_cost")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--threads", type=int, default=1, help="CPU threads for training and timing")
     a = ap.parse_args()
-    main(quick=a.quick, seed=a.seed, device=a.device, fpga=a.fpga_device, batch=a.batch, threads=a.threads)
+    main(quick=a.quick, seed=a.seed, device=a.device, fpga=a.fpga, batch=a.batch, threads=a.threads)

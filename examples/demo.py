@@ -56,7 +56,7 @@ def hardware_path(model, data, out_dir: str, n_random: int, qat_epochs: int) -> 
     print(rep)
 
     section("3. FPGA cost estimate of that model (xcvu9p, 5 ns, Latency strategy, reuse factor 1)")
-    print(fpq.estimate_cost(q, device="xcvu9p", reuse_factor=1, clock_period=5))
+    print(fpq.estimate_cost(q, part="xcvu9p", reuse_factor=1, clock_period=5))
     return bool(rep.exact)
 
 

@@ -1,35 +1,56 @@
 """FPGA cost model: measured operator costs (yosys synth_xilinx) and per-layer estimates.
 
-``estimate_cost(q, device=..., reuse_factor=..., strategy=..., io_type=..., clock_period=...)``
+``estimate_cost(q, part=..., reuse_factor=..., strategy=..., io_type=..., clock_period=...)``
 prices a TypePlan (or anything ``fpq.plan`` accepts). Submodules: ``rtl`` (Verilog generators),
 ``sim`` (CXXRTL simulation against fpq's numerics), ``synth`` (synthesis and the measured
 table), ``ops`` (operator lookup / fit), ``devices``, ``estimate`` (the hls4ml model).
 """
 from __future__ import annotations
 
+import argparse
 import json
+import warnings
 
 from .devices import DEVICES, Device, get_device
 from .estimate import CostReport
 
 
-def estimate_cost(q, device="xcvu9p", reuse_factor=1, strategy="Latency", io_type="io_parallel",
-                  clock_period=5, datapath="carrier", dsp_threshold=9) -> CostReport:
+def estimate_cost(q, part="xcvu9p", reuse_factor=1, strategy="Latency", io_type="io_parallel",
+                  clock_period=5, datapath="carrier", dsp_threshold=9, *, example_input=None,
+                  device=None) -> CostReport:
     """Per-layer and total LUT, FF, DSP, BRAM18/URAM, latency (cycles, ns), II, BOPs and EBOPs.
 
-    ``q``: a TypePlan, a converted model, or a QONNX file / ModelWrapper. ``reuse_factor``: an
-    int for every layer, or {layer name: int}. ``datapath``: "carrier" prices the exact
-    fixed-point carrier datapath the HLS writer emits; "code" prices minifloat weights as codes
-    decoded at the shared multipliers (only differs where multipliers are shared, reuse > 1).
-    ``dsp_threshold``: weight carrier width from which multipliers go to DSPs (hls4ml / Vivado:
-    9); None keeps every multiplier in fabric.
+    ``q``: a TypePlan, a converted model, or a QONNX file / ModelWrapper. ``part``: the FPGA (one
+    of ``DEVICES`` or a full part number). ``reuse_factor``: an int for every layer, or {layer
+    name: int}. ``datapath``: "carrier" prices the exact fixed-point carrier datapath the HLS
+    writer emits; "code" prices minifloat weights as codes decoded at the shared multipliers (only
+    differs where multipliers are shared, reuse > 1). ``dsp_threshold``: weight carrier width from
+    which multipliers go to DSPs (hls4ml / Vivado: 9); None keeps every multiplier in fabric.
+    ``example_input``: the input shape of a converted model, as in ``fpq.plan``. ``device=``: the
+    old name of ``part`` (deprecated: elsewhere in fpq ``device`` is a torch device).
     """
     from ..typeplan import TypePlan, plan
     from .estimate import estimate
 
-    tp = q if isinstance(q, TypePlan) else plan(q)
-    return estimate(tp, device=device, reuse_factor=reuse_factor, strategy=strategy, io_type=io_type,
+    part = _part_from_device(part, device)
+    tp = q if isinstance(q, TypePlan) else plan(q, example_input)
+    return estimate(tp, device=part, reuse_factor=reuse_factor, strategy=strategy, io_type=io_type,
                     clock_period=clock_period, datapath=datapath, dsp_threshold=dsp_threshold)
+
+
+TORCH_DEVICES = ("cpu", "cuda", "mps", "xpu", "meta")
+
+
+def _part_from_device(part, device):
+    """``part``, or the FPGA part given by the deprecated ``device=`` keyword."""
+    if device is None:
+        return part
+    if str(device).split(":")[0] in TORCH_DEVICES:
+        raise TypeError(f"estimate_cost prices an FPGA: give its part= (e.g. 'xcvu9p'), not the torch device "
+                        f"{device!r}")
+    warnings.warn("estimate_cost(device=...) is now part=...; device= will be removed in the next release",
+                  DeprecationWarning, stacklevel=3)
+    return device
 
 
 def cli_register(subparsers):
@@ -38,7 +59,8 @@ def cli_register(subparsers):
                               description="Estimate LUT/FF/DSP/BRAM, latency and II of a QONNX model "
                                           "(exported by fpq) under hls4ml's strategies.")
     p.add_argument("model", help="QONNX .onnx file")
-    p.add_argument("--device", default="xcvu9p", help=f"one of {', '.join(DEVICES)} or a full part number")
+    p.add_argument("--part", default="xcvu9p", help=f"FPGA: one of {', '.join(DEVICES)} or a full part number")
+    p.add_argument("--device", dest="part", help=argparse.SUPPRESS)   # the old name of --part
     p.add_argument("--reuse-factor", type=int, default=1)
     p.add_argument("--strategy", default="Latency", choices=["Latency", "Resource"])
     p.add_argument("--io-type", default="io_parallel", choices=["io_parallel", "io_stream"])
@@ -50,7 +72,7 @@ def cli_register(subparsers):
 
 
 def _cli_cost(args) -> int:
-    rep = estimate_cost(args.model, device=args.device, reuse_factor=args.reuse_factor, strategy=args.strategy,
+    rep = estimate_cost(args.model, part=args.part, reuse_factor=args.reuse_factor, strategy=args.strategy,
                         io_type=args.io_type, clock_period=args.clock_period, datapath=args.datapath)
     print(json.dumps(rep.to_dict(), indent=1, default=str) if args.json else rep)
     return 0

@@ -285,13 +285,13 @@ def _diff(y, ref) -> float | None:
 
 
 # ----------------------------------------------------------------------------- entry point
-def profile_torch(q_or_model, batch: int = 256, device: str = "cpu", dtypes=("fp32", "bf16", "fp16"), warmup: int = 5,
+def profile_torch(q, batch: int = 256, device: str = "cpu", dtypes=("fp32", "bf16", "fp16"), warmup: int = 5,
                   iters: int = 30, input_shape=None, *, float_model: nn.Module | None = None,
                   example_input: torch.Tensor | None = None, fake_quant: bool = True, gemm: bool = True,
                   threads: int | None = None, progress: bool | None = None, seed: int = 0) -> ProfileResult:
     """Time the float model (fp32 / bf16 / fp16), the fpq fake-quant forward and FP8 GEMMs.
 
-    q_or_model: a model from ``fpq.convert`` (its float twin is recovered from it, or given as
+    q: a model from ``fpq.convert`` (its float twin is recovered from it, or given as
     ``float_model=``) or a plain float ``nn.Module`` (then there is no fake-quant row).
     batch: inputs per forward; latency is per batch, throughput in inferences/s.
     device: "cpu", "cuda" or "cuda:N" (a clear RuntimeError when no GPU is there).
@@ -303,9 +303,9 @@ def profile_torch(q_or_model, batch: int = 256, device: str = "cpu", dtypes=("fp
     """
     from tqdm.auto import tqdm
 
-    if not isinstance(q_or_model, nn.Module):
+    if not isinstance(q, nn.Module):
         raise TypeError(f"fpq.profile_torch expects a torch.nn.Module (float or from fpq.convert), "
-                        f"got {type(q_or_model).__name__}")
+                        f"got {type(q).__name__}")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch must be a positive integer, got {batch!r}")
     for name, v, least in (("warmup", warmup, 0), ("iters", iters, 1)):
@@ -322,9 +322,9 @@ def profile_torch(q_or_model, batch: int = 256, device: str = "cpu", dtypes=("fp
             names.append(key)
     dev = _check_device(device)
 
-    q = q_or_model if _is_fpq(q_or_model) else None
+    given, q = q, (q if _is_fpq(q) else None)
     if float_model is None:
-        float_model = _float_of(q) if q is not None else q_or_model
+        float_model = _float_of(q) if q is not None else given
     elif not isinstance(float_model, nn.Module):
         raise TypeError(f"float_model must be a torch.nn.Module, got {type(float_model).__name__}")
     shape = _input_shape(float_model, q, input_shape, example_input)

@@ -752,7 +752,7 @@ def pool_nd(x, attrs, mode):
     return acc / cnt
 
 
-def emulate(q_or_onnx, x, *, device=None, return_trace=False, example_input=None, backend=None):
+def emulate(q, x, *, device=None, return_trace=False, example_input=None, backend=None):
     """Run a quantized network bit-exactly: a converted torch model, a QONNX path, a
     ModelWrapper / ModelProto, or a Graph. Returns the output (float64 for accumulators,
     float32 for quantized tensors); with ``return_trace`` also {op name: output}.
@@ -764,7 +764,7 @@ def emulate(q_or_onnx, x, *, device=None, return_trace=False, example_input=None
         device = x.device
     if example_input is None:
         example_input = x[:1] if hasattr(x, "__getitem__") else x
-    emu = Emulator(q_or_onnx, device=device, example_input=example_input, backend=backend)
+    emu = Emulator(q, device=device, example_input=example_input, backend=backend)
     return emu(x, return_trace=return_trace)
 
 

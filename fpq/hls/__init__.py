@@ -5,29 +5,7 @@ hls4ml is imported on first use of ``to_hls`` (it is slow to import).
 from __future__ import annotations
 
 from .builder import HLSUnsupportedError
-
-
-def to_hls(q_or_onnx, outdir, **kwargs):
-    """Write an exact hls4ml project of a quantized model and compile it for C simulation.
-
-    Arguments (all keyword after ``outdir``): backend="Vitis"|"Vivado",
-    io_type="io_parallel"|"io_stream", part="xcvu9p-flga2104-2-e", clock_period=5 (ns),
-    reuse_factor=1, strategy="Latency"|"Resource"|"distributed_arithmetic", example_input=None (needed
-    for a torch model), overwrite=False (a non-empty ``outdir`` is refused unless True; then only
-    the files of the fpq project there, as its manifest lists them, are replaced).
-    Returns an ``HLSProject`` (``predict``, ``trace``, ``build``, ``outdir``, ``hls_model``).
-    See ``fpq.hls.project.to_hls``.
-    """
-    from .project import to_hls as _to_hls
-
-    return _to_hls(q_or_onnx, outdir, **kwargs)
-
-
-def load_project(outdir):
-    """A project written earlier by ``to_hls`` (``predict`` / ``trace`` reuse its compiled library)."""
-    from .project import load_project as _load
-
-    return _load(outdir)
+from .project import HLSProject, load_project, to_hls
 
 
 def cli_register(subparsers) -> None:

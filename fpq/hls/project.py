@@ -484,13 +484,14 @@ def _check_precisions(hls_model, plan: HLSPlan) -> None:
                 raise AssertionError(f"layer {layer.name!r}: accumulator {acc.precision} is not the planned {want['accum']}")
 
 
-def to_hls(q_or_onnx, outdir, *, backend="Vitis", io_type="io_parallel", part="xcvu9p-flga2104-2-e",
-           clock_period=5, reuse_factor=1, strategy="Latency", example_input=None, da_options=None,
-           overwrite=False) -> HLSProject:
+def to_hls(q, outdir, example_input=None, *, backend="Vitis", io_type="io_parallel", part="xcvu9p-flga2104-2-e",
+           clock_period=5, reuse_factor=1, strategy="Latency", da_options=None, overwrite=False) -> HLSProject:
     """Write an exact hls4ml project of a quantized model and compile it for C simulation.
 
-    ``q_or_onnx``: a model from ``fpq.convert`` (give ``example_input``), a QONNX file path,
-    a qonnx ModelWrapper / onnx ModelProto, or an fpq graph IR. Every precision comes from fpq's
+    ``q``: a model from ``fpq.convert``, a QONNX file path, a qonnx ModelWrapper / onnx
+    ModelProto, or an fpq graph IR. ``example_input`` (a tensor of the input shape) exports a torch
+    model; without it the shape calibration recorded is used, or the ``in_features`` of a
+    model whose first layer is a Linear. Every precision comes from fpq's
     TypePlan (never hls4ml's ``auto``). Raises ``HLSUnsupportedError`` (a ValueError) naming the
     op and the reason, before writing anything, for what cannot be exact in HLS.
     ``strategy="distributed_arithmetic"`` (or "da"): da4ml shift-and-add kernels for the Dense /
@@ -501,7 +502,7 @@ def to_hls(q_or_onnx, outdir, *, backend="Vitis", io_type="io_parallel", part="x
     backend, strategy = _check_args(backend, io_type, strategy, reuse_factor, clock_period)
     outdir = check_outdir_path(outdir)
     _check_target(outdir, overwrite)
-    graph = as_graph(q_or_onnx, example_input, purpose="to_hls")
+    graph = as_graph(q, example_input, purpose="to_hls")
     from ..export.graph import typeplan_from_graph
 
     plan = plan_hls(graph, typeplan_from_graph(graph))  # refusals happen here, before any file
