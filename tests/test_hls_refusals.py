@@ -92,7 +92,8 @@ def test_bad_arguments(int8_path, tmp_path):
 
 
 def test_torch_model_needs_example_input(tmp_path):
-    q = fpq.convert(_mlp(), fmt="int8")
+    # a conv-first model tells no input size (a Linear-first one does: its in_features)
+    q = fpq.convert(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten()), fmt="int8")
     _assert_refused(q, tmp_path / "prj", match="example_input", exc=ValueError)
 
 

@@ -104,3 +104,18 @@ def test_cost_cli_part(tmp_path, capsys):
     assert main(["cost", path, "--device", "xc7z020", "--json"]) == 0   # the old spelling still works
     assert '"device": "xc7z020"' in capsys.readouterr().out
 
+
+def test_linear_first_model_needs_no_example_input():
+    """A model whose first layer is a Linear tells its input shape (in_features): plan and the
+    cost model read it without example_input, even before calibration recorded a shape."""
+    q = fpq.convert(nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)), "int8")
+    assert [layer.op for layer in fpq.plan(q) if layer.op == "linear"] == ["linear", "linear"]
+    assert fpq.estimate_cost(q).total == fpq.estimate_cost(q, example_input=torch.rand(1, 6)).total
+
+
+@pytest.mark.slow
+def test_to_hls_of_a_linear_first_model_infers_the_input(tmp_path):
+    q = fpq.convert(nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)), "int8")
+    proj = fpq.to_hls(q, tmp_path / "prj")
+    x = torch.rand(32, 6)
+    assert (proj.predict(x.numpy()) == fpq.emulate(q, x)).all()
