@@ -38,7 +38,9 @@ from .yosys import YOWASP_PIN, run_script, yosys_version
 FAMILY = "xcup"
 BASE_FLAGS = f"-family {FAMILY} -flatten -noiopad"
 FLOWS = {"lut": BASE_FLAGS + " -nodsp", "dsp": BASE_FLAGS}
-TABLE = Path(__file__).resolve().parents[2] / "cost_model" / "operators_xcup.csv"
+# package data (a wheel carries it); in the source tree fpq/cost_model/data/ links to the top-level
+# cost_model/, where the tables are measured and documented (one copy)
+TABLE = Path(__file__).resolve().parent / "data" / "operators_xcup.csv"
 COLUMNS = ["name", "kind", "flow", "lut", "lut_logic", "srl", "muxf", "carry", "ff", "dsp", "bram",
            "params"]
 
