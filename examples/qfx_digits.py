@@ -89,7 +89,7 @@ def checked(q, data, x_check, label: str, hls: bool, notes: list, da: bool = Fal
             except Exception as e:  # report, do not hide: the row then says C-sim "n/a"
                 notes.append(f"{label}: to_hls failed: {type(e).__name__}: {e}")
         rep = fpq.verify(q, x_check, project=proj, qonnx_subset=qonnx_subset)
-    cost = fpq.estimate_cost(q)
+    cost = fpq.estimate_cost(fpq.plan(q, x_check[:1]))   # a QAT-only model recorded no input shape
     weight_dsp = sum(r["dsp"] for r in cost.layers if r["op"] in ("conv2d", "linear"))
     return dict(acc=acc, exact=bool(rep.exact), csim=None if proj is None else bool(rep.exact), csim_da=csim_da,
                 lut=float(cost.total["lut"]), dsp=int(cost.total["dsp"]), weight_dsp=int(weight_dsp))

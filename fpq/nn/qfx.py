@@ -322,14 +322,19 @@ def init_activations(q: nn.Module, batches) -> int:
 
     was = q.training
     q.eval()
+    first = None
     try:
         with observing((tq, observer(tq)) for tq in qs):
             for b in batches:
-                q(b[0] if isinstance(b, (tuple, list)) else b)
+                x = b[0] if isinstance(b, (tuple, list)) else b
+                first = x if first is None else first
+                q(x)
     finally:
         q.train(was)
     for tq in qs:
         tq.init_from_max(maxima[id(tq)])
+    if first is not None and hasattr(q, "fpq_record_shapes"):
+        q.fpq_record_shapes(first[:1])   # as fpq.calibrate: the TypePlan (read from the export) needs them
     return len(qs)
 
 
