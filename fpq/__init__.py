@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"   # before the imports: fpq.cli (imported by fpq.report) reads it
+__version__ = "0.1.0"   # first: a module imported below may read it (fpq.cli does)
 
 from .formats import (Binary, Fixed, Format, Int, Minifloat, QuantSpec, decode, encode, exact_fixed,
                       finfo, parse_format, values)
@@ -27,7 +27,7 @@ if TYPE_CHECKING:   # what the lazy names below resolve to, for IDEs and type ch
     from .calibration import calibrate
     from .conversion import convert
     from .cost_model import estimate_cost
-    from .cost_model.profile import profile_torch
+    from .profiling import profile_torch
     from .export import export_qonnx
     from .hls import to_hls
     from .numerics.torch_ops import quantize_torch
@@ -45,7 +45,7 @@ _LAZY = {
     "to_hls": "fpq.hls",
     "verify": "fpq.verification",
     "estimate_cost": "fpq.cost_model",
-    "profile_torch": "fpq.cost_model.profile",
+    "profile_torch": "fpq.profiling",
 }
 
 __all__ = ["Binary", "Fixed", "Format", "Int", "Minifloat", "QuantSpec", "decode", "encode",

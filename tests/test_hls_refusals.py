@@ -157,7 +157,8 @@ def test_cli_hls_then_load_project_and_verify(int8_path, tmp_path, capsys):
     """`fpq hls` writes a project; load_project reuses it; fpq.verify finds C-sim exact."""
     import argparse
 
-    from fpq.hls import cli_register, load_project
+    from fpq.cli.hls import cli_register
+    from fpq.hls import load_project
 
     parser = argparse.ArgumentParser(prog="fpq")
     cli_register(parser.add_subparsers())

@@ -106,12 +106,12 @@ def test_usage_errors_are_one_line(capsys):
 
 def test_internal_bug_is_told_apart(capsys, monkeypatch):
     """A bug (not bad input) exits 1 with one line pointing at FPQ_DEBUG; FPQ_DEBUG=1 shows it."""
-    import fpq.cli
+    from fpq.cli import formats
 
     def buggy(args):
         return {}["no such key"]
 
-    monkeypatch.setattr(fpq.cli, "_cli_formats", buggy)
+    monkeypatch.setattr(formats, "run", buggy)
     rc, err = _run(capsys, "formats")
     assert rc == 1 and len(err.strip().splitlines()) == 1
     assert err.startswith("fpq formats: internal error") and "KeyError" in err and "FPQ_DEBUG=1" in err

@@ -77,7 +77,7 @@ def test_no_independent_path_is_not_verified(tmp_path, capsys):
     assert not rep.verified and not rep.exact and rep.status == "NOT VERIFIED"
     assert str(rep).startswith("fpq.verify: NOT VERIFIED over 50 inputs")
     assert not fpq.verify(str(path), n=20, qonnx_subset=0).exact
-    from fpq.verification import cli_register
+    from fpq.cli.verify import cli_register
     parser = argparse.ArgumentParser(prog="fpq")
     cli_register(parser.add_subparsers())
     args = parser.parse_args(["verify", str(path), "--n", "20", "--qonnx-subset", "2"])

@@ -10,7 +10,7 @@ from torch import nn
 
 import fpq
 from fpq.cli import register_plugins
-from fpq.cost_model import profile as prof
+from fpq import profiling as prof
 
 FAST = dict(batch=8, warmup=1, iters=3, progress=False)
 HAS_CUDA = torch.cuda.is_available()
@@ -153,7 +153,7 @@ def test_cli_profile(tmp_path, capsys):
                    "    torch.manual_seed(0)\n"
                    "    return torch.nn.Sequential(torch.nn.Linear(6, 3))\n")
     parser = argparse.ArgumentParser(prog="fpq")
-    assert register_plugins(parser.add_subparsers(dest="command"), modules=("fpq.cost_model.profile",))
+    assert register_plugins(parser.add_subparsers(dest="command"), modules=("fpq.cli.profile",))
     args = parser.parse_args(["profile", f"{src}:make", "--fmt", "int8", "--batch", "4", "--warmup", "0",
                               "--iters", "2", "--dtypes", "fp32", "--no-gemm", "--json"])
     assert args.func(args) == 0

@@ -88,8 +88,8 @@ def test_verify_with_a_project():
 
 
 def test_cli_verify_and_export(tmp_path, capsys):
-    from fpq.export import cli_register as reg_export
-    from fpq.verification import cli_register as reg_verify
+    from fpq.cli.export import cli_register as reg_export
+    from fpq.cli.verify import cli_register as reg_verify
     q, shape = _model("e2m1")
     path = fpq.export_qonnx(q, tmp_path / "m.onnx", torch.zeros(1, *shape))
     parser = argparse.ArgumentParser(prog="fpq")

@@ -114,38 +114,8 @@ def export_qonnx(q, path=None, example_input=None, *, input_name="input", output
     return path
 
 
-def cli_register(subparsers) -> None:
-    """``fpq export MODEL.onnx --out OUT.onnx``: read a QONNX file, check it and write it back
-    with fpq's transformations; prints the graph IR and the TypePlan."""
-    p = subparsers.add_parser("export", help="normalize a QONNX file with fpq's transformations and "
-                                             "print its graph IR and TypePlan")
-    p.add_argument("model", help="QONNX file (.onnx)")
-    p.add_argument("--out", help="write the normalized QONNX here")
-    p.set_defaults(func=_cli_export)
-
-
-def _cli_export(args) -> int:
-    import onnx
-    from qonnx.core.modelwrapper import ModelWrapper
-    from qonnx.transformation.infer_shapes import InferShapes
-
-    from .transforms import RemoveFloatCasts, RemoveInitializersFromInputs
-
-    g = read_graph(args.model)
-    print(g.summary())
-    print()
-    print(typeplan_from_graph(g).table())
-    if args.out:
-        m = ModelWrapper(args.model).transform(RemoveInitializersFromInputs())
-        m = m.transform(RemoveFloatCasts()).transform(InferShapes())
-        onnx.checker.check_model(m.model)
-        m.save(args.out)
-        print(f"wrote {args.out}")
-    return 0
-
-
 __all__ = ["export_qonnx", "read_graph", "typeplan_from_qonnx", "typeplan_of", "Graph", "Op", "Quantizer",
-           "UnsupportedGraphError", "cli_register", "FPQ_FORMAT_ATTR"]
+           "UnsupportedGraphError", "FPQ_FORMAT_ATTR"]
 
 
 def as_graph(q_or_onnx, example_input=None, purpose: str = "reading"):

@@ -6,11 +6,10 @@ Pareto tables, plots and an HTML page. CLI: ``fpq sweep`` and ``fpq report``.
 """
 from __future__ import annotations
 
-from .cli import cli_register
 from .grid import grid, minifloat_splits
 from .html import report
 from .pareto import dominated, pareto_front
 from .sweeping import SweepResult, load_results, point_id, sweep
 
 __all__ = ["sweep", "report", "pareto_front", "dominated", "grid", "minifloat_splits", "SweepResult",
-           "load_results", "point_id", "cli_register"]
+           "load_results", "point_id"]

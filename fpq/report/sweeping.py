@@ -86,7 +86,7 @@ def load_spec(spec: str, trust_pickle: bool = False):
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"not a model/data spec: {spec!r}")
     if spec.endswith((".pt", ".pth")) and ":" not in spec:
-        from ..cli import load_model_file
+        from ..cli.files import load_model_file
         return load_model_file(spec, trust_pickle, flag="--trust-pickle (trust_pickle=True)")
     target, sep, name = spec.rpartition(":")
     if not sep or not target or not name:
@@ -301,7 +301,7 @@ def run_point(model, data: SweepData, cfg: dict, st: Settings, metric) -> dict:
                        error=(rec["error"] + "; " if rec["error"] else "") + f"verify: {type(e).__name__}: {e}")
     if st.profile is not None:
         try:  # measured GPU/CPU inference of the same model, next to its FPGA estimate
-            from ..cost_model.profile import profile_torch
+            from ..profiling import profile_torch
             prof = profile_torch(q, **dict(st.profile, dtypes=("fp32",), gemm=False, progress=False))
             rec.update(profile_device=prof.device_name, float_inf_per_s=_num(prof.row("float fp32").throughput),
                        fake_quant_inf_per_s=_num(prof.row("fpq fake-quant").throughput))

@@ -54,7 +54,7 @@ def load_calibration(source: str, input_shape):
     import torch
 
     if source == "digits":
-        from .data import load_digits_split
+        from ..data import load_digits_split
         x = load_digits_split(seed=0).x_train
     else:
         if not os.path.exists(source):
@@ -99,13 +99,13 @@ def cli_register(subparsers) -> None:
     p.add_argument("--method", choices=("max", "percentile", "mse"), default="max")
     p.add_argument("--input-shape", help="per-sample input shape, e.g. 1,8,8")
     p.add_argument("--out", required=True, help="output QONNX file")
-    p.set_defaults(func=_run)
+    p.set_defaults(func=run)
 
 
-def _run(args) -> int:
+def run(args) -> int:
     import fpq
 
-    from .cli import check_input_file
+    from .files import check_input_file
 
     # every input is checked before the model's code runs or any file is written
     shape = None

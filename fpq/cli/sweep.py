@@ -1,10 +1,10 @@
-"""``fpq sweep`` and ``fpq report`` on the command line."""
+"""``fpq sweep``: accuracy / cost / bit-exactness over a grid of formats x PTQ methods."""
 from __future__ import annotations
 
 import sys
 
-from ..cli import TRUST_PICKLE_HELP
-from .grid import KINDS
+from ..report.grid import KINDS
+from .files import TRUST_PICKLE_HELP
 
 
 def cli_register(subparsers) -> None:
@@ -45,20 +45,13 @@ def cli_register(subparsers) -> None:
     p.add_argument("--fresh", action="store_true", help="ignore the cache (recompute)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--report", action="store_true", help="also write the HTML report into OUT")
-    p.set_defaults(func=_cli_sweep)
-
-    r = subparsers.add_parser("report", help="Pareto tables, plots and an HTML page of a sweep",
-                              description="Write the Pareto fronts (accuracy vs LUT, DSP, latency), plots "
-                                          "(PNG, SVG) and index.html of a sweep's results.")
-    r.add_argument("results", help="results.json / results.csv, or the sweep's output folder")
-    r.add_argument("--out", default=None, help="output folder (default: next to the results)")
-    r.set_defaults(func=_cli_report)
+    p.set_defaults(func=run)
 
 
-def _cli_sweep(args) -> int:
-    from .grid import grid
-    from .html import report
-    from .sweeping import sweep
+def run(args) -> int:
+    from ..report.grid import grid
+    from ..report.html import report
+    from ..report.sweeping import sweep
 
     formats = args.formats
     if args.bits:
@@ -89,18 +82,3 @@ def _cli_sweep(args) -> int:
 
 def _f(v) -> str:
     return "-" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)
-
-
-def _cli_report(args) -> int:
-    import os
-
-    from .html import report
-
-    out = args.out or (args.results if os.path.isdir(args.results) else os.path.dirname(os.path.abspath(args.results)))
-    try:
-        path = report(args.results, out)
-    except (ValueError, TypeError) as e:
-        print(f"fpq report: error: {e}", file=sys.stderr)
-        return 2
-    print(f"report: {path}")
-    return 0
