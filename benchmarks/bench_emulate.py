@@ -31,7 +31,7 @@ warnings.filterwarnings("ignore")
 
 import fpq  # noqa: E402
 from fpq.emulate import Emulator  # noqa: E402
-from fpq.export.examples import conv2d_bn_net, mlp  # noqa: E402
+from fpq.testing.networks import conv2d_bn_net, mlp  # noqa: E402
 from fpq.export.graph import read_graph  # noqa: E402
 from fpq.verification import random_inputs  # noqa: E402
 

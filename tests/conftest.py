@@ -19,7 +19,7 @@ except ImportError:  # pragma: no cover - torch is a hard dependency; keep forma
 
 @pytest.fixture(scope="session")
 def load_script():
-    """Import a script of the repository (``examples/qfx_digits.py``, ``export/make_golden.py``) as a
+    """Import a script of the repository (``examples/qfx_digits.py``, ``tests/golden/make_golden.py``) as a
     module, by its path relative to the repository root."""
     def load(relpath):
         path = ROOT / relpath

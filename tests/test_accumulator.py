@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import fpq
-from fpq.export.examples import conv2d_bn_net, mlp
+from fpq.testing.networks import conv2d_bn_net, mlp
 from fpq.export.graph import read_graph
 from fpq.formats import Fixed
-from fpq.hls.testing import probe_inputs
+from fpq.testing.conformance import probe_inputs
 from fpq.typeplan import narrow_accumulator
 
 

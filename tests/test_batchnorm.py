@@ -16,7 +16,7 @@ from torch import nn
 import fpq
 from fpq.emulate import Emulator
 from fpq.export.graph import read_graph
-from fpq.hls.testing import probe_inputs
+from fpq.testing.conformance import probe_inputs
 from fpq.nn import qfx
 from fpq.nn.batchnorm import FpqBatchNorm
 

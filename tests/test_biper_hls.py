@@ -9,7 +9,7 @@ from torch import nn
 
 import fpq
 from fpq.export.graph import read_graph
-from fpq.hls.testing import probe_inputs
+from fpq.testing.conformance import probe_inputs
 from fpq.nn import biper
 
 pytestmark = pytest.mark.slow

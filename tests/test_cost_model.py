@@ -207,7 +207,7 @@ def test_report_flags_a_design_that_does_not_fit():
 
 def test_io_stream_adds_fifos_and_line_buffers():
     import torch
-    from fpq.export.examples import conv2d_bn_net
+    from fpq.testing.networks import conv2d_bn_net
     m, shape = conv2d_bn_net()
     q = fpq.convert(m, fmt="int8")
     fpq.calibrate(q, [torch.randn((64,) + shape)])

@@ -5,7 +5,7 @@ import torch
 
 import fpq
 from fpq.emulate import Emulator
-from fpq.export.examples import MODELS, conv1d_net, mlp, residual_block
+from fpq.testing.networks import MODELS, conv1d_net, mlp, residual_block
 from fpq.export.graph import UnsupportedGraphError, read_graph
 from fpq.verification import qonnx_trace, random_inputs
 

@@ -1,4 +1,4 @@
-"""Regression against the golden QONNX files in export/ (written by export/make_golden.py)."""
+"""Regression against the golden QONNX files in tests/golden/ (written by tests/golden/make_golden.py)."""
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +10,12 @@ import fpq
 from fpq.export.graph import read_graph
 from fpq.verification import qonnx_trace
 
-GOLDEN = Path(__file__).resolve().parent.parent / "export"
+GOLDEN = Path(__file__).resolve().parent / "golden"
 CASES = sorted(p.stem for p in GOLDEN.glob("*.onnx"))
 
 
 def test_golden_cases_exist(load_script):
-    assert set(CASES) == set(load_script("export/make_golden.py").CASES)
+    assert set(CASES) == set(load_script("tests/golden/make_golden.py").CASES)
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -34,7 +34,7 @@ def test_golden_file_still_emulates_to_its_outputs(name):
 @pytest.mark.parametrize("name", ["mlp_int8", "conv1d_e2m1", "mlp_mixed"])
 def test_export_today_reproduces_the_golden_outputs(name, load_script):
     """convert + export_qonnx of the same seeded model still computes exactly the golden outputs."""
-    mg = load_script("export/make_golden.py")
+    mg = load_script("tests/golden/make_golden.py")
     q, shape = mg.build(name)
     data = np.load(GOLDEN / f"{name}.npz")
     mw = fpq.export_qonnx(q, None, torch.zeros(1, *shape))

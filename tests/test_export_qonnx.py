@@ -6,7 +6,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import fpq
-from fpq.export.examples import conv2d_bn_net, mlp
+from fpq.testing.networks import conv2d_bn_net, mlp
 from fpq.export.graph import FPQ_FORMAT_ATTR, UnsupportedGraphError, read_graph, typeplan_from_qonnx
 from fpq.formats import Minifloat, parse_format
 

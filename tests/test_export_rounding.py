@@ -11,12 +11,12 @@ from qonnx.core.onnx_exec import execute_onnx
 from qonnx.transformation.infer_shapes import InferShapes
 
 import fpq
-from fpq.export.examples import mlp
+from fpq.testing.networks import mlp
 from fpq.export.graph import (FPQ_ROLE_ATTR, HALF_STEP_ROLE, UnsupportedGraphError, read_graph,
                               typeplan_from_graph)
 from fpq.export.transforms import AnnotateFormats
 from fpq.formats import parse_format
-from fpq.hls.testing import probe_inputs
+from fpq.testing.conformance import probe_inputs
 
 QONNX = "qonnx.custom_op.general"
 TWO_NODE = ["fixed<6,2,RND,SAT>", "fixed<6,2,RND_MIN_INF,SAT>", "ufixed<6,2,RND,SAT>", "ufixed<5,3,RND_MIN_INF,SAT>",

@@ -1,8 +1,8 @@
 """Issue 4's conformance matrix through HLS C-sim: torch == emulator == qonnx exec == C-sim, atol=0.
 
-Formats x models (``fpq.export.examples.MODELS``): each cell converts the model, calibrates it on
+Formats x models (``fpq.testing.networks.MODELS``): each cell converts the model, calibrates it on
 random data, exports QONNX, builds and compiles the hls4ml project and runs ``fpq.verify`` on
-2000 probe inputs (off-grid, saturating, rounding ties; ``fpq.hls.testing.probe_inputs``):
+2000 probe inputs (off-grid, saturating, rounding ties; ``fpq.testing.conformance.probe_inputs``):
 torch, emulator and C-sim (output and every traced layer) on all of them, qonnx's executor on
 the first 16.
 
@@ -20,8 +20,8 @@ import os
 import numpy as np
 import pytest
 
-from fpq.export.examples import MODELS
-from fpq.hls.testing import BACKENDS, CONV_NETS, FORMATS, MODEL_NAMES, conformance_cell, default_cells, full_cells
+from fpq.testing.networks import MODELS
+from fpq.testing.conformance import BACKENDS, CONV_NETS, FORMATS, MODEL_NAMES, conformance_cell, default_cells, full_cells
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from test_hls_conformance import cells_of, run_cell
 
-from fpq.hls.testing import CONV_NETS
+from fpq.testing.conformance import CONV_NETS
 
 pytestmark = pytest.mark.slow
 

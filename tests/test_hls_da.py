@@ -14,9 +14,9 @@ import torch
 import fpq
 from fpq.export import as_graph
 from fpq.hls import HLSUnsupportedError
-from fpq.hls.testing import probe_inputs
+from fpq.testing.conformance import probe_inputs
 from fpq.nn import multfree
-from fpq.export.examples import ConvResidual as _Net
+from fpq.testing.networks import ConvResidual as _Net
 
 pytest.importorskip("da4ml")
 

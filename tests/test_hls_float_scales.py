@@ -9,10 +9,10 @@ import torch
 
 import fpq
 from fpq.emulate import Emulator
-from fpq.export.examples import conv2d_bn_net, mlp
+from fpq.testing.networks import conv2d_bn_net, mlp
 from fpq.export.graph import read_graph
 from fpq.formats import Fixed, parse_format
-from fpq.hls.testing import probe_inputs
+from fpq.testing.conformance import probe_inputs
 from fpq.hls.thresholds import MAX_LEVELS, lookup_table
 
 pytestmark = pytest.mark.slow

@@ -14,7 +14,7 @@ from torch import nn
 
 import fpq
 from fpq.export.graph import read_graph
-from fpq.hls.testing import probe_inputs
+from fpq.testing.conformance import probe_inputs
 
 pytestmark = pytest.mark.slow
 

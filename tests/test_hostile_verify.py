@@ -17,7 +17,7 @@ from onnx import helper
 
 import fpq
 from fpq.emulate import Emulator
-from fpq.export.examples import conv2d_bn_net, mlp
+from fpq.testing.networks import conv2d_bn_net, mlp
 from fpq.export.graph import UnsupportedGraphError, read_graph
 from fpq.verification import random_inputs
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fpq
-from fpq.export.examples import conv2d_bn_net, mlp, residual_block
+from fpq.testing.networks import conv2d_bn_net, mlp, residual_block
 from fpq.typeplan import TensorType
 
 

@@ -10,7 +10,7 @@ import fpq
 from fpq.formats import Fixed, Int
 from fpq.nn import qfx
 from fpq.nn.qfx import QfxTensorQuant, qfx_quantize
-from fpq.export.examples import ConvResidual as _Net
+from fpq.testing.networks import ConvResidual as _Net
 
 
 def _offgrid(rng, n, hi):

@@ -9,7 +9,7 @@ import fpq
 from fpq.cost_model.ops import csd_digits
 from fpq.nn import multfree
 from fpq.nn.multfree import KHotWeightQuant, csd_count, khot_codes
-from fpq.export.examples import ConvResidual as _Net
+from fpq.testing.networks import ConvResidual as _Net
 
 
 def _brute_force_codes(width, k):

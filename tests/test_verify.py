@@ -8,7 +8,7 @@ from onnx import numpy_helper
 
 import fpq
 from fpq.emulate import Emulator
-from fpq.export.examples import conv1d_net, mlp
+from fpq.testing.networks import conv1d_net, mlp
 from fpq.export.graph import read_graph
 from fpq.verification import random_inputs
 

@@ -155,7 +155,7 @@ def test_wide_e5m2_layer_torch_emulator_and_csim_agree(tmp_path):
 
 
 def test_layers_know_their_input_grid_and_forget_it_when_the_graph_changes():
-    from fpq.export.examples import MODELS
+    from fpq.testing.networks import MODELS
     m, _ = MODELS["residual"]()
     q = fpq.convert(m, fmt="e4m3")
     fpq.calibrate(q, [torch.randn(64, 16)])

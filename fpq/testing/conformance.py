@@ -77,7 +77,7 @@ def conformance_cell(model, input_shape, fmt, outdir, *, backend="Vitis", io_typ
     import torch
 
     import fpq
-    from ..export.graph import read_graph
+    from ..export import read_graph
 
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -102,7 +102,7 @@ def conformance_cell(model, input_shape, fmt, outdir, *, backend="Vitis", io_typ
     return Cell(rep, proj, path, x, t)
 
 
-# The matrix of issue 4: formats x the example models (fpq.export.examples.MODELS).
+# The matrix of issue 4: formats x the example models (fpq.testing.networks.MODELS).
 FORMATS = ("int8", "int4", "fixed<8,3>", "fixed<6,2,RND,SAT>", "e4m3", "e3m2", "e2m3", "e2m1", "e5m2", "mixed")
 MODEL_NAMES = ("mlp", "conv1d", "conv2d_bn", "residual")
 CONV_NETS = ("conv1d", "conv2d_bn")

@@ -1,8 +1,8 @@
 """Write the golden QONNX files of the small examples, with inputs and bit-exact outputs.
 
-    .venv/bin/python export/make_golden.py
+    .venv/bin/python tests/golden/make_golden.py
 
-Each case is a seeded float model from ``fpq.export.examples`` converted with ``fpq.convert``
+Each case is a seeded float model from ``fpq.testing.networks`` converted with ``fpq.convert``
 and exported with ``fpq.export_qonnx``: ``<case>.onnx`` plus ``<case>.npz`` holding ``x``
 (off-grid float32 inputs, a third of them out of range) and ``y`` (the emulator's output, which
 the torch model reproduced bit for bit when the file was written). ``tests/test_export_golden.py``
@@ -16,10 +16,10 @@ import sys
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 import fpq  # noqa: E402
-from fpq.export.examples import MODELS  # noqa: E402
+from fpq.testing.networks import MODELS  # noqa: E402
 from fpq.export.graph import read_graph  # noqa: E402
 from fpq.verification import random_inputs  # noqa: E402
 

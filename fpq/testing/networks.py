@@ -1,5 +1,5 @@
 """The small float networks of issue 4's conformance list, seeded, for tests, benchmarks and the
-golden QONNX files (``export/``): MLP 16-64-32-32-5, a Conv1d net, a Conv2d+BN+pool net and a
+golden QONNX files (``tests/golden/``): MLP 16-64-32-32-5, a Conv1d net, a Conv2d+BN+pool net and a
 residual block. Each builder returns ``(model, input_shape_without_batch)``.
 """
 from __future__ import annotations
