@@ -31,7 +31,8 @@ if TYPE_CHECKING:   # what the lazy names below resolve to, for IDEs and type ch
     from .export import export_qonnx
     from .hls import to_hls
     from .numerics.torch_ops import quantize_torch
-    from .typeplan import TypePlan, plan
+    from .export import plan
+    from .typeplan import TypePlan
     from .verification import verify
 
 # public name -> module that defines it (imported lazily)
@@ -39,7 +40,7 @@ _LAZY = {
     "quantize_torch": "fpq.numerics.torch_ops",
     "convert": "fpq.conversion",
     "calibrate": "fpq.calibration",
-    "plan": "fpq.typeplan",
+    "plan": "fpq.export",
     "TypePlan": "fpq.typeplan",
     "export_qonnx": "fpq.export",
     "to_hls": "fpq.hls",

@@ -240,18 +240,3 @@ class TypePlan:
         return "\n".join(lines)
 
     __str__ = table
-
-
-def plan(q, example_input=None) -> TypePlan:
-    """The TypePlan of a converted model (``fpq.convert``) or of a QONNX file / ModelWrapper.
-
-    Both are read from the same graph IR: a converted model through its in-memory QONNX export,
-    which needs its input shape (recorded by ``fpq.calibrate``, a Linear's ``in_features``, or
-    ``example_input``)."""
-    if isinstance(q, TypePlan):
-        return q
-    builder = getattr(q, "fpq_typeplan", None)
-    if callable(builder):
-        return builder(example_input) if example_input is not None else builder()
-    from .export.graph import typeplan_from_qonnx  # QONNX path (fpq.export)
-    return typeplan_from_qonnx(q)

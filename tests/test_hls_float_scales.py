@@ -1,5 +1,5 @@
 """Quantizers whose scale is not a power of two in HLS: exact lookup tables over the values their
-input can take (fpq.hls.thresholds). The table search is checked against the quantizer itself;
+input can take (fpq.numerics.thresholds). The table search is checked against the quantizer itself;
 the C-sim against torch and the emulator, atol=0, on off-grid probe inputs."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from fpq.testing.networks import conv2d_bn_net, mlp
 from fpq.export.graph import read_graph
 from fpq.formats import Fixed, parse_format
 from fpq.testing.conformance import probe_inputs
-from fpq.hls.thresholds import MAX_LEVELS, lookup_table
+from fpq.numerics.thresholds import MAX_LEVELS, lookup_table
 
 pytestmark = pytest.mark.slow
 

@@ -27,7 +27,8 @@ def estimate_cost(q, part="xcvu9p", reuse_factor=1, strategy="Latency", io_type=
     ``example_input``: the input shape of a converted model, as in ``fpq.plan``. ``device=``: the
     old name of ``part`` (deprecated: elsewhere in fpq ``device`` is a torch device).
     """
-    from ..typeplan import TypePlan, plan
+    from ..export import plan
+    from ..typeplan import TypePlan
     from .estimate import estimate
 
     part = _part_from_device(part, device)

@@ -509,7 +509,7 @@ _TABLES: dict = {}
 
 def _table(fmt, scale: float, feed):
     """The lookup table of the HLS project (cached: the same quantizer over the same input type)."""
-    from .rtl import quantizer_table
+    from ..numerics.thresholds import quantizer_table
 
     key = (str(fmt), scale, str(feed))
     if key not in _TABLES:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..formats import Binary, Fixed, Format, Int, Minifloat, decode, exact_fixed, parse_format
+from ..numerics.thresholds import quantizer_table  # noqa: F401  (rtl.quantizer_table: the tables it builds)
 from ..typeplan import product_type, sum_type, values_carrier
 
 
@@ -453,7 +454,7 @@ def _case_rom(fn: str, idx_bits: int, out_bits: int, codes, signed: bool) -> lis
 def threshold_quantizer(in_type: Fixed, thresholds, levels=None, name: str | None = None) -> Operator:
     """y = levels[k], k = number of ``thresholds`` <= x, for x of the signed fixed type ``in_type``:
     the lookup fpq's HLS project builds for a quantizer whose scale is not a power of two
-    (``fpq::quantize_by_thresholds`` in hls/fpq_minifloat.h, tables from fpq.hls.thresholds).
+    (``fpq::quantize_by_thresholds`` in hls/fpq_minifloat.h, tables from fpq.numerics.thresholds).
 
     Same structure as the C++: a fully unrolled binary search, ceil(log2(N + 1)) steps, each
     comparing x with the constant th[mid] selected by the search so far (a ROM of the N
@@ -517,22 +518,6 @@ def threshold_quantizer(in_type: Fixed, thresholds, levels=None, name: str | Non
                     # sampled checks of wide inputs: every threshold, its predecessor and the ends
                     probes={"x": np.array([int(c) + d for c in th_codes for d in (-1, 0)] + [lo_c, hi_c],
                                           dtype=object)})
-
-
-def quantizer_table(fmt, scale, in_type) -> tuple[np.ndarray, np.ndarray]:
-    """(thresholds, levels) of fpq's quantizer ``fmt`` x ``scale`` over the values of ``in_type``
-    (a Fixed, or "float32" for a float32 network input): the very table fpq's HLS project holds
-    (``fpq.hls.thresholds.lookup_table`` of the emulator's quantizer, as the HLS builder calls it)."""
-    from ..emulate import quantize_fast
-    from ..export.graph import Quantizer
-    from ..hls.thresholds import lookup_table
-    from ..typeplan import TensorType
-
-    tt = TensorType(fmt, np.float32(scale))
-    q = Quantizer(tt, tt.scale, "cost_model", "Quant")
-    if in_type == "float32":   # the network input: divided in float32, as the emulator does
-        return lookup_table(lambda x: quantize_fast(np.asarray(x, np.float32), q), "float32")
-    return lookup_table(lambda x: quantize_fast(np.asarray(x, np.float64), q), in_type)
 
 
 def threshold_span(in_bits: int, frac_bits: int, thresholds) -> tuple[int, int]:

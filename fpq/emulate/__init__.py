@@ -36,8 +36,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..export.graph import Graph, Op, Quantizer, UnsupportedGraphError, accumulator_bits, read_graph
-from ..numerics.reference import quantize_unscaled
+from ..export.reader import read_graph
+from ..ir import Graph, Op, Quantizer, UnsupportedGraphError
+from ..ir.plan import accumulator_bits
+from ..numerics.scaled import apply_scaled
 from ..numerics.wide import WIDE_BITS as WIDE_EXACT_BITS, exact_bilinear
 from ..formats import Int
 from ..formats.facts import exact_fixed
@@ -583,24 +585,7 @@ def quantize_fast(x: np.ndarray, q: Quantizer) -> np.ndarray:
     The fast path is the same arithmetic: a power-of-two scale makes x / scale and q * scale
     exact in any float dtype, so only rint and clip remain.
     """
-    fmt, s = q.format, q.scale
-    if q.pre_scale is not None:
-        x = np.rint(x / q.pre_scale.astype(x.dtype)) * q.pre_scale.astype(x.dtype)
-    if isinstance(fmt, Int) and po2_exponents(s) is not None:
-        lo, hi = fmt.int_range
-        y = x * (1.0 / s).astype(x.dtype)
-        np.rint(y, out=y)
-        np.clip(y, lo, hi, out=y)
-        y *= s.astype(x.dtype)
-        return y.astype(np.float32, copy=False)
-    dt = x.dtype
-    sc = s.astype(dt)
-    unit = bool(np.all(s == 1))
-    xs = x if unit else x / sc
-    y = quantize_unscaled(xs.astype(np.float64, copy=False), fmt).astype(dt, copy=False)
-    if not unit:
-        y = y * sc
-    return y.astype(np.float32, copy=False)
+    return apply_scaled(x, q.format, q.scale, q.pre_scale)
 
 
 # ----------------------------------------------------------------------------- conv / pool

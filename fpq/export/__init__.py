@@ -11,8 +11,11 @@ import tempfile
 
 import numpy as np
 
-from .graph import (FPQ_FORMAT_ATTR, Graph, Op, Quantizer, UnsupportedGraphError, read_graph,
-                    typeplan_from_graph, typeplan_from_qonnx)
+from ..ir import Graph, Op, Quantizer, UnsupportedGraphError
+from ..ir.plan import typeplan_from_graph
+from ..typeplan import TypePlan
+from .qonnx_codec import FPQ_FORMAT_ATTR, QUANT_OPS
+from .reader import read_graph, typeplan_from_qonnx
 
 _PROXY_NAMES = ("weight_quant", "bias_quant", "output_quant", "act_quant", "input_quant")
 
@@ -20,7 +23,6 @@ _PROXY_NAMES = ("weight_quant", "bias_quant", "output_quant", "act_quant", "inpu
 def _quantizer_formats(q, model) -> dict:
     """{export node name: Format} for a converted model: each quantizer node is matched to the
     fpq tensor quantizer whose Brevitas proxy produced it (by module path)."""
-    from .graph import QUANT_OPS
     quants = getattr(q, "fpq_quantizers", None)
     if not callable(quants):
         return {}
@@ -114,7 +116,7 @@ def export_qonnx(q, path=None, example_input=None, *, input_name="input", output
     return path
 
 
-__all__ = ["export_qonnx", "read_graph", "typeplan_from_qonnx", "typeplan_of", "Graph", "Op", "Quantizer",
+__all__ = ["export_qonnx", "read_graph", "plan", "typeplan_from_qonnx", "typeplan_of", "Graph", "Op", "Quantizer",
            "UnsupportedGraphError", "FPQ_FORMAT_ATTR"]
 
 
@@ -170,3 +172,17 @@ def typeplan_of(q, example_input=None):
                          "input shape: run fpq.calibrate (it records the shapes) or q.fpq_record_shapes(x) first")
     return typeplan_from_graph(as_graph(q, x, purpose="the TypePlan"))
 
+
+def plan(q, example_input=None) -> TypePlan:
+    """The TypePlan of a converted model (``fpq.convert``), a QONNX file / ModelWrapper / ModelProto
+    or a Graph (a TypePlan is returned as is).
+
+    All are read from the same graph IR: a converted model through its in-memory QONNX export,
+    which needs its input shape (recorded by ``fpq.calibrate``, a leading Linear's
+    ``in_features``, or ``example_input``)."""
+    if isinstance(q, TypePlan):
+        return q
+    builder = getattr(q, "fpq_typeplan", None)
+    if callable(builder):
+        return builder(example_input) if example_input is not None else builder()
+    return typeplan_from_qonnx(q)

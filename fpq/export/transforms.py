@@ -10,7 +10,7 @@ Export side (``export_qonnx``):
     scale 1 gets that scale). A Fixed with RND / RND_MIN_INF rounding (no QONNX rounding_mode)
     and SAT / SAT_SYM overflow is written exactly as two Quant nodes: a half-step node
     (``fpq_role="half_step"``) to the grid of half an LSB, then the format's node whose CEIL /
-    FLOOR decides the ties (the proof is at ``graph.TWO_NODE_ROUNDING``); the reader fuses them.
+    FLOOR decides the ties (the proof is at ``qonnx_codec.TWO_NODE_ROUNDING``); the reader fuses them.
   * ``RenameIO``: stable graph input / output names.
 
 Verification side (``fpq.verify``):
@@ -29,18 +29,9 @@ from onnx import TensorProto, helper
 
 from qonnx.transformation.base import Transformation
 
-from ..formats import ROUNDING_TO_QONNX, Fixed, parse_format
-from .graph import (FPQ_FORMAT_ATTR, FPQ_ROLE_ATTR, HALF_STEP_ROLE, has_two_node_form, is_half_step,
-                    two_node_settings)
+from .qonnx_codec import AnnotateFormats  # noqa: F401  (the writer of fpq's conventions lives with their reader)
 
 QONNX_DOMAIN = "qonnx.custom_op.general"
-
-
-def _set_attr(node, name, value):
-    for a in list(node.attribute):
-        if a.name == name:
-            node.attribute.remove(a)
-    node.attribute.append(helper.make_attribute(name, value))
 
 
 class RemoveInitializersFromInputs(Transformation):
@@ -97,73 +88,6 @@ def _exact_f32(a, name):
     return f
 
 
-class AnnotateFormats(Transformation):
-    """``formats``: {quantizer node name: Format}. Writes fpq_format; a Fixed gets its 2^-frac scale."""
-
-    def __init__(self, formats: dict):
-        super().__init__()
-        self.formats = formats
-
-    def apply(self, model):
-        for node in list(model.graph.node):
-            fmt = self.formats.get(node.name)
-            if fmt is None:
-                continue
-            fmt = parse_format(fmt)
-            _set_attr(node, FPQ_FORMAT_ATTR, str(fmt))
-            if isinstance(fmt, Fixed) and node.op_type in ("Quant", "IntQuant"):
-                scale = model.get_initializer(node.input[1])
-                step = np.float32(2.0 ** -fmt.frac_bits)
-                if scale is None or not (np.all(np.asarray(scale) == step) or np.all(np.asarray(scale) == 1)):
-                    raise ValueError(f"quantizer {node.name!r} of {fmt}: expected scale 1 or {step}, got {scale}")
-                if not np.all(np.asarray(scale) == step):
-                    name = model.make_new_valueinfo_name()
-                    model.set_initializer(name, np.asarray(2.0 ** -fmt.frac_bits, dtype=np.float32))
-                    node.input[1] = name
-                if has_two_node_form(fmt):
-                    _write_two_node(model, node, fmt)
-                else:
-                    _write_one_node(node, fmt)
-        return model, False
-
-
-def _write_one_node(node, fmt: Fixed) -> None:
-    """Set the node's rounding_mode and narrow to the format's where QONNX has them (Brevitas
-    writes ROUND on every weight node, and narrow only for narrow Ints), so that qonnx's executor
-    computes the format itself; other formats keep what Brevitas wrote (the reader notes them)."""
-    sym = fmt.overflow == "SAT_SYM" and fmt.signed and fmt.width >= 2
-    if fmt.rounding in ROUNDING_TO_QONNX and (fmt.overflow == "SAT" or sym):
-        _set_attr(node, "rounding_mode", ROUNDING_TO_QONNX[fmt.rounding])
-        _set_attr(node, "narrow", int(sym))
-
-
-def _write_two_node(model, node, fmt: Fixed) -> None:
-    """Insert the half-step Quant node before ``node`` and set both nodes as
-    ``graph.two_node_settings`` says (Quant_CEIL(Quant_FLOOR(x, s/2, W+1), s, W) for RND)."""
-    g = model.graph
-    producer = model.find_producer(node.input[0])
-    if producer is not None and is_half_step(producer):
-        return  # already written (the transformation ran before)
-    half_set, main_set = two_node_settings(fmt)
-    for k in ("signed", "narrow", "rounding_mode"):
-        _set_attr(node, k, main_set[k])
-    bits = model.get_initializer(node.input[3])
-    if bits is None or float(np.asarray(bits)) != main_set["bitwidth"]:
-        raise ValueError(f"quantizer {node.name!r} of {fmt}: expected bitwidth {main_set['bitwidth']}, got {bits}")
-    base = f"{node.name}_half_step"
-    inits = {}
-    for what, value in (("scale", half_set["scale"]), ("zeropt", 0.0), ("bitwidth", half_set["bitwidth"])):
-        inits[what] = f"{base}_{what}"  # node names are unique: so are these (and the file is reproducible)
-        model.set_initializer(inits[what], np.asarray(value, dtype=np.float32))
-    out = f"{base}_out"
-    half = helper.make_node(node.op_type, [node.input[0], inits["scale"], inits["zeropt"], inits["bitwidth"]],
-                            [out], name=base, domain=node.domain, signed=half_set["signed"],
-                            narrow=half_set["narrow"], rounding_mode=half_set["rounding_mode"])
-    half.attribute.append(helper.make_attribute(FPQ_ROLE_ATTR, HALF_STEP_ROLE))
-    node.input[0] = out
-    g.node.insert(list(g.node).index(node), half)
-
-
 class RemoveDoubleDivision(Transformation):
     """Undo a torch exporter bug: ``F.avg_pool2d(..., divisor_override=1)`` (a window sum) is
     exported as an AveragePool (a mean) and the divisor is dropped silently, so fpq's exact
@@ -202,6 +126,22 @@ class RemoveDoubleDivision(Transformation):
                     raise ValueError("an average pool cannot be the graph output here")
             g.node.remove(node)
         return model, False
+
+
+def _window_counts(size, kernel, strides, pads) -> np.ndarray:
+    """How many real (not padded) inputs each pooling window covers (ceil_mode 0, no dilation):
+    per axis, window i spans [i * stride - pad_begin, + kernel) clipped to [0, n); the product
+    over the axes."""
+    nd = len(size)
+    per_axis = []
+    for d in range(nd):
+        n, kk, st, lo, hi = size[d], kernel[d], strides[d], pads[d], pads[d + nd]
+        starts = np.arange((n + lo + hi - kk) // st + 1) * st - lo
+        per_axis.append((np.minimum(starts + kk, n) - np.maximum(starts, 0)).astype(np.float64))
+    out = per_axis[0]
+    for c in per_axis[1:]:
+        out = np.multiply.outer(out, c)
+    return out
 
 
 class RenameIO(Transformation):
@@ -397,10 +337,7 @@ class ComputeInDouble(Transformation):
         if a.get("count_include_pad", 0) or not any(pads):
             count = np.asarray(float(kk))
         else:  # windows at the border see fewer real inputs
-            from ..emulate import pool_nd
-            ones = np.ones((1, 1) + tuple(xshape[2:]))
-            count = pool_nd(ones, {"kernel": tuple(k), "strides": tuple(strides), "pads": tuple(pads),
-                                   "dilations": (1,) * nd, "ceil_mode": 0, "count_include_pad": 1}, "avg") * kk
+            count = _window_counts(tuple(xshape[2:]), tuple(k), tuple(strides), tuple(pads))[None, None]
         cnt = f"{base}__count"
         model.set_initializer(cnt, np.asarray(count, dtype=np.float64))
         nodes.append(helper.make_node("Div", [f"{patches}__sum", cnt], [node.output[0]], name=f"{base}_div"))

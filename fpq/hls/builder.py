@@ -37,6 +37,11 @@ from ..typeplan import values_carrier as _values_carrier
 from . import cpp
 
 
+def c_array(values: np.ndarray) -> str:
+    """A C++ initializer list whose double literals parse back to exactly these float64 values."""
+    return "{" + ", ".join(repr(float(v)) for v in values) + "}"
+
+
 class HLSUnsupportedError(ValueError):
     """The network (a layer, a format or a scale) cannot be made exact in HLS: the message says which and why."""
 
@@ -262,9 +267,9 @@ class _Builder:
 
     def _lookup_quantize_layer(self, op, src: _Tensor) -> _Tensor:
         """A quantizer with a scale that is not a power of two, as an exact lookup table over the
-        values its input can take (fpq.hls.thresholds): y = levels[#thresholds <= x]."""
+        values its input can take (fpq.numerics.thresholds): y = levels[#thresholds <= x]."""
         from ..emulate import apply_quantizer
-        from .thresholds import c_array, lookup_table
+        from ..numerics.thresholds import lookup_table
         tt = op.quant.ttype
         if np.size(tt.scale) != 1:
             raise HLSUnsupportedError(f"quantizer {op.name!r}: per-channel scales that are not powers of two "

@@ -5,10 +5,11 @@ the quantizer is monotone in x (a correctly rounded division and any rounding to
 and so is clipping), and x can only take the values of its exact type: the grid of the
 accumulator feeding it, or float32 at the network input. So the quantizer is a step function on
 that finite, ordered set, and is given exactly by the first input of each step (its thresholds)
-and the output of each step (its levels). This module finds them with fpq's own quantizer (the
-emulator's ``apply_quantizer``), one step after the other by a 256-way search over the input keys,
+and the output of each step (its levels). This module finds them with fpq's own quantizer
+(``fpq.numerics.scaled.apply_scaled``, as the emulator applies it), one step after the other by a 256-way search over the input keys,
 and then checks the table against the quantizer on random inputs and on every threshold and its
-predecessor. The C++ side (``fpq::quantize_by_thresholds``) is a binary search over the table.
+predecessor. The C++ side (``fpq::quantize_by_thresholds``, written by fpq.hls) and the cost model's RTL
+(``fpq.cost_model.rtl.threshold_quantizer``) are a binary search over the table.
 
 No library does this for fpq's quantizer semantics: FINN's MultiThreshold nodes hold thresholds,
 but are computed there for FINN's own streamlined integer graphs.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..formats import Fixed
+from .scaled import apply_scaled
 
 MAX_LEVELS = 4096       # a larger table is not a sensible circuit (and never an 8-bit format)
 FLOAT64_EXACT_BITS = 53
@@ -113,6 +115,11 @@ def _check(f, keys, levels, grid, n_random: int = 20000, seed: int = 0) -> None:
                          f"from it at input {grid.values(probe[bad:bad + 1])[0]!r}")
 
 
-def c_array(values: np.ndarray) -> str:
-    """A C++ initializer list whose double literals parse back to exactly these float64 values."""
-    return "{" + ", ".join(repr(float(v)) for v in values) + "}"
+def quantizer_table(fmt, scale, in_type) -> tuple[np.ndarray, np.ndarray]:
+    """(thresholds, levels) of fpq's quantizer ``fmt`` x ``scale`` (one float scale) over the values
+    of ``in_type`` (a Fixed, or "float32" for a float32 network input): the very table fpq's HLS
+    project holds and the cost model prices. A float32 input is divided in float32 (as the graph
+    input is), a Fixed input in float64 (an exact sum)."""
+    s = np.float32(scale)
+    dt = np.float32 if in_type == "float32" else np.float64
+    return lookup_table(lambda x: apply_scaled(np.asarray(x, dt), fmt, s), in_type)

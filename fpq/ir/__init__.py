@@ -1,0 +1,196 @@
+"""fpq's one graph IR: :class:`Graph` of :class:`Op` (kinds from the one table ``OPS``) and
+:class:`Quantizer`. A converted torch model (through its QONNX export) and any QONNX file are read
+into it by ``fpq.export.read_graph``; the TypePlan is built from it (``fpq.ir.plan``), and the
+emulator, the HLS builder, the cost model and verify read it.
+
+Op kinds (``Op.kind``) and their attributes:
+
+==================  ==========================================================================
+``input_quant``     quantizer on a graph input (the network's first op); ``quant``; the graph
+                    input is float32 and this quantizer divides by its scale in float32
+``quant``           activation (re)quantizer: ``quant`` (a :class:`Quantizer`); also Trunc
+                    (``quant.pre_scale``: the input is first rounded to that grid)
+``linear``          y = x @ weight.T + bias; weight (out, in)
+``conv1d/conv2d``   weight (out, in/groups, *kernel); kernel, strides, pads (ONNX order:
+                    begins then ends), dilations, groups
+``batchnorm``       y = x * weight + bias per channel (axis 1): weight (C,) from a Mul by a
+                    quantized constant, bias (C,) from the Add of a constant right after it
+                    (fpq's element-wise BatchNorm, or any file with that pattern); fan_in 1
+``relu``            max(x, 0)
+``add``             x0 + x1 (both dynamic)
+``mul`` / ``div``   x * c, x / c with a constant ``c`` (attrs["value"])
+``maxpool``         kernel, strides, pads, dilations, ceil_mode
+``avgpool``         kernel, strides, pads, ceil_mode, count_include_pad
+``global_avgpool``  mean over the spatial axes, keepdims
+``flatten``         axis
+``reshape``         shape (ONNX semantics, 0 copies, -1 infers)
+``transpose``       perm
+``output``          marks a graph output (identity)
+==================  ==========================================================================
+
+Every quantized tensor has a :class:`Quantizer` (its fpq ``TensorType`` plus the scale in its
+broadcast layout). ``Op.types`` maps roles (input, weight, bias, output) to TensorTypes where
+they are known. Shapes include the batch dimension as exported (usually 1); consumers treat
+dimension 0 as the batch.
+
+Semantics are fpq's (``fpq.quantize``), not qonnx's executor: where the two differ (qonnx's
+``float_quant`` ignores ``has_subnormal`` and is always signed; formats written in an
+``fpq_format`` attribute that QONNX cannot express, e.g. fixed WRAP), ``Quantizer.qonnx_exact``
+is False and ``Quantizer.note`` says why.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..formats import Format
+from ..typeplan import TensorType
+
+
+@dataclass(frozen=True)
+class OpKind:
+    """What every consumer needs to know of an op kind, said once.
+
+    ``mac``: sums of products of a dynamic input and constant weights over a fan-in (linear,
+    conv); ``weighted``: has weight / bias constants (mac kinds and batchnorm); the TypePlan
+    derives their product and accumulator, and a cast requantizer after them is their output.
+    ``type_preserving``: the output values are a subset of the input's (its type passes through).
+    ``free``: wiring only, no circuit (the cost model prices nothing).
+    """
+
+    name: str
+    mac: bool = False
+    weighted: bool = False
+    type_preserving: bool = False
+    free: bool = False
+
+
+OPS = {k.name: k for k in (
+    OpKind("input_quant"), OpKind("quant"),
+    OpKind("linear", mac=True, weighted=True), OpKind("conv1d", mac=True, weighted=True),
+    OpKind("conv2d", mac=True, weighted=True), OpKind("batchnorm", weighted=True),
+    OpKind("relu", type_preserving=True), OpKind("add"), OpKind("mul"), OpKind("div"),
+    OpKind("maxpool", type_preserving=True), OpKind("avgpool"), OpKind("global_avgpool"),
+    OpKind("flatten", type_preserving=True, free=True), OpKind("reshape", type_preserving=True, free=True),
+    OpKind("transpose", type_preserving=True, free=True), OpKind("output", type_preserving=True, free=True),
+)}
+KINDS = tuple(OPS)
+MAC_KINDS = tuple(k for k, o in OPS.items() if o.mac)                 # linear, conv1d, conv2d
+WEIGHTED_KINDS = tuple(k for k, o in OPS.items() if o.weighted)       # ... and batchnorm
+TYPE_PRESERVING = tuple(k for k, o in OPS.items() if o.type_preserving)
+FREE_KINDS = tuple(k for k, o in OPS.items() if o.free)
+POOL_KINDS = ("maxpool", "avgpool", "global_avgpool")
+
+class UnsupportedGraphError(ValueError):
+    """A QONNX graph fpq cannot represent exactly (the message names the node and why)."""
+
+
+@dataclass(frozen=True)
+class Quantizer:
+    """One quantizer of the graph: y = Q(x / scale) * scale with fpq's semantics.
+
+    ``scale`` is float32 in the tensor's broadcast layout (e.g. (C, 1) for a linear weight,
+    (1, C, 1, 1) for a conv activation); ``ttype.scale`` is the same scale flattened to () or
+    (C,). ``pre_scale`` (Trunc only): the input is first rounded to multiples of it.
+    """
+
+    ttype: TensorType
+    scale: np.ndarray
+    node: str
+    op_type: str
+    qonnx_exact: bool = True
+    note: str = ""
+    pre_scale: np.ndarray | None = None
+
+    @property
+    def format(self) -> Format:
+        return self.ttype.format
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Reference application (fpq.quantize), in x's dtype."""
+        from ..numerics import quantize
+        if self.pre_scale is not None:
+            x = np.rint(x / self.pre_scale) * self.pre_scale
+        return quantize(x, self.ttype.format, self.scale)
+
+
+@dataclass
+class Op:
+    """One IR op. ``inputs`` / ``outputs`` are ONNX tensor names (dynamic tensors only)."""
+
+    name: str
+    kind: str
+    inputs: list
+    outputs: list
+    in_shapes: list = field(default_factory=list)
+    out_shape: tuple | None = None
+    attrs: dict = field(default_factory=dict)
+    weight: np.ndarray | None = None     # float32, on the grid
+    bias: np.ndarray | None = None       # float32 (on the grid when quantized)
+    quant: Quantizer | None = None       # quant / input_quant ops
+    weight_quant: Quantizer | None = None
+    bias_quant: Quantizer | None = None
+    types: dict = field(default_factory=dict)   # role -> TensorType
+    onnx_nodes: list = field(default_factory=list)
+    module: str = ""     # the torch module path the op was exported from ("block.fc1"), when known
+
+    @property
+    def fan_in(self) -> int | None:
+        if self.weight is None:
+            return None
+        return int(np.prod(self.weight.shape[1:]))
+
+    def __repr__(self):
+        return f"Op({self.name!r}, {self.kind}, {self.inputs} -> {self.outputs}, out_shape={self.out_shape})"
+
+
+@dataclass
+class Graph:
+    """Ops in execution order; ``inputs`` / ``outputs`` are the graph's ONNX tensor names."""
+
+    ops: list
+    inputs: list
+    outputs: list
+    input_shapes: dict
+    name: str = "model"
+
+    def __iter__(self):
+        return iter(self.ops)
+
+    def __len__(self):
+        return len(self.ops)
+
+    def __getitem__(self, name) -> Op:
+        for op in self.ops:
+            if op.name == name:
+                return op
+        raise KeyError(f"no op named {name!r}; ops: {[o.name for o in self.ops]}")
+
+    def producer(self, tensor: str) -> Op | None:
+        for op in self.ops:
+            if tensor in op.outputs:
+                return op
+        return None
+
+    def consumers(self, tensor: str) -> list:
+        """The ops that read ``tensor``, in execution order."""
+        return [op for op in self.ops if tensor in op.inputs]
+
+    def tensor_type(self, tensor: str) -> TensorType | None:
+        for op in self.ops:
+            if tensor in op.outputs:
+                return op.types.get("output")
+        return None
+
+    def summary(self) -> str:
+        lines = []
+        for op in self.ops:
+            t = op.types.get("output")
+            lines.append(f"{op.name:24s} {op.kind:15s} {str(op.out_shape):18s} "
+                         f"{t.describe() if isinstance(t, TensorType) else ''}")
+        return "\n".join(lines)
+
+
+__all__ = ["Graph", "Op", "Quantizer", "OpKind", "OPS", "KINDS", "MAC_KINDS", "WEIGHTED_KINDS", "TYPE_PRESERVING",
+           "FREE_KINDS", "POOL_KINDS", "UnsupportedGraphError"]

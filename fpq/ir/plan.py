@@ -1,0 +1,94 @@
+"""The one TypePlan, built from the graph IR (``typeplan_from_graph``): every tensor's exact
+type, the products and accumulators derived once (``fpq.typeplan.LayerPlan.derive``), and the
+requantizers the hardware fuses into the layer before them. ``fpq.plan`` reaches it from a
+converted model (through its QONNX export) or a QONNX file alike.
+"""
+from __future__ import annotations
+
+from ..formats import Fixed, Int
+from ..numerics.wide import WIDE_BITS
+from ..typeplan import LayerPlan, TypePlan
+from . import WEIGHTED_KINDS, Graph, Op, Quantizer
+
+# ops whose requantizer the hardware folds into the op itself (fpq.hls casts the exact result into
+# the quantizer's ap_fixed type; the cost model prices that rounding with the op)
+REQUANT_FUSING = WEIGHTED_KINDS
+
+
+def _cast_quantizer(q: Quantizer | None) -> bool:
+    """A quantizer an ap_fixed cast computes: Fixed or (not narrow) Int at a power-of-two scale."""
+    if q is None or q.pre_scale is not None or not q.ttype.po2:
+        return False
+    f = q.ttype.format
+    return isinstance(f, Fixed) or (isinstance(f, Int) and not f.narrow)
+
+
+def _module_of(op: Op) -> str:
+    """The module path an op name was made from (``_op_name``): "conv2d_0" -> "0"."""
+    return op.name[len(op.kind) + 1:] if op.name.startswith(op.kind + "_") else op.name
+
+
+# every float path (torch's eval forward, both emulator backends) sums exactly up to WIDE_BITS bits
+NOT_EXACT = f"float64 paths are exact only up to {WIDE_BITS}-bit sums: not guaranteed exact for this layer"
+
+
+def _derive(lp: LayerPlan) -> None:
+    """Product and accumulator of a layer; a note instead where no exact fixed type exists (e.g. a
+    product wider than 128 bits) or the accumulator is wider than the float paths sum exactly."""
+    try:
+        lp.derive()
+    except ValueError as e:
+        if lp.attrs.get("accumulator_bits") is not None:
+            raise    # a narrow accumulator the layer cannot take: the user must hear why
+        lp.note = "; ".join(filter(None, [lp.note, f"no exact fixed-point product/accumulator ({e}); {NOT_EXACT}"]))
+    acc = lp.tensors.get("accumulator")
+    if isinstance(acc, Fixed) and acc.width > WIDE_BITS:
+        lp.note = "; ".join(filter(None, [lp.note, f"accumulator needs {acc.width} bits; {NOT_EXACT}"]))
+
+
+def typeplan_from_graph(graph: Graph) -> TypePlan:
+    """One LayerPlan per IR op (weights, biases and every known TensorType), derived.
+
+    A cast quantizer right after a linear / conv / batchnorm that reads nothing else becomes
+    that layer's ``output`` (``attrs["requant"]`` names it) and its own layer says
+    ``attrs["fused_into"]``: the circuit fpq.hls builds (one cast of the exact accumulator) and
+    the one the cost model prices. ``attrs["module"]``: the torch module path of the op, so that
+    ``plan["0"]`` finds the layer ``conv2d_0`` of a converted ``nn.Sequential``.
+    """
+    tp = TypePlan()
+    for op in graph.ops:
+        attrs = dict(op.attrs)
+        attrs["in_shapes"] = op.in_shapes
+        attrs["out_shape"] = op.out_shape
+        attrs["module"] = op.module or _module_of(op)
+        attrs["inputs"] = [src.name for src in map(graph.producer, op.inputs) if src is not None]
+        values = {}
+        if op.weight is not None:
+            values["weight"] = op.weight
+        if op.bias is not None:
+            values["bias"] = op.bias
+        tensors = {k: v for k, v in op.types.items()}
+        if op.kind in WEIGHTED_KINDS:
+            tensors.pop("output", None)  # the op's output is its accumulator (derived)
+        lp = LayerPlan(op.name, op.kind, tensors, op.fan_in, values, attrs,
+                       note="; ".join(q.note for q in (op.quant, op.weight_quant, op.bias_quant) if q and q.note))
+        _derive(lp)
+        tp.add(lp)
+        if op.kind == "quant" and _cast_quantizer(op.quant) and len(op.inputs) == 1:
+            src = graph.producer(op.inputs[0])
+            if (src is not None and src.kind in REQUANT_FUSING and src.name in tp.layers
+                    and len(graph.consumers(op.inputs[0])) == 1 and op.inputs[0] not in graph.outputs):
+                tp[src.name].tensors["output"] = op.types["output"]
+                tp[src.name].attrs["requant"] = op.name
+                lp.attrs["fused_into"] = src.name
+    return tp
+
+
+def accumulator_bits(op: Op) -> int | None:
+    """Significant bits an exact accumulator of ``op`` needs (None when not derivable)."""
+    lp = LayerPlan(op.name, op.kind, dict(op.types), op.fan_in).derive()
+    acc = lp.tensors.get("accumulator")
+    return acc.width if isinstance(acc, Fixed) else None
+
+
+__all__ = ["typeplan_from_graph", "accumulator_bits", "REQUANT_FUSING"]

@@ -1,0 +1,43 @@
+"""Applying a scaled quantizer y = Q(x / s) * s, stored as float32: the one numpy definition the
+emulator, the HLS lookup tables and the cost model's tables share.
+
+The division and the multiplication happen in x's dtype (float32 at a float32 network input,
+float64 for exact sums): that is the contract fpq's export writes and qonnx executes. A
+power-of-two scale makes both exact in any float dtype, so for an Int format only rint and clip
+remain (the fast path, the same arithmetic).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..formats import Format, Int
+from .reference import quantize_unscaled
+
+
+def _po2(s: np.ndarray) -> bool:
+    m, _ = np.frexp(s)
+    return bool(np.all(np.isfinite(s)) and np.all(s > 0) and np.all(m == 0.5))
+
+
+def apply_scaled(x: np.ndarray, fmt: Format, scale, pre_scale=None) -> np.ndarray:
+    """``Q_fmt(x / scale) * scale`` in x's dtype, stored as float32; ``pre_scale`` (a Trunc's input
+    grid) first rounds x to multiples of it. ``scale`` broadcasts against x (its layout)."""
+    s = np.asarray(scale, dtype=np.float32)
+    if pre_scale is not None:
+        p = np.asarray(pre_scale).astype(x.dtype)
+        x = np.rint(x / p) * p
+    if isinstance(fmt, Int) and _po2(s):
+        lo, hi = fmt.int_range
+        y = x * (1.0 / s).astype(x.dtype)
+        np.rint(y, out=y)
+        np.clip(y, lo, hi, out=y)
+        y *= s.astype(x.dtype)
+        return y.astype(np.float32, copy=False)
+    dt = x.dtype
+    sc = s.astype(dt)
+    unit = bool(np.all(s == 1))
+    xs = x if unit else x / sc
+    y = quantize_unscaled(xs.astype(np.float64, copy=False), fmt).astype(dt, copy=False)
+    if not unit:
+        y = y * sc
+    return y.astype(np.float32, copy=False)
