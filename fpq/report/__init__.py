@@ -9,7 +9,8 @@ from __future__ import annotations
 from .grid import grid, minifloat_splits
 from .html import report
 from .pareto import dominated, pareto_front
-from .sweeping import SweepResult, load_results, point_id, sweep
+from .records import SweepResult, load_results, point_id
+from .sweeping import sweep
 
 __all__ = ["sweep", "report", "pareto_front", "dominated", "grid", "minifloat_splits", "SweepResult",
            "load_results", "point_id"]

@@ -13,7 +13,7 @@ from collections import Counter
 
 from .pareto import COSTS, fronts
 from .plots import all_plots
-from .sweeping import load_results, write_tables
+from .records import load_results, write_tables
 
 FRONT_COLUMNS = ("weights", "activations", "first_last", "method", "accuracy", "lut", "ff", "dsp", "latency_ns",
                  "exact", "id")

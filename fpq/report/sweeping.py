@@ -16,7 +16,6 @@ per point with canonical format strings and the command that rebuilds it.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import importlib
 import importlib.util
@@ -31,14 +30,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .grid import canonical_list, describe, grid, points
+from .grid import canonical_list, grid, points
+from .records import (CACHE, COLUMNS, COST_FIELDS, SweepResult, _append_cache, _end_partial_line, _family,  # noqa: F401
+                      load_results, point_id, read_cache, write_tables)
 
-CACHE = "cache.jsonl"
-COST_FIELDS = ("lut", "ff", "dsp", "bram18", "latency_cycles", "latency_ns", "ii", "bops", "ebops")
-COLUMNS = ("id", "weights", "activations", "first_last", "method", "qat_epochs", "seed", "family",
-           "w_kind", "w_bits", "a_kind", "a_bits", "accuracy", *COST_FIELDS, "datapath", "exact",
-           "verify_samples", "verify_paths", "mismatch", "profile_device", "float_inf_per_s",
-           "fake_quant_inf_per_s", "status", "error", "seconds", "command", "python")
 DEFAULT_DATA_SPEC = "fpq.data:load_digits_split"
 
 
@@ -157,13 +152,6 @@ class Settings:
         return {k: getattr(self, k) for k in keep}
 
 
-def point_id(cfg: dict) -> str:
-    """Short stable id of one configuration (formats, method, QAT epochs, seed)."""
-    keys = ("weights", "activations", "first_last", "method", "qat_epochs", "seed")
-    blob = json.dumps({k: cfg.get(k) for k in keys}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
 def _digest(h, t) -> None:
     import torch
     t = torch.as_tensor(t).detach().cpu().contiguous()
@@ -172,7 +160,7 @@ def _digest(h, t) -> None:
 
 
 # files of this package that only present results (editing them keeps the cache valid)
-_PRESENTATION = ("html.py", "plots.py", "pareto.py", "cli.py")
+_PRESENTATION = ("html.py", "plots.py", "pareto.py")
 
 
 def source_hash() -> str:
@@ -180,7 +168,7 @@ def source_hash() -> str:
     from pathlib import Path
     root = Path(__file__).resolve().parents[1]
     files = sorted(p for p in root.rglob("*.py") if not (p.parent.name == "report" and p.name in _PRESENTATION))
-    files += sorted((root.parent / "cost_model").glob("*.csv"))  # the operator table estimate_cost reads
+    files += sorted((root / "cost_model" / "data").glob("*.csv"))  # the operator tables estimate_cost reads
     h = hashlib.sha256()
     for p in files:
         h.update(str(p.relative_to(root.parent)).encode())
@@ -319,12 +307,6 @@ def _num(v):
     return int(v) if v.is_integer() else round(v, 3)
 
 
-def _family(cfg: dict) -> dict:
-    wk, wb = describe(cfg["weights"])
-    ak, ab = describe(cfg["activations"])
-    return {"w_kind": wk, "w_bits": wb, "a_kind": ak, "a_bits": ab, "family": wk if wk == ak else "mixed"}
-
-
 # ----------------------------------------------------------------------------- worker processes
 _WORKER = {}
 
@@ -372,99 +354,7 @@ def _worker_point(cfg: dict) -> dict:
     return run_point(w["model"], w["data"], cfg, w["settings"], w["metric"])
 
 
-# ----------------------------------------------------------------------------- record checks
-STATUSES = ("ok", "partial", "error")
-VERIFY_PATHS = ("emulator", "torch", "qonnx", "hls")
-_INTS = ("qat_epochs", "seed", "verify_samples")
-_NONNEG = (*COST_FIELDS, "float_inf_per_s", "fake_quant_inf_per_s", "seconds")
-_TEXT = ("mismatch", "profile_device", "error", "command", "python")
-
-
-class BadRecord(ValueError):
-    """A sweep record read back from a file that fpq.sweep could not have written."""
-
-    def __init__(self, field: str, why: str):
-        super().__init__(f"field {field!r}: {why}")
-        self.field = field
-
-
-def _real(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
-
-
-def check_record(rec, strict: bool = False) -> None:
-    """Raise BadRecord naming the first field of ``rec`` that fpq.sweep could not have written:
-    unknown or missing fields, wrong types, negative costs, non-finite numbers, format strings
-    that do not parse (or are not canonical), kind/bits/family that do not match the formats, and
-    an ``exact`` that is not None or a bool from a verify that ran (samples > 0, paths named,
-    status not "error"). ``strict`` (the sweep's own cache): every column present and the id is
-    the hash of the record's configuration."""
-    from ..formats import parse_format
-    from ..nn.calibration_stats import METHODS
-
-    if not isinstance(rec, dict):
-        raise BadRecord("record", f"expected a JSON object, got {type(rec).__name__}")
-    unknown = sorted(set(rec) - set(COLUMNS))
-    if unknown:
-        raise BadRecord(str(unknown[0]), f"unknown field; allowed: {', '.join(COLUMNS)}")
-    need = COLUMNS if strict else ("id", "weights", "activations", "method", "status")
-    for k in need:
-        if k not in rec:
-            raise BadRecord(k, "missing")
-    get = rec.get
-    if not isinstance(get("id"), str) or not (0 < len(rec["id"]) <= 64) or not all(
-            c.isascii() and (c.isalnum() or c in "_-.") for c in rec["id"]):
-        raise BadRecord("id", f"expected up to 64 letters, digits, '_', '-', '.', got {get('id')!r}")
-    for k in ("weights", "activations", "first_last"):
-        v = get(k)
-        if v is None and k == "first_last":
-            continue
-        if not isinstance(v, str):
-            raise BadRecord(k, f"expected a format string, got {type(v).__name__}")
-        try:
-            canon = str(parse_format(v))
-        except (ValueError, TypeError) as e:
-            raise BadRecord(k, f"{v!r} is not a format ({str(e).split('. Accepted forms')[0]})") from None
-        if canon != v:
-            raise BadRecord(k, f"{v!r} is not canonical (fpq.sweep writes {canon!r})")
-    if get("method") not in METHODS:
-        raise BadRecord("method", f"{get('method')!r} is not one of {', '.join(METHODS)}")
-    if get("status") not in STATUSES:
-        raise BadRecord("status", f"{get('status')!r} is not one of {', '.join(STATUSES)}")
-    for k in _INTS:
-        v = get(k)
-        if (v is None and strict) or (v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0)):
-            raise BadRecord(k, f"expected an integer >= 0, got {v!r}")
-    for k in ("accuracy", *_NONNEG):
-        v = get(k)
-        if k == "accuracy" and isinstance(v, float) and np.isnan(v):
-            continue  # a user metric may give NaN; fpq.sweep records it as it is
-        if v is not None and (not _real(v) or (k in _NONNEG and v < 0)):
-            raise BadRecord(k, f"expected None or a finite number{' >= 0' if k in _NONNEG else ''}, got {v!r}")
-    for k in (*_TEXT, "datapath"):
-        if get(k) is not None and not isinstance(rec[k], str):
-            raise BadRecord(k, f"expected None or a string, got {type(rec[k]).__name__}")
-    fam = _family(rec)  # kinds, bits and family follow from the formats
-    for k, v in fam.items():
-        if k in rec and rec[k] != v:
-            raise BadRecord(k, f"{rec[k]!r} does not match the formats ({v!r})")
-    paths = get("verify_paths")
-    if paths not in (None, "") and (not isinstance(paths, str)
-                                    or any(p not in VERIFY_PATHS for p in paths.split("+"))):
-        raise BadRecord("verify_paths", f"{paths!r} is not '+'-joined names of {', '.join(VERIFY_PATHS)}")
-    exact = get("exact")
-    if exact is not None:
-        if not isinstance(exact, bool):
-            raise BadRecord("exact", f"expected None, true or false, got {exact!r}")
-        if get("status") == "error" or get("verify_samples", 1) == 0 or not paths:
-            raise BadRecord("exact", "set although no verify ran (status error, verify_samples 0 or no "
-                                     "verify_paths)")
-    if get("status") == "error" and get("accuracy") is not None:
-        raise BadRecord("accuracy", "set on a point whose build failed")
-    if strict:
-        cfg = {k: rec[k] for k in ("weights", "activations", "first_last", "method", "qat_epochs", "seed")}
-        if rec["id"] != point_id(cfg):
-            raise BadRecord("id", f"{rec['id']!r} is not the id of this configuration ({point_id(cfg)!r})")
+# ----------------------------------------------------------------------------- the worker pool
 
 
 class _Terminated(BaseException):
@@ -513,67 +403,7 @@ def _run_pool(todo: list, workers: int, payload: bytes, finish) -> None:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-# ----------------------------------------------------------------------------- cache and output
-def read_cache(path: str) -> dict:
-    """{cache key: record}. A line that is not a record fpq.sweep wrote (cut short by a kill, or
-    edited) is skipped with a warning naming its line and field; its point is recomputed."""
-    import warnings
-
-    out = {}
-    if not os.path.exists(path):
-        return out
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line)
-                if not isinstance(entry, dict) or set(entry) != {"key", "record"}:
-                    raise BadRecord("line", "expected {\"key\": ..., \"record\": {...}}")
-                key, rec = entry["key"], entry["record"]
-                check_record(rec, strict=True)
-                if not isinstance(key, str) or key.split("-", 1)[0] != rec["id"]:
-                    raise BadRecord("key", f"{key!r} does not start with the record's id {rec['id']!r}")
-            except json.JSONDecodeError:
-                warnings.warn(f"fpq.sweep: {path} line {n} is not a complete JSON line (cut short by a kill?): "
-                              "skipped, its point is recomputed", stacklevel=2)
-                continue
-            except BadRecord as e:
-                warnings.warn(f"fpq.sweep: {path} line {n} is not a record fpq.sweep wrote ({e}): skipped, "
-                              "its point is recomputed", stacklevel=2)
-                continue
-            out[key] = rec
-    return out
-
-
-def _end_partial_line(path: str) -> None:
-    """A kill during a write leaves a line without its newline; end it so the next record starts
-    on a line of its own (the partial line itself is skipped by ``read_cache``)."""
-    if os.path.exists(path) and os.path.getsize(path):
-        with open(path, "rb+") as f:
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":
-                f.write(b"\n")
-
-
-def _append_cache(path: str, key: str, rec: dict) -> None:
-    with open(path, "a") as f:  # one write per line, flushed: a kill loses at most this line
-        f.write(json.dumps({"key": key, "record": rec}, default=str) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def write_tables(records: list, meta: dict, out: str) -> tuple[str, str]:
-    os.makedirs(out, exist_ok=True)
-    jpath, cpath = os.path.join(out, "results.json"), os.path.join(out, "results.csv")
-    with open(jpath, "w") as f:
-        json.dump({"meta": meta, "records": records}, f, indent=1, default=str)
-    with open(cpath, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(COLUMNS), extrasaction="ignore")
-        w.writeheader()
-        for r in records:
-            w.writerow({k: "" if r.get(k) is None else r.get(k) for k in COLUMNS})
-    return cpath, jpath
+# ----------------------------------------------------------------------------- commands
 
 
 # sweep() keyword arguments with a default that commands leave out, and their CLI flags
@@ -608,19 +438,6 @@ def commands(cfg: dict, st: Settings) -> tuple[str, str]:
         parts += ["--out", st.out]
     parts += ["--only", pid]
     return " ".join(shlex.quote(p) for p in parts), py
-
-
-@dataclass
-class SweepResult:
-    records: list
-    meta: dict
-    out: str
-    csv_path: str
-    json_path: str
-    computed: int     # points evaluated in this call (the rest came from the cache)
-
-    def ok(self) -> list:
-        return [r for r in self.records if r["status"] != "error"]
 
 
 # ----------------------------------------------------------------------------- the sweep
@@ -790,86 +607,6 @@ def sweep(model, data=None, formats=None, methods=("max", "mse"), weights=None, 
             "context": ctx, "n_test": len(data.x_test)}
     cpath, jpath = write_tables(records, meta, st.out)
     return SweepResult(records, meta, st.out, cpath, jpath, len(todo))
-
-
-def load_results(results) -> tuple[list, dict]:
-    """(records, meta) from a SweepResult, a list of records, or a results.json / results.csv path."""
-    if isinstance(results, SweepResult):
-        return list(results.records), dict(results.meta)
-    if isinstance(results, (str, os.PathLike)):
-        path = str(results)
-        if os.path.isdir(path):
-            path = os.path.join(path, "results.json")
-        if not os.path.exists(path):
-            raise ValueError(f"no sweep results at {path!r}")
-        if path.endswith(".json"):
-            with open(path) as f:
-                try:
-                    obj = json.load(f)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}: not a JSON file ({e})") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get("records"), list):
-                raise ValueError(f"{path}: expected {{\"meta\": {{...}}, \"records\": [...]}} as fpq.sweep writes")
-            meta = obj.get("meta", {})
-            _check_meta(meta, path)
-            for i, r in enumerate(obj["records"]):
-                try:
-                    check_record(r)
-                except BadRecord as e:
-                    raise ValueError(f"{path}: records[{i}] is not a record fpq.sweep writes: {e}") from None
-            return list(obj["records"]), dict(meta)
-        if path.endswith(".csv"):
-            records = []
-            with open(path, newline="") as f:
-                for n, row in enumerate(csv.DictReader(f), 2):  # line 1 is the header
-                    try:
-                        r = _parse_csv_row(row)
-                        check_record(r)
-                    except BadRecord as e:
-                        raise ValueError(f"{path} line {n} is not a record fpq.sweep writes: {e}") from None
-                    records.append(r)
-            return records, {}
-        raise ValueError(f"sweep results must be results.json or results.csv, got {path!r}")
-    if isinstance(results, (list, tuple)):
-        return [dict(r) for r in results], {}
-    raise TypeError(f"expected sweep results (SweepResult, list of records, or a path), got {type(results).__name__}")
-
-
-_META_NUMBERS = ("float_accuracy", "seconds", "points", "computed", "cached", "workers", "seed", "n_test")
-
-
-def _check_meta(meta, path: str) -> None:
-    """The meta fields the report prints must have the types fpq.sweep writes (they are escaped too)."""
-    if not isinstance(meta, dict):
-        raise ValueError(f"{path}: 'meta' must be a JSON object, got {type(meta).__name__}")
-    for k in _META_NUMBERS:
-        if meta.get(k) is not None and not _real(meta[k]):
-            raise ValueError(f"{path}: meta field {k!r}: expected a finite number, got {meta[k]!r}")
-    for k in ("metric", "model_spec", "data_spec", "first_layer", "last_layer", "context"):
-        if meta.get(k) is not None and not isinstance(meta[k], str):
-            raise ValueError(f"{path}: meta field {k!r}: expected a string, got {type(meta[k]).__name__}")
-
-
-def _parse_csv_row(row: dict) -> dict:
-    out = {}
-    for k, v in row.items():
-        if k is None or v is None:  # more or fewer cells than the header has
-            raise BadRecord(str(k), "the row's cells do not match the header")
-        if v == "":
-            out[k] = None
-        elif k == "exact":
-            if v not in ("True", "False"):
-                raise BadRecord(k, f"expected True, False or empty, got {v!r}")
-            out[k] = v == "True"
-        elif k in ("accuracy", "seconds", *COST_FIELDS, "w_bits", "a_bits", "qat_epochs", "seed", "verify_samples",
-                   "float_inf_per_s", "fake_quant_inf_per_s"):
-            try:
-                out[k] = float(v) if any(c in v for c in ".eEnN") else int(v)
-            except ValueError:
-                raise BadRecord(k, f"expected a number, got {v!r}") from None
-        else:
-            out[k] = v
-    return out
 
 
 __all__ = ["sweep", "grid", "SweepResult", "SweepData", "load_results", "load_spec", "point_id",
