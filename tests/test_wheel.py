@@ -1,6 +1,7 @@
-"""A built wheel is a working fpq: the cost model's measured operator tables are package data
-(fpq/cost_model/data/ links to the top-level cost_model/ in the source tree, one copy), and a
-model is priced from the unpacked wheel alone, away from the source tree."""
+"""A built wheel is a working fpq: its package data (the cost model's measured operator tables,
+fpq/cost_model/data/ -> cost_model/, and the HLS C++ header, fpq/hls/include/ -> hls/: one copy
+each in the source tree) is in it, and a model is priced from the unpacked wheel alone, away from
+the source tree."""
 from __future__ import annotations
 
 import os
@@ -39,6 +40,12 @@ def test_wheel_ships_the_cost_tables(wheel):
     with zipfile.ZipFile(wheel) as z:
         for name in TABLES:
             assert z.read(f"fpq/cost_model/data/{name}") == (ROOT / "cost_model" / name).read_bytes()
+
+
+def test_wheel_ships_the_hls_header(wheel):
+    with zipfile.ZipFile(wheel) as z:
+        data = z.read("fpq/hls/include/fpq_minifloat.h")
+    assert data == (ROOT / "hls" / "fpq_minifloat.h").read_bytes()
 
 
 def test_source_tree_keeps_one_copy_of_each_table():
