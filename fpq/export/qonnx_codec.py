@@ -3,7 +3,7 @@
 Reading (``quantizer_of``): a ``Quant`` / ``IntQuant`` / ``FloatQuant`` / ``BipolarQuant`` /
 ``Trunc`` node (with its ``fpq_format`` attribute where the export wrote one) becomes an
 :class:`fpq.ir.Quantizer` with fpq's semantics; a half-step node and the node it feeds are one
-quantizer (``TWO_NODE_ROUNDING``). Writing (``AnnotateFormats``, run by ``export_qonnx``): the
+quantizer (``TWO_NODE_ROUNDING``). Writing (``write_formats``, run by ``export_qonnx`` as ``transforms.AnnotateFormats``): the
 ``fpq_format`` attribute, a Fixed's 2^-frac scale, QONNX's rounding_mode / narrow where they
 express the format, and the two-node form of RND / RND_MIN_INF. Where QONNX and fpq differ
 (qonnx's ``float_quant`` ignores ``has_subnormal``; fixed WRAP), ``Quantizer.qonnx_exact`` is False
@@ -12,8 +12,6 @@ and ``Quantizer.note`` says why.
 from __future__ import annotations
 
 import numpy as np
-from onnx import helper
-from qonnx.transformation.base import Transformation
 
 from ..formats import QONNX_ROUNDING, ROUNDING_TO_QONNX, Binary, Fixed, Format, Int, Minifloat, parse_format
 from ..ir import Quantizer, UnsupportedGraphError
@@ -390,40 +388,36 @@ def _trunc(node, mw, scale):
 # ----------------------------------------------------------------------------- writer
 
 def set_attr(node, name, value):
+    from onnx import helper
     for a in list(node.attribute):
         if a.name == name:
             node.attribute.remove(a)
     node.attribute.append(helper.make_attribute(name, value))
 
 
-class AnnotateFormats(Transformation):
-    """``formats``: {quantizer node name: Format}. Writes fpq_format; a Fixed gets its 2^-frac scale."""
-
-    def __init__(self, formats: dict):
-        super().__init__()
-        self.formats = formats
-
-    def apply(self, model):
-        for node in list(model.graph.node):
-            fmt = self.formats.get(node.name)
-            if fmt is None:
-                continue
-            fmt = parse_format(fmt)
-            set_attr(node, FPQ_FORMAT_ATTR, str(fmt))
-            if isinstance(fmt, Fixed) and node.op_type in ("Quant", "IntQuant"):
-                scale = model.get_initializer(node.input[1])
-                step = np.float32(2.0 ** -fmt.frac_bits)
-                if scale is None or not (np.all(np.asarray(scale) == step) or np.all(np.asarray(scale) == 1)):
-                    raise ValueError(f"quantizer {node.name!r} of {fmt}: expected scale 1 or {step}, got {scale}")
-                if not np.all(np.asarray(scale) == step):
-                    name = model.make_new_valueinfo_name()
-                    model.set_initializer(name, np.asarray(2.0 ** -fmt.frac_bits, dtype=np.float32))
-                    node.input[1] = name
-                if has_two_node_form(fmt):
-                    _write_two_node(model, node, fmt)
-                else:
-                    _write_one_node(node, fmt)
-        return model, False
+def write_formats(model, formats: dict) -> None:
+    """The writer (``transforms.AnnotateFormats`` runs it): for each quantizer node named in
+    ``formats`` ({node name: Format}), the fpq_format attribute; a Fixed gets its 2^-frac scale and
+    QONNX's rounding_mode / narrow, or the two-node form of RND / RND_MIN_INF."""
+    for node in list(model.graph.node):
+        fmt = formats.get(node.name)
+        if fmt is None:
+            continue
+        fmt = parse_format(fmt)
+        set_attr(node, FPQ_FORMAT_ATTR, str(fmt))
+        if isinstance(fmt, Fixed) and node.op_type in ("Quant", "IntQuant"):
+            scale = model.get_initializer(node.input[1])
+            step = np.float32(2.0 ** -fmt.frac_bits)
+            if scale is None or not (np.all(np.asarray(scale) == step) or np.all(np.asarray(scale) == 1)):
+                raise ValueError(f"quantizer {node.name!r} of {fmt}: expected scale 1 or {step}, got {scale}")
+            if not np.all(np.asarray(scale) == step):
+                name = model.make_new_valueinfo_name()
+                model.set_initializer(name, np.asarray(2.0 ** -fmt.frac_bits, dtype=np.float32))
+                node.input[1] = name
+            if has_two_node_form(fmt):
+                _write_two_node(model, node, fmt)
+            else:
+                _write_one_node(node, fmt)
 
 
 def _write_one_node(node, fmt: Fixed) -> None:
@@ -439,6 +433,8 @@ def _write_one_node(node, fmt: Fixed) -> None:
 def _write_two_node(model, node, fmt: Fixed) -> None:
     """Insert the half-step Quant node before ``node`` and set both nodes as
     ``graph.two_node_settings`` says (Quant_CEIL(Quant_FLOOR(x, s/2, W+1), s, W) for RND)."""
+    from onnx import helper
+
     g = model.graph
     producer = model.find_producer(node.input[0])
     if producer is not None and is_half_step(producer):

@@ -31,6 +31,10 @@ Semantics are fpq's (``fpq.quantize``), not qonnx's executor: where the two diff
 ``float_quant`` ignores ``has_subnormal`` and is always signed; formats written in an
 ``fpq_format`` attribute that QONNX cannot express, e.g. fixed WRAP), ``Quantizer.qonnx_exact``
 is False and ``Quantizer.note`` says why.
+
+Over 600 lines, deliberately: one fusing reader whose patterns (weights through their quantizers,
+MatMul + Add, Div -> Quant -> Mul, the two-node rounding pair, the accumulator wrap) share the
+``_Reader`` state and the order of one pass; splitting it would split one algorithm.
 """
 from __future__ import annotations
 
