@@ -5,33 +5,17 @@ from .files import TRUST_PICKLE_HELP
 
 
 def _load_model(spec: str, trust_pickle: bool = False):
-    """'pkg.module:attr', 'file.py:attr' (a module or a zero-argument factory) or a torch.save file
-    (unpickled only with ``trust_pickle``: a pickle can run any code)."""
-    import importlib
-    import importlib.util
+    """'pkg.module:attr' or 'file.py:attr' (a module or a zero-argument factory), as ``fpq sweep``
+    reads it, or a file written by torch.save(model) (unpickled only with ``trust_pickle``: a
+    pickle can run any code)."""
     import os
 
     from torch import nn
 
-    if ":" in spec and not os.path.exists(spec):
-        where, attr = spec.rsplit(":", 1)
-        if where.endswith(".py"):
-            if not os.path.exists(where):
-                raise ValueError(f"model {spec!r}: no file {where}")
-            s = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(where))[0], where)
-            mod = importlib.util.module_from_spec(s)
-            s.loader.exec_module(mod)
-        else:
-            mod = importlib.import_module(where)
-        obj = getattr(mod, attr, None)
-        if obj is None:
-            raise ValueError(f"model {spec!r}: {where} has no attribute {attr!r}")
-        model = obj if isinstance(obj, nn.Module) else obj()
-    elif os.path.exists(spec):
-        from .files import load_model_file
-        model = load_model_file(spec, trust_pickle)
-    else:
-        raise ValueError(f"model {spec!r}: give 'package.module:attr', 'file.py:attr' or a torch.save file")
+    from ..report.sweeping import load_spec
+    from .files import load_model_file
+
+    model = load_model_file(spec, trust_pickle) if os.path.exists(spec) else load_spec(spec, trust_pickle)
     if not isinstance(model, nn.Module):
         raise ValueError(f"model {spec!r} is a {type(model).__name__}, not a torch.nn.Module")
     return model
