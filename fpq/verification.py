@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .export.graph import Graph, read_graph
+from .export import read_graph
+from .ir import MAC_KINDS, Graph
 
 REFERENCE = "emulator"
 
@@ -132,7 +133,7 @@ def _torch_trace(q, x, graph: Graph):
                 if prefix in modules:
                     last_op[prefix] = op.name
                 oq = getattr(modules[path], "output_quant", None) if path in modules else None
-                if op.kind in ("linear", "conv1d", "conv2d") and oq is not None and getattr(oq, "is_quant_enabled", False):
+                if op.kind in MAC_KINDS and oq is not None and getattr(oq, "is_quant_enabled", False):
                     acc_hooks[f"{path}.output_quant"] = op.name  # the accumulator enters the output quantizer
     values, handles = {}, []
 
@@ -184,7 +185,7 @@ def qonnx_double_model(model, input_dtype=np.float32):
     """A copy of a QONNX model whose sums run exactly in float64 (``ComputeInDouble``);
     ``input_dtype`` float64 declares the graph input double, so the value given is quantized."""
     from onnx import TensorProto
-    from .export.graph import load_model
+    from .export.qonnx_codec import load_model
     from .export.transforms import RemoveFloatCasts, RemoveInitializersFromInputs
     mw = load_model(model)
     mw = mw.transform(RemoveInitializersFromInputs()).transform(RemoveFloatCasts())

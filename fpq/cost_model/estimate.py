@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..formats import Binary, Fixed, Int, Minifloat, exact_fixed
+from ..ir import CONV_KINDS, FREE_KINDS, MAC_KINDS
 from ..typeplan import TensorType, TypePlan, constant_carrier, po2_exponents, product_type, sum_type, values_carrier
 from .devices import Device, dsp_tiles, get_device
 from .ops import OperatorCosts, csd_digits, default_costs, significant_bits, thr_steps
@@ -32,8 +33,8 @@ from .ops import OperatorCosts, csd_digits, default_costs, significant_bits, thr
 STRATEGIES = ("latency", "resource")
 IO_TYPES = ("io_parallel", "io_stream")
 DATAPATHS = ("carrier", "code")
-MAC_OPS = ("linear", "dense", "gemm", "matmul", "conv1d", "conv2d", "conv")
-FREE_OPS = ("flatten", "reshape", "transpose", "output", "identity", "dropout", "input")
+MAC_OPS = MAC_KINDS + ("dense", "gemm", "matmul", "conv")      # the IR's, and hand-built plans' names
+FREE_OPS = FREE_KINDS + ("identity", "dropout", "input")
 BRAM18_SHAPES = ((512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1))
 COLUMNS = ("lut", "ff", "dsp", "bram18", "uram", "latency_cycles", "ii", "bops", "ebops")
 
@@ -619,7 +620,7 @@ def _add_stream_buffers(row: dict, lp) -> None:
     ins = _in_shape(lp)
     kernel = lp.attrs.get("kernel")
     in_bits = _bits_of(lp.tensors.get("input"))
-    if lp.op in ("conv1d", "conv2d") and ins is not None and kernel is not None and in_bits:
+    if lp.op in CONV_KINDS and ins is not None and kernel is not None and in_bits:
         cin, k = int(ins[1]), tuple(kernel)
         window_ff = int(np.prod(k)) * cin * in_bits
         if lp.op == "conv2d" and len(ins) == 4:   # (kh - 1) rows of the input kept in shift registers

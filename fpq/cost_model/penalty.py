@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..formats import exact_fixed
+from ..ir import WEIGHTED_KINDS
 from ..nn.layers import input_sources
 from ..nn.qfx import QfxTensorQuant
 from .ops import default_costs
@@ -33,7 +34,7 @@ def _source_quantizers(q: nn.Module) -> dict:
     modules = dict(q.named_modules())
     sources = input_sources(q)
     return {name: (modules[sources[name][0]].fpq_output if name in sources else None)
-            for name, m in modules.items() if getattr(m, "fpq_op", None) in ("linear", "conv1d", "conv2d", "batchnorm")}
+            for name, m in modules.items() if getattr(m, "fpq_op", None) in WEIGHTED_KINDS}
 
 
 def _mul_fit_torch(costs, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

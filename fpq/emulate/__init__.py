@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir import Graph, Op, UnsupportedGraphError
+from ..ir import (COMPUTING_KINDS, CONV_KINDS, OPS, ORDER_KEEPING, WEIGHTED_KINDS, Graph, Op,  # noqa: F401
+                  UnsupportedGraphError)
 from ..ir.plan import accumulator_bits
 from .kernels import (_add_bias, apply_quantizer,  # noqa: F401  (conv_nd ... quantize_fast: fpq.emulate names)
                       batch_shape, conv_nd, dense_conv_matrix, pool_nd, quantize_fast)
@@ -47,9 +48,6 @@ from ..typeplan import LayerPlan, constant_carrier, po2_exponents, product_type,
 
 FLOAT32_EXACT_BITS = 24
 FLOAT64_EXACT_BITS = 53
-# ops a quantizer sees through: monotone (ReLU, max pool) or value-preserving (reshapes), so a
-# sum rounded to odd keeps its meaning behind them
-ORDER_KEEPING = ("relu", "maxpool", "flatten", "reshape", "transpose")
 
 
 def as_graph(q_or_onnx, example_input=None) -> Graph:
@@ -92,7 +90,7 @@ class Emulator:
         odd_bias_candidates = {}  # float32 sums whose bias alone is too fine for float32
         for op in self.graph.ops:
             self.exact[op.name] = True
-            if op.kind in ("linear", "conv1d", "conv2d", "batchnorm"):
+            if op.kind in WEIGHTED_KINDS:
                 t_in, t_w = op.types.get("input"), op.types.get("weight")
                 if t_in is None or t_w is None or not (t_in.po2 and t_w.po2):
                     # a float scale: no fixed-point type from the formats, but the values are
@@ -142,8 +140,7 @@ class Emulator:
                 self._bias_f32[op.name] = bits <= FLOAT32_EXACT_BITS
                 if bits_nb <= FLOAT32_EXACT_BITS < bits and op.name not in self._wrap:
                     odd_bias_candidates[op.name] = bits_nb
-            elif op.kind in ("quant", "input_quant", "relu", "maxpool", "flatten", "reshape", "transpose",
-                             "output", "add", "mul", "div", "avgpool", "global_avgpool"):
+            elif op.kind in OPS:
                 if op.kind in ("add",):
                     t = op.types.get("output")
                     if t is None or t.format.width > FLOAT64_EXACT_BITS:
@@ -325,8 +322,7 @@ class Emulator:
         """Whether op's input buffer is a temporary that only op reads (so it may be overwritten)."""
         src = op.inputs[0]
         prod = self.graph.producer(src)
-        return (prod is not None and prod.kind in ("linear", "conv1d", "conv2d", "batchnorm", "add", "mul", "div",
-                                                   "avgpool", "global_avgpool")
+        return (prod is not None and prod.kind in COMPUTING_KINDS
                 and len(self.graph.consumers(src)) == 1 and src not in outputs)
 
     def _weights_for(self, op, fast):
@@ -367,7 +363,7 @@ class Emulator:
             if b is not None:
                 y += b.reshape(shape)
             return y
-        if k in ("conv1d", "conv2d"):
+        if k in CONV_KINDS:
             w, b = self._weights_for(op, fast)
             if op.name in self.rounded_to_odd:
                 return exact_bilinear(lambda a, c: conv_nd(a, c, op.attrs), x.astype(np.float64), w, b, op.fan_in,

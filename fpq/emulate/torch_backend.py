@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..formats import Int
+from ..ir import CONV_KINDS
 from ..numerics.torch_ops import quantize_unscaled_torch
 from ..numerics.wide import exact_bilinear
 from ..typeplan import po2_exponents, wrap
@@ -155,7 +156,7 @@ class TorchProgram:
                 return self._wrapped(op, torch.addmm(b, x.to(w.dtype), w))  # exact: every partial sum fits
             acc = x.to(w.dtype) @ w
             return self._wrapped(op, _bias(acc, b, None))
-        if k in ("conv1d", "conv2d"):
+        if k in CONV_KINDS:
             w, b = self._weights(fast)[op.name]
             if op.name in self.emu.rounded_to_odd:
                 return exact_bilinear(lambda a, c: _conv(a, c, op.attrs), x.to(torch.float64), w, b, op.fan_in,

@@ -56,7 +56,8 @@ class OpKind:
     conv); ``weighted``: has weight / bias constants (mac kinds and batchnorm); the TypePlan
     derives their product and accumulator, and a cast requantizer after them is their output.
     ``type_preserving``: the output values are a subset of the input's (its type passes through).
-    ``free``: wiring only, no circuit (the cost model prices nothing).
+    ``free``: wiring only, no circuit (the cost model prices nothing). ``computes``: forms a new,
+    unquantized value (a sum, product or mean) that a quantizer after it rounds.
     """
 
     name: str
@@ -64,14 +65,16 @@ class OpKind:
     weighted: bool = False
     type_preserving: bool = False
     free: bool = False
+    computes: bool = False
 
 
 OPS = {k.name: k for k in (
     OpKind("input_quant"), OpKind("quant"),
-    OpKind("linear", mac=True, weighted=True), OpKind("conv1d", mac=True, weighted=True),
-    OpKind("conv2d", mac=True, weighted=True), OpKind("batchnorm", weighted=True),
-    OpKind("relu", type_preserving=True), OpKind("add"), OpKind("mul"), OpKind("div"),
-    OpKind("maxpool", type_preserving=True), OpKind("avgpool"), OpKind("global_avgpool"),
+    OpKind("linear", mac=True, weighted=True, computes=True), OpKind("conv1d", mac=True, weighted=True, computes=True),
+    OpKind("conv2d", mac=True, weighted=True, computes=True), OpKind("batchnorm", weighted=True, computes=True),
+    OpKind("relu", type_preserving=True), OpKind("add", computes=True), OpKind("mul", computes=True),
+    OpKind("div", computes=True), OpKind("maxpool", type_preserving=True), OpKind("avgpool", computes=True),
+    OpKind("global_avgpool", computes=True),
     OpKind("flatten", type_preserving=True, free=True), OpKind("reshape", type_preserving=True, free=True),
     OpKind("transpose", type_preserving=True, free=True), OpKind("output", type_preserving=True, free=True),
 )}
@@ -80,6 +83,11 @@ MAC_KINDS = tuple(k for k, o in OPS.items() if o.mac)                 # linear, 
 WEIGHTED_KINDS = tuple(k for k, o in OPS.items() if o.weighted)       # ... and batchnorm
 TYPE_PRESERVING = tuple(k for k, o in OPS.items() if o.type_preserving)
 FREE_KINDS = tuple(k for k, o in OPS.items() if o.free)
+COMPUTING_KINDS = tuple(k for k, o in OPS.items() if o.computes)
+CONV_KINDS = ("conv1d", "conv2d")
+# kinds a quantizer sees through: monotone (ReLU, max pool) or value-preserving (reshapes), so a
+# sum rounded to odd keeps its meaning behind them
+ORDER_KEEPING = tuple(k for k in TYPE_PRESERVING if k != "output")
 POOL_KINDS = ("maxpool", "avgpool", "global_avgpool")
 
 class UnsupportedGraphError(ValueError):
@@ -193,4 +201,4 @@ class Graph:
 
 
 __all__ = ["Graph", "Op", "Quantizer", "OpKind", "OPS", "KINDS", "MAC_KINDS", "WEIGHTED_KINDS", "TYPE_PRESERVING",
-           "FREE_KINDS", "POOL_KINDS", "UnsupportedGraphError"]
+           "FREE_KINDS", "POOL_KINDS", "COMPUTING_KINDS", "CONV_KINDS", "ORDER_KEEPING", "UnsupportedGraphError"]

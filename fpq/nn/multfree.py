@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..formats import Fixed, Int
+from ..ir import MAC_KINDS
 from .quantizers import FpqTensorQuant, tensor_quant_of
 
 K_ALLOWED = (1, 2, 3)
@@ -131,7 +132,7 @@ class KHotWeightQuant(FpqTensorQuant):
 
 def _weight_layers(model: nn.Module):
     for name, m in model.named_modules():
-        if getattr(m, "fpq_op", None) in ("linear", "conv1d", "conv2d") and hasattr(m, "weight_quant"):
+        if getattr(m, "fpq_op", None) in MAC_KINDS and hasattr(m, "weight_quant"):
             yield name, m
 
 

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from ..formats import Fixed, Int
+from ..ir import MAC_KINDS
 from ..numerics.torch_ops import round_fixed_torch
 from .quantizers import FpqTensorQuant, _RoundSTE, observing, tensor_quant_of
 
@@ -240,7 +241,7 @@ def _proxies(model: nn.Module):
     and of the scale (weight), shift (bias) and output of each element-wise BatchNorm."""
     from .layers import FpqAct
     for name, m in model.named_modules():
-        if getattr(m, "fpq_op", None) in ("linear", "conv1d", "conv2d") and hasattr(m, "weight_quant"):
+        if getattr(m, "fpq_op", None) in MAC_KINDS and hasattr(m, "weight_quant"):
             yield name, "weight", m.weight_quant, m
             yield name, "output", m.output_quant, m
         elif getattr(m, "fpq_op", None) == "batchnorm":
