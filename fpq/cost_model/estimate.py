@@ -25,17 +25,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..formats import Binary, Fixed, Int, Minifloat, exact_fixed
-from ..ir import CONV_KINDS, FREE_KINDS, MAC_KINDS
+from ..ir import FREE_KINDS, MAC_KINDS
 from ..typeplan import TensorType, TypePlan, constant_carrier, po2_exponents, product_type, sum_type, values_carrier
 from .devices import Device, dsp_tiles, get_device
 from .ops import OperatorCosts, csd_digits, default_costs, significant_bits, thr_steps
+from .stream import SRL_MAX_BITS, _add_stream_buffers, _bram18, _in_shape
 
 STRATEGIES = ("latency", "resource")
 IO_TYPES = ("io_parallel", "io_stream")
 DATAPATHS = ("carrier", "code")
 MAC_OPS = MAC_KINDS + ("dense", "gemm", "matmul", "conv")      # the IR's, and hand-built plans' names
 FREE_OPS = FREE_KINDS + ("identity", "dropout", "input")
-BRAM18_SHAPES = ((512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1))
 COLUMNS = ("lut", "ff", "dsp", "bram18", "uram", "latency_cycles", "ii", "bops", "ebops")
 
 
@@ -159,12 +159,6 @@ def _pixels(lp) -> tuple[int, str]:
     return int(np.prod(shape[2:])) if len(shape) > 2 else 1, ""
 
 
-def _in_shape(lp):
-    """The shape of the layer's (first) input, from the TypePlan's ``in_shapes``."""
-    shapes = lp.attrs.get("in_shapes") or [None]
-    return shapes[0]
-
-
 def _reuse(lp, rfs: dict, default) -> int:
     """The layer's reuse factor from ``{name: rf}`` (its plan name or its torch module path)."""
     if not rfs:
@@ -177,13 +171,6 @@ def _elements(lp) -> int | None:
     if shape is None:
         return None
     return int(np.prod(shape[1:])) if len(shape) > 1 else int(np.prod(shape))
-
-
-def _bram18(width_bits: int, depth: int) -> int:
-    for d, w in BRAM18_SHAPES:
-        if depth <= d:
-            return math.ceil(width_bits / w)
-    return math.ceil(width_bits / 1) * math.ceil(depth / 16384)
 
 
 def _t_add(dev: Device, bits: float) -> float:
@@ -590,42 +577,3 @@ def _layer_row(lp, ops, dev, rfs, reuse_factor, strat, clock_period, dsp_thresho
         mode = "codes decoded at shared multipliers" if datapath == "code" and rf > 1 else "carrier"
         dp.append(f"{lp.name}: {lp.tensors['input'].format} x {wf} as {mode} {row['x_type']} x {row['w_type']}")
     return row
-
-
-# hls4ml's io_stream: an hls::stream FIFO of (channels x bits) words between layers, its depth the
-# number of pixels; Vitis HLS keeps small FIFOs in shift registers (SRL32 LUTs) and puts large ones
-# in block RAM. The threshold is Vitis' auto_srl_max_bits default.
-SRL_MAX_BITS = 1024
-
-
-def _bits_of(t) -> int | None:
-    if isinstance(t, TensorType):
-        vc = t.value_carrier()      # float scales: the exact float32 values the HLS project carries
-        return vc.width if vc is not None else None
-    return None
-
-
-def _add_stream_buffers(row: dict, lp) -> None:
-    """Add the layer's output FIFO and (conv2d) its line buffer to ``row`` (io_stream)."""
-    shape = lp.attrs.get("out_shape")
-    bits = _bits_of(lp.tensors.get("output")) or row.get("acc_bits") or _bits_of(lp.tensors.get("input"))
-    fifo_lut = fifo_bram = line_lut = window_ff = 0
-    if shape is not None and len(shape) > 2 and bits:
-        width, depth = int(shape[1]) * bits, int(np.prod(shape[2:]))
-        if depth > 1:
-            if width * depth <= SRL_MAX_BITS:
-                fifo_lut = width * math.ceil(depth / 32)
-            else:
-                fifo_bram = _bram18(width, depth)
-    ins = _in_shape(lp)
-    kernel = lp.attrs.get("kernel")
-    in_bits = _bits_of(lp.tensors.get("input"))
-    if lp.op in CONV_KINDS and ins is not None and kernel is not None and in_bits:
-        cin, k = int(ins[1]), tuple(kernel)
-        window_ff = int(np.prod(k)) * cin * in_bits
-        if lp.op == "conv2d" and len(ins) == 4:   # (kh - 1) rows of the input kept in shift registers
-            line_lut = (k[0] - 1) * cin * in_bits * math.ceil(int(ins[3]) / 32)
-    row["lut"] += fifo_lut + line_lut
-    row["bram18"] += fifo_bram
-    row["ff"] += window_ff
-    row.update(fifo_lut=fifo_lut, fifo_bram18=fifo_bram, line_buffer_lut=line_lut)

@@ -20,17 +20,8 @@ cost model) sees one op per hardware layer:
   are dropped (values unchanged);
 * outputs that are constants (Brevitas' QuantTensor metadata: scale, bit width) are ignored.
 
-Op kinds and their attributes: ``fpq.ir``.
-
-Every quantized tensor has a :class:`Quantizer` (its fpq ``TensorType`` plus the scale in its
-broadcast layout). ``Op.types`` maps roles (input, weight, bias, output) to TensorTypes where
-they are known. Shapes include the batch dimension as exported (usually 1); consumers treat
-dimension 0 as the batch.
-
-Semantics are fpq's (``fpq.quantize``), not qonnx's executor: where the two differ (qonnx's
-``float_quant`` ignores ``has_subnormal`` and is always signed; formats written in an
-``fpq_format`` attribute that QONNX cannot express, e.g. fixed WRAP), ``Quantizer.qonnx_exact``
-is False and ``Quantizer.note`` says why.
+Op kinds and their attributes, Quantizer and shape conventions: ``fpq.ir``. Where fpq's semantics
+and qonnx's executor differ, ``Quantizer.qonnx_exact`` is False and ``Quantizer.note`` says why.
 
 Over 600 lines, deliberately: one fusing reader whose patterns (weights through their quantizers,
 MatMul + Add, Div -> Quant -> Mul, the two-node rounding pair, the accumulator wrap) share the

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..formats import Fixed
+from ..formats import Fixed, parse_format
 from .scaled import apply_scaled
 
 MAX_LEVELS = 4096       # a larger table is not a sensible circuit (and never an 8-bit format)
@@ -120,6 +120,6 @@ def quantizer_table(fmt, scale, in_type) -> tuple[np.ndarray, np.ndarray]:
     of ``in_type`` (a Fixed, or "float32" for a float32 network input): the very table fpq's HLS
     project holds and the cost model prices. A float32 input is divided in float32 (as the graph
     input is), a Fixed input in float64 (an exact sum)."""
-    s = np.float32(scale)
+    s, fmt = np.float32(scale), parse_format(fmt)
     dt = np.float32 if in_type == "float32" else np.float64
     return lookup_table(lambda x: apply_scaled(np.asarray(x, dt), fmt, s), in_type)
