@@ -9,7 +9,7 @@
    learns every tensor's binary point (per tensor; and per weight channel) during the same
    QAT, and is frozen into plain Fixed / Int x 2^-F formats.
 2. Learned widths too (2..8 bits per tensor) with the cost-model penalty
-   (``qfx.bit_penalty(q, "cost")``) at a few coefficients: the accuracy / LUT trade.
+   (``cost_penalty(q)``) at a few coefficients: the accuracy / LUT trade.
 3. K-hot weights (K = 2, per-tensor power-of-two scale, int8 activations) vs int8 weights,
    both QAT from the same float model.
 Every final model is checked with fpq.verify (torch == fpq.emulate == qonnx executor, atol=0,
@@ -39,6 +39,7 @@ from _digits_common import accuracy, train  # noqa: E402
 from digits_cnn import DigitsCNN  # noqa: E402
 
 import fpq  # noqa: E402
+from fpq.cost_model.penalty import cost_penalty  # noqa: E402
 from fpq.data import load_digits_split  # noqa: E402
 from fpq.nn import multfree, qfx  # noqa: E402
 
@@ -48,7 +49,7 @@ BITS_LR = 0.05   # Adam step of the binary points: a point moves by about this m
 def qat_qfx(q, data, epochs: int, seed: int, lr: float = 1e-3, cost_lambda: float = 0.0):
     """QAT with the binary-point parameters in their own Adam group (a larger step: they must
     cross rounding boundaries to change the format); ``cost_lambda`` > 0 adds that multiple of
-    the cost model's LUT estimate (``qfx.bit_penalty(q, "cost")``) to the loss."""
+    the cost model's LUT estimate (``cost_penalty(q)``) to the loss."""
     torch.manual_seed(seed)
     bits = [p for n, p in q.named_parameters() if n.endswith("frac_bits") or n.endswith("int_bits")]
     ids = {id(p) for p in bits}
@@ -61,7 +62,7 @@ def qat_qfx(q, data, epochs: int, seed: int, lr: float = 1e-3, cost_lambda: floa
             opt.zero_grad()
             loss = F.cross_entropy(q(xb), yb)
             if cost_lambda:
-                loss = loss + cost_lambda * qfx.bit_penalty(q, "cost")
+                loss = loss + cost_lambda * cost_penalty(q)
             loss.backward()
             opt.step()
         sched.step()

@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 import fpq
+from fpq.cost_model.penalty import cost_penalty
 from fpq.emulate import Emulator
 from fpq.export.graph import read_graph
 from fpq.testing.conformance import probe_inputs
@@ -279,13 +280,13 @@ def test_reconvert_keeps_batchnorm_and_its_scales():
 
 
 def test_cost_penalty_prices_the_batchnorm_multipliers():
-    """qfx.bit_penalty(q, "cost") includes each kept BatchNorm (a multiplier by s and an adder of
+    """cost_penalty(q) includes each kept BatchNorm (a multiplier by s and an adder of
     t per channel), so learning narrower s lowers it: the gradient reaches s's width."""
     q = fpq.convert(_model(), fmt="fixed<8,3>", bias="fixed<12,4>")
     qfx.make_trainable(q, learn_width=True)
     qfx.init_activations(q, [torch.randn(64, 2, 6, 6) * 2])
     found = {(n, r): tq for n, r, tq in qfx.qfx_quantizers(q)}
-    p = qfx.bit_penalty(q, "cost")
+    p = cost_penalty(q)
     p.backward()
     for name in ("bn_in", "bn_relu", "bn_flat"):
         g = found[name, "weight"].int_bits.grad
@@ -293,7 +294,7 @@ def test_cost_penalty_prices_the_batchnorm_multipliers():
     # two bits fewer on one BatchNorm's s: the cost model's value falls
     with torch.no_grad():
         found["bn_relu", "weight"].int_bits -= 2
-    assert 0 < float(qfx.bit_penalty(q, "cost")) < float(p)
+    assert 0 < float(cost_penalty(q)) < float(p)
 
 
 def test_binary_weights_leave_a_kept_batchnorm_int8_unless_overridden():

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import fpq
+from fpq.cost_model.penalty import cost_penalty
 from fpq.formats import Fixed, Int
 from fpq.nn import qfx
 from fpq.nn.qfx import QfxTensorQuant, qfx_quantize
@@ -183,7 +184,7 @@ def _learned_width_net(fmt="fixed<8,4>"):
 
 
 def test_cost_penalty_is_the_cost_models_price_and_its_gradient():
-    """weight_by="cost": per layer n_weights x (multiplier LUTs + accumulate adder) from the cost
+    """cost_penalty: per layer n_weights x (multiplier LUTs + accumulate adder) from the cost
     model's table at the current widths; gradient = the multiplier fit's slope (numpy features)."""
     from fpq.cost_model.ops import default_costs, mul_features
 
@@ -195,7 +196,7 @@ def test_cost_penalty_is_the_cost_models_price_and_its_gradient():
         return sum(n * (costs.mul_luts(a, b)[0] + costs.add_luts(a + b + math.ceil(math.log2(fi))))
                    for (n, fi), (a, b) in zip(layers.values(), widths.values()))
 
-    p = qfx.bit_penalty(q, "cost")
+    p = cost_penalty(q)
     assert math.isclose(p.item(), priced({k: (8, 8) for k in layers}), rel_tol=1e-12)
     p.backward()
     tq = {n: t for n, r, t in qfx.qfx_quantizers(q) if r == "weight"}["fc"]
@@ -206,11 +207,13 @@ def test_cost_penalty_is_the_cost_models_price_and_its_gradient():
     # one bit less on the fc weights: the penalty falls by the cost model's difference
     with torch.no_grad():
         tq.int_bits.sub_(1)
-    lower = qfx.bit_penalty(q, "cost").item()
+    lower = cost_penalty(q).item()
     assert lower < p.item()
     assert math.isclose(lower, priced({"c1": (8, 8), "c2": (8, 8), "fc": (8, 7)}), rel_tol=1e-12)
     with pytest.raises(ValueError, match="'cost'"):
         qfx.bit_penalty(q, "luts")
+    with pytest.warns(DeprecationWarning, match="cost_penalty"):   # the old spelling, one more release
+        assert qfx.bit_penalty(q, "cost").item() == lower
 
 
 def test_training_with_cost_penalty_lowers_the_estimate():
@@ -226,18 +229,18 @@ def test_training_with_cost_penalty_lowers_the_estimate():
         qfx.freeze(frozen)
         return fpq.estimate_cost(frozen.fpq_typeplan(x[:1])).total["lut"]   # the plan needs the input shape
 
-    before, p0 = estimate(q), qfx.bit_penalty(q, "cost").item()
+    before, p0 = estimate(q), cost_penalty(q).item()
     bits = [p for n, p in q.named_parameters() if "bits" in n]
     opt = torch.optim.Adam([{"params": [p for n, p in q.named_parameters() if "bits" not in n], "lr": 1e-3},
                             {"params": bits, "lr": 0.1}])
     q.train()
     for _ in range(30):
         opt.zero_grad()
-        loss = ((q(x) - target) ** 2).mean() + 1e-5 * qfx.bit_penalty(q, "cost")
+        loss = ((q(x) - target) ** 2).mean() + 1e-5 * cost_penalty(q)
         loss.backward()
         opt.step()
     q.eval()
-    after, p1 = estimate(q), qfx.bit_penalty(q, "cost").item()
+    after, p1 = estimate(q), cost_penalty(q).item()
     assert p1 < p0 and after < before, (p0, p1, before, after)
 
 

@@ -15,7 +15,7 @@ import sys
 
 from .. import __version__
 from ..formats.parse import ACCEPTED_FORMS
-from .files import TRUST_PICKLE_HELP, _one_line, check_input_file, check_onnx_file, load_model_file
+from ..userfiles import TRUST_PICKLE_HELP, _one_line, check_input_file, check_onnx_file, load_model_file
 
 BUILTIN = ("formats", "info")
 BUILTIN_MODULES = ("fpq.cli.formats", "fpq.cli.info")

@@ -105,7 +105,7 @@ def cli_register(subparsers) -> None:
 def run(args) -> int:
     import fpq
 
-    from .files import check_input_file
+    from ..userfiles import check_input_file
 
     # every input is checked before the model's code runs or any file is written
     shape = None

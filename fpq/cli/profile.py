@@ -1,7 +1,7 @@
 """``fpq profile MODEL``: time a model on this CPU / GPU (float, fpq fake-quant, FP8 GEMMs)."""
 from __future__ import annotations
 
-from .files import TRUST_PICKLE_HELP
+from ..userfiles import TRUST_PICKLE_HELP
 
 
 def _load_model(spec: str, trust_pickle: bool = False):
@@ -13,7 +13,7 @@ def _load_model(spec: str, trust_pickle: bool = False):
     from torch import nn
 
     from ..report.sweeping import load_spec
-    from .files import load_model_file
+    from ..userfiles import load_model_file
 
     model = load_model_file(spec, trust_pickle) if os.path.exists(spec) else load_spec(spec, trust_pickle)
     if not isinstance(model, nn.Module):

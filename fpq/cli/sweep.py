@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 
 from ..report.grid import KINDS
-from .files import TRUST_PICKLE_HELP
+from ..userfiles import TRUST_PICKLE_HELP
 
 
 def cli_register(subparsers) -> None:

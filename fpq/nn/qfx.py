@@ -345,12 +345,17 @@ def bit_penalty(q: nn.Module, weight_by: str = "count", *, costs=None) -> torch.
 
     * "count": total bits, weights counted once per element;
     * "width": each quantizer's width once;
-    * "cost": estimated LUTs of the weighted layers by fpq's cost model (``fpq.cost_model.penalty``).
+    * "cost" (deprecated): ``fpq.cost_model.penalty.cost_penalty(q)``, the estimated LUTs by fpq's
+      cost model (the cost model prices layers; fpq.nn does not depend on it).
     Quantizers of fixed width add a constant (no gradient)."""
     if weight_by not in ("count", "width", "cost"):
         raise ValueError(f"unknown weight_by {weight_by!r}; allowed: 'count', 'width', 'cost'")
-    if weight_by == "cost":
-        from ..cost_model.penalty import cost_penalty   # the cost model's price (it imports this module)
+    if weight_by == "cost":   # kept for one release: the only import of cost_model from fpq.nn
+        import warnings
+
+        warnings.warn("qfx.bit_penalty(q, 'cost') is now fpq.cost_model.penalty.cost_penalty(q); the 'cost' mode "
+                      "will be removed in the next release", DeprecationWarning, stacklevel=2)
+        from ..cost_model.penalty import cost_penalty
         return cost_penalty(q, costs=costs)
     total = torch.zeros(())
     modules = dict(q.named_modules())

@@ -81,7 +81,7 @@ def load_spec(spec: str, trust_pickle: bool = False):
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"not a model/data spec: {spec!r}")
     if spec.endswith((".pt", ".pth")) and ":" not in spec:
-        from ..cli.files import load_model_file
+        from ..userfiles import load_model_file
         return load_model_file(spec, trust_pickle, flag="--trust-pickle (trust_pickle=True)")
     target, sep, name = spec.rpartition(":")
     if not sep or not target or not name:

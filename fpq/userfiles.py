@@ -1,7 +1,8 @@
-"""Checks of the files a command reads, and the one guarded way to unpickle a model file.
+"""The files a user gives fpq: checks that a path is a readable file / a valid ONNX model, and
+the one guarded way to unpickle a model file (only with ``trust_pickle``).
 
-Library code that loads user files (``fpq.sweep``'s model specs, ``fpq profile``) uses these too,
-so every path gives the same messages.
+The command line (``fpq.cli``) and the library code that loads user files (``fpq.sweep``'s model
+specs) share these, so every path gives the same messages; this module imports neither.
 """
 from __future__ import annotations
 
