@@ -197,6 +197,8 @@ class LayerPlan:
                 "fractional bits), or an integer bias format such as int16 (fpq.calibrate then scales it onto "
                 "that grid), or leave accumulator_bits unset")
         self.tensors["accumulator"] = acc if bits is None else narrow_accumulator(acc, bits)
+        if bits is not None:
+            self.attrs["exact_accumulator"] = acc   # what the narrow one wraps (every path wraps alike)
         return self
 
 

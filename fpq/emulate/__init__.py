@@ -38,13 +38,13 @@ import numpy as np
 
 from ..ir import (COMPUTING_KINDS, CONV_KINDS, OPS, ORDER_KEEPING, WEIGHTED_KINDS, Graph, Op,  # noqa: F401
                   UnsupportedGraphError)
-from ..ir.plan import accumulator_bits
+from ..ir.plan import typeplan_from_graph
 from .kernels import (_add_bias, apply_quantizer,  # noqa: F401  (conv_nd ... quantize_fast: fpq.emulate names)
                       batch_shape, conv_nd, dense_conv_matrix, pool_nd, quantize_fast)
 from ..numerics.wide import WIDE_BITS as WIDE_EXACT_BITS, exact_bilinear
 from ..formats import Int
 from ..formats.facts import exact_fixed
-from ..typeplan import LayerPlan, constant_carrier, po2_exponents, product_type, sum_type, wrap
+from ..typeplan import constant_carrier, po2_exponents, product_type, sum_type, wrap
 
 FLOAT32_EXACT_BITS = 24
 FLOAT64_EXACT_BITS = 53
@@ -85,6 +85,8 @@ class Emulator:
 
     # -- planning: accumulator dtypes and exactness per op
     def _plan(self):
+        # the one TypePlan's products and accumulators (fpq.ir.plan), not derived again here
+        self.typeplan = typeplan_from_graph(self.graph)
         self._bias_f32 = {}
         self._wrap = {}   # op name -> its narrow wrapping accumulator type (accumulator_bits)
         odd_bias_candidates = {}  # float32 sums whose bias alone is too fine for float32
@@ -99,26 +101,22 @@ class Emulator:
                     self.acc_dtype[op.name] = "float64"
                     self.exact[op.name] = bits is not None and bits <= FLOAT64_EXACT_BITS
                     continue
-                no_bias = Op(op.name, op.kind, op.inputs, op.outputs, weight=op.weight,
-                             types={"input": t_in, "weight": t_w})
-                try:
-                    bits_nb = accumulator_bits(no_bias)
-                    bits = accumulator_bits(op) if "bias" in op.types or op.bias is None else None
-                except ValueError as e:  # a product wider than 128 bits
-                    raise UnsupportedGraphError(f"layer {op.name}: no exact fixed-point accumulator ({e}); "
-                                                "the emulator refuses rather than round") from e
+                lp = self.typeplan[op.name]
+                prod, acc = lp.tensors.get("product"), lp.tensors.get("accumulator")
+                if prod is None:  # e.g. a product wider than 128 bits: the plan's note says why
+                    raise UnsupportedGraphError(f"layer {op.name}: no exact fixed-point accumulator ({lp.note}); "
+                                                "the emulator refuses rather than round")
                 if op.bias is not None and "bias" not in op.types:
                     raise UnsupportedGraphError(f"layer {op.name}: its float32 bias has no exact fixed-point "
                                                 "form within 64 bits; quantize the bias")
-                if bits is None or bits > WIDE_EXACT_BITS:
+                bits = lp.attrs.get("exact_accumulator", acc).width
+                bits_nb = sum_type(prod, op.fan_in).width    # the sum before its bias
+                if bits > WIDE_EXACT_BITS:
                     raise UnsupportedGraphError(
                         f"layer {op.name}: the exact accumulator needs {bits} bits, more than the "
                         f"{WIDE_EXACT_BITS} fpq sums exactly with two float64 limbs; the emulator refuses rather "
                         "than round (narrow the formats or quantize the bias)")
                 if op.attrs.get("accumulator_bits") is not None:
-                    narrow = LayerPlan(op.name, op.kind, dict(op.types), op.fan_in,
-                                       attrs={"accumulator_bits": op.attrs["accumulator_bits"]}).derive()
-                    acc = narrow.tensors["accumulator"]
                     if acc.width < bits:
                         if bits > FLOAT64_EXACT_BITS:
                             raise UnsupportedGraphError(
