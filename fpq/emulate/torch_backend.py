@@ -12,9 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..formats import Int
 from ..ir import CONV_KINDS
-from ..numerics.torch_ops import quantize_unscaled_torch
+from ..numerics.torch_ops import apply_scaled_torch
 from ..numerics.wide import exact_bilinear
 from ..typeplan import po2_exponents, wrap
 
@@ -126,23 +125,9 @@ class TorchProgram:
         return fn
 
     def _quant(self, x, q, input_quant):
-        s = torch.tensor(np.asarray(q.scale, dtype=np.float32), device=self.device)
-        po2 = po2_exponents(q.scale) is not None
-        if not input_quant and not po2:
+        if not input_quant and po2_exponents(q.scale) is None:
             x = x.to(torch.float64)  # a float scale divides the exact value in float64
-        if q.pre_scale is not None:
-            ps = torch.tensor(np.asarray(q.pre_scale, dtype=np.float32), device=self.device, dtype=x.dtype)
-            x = torch.round(x / ps) * ps
-        sd = s.to(x.dtype)
-        if isinstance(q.format, Int) and po2:
-            lo, hi = q.format.int_range
-            return torch.clamp(torch.round(x / sd), lo, hi).mul_(sd).to(torch.float32)
-        unit = bool(torch.all(s == 1))
-        xs = x if unit else x / sd
-        y = quantize_unscaled_torch(xs.to(torch.float64), q.format).to(x.dtype)
-        if not unit:
-            y = y * sd
-        return y.to(torch.float32)
+        return apply_scaled_torch(x, q.format, q.scale, q.pre_scale)
 
     def _op(self, op, xs, fast=False):
         k, x = op.kind, xs[0]

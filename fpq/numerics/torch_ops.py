@@ -239,6 +239,24 @@ def quantize_torch(x: torch.Tensor, fmt, scale=1.0) -> torch.Tensor:
     return q if unit else q * scale
 
 
+def apply_scaled_torch(x: torch.Tensor, fmt: Format, scale, pre_scale=None) -> torch.Tensor:
+    """Torch twin of ``fpq.numerics.scaled.apply_scaled`` (the emulator's torch backend): Q(x / s) * s
+    in x's dtype, stored as float32, no gradient; ``scale`` / ``pre_scale`` are numpy arrays in
+    x's broadcast layout."""
+    s = np.asarray(scale, dtype=np.float32)
+    if pre_scale is not None:
+        p = torch.tensor(np.asarray(pre_scale, dtype=np.float32), device=x.device, dtype=x.dtype)
+        x = torch.round(x / p) * p
+    sd = torch.tensor(s, device=x.device, dtype=x.dtype)
+    m, _ = np.frexp(s)
+    if isinstance(fmt, Int) and bool(np.all(s > 0) and np.all(m == 0.5)):   # po2: x / s and q * s exact
+        lo, hi = fmt.int_range
+        return torch.clamp(torch.round(x / sd), lo, hi).mul_(sd).to(torch.float32)
+    unit = bool(np.all(s == 1))
+    y = quantize_unscaled_torch((x if unit else x / sd).to(torch.float64), fmt).to(x.dtype)
+    return (y if unit else y * sd).to(torch.float32)
+
+
 def _real_input(x: torch.Tensor) -> torch.Tensor:
     """x as a float tensor, as the numpy reference takes it; refuses what it refuses."""
     if x.is_complex():
