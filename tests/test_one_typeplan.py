@@ -1,11 +1,18 @@
 """One TypePlan (issue 16): a converted model and its QONNX file give the same plan (the type of
 every tensor of every layer), the same cost reports (io_parallel and io_stream, where the line
-buffers need the input shapes) and the same emulated outputs."""
+buffers need the input shapes), the same emulated outputs and the same HLS build: the hls4ml
+layer list and every precision ``fpq.to_hls`` would write, compared before anything is written
+or compiled (``plan_hls`` makes every build decision; hls4ml only renders it)."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 import fpq
+from fpq.export import as_graph, recorded_input
+from fpq.export.graph import typeplan_from_graph
+from fpq.hls.builder import plan_hls
 from fpq.testing.networks import conv2d_bn_net, mlp, residual_block
 from fpq.typeplan import TensorType
 
@@ -20,6 +27,27 @@ def _types(tp):
             out[(lp.name, "values", role)] = np.asarray(v).tobytes()
         out[(lp.name, "op")] = (lp.op, lp.fan_in, lp.note, repr(sorted(lp.attrs.items())))
     return out
+
+
+def _plain(v):
+    """A comparable form of an HLSPlan field: arrays by dtype, shape and bytes, precisions by their C++ type."""
+    if isinstance(v, np.ndarray):
+        return ("array", v.dtype.str, v.shape, v.tobytes())
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return type(v)(_plain(x) for x in v)
+    if isinstance(v, (str, int, float, bool, type(None), np.generic)):
+        return v
+    return (type(v).__name__, str(v))   # Fixed / FloatPort: the type hls4ml is given
+
+
+def _hls_build(src, example_input=None):
+    """What fpq.to_hls builds from src, up to the point where hls4ml writes files: the graph, its
+    one TypePlan and the HLSPlan (layers with their weights, every precision, the layouts)."""
+    graph = as_graph(src, example_input, purpose="to_hls")
+    return {f.name: _plain(getattr(hp, f.name)) for hp in [plan_hls(graph, typeplan_from_graph(graph))]
+            for f in dataclasses.fields(hp)}
 
 
 @pytest.mark.parametrize("build, fmt", [(mlp, "int8"), (conv2d_bn_net, "int8"), (residual_block, "fixed<8,3>"),
@@ -39,6 +67,9 @@ def test_model_and_its_qonnx_file_have_one_plan(build, fmt, tmp_path):
         assert ca.to_dict() == cb.to_dict(), io
     x = torch.randn(16, *shape) * 2
     assert np.array_equal(fpq.emulate(q, x), fpq.emulate(str(path), x))
+    ha, hb = _hls_build(q, recorded_input(q)), _hls_build(str(path))
+    assert ha["precisions"] and ha["layers"]
+    assert ha == hb
 
 
 def test_stream_line_buffers_reach_the_cost_of_a_qonnx_file(tmp_path):
