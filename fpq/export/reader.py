@@ -23,7 +23,7 @@ cost model) sees one op per hardware layer:
 Op kinds and their attributes, Quantizer and shape conventions: ``fpq.ir``. Where fpq's semantics
 and qonnx's executor differ, ``Quantizer.qonnx_exact`` is False and ``Quantizer.note`` says why.
 
-Over 600 lines, deliberately: one fusing reader whose patterns (weights through their quantizers,
+Over 600 lines because it is one fusing reader whose patterns (weights through their quantizers,
 MatMul + Add, Div -> Quant -> Mul, the two-node rounding pair, the accumulator wrap) share the
 ``_Reader`` state and the order of one pass; splitting it would split one algorithm.
 """

@@ -13,6 +13,9 @@ configuration and of the model, data and settings, so a killed sweep resumes whe
 Each point reseeds torch with ``seed`` before it starts, so results do not depend on the order
 or the process a point ran in. At the end ``results.csv`` and ``results.json`` hold one tidy row
 per point with canonical format strings and the command that rebuilds it.
+
+Over 600 lines because one point's settings, hash, worker pool and rebuild command are read
+together by ``sweep`` (the points' records, cache and results tables are in ``records.py``).
 """
 from __future__ import annotations
 
