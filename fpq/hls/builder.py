@@ -445,28 +445,39 @@ class _Builder:
                         "n_in": n}, {"result": src.fixed})
         self.set_out(op, _Tensor(op.name, src.fixed, src.torch_shape, src.hls_shape, src.perm))
 
-    def op_maxpool(self, op):
+    def _pool(self, op, cls: str) -> None:
+        """A max / average pooling window (``cls`` MaxPooling / AveragePooling): hls4ml's pooling
+        layer without padding; the result keeps the input type (max) or is the exact mean."""
         src = self.src(op)
         a = op.attrs
         k = a["kernel"]
         nd = len(k)
         if any(a["pads"]) or a.get("ceil_mode", 0) or any(d != 1 for d in a.get("dilations", (1,) * nd)):
-            raise HLSUnsupportedError(f"maxpool {op.name!r}: padding, ceil_mode and dilation are not supported in HLS")
+            raise HLSUnsupportedError(f"{op.kind} {op.name!r}: padding, ceil_mode and dilation are not supported "
+                                      "in HLS")
         if len(src.torch_shape) != nd + 1 or not _is_channels_last(src):
-            raise HLSUnsupportedError(f"maxpool {op.name!r}: input of shape {src.torch_shape}")
+            raise HLSUnsupportedError(f"{op.kind} {op.name!r}: input of shape {src.torch_shape}")
+        prec = ({"result": src.fixed, "accum": src.fixed} if cls == "MaxPooling"
+                else self._mean_types(op, src, int(np.prod(k))))
         out_t = self.torch_shape(op)
         s = a["strides"]
         layer = {"name": op.name, "inputs": [src.layer], "data_format": "channels_last", "n_filt": src.torch_shape[0],
                  "count_pad": False}
         if nd == 1:
-            layer.update(class_name="MaxPooling1D", n_in=src.torch_shape[1], n_out=out_t[1], pool_width=k[0],
+            layer.update(class_name=f"{cls}1D", n_in=src.torch_shape[1], n_out=out_t[1], pool_width=k[0],
                          stride_width=s[0], pad_left=0, pad_right=0)
         else:
-            layer.update(class_name="MaxPooling2D", in_height=src.torch_shape[1], in_width=src.torch_shape[2],
+            layer.update(class_name=f"{cls}2D", in_height=src.torch_shape[1], in_width=src.torch_shape[2],
                          out_height=out_t[1], out_width=out_t[2], pool_height=k[0], pool_width=k[1],
                          stride_height=s[0], stride_width=s[1], pad_top=0, pad_bottom=0, pad_left=0, pad_right=0)
-        self.add_layer(layer, {"result": src.fixed, "accum": src.fixed})
-        self.set_out(op, _Tensor(op.name, src.fixed, out_t, hls_shape_of(out_t), channels_last_perm(out_t)))
+        self.add_layer(layer, prec)
+        self.set_out(op, _Tensor(op.name, prec["result"], out_t, hls_shape_of(out_t), channels_last_perm(out_t)))
+
+    def op_maxpool(self, op):
+        self._pool(op, "MaxPooling")
+
+    def op_avgpool(self, op):
+        self._pool(op, "AveragePooling")
 
     def _mean_types(self, op, src: _Tensor, n: int):
         """Exact types of a mean over ``n`` values (n a power of two: the mean is src / 2^k)."""
@@ -480,30 +491,6 @@ class _Builder:
         mean = Fixed(f.width + k, f.int_bits, f.signed)                # same range, k more fraction bits
         accum = Fixed(f.width + 2 * k, f.int_bits + k, f.signed)      # holds the sum and, after /n, the mean
         return {"result": mean, "accum": accum}
-
-    def op_avgpool(self, op):
-        src = self.src(op)
-        a = op.attrs
-        k = a["kernel"]
-        nd = len(k)
-        if any(a["pads"]) or a.get("ceil_mode", 0):
-            raise HLSUnsupportedError(f"avgpool {op.name!r}: padding and ceil_mode are not supported in HLS")
-        if len(src.torch_shape) != nd + 1 or not _is_channels_last(src):
-            raise HLSUnsupportedError(f"avgpool {op.name!r}: input of shape {src.torch_shape}")
-        prec = self._mean_types(op, src, int(np.prod(k)))
-        out_t = self.torch_shape(op)
-        s = a["strides"]
-        layer = {"name": op.name, "inputs": [src.layer], "data_format": "channels_last", "n_filt": src.torch_shape[0],
-                 "count_pad": False}
-        if nd == 1:
-            layer.update(class_name="AveragePooling1D", n_in=src.torch_shape[1], n_out=out_t[1], pool_width=k[0],
-                         stride_width=s[0], pad_left=0, pad_right=0)
-        else:
-            layer.update(class_name="AveragePooling2D", in_height=src.torch_shape[1], in_width=src.torch_shape[2],
-                         out_height=out_t[1], out_width=out_t[2], pool_height=k[0], pool_width=k[1],
-                         stride_height=s[0], stride_width=s[1], pad_top=0, pad_bottom=0, pad_left=0, pad_right=0)
-        self.add_layer(layer, prec)
-        self.set_out(op, _Tensor(op.name, prec["result"], out_t, hls_shape_of(out_t), channels_last_perm(out_t)))
 
     def op_global_avgpool(self, op):
         src = self.src(op)
