@@ -95,10 +95,12 @@ def cnn_cases(base, repeats):
         q.train(mode != "eval")
         outs, times = [], []
         for mod in (base, torch_ops):
-            torch_ops_fn = mod.ste_quantize_unscaled
-            # the quantizers import the function by name: point them at the version measured
+            # the quantizers import the function by name: point them at the version measured (a
+            # revision before ste_apply_scaled: the layers' own expression over its quantizer)
+            torch_ops_fn = getattr(mod, "ste_apply_scaled", None) or (
+                lambda x, fmt, s, u=mod.ste_quantize_unscaled: u(x, fmt) if s is None else u(x / s, fmt) * s)
             import fpq.nn.quantizers as qz
-            saved, qz.ste_quantize_unscaled = qz.ste_quantize_unscaled, torch_ops_fn
+            saved, qz.ste_apply_scaled = qz.ste_apply_scaled, torch_ops_fn
             try:
                 if mode == "eval":
                     def step():
@@ -114,7 +116,7 @@ def cnn_cases(base, repeats):
                 times.append(best_of(step, repeats))
                 outs.append(step())
             finally:
-                qz.ste_quantize_unscaled = saved
+                qz.ste_apply_scaled = saved
         assert same_bits(outs[0].detach(), outs[1].detach()), f"CNN {mode}: outputs differ"
         rows.append((f"digits CNN e2m1 b256 {mode}", times[0], times[1]))
     return rows

@@ -116,10 +116,13 @@ class Quantizer:
         return self.ttype.format
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Reference application (fpq.quantize), in x's dtype."""
+        """Reference application (fpq.quantize, with its checks), in x's dtype; a Trunc first rounds x
+        to its input grid as ``fpq.numerics.scaled.apply_scaled`` (the emulator's) does."""
         from ..numerics import quantize
+        from ..numerics.reference import _as_float_array
+        from ..numerics.scaled import round_to_grid
         if self.pre_scale is not None:
-            x = np.rint(x / self.pre_scale) * self.pre_scale
+            x = round_to_grid(_as_float_array(x), self.pre_scale)
         return quantize(x, self.ttype.format, self.scale)
 
 

@@ -36,7 +36,7 @@ from brevitas.proxy.float_parameter_quant import (BiasFloatQuantProxyFromInjecto
 from brevitas.proxy.float_runtime_quant import ActFloatQuantProxyFromInjector
 
 from ..formats import Fixed, Int, Minifloat, finfo, parse_format
-from ..numerics.torch_ops import ste_quantize_unscaled
+from ..numerics.torch_ops import ste_apply_scaled
 
 SCALE_KINDS = ("none", "po2", "float")
 
@@ -152,10 +152,7 @@ class FpqTensorQuant(nn.Module):
             self.observer(x)
             return x.to(torch.float32), self._view(s, x)
         sv = self._view(s, x).to(x.dtype)
-        if self.scale_kind == "none":
-            y = ste_quantize_unscaled(x, self.fmt)
-        else:
-            y = ste_quantize_unscaled(x / sv, self.fmt) * sv
+        y = ste_apply_scaled(x, self.fmt, None if self.scale_kind == "none" else sv)
         # quantized values are exactly representable in float32 (the contract stores them so)
         return y.to(torch.float32), self._view(s, x)
 

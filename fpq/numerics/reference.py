@@ -113,17 +113,24 @@ def check_exact_in(fmt: Format, dtype, who: str, limits: tuple[int, int, int]) -
                          "pass float64 input (or use a narrower format)")
 
 
+def check_scale_shape(scale_shape, x_shape, who: str) -> None:
+    """Refuse a scale that does not broadcast to the input's shape (numpy and torch quantizers); a
+    wrong shape is an error even when every scale is 1."""
+    scale_shape, x_shape = tuple(scale_shape), tuple(x_shape)
+    try:
+        shape = np.broadcast_shapes(scale_shape, x_shape)
+    except ValueError:
+        shape = None
+    if shape != x_shape:
+        raise ValueError(f"{who}: a scale of shape {scale_shape} does not broadcast to the input's shape "
+                         f"{x_shape}; give one scale, or one per channel shaped to broadcast (e.g. (C, 1))")
+
+
 def _as_scale(scale, x: np.ndarray) -> np.ndarray:
     s = np.asarray(scale)
     if s.dtype.kind not in "fiu":
         raise ValueError(f"fpq.quantize: scale must hold real numbers, got dtype {s.dtype}")
-    try:
-        shape = np.broadcast_shapes(s.shape, x.shape)
-    except ValueError:
-        shape = None
-    if shape != x.shape:  # a wrong shape is an error even when every scale is 1
-        raise ValueError(f"fpq.quantize: a scale of shape {s.shape} does not broadcast to the input's shape "
-                         f"{x.shape}; give one scale, or one per channel shaped to broadcast (e.g. (C, 1))")
+    check_scale_shape(s.shape, x.shape, "fpq.quantize")
     s = s.astype(x.dtype)
     if np.any(~np.isfinite(s)) or np.any(s <= 0):
         raise ValueError("scale must be finite and > 0")
@@ -138,12 +145,18 @@ def quantize(x, fmt, scale=1.0) -> np.ndarray:
     dt = x.dtype
     if dt != np.float64:
         check_exact_in(fmt, dt.name, "fpq.quantize", float_limits(np.finfo(dt)))
-    scale = _as_scale(scale, x)
+    return quantize_scaled(x, fmt, _as_scale(scale, x))
+
+
+def quantize_scaled(x: np.ndarray, fmt: Format, scale: np.ndarray) -> np.ndarray:
+    """``Q(x / scale) * scale`` in x's dtype, without quantize's checks: x a float array, ``scale`` in
+    x's dtype and layout. The one numpy application of a scaled quantizer (fpq.quantize and
+    fpq.numerics.scaled.apply_scaled); Q runs in float64, where it is exact."""
     unit = bool(np.all(scale == 1))
-    with np.errstate(over="ignore", under="ignore"):  # x / scale may leave dt's range: defined
-        xs = x if unit else (x / scale).astype(dt)
-        q = quantize_unscaled(xs.astype(np.float64), fmt).astype(dt)
-        return q if unit else (q * scale).astype(dt)
+    with np.errstate(over="ignore", under="ignore"):  # x / scale may leave the dtype's range: defined
+        xs = x if unit else x / scale
+        q = quantize_unscaled(xs.astype(np.float64, copy=False), fmt).astype(x.dtype, copy=False)
+        return q if unit else q * scale
 
 
 def check_quantizable(fmt: Format) -> None:

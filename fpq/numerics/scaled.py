@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..formats import Format, Int
-from .reference import quantize_unscaled
+from .reference import quantize_scaled
 
 
 def _po2(s: np.ndarray) -> bool:
@@ -24,8 +24,7 @@ def apply_scaled(x: np.ndarray, fmt: Format, scale, pre_scale=None) -> np.ndarra
     grid) first rounds x to multiples of it. ``scale`` broadcasts against x (its layout)."""
     s = np.asarray(scale, dtype=np.float32)
     if pre_scale is not None:
-        p = np.asarray(pre_scale).astype(x.dtype)
-        x = np.rint(x / p) * p
+        x = round_to_grid(x, pre_scale)
     if isinstance(fmt, Int) and _po2(s):
         lo, hi = fmt.int_range
         y = x * (1.0 / s).astype(x.dtype)
@@ -33,11 +32,10 @@ def apply_scaled(x: np.ndarray, fmt: Format, scale, pre_scale=None) -> np.ndarra
         np.clip(y, lo, hi, out=y)
         y *= s.astype(x.dtype)
         return y.astype(np.float32, copy=False)
-    dt = x.dtype
-    sc = s.astype(dt)
-    unit = bool(np.all(s == 1))
-    xs = x if unit else x / sc
-    y = quantize_unscaled(xs.astype(np.float64, copy=False), fmt).astype(dt, copy=False)
-    if not unit:
-        y = y * sc
-    return y.astype(np.float32, copy=False)
+    return quantize_scaled(x, fmt, s.astype(x.dtype)).astype(np.float32, copy=False)
+
+
+def round_to_grid(x: np.ndarray, grid) -> np.ndarray:
+    """x rounded (half to even) to multiples of ``grid`` (a Trunc's input grid), in x's dtype."""
+    p = np.asarray(grid).astype(x.dtype)
+    return np.rint(x / p) * p

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from ..formats import Binary, Fixed, Format, Int, Minifloat, finfo, parse_format
-from .reference import (_ties, check_exact_in, check_quantizable, dispatch_on_format, float_limits, quantize_unscaled,
-                        wrap_codes)
+from .reference import (_ties, check_exact_in, check_quantizable, check_scale_shape, dispatch_on_format, float_limits,
+                        quantize_unscaled, wrap_codes)
 
 
 # Speed (the quantizer is in every fpq forward pass): each format works on one or two temporaries
@@ -72,6 +72,7 @@ def _(x: torch.Tensor, fmt: Int) -> torch.Tensor:
     return y.clamp_(lo, hi).to(x.dtype)
 
 
+# torch twin of reference.round_fixed, kept apart: torch's in-place ops (the hot path) have no numpy spelling
 def round_fixed_torch(s: torch.Tensor, rounding: str) -> torch.Tensor:
     if rounding == "RND_CONV":
         return torch.round(s)  # half to even
@@ -205,6 +206,16 @@ def ste_quantize_unscaled(xs: torch.Tensor, fmt) -> torch.Tensor:
     return _QuantizeSTE.apply(xs, fmt, info.min, info.max)
 
 
+def ste_apply_scaled(x: torch.Tensor, fmt: Format, scale: torch.Tensor | None) -> torch.Tensor:
+    """Q(x / scale) * scale in x's dtype with the clipped straight-through gradient in x and the
+    LSQ-style gradient in a tensor ``scale`` (the layers' learnable scales): the one differentiable
+    application (quantize_torch, fpq.nn's quantizers); ``apply_scaled_torch`` is its no-gradient
+    twin for the emulator. ``scale`` None: Q(x), no division (a format that carries its own scaling)."""
+    if scale is None:
+        return ste_quantize_unscaled(x, fmt)
+    return ste_quantize_unscaled(x / scale, fmt) * scale
+
+
 def quantize_torch(x: torch.Tensor, fmt, scale=1.0) -> torch.Tensor:
     """Torch twin of ``fpq.quantize``: identical values (and the same refusals), straight-through
     gradient."""
@@ -222,21 +233,11 @@ def quantize_torch(x: torch.Tensor, fmt, scale=1.0) -> torch.Tensor:
         scale = torch.tensor(scale, dtype=x.dtype, device=x.device)
     elif scale.is_complex() or scale.dtype == torch.bool:
         raise ValueError(f"quantize_torch: scale must hold real numbers, got {scale.dtype}")
-    try:
-        shape = torch.broadcast_shapes(scale.shape, x.shape)
-    except RuntimeError:
-        shape = None
-    if shape != x.shape:  # a wrong shape is an error even when every scale is 1
-        raise ValueError(f"quantize_torch: a scale of shape {tuple(scale.shape)} does not broadcast to the "
-                         f"input's shape {tuple(x.shape)}; give one scale, or one per channel shaped to "
-                         "broadcast (e.g. (C, 1))")
+    check_scale_shape(scale.shape, x.shape, "quantize_torch")
     scale = scale.to(dtype=x.dtype, device=x.device)
     if scale.device.type == "cpu" and not bool(torch.all(torch.isfinite(scale) & (scale > 0))):
         raise ValueError("scale must be finite and > 0")  # checked on CPU only: no GPU sync
-    unit = bool(torch.all(scale == 1))
-    xs = x if unit else x / scale
-    q = ste_quantize_unscaled(xs, fmt)
-    return q if unit else q * scale
+    return ste_apply_scaled(x, fmt, None if bool(torch.all(scale == 1)) else scale)
 
 
 def apply_scaled_torch(x: torch.Tensor, fmt: Format, scale, pre_scale=None) -> torch.Tensor:
