@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from fpq.formats import Fixed, Int, parse_format
+from fpq.formats import Fixed, parse_format
 from fpq.formats.types import OVERFLOW_MODES, ROUNDING_MODES
 from fpq.ir import Quantizer
 from fpq.numerics import quantize, quantize_unscaled
@@ -68,14 +68,7 @@ def _old_apply_scaled(x, fmt, scale, pre_scale=None):
     if pre_scale is not None:
         p = np.asarray(pre_scale).astype(x.dtype)
         x = np.rint(x / p) * p
-    m, _ = np.frexp(s)
-    if isinstance(fmt, Int) and bool(np.all(np.isfinite(s)) and np.all(s > 0) and np.all(m == 0.5)):
-        lo, hi = fmt.int_range
-        y = x * (1.0 / s).astype(x.dtype)
-        np.rint(y, out=y)
-        np.clip(y, lo, hi, out=y)
-        y *= s.astype(x.dtype)
-        return y.astype(np.float32, copy=False)
+    # (its unchanged fast path for po2-scaled Int formats is the same arithmetic: checked against this)
     dt = x.dtype
     sc = s.astype(dt)
     unit = bool(np.all(s == 1))
@@ -99,13 +92,14 @@ def _fits(fmt, dtype) -> bool:
 
 # ------------------------------------------------------------------ numpy
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("kind", list(SCALES))
-@pytest.mark.parametrize("name", FORMATS)
+def _matrix(dtypes):
+    """Every format x every scale kind x ``dtypes``: (name, kind, dtype)."""
+    return pytest.mark.parametrize("name,kind,dtype", [(n, k, d) for n in FORMATS for k in SCALES for d in dtypes])
+
+
+@_matrix([np.float32, np.float64])
 def test_numpy_application_unchanged(name, kind, dtype):
-    fmt = parse_format(name)
-    scale = _layout(SCALES[kind])
-    x = _inputs(dtype)
+    fmt, scale, x = parse_format(name), _layout(SCALES[kind]), _inputs(dtype)
     with np.errstate(all="ignore"):
         _same(apply_scaled(x, fmt, scale), _old_apply_scaled(x, fmt, scale))
         if _fits(fmt, dtype):
@@ -120,21 +114,31 @@ def test_numpy_application_unchanged(name, kind, dtype):
 
 # ------------------------------------------------------------------ torch
 
+def _same_with_grads(new, old, x: torch.Tensor, params=()) -> None:
+    """new(x) and old(x): the same values and the same gradients in x and ``params``."""
+    res = []
+    for f in (new, old):
+        xi = x.detach().clone().requires_grad_()
+        y = f(xi)
+        res.append((y.detach(), torch.autograd.grad(y.nan_to_num(0.0, 0.0, 0.0).sum(), [xi, *params])))
+    (y, g), (yo, go) = res
+    _same(y.numpy(), yo.numpy())
+    for a, b in zip(g, go):
+        _same(a.numpy(), b.numpy())
+
+
 @pytest.mark.parametrize("kind", ["po2", "float", "channel_float", "one"])
 @pytest.mark.parametrize("name", FORMATS)
 def test_quantize_torch_unchanged(name, kind):
     fmt = parse_format(name)
-    x = torch.from_numpy(_inputs(np.float64, 1)).requires_grad_()
+    x = torch.from_numpy(_inputs(np.float64, 1))
     scale = torch.tensor(_layout(SCALES[kind]), dtype=torch.float64)
-    y = quantize_torch(x, fmt, scale)
-    (gx,) = torch.autograd.grad(y.nan_to_num(0.0, 0.0, 0.0).sum(), x)
-    unit = bool(torch.all(scale == 1))  # quantize_torch's last lines before the change
-    xo = x.detach().clone().requires_grad_()
-    q = ste_quantize_unscaled(xo if unit else xo / scale, fmt)
-    yo = q if unit else q * scale
-    (go,) = torch.autograd.grad(yo.nan_to_num(0.0, 0.0, 0.0).sum(), xo)
-    _same(y.detach().numpy(), yo.detach().numpy())
-    _same(gx.numpy(), go.numpy())
+
+    def before(xo):  # quantize_torch's last lines before the change
+        unit = bool(torch.all(scale == 1))
+        q = ste_quantize_unscaled(xo if unit else xo / scale, fmt)
+        return q if unit else q * scale
+    _same_with_grads(lambda v: quantize_torch(v, fmt, scale), before, x)
 
 
 def _tensor_quant(name, kind, channels):
@@ -154,16 +158,36 @@ def _tensor_quant(name, kind, channels):
 def test_layer_quantizer_unchanged(name, kind, channels):
     """FpqTensorQuant.quantize: values and the gradients in x and in the learnable log2 scale."""
     tq = _tensor_quant(name, kind, channels)
-    x = torch.from_numpy(_inputs(np.float32, 2)).requires_grad_()
     params = [p for p in [tq.log2_scale] if p.requires_grad]
-    y, s = tq.quantize(x)
-    g = torch.autograd.grad(y.nan_to_num(0.0, 0.0, 0.0).sum(), [x] + params)
-    xo = x.detach().clone().requires_grad_()  # the quantizer's body before the change
-    so = tq.scale()
-    sv = tq._view(so, xo).to(xo.dtype)
-    yo = ste_quantize_unscaled(xo, tq.fmt) if tq.scale_kind == "none" else ste_quantize_unscaled(xo / sv, tq.fmt) * sv
-    yo = yo.to(torch.float32)
-    go = torch.autograd.grad(yo.nan_to_num(0.0, 0.0, 0.0).sum(), [xo] + params)
-    _same(y.detach().numpy(), yo.detach().numpy())
-    for a, b in zip(g, go):
-        _same(a.numpy(), b.numpy())
+
+    def before(xo):  # the quantizer's body before the change
+        sv = tq._view(tq.scale(), xo).to(xo.dtype)
+        y = ste_quantize_unscaled(xo, tq.fmt) if tq.scale_kind == "none" else ste_quantize_unscaled(xo / sv, tq.fmt) * sv
+        return y.to(torch.float32)
+    _same_with_grads(lambda v: tq.quantize(v)[0], before, torch.from_numpy(_inputs(np.float32, 2)), params)
+
+
+@_matrix([torch.float32, torch.float64])
+def test_emulator_torch_application_unchanged(name, kind, dtype):
+    """apply_scaled_torch (the emulator's torch backend), against its body before the change."""
+    from fpq.numerics.torch_ops import apply_scaled_torch, quantize_unscaled_torch
+    fmt, scale, x = parse_format(name), _layout(SCALES[kind]), torch.from_numpy(_inputs(np.float64, 3)).to(dtype)
+    s = np.asarray(scale, dtype=np.float32)
+    sd = torch.tensor(s, dtype=dtype)
+    unit = bool(np.all(s == 1))  # (the unchanged po2 Int fast path is the same arithmetic)
+    y = quantize_unscaled_torch((x if unit else x / sd).to(torch.float64), fmt).to(x.dtype)
+    old = (y if unit else y * sd).to(torch.float32)
+    _same(apply_scaled_torch(x, fmt, scale).numpy(), old.numpy())
+
+
+@pytest.mark.parametrize("channels", [0, C])
+@pytest.mark.parametrize("k", [1, 2])
+def test_khot_quantizer_unchanged(k, channels):
+    from fpq.nn.multfree import KHotWeightQuant, _KHotSTE
+    tq = KHotWeightQuant("int6", "po2", channels, "weight", k)
+    tq.set_scale(torch.tensor(np.asarray(SCALES["channel_po2"] if channels else SCALES["po2"], np.float64)))
+
+    def before(xo):
+        sv = tq._view(tq.scale(), xo).to(xo.dtype)
+        return (_KHotSTE.apply(xo / sv, tq.codes) * sv).to(torch.float32)
+    _same_with_grads(lambda v: tq.quantize(v)[0], before, torch.from_numpy(_inputs(np.float32, 4)), [tq.log2_scale])

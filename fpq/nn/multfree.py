@@ -24,6 +24,7 @@ from torch import nn
 
 from ..formats import Fixed, Int
 from ..ir import MAC_KINDS
+from ..numerics.torch_ops import scaled_apply
 from .quantizers import FpqTensorQuant, tensor_quant_of
 
 K_ALLOWED = (1, 2, 3)
@@ -102,7 +103,7 @@ class KHotWeightQuant(FpqTensorQuant):
             self.observer(x)
             return x.to(torch.float32), self._view(s, x)
         sv = self._view(s, x).to(x.dtype)
-        y = _KHotSTE.apply(x / sv, self.codes) * sv
+        y = scaled_apply(lambda v: _KHotSTE.apply(v, self.codes), x, sv)
         return y.to(torch.float32), self._view(s, x)
 
     @torch.no_grad()

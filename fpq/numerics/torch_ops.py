@@ -206,14 +206,21 @@ def ste_quantize_unscaled(xs: torch.Tensor, fmt) -> torch.Tensor:
     return _QuantizeSTE.apply(xs, fmt, info.min, info.max)
 
 
-def ste_apply_scaled(x: torch.Tensor, fmt: Format, scale: torch.Tensor | None) -> torch.Tensor:
-    """Q(x / scale) * scale in x's dtype with the clipped straight-through gradient in x and the
-    LSQ-style gradient in a tensor ``scale`` (the layers' learnable scales): the one differentiable
-    application (quantize_torch, fpq.nn's quantizers); ``apply_scaled_torch`` is its no-gradient
-    twin for the emulator. ``scale`` None: Q(x), no division (a format that carries its own scaling)."""
+def scaled_apply(quant, x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """``quant(x / scale) * scale`` in x's dtype, ``quant`` an unscaled quantizer (with or without a
+    gradient: the format's, or the K-hot codes' of fpq.nn.multfree); ``scale`` None: quant(x), no
+    division (scale 1, or a format that carries its own scaling). The torch application of a
+    scaled quantizer every torch path shares (the numpy one: reference.quantize_scaled)."""
     if scale is None:
-        return ste_quantize_unscaled(x, fmt)
-    return ste_quantize_unscaled(x / scale, fmt) * scale
+        return quant(x)
+    return quant(x / scale) * scale
+
+
+def ste_apply_scaled(x: torch.Tensor, fmt: Format, scale: torch.Tensor | None) -> torch.Tensor:
+    """Q(x / scale) * scale with the clipped straight-through gradient in x and the LSQ-style
+    gradient in a tensor ``scale`` (the layers' learnable scales): quantize_torch, fpq.nn's
+    quantizers; ``apply_scaled_torch`` is its no-gradient twin for the emulator."""
+    return scaled_apply(lambda v: ste_quantize_unscaled(v, fmt), x, scale)
 
 
 def quantize_torch(x: torch.Tensor, fmt, scale=1.0) -> torch.Tensor:
@@ -253,9 +260,10 @@ def apply_scaled_torch(x: torch.Tensor, fmt: Format, scale, pre_scale=None) -> t
     if isinstance(fmt, Int) and bool(np.all(s > 0) and np.all(m == 0.5)):   # po2: x / s and q * s exact
         lo, hi = fmt.int_range
         return torch.clamp(torch.round(x / sd), lo, hi).mul_(sd).to(torch.float32)
-    unit = bool(np.all(s == 1))
-    y = quantize_unscaled_torch((x if unit else x / sd).to(torch.float64), fmt).to(x.dtype)
-    return (y if unit else y * sd).to(torch.float32)
+    # Q in x's dtype returns what Q in float64 rounded to it does (it computes exactly, in float64
+    # where x's dtype cannot)
+    y = scaled_apply(lambda v: quantize_unscaled_torch(v, fmt), x, None if bool(np.all(s == 1)) else sd)
+    return y.to(torch.float32)
 
 
 def _real_input(x: torch.Tensor) -> torch.Tensor:
