@@ -191,3 +191,15 @@ def test_khot_quantizer_unchanged(k, channels):
         sv = tq._view(tq.scale(), xo).to(xo.dtype)
         return (_KHotSTE.apply(xo / sv, tq.codes) * sv).to(torch.float32)
     _same_with_grads(lambda v: tq.quantize(v)[0], before, torch.from_numpy(_inputs(np.float32, 4)), [tq.log2_scale])
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_calibration_mse_unchanged(name):
+    """The MSE scale search's error (fpq.nn.calibration_stats._mse), against its expression before."""
+    from fpq.nn.calibration_stats import _mse
+    from fpq.numerics.torch_ops import quantize_unscaled_torch
+    tq = _tensor_quant(name, "float", 0)
+    x = torch.from_numpy(_inputs(np.float64, 5)).nan_to_num(0.0, 1e3, -1e3).reshape(-1)
+    for s in (0.25, 0.37, 1.0):
+        old = float(torch.mean((quantize_unscaled_torch(x / s, tq.fmt) * s - x) ** 2))
+        _same(np.float64(_mse(tq, x, s)), np.float64(old))

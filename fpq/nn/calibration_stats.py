@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from ..numerics.torch_ops import quantize_unscaled_torch
+from ..numerics.torch_ops import quantize_unscaled_torch, scaled_apply
 
 METHODS = ("max", "percentile", "mse")
 
@@ -26,7 +26,7 @@ def _from_stat(tq, m: float) -> float:
 
 
 def _mse(tq, x: torch.Tensor, s: float) -> float:
-    q = quantize_unscaled_torch(x / s, tq.fmt) * s
+    q = scaled_apply(lambda v: quantize_unscaled_torch(v, tq.fmt), x, s)
     return float(torch.mean((q - x) ** 2))
 
 

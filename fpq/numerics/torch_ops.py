@@ -206,11 +206,12 @@ def ste_quantize_unscaled(xs: torch.Tensor, fmt) -> torch.Tensor:
     return _QuantizeSTE.apply(xs, fmt, info.min, info.max)
 
 
-def scaled_apply(quant, x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+def scaled_apply(quant, x: torch.Tensor, scale: torch.Tensor | float | None) -> torch.Tensor:
     """``quant(x / scale) * scale`` in x's dtype, ``quant`` an unscaled quantizer (with or without a
-    gradient: the format's, or the K-hot codes' of fpq.nn.multfree); ``scale`` None: quant(x), no
-    division (scale 1, or a format that carries its own scaling). The torch application of a
-    scaled quantizer every torch path shares (the numpy one: reference.quantize_scaled)."""
+    gradient: the format's, or the K-hot codes' of fpq.nn.multfree), ``scale`` a tensor or a float
+    (calibration's MSE search); None: quant(x), no division (scale 1, or a format that carries its
+    own scaling). The torch application of a scaled quantizer every torch path shares (the numpy
+    one: reference.quantize_scaled)."""
     if scale is None:
         return quant(x)
     return quant(x / scale) * scale
