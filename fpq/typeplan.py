@@ -171,11 +171,13 @@ class LayerPlan:
     note: str = ""
 
     def derive(self) -> "LayerPlan":
-        """Fill product and accumulator from input, weight (and bias) when all are exact fixed."""
+        """Fill product and accumulator from input, weight (and bias) when all are exact fixed;
+        with a float (non-power-of-two) scale, ``attrs["value_accumulator"]`` instead."""
         x, w = self.tensors.get("input"), self.tensors.get("weight")
         if x is None or w is None or self.fan_in is None:
             return self
         if not (x.po2 and w.po2):
+            self._derive_value_accumulator()
             return self
         xc, wc = x.carrier(), w.carrier()
         prod = product_type(xc, wc)
@@ -200,6 +202,20 @@ class LayerPlan:
         if bits is not None:
             self.attrs["exact_accumulator"] = acc   # what the narrow one wraps (every path wraps alike)
         return self
+
+    def _derive_value_accumulator(self) -> None:
+        """The exact sum of a layer with a float scale: no type follows from the formats, but
+        every value is dyadic, so the sum of the values as stored has one: the input's (float32
+        q * s for every value q of its format), times the weights' own values, plus the bias'
+        own values (typed or not). ``attrs["value_accumulator"]``, read by the emulator (is the
+        float64 sum exact?) and the cost model (its adder width); absent when the input's format
+        has too many values to enumerate or the weights are unknown."""
+        xc = self.tensors["input"].value_carrier()
+        wc = constant_carrier(self.tensors["weight"], self.values.get("weight"))
+        if xc is None or wc is None:
+            return
+        bc = constant_carrier(self.tensors.get("bias"), self.values.get("bias"))
+        self.attrs["value_accumulator"] = sum_type(product_type(xc, wc), self.fan_in, bc)
 
 
 @dataclass

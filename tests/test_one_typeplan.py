@@ -92,3 +92,29 @@ def test_plan_of_a_model_without_shapes_says_what_it_needs():
         fpq.plan(q)
     assert len(fpq.plan(q, torch.zeros(1, 1, 8, 8)))
     assert len(fpq.plan(fpq.convert(mlp()[0], "int8")))   # a Linear first tells its input size
+
+
+def test_float_scaled_layers_read_the_planned_value_accumulator():
+    """A float activation scale has no accumulator type from the formats; the plan holds the exact
+    sum of the values as stored (attrs['value_accumulator']) and the emulator (is float64 exact?),
+    the cost model (adder width) and the HLS builder (accumulator precision) agree with it, also
+    for the grouped conv, which HLS builds dense but sums over its true fan-in."""
+    from fpq.emulate import Emulator
+
+    m, shape = conv2d_bn_net()
+    q = fpq.convert(m, weights="fixed<8,1>", activations="int8", scale="float")
+    torch.manual_seed(0)
+    fpq.calibrate(q, [torch.randn(32, *shape)], progress=False)
+    graph = as_graph(q, recorded_input(q))
+    tp = typeplan_from_graph(graph)
+    planned = {lp.name: lp.attrs["value_accumulator"] for lp in tp if "value_accumulator" in lp.attrs}
+    assert set(planned) == {"conv2d_0", "conv2d_4", "linear_7"}
+    assert tp["conv2d_4"].attrs["groups"] == 2
+    emu = Emulator(graph)
+    rows = {r["layer"]: r for r in fpq.estimate_cost(graph).layers}
+    hls = plan_hls(graph, tp)
+    for name, acc in planned.items():
+        assert emu.exact[name] == (acc.width <= 53)
+        assert rows[name]["acc_bits"] == acc.width
+        h = hls.precisions[hls.op_layer[name]]["accum"]
+        assert (h.width, h.int_bits) == (acc.width, acc.int_bits), name

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..formats import Binary, Fixed, Int, Minifloat, exact_fixed
 from ..ir import FREE_KINDS, MAC_KINDS
-from ..typeplan import TensorType, TypePlan, constant_carrier, po2_exponents, product_type, sum_type, values_carrier
+from ..typeplan import TensorType, TypePlan, po2_exponents, values_carrier
 from .devices import Device, dsp_tiles, get_device
 from .ops import OperatorCosts, csd_digits, default_costs, significant_bits, thr_steps
 from .stream import SRL_MAX_BITS, _add_stream_buffers, _bram18, _in_shape
@@ -201,14 +201,10 @@ def _mac_layer(lp, ops: OperatorCosts, dev: Device, rf: int, strategy: str, cloc
     if note:
         notes.append(note)
     acc = lp.tensors.get("accumulator")
-    if not isinstance(acc, Fixed) and fan_in:
-        # no planned accumulator (a float scale somewhere): the exact sum the HLS builder forms
-        # from the input's values, the weights' and the bias' own values
-        wv = constant_carrier(w_t, lp.values.get("weight"))
-        bv = (constant_carrier(lp.tensors.get("bias"), lp.values.get("bias"))
-              if "bias" in lp.tensors else None)
-        if wv is not None:
-            acc = sum_type(product_type(xc, wv), int(fan_in), bv)
+    if not isinstance(acc, Fixed):
+        # a float scale somewhere: the plan's value accumulator, the exact sum the HLS builder
+        # forms from the input's values, the weights' and the bias' own values
+        acc = lp.attrs.get("value_accumulator")
     acc_bits = acc.width if isinstance(acc, Fixed) else xc.width + wc.width + math.ceil(math.log2(max(fan_in, 2)))
     x_bits, w_bits = xc.width, wc.width
     if rf == 1 and isinstance(w_t, TensorType) and w_t.po2 and np.size(w_t.scale) > 1:

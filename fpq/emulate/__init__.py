@@ -42,9 +42,9 @@ from ..ir.plan import typeplan_from_graph
 from .kernels import (_add_bias, apply_quantizer,  # noqa: F401  (conv_nd ... quantize_fast: fpq.emulate names)
                       batch_shape, conv_nd, dense_conv_matrix, pool_nd, quantize_fast)
 from ..numerics.wide import WIDE_BITS as WIDE_EXACT_BITS, exact_bilinear
-from ..formats import Int
+from ..formats import Fixed, Int
 from ..formats.facts import exact_fixed
-from ..typeplan import constant_carrier, po2_exponents, product_type, sum_type, wrap
+from ..typeplan import LayerPlan, po2_exponents, sum_type, wrap
 
 FLOAT32_EXACT_BITS = 24
 FLOAT64_EXACT_BITS = 53
@@ -96,8 +96,10 @@ class Emulator:
                 t_in, t_w = op.types.get("input"), op.types.get("weight")
                 if t_in is None or t_w is None or not (t_in.po2 and t_w.po2):
                     # a float scale: no fixed-point type from the formats, but the values are
-                    # still dyadic; float64 sums them exactly when their exact sum fits 53 bits
-                    bits = value_accumulator_bits(op)
+                    # still dyadic; float64 sums them exactly when their exact sum (the plan's
+                    # value accumulator) fits 53 bits
+                    vacc = self.typeplan[op.name].attrs.get("value_accumulator")
+                    bits = None if vacc is None else vacc.width
                     self.acc_dtype[op.name] = "float64"
                     self.exact[op.name] = bits is not None and bits <= FLOAT64_EXACT_BITS
                     continue
@@ -546,15 +548,13 @@ def check_input_tensor(x, float32_only: bool = False, who: str = "input"):
 
 def value_accumulator_bits(op: Op) -> int | None:
     """Bits of the exact sum of a linear / conv / batchnorm whose input or weight scale is not a
-    power of two, from the values each operand can take: the input's as stored (float32 q * s for
-    every value q of its format), the weights' and bias' own. None when the input's format is
-    too wide to enumerate or its type is unknown."""
-    t_in, t_w = op.types.get("input"), op.types.get("weight")
-    xc = None if t_in is None else t_in.value_carrier()
-    if xc is None or op.weight is None or op.fan_in is None:
-        return None
-    bc = None if op.bias is None else constant_carrier(op.types.get("bias"), op.bias)
-    return sum_type(product_type(xc, constant_carrier(t_w, op.weight)), op.fan_in, bc).width
+    power of two: the width of its TypePlan's value accumulator (``LayerPlan.derive``: from the
+    values each operand can take), or of its exact accumulator when both scales are powers of
+    two. None when the input's format is too wide to enumerate or its type is unknown."""
+    values = {k: v for k, v in (("weight", op.weight), ("bias", op.bias)) if v is not None}
+    lp = LayerPlan(op.name, op.kind, dict(op.types), op.fan_in, values).derive()
+    acc = lp.attrs.get("value_accumulator", lp.tensors.get("accumulator"))
+    return acc.width if isinstance(acc, Fixed) else None
 
 
 def odd_bias(b, p_exp: int) -> np.ndarray:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..formats import Binary, Fixed, Minifloat, exact_fixed
-from ..typeplan import TensorType, fixed_union, po2_exponents, product_type, sum_type
+from ..typeplan import TensorType, constant_carrier, fixed_union, po2_exponents, product_type, sum_type
 from ..typeplan import values_carrier as _values_carrier
 from . import cpp
 
@@ -128,14 +128,17 @@ def _check_format(fmt, what: str) -> None:
 
 
 def _carrier(tt: TensorType | None, values, what: str) -> Fixed:
-    """Exact fixed type of a constant tensor (weight / bias)."""
+    """Exact fixed type of a constant tensor (weight / bias): the TypePlan's constant carrier
+    (its type's for a power-of-two scale, else the values' own), as an HLS precision."""
     if values is None:
         return Fixed(2, 2, True)
     if tt is not None and tt.po2:
         _check_format(tt.format, what)
-        c = tt.carrier()
-        return Fixed(c.width, c.int_bits, c.signed)
-    return values_carrier(values)  # float (non-po2) scale or unquantized bias: the values themselves
+    try:
+        c = constant_carrier(tt, values)
+    except ValueError as e:
+        raise HLSUnsupportedError(f"weight or bias values: {e}") from None
+    return Fixed(c.width, c.int_bits, c.signed)
 
 
 class FloatPort:
