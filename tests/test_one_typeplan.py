@@ -118,3 +118,37 @@ def test_float_scaled_layers_read_the_planned_value_accumulator():
         assert rows[name]["acc_bits"] == acc.width
         h = hls.precisions[hls.op_layer[name]]["accum"]
         assert (h.width, h.int_bits) == (acc.width, acc.int_bits), name
+
+
+@pytest.mark.parametrize("make", [residual_block, conv2d_bn_net], ids=["residual_add", "conv_bn_relu"])
+def test_requantizers_are_fused_where_hls_fuses_them(make):
+    """The plan alone decides which cast requantizer the layer before computes (after a linear,
+    a residual add, a ReLU ...): the HLS project builds exactly the planned layers, and the cost
+    model prices one row per HLS layer, with the fused cast inside the add (no register of its
+    own, so fewer FFs than an add followed by a quant layer)."""
+    m, shape = make()
+    q = fpq.convert(m, fmt="int8")
+    torch.manual_seed(0)
+    fpq.calibrate(q, [torch.randn(64, *shape)], progress=False)
+    graph = as_graph(q, recorded_input(q))
+    tp = typeplan_from_graph(graph)
+    hls = plan_hls(graph, tp)
+    fused = {lp.name: lp.attrs["fused_into"] for lp in tp if lp.attrs.get("fused_into")}
+    assert fused and all(hls.op_layer[k] == v for k, v in fused.items())
+    built = {L["name"] for L in hls.layers}
+    assert not set(fused) & built
+    rows = fpq.estimate_cost(graph).layers
+    priced = {r["layer"] for r in rows if r["lut"] > 0 or r["ff"] > 0}
+    assert priced <= built and {n for n in built if n in tp.layers and tp[n].op not in ("input_quant",)} <= \
+        {r["layer"] for r in rows}
+    for name, into in fused.items():
+        assert tp[into].tensors["output"] is not None and tp[into].attrs["requant"] == name
+        h = hls.precisions[into]["result"]
+        out = tp[into].tensors["output"]
+        assert h.width == out.carrier().width, name
+    adds = [lp for lp in tp if lp.op == "add"]
+    if adds:
+        add = adds[0]
+        assert add.attrs.get("requant") and "exact_output" in add.attrs
+        r = next(r for r in rows if r["layer"] == add.name)
+        assert r["ff"] == int(np.prod(add.attrs["out_shape"][1:])) * add.tensors["output"].carrier().width

@@ -380,7 +380,11 @@ def _other_layer(lp, ops: OperatorCosts, notes: list) -> dict:
         except ValueError:
             return None
 
-    ob = bits(out_t) if out_t is not None else None
+    # a requantizer fused into this op (fpq.ir.plan): the op computes its exact result, then one
+    # rounding cast into ``output`` -- no register or cycle of its own, unlike a quant layer
+    exact_t = lp.attrs.get("exact_output", out_t if lp.attrs.get("requant") is None else in_t)
+    qb = bits(out_t) if lp.attrs.get("requant") is not None else None
+    ob = bits(exact_t) if exact_t is not None else None
     ib = bits(in_t) if in_t is not None else None
     ob = ob or ib or 16
     ib = ib or ob
@@ -401,6 +405,9 @@ def _other_layer(lp, ops: OperatorCosts, notes: list) -> dict:
     else:
         notes.append(f"{lp.name}: op {lp.op!r} has no cost model; not priced")
         return row
+    if qb is not None:
+        lut += n * (ops.add_luts(ob) + math.ceil(qb / 2))    # the quant layer's rounding adder + saturation
+        ob = qb
     row.update(lut=float(lut), ff=float(n * ob), latency_cycles=1)
     return row
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..formats import Binary, Fixed, Minifloat, exact_fixed
+from ..ir.plan import typeplan_from_graph
 from ..typeplan import TensorType, constant_carrier, fixed_union, po2_exponents, product_type, sum_type
 from ..typeplan import values_carrier as _values_carrier
 from . import cpp
@@ -184,7 +185,6 @@ class _Builder:
         for op in graph.ops:
             for i in op.inputs:
                 self.uses[i] = self.uses.get(i, 0) + 1
-        self.fused: set = set()   # layers whose result type a following cast already replaced
 
     # -- helpers
     def add_layer(self, layer: dict, precision: dict) -> None:
@@ -316,15 +316,15 @@ class _Builder:
         s = _scale_exp(tt, f"quantizer {op.name!r}")
         _check_format(tt.format, f"quantizer {op.name!r}")
         cast = cpp.cast_format(tt.format, s)
-        producer = next((L for L in self.plan.layers if L["name"] == src.layer), None)
-        # not into the input port (it already is a quantizer) nor into a Reshape (hls4ml makes it an
-        # alias of its input in io_parallel, so its result type would not be applied)
-        fusable = (cast is not None and producer is not None and producer["class_name"] not in ("InputLayer", "Reshape")
-                   and self.uses.get(op.inputs[0], 0) == 1 and src.layer not in self.fused)
-        if fusable:
+        # the TypePlan decides which requantizers the layer before computes (fpq.ir.plan,
+        # REQUANT_FUSING): the same circuit the cost model prices
+        into = self.tp.layers[op.name].attrs.get("fused_into")
+        if into is not None:
+            if cast is None or src.layer != into:
+                raise AssertionError(f"quantizer {op.name!r}: the TypePlan fuses it into {into!r}, the HLS layer "
+                                     f"before it is {src.layer!r} (cast {cast})")
             # the producer's result cast from its exact value IS this quantizer
             self.plan.precisions[src.layer]["result"] = cast
-            self.fused.add(src.layer)
             self.set_out(op, _Tensor(src.layer, cast, src.torch_shape, src.hls_shape, src.perm))
         else:
             self.set_out(op, self._quantize_layer(op, src, tt.format, s))
@@ -336,7 +336,7 @@ class _Builder:
         x_c = Fixed(src.fixed.width, src.fixed.int_bits, src.fixed.signed)
         prod = product_type(x_c, w_c)
         acc = sum_type(prod, op.fan_in, b_c if op.bias is not None else None)
-        lp = self.tp.layers.get(op.name) if self.tp is not None else None
+        lp = self.tp.layers.get(op.name)
         planned = lp.tensors.get("accumulator") if lp is not None else None
         if isinstance(planned, Fixed) and planned != acc:
             # the TypePlan is the source of truth (a user may narrow an accumulator); it must
@@ -431,7 +431,7 @@ class _Builder:
                else Fixed(2, 2, True))
         x_c = Fixed(src.fixed.width, src.fixed.int_bits, src.fixed.signed)
         acc = sum_type(product_type(x_c, s_c), 1, b_c)
-        lp = self.tp.layers.get(op.name) if self.tp is not None else None
+        lp = self.tp.layers.get(op.name)
         planned = lp.tensors.get("accumulator") if lp is not None else None
         if isinstance(planned, Fixed) and planned != acc:
             raise HLSUnsupportedError(f"batchnorm {op.name!r}: the TypePlan's exact sum {planned} differs from "
@@ -572,5 +572,6 @@ def _is_channels_last(t: _Tensor) -> bool:
 
 def plan_hls(graph, typeplan=None) -> HLSPlan:
     """Map the IR to hls4ml layers and exact precisions; raises HLSUnsupportedError naming the
-    op and the reason for anything that cannot be made exact."""
-    return _Builder(graph, typeplan).build()
+    op and the reason for anything that cannot be made exact. ``typeplan``: the graph's TypePlan
+    (built from it when not given): its accumulators and fused requantizers are the project's."""
+    return _Builder(graph, typeplan if typeplan is not None else typeplan_from_graph(graph)).build()

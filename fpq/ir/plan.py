@@ -8,11 +8,14 @@ from __future__ import annotations
 from ..formats import Fixed, Int
 from ..numerics.wide import WIDE_BITS
 from ..typeplan import LayerPlan, TypePlan
-from . import WEIGHTED_KINDS, Graph, Op, Quantizer
+from . import OPS, WEIGHTED_KINDS, Graph, Op, Quantizer
 
-# ops whose requantizer the hardware folds into the op itself (fpq.hls casts the exact result into
-# the quantizer's ap_fixed type; the cost model prices that rounding with the op)
-REQUANT_FUSING = WEIGHTED_KINDS
+# ops whose requantizer the hardware folds into the op itself: every op fpq.hls builds as a layer
+# of its own with a result type (linear, conv, batchnorm, relu, add, pools): the layer casts its
+# exact result into the quantizer's ap_fixed type, and the cost model prices that rounding with
+# the op. Not wiring (a Reshape is an alias of its input in hls4ml, so its result type would not
+# be applied) and not the input port, which already is a quantizer.
+REQUANT_FUSING = tuple(k for k, o in OPS.items() if not o.free and k not in ("quant", "input_quant"))
 
 
 def _cast_quantizer(q: Quantizer | None) -> bool:
@@ -49,10 +52,11 @@ def _derive(lp: LayerPlan) -> None:
 def typeplan_from_graph(graph: Graph) -> TypePlan:
     """One LayerPlan per IR op (weights, biases and every known TensorType), derived.
 
-    A cast quantizer right after a linear / conv / batchnorm that reads nothing else becomes
-    that layer's ``output`` (``attrs["requant"]`` names it) and its own layer says
-    ``attrs["fused_into"]``: the circuit fpq.hls builds (one cast of the exact accumulator) and
-    the one the cost model prices. ``attrs["module"]``: the torch module path of the op, so that
+    A cast quantizer right after an op of ``REQUANT_FUSING`` that reads nothing else becomes
+    that op's ``output`` (``attrs["requant"]`` names it; the exact result it rounds is the
+    accumulator of a weighted op, ``attrs["exact_output"]`` of any other) and its own layer says
+    ``attrs["fused_into"]``: the circuit fpq.hls builds (one cast of the exact result) and the
+    one the cost model prices. ``attrs["module"]``: the torch module path of the op, so that
     ``plan["0"]`` finds the layer ``conv2d_0`` of a converted ``nn.Sequential``.
     """
     tp = TypePlan()
@@ -78,8 +82,11 @@ def typeplan_from_graph(graph: Graph) -> TypePlan:
             src = graph.producer(op.inputs[0])
             if (src is not None and src.kind in REQUANT_FUSING and src.name in tp.layers
                     and len(graph.consumers(op.inputs[0])) == 1 and op.inputs[0] not in graph.outputs):
-                tp[src.name].tensors["output"] = op.types["output"]
-                tp[src.name].attrs["requant"] = op.name
+                fused = tp[src.name]
+                if src.kind not in WEIGHTED_KINDS and "output" in fused.tensors:
+                    fused.attrs["exact_output"] = fused.tensors["output"]
+                fused.tensors["output"] = op.types["output"]
+                fused.attrs["requant"] = op.name
                 lp.attrs["fused_into"] = src.name
     return tp
 
