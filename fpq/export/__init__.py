@@ -6,6 +6,7 @@ qonnx's ``cleanup_model``: that constant-folds the weight quantizers and loses t
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 
@@ -53,6 +54,32 @@ def _quantizer_formats(q, model) -> dict:
     return out
 
 
+@contextlib.contextmanager
+def _full_scope_names(q):
+    """Name every module the model calls in the export by its full path.
+
+    The TorchScript exporter names a node by the modules on the call stack, each by the last
+    non-numeric atom of its path ("inner.fc" -> "fc"). A converted model is an fx GraphModule
+    that calls ``inner.fc`` directly (``Inner.forward`` is traced away), so its nodes would read
+    "/fc/..." and collide across blocks (every ResNet block has a ``conv1``). While exporting, each
+    dotted call target is also registered first in the root's module dict as "inner/fc" (a name
+    without dots, so the exporter keeps it whole; modules named twice keep their first name), and
+    the nodes read "/inner/fc/...", the path fpq's reader and ``_quantizer_formats`` expect.
+    """
+    graph = getattr(q, "graph", None)
+    targets = [n.target for n in getattr(graph, "nodes", ()) if getattr(n, "op", None) == "call_module"]
+    aliases = {t.replace(".", "/"): q.get_submodule(t) for t in dict.fromkeys(targets) if "." in t}
+    if not aliases:
+        yield
+        return
+    saved = q._modules
+    q._modules = type(saved)(list(aliases.items()) + list(saved.items()))
+    try:
+        yield
+    finally:
+        q._modules = saved
+
+
 def _as_tensor(example_input):
     import torch
     if isinstance(example_input, torch.Tensor):
@@ -90,7 +117,7 @@ def export_qonnx(q, path=None, example_input=None, *, input_name="input", output
         with tempfile.TemporaryDirectory() as tmp:
             raw = os.path.join(tmp, "raw.onnx")
             # BiPer / K-hot latent weights become ones the plain QONNX nodes quantize identically
-            with torch.no_grad(), exportable_weights(q):
+            with torch.no_grad(), exportable_weights(q), _full_scope_names(q):
                 # TorchScript export: one self-contained file with module-scoped node names
                 # (the dynamo exporter writes external data and loses the scopes)
                 brevitas_export(q, x, raw, dynamo=False)

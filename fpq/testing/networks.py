@@ -73,4 +73,60 @@ class ConvResidual(nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
-MODELS = {"mlp": mlp, "conv1d": conv1d_net, "conv2d_bn": conv2d_bn_net, "residual": residual_block}
+
+
+class BasicBlock(nn.Module):
+    """A ResNet basic block written as users write it: its own class, conv-bn-relu-conv-bn, skip."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        y = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(x + self.bn2(self.conv2(y)))
+
+
+class Head(nn.Module):
+    def __init__(self, n_in, n_out):
+        super().__init__()
+        self.fc = nn.Linear(n_in, n_out)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(x, 1))
+
+
+class NestedResNet(nn.Module):
+    """Layers inside user-written submodule classes, two blocks whose layers share names
+    (``layer1.0.conv1``, ``layer1.1.conv1``): the structure of ResNet-8 and torchvision's ResNets."""
+
+    def __init__(self, c=4, side=4, out=5):
+        super().__init__()
+        self.stem = nn.Conv2d(1, c, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.layer1 = nn.Sequential(BasicBlock(c), BasicBlock(c))
+        self.head = Head(c * side * side, out)
+
+    def forward(self, x):
+        return self.head(self.layer1(self.relu(self.stem(x))))
+
+
+def nested_resnet(seed: int = 0):
+    torch.manual_seed(seed)
+    m = NestedResNet()
+    with torch.no_grad():
+        for bn in m.modules():
+            if isinstance(bn, nn.BatchNorm2d):
+                bn.running_mean.uniform_(-0.2, 0.2)
+                bn.running_var.uniform_(0.5, 2.0)
+                bn.weight.uniform_(0.5, 1.5)
+                bn.bias.uniform_(-0.1, 0.1)
+    return m.eval(), (1, 4, 4)
+
+
+MODELS = {"mlp": mlp, "conv1d": conv1d_net, "conv2d_bn": conv2d_bn_net, "residual": residual_block,
+          "nested_resnet": nested_resnet}
