@@ -112,6 +112,13 @@ def test_linear_first_model_needs_no_example_input():
     q = fpq.convert(nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)), "int8")
     assert [layer.op for layer in fpq.plan(q) if layer.op == "linear"] == ["linear", "linear"]
     assert fpq.estimate_cost(q).total == fpq.estimate_cost(q, example_input=torch.rand(1, 6)).total
+    assert [i.name for i in fpq.export_qonnx(q).graph.input] == ["input"]
+
+
+def test_export_without_a_known_input_shape_says_what_to_do():
+    q = fpq.convert(nn.Sequential(nn.Conv1d(1, 2, 3), nn.ReLU()), "int8")
+    with pytest.raises(ValueError, match="example_input .*fpq.calibrate records it"):
+        fpq.export_qonnx(q)
 
 
 @pytest.mark.slow

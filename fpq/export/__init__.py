@@ -92,7 +92,8 @@ def export_qonnx(q, path=None, example_input=None, *, input_name="input", output
 
     The file keeps every weight quantizer (Quant / FloatQuant / BipolarQuant nodes), carries the
     exact fpq Format of each quantizer in an ``fpq_format`` attribute, passes ``onnx.checker``
-    and runs in qonnx's executor. The export uses batch 1 (``example_input[:1]``).
+    and runs in qonnx's executor. The export uses batch 1 (``example_input[:1]``); without
+    ``example_input``, the input shape the model recorded (``recorded_input``).
     Returns ``path``; with ``path=None`` returns the qonnx ModelWrapper.
     """
     import onnx
@@ -106,7 +107,10 @@ def export_qonnx(q, path=None, example_input=None, *, input_name="input", output
                              RenameIO)
 
     if example_input is None:
-        raise ValueError("export_qonnx needs an example input (a tensor of the model's input shape)")
+        example_input = recorded_input(q)
+    if example_input is None:
+        raise ValueError("export_qonnx needs example_input (a tensor of the model's input shape): this model "
+                         "neither starts with a Linear nor recorded its input shape (fpq.calibrate records it)")
     x = _as_tensor(example_input)
     if x.dim() == 0:
         raise ValueError("example_input must have a batch dimension")
