@@ -170,6 +170,15 @@ class LayerPlan:
     attrs: dict = field(default_factory=dict)     # op attributes: kernel, stride, padding, shapes, ...
     note: str = ""
 
+    def exact_sum(self) -> Fixed | None:
+        """The fixed type the layer's sum is formed in: its accumulator (po2 scales), else the
+        value accumulator of a float-scaled layer (``_derive_value_accumulator``), else None."""
+        acc = self.tensors.get("accumulator")
+        if isinstance(acc, Fixed):
+            return acc
+        acc = self.attrs.get("value_accumulator")
+        return acc if isinstance(acc, Fixed) else None
+
     def derive(self) -> "LayerPlan":
         """Fill product and accumulator from input, weight (and bias) when all are exact fixed;
         with a float (non-power-of-two) scale, ``attrs["value_accumulator"]`` instead."""

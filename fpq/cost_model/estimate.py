@@ -200,12 +200,10 @@ def _mac_layer(lp, ops: OperatorCosts, dev: Device, rf: int, strategy: str, cloc
     pixels, note = _pixels(lp)
     if note:
         notes.append(note)
-    acc = lp.tensors.get("accumulator")
-    if not isinstance(acc, Fixed):
-        # a float scale somewhere: the plan's value accumulator, the exact sum the HLS builder
-        # forms from the input's values, the weights' and the bias' own values
-        acc = lp.attrs.get("value_accumulator")
-    acc_bits = acc.width if isinstance(acc, Fixed) else xc.width + wc.width + math.ceil(math.log2(max(fan_in, 2)))
+    # with a float scale somewhere, the plan's value accumulator: the exact sum the HLS builder
+    # forms from the input's values, the weights' and the bias' own values
+    acc = lp.exact_sum()
+    acc_bits = acc.width if acc is not None else xc.width + wc.width + math.ceil(math.log2(max(fan_in, 2)))
     x_bits, w_bits = xc.width, wc.width
     if rf == 1 and isinstance(w_t, TensorType) and w_t.po2 and np.size(w_t.scale) > 1:
         # unrolled per-output-channel constants: each column is codes of one single-scale carrier
@@ -314,9 +312,9 @@ def _batchnorm_layer(lp, ops: OperatorCosts, dev: Device, rf: int, clock: float,
         notes.append(f"{lp.name}: output shape unknown (calibrate or export first); priced for one element per channel")
         n = C
     per_ch = max(1, n // C)
-    acc = lp.tensors.get("accumulator")
+    acc = lp.exact_sum()
     x_bits, w_bits = xc.width, wc.width
-    acc_bits = acc.width if isinstance(acc, Fixed) else x_bits + w_bits + 1
+    acc_bits = acc.width if acc is not None else x_bits + w_bits + 1
     nz = K != 0
     nontrivial = nz & (np.abs(K) & (np.abs(K) - 1) != 0)
     use_dsp = dsp_threshold is not None and w_bits >= dsp_threshold and x_bits >= 2

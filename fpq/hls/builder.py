@@ -336,9 +336,8 @@ class _Builder:
         x_c = Fixed(src.fixed.width, src.fixed.int_bits, src.fixed.signed)
         prod = product_type(x_c, w_c)
         acc = sum_type(prod, op.fan_in, b_c if op.bias is not None else None)
-        lp = self.tp.layers.get(op.name)
-        planned = lp.tensors.get("accumulator") if lp is not None else None
-        if isinstance(planned, Fixed) and planned != acc:
+        planned = self.tp.layers[op.name].exact_sum()
+        if planned is not None and planned != acc:
             # the TypePlan is the source of truth (a user may narrow an accumulator); it must
             # still hold the input grid, or the sum could not even be formed
             if planned.frac_bits < acc.frac_bits:
@@ -431,9 +430,8 @@ class _Builder:
                else Fixed(2, 2, True))
         x_c = Fixed(src.fixed.width, src.fixed.int_bits, src.fixed.signed)
         acc = sum_type(product_type(x_c, s_c), 1, b_c)
-        lp = self.tp.layers.get(op.name)
-        planned = lp.tensors.get("accumulator") if lp is not None else None
-        if isinstance(planned, Fixed) and planned != acc:
+        planned = self.tp.layers[op.name].exact_sum()
+        if planned is not None and planned != acc:
             raise HLSUnsupportedError(f"batchnorm {op.name!r}: the TypePlan's exact sum {planned} differs from "
                                       f"the one of its HLS operands {acc}")
         self.add_layer({"class_name": "BatchNormalization", "name": op.name, "inputs": [src.layer], "n_in": n,
