@@ -10,6 +10,7 @@ from torch import nn
 import fpq
 from fpq.export.graph import read_graph
 from fpq.testing.conformance import probe_inputs
+from fpq.testing.networks import randomize_batchnorm
 from fpq.nn import biper
 
 pytestmark = pytest.mark.slow
@@ -20,13 +21,7 @@ def test_biper_cnn_csim_bit_exact(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Conv2d(4, 8, 3, padding=1),
                           nn.BatchNorm2d(8), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 16, 10))
-    with torch.no_grad():  # non-trivial batch-norm statistics, folded into weights and biases
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.3, 0.3)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
+    randomize_batchnorm(model, mean=0.3, bias=0.2)   # folded into weights and biases
     q = fpq.convert(model, fmt="binary", inputs="int8", granularity="channel",
                     overrides=biper.end_layer_overrides(model), method="biper", omega=OMEGA)
     data = torch.rand(256, 1, 8, 8, generator=torch.Generator().manual_seed(1))

@@ -8,6 +8,19 @@ import torch
 from torch import nn
 
 
+def randomize_batchnorm(model, mean: float = 0.2, bias: float = 0.1):
+    """Non-trivial statistics and affine parameters for every BatchNorm of ``model`` (so that
+    folding them into the weights is exercised), drawn from torch's global generator."""
+    with torch.no_grad():
+        for bn in model.modules():
+            if isinstance(bn, nn.modules.batchnorm._BatchNorm):
+                bn.running_mean.uniform_(-mean, mean)
+                bn.running_var.uniform_(0.5, 2.0)
+                bn.weight.uniform_(0.5, 1.5)
+                bn.bias.uniform_(-bias, bias)
+    return model
+
+
 def mlp(dims=(16, 64, 32, 32, 5), seed: int = 0):
     torch.manual_seed(seed)
     layers = []
@@ -29,12 +42,7 @@ def conv2d_bn_net(seed: int = 0, groups: int = 2):
     torch.manual_seed(seed)
     m = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
                       nn.Conv2d(4, 8, 3, groups=groups), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 2 * 2, 10))
-    with torch.no_grad():  # non-trivial BN statistics to fold
-        bn = m[1]
-        bn.running_mean.uniform_(-0.2, 0.2)
-        bn.running_var.uniform_(0.5, 2.0)
-        bn.weight.uniform_(0.5, 1.5)
-        bn.bias.uniform_(-0.1, 0.1)
+    randomize_batchnorm(m)
     return m.eval(), (1, 8, 8)
 
 
@@ -118,13 +126,7 @@ class NestedResNet(nn.Module):
 def nested_resnet(seed: int = 0):
     torch.manual_seed(seed)
     m = NestedResNet()
-    with torch.no_grad():
-        for bn in m.modules():
-            if isinstance(bn, nn.BatchNorm2d):
-                bn.running_mean.uniform_(-0.2, 0.2)
-                bn.running_var.uniform_(0.5, 2.0)
-                bn.weight.uniform_(0.5, 1.5)
-                bn.bias.uniform_(-0.1, 0.1)
+    randomize_batchnorm(m)
     return m.eval(), (1, 4, 4)
 
 
