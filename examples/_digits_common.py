@@ -1,6 +1,7 @@
 """Shared training / evaluation loop of the digits examples (float, PTQ and QAT rows)."""
 from __future__ import annotations
 
+import argparse
 import time
 
 import torch
@@ -77,3 +78,38 @@ def table(results: dict, title: str) -> str:
         lines.append(f"{k:<18} {v:>10.2f} {v - base:>+9.2f}")
     lines.append(f"(total {results['seconds']:.1f} s)")
     return "\n".join(lines)
+
+
+def study(make_model, title: str, *, quick: bool, seed: int, verbose: bool, qat_epochs: int) -> dict:
+    """The digits example's whole job: train ``make_model`` in float, then every row of ``ROWS``;
+    print the table."""
+    from fpq.data import load_digits_split
+
+    torch.set_num_threads(1)  # tiny tensors: one thread beats two contended ones
+    data = load_digits_split(seed=0)
+    results = run(make_model, data, epochs=5 if quick else 30, qat_epochs=1 if quick else qat_epochs,
+                  seed=seed, verbose=verbose)
+    if verbose:
+        print(table(results, f"{title} (scikit-learn digits, 450 held-out images)"))
+    return results
+
+
+def parser(doc: str, quick_help: str = "few epochs (a smoke run)") -> argparse.ArgumentParser:
+    """The arguments every digits example takes: --quick and --seed."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help=quick_help)
+    ap.add_argument("--seed", type=int, default=0)
+    return ap
+
+
+def trained_float(make_model, *, quick: bool, seed: int):
+    """The float model the cost and accumulator studies start from: (data, model, held-out
+    accuracy %, calibration batches)."""
+    from fpq.data import load_digits_split
+
+    data = load_digits_split(seed=0)
+    torch.manual_seed(seed)
+    model = make_model()
+    train(model, data, 4 if quick else 15, 3e-3, seed)
+    calib = [x for x, _ in data.batches(256, train=True)]
+    return data, model, accuracy(model, data.x_test, data.y_test), calib

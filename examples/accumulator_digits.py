@@ -14,7 +14,6 @@ against torch bit for bit on the test images.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import os
 import sys
@@ -24,11 +23,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _digits_common import accuracy, train  # noqa: E402
+from _digits_common import accuracy, parser, train, trained_float  # noqa: E402
 from digits_cnn import DigitsCNN  # noqa: E402
 
 import fpq  # noqa: E402
-from fpq.data import load_digits_split  # noqa: E402
 from fpq.formats import Fixed  # noqa: E402
 
 WIDTHS = (20, 18, 17, 16, 15, 14, 12)
@@ -53,12 +51,7 @@ def _bias_format(q) -> str:
 
 def main(quick: bool = False, seed: int = 0, verbose: bool = True) -> dict:
     t0 = time.time()
-    data = load_digits_split(seed=0)
-    torch.manual_seed(seed)
-    model = DigitsCNN()
-    train(model, data, 4 if quick else 15, 3e-3, seed)
-    base = accuracy(model, data.x_test, data.y_test)
-    calib = [x for x, _ in data.batches(256, train=True)]
+    data, model, base, calib = trained_float(DigitsCNN, quick=quick, seed=seed)
     probe = fpq.convert(model, fmt="int8")
     fpq.calibrate(probe, calib, progress=False)
     bias = _bias_format(probe)
@@ -107,8 +100,6 @@ def main(quick: bool = False, seed: int = 0, verbose: bool = True) -> dict:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="few epochs and widths (a smoke run)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap = parser(__doc__, "few epochs and widths (a smoke run)")
     a = ap.parse_args()
     main(quick=a.quick, seed=a.seed)

@@ -10,7 +10,6 @@ fake-quant forward timed by ``fpq.profile_torch``; then the float model's own ti
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -18,11 +17,10 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _digits_common import accuracy, train  # noqa: E402
+from _digits_common import accuracy, parser, train, trained_float  # noqa: E402
 from digits_cnn import DigitsCNN  # noqa: E402
 
 import fpq  # noqa: E402
-from fpq.data import load_digits_split  # noqa: E402
 
 WEIGHT_FORMATS = ("int8", "int4", "e4m3", "e2m1", "binary")
 ACTIVATIONS = "int8"
@@ -62,14 +60,9 @@ def main(quick: bool = False, seed: int = 0, device: str = "cpu", fpga: str = "x
 
 def _main(quick, seed, device, fpga, batch, verbose) -> dict:
     t0 = time.time()
-    data = load_digits_split(seed=0)
-    torch.manual_seed(seed)
-    model = DigitsCNN()
-    train(model, data, 4 if quick else 15, 3e-3, seed)
-    base = accuracy(model, data.x_test, data.y_test)
+    data, model, base, calib = trained_float(DigitsCNN, quick=quick, seed=seed)
     if verbose:
         print(f"float: {base:.2f}%  ({time.time() - t0:.1f} s)")
-    calib = [x for x, _ in data.batches(256, train=True)]
     timing = dict(batch=batch, device=device, warmup=1 if quick else 2, iters=3 if quick else 10,
                   progress=False, example_input=data.x_test)
     rows = []
@@ -102,9 +95,7 @@ def _main(quick, seed, device, fpga, batch, verbose) -> dict:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="few epochs and timed runs (a smoke run)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap = parser(__doc__, "few epochs and timed runs (a smoke run)")
     ap.add_argument("--device", default="cpu", help="where profile_torch times the models: cpu, cuda")
     ap.add_argument("--part", "--fpga-device", dest="fpga", default="xcvu9p", help="FPGA part for estimate_cost")
     ap.add_argument("--batch", type=int, default=256)

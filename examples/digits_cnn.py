@@ -4,7 +4,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -12,9 +11,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _digits_common import run, table  # noqa: E402
-
-from fpq.data import load_digits_split  # noqa: E402
+from _digits_common import parser, study  # noqa: E402
 
 
 class DigitsCNN(nn.Module):
@@ -37,18 +34,9 @@ class DigitsCNN(nn.Module):
 
 
 def main(quick: bool = False, seed: int = 0, verbose: bool = True) -> dict:
-    torch.set_num_threads(1)  # tiny tensors: one thread beats two contended ones
-    data = load_digits_split(seed=0)
-    results = run(DigitsCNN, data, epochs=5 if quick else 30, qat_epochs=1 if quick else 10,
-                  seed=seed, verbose=verbose)
-    if verbose:
-        print(table(results, "digits CNN (scikit-learn digits, 450 held-out images)"))
-    return results
+    return study(DigitsCNN, "digits CNN", quick=quick, seed=seed, verbose=verbose, qat_epochs=10)
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true", help="few epochs (a smoke run)")
-    ap.add_argument("--seed", type=int, default=0)
-    a = ap.parse_args()
+    a = parser(__doc__).parse_args()
     main(quick=a.quick, seed=a.seed)
