@@ -193,8 +193,9 @@ def _check_graph(gm: fx.GraphModule) -> None:
     inputs, a quantized module called more than once, a parameter used outside a layer, indexing
     or slicing a tensor, tensor attributes such as .mT, and reshapes that merge the batch."""
     modules = dict(gm.named_modules())
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder" and n.users]
-    # an input with a default that forward never uses (forward(x, mask=None)) is harmless
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    # an input with a default that forward never uses (forward(x, mask=None)) is harmless; a
+    # required one is still an input the caller must pass
     inputs = [n for n in placeholders if n.users or not n.args]
     if len(inputs) != 1:
         raise ValueError(f"fpq.convert: fpq supports single-input models; forward takes "

@@ -76,6 +76,25 @@ def test_two_input_model_is_refused_naming_its_inputs():
         fpq.convert(Two().eval(), "int8")
 
 
+def test_an_unused_required_input_is_still_an_input():
+    """forward(x, y) that ignores y still needs y from every caller: refused at convert, not at
+    calibrate; an unused input with a default (forward(x, mask=None)) is harmless."""
+    class Unused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(16, 3)
+
+        def forward(self, x, y):
+            return self.a(x)
+
+    class Default(Unused):
+        def forward(self, x, mask=None):
+            return self.a(x)
+    with pytest.raises(ValueError, match=r"forward takes 2 inputs \['x', 'y'\]"):
+        fpq.convert(Unused().eval(), "int8")
+    fpq.convert(Default().eval(), "int8")
+
+
 def test_calibrate_on_empty_batches_is_an_error_and_empty_batches_are_skipped():
     base = Net(lambda s, x: s.b(s.relu(s.a(x)))).eval()
     q = fpq.convert(base, "int8")

@@ -152,3 +152,14 @@ def test_requantizers_are_fused_where_hls_fuses_them(make):
         assert add.attrs.get("requant") and "exact_output" in add.attrs
         r = next(r for r in rows if r["layer"] == add.name)
         assert r["ff"] == int(np.prod(add.attrs["out_shape"][1:])) * add.tensors["output"].carrier().width
+
+
+def test_only_ops_hls_builds_as_layers_take_a_fused_requantizer():
+    """A requantizer is fused only into an op the HLS builder makes a layer of (mul / div have
+    none: their quantizer stays a layer of its own, which the cost model prices)."""
+    from fpq.hls.builder import _Builder
+    from fpq.ir import FREE_KINDS
+    from fpq.ir.plan import REQUANT_FUSING
+
+    assert all(hasattr(_Builder, f"op_{k}") for k in REQUANT_FUSING)
+    assert not set(REQUANT_FUSING) & set(FREE_KINDS) and "mul" not in REQUANT_FUSING

@@ -8,14 +8,14 @@ from __future__ import annotations
 from ..formats import Fixed, Int
 from ..numerics.wide import WIDE_BITS
 from ..typeplan import LayerPlan, TypePlan
-from . import OPS, WEIGHTED_KINDS, Graph, Op, Quantizer
+from . import WEIGHTED_KINDS, Graph, Op, Quantizer
 
-# ops whose requantizer the hardware folds into the op itself: every op fpq.hls builds as a layer
-# of its own with a result type (linear, conv, batchnorm, relu, add, pools): the layer casts its
-# exact result into the quantizer's ap_fixed type, and the cost model prices that rounding with
-# the op. Not wiring (a Reshape is an alias of its input in hls4ml, so its result type would not
-# be applied) and not the input port, which already is a quantizer.
-REQUANT_FUSING = tuple(k for k, o in OPS.items() if not o.free and k not in ("quant", "input_quant"))
+# ops whose requantizer the hardware folds into the op itself: the ops fpq.hls builds as a layer
+# of their own with a result type, which casts the exact result into the quantizer's ap_fixed
+# type (the cost model prices that rounding with the op). Not wiring (a Reshape is an alias of
+# its input in hls4ml, so its result type would not be applied), not the input port (already a
+# quantizer), not mul / div (no HLS layer: their requantizer stays a layer the cost model prices).
+REQUANT_FUSING = WEIGHTED_KINDS + ("relu", "add", "maxpool", "avgpool", "global_avgpool")
 
 
 def _cast_quantizer(q: Quantizer | None) -> bool:
