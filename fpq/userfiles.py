@@ -2,11 +2,16 @@
 the one guarded way to unpickle a model file (only with ``trust_pickle``).
 
 The command line (``fpq.cli``) and the library code that loads user files (``fpq.sweep``'s model
-specs) share these, so every path gives the same messages; this module imports neither.
+specs) share these, so every path gives the same messages; this module imports neither. The one
+reader of a model / data spec (``FILE.py:NAME``, ``MODULE:NAME``, ``FILE.pt``) is ``load_spec``.
 """
 from __future__ import annotations
 
+import hashlib
+import importlib
+import importlib.util
 import os
+import sys
 
 def check_input_file(path: str, what: str) -> None:
     """Refuse a path that is not an existing, readable regular file (one clear message)."""
@@ -71,3 +76,57 @@ def _one_line(e: BaseException) -> str:
         return f"{e.filename!r}: {e.strerror}"
     text = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
     return text or type(e).__name__
+
+
+def load_spec(spec: str, trust_pickle: bool = False):
+    """``path/to/file.py:name``, ``package.module:name`` (called if callable and not a module) or a
+    ``.pt`` file holding a whole pickled model (``torch.save(model)``), loaded only with
+    ``trust_pickle=True`` (unpickling runs whatever code the file holds)."""
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"not a model/data spec: {spec!r}")
+    if spec.endswith((".pt", ".pth")) and ":" not in spec:
+        return load_model_file(spec, trust_pickle, flag="--trust-pickle (trust_pickle=True)")
+    target, sep, name = spec.rpartition(":")
+    if not sep or not target or not name:
+        raise ValueError(f"spec {spec!r}: expected FILE.py:NAME, MODULE:NAME or FILE.pt")
+    if target.endswith(".py"):
+        if not os.path.exists(target):
+            raise ValueError(f"spec {spec!r}: file {target!r} does not exist")
+        mod = load_file_module(os.path.abspath(target))
+    else:
+        if os.sep in target or (os.altsep and os.altsep in target) or os.path.exists(target):
+            raise ValueError(f"spec {spec!r}: {target!r} is a path but not a .py file; expected FILE.py:NAME, "
+                             "MODULE:NAME or FILE.pt")
+        try:
+            mod = importlib.import_module(target)
+        except ModuleNotFoundError as e:
+            if e.name is None or not target.startswith(e.name):
+                raise  # the user's module itself imports something missing
+            raise ValueError(f"spec {spec!r}: no module named {target!r} (give FILE.py:NAME or an importable "
+                             "MODULE:NAME)") from None
+    if not hasattr(mod, name):
+        raise ValueError(f"spec {spec!r}: {target} has no attribute {name!r}")
+    obj = getattr(mod, name)
+    return obj() if callable(obj) and not is_torch_module(obj) else obj
+
+
+SPEC_FILES = {}   # module name -> file, for modules loaded from a spec's .py file
+
+
+def load_file_module(path: str):
+    """Import a .py file under a stable name; fpq.sweep's workers import it under the same name
+    (fpq.sweep's ``_init_worker``) so that models whose class is defined there unpickle."""
+    name = "_fpq_spec_" + hashlib.sha1(path.encode()).hexdigest()[:10]
+    mod = sys.modules.get(name)
+    if mod is None:
+        s = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(s)
+        sys.modules[name] = mod
+        s.loader.exec_module(mod)
+        SPEC_FILES[name] = path
+    return mod
+
+
+def is_torch_module(obj) -> bool:
+    import torch
+    return isinstance(obj, torch.nn.Module)

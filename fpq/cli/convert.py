@@ -7,41 +7,18 @@ The output is the QONNX file that ``fpq hls``, ``fpq verify`` and ``fpq cost`` r
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
 
 
 def load_model(spec: str, state: str | None = None):
-    """Import ``file.py:Name`` or ``module:Name`` and build the model (no arguments)."""
+    """The model a spec names (``fpq.userfiles.load_spec``: ``file.py:Name`` or ``module:Name``, a
+    module or a zero-argument factory), with ``state`` (a state dict file) loaded into it."""
     import torch
-    from torch import nn
 
-    if ":" not in spec:
-        raise ValueError(f"model {spec!r}: expected 'path/to/file.py:Factory' or 'package.module:Factory'")
-    where, name = spec.rsplit(":", 1)
-    if where.endswith(".py"):
-        if not os.path.exists(where):
-            raise ValueError(f"model file {where!r} does not exist")
-        mod_spec = importlib.util.spec_from_file_location("_fpq_user_model", where)
-        module = importlib.util.module_from_spec(mod_spec)
-        mod_spec.loader.exec_module(module)
-    else:
-        if os.sep in where or (os.altsep and os.altsep in where) or os.path.exists(where):
-            raise ValueError(f"model {spec!r}: {where!r} is a path but not a .py file; expected "
-                             "'path/to/file.py:Factory' or 'package.module:Factory'")
-        try:
-            module = importlib.import_module(where)
-        except ModuleNotFoundError as e:
-            if e.name is None or not where.startswith(e.name):
-                raise  # the user's module itself imports something missing
-            raise ValueError(f"model {spec!r}: no module named {where!r} (give 'path/to/file.py:Factory' or "
-                             "an importable 'package.module:Factory')") from None
-    if not hasattr(module, name):
-        raise ValueError(f"{where} has no attribute {name!r}")
-    obj = getattr(module, name)
-    model = obj if isinstance(obj, nn.Module) else obj()
-    if not isinstance(model, nn.Module):
+    from ..userfiles import is_torch_module, load_spec
+
+    model = load_spec(spec)
+    if not is_torch_module(model):
         raise ValueError(f"{spec} did not give a torch.nn.Module (got {type(model).__name__})")
     if state:
         model.load_state_dict(torch.load(state, map_location="cpu", weights_only=True))

@@ -10,13 +10,10 @@ def _load_model(spec: str, trust_pickle: bool = False):
     pickle can run any code)."""
     import os
 
-    from torch import nn
-
-    from ..report.sweeping import load_spec
-    from ..userfiles import load_model_file
+    from ..userfiles import is_torch_module, load_model_file, load_spec
 
     model = load_model_file(spec, trust_pickle) if os.path.exists(spec) else load_spec(spec, trust_pickle)
-    if not isinstance(model, nn.Module):
+    if not is_torch_module(model):
         raise ValueError(f"model {spec!r} is a {type(model).__name__}, not a torch.nn.Module")
     return model
 

@@ -13,15 +13,12 @@ configuration and of the model, data and settings, so a killed sweep resumes whe
 Each point reseeds torch with ``seed`` before it starts, so results do not depend on the order
 or the process a point ran in. At the end ``results.csv`` and ``results.json`` hold one tidy row
 per point with canonical format strings and the command that rebuilds it.
-
-Over 600 lines because one point's settings, hash, worker pool and rebuild command are read
-together by ``sweep`` (the points' records, cache and results tables are in ``records.py``).
+The points' records, cache and results tables are in ``records.py``; model / data specs are
+read by ``fpq.userfiles.load_spec``.
 """
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.util
 import json
 import os
 import pickle
@@ -33,6 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..userfiles import SPEC_FILES, is_torch_module, load_file_module, load_spec
 from .grid import canonical_list, grid, points
 from .records import (CACHE, COLUMNS, COST_FIELDS, SweepResult, _append_cache, _end_partial_line, _family,  # noqa: F401
                       load_results, point_id, read_cache, write_tables)
@@ -75,52 +73,6 @@ def as_sweep_data(data) -> SweepData:
     if not (torch.isfinite(xtr).all() and torch.isfinite(xte).all()):
         raise ValueError("fpq.sweep: data inputs contain NaN or Inf")
     return SweepData(xtr.float(), ytr, xte.float(), yte)
-
-
-def load_spec(spec: str, trust_pickle: bool = False):
-    """``path/to/file.py:name``, ``package.module:name`` (called if callable) or a ``.pt`` file
-    holding a whole pickled model (``torch.save(model)``), loaded only with ``trust_pickle=True``
-    (unpickling runs whatever code the file holds)."""
-    if not isinstance(spec, str) or not spec:
-        raise ValueError(f"not a model/data spec: {spec!r}")
-    if spec.endswith((".pt", ".pth")) and ":" not in spec:
-        from ..userfiles import load_model_file
-        return load_model_file(spec, trust_pickle, flag="--trust-pickle (trust_pickle=True)")
-    target, sep, name = spec.rpartition(":")
-    if not sep or not target or not name:
-        raise ValueError(f"spec {spec!r}: expected FILE.py:NAME, MODULE:NAME or FILE.pt")
-    if target.endswith(".py"):
-        if not os.path.exists(target):
-            raise ValueError(f"spec {spec!r}: file {target!r} does not exist")
-        mod = _load_file_module(os.path.abspath(target))
-    else:
-        mod = importlib.import_module(target)
-    if not hasattr(mod, name):
-        raise ValueError(f"spec {spec!r}: {target} has no attribute {name!r}")
-    obj = getattr(mod, name)
-    return obj() if callable(obj) and not _is_module(obj) else obj
-
-
-_SPEC_FILES = {}   # module name -> file, for modules loaded from a spec's .py file
-
-
-def _load_file_module(path: str):
-    """Import a .py file under a stable name; the workers import it under the same name so that
-    models whose class is defined there unpickle."""
-    name = "_fpq_spec_" + hashlib.sha1(path.encode()).hexdigest()[:10]
-    mod = sys.modules.get(name)
-    if mod is None:
-        s = importlib.util.spec_from_file_location(name, path)
-        mod = importlib.util.module_from_spec(s)
-        sys.modules[name] = mod
-        s.loader.exec_module(mod)
-        _SPEC_FILES[name] = path
-    return mod
-
-
-def _is_module(obj) -> bool:
-    import torch
-    return isinstance(obj, torch.nn.Module)
 
 
 def top1_accuracy(logits, targets) -> float:
@@ -348,7 +300,7 @@ def _init_worker(spec_files: dict, payload: bytes, parent_pid: int | None = None
     import warnings
     warnings.filterwarnings("ignore")
     for path in spec_files.values():
-        _load_file_module(path)
+        load_file_module(path)
     _WORKER.update(pickle.loads(payload))
 
 
@@ -391,7 +343,7 @@ def _run_pool(todo: list, workers: int, payload: bytes, finish) -> None:
     try:
         with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=mp.get_context("spawn"),
                                  initializer=_init_worker,
-                                 initargs=(dict(_SPEC_FILES), payload, os.getpid())) as pool:
+                                 initargs=(dict(SPEC_FILES), payload, os.getpid())) as pool:
             try:
                 futures = {pool.submit(_worker_point, c): c for c in todo}
                 for fut in as_completed(futures):
@@ -526,7 +478,7 @@ def sweep(model, data=None, formats=None, methods=("max", "mse"), weights=None, 
     if isinstance(data, str):
         st.data_spec = data
         data = load_spec(data)
-    if not _is_module(model):
+    if not is_torch_module(model):
         raise TypeError(f"fpq.sweep: model must be a torch.nn.Module or a spec string, got {type(model).__name__}")
     data = as_sweep_data(data)
     metric = metric if metric is not None else top1_accuracy
