@@ -330,7 +330,7 @@ def test_float_scaled_mlp_prices_its_lookups():
     assert rows["input_quant"]["in_bits"] == 32 and rows["input_quant"]["lookups"] == 16
     assert rows["quant_0"]["lookups"] == 32 and rows["quant_2"]["lookups"] == 10
     # the same tables and input widths as the HLS project fpq writes
-    g = as_graph(qs["float"], x[:1], purpose="to_hls")
+    g = as_graph(qs["float"], x[:1])
     hls = plan_hls(g, typeplan_from_graph(g))
     acc = {L["name"]: hls.precisions[L["name"]]["accum"].width for L in hls.layers if L["class_name"] == "Dense"}
     n_th = {L["name"]: int(L["fpq_format"].split("(")[1].split()[0]) for L in hls.layers

@@ -45,7 +45,7 @@ def _plain(v):
 def _hls_build(src, example_input=None):
     """What fpq.to_hls builds from src, up to the point where hls4ml writes files: the graph, its
     one TypePlan and the HLSPlan (layers with their weights, every precision, the layouts)."""
-    graph = as_graph(src, example_input, purpose="to_hls")
+    graph = as_graph(src, example_input)
     return {f.name: _plain(getattr(hp, f.name)) for hp in [plan_hls(graph, typeplan_from_graph(graph))]
             for f in dataclasses.fields(hp)}
 

@@ -105,6 +105,6 @@ def run(args) -> int:
     x = load_calibration(args.calib, shape)
     fpq.calibrate(q, [x[i:i + 256] for i in range(0, len(x), 256)], method=args.method)
     fpq.export_qonnx(q, args.out, x[:1])
-    print(fpq.plan(q))
+    print(fpq.plan(args.out))   # the same plan as fpq.plan(q), without a second export
     print(f"wrote {args.out}")
     return 0

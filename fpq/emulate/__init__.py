@@ -53,7 +53,7 @@ FLOAT64_EXACT_BITS = 53
 def as_graph(q_or_onnx, example_input=None) -> Graph:
     """Graph IR of a converted torch model, a QONNX path, a ModelWrapper / ModelProto or a Graph."""
     from ..export import as_graph as _as_graph
-    return _as_graph(q_or_onnx, example_input, purpose="emulation")
+    return _as_graph(q_or_onnx, example_input)
 
 
 class Emulator:

@@ -151,7 +151,7 @@ __all__ = ["export_qonnx", "read_graph", "plan", "typeplan_from_qonnx", "typepla
            "UnsupportedGraphError", "FPQ_FORMAT_ATTR"]
 
 
-def as_graph(q_or_onnx, example_input=None, purpose: str = "reading"):
+def as_graph(q_or_onnx, example_input=None):
     """The fpq graph IR of a converted torch model (exported first, so it needs ``example_input``),
     a QONNX file / ModelWrapper / ModelProto, or a Graph (returned as is)."""
     from pathlib import Path
@@ -163,10 +163,7 @@ def as_graph(q_or_onnx, example_input=None, purpose: str = "reading"):
         is_module = isinstance(q_or_onnx, torch.nn.Module)
     except ImportError:  # pragma: no cover - torch is a dependency
         is_module = False
-    if is_module:
-        if example_input is None:
-            raise ValueError(f"{purpose} of a torch model needs example_input= (a tensor of the input shape) "
-                             "to export it to QONNX first")
+    if is_module:   # export_qonnx finds the input shape the model knows, or says what to pass
         return read_graph(export_qonnx(q_or_onnx, None, example_input))
     if isinstance(q_or_onnx, (str, os.PathLike)) and not Path(q_or_onnx).is_file():
         raise FileNotFoundError(f"no QONNX file at {q_or_onnx}")
@@ -197,11 +194,7 @@ def typeplan_of(q, example_input=None):
     """The one TypePlan of a converted model: read from its in-memory QONNX export, so that
     ``fpq.plan(q)`` and ``fpq.plan("q.onnx")`` are the same plan (the cost model, the emulator and
     the HLS builder all read this one)."""
-    x = recorded_input(q) if example_input is None else example_input
-    if x is None:
-        raise ValueError("the TypePlan of a converted model is read from its QONNX export, which needs the "
-                         "input shape: run fpq.calibrate (it records the shapes) or q.fpq_record_shapes(x) first")
-    return typeplan_from_graph(as_graph(q, x, purpose="the TypePlan"))
+    return typeplan_from_graph(as_graph(q, example_input))
 
 
 def plan(q, example_input=None) -> TypePlan:

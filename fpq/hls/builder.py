@@ -138,7 +138,7 @@ def _carrier(tt: TensorType | None, values, what: str) -> Fixed:
     try:
         c = constant_carrier(tt, values)
     except ValueError as e:
-        raise HLSUnsupportedError(f"weight or bias values: {e}") from None
+        raise HLSUnsupportedError(f"{what}: {e}") from None
     return Fixed(c.width, c.int_bits, c.signed)
 
 

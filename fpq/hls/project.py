@@ -502,14 +502,8 @@ def to_hls(q, outdir, example_input=None, *, backend="Vitis", io_type="io_parall
     backend, strategy = _check_args(backend, io_type, strategy, reuse_factor, clock_period)
     outdir = check_outdir_path(outdir)
     _check_target(outdir, overwrite)
-    if example_input is None and hasattr(q, "named_modules"):   # a torch model
-        from ..export import recorded_input
-
-        example_input = recorded_input(q)
-    graph = as_graph(q, example_input, purpose="to_hls")
-    from ..export.graph import typeplan_from_graph
-
-    plan = plan_hls(graph, typeplan_from_graph(graph))  # refusals happen here, before any file
+    graph = as_graph(q, example_input)
+    plan = plan_hls(graph)  # refusals happen here, before any file
     if strategy == da.STRATEGY:
         da.check(plan, io_type=io_type, reuse_factor=reuse_factor)
         da.generate(plan, io_type=io_type, options=da_options)
