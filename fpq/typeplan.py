@@ -99,6 +99,16 @@ def values_carrier(v) -> Fixed:
     return Fixed(width, width - frac, True)
 
 
+def levels_carrier(t: TensorType, levels) -> Fixed:
+    """The type of a threshold lookup's output levels (fpq.hls's FpqQuantize, the cost model's
+    lookup row): the quantizer's own carrier when its scale is a power of two (every level is a
+    value of it), else the carrier of the levels themselves."""
+    if t.po2:
+        c = t.carrier()
+        return Fixed(c.width, c.int_bits, c.signed)
+    return values_carrier(levels)
+
+
 def fixed_union(formats) -> Fixed:
     """Smallest Fixed that holds every value of each of ``formats`` (all Fixed)."""
     formats = list(formats)

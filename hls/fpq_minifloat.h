@@ -165,6 +165,119 @@ QuantizeLoop:
     }
 }
 
+// Window pooling of fpq's hls4ml layer FpqPool: the max or the exact sum over a pool_height x
+// pool_width window, any stride, any padding that leaves a real value in every window. A padded
+// position holds no value at all: the max ignores it (exact -inf padding, for signed and unsigned
+// types alike) and the sum adds nothing (zero padding). A sum pool's divisor is not applied here:
+// the quantizer after it divides exactly (a threshold lookup over the exact sum). hls4ml's own
+// pooling pads a max with the sign bit set (not the minimum of an unsigned type), divides every
+// average in its accumulator type, and streams only windows with stride == size and no padding.
+// CONFIG_T: in_height, in_width, n_filt, out_height, out_width, pool_height, pool_width,
+// stride_height, stride_width, pad_top, pad_left (pad_bottom / pad_right follow from out_*),
+// is_max, accum_t (the input type for a max, the exact sum type for a sum).
+template <class T, typename CONFIG_T>
+typename CONFIG_T::accum_t pool_reduce(const T win[CONFIG_T::pool_height * CONFIG_T::pool_width],
+                                       const bool valid[CONFIG_T::pool_height * CONFIG_T::pool_width]) {
+    #pragma HLS INLINE
+    typename CONFIG_T::accum_t acc = 0;
+    bool any = false;
+PoolReduce:
+    for (unsigned i = 0; i < CONFIG_T::pool_height * CONFIG_T::pool_width; i++) {
+        #pragma HLS UNROLL
+        if (!valid[i]) continue;
+        if (CONFIG_T::is_max) {
+            if (!any || win[i] > acc) acc = win[i];
+        } else {
+            acc += win[i];
+        }
+        any = true;
+    }
+    return acc;
+}
+
+template <class data_T, class res_T, typename CONFIG_T>
+void pool_layer(data_T data[CONFIG_T::in_height * CONFIG_T::in_width * CONFIG_T::n_filt],
+                res_T res[CONFIG_T::out_height * CONFIG_T::out_width * CONFIG_T::n_filt]) {
+    #pragma HLS PIPELINE
+    const int H = CONFIG_T::in_height, W = CONFIG_T::in_width, C = CONFIG_T::n_filt;
+    const int KH = CONFIG_T::pool_height, KW = CONFIG_T::pool_width;
+PoolRows:
+    for (int oh = 0; oh < (int)CONFIG_T::out_height; oh++) {
+    PoolCols:
+        for (int ow = 0; ow < (int)CONFIG_T::out_width; ow++) {
+        PoolChannels:
+            for (int c = 0; c < C; c++) {
+                data_T win[KH * KW];
+                bool valid[KH * KW];
+                for (int kh = 0; kh < KH; kh++) {
+                    for (int kw = 0; kw < KW; kw++) {
+                        int ih = oh * (int)CONFIG_T::stride_height + kh - (int)CONFIG_T::pad_top;
+                        int iw = ow * (int)CONFIG_T::stride_width + kw - (int)CONFIG_T::pad_left;
+                        bool v = ih >= 0 && ih < H && iw >= 0 && iw < W;
+                        valid[kh * KW + kw] = v;
+                        win[kh * KW + kw] = v ? data[(ih * W + iw) * C + c] : data_T(0);
+                    }
+                }
+                res[(oh * CONFIG_T::out_width + ow) * C + c] = pool_reduce<data_T, CONFIG_T>(win, valid);
+            }
+        }
+    }
+}
+
+// io_stream: one pixel (its n_filt channels) per stream word in, one per output pixel out. The
+// last pool_height input rows are kept in a ring of row buffers (static: off the C-sim stack, a
+// memory in hardware); an output row is computed as soon as its last input row has arrived.
+template <class data_T, class res_T, typename CONFIG_T>
+void pool_layer(hls::stream<data_T> &data, hls::stream<res_T> &res) {
+    typedef typename data_T::value_type T;
+    const int H = CONFIG_T::in_height, W = CONFIG_T::in_width, C = CONFIG_T::n_filt;
+    const int KH = CONFIG_T::pool_height, KW = CONFIG_T::pool_width;
+    static_assert(data_T::size == CONFIG_T::n_filt && res_T::size == CONFIG_T::n_filt,
+                  "fpq::pool_layer streams one pixel (all its channels) per word");
+    static T rows[KH][W * C];
+    int oh = 0;
+PoolInRows:
+    for (int ih = 0; ih < H; ih++) {
+    PoolInCols:
+        for (int iw = 0; iw < W; iw++) {
+            #pragma HLS PIPELINE
+            data_T px = data.read();
+            for (int c = 0; c < C; c++) {
+                #pragma HLS UNROLL
+                rows[ih % KH][iw * C + c] = px[c];
+            }
+        }
+    PoolOutRows:
+        while (oh < (int)CONFIG_T::out_height) {
+            int last = oh * (int)CONFIG_T::stride_height - (int)CONFIG_T::pad_top + KH - 1;
+            if ((last < H - 1 ? last : H - 1) != ih) break;
+        PoolOutCols:
+            for (int ow = 0; ow < (int)CONFIG_T::out_width; ow++) {
+                #pragma HLS PIPELINE
+                res_T out;
+                PRAGMA_DATA_PACK(out)
+                for (int c = 0; c < C; c++) {
+                    #pragma HLS UNROLL
+                    T win[KH * KW];
+                    bool valid[KH * KW];
+                    for (int kh = 0; kh < KH; kh++) {
+                        for (int kw = 0; kw < KW; kw++) {
+                            int r = oh * (int)CONFIG_T::stride_height + kh - (int)CONFIG_T::pad_top;
+                            int iw = ow * (int)CONFIG_T::stride_width + kw - (int)CONFIG_T::pad_left;
+                            bool v = r >= 0 && r < H && iw >= 0 && iw < W;
+                            valid[kh * KW + kw] = v;
+                            win[kh * KW + kw] = v ? rows[r % KH][iw * C + c] : T(0);
+                        }
+                    }
+                    out[c] = pool_reduce<T, CONFIG_T>(win, valid);
+                }
+                res.write(out);
+            }
+            oh++;
+        }
+    }
+}
+
 } // namespace fpq
 
 #endif

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..formats import Binary, Fixed, Int, Minifloat, exact_fixed
 from ..ir import FREE_KINDS, MAC_KINDS
-from ..typeplan import TensorType, TypePlan, po2_exponents, values_carrier
+from ..typeplan import TensorType, TypePlan, levels_carrier, po2_exponents, values_carrier
 from .devices import Device, dsp_tiles, get_device
 from .ops import OperatorCosts, csd_digits, default_costs, significant_bits, thr_steps
 from .stream import SRL_MAX_BITS, _add_stream_buffers, _bram18, _in_shape
@@ -436,6 +436,7 @@ def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", 
                                   dsp_threshold=dsp_threshold), notes=notes)
     dp = []
     produced, prev = {}, None    # layer -> exact Fixed of the value the HLS project holds after it
+    divided = {}                 # layer -> N: it holds an average pool's window sums (fpq.ir.plan.sum_divisor)
     for lp in tp:
         if lp.attrs.get("fused_into"):
             # a cast requantizer the layer before computes (and is priced with): no circuit of its own
@@ -450,7 +451,8 @@ def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", 
         src = srcs[0] if srcs else prev
         in_t, out_t = lp.tensors.get("input"), lp.tensors.get("output")
         op = lp.op.lower()
-        if isinstance(out_t, TensorType) and not out_t.po2 and out_t is not in_t and op != "output":
+        n_avg = divided.get(src) if op == "quant" else None
+        if isinstance(out_t, TensorType) and (not out_t.po2 or n_avg) and out_t is not in_t and op != "output":
             # a float-scaled quantizer: the HLS project builds it as a threshold lookup over the
             # exact values of what feeds it
             if op in ("input", "input_quant"):
@@ -461,7 +463,8 @@ def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", 
                 feed = produced.get(src)
             else:
                 feed = None
-            lk = _lookup_row(lp, out_t, feed, row.get("acc_bits"), ops, dev, float(clock_period), io_type, notes)
+            lk = _lookup_row(lp, out_t, feed, row.get("acc_bits"), ops, dev, float(clock_period), io_type, notes,
+                             divisor=n_avg or 1)
             if op in ("input", "input_quant", "quant"):
                 lk.update(layer=row["layer"], op=row["op"])
                 row = lk          # the layer is the quantizer
@@ -473,8 +476,14 @@ def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", 
             produced[lp.name] = out_t.value_carrier()
         elif acc is not None and out_t is None:
             produced[lp.name] = acc
+        elif lp.attrs.get("divisor"):
+            # the HLS layer holds the exact window sums; the quantizer after it divides (a lookup)
+            produced[lp.name] = lp.attrs.get("exact_output")
+            divided[lp.name] = int(lp.attrs["divisor"])
         else:
             produced[lp.name] = produced.get(src)
+            if op in FREE_OPS and src in divided:
+                divided[lp.name] = divided[src]
         prev = lp.name
         report.layers.append(row)
     report.datapath = ("; ".join(dp) if dp else "fixed point: products of the layers' exact fixed carriers") + \
@@ -496,18 +505,18 @@ def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", 
 _TABLES: dict = {}
 
 
-def _table(fmt, scale: float, feed):
+def _table(fmt, scale: float, feed, divisor: int = 1):
     """The lookup table of the HLS project (cached: the same quantizer over the same input type)."""
     from ..numerics.thresholds import quantizer_table
 
-    key = (str(fmt), scale, str(feed))
+    key = (str(fmt), scale, str(feed), divisor)
     if key not in _TABLES:
-        _TABLES[key] = quantizer_table(fmt, np.float32(scale), feed)
+        _TABLES[key] = quantizer_table(fmt, np.float32(scale), feed, divisor)
     return _TABLES[key]
 
 
 def _lookup_row(lp, t: TensorType, feed, feed_bits, ops: OperatorCosts, dev: Device, clock: float, io_type: str,
-                notes: list) -> dict:
+                notes: list, divisor: int = 1) -> dict:
     """The threshold lookup (fpq::quantize_by_thresholds) of quantizer ``t`` on every element:
     n thresholds of the input's exact type (W bits; the float32 port: 32), a binary search of
     ceil(log2(n + 1)) comparator levels and a ROM of n + 1 levels. The table is the HLS
@@ -535,7 +544,7 @@ def _lookup_row(lp, t: TensorType, feed, feed_bits, ops: OperatorCosts, dev: Dev
     else:
         try:
             table = _table(t.format, float(np.ravel(t.scale)[0]), feed if feed == "float32" else
-                           Fixed(feed.width, feed.int_bits, feed.signed))
+                           Fixed(feed.width, feed.int_bits, feed.signed), divisor)
             why = ""
         except ValueError as e:
             why = f"no exact table ({e})"
@@ -544,7 +553,7 @@ def _lookup_row(lp, t: TensorType, feed, feed_bits, ops: OperatorCosts, dev: Dev
         n = len(th)
         w = 32 if feed == "float32" else feed.width
         span = 32 if feed == "float32" else threshold_span(w, feed.frac_bits, th)[0]
-        out = values_carrier(lv) if n else Fixed(2, 2, True)
+        out = (levels_carrier(t, lv) if t.po2 else values_carrier(lv)) if n else Fixed(2, 2, True)
         out_bits = out.width
     else:
         n = max(1, len(format_values(t.format)) - 1)

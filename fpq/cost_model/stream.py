@@ -6,7 +6,8 @@ import math
 
 import numpy as np
 
-from ..ir import CONV_KINDS
+from ..ir import CONV_KINDS, POOL_KINDS
+from ..ir.plan import native_pool
 from ..typeplan import TensorType
 
 BRAM18_SHAPES = ((512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1))
@@ -53,6 +54,11 @@ def _add_stream_buffers(row: dict, lp) -> None:
     ins = _in_shape(lp)
     kernel = lp.attrs.get("kernel")
     in_bits = _bits_of(lp.tensors.get("input"))
+    if (lp.op in POOL_KINDS and ins is not None and len(ins) == 4 and in_bits
+            and not native_pool(lp.op, lp.attrs, ins)):
+        # fpq::pool_layer keeps its last pool_height input rows (all channels) in row buffers
+        kh = int(ins[2]) if lp.op == "global_avgpool" else int(tuple(kernel)[0])
+        line_lut = kh * int(ins[1]) * in_bits * math.ceil(int(ins[3]) / 32)
     if lp.op in CONV_KINDS and ins is not None and kernel is not None and in_bits:
         cin, k = int(ins[1]), tuple(kernel)
         window_ff = int(np.prod(k)) * cin * in_bits

@@ -19,7 +19,11 @@ Exactness, layer by layer:
 * linear / conv: weights and biases in their exact carriers, the accumulator from the TypePlan
   (exact: no sum can overflow), the result the accumulator itself or, when a cast quantizer
   follows, that quantizer's type (the final cast from the exact accumulator is the quantizer).
-* relu, max pooling, flatten: their result keeps the input type (or the following cast).
+* relu, max pooling, flatten: their result keeps the input type (or the following cast). A max
+  pool hls4ml cannot build (padding, overlapping windows) is ``FpqPool``: padding is ignored.
+* average pooling: hls4ml's mean for a power-of-two window that tiles the map; otherwise
+  (a window such as 3x3 or 25x5, padding, overlap) ``FpqPool`` computes the exact window sum S
+  and the quantizer after it is a threshold lookup of Q(S / N) (fpq.ir.plan.sum_divisor).
 * add: the exact sum type of both inputs.
 * batchnorm (element-wise): hls4ml's BatchNormalization, scale / bias in their exact carriers,
   the result the exact x * s + t (or the cast of the quantizer that follows).
@@ -27,13 +31,14 @@ Exactness, layer by layer:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from ..formats import Binary, Fixed, Minifloat, exact_fixed
-from ..ir.plan import typeplan_from_graph
-from ..typeplan import TensorType, constant_carrier, fixed_union, po2_exponents, product_type, sum_type
+from ..ir.plan import native_pool, sum_divisor, typeplan_from_graph
+from ..typeplan import (TensorType, constant_carrier, fixed_union, levels_carrier, po2_exponents, product_type,
+                        sum_type)
 from ..typeplan import values_carrier as _values_carrier
 from . import cpp
 
@@ -54,6 +59,7 @@ class _Tensor:
     torch_shape: tuple         # per sample, torch layout
     hls_shape: tuple           # per sample, hls4ml (channels-last) layout
     perm: np.ndarray | None    # hls flat index i holds torch flat element perm[i]; None: same order
+    sum_of: tuple | None = None  # (pool op, N): it holds an average pool's exact window sums, not / N yet
 
 
 @dataclass
@@ -195,11 +201,21 @@ class _Builder:
         name = op.inputs[k]
         if name not in self.t:
             raise HLSUnsupportedError(f"op {op.name!r}: input {name!r} is not produced by an op fpq can map to HLS")
-        return self.t[name]
+        t = self.t[name]
+        if t.sum_of is not None and op.kind not in ("quant", "flatten", "reshape"):
+            pool, n = t.sum_of
+            raise HLSUnsupportedError(
+                f"average pool {pool!r} averages windows of {n} values, which is not a power of two (or its windows "
+                f"are padded or overlap), and {op.kind} {op.name!r} reads it without a quantizer in between. fpq "
+                f"builds that mean exactly only as the window sum with the 1/{n} folded into the quantizer after "
+                "it; quantize the pool's output (fpq.convert does) or use a power-of-two window that tiles the map")
+        return t
 
     def set_out(self, op, tensor: _Tensor) -> None:
         self.t[op.outputs[0]] = tensor
         self.plan.op_layer[op.name] = tensor.layer
+        if tensor.sum_of is not None:
+            return  # window sums, not the op's mean: no trace of the layer compares with the op
         self.plan.layer_op[tensor.layer] = op.name
         self.plan.layer_shape[tensor.layer] = (tensor.torch_shape, tensor.perm)
 
@@ -269,29 +285,34 @@ class _Builder:
         return _Tensor(op.name, out, src.torch_shape, src.hls_shape, src.perm)
 
     def _lookup_quantize_layer(self, op, src: _Tensor) -> _Tensor:
-        """A quantizer with a scale that is not a power of two, as an exact lookup table over the
-        values its input can take (fpq.numerics.thresholds): y = levels[#thresholds <= x]."""
+        """A quantizer with a scale that is not a power of two, or after an average pool's exact
+        window sums S (``src.sum_of``: Q(S / N), the emulator's float64 division), as an exact
+        lookup table over the values its input can take (fpq.numerics.thresholds):
+        y = levels[#thresholds <= x]."""
         from ..emulate import apply_quantizer
         from ..numerics.thresholds import lookup_table
         tt = op.quant.ttype
+        what = (f"quantizer {op.name!r} after average pool {src.sum_of[0]!r} (1/{src.sum_of[1]} folded in)"
+                if src.sum_of else f"quantizer {op.name!r} (scale {float(np.ravel(tt.scale)[0])!r}, not a power of two)")
         if np.size(tt.scale) != 1:
-            raise HLSUnsupportedError(f"quantizer {op.name!r}: per-channel scales that are not powers of two "
-                                      "are not supported in HLS; use a per-tensor scale (or po2 scales)")
+            raise HLSUnsupportedError(f"{what}: per-channel scales are not supported in a lookup table; use a "
+                                      "per-tensor activation scale")
         in_type = "float32" if isinstance(src.fixed, FloatPort) else Fixed(src.fixed.width, src.fixed.int_bits,
                                                                            src.fixed.signed)
         if in_type != "float32" and in_type.width > 53:
             raise HLSUnsupportedError(
-                f"quantizer {op.name!r}: its scale {float(np.ravel(tt.scale)[0])!r} is not a power of two, and its "
-                f"input (layer {src.layer!r}) is the exact {in_type}, wider than 53 bits. fpq defines a float-scaled "
-                "quantizer on the float64 value of its input, which such a sum is not; the sum grows this wide when "
-                "both the layer's inputs and weights have float scales. Use power-of-two (or Fixed) weight scales, "
-                "or scale='po2'")
+                f"{what}: its input (layer {src.layer!r}) is the exact {in_type}, wider than 53 bits. fpq defines "
+                "this quantizer on the float64 value of its input, which such a sum is not; the sum grows this wide "
+                "when both the layer's inputs and weights have float scales. Use power-of-two (or Fixed) weight "
+                "scales, or scale='po2'")
+        n_avg = src.sum_of[1] if src.sum_of else None
+        quantize = (lambda x: apply_quantizer(op, x)) if n_avg is None else \
+            (lambda x: apply_quantizer(op, np.asarray(x, np.float64) / float(n_avg)))
         try:
-            th, lv = lookup_table(lambda x: apply_quantizer(op, x), in_type)
+            th, lv = lookup_table(quantize, in_type)
         except ValueError as e:
-            raise HLSUnsupportedError(f"quantizer {op.name!r} (scale {float(np.ravel(tt.scale)[0])!r}, not a power "
-                                      f"of two): no exact lookup table: {e}") from None
-        out = values_carrier(lv)
+            raise HLSUnsupportedError(f"{what}: no exact lookup table: {e}") from None
+        out = levels_carrier(tt, lv) if tt.po2 else values_carrier(lv)
         n = len(th)
         if n == 0:
             tables, call = "", f"out_T({float(lv[0])!r})"
@@ -301,7 +322,8 @@ class _Builder:
             call = f"fpq::quantize_by_thresholds<in_T, out_T, {n}>({{x}}, th, lv)"
         self.add_layer({"class_name": "FpqQuantize", "name": op.name, "inputs": [src.layer], "quantizer": call,
                         "quantizer_tables": tables,
-                        "fpq_format": f"{tt.format} x {float(np.ravel(tt.scale)[0])!r} ({n} thresholds)"},
+                        "fpq_format": f"{tt.format} x {float(np.ravel(tt.scale)[0])!r}"
+                                      f"{f' of the window sum / {n_avg}' if n_avg else ''} ({n} thresholds)"},
                        {"result": out})
         return _Tensor(op.name, out, src.torch_shape, src.hls_shape, src.perm)
 
@@ -310,7 +332,7 @@ class _Builder:
         tt = op.quant.ttype
         if op.quant.pre_scale is not None:
             raise HLSUnsupportedError(f"op {op.name!r}: Trunc with a pre-scale is not supported in HLS")
-        if not tt.po2:
+        if not tt.po2 or src.sum_of is not None:
             self.set_out(op, self._lookup_quantize_layer(op, src))
             return
         s = _scale_exp(tt, f"quantizer {op.name!r}")
@@ -447,32 +469,83 @@ class _Builder:
         self.set_out(op, _Tensor(op.name, src.fixed, src.torch_shape, src.hls_shape, src.perm))
 
     def _pool(self, op, cls: str) -> None:
-        """A max / average pooling window (``cls`` MaxPooling / AveragePooling): hls4ml's pooling
-        layer without padding; the result keeps the input type (max) or is the exact mean."""
+        """A max / average pooling window (``cls`` MaxPooling / AveragePooling). hls4ml's pooling
+        layer where it is exact (fpq.ir.plan.native_pool: no padding, windows that tile the map,
+        an average over a power-of-two window: its result keeps the input type (max) or is the
+        exact mean); otherwise ``FpqPool``: a max that ignores padding, or the exact window sum
+        that the quantizer after it divides (``sum_of``)."""
         src = self.src(op)
         a = op.attrs
-        k = a["kernel"]
+        k = tuple(a["kernel"])
         nd = len(k)
-        if any(a["pads"]) or a.get("ceil_mode", 0) or any(d != 1 for d in a.get("dilations", (1,) * nd)):
-            raise HLSUnsupportedError(f"{op.kind} {op.name!r}: padding, ceil_mode and dilation are not supported "
-                                      "in HLS")
+        if a.get("ceil_mode", 0) or any(d != 1 for d in a.get("dilations", (1,) * nd)):
+            raise HLSUnsupportedError(f"{op.kind} {op.name!r}: ceil_mode and dilation are not supported in HLS")
         if len(src.torch_shape) != nd + 1 or not _is_channels_last(src):
             raise HLSUnsupportedError(f"{op.kind} {op.name!r}: input of shape {src.torch_shape}")
-        prec = ({"result": src.fixed, "accum": src.fixed} if cls == "MaxPooling"
-                else self._mean_types(op, src, int(np.prod(k))))
-        out_t = self.torch_shape(op)
-        s = a["strides"]
-        layer = {"name": op.name, "inputs": [src.layer], "data_format": "channels_last", "n_filt": src.torch_shape[0],
-                 "count_pad": False}
-        if nd == 1:
-            layer.update(class_name=f"{cls}1D", n_in=src.torch_shape[1], n_out=out_t[1], pool_width=k[0],
-                         stride_width=s[0], pad_left=0, pad_right=0)
+        in_shape = (1,) + tuple(src.torch_shape)
+        if native_pool(op.kind, a, in_shape):
+            prec = ({"result": src.fixed, "accum": src.fixed} if cls == "MaxPooling"
+                    else self._mean_types(op, src, int(np.prod(k))))
+            out_t = self.torch_shape(op)
+            s = a["strides"]
+            layer = {"name": op.name, "inputs": [src.layer], "data_format": "channels_last",
+                     "n_filt": src.torch_shape[0], "count_pad": False}
+            if nd == 1:
+                layer.update(class_name=f"{cls}1D", n_in=src.torch_shape[1], n_out=out_t[1], pool_width=k[0],
+                             stride_width=s[0], pad_left=0, pad_right=0)
+            else:
+                layer.update(class_name=f"{cls}2D", in_height=src.torch_shape[1], in_width=src.torch_shape[2],
+                             out_height=out_t[1], out_width=out_t[2], pool_height=k[0], pool_width=k[1],
+                             stride_height=s[0], stride_width=s[1], pad_top=0, pad_bottom=0, pad_left=0,
+                             pad_right=0)
+            self.add_layer(layer, prec)
+            self.set_out(op, _Tensor(op.name, prec["result"], out_t, hls_shape_of(out_t), channels_last_perm(out_t)))
+            return
+        pads = tuple(a.get("pads", (0,) * 2 * nd))
+        if any(p >= kk for p, kk in zip(pads[:nd] + pads[nd:], k + k)):
+            raise HLSUnsupportedError(f"{op.kind} {op.name!r}: padding {pads} as wide as the window {k}: a window "
+                                      "could hold no value at all")
+        if op.kind == "avgpool" and any(pads) and not a.get("count_include_pad", 0):
+            raise HLSUnsupportedError(f"avgpool {op.name!r}: padding with count_include_pad=0 divides each border "
+                                      "window by a different count; only count_include_pad=1 (torch's default) is "
+                                      "supported in HLS")
+        self._fpq_pool(op, src, k, tuple(a["strides"]), pads[:nd], self.torch_shape(op))
+
+    def _fpq_pool(self, op, src: _Tensor, k: tuple, strides: tuple, pad_begin: tuple, out_t: tuple,
+                  global_pool: bool = False) -> None:
+        """``FpqPool`` (fpq::pool_layer): the max (padding ignored) or the exact window sum."""
+        is_max = op.kind == "maxpool"
+        f = src.fixed
+        n = int(np.prod(k))
+        acc = f if is_max else sum_type(Fixed(f.width, f.int_bits, f.signed), n)
+        if not is_max:
+            lp = self.tp.layers.get(op.name)
+            planned = lp.attrs.get("exact_output") if lp is not None else None
+            if planned is not None and planned != acc:
+                # the TypePlan's sum (of the input's full carrier) is the project's, when it holds this one
+                if planned.frac_bits < acc.frac_bits or planned.int_bits < acc.int_bits or \
+                        (acc.signed and not planned.signed):
+                    raise AssertionError(f"{op.kind} {op.name!r}: the TypePlan's exact window sum {planned} does not "
+                                         f"hold the one of its HLS input {acc}")
+                acc = Fixed(planned.width, planned.int_bits, planned.signed)
+        one = (1,) * (2 - len(k))   # a 1-D pool is a 2-D one of height 1
+        k2, s2, p2 = one + tuple(k), one + tuple(strides), (0,) * len(one) + tuple(pad_begin)
+        in_hw = one + tuple(src.torch_shape[1:])
+        out_hw = (1, 1) if global_pool else one + tuple(out_t[1:])
+        c = src.torch_shape[0]
+        hls_out = [c] if global_pool else list(hls_shape_of(out_t))
+        self.add_layer({"class_name": "FpqPool", "name": op.name, "inputs": [src.layer], "in_height": in_hw[0],
+                        "in_width": in_hw[1], "n_filt": c, "out_height": out_hw[0], "out_width": out_hw[1],
+                        "pool_height": k2[0], "pool_width": k2[1], "stride_height": s2[0], "stride_width": s2[1],
+                        "pad_top": p2[0], "pad_left": p2[1], "is_max": is_max, "out_shape": hls_out},
+                       {"result": acc, "accum": acc})
+        if global_pool:
+            t = _Tensor(op.name, acc, out_t, (c,), None)
         else:
-            layer.update(class_name=f"{cls}2D", in_height=src.torch_shape[1], in_width=src.torch_shape[2],
-                         out_height=out_t[1], out_width=out_t[2], pool_height=k[0], pool_width=k[1],
-                         stride_height=s[0], stride_width=s[1], pad_top=0, pad_bottom=0, pad_left=0, pad_right=0)
-        self.add_layer(layer, prec)
-        self.set_out(op, _Tensor(op.name, prec["result"], out_t, hls_shape_of(out_t), channels_last_perm(out_t)))
+            t = _Tensor(op.name, acc, out_t, hls_shape_of(out_t), channels_last_perm(out_t))
+        if not is_max:
+            t = replace(t, sum_of=(op.name, n))
+        self.set_out(op, t)
 
     def op_maxpool(self, op):
         self._pool(op, "MaxPooling")
@@ -483,11 +556,7 @@ class _Builder:
     def _mean_types(self, op, src: _Tensor, n: int):
         """Exact types of a mean over ``n`` values (n a power of two: the mean is src / 2^k)."""
         k = n.bit_length() - 1
-        if n != 1 << k:
-            raise HLSUnsupportedError(
-                f"{op.kind} {op.name!r}: a window of {n} values; the mean of a non-power-of-two window is not a "
-                "finite binary fraction, so no fixed-point type holds it exactly. Use a power-of-two window "
-                "or max pooling")
+        assert n == 1 << k, "fpq.ir.plan.native_pool builds power-of-two windows only"
         f = src.fixed
         mean = Fixed(f.width + k, f.int_bits, f.signed)                # same range, k more fraction bits
         accum = Fixed(f.width + 2 * k, f.int_bits + k, f.signed)      # holds the sum and, after /n, the mean
@@ -498,6 +567,11 @@ class _Builder:
         nd = len(src.torch_shape) - 1
         if nd not in (1, 2) or not _is_channels_last(src):
             raise HLSUnsupportedError(f"global_avgpool {op.name!r}: input of shape {src.torch_shape}")
+        out_t = self.torch_shape(op)  # (C, 1[, 1]) with keepdims, (C,) without: the same flat order
+        if sum_divisor(op.kind, op.attrs, (1,) + tuple(src.torch_shape)) is not None:
+            spatial = tuple(src.torch_shape[1:])
+            self._fpq_pool(op, src, spatial, spatial, (0,) * nd, out_t, global_pool=True)
+            return
         prec = self._mean_types(op, src, int(np.prod(src.torch_shape[1:])))
         c = src.torch_shape[0]
         layer = {"name": op.name, "inputs": [src.layer], "data_format": "channels_last", "n_filt": c}
@@ -506,7 +580,6 @@ class _Builder:
         else:
             layer.update(class_name="GlobalAveragePooling2D", in_height=src.torch_shape[1], in_width=src.torch_shape[2])
         self.add_layer(layer, prec)
-        out_t = self.torch_shape(op)  # (C, 1[, 1]) with keepdims, (C,) without: the same flat order
         self.set_out(op, _Tensor(op.name, prec["result"], out_t, (c,), None))
 
     def op_add(self, op):
@@ -526,12 +599,12 @@ class _Builder:
         if int(np.prod(src.torch_shape)) != n:
             raise HLSUnsupportedError(f"op {op.name!r}: reshape {src.torch_shape} -> ({n},) changes the size")
         if len(src.hls_shape) == 1:
-            self.set_out(op, _Tensor(src.layer, src.fixed, (n,), (n,), src.perm))
+            self.set_out(op, _Tensor(src.layer, src.fixed, (n,), (n,), src.perm, src.sum_of))
             return
         # torch's flat order is unchanged by a flatten; the hls4ml order keeps its permutation
         self.add_layer({"class_name": "Reshape", "name": op.name, "inputs": [src.layer], "target_shape": [n]},
                        {"result": src.fixed})
-        self.set_out(op, _Tensor(op.name, src.fixed, (n,), (n,), src.perm))
+        self.set_out(op, _Tensor(op.name, src.fixed, (n,), (n,), src.perm, src.sum_of))
 
     def op_flatten(self, op):
         if op.attrs.get("axis", 1) != 1:
@@ -545,7 +618,7 @@ class _Builder:
         self._flatten_to(op, out[0])
 
     def op_output(self, op):
-        src = self.src(op)
+        src = self.src(op)  # a pool's window sums are refused here: no quantizer folds in its 1/N
         if self.plan.output_layer:
             raise HLSUnsupportedError("the HLS path takes networks with one output")
         if src.layer == self.plan.input_name:

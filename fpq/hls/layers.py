@@ -9,12 +9,14 @@
 * config / function-call templates of that layer for the Vivado and Vitis backends, in both
   io_parallel (arrays) and io_stream (hls::stream of packed arrays): the C++ overloads on the
   argument types, so one function template serves both.
+* ``FpqPool``: a max or an exact window sum with any stride and padding (``fpq::pool_layer``),
+  for the pools hls4ml's pooling cannot build exactly (see ``fpq.ir.plan.pool_build``).
 """
 from __future__ import annotations
 
 from hls4ml.backends import get_backend
 from hls4ml.backends.template import FunctionCallTemplate, LayerConfigTemplate
-from hls4ml.model.layers import Attribute, Layer, register_layer
+from hls4ml.model.layers import Attribute, Layer, TypeAttribute, register_layer
 
 from . import cpp
 
@@ -71,6 +73,58 @@ class FpqQuantizeFunctionTemplate(FunctionCallTemplate):
         return "fpq::quantize_layer<{input_t}, {output_t}, {config}>({input}, {output});".format(**params)
 
 
+class FpqPool(Layer):
+    """Max (``is_max``) or exact sum over a window: attributes as hls4ml's Pooling2D (a 1-D pool
+    has in_height = out_height = pool_height = 1), the output shape in ``out_shape``
+    (channels-last); ``accum`` is the exact type of the reduction."""
+
+    _expected_attributes = [Attribute(a) for a in (
+        "in_height", "in_width", "n_filt", "out_height", "out_width", "pool_height", "pool_width",
+        "stride_height", "stride_width", "pad_top", "pad_left")] + [
+        Attribute("is_max", value_type=bool), Attribute("out_shape", value_type=list), TypeAttribute("accum")]
+
+    def initialize(self):
+        self.add_output_variable(list(self.get_attr("out_shape")))
+
+
+_POOL_CONFIG = """struct config{index} {{
+    static const unsigned in_height = {in_height};
+    static const unsigned in_width = {in_width};
+    static const unsigned n_filt = {n_filt};
+    static const unsigned out_height = {out_height};
+    static const unsigned out_width = {out_width};
+    static const unsigned pool_height = {pool_height};
+    static const unsigned pool_width = {pool_width};
+    static const unsigned stride_height = {stride_height};
+    static const unsigned stride_width = {stride_width};
+    static const unsigned pad_top = {pad_top};
+    static const unsigned pad_left = {pad_left};
+    static const bool is_max = {is_max_cpp};
+    static const unsigned io_type = nnet::{iotype};
+    static const unsigned reuse_factor = {reuse};
+    typedef {accum_t.name} accum_t;
+}};\n"""
+
+
+class FpqPoolConfigTemplate(LayerConfigTemplate):
+    def __init__(self):
+        super().__init__(FpqPool)
+
+    def format(self, node):
+        params = self._default_config_params(node)
+        params["is_max_cpp"] = "true" if node.get_attr("is_max") else "false"
+        return _POOL_CONFIG.format(**params)
+
+
+class FpqPoolFunctionTemplate(FunctionCallTemplate):
+    def __init__(self):
+        super().__init__(FpqPool, include_header=["nnet_utils/fpq_minifloat.h"])
+
+    def format(self, node):
+        params = self._default_function_params(node)
+        return "fpq::pool_layer<{input_t}, {output_t}, {config}>({input}, {output});".format(**params)
+
+
 _registered = False
 
 
@@ -80,10 +134,13 @@ def register() -> None:
     if _registered:
         return
     register_layer("FpqQuantize", FpqQuantize)
+    register_layer("FpqPool", FpqPool)
     header = cpp.header_path()
     for name in BACKENDS:
         backend = get_backend(name)
         backend.register_template(FpqQuantizeConfigTemplate)
         backend.register_template(FpqQuantizeFunctionTemplate)
+        backend.register_template(FpqPoolConfigTemplate)
+        backend.register_template(FpqPoolFunctionTemplate)
         backend.register_source(header)
     _registered = True

@@ -49,11 +49,36 @@ _LIBRARY = re.compile(rf"{PROJECT_NAME}-[0-9A-Za-z]+\.so")
 PATH_PUNCTUATION = "/._-+@,=~:"
 
 
+# The C-sim keeps every layer's arrays (and hls4ml's per-layer temporaries, e.g. a Dense layer's
+# n_in x n_out products) on the stack of the calling thread: a ResNet-18-size project needs far
+# more than the main thread's 8 MB and would kill Python with a segfault. fpq calls the library
+# from a thread of its own whose stack is sized from the project (``csim_stack_bytes``): bytes per
+# value of an ap_fixed object in C-sim (up to 128 bits in two 8-byte words, with room for the
+# copies hls4ml makes), over every layer output and twice every weight, plus a fixed margin. The
+# stack is reserved address space, touched only as deep as the C-sim goes.
+STACK_BYTES_PER_VALUE = 64
+STACK_MARGIN = 64 << 20
+STACK_DEFAULT = 1 << 30      # a project stamped before the size was recorded
+
+
+def csim_stack_bytes(hls_model) -> int:
+    """Stack for the C-sim of ``hls_model`` (see STACK_BYTES_PER_VALUE), rounded up to 1 MiB."""
+    values = 0
+    for layer in hls_model.get_layers():
+        values += int(np.prod(layer.get_output_variable().shape))
+        for w in layer.weights.values():
+            values += 2 * int(np.size(w.data))
+    need = STACK_MARGIN + STACK_BYTES_PER_VALUE * values
+    return -(-need // (1 << 20)) << 20
+
+
 class _CSim:
     """The compiled C-sim library of a project, called through ctypes (the double entry point:
-    inputs reach ap_fixed's constructor with every bit they have)."""
+    inputs reach ap_fixed's constructor with every bit they have), from a thread with a stack of
+    ``stack_bytes``."""
 
-    def __init__(self, so_path: Path, n_in: int, n_out: int, traced: dict):
+    def __init__(self, so_path: Path, n_in: int, n_out: int, traced: dict, stack_bytes: int = STACK_DEFAULT):
+        self.stack_bytes = int(stack_bytes)
         if not so_path.is_file():
             raise FileNotFoundError(f"the project's compiled C-sim library {so_path} is missing; rerun fpq.to_hls "
                                     "(with overwrite=True) to rebuild the project")
@@ -74,14 +99,49 @@ class _CSim:
         sa, sb = flat.strides[0], out.strides[0]
         return ((a + i * sa, b + i * sb) for i in range(flat.shape[0]))
 
+    def _on_big_stack(self, fn):
+        """fn() on a new thread whose stack is ``stack_bytes`` (the C-sim's arrays live there)."""
+        import threading
+
+        box = {}
+
+        def target():
+            try:
+                box["value"] = fn()
+            except BaseException as e:  # handed to the caller's thread
+                box["error"] = e
+
+        old = threading.stack_size()
+        try:
+            threading.stack_size(self.stack_bytes)
+            thread = threading.Thread(target=target, name="fpq-csim", daemon=True)
+            thread.start()
+        except (ValueError, RuntimeError, MemoryError) as e:
+            raise RuntimeError(
+                f"the C-sim of this project needs a {self.stack_bytes >> 20} MiB stack, and no thread with such a "
+                f"stack could be started ({e}); raise the address-space limit (ulimit -v) or simulate a smaller "
+                "model") from None
+        finally:
+            threading.stack_size(old)
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
     def run(self, flat: np.ndarray) -> np.ndarray:
         out = np.zeros((flat.shape[0], self.n_out), dtype=np.float64)
         top = self.top
-        for pa, pb in self._rows(flat, out):  # the top function takes one sample
-            top(pa, pb)
+
+        def rows():
+            for pa, pb in self._rows(flat, out):  # the top function takes one sample
+                top(pa, pb)
+        self._on_big_stack(rows)
         return out
 
     def trace(self, flat: np.ndarray) -> dict:
+        return self._on_big_stack(lambda: self._trace(flat))
+
+    def _trace(self, flat: np.ndarray) -> dict:
         class _Slot(ctypes.Structure):
             _fields_ = [("name", ctypes.c_char_p), ("data", ctypes.c_void_p)]
 
@@ -128,7 +188,8 @@ class HLSProject:
         if not _LIBRARY.fullmatch(lib):  # a stamp names its library, never a path elsewhere
             raise ValueError(f"{self.outdir / STAMP}: library {lib!r} is not a C-sim library name of an fpq project "
                              f"({PROJECT_NAME}-<stamp>.so)")
-        self._csim = _CSim(self.outdir / "firmware" / lib, info["input_size"], info["output_size"], info["traced"])
+        self._csim = _CSim(self.outdir / "firmware" / lib, info["input_size"], info["output_size"], info["traced"],
+                           info.get("csim_stack_bytes", STACK_DEFAULT))
 
     def __repr__(self):
         return f"HLSProject({str(self.outdir)!r}, {self.info['backend']}, {self.info['io_type']})"
@@ -582,6 +643,7 @@ def _project_info(hls_model, plan: HLSPlan, options: dict) -> dict:
         "input_size": int(np.prod(plan.input_shape)), "input_float32": plan.input_float32,
         "output_shape": list(plan.output_shape), "output_perm": plist(plan.output_perm),
         "output_size": int(np.prod(plan.output_shape)), "traced": traced, "layer_ops": layer_ops,
+        "csim_stack_bytes": csim_stack_bytes(hls_model),
         "layers": {name: {k: str(v) for k, v in prec.items()} for name, prec in plan.precisions.items()},
         "notes": plan.notes,
     }

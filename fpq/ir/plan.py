@@ -5,9 +5,11 @@ converted model (through its QONNX export) or a QONNX file alike.
 """
 from __future__ import annotations
 
+import math
+
 from ..formats import Fixed, Int
 from ..numerics.wide import WIDE_BITS
-from ..typeplan import LayerPlan, TypePlan
+from ..typeplan import LayerPlan, TensorType, TypePlan, sum_type
 from . import WEIGHTED_KINDS, Graph, Op, Quantizer
 
 # ops whose requantizer the hardware folds into the op itself: the ops fpq.hls builds as a layer
@@ -16,6 +18,34 @@ from . import WEIGHTED_KINDS, Graph, Op, Quantizer
 # its input in hls4ml, so its result type would not be applied), not the input port (already a
 # quantizer), not mul / div (no HLS layer: their requantizer stays a layer the cost model prices).
 REQUANT_FUSING = WEIGHTED_KINDS + ("relu", "add", "maxpool", "avgpool", "global_avgpool")
+
+
+def pool_window(kind: str, attrs: dict, in_shape) -> int | None:
+    """Values per window of a pool op (the whole map of a global one; None: shape unknown)."""
+    if kind == "global_avgpool":
+        return None if in_shape is None else int(math.prod(int(d) for d in in_shape[2:]))
+    return int(math.prod(attrs["kernel"]))
+
+
+def native_pool(kind: str, attrs: dict, in_shape) -> bool:
+    """Whether hls4ml's own pooling layer builds this pool op exactly, in io_parallel and io_stream:
+    no padding and windows that tile the map (hls4ml streams no other), and for an average a
+    power-of-two window (its mean is the exact sum shifted; any other is not a binary fraction)."""
+    n = pool_window(kind, attrs, in_shape)
+    if kind == "global_avgpool":
+        return n is not None and n & (n - 1) == 0
+    tiles = not any(attrs.get("pads", ())) and tuple(attrs["strides"]) == tuple(attrs["kernel"])
+    return tiles and (kind == "maxpool" or n & (n - 1) == 0)
+
+
+def sum_divisor(kind: str, attrs: dict, in_shape) -> int | None:
+    """N for an average pool fpq.hls builds as its exact window sum (``fpq::pool_layer``, zero
+    padding): the 1/N is folded into the quantizer after it, a threshold lookup over the sum
+    (the emulator's float64 sum / N, then the quantizer). None: not an average, or hls4ml's own
+    pooling computes the exact mean (``native_pool``)."""
+    if kind not in ("avgpool", "global_avgpool") or native_pool(kind, attrs, in_shape):
+        return None
+    return pool_window(kind, attrs, in_shape)
 
 
 def _cast_quantizer(q: Quantizer | None) -> bool:
@@ -77,10 +107,12 @@ def typeplan_from_graph(graph: Graph) -> TypePlan:
         lp = LayerPlan(op.name, op.kind, tensors, op.fan_in, values, attrs,
                        note="; ".join(q.note for q in (op.quant, op.weight_quant, op.bias_quant) if q and q.note))
         _derive(lp)
+        _sum_pool(lp, op)
         tp.add(lp)
         if op.kind == "quant" and _cast_quantizer(op.quant) and len(op.inputs) == 1:
             src = graph.producer(op.inputs[0])
             if (src is not None and src.kind in REQUANT_FUSING and src.name in tp.layers
+                    and "divisor" not in tp[src.name].attrs
                     and len(graph.consumers(op.inputs[0])) == 1 and op.inputs[0] not in graph.outputs):
                 fused = tp[src.name]
                 if src.kind not in WEIGHTED_KINDS and "output" in fused.tensors:
@@ -91,6 +123,21 @@ def typeplan_from_graph(graph: Graph) -> TypePlan:
     return tp
 
 
+def _sum_pool(lp: LayerPlan, op: Op) -> None:
+    """An average pool built as its window sum (``sum_divisor``): ``attrs["divisor"]`` N, and
+    ``attrs["exact_output"]`` the exact sum's type (what the HLS layer holds; the quantizer after
+    it is a threshold lookup over it, never a cast fused into the pool)."""
+    n = sum_divisor(op.kind, op.attrs, op.in_shapes[0] if op.in_shapes else None)
+    if n is None:
+        return
+    lp.attrs["divisor"] = n
+    x = op.types.get("input")
+    xc = x.carrier() if isinstance(x, TensorType) and x.po2 else (x.value_carrier() if isinstance(x, TensorType)
+                                                                   else None)
+    if xc is not None:
+        lp.attrs["exact_output"] = sum_type(xc, n)
+
+
 def accumulator_bits(op: Op) -> int | None:
     """Significant bits an exact accumulator of ``op`` needs (None when not derivable)."""
     lp = LayerPlan(op.name, op.kind, dict(op.types), op.fan_in).derive()
@@ -98,4 +145,5 @@ def accumulator_bits(op: Op) -> int | None:
     return acc.width if isinstance(acc, Fixed) else None
 
 
-__all__ = ["typeplan_from_graph", "accumulator_bits", "REQUANT_FUSING"]
+__all__ = ["typeplan_from_graph", "accumulator_bits", "REQUANT_FUSING", "native_pool", "pool_window",
+           "sum_divisor"]

@@ -115,11 +115,14 @@ def _check(f, keys, levels, grid, n_random: int = 20000, seed: int = 0) -> None:
                          f"from it at input {grid.values(probe[bad:bad + 1])[0]!r}")
 
 
-def quantizer_table(fmt, scale, in_type) -> tuple[np.ndarray, np.ndarray]:
+def quantizer_table(fmt, scale, in_type, divisor: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """(thresholds, levels) of fpq's quantizer ``fmt`` x ``scale`` (one float scale) over the values
     of ``in_type`` (a Fixed, or "float32" for a float32 network input): the very table fpq's HLS
     project holds and the cost model prices. A float32 input is divided in float32 (as the graph
-    input is), a Fixed input in float64 (an exact sum)."""
+    input is), a Fixed input in float64 (an exact sum). ``divisor`` N: the input is an average
+    pool's window sum S and the quantizer reads the float64 S / N (the emulator's mean)."""
     s, fmt = np.float32(scale), parse_format(fmt)
     dt = np.float32 if in_type == "float32" else np.float64
+    if divisor != 1:
+        return lookup_table(lambda x: apply_scaled(np.asarray(x, np.float64) / float(divisor), fmt, s), in_type)
     return lookup_table(lambda x: apply_scaled(np.asarray(x, dt), fmt, s), in_type)
