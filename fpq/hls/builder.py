@@ -20,6 +20,9 @@ Exactness, layer by layer:
   (exact: no sum can overflow), the result the accumulator itself or, when a cast quantizer
   follows, that quantizer's type (the final cast from the exact accumulator is the quantizer).
 * relu, max pooling, flatten: their result keeps the input type (or the following cast).
+* clip (ReLU6, Hardtanh, clamp): an ``FpqQuantize`` layer out_T(x < lo ? lo : x > hi ? hi : x)
+  with the float32 bounds as constants of their exact Fixed; out_T holds x and both bounds, or
+  is the cast of the quantizer that follows (Q(clip(x)) in one layer).
 * add: the exact sum type of both inputs.
 * batchnorm (element-wise): hls4ml's BatchNormalization, scale / bias in their exact carriers,
   the result the exact x * s + t (or the cast of the quantizer that follows).
@@ -447,6 +450,33 @@ class _Builder:
         self.add_layer({"class_name": "Activation", "activation": "relu", "name": op.name, "inputs": [src.layer],
                         "n_in": n}, {"result": src.fixed})
         self.set_out(op, _Tensor(op.name, src.fixed, src.torch_shape, src.hls_shape, src.perm))
+
+    def op_clip(self, op):
+        """Clip to float32 bounds as an element-wise FpqQuantize layer: the bounds are constants of
+        the exact Fixed that holds them, compared exactly with the input, and the result is
+        out_T(lo), out_T(hi) or out_T(x). Without a requantizer out_T is the union of the input's
+        and the bounds' types (exact); with one (fused by the TypePlan) out_T is its cast, so the
+        layer computes Q(clip(x, lo, hi)) itself."""
+        src = self.src(op)
+        if isinstance(src.fixed, FloatPort):
+            raise HLSUnsupportedError(f"clip {op.name!r}: its input is the float32 port")
+        x_c = Fixed(src.fixed.width, src.fixed.int_bits, src.fixed.signed)
+        bounds = {k: op.attrs.get(k) for k in ("min", "max")}
+        given = [float(v) for v in bounds.values() if v is not None]
+        b_c = values_carrier(np.array(given))
+        out = fixed_union([x_c, b_c])
+        names = {"min": "lo", "max": "hi"}
+        decl = " ".join(f"static const {cpp.ap_type(b_c)} {names[k]} = {float(v)!r};" for k, v in bounds.items()
+                        if v is not None)
+        call = "out_T({x})"
+        if bounds["max"] is not None:
+            call = f"({{x}} > hi ? out_T(hi) : {call})"
+        if bounds["min"] is not None:
+            call = f"({{x}} < lo ? out_T(lo) : {call})"
+        self.add_layer({"class_name": "FpqQuantize", "name": op.name, "inputs": [src.layer], "quantizer": call,
+                        "quantizer_tables": decl, "fpq_format": f"clip [{bounds['min']}, {bounds['max']}]"},
+                       {"result": out})
+        self.set_out(op, _Tensor(op.name, out, src.torch_shape, src.hls_shape, src.perm))
 
     def _pool(self, op, cls: str) -> None:
         """A max / average pooling window (``cls`` MaxPooling / AveragePooling): hls4ml's pooling
