@@ -588,9 +588,10 @@ class ComputeInDouble(Transformation):
         attrs = {"kernel_shape": list(k), "strides": a.get("strides", [1] * nd), "pads": a.get("pads", [0] * 2 * nd),
                  "dilations": a.get("dilations", [1] * nd), "group": cin}
         auto = a.get("auto_pad", b"NOTSET")
-        if auto not in (b"NOTSET", "NOTSET"):   # padding="same": the patches pad as the Conv does
-            attrs["auto_pad"] = auto.decode() if isinstance(auto, bytes) else auto
-            del attrs["pads"]
+        auto = auto.decode() if isinstance(auto, bytes) else auto
+        if auto != "NOTSET":   # padding="same": explicit pads (ONNX Runtime has no auto_pad with dilation)
+            from .export.reader import auto_pads
+            attrs["pads"] = list(auto_pads(auto, xshape[2:], k, attrs["strides"], attrs["dilations"]))
         patches = f"{node.output[0]}__patches"
         nodes = [helper.make_node("Conv", [node.input[0], eye_name], [patches], name=f"fpq_patches_{base}", **attrs)]
         out_sp = list(yshape[2:])

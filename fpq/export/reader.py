@@ -617,27 +617,32 @@ def _batchnorm(r: _Reader, mul, x: str, c: str, mod) -> Op:
 
 
 def _pads(r: _Reader, node, a, x: str, kernel, strides, dilations) -> tuple:
-    """Explicit pads (ONNX order: begins, then ends) of a Conv / pool, from ``pads`` or from
-    ``auto_pad`` with ONNX's semantics: VALID pads nothing; SAME_UPPER / SAME_LOWER pad so that
-    out = ceil(in / stride), the odd pixel at the end (UPPER, what torch's padding="same"
-    exports) or at the begin (LOWER)."""
-    nd = len(kernel)
+    """Explicit pads of a Conv / pool: its ``pads``, or those its ``auto_pad`` means (``auto_pads``)."""
     auto = a.get("auto_pad", "NOTSET")
-    if isinstance(auto, bytes):
-        auto = auto.decode()
+    auto = auto.decode() if isinstance(auto, bytes) else auto
     if auto == "NOTSET":
-        return tuple(int(p) for p in a.get("pads", [0] * 2 * nd))
+        return tuple(int(p) for p in a.get("pads", [0] * 2 * len(kernel)))
+    shape = r.shape(x)
+    if auto in ("SAME_UPPER", "SAME_LOWER") and (shape is None or len(shape) != len(kernel) + 2):
+        raise UnsupportedGraphError(f"{node.op_type} node {node.name!r}: auto_pad={auto} needs the input's shape, "
+                                    "which is unknown")
+    try:
+        return auto_pads(auto, shape[2:] if shape else None, kernel, strides, dilations)
+    except ValueError as e:
+        raise UnsupportedGraphError(f"{node.op_type} node {node.name!r}: {e}") from None
+
+
+def auto_pads(auto: str, sizes, kernel, strides, dilations) -> tuple:
+    """ONNX ``auto_pad`` as explicit pads (begins, then ends): VALID pads nothing; SAME_UPPER /
+    SAME_LOWER pad so that out = ceil(in / stride), the odd pixel at the end (UPPER, what torch's
+    padding="same" exports) or at the begin (LOWER)."""
+    nd = len(kernel)
     if auto == "VALID":
         return (0,) * (2 * nd)
     if auto not in ("SAME_UPPER", "SAME_LOWER"):
-        raise UnsupportedGraphError(f"{node.op_type} node {node.name!r}: auto_pad={auto!r} is not an ONNX value "
-                                    "(NOTSET, VALID, SAME_UPPER, SAME_LOWER)")
-    shape = r.shape(x)
-    if shape is None or len(shape) != nd + 2:
-        raise UnsupportedGraphError(f"{node.op_type} node {node.name!r}: auto_pad={auto} needs the input's shape, "
-                                    f"which is unknown")
+        raise ValueError(f"auto_pad={auto!r} is not an ONNX value (NOTSET, VALID, SAME_UPPER, SAME_LOWER)")
     begins, ends = [], []
-    for n, k, s, d in zip(shape[2:], kernel, strides, dilations):
+    for n, k, s, d in zip(sizes, kernel, strides, dilations):
         total = max((-(-int(n) // int(s)) - 1) * int(s) + (int(k) - 1) * int(d) + 1 - int(n), 0)
         small = total // 2
         begins.append(small if auto == "SAME_UPPER" else total - small)

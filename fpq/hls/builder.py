@@ -452,30 +452,20 @@ class _Builder:
         self.set_out(op, _Tensor(op.name, src.fixed, src.torch_shape, src.hls_shape, src.perm))
 
     def op_clip(self, op):
-        """Clip to float32 bounds as an element-wise FpqQuantize layer: the bounds are constants of
-        the exact Fixed that holds them, compared exactly with the input, and the result is
-        out_T(lo), out_T(hi) or out_T(x). Without a requantizer out_T is the union of the input's
-        and the bounds' types (exact); with one (fused by the TypePlan) out_T is its cast, so the
-        layer computes Q(clip(x, lo, hi)) itself."""
+        """out_T(x < lo ? lo : x > hi ? hi : x) (module docstring), bounds in their exact Fixed."""
         src = self.src(op)
         if isinstance(src.fixed, FloatPort):
             raise HLSUnsupportedError(f"clip {op.name!r}: its input is the float32 port")
-        x_c = Fixed(src.fixed.width, src.fixed.int_bits, src.fixed.signed)
-        bounds = {k: op.attrs.get(k) for k in ("min", "max")}
-        given = [float(v) for v in bounds.values() if v is not None]
-        b_c = values_carrier(np.array(given))
-        out = fixed_union([x_c, b_c])
-        names = {"min": "lo", "max": "hi"}
-        decl = " ".join(f"static const {cpp.ap_type(b_c)} {names[k]} = {float(v)!r};" for k, v in bounds.items()
-                        if v is not None)
+        bounds = {v: op.attrs.get(k) for k, v in (("min", "lo"), ("max", "hi")) if op.attrs.get(k) is not None}
+        b_c = values_carrier(np.array([float(v) for v in bounds.values()]))
+        out = fixed_union([Fixed(src.fixed.width, src.fixed.int_bits, src.fixed.signed), b_c])
         call = "out_T({x})"
-        if bounds["max"] is not None:
-            call = f"({{x}} > hi ? out_T(hi) : {call})"
-        if bounds["min"] is not None:
-            call = f"({{x}} < lo ? out_T(lo) : {call})"
+        for k, cmp in (("hi", ">"), ("lo", "<")):
+            call = f"({{x}} {cmp} {k} ? out_T({k}) : {call})" if k in bounds else call
         self.add_layer({"class_name": "FpqQuantize", "name": op.name, "inputs": [src.layer], "quantizer": call,
-                        "quantizer_tables": decl, "fpq_format": f"clip [{bounds['min']}, {bounds['max']}]"},
-                       {"result": out})
+                        "quantizer_tables": " ".join(f"static const {cpp.ap_type(b_c)} {k} = {float(v)!r};"
+                                                     for k, v in bounds.items()),
+                        "fpq_format": f"clip [{op.attrs.get('min')}, {op.attrs.get('max')}]"}, {"result": out})
         self.set_out(op, _Tensor(op.name, out, src.torch_shape, src.hls_shape, src.perm))
 
     def _pool(self, op, cls: str) -> None:
