@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .formats import Binary, Fixed, parse_format
+from .functional import functional_to_modules
 from .typeplan import narrow_accumulator
 from .nn.batchnorm import FpqBatchNorm, from_batchnorm
 from .nn.layers import (FpqAct, FpqAdd, FpqAvgPool, FpqClamp, FpqConv1d, FpqConv2d, FpqInput,
@@ -28,7 +29,9 @@ SUPPORTED = ("Linear", "Conv1d", "Conv2d",
              "BatchNorm1d/2d (folded into the Conv/Linear before it, else element-wise)",
              "ReLU", "ReLU6", "Hardtanh", "Identity", "MaxPool1d", "MaxPool2d", "AvgPool1d",
              "AvgPool2d", "AdaptiveAvgPool1d/2d(1)", "Flatten", "Dropout (removed)",
-             "residual add (x + y, torch.add)", "torch.flatten / view / reshape", "F.relu")
+             "residual add (x + y, torch.add)", "torch.flatten / view / reshape", "F.relu / torch.relu",
+             "F.relu6 / F.hardtanh / torch.clamp (constant bounds)", "F.max_pool1d/2d", "F.avg_pool1d/2d",
+             "F.adaptive_avg_pool1d/2d(x, 1)", "x.mean(spatial dims)")
 _KEEP_MODULES = (nn.ReLU, nn.MaxPool1d, nn.MaxPool2d, nn.Flatten)
 _DROP_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)
 _KEEP_FUNCTIONS = (F.relu, torch.relu, torch.flatten)
@@ -394,6 +397,7 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
                                      "pass the float model, or a model returned by fpq.convert)")
     gm = _trace(src)
     _remove_passthrough(gm)
+    functional_to_modules(gm)   # F.max_pool2d, F.hardtanh, x.mean((2, 3)), ... -> their modules
     if isinstance(batchnorm, dict):
         bns = [n for n, m in gm.named_modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
         stray = _unmatched(batchnorm, bns)

@@ -384,7 +384,9 @@ from onnx import TensorProto, helper  # noqa: E402
 from qonnx.transformation.base import Transformation  # noqa: E402
 
 
-_DOUBLE_OPS = ("MatMul", "Gemm", "Add", "Sub", "Mul", "Div", "ReduceSum", "Floor")  # Floor: the wrap of accumulator_bits
+# Floor: the wrap of accumulator_bits; Clip: its float32 bounds are exact in float64 too, and its
+# input and bounds must share one type
+_DOUBLE_OPS = ("MatMul", "Gemm", "Add", "Sub", "Mul", "Div", "ReduceSum", "Floor", "Clip")
 # value-preserving ops: exact in float32 and float64 alike
 _PASS_OPS = ("Relu", "MaxPool", "Flatten", "Reshape", "Transpose", "Identity", "Squeeze", "Unsqueeze")
 
@@ -585,6 +587,11 @@ class ComputeInDouble(Transformation):
         model.set_initializer(eye_name, eye)
         attrs = {"kernel_shape": list(k), "strides": a.get("strides", [1] * nd), "pads": a.get("pads", [0] * 2 * nd),
                  "dilations": a.get("dilations", [1] * nd), "group": cin}
+        auto = a.get("auto_pad", b"NOTSET")
+        auto = auto.decode() if isinstance(auto, bytes) else auto
+        if auto != "NOTSET":   # padding="same": explicit pads (ONNX Runtime has no auto_pad with dilation)
+            from .export.reader import auto_pads
+            attrs["pads"] = list(auto_pads(auto, xshape[2:], k, attrs["strides"], attrs["dilations"]))
         patches = f"{node.output[0]}__patches"
         nodes = [helper.make_node("Conv", [node.input[0], eye_name], [patches], name=f"fpq_patches_{base}", **attrs)]
         out_sp = list(yshape[2:])

@@ -162,9 +162,9 @@ def _check(q, shape, seed):
     ref = reference_forward(q, x)
     assert y.dtype == np.float32
     np.testing.assert_array_equal(y, ref)
-    # every quantized weight is on its format's grid: the torch quantizer equals fpq.quantize (the
-    # TypePlan reads these values from the export, which Conv1dNet's Hardtanh(-1, 1.3) cannot take:
-    # 1.3 is no float32)
+    # the export (Conv1dNet's Hardtanh(-1, 1.3) clamps with float32(1.3)) emulates to the same values
+    np.testing.assert_array_equal(np.asarray(fpq.emulate(q, x.numpy()), dtype=np.float32), y)
+    # every quantized weight is on its format's grid: the torch quantizer equals fpq.quantize
     for m in q.modules():
         if getattr(m, "fpq_weight", None) is not None:
             with torch.no_grad():

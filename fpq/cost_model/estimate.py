@@ -389,6 +389,16 @@ def _other_layer(lp, ops: OperatorCosts, notes: list) -> dict:
     k = int(np.prod(lp.attrs.get("kernel", (2, 2)))) if "pool" in op else 1
     if op == "relu":
         lut = n * math.ceil(ob / 2)                       # zero on the sign: two bits per LUT6
+    elif op == "clip":
+        # fpq.hls builds out_T(x < lo ? lo : x > hi ? hi : x) with the bounds cast at compile
+        # time: a comparator per bound on x's bits (carry chains), a fused requantizer's rounding
+        # adder on x's bits too (not on the wider type that holds the bounds), and a select of
+        # x / lo / hi per result bit (one bit of x and the two compares: two bits per LUT6)
+        nb = sum(lp.attrs.get(b) is not None for b in ("min", "max"))
+        out_bits = qb if qb is not None else ob
+        lut = n * ((nb + (qb is not None)) * ops.add_luts(ib) + math.ceil(out_bits / 2))
+        row.update(lut=float(lut), ff=float(n * out_bits), latency_cycles=1)
+        return row
     elif op == "quant":
         lut = n * (ops.add_luts(ib) + math.ceil(ob / 2))  # rounding adder + saturation mux
     elif op == "add":

@@ -374,6 +374,9 @@ class Emulator:
             return self._wrapped(op, _add_bias(y, b, 1 if x.ndim > 1 else 0, channel_axis=1))
         if k == "relu":
             return np.maximum(x, 0, dtype=x.dtype)
+        if k == "clip":   # float32 bounds: exact in x's dtype (float32 or float64)
+            lo, hi = op.attrs["min"], op.attrs["max"]
+            return np.clip(x, -np.inf if lo is None else lo, np.inf if hi is None else hi).astype(x.dtype, copy=False)
         if k == "add":
             return x.astype(np.float64) + xs[1].astype(np.float64)
         if k == "mul":

@@ -160,6 +160,9 @@ class TorchProgram:
             return y if b is None else y + b.view(shape)
         if k == "relu":
             return torch.clamp_min(x, 0)
+        if k == "clip":   # float32 bounds: exact in x's dtype
+            lo, hi = op.attrs["min"], op.attrs["max"]
+            return torch.clamp(x, None if lo is None else float(lo), None if hi is None else float(hi))
         if k == "add":
             return x.to(torch.float64) + xs[1].to(torch.float64)
         if k in ("mul", "div"):

@@ -36,7 +36,7 @@ import numpy as np
 from ..formats import Fixed, Int
 from ..ir import MAC_KINDS, TYPE_PRESERVING, Graph, Op, Quantizer, UnsupportedGraphError
 from ..ir.plan import typeplan_from_graph
-from ..typeplan import LayerPlan, TensorType, fixed_union, sum_type
+from ..typeplan import LayerPlan, TensorType, fixed_union, sum_type, values_carrier
 from .qonnx_codec import (QONNX_DOMAINS, QUANT_OPS, _attrs, _flat_scale, half_step_partner, is_half_step, load_model, quantizer_of)
 
 # ops that only move or relabel constant data: evaluated when they sit on a weight / bias path
@@ -48,7 +48,7 @@ SIMPLE_KINDS = {"Relu": "relu", "MaxPool": "maxpool", "AveragePool": "avgpool",
 SUPPORTED_OPS = ("Quant", "FloatQuant", "BipolarQuant", "Trunc", "MatMul", "Gemm", "Conv", "Add",
                  "Mul", "Div", "Relu", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten",
                  "Reshape", "Transpose", "Identity", "Dropout", "Constant", "Cast", "Unsqueeze", "Squeeze",
-                 "ReduceSum")
+                 "ReduceSum", "Clip")
 
 
 def _c_name(text: str) -> str:
@@ -292,6 +292,8 @@ def read_graph(model) -> Graph:
             op.attrs = {"shape": tuple(out_shape)}
         elif op_type == "ReduceSum":
             op = _fuse_global_avgpool(r, node, a, ins, mod)
+        elif op_type == "Clip":
+            op = _clip(r, node, a, list(node.input), mod, tt(x))
         elif op_type in SIMPLE_KINDS:
             kind = SIMPLE_KINDS[op_type]
             op = Op(r.unique(_op_name(kind, mod)), kind, [x], [node.output[0]], onnx_nodes=[node.name])
@@ -348,6 +350,44 @@ def _fuse_global_avgpool(r: _Reader, node, a, ins, mod) -> Op:
                   onnx_nodes=[node.name, div.name])
     raise UnsupportedGraphError(f"ReduceSum node {node.name!r}: only a sum over all spatial axes (keepdims) divided "
                                 "by their size (a global average pool) is supported")
+
+
+def _clip(r: _Reader, node, a, ins, mod, t_in) -> Op:
+    """Clip(x, min, max) with constant scalar bounds (inputs since opset 11, attributes before;
+    either may be absent). The bounds are float32 numbers, so the output holds x's values and
+    them: its type is the union of x's carrier and the bounds' own (when x has a po2 type)."""
+    bounds = {}
+    for k, name in ((1, "min"), (2, "max")):
+        if len(ins) > k and ins[k]:
+            if not r.is_const(ins[k]):
+                raise UnsupportedGraphError(f"Clip node {node.name!r}: its {name} bound must be a constant")
+            v = np.asarray(r.const(ins[k])[0])
+        elif name in a:
+            v = np.asarray(a[name])
+        else:
+            bounds[name] = None
+            continue
+        if v.size != 1 or not np.isfinite(v).all():
+            raise UnsupportedGraphError(f"Clip node {node.name!r}: {name} bound {v.ravel()[:4]} is not one finite "
+                                        "number (only scalar clips are supported)")
+        f = np.float32(v.ravel()[0])
+        if float(f) != float(v.ravel()[0]):
+            raise UnsupportedGraphError(f"Clip node {node.name!r}: {name} bound {float(v.ravel()[0])!r} is not a "
+                                        "float32 number")
+        bounds[name] = f
+    if bounds["min"] is not None and bounds["max"] is not None and bounds["min"] > bounds["max"]:
+        raise UnsupportedGraphError(f"Clip node {node.name!r}: min {bounds['min']} > max {bounds['max']}")
+    op = Op(r.unique(_op_name("clip", mod)), "clip", [r.resolve(ins[0])], [node.output[0]], attrs=bounds,
+            onnx_nodes=[node.name])
+    if isinstance(t_in, TensorType) and t_in.po2:
+        b = [v for v in bounds.values() if v is not None]
+        from ..numerics import quantize
+        # bounds that are values of x's type keep it; else the exact Fixed of both
+        s = np.ravel(t_in.scale).astype(np.float64)
+        on_grid = all(np.all(quantize(np.full(s.shape, float(v)), t_in.format, s) == float(v)) for v in b)
+        op.types["output"] = t_in if on_grid else TensorType(
+            fixed_union([t_in.carrier()] + ([values_carrier(np.array(b, np.float64))] if b else [])), 1.0)
+    return op
 
 
 def _add_type(t0, t1):
@@ -439,13 +479,10 @@ def _weighted(r: _Reader, node, a, ins, mod) -> Op:
         nd = w.ndim - 2
         if nd not in (1, 2):
             raise UnsupportedGraphError(f"Conv node {node.name!r}: {nd}-D convolution is not supported (1-D, 2-D)")
-        if a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
-            raise UnsupportedGraphError(f"Conv node {node.name!r}: auto_pad={a['auto_pad']} is not supported; "
-                                        "export with explicit pads")
         weight, kind = w, f"conv{nd}d"
         attrs = {"kernel": tuple(w.shape[2:]), "strides": tuple(a.get("strides", [1] * nd)),
-                 "pads": tuple(a.get("pads", [0] * 2 * nd)), "dilations": tuple(a.get("dilations", [1] * nd)),
-                 "groups": int(a.get("group", 1))}
+                 "dilations": tuple(a.get("dilations", [1] * nd)), "groups": int(a.get("group", 1))}
+        attrs["pads"] = _pads(r, node, a, ins[0], attrs["kernel"], attrs["strides"], attrs["dilations"])
         if len(ins) > 2:
             if not r.is_const(ins[2]):
                 raise UnsupportedGraphError(f"Conv node {node.name!r}: the bias must be a constant")
@@ -579,14 +616,47 @@ def _batchnorm(r: _Reader, mul, x: str, c: str, mod) -> Op:
     return op
 
 
+def _pads(r: _Reader, node, a, x: str, kernel, strides, dilations) -> tuple:
+    """Explicit pads of a Conv / pool: its ``pads``, or those its ``auto_pad`` means (``auto_pads``)."""
+    auto = a.get("auto_pad", "NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    if auto == "NOTSET":
+        return tuple(int(p) for p in a.get("pads", [0] * 2 * len(kernel)))
+    shape = r.shape(x)
+    if auto in ("SAME_UPPER", "SAME_LOWER") and (shape is None or len(shape) != len(kernel) + 2):
+        raise UnsupportedGraphError(f"{node.op_type} node {node.name!r}: auto_pad={auto} needs the input's shape, "
+                                    "which is unknown")
+    try:
+        return auto_pads(auto, shape[2:] if shape else None, kernel, strides, dilations)
+    except ValueError as e:
+        raise UnsupportedGraphError(f"{node.op_type} node {node.name!r}: {e}") from None
+
+
+def auto_pads(auto: str, sizes, kernel, strides, dilations) -> tuple:
+    """ONNX ``auto_pad`` as explicit pads (begins, then ends): VALID pads nothing; SAME_UPPER /
+    SAME_LOWER pad so that out = ceil(in / stride), the odd pixel at the end (UPPER, what torch's
+    padding="same" exports) or at the begin (LOWER)."""
+    nd = len(kernel)
+    if auto == "VALID":
+        return (0,) * (2 * nd)
+    if auto not in ("SAME_UPPER", "SAME_LOWER"):
+        raise ValueError(f"auto_pad={auto!r} is not an ONNX value (NOTSET, VALID, SAME_UPPER, SAME_LOWER)")
+    begins, ends = [], []
+    for n, k, s, d in zip(sizes, kernel, strides, dilations):
+        total = max((-(-int(n) // int(s)) - 1) * int(s) + (int(k) - 1) * int(d) + 1 - int(n), 0)
+        small = total // 2
+        begins.append(small if auto == "SAME_UPPER" else total - small)
+        ends.append(total - begins[-1])
+    return tuple(begins + ends)
+
+
 def _simple_attrs(r, node, kind, a, ins) -> dict:
     if kind in ("maxpool", "avgpool"):
         k = tuple(a["kernel_shape"])
         nd = len(k)
-        if a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
-            raise UnsupportedGraphError(f"{node.op_type} node {node.name!r}: auto_pad={a['auto_pad']} is not supported")
-        out = {"kernel": k, "strides": tuple(a.get("strides", [1] * nd)), "pads": tuple(a.get("pads", [0] * 2 * nd)),
+        out = {"kernel": k, "strides": tuple(a.get("strides", [1] * nd)),
                "ceil_mode": int(a.get("ceil_mode", 0)), "dilations": tuple(a.get("dilations", [1] * nd))}
+        out["pads"] = _pads(r, node, a, ins[0], k, out["strides"], out["dilations"])
         if kind == "avgpool":
             out["count_include_pad"] = int(a.get("count_include_pad", 0))
         if len(node.output) > 1 and node.output[1]:

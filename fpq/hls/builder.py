@@ -24,6 +24,9 @@ Exactness, layer by layer:
 * average pooling: hls4ml's mean for a power-of-two window that tiles the map; otherwise
   (a window such as 3x3 or 25x5, padding, overlap) ``FpqPool`` computes the exact window sum S
   and the quantizer after it is a threshold lookup of Q(S / N) (fpq.ir.plan.sum_divisor).
+* clip (ReLU6, Hardtanh, clamp): an ``FpqQuantize`` layer out_T(x < lo ? lo : x > hi ? hi : x)
+  with the float32 bounds as constants of their exact Fixed; out_T holds x and both bounds, or
+  is the cast of the quantizer that follows (Q(clip(x)) in one layer).
 * add: the exact sum type of both inputs.
 * batchnorm (element-wise): hls4ml's BatchNormalization, scale / bias in their exact carriers,
   the result the exact x * s + t (or the cast of the quantizer that follows).
@@ -467,6 +470,23 @@ class _Builder:
         self.add_layer({"class_name": "Activation", "activation": "relu", "name": op.name, "inputs": [src.layer],
                         "n_in": n}, {"result": src.fixed})
         self.set_out(op, _Tensor(op.name, src.fixed, src.torch_shape, src.hls_shape, src.perm))
+
+    def op_clip(self, op):
+        """out_T(x < lo ? lo : x > hi ? hi : x) (module docstring), bounds in their exact Fixed."""
+        src = self.src(op)
+        if isinstance(src.fixed, FloatPort):
+            raise HLSUnsupportedError(f"clip {op.name!r}: its input is the float32 port")
+        bounds = {v: op.attrs.get(k) for k, v in (("min", "lo"), ("max", "hi")) if op.attrs.get(k) is not None}
+        b_c = values_carrier(np.array([float(v) for v in bounds.values()]))
+        out = fixed_union([Fixed(src.fixed.width, src.fixed.int_bits, src.fixed.signed), b_c])
+        call = "out_T({x})"
+        for k, cmp in (("hi", ">"), ("lo", "<")):
+            call = f"({{x}} {cmp} {k} ? out_T({k}) : {call})" if k in bounds else call
+        self.add_layer({"class_name": "FpqQuantize", "name": op.name, "inputs": [src.layer], "quantizer": call,
+                        "quantizer_tables": " ".join(f"static const {cpp.ap_type(b_c)} {k} = {float(v)!r};"
+                                                     for k, v in bounds.items()),
+                        "fpq_format": f"clip [{op.attrs.get('min')}, {op.attrs.get('max')}]"}, {"result": out})
+        self.set_out(op, _Tensor(op.name, out, src.torch_shape, src.hls_shape, src.perm))
 
     def _pool(self, op, cls: str) -> None:
         """A max / average pooling window (``cls`` MaxPooling / AveragePooling). hls4ml's pooling

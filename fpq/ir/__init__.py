@@ -17,6 +17,9 @@ Op kinds (``Op.kind``) and their attributes:
                     quantized constant, bias (C,) from the Add of a constant right after it
                     (fpq's element-wise BatchNorm, or any file with that pattern); fan_in 1
 ``relu``            max(x, 0)
+``clip``            min(max(x, min), max) (ONNX Clip: ReLU6, Hardtanh, clamp); attrs "min" / "max" are
+                    float32 numbers or None (no bound); the bounds may lie off x's grid, so the
+                    output's type is x's widened to hold them (a quantizer after it rounds them)
 ``add``             x0 + x1 (both dynamic)
 ``mul`` / ``div``   x * c, x / c with a constant ``c`` (attrs["value"])
 ``maxpool``         kernel, strides, pads, dilations, ceil_mode
@@ -72,7 +75,10 @@ OPS = {k.name: k for k in (
     OpKind("input_quant"), OpKind("quant"),
     OpKind("linear", mac=True, weighted=True, computes=True), OpKind("conv1d", mac=True, weighted=True, computes=True),
     OpKind("conv2d", mac=True, weighted=True, computes=True), OpKind("batchnorm", weighted=True, computes=True),
-    OpKind("relu", type_preserving=True), OpKind("add", computes=True), OpKind("mul", computes=True),
+    OpKind("relu", type_preserving=True),
+    # a bound off the input's grid is a new value: not type-preserving, and (conservatively) not
+    # ORDER_KEEPING for a sum rounded to odd; its result is a fresh array a requantizer may reuse
+    OpKind("clip", computes=True), OpKind("add", computes=True), OpKind("mul", computes=True),
     OpKind("div", computes=True), OpKind("maxpool", type_preserving=True), OpKind("avgpool", computes=True),
     OpKind("global_avgpool", computes=True),
     OpKind("flatten", type_preserving=True, free=True), OpKind("reshape", type_preserving=True, free=True),

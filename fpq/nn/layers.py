@@ -257,13 +257,20 @@ class FpqAvgPool(nn.Module):
 
 
 class FpqClamp(nn.Module):
-    """ReLU6 / Hardtanh: clamp (exact) then the activation quantizer (a bound may be off-grid)."""
+    """ReLU6 / Hardtanh / clamp: clamp (exact) then the activation quantizer (a bound may be off-grid).
 
-    fpq_op = "relu"
+    The bounds are kept as float32 numbers (None: no bound): a float model clamps its float32
+    activations with the float32 rounding of a bound such as Hardtanh's 1.3, and the exported
+    Clip, the emulator and the HLS project use that same number (fpq's eval forward runs in
+    float64, where 1.3 itself would be another bound)."""
 
-    def __init__(self, min_val: float, max_val: float, fmt, scale_kind="po2"):
+    fpq_op = "clip"
+
+    def __init__(self, min_val, max_val, fmt, scale_kind="po2"):
         super().__init__()
-        self.min_val, self.max_val = float(min_val), float(max_val)
+        self.min_val, self.max_val = _float32_bound(min_val), _float32_bound(max_val)
+        if self.min_val is not None and self.max_val is not None and self.min_val > self.max_val:
+            raise ValueError(f"clamp bounds min={min_val} > max={max_val}")
         self.quant = FpqAct(fmt, scale_kind)
 
     def forward(self, x):
@@ -275,6 +282,18 @@ class FpqClamp(nn.Module):
 
     def extra_repr(self):
         return f"min={self.min_val}, max={self.max_val}"
+
+
+def _float32_bound(v):
+    """A clamp bound as the float32 number float32 tensors clamp with (None or +-inf: no bound)."""
+    if v is None or abs(float(v)) == float("inf"):
+        return None
+    if float(v) != float(v):
+        raise ValueError("a clamp bound is NaN")
+    f = float(torch.tensor(float(v), dtype=torch.float32))
+    if abs(f) == float("inf"):
+        raise ValueError(f"clamp bound {v!r} overflows float32")
+    return f
 
 
 def quant_layer(module: nn.Module, weights, bias, output, scale_kind: str, granularity: str):

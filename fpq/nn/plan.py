@@ -65,6 +65,8 @@ def dequantize_model(q) -> tuple[nn.Module, dict]:
         elif isinstance(m, FpqAvgPool):
             setattr(owner, leaf, m.pool)
         elif isinstance(m, FpqClamp):
-            setattr(owner, leaf, nn.Hardtanh(m.min_val, m.max_val))
+            inf = float("inf")
+            setattr(owner, leaf, nn.Hardtanh(-inf if m.min_val is None else m.min_val,
+                                             inf if m.max_val is None else m.max_val))
     g.graph.lint()
     return fx.GraphModule(g, g.graph), carried

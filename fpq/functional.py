@@ -1,0 +1,157 @@
+"""Functional forms -> the modules fpq.convert quantizes (a torch.fx pass run by ``fpq.convert``).
+
+``F.relu6(x)``, ``F.hardtanh(x, a, b)``, ``torch.clamp(x, a, b)`` / ``x.clamp(...)`` /
+``torch.clip`` with constant bounds, ``F.max_pool1d/2d``, ``F.avg_pool1d/2d``,
+``F.adaptive_avg_pool1d/2d(x, 1)`` and a spatial mean ``x.mean(dims)`` / ``torch.mean(x, dims)``
+become the nn modules of the same computation (nn.Hardtanh, nn.MaxPool2d, nn.AvgPool2d,
+nn.AdaptiveAvgPool2d(1) followed by torch.flatten(·, 1) for a mean without keepdim), each call
+its own module named after its fx node, so that the rest of ``fpq.convert`` (quantizers,
+overrides by name, export, HLS) treats both forms alike. A call fpq cannot map (a tensor bound, a
+mean over other axes, one whose input rank is unknown) is refused here, naming the call and
+what to write instead.
+"""
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+INF = float("inf")
+
+# functional pooling -> (module class, its parameter names in the functional's positional order)
+_POOLS = {
+    F.max_pool1d: (nn.MaxPool1d, ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")),
+    F.max_pool2d: (nn.MaxPool2d, ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")),
+    F.avg_pool1d: (nn.AvgPool1d, ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad")),
+    F.avg_pool2d: (nn.AvgPool2d, ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
+                                  "divisor_override")),
+    F.adaptive_avg_pool1d: (nn.AdaptiveAvgPool1d, ("output_size",)),
+    F.adaptive_avg_pool2d: (nn.AdaptiveAvgPool2d, ("output_size",)),
+}
+_CLAMPS = (torch.clamp, torch.clip, F.hardtanh, F.relu6)
+_CLAMP_METHODS = ("clamp", "clip")
+_MEANS = (torch.mean,)
+
+# modules and calls through which the number of spatial axes of a feature map stays the same
+_SPATIAL = {nn.Conv1d: 1, nn.MaxPool1d: 1, nn.AvgPool1d: 1, nn.AdaptiveAvgPool1d: 1,
+            nn.Conv2d: 2, nn.MaxPool2d: 2, nn.AvgPool2d: 2, nn.AdaptiveAvgPool2d: 2, nn.BatchNorm2d: 2}
+_SAME_RANK_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.BatchNorm1d, nn.Identity, nn.Dropout)
+_SAME_RANK_CALLS = (F.relu, torch.relu, operator.add, torch.add, operator.iadd) + _CLAMPS
+
+
+def _arg(node: fx.Node, i: int, name: str, default):
+    return node.args[i] if len(node.args) > i else node.kwargs.get(name, default)
+
+
+def _refuse(node: fx.Node, what: str, instead: str) -> ValueError:
+    return ValueError(f"fpq.convert: node {node.name!r} ({what}) is not supported: {instead}")
+
+
+def _replace(gm: fx.GraphModule, node: fx.Node, module: nn.Module, flatten: bool = False) -> None:
+    """Call ``module`` (a new submodule named after the node) instead of ``node``; ``flatten``
+    appends torch.flatten(·, 1) (a mean that drops the spatial axes)."""
+    from .conversion import _unique
+    name = _unique(gm, node.name)
+    gm.add_submodule(name, module)
+    with gm.graph.inserting_after(node):
+        new = gm.graph.call_module(name, (node.args[0],))
+    out = new
+    if flatten:
+        with gm.graph.inserting_after(new):
+            out = gm.graph.call_function(torch.flatten, (new, 1))
+    node.replace_all_uses_with(out)
+    gm.graph.erase_node(node)
+
+
+def _bound(node: fx.Node, value, what: str):
+    if value is None:
+        return None
+    if isinstance(value, fx.Node) or not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise _refuse(node, f"a clamp whose {what} bound is {getattr(value, 'name', value)!r}",
+                      "only constant number bounds are supported (write torch.clamp(x, -1.0, 1.0) or "
+                      "nn.Hardtanh(-1.0, 1.0))")
+    return float(value)
+
+
+def _clamp_module(node: fx.Node) -> nn.Module:
+    t = node.target
+    if t is F.relu6:
+        return nn.ReLU6()
+    if t is F.hardtanh:
+        lo, hi = _arg(node, 1, "min_val", -1.0), _arg(node, 2, "max_val", 1.0)
+    else:   # torch.clamp / torch.clip / x.clamp / x.clip
+        lo, hi = _arg(node, 1, "min", None), _arg(node, 2, "max", None)
+    lo, hi = _bound(node, lo, "lower"), _bound(node, hi, "upper")
+    if lo is None and hi is None:
+        raise _refuse(node, "a clamp without bounds", "give torch.clamp a min or a max")
+    return nn.Hardtanh(-INF if lo is None else lo, INF if hi is None else hi)
+
+
+def _pool_module(node: fx.Node) -> nn.Module:
+    cls, names = _POOLS[node.target]
+    kw = {n: _arg(node, i + 1, n, None) for i, n in enumerate(names)}
+    kw = {k: v for k, v in kw.items() if v is not None}
+    if any(isinstance(v, fx.Node) for v in kw.values()):
+        raise _refuse(node, f"{node.target.__name__} with a computed argument", "pass constant pooling arguments")
+    if kw.get("return_indices"):
+        raise _refuse(node, f"{node.target.__name__}(return_indices=True)", "max pooling indices are not supported")
+    return cls(**kw)
+
+
+def _spatial_axes(node, modules) -> int | None:
+    """Number of spatial axes of ``node``'s output, read back through rank-keeping ops to a
+    Conv / pool / BatchNorm2d; None when nothing tells."""
+    while isinstance(node, fx.Node):
+        if node.op == "call_module":
+            m = modules[node.target]
+            for cls, nd in _SPATIAL.items():
+                if type(m) is cls:
+                    return nd
+            if not isinstance(m, _SAME_RANK_MODULES):
+                return None
+        elif not ((node.op == "call_function" and node.target in _SAME_RANK_CALLS) or
+                  (node.op == "call_method" and node.target in ("relu",) + _CLAMP_METHODS)):
+            return None
+        node = next((a for a in node.args if isinstance(a, fx.Node)), None)
+    return None
+
+
+def _mean_module(node: fx.Node, modules):
+    """(AdaptiveAvgPool1d/2d(1), whether to flatten) for a mean over every spatial axis."""
+    dims = _arg(node, 1, "dim", None)
+    keep = bool(_arg(node, 2, "keepdim", False))
+    instead = ("only a mean over every spatial axis of a Conv / pool feature map is supported: write "
+               "nn.AdaptiveAvgPool2d(1) (or AdaptiveAvgPool1d(1)) then torch.flatten(x, 1)")
+    if node.kwargs.get("dtype") is not None or dims is None or isinstance(dims, fx.Node):
+        raise _refuse(node, "a mean over all axes or with a dtype", instead)
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    nd = _spatial_axes(node.args[0], modules)
+    if nd is None:
+        raise _refuse(node, f"mean over dims {dims} of a tensor whose rank fpq cannot tell", instead)
+    rank = nd + 2
+    if sorted(d % rank for d in dims) != list(range(2, rank)):
+        raise _refuse(node, f"mean over dims {dims} of a {rank}-D feature map", instead)
+    pool = nn.AdaptiveAvgPool1d(1) if nd == 1 else nn.AdaptiveAvgPool2d(1)
+    return pool, not keep
+
+
+def functional_to_modules(gm: fx.GraphModule) -> None:
+    """Rewrite the functional forms listed in the module docstring into modules, in place."""
+    modules = dict(gm.named_modules())
+    for node in list(gm.graph.nodes):
+        if node.op == "call_function" and node.target in _CLAMPS or \
+                node.op == "call_method" and node.target in _CLAMP_METHODS:
+            _replace(gm, node, _clamp_module(node))
+        elif node.op == "call_function" and node.target in _POOLS:
+            _replace(gm, node, _pool_module(node))
+        elif node.op == "call_function" and node.target in _MEANS or \
+                node.op == "call_method" and node.target == "mean":
+            pool, flatten = _mean_module(node, modules)
+            _replace(gm, node, pool, flatten)
+        else:
+            continue
+        modules = dict(gm.named_modules())
+    gm.graph.lint()
+    gm.recompile()
