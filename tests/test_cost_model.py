@@ -143,6 +143,34 @@ def test_weights_outside_their_type_are_refused():
         estimate_cost(_plan(_weights("int12"), "int8"))
 
 
+def test_float_weight_scales_are_priced_as_their_codes():
+    """Brevitas' default float (non power-of-two) weight scales: the stored weights are float32
+    products q * s, and (q * s) / s in float64 is not q (68.00000276 for 68). The estimate reads
+    the codes back from the float32 grid, so it prices them exactly as the same codes at a power
+    of two scale; a weight off that grid (one float32 ulp away) is still refused."""
+    rng = np.random.default_rng(1)
+    codes = rng.integers(-128, 128, size=(8, 16)).astype(np.float64)
+    s = np.float32(0.00092781364)
+    W = (codes * np.float64(s)).astype(np.float32)
+    assert not np.array_equal(W.astype(np.float64) / np.float64(s), codes)   # the case that crashed
+    fl = estimate_cost(_plan(W, "int8", w_scale=s), dsp_threshold=None).layers[1]
+    po2 = estimate_cost(_plan((codes * W_SCALE).astype(np.float32), "int8"), dsp_threshold=None).layers[1]
+    assert fl["lut"] == po2["lut"] and fl["zero_weights"] == po2["zero_weights"]
+    off = W.copy()
+    off[3, 5] = np.nextafter(off[3, 5], np.float32(1))
+    with pytest.raises(ValueError, match="not values of their type"):
+        estimate_cost(_plan(off, "int8", w_scale=s))
+    # a converted model with float scales (fpq.convert(scale="float")) prices end to end
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                            torch.nn.Linear(8 * 4 * 4, 5)).eval()
+    x = torch.randn(16, 4, 6, 6)
+    q = fpq.convert(m, fmt="int8", scale="float")
+    fpq.calibrate(q, [x], progress=False)
+    rep = estimate_cost(q)
+    assert {l["layer"] for l in rep.layers} >= {"conv2d_0", "linear_3"} and rep.total["lut"] > 0
+
+
 def test_bops_and_ebops_by_hand():
     W = np.array([[0.0, 1.0, -3.0]], np.float32) * W_SCALE      # 1 output, fan-in 3, one zero
     rep = estimate_cost(_plan(W, "int4", "int4")).layers[1]

@@ -124,10 +124,25 @@ def _weight_ints(lp, wt: TensorType, wc: Fixed, notes: list) -> np.ndarray | Non
         return None
     W = np.asarray(W, dtype=np.float64)
     n_out = W.shape[0]
-    if po2_exponents(wt.scale) is None:  # values / scale are format values
+    if po2_exponents(wt.scale) is None:
+        # a float scale: the stored weights are float32 products q * s, so W / s is q only to
+        # within float32 rounding (126.99999 for 127). Snap W / s to the format's nearest value q
+        # and accept it exactly when q * s rounds to the stored float32 again (float64 holds the
+        # product exactly: q has few significant bits, s has 24), i.e. W is on the float32 grid
+        # of the type's values
+        from ..numerics.reference import quantize_unscaled
+
         s = np.asarray(wt.scale, np.float64)
         s = s.reshape((-1,) + (1,) * (W.ndim - 1)) if s.size > 1 else s
-        W = W / s
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            q = quantize_unscaled(W / s, wt.format)
+            back = (q * s).astype(np.float32).astype(np.float64)
+        if not np.array_equal(back, W):
+            bad = np.flatnonzero(back.ravel() != W.ravel())[0]
+            raise ValueError(f"layer {lp.name}: weights are not values of their type {wt.describe()} (weight "
+                             f"{W.ravel()[bad]!r} is no float32 product of a {wt.format} value and the scale): "
+                             "quantize them first")
+        W = q
         wc = exact_fixed(wt.format)
     K = np.ldexp(W, wc.frac_bits)
     lo, hi = wc.int_range
