@@ -253,7 +253,9 @@ def test_io_stream_adds_fifos_and_line_buffers():
 
 def test_grouped_conv_priced_as_the_dense_conv_hls_builds():
     """fpq.to_hls builds a grouped conv dense with zero cross-group weights: the estimate prices
-    exactly that circuit (same as an explicitly zero-filled dense conv), at reuse 1 and above."""
+    exactly that circuit (same as an explicitly zero-filled dense conv), at reuse 1 and above:
+    in the Latency strategy the zero slots need no multiplier (hls4ml's multiplier_limit), in the
+    Resource strategy every slot is read from memory and takes one."""
     torch.manual_seed(0)
     grouped = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, groups=2)).eval()
     dense = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3)).eval()
@@ -274,7 +276,45 @@ def test_grouped_conv_priced_as_the_dense_conv_hls_builds():
             assert g[key] == d[key], key
         # the grouped layer's accumulator is a bit narrower (its sums have 18 terms, not 36)
         assert g["acc_bits"] <= d["acc_bits"] and g["lut"] == pytest.approx(d["lut"], rel=0.01)
-    assert rows["grouped"][1]["n_mult"] == 36 * 8 // 4   # every dense slot, zeros included
+    g4 = rows["grouped"][1]
+    # hls4ml's Latency multiplier_limit: ceil(n_in * n_out / R) - n_zeros / R, at most the true MACs / R
+    assert g4["n_mult"] == 36 * 8 // 4 - g4["zero_weights"] // 4 and g4["n_mult"] <= 18 * 8 // 4
+    q = fpq.convert(grouped, fmt="fixed<8,3>")
+    q(x)
+    res = estimate_cost(q.fpq_typeplan(x[:1]), reuse_factor=4, strategy="Resource").layers[1]
+    assert res["n_mult"] == 36 * 8 // 4   # every dense slot, zeros included
+
+
+def test_depthwise_conv_costs_its_true_macs_at_any_reuse():
+    """A depthwise conv at reuse R > 1 (Latency strategy) shares multipliers among its true MACs,
+    not the dense layer's slots (DS-CNN priced 1.08M LUT at reuse 1 and 14.4M at reuse 2): its
+    multipliers are the dense count / groups, it costs what a one-group conv with the same MACs
+    costs, and with its weights in DSPs reuse 2 takes no more LUTs or DSPs than reuse 1. (With
+    8-bit weights in fabric, reuse 2 honestly costs more LUTs than reuse 1: a shared general 8x8
+    multiplier, 134 LUTs measured, against constant multipliers of 15-35.)"""
+    torch.manual_seed(0)
+    dw = torch.nn.Sequential(torch.nn.Conv2d(16, 16, 3, groups=16)).eval()
+    one = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 3)).eval()       # the same 144 MACs, one group
+    with torch.no_grad():
+        one[0].weight.copy_(dw[0].weight)
+        one[0].bias.copy_(dw[0].bias)
+    plans = {}
+    for name, m, cin in (("dw", dw, 16), ("one", one, 1)):
+        x = torch.randn(16, cin, 6, 6)
+        for w in ("int8", "int12"):
+            q = fpq.convert(m, weights=w, activations="int8")
+            fpq.calibrate(q, [x], progress=False)
+            plans[name, w] = q.fpq_typeplan(x[:1])
+    for rf in (2, 4, 8):
+        d = estimate_cost(plans["dw", "int8"], reuse_factor=rf).layers[1]
+        o = estimate_cost(plans["one", "int8"], reuse_factor=rf).layers[1]
+        assert d["fan_in"] == 144 and d["n_mult"] == o["n_mult"] == 144 // rf     # dense 144 x 16 / 16 groups
+        assert d["lut"] == pytest.approx(o["lut"], rel=0.05) and d["ff"] <= 2 * o["ff"], (rf, d, o)
+    r1, r2 = (estimate_cost(plans["dw", "int12"], reuse_factor=rf).layers[1] for rf in (1, 2))
+    assert r1["mapping"] == r2["mapping"] == "dsp"
+    assert r2["lut"] <= r1["lut"] and r2["dsp"] <= r1["dsp"], (r1, r2)
+    luts = [estimate_cost(plans["dw", "int8"], reuse_factor=rf).layers[1]["lut"] for rf in (2, 4, 8, 16)]
+    assert all(b < a for a, b in zip(luts, luts[1:])), luts
 
 
 def test_per_channel_weight_scales_price_each_channel_at_its_code_width():

@@ -155,7 +155,8 @@ def _weight_ints(lp, wt: TensorType, wc: Fixed, notes: list) -> np.ndarray | Non
 def _dense_from_groups(K: np.ndarray, groups: int) -> np.ndarray:
     """A grouped conv's (fan_in / group, n_out) codes as the dense (fan_in, n_out) matrix the HLS
     project builds (fpq.hls builds grouped convs dense with zero cross-group weights): free at
-    reuse 1, where zeros are constants, but real multiplier slots at reuse > 1."""
+    reuse 1 and in the Latency strategy at any reuse, where zeros are constants, but real
+    multiplier slots of the Resource strategy (its weights are read from memory)."""
     fan_g, n_out = K.shape
     out_g = n_out // groups
     dense = np.zeros((fan_g * groups, n_out), dtype=K.dtype)
@@ -259,7 +260,14 @@ def _mac_layer(lp, ops: OperatorCosts, dev: Device, rf: int, strategy: str, cloc
         latency = stages + 1 if lp.op.startswith("conv") else stages
         ff = stages * n_out * acc_bits + (n_out * acc_bits if pixels > 1 else 0)
     else:
-        # shared multipliers: general x * w with w read from a ROM (Latency) or BRAM (Resource)
+        # shared multipliers: general x * w with w read from a ROM (Latency) or BRAM (Resource).
+        # hls4ml's Latency template keeps the weights compile-time constants (function_instantiate)
+        # and limits the multipliers to ceil(n_in * n_out / R) - n_zeros / R: products by zero fold
+        # away before sharing, which for a grouped conv (built dense with zero cross-group weights)
+        # leaves the true MACs / R. The Resource template reads every slot, zeros included, from
+        # its weight memory: its block factor ceil(n_in * n_out / R) stays.
+        if strategy == "latency":
+            n_mult = max(0, n_mult - int((~nz).sum()) // rf)
         if use_dsp:
             dsp = n_mult * dsp_tiles(x_bits, w_bits, dev, xc.signed, wc.signed)
             lut = n_mult * ops.dsp_fabric_luts(x_bits + w_bits, dsp // max(n_mult, 1))
