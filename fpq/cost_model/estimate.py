@@ -20,13 +20,12 @@ What is measured and what is modelled:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-
 import numpy as np
 
 from ..formats import Binary, Fixed, Int, Minifloat, exact_fixed
 from ..ir import FREE_KINDS, MAC_KINDS
 from ..typeplan import TensorType, TypePlan, po2_exponents, values_carrier
+from .costreport import CostReport
 from .devices import Device, dsp_tiles, get_device
 from .ops import OperatorCosts, csd_digits, default_costs, significant_bits, thr_steps
 from .stream import SRL_MAX_BITS, _add_stream_buffers, _bram18, _in_shape
@@ -36,62 +35,6 @@ IO_TYPES = ("io_parallel", "io_stream")
 DATAPATHS = ("carrier", "code")
 MAC_OPS = MAC_KINDS + ("dense", "gemm", "matmul", "conv")      # the IR's, and hand-built plans' names
 FREE_OPS = FREE_KINDS + ("identity", "dropout", "input")
-COLUMNS = ("lut", "ff", "dsp", "bram18", "uram", "latency_cycles", "ii", "bops", "ebops")
-
-
-@dataclass
-class CostReport:
-    """Per-layer and total cost. ``layers``: list of dicts; ``total``: dict."""
-
-    device: Device
-    settings: dict
-    layers: list = field(default_factory=list)
-    total: dict = field(default_factory=dict)
-    datapath: str = ""
-    notes: list = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return {"device": self.device.name, "settings": dict(self.settings), "datapath": self.datapath,
-                "layers": [dict(l) for l in self.layers], "total": dict(self.total), "notes": list(self.notes)}
-
-    def utilization(self) -> dict:
-        """Share of the device's LUT / FF / DSP / BRAM18 this design needs (1.0 = all of it)."""
-        t, d = self.total, self.device
-        return {"lut": t["lut"] / d.lut, "ff": t["ff"] / d.ff, "dsp": t["dsp"] / max(d.dsp, 1),
-                "bram18": t["bram18"] / max(d.bram18, 1)}
-
-    def over_budget(self) -> list:
-        """Resources the design needs more of than the device has."""
-        return [k for k, v in self.utilization().items() if v > 1.0]
-
-    def table(self) -> str:
-        cols = ("layer", "op") + COLUMNS
-        rows = [cols]
-        for l in self.layers + [dict(self.total, layer="total", op="")]:
-            rows.append(tuple(_cell(l.get(c, "")) for c in cols))
-        w = [max(len(r[i]) for r in rows) for i in range(len(cols))]
-        out = ["  ".join(c.rjust(w[i]) if i > 1 else c.ljust(w[i]) for i, c in enumerate(r)) for r in rows]
-        out.insert(1, "  ".join("-" * x for x in w))
-        t = self.total
-        d = self.device
-        out.append(f"device {d.name}: LUT {100 * t['lut'] / d.lut:.2f}%  FF {100 * t['ff'] / d.ff:.2f}%  "
-                   f"DSP {100 * t['dsp'] / d.dsp:.2f}%  BRAM18 {100 * t['bram18'] / max(d.bram18, 1):.2f}%  "
-                   f"latency {t['latency_cycles']} cycles = {t['latency_ns']:.1f} ns at "
-                   f"{self.settings['clock_period']} ns, II {t['ii']}")
-        over = self.over_budget()
-        if over:
-            out.append(f"DOES NOT FIT {d.name}: needs more {', '.join(k.upper() for k in over)} than the device has "
-                       "(raise the reuse factor, use the Resource strategy or narrower formats)")
-        out.append(f"datapath: {self.datapath}")
-        return "\n".join(out)
-
-    __str__ = table
-
-
-def _cell(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.0f}" if abs(v) >= 10 else f"{v:.3g}"
-    return str(v)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -437,7 +380,11 @@ def _other_layer(lp, ops: OperatorCosts, notes: list) -> dict:
 
 # ----------------------------------------------------------------------------- entry point
 def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", io_type="io_parallel",
-             clock_period=5.0, datapath="carrier", dsp_threshold=9, costs: OperatorCosts | None = None) -> CostReport:
+             clock_period=5.0, datapath="carrier", dsp_threshold=9, costs: OperatorCosts | None = None,
+             row_cache: dict | None = None) -> CostReport:
+    """``row_cache``: a dict the caller keeps between calls on the same TypePlan (fpq.fit prices
+    one plan at many reuse factors): each layer's own row is computed once per reuse factor and
+    setting, the rest of the report (stream buffers, lookups, totals) every time."""
     dev = get_device(device)
     strat = str(strategy).lower()
     if strat not in STRATEGIES:
@@ -467,7 +414,18 @@ def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", 
             produced[lp.name] = produced.get(lp.attrs["fused_into"])
             prev = lp.name
             continue
-        row = _layer_row(lp, ops, dev, rfs, reuse_factor, strat, clock_period, dsp_threshold, datapath, notes, dp)
+        key = (lp.name, _reuse(lp, rfs, reuse_factor), strat, float(clock_period), datapath, dsp_threshold,
+               dev.name, id(ops))
+        if row_cache is not None and key in row_cache:
+            row, new_notes, new_dp = row_cache[key]
+            row = dict(row)
+            notes.extend(new_notes)
+            dp.extend(new_dp)
+        else:
+            n0, d0 = len(notes), len(dp)
+            row = _layer_row(lp, ops, dev, rfs, reuse_factor, strat, clock_period, dsp_threshold, datapath, notes, dp)
+            if row_cache is not None:
+                row_cache[key] = (dict(row), notes[n0:], dp[d0:])
         acc = row.pop("acc_type", None)
         if io_type == "io_stream":
             _add_stream_buffers(row, lp)
