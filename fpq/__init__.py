@@ -27,6 +27,7 @@ if TYPE_CHECKING:   # what the lazy names below resolve to, for IDEs and type ch
     from .calibration import calibrate
     from .conversion import convert
     from .cost_model import estimate_cost
+    from .fitting import fit
     from .profiling import profile_torch
     from .export import export_qonnx
     from .hls import to_hls
@@ -46,6 +47,7 @@ _LAZY = {
     "to_hls": "fpq.hls",
     "verify": "fpq.verification",
     "estimate_cost": "fpq.cost_model",
+    "fit": "fpq.fitting",
     "profile_torch": "fpq.profiling",
 }
 

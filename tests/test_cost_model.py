@@ -143,6 +143,34 @@ def test_weights_outside_their_type_are_refused():
         estimate_cost(_plan(_weights("int12"), "int8"))
 
 
+def test_float_weight_scales_are_priced_as_their_codes():
+    """Brevitas' default float (non power-of-two) weight scales: the stored weights are float32
+    products q * s, and (q * s) / s in float64 is not q (68.00000276 for 68). The estimate reads
+    the codes back from the float32 grid, so it prices them exactly as the same codes at a power
+    of two scale; a weight off that grid (one float32 ulp away) is still refused."""
+    rng = np.random.default_rng(1)
+    codes = rng.integers(-128, 128, size=(8, 16)).astype(np.float64)
+    s = np.float32(0.00092781364)
+    W = (codes * np.float64(s)).astype(np.float32)
+    assert not np.array_equal(W.astype(np.float64) / np.float64(s), codes)   # the case that crashed
+    fl = estimate_cost(_plan(W, "int8", w_scale=s), dsp_threshold=None).layers[1]
+    po2 = estimate_cost(_plan((codes * W_SCALE).astype(np.float32), "int8"), dsp_threshold=None).layers[1]
+    assert fl["lut"] == po2["lut"] and fl["zero_weights"] == po2["zero_weights"]
+    off = W.copy()
+    off[3, 5] = np.nextafter(off[3, 5], np.float32(1))
+    with pytest.raises(ValueError, match="not values of their type"):
+        estimate_cost(_plan(off, "int8", w_scale=s))
+    # a converted model with float scales (fpq.convert(scale="float")) prices end to end
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                            torch.nn.Linear(8 * 4 * 4, 5)).eval()
+    x = torch.randn(16, 4, 6, 6)
+    q = fpq.convert(m, fmt="int8", scale="float")
+    fpq.calibrate(q, [x], progress=False)
+    rep = estimate_cost(q)
+    assert {l["layer"] for l in rep.layers} >= {"conv2d_0", "linear_3"} and rep.total["lut"] > 0
+
+
 def test_bops_and_ebops_by_hand():
     W = np.array([[0.0, 1.0, -3.0]], np.float32) * W_SCALE      # 1 output, fan-in 3, one zero
     rep = estimate_cost(_plan(W, "int4", "int4")).layers[1]
@@ -225,7 +253,9 @@ def test_io_stream_adds_fifos_and_line_buffers():
 
 def test_grouped_conv_priced_as_the_dense_conv_hls_builds():
     """fpq.to_hls builds a grouped conv dense with zero cross-group weights: the estimate prices
-    exactly that circuit (same as an explicitly zero-filled dense conv), at reuse 1 and above."""
+    exactly that circuit (same as an explicitly zero-filled dense conv), at reuse 1 and above:
+    in the Latency strategy the zero slots need no multiplier (hls4ml's multiplier_limit), in the
+    Resource strategy every slot is read from memory and takes one."""
     torch.manual_seed(0)
     grouped = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, groups=2)).eval()
     dense = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3)).eval()
@@ -246,7 +276,45 @@ def test_grouped_conv_priced_as_the_dense_conv_hls_builds():
             assert g[key] == d[key], key
         # the grouped layer's accumulator is a bit narrower (its sums have 18 terms, not 36)
         assert g["acc_bits"] <= d["acc_bits"] and g["lut"] == pytest.approx(d["lut"], rel=0.01)
-    assert rows["grouped"][1]["n_mult"] == 36 * 8 // 4   # every dense slot, zeros included
+    g4 = rows["grouped"][1]
+    # hls4ml's Latency multiplier_limit: ceil(n_in * n_out / R) - n_zeros / R, at most the true MACs / R
+    assert g4["n_mult"] == 36 * 8 // 4 - g4["zero_weights"] // 4 and g4["n_mult"] <= 18 * 8 // 4
+    q = fpq.convert(grouped, fmt="fixed<8,3>")
+    q(x)
+    res = estimate_cost(q.fpq_typeplan(x[:1]), reuse_factor=4, strategy="Resource").layers[1]
+    assert res["n_mult"] == 36 * 8 // 4   # every dense slot, zeros included
+
+
+def test_depthwise_conv_costs_its_true_macs_at_any_reuse():
+    """A depthwise conv at reuse R > 1 (Latency strategy) shares multipliers among its true MACs,
+    not the dense layer's slots (DS-CNN priced 1.08M LUT at reuse 1 and 14.4M at reuse 2): its
+    multipliers are the dense count / groups, it costs what a one-group conv with the same MACs
+    costs, and with its weights in DSPs reuse 2 takes no more LUTs or DSPs than reuse 1. (With
+    8-bit weights in fabric, reuse 2 honestly costs more LUTs than reuse 1: a shared general 8x8
+    multiplier, 134 LUTs measured, against constant multipliers of 15-35.)"""
+    torch.manual_seed(0)
+    dw = torch.nn.Sequential(torch.nn.Conv2d(16, 16, 3, groups=16)).eval()
+    one = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 3)).eval()       # the same 144 MACs, one group
+    with torch.no_grad():
+        one[0].weight.copy_(dw[0].weight)
+        one[0].bias.copy_(dw[0].bias)
+    plans = {}
+    for name, m, cin in (("dw", dw, 16), ("one", one, 1)):
+        x = torch.randn(16, cin, 6, 6)
+        for w in ("int8", "int12"):
+            q = fpq.convert(m, weights=w, activations="int8")
+            fpq.calibrate(q, [x], progress=False)
+            plans[name, w] = q.fpq_typeplan(x[:1])
+    for rf in (2, 4, 8):
+        d = estimate_cost(plans["dw", "int8"], reuse_factor=rf).layers[1]
+        o = estimate_cost(plans["one", "int8"], reuse_factor=rf).layers[1]
+        assert d["fan_in"] == 144 and d["n_mult"] == o["n_mult"] == 144 // rf     # dense 144 x 16 / 16 groups
+        assert d["lut"] == pytest.approx(o["lut"], rel=0.05) and d["ff"] <= 2 * o["ff"], (rf, d, o)
+    r1, r2 = (estimate_cost(plans["dw", "int12"], reuse_factor=rf).layers[1] for rf in (1, 2))
+    assert r1["mapping"] == r2["mapping"] == "dsp"
+    assert r2["lut"] <= r1["lut"] and r2["dsp"] <= r1["dsp"], (r1, r2)
+    luts = [estimate_cost(plans["dw", "int8"], reuse_factor=rf).layers[1]["lut"] for rf in (2, 4, 8, 16)]
+    assert all(b < a for a, b in zip(luts, luts[1:])), luts
 
 
 def test_per_channel_weight_scales_price_each_channel_at_its_code_width():

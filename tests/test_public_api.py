@@ -17,7 +17,7 @@ import fpq
 
 # functions taking a converted model (or its QONNX file / TypePlan): first argument ``q``;
 # convert and sweep take the float model
-TAKES_Q = ("calibrate", "ptq", "emulate", "verify", "to_hls", "estimate_cost", "export_qonnx", "plan",
+TAKES_Q = ("calibrate", "ptq", "emulate", "verify", "to_hls", "estimate_cost", "fit", "export_qonnx", "plan",
            "profile_torch")
 TAKES_MODEL = ("convert", "sweep")
 
@@ -45,7 +45,7 @@ def test_example_input_in_the_same_place():
     assert [p.name for p in _params("plan")][:2] == ["q", "example_input"]
     assert [p.name for p in _params("export_qonnx")][:3] == ["q", "path", "example_input"]
     assert [p.name for p in _params("to_hls")][:3] == ["q", "outdir", "example_input"]
-    for name in ("emulate", "estimate_cost", "profile_torch"):
+    for name in ("emulate", "estimate_cost", "fit", "profile_torch"):
         assert inspect.signature(getattr(fpq, name)).parameters["example_input"].kind == inspect.Parameter.KEYWORD_ONLY
 
 

@@ -21,7 +21,7 @@ BUILTIN = ("formats", "info")
 BUILTIN_MODULES = ("fpq.cli.formats", "fpq.cli.info")
 # the other commands, in the order `fpq --help` lists them
 CLI_MODULES = ("fpq.cli.convert", "fpq.cli.export", "fpq.cli.hls", "fpq.cli.verify", "fpq.cli.cost",
-               "fpq.cli.profile", "fpq.cli.sweep", "fpq.cli.report")
+               "fpq.cli.fit", "fpq.cli.profile", "fpq.cli.sweep", "fpq.cli.report")
 
 
 def register_plugins(subparsers, modules=CLI_MODULES) -> list[str]:
@@ -60,7 +60,7 @@ def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
 
 # commands whose positional MODEL is a QONNX file: main() checks it before the command runs, so that a
 # missing, unreadable or corrupt file is one error line whichever library then reads it
-ONNX_INPUT_COMMANDS = ("verify", "cost", "export", "hls")
+ONNX_INPUT_COMMANDS = ("verify", "cost", "fit", "export", "hls")
 
 
 def _user_error_types() -> tuple:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import warnings
 
 from .devices import DEVICES, Device, get_device
-from .estimate import CostReport
+from .costreport import CostReport
 
 
 def estimate_cost(q, part="xcvu9p", reuse_factor=1, strategy="Latency", io_type="io_parallel",

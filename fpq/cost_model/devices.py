@@ -24,6 +24,7 @@ class Device:
     lut_delay_ns: float   # one LUT level with local routing
     carry4_delay_ns: float
     synth_family: str     # yosys synth_xilinx -family
+    part: str = ""        # a full part number of the die (package, speed grade) for the vendor tools
 
     def describe(self) -> str:
         return (f"{self.name} ({self.family}): {self.lut} LUT, {self.ff} FF, {self.dsp} {self.dsp_cell} "
@@ -32,14 +33,22 @@ class Device:
 
 DEVICES = {d.name: d for d in (
     # 7-series
-    Device("xc7z020", "7series", 53200, 106400, 220, 280, 0, "DSP48E1", 25, 18, 0.75, 0.25, "xc7"),
-    Device("xc7a100t", "7series", 63400, 126800, 240, 270, 0, "DSP48E1", 25, 18, 0.75, 0.25, "xc7"),
-    # UltraScale+
-    Device("xczu9eg", "ultrascale+", 274080, 548160, 2520, 1824, 0, "DSP48E2", 27, 18, 0.5, 0.15, "xcup"),
-    Device("xcvu9p", "ultrascale+", 1182240, 2364480, 6840, 4320, 960, "DSP48E2", 27, 18, 0.5, 0.15, "xcup"),
-    Device("xcu250", "ultrascale+", 1728000, 3456000, 12288, 5376, 1280, "DSP48E2", 27, 18, 0.5, 0.15, "xcup"),
+    Device("xc7z020", "7series", 53200, 106400, 220, 280, 0, "DSP48E1", 25, 18, 0.75, 0.25, "xc7",
+           "xc7z020clg400-1"),                 # Pynq-Z2
+    Device("xc7a100t", "7series", 63400, 126800, 240, 270, 0, "DSP48E1", 25, 18, 0.75, 0.25, "xc7",
+           "xc7a100tcsg324-1"),
+    # UltraScale+ (xczu3eg: DS891, 70,560 LUT, 141,120 FF, 360 DSP, 216 BRAM36; the Ultra96)
+    Device("xczu3eg", "ultrascale+", 70560, 141120, 360, 432, 0, "DSP48E2", 27, 18, 0.5, 0.15, "xcup",
+           "xczu3eg-sbva484-1-e"),
+    Device("xczu9eg", "ultrascale+", 274080, 548160, 2520, 1824, 0, "DSP48E2", 27, 18, 0.5, 0.15, "xcup",
+           "xczu9eg-ffvb1156-2-e"),
+    Device("xcvu9p", "ultrascale+", 1182240, 2364480, 6840, 4320, 960, "DSP48E2", 27, 18, 0.5, 0.15, "xcup",
+           "xcvu9p-flga2104-2-e"),
+    Device("xcu250", "ultrascale+", 1728000, 3456000, 12288, 5376, 1280, "DSP48E2", 27, 18, 0.5, 0.15, "xcup",
+           "xcu250-figd2104-2L-e"),
     # Versal
-    Device("xcvc1902", "versal", 899840, 1799680, 1968, 1934, 463, "DSP58", 27, 24, 0.45, 0.13, "xcup"),
+    Device("xcvc1902", "versal", 899840, 1799680, 1968, 1934, 463, "DSP58", 27, 24, 0.45, 0.13, "xcup",
+           "xcvc1902-vsva2197-2MP-e-S"),
 )}
 
 

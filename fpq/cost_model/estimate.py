@@ -20,13 +20,12 @@ What is measured and what is modelled:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-
 import numpy as np
 
 from ..formats import Binary, Fixed, Int, Minifloat, exact_fixed
 from ..ir import FREE_KINDS, MAC_KINDS
 from ..typeplan import TensorType, TypePlan, levels_carrier, po2_exponents, values_carrier
+from .costreport import CostReport
 from .devices import Device, dsp_tiles, get_device
 from .ops import OperatorCosts, csd_digits, default_costs, significant_bits, thr_steps
 from .stream import SRL_MAX_BITS, _add_stream_buffers, _bram18, _in_shape
@@ -36,62 +35,6 @@ IO_TYPES = ("io_parallel", "io_stream")
 DATAPATHS = ("carrier", "code")
 MAC_OPS = MAC_KINDS + ("dense", "gemm", "matmul", "conv")      # the IR's, and hand-built plans' names
 FREE_OPS = FREE_KINDS + ("identity", "dropout", "input")
-COLUMNS = ("lut", "ff", "dsp", "bram18", "uram", "latency_cycles", "ii", "bops", "ebops")
-
-
-@dataclass
-class CostReport:
-    """Per-layer and total cost. ``layers``: list of dicts; ``total``: dict."""
-
-    device: Device
-    settings: dict
-    layers: list = field(default_factory=list)
-    total: dict = field(default_factory=dict)
-    datapath: str = ""
-    notes: list = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return {"device": self.device.name, "settings": dict(self.settings), "datapath": self.datapath,
-                "layers": [dict(l) for l in self.layers], "total": dict(self.total), "notes": list(self.notes)}
-
-    def utilization(self) -> dict:
-        """Share of the device's LUT / FF / DSP / BRAM18 this design needs (1.0 = all of it)."""
-        t, d = self.total, self.device
-        return {"lut": t["lut"] / d.lut, "ff": t["ff"] / d.ff, "dsp": t["dsp"] / max(d.dsp, 1),
-                "bram18": t["bram18"] / max(d.bram18, 1)}
-
-    def over_budget(self) -> list:
-        """Resources the design needs more of than the device has."""
-        return [k for k, v in self.utilization().items() if v > 1.0]
-
-    def table(self) -> str:
-        cols = ("layer", "op") + COLUMNS
-        rows = [cols]
-        for l in self.layers + [dict(self.total, layer="total", op="")]:
-            rows.append(tuple(_cell(l.get(c, "")) for c in cols))
-        w = [max(len(r[i]) for r in rows) for i in range(len(cols))]
-        out = ["  ".join(c.rjust(w[i]) if i > 1 else c.ljust(w[i]) for i, c in enumerate(r)) for r in rows]
-        out.insert(1, "  ".join("-" * x for x in w))
-        t = self.total
-        d = self.device
-        out.append(f"device {d.name}: LUT {100 * t['lut'] / d.lut:.2f}%  FF {100 * t['ff'] / d.ff:.2f}%  "
-                   f"DSP {100 * t['dsp'] / d.dsp:.2f}%  BRAM18 {100 * t['bram18'] / max(d.bram18, 1):.2f}%  "
-                   f"latency {t['latency_cycles']} cycles = {t['latency_ns']:.1f} ns at "
-                   f"{self.settings['clock_period']} ns, II {t['ii']}")
-        over = self.over_budget()
-        if over:
-            out.append(f"DOES NOT FIT {d.name}: needs more {', '.join(k.upper() for k in over)} than the device has "
-                       "(raise the reuse factor, use the Resource strategy or narrower formats)")
-        out.append(f"datapath: {self.datapath}")
-        return "\n".join(out)
-
-    __str__ = table
-
-
-def _cell(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.0f}" if abs(v) >= 10 else f"{v:.3g}"
-    return str(v)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -124,10 +67,25 @@ def _weight_ints(lp, wt: TensorType, wc: Fixed, notes: list) -> np.ndarray | Non
         return None
     W = np.asarray(W, dtype=np.float64)
     n_out = W.shape[0]
-    if po2_exponents(wt.scale) is None:  # values / scale are format values
+    if po2_exponents(wt.scale) is None:
+        # a float scale: the stored weights are float32 products q * s, so W / s is q only to
+        # within float32 rounding (126.99999 for 127). Snap W / s to the format's nearest value q
+        # and accept it exactly when q * s rounds to the stored float32 again (float64 holds the
+        # product exactly: q has few significant bits, s has 24), i.e. W is on the float32 grid
+        # of the type's values
+        from ..numerics.reference import quantize_unscaled
+
         s = np.asarray(wt.scale, np.float64)
         s = s.reshape((-1,) + (1,) * (W.ndim - 1)) if s.size > 1 else s
-        W = W / s
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            q = quantize_unscaled(W / s, wt.format)
+            back = (q * s).astype(np.float32).astype(np.float64)
+        if not np.array_equal(back, W):
+            bad = np.flatnonzero(back.ravel() != W.ravel())[0]
+            raise ValueError(f"layer {lp.name}: weights are not values of their type {wt.describe()} (weight "
+                             f"{W.ravel()[bad]!r} is no float32 product of a {wt.format} value and the scale): "
+                             "quantize them first")
+        W = q
         wc = exact_fixed(wt.format)
     K = np.ldexp(W, wc.frac_bits)
     lo, hi = wc.int_range
@@ -140,7 +98,8 @@ def _weight_ints(lp, wt: TensorType, wc: Fixed, notes: list) -> np.ndarray | Non
 def _dense_from_groups(K: np.ndarray, groups: int) -> np.ndarray:
     """A grouped conv's (fan_in / group, n_out) codes as the dense (fan_in, n_out) matrix the HLS
     project builds (fpq.hls builds grouped convs dense with zero cross-group weights): free at
-    reuse 1, where zeros are constants, but real multiplier slots at reuse > 1."""
+    reuse 1 and in the Latency strategy at any reuse, where zeros are constants, but real
+    multiplier slots of the Resource strategy (its weights are read from memory)."""
     fan_g, n_out = K.shape
     out_g = n_out // groups
     dense = np.zeros((fan_g * groups, n_out), dtype=K.dtype)
@@ -242,7 +201,14 @@ def _mac_layer(lp, ops: OperatorCosts, dev: Device, rf: int, strategy: str, cloc
         latency = stages + 1 if lp.op.startswith("conv") else stages
         ff = stages * n_out * acc_bits + (n_out * acc_bits if pixels > 1 else 0)
     else:
-        # shared multipliers: general x * w with w read from a ROM (Latency) or BRAM (Resource)
+        # shared multipliers: general x * w with w read from a ROM (Latency) or BRAM (Resource).
+        # hls4ml's Latency template keeps the weights compile-time constants (function_instantiate)
+        # and limits the multipliers to ceil(n_in * n_out / R) - n_zeros / R: products by zero fold
+        # away before sharing, which for a grouped conv (built dense with zero cross-group weights)
+        # leaves the true MACs / R. The Resource template reads every slot, zeros included, from
+        # its weight memory: its block factor ceil(n_in * n_out / R) stays.
+        if strategy == "latency":
+            n_mult = max(0, n_mult - int((~nz).sum()) // rf)
         if use_dsp:
             dsp = n_mult * dsp_tiles(x_bits, w_bits, dev, xc.signed, wc.signed)
             lut = n_mult * ops.dsp_fabric_luts(x_bits + w_bits, dsp // max(n_mult, 1))
@@ -422,7 +388,11 @@ def _other_layer(lp, ops: OperatorCosts, notes: list) -> dict:
 
 # ----------------------------------------------------------------------------- entry point
 def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", io_type="io_parallel",
-             clock_period=5.0, datapath="carrier", dsp_threshold=9, costs: OperatorCosts | None = None) -> CostReport:
+             clock_period=5.0, datapath="carrier", dsp_threshold=9, costs: OperatorCosts | None = None,
+             row_cache: dict | None = None) -> CostReport:
+    """``row_cache``: a dict the caller keeps between calls on the same TypePlan (fpq.fit prices
+    one plan at many reuse factors): each layer's own row is computed once per reuse factor and
+    setting, the rest of the report (stream buffers, lookups, totals) every time."""
     dev = get_device(device)
     strat = str(strategy).lower()
     if strat not in STRATEGIES:
@@ -453,7 +423,18 @@ def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", 
             produced[lp.name] = produced.get(lp.attrs["fused_into"])
             prev = lp.name
             continue
-        row = _layer_row(lp, ops, dev, rfs, reuse_factor, strat, clock_period, dsp_threshold, datapath, notes, dp)
+        key = (lp.name, _reuse(lp, rfs, reuse_factor), strat, float(clock_period), datapath, dsp_threshold,
+               dev.name, id(ops))
+        if row_cache is not None and key in row_cache:
+            row, new_notes, new_dp = row_cache[key]
+            row = dict(row)
+            notes.extend(new_notes)
+            dp.extend(new_dp)
+        else:
+            n0, d0 = len(notes), len(dp)
+            row = _layer_row(lp, ops, dev, rfs, reuse_factor, strat, clock_period, dsp_threshold, datapath, notes, dp)
+            if row_cache is not None:
+                row_cache[key] = (dict(row), notes[n0:], dp[d0:])
         acc = row.pop("acc_type", None)
         if io_type == "io_stream":
             _add_stream_buffers(row, lp)

@@ -36,10 +36,8 @@ from ..export import as_graph
 from . import da
 from .builder import HLSPlan, HLSUnsupportedError, plan_hls
 from .csim import PROJECT_NAME, STACK_DEFAULT, _CSim, csim_stack_bytes  # noqa: F401
+from .options import check_args, layer_reuse_factors
 
-BACKENDS = {"vitis": "Vitis", "vivado": "Vivado"}
-IO_TYPES = ("io_parallel", "io_stream")
-STRATEGIES = {"latency": "Latency", "resource": "Resource"}
 STAMP = "fpq_project.json"
 _LIBRARY = re.compile(rf"{PROJECT_NAME}-[0-9A-Za-z]+\.so")
 # Characters an output path may hold: none can end a quoted shell word, a Tcl word or a C++
@@ -348,23 +346,8 @@ def _check_no_paths(root: Path, files: list, paths: list) -> None:
                                    "write a project that depends on where it was built")
 
 
-def _check_args(backend, io_type, strategy, reuse_factor, clock_period):
-    b = BACKENDS.get(str(backend).lower())
-    if b is None:
-        raise ValueError(f"backend {backend!r} is not supported; allowed: Vitis, Vivado")
-    if io_type not in IO_TYPES:
-        raise ValueError(f"io_type {io_type!r} is not supported; allowed: {', '.join(IO_TYPES)}")
-    s = da.STRATEGY if da.is_da(strategy) else STRATEGIES.get(str(strategy).lower())
-    if s is None:
-        raise ValueError(f"strategy {strategy!r} is not supported; allowed: Latency, Resource, distributed_arithmetic")
-    if isinstance(reuse_factor, bool) or not isinstance(reuse_factor, int) or reuse_factor < 1:
-        raise ValueError(f"reuse_factor must be an integer >= 1, got {reuse_factor!r}")
-    if not isinstance(clock_period, (int, float)) or not clock_period > 0:
-        raise ValueError(f"clock_period must be a positive number of ns, got {clock_period!r}")
-    return b, s
-
-
-def _config(plan: HLSPlan, backend: str, io_type, part, clock_period, reuse_factor, strategy, outdir) -> dict:
+def _config(plan: HLSPlan, backend: str, io_type, part, clock_period, reuse_factor, strategy, outdir,
+            layer_reuse=None) -> dict:
     from hls4ml.backends import get_backend
 
     config = get_backend(backend).create_initial_config(part=part, clock_period=clock_period, io_type=io_type)
@@ -379,7 +362,7 @@ def _config(plan: HLSPlan, backend: str, io_type, part, clock_period, reuse_fact
     for name, prec in plan.precisions.items():
         s = da.layer_strategy(classes[name]) if strategy == da.STRATEGY else strategy  # see fpq.hls.da
         layer_cfg[name] = {"Precision": {k: cpp.hls4ml_precision(v) for k, v in prec.items()}, "Trace": True,
-                           "ReuseFactor": reuse_factor, "Strategy": s}
+                           "ReuseFactor": (layer_reuse or {}).get(name, reuse_factor), "Strategy": s}
     if strategy == da.STRATEGY:
         strategy = "Latency"  # the model default: hls4ml's DA pass refuses every non-Dense/Conv layer
     # The model-level default precision is never used: every variable gets an explicit type and
@@ -440,16 +423,20 @@ def to_hls(q, outdir, example_input=None, *, backend="Vitis", io_type="io_parall
     op and the reason, before writing anything, for what cannot be exact in HLS.
     ``strategy="distributed_arithmetic"`` (or "da"): da4ml shift-and-add kernels for the Dense /
     Conv layers, solved with ``da_options`` (da4ml solver options; see ``fpq.hls.da``).
+    ``reuse_factor``: an int for every layer, or {layer name or torch module path: int} (others
+    1), e.g. ``fpq.fit(q, part=...).hls_kwargs``; hls4ml's Resource strategy replaces a reuse
+    factor that does not divide its layer by the closest one that does (``fpq.fitting.valid_reuse_factors``).
     ``outdir`` must be absent or empty, or ``overwrite=True``: then only the files of the fpq
     project there (its manifest) are replaced, anything else in the folder stays.
     """
-    backend, strategy = _check_args(backend, io_type, strategy, reuse_factor, clock_period)
+    backend, strategy = check_args(backend, io_type, strategy, reuse_factor, clock_period)
     outdir = check_outdir_path(outdir)
     _check_target(outdir, overwrite)
     graph = as_graph(q, example_input)
     plan = plan_hls(graph)  # refusals happen here, before any file
+    default_rf, layer_reuse = layer_reuse_factors(graph, reuse_factor)
     if strategy == da.STRATEGY:
-        da.check(plan, io_type=io_type, reuse_factor=reuse_factor)
+        da.check(plan, io_type=io_type, reuse_factor=max([default_rf, *layer_reuse.values()]))
         da.generate(plan, io_type=io_type, options=da_options)
     elif da_options is not None:
         raise ValueError("da_options is for strategy='distributed_arithmetic' only")
@@ -463,7 +450,7 @@ def to_hls(q, outdir, example_input=None, *, backend="Vitis", io_type="io_parall
     # moved into place; the stamp with the manifest is written last.
     tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=outdir.parent))
     try:
-        config = _config(plan, backend, io_type, part, clock_period, reuse_factor, strategy, tmp)
+        config = _config(plan, backend, io_type, part, clock_period, default_rf, strategy, tmp, layer_reuse)
         hls_model = ModelGraph.from_layer_list(config, plan.layers, inputs=[plan.input_name],
                                                outputs=[plan.output_layer])
         _check_precisions(hls_model, plan)
