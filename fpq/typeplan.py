@@ -255,7 +255,10 @@ class TypePlan:
         found = [lp for lp in self if lp.attrs.get("module") == name and not lp.attrs.get("fused_into")]
         if not found:
             raise KeyError(f"no layer or module named {name!r}; layers: {list(self.layers)}")
-        return found[0]
+        ops = [lp for lp in found if lp.op not in ("quant", "input_quant")] or found
+        if len(ops) > 1:   # e.g. one module called twice: the caller must say which call
+            raise KeyError(f"module {name!r} made several layers {[lp.name for lp in ops]}; name one of them")
+        return ops[0]
 
     def __iter__(self):
         return iter(self.layers.values())

@@ -105,7 +105,7 @@ class Emulator:
                     continue
                 lp = self.typeplan[op.name]
                 prod, acc = lp.tensors.get("product"), lp.tensors.get("accumulator")
-                if prod is None:  # e.g. a product wider than 128 bits: the plan's note says why
+                if prod is None or acc is None:  # e.g. a sum wider than 128 bits: the plan's note says why
                     raise UnsupportedGraphError(f"layer {op.name}: no exact fixed-point accumulator ({lp.note}); "
                                                 "the emulator refuses rather than round")
                 if op.bias is not None and "bias" not in op.types:

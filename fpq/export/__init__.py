@@ -1,5 +1,6 @@
-"""QONNX export of a converted model (``export_qonnx``), fpq's QONNX transformations and the
-graph IR (``fpq.export.graph``: ``read_graph``, ``typeplan_from_qonnx``).
+"""QONNX export of a converted model (``export_qonnx``) and fpq's QONNX transformations; the
+reader of QONNX files into the graph IR ``fpq.ir`` is ``fpq.export.reader`` (``read_graph``,
+``typeplan_from_qonnx``).
 
 ``export_qonnx`` runs Brevitas' QONNX export, then fpq's transformations (``transforms``), never
 qonnx's ``cleanup_model``: that constant-folds the weight quantizers and loses the formats.
@@ -17,9 +18,6 @@ from ..ir.plan import typeplan_from_graph
 from ..typeplan import TypePlan
 from .qonnx_codec import FPQ_FORMAT_ATTR, QUANT_OPS
 from .reader import read_graph, typeplan_from_qonnx
-
-_PROXY_NAMES = ("weight_quant", "bias_quant", "output_quant", "act_quant", "input_quant")
-
 
 def _quantizer_formats(q, model) -> dict:
     """{export node name: Format} for a converted model: each quantizer node is matched to the

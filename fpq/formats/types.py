@@ -22,7 +22,7 @@ ROUNDING_MODES = {
 }
 # QONNX Quant / Trunc rounding_mode -> the ap_fixed rounding it computes on x / scale (qonnx's
 # intquant.resolve_rounding_mode), and back. RND (ties to +inf) and RND_MIN_INF (ties to -inf)
-# have no QONNX mode: fpq's export writes them as two Quant nodes (fpq.export.graph).
+# have no QONNX mode: fpq's export writes them as two Quant nodes (fpq.export.qonnx_codec).
 QONNX_ROUNDING = {"ROUND": "RND_CONV", "HALF_EVEN": "RND_CONV", "FLOOR": "TRN", "DOWN": "TRN_ZERO",
                   "HALF_UP": "RND_INF", "HALF_DOWN": "RND_ZERO"}
 ROUNDING_TO_QONNX = {ap: mode for mode, ap in QONNX_ROUNDING.items() if mode != "HALF_EVEN"}

@@ -33,7 +33,7 @@ def layer_reuse_factors(graph, reuse_factor) -> tuple[int, dict]:
     a layer the dict does not name gets 1, as in estimate_cost. hls4ml applies the per-layer
     values through its LayerName config (each hls4ml layer is named after its IR op)."""
     from ..ir import WEIGHTED_KINDS
-    from ..ir.plan import _module_of
+    from ..ir.plan import module_of
 
     if not isinstance(reuse_factor, dict):
         return reuse_factor, {}
@@ -41,7 +41,7 @@ def layer_reuse_factors(graph, reuse_factor) -> tuple[int, dict]:
     for op in graph.ops:
         if op.kind in WEIGHTED_KINDS:
             names[op.name] = op.name
-            names.setdefault(op.module or _module_of(op), op.name)
+            names.setdefault(module_of(op), op.name)
     per = {}
     for key, rf in reuse_factor.items():
         if key not in names:

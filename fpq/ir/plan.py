@@ -56,8 +56,11 @@ def _cast_quantizer(q: Quantizer | None) -> bool:
     return isinstance(f, Fixed) or (isinstance(f, Int) and not f.narrow)
 
 
-def _module_of(op: Op) -> str:
-    """The module path an op name was made from (``_op_name``): "conv2d_0" -> "0"."""
+def module_of(op: Op) -> str:
+    """The torch module path of an op: the reader's ``op.module``, else the one its name was
+    made from (``_op_name``): "conv2d_0" -> "0"."""
+    if op.module:
+        return op.module
     return op.name[len(op.kind) + 1:] if op.name.startswith(op.kind + "_") else op.name
 
 
@@ -94,7 +97,7 @@ def typeplan_from_graph(graph: Graph) -> TypePlan:
         attrs = dict(op.attrs)
         attrs["in_shapes"] = op.in_shapes
         attrs["out_shape"] = op.out_shape
-        attrs["module"] = op.module or _module_of(op)
+        attrs["module"] = module_of(op)
         attrs["inputs"] = [src.name for src in map(graph.producer, op.inputs) if src is not None]
         values = {}
         if op.weight is not None:
@@ -138,12 +141,5 @@ def _sum_pool(lp: LayerPlan, op: Op) -> None:
         lp.attrs["exact_output"] = sum_type(xc, n)
 
 
-def accumulator_bits(op: Op) -> int | None:
-    """Significant bits an exact accumulator of ``op`` needs (None when not derivable)."""
-    lp = LayerPlan(op.name, op.kind, dict(op.types), op.fan_in).derive()
-    acc = lp.tensors.get("accumulator")
-    return acc.width if isinstance(acc, Fixed) else None
-
-
-__all__ = ["typeplan_from_graph", "accumulator_bits", "REQUANT_FUSING", "native_pool", "pool_window",
+__all__ = ["typeplan_from_graph", "module_of", "REQUANT_FUSING", "native_pool", "pool_window",
            "sum_divisor"]
