@@ -160,3 +160,12 @@ def test_to_hls_takes_the_fitted_settings(tmp_path):
         assert f"reuse_factor = {rf};" in params
     xs = torch.randn(200, 64) * 3
     assert np.array_equal(proj.predict(xs.numpy()), np.asarray(fpq.emulate(q, xs)))
+
+
+def test_a_reuse_factor_for_an_unknown_layer_is_refused():
+    """A typo in a per-layer reuse dict is an error naming the layers, not a silent reuse 1."""
+    q = fpq.convert(torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3)), "int8")
+    with pytest.raises(ValueError, match="reuse_factor names 'nope'.*linear"):
+        fpq.estimate_cost(q, reuse_factor={"nope": 2})
+    by_module = fpq.estimate_cost(q, reuse_factor={"0": 2}).total
+    assert by_module == fpq.estimate_cost(q, reuse_factor={fpq.plan(q)["0"].name: 2}).total

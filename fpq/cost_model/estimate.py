@@ -119,10 +119,10 @@ def _pixels(lp) -> tuple[int, str]:
 
 
 def _reuse(lp, rfs: dict, default) -> int:
-    """The layer's reuse factor from ``{name: rf}`` (its plan name or its torch module path)."""
+    """The layer's reuse factor: ``{plan name: rf}`` (a layer it does not name: 1), else ``default``."""
     if not rfs:
         return int(default)
-    return int(rfs.get(lp.name, rfs.get(lp.attrs.get("module"), 1)))
+    return rfs.get(lp.name, 1)
 
 
 def _elements(lp) -> int | None:
@@ -404,7 +404,15 @@ def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", 
     if not float(clock_period) > 0:
         raise ValueError(f"clock_period must be positive (ns), got {clock_period}")
     if isinstance(reuse_factor, dict):
-        rfs = reuse_factor
+        rfs = {}
+        for key, rf in reuse_factor.items():   # plan names or torch module paths, read once
+            try:
+                name = tp[key].name
+            except KeyError as e:
+                raise ValueError(f"reuse_factor names {key!r}: {e.args[0]}") from None
+            if isinstance(rf, bool) or int(rf) != rf or rf < 1:
+                raise ValueError(f"reuse_factor of {key!r} must be an integer >= 1, got {rf!r}")
+            rfs[name] = int(rf)
     else:
         rfs = {}
         if int(reuse_factor) != reuse_factor or reuse_factor < 1:
