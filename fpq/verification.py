@@ -391,22 +391,6 @@ _DOUBLE_OPS = ("MatMul", "Gemm", "Add", "Sub", "Mul", "Div", "ReduceSum", "Floor
 _PASS_OPS = ("Relu", "MaxPool", "Flatten", "Reshape", "Transpose", "Identity", "Squeeze", "Unsqueeze")
 
 
-def _window_counts(size, kernel, strides, pads) -> np.ndarray:
-    """How many real (not padded) inputs each pooling window covers (ceil_mode 0, no dilation):
-    per axis, window i spans [i * stride - pad_begin, + kernel) clipped to [0, n); the product
-    over the axes."""
-    nd = len(size)
-    per_axis = []
-    for d in range(nd):
-        n, kk, st, lo, hi = size[d], kernel[d], strides[d], pads[d], pads[d + nd]
-        starts = np.arange((n + lo + hi - kk) // st + 1) * st - lo
-        per_axis.append((np.minimum(starts + kk, n) - np.maximum(starts, 0)).astype(np.float64))
-    out = per_axis[0]
-    for c in per_axis[1:]:
-        out = np.multiply.outer(out, c)
-    return out
-
-
 def _is_custom(node):
     return node.domain not in ("", "ai.onnx")
 
@@ -560,7 +544,9 @@ class ComputeInDouble(Transformation):
         if a.get("count_include_pad", 0) or not any(pads):
             count = np.asarray(float(kk))
         else:  # windows at the border see fewer real inputs
-            count = _window_counts(tuple(xshape[2:]), tuple(k), tuple(strides), tuple(pads))[None, None]
+            from .emulate.kernels import window_counts
+
+            count = window_counts(tuple(xshape[2:]), dict(kernel=tuple(k), strides=tuple(strides), pads=tuple(pads)))
         cnt = f"{base}__count"
         model.set_initializer(cnt, np.asarray(count, dtype=np.float64))
         nodes.append(helper.make_node("Div", [f"{patches}__sum", cnt], [node.output[0]], name=f"{base}_div"))

@@ -171,7 +171,15 @@ def pool_nd(x, attrs, mode):
         return acc
     if attrs.get("count_include_pad", 0) and not attrs.get("ceil_mode", 0):
         return acc / float(np.prod(kernel))
-    ones = np.ones((1, 1) + x.shape[2:], dtype=np.float64)
-    op, _ = _padded(ones, kernel, strides, dil, attrs["pads"], 0.0, attrs.get("ceil_mode", 0))
-    cnt = sum(v for v in _offsets(op, kernel, strides, dil, out))
-    return acc / cnt
+    return acc / window_counts(x.shape[2:], attrs)
+
+
+def window_counts(spatial_shape, attrs) -> np.ndarray:
+    """How many real (not padded) inputs each window of a pool covers, shape (1, 1, *out): the
+    divisor of an average that excludes padding (ONNX count_include_pad=0)."""
+    nd = len(attrs["kernel"])
+    kernel, strides = attrs["kernel"], attrs["strides"]
+    dil = attrs.get("dilations", (1,) * nd)
+    ones = np.ones((1, 1) + tuple(spatial_shape), dtype=np.float64)
+    op, out = _padded(ones, kernel, strides, dil, attrs["pads"], 0.0, attrs.get("ceil_mode", 0))
+    return sum(v for v in _offsets(op, kernel, strides, dil, out))

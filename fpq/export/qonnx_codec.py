@@ -333,13 +333,17 @@ def _contradiction(declared: Format, qonnx_fmt: Format) -> str:
     agree: the emulator and HLS follow the attribute, qonnx's executor the node, so a flip would
     make two "exact" paths compute different functions. A refinement is only what QONNX cannot
     write: an unsigned minifloat (FloatQuant is always signed), one without subnormals (qonnx
-    ignores has_subnormal), a Fixed's binary point (the scale carries it)."""
+    ignores has_subnormal), the fnuz encoding over a node without inf / NaN (QONNX has no fnuz;
+    the finite values are the same, only fnuz's NaN code has no number), a Fixed's binary point
+    (the scale carries it)."""
     d, q = declared, qonnx_fmt
     if type(d) is not type(q):
         return f"a {d.kind} format over a node computing {q.kind}"
     if isinstance(d, Minifloat):
         diff = [what for what, a, b in (("exponent bits", d.exp_bits, q.exp_bits), ("mantissa bits", d.man_bits, q.man_bits),
-                                        ("exponent bias", d.bias, q.bias), ("inf / NaN encoding", d.specials, q.specials),
+                                        ("exponent bias", d.bias, q.bias),
+                                        ("inf / NaN encoding", d.specials, "fnuz" if q.specials == "none" and
+                                         d.specials == "fnuz" else q.specials),
                                         ("saturation (overflow)", d.saturate, q.saturate)) if a != b]
         if d.subnormals and not q.subnormals:
             diff.append("subnormals (the node has none)")
