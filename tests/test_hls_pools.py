@@ -76,7 +76,9 @@ def test_cost_rows_match_hls_layers(net, tmp_path):
                 # the pool holds the exact window sum (its registers are that wide) and the
                 # quantizer after it is the threshold lookup the project holds
                 n_out = int(np.prod(L["out_shape"]))
-                assert rows[name]["ff"] == n_out * plan.precisions[name]["result"].width
+                # io_stream: one input pixel per cycle, the datapath divided by the pixels (its II)
+                pixels = rows[name]["ii"] if io_type == "io_stream" else 1
+                assert rows[name]["ff"] == pytest.approx(n_out * plan.precisions[name]["result"].width / pixels)
                 quant = next(M for M in plan.layers if M.get("inputs") == [name])
                 assert quant["class_name"] == "FpqQuantize"
                 assert rows[quant["name"]]["mapping"] == "threshold-lookup"

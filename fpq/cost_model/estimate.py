@@ -28,7 +28,7 @@ from ..typeplan import TensorType, TypePlan, levels_carrier, po2_exponents, valu
 from .costreport import CostReport
 from .devices import Device, dsp_tiles, get_device
 from .ops import OperatorCosts, csd_digits, default_costs, significant_bits, thr_steps
-from .stream import SRL_MAX_BITS, _add_stream_buffers, _bram18, _in_shape
+from .stream import SRL_MAX_BITS, _add_stream_buffers, _bram18, _in_shape, per_pixel
 
 STRATEGIES = ("latency", "resource")
 IO_TYPES = ("io_parallel", "io_stream")
@@ -445,6 +445,7 @@ def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", 
                 row_cache[key] = (dict(row), notes[n0:], dp[d0:])
         acc = row.pop("acc_type", None)
         if io_type == "io_stream":
+            per_pixel(row, lp)
             _add_stream_buffers(row, lp)
         srcs = lp.attrs.get("inputs")
         src = srcs[0] if srcs else prev

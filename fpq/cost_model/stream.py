@@ -68,3 +68,23 @@ def _add_stream_buffers(row: dict, lp) -> None:
     row["bram18"] += fifo_bram
     row["ff"] += window_ff
     row.update(fifo_lut=fifo_lut, fifo_bram18=fifo_bram, line_buffer_lut=line_lut)
+
+
+# layers hls4ml's io_stream runs one pixel (all its channels) per cycle: their datapath is one
+# pixel wide, reused over the map (II = pixels); io_parallel unrolls them over every element
+PER_PIXEL_OPS = ("relu", "clip", "add", "quant", "batchnorm") + POOL_KINDS
+
+
+def per_pixel(row: dict, lp) -> None:
+    """Scale an element-wise / pooling row priced over every element (io_parallel) to io_stream's
+    one-pixel datapath: LUTs and FFs / pixels of its input map, II and latency + pixels."""
+    ins = _in_shape(lp)
+    if lp.op not in PER_PIXEL_OPS or ins is None or len(ins) <= 2:
+        return
+    pixels = int(np.prod(ins[2:]))
+    if pixels <= 1:
+        return
+    row["lut"] = row["lut"] / pixels
+    row["ff"] = row["ff"] / pixels
+    row["ii"] = max(int(row.get("ii", 1)), pixels)
+    row["latency_cycles"] = int(row.get("latency_cycles", 0)) + pixels - 1
