@@ -1,10 +1,11 @@
 """`make demo`: fpq end to end on the embedded default (scikit-learn's digits, 8x8, 10 classes).
 
 1. The digits CNN: float training, then int8 / fixed / e4m3 / e3m2 / e2m1 (PTQ and QAT): the table.
-2. One quantized model (W4A4 e2m1, QAT) all the way to hardware: QONNX export, an hls4ml Vitis
-   project compiled for C simulation, and `fpq.verify`: torch == emulator == QONNX executor ==
+2. One quantized model (W4A4 e2m1, QAT) all the way to hardware: QONNX export, `fpq.fit` to a
+   Pynq-Z2's xc7z020 (io_type, strategy, per-layer reuse), that hls4ml Vitis project compiled for
+   C simulation, and `fpq.verify`: torch == emulator == QONNX executor ==
    C-sim, bit for bit, on 2,000 random off-grid inputs plus the held-out images.
-3. Its FPGA cost estimate per layer (xcvu9p, 5 ns).
+3. The fitted design's FPGA cost estimate per layer (xc7z020, 5 ns).
 4. The minifloat-vs-integer sweep on a small grid (4..8 bits, W x A) with its Pareto report in out/.
 
     python examples/demo.py [--quick] [--no-sweep]
@@ -43,10 +44,13 @@ def hardware_path(model, data, out_dir: str, n_random: int, qat_epochs: int) -> 
     onnx_path = os.path.join(out_dir, "digits_cnn_e2m1.onnx")
     fpq.export_qonnx(q, onnx_path, data.x_test[:1])
     print(f"\nQONNX: {onnx_path}")
+    # fitted to a Pynq-Z2's xc7z020 at 80% of each resource: io_type, strategy, per-layer reuse
+    fit = fpq.fit(q, part="xc7z020", budget=0.8, objective="latency")
+    print(f"\n{fit}")
     t0 = time.time()
     proj = fpq.to_hls(q, os.path.join(out_dir, "digits_cnn_e2m1_hls"), backend="Vitis",
-                      io_type="io_parallel", part="xcvu9p-flga2104-2-e", clock_period=5,
-                      example_input=data.x_test[:1], overwrite=True)  # a rerun replaces fpq's own files only
+                      example_input=data.x_test[:1], overwrite=True,  # a rerun replaces fpq's own files only
+                      **fit.hls_kwargs)
     print(f"hls4ml project: {proj.outdir} (written and compiled for C-sim in {time.time() - t0:.0f} s)")
 
     rng = np.random.default_rng(0)
@@ -55,8 +59,8 @@ def hardware_path(model, data, out_dir: str, n_random: int, qat_epochs: int) -> 
     rep = fpq.verify(q, x, project=proj, qonnx_subset=32)
     print(rep)
 
-    section("3. FPGA cost estimate of that model (xcvu9p, 5 ns, Latency strategy, reuse factor 1)")
-    print(fpq.estimate_cost(q, part="xcvu9p", reuse_factor=1, clock_period=5))
+    section("3. FPGA cost estimate of the fitted design, per layer (xc7z020, 5 ns)")
+    print(fit.report)
     return bool(rep.exact)
 
 
