@@ -169,3 +169,12 @@ def test_a_reuse_factor_for_an_unknown_layer_is_refused():
         fpq.estimate_cost(q, reuse_factor={"nope": 2})
     by_module = fpq.estimate_cost(q, reuse_factor={"0": 2}).total
     assert by_module == fpq.estimate_cost(q, reuse_factor={fpq.plan(q)["0"].name: 2}).total
+
+
+def test_fit_digits_example(load_script):
+    """examples/fit_digits.py: a fit per part, each within its budget, io_stream on the small part."""
+    ex = load_script("examples/fit_digits.py")
+    out = ex.main("int8", ("xc7z020", "xcu250"), 0.8)
+    assert all(isinstance(r, FitResult) for r in out.values())
+    assert out["xc7z020"].io_type == "io_stream"
+    assert all(v <= 0.8 for r in out.values() for v in r.utilization().values())
