@@ -14,19 +14,9 @@ import numpy as np
 
 from .formats import Binary, Fixed, Format, exact_fixed, parse_format
 from .formats.facts import MAX_ENUMERABLE_BITS, values as format_values
+from .numerics.reference import po2_exponents  # noqa: F401  (re-exported: callers read it here)
 
 ROLES_ORDER = ("input", "weight", "bias", "product", "accumulator", "output")
-
-
-def po2_exponents(scale) -> np.ndarray | None:
-    """Integer exponents if every scale is a power of two, else None."""
-    s = np.asarray(scale, dtype=np.float64)
-    if np.any(~np.isfinite(s)) or np.any(s <= 0):
-        return None
-    m, e = np.frexp(s)
-    if np.any(m != 0.5):
-        return None
-    return (e - 1).astype(np.int64)
 
 
 @dataclass(frozen=True)

@@ -302,3 +302,15 @@ def _(x: np.ndarray, fmt: Minifloat) -> np.ndarray:
         if fmt.specials == "fnuz":
             y = np.where(y == 0, 0.0, y)  # no negative zero
     return y
+
+
+def po2_exponents(scale) -> np.ndarray | None:
+    """Integer exponents if every scale is a power of two (finite, > 0, mantissa 1/2), else None:
+    the one test of a power-of-two scale (typeplan, numerics.scaled, numerics.torch_ops)."""
+    s = np.asarray(scale, dtype=np.float64)
+    if np.any(~np.isfinite(s)) or np.any(s <= 0):
+        return None
+    m, e = np.frexp(s)
+    if np.any(m != 0.5):
+        return None
+    return (e - 1).astype(np.int64)

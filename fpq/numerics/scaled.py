@@ -11,12 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..formats import Format, Int
-from .reference import quantize_scaled
-
-
-def _po2(s: np.ndarray) -> bool:
-    m, _ = np.frexp(s)
-    return bool(np.all(np.isfinite(s)) and np.all(s > 0) and np.all(m == 0.5))
+from .reference import po2_exponents, quantize_scaled
 
 
 def apply_scaled(x: np.ndarray, fmt: Format, scale, pre_scale=None) -> np.ndarray:
@@ -25,7 +20,7 @@ def apply_scaled(x: np.ndarray, fmt: Format, scale, pre_scale=None) -> np.ndarra
     s = np.asarray(scale, dtype=np.float32)
     if pre_scale is not None:
         x = round_to_grid(x, pre_scale)
-    if isinstance(fmt, Int) and _po2(s):
+    if isinstance(fmt, Int) and po2_exponents(s) is not None:
         lo, hi = fmt.int_range
         y = x * (1.0 / s).astype(x.dtype)
         np.rint(y, out=y)

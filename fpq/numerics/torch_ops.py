@@ -19,7 +19,7 @@ import torch
 
 from ..formats import Binary, Fixed, Format, Int, Minifloat, finfo, parse_format
 from .reference import (_ties, check_exact_in, check_quantizable, check_scale_shape, dispatch_on_format, float_limits,
-                        quantize_unscaled, wrap_codes)
+                        po2_exponents, quantize_unscaled, wrap_codes)
 
 
 # Speed (the quantizer is in every fpq forward pass): each format works on one or two temporaries
@@ -257,8 +257,7 @@ def apply_scaled_torch(x: torch.Tensor, fmt: Format, scale, pre_scale=None) -> t
         p = torch.tensor(np.asarray(pre_scale, dtype=np.float32), device=x.device, dtype=x.dtype)
         x = torch.round(x / p) * p
     sd = torch.tensor(s, device=x.device, dtype=x.dtype)
-    m, _ = np.frexp(s)
-    if isinstance(fmt, Int) and bool(np.all(s > 0) and np.all(m == 0.5)):   # po2: x / s and q * s exact
+    if isinstance(fmt, Int) and po2_exponents(s) is not None:   # po2: x / s and q * s exact
         lo, hi = fmt.int_range
         return torch.clamp(torch.round(x / sd), lo, hi).mul_(sd).to(torch.float32)
     # Q in x's dtype returns what Q in float64 rounded to it does (it computes exactly, in float64
