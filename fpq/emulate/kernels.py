@@ -35,7 +35,7 @@ def batch_shape(shape, exported_in_shape, actual_in_shape):
 
 def apply_quantizer(op: Op, x: np.ndarray) -> np.ndarray:
     """A quant / input_quant op's output: the emulator's definition of it (the HLS lookup tables
-    of float-scaled quantizers are computed from this function)."""
+    of float-scaled quantizers, fpq.numerics.thresholds.quantizer_table, compute the same)."""
     if op.kind == "quant" and po2_exponents(op.quant.scale) is None:
         x = x.astype(np.float64, copy=False)  # a float scale divides the exact value in float64
     return quantize_fast(x, op.quant)

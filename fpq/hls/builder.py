@@ -155,8 +155,7 @@ class _Builder:
         window sums S (``src.sum_of``: Q(S / N), the emulator's float64 division), as an exact
         lookup table over the values its input can take (fpq.numerics.thresholds):
         y = levels[#thresholds <= x]."""
-        from ..emulate import apply_quantizer
-        from ..numerics.thresholds import lookup_table
+        from ..numerics.thresholds import quantizer_table
         tt = op.quant.ttype
         what = (f"quantizer {op.name!r} after average pool {src.sum_of[0]!r} (1/{src.sum_of[1]} folded in)"
                 if src.sum_of else f"quantizer {op.name!r} (scale {float(np.ravel(tt.scale)[0])!r}, not a power of two)")
@@ -171,11 +170,9 @@ class _Builder:
                 "this quantizer on the float64 value of its input, which such a sum is not; the sum grows this wide "
                 "when both the layer's inputs and weights have float scales. Use power-of-two (or Fixed) weight "
                 "scales, or scale='po2'")
-        n_avg = src.sum_of[1] if src.sum_of else None
-        quantize = (lambda x: apply_quantizer(op, x)) if n_avg is None else \
-            (lambda x: apply_quantizer(op, np.asarray(x, np.float64) / float(n_avg)))
+        # the table the cost model prices too (op_quant refuses a Trunc's pre-scale before this)
         try:
-            th, lv = lookup_table(quantize, in_type)
+            th, lv = quantizer_table(tt.format, np.ravel(tt.scale)[0], in_type, src.sum_of[1] if src.sum_of else 1)
         except ValueError as e:
             raise HLSUnsupportedError(f"{what}: no exact lookup table: {e}") from None
         out = levels_carrier(tt, lv) if tt.po2 else values_carrier(lv)
@@ -189,7 +186,7 @@ class _Builder:
         self.add_layer({"class_name": "FpqQuantize", "name": op.name, "inputs": [src.layer], "quantizer": call,
                         "quantizer_tables": tables,
                         "fpq_format": f"{tt.format} x {float(np.ravel(tt.scale)[0])!r}"
-                                      f"{f' of the window sum / {n_avg}' if n_avg else ''} ({n} thresholds)"},
+                                      f"{f' of the window sum / {src.sum_of[1]}' if src.sum_of else ''} ({n} thresholds)"},
                        {"result": out})
         return _Tensor(op.name, out, src.torch_shape, src.hls_shape, src.perm)
 
