@@ -33,8 +33,6 @@ from .stream import SRL_MAX_BITS, _add_stream_buffers, _bram18, _in_shape, per_p
 STRATEGIES = ("latency", "resource")
 IO_TYPES = ("io_parallel", "io_stream")
 DATAPATHS = ("carrier", "code")
-MAC_OPS = MAC_KINDS + ("dense", "gemm", "matmul", "conv")      # the IR's, and hand-built plans' names
-FREE_OPS = FREE_KINDS + ("identity", "dropout", "input")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -332,7 +330,7 @@ def _other_layer(lp, ops: OperatorCosts, notes: list) -> dict:
     row = dict(layer=lp.name, op=lp.op, lut=0.0, ff=0.0, dsp=0, bram18=0, uram=0, latency_cycles=0, ii=1,
                bops=0.0, ebops=0.0)
     op = lp.op.lower()
-    if op in FREE_OPS or op == "input_quant":
+    if op in FREE_KINDS or op == "input_quant":
         return row   # wiring; the input quantizer IS the input type of the HLS design
     if n is None:
         notes.append(f"{lp.name} ({lp.op}): output shape unknown; not priced")
@@ -455,7 +453,7 @@ def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", 
         if isinstance(out_t, TensorType) and (not out_t.po2 or n_avg) and out_t is not in_t and op != "output":
             # a float-scaled quantizer: the HLS project builds it as a threshold lookup over the
             # exact values of what feeds it
-            if op in ("input", "input_quant"):
+            if op == "input_quant":
                 feed = "float32"
             elif acc is not None:
                 feed = acc
@@ -465,7 +463,7 @@ def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", 
                 feed = None
             lk = _lookup_row(lp, out_t, feed, row.get("acc_bits"), ops, dev, float(clock_period), io_type, notes,
                              divisor=n_avg or 1)
-            if op in ("input", "input_quant", "quant"):
+            if op in ("input_quant", "quant"):
                 lk.update(layer=row["layer"], op=row["op"])
                 row = lk          # the layer is the quantizer
             else:
@@ -482,7 +480,7 @@ def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", 
             divided[lp.name] = int(lp.attrs["divisor"])
         else:
             produced[lp.name] = produced.get(src)
-            if op in FREE_OPS and src in divided:
+            if op in FREE_KINDS and src in divided:
                 divided[lp.name] = divided[src]
         prev = lp.name
         report.layers.append(row)
@@ -524,7 +522,7 @@ def _lookup_row(lp, t: TensorType, feed, feed_bits, ops: OperatorCosts, dev: Dev
     from ..formats import values as format_values
     from .rtl import threshold_span
 
-    name = lp.name if lp.op.lower() in ("input", "input_quant", "quant") else f"{lp.name}:lookup"
+    name = lp.name if lp.op.lower() in ("input_quant", "quant") else f"{lp.name}:lookup"
     n_el = _elements(lp)
     shape = lp.attrs.get("out_shape")
     if n_el is None:
@@ -578,7 +576,7 @@ def _layer_row(lp, ops, dev, rfs, reuse_factor, strat, clock_period, dsp_thresho
     if lp.op.lower() == "batchnorm" and "weight" in lp.tensors:
         rf = _reuse(lp, rfs, reuse_factor)
         return _batchnorm_layer(lp, ops, dev, rf, float(clock_period), dsp_threshold, notes)
-    if not (lp.op.lower() in MAC_OPS and "weight" in lp.tensors):
+    if not (lp.op.lower() in MAC_KINDS and "weight" in lp.tensors):
         return _other_layer(lp, ops, notes)
     rf = _reuse(lp, rfs, reuse_factor)
     row = _mac_layer(lp, ops, dev, rf, strat, float(clock_period), dsp_threshold, datapath, notes)
