@@ -172,3 +172,48 @@ def strip_final_softmax(model):
         if vi.name == logits:
             g.value_info.remove(vi)
     return m
+
+
+def add_input_quant(model, fmt, scale=1.0, input_name=None):
+    """A copy of ``model`` (path / ModelProto / ModelWrapper) with a ``Quant`` node on its graph input:
+    ``fmt`` an Int format (``"int8"``, ``"uint4"``, ...) with ``scale``, or a Fixed with RND_CONV
+    rounding and SAT overflow (``"fixed<8,3>"``: its 2^-frac grid; ``scale`` must be 1), i.e. formats
+    QONNX's ``Quant`` computes exactly. Every reader of the input then reads the quantized value."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+    from qonnx.core.modelwrapper import ModelWrapper
+    from ..formats import Fixed, Int, parse_format
+    f = parse_format(fmt) if isinstance(fmt, str) else fmt
+    if isinstance(f, Fixed):
+        if (f.rounding, f.overflow) != ("RND_CONV", "SAT") or scale != 1.0:
+            raise ValueError(f"add_input_quant: {f} (scale {scale}): only Fixed with RND_CONV / SAT and scale 1 "
+                             "(QONNX's Quant ROUND on the 2^-frac grid, saturating)")
+        bits, signed, narrow, s = f.width, f.signed, False, 2.0 ** -(f.width - f.int_bits)
+    elif isinstance(f, Int):
+        bits, signed, narrow, s = f.bits, f.signed, f.narrow, float(scale)
+    else:
+        raise ValueError(f"add_input_quant: {f} is not an Int or Fixed format (QONNX's Quant computes those)")
+    if not (np.isfinite(s) and s > 0):
+        raise ValueError(f"add_input_quant: scale must be a positive finite number, got {scale!r}")
+    if isinstance(model, ModelWrapper):
+        model = model.model
+    m = onnx.load(str(model)) if not isinstance(model, onnx.ModelProto) else onnx.ModelProto.FromString(
+        model.SerializeToString())
+    g = m.graph
+    inits = {i.name for i in g.initializer}
+    names = [i.name for i in g.input if i.name not in inits]
+    name = input_name if input_name is not None else (names[0] if len(names) == 1 else None)
+    if name not in names:
+        raise ValueError(f"add_input_quant: choose input_name among the graph inputs {names}")
+    q = f"{name}__input_quant"
+    for n in g.node:
+        for i, x in enumerate(n.input):
+            if x == name:
+                n.input[i] = q
+    g.initializer.extend([numpy_helper.from_array(np.array(v, np.float32), f"{q}_{k}")
+                          for k, v in (("scale", s), ("zeropt", 0.0), ("bitwidth", float(bits)))])
+    g.node.insert(0, helper.make_node("Quant", [name, f"{q}_scale", f"{q}_zeropt", f"{q}_bitwidth"], [q],
+                                      name="Quant_input", domain="qonnx.custom_op.general", signed=int(signed),
+                                      narrow=int(narrow), rounding_mode="ROUND"))
+    return m
