@@ -74,7 +74,8 @@ def check_foreign(model, supported) -> None:
         lines.append(f"the file is {_QUANT_FREE}")
     if bad:
         lines.append(f"{sum(map(len, bad.values()))} node(s) fpq cannot read: " + "; ".join(
-            f"{', '.join(repr(x) for x in names)}: {why}" for why, names in bad.items()))
+            f"{', '.join(repr(x) for x in names)}: {why}" for why, names in bad.items())
+            + f". fpq supports: {', '.join(supported)}")
     if lines:
         raise UnsupportedGraphError("; ".join(lines))
 

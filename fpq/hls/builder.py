@@ -111,11 +111,10 @@ class _Builder:
             raise HLSUnsupportedError(f"the HLS path takes networks with one input, got {len(g.inputs)}: {g.inputs}")
         for op in g.ops:
             handler = getattr(self, f"op_{op.kind}", None)
-            if handler is None and op.kind in NO_HLS_WHY:
-                raise HLSUnsupportedError(f"op {op.name!r} (ONNX {', '.join(op.onnx_nodes)}): {NO_HLS_WHY[op.kind]}")
             if handler is None:
+                why = f" (ONNX {', '.join(op.onnx_nodes)}): {NO_HLS_WHY[op.kind]}" if op.kind in NO_HLS_WHY else ""
                 raise HLSUnsupportedError(
-                    f"op {op.name!r} of kind {op.kind!r} is not supported by fpq's HLS path; supported: "
+                    f"op {op.name!r} of kind {op.kind!r} is not supported by fpq's HLS path{why}; supported: "
                     f"{', '.join(k[3:] for k in dir(self) if k.startswith('op_'))}")
             handler(op)
         if not self.plan.output_layer:
