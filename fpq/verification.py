@@ -269,8 +269,8 @@ def verify(q, x=None, project=None, *, qonnx_subset: int = 64, n: int = 1000, se
     x = check_input(x, bool(emu.float32_inputs), who="fpq.verify")
     inexact = [k for k, v in emu.exact.items() if not v]
     if inexact:
-        notes.append(f"not fixed-point exact by construction: {inexact} (a float scale, or a mean / division "
-                     "rounded once in float64): agreement there is checked here, not proven")
+        notes.append(f"not fixed-point exact by construction: {inexact} (a float scale, or a mean / division / "
+                     "element-wise constant op rounded once in float64): agreement there is checked here, not proven")
     paths = ["torch"] if _is_module(q) else []
     qonnx_ok = True
     bad = [op.quant or op.weight_quant for op in graph.ops

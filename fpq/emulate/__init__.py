@@ -145,7 +145,7 @@ class Emulator:
                     t = op.types.get("output")
                     if t is None or t.format.width > FLOAT64_EXACT_BITS:
                         self.exact[op.name] = False
-                if op.kind in ("mul", "div", "avgpool", "global_avgpool"):
+                if op.kind in ("mul", "div", "add_const", "avgpool", "global_avgpool"):
                     self.exact[op.name] = False  # one float64 rounding, same as ONNX in double
             else:  # pragma: no cover - the reader only emits known kinds
                 raise UnsupportedGraphError(f"op {op.name}: kind {op.kind} has no emulation")
@@ -383,6 +383,8 @@ class Emulator:
             return x.astype(np.float64) * op.attrs["value"].astype(np.float64)
         if k == "div":
             return x.astype(np.float64) / op.attrs["value"].astype(np.float64)
+        if k == "add_const":
+            return x.astype(np.float64) + op.attrs["value"].astype(np.float64)
         if k == "maxpool":
             return pool_nd(x, op.attrs, "max")
         if k == "avgpool":

@@ -165,9 +165,10 @@ class TorchProgram:
             return torch.clamp(x, None if lo is None else float(lo), None if hi is None else float(hi))
         if k == "add":
             return x.to(torch.float64) + xs[1].to(torch.float64)
-        if k in ("mul", "div"):
+        if k in ("mul", "div", "add_const"):
             c = torch.tensor(np.asarray(op.attrs["value"], dtype=np.float64), device=self.device)
-            return x.to(torch.float64) * c if k == "mul" else x.to(torch.float64) / c
+            x = x.to(torch.float64)
+            return x * c if k == "mul" else x / c if k == "div" else x + c
         if k in ("maxpool", "avgpool"):
             return _pool(x if k == "maxpool" else x.to(torch.float64), op.attrs, k)
         if k == "global_avgpool":

@@ -54,6 +54,12 @@ def load_model(model):
     else:
         mw = ModelWrapper(str(model))
     _constants_to_initializers(mw)
+    # a foreign file: refuse what the reader cannot read, and rewrite channels-last ops, before
+    # shape inference (qonnx's takes 30-60 s on channels-last Convs of large feature maps)
+    from .foreign import channels_last_to_first, check_foreign
+    from .reader import SUPPORTED_OPS
+    check_foreign(mw.model, SUPPORTED_OPS)
+    channels_last_to_first(mw.model)
     return mw.transform(InferShapes())
 
 

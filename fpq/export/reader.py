@@ -45,7 +45,7 @@ CONST_OPS = ("Identity", "Transpose", "Reshape", "Flatten", "Unsqueeze", "Squeez
 SIMPLE_KINDS = {"Relu": "relu", "MaxPool": "maxpool", "AveragePool": "avgpool",
                 "GlobalAveragePool": "global_avgpool", "Flatten": "flatten", "Reshape": "reshape",
                 "Transpose": "transpose"}
-SUPPORTED_OPS = ("Quant", "FloatQuant", "BipolarQuant", "Trunc", "MatMul", "Gemm", "Conv", "Add",
+SUPPORTED_OPS = ("Quant", "FloatQuant", "BipolarQuant", "Trunc", "MatMul", "Gemm", "Conv", "Add", "Sub",
                  "Mul", "Div", "Relu", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten",
                  "Reshape", "Transpose", "Identity", "Dropout", "Constant", "Cast", "Unsqueeze", "Squeeze",
                  "ReduceSum", "Clip")
@@ -270,9 +270,9 @@ def read_graph(model) -> Graph:
                 if st is not None:
                     op.types["output"] = st
             else:
-                raise UnsupportedGraphError(
-                    f"Add node {node.name!r} adds a constant that is not the bias of a MatMul/Gemm/Conv "
-                    "directly before it; fpq supports bias adds and adds of two activations")
+                op = _add_const(r, node, ins, mod)
+        elif op_type == "Sub":
+            op = _add_const(r, node, ins, mod)
         elif op_type == "Mul":
             c = next((i for i in ins if r.is_const(i)), None)
             if c is None:
@@ -388,6 +388,25 @@ def _clip(r: _Reader, node, a, ins, mod, t_in) -> Op:
         op.types["output"] = t_in if on_grid else TensorType(
             fixed_union([t_in.carrier()] + ([values_carrier(np.array(b, np.float64))] if b else [])), 1.0)
     return op
+
+
+def _add_const(r: _Reader, node, ins, mod) -> Op:
+    """Add(x, c) / Sub(x, c) with a constant c that is no layer's bias (an input normalization):
+    one ``add_const`` op of c / -c (x - c == x + (-c) exactly in IEEE arithmetic)."""
+    consts = [i for i in ins if r.is_const(i)]
+    if len(ins) != 2 or len(consts) != 1:
+        raise UnsupportedGraphError(f"{node.op_type} node {node.name!r}: fpq supports the {node.op_type} of two "
+                                    "activations (Add only) or of an activation and one constant")
+    if node.op_type == "Sub" and consts[0] == ins[0]:
+        raise UnsupportedGraphError(f"Sub node {node.name!r} computes a constant minus an activation; fpq reads "
+                                    "x - c only (write it as Mul(x, -1) then Add(c))")
+    c, cq = r.const(consts[0])
+    x = ins[1] if consts[0] == ins[0] else ins[0]
+    v = np.asarray(c, dtype=np.float32)
+    if node.op_type == "Sub":
+        v = -v
+    return Op(r.unique(_op_name("add_const", mod)), "add_const", [x], [node.output[0]], attrs={"value": v},
+              onnx_nodes=[node.name])
 
 
 def _add_type(t0, t1):

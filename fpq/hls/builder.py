@@ -47,6 +47,15 @@ from .types import (FloatPort, HLSPlan, HLSUnsupportedError, _carrier, _check_fo
                     input_capture_type, values_carrier)
 
 
+# IR kinds the HLS path refuses, and what the user can do (a foreign QONNX file's ops)
+NO_HLS_WHY = {
+    "transpose": "a layout change (a channels-last file's NHWC <-> NCHW around each op) has no HLS layer here; "
+                 "fpq.emulate and fpq.verify run the file, the HLS path needs it exported channels-first",
+    **{k: "an element-wise constant op (e.g. an input normalization) is rounded in float, not exact in fixed "
+          "point; apply it to the data in software and strip it from the file, so that the input quantizer "
+          "reads the graph input" for k in ("mul", "div", "add_const")},
+}
+
 class _Builder:
     def __init__(self, graph, typeplan):
         self.g = graph
@@ -66,6 +75,11 @@ class _Builder:
     def src(self, op, k=0) -> _Tensor:
         name = op.inputs[k]
         if name not in self.t:
+            if name in self.g.inputs:
+                raise HLSUnsupportedError(
+                    f"op {op.name!r} ({op.kind}) reads the graph input {name!r} with no input quantizer: the "
+                    "hardware needs the input's format. Add a quantizer on the input (re-export with one, or "
+                    "fpq.export.foreign.add_input_quant(model, fmt, scale) with the format your data has)")
             raise HLSUnsupportedError(f"op {op.name!r}: input {name!r} is not produced by an op fpq can map to HLS")
         t = self.t[name]
         if t.sum_of is not None and op.kind not in ("quant", "flatten", "reshape"):
@@ -98,8 +112,9 @@ class _Builder:
         for op in g.ops:
             handler = getattr(self, f"op_{op.kind}", None)
             if handler is None:
+                why = f" (ONNX {', '.join(op.onnx_nodes)}): {NO_HLS_WHY[op.kind]}" if op.kind in NO_HLS_WHY else ""
                 raise HLSUnsupportedError(
-                    f"op {op.name!r} of kind {op.kind!r} is not supported by fpq's HLS path; supported: "
+                    f"op {op.name!r} of kind {op.kind!r} is not supported by fpq's HLS path{why}; supported: "
                     f"{', '.join(k[3:] for k in dir(self) if k.startswith('op_'))}")
             handler(op)
         if not self.plan.output_layer:

@@ -22,6 +22,9 @@ Op kinds (``Op.kind``) and their attributes:
                     output's type is x's widened to hold them (a quantizer after it rounds them)
 ``add``             x0 + x1 (both dynamic)
 ``mul`` / ``div``   x * c, x / c with a constant ``c`` (attrs["value"])
+``add_const``       x + c with a constant ``c`` (attrs["value"]) that is not a layer's bias (an
+                    input normalization); ONNX ``Sub(x, c)`` is ``add_const`` of -c (IEEE
+                    x - c == x + (-c)). mul / div / add_const run once in float64
 ``maxpool``         kernel, strides, pads, dilations, ceil_mode
 ``avgpool``         kernel, strides, pads, ceil_mode, count_include_pad
 ``global_avgpool``  mean over the spatial axes, keepdims
@@ -79,7 +82,7 @@ OPS = {k.name: k for k in (
     # a bound off the input's grid is a new value: not type-preserving, and (conservatively) not
     # ORDER_KEEPING for a sum rounded to odd; its result is a fresh array a requantizer may reuse
     OpKind("clip", computes=True), OpKind("add", computes=True), OpKind("mul", computes=True),
-    OpKind("div", computes=True), OpKind("maxpool", type_preserving=True), OpKind("avgpool", computes=True),
+    OpKind("div", computes=True), OpKind("add_const", computes=True), OpKind("maxpool", type_preserving=True), OpKind("avgpool", computes=True),
     OpKind("global_avgpool", computes=True),
     OpKind("flatten", type_preserving=True, free=True), OpKind("reshape", type_preserving=True, free=True),
     OpKind("transpose", type_preserving=True, free=True), OpKind("output", type_preserving=True, free=True),
