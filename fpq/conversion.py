@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .formats import Binary, Fixed, parse_format
-from .functional import functional_to_modules
+from .functional import functional_to_modules, unique_name
 from .typeplan import narrow_accumulator
 from .nn.batchnorm import FpqBatchNorm, from_batchnorm
 from .nn.layers import (FpqAct, FpqAdd, FpqAvgPool, FpqClamp, FpqConv1d, FpqConv2d, FpqInput,
@@ -333,16 +333,6 @@ def _set_module(gm: nn.Module, path: str, module: nn.Module) -> None:
     setattr(gm.get_submodule(parent) if parent else gm, name, module)
 
 
-def _unique(gm: nn.Module, base: str) -> str:
-    names = dict(gm.named_modules())
-    if base not in names:
-        return base
-    i = 1
-    while f"{base}_{i}" in names:
-        i += 1
-    return f"{base}_{i}"
-
-
 def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=None, overrides=None,
             scale: str = "po2", granularity: str = "tensor", inputs=None, method: str = "ste",
             omega=None, batchnorm="fold", accumulator_bits=None) -> FpqModel:
@@ -444,7 +434,7 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
                     raise _unsupported(node.name, "add with a constant or alpha (only x + y of two tensors)")
                 f = _resolve(policy, node.name)
                 policy.layers[node.name] = {"activations": f["activations"]}
-                name = _unique(gm, node.name)
+                name = unique_name(gm, node.name)
                 gm.add_submodule(name, FpqAdd(f["activations"], scale))
                 with gm.graph.inserting_after(node):
                     new = gm.graph.call_module(name, tuple(node.args))
@@ -463,7 +453,7 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
     # the explicit input quantizer(s): first op of the network
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     for i, ph in enumerate(placeholders):
-        name = _unique(gm, "input_quant" if len(placeholders) == 1 else f"input_quant_{i}")
+        name = unique_name(gm, "input_quant" if len(placeholders) == 1 else f"input_quant_{i}")
         gm.add_submodule(name, FpqInput(policy.inputs, scale))
         with gm.graph.inserting_after(ph):
             new = gm.graph.call_module(name, (ph,))

@@ -41,6 +41,17 @@ _SAME_RANK_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.BatchNorm1d, nn.Identit
 _SAME_RANK_CALLS = (F.relu, torch.relu, operator.add, torch.add, operator.iadd) + _CLAMPS
 
 
+def unique_name(gm: nn.Module, base: str) -> str:
+    """``base``, or ``base_1``, ``base_2``, ... : the first name no submodule of ``gm`` has."""
+    names = dict(gm.named_modules())
+    if base not in names:
+        return base
+    i = 1
+    while f"{base}_{i}" in names:
+        i += 1
+    return f"{base}_{i}"
+
+
 def _arg(node: fx.Node, i: int, name: str, default):
     return node.args[i] if len(node.args) > i else node.kwargs.get(name, default)
 
@@ -52,8 +63,7 @@ def _refuse(node: fx.Node, what: str, instead: str) -> ValueError:
 def _replace(gm: fx.GraphModule, node: fx.Node, module: nn.Module, flatten: bool = False) -> None:
     """Call ``module`` (a new submodule named after the node) instead of ``node``; ``flatten``
     appends torch.flatten(·, 1) (a mean that drops the spatial axes)."""
-    from .conversion import _unique
-    name = _unique(gm, node.name)
+    name = unique_name(gm, node.name)
     gm.add_submodule(name, module)
     with gm.graph.inserting_after(node):
         new = gm.graph.call_module(name, (node.args[0],))

@@ -128,8 +128,6 @@ def test_no_module_level_import_cycle():
             visit(n, [n])
 
 
-@pytest.mark.xfail(strict=True, reason="one release left: nn.qfx -> cost_model through the deprecated "
-                                       "bit_penalty(q, 'cost') (fpq.cost_model.penalty.cost_penalty replaces it)")
 def test_no_cycle_among_packages():
     """The goal: fpq's packages form a DAG, function-level imports included."""
     g = _unit_graph()

@@ -210,10 +210,10 @@ def test_cost_penalty_is_the_cost_models_price_and_its_gradient():
     lower = cost_penalty(q).item()
     assert lower < p.item()
     assert math.isclose(lower, priced({"c1": (8, 8), "c2": (8, 8), "fc": (8, 7)}), rel_tol=1e-12)
-    with pytest.raises(ValueError, match="'cost'"):
+    with pytest.raises(ValueError, match="'count', 'width'"):
         qfx.bit_penalty(q, "luts")
-    with pytest.warns(DeprecationWarning, match="cost_penalty"):   # the old spelling, one more release
-        assert qfx.bit_penalty(q, "cost").item() == lower
+    with pytest.raises(ValueError, match="cost_penalty"):   # the old spelling, removed after a release
+        qfx.bit_penalty(q, "cost")
 
 
 def test_training_with_cost_penalty_lowers_the_estimate():

@@ -1,6 +1,6 @@
 """The cost model as a differentiable training penalty: estimated LUTs of every Linear / Conv /
 kept BatchNorm datapath as a function of its input and weight widths, with gradients through
-QFX's learned widths (``fpq.nn.qfx.bit_penalty(q, "cost")`` calls it).
+QFX's learned widths (fpq.nn does not import it: call ``cost_penalty(q)`` beside the loss).
 
 It prices with this package's measured operator table and fits (``ops.OperatorCosts``), so a
 model trained against it is steered by the same figures ``fpq.estimate_cost`` reports.

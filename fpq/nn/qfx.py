@@ -345,18 +345,14 @@ def bit_penalty(q: nn.Module, weight_by: str = "count", *, costs=None) -> torch.
 
     * "count": total bits, weights counted once per element;
     * "width": each quantizer's width once;
-    * "cost" (deprecated): ``fpq.cost_model.penalty.cost_penalty(q)``, the estimated LUTs by fpq's
-      cost model (the cost model prices layers; fpq.nn does not depend on it).
+    The estimated LUTs by fpq's cost model are ``fpq.cost_model.penalty.cost_penalty(q)`` (the
+    cost model prices layers; fpq.nn does not depend on it).
     Quantizers of fixed width add a constant (no gradient)."""
-    if weight_by not in ("count", "width", "cost"):
-        raise ValueError(f"unknown weight_by {weight_by!r}; allowed: 'count', 'width', 'cost'")
-    if weight_by == "cost":   # kept for one release: the only import of cost_model from fpq.nn
-        import warnings
-
-        warnings.warn("qfx.bit_penalty(q, 'cost') is now fpq.cost_model.penalty.cost_penalty(q); the 'cost' mode "
-                      "will be removed in the next release", DeprecationWarning, stacklevel=2)
-        from ..cost_model.penalty import cost_penalty
-        return cost_penalty(q, costs=costs)
+    if weight_by == "cost":   # removed after one release of deprecation (fpq.nn must not import cost_model)
+        raise ValueError("bit_penalty(q, 'cost') was removed; use fpq.cost_model.penalty.cost_penalty(q)")
+    if weight_by not in ("count", "width"):
+        raise ValueError(f"unknown weight_by {weight_by!r}; allowed: 'count', 'width' "
+                         "(estimated LUTs: fpq.cost_model.penalty.cost_penalty)")
     total = torch.zeros(())
     modules = dict(q.named_modules())
     for name, role, tq in qfx_quantizers(q):
