@@ -576,14 +576,27 @@ def emulate(q, x, *, device=None, return_trace=False, example_input=None, backen
     ModelWrapper / ModelProto, or a Graph. Returns the output (float64 for accumulators,
     float32 for quantized tensors); with ``return_trace`` also {op name: output}.
 
-    A torch model is exported in memory first (``example_input`` defaults to ``x[:1]``).
-    ``device`` None: numpy on the CPU, or the torch backend on the GPU when ``x`` is a CUDA tensor.
+    A torch model is exported in memory first (``example_input`` defaults to ``x[:1]``), on the
+    model's own device, and the compiled emulator is kept on the model: later calls reuse it
+    while no parameter, buffer, format or module of the model changed (``fpq.emulate.cache``).
+    ``device`` None: numpy on the CPU, or the torch backend on ``x``'s GPU when ``x`` is a CUDA
+    tensor (the model may stay on the CPU).
     """
     if device is None and getattr(x, "is_cuda", False):
         device = x.device
     if example_input is None:
         example_input = x[:1] if hasattr(x, "__getitem__") else x
-    emu = Emulator(q, device=device, example_input=example_input, backend=backend)
+
+    def build():
+        return Emulator(q, device=device, example_input=example_input, backend=backend)
+
+    from ..userfiles import is_torch_module
+    if is_torch_module(q):
+        from .cache import cached_emulator
+        key = (str(device), backend, tuple(np.shape(example_input)[1:]))
+        emu, _ = cached_emulator(q, key, build)
+    else:
+        emu = build()
     return emu(x, return_trace=return_trace)
 
 

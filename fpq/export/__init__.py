@@ -112,7 +112,9 @@ def export_qonnx(q, path=None, example_input=None, *, input_name="input", output
     x = _as_tensor(example_input)
     if x.dim() == 0:
         raise ValueError("example_input must have a batch dimension")
-    x = x[:1]
+    # the export runs where the model is (x may be on a GPU while the model stays on the CPU)
+    home = next(iter(q.parameters()), None)
+    x = x[:1].to(home.device if home is not None else "cpu")
     was_training = q.training
     q.eval()
     try:
