@@ -12,7 +12,9 @@ Throughput on a device (the issue's GPU target: >= 500 M MLP inferences/s at bat
 
 runs the MLP through the emulator's torch backend, Brevitas' fake-quant forward and the plain
 float32 MLP on that device, checks the emulator's output bit for bit against the numpy emulator,
-and prints inferences per second for each.
+and prints inferences per second for each. ``--matrix`` runs every format (int, fixed, e2m1 ..
+e5m2, fp16, bf16, binary, mixed) on the 16-input MLP, the 784-256-128-10 MLP and the conv net
+against the float32 forward of the same network (issue 17: >= 50% of fp32, bit-exact).
 """
 from __future__ import annotations
 
@@ -194,6 +196,59 @@ def bench_throughput(device: str, batch: int) -> list:
     return rows
 
 
+MATRIX_FORMATS = ("int8", "int4", "fixed<8,3>", "e2m1", "e2m3", "e3m2", "e4m3", "e5m2", "fp16", "bf16", "binary",
+                  "mixed")
+
+
+def matrix_models():
+    """(name, float model, input shape, batch scale) of issue 17's format matrix."""
+    m16, s16 = mlp()
+    m784, s784 = mlp((784, 256, 128, 10))
+    conv, sconv = conv2d_bn_net(groups=1)
+    return [("mlp16", m16, s16, 1), ("mlp784", m784, s784, 16), ("conv", conv, sconv, 16)]
+
+
+def bench_matrix(device: str, batch: int, check_rows: int) -> list:
+    """Every format on every matrix model: the emulator's torch backend on ``device`` against the
+    plain float32 forward of the same network at the same batch (issue 17's target: >= 50%), its
+    first ``check_rows`` outputs compared bit for bit with the numpy emulator on the CPU."""
+    from fpq.testing.conformance import mixed_overrides
+    dev = torch.device(device)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"\n== format matrix on {name}; torch {torch.__version__}, CUDA {torch.version.cuda}")
+    rows = []
+    for mname, m, shape, scale in matrix_models():
+        b = max(1, batch // scale)
+        fm = m.to(dev).eval()
+        xf = torch.randn(b, *shape, device=dev) * 2
+        with torch.no_grad():
+            t_f, _ = _device_time(lambda: fm(xf), dev)
+        m.cpu()
+        for fmt in MATRIX_FORMATS:
+            q = fpq.convert(m, **({"fmt": "int8", "overrides": mixed_overrides(m)} if fmt == "mixed" else {"fmt": fmt}))
+            graph = read_graph(fpq.export_qonnx(q, None, torch.zeros(1, *shape)))
+            x = random_inputs(graph, b, seed=0)
+            xd = torch.from_numpy(x).to(dev)
+            try:
+                emu = Emulator(graph, device=dev, backend="torch")
+            except fpq.ir.UnsupportedGraphError as e:   # e.g. bf16 x bf16: no exact accumulator
+                print(f"   {mname:7s} {fmt:11s} REFUSED by the emulator: {str(e)[:150]}")
+                rows.append((mname, fmt, b, None, t_f, 0.0, "refused"))
+                continue
+            t, y = _device_time(lambda: emu(xd), dev, repeats=5)
+            k = min(check_rows, b)
+            same = _same(Emulator(graph)(x[:k]), y[:k].cpu().numpy())
+            ratio = t_f / t
+            rows.append((mname, fmt, b, t, t_f, ratio, same))
+            print(f"   {mname:7s} {fmt:11s} batch {b:8d}  emulator {t * 1e3:8.2f} ms ({b / t / 1e6:8.1f} M/s)  "
+                  f"fp32 {t_f * 1e3:7.2f} ms  {100 * ratio:5.0f}% of fp32 {'ok ' if ratio >= 0.5 else 'LOW'}  "
+                  f"{same} ({k} rows)", flush=True)
+    low = [r for r in rows if r[5] < 0.5]
+    bad = [r for r in rows if r[6] != "bit-exact"]
+    print(f"   {len(rows)} cases: {len(rows) - len(low)} at >= 50% of fp32, {len(rows) - len(bad)} bit-exact")
+    return rows
+
+
 def _same(a, b):
     return "bit-exact" if np.array_equal(np.asarray(a, np.float64), np.asarray(b, np.float64)) else "MISMATCH"
 
@@ -205,10 +260,16 @@ def main():
     ap.add_argument("--no-hls", action="store_true")
     ap.add_argument("--device", help="throughput mode on this device (cuda, cpu) instead of the CPU comparison")
     ap.add_argument("--batch", type=int, default=2 ** 20, help="batch of the throughput mode")
+    ap.add_argument("--matrix", action="store_true",
+                    help="with --device: every format on the MLPs and the conv net against fp32 (issue 17)")
+    ap.add_argument("--check-rows", type=int, default=65536, help="rows of --matrix compared with the numpy emulator")
     args = ap.parse_args()
+    if args.device and args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device here")
+    if args.matrix:
+        bench_matrix(args.device or "cpu", args.batch, args.check_rows)
+        return
     if args.device:
-        if args.device.startswith("cuda") and not torch.cuda.is_available():
-            raise SystemExit("--device cuda: torch sees no CUDA device here")
         bench_throughput(args.device, args.batch)
         return
     try:
