@@ -349,7 +349,8 @@ def _profile(q, float_model, shape, batch, dev, names, warmup, iters, example_in
     else:
         x = torch.rand((batch, *shape), generator=torch.Generator().manual_seed(seed))
     x = x.to(dev)
-    res = ProfileResult(device=str(dev), device_name=device_name(dev), torch_version=torch.__version__,
+    res = ProfileResult(device=str(dev), device_name=device_name(dev),
+                        torch_version=torch.__version__ + (f" (CUDA {torch.version.cuda})" if dev.type == "cuda" else ""),
                         batch=batch, threads=torch.get_num_threads(), input_shape=tuple(x.shape[1:]),
                         warmup=warmup, iters=iters)
     if dev.type == "cuda":
