@@ -24,6 +24,7 @@ from .typeplan import narrow_accumulator
 from .nn.batchnorm import FpqBatchNorm, from_batchnorm
 from .nn.layers import (FpqAct, FpqAdd, FpqAvgPool, FpqClamp, FpqConv1d, FpqConv2d, FpqInput,
                         FpqLinear, link_input_quantizers, quant_layer)
+from .nn.tables import FpqTable, table_spec
 
 SUPPORTED = ("Linear", "Conv1d", "Conv2d",
              "BatchNorm1d/2d (folded into the Conv/Linear before it, else element-wise)",
@@ -31,7 +32,9 @@ SUPPORTED = ("Linear", "Conv1d", "Conv2d",
              "AvgPool2d", "AdaptiveAvgPool1d/2d(1)", "Flatten", "Dropout (removed)",
              "residual add (x + y, torch.add)", "torch.flatten / view / reshape", "F.relu / torch.relu",
              "F.relu6 / F.hardtanh / torch.clamp (constant bounds)", "F.max_pool1d/2d", "F.avg_pool1d/2d",
-             "F.adaptive_avg_pool1d/2d(x, 1)", "x.mean(spatial dims)")
+             "F.adaptive_avg_pool1d/2d(x, 1)", "x.mean(spatial dims)",
+             "Sigmoid, Tanh, SiLU, Hardswish, Hardsigmoid, GELU (erf / tanh), ELU, Softplus, LeakyReLU, PReLU "
+             "(exact tables over an input of at most 16 bits) and their functional forms")
 _KEEP_MODULES = (nn.ReLU, nn.MaxPool1d, nn.MaxPool2d, nn.Flatten)
 _DROP_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)
 _KEEP_FUNCTIONS = (F.relu, torch.relu, torch.flatten)
@@ -159,8 +162,10 @@ def _trace(model: nn.Module) -> fx.GraphModule:
 
 # modules that become fpq layers with quantizers (each call needs its own quantizers and its own
 # export / HLS layer, so such a module may be called only once)
+_TABLE_MODULES = (nn.Sigmoid, nn.Tanh, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.GELU, nn.ELU, nn.Softplus,
+                  nn.LeakyReLU, nn.PReLU)
 _QUANTIZED_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ReLU6, nn.Hardtanh, nn.AvgPool1d, nn.AvgPool2d,
-                      nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.BatchNorm1d, nn.BatchNorm2d)
+                      nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.BatchNorm1d, nn.BatchNorm2d) + _TABLE_MODULES
 _META_ATTRIBUTES = ("shape", "ndim", "dtype", "device")   # tensor attributes that are not tensors
 _KEEP_BATCH = ("dimension 0 is the batch and must stay it: use torch.flatten(x, 1), x.flatten(1), "
                "nn.Flatten(), x.view(x.size(0), -1) or x.reshape(x.size(0), -1)")
@@ -406,6 +411,11 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
                 policy.layers[path] = f
                 _set_module(gm, path, quant_layer(m, f["weights"], f["bias"], f["activations"],
                                                   scale, granularity))
+            elif type(m) in _TABLE_MODULES:
+                f = _resolve(policy, path)
+                policy.layers[path] = {"activations": f["activations"]}
+                fn, params, weight = table_spec(m)
+                _set_module(gm, path, FpqTable(fn, params, f["activations"], scale, weight))
             elif isinstance(m, (nn.ReLU6, nn.Hardtanh)):
                 f = _resolve(policy, path)
                 policy.layers[path] = {"activations": f["activations"]}
@@ -467,7 +477,26 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
         to_biper(q, omega)
     _set_accumulator_bits(q, accumulator_bits)
     link_input_quantizers(q)
+    _check_tables(q)
     return q.eval()
+
+
+def _check_tables(q: FpqModel) -> None:
+    """Each table activation knows the quantizer of its input, and that input is narrow enough
+    for a table (fpq.numerics.activations.MAX_TABLE_BITS); else refused naming the layer."""
+    from .nn.layers import linked_input_quantizer
+    from .numerics.activations import check_table_input
+    for name, m in q.named_modules():
+        if not isinstance(m, FpqTable):
+            continue
+        m.fpq_layer_name = name
+        tq = linked_input_quantizer(m)
+        if tq is None:
+            raise ValueError(f"fpq.convert: activation {name!r} ({m.extra_repr()}) does not read the output of a "
+                             "quantized layer (through ReLU / max pool / flatten only), so its input's values are "
+                             "unknown and no exact table exists; put it after a Linear / Conv / add / pool")
+        n = 1 if m.weight is None else m.weight.numel()
+        check_table_input(tq.fmt, f"fpq.convert: activation {name!r} ({m.extra_repr()})", n)
 
 
 def _set_accumulator_bits(q: FpqModel, accumulator_bits) -> None:

@@ -2,8 +2,10 @@
 
 ``F.relu6(x)``, ``F.hardtanh(x, a, b)``, ``torch.clamp(x, a, b)`` / ``x.clamp(...)`` /
 ``torch.clip`` with constant bounds, ``F.max_pool1d/2d``, ``F.avg_pool1d/2d``,
-``F.adaptive_avg_pool1d/2d(x, 1)`` and a spatial mean ``x.mean(dims)`` / ``torch.mean(x, dims)``
-become the nn modules of the same computation (nn.Hardtanh, nn.MaxPool2d, nn.AvgPool2d,
+``F.adaptive_avg_pool1d/2d(x, 1)``, a spatial mean ``x.mean(dims)`` / ``torch.mean(x, dims)``
+and the table activations (``torch.sigmoid`` / ``x.sigmoid()`` / ``F.sigmoid``, ``torch.tanh`` /
+``x.tanh()``, ``F.silu``, ``F.gelu`` (both forms), ``F.hardswish``, ``F.hardsigmoid``, ``F.elu``,
+``F.softplus``, ``F.leaky_relu``, with constant arguments) become the nn modules of the same computation (nn.Hardtanh, nn.MaxPool2d, nn.AvgPool2d,
 nn.AdaptiveAvgPool2d(1) followed by torch.flatten(·, 1) for a mean without keepdim), each call
 its own module named after its fx node, so that the rest of ``fpq.convert`` (quantizers,
 overrides by name, export, HLS) treats both forms alike. A call fpq cannot map (a tensor bound, a
@@ -33,12 +35,22 @@ _POOLS = {
 _CLAMPS = (torch.clamp, torch.clip, F.hardtanh, F.relu6)
 _CLAMP_METHODS = ("clamp", "clip")
 _MEANS = (torch.mean,)
+# table activations: call -> (module class, its parameter names in the functional's positional order)
+_TABLES = {
+    torch.sigmoid: (nn.Sigmoid, ()), torch.tanh: (nn.Tanh, ()), F.silu: (nn.SiLU, ()),
+    F.gelu: (nn.GELU, ("approximate",)), F.hardswish: (nn.Hardswish, ()), F.hardsigmoid: (nn.Hardsigmoid, ()),
+    F.elu: (nn.ELU, ("alpha",)), F.softplus: (nn.Softplus, ("beta", "threshold")),
+    F.leaky_relu: (nn.LeakyReLU, ("negative_slope",)),
+}
+_TABLE_METHODS = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
+_PRELU_CALLS = (torch.prelu, F.prelu)
 
 # modules and calls through which the number of spatial axes of a feature map stays the same
 _SPATIAL = {nn.Conv1d: 1, nn.MaxPool1d: 1, nn.AvgPool1d: 1, nn.AdaptiveAvgPool1d: 1,
             nn.Conv2d: 2, nn.MaxPool2d: 2, nn.AvgPool2d: 2, nn.AdaptiveAvgPool2d: 2, nn.BatchNorm2d: 2}
-_SAME_RANK_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.BatchNorm1d, nn.Identity, nn.Dropout)
-_SAME_RANK_CALLS = (F.relu, torch.relu, operator.add, torch.add, operator.iadd) + _CLAMPS
+_SAME_RANK_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.BatchNorm1d, nn.Identity, nn.Dropout, nn.Sigmoid, nn.Tanh,
+                      nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.GELU, nn.ELU, nn.Softplus, nn.LeakyReLU, nn.PReLU)
+_SAME_RANK_CALLS = (F.relu, torch.relu, operator.add, torch.add, operator.iadd) + _CLAMPS + tuple(_TABLES)
 
 
 def unique_name(gm: nn.Module, base: str) -> str:
@@ -110,6 +122,18 @@ def _pool_module(node: fx.Node) -> nn.Module:
     return cls(**kw)
 
 
+def _table_module(node: fx.Node) -> nn.Module:
+    if node.op == "call_method":
+        return _TABLE_METHODS[node.target]()
+    cls, names = _TABLES[node.target]
+    kw = {n: _arg(node, i + 1, n, None) for i, n in enumerate(names)}
+    kw = {k: v for k, v in kw.items() if v is not None}
+    if any(isinstance(v, fx.Node) for v in kw.values()):
+        raise _refuse(node, f"{getattr(node.target, '__name__', node.target)} with a computed argument",
+                      "pass constant arguments (the table is computed once)")
+    return cls(**kw)
+
+
 def _spatial_axes(node, modules) -> int | None:
     """Number of spatial axes of ``node``'s output, read back through rank-keeping ops to a
     Conv / pool / BatchNorm2d; None when nothing tells."""
@@ -122,7 +146,7 @@ def _spatial_axes(node, modules) -> int | None:
             if not isinstance(m, _SAME_RANK_MODULES):
                 return None
         elif not ((node.op == "call_function" and node.target in _SAME_RANK_CALLS) or
-                  (node.op == "call_method" and node.target in ("relu",) + _CLAMP_METHODS)):
+                  (node.op == "call_method" and node.target in ("relu",) + _CLAMP_METHODS + tuple(_TABLE_METHODS))):
             return None
         node = next((a for a in node.args if isinstance(a, fx.Node)), None)
     return None
@@ -154,6 +178,12 @@ def functional_to_modules(gm: fx.GraphModule) -> None:
         if node.op == "call_function" and node.target in _CLAMPS or \
                 node.op == "call_method" and node.target in _CLAMP_METHODS:
             _replace(gm, node, _clamp_module(node))
+        elif node.op == "call_function" and node.target in _TABLES or \
+                node.op == "call_method" and node.target in _TABLE_METHODS:
+            _replace(gm, node, _table_module(node))
+        elif node.op == "call_function" and node.target in _PRELU_CALLS:
+            raise _refuse(node, "F.prelu with a weight tensor", "use nn.PReLU(num_parameters) (its slopes are a "
+                                                                 "parameter of the layer, quantized into its table)")
         elif node.op == "call_function" and node.target in _POOLS:
             _replace(gm, node, _pool_module(node))
         elif node.op == "call_function" and node.target in _MEANS or \

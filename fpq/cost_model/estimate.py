@@ -576,6 +576,9 @@ def _layer_row(lp, ops, dev, rfs, reuse_factor, strat, clock_period, dsp_thresho
     if lp.op.lower() == "batchnorm" and "weight" in lp.tensors:
         rf = _reuse(lp, rfs, reuse_factor)
         return _batchnorm_layer(lp, ops, dev, rf, float(clock_period), dsp_threshold, notes)
+    if lp.op.lower() == "table":   # an activation table: a binary search over the input's values
+        from .tables import table_row
+        return table_row(lp, ops, dev, float(clock_period), notes, _t_add)
     if not (lp.op.lower() in MAC_KINDS and "weight" in lp.tensors):
         return _other_layer(lp, ops, notes)
     rf = _reuse(lp, rfs, reuse_factor)

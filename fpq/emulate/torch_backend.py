@@ -124,6 +124,24 @@ class TorchProgram:
             return y.to(torch.float32)
         return fn
 
+    def _table(self, op, x):
+        """The table op on the device: each x found in the ascending inputs (searchsorted), an x
+        off them refused as the numpy kernel does (fpq.numerics.activations.lookup)."""
+        cache = self.__dict__.setdefault("_tables", {})
+        if op.name not in cache:
+            cache[op.name] = (torch.tensor(op.attrs["x"], dtype=torch.float64, device=self.device),
+                              torch.tensor(op.attrs["y"], dtype=torch.float64, device=self.device))
+        xs, ys = cache[op.name]
+        x64 = x.to(torch.float64).contiguous()
+        idx = torch.searchsorted(xs, x64).clamp_(0, xs.numel() - 1)
+        if not torch.equal(xs[idx], x64):
+            bad = x64[xs[idx] != x64].reshape(-1)[0].item()
+            raise ValueError(f"table {op.name!r}: input {bad!r} is not one of the {xs.numel()} values of its table")
+        if ys.dim() == 1:
+            return ys[idx].to(torch.float32)
+        c = torch.arange(ys.shape[0], device=self.device).view((-1,) + (1,) * (idx.dim() - 2))
+        return ys[c, idx].to(torch.float32)
+
     def _quant(self, x, q, input_quant):
         if not input_quant and po2_exponents(q.scale) is None:
             x = x.to(torch.float64)  # a float scale divides the exact value in float64
@@ -163,6 +181,8 @@ class TorchProgram:
         if k == "clip":   # float32 bounds: exact in x's dtype
             lo, hi = op.attrs["min"], op.attrs["max"]
             return torch.clamp(x, None if lo is None else float(lo), None if hi is None else float(hi))
+        if k == "table":
+            return self._table(op, x)
         if k == "add":
             return x.to(torch.float64) + xs[1].to(torch.float64)
         if k in ("mul", "div", "add_const"):

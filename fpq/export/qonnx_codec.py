@@ -17,7 +17,8 @@ from ..formats import QONNX_ROUNDING, ROUNDING_TO_QONNX, Binary, Fixed, Format, 
 from ..ir import Quantizer, UnsupportedGraphError
 from ..typeplan import TensorType, po2_exponents
 
-QONNX_DOMAINS = ("qonnx.custom_op.general", "finn.custom_op.general", "onnx.brevitas", "")
+QONNX_DOMAINS = ("qonnx.custom_op.general", "finn.custom_op.general", "onnx.brevitas", "",
+                 "fpq.export.custom_op")   # the last: fpq's own ops (FpqTable), fpq.export.custom_op
 QUANT_OPS = ("Quant", "IntQuant", "FloatQuant", "BipolarQuant", "Trunc")
 FPQ_FORMAT_ATTR = "fpq_format"
 # ap_fixed's RND (ties to +inf) and RND_MIN_INF (ties to -inf) have no QONNX rounding_mode; the

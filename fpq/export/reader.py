@@ -48,7 +48,7 @@ SIMPLE_KINDS = {"Relu": "relu", "MaxPool": "maxpool", "AveragePool": "avgpool",
 SUPPORTED_OPS = ("Quant", "FloatQuant", "BipolarQuant", "Trunc", "MatMul", "Gemm", "Conv", "Add", "Sub",
                  "Mul", "Div", "Relu", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten",
                  "Reshape", "Transpose", "Identity", "Dropout", "Constant", "Cast", "Unsqueeze", "Squeeze",
-                 "ReduceSum", "Clip")
+                 "ReduceSum", "Clip", "FpqTable")
 
 
 def _c_name(text: str) -> str:
@@ -294,6 +294,8 @@ def read_graph(model) -> Graph:
             op = _fuse_global_avgpool(r, node, a, ins, mod)
         elif op_type == "Clip":
             op = _clip(r, node, a, list(node.input), mod, tt(x))
+        elif op_type == "FpqTable":
+            op = _table(r, node, x, mod, tt(x))
         elif op_type in SIMPLE_KINDS:
             kind = SIMPLE_KINDS[op_type]
             op = Op(r.unique(_op_name(kind, mod)), kind, [x], [node.output[0]], onnx_nodes=[node.name])
@@ -387,6 +389,35 @@ def _clip(r: _Reader, node, a, ins, mod, t_in) -> Op:
         on_grid = all(np.all(quantize(np.full(s.shape, float(v)), t_in.format, s) == float(v)) for v in b)
         op.types["output"] = t_in if on_grid else TensorType(
             fixed_union([t_in.carrier()] + ([values_carrier(np.array(b, np.float64))] if b else [])), 1.0)
+    return op
+
+
+def _table(r: _Reader, node, x, mod, t_in) -> Op:
+    """An ``FpqTable`` node (fpq.export.custom_op): its table must list every value of its input's
+    quantizer, so that the lookup is defined on whatever the input holds; the output's type holds
+    every table output (the quantizer after it names their format)."""
+    from ..numerics.activations import MAX_TABLE_ENTRIES, input_values
+    from .custom_op import table_of
+    try:
+        xs, ys, fn = table_of(node)
+    except ValueError as e:
+        raise UnsupportedGraphError(str(e)) from None
+    if ys.size > MAX_TABLE_ENTRIES:
+        raise UnsupportedGraphError(f"FpqTable node {node.name!r}: {ys.size} entries, more than {MAX_TABLE_ENTRIES}")
+    if not isinstance(t_in, TensorType):
+        raise UnsupportedGraphError(f"FpqTable node {node.name!r}: its input has no quantizer, so the values it "
+                                    "holds (and the table's exactness) are unknown")
+    try:
+        need = input_values(t_in.format, t_in.scale, f"FpqTable node {node.name!r}")
+    except ValueError as e:
+        raise UnsupportedGraphError(str(e)) from None
+    missing = need[~np.isin(need, xs)]
+    if missing.size:
+        raise UnsupportedGraphError(f"FpqTable node {node.name!r}: its input {t_in.describe()} takes {missing.size} "
+                                    f"value(s) its table does not list (e.g. {missing[0]!r})")
+    op = Op(r.unique(_op_name("table", mod)), "table", [x], [node.output[0]],
+            attrs={"x": xs, "y": ys, "function": fn}, onnx_nodes=[node.name])
+    op.types["output"] = TensorType(values_carrier(ys), 1.0)
     return op
 
 

@@ -27,6 +27,8 @@ Exactness, layer by layer:
 * clip (ReLU6, Hardtanh, clamp): an ``FpqQuantize`` layer out_T(x < lo ? lo : x > hi ? hi : x)
   with the float32 bounds as constants of their exact Fixed; out_T holds x and both bounds, or
   is the cast of the quantizer that follows (Q(clip(x)) in one layer).
+* table (Sigmoid, GELU, ...: fpq.numerics.activations): an ``FpqQuantize`` layer that finds the
+  input among its quantizer's values by binary search and returns that entry of the table.
 * add: the exact sum type of both inputs.
 * batchnorm (element-wise): hls4ml's BatchNormalization, scale / bias in their exact carriers,
   the result the exact x * s + t (or the cast of the quantizer that follows).
@@ -361,6 +363,32 @@ class _Builder:
                         "quantizer_tables": " ".join(f"static const {cpp.ap_type(b_c)} {k} = {float(v)!r};"
                                                      for k, v in bounds.items()),
                         "fpq_format": f"clip [{op.attrs.get('min')}, {op.attrs.get('max')}]"}, {"result": out})
+        self.set_out(op, _Tensor(op.name, out, src.torch_shape, src.hls_shape, src.perm))
+
+    def op_table(self, op):
+        """An activation table (fpq.numerics.activations) as an FpqQuantize layer: a binary search over
+        the input's values (``fpq::quantize_by_thresholds``, thresholds = the values but the first,
+        levels = the table's outputs): exact for every input on its quantizer's grid, whatever the
+        function's shape. out_T holds every output exactly, or is the cast of the fused quantizer
+        after it (the outputs are its values already)."""
+        from ..numerics.activations import input_values
+        src, t_in = self.src(op), op.types.get("input")
+        if isinstance(src.fixed, FloatPort) or t_in is None:
+            raise HLSUnsupportedError(f"table {op.name!r}: its input must come from a quantizer")
+        xs, ys = op.attrs["x"], op.attrs["y"]
+        if ys.ndim != 1:
+            raise HLSUnsupportedError(f"table {op.name!r} ({op.attrs.get('function')}): one table per channel (PReLU "
+                                      f"with {ys.shape[0]} slopes) has no HLS layer yet; use nn.PReLU() (one slope) "
+                                      "or nn.LeakyReLU in a model built for HLS")
+        keep = np.isin(xs, input_values(t_in.format, t_in.scale, f"table {op.name!r}"))  # the values in_T holds
+        th, lv = xs[keep][1:], ys[keep]
+        n = len(th)
+        tables = f"static const in_T th[{n}] = {c_array(th)}; static const out_T lv[{n + 1}] = {c_array(lv)};"
+        call = f"fpq::quantize_by_thresholds<in_T, out_T, {n}>({{x}}, th, lv)" if n else f"out_T({float(lv[0])!r})"
+        out = values_carrier(lv)
+        self.add_layer({"class_name": "FpqQuantize", "name": op.name, "inputs": [src.layer], "quantizer": call,
+                        "quantizer_tables": tables if n else "",
+                        "fpq_format": f"table {op.attrs.get('function', '')} ({n + 1} entries)"}, {"result": out})
         self.set_out(op, _Tensor(op.name, out, src.torch_shape, src.hls_shape, src.perm))
 
     def _pool(self, op, cls: str) -> None:

@@ -20,6 +20,10 @@ Op kinds (``Op.kind``) and their attributes:
 ``clip``            min(max(x, min), max) (ONNX Clip: ReLU6, Hardtanh, clamp); attrs "min" / "max" are
                     float32 numbers or None (no bound); the bounds may lie off x's grid, so the
                     output's type is x's widened to hold them (a quantizer after it rounds them)
+``table``           an activation as an exact table (Sigmoid, Tanh, SiLU, GELU, ELU, PReLU, ...; QONNX
+                    ``FpqTable``, ``fpq.export.custom_op``): attrs "x" (float64, ascending: every value
+                    the input's quantizer produces), "y" (float64 (N,), or (C, N) per channel on axis
+                    1: the output already rounded by the quantizer after it), "function" (its name)
 ``add``             x0 + x1 (both dynamic)
 ``mul`` / ``div``   x * c, x / c with a constant ``c`` (attrs["value"])
 ``add_const``       x + c with a constant ``c`` (attrs["value"]) that is not a layer's bias (an
@@ -81,7 +85,7 @@ OPS = {k.name: k for k in (
     OpKind("relu", type_preserving=True),
     # a bound off the input's grid is a new value: not type-preserving, and (conservatively) not
     # ORDER_KEEPING for a sum rounded to odd; its result is a fresh array a requantizer may reuse
-    OpKind("clip", computes=True), OpKind("add", computes=True), OpKind("mul", computes=True),
+    OpKind("clip", computes=True), OpKind("table", computes=True), OpKind("add", computes=True), OpKind("mul", computes=True),
     OpKind("div", computes=True), OpKind("add_const", computes=True), OpKind("maxpool", type_preserving=True), OpKind("avgpool", computes=True),
     OpKind("global_avgpool", computes=True),
     OpKind("flatten", type_preserving=True, free=True), OpKind("reshape", type_preserving=True, free=True),

@@ -96,24 +96,10 @@ class _ExactWBIOL:
             if extra > 0:
                 tb.set_scale(tb.scale().detach().double() * 2.0 ** extra)
 
+    fpq_links_input = True   # link_input_quantizers records the quantizer feeding it
+
     def _input_type(self):
-        """TensorType of the fpq quantizer that produced the input (see link_input_quantizers),
-        None when unknown."""
-        link = self.__dict__.get("_fpq_input_link")
-        if link is None:
-            return None
-        ref, code, src, chain = link
-        root = ref()
-        if root is None or root.code != code:  # the graph changed since the link was made
-            return None
-        try:
-            tq = root.get_submodule(src).fpq_output
-            if tq is None or not all(isinstance(root.get_submodule(c), _VALUE_PRESERVING) for c in chain):
-                return None
-            with torch.no_grad():
-                return tensor_type_of(tq)
-        except AttributeError:  # no such module any more
-            return None
+        return linked_input_type(self)
 
     def _input_bound(self):
         """(top, bottom) bounding every input value, from the fpq quantizer that produced the input,
@@ -138,6 +124,34 @@ class _ExactWBIOL:
     @property
     def fpq_output(self):
         return tensor_quant_of(self.output_quant)
+
+
+def linked_input_quantizer(module):
+    """The fpq tensor quantizer that produced ``module``'s input (see link_input_quantizers), None
+    when unknown."""
+    link = module.__dict__.get("_fpq_input_link")
+    if link is None:
+        return None
+    ref, code, src, chain = link
+    root = ref()
+    if root is None or root.code != code:  # the graph changed since the link was made
+        return None
+    try:
+        tq = root.get_submodule(src).fpq_output
+        if tq is None or not all(isinstance(root.get_submodule(c), _VALUE_PRESERVING) for c in chain):
+            return None
+        return tq
+    except AttributeError:  # no such module any more
+        return None
+
+
+def linked_input_type(module):
+    """TensorType of the fpq quantizer that produced ``module``'s input, None when unknown."""
+    tq = linked_input_quantizer(module)
+    if tq is None:
+        return None
+    with torch.no_grad():
+        return tensor_type_of(tq)
 
 
 def tensor_type_of(tq) -> TensorType:
@@ -376,7 +390,7 @@ _VALUE_PRESERVING_METHODS = {"flatten", "view", "reshape", "relu"}
 
 
 def input_sources(root: fx.GraphModule) -> dict:
-    """{weight layer name: (name of the module whose fpq quantizer produced its input, names of the
+    """{weight / table layer name: (name of the module whose fpq quantizer produced its input, names of the
     value-preserving modules in between)}, following the graph back through value-preserving ops
     only (ReLU, max pooling, flatten / reshape, dropout); layers whose input comes from anything
     else are left out."""
@@ -384,7 +398,7 @@ def input_sources(root: fx.GraphModule) -> dict:
     out = {}
     for node in root.graph.nodes:
         layer = modules.get(node.target) if node.op == "call_module" else None
-        if not isinstance(layer, _ExactWBIOL):
+        if not getattr(layer, "fpq_links_input", False):
             continue
         src, chain = node.args[0] if node.args else None, []
         while isinstance(src, fx.Node):
@@ -406,6 +420,6 @@ def link_input_quantizers(root: fx.GraphModule) -> None:
     checked against the graph's code on every use: an edited graph drops it."""
     sources = input_sources(root)
     for name, layer in root.named_modules():
-        if isinstance(layer, _ExactWBIOL):
+        if getattr(layer, "fpq_links_input", False):
             found = sources.get(name)
             layer.__dict__["_fpq_input_link"] = None if found is None else (weakref.ref(root), root.code) + found

@@ -12,6 +12,7 @@ from torch import fx, nn
 
 from .batchnorm import FpqBatchNorm, to_batchnorm
 from .layers import FpqAdd, FpqAvgPool, FpqClamp, FpqConv1d, FpqConv2d, FpqInput, FpqLinear
+from .tables import FpqTable, float_module
 
 _WEIGHT_LAYERS = (FpqLinear, FpqConv1d, FpqConv2d)
 
@@ -64,6 +65,8 @@ def dequantize_model(q) -> tuple[nn.Module, dict]:
             setattr(owner, leaf, to_batchnorm(m))
         elif isinstance(m, FpqAvgPool):
             setattr(owner, leaf, m.pool)
+        elif isinstance(m, FpqTable):
+            setattr(owner, leaf, float_module(m))
         elif isinstance(m, FpqClamp):
             inf = float("inf")
             setattr(owner, leaf, nn.Hardtanh(-inf if m.min_val is None else m.min_val,
