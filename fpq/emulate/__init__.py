@@ -45,6 +45,8 @@ from ..numerics.wide import WIDE_BITS as WIDE_EXACT_BITS, exact_bilinear
 from ..formats import Fixed, Int
 from ..formats.facts import exact_fixed
 from ..typeplan import LayerPlan, po2_exponents, sum_type, wrap
+from .inputs import (NONFINITE_RULE, _is_tensor, check_input, check_input_tensor,  # noqa: F401
+                     refuse_nonfinite)
 
 FLOAT32_EXACT_BITS = 24
 FLOAT64_EXACT_BITS = 53
@@ -460,14 +462,6 @@ def _int_quant_fn(q, lo, hi, inplace):
     return fn
 
 
-def _is_tensor(x) -> bool:
-    try:
-        import torch
-        return isinstance(x, torch.Tensor)
-    except ImportError:  # pragma: no cover
-        return False
-
-
 def _float_scaled_reader(graph, name) -> bool:
     """Whether graph input ``name`` feeds a quantizer whose scale (or Trunc pre-scale) is not a
     power of two: that division is not exact, and the exported model runs it in float32."""
@@ -477,81 +471,6 @@ def _float_scaled_reader(graph, name) -> bool:
                               (q.pre_scale is not None and po2_exponents(q.pre_scale) is None)):
             return True
     return False
-
-
-NONFINITE_RULE = ("fixed-point hardware has neither NaN nor infinity, so every fpq path (emulate, verify, "
-                  "HLS predict) refuses them: replace or drop those values first")
-
-
-def refuse_nonfinite(x: np.ndarray, who: str = "input") -> None:
-    """One ValueError naming how many values of ``x`` are NaN / +-inf and the first one's index."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        total = np.sum(x, dtype=np.float64)   # NaN / inf propagate; no extra array the size of x
-    if np.isfinite(total):
-        return
-    flat = x.reshape(-1)
-    count, first, step = 0, None, 1 << 20
-    for i in range(0, flat.size, step):   # a finite float64 sum may still overflow: scan exactly
-        bad = ~np.isfinite(flat[i:i + step])
-        k = int(bad.sum())
-        if k and first is None:
-            first = i + int(np.argmax(bad))
-        count += k
-    if count:
-        idx = tuple(int(j) for j in np.unravel_index(first, x.shape))
-        raise ValueError(f"{who}: {count} input value(s) are NaN or infinite (the first at index {idx}: "
-                         f"{flat[first]}); {NONFINITE_RULE}")
-
-
-def check_input(x, float32_only: bool = False, who: str = "input") -> np.ndarray:
-    """The inputs rule of every fpq path (module docstring): a numpy array holding the value the
-    user gave -- float64 kept, integers as float64, other floats as float32 -- refusing NaN / inf,
-    complex values, and (``float32_only``: a float-scaled input quantizer, which divides in float32)
-    float64 values that are not float32 numbers."""
-    if _is_tensor(x):
-        x = x.detach().cpu().numpy()
-    x = np.asarray(x)
-    if x.dtype.kind not in "fiub":
-        raise ValueError(f"{who}: inputs must be real numbers (float or integer arrays), got dtype {x.dtype}")
-    x = x.astype(np.float64 if x.dtype == np.float64 or x.dtype.kind in "iub" else np.float32, copy=False)
-    refuse_nonfinite(x, who)
-    if float32_only and x.dtype == np.float64:
-        x32 = x.astype(np.float32)
-        bad = x32 != x
-        if bad.any():
-            first = tuple(int(j) for j in np.argwhere(bad)[0])
-            raise ValueError(
-                f"{who}: {int(bad.sum())} float64 value(s) are not float32 numbers (the first at index {first}: "
-                f"{x[first]!r}); this model's input quantizer has a float (non-power-of-two) scale and divides "
-                "in float32, as its exported file and HLS port do: pass float32 inputs (x.astype(np.float32))")
-        x = x32
-    return x
-
-
-def check_input_tensor(x, float32_only: bool = False, who: str = "input"):
-    """``check_input`` for a torch tensor kept on its device (the torch backend)."""
-    import torch
-    if x.is_complex():
-        raise ValueError(f"{who}: inputs must be real numbers (float or integer tensors), got dtype {x.dtype}")
-    x = x.detach()
-    x = x.to(torch.float64 if x.dtype == torch.float64 or not x.is_floating_point() else torch.float32)
-    fin = torch.isfinite(x)
-    if not bool(fin.all()):
-        bad = ~fin
-        first = tuple(int(j) for j in torch.nonzero(bad)[0])
-        raise ValueError(f"{who}: {int(bad.sum())} input value(s) are NaN or infinite (the first at index {first}: "
-                         f"{float(x[first])}); {NONFINITE_RULE}")
-    if float32_only and x.dtype == torch.float64:
-        x32 = x.to(torch.float32)
-        bad = x32.to(torch.float64) != x
-        if bool(bad.any()):
-            first = tuple(int(j) for j in torch.nonzero(bad)[0])
-            raise ValueError(
-                f"{who}: {int(bad.sum())} float64 value(s) are not float32 numbers (the first at index {first}); "
-                "this model's input quantizer has a float (non-power-of-two) scale and divides in float32, as "
-                "its exported file and HLS port do: pass float32 inputs")
-        x = x32
-    return x
 
 
 def value_accumulator_bits(op: Op) -> int | None:
