@@ -436,6 +436,11 @@ class ComputeInDouble(Transformation):
                     dtype[o] = TensorProto.FLOAT
                 new_nodes.append(node)
                 continue
+            if node.op_type == "LeakyRelu" and dtype.get(node.input[0], TensorProto.FLOAT) == TensorProto.FLOAT:
+                # after a quantizer: fpq's reader accepted it only if alpha * x is exact in float32
+                dtype[node.output[0]] = TensorProto.FLOAT
+                new_nodes.append(node)
+                continue
             if node.op_type not in _DOUBLE_OPS + _PASS_OPS:
                 raise ValueError(f"ComputeInDouble: node {node.name!r} ({node.op_type}) has no exact float64 "
                                  f"form in ONNX Runtime; supported: {', '.join(_DOUBLE_OPS + _PASS_OPS)}, Conv "

@@ -49,7 +49,6 @@ SHARED = {
     "zoo_kwsmlp_w3a3.onnx": ["'BatchNormalization_12'", "'BatchNormalization_38'", "float BatchNormalization"],
     "ex_three_layer_keras.onnx": ["float model", "no Quant", "'Softmax'", "strip the final Softmax"],
     "ex_conv2d_small_keras.onnx": ["float model", "'Softmax'", "strip the final Softmax"],
-    "ex_separable_conv_model_ch_last.onnx": ["'LeakyRelu_0'", "LeakyRelu"],
     "qd_espcn_nnresize_quant.onnx": ["'BatchNormalization_11'", "'Resize_42'", "Resize"],
 }
 
@@ -64,6 +63,20 @@ def test_shared_file_refused_fast_naming_the_ops(name):
         msg = _refused(fn)
         for part in SHARED[name]:
             assert part in msg, (part, msg)
+
+
+@pytest.mark.skipif(not (MODELS / "ex_separable_conv_model_ch_last.onnx").is_file(),
+                    reason=f"the shared QONNX files are not next to the repository ({MODELS})")
+def test_separable_channels_last_file_verifies_exactly():
+    """hls4ml's separable-conv example (qonnx channels-last Convs, depthwise groups, a LeakyRelu of
+    alpha 13/128): read, emulated and equal to qonnx's executor on every tensor (one 512x512x3 input)."""
+    from fpq.verification import random_inputs
+    path = MODELS / "ex_separable_conv_model_ch_last.onnx"
+    g = read_graph(path)
+    assert [op.kind for op in g.ops].count("table") == 1
+    x = random_inputs(g, 1, seed=0)
+    rep = fpq.verify(str(path), x, qonnx_subset=1)
+    assert rep.exact and rep.verified, rep
 
 
 # ----------------------------------------------------------------------------- synthetic graphs
@@ -212,3 +225,32 @@ def test_no_input_quantizer_hls_error_then_added(tmp_path):
 def test_add_input_quant_refuses_other_formats():
     with pytest.raises(ValueError, match="not an Int or Fixed"):
         add_input_quant(_mlp(input_quant=False), "e4m3")
+
+
+def _leaky(alpha):
+    """x -> Quant int8 2^-4 -> LeakyRelu(alpha) -> Quant int8 2^-5."""
+    nodes, inits = [], []
+    n, ii = _quant("Quant_in", "x", "xq", 2.0 ** -4, 8)
+    nodes.append(n)
+    inits += ii
+    nodes.append(helper.make_node("LeakyRelu", ["xq"], ["y"], name="LeakyRelu_0", alpha=alpha))
+    n, ii = _quant("Quant_out", "y", "out", 2.0 ** -5, 8)
+    nodes.append(n)
+    inits += ii
+    return _model(nodes, inits, [1, 8], [1, 8])
+
+
+def test_onnx_leaky_relu_read_as_exact_table():
+    m = _leaky(0.1015625)          # 13/128: alpha * x is exact in float32 for every int8 x 2^-4
+    x = np.random.default_rng(3).uniform(-12, 12, (500, 8)).astype(np.float32)   # saturating both sides
+    y = fpq.emulate(m, x)
+    np.testing.assert_array_equal(y[:40], _qonnx_exec(m, x[:40]))
+    assert np.any(y < 0) and np.any(y > 0)
+    rep = fpq.verify(m, x, qonnx_subset=40)
+    assert rep.exact and rep.verified
+
+
+def test_onnx_leaky_relu_with_rounding_slope_refused():
+    m = _leaky(0.1)                # float32(0.1) has 24 significant bits: alpha * x rounds
+    msg = _refused(lambda: read_graph(m))
+    assert "LeakyRelu node 'LeakyRelu_0'" in msg and "not exact in float32" in msg, msg

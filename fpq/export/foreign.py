@@ -22,7 +22,7 @@ CHANNELS_LAST_OPS = ("Conv", "MaxPool", "BatchNormalization")
 PATTERN_OPS = ("Floor",)
 
 SHAPE_OPS = ("Shape", "Gather", "Concat", "ConstantOfShape", "Slice", "Range")
-ACTIVATIONS = ("LeakyRelu", "Sigmoid", "Tanh", "Elu", "Selu", "HardSigmoid", "HardSwish", "Softplus", "Erf",
+ACTIVATIONS = ("Sigmoid", "Tanh", "Elu", "Selu", "HardSigmoid", "HardSwish", "Softplus", "Erf",
                "PRelu", "Gelu", "Exp", "Log", "Sqrt", "Pow", "Reciprocal")
 _QUANT_FREE = ("a float model (no Quant / IntQuant / FloatQuant / BipolarQuant / Trunc node): fpq reads quantized "
                "QONNX, where every weight and activation has a quantizer; quantize it first (QKeras / Brevitas "

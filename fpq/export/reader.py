@@ -48,7 +48,7 @@ SIMPLE_KINDS = {"Relu": "relu", "MaxPool": "maxpool", "AveragePool": "avgpool",
 SUPPORTED_OPS = ("Quant", "FloatQuant", "BipolarQuant", "Trunc", "MatMul", "Gemm", "Conv", "Add", "Sub",
                  "Mul", "Div", "Relu", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten",
                  "Reshape", "Transpose", "Identity", "Dropout", "Constant", "Cast", "Unsqueeze", "Squeeze",
-                 "ReduceSum", "Clip", "FpqTable")
+                 "ReduceSum", "Clip", "FpqTable", "LeakyRelu")
 
 
 def _c_name(text: str) -> str:
@@ -296,6 +296,8 @@ def read_graph(model) -> Graph:
             op = _clip(r, node, a, list(node.input), mod, tt(x))
         elif op_type == "FpqTable":
             op = _table(r, node, x, mod, tt(x))
+        elif op_type == "LeakyRelu":
+            op = _leaky_relu(r, node, a, x, mod, tt(x))
         elif op_type in SIMPLE_KINDS:
             kind = SIMPLE_KINDS[op_type]
             op = Op(r.unique(_op_name(kind, mod)), kind, [x], [node.output[0]], onnx_nodes=[node.name])
@@ -417,6 +419,24 @@ def _table(r: _Reader, node, x, mod, t_in) -> Op:
                                     f"value(s) its table does not list (e.g. {missing[0]!r})")
     op = Op(r.unique(_op_name("table", mod)), "table", [x], [node.output[0]],
             attrs={"x": xs, "y": ys, "function": fn}, onnx_nodes=[node.name])
+    op.types["output"] = TensorType(values_carrier(ys), 1.0)
+    return op
+
+
+def _leaky_relu(r: _Reader, node, a, x, mod, t_in) -> Op:
+    """A standard ONNX LeakyRelu (QKeras / hls4ml exports) after a quantizer: a ``table`` op over
+    every value of its input, exact when the file's float32 alpha * x is (checked on every value)."""
+    from ..numerics.activations import exact_leaky_relu_table
+    if not isinstance(t_in, TensorType):
+        raise UnsupportedGraphError(f"LeakyRelu node {node.name!r}: its input has no quantizer, so the values it "
+                                    "holds are unknown (put a Quant before it)")
+    try:
+        xs, ys = exact_leaky_relu_table(t_in.format, t_in.scale, float(a.get("alpha", 0.01)),
+                                        f"LeakyRelu node {node.name!r}")
+    except ValueError as e:
+        raise UnsupportedGraphError(str(e)) from None
+    op = Op(r.unique(_op_name("table", mod)), "table", [x], [node.output[0]],
+            attrs={"x": xs, "y": ys, "function": "leaky_relu"}, onnx_nodes=[node.name])
     op.types["output"] = TensorType(values_carrier(ys), 1.0)
     return op
 

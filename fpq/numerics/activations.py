@@ -114,6 +114,23 @@ def input_values(fmt: Format, scale, who: str = "activation") -> np.ndarray:
     return np.unique(v)
 
 
+def exact_leaky_relu_table(fmt: Format, scale, alpha: float, who: str) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) of a LeakyRelu whose slope is the float32 ``alpha`` (an ONNX attribute), over every
+    input value: y = x for x >= 0, alpha * x below. Refused unless that product is exact in float32
+    for every x (then a float32 executor such as qonnx's and fpq's float64 table agree)."""
+    xs = input_values(fmt, scale, who)
+    a32 = np.float32(alpha)
+    neg = xs < 0
+    prod = np.float64(a32) * xs[neg]
+    if not np.array_equal((a32 * xs[neg].astype(np.float32)).astype(np.float64), prod):
+        raise ValueError(f"{who}: alpha {float(a32)!r} times its input values is not exact in float32 (the file's "
+                         "arithmetic rounds it); fpq reads a LeakyRelu only when every product is exact: use a "
+                         "slope with fewer significant bits (e.g. a multiple of 2**-7)")
+    ys = xs.copy()
+    ys[neg] = prod
+    return xs, ys
+
+
 def lookup_index(xs: np.ndarray, x: np.ndarray, who: str) -> np.ndarray:
     """Indices of the values ``x`` in the ascending table inputs ``xs``; an x that is no table
     input (off its quantizer's grid) is an error naming ``who``."""
