@@ -104,6 +104,8 @@ def export_qonnx(q, path=None, example_input=None, *, input_name="input", output
     from .transforms import (AnnotateFormats, RemoveDoubleDivision, RemoveFloatCasts, RemoveInitializersFromInputs,
                              RenameIO)
 
+    from ..nn.quantizers import refuse_block_formats
+    refuse_block_formats(q, "QONNX export")
     if example_input is None:
         example_input = recorded_input(q)
     if example_input is None:

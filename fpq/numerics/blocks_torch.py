@@ -125,26 +125,28 @@ def _quantize(x: torch.Tensor, fmt: BlockFormat, tensor_scale, stochastic: bool,
 
 class _BlockSTE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, fmt, tensor_scale, stochastic, generator):
+    def forward(ctx, x, fmt, tensor_scale, stochastic, generator, exact):
         (vals, _, _, _), saturated = _quantize(x, fmt, tensor_scale, stochastic, generator)
         ctx.save_for_backward(saturated)
-        return vals.to(x.dtype)
+        ctx.in_dtype = x.dtype
+        return vals if exact else vals.to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad):
         (saturated,) = ctx.saved_tensors
-        return grad * (~saturated).to(grad.dtype), None, None, None, None
+        return (grad * (~saturated).to(grad.dtype)).to(ctx.in_dtype), None, None, None, None, None
 
 
 def ste_block_quantize(x: torch.Tensor, fmt, tensor_scale=None, *, training: bool = False,
-                       stochastic: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+                       stochastic: bool = False, generator: torch.Generator | None = None,
+                       exact: bool = False) -> torch.Tensor:
     """Block fake-quantization for QAT, in x's dtype (an MX value of a float32 x is a float32
-    number; an NVFP4 value, 2 + 4 + 24 bits, is rounded to float32 here only: export, emulator and
-    hardware use the exact value), with the straight-through gradient. ``stochastic`` rounding is
+    number; an NVFP4 value, 2 + 4 + 24 bits, is rounded to float32 then), or float64 with ``exact``
+    (every value exact: the eval forward), with the straight-through gradient. ``stochastic`` rounding is
     refused outside training (``training=False``): inference and export round to nearest even."""
     if stochastic and not training:
         raise ValueError("stochastic rounding is a training option only; inference and export round to nearest even")
-    return _BlockSTE.apply(x, as_block_format(fmt), tensor_scale, stochastic, generator)
+    return _BlockSTE.apply(x, as_block_format(fmt), tensor_scale, stochastic, generator, exact)
 
 
 __all__ = ["block_quantize_torch", "ste_block_quantize", "e8m0_exponents_torch"]
