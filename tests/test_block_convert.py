@@ -1,8 +1,10 @@
 """fpq.convert with block-scaled formats (issue 20, step 5, torch side): an MLP at mxfp4, nvfp4,
 mxfp8_e4m3, mxint8 and weights="nvfp4", activations="mxfp8_e4m3" computes exactly the numpy
 reference's block quantization of its weights and activations (atol=0 in eval mode), trains with
-straight-through gradients (stochastic rounding only in training), and the paths not built yet
-(QONNX export, the emulator, HLS, the cost model) refuse it naming the layer."""
+straight-through gradients (stochastic rounding only in training), exports to QONNX with fpq's
+BlockQuant node, which qonnx's executor runs (== torch, atol=0), and the paths not built yet (the
+reader's graph IR, hence the emulator / verify / plan; HLS; the cost model) refuse it naming the
+layer or node."""
 from __future__ import annotations
 
 import numpy as np
@@ -95,8 +97,7 @@ def test_refusals_name_the_layer(tmp_path):
         fpq.to_hls(mixed, tmp_path / "m", x)
     q = fpq.convert(mlp(), weights="nvfp4", activations="int8")
     for call, who in ((lambda: fpq.to_hls(q, tmp_path / "p", x), "fpq.to_hls"),
-                      (lambda: fpq.estimate_cost(q, example_input=x), "fpq.estimate_cost"),
-                      (lambda: fpq.export_qonnx(q, None, x), "QONNX export")):
+                      (lambda: fpq.estimate_cost(q, example_input=x), "fpq.estimate_cost")):
         with pytest.raises(ValueError, match=f"{who}: layer '0' \\(weight\\) uses the block-scaled format "
                                              "block<e2m1,ue4m3,16>; .* is not built yet"):
             call()
@@ -106,3 +107,58 @@ def test_refusals_name_the_layer(tmp_path):
     with pytest.raises(ValueError, match="a bias is added in the accumulator"):
         fpq.convert(mlp(), fmt="mxfp4", bias="mxfp4")
     assert fpq.convert(conv, fmt="mxfp4", overrides={"0": "e4m3"}) is not None
+
+
+def qonnx_outputs(mw, x: torch.Tensor) -> np.ndarray:
+    from qonnx.core.onnx_exec import execute_onnx
+
+    from fpq.verification import qonnx_double_model
+    md = qonnx_double_model(mw)   # sums in float64, as fpq.verify runs qonnx
+    return np.concatenate([np.asarray(execute_onnx(md, {"input": x[i:i + 1].numpy()})["output"], dtype=np.float64)
+                           for i in range(len(x))])
+
+
+def exported(w_fmt, a_fmt, x, tmp_path):
+    q = fpq.convert(mlp(), weights=w_fmt, activations=a_fmt)
+    fpq.calibrate(q, [x[:256]], progress=False)
+    path = fpq.export_qonnx(q, tmp_path / "m.onnx", x[:1])
+    return q, path
+
+
+@pytest.mark.parametrize("w_fmt, a_fmt", [(f, f) for f in FORMATS] + [("nvfp4", "mxfp8_e4m3")])
+def test_qonnx_export_runs_in_qonnx_executor_exactly(w_fmt, a_fmt, tmp_path):
+    import onnx
+
+    from fpq.export.block_ops import DOMAIN, block_format_of
+    x = inputs()
+    q, path = exported(w_fmt, a_fmt, x, tmp_path)
+    m = onnx.load(path)
+    onnx.checker.check_model(m)
+    blocks = [n for n in m.graph.node if n.domain == DOMAIN]
+    assert sorted(str(block_format_of(n)) for n in blocks) == sorted(
+        [str(fpq.parse_format(a_fmt))] * 3 + [str(fpq.parse_format(w_fmt))] * 2)
+    muls = [n for n in m.graph.node if n.op_type == "Mul" and n.name.endswith("_tensor_scale")]
+    assert len(muls) == sum(not block_format_of(n).po2_scale for n in blocks)
+    # 2,000 off-grid inputs run through torch (test above); qonnx's executor takes one sample a
+    # call (60 ms): rows with the zero blocks and the outlier first, 40 in all here
+    rows = torch.cat([x[:22], x[1000:1018]])
+    assert np.array_equal(qonnx_outputs(path, rows), q(rows).detach().double().numpy())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_qonnx_executor_2000_inputs(fmt, tmp_path):
+    x = inputs()
+    q, path = exported(fmt, fmt, x, tmp_path)
+    assert np.array_equal(qonnx_outputs(path, x), q(x).detach().double().numpy())
+
+
+def test_reader_refuses_block_quant_naming_the_node(tmp_path):
+    x = inputs(8)
+    q, path = exported("mxfp4", "mxfp4", x, tmp_path)
+    for call in (lambda: fpq.export.read_graph(path), lambda: fpq.emulate(q, x), lambda: fpq.plan(path)):
+        with pytest.raises(fpq.export.UnsupportedGraphError,
+                           match=r"node '/input_quant/act_quant/export_handler/Quant' quantizes to the block-scaled "
+                                 r"format block<e2m1,e8m0,32> \(fpq's BlockQuant\): reading block formats into "
+                                 r"fpq's graph IR .* is not built yet"):
+            call()

@@ -13,6 +13,7 @@ import tempfile
 
 import numpy as np
 
+from ..formats import BlockFormat
 from ..ir import Graph, Op, Quantizer, UnsupportedGraphError
 from ..ir.plan import typeplan_from_graph
 from ..typeplan import TypePlan
@@ -22,6 +23,11 @@ from .reader import read_graph, typeplan_from_qonnx
 def _quantizer_formats(q, model) -> dict:
     """{export node name: Format} for a converted model: each quantizer node is matched to the
     fpq tensor quantizer whose Brevitas proxy produced it (by module path)."""
+    return {name: tq.fmt for name, tq in _quantizer_nodes(q, model).items()}
+
+
+def _quantizer_nodes(q, model) -> dict:
+    """{export node name: the fpq tensor quantizer that produced it}."""
     quants = getattr(q, "fpq_quantizers", None)
     if not callable(quants):
         return {}
@@ -30,7 +36,7 @@ def _quantizer_formats(q, model) -> dict:
     for _, _, tq in quants():
         p = paths.get(id(tq))
         if p is not None:
-            tq_paths.append((p, tq.fmt))
+            tq_paths.append((p, tq))
     out, missing = {}, []
     for node in model.graph.node:
         if node.op_type not in QUANT_OPS:
@@ -101,11 +107,10 @@ def export_qonnx(q, path=None, example_input=None, *, input_name="input", output
     from qonnx.transformation.infer_shapes import InferShapes
 
     from ..nn.layers import exportable_weights
+    from .block_ops import write_block_quant
     from .transforms import (AnnotateFormats, RemoveDoubleDivision, RemoveFloatCasts, RemoveInitializersFromInputs,
                              RenameIO)
 
-    from ..nn.quantizers import refuse_block_formats
-    refuse_block_formats(q, "QONNX export")
     if example_input is None:
         example_input = recorded_input(q)
     if example_input is None:
@@ -128,7 +133,13 @@ def export_qonnx(q, path=None, example_input=None, *, input_name="input", output
             model = ModelWrapper(raw)
     finally:
         q.train(was_training)
-    formats = _quantizer_formats(q, model)
+    quantizers = _quantizer_nodes(q, model)
+    formats = {name: tq.fmt for name, tq in quantizers.items() if not isinstance(tq.fmt, BlockFormat)}
+    for node in list(model.graph.node):   # block formats: fpq's BlockQuant node (export.block_ops)
+        tq = quantizers.get(node.name)
+        if tq is not None and isinstance(tq.fmt, BlockFormat):
+            ts = None if tq.fmt.po2_scale or tq.role == "weight" else float(tq.tensor_scale_t)
+            write_block_quant(model, node, tq.fmt, ts)
     sum_pools = [name for name, m in q.named_modules()
                  if callable(getattr(m, "exact_mean", None)) and getattr(m, "window", lambda: None)() is not None]
     if sum_pools:
