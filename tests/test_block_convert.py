@@ -60,6 +60,9 @@ def test_converted_mlp_equals_reference(w_fmt, a_fmt):
     q = fpq.convert(model, weights=w_fmt, activations=a_fmt)
     x = inputs()
     fpq.calibrate(q, [x[:256]])
+    if not fpq.parse_format(a_fmt).po2_scale:  # the activation tensor scale: calibrated, s_t = amax / (448 * 6)
+        ts = float(q.get_submodule("input_quant").fpq_output.tensor_scale_t)
+        assert ts == float(np.float32(np.float32(x[:256].abs().max()) / np.float32(2688.0))) != 1.0
     y = q(x).detach().double().numpy()
     w = q.get_submodule("0").fpq_weight
     assert isinstance(w.fmt, fpq.formats.BlockFormat) and str(w.fmt) == str(fpq.parse_format(w_fmt))
