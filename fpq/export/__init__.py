@@ -20,14 +20,9 @@ from ..typeplan import TypePlan
 from .qonnx_codec import FPQ_FORMAT_ATTR, QUANT_OPS
 from .reader import read_graph, typeplan_from_qonnx
 
-def _quantizer_formats(q, model) -> dict:
-    """{export node name: Format} for a converted model: each quantizer node is matched to the
-    fpq tensor quantizer whose Brevitas proxy produced it (by module path)."""
-    return {name: tq.fmt for name, tq in _quantizer_nodes(q, model).items()}
-
-
 def _quantizer_nodes(q, model) -> dict:
-    """{export node name: the fpq tensor quantizer that produced it}."""
+    """{export node name: fpq tensor quantizer} for a converted model: each quantizer node is matched
+    to the fpq tensor quantizer whose Brevitas proxy produced it (by module path)."""
     quants = getattr(q, "fpq_quantizers", None)
     if not callable(quants):
         return {}
@@ -45,9 +40,9 @@ def _quantizer_nodes(q, model) -> dict:
         parts = [s for s in parts if s != "export_handler"]
         proxy = ".".join(parts)
         best = None
-        for p, fmt in tq_paths:
+        for p, tq in tq_paths:
             if p.startswith(proxy + ".") and (best is None or len(p) < len(best[0])):
-                best = (p, fmt)
+                best = (p, tq)
         if best is None:
             missing.append(node.name)
         else:
@@ -68,7 +63,7 @@ def _full_scope_names(q):
     "/fc/..." and collide across blocks (every ResNet block has a ``conv1``). While exporting, each
     dotted call target is also registered first in the root's module dict as "inner/fc" (a name
     without dots, so the exporter keeps it whole; modules named twice keep their first name), and
-    the nodes read "/inner/fc/...", the path fpq's reader and ``_quantizer_formats`` expect.
+    the nodes read "/inner/fc/...", the path fpq's reader and ``_quantizer_nodes`` expect.
     """
     graph = getattr(q, "graph", None)
     targets = [n.target for n in getattr(graph, "nodes", ()) if getattr(n, "op", None) == "call_module"]
