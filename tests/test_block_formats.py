@@ -59,6 +59,8 @@ def test_named_formats_are_the_spec():
 @pytest.mark.parametrize("text, why", [
     ("block<e2m1,ue5m0,32>", "must hold every float32 exponent, 2**-127 .. 2**127; ue5m0 holds 2**-14 .. 2**16"),
     ("block<e2m1,ue3m0,32>", "power-of-two block scale is absolute"),
+    ("block<e2m1,ue9m0,32>", "a power-of-two block scale is OCP's E8M0, spelled e8m0"),
+    ("block<e2m1,e8m0,32,axis=-99999>", "block axis -99999 is out of range (-64 .. 63)"),
     ("block<e2m1,e4m3,16>", "a block scale is positive: use the unsigned ue4m3"),
     ("block<e2m1,int8,16>", "a block scale must be e8m0 or an unsigned minifloat"),
     ("block<int24,ue5m10,16>", "more than float64's 53"),

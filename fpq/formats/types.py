@@ -390,6 +390,8 @@ class BlockFormat(Format):
     def __post_init__(self):
         _check_int("block size", self.k, 1)
         _check_int("block axis", self.axis)
+        if not -64 <= self.axis < 64:
+            raise ValueError(f"block axis {self.axis} is out of range (-64 .. 63)")
         e, s = self.elem, self.scale
         if isinstance(e, Minifloat):
             if not e.saturate:
@@ -409,6 +411,9 @@ class BlockFormat(Format):
                 raise ValueError(f"a block scale is positive: use the unsigned u{s}, not {s}")
             if s.man_bits == 0:
                 lo, hi = math.log2(s.min_subnormal), math.log2(s.max_value)
+                if lo <= -127 and hi >= 127:
+                    raise ValueError(f"a power-of-two block scale is OCP's E8M0, spelled e8m0 (2**-127 .. 2**127, "
+                                     f"no zero code, 0xFF NaN); {s} is another code layout: use e8m0")
                 raise ValueError(
                     f"a power-of-two block scale is absolute (OCP MX, no tensor scale): it must hold every "
                     f"float32 exponent, 2**-127 .. 2**127; {s} holds 2**{lo:g} .. 2**{hi:g}. Use e8m0 (OCP "
