@@ -53,7 +53,10 @@ def test_named_formats_are_the_spec():
     assert g == BlockFormat(Minifloat(2, 1), Minifloat(5, 3, signed=False), 16, 0) and str(g) == "block<e2m1,ue5m3,16,axis=0>"
     r = parse_format("block<int4,e8m0,32,rounding=rceil>")
     assert r.elem == Int(4) and r.scale_rounding == "rceil" and r.emax_elem == 2
-    assert parse_format("ue8m0") == parse_format("float8_e8m0fnu") == E8M0()
+    assert parse_format("e8m0") == parse_format("float8_e8m0fnu") == E8M0()
+    # the minifloats of that split keep their own spellings (canonical strings round-trip)
+    assert str(Minifloat(8, 0)) == "e8m0_none" and parse_format("e8m0_none") == Minifloat(8, 0)
+    assert parse_format("ue8m0") == Minifloat(8, 0, signed=False)
 
 
 @pytest.mark.parametrize("text, why", [

@@ -52,7 +52,8 @@ SPELLINGS = {
     # block-scaled (OCP MX v1.0, NVFP4) and their scale; tests/test_block_formats.py
     "e8m0": E8M0(),
     "float8_e8m0fnu": E8M0(),
-    "ue8m0": E8M0(),
+    "e8m0_none": Minifloat(8, 0),  # the 9-bit minifloat; bare e8m0 is OCP's scale
+    "ue8m0": Minifloat(8, 0, signed=False),
     "mxfp8_e4m3": BlockFormat(Minifloat(4, 3), E8M0(), 32),
     "mxfp8_e5m2": BlockFormat(Minifloat(5, 2), E8M0(), 32),
     "mxfp6_e3m2": BlockFormat(Minifloat(3, 2), E8M0(), 32),

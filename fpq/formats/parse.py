@@ -7,7 +7,8 @@ numbers are plain ASCII digits, a leading ``-`` where a negative is allowed):
   intN, uintN, intN_narrow               integers used with a scale
   [u]eXmY[_bB][_ieee|_fn|_fnuz|_none][_nosub][_nosat]   minifloats, 3..16 bits
   binary                                 bipolar +-1
-  e8m0 (ue8m0, float8_e8m0fnu)           OCP MX's power-of-two scale (a block scale only)
+  e8m0 (float8_e8m0fnu)                  OCP MX's power-of-two scale (a block scale only); the
+                                         9-bit signed minifloat of that split is e8m0_none
   block<ELEM,SCALE,K[,axis=A][,rounding=R]>  block-scaled: K values along axis A share one SCALE
                                          (e8m0 or ueXmY); R in floor, ceil, even, rceil (e8m0 only)
   mxfp8_e4m3, mxfp8_e5m2, mxfp6_e3m2, mxfp6_e2m3, mxfp4, mxint8 (OCP MX v1.0), nvfp4
@@ -47,7 +48,6 @@ ALIASES = {
     "float4_e2m1fn": "e2m1",
     "bipolar": "binary",
     "float8_e8m0fnu": "e8m0",
-    "ue8m0": "e8m0",
     # OCP Microscaling (MX) v1.0: block 32 along the reduction axis, E8M0 scale; MXINT8's elements
     # are int8 x 2**-6, symmetric (-127..127, as the OCP reference library microxscaling clamps)
     "mxfp8_e4m3": "block<e4m3,e8m0,32>",
@@ -257,5 +257,7 @@ def format_to_str(fmt: Format) -> str:
             s += "_nosub"
         if not fmt.saturate:
             s += "_nosat"
+        if s == "e8m0":   # the bare name is OCP's E8M0 scale: spell the minifloat's specials out
+            s += "_none"
         return s
     raise TypeError(f"not a Format: {fmt!r}")
