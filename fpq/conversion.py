@@ -357,7 +357,7 @@ def _unique(gm: nn.Module, base: str) -> str:
 
 def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=None, overrides=None,
             scale: str = "po2", granularity: str = "tensor", inputs=None, method: str = "ste",
-            omega=None, batchnorm="fold", accumulator_bits=None) -> FpqModel:
+            omega=None, batchnorm="fold", accumulator_bits=None, hadamard: bool = False) -> FpqModel:
     """Quantize ``model``: every Linear/Conv weight, bias and activation gets an fpq Format.
 
     fmt: default for weights and activations (and inputs). weights / activations / bias /
@@ -376,7 +376,10 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
     accumulators: no sum can overflow), an int, or {Linear/Conv name or glob: int}: that layer's
     accumulator keeps its exact LSB and only ``bits`` bits, wrapping on overflow as ap_fixed's
     AP_WRAP does, identically in torch, QONNX, the emulator and HLS (fpq.typeplan.narrow_accumulator);
-    fpq.calibrate puts an integer bias on the products' grid for it.
+    fpq.calibrate puts an integer bias on the products' grid for it. hadamard: with block-scaled
+    activations, rotate every Linear's reduction axis by a block-diagonal Hadamard of the block
+    size (folded into the weight, applied to the input right before the layer and requantized;
+    fpq.nn.hadamard).
     Returns an
     FpqModel in eval mode; ``.train()`` it for QAT.
     """
@@ -486,6 +489,11 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
         with gm.graph.inserting_after(ph):
             new = gm.graph.call_module(name, (ph,))
         ph.replace_all_uses_with(new, delete_user_cb=lambda user: user is not new)
+    if hadamard is not False:
+        if hadamard is not True:
+            raise ValueError(f"hadamard must be True or False, got {hadamard!r}")
+        from .nn.hadamard import add_hadamard
+        add_hadamard(gm, policy, scale)
     gm.graph.lint()
     q = FpqModel(gm, gm.graph, class_name=type(model).__name__ + "Fpq")
     q.meta["fpq_policy"] = policy
