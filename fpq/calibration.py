@@ -17,6 +17,7 @@ import contextlib
 
 import torch
 
+from .formats import BlockFormat
 from .nn.calibration_stats import METHODS, choose_scale
 from .nn.layers import init_param_scales
 from .nn.quantizers import observing
@@ -211,6 +212,9 @@ def calibrate(q, batches, method: str = "max", percentile: float = 99.99, progre
         raise ValueError(f"fpq.calibrate: the {seen} batch(es) given hold no rows (batch size 0); "
                          "calibration needs data, else every scale would stay at its initial value")
     for tq, rec in recorders.values():
+        if isinstance(tq.fmt, BlockFormat) and rec.count:
+            tq.init_from_max(rec.max)   # block scales come from each block; an NVFP4-style tensor scale from the max
+            continue
         if tq.scale_kind == "none" or rec.count == 0:
             continue
         if method == "max":

@@ -115,6 +115,18 @@ def _unsupported(path: str, what: str) -> ValueError:
                       f"supported: {', '.join(SUPPORTED)}")
 
 
+def _block_only_linear(path: str, kind: str, formats: dict) -> None:
+    """Block-scaled formats (mxfp4, nvfp4, ...) block along a Linear's reduction axis (the last);
+    other layers with them are refused, naming the layer."""
+    from .formats import BlockFormat, parse_format
+    for role, f in formats.items():
+        if isinstance(f, str) and isinstance(parse_format(f), BlockFormat):
+            raise ValueError(f"fpq.convert: layer {path!r} ({kind}) has the block-scaled {role} format {f}; block "
+                             "formats are built for Linear layers (blocks along the reduction axis) and the "
+                             "activations between them: give this layer a scalar format with overrides={"
+                             f"{path!r}: 'e4m3'}} (or int8, ...)")
+
+
 def _resolve(policy: Policy, path: str) -> dict:
     """Formats for one module: the policy defaults, then matching overrides (exact name wins)."""
     out = {"weights": policy.weights, "activations": policy.activations, "bias": policy.bias}
@@ -340,7 +352,7 @@ def _set_module(gm: nn.Module, path: str, module: nn.Module) -> None:
 
 def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=None, overrides=None,
             scale: str = "po2", granularity: str = "tensor", inputs=None, method: str = "ste",
-            omega=None, batchnorm="fold", accumulator_bits=None) -> FpqModel:
+            omega=None, batchnorm="fold", accumulator_bits=None, hadamard: bool = False) -> FpqModel:
     """Quantize ``model``: every Linear/Conv weight, bias and activation gets an fpq Format.
 
     fmt: default for weights and activations (and inputs). weights / activations / bias /
@@ -359,7 +371,10 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
     accumulators: no sum can overflow), an int, or {Linear/Conv name or glob: int}: that layer's
     accumulator keeps its exact LSB and only ``bits`` bits, wrapping on overflow as ap_fixed's
     AP_WRAP does, identically in torch, QONNX, the emulator and HLS (fpq.typeplan.narrow_accumulator);
-    fpq.calibrate puts an integer bias on the products' grid for it.
+    fpq.calibrate puts an integer bias on the products' grid for it. hadamard: with block-scaled
+    activations, rotate every Linear's reduction axis by a block-diagonal Hadamard of the block
+    size (folded into the weight, applied to the input right before the layer and requantized;
+    fpq.nn.hadamard).
     Returns an
     FpqModel in eval mode; ``.train()`` it for QAT.
     """
@@ -408,6 +423,8 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
             names_seen.add(path)
             if type(m) in (nn.Linear, nn.Conv1d, nn.Conv2d):  # subclasses (e.g. Brevitas layers) differ
                 f = _resolve(policy, path)
+                if not isinstance(m, nn.Linear):
+                    _block_only_linear(path, type(m).__name__, f)
                 policy.layers[path] = f
                 _set_module(gm, path, quant_layer(m, f["weights"], f["bias"], f["activations"],
                                                   scale, granularity))
@@ -418,6 +435,7 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
                 _set_module(gm, path, FpqTable(fn, params, f["activations"], scale, weight))
             elif isinstance(m, (nn.ReLU6, nn.Hardtanh)):
                 f = _resolve(policy, path)
+                _block_only_linear(path, type(m).__name__, {"activations": f["activations"]})
                 policy.layers[path] = {"activations": f["activations"]}
                 _set_module(gm, path, FpqClamp(m.min_val, m.max_val, f["activations"], scale))
             elif isinstance(m, (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
@@ -426,6 +444,7 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
                     if any(s != 1 for s in size):
                         raise _unsupported(path, f"{type(m).__name__}(output_size={m.output_size})")
                 f = _resolve(policy, path)
+                _block_only_linear(path, type(m).__name__, {"activations": f["activations"]})
                 policy.layers[path] = {"activations": f["activations"]}
                 _set_module(gm, path, FpqAvgPool(m, f["activations"], scale))
             elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
@@ -433,6 +452,7 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
                     raise _unsupported(path, f"{type(m).__name__} without running statistics "
                                              "(track_running_stats=False normalizes with batch statistics)")
                 f = _batchnorm_formats(policy, path)
+                _block_only_linear(path, type(m).__name__, f)
                 policy.layers[path] = dict(f, batchnorm="element-wise")
                 _set_module(gm, path, from_batchnorm(m, f["weights"], f["bias"], f["activations"], scale))
             elif not isinstance(m, _KEEP_MODULES):
@@ -443,6 +463,7 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
                 if len(tensors) != 2 or len(node.args) != 2 or node.kwargs:
                     raise _unsupported(node.name, "add with a constant or alpha (only x + y of two tensors)")
                 f = _resolve(policy, node.name)
+                _block_only_linear(node.name, "add", {"activations": f["activations"]})
                 policy.layers[node.name] = {"activations": f["activations"]}
                 name = unique_name(gm, node.name)
                 gm.add_submodule(name, FpqAdd(f["activations"], scale))
@@ -468,6 +489,11 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
         with gm.graph.inserting_after(ph):
             new = gm.graph.call_module(name, (ph,))
         ph.replace_all_uses_with(new, delete_user_cb=lambda user: user is not new)
+    if hadamard is not False:
+        if hadamard is not True:
+            raise ValueError(f"hadamard must be True or False, got {hadamard!r}")
+        from .nn.hadamard import add_hadamard
+        add_hadamard(gm, policy, scale)
     gm.graph.lint()
     q = FpqModel(gm, gm.graph, class_name=type(model).__name__ + "Fpq")
     q.meta["fpq_policy"] = policy

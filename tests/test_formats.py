@@ -8,6 +8,7 @@ import pytest
 
 import fpq
 from fpq import Binary, Fixed, Int, Minifloat, QuantSpec, parse_format
+from fpq.formats import E8M0, BlockFormat
 from fpq.formats.parse import ALIASES
 
 # Every spelling DESIGN.md and parse.py name, with the Format it must give.
@@ -48,6 +49,18 @@ SPELLINGS = {
     "float6_e3m2fn": Minifloat(3, 2, specials="none"),
     "float4_e2m1fn": Minifloat(2, 1, specials="none"),
     "bipolar": Binary(),
+    # block-scaled (OCP MX v1.0, NVFP4) and their scale; tests/test_block_formats.py
+    "e8m0": E8M0(),
+    "float8_e8m0fnu": E8M0(),
+    "e8m0_none": Minifloat(8, 0),  # the 9-bit minifloat; bare e8m0 is OCP's scale
+    "ue8m0": Minifloat(8, 0, signed=False),
+    "mxfp8_e4m3": BlockFormat(Minifloat(4, 3), E8M0(), 32),
+    "mxfp8_e5m2": BlockFormat(Minifloat(5, 2), E8M0(), 32),
+    "mxfp6_e3m2": BlockFormat(Minifloat(3, 2), E8M0(), 32),
+    "mxfp6_e2m3": BlockFormat(Minifloat(2, 3), E8M0(), 32),
+    "mxfp4": BlockFormat(Minifloat(2, 1), E8M0(), 32),
+    "mxint8": BlockFormat(Fixed(8, 2, True, "RND_CONV", "SAT_SYM"), E8M0(), 32),
+    "nvfp4": BlockFormat(Minifloat(2, 1), Minifloat(4, 3, signed=False), 16),
     # the grammar's other forms
     "ap_fixed<8,3>": Fixed(8, 3, True, "TRN", "WRAP"),  # ap_fixed.h defaults
     "ap_ufixed<4,-2,AP_RND,AP_SAT_SYM>": Fixed(4, -2, False, "RND", "SAT_SYM"),

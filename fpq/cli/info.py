@@ -3,13 +3,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..formats import Binary, Fixed, Int, Minifloat, decode, exact_fixed, finfo, parse_format
+from ..formats import Binary, BlockFormat, E8M0, Fixed, Int, Minifloat, decode, exact_fixed, finfo, parse_format
+from ..formats.types import SCALE_ROUNDINGS
 from ..formats.parse import ACCEPTED_FORMS
 
 MAX_LISTED_BITS = 8
 
 
 def _describe(fmt) -> str:
+    if isinstance(fmt, E8M0):
+        return "OCP MX block scale: 2**(code - 127), codes 0..254; 0xFF NaN; no sign, no zero"
+    if isinstance(fmt, BlockFormat):
+        how = (f"absolute power-of-two scale 2**e, e = {SCALE_ROUNDINGS[fmt.scale_rounding]} (emax {fmt.emax_elem})"
+               if fmt.po2_scale else "scale = amax_block / max_elem / s_t rounded to the scale format, one "
+               "float32 tensor scale s_t = amax / (max_scale * max_elem)")
+        axis = "the last axis" if fmt.axis == -1 else f"axis {fmt.axis}"
+        return (f"block-scaled: {fmt.k} {fmt.elem} elements along {axis} share one {fmt.scale} scale; {how}; "
+                f"{fmt.bits_per_value:g} bits per value. Limits and codes below are per element at scale 1")
     if isinstance(fmt, Minifloat):
         return (f"minifloat: {int(fmt.signed)} sign, {fmt.exp_bits} exponent, {fmt.man_bits} mantissa bits, "
                 f"bias {fmt.bias}, specials {fmt.specials}, subnormals {'yes' if fmt.subnormals else 'no'}, "
@@ -33,7 +43,7 @@ def info_text(text: str) -> str:
         raise ValueError(f"format {text!r}: its values lie outside the float64 range "
                          f"(about 2**-1074 .. 2**1023), so fpq cannot represent them") from None
     try:
-        carrier = str(exact_fixed(fmt))
+        carrier = str(exact_fixed(fmt.elem if isinstance(fmt, BlockFormat) else fmt))
     except ValueError as e:
         carrier = f"none ({e})"
     lines = [f"{fmt}  ({_describe(fmt)})",

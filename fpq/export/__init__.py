@@ -13,15 +13,16 @@ import tempfile
 
 import numpy as np
 
+from ..formats import BlockFormat
 from ..ir import Graph, Op, Quantizer, UnsupportedGraphError
 from ..ir.plan import typeplan_from_graph
 from ..typeplan import TypePlan
 from .qonnx_codec import FPQ_FORMAT_ATTR, QUANT_OPS
 from .reader import read_graph, typeplan_from_qonnx
 
-def _quantizer_formats(q, model) -> dict:
-    """{export node name: Format} for a converted model: each quantizer node is matched to the
-    fpq tensor quantizer whose Brevitas proxy produced it (by module path)."""
+def _quantizer_nodes(q, model) -> dict:
+    """{export node name: fpq tensor quantizer} for a converted model: each quantizer node is matched
+    to the fpq tensor quantizer whose Brevitas proxy produced it (by module path)."""
     quants = getattr(q, "fpq_quantizers", None)
     if not callable(quants):
         return {}
@@ -30,7 +31,7 @@ def _quantizer_formats(q, model) -> dict:
     for _, _, tq in quants():
         p = paths.get(id(tq))
         if p is not None:
-            tq_paths.append((p, tq.fmt))
+            tq_paths.append((p, tq))
     out, missing = {}, []
     for node in model.graph.node:
         if node.op_type not in QUANT_OPS:
@@ -39,9 +40,9 @@ def _quantizer_formats(q, model) -> dict:
         parts = [s for s in parts if s != "export_handler"]
         proxy = ".".join(parts)
         best = None
-        for p, fmt in tq_paths:
+        for p, tq in tq_paths:
             if p.startswith(proxy + ".") and (best is None or len(p) < len(best[0])):
-                best = (p, fmt)
+                best = (p, tq)
         if best is None:
             missing.append(node.name)
         else:
@@ -62,7 +63,7 @@ def _full_scope_names(q):
     "/fc/..." and collide across blocks (every ResNet block has a ``conv1``). While exporting, each
     dotted call target is also registered first in the root's module dict as "inner/fc" (a name
     without dots, so the exporter keeps it whole; modules named twice keep their first name), and
-    the nodes read "/inner/fc/...", the path fpq's reader and ``_quantizer_formats`` expect.
+    the nodes read "/inner/fc/...", the path fpq's reader and ``_quantizer_nodes`` expect.
     """
     graph = getattr(q, "graph", None)
     targets = [n.target for n in getattr(graph, "nodes", ()) if getattr(n, "op", None) == "call_module"]
@@ -101,6 +102,7 @@ def export_qonnx(q, path=None, example_input=None, *, input_name="input", output
     from qonnx.transformation.infer_shapes import InferShapes
 
     from ..nn.layers import exportable_weights
+    from .block_ops import write_block_quant
     from .transforms import (AnnotateFormats, RemoveDoubleDivision, RemoveFloatCasts, RemoveInitializersFromInputs,
                              RenameIO)
 
@@ -128,7 +130,13 @@ def export_qonnx(q, path=None, example_input=None, *, input_name="input", output
             model = ModelWrapper(raw)
     finally:
         q.train(was_training)
-    formats = _quantizer_formats(q, model)
+    quantizers = _quantizer_nodes(q, model)
+    formats = {name: tq.fmt for name, tq in quantizers.items() if not isinstance(tq.fmt, BlockFormat)}
+    for node in list(model.graph.node):   # block formats: fpq's BlockQuant node (export.block_ops)
+        tq = quantizers.get(node.name)
+        if tq is not None and isinstance(tq.fmt, BlockFormat):
+            ts = None if tq.fmt.po2_scale or tq.role == "weight" else float(tq.tensor_scale_t)
+            write_block_quant(model, node, tq.fmt, ts)
     sum_pools = [name for name, m in q.named_modules()
                  if callable(getattr(m, "exact_mean", None)) and getattr(m, "window", lambda: None)() is not None]
     if sum_pools:

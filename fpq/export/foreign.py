@@ -60,7 +60,10 @@ def check_foreign(model, supported) -> None:
     outputs = {o.name for o in g.output}
     has_quant = any(n.op_type in QUANT_OPS for n in g.node)
     bad = {}   # reason -> node names (one line per reason, however many nodes share it)
+    from .block_ops import DOMAIN as BLOCK_DOMAIN, OP_TYPE as BLOCK_OP
     for n in g.node:
+        if n.domain == BLOCK_DOMAIN and n.op_type == BLOCK_OP:
+            continue   # fpq's block quantizer: the reader names it (read_graph)
         ok_domain = n.domain in QONNX_DOMAINS or (n.domain == CHANNELS_LAST_DOMAIN and n.op_type in CHANNELS_LAST_OPS)
         if ok_domain and (n.op_type in supported or n.op_type in PATTERN_OPS or n.op_type in QUANT_OPS):
             continue

@@ -202,9 +202,22 @@ def _onnx_np_dtype(to: int):
     return helper.tensor_dtype_to_np_dtype(to)
 
 
+def _refuse_block_quant(g) -> None:
+    """fpq's BlockQuant nodes (block-scaled formats) run in qonnx's executor; their graph IR, hence
+    the emulator, fpq.plan, HLS and the cost model, is not built yet: say so, naming the node."""
+    from .block_ops import DOMAIN, OP_TYPE, block_format_of
+    for n in g.node:
+        if n.domain == DOMAIN and n.op_type == OP_TYPE:
+            raise UnsupportedGraphError(
+                f"node {n.name!r} quantizes to the block-scaled format {block_format_of(n)} (fpq's {OP_TYPE}): "
+                "reading block formats into fpq's graph IR (the emulator, fpq.plan, fpq.verify's emulator path, "
+                "HLS, the cost model) is not built yet; qonnx's executor runs the file (fpq.export.block_ops)")
+
+
 def read_graph(model) -> Graph:
     """Read a QONNX model (path, ModelWrapper or ModelProto) into fpq's graph IR."""
     mw = load_model(model)
+    _refuse_block_quant(mw.graph)
     r = _Reader(mw)
     g = mw.graph
     graph_inputs = [i.name for i in g.input if i.name not in r.inits]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .parse import parse_format
-from .types import Binary, Fixed, Format, Int, Minifloat
+from .types import Binary, BlockFormat, E8M0, Fixed, Format, Int, Minifloat
 
 MAX_ENUMERABLE_BITS = 16
 
@@ -37,6 +37,13 @@ def finfo(fmt) -> FormatInfo:
 
 @functools.lru_cache(maxsize=512)
 def _finfo(fmt: Format) -> FormatInfo:
+    if isinstance(fmt, BlockFormat):  # per element, at block scale 1 (the scale is per block)
+        e = _finfo(fmt.elem)
+        return FormatInfo(fmt, e.bits, e.max, e.min, e.smallest_normal, e.smallest_subnormal, e.eps,
+                          e.n_codes, e.n_values, e.has_inf, e.has_nan)
+    if isinstance(fmt, E8M0):  # no zero: min is its smallest value, 2**-127
+        return FormatInfo(fmt, 8, fmt.max_value, fmt.min_value, fmt.min_value, fmt.min_value, 1.0, 256, 255,
+                          False, True)
     if isinstance(fmt, Minifloat):
         mx = fmt.max_value
         return FormatInfo(fmt, fmt.width, mx, -mx if fmt.signed else 0.0, fmt.min_normal,
@@ -65,6 +72,10 @@ def decode(codes, fmt) -> np.ndarray:
     c = np.asarray(codes, dtype=np.int64)
     if np.any((c < 0) | (c >= (1 << fmt.width))):
         raise ValueError(f"codes of {fmt} must lie in [0, {1 << fmt.width})")
+    if isinstance(fmt, BlockFormat):  # element codes, at block scale 1
+        return decode(c, fmt.elem)
+    if isinstance(fmt, E8M0):
+        return np.where(c == 255, np.nan, np.ldexp(1.0, c - 127))
     if isinstance(fmt, Binary):
         return np.where(c == 1, 1.0, -1.0)
     if isinstance(fmt, (Fixed, Int)):
@@ -108,15 +119,21 @@ def _code_table(fmt: Format) -> tuple[np.ndarray, np.ndarray]:
 
 
 def values(fmt) -> np.ndarray:
-    """Every finite representable value, sorted ascending, as float64 (+0 and -0 once)."""
+    """Every finite representable value, sorted ascending, as float64 (+0 and -0 once); for a
+    block format, every element value at block scale 1."""
     fmt = parse_format(fmt)
+    if isinstance(fmt, BlockFormat):
+        fmt = fmt.elem
     return _code_table(fmt)[0].copy()
 
 
 def encode(x, fmt) -> np.ndarray:
     """Code of each value of ``x``, which must already be representable (use quantize first).
-    NaN maps to the format's NaN code; raises for values not in the format."""
+    NaN maps to the format's NaN code; raises for values not in the format. A block format's
+    element codes: pass element values (at block scale 1)."""
     fmt = parse_format(fmt)
+    if isinstance(fmt, BlockFormat):
+        fmt = fmt.elem
     vals, codes = _code_table(fmt)
     x = np.asarray(x, dtype=np.float64)
     shape, x = x.shape, x.ravel()
@@ -155,6 +172,9 @@ def exact_fixed(fmt, scale_exp: int = 0) -> Fixed:
     with no rounding, e.g. e2m1 -> fixed<5,4>, e4m3 -> fixed<19,10>.
     """
     fmt = parse_format(fmt)
+    if isinstance(fmt, (BlockFormat, E8M0)):
+        raise ValueError(f"{fmt} has no fixed-point carrier: its values span 2**-127 .. 2**127 (a block format's "
+                         "elements are carried by exact_fixed(elem), shifted by the block's scale exponent)")
     if isinstance(fmt, Fixed):
         return Fixed(fmt.width, fmt.int_bits + scale_exp, fmt.signed, fmt.rounding, fmt.overflow)
     if isinstance(fmt, Int):

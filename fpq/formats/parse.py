@@ -7,6 +7,11 @@ numbers are plain ASCII digits, a leading ``-`` where a negative is allowed):
   intN, uintN, intN_narrow               integers used with a scale
   [u]eXmY[_bB][_ieee|_fn|_fnuz|_none][_nosub][_nosat]   minifloats, 3..16 bits
   binary                                 bipolar +-1
+  e8m0 (float8_e8m0fnu)                  OCP MX's power-of-two scale (a block scale only); the
+                                         9-bit signed minifloat of that split is e8m0_none
+  block<ELEM,SCALE,K[,axis=A][,rounding=R]>  block-scaled: K values along axis A share one SCALE
+                                         (e8m0 or ueXmY); R in floor, ceil, even, rceil (e8m0 only)
+  mxfp8_e4m3, mxfp8_e5m2, mxfp6_e3m2, mxfp6_e2m3, mxfp4, mxint8 (OCP MX v1.0), nvfp4
 A bare ``eXmY`` follows the OCP / ml_dtypes conventions: e4m3 is float8_e4m3fn (max 448),
 e5m2, e5m10 (fp16) and e8m7 (bf16) are IEEE-like with inf and NaN, every other split has no
 inf or NaN (OCP FP4 / FP6). Any other choice is spelled with a suffix, e.g. ``e4m3_none`` for
@@ -16,8 +21,8 @@ from __future__ import annotations
 
 import re
 
-from .types import (MAX_QUANTIZE_WIDTH, OVERFLOW_MODES, ROUNDING_MODES, SPECIALS, Binary, Fixed, Format, Int,
-                    Minifloat, default_specials)
+from .types import (MAX_QUANTIZE_WIDTH, OVERFLOW_MODES, ROUNDING_MODES, SCALE_ROUNDINGS, SPECIALS, Binary,
+                    BlockFormat, E8M0, Fixed, Format, Int, Minifloat, default_specials)
 
 ALIASES = {
     "fp4": "e2m1",
@@ -42,6 +47,17 @@ ALIASES = {
     "float6_e3m2fn": "e3m2",
     "float4_e2m1fn": "e2m1",
     "bipolar": "binary",
+    "float8_e8m0fnu": "e8m0",
+    # OCP Microscaling (MX) v1.0: block 32 along the reduction axis, E8M0 scale; MXINT8's elements
+    # are int8 x 2**-6, symmetric (-127..127, as the OCP reference library microxscaling clamps)
+    "mxfp8_e4m3": "block<e4m3,e8m0,32>",
+    "mxfp8_e5m2": "block<e5m2,e8m0,32>",
+    "mxfp6_e3m2": "block<e3m2,e8m0,32>",
+    "mxfp6_e2m3": "block<e2m3,e8m0,32>",
+    "mxfp4": "block<e2m1,e8m0,32>",
+    "mxint8": "block<fixed<8,2,rnd_conv,sat_sym>,e8m0,32>",
+    # NVIDIA NVFP4: e2m1 elements, block 16, E4M3 block scale (sign unused), fp32 tensor scale
+    "nvfp4": "block<e2m1,ue4m3,16>",
 }
 
 ACCEPTED_FORMS = (
@@ -49,6 +65,8 @@ ACCEPTED_FORMS = (
     "ap_fixed<W,I[,AP_RND_CONV[,AP_SAT]]> / ap_ufixed<...>, "
     "intN / uintN / intN_narrow (e.g. int8, uint4), "
     "[u]eXmY[_bBIAS][_ieee|_fn|_fnuz|_none][_nosub][_nosat] with 3..16 bits (e.g. e2m1, e4m3, e5m2, e3m2_b5), "
+    "e8m0 (a block scale), block<ELEM,SCALE,K[,axis=A][,rounding=floor|ceil|even|rceil]> "
+    "(e.g. block<e2m1,ue5m3,16>, block<int4,e8m0,32>), "
     f"binary, and the aliases {', '.join(ALIASES)}"
 )
 
@@ -80,6 +98,10 @@ def parse_format(text) -> Format:
     try:
         if s == "binary":
             return Binary()
+        if s == "e8m0":
+            return E8M0()
+        if s.startswith("block<"):
+            return _parse_block(s, original)
         if "<" in s:
             return _parse_fixed(s, original)
         m = re.fullmatch(r"(u?)int(-?[0-9]+)(_narrow)?", s)
@@ -129,6 +151,48 @@ def _parse_fixed(s: str, original: str) -> Fixed:
     return Fixed(width, int_bits, signed=not unsigned, rounding=rounding, overflow=overflow)
 
 
+def _split_top(body: str) -> list[str]:
+    """Split at the commas outside any <...> (an element may be fixed<8,2>)."""
+    parts, depth, cur = [], 0, ""
+    for ch in body:
+        depth += (ch == "<") - (ch == ">")
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return [*parts, cur]
+
+
+def _parse_block(s: str, original: str) -> BlockFormat:
+    if not s.endswith(">") or s.count("<") != s.count(">"):
+        raise _bad(original, "malformed block format (block<ELEM,SCALE,K[,axis=A][,rounding=R]>)")
+    parts = _split_top(s[len("block<"):-1])
+    if len(parts) < 3:
+        raise _bad(original, f"a block format takes an element format, a scale format and a block size, "
+                             f"got {len(parts)} parameter(s)")
+    elem_s, scale_s, k_s, *opts = parts
+    if not re.fullmatch(r"[0-9]+", k_s):
+        raise _bad(original, f"the block size must be a positive integer, got {k_s!r}")
+    elem = parse_format(elem_s)
+    scale = parse_format(scale_s)
+    if isinstance(elem, BlockFormat) or isinstance(scale, BlockFormat):
+        raise _bad(original, "block formats do not nest")
+    kwargs = {}
+    for opt in opts:
+        key, eq, val = opt.partition("=")
+        if not eq or key not in ("axis", "rounding") or key in kwargs:
+            raise _bad(original, f"unknown or repeated block option {opt!r} (allowed: axis=A, "
+                                 f"rounding={'|'.join(SCALE_ROUNDINGS)}, each once)")
+        if key == "axis":
+            if not re.fullmatch(r"-?[0-9]+", val):
+                raise _bad(original, f"the block axis must be an integer, got {val!r}")
+            kwargs["axis"] = int(val)
+        else:
+            kwargs["scale_rounding"] = val
+    return BlockFormat(elem, scale, int(k_s), **kwargs)
+
+
 def _parse_minifloat(s: str, original: str) -> Minifloat:
     head, *suffixes = s.split("_")
     m = re.fullmatch(r"(u?)e(-?[0-9.]+)m(-?[0-9.]+)", head)
@@ -174,6 +238,15 @@ def format_to_str(fmt: Format) -> str:
         return f"{'' if fmt.signed else 'u'}int{fmt.bits}{'_narrow' if fmt.narrow else ''}"
     if isinstance(fmt, Fixed):
         return f"{'' if fmt.signed else 'u'}fixed<{fmt.width},{fmt.int_bits},{fmt.rounding},{fmt.overflow}>"
+    if isinstance(fmt, E8M0):
+        return "e8m0"
+    if isinstance(fmt, BlockFormat):
+        s = f"block<{format_to_str(fmt.elem)},{format_to_str(fmt.scale)},{fmt.k}"
+        if fmt.axis != -1:
+            s += f",axis={fmt.axis}"
+        if fmt.scale_rounding != "floor":
+            s += f",rounding={fmt.scale_rounding}"
+        return s + ">"
     if isinstance(fmt, Minifloat):
         s = f"{'' if fmt.signed else 'u'}e{fmt.exp_bits}m{fmt.man_bits}"
         if fmt.bias != fmt.default_bias:
@@ -184,5 +257,7 @@ def format_to_str(fmt: Format) -> str:
             s += "_nosub"
         if not fmt.saturate:
             s += "_nosat"
+        if s == "e8m0":   # the bare name is OCP's E8M0 scale: spell the minifloat's specials out
+            s += "_none"
         return s
     raise TypeError(f"not a Format: {fmt!r}")

@@ -429,6 +429,8 @@ def to_hls(q, outdir, example_input=None, *, backend="Vitis", io_type="io_parall
     ``outdir`` must be absent or empty, or ``overwrite=True``: then only the files of the fpq
     project there (its manifest) are replaced, anything else in the folder stays.
     """
+    from ..nn.quantizers import refuse_block_formats
+    refuse_block_formats(q, "fpq.to_hls")  # the block datapath in HLS is not built yet
     backend, strategy = check_args(backend, io_type, strategy, reuse_factor, clock_period)
     outdir = check_outdir_path(outdir)
     _check_target(outdir, overwrite)

@@ -35,7 +35,7 @@ from brevitas.proxy.float_parameter_quant import (BiasFloatQuantProxyFromInjecto
                                                   WeightFloatQuantProxyFromInjector)
 from brevitas.proxy.float_runtime_quant import ActFloatQuantProxyFromInjector
 
-from ..formats import Fixed, Int, Minifloat, finfo, parse_format
+from ..formats import BlockFormat, Fixed, Int, Minifloat, finfo, parse_format
 from ..numerics.torch_ops import ste_apply_scaled
 
 SCALE_KINDS = ("none", "po2", "float")
@@ -188,6 +188,65 @@ class FpqFloatTensorQuant(FpqTensorQuant):
                 self.fmt.saturate, self.inf_values, self.nan_values)
 
 
+class FpqBlockTensorQuant(FpqTensorQuant):
+    """A block-scaled format (mxfp4, nvfp4, block<...>; fpq.numerics.blocks_torch): the scales come
+    from each block of ``k`` values along the last axis (a Linear's reduction axis), so Brevitas
+    sees scale 1. Weights: the block scales (and an NVFP4 tensor scale) follow the weight, static
+    once trained. Activations: block scales from each block's max at run time; a tensor-scaled
+    format's float32 tensor scale is a calibrated constant (``init_from_max``; 1.0 until then), so
+    a sample's result never depends on the rest of its batch. ``stochastic`` (with a seeded
+    ``generator``) rounds the elements stochastically in training mode only."""
+
+    def __init__(self, fpq_format: str, fpq_scale_kind: str, fpq_channels: int, fpq_role: str):
+        super().__init__(fpq_format, "none", 0, fpq_role)
+        self.register_buffer("tensor_scale_t", torch.tensor(1.0, dtype=torch.float32))
+        self.stochastic = False
+        self.generator = None
+
+    @torch.no_grad()
+    def init_from_max(self, maxabs) -> None:
+        if self.fmt.po2_scale or self.role == "weight":
+            return
+        from ..numerics.blocks import _tensor_scale_from_amax
+        m = float(torch.as_tensor(maxabs, dtype=torch.float64).max())
+        self.tensor_scale_t.fill_(float(_tensor_scale_from_amax(m if math.isfinite(m) else 0.0, self.fmt)))
+
+    def quantize(self, x: torch.Tensor):
+        from ..numerics.blocks_torch import ste_block_quantize
+        one = torch.ones((), dtype=torch.float32, device=x.device)
+        if not torch.is_floating_point(x):
+            x = x.float()
+        if self.observer is not None and x.dim() > 0:
+            self.observer(x)
+            return x.to(torch.float32), one
+        ts = None if self.fmt.po2_scale or self.role == "weight" else float(self.tensor_scale_t)
+        # eval: float64, exact (an NVFP4 value has up to 30 significant bits, beyond float32)
+        y = ste_block_quantize(x, self.fmt, ts, training=self.training, stochastic=self.stochastic and self.training,
+                               generator=self.generator, exact=not self.training)
+        return y, one
+
+    def extra_repr(self) -> str:
+        return f"format={self.fmt}, block scales along the last axis"
+
+
+def block_format_quantizers(q) -> list:
+    """(module path, role, Format) of every quantizer of a converted model with a block format."""
+    quants = getattr(q, "fpq_quantizers", None)
+    if not callable(quants):
+        return []
+    return [(name, role, tq.fmt) for name, role, tq in quants() if isinstance(tq.fmt, BlockFormat)]
+
+
+def refuse_block_formats(q, who: str) -> None:
+    """Refuse a model with block-scaled formats in a path that does not handle them yet."""
+    found = block_format_quantizers(q)
+    if found:
+        name, role, fmt = found[0]
+        raise ValueError(f"{who}: layer {name!r} ({role}) uses the block-scaled format {fmt}; {who} of block-scaled "
+                         f"formats is not built yet (block formats run in torch: fpq.convert, QAT, "
+                         f"fpq.numerics.blocks). Layers with block formats: {sorted({n for n, _, _ in found})}")
+
+
 def minifloat_special_codes(f: Minifloat):
     """Brevitas' description of inf / NaN: mantissa bit strings of the top exponent field."""
     M = f.man_bits
@@ -203,6 +262,18 @@ def minifloat_special_codes(f: Minifloat):
 def make_quant(fmt, role: str, scale_kind: str = "po2", channels: int = 0):
     """A Brevitas injector class quantizing to ``fmt`` for ``role`` (weight|bias|act)."""
     fmt = parse_format(fmt)
+    if isinstance(fmt, BlockFormat):
+        if role == "bias":
+            raise ValueError(f"a bias is added in the accumulator: it takes a scalar format (e.g. int16), not the "
+                             f"block format {fmt}")
+        if fmt.axis not in (-1,) or channels:
+            raise ValueError(f"{fmt}: a layer's block format blocks along the last axis (the Linear reduction "
+                             "axis), per tensor; drop axis= and granularity='channel'")
+        proxy = WeightQuantProxyFromInjector if role == "weight" else ActQuantProxyFromInjector
+        return type(f"FpqBlockQuant_{role}", (ExtendedInjector,), dict(
+            proxy_class=proxy, tensor_quant=FpqBlockTensorQuant, fpq_format=str(fmt), fpq_scale_kind="none",
+            fpq_channels=0, fpq_role=role, signed=bool(fmt.signed), narrow_range=False,
+            float_to_int_impl_type="ROUND", requires_input_scale=False))
     kind = default_scale_kind(fmt, scale_kind)
     is_float = isinstance(fmt, Minifloat)
     proxy = {("weight", False): WeightQuantProxyFromInjector,

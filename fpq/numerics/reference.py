@@ -43,7 +43,7 @@ import math
 
 import numpy as np
 
-from ..formats import Binary, Fixed, Format, Int, Minifloat, parse_format
+from ..formats import Binary, BlockFormat, E8M0, Fixed, Format, Int, Minifloat, parse_format
 from ..formats.types import MAX_QUANTIZE_WIDTH
 
 
@@ -138,8 +138,16 @@ def _as_scale(scale, x: np.ndarray) -> np.ndarray:
 
 
 def quantize(x, fmt, scale=1.0) -> np.ndarray:
-    """Quantize ``x`` to ``fmt`` with ``scale`` (scalar or array that broadcasts to ``x``'s shape)."""
+    """Quantize ``x`` to ``fmt`` with ``scale`` (scalar or array that broadcasts to ``x``'s shape).
+    A block format (mxfp4, nvfp4, block<...>) computes its own scales: the values come back as
+    float64 (fpq.numerics.blocks)."""
     fmt = parse_format(fmt)
+    if isinstance(fmt, BlockFormat):
+        if not (np.ndim(scale) == 0 and float(scale) == 1.0):
+            raise ValueError(f"fpq.quantize: {fmt} computes its own block scales; pass no scale (its tensor "
+                             "scale, if any, goes to fpq.numerics.blocks.block_quantize)")
+        from .blocks import quantize_block  # blocks imports this module
+        return quantize_block(x, fmt)
     check_quantizable(fmt)
     x = _as_float_array(x)
     dt = x.dtype
@@ -163,6 +171,11 @@ def check_quantizable(fmt: Format) -> None:
     """Refuse formats the quantizers cannot compute exactly: fixed formats wider than a tensor may
     be (wider ones exist only as derived accumulator types), and any whose values are not all
     float64 numbers (fpq's results are float64 values)."""
+    if isinstance(fmt, E8M0):
+        raise ValueError("e8m0 is a block scale format (OCP MX); quantize to block<ELEM,e8m0,K> (e.g. mxfp4)")
+    if isinstance(fmt, BlockFormat):
+        raise ValueError(f"{fmt} is a block format: its scales come from each block, so it has no scale-1 "
+                         "quantizer; use fpq.quantize(x, fmt) or fpq.numerics.blocks.block_quantize")
     if isinstance(fmt, Fixed) and fmt.width > MAX_QUANTIZE_WIDTH:
         raise ValueError(f"{fmt}: fixed formats wider than {MAX_QUANTIZE_WIDTH} bits are derived accumulator "
                          "types; tensors are quantized to formats float64 holds (at most fixed<54,I> / "

@@ -78,7 +78,7 @@ def _x_fits(x, ws, fan_in, bs) -> bool:
     to fit 53 bits, then one check that it does."""
     if ws is None:
         return True
-    amax = float(x.abs().max()) if _is_torch(x) else float(np.abs(x).max(initial=0.0))
+    amax = float(x.detach().abs().max()) if _is_torch(x) else float(np.abs(x).max(initial=0.0))
     if amax == 0.0:
         return True
     if not math.isfinite(amax):
