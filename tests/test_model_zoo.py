@@ -99,3 +99,31 @@ def test_mlperf_tiny_fitted_io_stream_csim(name, tmp_path):
     rep = fpq.verify(q, x, proj, qonnx_subset=2, model=path)
     assert rep.status == "EXACT" and any("hls" in p.lower() or "csim" in p.lower() for p in rep.paths), str(rep)
     assert np.array_equal(proj.predict(x), np.asarray(fpq.emulate(path, x)))
+
+
+def _mnist_or_skip():
+    from fpq.data import mnist_path
+    try:
+        mnist_path()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+
+
+def test_mnist_example_quick(load_script, tmp_path):
+    """examples/mnist.py --quick on the MLP, int8 and mixed rows: accuracies on held-out images,
+    EXACT, a fit to xc7z020 within 80%."""
+    _mnist_or_skip()
+    ex = load_script("examples/mnist.py")
+    out = tmp_path / "mnist.md"
+    rows = ex.main(["--quick", "--models", "mlp", "--formats", "int8 PTQ", "mixed PTQ", "--out", str(out)])
+    assert [r["label"] for r in rows] == ["float", "int8 PTQ", "mixed PTQ"]
+    assert rows[0]["acc"] > 60 and all(r["status"] == "EXACT" for r in rows[1:])
+    assert all(abs(r["acc"] - rows[0]["acc"]) < 10 for r in rows[1:])   # int8 ends: close to float
+    assert "held-out 1,000 test images" in out.read_text()
+
+
+@pytest.mark.slow
+def test_mnist_example_quick_all_rows(load_script):
+    _mnist_or_skip()
+    rows = load_script("examples/mnist.py").main(["--quick"])
+    assert len(rows) == 12 and all(r["status"] == "EXACT" for r in rows if r["label"] != "float")
