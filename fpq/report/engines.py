@@ -1,0 +1,264 @@
+"""Where ``fpq.sweep``'s points run: ``engine="local"`` (spawned processes of this machine, no Ray)
+or ``engine="ray"`` (tasks of a Ray cluster: one started here, or one at ``address``).
+
+Both engines take the points still to do, the pickled (model, data, settings, metric) and two
+callbacks of the driver: ``finish(cfg, result)`` with the record a point returned, or the
+exception that ended it (the driver records that point as failed and goes on), and
+``running(n)`` with the number of points in flight. Only ``finish`` writes the store, in the
+driver, so the engines never touch files. In-flight points are capped at the number of CPUs
+that run them, so "running" counts points being computed, not queued ones. Every worker uses one
+torch thread: a point's result depends on its configuration and seed only, whichever engine,
+process or machine ran it.
+
+SIGTERM or Ctrl-C of the driver stops its workers before it exits (SIGTERM exits 143): the local
+pool's workers also die with a SIGKILLed driver (``_die_with_parent``); a Ray cluster this
+driver started is shut down with it (Ray's own processes share the driver's fate), and on a
+cluster it only joined, its running tasks are cancelled (a SIGKILLed driver's tasks are ended
+by Ray when its job ends).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+from ..userfiles import SPEC_FILES, load_file_module
+
+ENGINES = ("local", "ray")
+
+# Ray retries a task whose worker process died (SIGKILL, OOM killer, a lost node) this many times
+# before the point is recorded as failed; a point that raises is not retried (run_point records
+# its own errors, so an exception here is a bug or a broken payload, and would raise again).
+RAY_MAX_RETRIES = 3
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived while points ran (a BaseException so that no ``except Exception`` eats it)."""
+
+
+class _SigtermRaises:
+    """Within the block SIGTERM raises _Terminated (a handler the caller installed is left alone);
+    leaving the block by it exits with SystemExit(143), after the engine's ``finally`` ran."""
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self.own = (threading.current_thread() is threading.main_thread()
+                    and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None))
+        if self.own:
+            signal.signal(signal.SIGTERM, self._raise)
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise _Terminated()
+
+    def __exit__(self, kind, value, tb):
+        import signal
+        if self.own:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if kind is _Terminated:
+            raise SystemExit(128 + int(signal.SIGTERM)) from None
+        return False
+
+
+def _one_thread() -> None:
+    import torch
+    torch.set_num_threads(1)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass  # interop threads already started in this process: they do not change a point's sums
+
+
+def _load_payload(spec_files: dict, payload: bytes) -> dict:
+    import warnings
+    warnings.filterwarnings("ignore")
+    for path in spec_files.values():  # model classes defined in a user's FILE.py unpickle
+        load_file_module(path)
+    return pickle.loads(payload)
+
+
+def _point(w: dict, cfg: dict) -> dict:
+    from .sweeping import run_point  # deferred: sweeping imports this module
+    return run_point(w["model"], w["data"], cfg, w["settings"], w["metric"])
+
+
+# ----------------------------------------------------------------------------- local processes
+_WORKER = {}
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """End this worker when the sweep process dies, even by SIGKILL (which runs no cleanup in the
+    parent): on Linux the kernel sends SIGKILL to the worker (prctl PR_SET_PDEATHSIG); everywhere a
+    daemon thread polls the parent's pid (an orphan is re-parented, so getppid changes)."""
+    import threading
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass  # no usable libc: the watchdog below still ends the worker
+    if os.getppid() != parent_pid:  # the parent died before the death signal was armed
+        os._exit(1)
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="fpq-sweep-parent-watchdog", daemon=True).start()
+
+
+def _init_worker(spec_files: dict, payload: bytes, parent_pid: int | None = None) -> None:
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)  # first: importing torch takes seconds
+    _one_thread()
+    _WORKER.update(_load_payload(spec_files, payload))
+
+
+def _worker_point(cfg: dict) -> dict:
+    return _point(_WORKER, cfg)
+
+
+def _stop_pool(pool) -> None:
+    """Kill the pool's workers now (a point may run for minutes; shutdown would wait for it)."""
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        try:
+            proc.kill()
+        except (OSError, ValueError):
+            pass  # already gone
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def run_local(todo: list, workers: int, payload: bytes, finish, running) -> None:
+    """Run the points on ``workers`` spawned processes of this machine. A point whose worker
+    raised is handed to ``finish`` as the exception; a worker killed from outside breaks the
+    pool (``BrokenProcessPool`` ends the sweep; what finished is stored, a rerun resumes)."""
+    import multiprocessing as mp
+    from concurrent.futures.process import BrokenProcessPool
+
+    workers = max(1, min(workers, len(todo)))
+    queue = list(todo)
+    with _SigtermRaises(), ProcessPoolExecutor(
+            max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+            initargs=(dict(SPEC_FILES), payload, os.getpid())) as pool:
+        try:
+            pending = {}
+            while queue or pending:
+                while queue and len(pending) < workers:
+                    cfg = queue.pop(0)
+                    pending[pool.submit(_worker_point, cfg)] = cfg
+                running(len(pending))
+                ready, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+                for fut in ready:
+                    cfg = pending.pop(fut)
+                    try:
+                        rec = fut.result()
+                    except BrokenProcessPool:
+                        raise
+                    except Exception as e:  # the point raised in its worker: recorded, the sweep goes on
+                        rec = e
+                    finish(cfg, rec)
+            running(0)
+        except BaseException:
+            _stop_pool(pool)
+            raise
+
+
+# ----------------------------------------------------------------------------- Ray
+_RAY_WORKER = {}
+
+
+def _ray_point(payload: bytes, key: str, spec_files: dict, cfg: dict) -> dict:
+    """One point in a Ray worker; the payload is unpickled once per worker process (by its hash)."""
+    if _RAY_WORKER.get("key") != key:
+        _one_thread()
+        _RAY_WORKER.clear()
+        _RAY_WORKER.update(w=_load_payload(spec_files, payload), key=key)
+    return _point(_RAY_WORKER["w"], cfg)
+
+
+def ray_module():
+    """``ray``, or a ValueError saying how to install it."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report leaves the machine
+    try:
+        import ray
+    except ImportError as e:
+        raise ValueError(f"fpq.sweep: engine='ray' needs Ray ({e}); install it with pip install 'fpq[ray]' "
+                         "or use engine='local'") from None
+    return ray
+
+
+def check_address(address) -> None:
+    if address is None:
+        return
+    ok = isinstance(address, str) and (address == "auto" or address.startswith("ray://") or (
+        ":" in address and address.rsplit(":", 1)[1].isdigit()))
+    if not ok:
+        raise ValueError(f"fpq.sweep: address {address!r} is not a Ray cluster address; allowed: 'auto' (the "
+                         "cluster `ray start` runs on this machine), 'ray://HOST:PORT' (Ray Client) or "
+                         "'HOST:PORT' (the head node's GCS); None starts a local Ray")
+
+
+def run_ray(todo: list, workers: int, payload: bytes, finish, running, address=None,
+            max_retries: int = RAY_MAX_RETRIES) -> None:
+    """Run the points as Ray tasks (one CPU each). Without ``address`` (and no Ray already
+    initialised in this process) a local Ray with ``workers`` CPUs is started here and shut down at
+    the end; with one this driver joins that cluster. A task whose worker died is retried by Ray
+    (``max_retries``); a task that still fails reaches ``finish`` as its exception."""
+    ray = ray_module()
+    own = not ray.is_initialized()
+    pending = {}
+    try:
+        if own:
+            kw = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+            if address is None:
+                ray.init(num_cpus=max(1, workers), **kw)
+            else:
+                ray.init(address=address, **kw)
+        with _SigtermRaises():  # after ray.init: it must not replace our handler
+            capacity = max(1, int(ray.cluster_resources().get("CPU", workers)))
+            task = ray.remote(num_cpus=1, max_retries=max_retries, retry_exceptions=False)(_ray_point)
+            ref = ray.put(payload)
+            key = hashlib.sha256(payload).hexdigest()
+            queue = list(todo)
+            while queue or pending:
+                while queue and len(pending) < capacity:
+                    cfg = queue.pop(0)
+                    pending[task.remote(ref, key, dict(SPEC_FILES), cfg)] = cfg
+                running(len(pending))
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                for r in ready:
+                    cfg = pending.pop(r)
+                    try:
+                        rec = ray.get(r)
+                    except ray.exceptions.RayError as e:  # raised in the point, or its worker died max_retries + 1 times
+                        rec = e
+                    finish(cfg, rec)
+            running(0)
+    finally:
+        for r in pending:  # Ctrl-C, SIGTERM or an error in the driver: nothing keeps computing
+            try:
+                ray.cancel(r, force=True)
+            except Exception:  # noqa: BLE001 - already finished or the cluster is gone
+                pass
+        if own and ray.is_initialized():
+            ray.shutdown()  # stops the Ray this driver started; only disconnects from a cluster it joined
+
+
+def run_points(engine: str, todo: list, workers: int, payload: bytes, finish, running, address=None) -> None:
+    if engine == "ray":
+        run_ray(todo, workers, payload, finish, running, address)
+    else:
+        run_local(todo, workers, payload, finish, running)
+
+
+__all__ = ["ENGINES", "RAY_MAX_RETRIES", "check_address", "ray_module", "run_local", "run_points", "run_ray"]
