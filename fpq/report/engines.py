@@ -41,21 +41,38 @@ class _Terminated(BaseException):
 
 class _SigtermRaises:
     """Within the block SIGTERM raises _Terminated (a handler the caller installed is left alone);
-    leaving the block by it exits with SystemExit(143), after the engine's ``finally`` ran."""
+    leaving the block by it exits with SystemExit(143), after the engine's ``finally`` ran.
+    ``own``: whether the handler is ours to set, decided before a library (Ray) installed its own."""
+
+    def __init__(self, own: bool | None = None, defer: bool = False):
+        self.own, self.defer, self.hit = own, defer, False
+
+    def check(self) -> None:
+        """With ``defer`` the handler only notes the signal (raising inside Ray's Cython calls turns
+        into a SystemError); the engine's loop calls this between its waits."""
+        if self.hit:
+            raise _Terminated()
+
+    @staticmethod
+    def ours() -> bool:
+        import signal
+        import threading
+        return (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None))
 
     def __enter__(self):
         import signal
-        import threading
 
-        self.own = (threading.current_thread() is threading.main_thread()
-                    and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None))
+        if self.own is None:
+            self.own = self.ours()
         if self.own:
             signal.signal(signal.SIGTERM, self._raise)
         return self
 
-    @staticmethod
-    def _raise(signum, frame):
-        raise _Terminated()
+    def _raise(self, signum, frame):
+        self.hit = True
+        if not self.defer:
+            raise _Terminated()
 
     def __exit__(self, kind, value, tb):
         import signal
@@ -216,6 +233,9 @@ def run_ray(todo: list, workers: int, payload: bytes, finish, running, address=N
     (``max_retries``); a task that still fails reaches ``finish`` as its exception."""
     ray = ray_module()
     own = not ray.is_initialized()
+    # Ray's core worker puts a crash handler on SIGTERM that aborts the driver (exit -6, no
+    # cleanup, its tasks left to Ray); ours replaces it while the points run when SIGTERM was ours
+    sigterm = _SigtermRaises(own=_SigtermRaises.ours(), defer=True)
     pending = {}
     try:
         if own:
@@ -224,7 +244,7 @@ def run_ray(todo: list, workers: int, payload: bytes, finish, running, address=N
                 ray.init(num_cpus=max(1, workers), **kw)
             else:
                 ray.init(address=address, **kw)
-        with _SigtermRaises():  # after ray.init: it must not replace our handler
+        with sigterm:  # set after ray.init, which must not replace it
             capacity = max(1, int(ray.cluster_resources().get("CPU", workers)))
             task = ray.remote(num_cpus=1, max_retries=max_retries, retry_exceptions=False)(_ray_point)
             ref = ray.put(payload)
@@ -235,7 +255,10 @@ def run_ray(todo: list, workers: int, payload: bytes, finish, running, address=N
                     cfg = queue.pop(0)
                     pending[task.remote(ref, key, dict(SPEC_FILES), cfg)] = cfg
                 running(len(pending))
-                ready, _ = ray.wait(list(pending), num_returns=1)
+                ready = []
+                while not ready:
+                    sigterm.check()
+                    ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
                 for r in ready:
                     cfg = pending.pop(r)
                     try:
