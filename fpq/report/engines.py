@@ -225,6 +225,57 @@ def check_address(address) -> None:
                          "'HOST:PORT' (the head node's GCS); None starts a local Ray")
 
 
+# The reaper of a Ray this driver started: SIGKILL of the driver takes down GCS, raylet and
+# workers (Ray fate-shares them), but leaves Ray's dashboard and runtime-env agents running as
+# orphans (measured with Ray 2.60). This small process notes the driver's descendants every
+# second and kills them once the driver is gone; a driver that ends normally stops it after
+# ray.shutdown. Written here because Ray offers no option for it. Linux (/proc) only.
+_REAPER = r"""
+import os, signal, sys, time
+drv, me = int(sys.argv[1]), os.getpid()
+def table():
+    out = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    st = f.read().rsplit(")", 1)[1].split()
+                out[int(d)] = (int(st[1]), st[19])  # parent, start time
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+def below(tab, roots):
+    found, stack = {}, list(roots)
+    while stack:
+        p = stack.pop()
+        for c, (par, start) in tab.items():
+            if par == p and c != me and c not in found:
+                found[c] = start
+                stack.append(c)
+    return found
+seen = {}
+while os.getppid() == drv:
+    seen.update(below(table(), [drv]))
+    time.sleep(1)
+tab = table()
+seen.update(below(tab, list(seen)))
+for pid, start in seen.items():
+    if tab.get(pid, (None, None))[1] == start:  # the same process, not a reused pid
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+"""
+
+
+def _start_reaper():
+    if not sys.platform.startswith("linux"):
+        return None
+    import subprocess
+    return subprocess.Popen([sys.executable, "-c", _REAPER, str(os.getpid())], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def run_ray(todo: list, workers: int, payload: bytes, finish, running, address=None,
             max_retries: int = RAY_MAX_RETRIES) -> None:
     """Run the points as Ray tasks (one CPU each). Without ``address`` (and no Ray already
@@ -236,11 +287,12 @@ def run_ray(todo: list, workers: int, payload: bytes, finish, running, address=N
     # Ray's core worker puts a crash handler on SIGTERM that aborts the driver (exit -6, no
     # cleanup, its tasks left to Ray); ours replaces it while the points run when SIGTERM was ours
     sigterm = _SigtermRaises(own=_SigtermRaises.ours(), defer=True)
-    pending = {}
+    pending, reaper = {}, None
     try:
         if own:
             kw = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
             if address is None:
+                reaper = _start_reaper()
                 ray.init(num_cpus=max(1, workers), **kw)
             else:
                 ray.init(address=address, **kw)
@@ -275,6 +327,9 @@ def run_ray(todo: list, workers: int, payload: bytes, finish, running, address=N
                 pass
         if own and ray.is_initialized():
             ray.shutdown()  # stops the Ray this driver started; only disconnects from a cluster it joined
+        if reaper is not None:
+            reaper.kill()
+            reaper.wait()
 
 
 def run_points(engine: str, todo: list, workers: int, payload: bytes, finish, running, address=None) -> None:
