@@ -165,6 +165,27 @@ def test_sigkilled_worker_point_runs_again_and_is_stored_once(tiny, cluster, loc
     assert len(os.listdir(marks)) >= 5  # 4 points plus the one that ran again after the kill
 
 
+class Boom(BaseException):
+    """Not an Exception: run_point's own per-step handlers let it through to the engine."""
+
+
+def boom_metric(logits, targets):
+    if os.environ.get("FPQ_RAY_TEST_MARKS"):  # in a Ray worker (the driver's float accuracy runs it too)
+        raise Boom("the metric blew up")
+    return top1_accuracy(logits, targets)
+
+
+def test_point_that_raises_is_recorded_and_the_sweep_goes_on(tiny, cluster, tmp_path):
+    res = sweep(*tiny, weights=["int4", "int6"], activations=["int8"], methods=("max",), **KW, out=str(tmp_path),
+                engine="ray", metric=boom_metric)
+    assert [r["status"] for r in res.records] == ["error", "error"]
+    assert all(r["error"].startswith("engine: RayTaskError") and "the metric blew up" in r["error"] for r in res.records)
+    assert len(_store(tmp_path)) == 2  # recorded ...
+    again = sweep(*tiny, weights=["int4", "int6"], activations=["int8"], methods=("max",), **KW, out=str(tmp_path),
+                  engine="ray", metric=boom_metric)
+    assert again.computed == 2  # ... and tried again on resume: the engine lost it, the point did not fail
+
+
 def _cli(spec, out, *extra):
     return [sys.executable, "-m", "fpq.cli", "sweep", "--model", f"{spec}:model", "--data", f"{spec}:data",
             "--weights", *GRID["weights"], "--activations", *GRID["activations"], "--methods", *GRID["methods"],
