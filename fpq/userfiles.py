@@ -115,7 +115,7 @@ SPEC_FILES = {}   # module name -> file, for modules loaded from a spec's .py fi
 
 def load_file_module(path: str):
     """Import a .py file under a stable name; fpq.sweep's workers import it under the same name
-    (fpq.sweep's ``_init_worker``) so that models whose class is defined there unpickle."""
+    (the workers of fpq.report.engines) so that models whose class is defined there unpickle."""
     name = "_fpq_spec_" + hashlib.sha1(path.encode()).hexdigest()[:10]
     mod = sys.modules.get(name)
     if mod is None:

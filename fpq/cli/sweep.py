@@ -12,7 +12,8 @@ def cli_register(subparsers) -> None:
         "sweep", help="accuracy / cost / bit-exactness over a grid of formats x PTQ methods",
         description="Evaluate a grid of weight x activation formats (x first/last-layer formats) x calibration "
                     "methods on a model: accuracy on held-out data, fpq.estimate_cost, fpq.verify. Finished "
-                    "points are cached in OUT/cache.jsonl, so an interrupted sweep resumes.")
+                    "points are stored in OUT/cache.jsonl, so an interrupted sweep resumes (on either "
+                    "engine); fpq report OUT shows a running sweep's points so far.")
     p.add_argument("--model", required=True,
                    help="the trained float model: FILE.py:NAME or MODULE:NAME (a callable returning it, or the "
                         "model) or FILE.pt (torch.save(model), with --trust-pickle only)")
@@ -31,7 +32,14 @@ def cli_register(subparsers) -> None:
     p.add_argument("--methods", nargs="+", default=["max", "mse"], help="calibration methods (default: max mse)")
     p.add_argument("--qat-epochs", type=int, default=0)
     p.add_argument("--out", default="out/sweep", help="output folder (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2,
+                   help="processes (local engine) or the CPUs of the Ray started here (ray engine, no --address)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: this machine's processes (default, no Ray); ray: tasks of a Ray cluster "
+                        "(pip install 'fpq[ray]')")
+    p.add_argument("--address", default=None,
+                   help="with --engine ray: the cluster, auto | ray://HOST:PORT | HOST:PORT (default: start a "
+                        "local Ray with --workers CPUs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verify-samples", type=int, default=64, help="off-grid inputs for fpq.verify (0: none)")
     p.add_argument("--verify-qonnx", type=int, default=2, help="of those, run through the QONNX executor")
@@ -64,7 +72,8 @@ def run(args) -> int:
                     verify_qonnx=args.verify_qonnx, calib_samples=args.calib_samples, scale=args.scale,
                     profile=None if args.profile_device is None else
                     {"device": args.profile_device, "batch": args.profile_batch},
-                    granularity=args.granularity, trust_pickle=args.trust_pickle)
+                    granularity=args.granularity, trust_pickle=args.trust_pickle,
+                    engine=args.engine, address=args.address)
     except (ValueError, TypeError) as e:
         print(f"fpq sweep: error: {e}", file=sys.stderr)
         return 2

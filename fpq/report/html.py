@@ -110,8 +110,11 @@ def report(results, out_dir: str = "out/report", title: str = "fpq sweep report"
     results: what ``fpq.sweep`` returned, a list of records, or a results.json / results.csv path.
     """
     records, meta = load_results(results)
+    prog = meta.get("progress") if isinstance(meta.get("progress"), dict) else None
     if not records:
-        raise ValueError("fpq.report: no sweep points to report")
+        raise ValueError("fpq.report: no sweep points to report" + (
+            f" yet (the sweep is {prog.get('state')}: 0 of {prog.get('total')} done, {prog.get('running')} running)"
+            if prog else ""))
     missing = [k for k in ("weights", "activations", "accuracy", "family", "w_bits", "a_bits") if k not in records[0]]
     if missing:
         raise ValueError(f"fpq.report: records lack {missing}; pass what fpq.sweep wrote")
@@ -123,6 +126,10 @@ def report(results, out_dir: str = "out/report", title: str = "fpq sweep report"
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{e(title)}</title>",
              f"<style>{_CSS}</style></head><body>", f"<h1>{e(title)}</h1>"]
     facts = []  # every value is escaped: results.json is a file anyone may have edited
+    if prog:  # a report of a sweep still running (or stopped): the points stored so far
+        facts.append(f"sweep {prog.get('state')} ({prog.get('engine')} engine): {prog.get('done')} done, "
+                     f"{prog.get('failed')} failed, {prog.get('running')} running of {prog.get('total')} points; "
+                     f"this page shows the {len(records)} stored so far")
     if meta.get("float_accuracy") is not None:
         facts.append(f"float model: {_fmt(meta['float_accuracy'], 'accuracy')}% ({meta.get('metric', 'accuracy')} on "
                      f"{meta.get('n_test', '?')} held-out samples)")

@@ -17,6 +17,7 @@ from .grid import describe
 
 
 CACHE = "cache.jsonl"
+PROGRESS = "progress.json"  # the running sweep's state: done / failed / running, its context and pid
 
 
 COST_FIELDS = ("lut", "ff", "dsp", "bram18", "latency_cycles", "latency_ns", "ii", "bops", "ebops")
@@ -143,15 +144,42 @@ def check_record(rec, strict: bool = False) -> None:
             raise BadRecord("id", f"{rec['id']!r} is not the id of this configuration ({point_id(cfg)!r})")
 
 
-def read_cache(path: str) -> dict:
-    """{cache key: record}. A line that is not a record fpq.sweep wrote (cut short by a kill, or
-    edited) is skipped with a warning naming its line and field; its point is recomputed."""
+class _Locked:
+    """An fcntl lock on an open store file: exclusive to append, shared to read. Writers append one
+    whole line under the lock, so a reader (another driver, a live report) sees each record whole
+    or not at all; only a kill during a write leaves a torn last line, which readers skip. (POSIX
+    locks hold on local disks and on NFS with lockd; only drivers write, see engines.py.)"""
+
+    def __init__(self, f, exclusive: bool):
+        self.f, self.mode = f, exclusive
+
+    def __enter__(self):
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: one driver per store
+            return self.f
+        fcntl.flock(self.f.fileno(), fcntl.LOCK_EX if self.mode else fcntl.LOCK_SH)
+        return self.f
+
+    def __exit__(self, *exc):
+        try:
+            import fcntl
+        except ImportError:
+            return False
+        fcntl.flock(self.f.fileno(), fcntl.LOCK_UN)
+        return False
+
+
+def read_cache(path: str, context: str | None = None) -> dict:
+    """{cache key: record} (the last line of a key wins; with ``context`` only keys of that sweep
+    context). A line that is not a record fpq.sweep wrote (cut short by a kill, or edited) is
+    skipped with a warning naming its line and field; its point is recomputed."""
     import warnings
 
     out = {}
     if not os.path.exists(path):
         return out
-    with open(path) as f:
+    with open(path) as f, _Locked(f, exclusive=False):
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -171,7 +199,8 @@ def read_cache(path: str) -> dict:
                 warnings.warn(f"fpq.sweep: {path} line {n} is not a record fpq.sweep wrote ({e}): skipped, "
                               "its point is recomputed", stacklevel=2)
                 continue
-            out[key] = rec
+            if context is None or key.endswith("-" + context):
+                out[key] = rec
     return out
 
 
@@ -179,17 +208,50 @@ def _end_partial_line(path: str) -> None:
     """A kill during a write leaves a line without its newline; end it so the next record starts
     on a line of its own (the partial line itself is skipped by ``read_cache``)."""
     if os.path.exists(path) and os.path.getsize(path):
-        with open(path, "rb+") as f:
+        with open(path, "rb+") as f, _Locked(f, exclusive=True):
             f.seek(-1, os.SEEK_END)
             if f.read(1) != b"\n":
                 f.write(b"\n")
 
 
 def _append_cache(path: str, key: str, rec: dict) -> None:
-    with open(path, "a") as f:  # one write per line, flushed: a kill loses at most this line
-        f.write(json.dumps({"key": key, "record": rec}, default=str) + "\n")
+    line = (json.dumps({"key": key, "record": rec}, default=str) + "\n").encode()
+    with open(path, "ab") as f, _Locked(f, exclusive=True):  # one write per line, flushed: a kill loses at most this line
+        f.write(line)
         f.flush()
         os.fsync(f.fileno())
+
+
+def write_progress(path: str, state: dict) -> None:
+    """Replace ``progress.json`` atomically (a temporary file renamed over it): a reader sees the
+    old state or the new one, never half of one."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(state, f, default=str)
+    os.replace(tmp, path)
+
+
+def read_progress(folder: str) -> dict | None:
+    """The state ``fpq.sweep`` last wrote into ``folder`` (None: no sweep ran there). A sweep that
+    says "running" but whose driver is gone from this host is reported as "interrupted"."""
+    path = os.path.join(folder, PROGRESS)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            st = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(st, dict) or not isinstance(st.get("context"), str):
+        return None
+    if st.get("state") == "running" and st.get("host") == os.uname().nodename and isinstance(st.get("pid"), int):
+        try:
+            os.kill(st["pid"], 0)
+        except ProcessLookupError:
+            st["state"] = "interrupted"
+        except PermissionError:
+            pass  # alive, another user's
+    return st
 
 
 def write_tables(records: list, meta: dict, out: str) -> tuple[str, str]:
@@ -225,6 +287,9 @@ def load_results(results) -> tuple[list, dict]:
     if isinstance(results, (str, os.PathLike)):
         path = str(results)
         if os.path.isdir(path):
+            live = _live_results(path)
+            if live is not None:
+                return live
             path = os.path.join(path, "results.json")
         if not os.path.exists(path):
             raise ValueError(f"no sweep results at {path!r}")
@@ -259,6 +324,20 @@ def load_results(results) -> tuple[list, dict]:
     if isinstance(results, (list, tuple)):
         return [dict(r) for r in results], {}
     raise TypeError(f"expected sweep results (SweepResult, list of records, or a path), got {type(results).__name__}")
+
+
+def _live_results(folder: str):
+    """(records, meta) of a sweep that is running (or was stopped) in ``folder``: the points its
+    store holds so far, meta["progress"] its done / failed / running counts. None when the sweep
+    there finished (its results.json is complete) or none ran."""
+    prog = read_progress(folder)
+    if prog is None or prog.get("state") == "finished":
+        return None
+    records = list(read_cache(os.path.join(folder, CACHE), context=prog["context"]).values())
+    meta = dict(prog.get("meta") or {}) if isinstance(prog.get("meta"), dict) else {}
+    meta.update(context=prog["context"], points=len(records), progress={
+        k: prog.get(k) for k in ("state", "engine", "total", "done", "failed", "running", "updated")})
+    return records, meta
 
 
 _META_NUMBERS = ("float_accuracy", "seconds", "points", "computed", "cached", "workers", "seed", "n_test")
@@ -298,5 +377,5 @@ def _parse_csv_row(row: dict) -> dict:
     return out
 
 
-__all__ = ["COLUMNS", "COST_FIELDS", "CACHE", "BadRecord", "SweepResult", "check_record", "load_results",
+__all__ = ["COLUMNS", "COST_FIELDS", "CACHE", "PROGRESS", "BadRecord", "read_progress", "write_progress", "SweepResult", "check_record", "load_results",
            "point_id", "read_cache", "write_tables"]

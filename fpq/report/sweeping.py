@@ -7,9 +7,12 @@ choice, calibrates it with one method (optionally a few QAT epochs), and records
 * ``fpq.estimate_cost`` totals (LUT, FF, DSP, BRAM18, latency, BOPs),
 * ``fpq.verify`` on a few off-grid inputs (torch == emulator == qonnx executor, no HLS).
 
-Points run on local processes (``concurrent.futures`` with spawn, one torch thread each). Every
-finished point is appended to ``out/cache.jsonl`` as one JSON line keyed by a hash of its
-configuration and of the model, data and settings, so a killed sweep resumes where it stopped.
+Points run on local processes (``engine="local"``, the default: ``concurrent.futures`` with
+spawn, no Ray) or as tasks of a Ray cluster (``engine="ray"``, see ``engines.py``), one torch
+thread each. Every finished point is appended by the driver to the store ``out/cache.jsonl`` as
+one JSON line (under a file lock) keyed by a hash of its configuration and of the model, data,
+settings and fpq code, so a killed sweep resumes where it stopped, whichever engine ran it.
+``out/progress.json`` says what runs now (done / failed / running), for a report of a running sweep.
 Each point reseeds torch with ``seed`` before it starts, so results do not depend on the order
 or the process a point ran in. At the end ``results.csv`` and ``results.json`` hold one tidy row
 per point with canonical format strings and the command that rebuilds it.
@@ -23,17 +26,16 @@ import json
 import os
 import pickle
 import shlex
-import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..userfiles import SPEC_FILES, is_torch_module, load_file_module, load_spec
+from ..userfiles import is_torch_module, load_spec
+from .engines import ENGINES, check_address, ray_module, run_points
 from .grid import canonical_list, grid, points
-from .records import (CACHE, COLUMNS, COST_FIELDS, SweepResult, _append_cache, _end_partial_line, _family,  # noqa: F401
-                      load_results, point_id, read_cache, write_tables)
+from .records import (CACHE, COLUMNS, PROGRESS, COST_FIELDS, SweepResult, _append_cache, _end_partial_line, _family,  # noqa: F401
+                      load_results, point_id, read_cache, write_progress, write_tables)
 
 DEFAULT_DATA_SPEC = "fpq.data:load_digits_split"
 
@@ -258,107 +260,21 @@ def run_point(model, data: SweepData, cfg: dict, st: Settings, metric) -> dict:
     return rec
 
 
+ENGINE_ERROR = "engine:"  # the error of a point the engine lost (not its own failure): recomputed on resume
+
+
+def _failed_record(cfg: dict, st: Settings, why: str) -> dict:
+    rec = {k: None for k in COLUMNS}
+    rec.update(cfg, id=point_id(cfg), status="error", error=why, verify_samples=st.verify_samples, seconds=0.0)
+    rec.update(_family(cfg))
+    return rec
+
+
 def _num(v):
     if v is None:
         return None
     v = float(v)
     return int(v) if v.is_integer() else round(v, 3)
-
-
-# ----------------------------------------------------------------------------- worker processes
-_WORKER = {}
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """End this worker when the sweep process dies, even by SIGKILL (which runs no cleanup in the
-    parent): on Linux the kernel sends SIGKILL to the worker (prctl PR_SET_PDEATHSIG); everywhere a
-    daemon thread polls the parent's pid (an orphan is re-parented, so getppid changes)."""
-    import threading
-
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-            import signal
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass  # no usable libc: the watchdog below still ends the worker
-    if os.getppid() != parent_pid:  # the parent died before the death signal was armed
-        os._exit(1)
-
-    def watch():
-        while os.getppid() == parent_pid:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="fpq-sweep-parent-watchdog", daemon=True).start()
-
-
-def _init_worker(spec_files: dict, payload: bytes, parent_pid: int | None = None) -> None:
-    if parent_pid is not None:
-        _die_with_parent(parent_pid)  # first: importing torch takes seconds
-    import torch
-    torch.set_num_threads(1)
-    torch.set_num_interop_threads(1)
-    import warnings
-    warnings.filterwarnings("ignore")
-    for path in spec_files.values():
-        load_file_module(path)
-    _WORKER.update(pickle.loads(payload))
-
-
-def _worker_point(cfg: dict) -> dict:
-    w = _WORKER
-    return run_point(w["model"], w["data"], cfg, w["settings"], w["metric"])
-
-
-# ----------------------------------------------------------------------------- the worker pool
-
-
-class _Terminated(BaseException):
-    """SIGTERM arrived while the pool ran (a BaseException so that no ``except Exception`` eats it)."""
-
-
-def _stop_pool(pool) -> None:
-    """Kill the pool's workers now (a point may run for minutes; shutdown would wait for it)."""
-    for proc in list((getattr(pool, "_processes", None) or {}).values()):
-        try:
-            proc.kill()
-        except (OSError, ValueError):
-            pass  # already gone
-    pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _run_pool(todo: list, workers: int, payload: bytes, finish) -> None:
-    """Run the points on spawned workers. The workers die with this process (see _die_with_parent);
-    SIGTERM or Ctrl-C here kills them first, then ends the sweep (SIGTERM: SystemExit(143))."""
-    import multiprocessing as mp
-    import signal
-    import threading
-
-    def on_term(signum, frame):
-        raise _Terminated()
-
-    own_handler = (threading.current_thread() is threading.main_thread()
-                   and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None))
-    if own_handler:  # a handler the caller installed is left alone
-        signal.signal(signal.SIGTERM, on_term)
-    try:
-        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=mp.get_context("spawn"),
-                                 initializer=_init_worker,
-                                 initargs=(dict(SPEC_FILES), payload, os.getpid())) as pool:
-            try:
-                futures = {pool.submit(_worker_point, c): c for c in todo}
-                for fut in as_completed(futures):
-                    finish(futures[fut], fut.result())
-            except BaseException:
-                _stop_pool(pool)
-                raise
-    except _Terminated:
-        raise SystemExit(128 + int(signal.SIGTERM)) from None
-    finally:
-        if own_handler:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 # ----------------------------------------------------------------------------- commands
@@ -442,7 +358,7 @@ def sweep(model, data=None, formats=None, methods=("max", "mse"), weights=None, 
           verify_samples: int = 64, progress: bool = True, *, only=None, fresh: bool = False,
           metric=None, cost=None, scale: str = "po2", granularity: str = "tensor",
           calib_samples: int = 1024, verify_qonnx: int = 2, profile=None,
-          trust_pickle: bool = False) -> SweepResult:
+          trust_pickle: bool = False, engine: str = "local", address: str | None = None) -> SweepResult:
     """Evaluate every (weights x activations x first_last x method) point; see the module docstring.
 
     model: a float ``nn.Module`` (trained) or a spec ``FILE.py:NAME`` / ``MODULE:NAME`` / ``FILE.pt``
@@ -460,12 +376,22 @@ def sweep(model, data=None, formats=None, methods=("max", "mse"), weights=None, 
     to record each point's measured float fp32 and fake-quant inferences/s; None skips it.
     trust_pickle: allow a model spec ``FILE.pt`` written by ``torch.save(model)`` (a pickle: loading
     it runs any code it holds; only for files you trust).
+    engine: "local" (this machine's processes; ``workers`` of them) or "ray" (Ray tasks; needs
+    ``pip install 'fpq[ray]'``). address: the Ray cluster ("auto", "ray://HOST:PORT" or the head's
+    "HOST:PORT"); None starts a local Ray with ``workers`` CPUs. Same points, same records.
     """
     import torch
 
     from ..nn.calibration_stats import METHODS
 
     t_start = time.time()
+    if engine not in ENGINES:
+        raise ValueError(f"fpq.sweep: unknown engine {engine!r}; allowed: {', '.join(ENGINES)}")
+    if address is not None and engine != "ray":
+        raise ValueError(f"fpq.sweep: address={address!r} is for engine='ray' (engine is {engine!r})")
+    check_address(address)
+    if engine == "ray":
+        ray_module()  # installed? (it is imported only here and in the engine)
     st = Settings(seed=int(seed), qat_epochs=int(qat_epochs), verify_samples=int(verify_samples),
                   verify_qonnx=int(verify_qonnx), calib_samples=int(calib_samples), scale=scale,
                   granularity=granularity, cost=dict(cost or {}), out=str(out),
@@ -511,11 +437,12 @@ def sweep(model, data=None, formats=None, methods=("max", "mse"), weights=None, 
         cfgs = [c for c in cfgs if point_id(c) in only]
     workers = int(workers)
     payload = None
-    if workers > 1:
+    if workers > 1 or engine == "ray":
         try:
             payload = pickle.dumps({"model": model, "data": data, "settings": st, "metric": metric})
         except Exception as e:
-            raise ValueError(f"fpq.sweep: workers={workers} needs the model, data and metric to be picklable "
+            why = f"engine='ray'" if engine == "ray" else f"workers={workers}"
+            raise ValueError(f"fpq.sweep: {why} needs the model, data and metric to be picklable "
                              f"(defined at module top level): {type(e).__name__}: {e}; or pass workers=1") from e
     st.first_layer, st.last_layer = _check_pipeline(model, data, cfgs[0], st)
     if payload is not None:  # the layer names are known now
@@ -528,38 +455,67 @@ def sweep(model, data=None, formats=None, methods=("max", "mse"), weights=None, 
     key = {point_id(c): f"{point_id(c)}-{ctx}" for c in cfgs}
     _end_partial_line(cache_path)
     cached = {} if fresh else read_cache(cache_path)
-    done = {point_id(c): cached[key[point_id(c)]] for c in cfgs if key[point_id(c)] in cached}
+    # a point whose engine lost it (its worker died on every retry) is tried again
+    done = {point_id(c): cached[key[point_id(c)]] for c in cfgs if key[point_id(c)] in cached
+            and not str(cached[key[point_id(c)]].get("error") or "").startswith(ENGINE_ERROR)}
     todo = [c for c in cfgs if point_id(c) not in done]
+    progress_path = os.path.join(st.out, PROGRESS)
+    live = {"running": 0, "started": t_start}
 
     from tqdm.auto import tqdm
-    bar = tqdm(total=len(cfgs), initial=len(done), desc="fpq.sweep", unit="pt", disable=not progress)
+    bar = tqdm(total=len(cfgs), initial=len(done), desc=f"fpq.sweep[{engine}]", unit="pt", disable=not progress)
+
+    def show(state="running"):
+        failed = sum(r["status"] == "error" for r in done.values())
+        bar.set_postfix_str(f"done {len(done) - failed} failed {failed} running {live['running']}", refresh=False)
+        write_progress(progress_path, {
+            "state": state, "context": ctx, "engine": engine, "total": len(cfgs), "done": len(done) - failed,
+            "failed": failed, "running": live["running"], "started": round(t_start, 3),
+            "updated": round(time.time(), 3), "pid": os.getpid(), "host": os.uname().nodename,
+            "meta": {"metric": st.metric_name, "seed": st.seed, "workers": workers, "model_spec": st.model_spec,
+                     "first_layer": st.first_layer, "last_layer": st.last_layer, "n_test": len(data.x_test)}})
+
+    def running(n):
+        live["running"] = n
+        show()
+        bar.refresh()
 
     def finish(cfg, rec):
+        if isinstance(rec, BaseException):  # the engine lost the point or it raised outside run_point
+            rec = _failed_record(cfg, st, f"{ENGINE_ERROR} {type(rec).__name__}: {str(rec).strip()[-2000:]}")
         rec["command"], rec["python"] = commands(cfg, st)
         _append_cache(cache_path, key[point_id(cfg)], rec)
         done[point_id(cfg)] = rec
+        live["running"] = max(0, live["running"] - 1)
+        show()
         bar.update(1)
-        bar.set_postfix_str(f"{cfg['weights']}/{cfg['activations']} {rec['status']}")
 
+    state = "interrupted"
     try:
-        if workers > 1 and len(todo) > 1:
-            _run_pool(todo, workers, payload, finish)
+        show()
+        if engine == "ray" or (workers > 1 and len(todo) > 1):
+            if todo:
+                run_points(engine, todo, workers, payload, finish, running, address)
         else:
             # one thread like the workers: QAT sums in float32 could otherwise depend on the thread count
             threads = torch.get_num_threads()
             torch.set_num_threads(1)
             try:
                 for c in todo:
+                    running(1)
                     finish(c, run_point(model, data, c, st, metric))
             finally:
                 torch.set_num_threads(threads)
+        state = "finished"
     finally:
+        live["running"] = 0
+        show(state)
         bar.close()
 
     records = [done[point_id(c)] for c in cfgs]
     meta = {"float_accuracy": evaluate(model, data.x_test, data.y_test, metric), "metric": st.metric_name,
             "points": len(records), "computed": len(todo), "cached": len(cfgs) - len(todo),
-            "seconds": round(time.time() - t_start, 2), "workers": workers, "seed": st.seed,
+            "seconds": round(time.time() - t_start, 2), "workers": workers, "engine": engine, "seed": st.seed,
             "model_spec": st.model_spec, "data_spec": st.data_spec or (DEFAULT_DATA_SPEC if st.model_spec else None),
             "first_layer": st.first_layer, "last_layer": st.last_layer, "settings": st.fingerprint(),
             "context": ctx, "n_test": len(data.x_test)}
