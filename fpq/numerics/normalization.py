@@ -82,7 +82,7 @@ def to_codes(x, frac: int, who: str) -> np.ndarray:
     k = np.ldexp(x, frac)
     if not np.all(np.isfinite(k)) or np.any(k != np.rint(k)) or np.any(np.abs(k) >= 2.0 ** 62):
         bad = x[~np.isfinite(k) | (k != np.rint(k))].ravel()
-        raise ValueError(f"{who}: input {bad[0] if bad.size else x.ravel()[0]!r} is not on its quantizer's grid "
+        raise ValueError(f"{who}: input {float(bad[0] if bad.size else x.ravel()[0])!r} is not on its quantizer's grid "
                          f"(multiples of 2^{-frac}); the input must come from the quantizer the layer was built for")
     return k.astype(np.int64)
 
