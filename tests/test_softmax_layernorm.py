@@ -275,3 +275,27 @@ def test_a_node_whose_recipe_does_not_match_its_input_is_refused():
     with pytest.raises(UnsupportedGraphError, match=r"FpqSoftmax node .*exp_table differ"):
         read_graph(proto)
     assert onnx is not None
+
+
+# ---- HLS ----
+
+@pytest.mark.slow
+def test_csim_equals_emulator_int8_io_parallel(tmp_path):
+    """ONE project: Linear -> LayerNorm -> Linear (weights x8, so that softmax rows saturate: y = 1
+    and 0 occur) -> Softmax at int8, io_parallel. C-sim == emulator == torch on 2,000 probes."""
+    model = Block()
+    with torch.no_grad():
+        model.b.weight.mul_(8.0)
+    q = _calibrated(model, "int8")
+    path = fpq.export_qonnx(q, tmp_path / "m.onnx", torch.zeros(1, 6))
+    proj = fpq.to_hls(path, tmp_path / "prj", io_type="io_parallel")
+    g = read_graph(path)
+    x = probe_inputs(g, 2000)
+    rep = fpq.verify(q, x, proj, qonnx_subset=8, model=path)
+    assert rep.exact, rep.table
+    assert "hls" in {r["path"] for r in rep.table}
+    y = proj.predict(x)
+    assert np.array_equal(y, Emulator(g)(x))
+    sm = next(op for op in g.ops if op.kind == "softmax")
+    ys = Emulator(g)(x, return_trace=True)[1][sm.name]
+    assert np.any(ys == 1.0) and np.any(ys == 0.0)
