@@ -277,6 +277,21 @@ def test_a_node_whose_recipe_does_not_match_its_input_is_refused():
     assert onnx is not None
 
 
+def test_cost_rows_price_each_operator():
+    q = _calibrated(Block(), "int8")
+    c = fpq.estimate_cost(q, part="xcvu9p")
+    rows = {r["op"]: r for r in c.layers if r["op"] in ("softmax", "layernorm")}
+    sm, ln = rows["softmax"], rows["layernorm"]
+    assert set(sm["parts"]) == {"max", "diff", "exp_rom", "sum", "divider", "mul", "round"}
+    assert set(ln["parts"]) >= {"square", "divider", "isqrt", "scale", "gamma"}
+    assert all(v > 0 for r in (sm, ln) for v in r["parts"].values())
+    assert sm["lut"] == pytest.approx(sum(sm["parts"].values()), rel=1e-3) and sm["latency_cycles"] >= 1
+    # the ROM follows the table: e4m3's coarsened 3,196-entry table costs more than int8's
+    e4 = next(r for r in fpq.estimate_cost(_calibrated(Block(), "e4m3"), part="xcvu9p").layers if r["op"] == "softmax")
+    assert e4["parts"]["exp_rom"] > sm["parts"]["exp_rom"]
+    assert any("approximate" in n for n in c.notes)
+
+
 # ---- HLS ----
 
 @pytest.mark.slow
