@@ -272,10 +272,24 @@ def test_a_node_whose_recipe_does_not_match_its_input_is_refused():
     proto = model.model if hasattr(model, "model") else model
     node = next(n for n in proto.graph.node if n.op_type == "FpqSoftmax")
     att = next(a for a in node.attribute if a.name == "exp_table")
-    att.ints[0] += 1
+    mid = len(att.ints) // 2
+    att.ints[mid] += 1              # one code: the node's table is what every path runs
+    g = read_graph(proto)
+    sm = next(op for op in g.ops if op.kind == "softmax")
+    assert sm.attrs["recipe"].exp_table[mid] == att.ints[mid]
+    att.ints[mid] += 1              # two codes: not the table of this input
     with pytest.raises(UnsupportedGraphError, match=r"FpqSoftmax node .*exp_table differ"):
         read_graph(proto)
-    assert onnx is not None
+    shift = next(a for a in node.attribute if a.name == "in_frac")
+    shift.i += 1
+    with pytest.raises(UnsupportedGraphError, match=r"FpqSoftmax node .*in_frac"):
+        read_graph(onnx.ModelProto.FromString(proto.SerializeToString()))
+    shift.i -= 1
+    att.ints[mid] -= 2
+    ln = next(n for n in proto.graph.node if n.op_type == "FpqLayerNorm")
+    next(a for a in ln.attribute if a.name == "eps_int").i += 1
+    with pytest.raises(UnsupportedGraphError, match=r"FpqLayerNorm node .*eps_int differ"):
+        read_graph(proto)
 
 
 def test_cost_rows_price_each_operator():

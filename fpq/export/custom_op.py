@@ -128,15 +128,20 @@ def recipe_of(node, who: str | None = None):
 
 
 def pipeline_of(node, in_values) -> tuple:
-    """(IR kind, recipe) of an FpqSoftmax / FpqLayerNorm node whose input takes ``in_values``: the
-    node's recipe must be the one fpq builds for that input (same table, grid and constants), so
-    every path computes what the node says. ValueError names the node otherwise."""
+    """(IR kind, recipe) of an FpqSoftmax / FpqLayerNorm node whose input takes ``in_values``. The
+    node's own numbers are the recipe every path runs; they must be the ones fpq builds for that
+    input (grid, shift, constants, gamma / beta exactly; the exp table within one code per entry, so
+    that a file written where libm's exp rounds one last bit differently still reads). ValueError
+    names the node otherwise."""
     from dataclasses import replace
     from ..numerics import normalization as N
     who = f"{node.op_type} node {node.name!r}"
     mine = recipe_of(node, who)
     if node.op_type == "FpqSoftmax":
         kind, built = "softmax", N.softmax_recipe(in_values, who)
+        mine_t, built_t = np.asarray(mine.exp_table), np.asarray(built.exp_table)
+        if mine_t.shape == built_t.shape and np.all(np.abs(mine_t - built_t) <= 1):
+            built = replace(built, exp_table=mine.exp_table)
     else:
         a = _attrs_of(node)
         gamma = np.ldexp(np.asarray(mine.gamma, dtype=np.float64), -mine.gamma_frac)
@@ -148,7 +153,7 @@ def pipeline_of(node, in_values) -> tuple:
         diff = [k for k in mine.__dataclass_fields__ if getattr(mine, k) != getattr(built, k)]
         raise ValueError(f"{who}: its {', '.join(diff)} differ from what fpq's recipe gives for its input's quantizer "
                          "(fpq.numerics.normalization): the node was not made for this input")
-    return kind, built
+    return kind, mine
 
 
 class _Pipeline(CustomOp):
