@@ -162,11 +162,10 @@ def softmax(x, r: SoftmaxRecipe, who: str) -> np.ndarray:
 def quantize_affine(values, fmt, who: str) -> np.ndarray:
     """gamma / beta quantized like a weight / bias: ``fmt`` (a Format) at a power-of-two scale by
     the max rule (Fixed: its own scaling); float32 values on the grid."""
-    from ..formats import Fixed as _Fixed
     from .scaled import apply_scaled
     v = np.asarray(values, dtype=np.float32).astype(np.float64)
     scale = 1.0
-    if not isinstance(fmt, _Fixed):
+    if not isinstance(fmt, Fixed):
         m = float(np.max(np.abs(v))) if v.size else 0.0
         top = float(finfo(fmt).max)
         scale = math.ldexp(1.0, math.ceil(math.log2(m / top))) if m > 0 else 1.0
@@ -201,7 +200,9 @@ class LayerNormRecipe:
                     norm_bits=self.norm_bits, rsqrt_frac=self.rsqrt_frac)
 
     def formats(self, in_bits: int) -> dict:
-        """The internal types (TypePlan roles) of the pipeline."""
+        """The internal types (TypePlan roles) of the pipeline, for an input of ``in_bits``-bit codes:
+        sum (of x), diff (n (x - mean)), variance (the integer U of step 2, a code: var + eps =
+        U / (n^4 2^(2F))), rsqrt (inv 2^-31), norm (Z), affine (Yx) and output (y)."""
         n, fy = self.n, self.y_frac
         d_bits = (self.n * ((1 << in_bits) - 1)).bit_length() + 1
         u_bits = (self.n * self.n * (self.n - 1) ** 2 * (1 << 2 * in_bits) + self.eps_int).bit_length()
@@ -211,7 +212,7 @@ class LayerNormRecipe:
         yx_bits = ymax.bit_length() + 1
         s_bits = (n << in_bits).bit_length() + 1
         return {"sum": Fixed(s_bits, s_bits - self.in_frac, True),
-                "diff": Fixed(d_bits, d_bits, True), "variance": Fixed(u_bits, u_bits, False),
+                "diff": Fixed(d_bits, d_bits - self.in_frac, True), "variance": Fixed(u_bits, u_bits, False),
                 "rsqrt": Fixed(self.rsqrt_frac + 1, 1, False), "norm": Fixed(z_bits, z_bits - self.z_frac, True),
                 "affine": Fixed(yx_bits, yx_bits - fy, True), "output": Fixed(Y_BITS, self.out_int_bits, True)}
 
