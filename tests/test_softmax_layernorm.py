@@ -209,6 +209,10 @@ def test_layernorm_without_affine_and_rows_of_tokens():
     q = _calibrated(model, "int8")
     assert q.get_submodule("1").weight is None
     _all_paths(q, n=500, qonnx_subset=8)
+    model = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8, bias=False), nn.Linear(8, 3))   # gamma only
+    q = _calibrated(model, "int8")
+    assert q.get_submodule("1").weight is not None and q.get_submodule("1").bias is None
+    _all_paths(q, n=500, qonnx_subset=8)
 
 
 def test_training_forward_is_exact_backward_is_the_float_derivative():
