@@ -25,6 +25,7 @@ from .nn.batchnorm import FpqBatchNorm, from_batchnorm
 from .nn.layers import (FpqAct, FpqAdd, FpqAvgPool, FpqClamp, FpqConv1d, FpqConv2d, FpqInput,
                         FpqLinear, link_input_quantizers, quant_layer)
 from .nn.tables import FpqTable, table_spec
+from .nn.normalization import FpqLayerNorm, FpqSoftmax, from_module as normalization_layer
 
 SUPPORTED = ("Linear", "Conv1d", "Conv2d",
              "BatchNorm1d/2d (folded into the Conv/Linear before it, else element-wise)",
@@ -34,7 +35,9 @@ SUPPORTED = ("Linear", "Conv1d", "Conv2d",
              "F.relu6 / F.hardtanh / torch.clamp (constant bounds)", "F.max_pool1d/2d", "F.avg_pool1d/2d",
              "F.adaptive_avg_pool1d/2d(x, 1)", "x.mean(spatial dims)",
              "Sigmoid, Tanh, SiLU, Hardswish, Hardsigmoid, GELU (erf / tanh), ELU, Softplus, LeakyReLU, PReLU "
-             "(exact tables over an input of at most 16 bits) and their functional forms")
+             "(exact tables over an input of at most 16 bits) and their functional forms",
+             "Softmax(dim=-1) / F.softmax / torch.softmax / x.softmax(-1), LayerNorm over the last axis "
+             "(exact fixed-point pipelines)")
 _KEEP_MODULES = (nn.ReLU, nn.MaxPool1d, nn.MaxPool2d, nn.Flatten)
 _DROP_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)
 _KEEP_FUNCTIONS = (F.relu, torch.relu, torch.flatten)
@@ -177,7 +180,8 @@ def _trace(model: nn.Module) -> fx.GraphModule:
 _TABLE_MODULES = (nn.Sigmoid, nn.Tanh, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.GELU, nn.ELU, nn.Softplus,
                   nn.LeakyReLU, nn.PReLU)
 _QUANTIZED_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ReLU6, nn.Hardtanh, nn.AvgPool1d, nn.AvgPool2d,
-                      nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.BatchNorm1d, nn.BatchNorm2d) + _TABLE_MODULES
+                      nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.Softmax,
+                      nn.LayerNorm) + _TABLE_MODULES
 _META_ATTRIBUTES = ("shape", "ndim", "dtype", "device")   # tensor attributes that are not tensors
 _KEEP_BATCH = ("dimension 0 is the batch and must stay it: use torch.flatten(x, 1), x.flatten(1), "
                "nn.Flatten(), x.view(x.size(0), -1) or x.reshape(x.size(0), -1)")
@@ -433,6 +437,10 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
                 policy.layers[path] = {"activations": f["activations"]}
                 fn, params, weight = table_spec(m)
                 _set_module(gm, path, FpqTable(fn, params, f["activations"], scale, weight))
+            elif type(m) in (nn.Softmax, nn.LayerNorm):
+                f = _resolve(policy, path)
+                policy.layers[path] = dict(f) if isinstance(m, nn.LayerNorm) else {"activations": f["activations"]}
+                _set_module(gm, path, normalization_layer(m, f, scale, path))
             elif isinstance(m, (nn.ReLU6, nn.Hardtanh)):
                 f = _resolve(policy, path)
                 _block_only_linear(path, type(m).__name__, {"activations": f["activations"]})
@@ -513,6 +521,14 @@ def _check_tables(q: FpqModel) -> None:
     from .nn.layers import linked_input_quantizer
     from .numerics.activations import check_table_input
     for name, m in q.named_modules():
+        if isinstance(m, (FpqSoftmax, FpqLayerNorm)):
+            m.fpq_layer_name = name
+            if linked_input_quantizer(m) is None:
+                raise ValueError(f"fpq.convert: {m.kind} {name!r} does not read the output of a quantized layer "
+                                 "(through ReLU / max pool / flatten only), so its input's values are unknown and no "
+                                 "exact pipeline exists; put it after a Linear / Conv / add / pool")
+            check_table_input(linked_input_quantizer(m).fmt, f"fpq.convert: {m.kind} {name!r}")
+            continue
         if not isinstance(m, FpqTable):
             continue
         m.fpq_layer_name = name

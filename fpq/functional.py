@@ -44,6 +44,7 @@ _TABLES = {
 }
 _TABLE_METHODS = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
 _PRELU_CALLS = (torch.prelu, F.prelu)
+_SOFTMAX_CALLS = (F.softmax, torch.softmax)   # and x.softmax(dim): nn.Softmax(dim), fpq.nn.normalization
 
 # modules and calls through which the number of spatial axes of a feature map stays the same
 _SPATIAL = {nn.Conv1d: 1, nn.MaxPool1d: 1, nn.AvgPool1d: 1, nn.AdaptiveAvgPool1d: 1,
@@ -134,6 +135,15 @@ def _table_module(node: fx.Node) -> nn.Module:
     return cls(**kw)
 
 
+def _softmax_module(node: fx.Node) -> nn.Module:
+    dim = _arg(node, 1, "dim", None)
+    dtype = node.args[3] if len(node.args) > 3 else node.kwargs.get("dtype")
+    if isinstance(dim, fx.Node) or not isinstance(dim, int) or isinstance(dim, bool) or dtype is not None:
+        raise _refuse(node, "softmax without a constant int dim, or with a dtype",
+                      "call softmax(x, dim=-1) (fpq's exact softmax works over the last axis)")
+    return nn.Softmax(dim)
+
+
 def _spatial_axes(node, modules) -> int | None:
     """Number of spatial axes of ``node``'s output, read back through rank-keeping ops to a
     Conv / pool / BatchNorm2d; None when nothing tells."""
@@ -181,6 +191,9 @@ def functional_to_modules(gm: fx.GraphModule) -> None:
         elif node.op == "call_function" and node.target in _TABLES or \
                 node.op == "call_method" and node.target in _TABLE_METHODS:
             _replace(gm, node, _table_module(node))
+        elif node.op == "call_function" and node.target in _SOFTMAX_CALLS or \
+                node.op == "call_method" and node.target == "softmax":
+            _replace(gm, node, _softmax_module(node))
         elif node.op == "call_function" and node.target in _PRELU_CALLS:
             raise _refuse(node, "F.prelu with a weight tensor", "use nn.PReLU(num_parameters) (its slopes are a "
                                                                  "parameter of the layer, quantized into its table)")

@@ -579,6 +579,9 @@ def _layer_row(lp, ops, dev, rfs, reuse_factor, strat, clock_period, dsp_thresho
     if lp.op.lower() == "table":   # an activation table: a binary search over the input's values
         from .tables import table_row
         return table_row(lp, ops, dev, float(clock_period), notes, _t_add)
+    if lp.op.lower() in ("softmax", "layernorm"):   # the exact integer pipelines
+        from .normalization import normalization_row
+        return normalization_row(lp, ops, dev, float(clock_period), notes, _t_add)
     if not (lp.op.lower() in MAC_KINDS and "weight" in lp.tensors):
         return _other_layer(lp, ops, notes)
     rf = _reuse(lp, rfs, reuse_factor)

@@ -379,6 +379,9 @@ class Emulator:
         if k == "clip":   # float32 bounds: exact in x's dtype (float32 or float64)
             lo, hi = op.attrs["min"], op.attrs["max"]
             return np.clip(x, -np.inf if lo is None else lo, np.inf if hi is None else hi).astype(x.dtype, copy=False)
+        if k in ("softmax", "layernorm"):   # the exact integer pipelines (fpq.numerics.normalization)
+            from ..numerics import normalization as N
+            return (N.softmax if k == "softmax" else N.layernorm)(x, op.attrs["recipe"], f"{k} {op.name!r}")
         if k == "table":   # the op's exact table (values float32 numbers: exact in float32)
             from ..numerics.activations import lookup
             return lookup(op.attrs["x"], op.attrs["y"], x, f"table {op.name!r}").astype(np.float32)

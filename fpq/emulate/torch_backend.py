@@ -183,6 +183,10 @@ class TorchProgram:
             return torch.clamp(x, None if lo is None else float(lo), None if hi is None else float(hi))
         if k == "table":
             return self._table(op, x)
+        if k in ("softmax", "layernorm"):   # the exact integer pipelines, int64 on the device
+            from ..numerics import normalization as N
+            fn = N.softmax_torch if k == "softmax" else N.layernorm_torch
+            return fn(x, op.attrs["recipe"], f"{k} {op.name!r}")
         if k == "add":
             return x.to(torch.float64) + xs[1].to(torch.float64)
         if k in ("mul", "div", "add_const"):

@@ -48,7 +48,7 @@ SIMPLE_KINDS = {"Relu": "relu", "MaxPool": "maxpool", "AveragePool": "avgpool",
 SUPPORTED_OPS = ("Quant", "FloatQuant", "BipolarQuant", "Trunc", "MatMul", "Gemm", "Conv", "Add", "Sub",
                  "Mul", "Div", "Relu", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten",
                  "Reshape", "Transpose", "Identity", "Dropout", "Constant", "Cast", "Unsqueeze", "Squeeze",
-                 "ReduceSum", "Clip", "FpqTable", "LeakyRelu")
+                 "ReduceSum", "Clip", "FpqTable", "LeakyRelu", "FpqSoftmax", "FpqLayerNorm")
 
 
 def _c_name(text: str) -> str:
@@ -311,6 +311,8 @@ def read_graph(model) -> Graph:
             op = _table(r, node, x, mod, tt(x))
         elif op_type == "LeakyRelu":
             op = _leaky_relu(r, node, a, x, mod, tt(x))
+        elif op_type in ("FpqSoftmax", "FpqLayerNorm"):
+            op = _pipeline(r, node, x, mod, tt(x))
         elif op_type in SIMPLE_KINDS:
             kind = SIMPLE_KINDS[op_type]
             op = Op(r.unique(_op_name(kind, mod)), kind, [x], [node.output[0]], onnx_nodes=[node.name])
@@ -451,6 +453,26 @@ def _leaky_relu(r: _Reader, node, a, x, mod, t_in) -> Op:
     op = Op(r.unique(_op_name("table", mod)), "table", [x], [node.output[0]],
             attrs={"x": xs, "y": ys, "function": "leaky_relu"}, onnx_nodes=[node.name])
     op.types["output"] = TensorType(values_carrier(ys), 1.0)
+def _pipeline(r: _Reader, node, x, mod, t_in) -> Op:
+    """An ``FpqSoftmax`` / ``FpqLayerNorm`` node (fpq.export.custom_op): op kind softmax / layernorm
+    with ``attrs["recipe"]`` (checked against its input's quantizer); ``types`` records the
+    pipeline's internal fixed-point types and its output (exact: the quantizer after it rounds it)."""
+    from ..numerics.activations import input_values
+    from .custom_op import pipeline_of
+    if not isinstance(t_in, TensorType):
+        raise UnsupportedGraphError(f"{node.op_type} node {node.name!r}: its input has no quantizer, so the values it "
+                                    "holds (and the pipeline's integer grid) are unknown")
+    try:
+        kind, rec = pipeline_of(node, input_values(t_in.format, t_in.scale, f"{node.op_type} node {node.name!r}"))
+    except ValueError as e:
+        raise UnsupportedGraphError(str(e)) from None
+    op = Op(r.unique(_op_name(kind, mod)), kind, [x], [node.output[0]], attrs={"recipe": rec},
+            onnx_nodes=[node.name])
+    shape = r.shape(x)
+    n = rec.n if kind == "layernorm" else (int(shape[-1]) if shape is not None else 1)
+    inner = rec.formats(n) if kind == "softmax" else rec.formats(t_in.value_carrier().width)
+    op.types.update({k: v for k, v in inner.items() if k != "output"})
+    op.types["output"] = TensorType(inner["output"], 1.0)
     return op
 
 

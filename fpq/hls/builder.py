@@ -29,6 +29,8 @@ Exactness, layer by layer:
   is the cast of the quantizer that follows (Q(clip(x)) in one layer).
 * table (Sigmoid, GELU, ...: fpq.numerics.activations): an ``FpqQuantize`` layer that finds the
   input among its quantizer's values by binary search and returns that entry of the table.
+* softmax / layernorm (last axis): ``FpqRowNorm`` (fpq.hls.normalization), the integer recipe of
+  fpq.numerics.normalization in ap_int arithmetic; result its exact output or the fused cast.
 * add: the exact sum type of both inputs.
 * batchnorm (element-wise): hls4ml's BatchNormalization, scale / bias in their exact carriers,
   the result the exact x * s + t (or the cast of the quantizer that follows).
@@ -390,6 +392,14 @@ class _Builder:
                         "quantizer_tables": tables if n else "",
                         "fpq_format": f"table {op.attrs.get('function', '')} ({n + 1} entries)"}, {"result": out})
         self.set_out(op, _Tensor(op.name, out, src.torch_shape, src.hls_shape, src.perm))
+
+    def op_softmax(self, op):
+        from .normalization import build
+        build(self, op)
+
+    def op_layernorm(self, op):
+        from .normalization import build
+        build(self, op)
 
     def _pool(self, op, cls: str) -> None:
         """A max / average pooling window (``cls`` MaxPooling / AveragePooling). hls4ml's pooling

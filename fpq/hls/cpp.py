@@ -14,13 +14,14 @@ from ..formats import Binary, Fixed, Format, Int, Minifloat, exact_fixed
 # hls/ folder of the repository; fpq/hls/include/ links to it, and a wheel build copies the file.
 HLS_DIR = Path(__file__).resolve().parent / "include"
 MINIFLOAT_HEADER = HLS_DIR / "fpq_minifloat.h"
+NORMALIZATION_HEADER = HLS_DIR / "fpq_normalization.h"
 
 
-def header_path() -> Path:
-    if not MINIFLOAT_HEADER.is_file():
-        raise FileNotFoundError(f"fpq's C++ header is missing: {MINIFLOAT_HEADER} (a broken fpq install: "
+def header_path(path: Path = MINIFLOAT_HEADER) -> Path:
+    if not path.is_file():
+        raise FileNotFoundError(f"fpq's C++ header is missing: {path} (a broken fpq install: "
                                 "reinstall fpq, whose package data includes fpq/hls/include/*.h)")
-    return MINIFLOAT_HEADER
+    return path
 
 
 def ap_type(fmt: Fixed) -> str:

@@ -9,6 +9,8 @@
 * config / function-call templates of that layer for the Vivado and Vitis backends, in both
   io_parallel (arrays) and io_stream (hls::stream of packed arrays): the C++ overloads on the
   argument types, so one function template serves both.
+* ``FpqRowNorm`` (``fpq.hls.normalization``): softmax / LayerNorm over the last axis, the exact
+  integer pipelines (``hls/fpq_normalization.h``).
 * ``FpqPool``: a max or an exact window sum with any stride and padding (``fpq::pool_layer``),
   for the pools hls4ml's pooling cannot build exactly (see ``fpq.ir.plan.pool_build``).
 """
@@ -135,6 +137,8 @@ def register() -> None:
         return
     register_layer("FpqQuantize", FpqQuantize)
     register_layer("FpqPool", FpqPool)
+    from . import normalization
+    register_layer("FpqRowNorm", normalization.FpqRowNorm)
     header = cpp.header_path()
     for name in BACKENDS:
         backend = get_backend(name)
@@ -142,5 +146,7 @@ def register() -> None:
         backend.register_template(FpqQuantizeFunctionTemplate)
         backend.register_template(FpqPoolConfigTemplate)
         backend.register_template(FpqPoolFunctionTemplate)
+        normalization.register(backend)
         backend.register_source(header)
+        backend.register_source(cpp.header_path(cpp.NORMALIZATION_HEADER))
     _registered = True

@@ -24,6 +24,11 @@ Op kinds (``Op.kind``) and their attributes:
                     ``FpqTable``, ``fpq.export.custom_op``): attrs "x" (float64, ascending: every value
                     the input's quantizer produces), "y" (float64 (N,), or (C, N) per channel on axis
                     1: the output already rounded by the quantizer after it), "function" (its name)
+``softmax``         softmax over the last axis, ``layernorm`` LayerNorm over the last axis: exact integer
+``layernorm``       pipelines (QONNX ``FpqSoftmax`` / ``FpqLayerNorm``); attrs "recipe" (a
+                    ``fpq.numerics.normalization`` SoftmaxRecipe / LayerNormRecipe); types hold the
+                    internal fixed types (exp, sum, reciprocal / sum, diff, variance, rsqrt, norm,
+                    affine) and the output (ufixed<24,1> / fixed<24, I>, rounded by the quantizer after)
 ``add``             x0 + x1 (both dynamic)
 ``mul`` / ``div``   x * c, x / c with a constant ``c`` (attrs["value"])
 ``add_const``       x + c with a constant ``c`` (attrs["value"]) that is not a layer's bias (an
@@ -85,7 +90,8 @@ OPS = {k.name: k for k in (
     OpKind("relu", type_preserving=True),
     # a bound off the input's grid is a new value: not type-preserving, and (conservatively) not
     # ORDER_KEEPING for a sum rounded to odd; its result is a fresh array a requantizer may reuse
-    OpKind("clip", computes=True), OpKind("table", computes=True), OpKind("add", computes=True), OpKind("mul", computes=True),
+    OpKind("clip", computes=True), OpKind("table", computes=True), OpKind("softmax", computes=True),
+    OpKind("layernorm", computes=True), OpKind("add", computes=True), OpKind("mul", computes=True),
     OpKind("div", computes=True), OpKind("add_const", computes=True), OpKind("maxpool", type_preserving=True), OpKind("avgpool", computes=True),
     OpKind("global_avgpool", computes=True),
     OpKind("flatten", type_preserving=True, free=True), OpKind("reshape", type_preserving=True, free=True),

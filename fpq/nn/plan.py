@@ -13,6 +13,7 @@ from torch import fx, nn
 from .batchnorm import FpqBatchNorm, to_batchnorm
 from .layers import FpqAdd, FpqAvgPool, FpqClamp, FpqConv1d, FpqConv2d, FpqInput, FpqLinear
 from .tables import FpqTable, float_module
+from .normalization import FpqLayerNorm, FpqSoftmax, float_module as float_normalization
 
 _WEIGHT_LAYERS = (FpqLinear, FpqConv1d, FpqConv2d)
 
@@ -67,6 +68,8 @@ def dequantize_model(q) -> tuple[nn.Module, dict]:
             setattr(owner, leaf, m.pool)
         elif isinstance(m, FpqTable):
             setattr(owner, leaf, float_module(m))
+        elif isinstance(m, (FpqSoftmax, FpqLayerNorm)):
+            setattr(owner, leaf, float_normalization(m))
         elif isinstance(m, FpqClamp):
             inf = float("inf")
             setattr(owner, leaf, nn.Hardtanh(-inf if m.min_val is None else m.min_val,
