@@ -185,8 +185,8 @@ class Writer:
         if acc.frac_bits < pf:
             raise RTLUnsupportedError(f"linear {op.name!r}: accumulator {acc} is coarser than its products "
                                       f"(2^-{pf})")
-        K = oprtl._units(W, wc.frac_bits)
-        K = np.vectorize(lambda k: int(k) << (acc.frac_bits - pf), otypes=[object])(K)
+        codes = oprtl._units(W, wc.frac_bits)        # the weights' codes in their carrier
+        K = np.vectorize(lambda k: int(k) << (acc.frac_bits - pf), otypes=[object])(codes)
         bias = None
         if op.bias is not None:
             bias = oprtl._units(np.asarray(op.bias, np.float64), acc.frac_bits)
@@ -216,7 +216,7 @@ class Writer:
         cycles = self._cycles(depth)
         self.layers.append(LayerInfo(op.name, op.kind, "mac", dict(
             n_in=n_in, n_out=n_out, x_bits=xt.width, x_signed=xt.signed, w_bits=wc.width, acc_bits=acc.width,
-            consts=[int(k) for k in K.ravel()], multipliers=n_mul, adder_levels=depth, register_bits=regs),
+            consts=[int(k) for k in K.ravel()], weight_codes=[int(k) for k in codes.ravel()], multipliers=n_mul, adder_levels=depth, register_bits=regs),
             cycles=cycles))
         self.set_out(op, outs, stage + cycles)
 
