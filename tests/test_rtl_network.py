@@ -4,7 +4,8 @@ A small MLP (8-16-8-4, ReLU) at int8, int4, fixed<8,3>, e2m1 and e4m3 is written
 ``fpq.to_rtl`` (pipelined differently per format, one combinational), all five compiled into one
 CXXRTL simulator (one yosys + g++ run for the module), and simulated on 2,000 off-grid random
 inputs (about a third saturate the input quantizer) against the emulator of the same graph.
-The cast quantizer (shift, rounding, overflow) is checked exhaustively for every ap_fixed mode.
+The cast quantizer (shift, rounding, overflow) is checked exhaustively for every ap_fixed mode, the
+minifloat requantizer (fpq::quantize_minifloat unrolled) exhaustively for eight minifloats.
 """
 import numpy as np
 import pytest
@@ -69,7 +70,8 @@ def test_pipeline_latency_and_ports(nets):
     assert out["int8"].path.read_text().count("module ") == 1
     lin = out["int8"].layer("linear_0")
     assert lin.circuit == "mac" and lin.params["n_in"] == 8 and lin.params["n_out"] == 16
-    assert out["e4m3"].layer("quant_0").circuit == "lookup"
+    assert out["e4m3"].layer("quant_0").circuit == "minifloat"   # fpq::quantize_minifloat, unrolled
+    assert out["e4m3"].layer("input_quant").circuit == "lookup"
 
 
 @pytest.mark.slow
@@ -101,6 +103,39 @@ def test_cast_every_rounding_and_overflow_mode(tmp_path):
         got = np.array([int(c) for c in sim.run(exe, op, {"x": codes}, i)["y"]], dtype=np.float64)
         want = apply_scaled(xv.astype(np.float64), fmt, np.float32(2.0 ** s))
         np.testing.assert_array_equal(np.ldexp(got, -out_t.frac_bits), want, err_msg=op.name)
+
+
+MINIFLOATS = [("e2m1", 0), ("e4m3", -3), ("e3m2", 1), ("e2m3", -1), ("e2m0", 0), ("e3m1_nosub", 0),
+              ("e3m2_b5", 2), ("ue3m2", -2)]
+
+
+@pytest.mark.slow
+def test_minifloat_requantizer_exhaustive(tmp_path):
+    """The unrolled fpq::quantize_minifloat equals fpq's quantizer (as the emulator applies it) on
+    every code of a 10-bit fixed input that spans the format's range, saturation and ties included
+    (subnormals or none, another bias, unsigned, no mantissa bit); one simulator for all."""
+    from fpq.cost_model import sim
+    from fpq.cost_model.rtl import Operator, _module, _port
+
+    ops, refs = [], []
+    for i, (name, s) in enumerate(MINIFLOATS):
+        fmt = fpq.parse_format(name)
+        out_t = fpq.exact_fixed(fmt, s)
+        ib = int(np.ceil(np.log2(fpq.finfo(fmt).max * 2.0 ** s))) + 2   # integer bits: beyond the largest value
+        in_t = Fixed(10, ib, True)
+        w = Writer(None, None, 0, f"mf{i}")
+        y = w._minifloat("c", Sig("x", in_t), out_t, fmt, s)
+        w.lines.append(f"assign y = {y.name};")
+        v = _module(f"mf{i}", [_port("input", "x", 10), _port("output", "y", out_t.width, out_t.signed)], w.lines)
+        ops.append(Operator(f"mf{i}", "minifloat", v, [("x", 10)], [("y", out_t.width, out_t.signed)]))
+        refs.append((fmt, s, in_t, out_t))
+    exe = sim.build(ops, tmp_path)
+    codes = np.arange(1024, dtype=np.int64)
+    for i, (op, (fmt, s, in_t, out_t)) in enumerate(zip(ops, refs)):
+        got = np.array([int(c) for c in sim.run(exe, op, {"x": codes}, i)["y"]], dtype=np.float64)
+        want = apply_scaled(decode(codes, in_t).astype(np.float64), fmt, np.float32(2.0 ** s))
+        np.testing.assert_array_equal(np.ldexp(got, -out_t.frac_bits), want, err_msg=f"{fmt} x 2^{s}")
+        assert len(np.unique(want)) > 4
 
 
 def test_refuses_what_is_not_built():

@@ -15,8 +15,10 @@ layer is a sum of constant-coefficient products. The circuits per op:
   balanced adder tree of ceil(log2(fan_in + 1)) levels per output (zero weights are omitted),
   registered every ``pipeline_every`` levels and at the tree's root.
 * ``quant``: a cast quantizer (the formats above) is a shift with the format's rounding and
-  overflow mode; any other the threshold lookup (``fpq.cost_model.rtl.threshold_quantizer``)
-  over the exact values of its input.
+  overflow mode; a minifloat at a power-of-two scale the HLS project's ``fpq::quantize_minifloat``
+  unrolled (round to nearest even in the binade of the leading one, saturating); any other (a
+  float scale, a narrow int) the threshold lookup (``fpq.cost_model.rtl.threshold_quantizer``) over
+  the exact values of its input, the HLS project's table.
 * ``relu``: max(x, 0) on the code. ``flatten`` / ``reshape`` of a vector, ``output``: wiring.
 
 Other ops are refused with :class:`RTLUnsupportedError` naming the op.
@@ -30,7 +32,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..cost_model import rtl as oprtl
-from ..formats import Fixed, Int
+from ..formats import Fixed, Int, Minifloat
+from ..numerics.reference import po2_exponents
 from ..ir.plan import typeplan_from_graph
 from ..typeplan import constant_carrier, levels_carrier, values_carrier
 
@@ -264,6 +267,12 @@ class Writer:
             sigs = [self._cast(f"{nm}_{i}", s, out, q.format) for i, s in enumerate(xs)]
             self.layers.append(LayerInfo(op.name, op.kind, "cast", dict(n=len(xs), in_bits=xs[0].t.width,
                                                                         out_bits=out.width)))
+        elif _minifloat_format(q):
+            out = q.ttype.carrier()
+            e = int(po2_exponents(q.ttype.scale).ravel()[0])
+            sigs = [self._minifloat(f"{nm}_{i}", s, out, q.format, e) for i, s in enumerate(xs)]
+            self.layers.append(LayerInfo(op.name, op.kind, "minifloat", dict(n=len(xs), in_bits=xs[0].t.width,
+                                                                             out_bits=out.width, fmt=str(q.format))))
         else:
             from ..numerics.thresholds import quantizer_table
             t = xs[0].t
@@ -321,6 +330,63 @@ class Writer:
             expr = (f"{over} ? {out.width}'d{hi & ((1 << out.width) - 1)} : {under} ? "
                     f"{out.width}'d{lo & ((1 << out.width) - 1)} : {v.name}[{out.width - 1}:0]")
         return self.wire(f"{name}_q", out, expr)
+
+    def _minifloat(self, name: str, x: Sig, out: Fixed, fmt: Minifloat, scale_exp: int) -> Sig:
+        """x rounded to the minifloat ``fmt`` x 2^scale_exp (nearest, ties to even, in the binade of
+        |x|; saturating), the circuit of the HLS project's ``fpq::quantize_minifloat`` (hls/include/
+        fpq_minifloat.h) with its loops unrolled: one constant-shift rounding per binade the input
+        can reach, selected by the leading one of |x| (a priority chain of OR-reduced bit ranges)."""
+        M, emin, emaxb, maxm = _minifloat_params(fmt, scale_exp)
+        t = x.t
+        F, W = t.frac_bits, t.width
+        FO = M - emin                           # fractional bits of the format's grid
+        if out.frac_bits < FO:
+            raise AssertionError(f"carrier {out} does not hold {fmt} x 2^{scale_exp}")
+        # |x| as an unsigned integer (|x| * 2^F), one bit wider: the most negative code's magnitude
+        mw = W + 1
+        neg = f"{x.name}[{W - 1}]" if t.signed else "1'b0"
+        self.lines.append(f"wire [{mw - 1}:0] {name}_m = {neg} ? -{_as_signed(x)} : {_as_signed(x)};")
+        cw = emaxb + FO + 2                     # bits of the largest |code| on the grid, plus a sign
+        qw = M + 3
+        cands = []                               # (condition "e >= lo", code expression), highest first
+
+        def bit_range_or(lo_bit: int) -> str:   # |x| >= 2^(lo_bit - F)
+            if lo_bit >= mw:
+                return "1'b0"
+            return f"(|{name}_m[{mw - 1}:{max(lo_bit, 0)}])" if lo_bit > 0 else f"(|{name}_m)"
+
+        sat = maxm << (emaxb - M + FO)
+        cands.append((bit_range_or(emaxb + 1 + F), f"{cw}'d{sat}"))
+        lowest = emin - 1 if (not fmt.subnormals) else emin
+        for e in range(emaxb, lowest - 1, -1):
+            ulp = max(e, emin) - M
+            if not fmt.subnormals and e < emin:
+                ulp = emin
+            s = ulp + F
+            q = f"{name}_q{e - lowest}"
+            if s <= 0:
+                self.lines.append(f"wire [{qw - 1}:0] {q} = {name}_m << {-s};")
+            else:
+                src = f"{name}_m"
+                kept = f"({src} >> {s})"
+                half = f"{src}[{s - 1}]" if s - 1 < mw else "1'b0"
+                sticky = (f"(|{src}[{min(s - 2, mw - 1)}:0])" if s >= 2 else "1'b0")
+                self.lines.append(f"wire [{qw - 1}:0] {q}_k = {kept};")
+                self.lines.append(f"wire [{qw - 1}:0] {q} = {q}_k + ({half} & ({sticky} | {q}_k[0]));")
+            if e == emaxb:
+                self.lines.append(f"wire [{qw - 1}:0] {q}_c = ({q} > {qw}'d{maxm}) ? {qw}'d{maxm} : {q};")
+                q = f"{q}_c"
+            cond = bit_range_or(e + F) if e > lowest else "1'b1"
+            cands.append((cond, f"({{{cw}'d0, {q}}} << {ulp + FO})"))
+        expr = cands[-1][1]
+        for cond, val in reversed(cands[:-1]):
+            expr = f"{cond} ? {val} : ({expr})"
+        self.lines.append(f"wire [{cw - 1}:0] {name}_c = {expr};")
+        sh = out.frac_bits - FO
+        mag = self.wire(f"{name}_a", Fixed(cw + sh + 1, cw + sh + 1), f"$signed({{1'b0, {name}_c}}) <<< {sh}")
+        if fmt.signed:
+            return self.wire(f"{name}_y", out, f"{neg} ? -{mag.name} : {mag.name}")
+        return self.wire(f"{name}_y", out, f"{neg} ? {out.width}'d0 : {mag.name}")
 
     def _lookup_module(self, op, in_t: Fixed, th, lv) -> tuple:
         """The lookup module of one quantizer (shared by its elements) and its levels' carrier."""
@@ -389,6 +455,27 @@ def _cast_format(q) -> bool:
     f = q.format
     return (q.pre_scale is None and q.ttype.po2 and np.size(q.ttype.scale) == 1
             and (isinstance(f, Fixed) or (isinstance(f, Int) and not f.narrow)))
+
+
+def _minifloat_params(fmt: Minifloat, scale_exp: int) -> tuple[int, int, int, int]:
+    """(M, EMIN, EMAXB, MAXM) of ``fmt`` x 2^scale_exp, as ``fpq::quantize_minifloat`` takes them:
+    mantissa bits, exponent of the smallest normal, of the top binade, and the largest finite
+    significand (hidden bit included)."""
+    if not fmt.saturate:
+        raise RTLUnsupportedError(f"{fmt}: a non-saturating minifloat produces inf / NaN, which no fixed-point "
+                                  "carrier holds; use saturate=True")
+    _, ex = math.frexp(fmt.max_value)
+    emaxb = ex - 1
+    maxm = int(math.ldexp(fmt.max_value, fmt.man_bits - emaxb))
+    if emaxb < fmt.emin:
+        raise RTLUnsupportedError(f"{fmt}: a format of subnormal values only is not built")
+    return fmt.man_bits, fmt.emin + scale_exp, emaxb + scale_exp, maxm
+
+
+def _minifloat_format(q) -> bool:
+    """A minifloat quantizer at a per-tensor power-of-two scale (``fpq::quantize_minifloat``)."""
+    return (q.pre_scale is None and isinstance(q.format, Minifloat) and q.ttype.po2
+            and np.size(q.ttype.scale) == 1)
 
 
 def _float32_keys(values) -> np.ndarray:
