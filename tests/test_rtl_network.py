@@ -147,3 +147,14 @@ def test_refuses_what_is_not_built():
     q, shape = _model("int8", (4, 3))
     with pytest.raises(ValueError, match="pipeline_every must be an integer >= 0"):
         to_rtl(q, None, torch.zeros((1,) + shape), pipeline_every=-1)
+
+
+@pytest.mark.slow
+def test_jet_mlp_rtl_equals_emulator(tmp_path):
+    """The 16-64-32-32-5 jet MLP at int4 (3,763 constant multipliers, 13 cycles at pipeline_every=1):
+    one CXXRTL build of the whole network, 2,000 random inputs, atol=0."""
+    q, shape = _model("int4", (16, 64, 32, 32, 5))
+    net = to_rtl(q, None, torch.zeros((1,) + shape), pipeline_every=1)
+    assert net.latency == 13
+    r = check(net, random_inputs(net.graph, 2000, seed=5), tmp_path)
+    assert r["mismatches"] == 0, r["first"]
