@@ -151,8 +151,9 @@ def test_refuses_what_is_not_built():
 
 @pytest.mark.slow
 def test_jet_mlp_rtl_equals_emulator(tmp_path):
-    """The 16-64-32-32-5 jet MLP at int4 (about 3,800 constant multipliers; 13 cycles at pipeline_every=2: 3 + 4 + 3 + 3):
-    one CXXRTL build of the whole network, 2,000 random inputs, atol=0."""
+    """The 16-64-32-32-5 jet MLP at int4 (about 3,800 constant multipliers; 13 cycles at
+    pipeline_every=2: 3 + 4 + 3 + 3 adder-level pairs): one CXXRTL build of the whole network,
+    2,000 random inputs, atol=0."""
     q, shape = _model("int4", (16, 64, 32, 32, 5))
     net = to_rtl(q, None, torch.zeros((1,) + shape), pipeline_every=2)
     assert net.latency == 13
