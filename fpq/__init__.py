@@ -31,6 +31,7 @@ if TYPE_CHECKING:   # what the lazy names below resolve to, for IDEs and type ch
     from .profiling import profile_torch
     from .export import export_qonnx
     from .hls import to_hls
+    from .rtl import to_rtl
     from .numerics.torch_ops import quantize_torch
     from .export import plan
     from .typeplan import TypePlan
@@ -45,6 +46,7 @@ _LAZY = {
     "TypePlan": "fpq.typeplan",
     "export_qonnx": "fpq.export",
     "to_hls": "fpq.hls",
+    "to_rtl": "fpq.rtl",
     "verify": "fpq.verification",
     "estimate_cost": "fpq.cost_model",
     "fit": "fpq.fitting",

@@ -17,7 +17,7 @@ import fpq
 
 # functions taking a converted model (or its QONNX file / TypePlan): first argument ``q``;
 # convert and sweep take the float model
-TAKES_Q = ("calibrate", "ptq", "emulate", "verify", "to_hls", "estimate_cost", "fit", "export_qonnx", "plan",
+TAKES_Q = ("calibrate", "ptq", "emulate", "verify", "to_hls", "to_rtl", "estimate_cost", "fit", "export_qonnx", "plan",
            "profile_torch")
 TAKES_MODEL = ("convert", "sweep")
 

@@ -77,9 +77,12 @@ def _mangle(port: str) -> str:
     return "p_" + port.replace("_", "__")
 
 
-def build(ops, workdir: Path) -> Path:
+def build(ops, workdir: Path, fast_compile: bool = False) -> Path:
     """Write the operators, translate them with write_cxxrtl and compile one simulator for all
-    (one yosys run and one g++ run however many operators: the slow steps are per build)."""
+    (one yosys run and one g++ run however many operators: the slow steps are per build).
+    ``fast_compile``: for large designs (a whole network) simulated on a few thousand vectors,
+    where g++ dominates: yosys' ``opt -fast; wreduce`` first, no CXXRTL debug info, ``g++ -O0``
+    (about 6x less compile time on an 8-16-8-4 MLP; the same cycles, simulated slower)."""
     ops = [ops] if isinstance(ops, Operator) else list(ops)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -87,8 +90,9 @@ def build(ops, workdir: Path) -> Path:
     for i, op in enumerate(ops):
         # one CXXRTL file per module: write_cxxrtl keeps only the top of a design
         (workdir / f"op{i}.v").write_text(op.verilog.replace(f"module {op.name}(", f"module dut{i}(", 1))
-        script += ["design -reset", f"read_verilog -sv op{i}.v", f"hierarchy -top dut{i}", "proc", "flatten",
-                   "opt_clean", f"write_cxxrtl dut{i}.cc"]
+        script += ["design -reset", f"read_verilog -sv op{i}.v", f"hierarchy -top dut{i}", "proc", "flatten"]
+        script += (["opt -fast", "wreduce", "opt_clean", f"write_cxxrtl -g0 dut{i}.cc"] if fast_compile
+                   else ["opt_clean", f"write_cxxrtl dut{i}.cc"])
     run_script("\n".join(script) + "\n", workdir)
     for i in range(len(ops)):  # each file defines the same C entry point: make it unique
         f = workdir / f"dut{i}.cc"
@@ -112,7 +116,7 @@ def build(ops, workdir: Path) -> Path:
     parts.append(_MAIN.replace("NINS", ", ".join(str(sum(_words(w) for _, w in op.inputs)) for op in ops))
                  .replace("NOUTS", ", ".join(str(len(op.outputs)) for op in ops)).replace("CASES", cases))
     (workdir / "sim.cc").write_text("".join(parts))
-    r = subprocess.run(["g++", "-O1", "-std=c++14", "-w", f"-I{cxxrtl_include()}", "-I.", "sim.cc", "-o", "sim"],
+    r = subprocess.run(["g++", "-O0" if fast_compile else "-O1", "-std=c++14", "-w", f"-I{cxxrtl_include()}", "-I.", "sim.cc", "-o", "sim"],
                        cwd=workdir, capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"g++ failed on the CXXRTL model of {[op.name for op in ops]}:\n{r.stderr[-3000:]}")

@@ -1,0 +1,79 @@
+"""``fpq.to_rtl``: synthesizable Verilog of a whole quantized network (fully unrolled, pipelined),
+its CXXRTL simulation against ``fpq.emulate`` and its yosys synthesis.
+
+The circuit is written from the one Graph and TypePlan every other consumer reads
+(``fpq.rtl.network`` says what each op becomes); the operators are ``fpq.cost_model.rtl``'s
+(threshold lookups, the carrier conventions), so the arithmetic simulated here is the arithmetic
+the cost model prices and the HLS project computes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .network import LayerInfo, RTLUnsupportedError, SUPPORTED
+
+
+@dataclass
+class RTLNetwork:
+    """What ``to_rtl`` wrote: the Verilog (``top`` and the modules it instantiates), its ports and
+    the cycles from an input to its output (0: combinational; otherwise one sample per clock)."""
+
+    top: str
+    verilog: str
+    inputs: list                 # [(port, width)]: x0..; codes of ``input_type``, or float32 bit patterns
+    outputs: list                # [(port, width, signed)]: y0..; codes of ``output_type``
+    input_kind: str              # "codes" or "float32"
+    input_type: object           # Fixed carrier of the input codes ("codes") or None
+    output_type: object          # Fixed carrier of the output codes
+    latency: int                 # clock cycles from input to output
+    pipeline_every: int
+    layers: list = field(default_factory=list)   # [LayerInfo]
+    graph: object = None
+    plan: object = None
+    path: Path | None = None
+
+    @property
+    def clocked(self) -> bool:
+        return self.latency > 0
+
+    def operator(self):
+        """The network as one ``fpq.cost_model.rtl.Operator`` (for ``cost_model.sim``)."""
+        from ..cost_model.rtl import Operator
+        return Operator(self.top, "network", self.verilog, list(self.inputs), list(self.outputs),
+                        dict(latency=self.latency, pipeline_every=self.pipeline_every), clocked=self.clocked)
+
+    def layer(self, name: str) -> LayerInfo:
+        for li in self.layers:
+            if li.name == name:
+                return li
+        raise KeyError(f"no layer {name!r}; layers: {[li.name for li in self.layers]}")
+
+
+def to_rtl(q, outdir=None, example_input=None, pipeline_every: int = 1, top: str = "fpq_net") -> RTLNetwork:
+    """Synthesizable Verilog of the quantized network ``q`` (a converted torch model, with
+    ``example_input`` for its export, a QONNX file or a Graph), fully unrolled: every weight a
+    constant, one adder tree per output, the TypePlan's exact accumulators; pipeline registers
+    after every ``pipeline_every`` adder levels and at each layer's tree root (0: none, the whole
+    network combinational). Writes ``<outdir>/<top>.v`` when ``outdir`` is given. Ops it does not
+    build raise :class:`RTLUnsupportedError` naming the op (``fpq.rtl.SUPPORTED``)."""
+    from ..export import as_graph
+    from .network import build
+
+    g = as_graph(q, example_input)
+    w = build(g, pipeline_every, top)
+    net = RTLNetwork(w.top, w.verilog(), w.inputs, w.outputs, w.input_kind, w.input_type, w.output_type,
+                     w.latency, pipeline_every, w.layers, g, w.tp)
+    if outdir is not None:
+        out = Path(outdir)
+        out.mkdir(parents=True, exist_ok=True)
+        net.path = out / f"{w.top}.v"
+        net.path.write_text(net.verilog)
+    return net
+
+
+from .testbench import Simulator, check, simulate  # noqa: E402  (uses RTLNetwork)
+from .synthesis import synthesize  # noqa: E402
+
+__all__ = ["to_rtl", "RTLNetwork", "RTLUnsupportedError", "LayerInfo", "SUPPORTED", "Simulator", "simulate",
+           "check", "synthesize"]
