@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.fpq-installed
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,llm]'
 	touch $(STAMP)
 
 install: $(STAMP)
