@@ -98,3 +98,18 @@ def test_refusals():
         fpq.ptq(q, b, methods=["owq"], owq_ratio=1.5, progress=False)
     with pytest.raises(ValueError, match="no batches"):
         fpq.ptq(q, [], methods=["gptq"], progress=False)
+
+
+@pytest.mark.parametrize("method", ["gptq", "owq", "signround"])
+def test_methods_on_a_conv_net(method):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(8 * 5 * 5, 6))
+    q = fpq.convert(net, weights="int3", scope="modules", granularity="channel")
+    batches = [torch.randn(8, 3, 5, 5) for _ in range(3)]
+    rep = {}
+    fpq.ptq(q, batches, methods=[method], report=rep, progress=False,
+            **({"round_iters": 40} if method == "signround" else {}))
+    key = "loss" if method == "signround" else "error"
+    assert all(r[key] <= r[key + "_rtn"] for r in rep[method].values())
+    assert any(r[key] < r[key + "_rtn"] for r in rep[method].values())

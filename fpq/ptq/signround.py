@@ -110,7 +110,7 @@ class _Rounding:
 
     def scale(self):
         s = self.s0 * self.alpha
-        return _to_half_ste(s) if self.learn_scale else s
+        return _to_half_ste(torch.clamp(s, min=2.0 ** -24)) if self.learn_scale else s   # a float16 number > 0
 
     def weight(self):
         tq = self.layer.fpq_weight
