@@ -355,13 +355,14 @@ def _set_module(gm: nn.Module, path: str, module: nn.Module) -> None:
 
 
 def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=None, overrides=None,
-            scale: str = "po2", granularity: str = "tensor", inputs=None, method: str = "ste",
-            omega=None, batchnorm="fold", accumulator_bits=None, hadamard: bool = False) -> FpqModel:
+            scale: str | None = None, granularity: str | None = None, inputs=None, method: str = "ste",
+            omega=None, batchnorm="fold", accumulator_bits=None, hadamard: bool = False, scope: str = "graph",
+            group_size: int | None = None) -> FpqModel:
     """Quantize ``model``: every Linear/Conv weight, bias and activation gets an fpq Format.
 
     fmt: default for weights and activations (and inputs). weights / activations / bias /
     inputs: per role (bias defaults to int16 with its own scale). overrides: {module name or
-    glob: format string or {"weights", "activations", "bias"}}. scale: "po2" | "float" (Fixed
+    glob: format string or {"weights", "activations", "bias"}}. scale: "po2" (default) | "float" (Fixed
     formats carry their own scaling and ignore it). granularity: weight scales per "tensor"
     or per output "channel". method: "ste" (straight-through quantizers) or "biper" (binary
     weights become BiPer weights with frequency ``omega``, see fpq.nn.biper). batchnorm:
@@ -381,7 +382,35 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
     fpq.nn.hadamard).
     Returns an
     FpqModel in eval mode; ``.train()`` it for QAT.
+
+    scope="modules": weight-only conversion of any module tree, no tracing (fpq.nn.weight_only):
+    a copy of ``model`` whose every Linear / Conv1d / Conv2d holds ``weights`` (Int or Minifloat)
+    with scales per "tensor", "channel" or "group" (``group_size`` weights along the input axis,
+    default 128), scale "po2" or "float" (float16 numbers, the default there); activations and
+    biases stay float; overrides {name or glob: format or None (keep float)}. Only those options
+    apply.
     """
+    if scope == "modules":
+        given = {k: v for k, v in (("activations", activations), ("bias", bias), ("inputs", inputs),
+                                   ("omega", omega), ("accumulator_bits", accumulator_bits)) if v is not None}
+        if hadamard:
+            given["hadamard"] = hadamard
+        given.update({k: v for k, v, d in (("method", method, "ste"), ("batchnorm", batchnorm, "fold")) if v != d})
+        if given:
+            raise ValueError(f"fpq.convert(scope='modules') quantizes weights only: {sorted(given)} do not apply; "
+                             "allowed: weights (or fmt), granularity, group_size, scale, overrides")
+        from .nn.weight_only import convert_modules
+        return convert_modules(model, weights if weights is not None else fmt,
+                               granularity="group" if granularity is None else granularity,
+                               group_size=128 if group_size is None else group_size,
+                               scale="float" if scale is None else scale, overrides=overrides)
+    if scope != "graph":
+        raise ValueError(f"unknown scope {scope!r}; allowed: 'graph' (trace the model, quantize everything), "
+                         "'modules' (weight-only, any module tree)")
+    if group_size is not None:
+        raise ValueError("group_size applies to scope='modules' (weight-only conversion) only")
+    scale = "po2" if scale is None else scale
+    granularity = "tensor" if granularity is None else granularity
     if not isinstance(model, nn.Module):
         raise TypeError(f"fpq.convert expects a torch.nn.Module, got {type(model).__name__}")
     if scale not in ("po2", "float"):

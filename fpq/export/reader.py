@@ -453,6 +453,9 @@ def _leaky_relu(r: _Reader, node, a, x, mod, t_in) -> Op:
     op = Op(r.unique(_op_name("table", mod)), "table", [x], [node.output[0]],
             attrs={"x": xs, "y": ys, "function": "leaky_relu"}, onnx_nodes=[node.name])
     op.types["output"] = TensorType(values_carrier(ys), 1.0)
+    return op
+
+
 def _pipeline(r: _Reader, node, x, mod, t_in) -> Op:
     """An ``FpqSoftmax`` / ``FpqLayerNorm`` node (fpq.export.custom_op): op kind softmax / layernorm
     with ``attrs["recipe"]`` (checked against its input's quantizer); ``types`` records the

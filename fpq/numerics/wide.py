@@ -113,17 +113,35 @@ def split(x, span, pieces: int):
     return out
 
 
-def _plan_pieces(x_span, w_span, grow):
+def split_abs(x, span, pieces: int):
+    """``split`` by sign and magnitude: each piece is sign(x) times a band of |x|'s bits, so every
+    piece is exactly representable whatever the span (the floor split of a negative value can
+    need more than 53 bits once the span exceeds 53). Returns [(piece, (top, bottom))], |piece| < 2^top."""
+    top, bottom = span
+    step = math.ceil((top - bottom) / pieces)
+    cuts = [c for c in (bottom + i * step for i in range(pieces - 1, 0, -1)) if c < top]
+    sign = x.sign() if _is_torch(x) else np.sign(x)
+    out, rest, upper = [], abs(x), top
+    for cut in cuts:
+        hi = _floor(rest * 2.0 ** -cut) * 2.0 ** cut
+        rest = rest - hi
+        out.append((sign * hi, (upper, cut)))
+        upper = cut
+    out.append((sign * rest, (upper, bottom)))
+    return out
+
+
+def _plan_pieces(x_span, w_span, grow, max_pieces: int = 8):
     """Fewest (nx, nw) pieces such that every piece pair sums exactly in float64."""
     best = None
-    for nx in range(1, 9):
-        for nw in range(1, 9):
+    for nx in range(1, max_pieces + 1):
+        for nw in range(1, max_pieces + 1):
             px = math.ceil((x_span[0] - x_span[1]) / nx) + 1
             pw = math.ceil((w_span[0] - w_span[1]) / nw) + 1
             if px + pw + grow <= FLOAT64_BITS and (best is None or nx * nw < best[0] * best[1]):
                 best = (nx, nw)
     if best is None:
-        raise ValueError(f"an exact sum of spans {x_span} x {w_span} needs more than 8 pieces per operand")
+        raise ValueError(f"an exact sum of spans {x_span} x {w_span} needs more than {max_pieces} pieces per operand")
     return best
 
 
@@ -151,6 +169,61 @@ def exact_sum_rounded_to_odd(terms, spans):
     return round_to_odd(high, low)
 
 
+def exact_sum_rounded_to_odd_any(terms, spans):
+    """``exact_sum_rounded_to_odd`` for terms spanning any number of bits (float32 data from
+    2^-149 to 2^128), with as many float64 limbs as needed:
+
+    1. each term's magnitude is cut at bits c_1 < c_2 < ... into bands of W = 52 - g bits (g =
+       log2 of the term count), each band signed and summed over the terms, exactly;
+    2. carries are propagated from the bottom so that every limb but the top one lies in
+       [0, 2^c_next): value = S_top + S_(L-1) + ... + S_1, the lower limbs non-negative;
+    3. from the top, limbs are added while the sum stays exact (TwoSum error 0); at the first
+       inexact addition U + S_k, the result is RO_53(U + S_k): the limbs below add less than
+       2^c_k, less than half a 53-bit ulp of U + S_k, and cannot move it across a 53-bit number, so
+       they cannot change its rounding to odd (its truncation and inexactness).
+    """
+    n = len(terms)
+    g = math.ceil(math.log2(n)) if n > 1 else 0
+    width = FLOAT64_BITS - 1 - g
+    bottom = min(sp[1] for sp in spans)
+    top = max(sp[0] for sp in spans) + 1
+    cuts = list(range(bottom + width, top, width))       # c_2, c_3, ...: L = len(cuts) + 1 limbs
+    limbs = [None] * (len(cuts) + 1)
+    for t in terms:                                        # bands of |t|, signed (split_abs)
+        sign = t.sign() if _is_torch(t) else np.sign(t)
+        rest = abs(t)
+        for k in range(len(cuts), 0, -1):
+            hi = _floor(rest * 2.0 ** -cuts[k - 1]) * 2.0 ** cuts[k - 1]
+            rest = rest - hi
+            limbs[k] = sign * hi if limbs[k] is None else limbs[k] + sign * hi
+        limbs[0] = sign * rest if limbs[0] is None else limbs[0] + sign * rest
+    for k in range(len(cuts)):                             # carries upwards
+        carry = _floor(limbs[k] * 2.0 ** -cuts[k]) * 2.0 ** cuts[k]
+        limbs[k] = limbs[k] - carry
+        limbs[k + 1] = limbs[k + 1] + carry
+    u, done, res = limbs[-1], None, None
+    for k in range(len(limbs) - 2, -1, -1):
+        s = u + limbs[k]
+        bb = s - u
+        err = (u - (s - bb)) + (limbs[k] - bb)
+        ro = round_to_odd(u, limbs[k])
+        stop = err != 0
+        if done is None:
+            res, done = ro, stop
+        else:
+            res = _where(done, res, ro)
+            done = done | stop
+        u = _where(done, u, s)
+    return u if done is None else _where(done, res, u)
+
+
+def _where(c, a, b):
+    if _is_torch(c):
+        import torch
+        return torch.where(c, a, b)
+    return np.where(c, a, b)
+
+
 def round_to_odd(a, b):
     """RO_53(a + b) for float64 arrays whose sum has no overflow: TwoSum, then the odd neighbour."""
     s = a + b
@@ -167,7 +240,7 @@ def round_to_odd(a, b):
 
 
 def exact_bilinear(f, x, w, b=None, fan_in: int | None = None, bias_shape=None, strict: bool = False,
-                   x_bound=None):
+                   x_bound=None, any_span: bool = False):
     """``f(x, w) + b`` for a bilinear ``f`` (matmul, conv) that sums ``fan_in`` products, exactly:
     one float64 call when the sum fits 53 bits, else split pieces combined and rounded to odd.
 
@@ -177,6 +250,8 @@ def exact_bilinear(f, x, w, b=None, fan_in: int | None = None, bias_shape=None, 
     (about 90 bits; in practice unquantized float data, e.g. during calibration) raises with
     ``strict``, else takes one plain float64 call, as any float64 layer would. ``x_bound``:
     a (top, bottom) known to bound every x (from its quantizer), which spares a pass over x.
+    ``any_span``: float inputs of any span (fpq.nn.weight_only): up to 16 pieces per operand and
+    as many limbs as needed (``exact_sum_rounded_to_odd_any``), never a plain call.
     """
     ws = bit_span(w)
     bs = bit_span(b) if b is not None else None
@@ -194,14 +269,20 @@ def exact_bilinear(f, x, w, b=None, fan_in: int | None = None, bias_shape=None, 
         return plain()
     grow = math.ceil(math.log2(max(fan_in, 1)))
     try:
-        nx, nw = _plan_pieces(xs, ws, grow)
+        nx, nw = _plan_pieces(xs, ws, grow, 16 if any_span else 8)
     except ValueError:
-        if strict:
+        if strict or any_span:
             raise
         return plain()
+    cut = split_abs if any_span else split
     pieces = [(xp, wp, (xt + wt + grow, xb + wb))
-              for xp, (xt, xb) in split(x, xs, nx) for wp, (wt, wb) in split(w, ws, nw)]
+              for xp, (xt, xb) in cut(x, xs, nx) for wp, (wt, wb) in cut(w, ws, nw)]
+    if bs is None:   # an all-zero bias adds nothing (and has no span)
+        bb = None
     spans = [p[2] for p in pieces] + ([bs] if bb is not None else [])
+    if not _limbs(spans)[1] and any_span:
+        terms = [f(xp, wp) for xp, wp, _ in pieces] + ([bb] if bb is not None else [])
+        return exact_sum_rounded_to_odd_any(terms, spans), True
     if not _limbs(spans)[1]:
         if strict:
             raise ValueError(f"the exact sum of spans {xs} x {ws} over {fan_in} terms needs more than two "
@@ -211,4 +292,5 @@ def exact_bilinear(f, x, w, b=None, fan_in: int | None = None, bias_shape=None, 
     return exact_sum_rounded_to_odd(terms, spans), True
 
 
-__all__ = ["bit_span", "fits_float64", "split", "exact_sum_rounded_to_odd", "round_to_odd", "exact_bilinear"]
+__all__ = ["bit_span", "fits_float64", "split", "exact_sum_rounded_to_odd", "exact_sum_rounded_to_odd_any",
+           "round_to_odd", "exact_bilinear"]

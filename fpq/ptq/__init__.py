@@ -35,6 +35,11 @@ block_round always compares with the float network's block outputs. ``float_weig
 name: weights}, bias_correction) gives the float weights to correct against when the rounding
 ran in an earlier call (by default those from before this call's rounding, or the current ones).
 Returns ``q`` (modified in place); ``report`` (a dict, optional) receives what each method did.
+
+Weight-only models (``fpq.convert(model, weights=..., scope="modules")``, any module tree, e.g.
+a Hugging Face transformer) take their own methods, one per call: ``gptq``, ``owq`` and
+``signround`` (fpq/ptq/weight_only.py, signround.py); batches are then what the model is called
+with (a dict is passed as keyword arguments).
 """
 from __future__ import annotations
 
@@ -90,6 +95,12 @@ def ptq(q, batches, methods, *, seed: int = 0, progress: bool = True,
     """
     import torch
 
+    if getattr(q, "fpq_weight_only", None) is not None:   # fpq.convert(scope="modules")
+        if calibration not in (None, "max"):
+            raise ValueError("fpq.ptq: a weight-only model has no activation quantizers to calibrate: "
+                             "leave calibration at its default")
+        from .weight_only import run
+        return run(q, batches, methods, seed=seed, progress=progress, report=report, **options)
     from ..calibration import calibrate, check_input
     from . import _common
 

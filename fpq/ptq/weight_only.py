@@ -1,0 +1,224 @@
+"""fpq.ptq on weight-only models (``fpq.convert(..., scope="modules")``, fpq.nn.weight_only).
+
+    q = fpq.convert(bert, weights="int4", scope="modules", group_size=128)
+    fpq.ptq(q, batches, methods=["signround"])      # or ["gptq"], ["owq"]
+
+``batches``: what the model is called with: a dict of tensors (``q(**b)``: a Hugging Face model's
+tokenizer output), a tuple / list (``q(*b)``) or a tensor (``q(b)``). Every method chooses the
+rounding of the weights (one per call) and leaves grid values of each layer's format at its
+(possibly new) scales. Methods:
+
+* ``gptq``  GPTQ (Frantar et al. 2022), layer by layer in execution order on the inputs of the
+  already quantized model, over the per-tensor / channel / group scales fixed at conversion.
+  Brevitas' ``gptq_mode`` (used by fpq's graph-model GPTQ) needs Brevitas quant layers, which
+  weight-only layers are not, hence the compact implementation here (``gptq_columns``).
+* ``owq``   OWQ (Lee et al. 2024): per layer, input column j's sensitivity is
+  H_jj * ||W[:, j] - RTN(W)[:, j]||^2 (H = X^T X over the calibration rows); the ``owq_ratio``
+  most sensitive columns stay in float16 (``keep_cols``), the scales are re-fit without them and
+  the rest is rounded by GPTQ with the kept columns ordered last, so they absorb the error
+  feedback. ``fpq.nn.weight_only.effective_bits`` counts them (16 bits each plus a 16-bit index).
+* ``signround``  SignRound (Cheng et al. 2023, the method of Intel's auto-round; fpq/ptq/signround.py).
+
+Each method is guarded like fpq's graph-model GPTQ: per layer (gptq, owq: the layer-output error
+mean((X (W - Wq)^T)^2)) or per block (signround: the block-output MSE against the float block),
+the result is kept only when its error is not larger than round-to-nearest's (for owq: RTN with
+the same kept columns), else the layer / block goes back to round-to-nearest.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..nn.weight_only import effective_bits, layer_mode, weight_only_layers
+from ..numerics.torch_ops import ste_apply_scaled
+
+METHODS = ("gptq", "owq", "signround")
+OPTIONS = {"gptq": ("max_rows", "gptq_damp", "gptq_block"),
+           "owq": ("max_rows", "gptq_damp", "gptq_block", "owq_ratio"),
+           "signround": ("round_iters", "round_lr")}
+
+
+def call(model, b):
+    if isinstance(b, dict):
+        return model(**b)
+    if isinstance(b, (tuple, list)):
+        return model(*b)
+    return model(b)
+
+
+class _Stop(Exception):
+    """Raised by a capture hook: the module of interest has seen its input."""
+
+
+def rows_of(layer, x: torch.Tensor) -> torch.Tensor:
+    """The layer's dot-product rows: (rows, fan_in) with y = rows @ W2d.T."""
+    if layer.op == "linear":
+        return x.reshape(-1, x.shape[-1])
+    c = layer.conv
+    if layer.op == "conv1d":
+        x = x.unsqueeze(-2)
+        c = dict(kernel_size=(1, layer.weight.shape[-1]), stride=(1, c["stride"][0]), padding=(0, c["padding"][0]),
+                 dilation=(1, c["dilation"][0]))
+    else:
+        c = dict(kernel_size=layer.weight.shape[-2:], stride=c["stride"], padding=c["padding"], dilation=c["dilation"])
+    if layer.conv["groups"] != 1:
+        raise ValueError(f"layer {layer.fpq_layer_name!r}: grouped convolutions are not supported by fpq.ptq's "
+                         "weight-only methods")
+    cols = F.unfold(x, **c)
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+
+
+@torch.no_grad()
+def layer_rows(q, name, batches, max_rows: int = 8192, seed: int = 0) -> torch.Tensor:
+    """float64 (rows, fan_in) inputs of layer ``name`` on ``batches`` in the current quantized model
+    (fast mode), at most ``max_rows`` sampled with ``seed``; each forward stops at the layer."""
+    layer = q.get_submodule(name)
+    parts = []
+
+    def hook(mod, args):
+        parts.append(rows_of(mod, args[0].detach().to(torch.float32)))
+        raise _Stop
+    h = layer.register_forward_pre_hook(hook)
+    try:
+        with layer_mode(q, "fast"):
+            for b in batches:
+                try:
+                    call(q, b)
+                except _Stop:
+                    pass
+    finally:
+        h.remove()
+    if not parts:
+        raise ValueError(f"fpq.ptq: layer {name!r} is not called by the model on these batches")
+    x = torch.cat(parts)
+    if x.shape[0] > max_rows:
+        x = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:max_rows]]
+    return x.to(torch.float64)
+
+
+def column_quantizer(layer):
+    """f(w_col (out,) float64, j) -> the column quantized as the layer quantizes column j."""
+    with torch.no_grad():
+        s = layer.fpq_weight.expand(layer.fpq_weight.scale()).detach()
+    fmt, keep = layer.fpq_weight.fmt, set(layer.keep_cols.tolist())
+
+    def f(w, j):
+        if j in keep:
+            return w.to(torch.float32).to(torch.float16).to(torch.float64)
+        return ste_apply_scaled(w.to(torch.float32), fmt, s[:, j]).to(torch.float64)
+    return f
+
+
+@torch.no_grad()
+def gptq_columns(w: torch.Tensor, h: torch.Tensor, quant, order, damp: float = 0.01, block: int = 128):
+    """GPTQ's column loop: quantize the columns of ``w`` (out, n) in ``order`` with ``quant(col, j)``,
+    spreading each column's error over the columns not yet quantized through the inverse Hessian
+    ``h`` (n, n) (its Cholesky factor, lazy batch updates of ``block`` columns)."""
+    order = torch.as_tensor(order)
+    w = w[:, order].to(torch.float64).clone()
+    h = h[order][:, order].to(torch.float64).clone()
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1.0
+    h += damp * torch.mean(torch.diag(h)) * torch.eye(h.shape[0], dtype=h.dtype)
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    n = w.shape[1]
+    qw = torch.zeros_like(w)
+    for i1 in range(0, n, block):
+        i2 = min(i1 + block, n)
+        w1, e1, hi = w[:, i1:i2].clone(), torch.zeros_like(w[:, i1:i2]), hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = w1[:, i]
+            qc = quant(col, int(order[i1 + i]))
+            qw[:, i1 + i] = qc
+            err = (col - qc) / hi[i, i]
+            w1[:, i:] -= err.unsqueeze(1) * hi[i, i:].unsqueeze(0)
+            e1[:, i] = err
+        w[:, i2:] -= e1 @ hinv[i1:i2, i2:]
+    out = torch.empty_like(qw)
+    out[:, order] = qw
+    return out
+
+
+def layer_error(x, w_ref, w_q) -> float:
+    d = (w_ref.to(torch.float64) - w_q.to(torch.float64))
+    return float(torch.mean((x @ d.T) ** 2))
+
+
+def _set(layer, w2d):
+    with torch.no_grad():
+        layer.weight.copy_(w2d.to(layer.weight.dtype).reshape(layer.weight.shape))
+
+
+def run_gptq(q, batches, *, owq_ratio=None, max_rows=8192, gptq_damp=0.01, gptq_block=128, seed=0,
+             progress=True, report=None, name="gptq"):
+    from tqdm.auto import tqdm
+    result = {}
+    for lname, layer in tqdm(weight_only_layers(q), desc=f"fpq.ptq {name}", disable=not progress):
+        w = layer.weight.detach().reshape(layer.weight.shape[0], -1).clone().to(torch.float64)
+        x = layer_rows(q, lname, batches, max_rows, seed)
+        h = x.T @ x
+        if owq_ratio is not None:
+            k = max(1, round(owq_ratio * w.shape[1]))
+            with torch.no_grad():
+                rtn = layer.quantize_weight2d(w.float()).to(torch.float64)
+            sens = torch.diag(h) * ((w - rtn) ** 2).sum(0)
+            keep = torch.sort(torch.topk(sens, k).indices).values
+            layer.keep_cols = keep.to(layer.keep_cols.device)
+            layer.fpq_weight.init_from(w, keep)
+        with torch.no_grad():
+            w_rtn = layer.quantize_weight2d(w.float()).to(torch.float64)
+        keep_set = set(layer.keep_cols.tolist())
+        order = [j for j in range(w.shape[1]) if j not in keep_set] + sorted(keep_set)
+        w_g = gptq_columns(w, h, column_quantizer(layer), order, gptq_damp, gptq_block)
+        e_g, e_r = layer_error(x, w, w_g), layer_error(x, w, w_rtn)
+        kept = e_g <= e_r
+        _set(layer, w_g if kept else w_rtn)
+        result[lname] = {"kept": kept, "error": min(e_g, e_r), "error_rtn": e_r,
+                         "kept_columns": len(keep_set)}
+    if report is not None:
+        report[name] = result
+        report["effective_bits"] = effective_bits(q)["total"]
+    return q
+
+
+def run(q, batches, methods, *, seed=0, progress=True, report=None, **options):
+    if isinstance(methods, str):
+        methods = [methods]
+    methods = list(methods)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"fpq.ptq: method(s) {unknown} do not apply to a weight-only model "
+                         f"(fpq.convert(scope='modules')); allowed: {', '.join(METHODS)}")
+    if len(methods) > 1:
+        raise ValueError(f"fpq.ptq: {' and '.join(methods)} all choose the weight rounding; pick one")
+    allowed = {o for m in methods for o in OPTIONS[m]}
+    bad = sorted(set(options) - allowed)
+    if bad:
+        raise ValueError(f"fpq.ptq: option(s) {bad} are not used by methods {methods}; "
+                         f"options of these methods: {sorted(allowed) or 'none'}")
+    batches = list(batches)
+    if not batches:
+        raise ValueError("fpq.ptq: no batches given")
+    report = {} if report is None else report
+    torch.manual_seed(seed)
+    was = q.training
+    q.eval()
+    try:
+        for m in methods:
+            if m == "gptq":
+                run_gptq(q, batches, seed=seed, progress=progress, report=report, **options)
+            elif m == "owq":
+                opts = dict(options)
+                ratio = opts.pop("owq_ratio", 0.005)
+                if not 0 < ratio < 1:
+                    raise ValueError(f"owq_ratio (the share of input columns kept in float16) must be in (0, 1), got {ratio}")
+                run_gptq(q, batches, owq_ratio=ratio, seed=seed, progress=progress, report=report, name="owq", **opts)
+            else:
+                from .signround import run as signround
+                signround(q, batches, seed=seed, progress=progress, report=report, **options)
+    finally:
+        q.train(was)
+    return q
+
+
+__all__ = ["run", "METHODS", "OPTIONS", "gptq_columns", "layer_rows", "call"]
