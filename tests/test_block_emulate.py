@@ -75,3 +75,88 @@ def test_block_linear_exact_over_wide_scale_ranges(fmt, backend):
 def fpq_k(fmt):
     import fpq
     return fpq.parse_format(fmt).k
+
+
+# ------------------------------------------------------------------ the whole path: reader, emulator, verify
+FORMATS = [("mxfp4", "mxfp4"), ("nvfp4", "nvfp4"), ("mxfp8_e4m3", "mxfp8_e4m3"), ("mxint8", "mxint8"),
+           ("nvfp4", "mxfp8_e4m3")]
+
+
+def converted(w_fmt, a_fmt, x):
+    import fpq
+    from test_block_convert import mlp
+    q = fpq.convert(mlp(), weights=w_fmt, activations=a_fmt)
+    fpq.calibrate(q, [x[:256]], progress=False)
+    return q
+
+
+def test_reader_plan_and_refusals(tmp_path):
+    import fpq
+    import fpq.export
+    from test_block_convert import inputs
+    x = inputs(300)
+    q = converted("nvfp4", "mxfp8_e4m3", x)
+    path = fpq.export_qonnx(q, tmp_path / "m.onnx", x[:1])
+    g = fpq.export.read_graph(path)
+    assert [op.kind for op in g.ops] == ["input_quant", "linear", "quant", "relu", "linear", "quant", "output"]
+    lin = g.ops[1]
+    assert lin.weight.dtype == np.float64 and str(lin.types["weight"].format) == "block<e2m1,ue4m3,16>"
+    ref = block_quantize(q.get_submodule("0").weight.detach().numpy(), "nvfp4").values
+    assert np.array_equal(lin.weight, ref)          # the exact float64 values (up to 30 bits)
+    assert float(lin.weight_quant.scale) == block_quantize(q.get_submodule("0").weight.detach().numpy(),
+                                                           "nvfp4").tensor_scale
+    lp = fpq.plan(path)["linear_0"]
+    assert "accumulator" not in lp.tensors and "scale exponent (-9, 8)" in lp.attrs["block_sum"]
+    assert "scale exponent (-127, 127)" in lp.attrs["block_sum"]
+    for call, who in ((lambda: fpq.to_hls(q, tmp_path / "p", x), "fpq.to_hls"),
+                      (lambda: fpq.estimate_cost(q, example_input=x), "fpq.estimate_cost")):
+        with pytest.raises(ValueError, match=f"{who}: layer 'input_quant' \\(output\\) uses the block-scaled"):
+            call()
+
+
+def test_verify_exact_mxfp4_qonnx_counted():
+    """mxfp4 on 300 off-grid inputs: every sum fits float64, so qonnx's executor counts too."""
+    import fpq
+    from test_block_convert import inputs
+    x = inputs(300)
+    q = converted("mxfp4", "mxfp4", x)
+    r = fpq.verify(q, x, qonnx_subset=8)
+    assert r.status == "EXACT" and r.notes == [], r.notes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("w_fmt, a_fmt", FORMATS)
+def test_verify_exact(w_fmt, a_fmt):
+    """torch == numpy emulator == torch backend (== qonnx's executor where float64 holds the sums;
+    else verify's note says so) at atol=0 on 2,000 off-grid inputs with zero blocks and a huge
+    outlier; qonnx on the first 16, one sample at a time."""
+    import fpq
+    from test_block_convert import inputs
+    x = inputs(2000)
+    q = converted(w_fmt, a_fmt, x)
+    y = np.asarray(fpq.emulate(q, x), dtype=np.float64)
+    assert np.array_equal(y, q(x).detach().double().numpy())
+    assert np.array_equal(np.asarray(fpq.emulate(q, x, backend="torch"), dtype=np.float64), y)
+    r = fpq.verify(q, x, qonnx_subset=16)
+    assert r.status == "EXACT", (r.first_mismatch, r.notes)
+    assert {row["path"] for row in r.table} == {"torch", "qonnx"}
+
+
+def test_verify_says_when_float64_cannot_hold_the_sum():
+    """Blocks 2^200 apart: the emulator's exact sum (rounded to odd) and torch agree; qonnx's float64
+    MatMul is not counted, and verify says why."""
+    import fpq
+    from test_block_convert import inputs
+    x = inputs(64)
+    x[:, 40:] *= 2.0 ** 100
+    x[:, :32] *= 2.0 ** -100
+    x[:, 32:40] = 0
+    q = converted("mxfp4", "mxfp4", x)
+    import fpq.export
+    from fpq.emulate import Emulator
+    emu = Emulator(fpq.export.read_graph(fpq.export_qonnx(q, None, x[:1])))
+    assert np.array_equal(np.asarray(emu(x.numpy()), dtype=np.float64), q(x).detach().double().numpy())
+    assert emu.block_inexact["linear_0"] > 0
+    r = fpq.verify(q, x, qonnx_subset=4)
+    assert any("float64 cannot hold" in n for n in r.notes)
+    assert r.status == "EXACT"   # torch counted; qonnx compared, not counted
