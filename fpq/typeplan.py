@@ -4,6 +4,20 @@ It is computed by fpq from the formats, never left to hls4ml's ``auto``: the emu
 writer and the cost model all read it. Products and accumulators are derived here so that
 every consumer uses the same exact widths: an accumulator is wide enough that no sum of
 ``fan_in`` products plus the bias can overflow, unless the user narrows it explicitly.
+
+Block-scaled tensors (mxfp4, nvfp4, ``block<ELEM,SCALE,K>``): a TensorType of a BlockFormat whose
+``scale`` is the float32 tensor scale (1 for E8M0 formats); each value is element x block scale
+(x tensor scale), so the tensor has no single fixed-point type (``carrier`` refuses). A linear
+layer's exact sum is described, not typed (``attrs["block_sum"]``): per block pair, the element
+products sum exactly in the product of the element carriers (e.g. e2m1 x e2m1: Fixed<8,4> products,
++5 bits for k = 32) and are shifted by the sum of the two blocks' scale exponents; over the
+exponent range of the scales (E8M0: 2^-127 .. 2^127 on each side, so ~540 bits plus the element
+products' span) no fixed accumulator is worth building, and float64 cannot hold it. Every float
+path (torch's eval forward, both emulator backends) therefore forms that sum with
+``fpq.numerics.block_dot``: partial sums per block pair exact in float64, summed over blocks
+exactly in bands of the exponents present, rounded to odd at 53 bits (the exact sum when it fits),
+which the block (or any) quantizer after it rounds as the exact sum. No product / accumulator
+types are derived for such a layer, and ``fpq.to_hls`` / ``fpq.estimate_cost`` refuse it.
 """
 from __future__ import annotations
 
@@ -12,11 +26,26 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .formats import Binary, Fixed, Format, exact_fixed, parse_format
+from .formats import Binary, BlockFormat, Fixed, Format, exact_fixed, parse_format
 from .formats.facts import MAX_ENUMERABLE_BITS, values as format_values
 from .numerics.reference import po2_exponents  # noqa: F401  (re-exported: callers read it here)
 
 ROLES_ORDER = ("input", "weight", "bias", "product", "accumulator", "output")
+
+
+def is_block(t) -> bool:
+    """A TensorType of a block-scaled format (mxfp4, nvfp4, block<...>)."""
+    return isinstance(getattr(t, "format", None), BlockFormat)
+
+
+def block_exponent_range(fmt: BlockFormat) -> tuple:
+    """(lowest, highest) binary exponent a block scale of ``fmt`` contributes (2^lo .. 2^hi, before
+    a tensor-scaled format's float32 tensor scale)."""
+    if fmt.po2_scale:
+        return (-127, 127)
+    sf = fmt.scale
+    lo = math.frexp(sf.min_normal)[1] - 1 - sf.man_bits    # its grid: min normal's ulp
+    return (lo, math.frexp(sf.max_value)[1] - 1)
 
 
 @dataclass(frozen=True)
@@ -185,6 +214,9 @@ class LayerPlan:
         x, w = self.tensors.get("input"), self.tensors.get("weight")
         if x is None or w is None or self.fan_in is None:
             return self
+        if is_block(x) or is_block(w):
+            self._derive_block_sum(x, w)
+            return self
         if not (x.po2 and w.po2):
             self._derive_value_accumulator()
             return self
@@ -211,6 +243,24 @@ class LayerPlan:
         if bits is not None:
             self.attrs["exact_accumulator"] = acc   # what the narrow one wraps (every path wraps alike)
         return self
+
+    def _derive_block_sum(self, x, w) -> None:
+        """A block-scaled layer (see the module docstring, "Block-scaled tensors"): no product or
+        accumulator type; ``attrs["block_sum"]`` says what the exact sum is made of."""
+        if self.attrs.get("accumulator_bits") is not None:
+            raise ValueError(f"layer {self.name!r}: accumulator_bits with block-scaled formats is not supported "
+                             "(their exact sum has no fixed-point accumulator to narrow)")
+        parts = []
+        for role, t in (("input", x), ("weight", w)):
+            f = t.format
+            if is_block(t):
+                parts.append(f"{role} {f}: element carrier {exact_fixed(f.elem, 0)} x scale exponent "
+                             f"{block_exponent_range(f)}")
+            else:
+                parts.append(f"{role} {t.describe()}")
+        self.attrs["block_sum"] = ("; ".join(parts) + "; per block pair an exact element-product sum, shifted by "
+                                   "the two scale exponents, summed over blocks exactly and rounded to odd at 53 "
+                                   "bits (fpq.numerics.block_dot)")
 
     def _derive_value_accumulator(self) -> None:
         """The exact sum of a layer with a float scale: no type follows from the formats, but

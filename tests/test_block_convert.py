@@ -155,14 +155,3 @@ def test_qonnx_executor_2000_inputs(fmt, tmp_path):
     x = inputs()
     q, path = exported(fmt, fmt, x, tmp_path)
     assert np.array_equal(qonnx_outputs(path, x), q(x).detach().double().numpy())
-
-
-def test_reader_refuses_block_quant_naming_the_node(tmp_path):
-    x = inputs(8)
-    q, path = exported("mxfp4", "mxfp4", x, tmp_path)
-    for call in (lambda: fpq.export.read_graph(path), lambda: fpq.emulate(q, x), lambda: fpq.plan(path)):
-        with pytest.raises(fpq.export.UnsupportedGraphError,
-                           match=r"node '/input_quant/act_quant/export_handler/Quant' quantizes to the block-scaled "
-                                 r"format block<e2m1,e8m0,32> \(fpq's BlockQuant\): reading block formats into "
-                                 r"fpq's graph IR .* is not built yet"):
-            call()

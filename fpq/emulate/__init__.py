@@ -44,7 +44,7 @@ from .kernels import (_add_bias, apply_quantizer,  # noqa: F401  (conv_nd ... qu
 from ..numerics.wide import WIDE_BITS as WIDE_EXACT_BITS, exact_bilinear
 from ..formats import Fixed, Int
 from ..formats.facts import exact_fixed
-from ..typeplan import LayerPlan, po2_exponents, sum_type, wrap
+from ..typeplan import LayerPlan, is_block, po2_exponents, sum_type, wrap
 from .inputs import (NONFINITE_RULE, _is_tensor, check_input, check_input_tensor,  # noqa: F401
                      refuse_nonfinite)
 
@@ -72,6 +72,9 @@ class Emulator:
         self.exact = {}      # op name -> whether the emulation of this op is provably exact
         self.acc_dtype = {}  # op name -> "float32" | "float64" | "wide" for linear / conv
         self.rounded_to_odd = set()  # linear / conv ops whose output is their exact sum rounded to odd
+        # block-scaled linear ops (fpq.numerics.block_dot: exact sum rounded to odd at 53 bits) -> how
+        # many values of the runs so far a plain float64 matmul would NOT have summed exactly
+        self.block_inexact = {}
         if backend is None:
             backend = "numpy" if device is None or str(device) == "cpu" else "torch"
         if backend not in ("numpy", "torch"):
@@ -96,6 +99,16 @@ class Emulator:
             self.exact[op.name] = True
             if op.kind in WEIGHTED_KINDS:
                 t_in, t_w = op.types.get("input"), op.types.get("weight")
+                if is_block(t_in) or is_block(t_w):
+                    if op.kind != "linear":
+                        raise UnsupportedGraphError(f"layer {op.name}: block-scaled formats on a {op.kind} are not "
+                                                    "supported (linear layers only)")
+                    if op.bias is not None and "bias" not in op.types:
+                        raise UnsupportedGraphError(f"layer {op.name}: quantize the bias of a block-scaled layer")
+                    self.acc_dtype[op.name] = "block"
+                    self.block_inexact[op.name] = 0
+                    self._bias_f32[op.name] = False
+                    continue
                 if t_in is None or t_w is None or not (t_in.po2 and t_w.po2):
                     # a float scale: no fixed-point type from the formats, but the values are
                     # still dyadic; float64 sums them exactly when their exact sum (the plan's
@@ -157,7 +170,7 @@ class Emulator:
             if op.weight is not None:
                 dt = np.float32 if self.acc_dtype[op.name] == "float32" else np.float64
                 w = op.weight.astype(dt)
-                if op.kind == "linear":
+                if op.kind == "linear" and op.name not in self.block_inexact:   # block_linear takes (out, in)
                     w = np.ascontiguousarray(w.T)
                 bdt = np.float32 if self._bias_f32.get(op.name) and dt == np.float32 else np.float64
                 self._weights[op.name] = (w, None if op.bias is None else op.bias.astype(bdt))
@@ -216,7 +229,7 @@ class Emulator:
         output) sees the rounded value and is marked not exact."""
         odd = set()
         for op in self.graph.ops:
-            if op.name in self.rounded_to_odd:
+            if op.name in self.rounded_to_odd or op.name in self.block_inexact:
                 odd.add(op.outputs[0])
             elif any(t in odd for t in op.inputs):
                 if op.kind in ORDER_KEEPING:
@@ -327,6 +340,14 @@ class Emulator:
         return (prod is not None and prod.kind in COMPUTING_KINDS
                 and len(self.graph.consumers(src)) == 1 and src not in outputs)
 
+    def block_sum(self, op, x, w, b):
+        """A block-scaled linear op: fpq.numerics.block_dot.block_linear of float64 x, w (out, in) and
+        b (numpy or torch arrays, either backend), counting the values float64 alone could not sum."""
+        from ..numerics.block_dot import block_linear
+        y, fits = block_linear(x, w, b, block_k(op))
+        self.block_inexact[op.name] += int((~fits).sum())
+        return y
+
     def _weights_for(self, op, fast):
         """(w, b) of a linear / conv: the fused schedule's (a rounded-to-odd bias) when ``fast``."""
         return self._fast_weights.get(op.name, self._weights[op.name]) if fast else self._weights[op.name]
@@ -349,6 +370,8 @@ class Emulator:
         x = xs[0]
         if k in ("quant", "input_quant"):
             return apply_quantizer(op, x)
+        if k == "linear" and op.name in self.block_inexact:
+            return self.block_sum(op, x.astype(np.float64), *self._weights[op.name])
         if k == "linear":
             w, b = self._weights_for(op, fast)
             if op.name in self.rounded_to_odd:
@@ -414,6 +437,13 @@ class Emulator:
 
 
 _CONTROLLER = []
+
+
+def block_k(op) -> int:
+    """The block size a block-scaled linear op's exact sum normalizes by: gcd of its block formats'."""
+    import math
+    ks = [t.format.k for t in (op.types.get("input"), op.types.get("weight")) if is_block(t)]
+    return math.gcd(*ks)
 
 
 def _blas_controller():

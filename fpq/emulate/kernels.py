@@ -36,6 +36,8 @@ def batch_shape(shape, exported_in_shape, actual_in_shape):
 def apply_quantizer(op: Op, x: np.ndarray) -> np.ndarray:
     """A quant / input_quant op's output: the emulator's definition of it (the HLS lookup tables
     of float-scaled quantizers, fpq.numerics.thresholds.quantizer_table, compute the same)."""
+    if op.quant.is_block:   # block-scaled: float64 values (an NVFP4 value has up to 30 bits)
+        return op.quant(x)
     if op.kind == "quant" and po2_exponents(op.quant.scale) is None:
         x = x.astype(np.float64, copy=False)  # a float scale divides the exact value in float64
     return quantize_fast(x, op.quant)

@@ -143,6 +143,9 @@ class TorchProgram:
         return ys[c, idx].to(torch.float32)
 
     def _quant(self, x, q, input_quant):
+        if q.is_block:   # block-scaled: the torch twin of fpq.numerics.blocks, float64 values
+            from ..numerics.blocks_torch import block_quantize_torch
+            return block_quantize_torch(x, q.format, q.tensor_scale)[0]
         if not input_quant and po2_exponents(q.scale) is None:
             x = x.to(torch.float64)  # a float scale divides the exact value in float64
         return apply_scaled_torch(x, q.format, q.scale, q.pre_scale)
@@ -151,6 +154,8 @@ class TorchProgram:
         k, x = op.kind, xs[0]
         if k in ("quant", "input_quant"):
             return self._quant(x, op.quant, k == "input_quant")
+        if k == "linear" and op.name in self.emu.block_inexact:
+            return self.emu.block_sum(op, x.to(torch.float64), *self._weights()[op.name])
         if k == "linear":
             w, b = self._weights(fast)[op.name]
             if op.name in self.emu.rounded_to_odd:

@@ -108,9 +108,26 @@ class _Reader:
         n = self.producer.get(t)
         if n is None:
             return False
-        if n.op_type in CONST_OPS or n.op_type in QUANT_OPS:
+        if n.op_type in CONST_OPS or n.op_type in QUANT_OPS or _is_block_quant(n) or self.tensor_scale_mul(n):
             return all(self.is_const(i) for i in n.input if i)
         return False
+
+    def tensor_scale_mul(self, n):
+        """The BlockQuant node whose tensor-scale Mul ``n`` is (fpq.export.block_ops), else None.
+        A Mul after a BlockQuant by anything but the node's own float32 tensor scale is refused."""
+        if n.op_type != "Mul" or not n.input:
+            return None
+        src = self.producer.get(n.input[0])
+        if src is None or not _is_block_quant(src):
+            return None
+        from .block_ops import block_format_of, tensor_scale_of_node
+        st = tensor_scale_of_node(src, block_format_of(src))
+        c = n.input[1] if len(n.input) > 1 else None
+        if st is None or c not in self.inits or \
+                np.asarray(self.mw.get_initializer(c)).astype(np.float64).tolist() != float(st):
+            raise UnsupportedGraphError(f"Mul node {n.name!r} after BlockQuant {src.name!r} is not its tensor-scale "
+                                        f"Mul (by the node's float32 tensor_scale {st}); fpq reads only that")
+        return src
 
     def const(self, t: str):
         """(float32 value, Quantizer or None) of a constant tensor, with its quantizer."""
@@ -125,6 +142,11 @@ class _Reader:
             a = _attrs(n)
             if is_half_step(n):
                 half_step_partner(n, self.mw)  # its partner's quantizer computes both nodes
+            elif _is_block_quant(n):   # a block-quantized weight: its values, exact float64
+                q = block_quantizer_of(n)
+                x = q(np.asarray(x, dtype=np.float32))
+            elif self.tensor_scale_mul(n) is not None:
+                pass                   # the block quantizer above already applied the tensor scale
             elif n.op_type in QUANT_OPS:
                 q = quantizer_of(n, self.mw)
                 x = q(np.asarray(x, dtype=np.float32))
@@ -202,22 +224,27 @@ def _onnx_np_dtype(to: int):
     return helper.tensor_dtype_to_np_dtype(to)
 
 
-def _refuse_block_quant(g) -> None:
-    """fpq's BlockQuant nodes (block-scaled formats) run in qonnx's executor; their graph IR, hence
-    the emulator, fpq.plan, HLS and the cost model, is not built yet: say so, naming the node."""
-    from .block_ops import DOMAIN, OP_TYPE, block_format_of
-    for n in g.node:
-        if n.domain == DOMAIN and n.op_type == OP_TYPE:
-            raise UnsupportedGraphError(
-                f"node {n.name!r} quantizes to the block-scaled format {block_format_of(n)} (fpq's {OP_TYPE}): "
-                "reading block formats into fpq's graph IR (the emulator, fpq.plan, fpq.verify's emulator path, "
-                "HLS, the cost model) is not built yet; qonnx's executor runs the file (fpq.export.block_ops)")
+def _is_block_quant(n) -> bool:
+    from .block_ops import DOMAIN, OP_TYPE
+    return n.domain == DOMAIN and n.op_type == OP_TYPE
+
+
+def block_quantizer_of(n) -> Quantizer:
+    """The IR quantizer of fpq's BlockQuant node together with its tensor-scale Mul (if any):
+    TensorType(block format, scale = the float32 tensor scale, 1 for E8M0 formats)."""
+    from .block_ops import block_format_of, tensor_scale_of_node
+    try:
+        fmt = block_format_of(n)
+        st = tensor_scale_of_node(n, fmt)
+    except ValueError as e:
+        raise UnsupportedGraphError(str(e)) from None
+    scale = np.float32(1.0 if st is None else st)
+    return Quantizer(TensorType(fmt, scale), np.asarray(scale), n.name, "BlockQuant")
 
 
 def read_graph(model) -> Graph:
     """Read a QONNX model (path, ModelWrapper or ModelProto) into fpq's graph IR."""
     mw = load_model(model)
-    _refuse_block_quant(mw.graph)
     r = _Reader(mw)
     g = mw.graph
     graph_inputs = [i.name for i in g.input if i.name not in r.inits]
@@ -231,9 +258,35 @@ def read_graph(model) -> Graph:
     for node in nodes:
         if node.name in r.fused:
             continue
-        if all(r.is_const(o) for o in node.output) and node.op_type in CONST_OPS + QUANT_OPS:
+        if all(r.is_const(o) for o in node.output) and (node.op_type in CONST_OPS + QUANT_OPS or _is_block_quant(node)
+                                                        or r.tensor_scale_mul(node) is not None):
             continue  # a weight / bias path, folded where it is used
         op_type = node.op_type
+        if _is_block_quant(node):   # fpq's block quantizer of an activation (+ its tensor-scale Mul)
+            x = r.resolve(node.input[0])
+            q = block_quantizer_of(node)
+            out = node.output[0]
+            mul = r.single_consumer(out, "Mul")
+            onnx_nodes = [node.name]
+            if mul is not None and r.tensor_scale_mul(mul) is not None:
+                r.fused.add(mul.name)
+                onnx_nodes.append(mul.name)
+                out = mul.output[0]
+            elif q.tensor_scale is not None:
+                raise UnsupportedGraphError(f"BlockQuant node {node.name!r} of {q.format} is not followed by its "
+                                            "tensor-scale Mul")
+            kind = "input_quant" if x in graph_inputs else "quant"
+            op = Op(r.unique(_op_name(kind, _module_path(node.name))), kind, [x], [out], quant=q,
+                    onnx_nodes=onnx_nodes)
+            op.types = {"output": q.ttype}
+            if tt(x) is not None:
+                op.types["input"] = tt(x)
+            op.in_shapes = [r.shape(x)]
+            op.out_shape = r.shape(out)
+            op.module = _torch_path(node.name)
+            ops.append(op)
+            types[out] = q.ttype
+            continue
         if node.domain not in QONNX_DOMAINS or (op_type not in SUPPORTED_OPS and op_type != "IntQuant"):
             raise UnsupportedGraphError(
                 f"unsupported node {node.name!r} (op_type {op_type}, domain {node.domain or 'ai.onnx'}); "
@@ -562,7 +615,9 @@ def _weighted(r: _Reader, node, a, ins, mod) -> Op:
                                     "(optionally behind a Quant/FloatQuant/BipolarQuant); two dynamic operands "
                                     "are not supported")
     w, wq = r.const(ins[1])
-    w = np.asarray(w, dtype=np.float32)
+    # a block-quantized weight keeps its exact float64 values (an NVFP4 value has up to 30 bits)
+    wdt = np.float64 if wq is not None and wq.is_block else np.float32
+    w = np.asarray(w, dtype=wdt)
     bias, bq = None, None
     if op_type == "MatMul":
         if w.ndim != 2:
@@ -614,7 +669,7 @@ def _weighted(r: _Reader, node, a, ins, mod) -> Op:
                                         f"match {cout} output channels")
         bias = np.broadcast_to(bias.reshape(-1), (cout,)).astype(np.float32)
     op = Op(r.unique(_op_name(kind, mod)), kind, [ins[0]], [out_t], attrs=attrs,
-            weight=np.ascontiguousarray(weight, dtype=np.float32), bias=bias, weight_quant=wq, bias_quant=bq,
+            weight=np.ascontiguousarray(weight, dtype=wdt), bias=bias, weight_quant=wq, bias_quant=bq,
             onnx_nodes=fused)
     if wq is not None:
         op.types["weight"] = wq.ttype

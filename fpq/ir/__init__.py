@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..formats import Format
+from ..formats import BlockFormat, Format
 from ..typeplan import TensorType
 
 
@@ -134,11 +134,25 @@ class Quantizer:
     def format(self) -> Format:
         return self.ttype.format
 
+    @property
+    def is_block(self) -> bool:
+        """A block-scaled format (fpq's BlockQuant): ``scale`` is its float32 tensor scale (1 for
+        E8M0 formats), the block scales come from each block of the data."""
+        return isinstance(self.ttype.format, BlockFormat)
+
+    @property
+    def tensor_scale(self):
+        """The float32 tensor scale of a tensor-scaled block format (NVFP4 style), else None."""
+        return None if not self.is_block or self.format.po2_scale else float(self.scale)
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Reference application (fpq.quantize, with its checks), in x's dtype; a Trunc first rounds x
         to its input grid as ``fpq.numerics.scaled.apply_scaled`` (the emulator's) does."""
         from ..numerics import quantize
         from ..numerics.reference import _as_float_array
+        if self.is_block:   # fpq's BlockQuant (and its tensor-scale Mul): float64 values
+            from ..numerics.blocks import quantize_block
+            return quantize_block(np.asarray(x), self.format, self.tensor_scale)
         from ..numerics.scaled import round_to_grid
         if self.pre_scale is not None:
             x = round_to_grid(_as_float_array(x), self.pre_scale)

@@ -45,6 +45,13 @@ class _ExactWBIOL:
         if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
             y = super().inner_forward_impl(x, w, b)  # the exported graph holds the plain op
             return y if acc is None else wrap(y, acc)   # (and the wrap as Add / Div / Floor / Mul / Sub)
+        k = block_size_of(self)
+        if k is not None and self.fpq_op == "linear" and x.dim() == 2:
+            # block-scaled formats: the exact block sum (fpq.numerics.block_dot), rounded to odd at
+            # 53 bits as the emulator's; a plain float64 matmul is exact only for some scale exponents
+            from ..numerics.block_dot import block_linear
+            y = block_linear(x, w, b, k)[0]
+            return y if acc is None else wrap(y, acc)
         # a sum wider than 53 bits (e5m2 x e5m2) is summed in pieces and rounded to odd, which the
         # output quantizer then rounds as it would the exact sum (fpq.numerics.wide)
         parent = super()
@@ -124,6 +131,19 @@ class _ExactWBIOL:
     @property
     def fpq_output(self):
         return tensor_quant_of(self.output_quant)
+
+
+def block_size_of(module) -> int | None:
+    """The block size a linear layer's exact block sum normalizes by (fpq.numerics.block_dot): the
+    gcd of its weight's and its input's block format block sizes; None when neither is a block format."""
+    import math
+
+    from ..formats import BlockFormat
+    tx = linked_input_quantizer(module)
+    if tx is not None and tx.observer is not None:
+        return None   # fpq.calibrate records unquantized inputs: the plain eval path
+    ks = [t.fmt.k for t in (module.fpq_weight, tx) if t is not None and isinstance(getattr(t, "fmt", None), BlockFormat)]
+    return math.gcd(*ks) if ks else None
 
 
 def linked_input_quantizer(module):
