@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .formats import Binary, Fixed, parse_format
-from .functional import functional_to_modules, unique_name
+from .functional import CAT_FUNCTIONS, check_cat, check_upsample, functional_to_modules, unique_name
 from .typeplan import narrow_accumulator
 from .nn.batchnorm import FpqBatchNorm, from_batchnorm
 from .nn.layers import (FpqAct, FpqAdd, FpqAvgPool, FpqClamp, FpqConv1d, FpqConv2d, FpqInput,
@@ -33,11 +33,13 @@ SUPPORTED = ("Linear", "Conv1d", "Conv2d",
              "residual add (x + y, torch.add)", "torch.flatten / view / reshape", "F.relu / torch.relu",
              "F.relu6 / F.hardtanh / torch.clamp (constant bounds)", "F.max_pool1d/2d", "F.avg_pool1d/2d",
              "F.adaptive_avg_pool1d/2d(x, 1)", "x.mean(spatial dims)",
+             "torch.cat / torch.concat (any non-batch dim)",
+             "nn.Upsample / F.interpolate (mode='nearest', integer scale_factor)",
              "Sigmoid, Tanh, SiLU, Hardswish, Hardsigmoid, GELU (erf / tanh), ELU, Softplus, LeakyReLU, PReLU "
              "(exact tables over an input of at most 16 bits) and their functional forms")
-_KEEP_MODULES = (nn.ReLU, nn.MaxPool1d, nn.MaxPool2d, nn.Flatten)
+_KEEP_MODULES = (nn.ReLU, nn.MaxPool1d, nn.MaxPool2d, nn.Flatten, nn.Upsample)
 _DROP_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)
-_KEEP_FUNCTIONS = (F.relu, torch.relu, torch.flatten)
+_KEEP_FUNCTIONS = (F.relu, torch.relu, torch.flatten) + CAT_FUNCTIONS
 _KEEP_METHODS = ("view", "reshape", "flatten", "relu", "size", "contiguous")
 _ADD_FUNCTIONS = (operator.add, torch.add, operator.iadd)
 _DROPOUT_FUNCTIONS = (F.dropout,)
@@ -455,6 +457,8 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
                 _block_only_linear(path, type(m).__name__, f)
                 policy.layers[path] = dict(f, batchnorm="element-wise")
                 _set_module(gm, path, from_batchnorm(m, f["weights"], f["bias"], f["activations"], scale))
+            elif isinstance(m, nn.Upsample):
+                check_upsample(path, m)   # nearest, integer factors: values repeated, no arithmetic
             elif not isinstance(m, _KEEP_MODULES):
                 raise _unsupported(path, type(m).__name__)
         elif node.op == "call_function":
@@ -472,6 +476,8 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
                 node.replace_all_uses_with(new)
                 gm.graph.erase_node(node)
                 names_seen.add(node.name)
+            elif node.target in CAT_FUNCTIONS:
+                check_cat(node, dict(gm.named_modules()))   # a join along a constant non-batch axis: values moved, not computed
             elif node.target is getattr or node.target is operator.getitem:
                 continue
             elif node.target not in _KEEP_FUNCTIONS:
