@@ -23,12 +23,12 @@ import math
 import numpy as np
 
 from ..formats import Binary, Fixed, Int, Minifloat, exact_fixed
-from ..ir import FREE_KINDS, MAC_KINDS
+from ..ir import FREE_KINDS, MAC_KINDS, MOVING_KINDS
 from ..typeplan import TensorType, TypePlan, levels_carrier, po2_exponents, values_carrier
 from .costreport import CostReport
 from .devices import Device, dsp_tiles, get_device
 from .ops import OperatorCosts, csd_digits, default_costs, significant_bits, thr_steps
-from .stream import SRL_MAX_BITS, _add_stream_buffers, _bram18, _in_shape, per_pixel
+from .stream import SRL_MAX_BITS, _add_stream_buffers, _bram18, _in_shape, moving_stream, per_pixel
 
 STRATEGIES = ("latency", "resource")
 IO_TYPES = ("io_parallel", "io_stream")
@@ -330,8 +330,10 @@ def _other_layer(lp, ops: OperatorCosts, notes: list) -> dict:
     row = dict(layer=lp.name, op=lp.op, lut=0.0, ff=0.0, dsp=0, bram18=0, uram=0, latency_cycles=0, ii=1,
                bops=0.0, ebops=0.0)
     op = lp.op.lower()
-    if op in FREE_KINDS or op == "input_quant":
-        return row   # wiring; the input quantizer IS the input type of the HLS design
+    if op in FREE_KINDS or op == "input_quant" or op in MOVING_KINDS:
+        # wiring (io_parallel: a concat / nearest upsample fans wires out, no logic; io_stream adds
+        # their FIFOs and row buffer: stream.moving_stream); the input quantizer IS the input type
+        return row
     if n is None:
         notes.append(f"{lp.name} ({lp.op}): output shape unknown; not priced")
         return row
@@ -444,6 +446,7 @@ def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", 
         acc = row.pop("acc_type", None)
         if io_type == "io_stream":
             per_pixel(row, lp)
+            moving_stream(row, lp)
             _add_stream_buffers(row, lp)
         srcs = lp.attrs.get("inputs")
         src = srcs[0] if srcs else prev

@@ -88,3 +88,24 @@ def per_pixel(row: dict, lp) -> None:
     row["ff"] = row["ff"] / pixels
     row["ii"] = max(int(row.get("ii", 1)), pixels)
     row["latency_cycles"] = int(row.get("latency_cycles", 0)) + pixels - 1
+
+
+def moving_stream(row: dict, lp) -> None:
+    """io_stream cost of a concat / nearest upsample (values moved, no logic): hls4ml writes one
+    output pixel per cycle (II and latency = the output's pixels), and ``nnet::resize_nearest``
+    keeps one input row (width x channels values) in registers to repeat it (``row_buffer_ff``).
+    Their output FIFO is added by ``_add_stream_buffers`` like every layer's."""
+    if lp.op not in ("concat", "upsample"):
+        return
+    shape = lp.attrs.get("out_shape")
+    if shape is None or len(shape) <= 2:
+        return    # vectors: one word, written once
+    pixels = int(np.prod(shape[2:]))
+    row["ii"] = max(int(row.get("ii", 1)), pixels)
+    row["latency_cycles"] = int(row.get("latency_cycles", 0)) + pixels
+    ins = _in_shape(lp)
+    bits = _bits_of(lp.tensors.get("input"))
+    if lp.op == "upsample" and ins is not None and len(ins) > 2 and bits:
+        buf = int(ins[-1]) * int(ins[1]) * bits
+        row["ff"] += buf
+        row["row_buffer_ff"] = buf

@@ -1,0 +1,254 @@
+"""Issue #18 item 1: channel concatenation (torch.cat / torch.concat) and nearest-neighbour upsampling
+(nn.Upsample / F.interpolate, integer factors, 1-D and 2-D), through every path: convert, QONNX export,
+the reader (ONNX Concat / Resize), both emulators, qonnx's executor (fpq.verify EXACT), the cost model
+and hls4ml's Concatenate / Resize in C-sim (slow). Both ops move values without arithmetic, so every
+comparison is at atol=0, on off-grid probe inputs with saturating rows; two branches of different
+formats join in their exact union type."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+from onnx import TensorProto, helper
+from onnx import numpy_helper as nh
+from torch import nn
+
+import fpq
+from fpq.cost_model.estimate import estimate
+from fpq.emulate import Emulator
+from fpq.export import read_graph
+from fpq.hls.builder import plan_hls
+from fpq.ir import UnsupportedGraphError
+from fpq.ir.plan import typeplan_from_graph
+from fpq.testing.conformance import conformance_cell, probe_inputs
+from fpq.typeplan import TensorType
+
+
+class UNet(nn.Module):
+    """conv -> maxpool -> conv -> upsample x2 -> cat with the skip -> conv (a U-Net's one level)."""
+
+    def __init__(self, functional=False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.functional = functional
+        self.enc = nn.Conv2d(2, 4, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.mid = nn.Conv2d(4, 6, 3, padding=1)
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.dec = nn.Conv2d(10, 3, 3, padding=1)
+
+    def forward(self, x):
+        skip = F.relu(self.enc(x))
+        y = F.relu(self.mid(self.pool(skip)))
+        y = F.interpolate(y, scale_factor=2, mode="nearest") if self.functional else self.up(y)
+        return self.dec(torch.cat([y, skip], dim=1) if not self.functional else torch.concat((y, skip), 1))
+
+
+class CatMLP(nn.Module):
+    """Two Linear branches of one input joined (torch.cat, dim=-1), a third joined after (3 inputs)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.a, self.b, self.c = nn.Linear(6, 5), nn.Linear(6, 3), nn.Linear(6, 2)
+        self.out = nn.Linear(10, 4)
+
+    def forward(self, x):
+        return self.out(torch.cat([F.relu(self.a(x)), self.b(x), self.c(x)], dim=-1))
+
+
+class Up1d(nn.Module):
+    """Conv1d -> nearest upsample x3 (F.interpolate) -> cat with a second conv's upsampled map."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(2)
+        self.c1, self.c2 = nn.Conv1d(2, 3, 3, padding=1), nn.Conv1d(2, 2, 3, padding=1)
+        self.up = nn.Upsample(scale_factor=3)
+        self.fc = nn.Linear(5 * 15, 2)
+
+    def forward(self, x):
+        y = torch.cat([F.interpolate(self.c1(x), scale_factor=3, mode="nearest"), self.up(self.c2(x))], 1)
+        return self.fc(torch.flatten(y, 1))
+
+
+NETS = {"unet": (UNet, (2, 8, 8)), "unet_functional": (lambda: UNet(True), (2, 8, 8)),
+        "mlp": (CatMLP, (6,)), "up1d": (Up1d, (2, 5))}
+FORMATS = {"int8": dict(fmt="int8"), "e4m3": dict(fmt="e4m3"),
+           # each branch its own format: the join holds both (the union of int8 x 2^k and fixed<6,2>)
+           "mixed": dict(fmt="int8", overrides={"enc": "fixed<6,2>", "a": "fixed<6,2>", "c": "e4m3",
+                                                "c1": "fixed<6,2>"})}
+
+
+def _converted(net, fmt):
+    cls, shape = NETS[net]
+    model = cls()
+    kw = dict(FORMATS[fmt])
+    names = {n for n, _ in model.named_modules()}
+    kw["overrides"] = {k: v for k, v in kw.get("overrides", {}).items() if k in names}
+    q = fpq.convert(model, **kw)
+    fpq.calibrate(q, [torch.randn((128,) + shape, generator=torch.Generator().manual_seed(5)) * 2], progress=False)
+    return q.eval(), shape
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+@pytest.mark.parametrize("net", list(NETS))
+def test_verify_exact(net, fmt):
+    """torch == numpy emulator == qonnx's executor (fpq.verify) == torch emulator, on 2,000 probes."""
+    q, shape = _converted(net, fmt)
+    x = torch.from_numpy(probe_inputs(read_graph(fpq.export_qonnx(q, None, torch.zeros((1,) + shape))), 2000))
+    rep = fpq.verify(q, x, qonnx_subset=48)
+    assert rep.exact and rep.verified, rep
+    assert set(rep.paths) >= {"emulator", "torch", "qonnx"}
+    g = read_graph(fpq.export_qonnx(q, None, x[:1]))
+    kinds = [op.kind for op in g.ops]
+    assert "concat" in kinds
+    assert ("upsample" in kinds) == (net != "mlp")
+    y_np = fpq.emulate(g, x.numpy())
+    y_t = Emulator(g, backend="torch")(x.numpy())
+    np.testing.assert_array_equal(np.asarray(y_t), y_np)
+    with torch.no_grad():
+        np.testing.assert_array_equal(q(x).double().numpy(), np.asarray(y_np, np.float64))
+
+
+def test_union_type_of_different_branches():
+    """int8 x 2^k joined with fixed<6,2>: the concat's type is the exact Fixed holding both, and every
+    value of the join is one of it (the emulator's trace)."""
+    q, shape = _converted("unet", "mixed")
+    g = read_graph(fpq.export_qonnx(q, None, torch.zeros((1,) + shape)))
+    cat = next(op for op in g.ops if op.kind == "concat")
+    ta, tb = (g.tensor_type(i) for i in cat.inputs)
+    assert ta.format != tb.format
+    t = cat.types["output"]
+    assert isinstance(t, TensorType) and str(t.format).startswith("fixed<")
+    x = probe_inputs(g, 500)
+    _, trace = Emulator(g)(x, return_trace=True)
+    v = trace[cat.name].astype(np.float64)
+    from fpq.numerics import quantize
+    np.testing.assert_array_equal(quantize(v, t.format, t.scale), v)   # on its grid, none saturated
+    for src, tin in zip(cat.inputs, (ta, tb)):   # and it holds every value either input type can take
+        c, u = tin.carrier(), t.format
+        assert c.frac_bits <= u.frac_bits and c.int_bits + (not c.signed) <= u.int_bits
+
+
+def test_plan_cost_and_hls_layers():
+    """The HLS plan joins channels on hls4ml's last axis in the union type, Resize keeps its input's
+    type; the cost model prices both (wires in io_parallel; buffers / FIFOs in io_stream)."""
+    q, shape = _converted("unet", "mixed")
+    g = read_graph(fpq.export_qonnx(q, None, torch.zeros((1,) + shape)))
+    tp = typeplan_from_graph(g)
+    plan = plan_hls(g, tp)
+    by = {L["class_name"]: L for L in plan.layers}
+    cat, rs = by["Concatenate"], by["Resize"]
+    assert cat["op"] == "concatenate3d" and cat["axis"] == 3            # (H, W, C): channels
+    assert (rs["in_height"], rs["out_height"], rs["n_chan"], rs["algorithm"]) == (4, 8, 6, "nearest")
+    assert plan.precisions[rs["name"]]["result"] == plan.precisions[rs["inputs"][0]]["result"]
+    par = {r["layer"]: r for r in estimate(tp, io_type="io_parallel").layers}
+    st = {r["layer"]: r for r in estimate(tp, io_type="io_stream").layers}
+    for name in (cat["name"], rs["name"]):
+        assert par[name]["lut"] == 0 and par[name]["ff"] == 0     # wires
+        assert st[name]["lut"] + 36 * 18 * st[name]["bram18"] > 0  # an output FIFO, a row buffer
+        assert st[name]["ii"] == 64                                # one output pixel per cycle
+    assert st[rs["name"]]["row_buffer_ff"] == 4 * 6 * plan.precisions[rs["name"]]["result"].width
+    rep = estimate(tp, io_type="io_stream")
+    assert not [n for n in rep.notes if "no cost model" in n]
+
+
+@pytest.mark.parametrize("bad,why", [
+    (lambda x: torch.cat([x, x], dim=0), "batch"),
+    (lambda x: F.interpolate(x, scale_factor=1.5, mode="nearest"), "whole number"),
+    (lambda x: F.interpolate(x, scale_factor=2, mode="bilinear"), "mode 'bilinear'"),
+    (lambda x: nn.Upsample(scale_factor=2, mode="bilinear")(x), "mode 'bilinear'"),
+    (lambda x: F.interpolate(x, size=(16, 16), mode="nearest"), "scale_factor"),
+])
+def test_refused_by_convert(bad, why):
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 2, 1)
+            self.tail = nn.Upsample(scale_factor=2, mode="bilinear") if "Upsample" in str(bad.__code__.co_names) \
+                else None
+
+        def forward(self, x):
+            x = self.conv(x)
+            return self.tail(x) if self.tail is not None else bad(x)
+
+    with pytest.raises(ValueError) as e:
+        fpq.convert(M(), "int8")
+    msg = str(e.value)
+    assert why in msg, msg
+    assert "nearest" in msg or "dim=1" in msg, msg   # says what is allowed
+
+
+def _resize_file(mode="nearest", scales=(1, 1, 2, 2), ctm="asymmetric", nearest_mode="floor", opset=13):
+    """x -> Quant int8 2^-4 -> Resize -> out (channels-first 1x2x3x3)."""
+    inits = [nh.from_array(np.array(v, np.float32), n) for n, v in (("s", 2.0 ** -4), ("z", 0.0), ("b", 8.0))]
+    inits += [nh.from_array(np.array(scales, np.float32), "scales"), nh.from_array(np.zeros(0, np.float32), "roi")]
+    nodes = [helper.make_node("Quant", ["x", "s", "z", "b"], ["xq"], name="Quant_0", domain="qonnx.custom_op.general",
+                              signed=1, narrow=0, rounding_mode="ROUND"),
+             helper.make_node("Resize", ["xq", "roi", "scales"], ["out"], name="Resize_0", mode=mode,
+                              coordinate_transformation_mode=ctm, nearest_mode=nearest_mode)]
+    out = [1, 2] + [int(3 * s) for s in scales[2:]]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 3])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, out)], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+@pytest.mark.parametrize("ctm,nearest_mode", [("asymmetric", "floor"), ("half_pixel", "round_prefer_floor"),
+                                              ("half_pixel", "round_prefer_ceil"), ("pytorch_half_pixel", "floor")])
+def test_foreign_nearest_resize_reads_when_it_repeats(ctm, nearest_mode):
+    """A Resize written by others: read when onnx's own reference repeats each value (the index map),
+    emulated == qonnx's executor; a mode that does not repeat is refused naming the node."""
+    m = _resize_file(ctm=ctm, nearest_mode=nearest_mode)
+    if (ctm, nearest_mode) == ("pytorch_half_pixel", "floor"):   # (x + 0.5) / 2 - 0.5 floors 1 to 0, 2 to 0
+        with pytest.raises(UnsupportedGraphError, match="'Resize_0'.*does not repeat"):
+            read_graph(m)
+        return
+    g = read_graph(m)
+    assert [op.kind for op in g.ops] == ["input_quant", "upsample", "output"]
+    assert g.ops[1].attrs["scales"] == (1, 1, 2, 2)
+    rep = fpq.verify(m, qonnx_subset=30, n=30)
+    assert rep.exact and rep.verified, rep
+
+
+@pytest.mark.parametrize("kw,why", [(dict(mode="linear"), "mode 'linear'"),
+                                    (dict(scales=(1, 1, 1.5, 1.5)), "whole number"),
+                                    (dict(scales=(2, 1, 1, 1)), "batch")])
+def test_foreign_resize_refused(kw, why):
+    with pytest.raises(UnsupportedGraphError, match=why):
+        read_graph(_resize_file(**kw))
+
+
+def test_foreign_concat_of_constants_refused():
+    inits = [nh.from_array(np.array(v, np.float32), n) for n, v in (("s", 2.0 ** -4), ("z", 0.0), ("b", 8.0))]
+    inits.append(nh.from_array(np.ones((1, 2), np.float32), "k"))
+    nodes = [helper.make_node("Quant", ["x", "s", "z", "b"], ["xq"], name="Quant_0", domain="qonnx.custom_op.general",
+                              signed=1, narrow=0, rounding_mode="ROUND"),
+             helper.make_node("Concat", ["xq", "k"], ["out"], name="Concat_0", axis=1)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 5])], inits)
+    with pytest.raises(UnsupportedGraphError, match="'Concat_0' joins constant"):
+        read_graph(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]))
+    nodes[1] = helper.make_node("Concat", ["xq", "xq"], ["out"], name="Concat_0", axis=0)
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 3])], inits[:3])
+    with pytest.raises(UnsupportedGraphError, match="axis 0, the batch"):
+        read_graph(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("io_type,fmt", [("io_parallel", "mixed"), ("io_stream", "e4m3")])
+def test_unet_csim_bit_exact(io_type, fmt, tmp_path):
+    """C-sim == emulator == torch == qonnx at atol=0 on 2,000 probes (hls4ml's Concatenate / Resize)."""
+    cls, shape = NETS["unet"]
+    model = cls()
+    if fmt == "mixed":   # conformance_cell's mixed formats: enc int8, mid e4m3, dec fixed<8,3>
+        pass
+    cell = conformance_cell(model, shape, fmt, tmp_path, io_type=io_type, n=2000)
+    rep = cell.report
+    assert rep.paths == ["emulator", "torch", "qonnx", "hls"]
+    assert rep.exact, [r for r in rep.table if r["mismatches"]]
+    classes = {layer.class_name for layer in cell.project.hls_model.get_layers()}
+    assert {"Concatenate", "Resize"} <= classes
