@@ -477,7 +477,7 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
                 gm.graph.erase_node(node)
                 names_seen.add(node.name)
             elif node.target in CAT_FUNCTIONS:
-                check_cat(node, dict(gm.named_modules()))   # a join along a constant non-batch axis: values moved, not computed
+                check_cat(node, modules)   # along a constant non-batch axis: values moved, not computed
             elif node.target is getattr or node.target is operator.getitem:
                 continue
             elif node.target not in _KEEP_FUNCTIONS:

@@ -149,7 +149,7 @@ def _spatial_axes(node, modules) -> int | None:
     Conv / pool / BatchNorm2d; None when nothing tells."""
     while isinstance(node, fx.Node):
         if node.op == "call_module":
-            m = modules[node.target]
+            m = modules.get(node.target)   # None: a module added after ``modules`` was read (an FpqAdd)
             for cls, nd in _SPATIAL.items():
                 if type(m) is cls:
                     return nd
@@ -247,9 +247,9 @@ def check_cat(node: fx.Node, modules) -> None:
 def _feature_vector(node, modules) -> bool:
     """Whether ``node`` is a Linear's output (through rank-keeping ops): a (batch, features) tensor."""
     while isinstance(node, fx.Node):
-        if node.op == "call_module" and isinstance(modules[node.target], nn.Linear):
+        if node.op == "call_module" and isinstance(modules.get(node.target), nn.Linear):
             return True
-        if not ((node.op == "call_module" and isinstance(modules[node.target], _SAME_RANK_MODULES)) or
+        if not ((node.op == "call_module" and isinstance(modules.get(node.target), _SAME_RANK_MODULES)) or
                 (node.op == "call_function" and node.target in _SAME_RANK_CALLS)):
             return False
         node = next(iter(node.args[0]), None) if node.target in CAT_FUNCTIONS else \

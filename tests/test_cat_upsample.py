@@ -6,8 +6,10 @@ comparison is at atol=0, on off-grid probe inputs with saturating rows; two bran
 formats join in their exact union type."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
-import onnx
 import pytest
 import torch
 import torch.nn.functional as F
@@ -93,13 +95,16 @@ def _converted(net, fmt):
     return q.eval(), shape
 
 
-@pytest.mark.parametrize("fmt", list(FORMATS))
-@pytest.mark.parametrize("net", list(NETS))
+CASES = [(net, fmt) for net in ("unet", "mlp") for fmt in FORMATS] + \
+    [("unet_functional", "int8"), ("up1d", "int8"), ("up1d", "mixed")]
+
+
+@pytest.mark.parametrize("net,fmt", CASES)
 def test_verify_exact(net, fmt):
     """torch == numpy emulator == qonnx's executor (fpq.verify) == torch emulator, on 2,000 probes."""
     q, shape = _converted(net, fmt)
     x = torch.from_numpy(probe_inputs(read_graph(fpq.export_qonnx(q, None, torch.zeros((1,) + shape))), 2000))
-    rep = fpq.verify(q, x, qonnx_subset=48)
+    rep = fpq.verify(q, x, qonnx_subset=16)
     assert rep.exact and rep.verified, rep
     assert set(rep.paths) >= {"emulator", "torch", "qonnx"}
     g = read_graph(fpq.export_qonnx(q, None, x[:1]))
@@ -156,30 +161,30 @@ def test_plan_cost_and_hls_layers():
     assert not [n for n in rep.notes if "no cost model" in n]
 
 
-@pytest.mark.parametrize("bad,why", [
-    (lambda x: torch.cat([x, x], dim=0), "batch"),
-    (lambda x: F.interpolate(x, scale_factor=1.5, mode="nearest"), "whole number"),
-    (lambda x: F.interpolate(x, scale_factor=2, mode="bilinear"), "mode 'bilinear'"),
-    (lambda x: nn.Upsample(scale_factor=2, mode="bilinear")(x), "mode 'bilinear'"),
-    (lambda x: F.interpolate(x, size=(16, 16), mode="nearest"), "scale_factor"),
+class _Tail(nn.Module):
+    def __init__(self, tail):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 1)
+        self.tail = tail    # an nn.Module (registered) or a function (traced through)
+
+    def forward(self, x):
+        return self.tail(self.conv(x))
+
+
+@pytest.mark.parametrize("tail,name,why", [
+    (lambda x: torch.cat([x, x], dim=0), "'cat'", "along the batch axis"),
+    (lambda x: torch.concat([x, x], -4), "'concat'", "along the batch axis"),
+    (lambda x: F.interpolate(x, scale_factor=1.5, mode="nearest"), "'interpolate'", "whole number"),
+    (lambda x: F.interpolate(x, scale_factor=2, mode="bilinear"), "'interpolate'", "mode 'bilinear' interpolates"),
+    (nn.Upsample(scale_factor=2, mode="bilinear"), "'tail'", "mode 'bilinear' interpolates"),
+    (lambda x: F.interpolate(x, size=(16, 16)), "'interpolate'", "must be given as scale_factor"),
 ])
-def test_refused_by_convert(bad, why):
-    class M(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(2, 2, 1)
-            self.tail = nn.Upsample(scale_factor=2, mode="bilinear") if "Upsample" in str(bad.__code__.co_names) \
-                else None
-
-        def forward(self, x):
-            x = self.conv(x)
-            return self.tail(x) if self.tail is not None else bad(x)
-
+def test_refused_by_convert(tail, name, why):
     with pytest.raises(ValueError) as e:
-        fpq.convert(M(), "int8")
+        fpq.convert(_Tail(tail), "int8")
     msg = str(e.value)
-    assert why in msg, msg
-    assert "nearest" in msg or "dim=1" in msg, msg   # says what is allowed
+    assert name in msg and why in msg, msg
+    assert "mode='nearest'" in msg or "dim=1" in msg, msg   # says what is allowed
 
 
 def _resize_file(mode="nearest", scales=(1, 1, 2, 2), ctm="asymmetric", nearest_mode="floor", opset=13):
@@ -252,3 +257,36 @@ def test_unet_csim_bit_exact(io_type, fmt, tmp_path):
     assert rep.exact, [r for r in rep.table if r["mismatches"]]
     classes = {layer.class_name for layer in cell.project.hls_model.get_layers()}
     assert {"Concatenate", "Resize"} <= classes
+
+
+MODELS = Path(os.environ.get("FPQ_SHARED_MODELS") or Path(__file__).resolve().parents[1].parent / "shared" / "models")
+ESPCN = MODELS / "qd_espcn_nnresize_quant.onnx"
+
+
+@pytest.mark.skipif(not ESPCN.is_file(), reason=f"the shared QONNX files are not next to the repository ({MODELS})")
+def test_espcn_refusal_names_batchnorm_only():
+    """qonnx's ESPCN test model: its nearest Resize is read now; only its float BatchNorms are refused."""
+    with pytest.raises(UnsupportedGraphError) as e:
+        read_graph(ESPCN)
+    msg = str(e.value)
+    assert "BatchNormalization_11" in msg and "Resize_42" not in msg, msg
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not ESPCN.is_file(), reason=f"the shared QONNX files are not next to the repository ({MODELS})")
+def test_espcn_resize_equals_qonnx():
+    """The ESPCN file with its float BatchNorms rewritten by qonnx (BatchNormToAffine: float Mul / Add,
+    which fpq reads as element-wise constant ops, not fixed-point exact): its Resize (opset 11,
+    asymmetric / floor, x2) and every quantizer after it equal qonnx's executor on one 128x128 image."""
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.transformation.batchnorm_to_affine import BatchNormToAffine
+    from qonnx.transformation.infer_shapes import InferShapes
+    from fpq.verification import random_inputs
+    mw = ModelWrapper(str(ESPCN)).transform(InferShapes()).transform(BatchNormToAffine())
+    g = read_graph(mw)
+    up = next(op for op in g.ops if op.kind == "upsample")
+    assert up.attrs["scales"] == (1, 1, 2, 2)
+    rep = fpq.verify(mw, random_inputs(g, 1, seed=0), qonnx_subset=1)
+    rows = {r["layer"]: r for r in rep.table if r["path"] == "qonnx"}
+    for name in [up.name, "<output>"] + [op.name for op in g.ops if op.kind == "quant"]:
+        assert rows[name]["compared"] > 0 and rows[name]["mismatches"] == 0, rows[name]
