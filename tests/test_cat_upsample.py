@@ -161,6 +161,26 @@ def test_plan_cost_and_hls_layers():
     assert not [n for n in rep.notes if "no cost model" in n]
 
 
+def test_hls_plan_vectors_and_1d_maps():
+    """Three vectors join in a chain of two hls4ml Concatenates (torch order kept); 1-D maps join on
+    hls4ml's last axis (channels) after a 1-D Resize of height 1."""
+    q, shape = _converted("mlp", "mixed")
+    plan = plan_hls(read_graph(fpq.export_qonnx(q, None, torch.zeros((1,) + shape))))
+    cats = [L for L in plan.layers if L["class_name"] == "Concatenate"]
+    assert [L["op"] for L in cats] == ["concatenate1d"] * 2 and cats[1]["inputs"][0] == cats[0]["name"]
+    u = plan.precisions[cats[1]["name"]]["result"]
+    for L in cats:
+        for i in L["inputs"]:   # the union holds each input's type
+            t = plan.precisions[i]["result"]
+            assert t.frac_bits <= u.frac_bits and t.int_bits + (not t.signed) <= u.int_bits
+    q, shape = _converted("up1d", "int8")
+    plan = plan_hls(read_graph(fpq.export_qonnx(q, None, torch.zeros((1,) + shape))))
+    rs = [L for L in plan.layers if L["class_name"] == "Resize"]
+    assert [(L["in_height"], L["in_width"], L["out_width"]) for L in rs] == [(1, 5, 15)] * 2
+    cat = next(L for L in plan.layers if L["class_name"] == "Concatenate")
+    assert (cat["op"], cat["axis"]) == ("concatenate2d", 2)    # (W, C): channels
+
+
 class _Tail(nn.Module):
     def __init__(self, tail):
         super().__init__()
@@ -290,3 +310,37 @@ def test_espcn_resize_equals_qonnx():
     rows = {r["layer"]: r for r in rep.table if r["path"] == "qonnx"}
     for name in [up.name, "<output>"] + [op.name for op in g.ops if op.kind == "quant"]:
         assert rows[name]["compared"] > 0 and rows[name]["mismatches"] == 0, rows[name]
+
+
+class Inception1d(nn.Module):
+    """Two padded Conv1d branches of one input joined by torch.cat (an Inception block, 1-D)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.a, self.b = nn.Conv1d(2, 3, 3, padding=1), nn.Conv1d(2, 2, 5, padding=2)
+        self.fc = nn.Linear(5 * 6, 2)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(torch.cat([self.a(x), self.b(x)], 1), 1))
+
+
+def test_shared_conv1d_input_padded_explicitly():
+    """A padded Conv1d whose input another layer reads gets hls4ml's ZeroPadding1D from fpq (hls4ml 1.3's
+    own io_stream pass inserts it before the wrong reader of a cloned stream)."""
+    q = fpq.convert(Inception1d(), "int8")
+    fpq.calibrate(q, [torch.randn(64, 2, 6)], progress=False)
+    plan = plan_hls(read_graph(fpq.export_qonnx(q, None, torch.zeros(1, 2, 6))))
+    by = {L["name"]: L for L in plan.layers}
+    for conv in (L for L in plan.layers if L["class_name"] == "Conv1D"):
+        pad = by[conv["inputs"][0]]
+        assert pad["class_name"] == "ZeroPadding1D" and (conv["pad_left"], conv["pad_right"]) == (0, 0)
+        assert conv["in_width"] == pad["out_width"] == 6 + pad["pad_left"] + pad["pad_right"]
+
+
+@pytest.mark.slow
+def test_inception1d_io_stream_csim(tmp_path):
+    """Was wrong at every output (two padded Conv1d on one cloned input stream); now C-sim == emulator."""
+    cell = conformance_cell(Inception1d(), (2, 6), "int8", tmp_path, io_type="io_stream", n=300)
+    assert cell.report.exact, [r for r in cell.report.table if r["mismatches"]]
+    assert "hls" in cell.report.paths

@@ -45,7 +45,7 @@ from ..formats import Binary, Fixed, exact_fixed
 from ..ir.plan import native_pool, sum_divisor, typeplan_from_graph
 from ..typeplan import fixed_union, levels_carrier, product_type, sum_type
 from . import cpp
-from .moves import build_concat, build_upsample
+from .moves import build_concat, build_upsample, pad_shared_conv1d_input
 from .types import (FloatPort, HLSPlan, HLSUnsupportedError, _carrier, _check_format, _is_channels_last,  # noqa: F401
                     _same_perm, _scale_exp, _Tensor, _ungroup, c_array, channels_last_perm, hls_shape_of,
                     input_capture_type, values_carrier)
@@ -290,6 +290,8 @@ class _Builder:
         prec = self._weighted_types(op, src, w, b)
         out_t = self.torch_shape(op)
         pads, strides, k = a["pads"], a["strides"], a["kernel"]
+        if nd == 1 and any(pads) and self.uses.get(op.inputs[0], 0) > 1:
+            src, pads = pad_shared_conv1d_input(self, op, src, pads, cin)
         layer = {"name": op.name, "inputs": [src.layer], "data_format": "channels_last", "n_chan": cin,
                  "n_filt": cout, "bias_data": b, "use_bias": True, "dilation": 1}
         if nd == 1:

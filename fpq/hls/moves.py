@@ -89,4 +89,22 @@ def build_upsample(b, op) -> None:
     b.set_out(op, _Tensor(op.name, src.fixed, out, hls_shape_of(out), channels_last_perm(out)))
 
 
-__all__ = ["build_concat", "build_upsample"]
+def pad_shared_conv1d_input(b, op, src: _Tensor, pads, cin: int):
+    """An explicit hls4ml ZeroPadding1D before a padded Conv1D whose input other layers read too
+    (parallel branches before a concat, a residual); returns (the padded tensor, zero pads).
+
+    Why: in io_stream hls4ml 1.3's InsertZeroPaddingBeforeConv1D inserts its padding layer with
+    ``insert_node`` without naming the conv (its 2-D twin does), so behind the Clone of a shared input
+    it rewires the first reader of either copy: another branch then reads this padded stream and the
+    conv the unpadded one (C-sim wrong at every output; two padded Conv1d on one input, or a Conv1d
+    and a concat). With the padding explicit, that pass finds nothing to do."""
+    w_in = int(src.torch_shape[1]) + int(pads[0]) + int(pads[1])
+    name = f"{op.name}_pad"
+    b.add_layer({"class_name": "ZeroPadding1D", "name": name, "inputs": [src.layer], "data_format": "channels_last",
+                 "pad_left": int(pads[0]), "pad_right": int(pads[1]), "in_width": int(src.torch_shape[1]),
+                 "out_width": w_in, "n_chan": cin}, {"result": src.fixed})
+    shape = (cin, w_in)
+    return _Tensor(name, src.fixed, shape, hls_shape_of(shape), channels_last_perm(shape)), (0, 0)
+
+
+__all__ = ["build_concat", "build_upsample", "pad_shared_conv1d_input"]
