@@ -76,7 +76,22 @@ class Up1d(nn.Module):
         return self.fc(torch.flatten(y, 1))
 
 
-NETS = {"unet": (UNet, (2, 8, 8)), "unet_functional": (lambda: UNet(True), (2, 8, 8)),
+class HeightCat(nn.Module):
+    """Feature maps joined along their height (dim=2, hls4ml's first axis), after an
+    nn.UpsamplingNearest2d (an nn.Upsample subclass) of a (2, 1) factor."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(4)
+        self.a, self.b = nn.Conv2d(2, 3, 3, padding=1), nn.Conv2d(2, 3, (3, 1), stride=(2, 1), padding=(1, 0))
+        self.up = nn.UpsamplingNearest2d(scale_factor=(2, 1))
+        self.c = nn.Conv2d(3, 2, 3)
+
+    def forward(self, x):
+        return self.c(torch.cat((self.a(x), self.up(self.b(x))), dim=2))
+
+
+NETS = {"unet": (UNet, (2, 8, 8)), "hcat": (HeightCat, (2, 4, 5)), "unet_functional": (lambda: UNet(True), (2, 8, 8)),
         "mlp": (CatMLP, (6,)), "up1d": (Up1d, (2, 5))}
 FORMATS = {"int8": dict(fmt="int8"), "e4m3": dict(fmt="e4m3"),
            # each branch its own format: the join holds both (the union of int8 x 2^k and fixed<6,2>)
@@ -96,7 +111,7 @@ def _converted(net, fmt):
 
 
 CASES = [(net, fmt) for net in ("unet", "mlp") for fmt in FORMATS] + \
-    [("unet_functional", "int8"), ("up1d", "int8"), ("up1d", "mixed")]
+    [("unet_functional", "int8"), ("up1d", "int8"), ("up1d", "mixed"), ("hcat", "e4m3")]
 
 
 @pytest.mark.parametrize("net,fmt", CASES)
@@ -116,6 +131,20 @@ def test_verify_exact(net, fmt):
     np.testing.assert_array_equal(np.asarray(y_t), y_np)
     with torch.no_grad():
         np.testing.assert_array_equal(q(x).double().numpy(), np.asarray(y_np, np.float64))
+
+
+def test_hls_plan_joins_heights_and_qat_trains():
+    """dim=2 of a (C, H, W) map is hls4ml's axis 1 (of H, W, C); a QAT step passes gradients through
+    the upsampling and the join to the first layers."""
+    q, shape = _converted("hcat", "int8")
+    plan = plan_hls(read_graph(fpq.export_qonnx(q, None, torch.zeros((1,) + shape))))
+    cat = next(L for L in plan.layers if L["class_name"] == "Concatenate")
+    assert (cat["op"], cat["axis"]) == ("concatenate3d", 1)
+    q, shape = _converted("unet", "e4m3")
+    q.train()
+    q(torch.randn((8,) + shape)).square().mean().backward()
+    for m in (q.enc, q.mid):
+        assert m.weight.grad is not None and m.weight.grad.abs().sum() > 0
 
 
 def test_union_type_of_different_branches():
