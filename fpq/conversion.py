@@ -5,7 +5,8 @@ per-module overrides) becomes fpq quantizers (``fpq.nn.quantizers``) inside Brev
 layers. The model is traced with torch.fx; BatchNorm is folded with Brevitas' merge_bn where it
 directly follows a Conv/Linear, else (or with ``batchnorm="keep"``) kept element-wise as an
 ``FpqBatchNorm`` (fpq.nn.batchnorm); Dropout is removed; residual adds become ``FpqAdd``
-modules; an explicit input quantizer is the first op. The original model is never mutated.
+modules; torch.cat and nearest upsampling stay as they are (values moved, no quantizer: the
+join's type is the union of its inputs'); an explicit input quantizer is the first op. The original model is never mutated.
 """
 from __future__ import annotations
 

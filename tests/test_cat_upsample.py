@@ -267,6 +267,21 @@ def test_foreign_nearest_resize_reads_when_it_repeats(ctm, nearest_mode):
     assert rep.exact and rep.verified, rep
 
 
+def test_foreign_upsample_opset9_1d():
+    """The deprecated ONNX Upsample (opset 9, scales as an input) on a 1-D map, x3."""
+    inits = [nh.from_array(np.array(v, np.float32), n) for n, v in (("s", 2.0 ** -4), ("z", 0.0), ("b", 8.0))]
+    inits.append(nh.from_array(np.array((1, 1, 3), np.float32), "scales"))
+    nodes = [helper.make_node("Quant", ["x", "s", "z", "b"], ["xq"], name="Quant_0", domain="qonnx.custom_op.general",
+                              signed=1, narrow=0, rounding_mode="ROUND"),
+             helper.make_node("Upsample", ["xq", "scales"], ["out"], name="Upsample_0", mode="nearest")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 2, 12])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 9)])
+    assert read_graph(m).ops[1].attrs["scales"] == (1, 1, 3)
+    rep = fpq.verify(m, n=20, qonnx_subset=20)
+    assert rep.exact and rep.verified and "qonnx" in rep.paths, rep
+
+
 @pytest.mark.parametrize("kw,why", [(dict(mode="linear"), "mode 'linear'"),
                                     (dict(scales=(1, 1, 1.5, 1.5)), "whole number"),
                                     (dict(scales=(2, 1, 1, 1)), "batch")])
@@ -297,10 +312,8 @@ def test_foreign_concat_of_constants_refused():
 def test_unet_csim_bit_exact(io_type, fmt, tmp_path):
     """C-sim == emulator == torch == qonnx at atol=0 on 2,000 probes (hls4ml's Concatenate / Resize)."""
     cls, shape = NETS["unet"]
-    model = cls()
-    if fmt == "mixed":   # conformance_cell's mixed formats: enc int8, mid e4m3, dec fixed<8,3>
-        pass
-    cell = conformance_cell(model, shape, fmt, tmp_path, io_type=io_type, n=2000)
+    # "mixed": conformance_cell's formats in turn, enc int8, mid e4m3, dec fixed<8,3> (the join: int8 | e4m3)
+    cell = conformance_cell(cls(), shape, fmt, tmp_path, io_type=io_type, n=2000)
     rep = cell.report
     assert rep.paths == ["emulator", "torch", "qonnx", "hls"]
     assert rep.exact, [r for r in rep.table if r["mismatches"]]
