@@ -188,6 +188,10 @@ def test_plan_cost_and_hls_layers():
     assert st[rs["name"]]["row_buffer_ff"] == 4 * 6 * plan.precisions[rs["name"]]["result"].width
     rep = estimate(tp, io_type="io_stream")
     assert not [n for n in rep.notes if "no cost model" in n]
+    # the skip (the ReLU after enc) feeds the pool and the join: hls4ml's Clone, two more FIFOs
+    skip = g.producer(next(op for op in g.ops if op.kind == "concat").inputs[1])
+    assert st[skip.name]["clone_fifos"] == 2 and "clone_fifos" not in par[skip.name]
+    assert [r["layer"] for r in rep.layers if r.get("clone_fifos")] == [skip.name]
 
 
 def test_hls_plan_vectors_and_1d_maps():

@@ -28,7 +28,8 @@ from ..typeplan import TensorType, TypePlan, levels_carrier, po2_exponents, valu
 from .costreport import CostReport
 from .devices import Device, dsp_tiles, get_device
 from .ops import OperatorCosts, csd_digits, default_costs, significant_bits, thr_steps
-from .stream import SRL_MAX_BITS, _add_stream_buffers, _bram18, _in_shape, moving_stream, per_pixel
+from .stream import (SRL_MAX_BITS, _add_stream_buffers, _bram18, _in_shape, add_clone_fifos, moving_stream, per_pixel,
+                     stream_readers)
 
 STRATEGIES = ("latency", "resource")
 IO_TYPES = ("io_parallel", "io_stream")
@@ -423,6 +424,7 @@ def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", 
                                   clock_period=float(clock_period), datapath=datapath,
                                   dsp_threshold=dsp_threshold), notes=notes)
     dp = []
+    readers = stream_readers(tp) if io_type == "io_stream" else {}
     produced, prev = {}, None    # layer -> exact Fixed of the value the HLS project holds after it
     divided = {}                 # layer -> N: it holds an average pool's window sums (fpq.ir.plan.sum_divisor)
     for lp in tp:
@@ -448,6 +450,7 @@ def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", 
             per_pixel(row, lp)
             moving_stream(row, lp)
             _add_stream_buffers(row, lp)
+            add_clone_fifos(row, lp, readers)
         srcs = lp.attrs.get("inputs")
         src = srcs[0] if srcs else prev
         in_t, out_t = lp.tensors.get("input"), lp.tensors.get("output")
@@ -495,7 +498,8 @@ def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", 
     tot["latency_ns"] = tot["latency_cycles"] * float(clock_period)
     report.total = tot
     if io_type == "io_stream":
-        notes.append(f"io_stream: each layer's output FIFO (depth = its pixels, as hls4ml sizes them) as SRL "
+        notes.append(f"io_stream: each layer's output FIFO (depth = its pixels, as hls4ml sizes them; a map read "
+                     "by n layers n more, hls4ml's Clone) as SRL "
                      f"LUTs up to {SRL_MAX_BITS} bits, else BRAM18; conv2d line buffers as SRL LUTs, the "
                      "kernel window as FFs (structural, not calibrated)")
     notes.append("LUTs from yosys synth_xilinx measurements (not Vivado); FF, BRAM mapping and latency "
