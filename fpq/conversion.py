@@ -5,7 +5,8 @@ per-module overrides) becomes fpq quantizers (``fpq.nn.quantizers``) inside Brev
 layers. The model is traced with torch.fx; BatchNorm is folded with Brevitas' merge_bn where it
 directly follows a Conv/Linear, else (or with ``batchnorm="keep"``) kept element-wise as an
 ``FpqBatchNorm`` (fpq.nn.batchnorm); Dropout is removed; residual adds become ``FpqAdd``
-modules; an explicit input quantizer is the first op. The original model is never mutated.
+modules; torch.cat and nearest upsampling stay as they are (values moved, no quantizer: the
+join's type is the union of its inputs'); an explicit input quantizer is the first op. The original model is never mutated.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .formats import Binary, Fixed, parse_format
-from .functional import functional_to_modules, unique_name
+from .functional import CAT_FUNCTIONS, check_cat, check_upsample, functional_to_modules, unique_name
 from .typeplan import narrow_accumulator
 from .nn.batchnorm import FpqBatchNorm, from_batchnorm
 from .nn.layers import (FpqAct, FpqAdd, FpqAvgPool, FpqClamp, FpqConv1d, FpqConv2d, FpqInput,
@@ -34,13 +35,15 @@ SUPPORTED = ("Linear", "Conv1d", "Conv2d",
              "residual add (x + y, torch.add)", "torch.flatten / view / reshape", "F.relu / torch.relu",
              "F.relu6 / F.hardtanh / torch.clamp (constant bounds)", "F.max_pool1d/2d", "F.avg_pool1d/2d",
              "F.adaptive_avg_pool1d/2d(x, 1)", "x.mean(spatial dims)",
+             "torch.cat / torch.concat (any non-batch dim)",
+             "nn.Upsample / F.interpolate (mode='nearest', integer scale_factor)",
              "Sigmoid, Tanh, SiLU, Hardswish, Hardsigmoid, GELU (erf / tanh), ELU, Softplus, LeakyReLU, PReLU "
              "(exact tables over an input of at most 16 bits) and their functional forms",
              "Softmax(dim=-1) / F.softmax / torch.softmax / x.softmax(-1), LayerNorm over the last axis "
              "(exact fixed-point pipelines)")
-_KEEP_MODULES = (nn.ReLU, nn.MaxPool1d, nn.MaxPool2d, nn.Flatten)
+_KEEP_MODULES = (nn.ReLU, nn.MaxPool1d, nn.MaxPool2d, nn.Flatten, nn.Upsample)
 _DROP_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)
-_KEEP_FUNCTIONS = (F.relu, torch.relu, torch.flatten)
+_KEEP_FUNCTIONS = (F.relu, torch.relu, torch.flatten) + CAT_FUNCTIONS
 _KEEP_METHODS = ("view", "reshape", "flatten", "relu", "size", "contiguous")
 _ADD_FUNCTIONS = (operator.add, torch.add, operator.iadd)
 _DROPOUT_FUNCTIONS = (F.dropout,)
@@ -492,6 +495,8 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
                 _block_only_linear(path, type(m).__name__, f)
                 policy.layers[path] = dict(f, batchnorm="element-wise")
                 _set_module(gm, path, from_batchnorm(m, f["weights"], f["bias"], f["activations"], scale))
+            elif isinstance(m, nn.Upsample):
+                check_upsample(path, m)   # nearest, integer factors: values repeated, no arithmetic
             elif not isinstance(m, _KEEP_MODULES):
                 raise _unsupported(path, type(m).__name__)
         elif node.op == "call_function":
@@ -509,6 +514,8 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
                 node.replace_all_uses_with(new)
                 gm.graph.erase_node(node)
                 names_seen.add(node.name)
+            elif node.target in CAT_FUNCTIONS:
+                check_cat(node, modules)   # along a constant non-batch axis: values moved, not computed
             elif node.target is getattr or node.target is operator.getitem:
                 continue
             elif node.target not in _KEEP_FUNCTIONS:

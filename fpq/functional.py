@@ -5,12 +5,15 @@
 ``F.adaptive_avg_pool1d/2d(x, 1)``, a spatial mean ``x.mean(dims)`` / ``torch.mean(x, dims)``
 and the table activations (``torch.sigmoid`` / ``x.sigmoid()`` / ``F.sigmoid``, ``torch.tanh`` /
 ``x.tanh()``, ``F.silu``, ``F.gelu`` (both forms), ``F.hardswish``, ``F.hardsigmoid``, ``F.elu``,
-``F.softplus``, ``F.leaky_relu``, with constant arguments) become the nn modules of the same computation (nn.Hardtanh, nn.MaxPool2d, nn.AvgPool2d,
-nn.AdaptiveAvgPool2d(1) followed by torch.flatten(·, 1) for a mean without keepdim), each call
+``F.softplus``, ``F.leaky_relu``, with constant arguments) and nearest-neighbour upsampling by integer
+factors (``F.interpolate(x, scale_factor=k, mode="nearest")``, ``F.upsample``, ``F.upsample_nearest``)
+become the nn modules of the same computation (nn.Hardtanh, nn.MaxPool2d, nn.AvgPool2d,
+nn.AdaptiveAvgPool2d(1), nn.Upsample followed by torch.flatten(·, 1) for a mean without keepdim), each call
 its own module named after its fx node, so that the rest of ``fpq.convert`` (quantizers,
 overrides by name, export, HLS) treats both forms alike. A call fpq cannot map (a tensor bound, a
 mean over other axes, one whose input rank is unknown) is refused here, naming the call and
-what to write instead.
+what to write instead. ``check_cat`` and ``check_upsample`` state what fpq.convert keeps of
+``torch.cat`` / ``torch.concat`` (a join along a constant non-batch axis) and of ``nn.Upsample``.
 """
 from __future__ import annotations
 
@@ -45,13 +48,20 @@ _TABLES = {
 _TABLE_METHODS = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
 _PRELU_CALLS = (torch.prelu, F.prelu)
 _SOFTMAX_CALLS = (F.softmax, torch.softmax)   # and x.softmax(dim): nn.Softmax(dim), fpq.nn.normalization
+_INTERPOLATES = (F.interpolate, F.upsample, F.upsample_nearest)
+CAT_FUNCTIONS = (torch.cat, torch.concat, torch.concatenate)
+_UPSAMPLE_OK = ("only nearest-neighbour upsampling by integer factors is supported (values are repeated, no "
+                "arithmetic): nn.Upsample(scale_factor=2, mode='nearest') or F.interpolate(x, scale_factor=2, "
+                "mode='nearest'), on a 1-D or 2-D feature map")
 
 # modules and calls through which the number of spatial axes of a feature map stays the same
 _SPATIAL = {nn.Conv1d: 1, nn.MaxPool1d: 1, nn.AvgPool1d: 1, nn.AdaptiveAvgPool1d: 1,
             nn.Conv2d: 2, nn.MaxPool2d: 2, nn.AvgPool2d: 2, nn.AdaptiveAvgPool2d: 2, nn.BatchNorm2d: 2}
 _SAME_RANK_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.BatchNorm1d, nn.Identity, nn.Dropout, nn.Sigmoid, nn.Tanh,
-                      nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.GELU, nn.ELU, nn.Softplus, nn.LeakyReLU, nn.PReLU)
-_SAME_RANK_CALLS = (F.relu, torch.relu, operator.add, torch.add, operator.iadd) + _CLAMPS + tuple(_TABLES)
+                      nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.GELU, nn.ELU, nn.Softplus, nn.LeakyReLU, nn.PReLU,
+                      nn.Upsample)
+_SAME_RANK_CALLS = (F.relu, torch.relu, operator.add, torch.add, operator.iadd) + _CLAMPS + tuple(_TABLES) + \
+    CAT_FUNCTIONS
 
 
 def unique_name(gm: nn.Module, base: str) -> str:
@@ -149,7 +159,7 @@ def _spatial_axes(node, modules) -> int | None:
     Conv / pool / BatchNorm2d; None when nothing tells."""
     while isinstance(node, fx.Node):
         if node.op == "call_module":
-            m = modules[node.target]
+            m = modules.get(node.target)   # None: a module added after ``modules`` was read (an FpqAdd)
             for cls, nd in _SPATIAL.items():
                 if type(m) is cls:
                     return nd
@@ -158,7 +168,10 @@ def _spatial_axes(node, modules) -> int | None:
         elif not ((node.op == "call_function" and node.target in _SAME_RANK_CALLS) or
                   (node.op == "call_method" and node.target in ("relu",) + _CLAMP_METHODS + tuple(_TABLE_METHODS))):
             return None
-        node = next((a for a in node.args if isinstance(a, fx.Node)), None)
+        if node.op == "call_function" and node.target in CAT_FUNCTIONS:
+            node = next(iter(node.args[0]), None) if node.args and isinstance(node.args[0], (list, tuple)) else None
+        else:
+            node = next((a for a in node.args if isinstance(a, fx.Node)), None)
     return None
 
 
@@ -181,6 +194,79 @@ def _mean_module(node: fx.Node, modules):
     return pool, not keep
 
 
+def _int_factors(scale) -> tuple | None:
+    """The integer factors of a scale_factor (a number or a tuple of them), None when any is not one."""
+    scale = tuple(scale) if isinstance(scale, (tuple, list)) else (scale,)
+    if not scale or any(isinstance(f, (bool, fx.Node)) or not isinstance(f, (int, float)) for f in scale):
+        return None
+    if any(float(f) != int(f) or int(f) < 1 for f in scale):
+        return None
+    return tuple(int(f) for f in scale)
+
+
+def check_upsample(where: str, m: nn.Upsample) -> None:
+    """Refuse an nn.Upsample fpq cannot keep exact (naming ``where`` and what is allowed)."""
+    what = f"fpq.convert: upsampling {where!r} (mode={m.mode!r}, scale_factor={m.scale_factor!r}, size={m.size!r})"
+    if m.mode != "nearest":
+        raise ValueError(f"{what} is not supported: mode {m.mode!r} interpolates (new values, rounded); {_UPSAMPLE_OK}")
+    if m.size is not None or m.scale_factor is None or _int_factors(m.scale_factor) is None:
+        raise ValueError(f"{what} is not supported: the factor must be given as scale_factor, a whole number >= 1 "
+                         f"(or one per spatial axis); {_UPSAMPLE_OK}")
+    if getattr(m, "recompute_scale_factor", None):
+        raise ValueError(f"{what} is not supported with recompute_scale_factor=True; {_UPSAMPLE_OK}")
+
+
+def _interpolate_module(node: fx.Node) -> nn.Module:
+    if node.target is F.upsample_nearest:
+        kw = {"size": _arg(node, 1, "size", None), "scale_factor": _arg(node, 2, "scale_factor", None),
+              "mode": "nearest"}
+    else:
+        kw = {n: _arg(node, i + 1, n, d) for i, (n, d) in enumerate(
+            (("size", None), ("scale_factor", None), ("mode", "nearest"), ("align_corners", None),
+             ("recompute_scale_factor", None)))}
+    if node.kwargs.get("antialias"):
+        kw["mode"] = f"{kw['mode']} (antialias)"
+    if any(isinstance(v, fx.Node) for v in kw.values()):
+        raise _refuse(node, f"{node.target.__name__} with a computed argument", _UPSAMPLE_OK)
+    m = nn.Upsample(kw["size"], kw["scale_factor"], "nearest", None, kw["recompute_scale_factor"])
+    m.mode = kw["mode"]   # checked, not trusted: check_upsample names a bad mode
+    check_upsample(node.name, m)
+    return m
+
+
+def check_cat(node: fx.Node, modules) -> None:
+    """Refuse a torch.cat / torch.concat fpq cannot keep: its tensors must be a list of graph
+    tensors and its dim a constant that is not the batch axis (0, or -rank where the rank is known)."""
+    tensors, dim = _arg(node, 0, "tensors", None), _arg(node, 1, "dim", _arg(node, 1, "axis", 0))
+    name = getattr(node.target, "__name__", str(node.target))
+    ok = (f"fpq keeps torch.{name}(tensors, dim) of two or more quantized tensors along a constant axis other "
+          "than the batch (dim=1 joins channels / features)")
+    if not isinstance(tensors, (list, tuple)) or not tensors or not all(isinstance(t, fx.Node) for t in tensors):
+        raise _refuse(node, f"torch.{name} of {tensors!r}", ok + "; every joined tensor must be computed by the "
+                                                               "network (no constants)")
+    if isinstance(dim, fx.Node) or isinstance(dim, bool) or not isinstance(dim, int):
+        raise _refuse(node, f"torch.{name} along a computed axis {getattr(dim, 'name', dim)!r}", ok)
+    nd = _spatial_axes(tensors[0], modules)
+    rank = None if nd is None else nd + 2
+    if rank is None and _feature_vector(tensors[0], modules):
+        rank = 2
+    if dim == 0 or (rank is not None and dim == -rank):
+        raise _refuse(node, f"torch.{name}(..., dim={dim}) along the batch axis", ok)
+
+
+def _feature_vector(node, modules) -> bool:
+    """Whether ``node`` is a Linear's output (through rank-keeping ops): a (batch, features) tensor."""
+    while isinstance(node, fx.Node):
+        if node.op == "call_module" and isinstance(modules.get(node.target), nn.Linear):
+            return True
+        if not ((node.op == "call_module" and isinstance(modules.get(node.target), _SAME_RANK_MODULES)) or
+                (node.op == "call_function" and node.target in _SAME_RANK_CALLS)):
+            return False
+        node = next(iter(node.args[0]), None) if node.target in CAT_FUNCTIONS else \
+            next((a for a in node.args if isinstance(a, fx.Node)), None)
+    return False
+
+
 def functional_to_modules(gm: fx.GraphModule) -> None:
     """Rewrite the functional forms listed in the module docstring into modules, in place."""
     modules = dict(gm.named_modules())
@@ -199,6 +285,8 @@ def functional_to_modules(gm: fx.GraphModule) -> None:
                                                                  "parameter of the layer, quantized into its table)")
         elif node.op == "call_function" and node.target in _POOLS:
             _replace(gm, node, _pool_module(node))
+        elif node.op == "call_function" and node.target in _INTERPOLATES:
+            _replace(gm, node, _interpolate_module(node))
         elif node.op == "call_function" and node.target in _MEANS or \
                 node.op == "call_method" and node.target == "mean":
             pool, flatten = _mean_module(node, modules)

@@ -393,9 +393,11 @@ from qonnx.transformation.base import Transformation  # noqa: E402
 
 # Floor: the wrap of accumulator_bits; Clip: its float32 bounds are exact in float64 too, and its
 # input and bounds must share one type
-_DOUBLE_OPS = ("MatMul", "Gemm", "Add", "Sub", "Mul", "Div", "ReduceSum", "Floor", "Clip")
+_DOUBLE_OPS = ("MatMul", "Gemm", "Add", "Sub", "Mul", "Div", "ReduceSum", "Floor", "Clip",
+               "Concat")   # a Concat of float32 and float64 tensors: all in float64, exactly
 # value-preserving ops: exact in float32 and float64 alike
-_PASS_OPS = ("Relu", "MaxPool", "Flatten", "Reshape", "Transpose", "Identity", "Squeeze", "Unsqueeze")
+_PASS_OPS = ("Relu", "MaxPool", "Flatten", "Reshape", "Transpose", "Identity", "Squeeze", "Unsqueeze",
+             "Resize", "Upsample")   # nearest (the reader accepts no other): values repeated
 
 
 def _is_custom(node):
@@ -452,7 +454,8 @@ class ComputeInDouble(Transformation):
                 raise ValueError(f"ComputeInDouble: node {node.name!r} ({node.op_type}) has no exact float64 "
                                  f"form in ONNX Runtime; supported: {', '.join(_DOUBLE_OPS + _PASS_OPS)}, Conv "
                                  "and GlobalAveragePool (lowered)")
-            if node.op_type in _PASS_OPS:  # exact in any float type: keep the input's
+            if node.op_type in _PASS_OPS or (node.op_type == "Concat" and len(
+                    {dtype.get(t, TensorProto.FLOAT) for t in node.input}) == 1):  # exact in any float type: keep the input's
                 for o in node.output:
                     dtype[o] = dtype.get(node.input[0], TensorProto.FLOAT)
                 new_nodes.append(node)

@@ -49,7 +49,8 @@ SHARED = {
     "zoo_kwsmlp_w3a3.onnx": ["'BatchNormalization_12'", "'BatchNormalization_38'", "float BatchNormalization"],
     "ex_three_layer_keras.onnx": ["float model", "no Quant", "'Softmax'", "strip the final Softmax"],
     "ex_conv2d_small_keras.onnx": ["float model", "'Softmax'", "strip the final Softmax"],
-    "qd_espcn_nnresize_quant.onnx": ["'BatchNormalization_11'", "'Resize_42'", "Resize"],
+    "qd_espcn_nnresize_quant.onnx": ["'BatchNormalization_11'", "'BatchNormalization_35'", "float BatchNormalization",
+                                     "fold it"],
 }
 
 

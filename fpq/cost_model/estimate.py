@@ -23,12 +23,13 @@ import math
 import numpy as np
 
 from ..formats import Binary, Fixed, Int, Minifloat, exact_fixed
-from ..ir import FREE_KINDS, MAC_KINDS
+from ..ir import FREE_KINDS, MAC_KINDS, MOVING_KINDS
 from ..typeplan import TensorType, TypePlan, levels_carrier, po2_exponents, values_carrier
 from .costreport import CostReport
 from .devices import Device, dsp_tiles, get_device
 from .ops import OperatorCosts, csd_digits, default_costs, significant_bits, thr_steps
-from .stream import SRL_MAX_BITS, _add_stream_buffers, _bram18, _in_shape, per_pixel
+from .stream import (SRL_MAX_BITS, _add_stream_buffers, _bram18, _in_shape, add_clone_fifos, moving_stream, per_pixel,
+                     stream_readers)
 
 STRATEGIES = ("latency", "resource")
 IO_TYPES = ("io_parallel", "io_stream")
@@ -330,8 +331,10 @@ def _other_layer(lp, ops: OperatorCosts, notes: list) -> dict:
     row = dict(layer=lp.name, op=lp.op, lut=0.0, ff=0.0, dsp=0, bram18=0, uram=0, latency_cycles=0, ii=1,
                bops=0.0, ebops=0.0)
     op = lp.op.lower()
-    if op in FREE_KINDS or op == "input_quant":
-        return row   # wiring; the input quantizer IS the input type of the HLS design
+    if op in FREE_KINDS or op == "input_quant" or op in MOVING_KINDS:
+        # wiring (io_parallel: a concat / nearest upsample fans wires out, no logic; io_stream adds
+        # their FIFOs and row buffer: stream.moving_stream); the input quantizer IS the input type
+        return row
     if n is None:
         notes.append(f"{lp.name} ({lp.op}): output shape unknown; not priced")
         return row
@@ -421,6 +424,7 @@ def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", 
                                   clock_period=float(clock_period), datapath=datapath,
                                   dsp_threshold=dsp_threshold), notes=notes)
     dp = []
+    readers = stream_readers(tp) if io_type == "io_stream" else {}
     produced, prev = {}, None    # layer -> exact Fixed of the value the HLS project holds after it
     divided = {}                 # layer -> N: it holds an average pool's window sums (fpq.ir.plan.sum_divisor)
     for lp in tp:
@@ -444,7 +448,9 @@ def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", 
         acc = row.pop("acc_type", None)
         if io_type == "io_stream":
             per_pixel(row, lp)
+            moving_stream(row, lp)
             _add_stream_buffers(row, lp)
+            add_clone_fifos(row, lp, readers)
         srcs = lp.attrs.get("inputs")
         src = srcs[0] if srcs else prev
         in_t, out_t = lp.tensors.get("input"), lp.tensors.get("output")
@@ -492,7 +498,8 @@ def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", 
     tot["latency_ns"] = tot["latency_cycles"] * float(clock_period)
     report.total = tot
     if io_type == "io_stream":
-        notes.append(f"io_stream: each layer's output FIFO (depth = its pixels, as hls4ml sizes them) as SRL "
+        notes.append(f"io_stream: each layer's output FIFO (depth = its pixels, as hls4ml sizes them; a map read "
+                     "by n layers n more, hls4ml's Clone) as SRL "
                      f"LUTs up to {SRL_MAX_BITS} bits, else BRAM18; conv2d line buffers as SRL LUTs, the "
                      "kernel window as FFs (structural, not calibrated)")
     notes.append("LUTs from yosys synth_xilinx measurements (not Vivado); FF, BRAM mapping and latency "

@@ -39,18 +39,49 @@ def _bits_of(t) -> int | None:
     return None
 
 
+def _fifo(shape, bits) -> tuple:
+    """(LUTs, BRAM18) of one hls::stream FIFO of a feature map of ``shape`` (depth: its pixels)."""
+    if shape is None or len(shape) <= 2 or not bits:
+        return 0, 0
+    width, depth = int(shape[1]) * bits, int(np.prod(shape[2:]))
+    if depth <= 1:
+        return 0, 0
+    if width * depth <= SRL_MAX_BITS:
+        return width * math.ceil(depth / 32), 0
+    return 0, _bram18(width, depth)
+
+
+def stream_readers(tp) -> dict:
+    """{layer: how many layers read its output}; a requantizer fused into a layer counts as it."""
+    out = {}
+    for lp in tp:
+        if lp.attrs.get("fused_into"):
+            continue   # computed by the layer it reads: no stream between them
+        for src in lp.attrs.get("inputs") or []:
+            owner = tp[src].attrs.get("fused_into") or src if src in tp.layers else src
+            out[owner] = out.get(owner, 0) + 1
+    return out
+
+
+def add_clone_fifos(row: dict, lp, readers: dict) -> None:
+    """hls4ml's io_stream Clone of a feature map read by n > 1 layers (a U-Net's skip, a residual,
+    parallel branches before a concat): n more FIFOs of it, one per copy (``clone_fifos``)."""
+    n = readers.get(lp.name, 0)
+    if n < 2:
+        return
+    bits = _bits_of(lp.tensors.get("output")) or row.get("acc_bits") or _bits_of(lp.tensors.get("input"))
+    lut, bram = _fifo(lp.attrs.get("out_shape"), bits)
+    row["lut"] += n * lut
+    row["bram18"] += n * bram
+    row["clone_fifos"] = n
+
+
 def _add_stream_buffers(row: dict, lp) -> None:
     """Add the layer's output FIFO and (conv2d) its line buffer to ``row`` (io_stream)."""
     shape = lp.attrs.get("out_shape")
     bits = _bits_of(lp.tensors.get("output")) or row.get("acc_bits") or _bits_of(lp.tensors.get("input"))
-    fifo_lut = fifo_bram = line_lut = window_ff = 0
-    if shape is not None and len(shape) > 2 and bits:
-        width, depth = int(shape[1]) * bits, int(np.prod(shape[2:]))
-        if depth > 1:
-            if width * depth <= SRL_MAX_BITS:
-                fifo_lut = width * math.ceil(depth / 32)
-            else:
-                fifo_bram = _bram18(width, depth)
+    line_lut = window_ff = 0
+    fifo_lut, fifo_bram = _fifo(shape, bits)
     ins = _in_shape(lp)
     kernel = lp.attrs.get("kernel")
     in_bits = _bits_of(lp.tensors.get("input"))
@@ -88,3 +119,24 @@ def per_pixel(row: dict, lp) -> None:
     row["ff"] = row["ff"] / pixels
     row["ii"] = max(int(row.get("ii", 1)), pixels)
     row["latency_cycles"] = int(row.get("latency_cycles", 0)) + pixels - 1
+
+
+def moving_stream(row: dict, lp) -> None:
+    """io_stream cost of a concat / nearest upsample (values moved, no logic): hls4ml writes one
+    output pixel per cycle (II and latency = the output's pixels), and ``nnet::resize_nearest``
+    keeps one input row (width x channels values) in registers to repeat it (``row_buffer_ff``).
+    Their output FIFO is added by ``_add_stream_buffers`` like every layer's."""
+    if lp.op not in ("concat", "upsample"):
+        return
+    shape = lp.attrs.get("out_shape")
+    if shape is None or len(shape) <= 2:
+        return    # vectors: one word, written once
+    pixels = int(np.prod(shape[2:]))
+    row["ii"] = max(int(row.get("ii", 1)), pixels)
+    row["latency_cycles"] = int(row.get("latency_cycles", 0)) + pixels
+    ins = _in_shape(lp)
+    bits = _bits_of(lp.tensors.get("input"))
+    if lp.op == "upsample" and ins is not None and len(ins) > 2 and bits:
+        buf = int(ins[-1]) * int(ins[1]) * bits
+        row["ff"] += buf
+        row["row_buffer_ff"] = buf

@@ -204,6 +204,13 @@ class TorchProgram:
             dims = tuple(range(2, x.dim()))
             n = int(np.prod([x.shape[d] for d in dims]))
             return x.to(torch.float64).sum(dim=dims, keepdim=True) / n
+        if k == "concat":   # values moved: mixed float32 / float64 inputs meet in float64, exactly
+            dt = torch.float64 if len({t.dtype for t in xs}) > 1 else x.dtype
+            return torch.cat([t.to(dt) for t in xs], dim=op.attrs["axis"])
+        if k == "upsample":
+            for ax, s in enumerate(op.attrs["scales"]):
+                x = x.repeat_interleave(s, dim=ax) if s != 1 else x
+            return x
         if k == "flatten":
             ax = op.attrs["axis"]
             return x.reshape(int(np.prod(x.shape[:ax])), -1)

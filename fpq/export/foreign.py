@@ -42,8 +42,6 @@ def _advice(node, is_output: bool) -> str:
                 "the Conv / MatMul before it before quantizing (Brevitas merge_bn, qonnx BatchNormToAffine then "
                 "quantize), or export it quantized (Mul by a quantized per-channel constant, then Add: fpq's "
                 "element-wise BatchNorm)")
-    if t in ("Resize", "Upsample"):
-        return f"{t}: nearest-neighbour upsampling is not yet read by fpq"
     if t in SHAPE_OPS:
         return ("a run-time shape computation (Shape / Gather / Concat ...); fold it into constants first (qonnx: "
                 "model.transform(InferShapes()).transform(FoldConstants()), or qonnx.util.cleanup)")

@@ -18,6 +18,7 @@ cost model) sees one op per hardware layer:
 * ``ReduceSum(spatial axes) -> Div(count)`` is one ``global_avgpool``; ``Unsqueeze`` / ``Squeeze``
   become ``reshape``; ``Identity`` / ``Dropout`` and float ``Cast`` (fpq layers widen to float64)
   are dropped (values unchanged);
+* ``Concat`` and nearest ``Resize`` / ``Upsample`` become ``concat`` / ``upsample`` (``fpq.export.moves``);
 * outputs that are constants (Brevitas' QuantTensor metadata: scale, bit width) are ignored.
 
 Op kinds and their attributes, Quantizer and shape conventions: ``fpq.ir``. Where fpq's semantics
@@ -37,6 +38,7 @@ from ..formats import Fixed, Int
 from ..ir import MAC_KINDS, TYPE_PRESERVING, Graph, Op, Quantizer, UnsupportedGraphError
 from ..ir.plan import typeplan_from_graph
 from ..typeplan import LayerPlan, TensorType, fixed_union, sum_type, values_carrier
+from .moves import concat_op, upsample_op
 from .qonnx_codec import (QONNX_DOMAINS, QUANT_OPS, _attrs, _flat_scale, half_step_partner, is_half_step, load_model, quantizer_of)
 
 # ops that only move or relabel constant data: evaluated when they sit on a weight / bias path
@@ -48,7 +50,8 @@ SIMPLE_KINDS = {"Relu": "relu", "MaxPool": "maxpool", "AveragePool": "avgpool",
 SUPPORTED_OPS = ("Quant", "FloatQuant", "BipolarQuant", "Trunc", "MatMul", "Gemm", "Conv", "Add", "Sub",
                  "Mul", "Div", "Relu", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten",
                  "Reshape", "Transpose", "Identity", "Dropout", "Constant", "Cast", "Unsqueeze", "Squeeze",
-                 "ReduceSum", "Clip", "FpqTable", "LeakyRelu", "FpqSoftmax", "FpqLayerNorm")
+                 "ReduceSum", "Clip", "FpqTable", "LeakyRelu", "FpqSoftmax", "FpqLayerNorm", "Concat", "Resize",
+                 "Upsample")
 
 
 def _c_name(text: str) -> str:
@@ -366,6 +369,10 @@ def read_graph(model) -> Graph:
             op = _leaky_relu(r, node, a, x, mod, tt(x))
         elif op_type in ("FpqSoftmax", "FpqLayerNorm"):
             op = _pipeline(r, node, x, mod, tt(x))
+        elif op_type == "Concat":   # values moved, no arithmetic (fpq.export.moves)
+            op = concat_op(r, node, a, ins, _op_name("concat", mod), [tt(i) for i in ins])
+        elif op_type in ("Resize", "Upsample"):
+            op = upsample_op(r, node, a, x, _op_name("upsample", mod))
         elif op_type in SIMPLE_KINDS:
             kind = SIMPLE_KINDS[op_type]
             op = Op(r.unique(_op_name(kind, mod)), kind, [x], [node.output[0]], onnx_nodes=[node.name])

@@ -32,6 +32,7 @@ Exactness, layer by layer:
 * softmax / layernorm (last axis): ``FpqRowNorm`` (fpq.hls.normalization), the integer recipe of
   fpq.numerics.normalization in ap_int arithmetic; result its exact output or the fused cast.
 * add: the exact sum type of both inputs.
+* concat / upsample: hls4ml's Concatenate (the exact union type) and nearest Resize (fpq.hls.moves).
 * batchnorm (element-wise): hls4ml's BatchNormalization, scale / bias in their exact carriers,
   the result the exact x * s + t (or the cast of the quantizer that follows).
 * a quantizer that no cast expresses: ``FpqQuantize`` (hls/fpq_minifloat.h).
@@ -46,6 +47,7 @@ from ..formats import Binary, Fixed, exact_fixed
 from ..ir.plan import native_pool, sum_divisor, typeplan_from_graph
 from ..typeplan import fixed_union, levels_carrier, product_type, sum_type
 from . import cpp
+from .moves import build_concat, build_upsample, pad_shared_conv1d_input
 from .types import (FloatPort, HLSPlan, HLSUnsupportedError, _carrier, _check_format, _is_channels_last,  # noqa: F401
                     _same_perm, _scale_exp, _Tensor, _ungroup, c_array, channels_last_perm, hls_shape_of,
                     input_capture_type, values_carrier)
@@ -290,6 +292,8 @@ class _Builder:
         prec = self._weighted_types(op, src, w, b)
         out_t = self.torch_shape(op)
         pads, strides, k = a["pads"], a["strides"], a["kernel"]
+        if nd == 1 and any(pads) and self.uses.get(op.inputs[0], 0) > 1:
+            src, pads = pad_shared_conv1d_input(self, op, src, pads, cin)
         layer = {"name": op.name, "inputs": [src.layer], "data_format": "channels_last", "n_chan": cin,
                  "n_filt": cout, "bias_data": b, "use_bias": True, "dilation": 1}
         if nd == 1:
@@ -526,6 +530,12 @@ class _Builder:
         self.add_layer({"class_name": "Merge", "op": "add", "name": op.name, "inputs": [a.layer, b.layer]},
                        {"result": out})
         self.set_out(op, _Tensor(op.name, out, a.torch_shape, a.hls_shape, a.perm))
+
+    def op_concat(self, op):
+        build_concat(self, op)
+
+    def op_upsample(self, op):
+        build_upsample(self, op)
 
     def _flatten_to(self, op, n: int):
         src = self.src(op)

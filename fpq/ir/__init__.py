@@ -37,6 +37,11 @@ Op kinds (``Op.kind``) and their attributes:
 ``maxpool``         kernel, strides, pads, dilations, ceil_mode
 ``avgpool``         kernel, strides, pads, ceil_mode, count_include_pad
 ``global_avgpool``  mean over the spatial axes, keepdims
+``concat``          the inputs (two or more, all dynamic) joined along ``axis`` (>= 1: never the batch);
+                    no arithmetic: its type is the inputs' common one, or the exact Fixed union of
+                    theirs (``fpq.typeplan.fixed_union`` of their value carriers)
+``upsample``        nearest-neighbour upsampling by integer ``scales`` (one per axis, 1 on batch and
+                    channels: each value repeated); its output keeps the input's type
 ``flatten``         axis
 ``reshape``         shape (ONNX semantics, 0 copies, -1 infers)
 ``transpose``       perm
@@ -72,7 +77,9 @@ class OpKind:
     derives their product and accumulator, and a cast requantizer after them is their output.
     ``type_preserving``: the output values are a subset of the input's (its type passes through).
     ``free``: wiring only, no circuit (the cost model prices nothing). ``computes``: forms a new,
-    unquantized value (a sum, product or mean) that a quantizer after it rounds.
+    unquantized value (a sum, product or mean) that a quantizer after it rounds. ``moves``: every
+    output value is one of its inputs' values, moved without arithmetic (concat; its type is the
+    union of its inputs', so it is not type-preserving, but it keeps a rounded-to-odd sum's meaning).
     """
 
     name: str
@@ -81,6 +88,7 @@ class OpKind:
     type_preserving: bool = False
     free: bool = False
     computes: bool = False
+    moves: bool = False
 
 
 OPS = {k.name: k for k in (
@@ -94,6 +102,7 @@ OPS = {k.name: k for k in (
     OpKind("layernorm", computes=True), OpKind("add", computes=True), OpKind("mul", computes=True),
     OpKind("div", computes=True), OpKind("add_const", computes=True), OpKind("maxpool", type_preserving=True), OpKind("avgpool", computes=True),
     OpKind("global_avgpool", computes=True),
+    OpKind("concat", moves=True), OpKind("upsample", type_preserving=True, moves=True),
     OpKind("flatten", type_preserving=True, free=True), OpKind("reshape", type_preserving=True, free=True),
     OpKind("transpose", type_preserving=True, free=True), OpKind("output", type_preserving=True, free=True),
 )}
@@ -106,7 +115,8 @@ COMPUTING_KINDS = tuple(k for k, o in OPS.items() if o.computes)
 CONV_KINDS = ("conv1d", "conv2d")
 # kinds a quantizer sees through: monotone (ReLU, max pool) or value-preserving (reshapes), so a
 # sum rounded to odd keeps its meaning behind them
-ORDER_KEEPING = tuple(k for k in TYPE_PRESERVING if k != "output")
+ORDER_KEEPING = tuple(k for k, o in OPS.items() if (o.type_preserving or o.moves) and k != "output")
+MOVING_KINDS = tuple(k for k, o in OPS.items() if o.moves)           # concat, upsample
 POOL_KINDS = ("maxpool", "avgpool", "global_avgpool")
 
 class UnsupportedGraphError(ValueError):
@@ -237,4 +247,5 @@ class Graph:
 
 
 __all__ = ["Graph", "Op", "Quantizer", "OpKind", "OPS", "KINDS", "MAC_KINDS", "WEIGHTED_KINDS", "TYPE_PRESERVING",
-           "FREE_KINDS", "POOL_KINDS", "COMPUTING_KINDS", "CONV_KINDS", "ORDER_KEEPING", "UnsupportedGraphError"]
+           "FREE_KINDS", "POOL_KINDS", "COMPUTING_KINDS", "CONV_KINDS", "ORDER_KEEPING", "MOVING_KINDS",
+           "UnsupportedGraphError"]

@@ -404,7 +404,7 @@ def exportable_weights(model: nn.Module):
 
 
 # Ops between a quantizer and a weight layer that output a subset of their input values.
-_VALUE_PRESERVING = (nn.ReLU, nn.MaxPool1d, nn.MaxPool2d, nn.Flatten, nn.Dropout, nn.Identity)
+_VALUE_PRESERVING = (nn.ReLU, nn.MaxPool1d, nn.MaxPool2d, nn.Flatten, nn.Dropout, nn.Identity, nn.Upsample)
 _VALUE_PRESERVING_FUNCTIONS = {torch.flatten, torch.relu, F.relu, F.max_pool1d, F.max_pool2d, torch.reshape}
 _VALUE_PRESERVING_METHODS = {"flatten", "view", "reshape", "relu"}
 
