@@ -393,20 +393,12 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
     biases stay float; overrides {name or glob: format or None (keep float)}. Only those options
     apply.
     """
-    if scope == "modules":
-        given = {k: v for k, v in (("activations", activations), ("bias", bias), ("inputs", inputs),
-                                   ("omega", omega), ("accumulator_bits", accumulator_bits)) if v is not None}
-        if hadamard:
-            given["hadamard"] = hadamard
-        given.update({k: v for k, v, d in (("method", method, "ste"), ("batchnorm", batchnorm, "fold")) if v != d})
-        if given:
-            raise ValueError(f"fpq.convert(scope='modules') quantizes weights only: {sorted(given)} do not apply; "
-                             "allowed: weights (or fmt), granularity, group_size, scale, overrides")
-        from .nn.weight_only import convert_modules
-        return convert_modules(model, weights if weights is not None else fmt,
-                               granularity="group" if granularity is None else granularity,
-                               group_size=128 if group_size is None else group_size,
-                               scale="float" if scale is None else scale, overrides=overrides)
+    if scope == "modules":   # weight-only, no tracing: fpq.nn.weight_only
+        from .nn.weight_only import convert_scope_modules
+        return convert_scope_modules(model, fmt, weights, scale, granularity, group_size, overrides, dict(
+            activations=activations, bias=bias, inputs=inputs, omega=omega, accumulator_bits=accumulator_bits,
+            method=None if method == "ste" else method, batchnorm=None if batchnorm == "fold" else batchnorm,
+            hadamard=hadamard or None))
     if scope != "graph":
         raise ValueError(f"unknown scope {scope!r}; allowed: 'graph' (trace the model, quantize everything), "
                          "'modules' (weight-only, any module tree)")

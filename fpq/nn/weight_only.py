@@ -348,3 +348,16 @@ def convert_modules(model: nn.Module, weights, *, granularity: str = "group", gr
 
 __all__ = ["convert_modules", "WeightOnlyPolicy", "WeightQuant", "WeightOnlyLayer", "emulate_layer", "exact_forward", "layer_mode",
            "weight_only_layers", "effective_bits", "GRANULARITIES", "SCALE_KINDS"]
+
+
+def convert_scope_modules(model, fmt, weights, scale, granularity, group_size, overrides, unused: dict):
+    """``fpq.convert(model, ..., scope="modules")``: refuse the options that do not apply (``unused``:
+    name -> value, None when not given), then ``convert_modules`` with this scope's defaults."""
+    given = sorted(k for k, v in unused.items() if v is not None)
+    if given:
+        raise ValueError(f"fpq.convert(scope='modules') quantizes weights only: {given} do not apply; "
+                         "allowed: weights (or fmt), granularity, group_size, scale, overrides")
+    return convert_modules(model, weights if weights is not None else fmt,
+                           granularity="group" if granularity is None else granularity,
+                           group_size=128 if group_size is None else group_size,
+                           scale="float" if scale is None else scale, overrides=overrides)
