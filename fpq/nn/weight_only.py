@@ -39,6 +39,7 @@ from torch import nn
 from ..formats import Int, Minifloat, finfo, parse_format
 from ..numerics.torch_ops import ste_apply_scaled
 from ..numerics.wide import exact_bilinear
+from .quantizers import _RoundSTE
 
 GRANULARITIES = ("tensor", "channel", "group")
 SCALE_KINDS = ("po2", "float")
@@ -46,16 +47,6 @@ SCALE_BITS = {"po2": 8, "float": 16}   # metadata bits of one stored scale
 KEEP_FORMAT = "e5m10"                 # float16: OWQ's kept columns
 INDEX_BITS = 16                       # metadata of one kept column (its index)
 MODES = ("exact", "fast", "float", "soft")
-
-
-class _RoundSTE(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, t):
-        return torch.round(t)
-
-    @staticmethod
-    def backward(ctx, g):
-        return g
 
 
 def _to_half_ste(s: torch.Tensor) -> torch.Tensor:
@@ -99,7 +90,7 @@ class WeightQuant(nn.Module):
     def scale(self) -> torch.Tensor:
         t = self.log2_scale
         if self.scale_kind == "po2":
-            return torch.exp2(_RoundSTE.apply(t))
+            return torch.exp2(_RoundSTE.apply(t))  # fpq.nn.quantizers' straight-through round
         return _to_half_ste(torch.exp2(t))
 
     def expand(self, s: torch.Tensor) -> torch.Tensor:
