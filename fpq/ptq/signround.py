@@ -27,7 +27,7 @@ from torch import nn
 from ..formats import values
 from ..nn.weight_only import _to_half_ste, layer_mode, weight_only_layers
 from ..numerics.torch_ops import ste_quantize_unscaled
-from .weight_only import _Stop, call
+from .weight_only import each_call_input
 
 
 def blocks(q) -> list:
@@ -66,19 +66,7 @@ def capture(q, block: nn.Module, batches) -> list:
     """[(args, kwargs)] of ``block``'s call on each batch (the quantized model, fast mode)."""
     got = []
 
-    def hook(mod, args, kwargs):
-        got.append((_detach(args), _detach(kwargs)))
-        raise _Stop
-    h = block.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        with layer_mode(q, "fast"):
-            for b in batches:
-                try:
-                    call(q, b)
-                except _Stop:
-                    pass
-    finally:
-        h.remove()
+    each_call_input(q, block, batches, lambda args, kwargs: got.append((_detach(args), _detach(kwargs))))
     return got
 
 

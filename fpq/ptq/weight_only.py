@@ -50,6 +50,24 @@ class _Stop(Exception):
     """Raised by a capture hook: the module of interest has seen its input."""
 
 
+def each_call_input(q, module, batches, record) -> None:
+    """Run ``q`` (fast mode) on each batch until ``module`` is called, then stop that forward:
+    ``record(args, kwargs)`` gets the module's inputs of each batch."""
+    def hook(mod, args, kwargs):
+        record(args, kwargs)
+        raise _Stop
+    h = module.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with layer_mode(q, "fast"):
+            for b in batches:
+                try:
+                    call(q, b)
+                except _Stop:
+                    pass
+    finally:
+        h.remove()
+
+
 def rows_of(layer, x: torch.Tensor) -> torch.Tensor:
     """The layer's dot-product rows: (rows, fan_in) with y = rows @ W2d.T."""
     if layer.op == "linear":
@@ -75,19 +93,8 @@ def layer_rows(q, name, batches, max_rows: int = 8192, seed: int = 0) -> torch.T
     layer = q.get_submodule(name)
     parts = []
 
-    def hook(mod, args):
-        parts.append(rows_of(mod, args[0].detach().to(torch.float32)))
-        raise _Stop
-    h = layer.register_forward_pre_hook(hook)
-    try:
-        with layer_mode(q, "fast"):
-            for b in batches:
-                try:
-                    call(q, b)
-                except _Stop:
-                    pass
-    finally:
-        h.remove()
+    each_call_input(q, layer, batches,
+                    lambda args, kwargs: parts.append(rows_of(layer, args[0].detach().to(torch.float32))))
     if not parts:
         raise ValueError(f"fpq.ptq: layer {name!r} is not called by the model on these batches")
     x = torch.cat(parts)
