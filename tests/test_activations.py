@@ -17,7 +17,7 @@ from torch import nn
 import fpq
 from fpq.emulate import Emulator
 from fpq.export import read_graph
-from fpq.testing.conformance import probe_inputs
+from fpq.testing.conformance import all_paths_exact, probe_inputs
 
 ACTS = {
     "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "silu": nn.SiLU, "hardswish": nn.Hardswish,
@@ -35,18 +35,7 @@ def _calibrated(model, shape, fmt, seed=0):
 
 
 def _all_paths(q, shape, n=2000, qonnx_subset=32):
-    """torch, numpy emulator and torch emulator on n probe inputs, bit for bit; verify (with
-    qonnx's executor on a subset) EXACT. Returns the graph and the inputs."""
-    g = read_graph(fpq.export_qonnx(q, None, torch.zeros((1,) + shape)))
-    x = probe_inputs(g, n)
-    y_torch = q(torch.from_numpy(x)).detach().numpy()
-    y_np = Emulator(g)(x)
-    y_te = Emulator(g, backend="torch")(torch.from_numpy(x)).cpu().numpy()
-    assert np.array_equal(y_torch, y_np) and np.array_equal(y_np, y_te)
-    rep = fpq.verify(q, x, qonnx_subset=qonnx_subset)
-    assert rep.exact, rep.table
-    assert {"torch", "qonnx"} <= {r["path"] for r in rep.table}
-    return g, x
+    return all_paths_exact(q, shape, n, qonnx_subset)
 
 
 def _table_inputs(g, x):

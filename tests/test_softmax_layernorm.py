@@ -21,7 +21,7 @@ from fpq.export import read_graph
 from fpq.formats import parse_format
 from fpq.numerics import normalization as N
 from fpq.numerics.activations import input_values
-from fpq.testing.conformance import probe_inputs
+from fpq.testing.conformance import all_paths_exact, probe_inputs
 
 
 class Block(nn.Module):
@@ -133,16 +133,7 @@ def test_integer_square_root_is_exact_at_the_edges():
 # ---- every path, bit for bit ----
 
 def _all_paths(q, n=2000, qonnx_subset=32):
-    g = read_graph(fpq.export_qonnx(q, None, torch.zeros(1, 6)))
-    x = probe_inputs(g, n)
-    y_torch = q(torch.from_numpy(x)).detach().numpy()
-    y_np = Emulator(g)(x)
-    y_te = Emulator(g, backend="torch")(torch.from_numpy(x)).cpu().numpy()
-    assert np.array_equal(y_torch, y_np) and np.array_equal(y_np, y_te)
-    rep = fpq.verify(q, x, qonnx_subset=qonnx_subset)
-    assert rep.exact, rep.table
-    assert {"torch", "qonnx"} <= {r["path"] for r in rep.table}
-    return g, x
+    return all_paths_exact(q, (6,), n, qonnx_subset)
 
 
 @pytest.mark.parametrize("fmt", ["int8", "e4m3"])

@@ -125,3 +125,24 @@ def full_cells() -> list:
     """Every format x model x backend, io_parallel everywhere and io_stream for the conv nets."""
     return [(fmt, model, backend, io) for fmt in FORMATS for model in MODEL_NAMES for backend in BACKENDS
             for io in (("io_parallel", "io_stream") if model in CONV_NETS else ("io_parallel",))]
+
+
+def all_paths_exact(q, shape, n: int = 2000, qonnx_subset: int = 32, seed: int = 0):
+    """Assert torch == numpy emulator == torch emulator bit for bit on ``n`` probe inputs of a
+    converted model (one input of ``shape``, no batch), and ``fpq.verify`` EXACT with qonnx's
+    executor counted on a subset. Returns (graph, inputs)."""
+    import torch
+
+    import fpq
+    from ..emulate import Emulator
+    from ..export import read_graph
+    g = read_graph(fpq.export_qonnx(q, None, torch.zeros((1,) + tuple(shape))))
+    x = probe_inputs(g, n, seed=seed)
+    y_torch = q(torch.from_numpy(x)).detach().numpy()
+    y_np = Emulator(g)(x)
+    y_te = Emulator(g, backend="torch")(torch.from_numpy(x)).cpu().numpy()
+    assert np.array_equal(y_torch, y_np) and np.array_equal(y_np, y_te)
+    rep = fpq.verify(q, x, qonnx_subset=qonnx_subset)
+    assert rep.exact, rep.table
+    assert {"torch", "qonnx"} <= {r["path"] for r in rep.table}
+    return g, x
