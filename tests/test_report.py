@@ -12,6 +12,7 @@ import pytest
 
 from fpq.report import dominated, grid, load_results, pareto_front, report
 from fpq.report.grid import describe
+from fpq.report.plots import SVG_NS, XLINK_NS, anchor
 
 
 def _records(n: int, seed: int = 0) -> list:
@@ -70,7 +71,7 @@ def test_report_writes_plots_tables_and_commands(tmp_path):
         for ext in ("png", "svg"):
             p = tmp_path / f"{stem}.{ext}"
             assert p.stat().st_size > 1000, p
-        assert f"src='{stem}.png'" in text and f"href='{stem}.svg'" in text
+        assert f"'{stem}.png'" in text and f"href='{stem}.svg'" in text
     srcs = re.findall(r"(?:src|href)='([^']+)'", text)
     assert srcs and all(not os.path.isabs(s) and (tmp_path / s).exists() for s in srcs)  # relative, present
     assert "synthetic &lt;sweep&gt;" in text  # escaped
@@ -86,6 +87,50 @@ def test_report_writes_plots_tables_and_commands(tmp_path):
         report([], str(tmp_path / "empty"))
 
 
+def _svg_links(path) -> dict:
+    """{href: title text} of the point links of a saved SVG (with a check that none opens a new tab)."""
+    import xml.etree.ElementTree as ET
+    out = {}
+    for a in ET.parse(path).getroot().iter(f"{{{SVG_NS}}}a"):
+        assert "target" not in a.attrib, a.attrib  # a click jumps within the page
+        title = a.find(f"{{{SVG_NS}}}title")
+        out[a.get(f"{{{XLINK_NS}}}href")] = None if title is None else title.text
+    return out
+
+
+def test_pareto_svg_links_and_tooltips_name_every_point(tmp_path):
+    recs = _records(24)
+    recs[1].update(status="error", error="build: boom", accuracy=None, exact=None)  # not plotted, no link
+    recs[2]["lut"] = None  # not on the LUT plot, on the others
+    recs[3]["command"] = "fpq sweep --x '</title><script>alert(1)</script>' -- --> & \"q\""
+    recs[4]["id"] = "weird id<>"  # a list passed by hand may hold any id: its anchor is still a plain token
+    page = report(recs, str(tmp_path))
+    text = open(page, encoding="utf-8").read()
+    for cost in ("lut", "dsp", "latency_ns"):
+        plotted = [r for r in recs if r["status"] != "error" and r[cost] is not None]
+        links = _svg_links(tmp_path / f"pareto_{cost}.svg")
+        assert sorted(links) == sorted(f"#{anchor(r)}" for r in plotted)  # one link per plotted point
+        for r in plotted:
+            tip = links[f"#{anchor(r)}"]
+            assert f"W {r['weights']}  A {r['activations']}  ({r['method']})" in tip
+            assert f"accuracy {r['accuracy']:.2f}%" in tip and f"LUT {_n(r['lut'])}  DSP {r['dsp']}" in tip
+            assert ("exact (torch == emulator == qonnx): " + ("yes" if r["exact"] else "NO")) in tip
+            assert f"rebuild: {r['command']}" in tip and f"point {r['id']}" in tip
+        for href in links:  # every link's row is in the page
+            assert f'<tr id="{href[1:]}"' in text
+    assert anchor(recs[4]) != "pt-weird id<>" and anchor(recs[4]).replace("-", "").isalnum()
+    assert anchor(recs[0]) == "pt-p000"
+    # the page inlines the three Pareto plots; what a record holds arrives escaped
+    assert text.count("<figure class='fpq-plot'") == 3
+    assert "<script>alert" not in text and "</title><script>" not in text
+    assert text.count("&lt;/title&gt;&lt;script&gt;alert(1)&lt;/script&gt;") >= 4  # 3 tooltips + the table
+    assert text.count("<script>") == 1  # the page's own
+
+
+def _n(v):
+    return "-" if v is None else f"{float(v):.0f}"
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -98,9 +143,9 @@ def _chromium(page, tmp_path, *extra):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=90)
 
 
-def _page_problems(page, tmp_path):
-    """(images loaded / total, console lines) from a DOM dump of ``page``."""
-    run = _chromium(page, tmp_path, "--dump-dom")
+def _page_problems(page, tmp_path, url_suffix=""):
+    """(images loaded / total, console lines, DOM) from a DOM dump of ``page``."""
+    run = _chromium(str(page) + url_suffix, tmp_path, "--dump-dom")
     assert run.returncode == 0, run.stderr[-2000:]
     m = re.search(r'id="fpq-image-status" data-loaded="(\d+)/(\d+)"', run.stdout)
     console = [l for l in run.stderr.splitlines() if ":CONSOLE" in l or "Uncaught" in l]
@@ -115,7 +160,10 @@ def test_report_renders_in_headless_chromium(tmp_path):
     page = report(_records(30), str(out))
     loaded, console, dom = _page_problems(page, tmp_path)
     n_img = open(page).read().count("<img ")
-    assert n_img >= 5 and loaded == (n_img, n_img), (loaded, dom[-1500:])
+    assert n_img >= 3 and loaded == (n_img, n_img), (loaded, dom[-1500:])
+    # every plotted point (30 on each of the 3 Pareto plots) is a link whose target row exists
+    assert re.search(r'id="fpq-link-status" data-links="90/90"', dom), dom[-800:]
+    assert len(re.findall(r"<a xlink:href=\"#pt-", dom)) == 90
     assert all(json.loads(l)["naturalWidth"] > 0 for l in
                re.search(r'id="fpq-image-status"[^>]*>([^<]*)<', dom).group(1).strip().splitlines())
     assert console == []
@@ -124,9 +172,16 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert run.returncode == 0 and shot.stat().st_size > 10000
     import matplotlib.image as mpimg
     assert mpimg.imread(str(shot)).std() > 0.01  # not a blank page
-    # the checks can fail: a missing image and a script error are caught
-    os.remove(out / "pareto_lut.png")
+    # a click on a point opens #pt-<id>: that row is highlighted (CSS :target)
+    _, console, dom = _page_problems(page, tmp_path, "#pt-p007")
+    assert 'data-target-bg="rgb(255, 224, 138)"' in dom and console == []
+    # the checks can fail: a missing image, a link without its row and a script error are caught
+    os.remove(out / "heatmap_int.png")
+    text = open(page).read()
+    with open(page, "w") as f:
+        f.write(text.replace('<tr id="pt-p003"', '<tr id="gone"'))
     with open(page, "a") as f:
         f.write("<script>undefinedFunction();</script>")
-    loaded, console, _ = _page_problems(page, tmp_path)
+    loaded, console, dom = _page_problems(page, tmp_path)
     assert loaded == (n_img - 1, n_img) and any("Uncaught" in l for l in console)
+    assert 'data-links="87/90"' in dom  # p003's three links lead nowhere now

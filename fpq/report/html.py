@@ -3,6 +3,10 @@
 The page uses only relative links to the images written next to it (PNG shown, SVG linked), has
 no external resources, and a small script that writes the load state of every image into the
 page (``#fpq-image-status``), so a headless browser's DOM dump shows whether they rendered.
+The Pareto plots are inlined as SVG: hovering a point shows its formats, method, accuracy, cost,
+exactness and command (an SVG ``<title>``), clicking it jumps to its row of "All points"
+(``id="pt-<id>"``), which CSS ``:target`` highlights; no JavaScript is needed for either. The
+script also counts the point links whose row exists (``#fpq-link-status``).
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import os
 from collections import Counter
 
 from .pareto import COSTS, fronts
-from .plots import all_plots
+from .plots import all_plots, anchor, inline_svg
 from .records import load_results, write_tables
 
 FRONT_COLUMNS = ("weights", "activations", "first_last", "method", "accuracy", "lut", "ff", "dsp", "latency_ns",
@@ -28,6 +32,9 @@ th,td{border:1px solid #ccc;padding:2px 6px;text-align:right} th{background:#f3f
 td.l,th.l{text-align:left} code{font-size:11px;white-space:pre-wrap;word-break:break-all}
 figure{display:inline-block;margin:8px;vertical-align:top;max-width:100%} figure img{max-width:100%;border:1px solid #eee}
 .int{color:#1f77b4} .minifloat{color:#ff7f0e} .bad{color:#b00020;font-weight:bold}
+figure.fpq-plot svg{max-width:100%;height:auto} .fpq-plot a{cursor:pointer}
+.fpq-plot a:hover use,.fpq-plot a:hover path{stroke:#000 !important;stroke-width:2px !important}
+tr:target td{background:#ffe08a} tr:target{outline:2px solid #d08000}
 """
 
 _SCRIPT = """
@@ -40,6 +47,19 @@ window.addEventListener('load', function () {
   var st = document.getElementById('fpq-image-status');
   st.textContent = lines.join('\\n');
   st.setAttribute('data-loaded', ok + '/' + imgs.length);
+  // every point link of the inlined plots must lead to a row of the points table
+  var links = Array.prototype.slice.call(document.querySelectorAll('figure.fpq-plot svg a'));
+  var good = links.filter(function (a) {
+    var h = a.getAttributeNS('http://www.w3.org/1999/xlink', 'href') || a.getAttribute('href') || '';
+    var row = h.charAt(0) === '#' ? document.getElementById(h.slice(1)) : null;
+    return row !== null && row.tagName === 'TR' && a.querySelector('title') !== null;
+  }).length;
+  var ls = document.getElementById('fpq-link-status');
+  ls.setAttribute('data-links', good + '/' + links.length);
+  var target = location.hash ? document.getElementById(location.hash.slice(1)) : null;
+  if (target) {  // the highlight a click on a point gives its row (CSS :target)
+    ls.setAttribute('data-target-bg', getComputedStyle(target.cells[0]).backgroundColor);
+  }
 });
 """
 
@@ -58,7 +78,7 @@ def _fmt(v, col: str) -> str:
     return str(v)
 
 
-def _table(rows, cols, extra=None) -> str:
+def _table(rows, cols, extra=None, anchors: bool = False) -> str:
     e = html.escape
     head = "".join(f'<th class="{"l" if c in ("weights", "activations", "first_last", "method", "id", "status") else ""}">'
                    f"{e(c)}</th>" for c in cols) + ("<th class='l'>regenerate</th>" if extra else "")
@@ -72,7 +92,8 @@ def _table(rows, cols, extra=None) -> str:
             cells.append(f'<td class="{cls}">{e(_fmt(r.get(c), c))}</td>')
         if extra:
             cells.append(f'<td class="l"><code>{e(extra(r))}</code></td>')
-        body.append(f'<tr class="{e(str(r.get("family", "")))}">' + "".join(cells) + "</tr>")
+        rid = f' id="{e(anchor(r))}"' if anchors else ""
+        body.append(f'<tr{rid} class="{e(str(r.get("family", "")))}">' + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
@@ -146,18 +167,25 @@ def report(results, out_dir: str = "out/report", title: str = "fpq sweep report"
     parts.append("<h2>Plots</h2>")
     for name, p in plots.items():
         png, svg = os.path.basename(p["png"]), os.path.basename(p["svg"])
-        parts.append(f"<figure><img src='{e(png)}' alt='{e(name)}'><figcaption>{e(name)} "
-                     f"(<a href='{e(svg)}'>SVG</a>, <a href='{e(png)}'>PNG</a>)</figcaption></figure>")
+        links = f"(<a href='{e(svg)}'>SVG</a>, <a href='{e(png)}'>PNG</a>)"
+        if "links" in p:  # interactive: inlined (escaped by the XML writer), hover and click work
+            parts.append(f"<figure class='fpq-plot' id='fig-{e(name)}'>{inline_svg(p['svg'], name)}"
+                         f"<figcaption>{e(name)}: hover a point for its details, click it for its row "
+                         f"{links}</figcaption></figure>")
+        else:
+            parts.append(f"<figure><img src='{e(png)}' alt='{e(name)}'><figcaption>{e(name)} {links}"
+                         "</figcaption></figure>")
     for cost, front in front_by_cost.items():
         parts.append(f"<h2>Pareto front: accuracy vs {e(COSTS.get(cost, cost))}</h2>")
         parts.append(_table(front, FRONT_COLUMNS, _command) if front else "<p>no usable points</p>")
     parts.append("<h2>All points</h2><p>Each row's command rebuilds that point (add <code>--fresh</code> "
                  "to recompute instead of reading the cache).</p>")
-    parts.append(_table(records, POINT_COLUMNS, _command))
+    parts.append(_table(records, POINT_COLUMNS, _command, anchors=True))
     errs = [r for r in records if r.get("error")]
     if errs:
         parts.append("<h2>Errors</h2>" + _table(errs, ("id", "weights", "activations", "method", "error")))
-    parts.append("<h2>Image check</h2><pre id='fpq-image-status' data-loaded='pending'>pending</pre>")
+    parts.append("<h2>Image check</h2><pre id='fpq-image-status' data-loaded='pending'>pending</pre>"
+                 "<p id='fpq-link-status' data-links='pending'></p>")
     parts.append(f"<script>{_SCRIPT}</script>")
     parts.append(f"<!-- fpq-meta {e(json.dumps({k: meta.get(k) for k in ('points', 'seed', 'context')}))} -->")
     parts.append("</body></html>")

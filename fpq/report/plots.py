@@ -1,8 +1,18 @@
 """Matplotlib figures of a sweep (PNG and SVG): Pareto scatter per cost, integer vs minifloat by
-bit width (as in the minifloat-vs-integer PTQ study), and accuracy over W bits x A bits."""
+bit width (as in the minifloat-vs-integer PTQ study), and accuracy over W bits x A bits.
+
+The Pareto scatters are interactive without any JavaScript library: every marker of a point is a
+link (matplotlib's per-marker URLs, ``PathCollection.set_urls``) to that point's row of the
+report's "All points" table (``#pt-<id>``, see ``anchor``), and carries an SVG ``<title>``
+(weights, activations, method, accuracy, cost, exactness and the command that rebuilds it), which
+a browser shows on hover. The SVG file keeps them; ``inline_svg`` puts one into the HTML page.
+"""
 from __future__ import annotations
 
+import hashlib
 import os
+import re
+import xml.etree.ElementTree as ET
 from collections import defaultdict
 
 from .pareto import COSTS, pareto_front
@@ -30,11 +40,97 @@ def _save(fig, out_dir: str, stem: str) -> dict:
     return paths
 
 
+SVG_NS, XLINK_NS = "http://www.w3.org/2000/svg", "http://www.w3.org/1999/xlink"
+_HREF = f"{{{XLINK_NS}}}href"
+_SAFE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def anchor(rec: dict) -> str:
+    """The HTML id of a point's row (``pt-<id>``); an id fpq.sweep could not have written (other
+    characters, too long) becomes a hash of it, so the anchor is always a plain token."""
+    pid = str(rec.get("id"))
+    if _SAFE_ID.fullmatch(pid):
+        return f"pt-{pid}"
+    return "pt-h" + hashlib.sha256(pid.encode()).hexdigest()[:16]
+
+
+def _num_text(v, digits: int = 0) -> str:
+    return "-" if v is None else f"{float(v):.{digits}f}"
+
+
+def tooltip(rec: dict, exact_label: str = "torch == emulator == qonnx") -> str:
+    """What hovering a point shows (plain text; the SVG writer escapes it)."""
+    fl = rec.get("first_last")
+    ex = rec.get("exact")
+    lines = [f"W {rec.get('weights')}  A {rec.get('activations')}" + (f"  first/last {fl}" if fl else "")
+             + f"  ({rec.get('method')})",
+             f"accuracy {_num_text(rec.get('accuracy'), 2)}%",
+             f"LUT {_num_text(rec.get('lut'))}  DSP {_num_text(rec.get('dsp'))}  "
+             f"latency {_num_text(rec.get('latency_ns'))} ns",
+             f"exact ({exact_label}): {'yes' if ex is True else 'NO' if ex is False else 'not verified'}",
+             f"point {rec.get('id')}"]
+    cmd = rec.get("command") or rec.get("python")
+    if cmd:
+        lines.append(f"rebuild: {cmd}")
+    return "\n".join(lines)
+
+
+def _register_namespaces() -> None:
+    # plain "svg" / "xlink:" prefixes when written back (an HTML parser reads "xlink:href" only so)
+    ET.register_namespace("", SVG_NS)
+    ET.register_namespace("xlink", XLINK_NS)
+
+
+def _add_titles(svg_path: str, tips: dict) -> int:
+    """Give every point link of a saved SVG its ``<title>`` (tips: {"#anchor": text}) and make the
+    link jump within the page (matplotlib writes ``target="_blank"``). Returns the links found.
+    Written here because matplotlib has per-marker URLs but no per-marker tooltips."""
+    _register_namespaces()
+    tree = ET.parse(svg_path)
+    n = 0
+    for a in tree.getroot().iter(f"{{{SVG_NS}}}a"):
+        href = a.get(_HREF)
+        if href not in tips:
+            continue
+        a.attrib.pop("target", None)
+        title = ET.Element(f"{{{SVG_NS}}}title")
+        title.text = tips[href]
+        a.insert(0, title)
+        n += 1
+    tree.write(svg_path, encoding="utf-8", xml_declaration=True)
+    return n
+
+
+def inline_svg(svg_path: str, prefix: str) -> str:
+    """An SVG file as markup for an HTML page: its ids (and the references to them) get
+    ``prefix`` so that several figures on one page do not share a clip path or marker id; the
+    point links (``#pt-...``) are left as they are; the RDF metadata is dropped."""
+    _register_namespaces()
+    root = ET.parse(svg_path).getroot()
+    for md in root.findall(f"{{{SVG_NS}}}metadata"):
+        root.remove(md)
+    own = {el.get("id") for el in root.iter() if el.get("id")}
+    for el in root.iter():
+        if el.get("id"):
+            el.set("id", f"{prefix}-{el.get('id')}")
+        href = el.get(_HREF)
+        if href and href.startswith("#") and href[1:] in own:
+            el.set(_HREF, f"#{prefix}-{href[1:]}")
+        for k, v in el.attrib.items():
+            if "url(#" in v:
+                el.set(k, re.sub(r"url\(#([^)]+)\)",
+                                 lambda m: f"url(#{prefix}-{m.group(1)})" if m.group(1) in own else m.group(0), v))
+    return ET.tostring(root, encoding="unicode")
+
+
 def _ok(records, *fields):
     return [r for r in records if r.get("status") != "error" and all(r.get(f) is not None for f in fields)]
 
 
-def pareto_plot(records, cost: str, out_dir: str, float_accuracy=None) -> dict:
+def pareto_plot(records, cost: str, out_dir: str, float_accuracy=None,
+                exact_label: str = "torch == emulator == qonnx") -> dict:
+    """Accuracy vs ``cost`` of every point, its Pareto front, and the float model's accuracy; each
+    marker links to ``#pt-<id>`` with a tooltip (see the module docstring)."""
     plt = _plt()
     pts = _ok(records, "accuracy", cost)
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
@@ -44,15 +140,16 @@ def pareto_plot(records, cost: str, out_dir: str, float_accuracy=None) -> dict:
     for fam, rs in sorted(by_family.items()):
         for method in sorted({r["method"] for r in rs}):
             sel = [r for r in rs if r["method"] == method]
-            ax.scatter([r[cost] for r in sel], [r["accuracy"] for r in sel], s=18, alpha=0.65,
-                       color=COLORS.get(fam, "#444"), marker=MARKERS.get(method, "o"),
-                       label=f"{fam} ({method})", edgecolors="none")
+            sc = ax.scatter([r[cost] for r in sel], [r["accuracy"] for r in sel], s=18, alpha=0.65,
+                            color=COLORS.get(fam, "#444"), marker=MARKERS.get(method, "o"),
+                            label=f"{fam} ({method})", edgecolors="none", zorder=3)
+            sc.set_urls([f"#{anchor(r)}" for r in sel])
     front = pareto_front(pts, cost)
     if front:
         ax.step([r[cost] for r in front], [r["accuracy"] for r in front], where="post", color="black", lw=1.2,
                 label="Pareto front")
         ax.scatter([r[cost] for r in front], [r["accuracy"] for r in front], s=40, facecolors="none",
-                   edgecolors="black", lw=1.0)
+                   edgecolors="black", lw=1.0, zorder=2)  # under the linked markers
     if float_accuracy is not None:
         ax.axhline(float_accuracy, color="#555", ls="--", lw=0.8, label="float")
     vals = [r[cost] for r in pts if r[cost] > 0]
@@ -64,7 +161,9 @@ def pareto_plot(records, cost: str, out_dir: str, float_accuracy=None) -> dict:
     ax.set_title(f"accuracy vs {COSTS.get(cost, cost)}")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    return _save(fig, out_dir, f"pareto_{cost}")
+    paths = _save(fig, out_dir, f"pareto_{cost}")
+    paths["links"] = _add_titles(paths["svg"], {f"#{anchor(r)}": tooltip(r, exact_label) for r in pts})
+    return paths
 
 
 def _same_width(records):
@@ -142,13 +241,15 @@ def heatmap_plot(records, family: str, out_dir: str) -> dict | None:
     return _save(fig, out_dir, f"heatmap_{family}")
 
 
-def all_plots(records, out_dir: str, float_accuracy=None, costs=tuple(COSTS)) -> dict:
-    """{name: {"png": path, "svg": path}} of every figure that the data supports."""
+def all_plots(records, out_dir: str, float_accuracy=None, costs=tuple(COSTS),
+              exact_label: str = "torch == emulator == qonnx") -> dict:
+    """{name: {"png": path, "svg": path}} of every figure that the data supports (Pareto plots
+    also give "links": the number of point links in their SVG)."""
     os.makedirs(out_dir, exist_ok=True)
     out = {}
     for c in costs:
         if _ok(records, "accuracy", c):
-            out[f"pareto_{c}"] = pareto_plot(records, c, out_dir, float_accuracy)
+            out[f"pareto_{c}"] = pareto_plot(records, c, out_dir, float_accuracy, exact_label)
     p = by_width_plot(records, out_dir, float_accuracy)
     if p:
         out["int_vs_minifloat"] = p
