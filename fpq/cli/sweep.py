@@ -40,6 +40,13 @@ def cli_register(subparsers) -> None:
     p.add_argument("--address", default=None,
                    help="with --engine ray: the cluster, auto | ray://HOST:PORT | HOST:PORT (default: start a "
                         "local Ray with --workers CPUs)")
+    p.add_argument("--hls", choices=("front", "all"), default=None,
+                   help="after the points, build the HLS project of these (front: the Pareto-front points) and "
+                        "C-simulate it against the emulator (hls_exact in the results; stored and resumed like points)")
+    p.add_argument("--hls-samples", type=int, default=16, help="verify inputs run through each C-sim (default: 16)")
+    p.add_argument("--compile-workers", type=int, default=1,
+                   help="HLS builds at once: local processes (1: in the driver), or the fpq_compile resource of the "
+                        "Ray started here; a Ray cluster's nodes advertise it: ray start --resources='{\"fpq_compile\": 2}'")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verify-samples", type=int, default=64, help="off-grid inputs for fpq.verify (0: none)")
     p.add_argument("--verify-qonnx", type=int, default=2, help="of those, run through the QONNX executor")
@@ -73,7 +80,8 @@ def run(args) -> int:
                     profile=None if args.profile_device is None else
                     {"device": args.profile_device, "batch": args.profile_batch},
                     granularity=args.granularity, trust_pickle=args.trust_pickle,
-                    engine=args.engine, address=args.address)
+                    engine=args.engine, address=args.address, hls=args.hls, hls_samples=args.hls_samples,
+                    compile_workers=args.compile_workers)
     except (ValueError, TypeError) as e:
         print(f"fpq sweep: error: {e}", file=sys.stderr)
         return 2
@@ -83,6 +91,11 @@ def run(args) -> int:
     for r in res.records:
         print(f"  {r['id']}  W {r['weights']:<10} A {r['activations']:<10} {r['method']:<5} "
               f"acc {_f(r['accuracy'])}  LUT {_f(r['lut'])}  DSP {_f(r['dsp'])}  exact {r['exact']}  {r['status']}")
+    if "hls" in m:
+        h = m["hls"]
+        print(f"HLS builds ({h['select']}): {h['selected']} selected, {h['built']} built now, {h['cached']} from the "
+              f"store; C-sim exact on {sum(r.get('hls_exact') is True for r in res.records)}, failed on "
+              f"{sum(r.get('hls_status') == 'error' for r in res.records)}")
     print(f"wrote {res.csv_path} and {res.json_path}")
     if args.report:
         print(f"report: {report(res, args.out)}")

@@ -26,6 +26,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
 from ..userfiles import SPEC_FILES, load_file_module
+from . import builds
 
 ENGINES = ("local", "ray")
 
@@ -145,6 +146,14 @@ def _worker_point(cfg: dict) -> dict:
     return _point(_WORKER, cfg)
 
 
+def _build(w: dict, jb: dict) -> dict:
+    return builds.run_build(w["model"], w["data"], w["settings"], jb)
+
+
+def _worker_build(jb: dict) -> dict:
+    return _build(_WORKER, jb)
+
+
 def _stop_pool(pool) -> None:
     """Kill the pool's workers now (a point may run for minutes; shutdown would wait for it)."""
     for proc in list((getattr(pool, "_processes", None) or {}).values()):
@@ -155,10 +164,12 @@ def _stop_pool(pool) -> None:
     pool.shutdown(wait=False, cancel_futures=True)
 
 
-def run_local(todo: list, workers: int, payload: bytes, finish, running) -> None:
+def run_local(todo: list, workers: int, payload: bytes, finish, running, fn=None) -> None:
     """Run the points on ``workers`` spawned processes of this machine. A point whose worker
     raised is handed to ``finish`` as the exception; a worker killed from outside breaks the
-    pool (``BrokenProcessPool`` ends the sweep; what finished is stored, a rerun resumes)."""
+    pool (``BrokenProcessPool`` ends the sweep; what finished is stored, a rerun resumes).
+    ``fn``: what a worker runs on each item (default: a point; ``_worker_build``: an HLS build)."""
+    fn = fn or _worker_point
     import multiprocessing as mp
     from concurrent.futures.process import BrokenProcessPool
 
@@ -172,7 +183,7 @@ def run_local(todo: list, workers: int, payload: bytes, finish, running) -> None
             while queue or pending:
                 while queue and len(pending) < workers:
                     cfg = queue.pop(0)
-                    pending[pool.submit(_worker_point, cfg)] = cfg
+                    pending[pool.submit(fn, cfg)] = cfg
                 running(len(pending))
                 ready, _ = wait(list(pending), return_when=FIRST_COMPLETED)
                 for fut in ready:
@@ -201,6 +212,15 @@ def _ray_point(payload: bytes, key: str, spec_files: dict, cfg: dict) -> dict:
         _RAY_WORKER.clear()
         _RAY_WORKER.update(w=_load_payload(spec_files, payload), key=key)
     return _point(_RAY_WORKER["w"], cfg)
+
+
+def _ray_build(payload: bytes, key: str, spec_files: dict, jb: dict) -> dict:
+    """One HLS build in a Ray worker (a task that holds one unit of ``builds.COMPILE_RESOURCE``)."""
+    if _RAY_WORKER.get("key") != key:
+        _one_thread()
+        _RAY_WORKER.clear()
+        _RAY_WORKER.update(w=_load_payload(spec_files, payload), key=key)
+    return _build(_RAY_WORKER["w"], jb)
 
 
 def ray_module():
@@ -276,12 +296,38 @@ def _start_reaper():
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def _ray_loop(ray, task, args, items, capacity, finish, running, sigterm, pending) -> None:
+    """Submit ``items`` as ``task(*args, item)`` keeping ``capacity`` in flight; each result (or
+    the RayError that ended it) goes to ``finish``. ``pending`` is the caller's, to cancel."""
+    queue = list(items)
+    while queue or pending:
+        while queue and len(pending) < capacity:
+            item = queue.pop(0)
+            pending[task.remote(*args, item)] = item
+        running(len(pending))
+        ready = []
+        while not ready:
+            sigterm.check()
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+        for r in ready:
+            item = pending.pop(r)
+            try:
+                rec = ray.get(r)
+            except ray.exceptions.RayError as e:  # raised in the task, or its worker died max_retries + 1 times
+                rec = e
+            finish(item, rec)
+    running(0)
+
+
 def run_ray(todo: list, workers: int, payload: bytes, finish, running, address=None,
-            max_retries: int = RAY_MAX_RETRIES) -> None:
+            max_retries: int = RAY_MAX_RETRIES, phase=None) -> None:
     """Run the points as Ray tasks (one CPU each). Without ``address`` (and no Ray already
     initialised in this process) a local Ray with ``workers`` CPUs is started here and shut down at
     the end; with one this driver joins that cluster. A task whose worker died is retried by Ray
-    (``max_retries``); a task that still fails reaches ``finish`` as its exception."""
+    (``max_retries``); a task that still fails reaches ``finish`` as its exception.
+    ``phase`` (``builds.HlsPhase``): afterwards its HLS builds run as tasks that need the compile
+    resource (a Ray started here advertises ``compile_workers`` of it; a cluster without it is
+    refused before any point runs)."""
     ray = ray_module()
     own = not ray.is_initialized()
     # Ray's core worker puts a crash handler on SIGTERM that aborts the driver (exit -6, no
@@ -293,32 +339,24 @@ def run_ray(todo: list, workers: int, payload: bytes, finish, running, address=N
             kw = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
             if address is None:
                 reaper = _start_reaper()
-                ray.init(num_cpus=max(1, workers), **kw)
+                extra = {} if phase is None else {"resources": {builds.COMPILE_RESOURCE: phase.plan.compile_workers}}
+                ray.init(num_cpus=max(1, workers), **extra, **kw)
             else:
                 ray.init(address=address, **kw)
+        if phase is not None:  # up front: a cluster that cannot compile would leave the builds pending forever
+            builds.check_compile_nodes(ray.nodes())
         with sigterm:  # set after ray.init, which must not replace it
             capacity = max(1, int(ray.cluster_resources().get("CPU", workers)))
             task = ray.remote(num_cpus=1, max_retries=max_retries, retry_exceptions=False)(_ray_point)
             ref = ray.put(payload)
-            key = hashlib.sha256(payload).hexdigest()
-            queue = list(todo)
-            while queue or pending:
-                while queue and len(pending) < capacity:
-                    cfg = queue.pop(0)
-                    pending[task.remote(ref, key, dict(SPEC_FILES), cfg)] = cfg
-                running(len(pending))
-                ready = []
-                while not ready:
-                    sigterm.check()
-                    ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
-                for r in ready:
-                    cfg = pending.pop(r)
-                    try:
-                        rec = ray.get(r)
-                    except ray.exceptions.RayError as e:  # raised in the point, or its worker died max_retries + 1 times
-                        rec = e
-                    finish(cfg, rec)
-            running(0)
+            args = (ref, hashlib.sha256(payload).hexdigest(), dict(SPEC_FILES))
+            _ray_loop(ray, task, args, todo, capacity, finish, running, sigterm, pending)
+            if phase is not None:
+                jobs = phase.jobs()
+                if jobs:
+                    build = ray.remote(**builds.task_options(max_retries))(_ray_build)
+                    compiles = max(1, int(ray.cluster_resources().get(builds.COMPILE_RESOURCE, 1)))
+                    _ray_loop(ray, build, args, jobs, compiles, phase.finish, running, sigterm, pending)
     finally:
         for r in pending:  # Ctrl-C, SIGTERM or an error in the driver: nothing keeps computing
             try:
@@ -332,11 +370,19 @@ def run_ray(todo: list, workers: int, payload: bytes, finish, running, address=N
             reaper.wait()
 
 
-def run_points(engine: str, todo: list, workers: int, payload: bytes, finish, running, address=None) -> None:
+def run_points(engine: str, todo: list, workers: int, payload: bytes, finish, running, address=None,
+               phase=None) -> None:
+    """The points, then (``phase``) their HLS builds: on Ray in the same session; on the local
+    engine in a pool of ``compile_workers`` processes (with 1, in this process)."""
     if engine == "ray":
-        run_ray(todo, workers, payload, finish, running, address)
-    else:
+        run_ray(todo, workers, payload, finish, running, address, phase=phase)
+        return
+    if todo:
         run_local(todo, workers, payload, finish, running)
+    if phase is not None and phase.plan.compile_workers > 1:
+        jobs = phase.jobs()
+        if jobs:
+            run_local(jobs, phase.plan.compile_workers, payload, phase.finish, running, fn=_worker_build)
 
 
 __all__ = ["ENGINES", "RAY_MAX_RETRIES", "check_address", "ray_module", "run_local", "run_points", "run_ray"]

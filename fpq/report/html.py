@@ -71,25 +71,47 @@ def _fmt(v, col: str) -> str:
         return f"{float(v):.2f}"
     if col == "seconds":
         return f"{float(v):.1f}"
-    if col == "exact":
+    if col in ("exact", "hls_exact"):
         return "yes" if v is True else ("NO" if v is False else str(v))
     if isinstance(v, float):
         return f"{v:.0f}" if abs(v) >= 10 else f"{v:.3g}"
     return str(v)
 
 
+# column headers that say more than the field's name (with HLS builds: which paths each compares)
+_HEADS = {"exact": "torch == emulator == qonnx", "hls_exact": "== C-sim"}
+
+
+def _with_hls(cols, records) -> tuple:
+    """The columns plus the C-sim one when some point was built (its exact column then reads
+    torch == emulator == qonnx == C-sim across the two)."""
+    if not any(r.get("hls_status") for r in records):
+        return cols
+    i = cols.index("exact") + 1
+    return cols[:i] + ("hls_exact",) + cols[i:]
+
+
+def _cell(r: dict, c: str) -> tuple[str, str]:
+    """(text, extra class) of one cell."""
+    if c == "hls_exact" and r.get("hls_status") == "error":
+        return "build failed", " bad"
+    if c == "hls_exact" and not r.get("hls_status"):
+        return "not built", ""
+    return _fmt(r.get(c), c), " bad" if c in ("exact", "hls_exact") and r.get(c) is False else ""
+
+
 def _table(rows, cols, extra=None, anchors: bool = False) -> str:
     e = html.escape
+    heads = _HEADS if "hls_exact" in cols else {}
     head = "".join(f'<th class="{"l" if c in ("weights", "activations", "first_last", "method", "id", "status") else ""}">'
-                   f"{e(c)}</th>" for c in cols) + ("<th class='l'>regenerate</th>" if extra else "")
+                   f"{e(heads.get(c, c))}</th>" for c in cols) + ("<th class='l'>regenerate</th>" if extra else "")
     body = []
     for r in rows:
         cells = []
         for c in cols:
             cls = "l" if c in ("weights", "activations", "first_last", "method", "id", "status") else ""
-            if c == "exact" and r.get(c) is False:
-                cls += " bad"
-            cells.append(f'<td class="{cls}">{e(_fmt(r.get(c), c))}</td>')
+            text, bad = _cell(r, c)
+            cells.append(f'<td class="{cls}{bad}">{e(text)}</td>')
         if extra:
             cells.append(f'<td class="l"><code>{e(extra(r))}</code></td>')
         rid = f' id="{e(anchor(r))}"' if anchors else ""
@@ -111,6 +133,15 @@ def summary_lines(records, meta, front_by_cost) -> list:
                  f"bit-exact (torch == emulator == qonnx) on {sum(r.get('exact') is True for r in ok)}, "
                  f"not exact on {sum(r.get('exact') is False for r in ok)}, not verified on "
                  f"{sum(r.get('exact') is None for r in ok)}.")
+    built = [r for r in ok if r.get("hls_status")]
+    if built:
+        h = meta.get("hls") if isinstance(meta.get("hls"), dict) else {}
+        lines.append(f"HLS C-sim of {len(built)} points" + (f" (hls={h.get('select')!r}, {h.get('samples')} inputs each)"
+                                                             if h else "") +
+                     f": torch == emulator == C-sim on {sum(r.get('hls_exact') is True for r in built)}, not on "
+                     f"{sum(r.get('hls_exact') is False for r in built)}, build failed on "
+                     f"{sum(r.get('hls_status') == 'error' for r in built)}; torch == emulator == qonnx == C-sim on "
+                     f"{sum(r.get('hls_exact') is True and r.get('exact') is True for r in built)}.")
     for cost, front in front_by_cost.items():
         if not front:
             continue
@@ -141,6 +172,7 @@ def report(results, out_dir: str = "out/report", title: str = "fpq sweep report"
         raise ValueError(f"fpq.report: records lack {missing}; pass what fpq.sweep wrote")
     os.makedirs(out_dir, exist_ok=True)
     write_tables(records, meta, out_dir)
+    hls = any(r.get("hls_status") for r in records)
     plots = all_plots(records, out_dir, meta.get("float_accuracy"), costs)
     front_by_cost = fronts(records, costs)
     e = html.escape
@@ -163,7 +195,8 @@ def report(results, out_dir: str = "out/report", title: str = "fpq sweep report"
                  "".join(f"<li>{e(s)}</li>" for s in summary_lines(records, meta, front_by_cost)) + "</ul>")
     parts.append("<p>Data: <a href='results.csv'>results.csv</a>, <a href='results.json'>results.json</a>. "
                  "Cost: <code>fpq.estimate_cost</code> (a model, see its notes); exactness: <code>fpq.verify</code> "
-                 "on off-grid inputs, without HLS.</p>")
+                 "on off-grid inputs" + (", and for the points built (hls_exact) the HLS project's C-sim on the first "
+                                         "of them." if hls else ", without HLS.") + "</p>")
     parts.append("<h2>Plots</h2>")
     for name, p in plots.items():
         png, svg = os.path.basename(p["png"]), os.path.basename(p["svg"])
@@ -177,13 +210,16 @@ def report(results, out_dir: str = "out/report", title: str = "fpq sweep report"
                          "</figcaption></figure>")
     for cost, front in front_by_cost.items():
         parts.append(f"<h2>Pareto front: accuracy vs {e(COSTS.get(cost, cost))}</h2>")
-        parts.append(_table(front, FRONT_COLUMNS, _command) if front else "<p>no usable points</p>")
+        parts.append(_table(front, _with_hls(FRONT_COLUMNS, records), _command) if front else "<p>no usable points</p>")
     parts.append("<h2>All points</h2><p>Each row's command rebuilds that point (add <code>--fresh</code> "
                  "to recompute instead of reading the cache).</p>")
-    parts.append(_table(records, POINT_COLUMNS, _command, anchors=True))
+    parts.append(_table(records, _with_hls(POINT_COLUMNS, records), _command, anchors=True))
     errs = [r for r in records if r.get("error")]
     if errs:
         parts.append("<h2>Errors</h2>" + _table(errs, ("id", "weights", "activations", "method", "error")))
+    herrs = [r for r in records if r.get("hls_error")]
+    if herrs:
+        parts.append("<h2>HLS build errors</h2>" + _table(herrs, ("id", "weights", "activations", "method", "hls_error")))
     parts.append("<h2>Image check</h2><pre id='fpq-image-status' data-loaded='pending'>pending</pre>"
                  "<p id='fpq-link-status' data-links='pending'></p>")
     parts.append(f"<script>{_SCRIPT}</script>")

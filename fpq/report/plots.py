@@ -67,8 +67,12 @@ def tooltip(rec: dict, exact_label: str = "torch == emulator == qonnx") -> str:
              f"accuracy {_num_text(rec.get('accuracy'), 2)}%",
              f"LUT {_num_text(rec.get('lut'))}  DSP {_num_text(rec.get('dsp'))}  "
              f"latency {_num_text(rec.get('latency_ns'))} ns",
-             f"exact ({exact_label}): {'yes' if ex is True else 'NO' if ex is False else 'not verified'}",
-             f"point {rec.get('id')}"]
+             f"exact ({exact_label}): {'yes' if ex is True else 'NO' if ex is False else 'not verified'}"]
+    if rec.get("hls_status"):  # its HLS project was built: the C-sim too
+        hx = rec.get("hls_exact")
+        lines.append(f"== C-sim ({rec.get('hls_samples')} inputs): " + (
+            "build failed" if rec["hls_status"] == "error" else "yes" if hx is True else "NO" if hx is False else "-"))
+    lines.append(f"point {rec.get('id')}")
     cmd = rec.get("command") or rec.get("python")
     if cmd:
         lines.append(f"rebuild: {cmd}")

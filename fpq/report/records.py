@@ -29,6 +29,13 @@ COLUMNS = ("id", "weights", "activations", "first_last", "method", "qat_epochs",
            "fake_quant_inf_per_s", "status", "error", "seconds", "command", "python")
 
 
+# what the HLS build of a point adds (``fpq.sweep(..., hls=...)``, see builds.py): stored as records
+# of their own (``{"key": ..., "hls": {...}}`` lines of the same store), joined to the point's row
+# in results.csv / results.json
+HLS_COLUMNS = ("hls_exact", "hls_samples", "hls_mismatch", "hls_status", "hls_error", "hls_seconds", "hls_where")
+TABLE_COLUMNS = COLUMNS + HLS_COLUMNS
+
+
 def point_id(cfg: dict) -> str:
     """Short stable id of one configuration (formats, method, QAT epochs, seed)."""
     keys = ("weights", "activations", "first_last", "method", "qat_epochs", "seed")
@@ -81,9 +88,9 @@ def check_record(rec, strict: bool = False) -> None:
 
     if not isinstance(rec, dict):
         raise BadRecord("record", f"expected a JSON object, got {type(rec).__name__}")
-    unknown = sorted(set(rec) - set(COLUMNS))
+    unknown = sorted(set(rec) - set(TABLE_COLUMNS))
     if unknown:
-        raise BadRecord(str(unknown[0]), f"unknown field; allowed: {', '.join(COLUMNS)}")
+        raise BadRecord(str(unknown[0]), f"unknown field; allowed: {', '.join(TABLE_COLUMNS)}")
     need = COLUMNS if strict else ("id", "weights", "activations", "method", "status")
     for k in need:
         if k not in rec:
@@ -138,10 +145,39 @@ def check_record(rec, strict: bool = False) -> None:
                                      "verify_paths)")
     if get("status") == "error" and get("accuracy") is not None:
         raise BadRecord("accuracy", "set on a point whose build failed")
+    check_hls_fields(rec)
     if strict:
         cfg = {k: rec[k] for k in ("weights", "activations", "first_last", "method", "qat_epochs", "seed")}
         if rec["id"] != point_id(cfg):
             raise BadRecord("id", f"{rec['id']!r} is not the id of this configuration ({point_id(cfg)!r})")
+
+
+HLS_STATUSES = ("ok", "error")
+
+
+def check_hls_fields(rec: dict, need: bool = False) -> None:
+    """The HLS fields of a record (all of them with ``need``, an HLS record of the store): an
+    ``hls_exact`` only from a C-sim that ran (status ok, samples > 0)."""
+    get = rec.get
+    if need:
+        for k in ("id", *HLS_COLUMNS):
+            if k not in rec:
+                raise BadRecord(k, "missing")
+    if get("hls_status") is not None and get("hls_status") not in HLS_STATUSES:
+        raise BadRecord("hls_status", f"{get('hls_status')!r} is not one of {', '.join(HLS_STATUSES)}")
+    v = get("hls_samples")
+    if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+        raise BadRecord("hls_samples", f"expected None or an integer >= 1, got {v!r}")
+    v = get("hls_seconds")
+    if v is not None and (not _real(v) or v < 0):
+        raise BadRecord("hls_seconds", f"expected None or a finite number >= 0, got {v!r}")
+    for k in ("hls_mismatch", "hls_error", "hls_where"):
+        if get(k) is not None and not isinstance(rec[k], str):
+            raise BadRecord(k, f"expected None or a string, got {type(rec[k]).__name__}")
+    ex = get("hls_exact")
+    if ex is not None and (not isinstance(ex, bool) or get("hls_status") != "ok" or not get("hls_samples")):
+        raise BadRecord("hls_exact", f"expected None, or true / false from a C-sim that ran (hls_status ok, "
+                                     f"hls_samples >= 1), got {ex!r}")
 
 
 class _Locked:
@@ -170,12 +206,15 @@ class _Locked:
         return False
 
 
-def read_cache(path: str, context: str | None = None) -> dict:
+def read_cache(path: str, context: str | None = None, kind: str = "record") -> dict:
     """{cache key: record} (the last line of a key wins; with ``context`` only keys of that sweep
     context). A line that is not a record fpq.sweep wrote (cut short by a kill, or edited) is
-    skipped with a warning naming its line and field; its point is recomputed."""
+    skipped with a warning naming its line and field; its point is recomputed. ``kind``:
+    "record" (points) or "hls" (HLS builds); lines of the other kind are passed over."""
     import warnings
 
+    if kind not in ("record", "hls"):
+        raise ValueError(f"read_cache: kind must be 'record' or 'hls', got {kind!r}")
     out = {}
     if not os.path.exists(path):
         return out
@@ -185,10 +224,20 @@ def read_cache(path: str, context: str | None = None) -> dict:
                 continue
             try:
                 entry = json.loads(line)
-                if not isinstance(entry, dict) or set(entry) != {"key", "record"}:
-                    raise BadRecord("line", "expected {\"key\": ..., \"record\": {...}}")
-                key, rec = entry["key"], entry["record"]
-                check_record(rec, strict=True)
+                if not isinstance(entry, dict) or set(entry) not in ({"key", "record"}, {"key", "hls"}):
+                    raise BadRecord("line", "expected {\"key\": ..., \"record\": {...}} or {\"key\": ..., \"hls\": {...}}")
+                if kind not in entry:
+                    continue
+                key, rec = entry["key"], entry[kind]
+                if kind == "hls":
+                    if not isinstance(rec, dict):
+                        raise BadRecord("hls", f"expected a JSON object, got {type(rec).__name__}")
+                    unknown = sorted(set(rec) - {"id", *HLS_COLUMNS})
+                    if unknown:
+                        raise BadRecord(unknown[0], f"unknown field; allowed: id, {', '.join(HLS_COLUMNS)}")
+                    check_hls_fields(rec, need=True)
+                else:
+                    check_record(rec, strict=True)
                 if not isinstance(key, str) or key.split("-", 1)[0] != rec["id"]:
                     raise BadRecord("key", f"{key!r} does not start with the record's id {rec['id']!r}")
             except json.JSONDecodeError:
@@ -199,7 +248,7 @@ def read_cache(path: str, context: str | None = None) -> dict:
                 warnings.warn(f"fpq.sweep: {path} line {n} is not a record fpq.sweep wrote ({e}): skipped, "
                               "its point is recomputed", stacklevel=2)
                 continue
-            if context is None or key.endswith("-" + context):
+            if context is None or key.split("-")[1:2] == [context]:
                 out[key] = rec
     return out
 
@@ -214,8 +263,8 @@ def _end_partial_line(path: str) -> None:
                 f.write(b"\n")
 
 
-def _append_cache(path: str, key: str, rec: dict) -> None:
-    line = (json.dumps({"key": key, "record": rec}, default=str) + "\n").encode()
+def _append_cache(path: str, key: str, rec: dict, kind: str = "record") -> None:
+    line = (json.dumps({"key": key, kind: rec}, default=str) + "\n").encode()
     with open(path, "ab") as f, _Locked(f, exclusive=True):  # one write per line, flushed: a kill loses at most this line
         f.write(line)
         f.flush()
@@ -260,10 +309,10 @@ def write_tables(records: list, meta: dict, out: str) -> tuple[str, str]:
     with open(jpath, "w") as f:
         json.dump({"meta": meta, "records": records}, f, indent=1, default=str)
     with open(cpath, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(COLUMNS), extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=list(TABLE_COLUMNS), extrasaction="ignore")
         w.writeheader()
         for r in records:
-            w.writerow({k: "" if r.get(k) is None else r.get(k) for k in COLUMNS})
+            w.writerow({k: "" if r.get(k) is None else r.get(k) for k in TABLE_COLUMNS})
     return cpath, jpath
 
 
@@ -362,12 +411,12 @@ def _parse_csv_row(row: dict) -> dict:
             raise BadRecord(str(k), "the row's cells do not match the header")
         if v == "":
             out[k] = None
-        elif k == "exact":
+        elif k in ("exact", "hls_exact"):
             if v not in ("True", "False"):
                 raise BadRecord(k, f"expected True, False or empty, got {v!r}")
             out[k] = v == "True"
         elif k in ("accuracy", "seconds", *COST_FIELDS, "w_bits", "a_bits", "qat_epochs", "seed", "verify_samples",
-                   "float_inf_per_s", "fake_quant_inf_per_s"):
+                   "float_inf_per_s", "fake_quant_inf_per_s", "hls_samples", "hls_seconds"):
             try:
                 out[k] = float(v) if any(c in v for c in ".eEnN") else int(v)
             except ValueError:
@@ -377,5 +426,5 @@ def _parse_csv_row(row: dict) -> dict:
     return out
 
 
-__all__ = ["COLUMNS", "COST_FIELDS", "CACHE", "PROGRESS", "BadRecord", "read_progress", "write_progress", "SweepResult", "check_record", "load_results",
+__all__ = ["COLUMNS", "HLS_COLUMNS", "TABLE_COLUMNS", "COST_FIELDS", "CACHE", "PROGRESS", "BadRecord", "read_progress", "write_progress", "SweepResult", "check_record", "load_results",
            "point_id", "read_cache", "write_tables"]

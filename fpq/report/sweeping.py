@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..userfiles import is_torch_module, load_spec
+from .builds import HlsPhase, check_hls
 from .engines import ENGINES, check_address, ray_module, run_points
 from .grid import canonical_list, grid, points
 from .records import (CACHE, COLUMNS, PROGRESS, COST_FIELDS, SweepResult, _append_cache, _end_partial_line, _family,  # noqa: F401
@@ -358,7 +359,8 @@ def sweep(model, data=None, formats=None, methods=("max", "mse"), weights=None, 
           verify_samples: int = 64, progress: bool = True, *, only=None, fresh: bool = False,
           metric=None, cost=None, scale: str = "po2", granularity: str = "tensor",
           calib_samples: int = 1024, verify_qonnx: int = 2, profile=None,
-          trust_pickle: bool = False, engine: str = "local", address: str | None = None) -> SweepResult:
+          trust_pickle: bool = False, engine: str = "local", address: str | None = None,
+          hls: str | None = None, hls_samples: int = 16, hls_options=None, compile_workers: int = 1) -> SweepResult:
     """Evaluate every (weights x activations x first_last x method) point; see the module docstring.
 
     model: a float ``nn.Module`` (trained) or a spec ``FILE.py:NAME`` / ``MODULE:NAME`` / ``FILE.pt``
@@ -379,6 +381,11 @@ def sweep(model, data=None, formats=None, methods=("max", "mse"), weights=None, 
     engine: "local" (this machine's processes; ``workers`` of them) or "ray" (Ray tasks; needs
     ``pip install 'fpq[ray]'``). address: the Ray cluster ("auto", "ray://HOST:PORT" or the head's
     "HOST:PORT"); None starts a local Ray with ``workers`` CPUs. Same points, same records.
+    hls: None, "front" (the Pareto-front points) or "all": after the points, build those points'
+    HLS projects (``fpq.to_hls`` with ``hls_options``) and C-simulate the first ``hls_samples`` verify
+    inputs against torch and the emulator (``hls_exact`` in the results); builds are stored and
+    resumed like points, and run on ``compile_workers`` local processes or as Ray tasks that need
+    the ``fpq_compile`` resource (see ``fpq.report.builds``).
     """
     import torch
 
@@ -390,6 +397,7 @@ def sweep(model, data=None, formats=None, methods=("max", "mse"), weights=None, 
     if address is not None and engine != "ray":
         raise ValueError(f"fpq.sweep: address={address!r} is for engine='ray' (engine is {engine!r})")
     check_address(address)
+    plan = check_hls(hls, hls_samples, hls_options, compile_workers, int(verify_samples))
     if engine == "ray":
         ray_module()  # installed? (it is imported only here and in the engine)
     st = Settings(seed=int(seed), qat_epochs=int(qat_epochs), verify_samples=int(verify_samples),
@@ -437,7 +445,7 @@ def sweep(model, data=None, formats=None, methods=("max", "mse"), weights=None, 
         cfgs = [c for c in cfgs if point_id(c) in only]
     workers = int(workers)
     payload = None
-    if workers > 1 or engine == "ray":
+    if workers > 1 or engine == "ray" or (plan is not None and plan.compile_workers > 1):
         try:
             payload = pickle.dumps({"model": model, "data": data, "settings": st, "metric": metric})
         except Exception as e:
@@ -459,6 +467,8 @@ def sweep(model, data=None, formats=None, methods=("max", "mse"), weights=None, 
     done = {point_id(c): cached[key[point_id(c)]] for c in cfgs if key[point_id(c)] in cached
             and not str(cached[key[point_id(c)]].get("error") or "").startswith(ENGINE_ERROR)}
     todo = [c for c in cfgs if point_id(c) not in done]
+    phase = None if plan is None else HlsPhase(
+        plan, cache_path, key, lambda: [done[point_id(c)] for c in cfgs if point_id(c) in done], fresh)
     progress_path = os.path.join(st.out, PROGRESS)
     live = {"running": 0, "started": t_start}
 
@@ -493,17 +503,24 @@ def sweep(model, data=None, formats=None, methods=("max", "mse"), weights=None, 
     state = "interrupted"
     try:
         show()
-        if engine == "ray" or (workers > 1 and len(todo) > 1):
-            if todo:
-                run_points(engine, todo, workers, payload, finish, running, address)
+        if engine == "ray":
+            if todo or (phase is not None and phase.jobs()):  # (jobs are known once every point is)
+                run_points(engine, todo, workers, payload, finish, running, address, phase=phase)
         else:
             # one thread like the workers: QAT sums in float32 could otherwise depend on the thread count
             threads = torch.get_num_threads()
             torch.set_num_threads(1)
             try:
-                for c in todo:
-                    running(1)
-                    finish(c, run_point(model, data, c, st, metric))
+                if workers > 1 and len(todo) > 1:
+                    run_points(engine, todo, workers, payload, finish, running)
+                else:
+                    for c in todo:
+                        running(1)
+                        finish(c, run_point(model, data, c, st, metric))
+                if phase is not None and phase.plan.compile_workers > 1:
+                    run_points(engine, [], workers, payload, finish, running, phase=phase)
+                elif phase is not None:
+                    phase.run_here(model, data, st)
             finally:
                 torch.set_num_threads(threads)
         state = "finished"
@@ -513,12 +530,16 @@ def sweep(model, data=None, formats=None, methods=("max", "mse"), weights=None, 
         bar.close()
 
     records = [done[point_id(c)] for c in cfgs]
+    if phase is not None:
+        records = phase.merge(records)
     meta = {"float_accuracy": evaluate(model, data.x_test, data.y_test, metric), "metric": st.metric_name,
             "points": len(records), "computed": len(todo), "cached": len(cfgs) - len(todo),
             "seconds": round(time.time() - t_start, 2), "workers": workers, "engine": engine, "seed": st.seed,
             "model_spec": st.model_spec, "data_spec": st.data_spec or (DEFAULT_DATA_SPEC if st.model_spec else None),
             "first_layer": st.first_layer, "last_layer": st.last_layer, "settings": st.fingerprint(),
             "context": ctx, "n_test": len(data.x_test)}
+    if phase is not None:
+        meta["hls"] = phase.meta()
     cpath, jpath = write_tables(records, meta, st.out)
     return SweepResult(records, meta, st.out, cpath, jpath, len(todo))
 
