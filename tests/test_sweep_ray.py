@@ -81,12 +81,13 @@ def spec(tiny, tmp_path_factory):
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """One local Ray for the module; its workers import this file (slow_metric) and mark the
-    points they run in FPQ_RAY_TEST_MARKS."""
+    points they run in FPQ_RAY_TEST_MARKS. Its node advertises one unit of fpq_compile, as a
+    cluster node that may run HLS builds does (`ray start --resources='{"fpq_compile": 1}'`)."""
     marks = tmp_path_factory.mktemp("marks")
     env = {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "FPQ_RAY_TEST_MARKS": str(marks), "OMP_NUM_THREADS": "1"}
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             runtime_env={"env_vars": env})
+    ray.init(num_cpus=2, resources={"fpq_compile": 1}, include_dashboard=False, log_to_driver=False,
+             configure_logging=False, runtime_env={"env_vars": env})
     try:
         yield {"address": ray.get_runtime_context().gcs_address, "marks": marks}
     finally:
@@ -281,3 +282,57 @@ def test_live_report_and_refusals(tiny, tmp_path):
         sweep(*tiny, formats=["int4"], out=str(tmp_path / "x"), engine="ray", address="somewhere")
     assert not (tmp_path / "x").exists()
     assert read_cache(str(tmp_path / "cache.jsonl"), context="other") == {}
+
+
+def test_hls_build_runs_as_a_ray_task_that_holds_the_compile_resource(tiny, cluster, tmp_path):
+    """A reuse factor for a layer the model lacks: fpq.to_hls refuses it at once (no compile), so
+    this stays fast; the failure is recorded with where the task ran and what it held, and is not
+    built again."""
+    kw = dict(weights=["int4"], activations=["int8"], methods=("max",), **KW, out=str(tmp_path), engine="ray",
+              hls="all", hls_samples=4, hls_options={"reuse_factor": {"no_such_layer": 2}})
+    res = sweep(*tiny, **kw)
+    (r,) = res.records
+    assert r["status"] == "ok" and r["hls_status"] == "error" and r["hls_exact"] is None
+    assert r["hls_error"].startswith("ValueError: reuse_factor names 'no_such_layer', which is no layer")
+    assert r["hls_where"].startswith("ray on ") and "fpq_compile=1" in r["hls_where"] and "CPU=1" in r["hls_where"]
+    assert res.meta["hls"]["built"] == 1
+    again = sweep(*tiny, **kw)
+    assert again.computed == 0 and again.meta["hls"]["built"] == 0 and again.meta["hls"]["cached"] == 1
+    assert [e for e in _store(tmp_path) if "hls" in e][0]["hls"] == {k: r[k] for k in ["id", *again.records[0]]
+                                                                    if k == "id" or k.startswith("hls_")}
+
+
+def test_hls_on_a_cluster_without_the_compile_resource_is_refused_up_front(tiny, cluster, tmp_path, monkeypatch):
+    """As if the cluster's nodes did not advertise the resource the builds need: a clear error
+    before any point runs, not builds pending forever."""
+    from fpq.report import builds
+    monkeypatch.setattr(builds, "COMPILE_RESOURCE", "fpq_compile_big")  # no node advertises this one
+    t0 = time.time()
+    with pytest.raises(ValueError, match=r"needs a node that advertises the custom resource 'fpq_compile_big'.*"
+                                         r"ray start \.\.\. --resources="):
+        sweep(*tiny, weights=["int4"], activations=["int8"], methods=("max",), **KW, out=str(tmp_path),
+              engine="ray", hls="front", hls_samples=4)
+    assert time.time() - t0 < 60
+    assert not (tmp_path / "cache.jsonl").exists() or _store(tmp_path) == []  # no point ran
+
+
+HLS_FIELDS = ("hls_exact", "hls_samples", "hls_mismatch", "hls_status", "hls_error")
+
+
+@pytest.mark.slow
+def test_hls_builds_c_sim_the_same_on_both_engines(tiny, cluster, tmp_path):
+    """A real build and C-sim of one tiny point on each engine (the local one in the pool of
+    compile workers): the same records, exact, stored once."""
+    kw = dict(weights=["int4"], activations=["int8"], methods=("max",), **KW, hls="all", hls_samples=8)
+    local = sweep(*tiny, **kw, out=str(tmp_path / "local"), workers=1, compile_workers=2)
+    on_ray = sweep(*tiny, **kw, out=str(tmp_path / "ray"), engine="ray")
+    for res in (local, on_ray):
+        (built,) = res.records
+        assert built["exact"] is True and built["hls_exact"] is True and built["hls_status"] == "ok", built["hls_error"]
+        assert built["hls_seconds"] > 0.5 and built["hls_mismatch"] == ""
+    assert [{k: r[k] for k in HLS_FIELDS} for r in local.records] == [{k: r[k] for k in HLS_FIELDS} for r in on_ray.records]
+    assert local.records[0]["hls_where"].startswith("local on ") and "fpq_compile=1" in on_ray.records[0]["hls_where"]
+    assert str(os.getpid()) not in local.records[0]["hls_where"]  # compile_workers=2: a pool process built it
+    for out in ("local", "ray"):
+        keys = [e["key"] for e in _store(tmp_path / out)]
+        assert len(keys) == len(set(keys)) == 2 and sum("-hls-" in k for k in keys) == 1
