@@ -115,7 +115,11 @@ class _Builder:
         g = self.g
         if len(g.inputs) != 1:
             raise HLSUnsupportedError(f"the HLS path takes networks with one input, got {len(g.inputs)}: {g.inputs}")
+        from . import blocks  # block-scaled tensors (mxfp4, nvfp4, ...): fpq's own layers
         for op in g.ops:
+            if blocks.handles(self, op):
+                blocks.build(self, op)
+                continue
             handler = getattr(self, f"op_{op.kind}", None)
             if handler is None:
                 why = f" (ONNX {', '.join(op.onnx_nodes)}): {NO_HLS_WHY[op.kind]}" if op.kind in NO_HLS_WHY else ""

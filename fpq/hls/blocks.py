@@ -1,0 +1,453 @@
+"""Block-scaled layers (mxfp4, nvfp4, mxfp8_e4m3, mxint8, ``block<ELEM,SCALE,K>``) in the HLS
+project, through hls4ml's extension API: ``FpqBlockQuant`` (a block quantizer with run-time block
+scales) and ``FpqBlockDense`` (the exact block dot product). The C++ is ``hls/fpq_block.h``; its
+header comment says what travels on the wire (one word per value: element sign, element index,
+block scale code) and how every step stays exact. hls4ml has no block-scaled type or layer, and
+qonnx none either, so both layers and their C++ are fpq's own.
+
+The builder (fpq.hls.builder) hands every op that reads or writes a block-scaled tensor here
+(``handles``): the input quantizer and a Linear's output quantizer become ``FpqBlockQuant``, a
+Linear whose input and weight are block-scaled ``FpqBlockDense`` (weights as static element codes
+and per-block scale codes), a ReLU of block words an ``FpqQuantize`` (``fpq::block_relu``), and the
+network's block output an ``FpqQuantize`` decoding the words into their exact values
+(``fpq::block_decode``). Every width is computed here, exactly, from the formats (and the static
+weights' scale codes); io_parallel only.
+
+Block sizes that do not divide the reduction axis are zero-padded, as fpq.numerics.blocks pads
+(OCP MX pads a vector): the padding changes no block scale and adds nothing to a sum.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+from hls4ml.backends.template import FunctionCallTemplate, LayerConfigTemplate
+from hls4ml.model.layers import Attribute, Layer
+
+from ..formats import BlockFormat, Minifloat
+from ..formats.facts import values as format_values
+from ..numerics.blocks import block_quantize, to_blocks
+from ..numerics.reference import quantize_unscaled
+from .types import FloatPort, HLSUnsupportedError, _Tensor
+
+HEADER = "nnet_utils/fpq_block.h"
+MAX_WIDTH = 1000  # ap_int's default AP_INT_MAX_W is 1024
+
+
+@dataclass(frozen=True)
+class WideFixed:
+    """An ap_fixed precision wider than fpq's Fixed allows (MAX_FIXED_WIDTH): the exact sums and
+    decoded values of E8M0 blocks span ~2^-140 .. 2^140. Spelled and compared as a Fixed."""
+
+    width: int
+    int_bits: int
+    signed: bool = True
+    rounding: str = "TRN"
+    overflow: str = "WRAP"
+
+    def __str__(self):
+        return f"{'fixed' if self.signed else 'ufixed'}<{self.width},{self.int_bits}>"
+
+
+def _word(bits: int) -> WideFixed:
+    return WideFixed(bits, bits, False)
+
+
+def _exp2(v: float) -> int:
+    """The exponent of the LSB of a nonzero dyadic float."""
+    f = Fraction(v)
+    if f.denominator > 1:
+        return -(f.denominator.bit_length() - 1)
+    n = abs(f.numerator)
+    return (n & -n).bit_length() - 1
+
+
+def _sig_exp(v: float) -> tuple[int, int]:
+    """v = sig * 2^exp, sig an odd integer (v > 0 dyadic)."""
+    e = _exp2(v)
+    return int(Fraction(v) / Fraction(2) ** e), e
+
+
+def _exact(product: float, *factors: float) -> float:
+    if Fraction(product) != math.prod(Fraction(f) for f in factors):
+        raise AssertionError(f"{factors} has no exact float64 product")   # formats are checked to fit
+    return product
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A format's non-negative values (ascending; index = the wire's element index), their
+    midpoints and, per midpoint, whether its tie rounds up (the upper value has the even code:
+    decided by the reference's own rounding, fpq.numerics.reference)."""
+
+    pos: np.ndarray
+    mids: np.ndarray
+    up: np.ndarray
+
+    @property
+    def idx_bits(self) -> int:
+        return max(1, (len(self.pos) - 1).bit_length())
+
+
+def _grid(fmt, lo: float = 0.0) -> Grid:
+    v = np.asarray(format_values(fmt), dtype=np.float64)
+    v = v[np.isfinite(v)]
+    pos = np.unique(v[v >= lo])
+    mids = (pos[:-1] + pos[1:]) / 2
+    up = quantize_unscaled(mids, fmt) == pos[1:]
+    return Grid(pos, mids, up)
+
+
+def elem_grid(fmt: BlockFormat, who: str) -> Grid:
+    v = np.asarray(format_values(fmt.elem), dtype=np.float64)
+    g = _grid(fmt.elem)
+    if not np.array_equal(np.unique(-v[v < 0]), g.pos[1:]):
+        raise HLSUnsupportedError(f"{who}: the block element format {fmt.elem} is not sign-symmetric; the HLS block "
+                                  "datapath carries sign and magnitude (use e.g. a narrow int or a minifloat)")
+    return g
+
+
+@dataclass(frozen=True)
+class Wire:
+    """A block-scaled tensor on the HLS wire: its format, static tensor scale (1 for E8M0) and the
+    tables of its words."""
+
+    fmt: BlockFormat
+    st: float
+    elem: Grid
+    scale_vals: np.ndarray   # per scale code: the block scale (E8M0: 2^(c - 127))
+
+    @property
+    def scale_bits(self) -> int:
+        return 8 if self.fmt.po2_scale else max(1, (len(self.scale_vals) - 1).bit_length())
+
+    @property
+    def word_bits(self) -> int:
+        return 1 + self.elem.idx_bits + self.scale_bits
+
+
+def make_wire(fmt: BlockFormat, scale, who: str) -> Wire:
+    if fmt.scale_rounding != "floor":
+        raise HLSUnsupportedError(f"{who}: {fmt} rounds its e8m0 scales with {fmt.scale_rounding!r}; the HLS block "
+                                  "quantizer builds OCP MX's 'floor' only")
+    if fmt.axis not in (-1,):
+        raise HLSUnsupportedError(f"{who}: {fmt} blocks along axis {fmt.axis}; HLS blocks the last axis")
+    st = float(np.ravel(scale)[0])
+    if fmt.po2_scale:
+        if st != 1.0:
+            raise AssertionError(f"{who}: an e8m0 block format with tensor scale {st}")
+        svals = np.ldexp(1.0, np.arange(-127, 128))
+    else:
+        svals = _grid(fmt.scale, fmt.scale.min_normal).pos
+    return Wire(fmt, st, elem_grid(fmt, who), svals)
+
+
+def _ctable(name: str, ctype: str, vals, ret: str | None = None) -> str:
+    lit = {"double": lambda v: repr(float(v)), "bool": lambda v: "true" if v else "false",
+           "int": lambda v: str(int(v)), "long long": lambda v: f"{int(v)}LL",
+           "unsigned": lambda v: f"{int(v)}u"}[ctype]
+    return (f"    static {ret or ctype} {name}(int i) {{\n        #pragma HLS INLINE\n"
+            f"        static const {ctype} t[{len(vals)}] = {{{', '.join(lit(v) for v in vals)}}};\n"
+            f"        return t[i];\n    }}")
+
+
+def _quant_body(w: Wire, n_in: int) -> str:
+    k = w.fmt.k
+    lines = [f"    static const unsigned n_in = {n_in};", f"    static const unsigned k = {k};",
+             f"    static const unsigned n_blocks = {-(-n_in // k)};",
+             f"    static const bool po2 = {'true' if w.fmt.po2_scale else 'false'};",
+             f"    static const int emax_elem = {w.fmt.emax_elem};",
+             f"    static const int idx_bits = {w.elem.idx_bits};", f"    static const int word_bits = {w.word_bits};",
+             f"    static const int n_elem_mid = {len(w.elem.mids)};",
+             _ctable("elem_mid", "double", w.elem.mids), _ctable("elem_up", "bool", w.elem.up)]
+    if not w.fmt.po2_scale:
+        sg = _grid(w.fmt.scale, w.fmt.scale.min_normal)
+        c = float(w.fmt.elem_max) * w.st
+        th = [_exact(float(m) * c, m, w.fmt.elem_max, w.st) for m in sg.mids]
+        sv = [_exact(float(s) * w.st, s, w.st) for s in sg.pos]
+        lines += [f"    static const int n_scale_mid = {len(th)};", _ctable("scale_th", "double", th),
+                  _ctable("scale_up", "bool", sg.up), _ctable("scale_value", "double", sv)]
+    return "\n".join(lines)
+
+
+class FpqBlockQuant(Layer):
+    """A block quantizer: n_in values (float port or an exact sum) -> one block word each."""
+
+    _expected_attributes = [Attribute("n_in"), Attribute("config_body", value_type=str)]
+
+    def initialize(self):
+        inp = self.get_input_variable()
+        self.set_attr("n_in", inp.size())
+        self.add_output_variable(inp.shape)
+
+
+class FpqBlockDense(Layer):
+    """The exact dot product of block words with static block-coded weights, plus the bias."""
+
+    _expected_attributes = [Attribute("n_in"), Attribute("n_out"), Attribute("config_body", value_type=str)]
+
+    def initialize(self):
+        self.add_output_variable([self.get_attr("n_out")])
+
+
+_CONFIG = """struct config{index} {{
+    static const unsigned io_type = nnet::{iotype};
+    static const unsigned reuse_factor = {reuse};
+    // fpq {what} (hls/fpq_block.h)
+{body}
+}};\n"""
+
+
+def _templates(cls, what: str, fn: str):
+    class Config(LayerConfigTemplate):
+        def __init__(self):
+            super().__init__(cls)
+
+        def format(self, node):
+            params = self._default_config_params(node)
+            return _CONFIG.format(what=what, body=node.get_attr("config_body"), **params)
+
+    class Call(FunctionCallTemplate):
+        def __init__(self):
+            super().__init__(cls, include_header=[HEADER])
+
+        def format(self, node):
+            params = self._default_function_params(node)
+            return f"fpq::{fn}<{{input_t}}, {{output_t}}, {{config}}>({{input}}, {{output}});".format(**params)
+
+    return Config, Call
+
+
+TEMPLATES = _templates(FpqBlockQuant, "block quantizer", "block_quant_layer") + \
+    _templates(FpqBlockDense, "block dot product", "block_dense")
+
+
+def register(backend) -> None:
+    for t in TEMPLATES:
+        backend.register_template(t)
+
+
+# ---------------------------------------------------------------------------------------- weights
+def weight_codes(w: np.ndarray, wire: Wire, who: str):
+    """Static block weights (out, in) float64 -> (element index, negative, scale code per block),
+    with element x scale x tensor scale == w exactly. The reference's own codes where its
+    re-quantization reproduces the values; otherwise the first scale code that holds the block."""
+    fmt, pos = wire.fmt, wire.elem.pos
+    blocks, _ = to_blocks(w, fmt.k, -1)                       # (out, nb, k), zero padded
+    ts = None if fmt.po2_scale else wire.st
+    bq = block_quantize(w, fmt, ts)
+    if fmt.po2_scale:
+        codes = bq.scale_codes.copy()
+    else:
+        codes = np.searchsorted(wire.scale_vals, bq.scales)
+    codes = np.clip(codes, 0, len(wire.scale_vals) - 1)
+
+    def elems(c):
+        S = wire.scale_vals[c] * wire.st
+        e = blocks / S[..., None]
+        ok = (e * S[..., None] == blocks) & np.isin(np.abs(e), pos)
+        return e, ok.all(-1)
+
+    e, ok = elems(codes)
+    for idx in zip(*np.nonzero(~ok)):
+        for c in range(len(wire.scale_vals)):
+            S = wire.scale_vals[c] * wire.st
+            eb = blocks[idx] / S
+            if np.all(eb * S == blocks[idx]) and np.all(np.isin(np.abs(eb), pos)):
+                codes[idx] = c
+                break
+        else:
+            raise HLSUnsupportedError(f"{who}: a weight block holds values that are not {fmt} values at any scale")
+    e, ok = elems(codes)
+    assert ok.all()
+    e = e.reshape(e.shape[0], -1)[:, :w.shape[1]]
+    return np.searchsorted(pos, np.abs(e)), e < 0, codes
+
+
+def _ints(vals: np.ndarray) -> tuple[list, int]:
+    """Non-negative dyadic values -> (integers, lsb exponent): vals = ints * 2^lsb."""
+    nz = [float(v) for v in vals if v != 0]
+    lsb = min((_exp2(v) for v in nz), default=0)
+    return [int(Fraction(float(v)) / Fraction(2) ** lsb) for v in vals], lsb
+
+
+def _scale_sig_exp(wire: Wire, codes=None):
+    """Per scale code: (significand, exponent) tables; and the exponent range and largest
+    significand over ``codes`` (all codes when None)."""
+    se = [_sig_exp(float(s)) for s in wire.scale_vals]
+    used = range(len(se)) if codes is None else sorted(set(int(c) for c in np.ravel(codes)))
+    return [s for s, _ in se], [e for _, e in se], min(se[c][1] for c in used), max(se[c][1] for c in used), \
+        max(se[c][0] for c in used)
+
+
+# ---------------------------------------------------------------------------------- dot product
+def _dense_body(xw: Wire, ww: Wire, w: np.ndarray, bias, who: str) -> tuple[str, WideFixed]:
+    """The FpqBlockDense config of y = x @ w.T + bias and its exact result type."""
+    n_out, n_in = w.shape
+    w_idx, w_neg, w_codes = weight_codes(w, ww, who)
+    g = math.gcd(xw.fmt.k, ww.fmt.k)
+    n_sub, nbw = -(-n_in // g), -(-n_in // ww.fmt.k)
+    x_ints, lx = _ints(xw.elem.pos)
+    w_ints, lw = _ints(ww.elem.pos)
+    xsig, xexp, xe_lo, xe_hi, xs_max = _scale_sig_exp(xw)
+    wsig, wexp, we_lo, we_hi, ws_max = _scale_sig_exp(ww, w_codes)
+    maxp = g * max(x_ints) * max(w_ints)                  # |sum of one sub-block's element products|
+    term_max = maxp * xs_max * ws_max
+    e_min = xe_lo + we_lo
+    acc_max = (n_sub * term_max) << (xe_hi + we_hi - e_min)
+    lsb = e_min + lx + lw                                 # the accumulator's LSB: 2^lsb
+    c = Fraction(xw.st) * Fraction(ww.st)                 # the static tensor scales' product
+    cm, ce = c.numerator, -int(math.log2(c.denominator))
+    b = np.zeros(n_out) if bias is None else np.asarray(bias, dtype=np.float64)
+    if not np.isfinite(b).all():
+        raise HLSUnsupportedError(f"{who}: its bias holds non-finite values")
+    b_abs, lb = _ints(np.abs(b))
+    if not np.any(b):
+        lb = lsb + ce
+    b_int = [-v if s < 0 else v for v, s in zip(b_abs, b)]
+    ly = min(lsb + ce, lb)
+    acc_shift, bias_shift = lsb + ce - ly, lb - ly
+    y_max = (acc_max * cm << acc_shift) + (max(b_abs, default=0) << bias_shift)
+    yw = y_max.bit_length() + 1
+    if yw > MAX_WIDTH or max(b_abs, default=0) >= 1 << 62:
+        raise HLSUnsupportedError(
+            f"{who}: its exact sum needs {yw} bits (scale exponents 2^{e_min} .. 2^{xe_hi + we_hi}, bias LSB 2^{lb}), "
+            f"more than the {MAX_WIDTH} an ap_int holds; use block formats of a narrower scale range")
+    pw, tw, aw = maxp.bit_length() + 1, term_max.bit_length() + 1, acc_max.bit_length() + 1
+    words = (np.asarray(w_idx, dtype=np.int64) << 1) | np.asarray(w_neg, dtype=np.int64)
+    body = "\n".join([
+        f"    static const unsigned n_in = {n_in};", f"    static const unsigned n_out = {n_out};",
+        f"    static const unsigned g = {g};", f"    static const unsigned n_sub = {n_sub};",
+        f"    static const unsigned kw = {ww.fmt.k};", f"    static const unsigned nbw = {nbw};",
+        f"    static const int x_idx_bits = {xw.elem.idx_bits};", f"    static const int x_word_bits = {xw.word_bits};",
+        f"    static const int w_idx_bits = {ww.elem.idx_bits};",
+        f"    static const int e_min = {e_min};", f"    static const long long cm = {cm}LL;",
+        f"    static const int acc_shift = {acc_shift};", f"    static const int bias_shift = {bias_shift};",
+        f"    typedef ap_int<{pw}> psum_t;", f"    typedef ap_int<{tw}> term_t;",
+        f"    typedef ap_int<{aw}> acc_t;", f"    typedef ap_int<{yw}> y_t;",
+        _ctable("x_elem", "long long", x_ints), _ctable("w_elem", "long long", w_ints),
+        _ctable("x_sig", "long long", xsig), _ctable("x_exp", "int", xexp),
+        _ctable("w_sig", "long long", wsig), _ctable("w_exp", "int", wexp),
+        _ctable("w_word", "unsigned", words.ravel()), _ctable("w_scale", "int", np.ravel(w_codes)),
+        _ctable("bias_int", "long long", b_int),
+    ])
+    return body, WideFixed(yw, yw + ly)
+
+
+# ------------------------------------------------------------------------------------- building
+def _wires(builder) -> dict:
+    if not hasattr(builder, "block_wires"):
+        builder.block_wires = {}
+    return builder.block_wires
+
+
+def _is_block(t) -> bool:
+    return t is not None and isinstance(t.format, BlockFormat)
+
+
+def handles(builder, op) -> bool:
+    """Whether ``op`` writes or reads a block-scaled tensor (then ``build`` builds or refuses it)."""
+    if op.kind in ("input_quant", "quant") and _is_block(op.quant.ttype):
+        return True
+    if op.kind == "linear" and (_is_block(op.types.get("input")) or _is_block(op.types.get("weight"))):
+        return True
+    wires = _wires(builder)
+    return any(name in builder.t and builder.t[name].layer in wires for name in op.inputs)
+
+
+def _out(builder, op, tensor: _Tensor, wire: Wire | None) -> None:
+    """The op's value is ``tensor``. No trace of a block layer is compared with the emulator's
+    op (its words are codes; its exact sum is not the emulator's rounded one): verify compares
+    the network output."""
+    builder.t[op.outputs[0]] = tensor
+    builder.plan.op_layer[op.name] = tensor.layer
+    if wire is not None:
+        _wires(builder)[tensor.layer] = wire
+
+
+def _flat(builder, op, src: _Tensor, who: str) -> None:
+    if len(src.hls_shape) != 1 or src.perm is not None:
+        raise HLSUnsupportedError(f"{who}: block-scaled HLS layers take flat vectors (an MLP's); its input has "
+                                  f"shape {src.torch_shape} (block-scaled convolutions are not built)")
+
+
+def build(builder, op) -> None:
+    who = f"{op.kind} {op.name!r}"
+    wires = _wires(builder)
+    p = builder.plan
+    if op.kind == "input_quant":
+        name = op.inputs[0]
+        if name not in builder.g.inputs or builder.uses.get(name, 0) != 1:
+            raise HLSUnsupportedError(f"{who}: an input quantizer must read the graph input, and be its only reader")
+        shape = tuple(int(d) for d in builder.g.input_shapes[name][1:])
+        if len(shape) != 1:
+            raise HLSUnsupportedError(f"{who}: block-scaled HLS layers take flat vectors; the input has shape {shape}")
+        p.input_shape, p.input_perm, p.input_float32 = shape, None, True
+        builder.add_layer({"class_name": "InputLayer", "name": p.input_name, "input_shape": list(shape)},
+                          {"result": FloatPort()})
+        src = _Tensor(p.input_name, FloatPort(), shape, shape, None)
+    elif op.kind != "linear":
+        src = builder.src(op)
+    if op.kind in ("input_quant", "quant"):
+        if src.layer in wires:
+            raise HLSUnsupportedError(f"{who}: re-quantizing block-scaled values is not built in HLS")
+        _flat(builder, op, src, who)
+        tt = op.quant.ttype
+        wire = make_wire(tt.format, tt.scale, who)
+        out = _word(wire.word_bits)
+        builder.add_layer({"class_name": "FpqBlockQuant", "name": op.name, "inputs": [src.layer],
+                           "config_body": _quant_body(wire, int(src.hls_shape[0]))}, {"result": out})
+        _out(builder, op, _Tensor(op.name, out, src.torch_shape, src.hls_shape, None), wire)
+    elif op.kind == "linear":
+        src = builder.src(op)
+        x_t, w_t = op.types.get("input"), op.types.get("weight")
+        if src.layer not in wires or not _is_block(w_t):
+            raise HLSUnsupportedError(
+                f"{who}: HLS builds a block-scaled Linear whose input and weights are both block-scaled; it has "
+                f"input {x_t.format if x_t is not None else None} and weights {w_t.format if w_t is not None else None}")
+        _flat(builder, op, src, who)
+        w = np.asarray(op.weight, dtype=np.float64)
+        ww = make_wire(w_t.format, w_t.scale, f"{who} (weight)")
+        body, res = _dense_body(wires[src.layer], ww, w, op.bias, who)
+        builder.add_layer({"class_name": "FpqBlockDense", "name": op.name, "inputs": [src.layer],
+                           "n_in": w.shape[1], "n_out": w.shape[0], "config_body": body}, {"result": res})
+        _out(builder, op, _Tensor(op.name, res, (w.shape[0],), (w.shape[0],), None), None)
+    elif op.kind == "relu":
+        wire = wires[src.layer]
+        builder.add_layer({"class_name": "FpqQuantize", "name": op.name, "inputs": [src.layer],
+                           "quantizer": f"fpq::block_relu<in_T, out_T, {wire.elem.idx_bits}>({{x}})",
+                           "fpq_format": f"relu of {wire.fmt} words"}, {"result": src.fixed})
+        _out(builder, op, _Tensor(op.name, src.fixed, src.torch_shape, src.hls_shape, None), wire)
+    elif op.kind == "output":
+        _build_output(builder, op, src, wires[src.layer])
+    else:
+        raise HLSUnsupportedError(f"{who} reads block-scaled values; HLS builds Linear, ReLU and the network output "
+                                  "on them (quantize to a scalar format first for other ops)")
+
+
+def _build_output(builder, op, src: _Tensor, wire: Wire) -> None:
+    """The network output: block words decoded into their exact values (fpq::block_decode)."""
+    p = builder.plan
+    if p.output_layer:
+        raise HLSUnsupportedError("the HLS path takes networks with one output")
+    if src.layer != p.layers[-1]["name"]:
+        raise HLSUnsupportedError(f"the network output {op.inputs[0]!r} must be computed by the last layer")
+    el, lx = _ints(wire.elem.pos)
+    sig, exp, e_lo, e_hi, s_max = _scale_sig_exp(wire)
+    stm, ste = _sig_exp(wire.st)
+    ow = (max(el) * s_max * stm).bit_length() + (e_hi - e_lo) + 1
+    if ow > MAX_WIDTH:
+        raise HLSUnsupportedError(f"output {op.name!r}: its values need {ow} bits")
+    out = WideFixed(ow, ow + lx + e_lo + ste)
+    name = f"{src.layer}_decode"
+    tables = (f"static const long long el[{len(el)}] = {{{', '.join(f'{v}LL' for v in el)}}}; "
+              f"static const long long sg[{len(sig)}] = {{{', '.join(f'{v}LL' for v in sig)}}}; "
+              f"static const int ex[{len(exp)}] = {{{', '.join(str(v) for v in exp)}}};")
+    call = (f"fpq::block_decode<in_T, out_T, {wire.elem.idx_bits}, {wire.scale_bits}>({{x}}, el, sg, ex, {stm}LL, "
+            f"{e_lo})")
+    builder.add_layer({"class_name": "FpqQuantize", "name": name, "inputs": [src.layer], "quantizer": call,
+                       "quantizer_tables": tables, "fpq_format": f"decode {wire.fmt} words"}, {"result": out})
+    p.output_layer, p.output_shape, p.output_perm = name, src.torch_shape, None
+    p.op_layer[op.name] = name
