@@ -91,9 +91,14 @@ class Grid:
         return max(1, (len(self.pos) - 1).bit_length())
 
 
-def _grid(fmt, lo: float = 0.0) -> Grid:
+def _reachable(fmt) -> np.ndarray:
+    """The finite values the format's quantizer can produce (e.g. SAT_SYM never gives -2^(W-1))."""
     v = np.asarray(format_values(fmt), dtype=np.float64)
-    v = v[np.isfinite(v)]
+    return np.unique(quantize_unscaled(v[np.isfinite(v)], fmt))
+
+
+def _grid(fmt, lo: float = 0.0) -> Grid:
+    v = _reachable(fmt)
     pos = np.unique(v[v >= lo])
     mids = (pos[:-1] + pos[1:]) / 2
     up = quantize_unscaled(mids, fmt) == pos[1:]
@@ -101,7 +106,7 @@ def _grid(fmt, lo: float = 0.0) -> Grid:
 
 
 def elem_grid(fmt: BlockFormat, who: str) -> Grid:
-    v = np.asarray(format_values(fmt.elem), dtype=np.float64)
+    v = _reachable(fmt.elem)
     g = _grid(fmt.elem)
     if not np.array_equal(np.unique(-v[v < 0]), g.pos[1:]):
         raise HLSUnsupportedError(f"{who}: the block element format {fmt.elem} is not sign-symmetric; the HLS block "
