@@ -31,7 +31,7 @@ def hard_rows(a_fmt) -> torch.Tensor:
     x[:32, :32] *= 2.0 ** -100
     f = fpq.parse_format(a_fmt)
     if f.po2_scale:
-        from fpq.hls.blocks import elem_grid
+        from fpq.numerics.block_hw import elem_grid
         mids = elem_grid(f, "test").mids
         rng = np.random.default_rng(5)
         for r in range(32, 64):
@@ -97,7 +97,7 @@ def test_refusals_name_the_layer(tmp_path):
 def test_weight_codes_rebuild_the_weights():
     """The static weights as element codes x block scale codes (x tensor scale) give back exactly
     the values the emulator multiplies, also where re-quantizing them would pick another scale."""
-    from fpq.hls.blocks import make_wire, weight_codes
+    from fpq.numerics.block_hw import make_wire, weight_codes
     from fpq.numerics.blocks import block_quantize
     rng = np.random.default_rng(3)
     w = rng.standard_normal((6, 40)) * np.exp2(rng.integers(-4, 4, size=(6, 1)))

@@ -18,22 +18,18 @@ Block sizes that do not divide the reduction axis are zero-padded, as fpq.numeri
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from fractions import Fraction
 
 import numpy as np
 from hls4ml.backends.template import FunctionCallTemplate, LayerConfigTemplate
 from hls4ml.model.layers import Attribute, Layer
 
-from ..formats import BlockFormat, Minifloat
-from ..formats.facts import values as format_values
-from ..numerics.blocks import block_quantize, to_blocks
-from ..numerics.reference import quantize_unscaled
+from ..formats import BlockFormat
+from ..numerics import block_hw
+from ..numerics.block_hw import Wire, dyadic_ints, exact_product, scale_sig_exp, value_grid
 from .types import FloatPort, HLSUnsupportedError, _Tensor
 
 HEADER = "nnet_utils/fpq_block.h"
-MAX_WIDTH = 1000  # ap_int's default AP_INT_MAX_W is 1024
 
 
 @dataclass(frozen=True)
@@ -55,100 +51,6 @@ def _word(bits: int) -> WideFixed:
     return WideFixed(bits, bits, False)
 
 
-def _exp2(v: float) -> int:
-    """The exponent of the LSB of a nonzero dyadic float."""
-    f = Fraction(v)
-    if f.denominator > 1:
-        return -(f.denominator.bit_length() - 1)
-    n = abs(f.numerator)
-    return (n & -n).bit_length() - 1
-
-
-def _sig_exp(v: float) -> tuple[int, int]:
-    """v = sig * 2^exp, sig an odd integer (v > 0 dyadic)."""
-    e = _exp2(v)
-    return int(Fraction(v) / Fraction(2) ** e), e
-
-
-def _exact(product: float, *factors: float) -> float:
-    if Fraction(product) != math.prod(Fraction(f) for f in factors):
-        raise AssertionError(f"{factors} has no exact float64 product")   # formats are checked to fit
-    return product
-
-
-@dataclass(frozen=True)
-class Grid:
-    """A format's non-negative values (ascending; index = the wire's element index), their
-    midpoints and, per midpoint, whether its tie rounds up (the upper value has the even code:
-    decided by the reference's own rounding, fpq.numerics.reference)."""
-
-    pos: np.ndarray
-    mids: np.ndarray
-    up: np.ndarray
-
-    @property
-    def idx_bits(self) -> int:
-        return max(1, (len(self.pos) - 1).bit_length())
-
-
-def _reachable(fmt) -> np.ndarray:
-    """The finite values the format's quantizer can produce (e.g. SAT_SYM never gives -2^(W-1))."""
-    v = np.asarray(format_values(fmt), dtype=np.float64)
-    return np.unique(quantize_unscaled(v[np.isfinite(v)], fmt))
-
-
-def _grid(fmt, lo: float = 0.0) -> Grid:
-    v = _reachable(fmt)
-    pos = np.unique(v[v >= lo])
-    mids = (pos[:-1] + pos[1:]) / 2
-    up = quantize_unscaled(mids, fmt) == pos[1:]
-    return Grid(pos, mids, up)
-
-
-def elem_grid(fmt: BlockFormat, who: str) -> Grid:
-    v = _reachable(fmt.elem)
-    g = _grid(fmt.elem)
-    if not np.array_equal(np.unique(-v[v < 0]), g.pos[1:]):
-        raise HLSUnsupportedError(f"{who}: the block element format {fmt.elem} is not sign-symmetric; the HLS block "
-                                  "datapath carries sign and magnitude (use e.g. a narrow int or a minifloat)")
-    return g
-
-
-@dataclass(frozen=True)
-class Wire:
-    """A block-scaled tensor on the HLS wire: its format, static tensor scale (1 for E8M0) and the
-    tables of its words."""
-
-    fmt: BlockFormat
-    st: float
-    elem: Grid
-    scale_vals: np.ndarray   # per scale code: the block scale (E8M0: 2^(c - 127))
-
-    @property
-    def scale_bits(self) -> int:
-        return 8 if self.fmt.po2_scale else max(1, (len(self.scale_vals) - 1).bit_length())
-
-    @property
-    def word_bits(self) -> int:
-        return 1 + self.elem.idx_bits + self.scale_bits
-
-
-def make_wire(fmt: BlockFormat, scale, who: str) -> Wire:
-    if fmt.scale_rounding != "floor":
-        raise HLSUnsupportedError(f"{who}: {fmt} rounds its e8m0 scales with {fmt.scale_rounding!r}; the HLS block "
-                                  "quantizer builds OCP MX's 'floor' only")
-    if fmt.axis not in (-1,):
-        raise HLSUnsupportedError(f"{who}: {fmt} blocks along axis {fmt.axis}; HLS blocks the last axis")
-    st = float(np.ravel(scale)[0])
-    if fmt.po2_scale:
-        if st != 1.0:
-            raise AssertionError(f"{who}: an e8m0 block format with tensor scale {st}")
-        svals = np.ldexp(1.0, np.arange(-127, 128))
-    else:
-        svals = _grid(fmt.scale, fmt.scale.min_normal).pos
-    return Wire(fmt, st, elem_grid(fmt, who), svals)
-
-
 def _ctable(name: str, ctype: str, vals, ret: str | None = None) -> str:
     lit = {"double": lambda v: repr(float(v)), "bool": lambda v: "true" if v else "false",
            "int": lambda v: str(int(v)), "long long": lambda v: f"{int(v)}LL",
@@ -156,6 +58,22 @@ def _ctable(name: str, ctype: str, vals, ret: str | None = None) -> str:
     return (f"    static {ret or ctype} {name}(int i) {{\n        #pragma HLS INLINE\n"
             f"        static const {ctype} t[{len(vals)}] = {{{', '.join(lit(v) for v in vals)}}};\n"
             f"        return t[i];\n    }}")
+
+
+def _hls(fn, *args):
+    """A block_hw fact, its refusal as the HLS path's error."""
+    try:
+        return fn(*args)
+    except ValueError as e:
+        raise HLSUnsupportedError(str(e)) from None
+
+
+def make_wire(fmt: BlockFormat, scale, who: str) -> Wire:
+    return _hls(block_hw.make_wire, fmt, scale, who)
+
+
+def dense_widths(xw: Wire, ww: Wire, w, bias, who: str):
+    return _hls(block_hw.dense_widths, xw, ww, w, bias, who)
 
 
 def _quant_body(w: Wire, n_in: int) -> str:
@@ -168,10 +86,10 @@ def _quant_body(w: Wire, n_in: int) -> str:
              f"    static const int n_elem_mid = {len(w.elem.mids)};",
              _ctable("elem_mid", "double", w.elem.mids), _ctable("elem_up", "bool", w.elem.up)]
     if not w.fmt.po2_scale:
-        sg = _grid(w.fmt.scale, w.fmt.scale.min_normal)
+        sg = value_grid(w.fmt.scale, w.fmt.scale.min_normal)
         c = float(w.fmt.elem_max) * w.st
-        th = [_exact(float(m) * c, m, w.fmt.elem_max, w.st) for m in sg.mids]
-        sv = [_exact(float(s) * w.st, s, w.st) for s in sg.pos]
+        th = [exact_product(float(m) * c, m, w.fmt.elem_max, w.st) for m in sg.mids]
+        sv = [exact_product(float(s) * w.st, s, w.st) for s in sg.pos]
         lines += [f"    static const int n_scale_mid = {len(th)};", _ctable("scale_th", "double", th),
                   _ctable("scale_up", "bool", sg.up), _ctable("scale_value", "double", sv)]
     return "\n".join(lines)
@@ -234,111 +152,28 @@ def register(backend) -> None:
         backend.register_template(t)
 
 
-# ---------------------------------------------------------------------------------------- weights
-def weight_codes(w: np.ndarray, wire: Wire, who: str):
-    """Static block weights (out, in) float64 -> (element index, negative, scale code per block),
-    with element x scale x tensor scale == w exactly. The reference's own codes where its
-    re-quantization reproduces the values; otherwise the first scale code that holds the block."""
-    fmt, pos = wire.fmt, wire.elem.pos
-    blocks, _ = to_blocks(w, fmt.k, -1)                       # (out, nb, k), zero padded
-    ts = None if fmt.po2_scale else wire.st
-    bq = block_quantize(w, fmt, ts)
-    if fmt.po2_scale:
-        codes = bq.scale_codes.copy()
-    else:
-        codes = np.searchsorted(wire.scale_vals, bq.scales)
-    codes = np.clip(codes, 0, len(wire.scale_vals) - 1)
-
-    def elems(c):
-        S = wire.scale_vals[c] * wire.st
-        e = blocks / S[..., None]
-        ok = (e * S[..., None] == blocks) & np.isin(np.abs(e), pos)
-        return e, ok.all(-1)
-
-    e, ok = elems(codes)
-    for idx in zip(*np.nonzero(~ok)):
-        for c in range(len(wire.scale_vals)):
-            S = wire.scale_vals[c] * wire.st
-            eb = blocks[idx] / S
-            if np.all(eb * S == blocks[idx]) and np.all(np.isin(np.abs(eb), pos)):
-                codes[idx] = c
-                break
-        else:
-            raise HLSUnsupportedError(f"{who}: a weight block holds values that are not {fmt} values at any scale")
-    e, ok = elems(codes)
-    assert ok.all()
-    e = e.reshape(e.shape[0], -1)[:, :w.shape[1]]
-    return np.searchsorted(pos, np.abs(e)), e < 0, codes
-
-
-def _ints(vals: np.ndarray) -> tuple[list, int]:
-    """Non-negative dyadic values -> (integers, lsb exponent): vals = ints * 2^lsb."""
-    nz = [float(v) for v in vals if v != 0]
-    lsb = min((_exp2(v) for v in nz), default=0)
-    return [int(Fraction(float(v)) / Fraction(2) ** lsb) for v in vals], lsb
-
-
-def _scale_sig_exp(wire: Wire, codes=None):
-    """Per scale code: (significand, exponent) tables; and the exponent range and largest
-    significand over ``codes`` (all codes when None)."""
-    se = [_sig_exp(float(s)) for s in wire.scale_vals]
-    used = range(len(se)) if codes is None else sorted(set(int(c) for c in np.ravel(codes)))
-    return [s for s, _ in se], [e for _, e in se], min(se[c][1] for c in used), max(se[c][1] for c in used), \
-        max(se[c][0] for c in used)
-
-
 # ---------------------------------------------------------------------------------- dot product
 def _dense_body(xw: Wire, ww: Wire, w: np.ndarray, bias, who: str) -> tuple[str, WideFixed]:
     """The FpqBlockDense config of y = x @ w.T + bias and its exact result type."""
-    n_out, n_in = w.shape
-    w_idx, w_neg, w_codes = weight_codes(w, ww, who)
-    g = math.gcd(xw.fmt.k, ww.fmt.k)
-    n_sub, nbw = -(-n_in // g), -(-n_in // ww.fmt.k)
-    x_ints, lx = _ints(xw.elem.pos)
-    w_ints, lw = _ints(ww.elem.pos)
-    xsig, xexp, xe_lo, xe_hi, xs_max = _scale_sig_exp(xw)
-    wsig, wexp, we_lo, we_hi, ws_max = _scale_sig_exp(ww, w_codes)
-    maxp = g * max(x_ints) * max(w_ints)                  # |sum of one sub-block's element products|
-    term_max = maxp * xs_max * ws_max
-    e_min = xe_lo + we_lo
-    acc_max = (n_sub * term_max) << (xe_hi + we_hi - e_min)
-    lsb = e_min + lx + lw                                 # the accumulator's LSB: 2^lsb
-    c = Fraction(xw.st) * Fraction(ww.st)                 # the static tensor scales' product
-    cm, ce = c.numerator, -int(math.log2(c.denominator))
-    b = np.zeros(n_out) if bias is None else np.asarray(bias, dtype=np.float64)
-    if not np.isfinite(b).all():
-        raise HLSUnsupportedError(f"{who}: its bias holds non-finite values")
-    b_abs, lb = _ints(np.abs(b))
-    if not np.any(b):
-        lb = lsb + ce
-    b_int = [-v if s < 0 else v for v, s in zip(b_abs, b)]
-    ly = min(lsb + ce, lb)
-    acc_shift, bias_shift = lsb + ce - ly, lb - ly
-    y_max = (acc_max * cm << acc_shift) + (max(b_abs, default=0) << bias_shift)
-    yw = y_max.bit_length() + 1
-    if yw > MAX_WIDTH or max(b_abs, default=0) >= 1 << 62:
-        raise HLSUnsupportedError(
-            f"{who}: its exact sum needs {yw} bits (scale exponents 2^{e_min} .. 2^{xe_hi + we_hi}, bias LSB 2^{lb}), "
-            f"more than the {MAX_WIDTH} an ap_int holds; use block formats of a narrower scale range")
-    pw, tw, aw = maxp.bit_length() + 1, term_max.bit_length() + 1, acc_max.bit_length() + 1
-    words = (np.asarray(w_idx, dtype=np.int64) << 1) | np.asarray(w_neg, dtype=np.int64)
+    d = dense_widths(xw, ww, w, bias, who)
+    words = (np.asarray(d.w_idx, dtype=np.int64) << 1) | np.asarray(d.w_neg, dtype=np.int64)
     body = "\n".join([
-        f"    static const unsigned n_in = {n_in};", f"    static const unsigned n_out = {n_out};",
-        f"    static const unsigned g = {g};", f"    static const unsigned n_sub = {n_sub};",
-        f"    static const unsigned kw = {ww.fmt.k};", f"    static const unsigned nbw = {nbw};",
+        f"    static const unsigned n_in = {d.n_in};", f"    static const unsigned n_out = {d.n_out};",
+        f"    static const unsigned g = {d.g};", f"    static const unsigned n_sub = {d.n_sub};",
+        f"    static const unsigned kw = {ww.fmt.k};", f"    static const unsigned nbw = {d.nbw};",
         f"    static const int x_idx_bits = {xw.elem.idx_bits};", f"    static const int x_word_bits = {xw.word_bits};",
         f"    static const int w_idx_bits = {ww.elem.idx_bits};",
-        f"    static const int e_min = {e_min};", f"    static const long long cm = {cm}LL;",
-        f"    static const int acc_shift = {acc_shift};", f"    static const int bias_shift = {bias_shift};",
-        f"    typedef ap_int<{pw}> psum_t;", f"    typedef ap_int<{tw}> term_t;",
-        f"    typedef ap_int<{aw}> acc_t;", f"    typedef ap_int<{yw}> y_t;",
-        _ctable("x_elem", "long long", x_ints), _ctable("w_elem", "long long", w_ints),
-        _ctable("x_sig", "long long", xsig), _ctable("x_exp", "int", xexp),
-        _ctable("w_sig", "long long", wsig), _ctable("w_exp", "int", wexp),
-        _ctable("w_word", "unsigned", words.ravel()), _ctable("w_scale", "int", np.ravel(w_codes)),
-        _ctable("bias_int", "long long", b_int),
+        f"    static const int e_min = {d.e_min};", f"    static const long long cm = {d.cm}LL;",
+        f"    static const int acc_shift = {d.acc_shift};", f"    static const int bias_shift = {d.bias_shift};",
+        f"    typedef ap_int<{d.pw}> psum_t;", f"    typedef ap_int<{d.tw}> term_t;",
+        f"    typedef ap_int<{d.aw}> acc_t;", f"    typedef ap_int<{d.yw}> y_t;",
+        _ctable("x_elem", "long long", d.x_ints), _ctable("w_elem", "long long", d.w_ints),
+        _ctable("x_sig", "long long", d.x_sig), _ctable("x_exp", "int", d.x_exp),
+        _ctable("w_sig", "long long", d.w_sig), _ctable("w_exp", "int", d.w_exp),
+        _ctable("w_word", "unsigned", words.ravel()), _ctable("w_scale", "int", np.ravel(d.w_codes)),
+        _ctable("bias_int", "long long", d.b_int),
     ])
-    return body, WideFixed(yw, yw + ly)
+    return body, WideFixed(d.yw, d.yw + d.lsb_y)
 
 
 # ------------------------------------------------------------------------------------- building
@@ -439,13 +274,13 @@ def _build_output(builder, op, src: _Tensor, wire: Wire) -> None:
         raise HLSUnsupportedError("the HLS path takes networks with one output")
     if src.layer != p.layers[-1]["name"]:
         raise HLSUnsupportedError(f"the network output {op.inputs[0]!r} must be computed by the last layer")
-    el, lx = _ints(wire.elem.pos)
-    sig, exp, e_lo, e_hi, s_max = _scale_sig_exp(wire)
-    stm, ste = _sig_exp(wire.st)
-    ow = (max(el) * s_max * stm).bit_length() + (e_hi - e_lo) + 1
-    if ow > MAX_WIDTH:
+    el, _ = dyadic_ints(wire.elem.pos)
+    sig, exp, e_lo, _, _ = scale_sig_exp(wire)
+    stm, _ = block_hw.sig_exp(wire.st)
+    ow, lsb = block_hw.output_widths(wire)
+    if ow > block_hw.MAX_WIDTH:
         raise HLSUnsupportedError(f"output {op.name!r}: its values need {ow} bits")
-    out = WideFixed(ow, ow + lx + e_lo + ste)
+    out = WideFixed(ow, ow + lsb)
     name = f"{src.layer}_decode"
     tables = (f"static const long long el[{len(el)}] = {{{', '.join(f'{v}LL' for v in el)}}}; "
               f"static const long long sg[{len(sig)}] = {{{', '.join(f'{v}LL' for v in sig)}}}; "
