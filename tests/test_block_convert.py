@@ -2,9 +2,9 @@
 mxfp8_e4m3, mxint8 and weights="nvfp4", activations="mxfp8_e4m3" computes exactly the numpy
 reference's block quantization of its weights and activations (atol=0 in eval mode), trains with
 straight-through gradients (stochastic rounding only in training), exports to QONNX with fpq's
-BlockQuant node, which qonnx's executor runs (== torch, atol=0), and the paths not built yet (the
-reader's graph IR, hence the emulator / verify / plan; HLS; the cost model) refuse it naming the
-layer or node."""
+BlockQuant node, which qonnx's executor runs (== torch, atol=0), and what is not built refuses it
+naming the layer (convolutions with block formats; a block-scaled bias; HLS of block weights with
+scalar activations)."""
 from __future__ import annotations
 
 import numpy as np

@@ -66,6 +66,38 @@ def test_mixed_nvfp4_weights_mxfp8_activations(tmp_path):
     r = fpq.verify(q, x[:300], project=prj)
     assert r.status == "EXACT", (r.first_mismatch, r.notes)
     assert "hls" in {row["path"] for row in r.table}
+    # the cost model prices the circuit the project holds: the same exact accumulators
+    import re
+    text = (prj.outdir / "firmware" / "parameters.h").read_text()
+    built = [int(a) for a in re.findall(r"typedef ap_int<(\d+)> acc_t;", text)]
+    rows = {r["layer"]: r for r in fpq.estimate_cost(q, example_input=x[:1]).layers}
+    assert built == [rows["linear_0"]["acc_bits"], rows["linear_2"]["acc_bits"]]
+
+
+def test_cost_names_the_block_operators():
+    """fpq.estimate_cost prices a block model (no refusal): each block Linear's breakdown names the
+    element multipliers, the per-block adder tree, the exponent adder and shifter into the exact
+    accumulator; each block quantizer the max / exponent unit and the element rounding. Wider
+    elements cost more; the E8M0 x E8M0 accumulator spans the scales' exponent range."""
+    x = inputs(300)
+    costs = {}
+    for fmt in ("mxfp4", "mxfp8_e4m3", "nvfp4"):
+        c = fpq.estimate_cost(converted(fmt, fmt, x), example_input=x[:1])
+        rows = {r["layer"]: r for r in c.layers}
+        lin, qz = rows["linear_0"], rows["quant_0"]
+        assert {"elem_decode", "elem_mult", "block_tree", "scale_mult", "exp_add", "shifter", "accumulate", "bias",
+                "round_to_odd"} <= set(lin["parts"]) and lin["parts"]["elem_mult"] > 0 and lin["parts"]["shifter"] > 0
+        assert {"block_max", "scale", "elem_round"} == set(qz["parts"]) and min(qz["parts"].values()) > 0
+        assert lin["lut"] == pytest.approx(sum(lin["parts"].values()), abs=1)
+        assert "uncalibrated composition" in lin["approximate"] and any("block-scaled" in n for n in c.notes)
+        costs[fmt] = (lin, c.total["lut"])
+    assert costs["mxfp8_e4m3"][0]["parts"]["elem_mult"] > costs["mxfp4"][0]["parts"]["elem_mult"]
+    assert costs["mxfp4"][0]["acc_bits"] > 2 * 127           # e8m0 x e8m0: a Kulisch accumulator
+    assert costs["nvfp4"][0]["acc_bits"] < costs["mxfp4"][0]["acc_bits"] and \
+        costs["nvfp4"][0]["parts"]["scale_mult"] > 0        # ue4m3 significands multiply
+    with pytest.raises(ValueError, match=r"fpq.estimate_cost: layers \['input_quant', 'linear_0', .* are "
+                                         r"block-scaled, .* io_parallel only"):
+        fpq.estimate_cost(converted("mxfp4", "mxfp4", x), example_input=x[:1], io_type="io_stream")
 
 
 @pytest.mark.slow

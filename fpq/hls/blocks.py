@@ -246,7 +246,7 @@ def build(builder, op) -> None:
         if src.layer not in wires or not _is_block(w_t):
             raise HLSUnsupportedError(
                 f"{who}: HLS builds a block-scaled Linear whose input and weights are both block-scaled; it has "
-                f"input {x_t.format if x_t is not None else None} and weights {w_t.format if w_t is not None else None}")
+                f"input {getattr(x_t, 'format', None)} and weights {getattr(w_t, 'format', None)}")
         _flat(builder, op, src, who)
         w = np.asarray(op.weight, dtype=np.float64)
         ww = make_wire(w_t.format, w_t.scale, f"{who} (weight)")
