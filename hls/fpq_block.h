@@ -35,6 +35,8 @@
 
 #include "ap_fixed.h"
 #include "ap_int.h"
+#include "hls_stream.h"
+#include "nnet_common.h"  // PRAGMA_DATA_PACK
 
 namespace fpq {
 
@@ -244,6 +246,52 @@ BlockDenseOut:
         y += y_t(CONFIG_T::bias_int(o)) << CONFIG_T::bias_shift;
         res[o].range(res_T::width - 1, 0) = y.range(res_T::width - 1, 0);
     }
+}
+
+// io_stream: both layers read their whole input vector (an MLP's activations: a few packets),
+// compute as in io_parallel, and write the result in the packets of res_T.
+template <class data_T, unsigned N> void block_read(hls::stream<data_T> &s, typename data_T::value_type a[N]) {
+BlockRead:
+    for (unsigned i = 0; i < N / data_T::size; i++) {
+        #pragma HLS PIPELINE
+        data_T p = s.read();
+        for (unsigned j = 0; j < data_T::size; j++) {
+            #pragma HLS UNROLL
+            a[i * data_T::size + j] = p[j];
+        }
+    }
+}
+
+template <class res_T, unsigned N> void block_write(const typename res_T::value_type a[N], hls::stream<res_T> &s) {
+BlockWrite:
+    for (unsigned i = 0; i < N / res_T::size; i++) {
+        #pragma HLS PIPELINE
+        res_T p;
+        PRAGMA_DATA_PACK(p)
+        for (unsigned j = 0; j < res_T::size; j++) {
+            #pragma HLS UNROLL
+            p[j] = a[i * res_T::size + j];
+        }
+        s.write(p);
+    }
+}
+
+template <class data_T, class res_T, typename CONFIG_T>
+void block_quant_layer(hls::stream<data_T> &data, hls::stream<res_T> &res) {
+    typename data_T::value_type in[CONFIG_T::n_in];
+    typename res_T::value_type out[CONFIG_T::n_in];
+    block_read<data_T, CONFIG_T::n_in>(data, in);
+    block_quant_layer<typename data_T::value_type, typename res_T::value_type, CONFIG_T>(in, out);
+    block_write<res_T, CONFIG_T::n_in>(out, res);
+}
+
+template <class data_T, class res_T, typename CONFIG_T>
+void block_dense(hls::stream<data_T> &data, hls::stream<res_T> &res) {
+    typename data_T::value_type in[CONFIG_T::n_in];
+    typename res_T::value_type out[CONFIG_T::n_out];
+    block_read<data_T, CONFIG_T::n_in>(data, in);
+    block_dense<typename data_T::value_type, typename res_T::value_type, CONFIG_T>(in, out);
+    block_write<res_T, CONFIG_T::n_out>(out, res);
 }
 
 }  // namespace fpq

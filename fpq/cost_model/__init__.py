@@ -33,12 +33,6 @@ def estimate_cost(q, part="xcvu9p", reuse_factor=1, strategy="Latency", io_type=
 
     part = _part_from_device(part, device)
     tp = q if isinstance(q, TypePlan) else plan(q, example_input)
-    if io_type != "io_parallel":
-        from .blocks import is_block_layer
-        block = [lp.name for lp in tp if is_block_layer(lp)]
-        if block:
-            raise ValueError(f"fpq.estimate_cost: layers {block} are block-scaled, which fpq builds (and prices) for "
-                             f"io_parallel only; got io_type={io_type!r}")
     return estimate(tp, device=part, reuse_factor=reuse_factor, strategy=strategy, io_type=io_type,
                     clock_period=clock_period, datapath=datapath, dsp_threshold=dsp_threshold)
 

@@ -1,6 +1,5 @@
 """The cost of the block-scaled datapath (mxfp4, nvfp4, mxfp8_e4m3, mxint8, ``block<...>``): the
-circuit fpq.hls builds (``hls/fpq_block.h``: FpqBlockQuant, FpqBlockDense, fully unrolled,
-io_parallel), priced operator by operator from the same widths (``fpq.numerics.block_hw``).
+circuit fpq.hls builds (``hls/fpq_block.h``: FpqBlockQuant, FpqBlockDense, fully unrolled), priced operator by operator from the same widths (``fpq.numerics.block_hw``).
 
 Calibration: an UNCALIBRATED composition of calibrated operator tables. Every adder, adder tree,
 comparator, constant multiplier, general multiplier and threshold search is priced with the yosys
@@ -124,10 +123,9 @@ def _quant(lp, ops, dev, clock, t_add, n: int) -> dict:
                 quantizer=f"{t.format} (run-time block scales)")
 
 
-def block_row(lp, ops, dev, clock: float, notes: list, t_add, io_type: str = "io_parallel") -> dict:
-    """One cost row of a layer that reads or writes block-scaled tensors."""
-    if io_type != "io_parallel":
-        raise ValueError(f"layer {lp.name}: block-scaled layers are built for io_parallel only (fpq.hls.blocks)")
+def block_row(lp, ops, dev, clock: float, notes: list, t_add) -> dict:
+    """One cost row of a layer that reads or writes block-scaled tensors (io_parallel and io_stream
+    build the same unrolled circuit: an MLP's vectors travel as one stream packet)."""
     op = lp.op.lower()
     shape = lp.attrs.get("out_shape")
     n = int(np.prod(shape[1:])) if shape is not None else None

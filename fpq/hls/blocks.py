@@ -11,7 +11,7 @@ Linear whose input and weight are block-scaled ``FpqBlockDense`` (weights as sta
 and per-block scale codes), a ReLU of block words an ``FpqQuantize`` (``fpq::block_relu``), and the
 network's block output an ``FpqQuantize`` decoding the words into their exact values
 (``fpq::block_decode``). Every width is computed here, exactly, from the formats (and the static
-weights' scale codes); io_parallel only.
+weights' scale codes); io_parallel, and io_stream (the vector read whole, then the same circuit).
 
 Block sizes that do not divide the reduction axis are zero-padded, as fpq.numerics.blocks pads
 (OCP MX pads a vector): the padding changes no block scale and adds nothing to a sum.

@@ -435,9 +435,9 @@ def to_hls(q, outdir, example_input=None, *, backend="Vitis", io_type="io_parall
     graph = as_graph(q, example_input)
     plan = plan_hls(graph)  # refusals happen here, before any file
     block = [L["name"] for L in plan.layers if L["class_name"].startswith("FpqBlock")]
-    if block and (io_type != "io_parallel" or strategy == da.STRATEGY):
-        raise HLSUnsupportedError(f"layers {block} are block-scaled (fpq.hls.blocks), built for io_parallel with the "
-                                  f"Latency or Resource strategy only; got io_type={io_type!r}, strategy={strategy!r}")
+    if block and strategy == da.STRATEGY:
+        raise HLSUnsupportedError(f"layers {block} are block-scaled (fpq.hls.blocks), built with the Latency or "
+                                  f"Resource strategy only; got strategy={strategy!r}")
     default_rf, layer_reuse = layer_reuse_factors(graph, reuse_factor)
     if strategy == da.STRATEGY:
         da.check(plan, io_type=io_type, reuse_factor=max([default_rf, *layer_reuse.values()]))
