@@ -66,6 +66,7 @@ def test_mixed_nvfp4_weights_mxfp8_activations(tmp_path):
     r = fpq.verify(q, x[:300], project=prj)
     assert r.status == "EXACT", (r.first_mismatch, r.notes)
     assert "hls" in {row["path"] for row in r.table}
+    assert any("linear_0: block-scaled" in n and "reuse factor does not apply" in n for n in prj.info["notes"])
     # the cost model prices the circuit the project holds: the same exact accumulators
     import re
     text = (prj.outdir / "firmware" / "parameters.h").read_text()
@@ -97,6 +98,9 @@ def test_cost_names_the_block_operators():
         costs["nvfp4"][0]["parts"]["scale_mult"] > 0        # ue4m3 significands multiply
     q = converted("mxfp4", "mxfp4", x)      # io_stream: the same circuit, vectors in one packet each
     assert fpq.estimate_cost(q, example_input=x[:1], io_type="io_stream").total["lut"] == costs["mxfp4"][1]
+    # one TypePlan: the QONNX file prices exactly as the model
+    assert fpq.estimate_cost(fpq.export_qonnx(q, None, x[:1])).total == \
+        fpq.estimate_cost(q, example_input=x[:1]).total
 
 
 @pytest.mark.slow

@@ -149,6 +149,6 @@ def block_row(lp, ops, dev, clock: float, notes: list, t_add) -> dict:
     else:
         raise ValueError(f"layer {lp.name} ({lp.op}) reads block-scaled values; fpq builds (and prices) Linear, "
                          "ReLU and the network output on them")
-    notes.append(f"{lp.name}: block-scaled ({row['mapping']}), an uncalibrated composition of calibrated operator "
-                 "tables; shifters and decode ROMs analytic")
+    notes.append(f"{lp.name}: block-scaled ({row['mapping']}), built fully unrolled whatever the reuse factor; an "
+                 "uncalibrated composition of calibrated operator tables, shifters and decode ROMs analytic")
     return row

@@ -251,6 +251,8 @@ def build(builder, op) -> None:
         w = np.asarray(op.weight, dtype=np.float64)
         ww = make_wire(w_t.format, w_t.scale, f"{who} (weight)")
         body, res = _dense_body(wires[src.layer], ww, w, op.bias, who)
+        p.notes.append(f"{op.name}: block-scaled ({w_t.format} weights, {x_t.format} input), built fully unrolled "
+                       "(fpq::block_dense): the reuse factor does not apply")
         builder.add_layer({"class_name": "FpqBlockDense", "name": op.name, "inputs": [src.layer],
                            "n_in": w.shape[1], "n_out": w.shape[0], "config_body": body}, {"result": res})
         _out(builder, op, _Tensor(op.name, res, (w.shape[0],), (w.shape[0],), None), None)
