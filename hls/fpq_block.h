@@ -17,8 +17,10 @@
 // mantissa bits: the rank of RNE(amax / (max_elem * s_t)) among the scale's normal values,
 // saturating, at least the smallest normal, found by comparing amax with the static thresholds
 // midpoint * max_elem * s_t (s_t: the static float32 tensor scale). Elements: RNE(|x| / S),
-// saturating, by comparing |x| with midpoint * S. Every comparison is between exact numbers (the
-// thresholds have at most ~33 significant bits), so no division happens and none rounds.
+// saturating, by comparing |x| with midpoint * S (per block: small integer products and exponent
+// adds). Every comparison is between exact numbers (the thresholds have at most ~40 significant
+// bits), so no division happens and none rounds. The comparisons are written on C++ doubles, which
+// hold every operand exactly (a sign, an exponent and a significand of at most 53 bits).
 // The input of a block quantizer is the float32 port or the exact sum of a FpqBlockDense; the sum
 // is first rounded to odd at 53 bits (exact_double), as the reference does: rounding to odd keeps
 // every comparison with a number of at most 52 significant bits, and floor(log2 |x|).
@@ -77,9 +79,9 @@ template <int W, int I, ap_q_mode Q, ap_o_mode O, int N> double exact_double(ap_
     return ro53_int<W + 1>(raw, I - W);
 }
 
-// The number of thresholds t_j = th(j) * S (ascending) that a passes, ties to even:
+// The number of ascending thresholds t_j = th(j) that a passes, ties to even:
 // a > t_j, or a == t_j and the value above t_j has an even code (up(j)).
-template <int N, class TH, class UP> int round_rank(double a, double S, TH th, UP up) {
+template <int N, class TH, class UP> int round_rank(double a, TH th, UP up) {
     #pragma HLS INLINE
     int lo = 0, hi = N;
 BlockRankSearch:
@@ -87,7 +89,7 @@ BlockRankSearch:
         #pragma HLS UNROLL
         if (lo < hi) {
             const int mid = (lo + hi) / 2;
-            const double t = th(mid) * S;
+            const double t = th(mid);
             if (a > t || (a == t && up(mid))) lo = mid + 1;
             else hi = mid;
         }
@@ -95,8 +97,9 @@ BlockRankSearch:
     return lo;
 }
 
-template <class CONFIG_T> struct elem_th {
-    double operator()(int j) const { return CONFIG_T::elem_mid(j); }
+struct table_th {
+    const double *t;
+    double operator()(int j) const { return t[j]; }
 };
 template <class CONFIG_T> struct elem_up {
     bool operator()(int j) const { return CONFIG_T::elem_up(j); }
@@ -108,37 +111,41 @@ template <class CONFIG_T> struct scale_up {
     bool operator()(int j) const { return CONFIG_T::scale_up(j); }
 };
 
-// The block scale of a block of largest magnitude amax: its code and the value S that divides the
-// elements (an E8M0 power of two; or block scale x tensor scale).
+// The block scale of a block of largest magnitude amax: its code and the value S = sig * 2^ex that
+// divides the elements (E8M0: sig = 1; else the block scale's significand times the static tensor
+// scale's, an integer product of at most 28 bits).
 template <class CONFIG_T, bool PO2> struct block_scale;
 
 template <class CONFIG_T> struct block_scale<CONFIG_T, true> {  // E8M0, scale rounding "floor"
-    static void of(double amax, int &scode, double &S) {
+    static void of(double amax, int &scode, long long &sig, int &ex) {
         #pragma HLS INLINE
         int e = -127;  // a zero block: the smallest scale, code 0x00
         if (amax != 0.0) {
-            int ex;
-            std::frexp(amax, &ex);  // amax = m 2^ex, m in [0.5, 1): floor(log2 amax) = ex - 1
-            e = ex - 1 - CONFIG_T::emax_elem;
+            int fe;
+            std::frexp(amax, &fe);  // amax = m 2^fe, m in [0.5, 1): floor(log2 amax) = fe - 1
+            e = fe - 1 - CONFIG_T::emax_elem;
             if (e < -127) e = -127;
             if (e > 127) e = 127;
         }
         scode = e + 127;
-        S = std::ldexp(1.0, e);
+        sig = 1;
+        ex = e;
     }
 };
 
 template <class CONFIG_T> struct block_scale<CONFIG_T, false> {  // a scale with mantissa bits
-    static void of(double amax, int &scode, double &S) {
+    static void of(double amax, int &scode, long long &sig, int &ex) {
         #pragma HLS INLINE
-        scode = round_rank<CONFIG_T::n_scale_mid>(amax, 1.0, scale_th<CONFIG_T>(), scale_up<CONFIG_T>());
-        S = CONFIG_T::scale_value(scode);
+        scode = round_rank<CONFIG_T::n_scale_mid>(amax, scale_th<CONFIG_T>(), scale_up<CONFIG_T>());
+        sig = CONFIG_T::scale_sig(scode) * CONFIG_T::st_sig;
+        ex = CONFIG_T::scale_exp(scode) + CONFIG_T::st_exp;
     }
 };
 
 // FpqBlockQuant (io_parallel): n_in values in blocks of k -> one word per value (see the top).
-// CONFIG_T: n_in, k, n_blocks, po2, emax_elem, idx_bits, word_bits, n_elem_mid, elem_mid(j),
-// elem_up(j); a tensor-scaled format also n_scale_mid, scale_th(j), scale_up(j), scale_value(c).
+// CONFIG_T: n_in, k, n_blocks, po2, emax_elem, idx_bits, word_bits, n_elem_mid, elem_mid_sig(j),
+// elem_mid_exp(j), elem_up(j); a tensor-scaled format also n_scale_mid, scale_th(j), scale_up(j),
+// scale_sig(c), scale_exp(c), st_sig, st_exp.
 template <class data_T, class res_T, typename CONFIG_T>
 void block_quant_layer(data_T data[CONFIG_T::n_in], res_T res[CONFIG_T::n_in]) {
     #pragma HLS PIPELINE
@@ -155,16 +162,22 @@ BlockQuantBlocks:
             const double a = std::fabs(v[t]);
             if (a > amax) amax = a;
         }
-        int scode;
-        double S;
-        block_scale<CONFIG_T, CONFIG_T::po2>::of(amax, scode, S);
+        int scode, ex;
+        long long sig;
+        block_scale<CONFIG_T, CONFIG_T::po2>::of(amax, scode, sig, ex);
+        double thr[CONFIG_T::n_elem_mid];  // the element grid's midpoints x S: exact (<= 53 bits)
+    BlockQuantThresholds:
+        for (int j = 0; j < CONFIG_T::n_elem_mid; j++) {
+            #pragma HLS UNROLL
+            thr[j] = std::ldexp(double(CONFIG_T::elem_mid_sig(j) * sig), CONFIG_T::elem_mid_exp(j) + ex);
+        }
+        const table_th th = {thr};
     BlockQuantElements:
         for (unsigned t = 0; t < CONFIG_T::k; t++) {
             #pragma HLS UNROLL
             const unsigned i = b * CONFIG_T::k + t;
             if (i >= CONFIG_T::n_in) continue;
-            const int j = round_rank<CONFIG_T::n_elem_mid>(std::fabs(v[t]), S, elem_th<CONFIG_T>(),
-                                                           elem_up<CONFIG_T>());
+            const int j = round_rank<CONFIG_T::n_elem_mid>(std::fabs(v[t]), th, elem_up<CONFIG_T>());
             ap_uint<CONFIG_T::word_bits> w = ap_uint<CONFIG_T::word_bits>(scode);
             w = (w << (CONFIG_T::idx_bits + 1)) | (ap_uint<CONFIG_T::word_bits>(j) << 1);
             if (v[t] < 0 && j > 0) w[0] = 1;

@@ -88,7 +88,7 @@ def test_cost_names_the_block_operators():
         lin, qz = rows["linear_0"], rows["quant_0"]
         assert {"elem_decode", "elem_mult", "block_tree", "scale_mult", "exp_add", "shifter", "accumulate", "bias",
                 "round_to_odd"} <= set(lin["parts"]) and lin["parts"]["elem_mult"] > 0 and lin["parts"]["shifter"] > 0
-        assert {"block_max", "scale", "elem_round"} == set(qz["parts"]) and min(qz["parts"].values()) > 0
+        assert {"block_max", "scale", "thresholds", "elem_round"} == set(qz["parts"]) and min(qz["parts"].values()) > 0
         assert lin["lut"] == pytest.approx(sum(lin["parts"].values()), abs=1)
         assert "uncalibrated composition" in lin["approximate"] and any("block-scaled" in n for n in c.notes)
         costs[fmt] = (lin, c.total["lut"])

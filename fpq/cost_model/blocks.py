@@ -24,9 +24,11 @@ Block dot product, per output and sub-block of g = gcd(k_x, k_w) values:
   before the next block quantizer).
 Block quantizer, per block of k: ``block_max`` (k - 1 magnitude comparators on the 64-bit double
 word), ``scale`` (E8M0: the exponent field minus emax_elem with its clamp; a ue4m3 scale: a
-threshold search over the scale's midpoints), and per element ``elem_round`` (a threshold search
-over the element grid's midpoints; a ue4m3 scale adds one small multiplier per midpoint and block
-for midpoint x S). ReLU of block words clears the element bits; the network output decodes words
+threshold search over the scale's midpoints and its significand times the static tensor scale's),
+``thresholds`` (per block, the element grid's midpoints x S: exponent adds, plus constant
+multipliers for a scale with mantissa bits), and per element ``elem_round`` (a threshold search
+over those midpoints). The C++ writes these comparisons on doubles that hold every operand
+exactly; priced here as the integer / exponent operators of the same widths. ReLU of block words clears the element bits; the network output decodes words
 (ROM + shift).
 """
 from __future__ import annotations
@@ -36,7 +38,7 @@ import math
 import numpy as np
 
 from ..formats import BlockFormat
-from ..numerics.block_hw import dense_widths, make_wire, output_widths, scale_sig_exp
+from ..numerics.block_hw import dense_widths, make_wire, output_widths, scale_sig_exp, sig_exp
 
 DOUBLE_BITS = 64   # the block quantizer compares exact doubles (sign, exponent, 53-bit significand)
 
@@ -109,15 +111,19 @@ def _quant(lp, ops, dev, clock, t_add, n: int) -> dict:
     nb = -(-n // k)
     in_bits = 32 if lp.op.lower() == "input_quant" else DOUBLE_BITS
     n_mid = len(wire.elem.mids)
+    mids = [sig_exp(float(m)) for m in wire.elem.mids]
     parts = {"block_max": nb * (k - 1) * (ops.add_luts(in_bits) + math.ceil(in_bits / 2))}
     if t.format.po2_scale:
-        parts["scale"] = nb * 2 * ops.add_luts(11)           # exponent field - emax_elem, clamp
-        parts["elem_round"] = n * (ops.thr_luts(in_bits, n_mid, wire.elem.idx_bits)[0] + ops.add_luts(11))
+        parts["scale"] = nb * 2 * ops.add_luts(11)                # exponent field - emax_elem, clamp
+        parts["thresholds"] = nb * n_mid * ops.add_luts(11)       # midpoint x 2^e: exponent adds
     else:
-        s_mid = len(wire.scale_vals) - 1
-        parts["scale"] = nb * ops.thr_luts(in_bits, s_mid, wire.scale_bits)[0]
-        parts["elem_round"] = n * ops.thr_luts(in_bits, n_mid, wire.elem.idx_bits)[0] + \
-            nb * n_mid * ops.mul_luts(wire.elem.idx_bits + 2, 24 + wire.scale_bits, False, False)[0]
+        st_sig, _ = sig_exp(wire.st)
+        s_bits = max(sig_exp(float(v))[0] for v in wire.scale_vals).bit_length()
+        parts["scale"] = nb * (ops.thr_luts(in_bits, len(wire.scale_vals) - 1, wire.scale_bits)[0] +
+                               ops.cmul_luts(s_bits, st_sig, False)[0])
+        S_bits = s_bits + st_sig.bit_length()                     # midpoint x (block x tensor scale)
+        parts["thresholds"] = nb * sum(ops.cmul_luts(S_bits, m, False)[0] + ops.add_luts(11) for m, _ in mids)
+    parts["elem_round"] = n * ops.thr_luts(in_bits, n_mid, wire.elem.idx_bits)[0]
     depth = [t_add(dev, in_bits)] * (max(1, math.ceil(math.log2(k))) + 8 + 2 * math.ceil(math.log2(n_mid + 1)))
     return _row(lp, parts, n * wire.word_bits, sum(depth), clock, word_bits=wire.word_bits,
                 quantizer=f"{t.format} (run-time block scales)")

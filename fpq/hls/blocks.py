@@ -84,14 +84,22 @@ def _quant_body(w: Wire, n_in: int) -> str:
              f"    static const int emax_elem = {w.fmt.emax_elem};",
              f"    static const int idx_bits = {w.elem.idx_bits};", f"    static const int word_bits = {w.word_bits};",
              f"    static const int n_elem_mid = {len(w.elem.mids)};",
-             _ctable("elem_mid", "double", w.elem.mids), _ctable("elem_up", "bool", w.elem.up)]
+             _ctable("elem_mid_sig", "long long", [block_hw.sig_exp(float(m))[0] for m in w.elem.mids]),
+             _ctable("elem_mid_exp", "int", [block_hw.sig_exp(float(m))[1] for m in w.elem.mids]),
+             _ctable("elem_up", "bool", w.elem.up)]
     if not w.fmt.po2_scale:
         sg = value_grid(w.fmt.scale, w.fmt.scale.min_normal)
         c = float(w.fmt.elem_max) * w.st
         th = [exact_product(float(m) * c, m, w.fmt.elem_max, w.st) for m in sg.mids]
-        sv = [exact_product(float(s) * w.st, s, w.st) for s in sg.pos]
+        ss = [block_hw.sig_exp(float(v)) for v in sg.pos]
+        st_sig, st_exp = block_hw.sig_exp(w.st)
+        top = max(block_hw.sig_exp(float(m))[0] for m in w.elem.mids) * max(s for s, _ in ss) * st_sig
+        if top >= 1 << 53:
+            raise AssertionError(f"{w.fmt}: a threshold has {top.bit_length()} significant bits")  # formats fit
         lines += [f"    static const int n_scale_mid = {len(th)};", _ctable("scale_th", "double", th),
-                  _ctable("scale_up", "bool", sg.up), _ctable("scale_value", "double", sv)]
+                  _ctable("scale_up", "bool", sg.up), _ctable("scale_sig", "long long", [s for s, _ in ss]),
+                  _ctable("scale_exp", "int", [e for _, e in ss]),
+                  f"    static const long long st_sig = {st_sig}LL;", f"    static const int st_exp = {st_exp};"]
     return "\n".join(lines)
 
 
