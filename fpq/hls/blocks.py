@@ -186,8 +186,6 @@ def _dense_body(xw: Wire, ww: Wire, w: np.ndarray, bias, who: str) -> tuple[str,
 
 # ------------------------------------------------------------------------------------- building
 def _wires(builder) -> dict:
-    if not hasattr(builder, "block_wires"):
-        builder.block_wires = {}
     return builder.block_wires
 
 
