@@ -17,7 +17,8 @@ path (torch's eval forward, both emulator backends) therefore forms that sum wit
 ``fpq.numerics.block_dot``: partial sums per block pair exact in float64, summed over blocks
 exactly in bands of the exponents present, rounded to odd at 53 bits (the exact sum when it fits),
 which the block (or any) quantizer after it rounds as the exact sum. No product / accumulator
-types are derived for such a layer, and ``fpq.to_hls`` / ``fpq.estimate_cost`` refuse it.
+types are derived for such a layer; the HLS project forms the same sum in a Kulisch accumulator
+sized from the scale formats' exponent ranges (``fpq.numerics.block_hw``, ``hls/fpq_block.h``).
 """
 from __future__ import annotations
 

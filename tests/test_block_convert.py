@@ -2,9 +2,9 @@
 mxfp8_e4m3, mxint8 and weights="nvfp4", activations="mxfp8_e4m3" computes exactly the numpy
 reference's block quantization of its weights and activations (atol=0 in eval mode), trains with
 straight-through gradients (stochastic rounding only in training), exports to QONNX with fpq's
-BlockQuant node, which qonnx's executor runs (== torch, atol=0), and the paths not built yet (the
-reader's graph IR, hence the emulator / verify / plan; HLS; the cost model) refuse it naming the
-layer or node."""
+BlockQuant node, which qonnx's executor runs (== torch, atol=0), and what is not built refuses it
+naming the layer (convolutions with block formats; a block-scaled bias; HLS of block weights with
+scalar activations)."""
 from __future__ import annotations
 
 import numpy as np
@@ -94,16 +94,10 @@ def test_qat_gradients_and_stochastic_rounding():
 
 def test_refusals_name_the_layer(tmp_path):
     x = inputs(8)
-    mixed = fpq.convert(mlp(), weights="nvfp4", activations="mxfp8_e4m3")
-    with pytest.raises(ValueError, match=r"fpq.to_hls: layer 'input_quant' \(output\) uses the block-scaled format "
-                                         r"block<e4m3,e8m0,32>; .*Layers with block formats: \['0', '2', 'input_quant'\]"):
-        fpq.to_hls(mixed, tmp_path / "m", x)
-    q = fpq.convert(mlp(), weights="nvfp4", activations="int8")
-    for call, who in ((lambda: fpq.to_hls(q, tmp_path / "p", x), "fpq.to_hls"),
-                      (lambda: fpq.estimate_cost(q, example_input=x), "fpq.estimate_cost")):
-        with pytest.raises(ValueError, match=f"{who}: layer '0' \\(weight\\) uses the block-scaled format "
-                                             "block<e2m1,ue4m3,16>; .* is not built yet"):
-            call()
+    q = fpq.convert(mlp(), weights="nvfp4", activations="int8")   # HLS and cost: tests/test_block_hls.py
+    with pytest.raises(ValueError, match="linear 'linear_0': HLS builds a block-scaled Linear whose input and "
+                                         "weights are both block-scaled"):
+        fpq.to_hls(q, tmp_path / "p", x)
     conv = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU())
     with pytest.raises(ValueError, match="layer '0' \\(Conv2d\\) has the block-scaled weights format"):
         fpq.convert(conv, fmt="mxfp4")

@@ -31,8 +31,6 @@ def estimate_cost(q, part="xcvu9p", reuse_factor=1, strategy="Latency", io_type=
     from ..typeplan import TypePlan
     from .estimate import estimate
 
-    from ..nn.quantizers import refuse_block_formats
-    refuse_block_formats(q, "fpq.estimate_cost")  # the block datapath has no cost model yet
     part = _part_from_device(part, device)
     tp = q if isinstance(q, TypePlan) else plan(q, example_input)
     return estimate(tp, device=part, reuse_factor=reuse_factor, strategy=strategy, io_type=io_type,

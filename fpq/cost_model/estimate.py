@@ -2,20 +2,18 @@
 
 What is measured and what is modelled:
 
-* LUTs of the arithmetic come from the yosys synth_xilinx table (``ops.OperatorCosts``):
-  unrolled layers price every constant weight by its value (zero free, power of two a shift,
-  otherwise by the constant multiplier fit / lookup) plus the adder trees, with a layer-level
-  fit on synthesized dense layers.
-* hls4ml's structure is modelled explicitly: reuse factor R shares ``ceil(n_in*n_out/R)``
-  multipliers (hls4ml's block factor), which then multiply by weights read from a ROM / BRAM,
-  so they are general multipliers; multipliers whose weight carrier has >= ``dsp_threshold``
-  bits go to DSPs (hls4ml's own DSP estimator: "Vivado doesn't use DSP when precision < 9"),
-  tiled on the device's DSP port widths.
+* LUTs of the arithmetic come from the yosys synth_xilinx table (``ops.OperatorCosts``): unrolled layers price
+  every constant weight by its value (zero free, power of two a shift, otherwise by the constant multiplier fit /
+  lookup) plus the adder trees, with a layer-level fit on synthesized dense layers.
+* hls4ml's structure is modelled explicitly: reuse factor R shares ``ceil(n_in*n_out/R)`` multipliers (hls4ml's
+  block factor), which then multiply by weights read from a ROM / BRAM, so they are general multipliers;
+  multipliers whose weight carrier has >= ``dsp_threshold`` bits go to DSPs (hls4ml's own DSP estimator: "Vivado
+  doesn't use DSP when precision < 9"), tiled on the device's DSP port widths.
 * an element-wise BatchNorm (x * s_c + t_c) is priced per element: a constant multiplication by
   its channel's s_c from the same tables and an adder (``_batchnorm_layer``).
-* FFs, BRAM mapping and latency are a structural model (pipeline registers, BRAM18 aspect
-  ratios, LUT/carry delays per family), not measurements: yosys reports neither timing nor
-  Vivado's register retiming. The report says so in ``notes``.
+* block-scaled layers (mxfp4, nvfp4, ...): ``fpq.cost_model.blocks`` (an uncalibrated composition of the tables).
+* FFs, BRAM mapping and latency are a structural model (pipeline registers, BRAM18 aspect ratios, LUT/carry delays
+  per family), not measurements: yosys reports neither timing nor Vivado's register retiming (see ``notes``).
 """
 from __future__ import annotations
 
@@ -24,7 +22,7 @@ import numpy as np
 
 from ..formats import Binary, Fixed, Int, Minifloat, exact_fixed
 from ..ir import FREE_KINDS, MAC_KINDS, MOVING_KINDS
-from ..typeplan import TensorType, TypePlan, levels_carrier, po2_exponents, values_carrier
+from ..typeplan import TensorType, TypePlan, is_block, levels_carrier, po2_exponents, values_carrier
 from .costreport import CostReport
 from .devices import Device, dsp_tiles, get_device
 from .ops import OperatorCosts, csd_digits, default_costs, significant_bits, thr_steps
@@ -256,8 +254,7 @@ def _mac_layer(lp, ops: OperatorCosts, dev: Device, rf: int, strategy: str, cloc
 
 
 # ----------------------------------------------------------------------------- element-wise BatchNorm
-def _batchnorm_layer(lp, ops: OperatorCosts, dev: Device, rf: int, clock: float, dsp_threshold,
-                     notes: list) -> dict:
+def _batchnorm_layer(lp, ops: OperatorCosts, dev: Device, rf: int, clock: float, dsp_threshold, notes: list) -> dict:
     """x * s_c + t_c on every element (hls4ml's BatchNormalization): per element one
     multiplication by its channel's constant s_c (priced by value like an unrolled weight: zero
     free, a power of two a shift, otherwise the constant-multiplier table) and one add of t_c at
@@ -453,7 +450,7 @@ def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", 
             add_clone_fifos(row, lp, readers)
         srcs = lp.attrs.get("inputs")
         src = srcs[0] if srcs else prev
-        in_t, out_t = lp.tensors.get("input"), lp.tensors.get("output")
+        in_t, out_t = (None, None) if row.get("block") else (lp.tensors.get("input"), lp.tensors.get("output"))
         op = lp.op.lower()
         n_avg = divided.get(src) if op == "quant" else None
         if isinstance(out_t, TensorType) and (not out_t.po2 or n_avg) and out_t is not in_t and op != "output":
@@ -580,6 +577,9 @@ def _lookup_row(lp, t: TensorType, feed, feed_bits, ops: OperatorCosts, dev: Dev
 
 
 def _layer_row(lp, ops, dev, rfs, reuse_factor, strat, clock_period, dsp_threshold, datapath, notes, dp) -> dict:
+    if any(is_block(t) for t in lp.tensors.values()):   # block-scaled: fpq.cost_model.blocks
+        from .blocks import block_row
+        return block_row(lp, ops, dev, float(clock_period), notes, _t_add)
     if lp.op.lower() == "batchnorm" and "weight" in lp.tensors:
         rf = _reuse(lp, rfs, reuse_factor)
         return _batchnorm_layer(lp, ops, dev, rf, float(clock_period), dsp_threshold, notes)

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from ..formats import BlockFormat
 from ..ir import CONV_KINDS, POOL_KINDS
 from ..ir.plan import native_pool
 from ..typeplan import TensorType
@@ -33,6 +34,9 @@ SRL_MAX_BITS = 1024
 
 
 def _bits_of(t) -> int | None:
+    if isinstance(t, TensorType) and isinstance(t.format, BlockFormat):
+        from ..numerics.block_hw import make_wire  # a block word: sign, element index, scale code
+        return make_wire(t.format, t.scale, "stream").word_bits
     if isinstance(t, TensorType):
         vc = t.value_carrier()      # float scales: the exact float32 values the HLS project carries
         return vc.width if vc is not None else None

@@ -36,6 +36,7 @@ Exactness, layer by layer:
 * batchnorm (element-wise): hls4ml's BatchNormalization, scale / bias in their exact carriers,
   the result the exact x * s + t (or the cast of the quantizer that follows).
 * a quantizer that no cast expresses: ``FpqQuantize`` (hls/fpq_minifloat.h).
+* block-scaled tensors (mxfp4, nvfp4, block<...>): ``fpq.hls.blocks`` (FpqBlockQuant, FpqBlockDense).
 """
 from __future__ import annotations
 
@@ -68,6 +69,7 @@ class _Builder:
         self.tp = typeplan
         self.plan = HLSPlan()
         self.t: dict[str, _Tensor] = {}
+        self.block_wires: dict = {}   # layer -> the block words it outputs (fpq.hls.blocks)
         self.uses: dict[str, int] = {}
         for op in graph.ops:
             for i in op.inputs:
@@ -115,7 +117,11 @@ class _Builder:
         g = self.g
         if len(g.inputs) != 1:
             raise HLSUnsupportedError(f"the HLS path takes networks with one input, got {len(g.inputs)}: {g.inputs}")
+        from . import blocks  # block-scaled tensors (mxfp4, nvfp4, ...): fpq's own layers
         for op in g.ops:
+            if blocks.handles(self, op):
+                blocks.build(self, op)
+                continue
             handler = getattr(self, f"op_{op.kind}", None)
             if handler is None:
                 why = f" (ONNX {', '.join(op.onnx_nodes)}): {NO_HLS_WHY[op.kind]}" if op.kind in NO_HLS_WHY else ""

@@ -15,6 +15,7 @@ from ..formats import Binary, Fixed, Format, Int, Minifloat, exact_fixed
 HLS_DIR = Path(__file__).resolve().parent / "include"
 MINIFLOAT_HEADER = HLS_DIR / "fpq_minifloat.h"
 NORMALIZATION_HEADER = HLS_DIR / "fpq_normalization.h"
+BLOCK_HEADER = HLS_DIR / "fpq_block.h"
 
 
 def header_path(path: Path = MINIFLOAT_HEADER) -> Path:

@@ -11,6 +11,8 @@
   argument types, so one function template serves both.
 * ``FpqRowNorm`` (``fpq.hls.normalization``): softmax / LayerNorm over the last axis, the exact
   integer pipelines (``hls/fpq_normalization.h``).
+* ``FpqBlockQuant`` / ``FpqBlockDense`` (``fpq.hls.blocks``): block-scaled formats (OCP MX,
+  NVFP4), the run-time block quantizer and the exact block dot product (``hls/fpq_block.h``).
 * ``FpqPool``: a max or an exact window sum with any stride and padding (``fpq::pool_layer``),
   for the pools hls4ml's pooling cannot build exactly (see ``fpq.ir.plan.pool_build``).
 """
@@ -139,6 +141,9 @@ def register() -> None:
     register_layer("FpqPool", FpqPool)
     from . import normalization
     register_layer("FpqRowNorm", normalization.FpqRowNorm)
+    from . import blocks
+    register_layer("FpqBlockQuant", blocks.FpqBlockQuant)
+    register_layer("FpqBlockDense", blocks.FpqBlockDense)
     header = cpp.header_path()
     for name in BACKENDS:
         backend = get_backend(name)
@@ -149,4 +154,6 @@ def register() -> None:
         normalization.register(backend)
         backend.register_source(header)
         backend.register_source(cpp.header_path(cpp.NORMALIZATION_HEADER))
+        blocks.register(backend)
+        backend.register_source(cpp.header_path(cpp.BLOCK_HEADER))
     _registered = True

@@ -429,13 +429,15 @@ def to_hls(q, outdir, example_input=None, *, backend="Vitis", io_type="io_parall
     ``outdir`` must be absent or empty, or ``overwrite=True``: then only the files of the fpq
     project there (its manifest) are replaced, anything else in the folder stays.
     """
-    from ..nn.quantizers import refuse_block_formats
-    refuse_block_formats(q, "fpq.to_hls")  # the block datapath in HLS is not built yet
     backend, strategy = check_args(backend, io_type, strategy, reuse_factor, clock_period)
     outdir = check_outdir_path(outdir)
     _check_target(outdir, overwrite)
     graph = as_graph(q, example_input)
     plan = plan_hls(graph)  # refusals happen here, before any file
+    block = [L["name"] for L in plan.layers if L["class_name"].startswith("FpqBlock")]
+    if block and strategy == da.STRATEGY:
+        raise HLSUnsupportedError(f"layers {block} are block-scaled (fpq.hls.blocks), built with the Latency or "
+                                  f"Resource strategy only; got strategy={strategy!r}")
     default_rf, layer_reuse = layer_reuse_factors(graph, reuse_factor)
     if strategy == da.STRATEGY:
         da.check(plan, io_type=io_type, reuse_factor=max([default_rf, *layer_reuse.values()]))

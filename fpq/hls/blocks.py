@@ -1,0 +1,301 @@
+"""Block-scaled layers (mxfp4, nvfp4, mxfp8_e4m3, mxint8, ``block<ELEM,SCALE,K>``) in the HLS
+project, through hls4ml's extension API: ``FpqBlockQuant`` (a block quantizer with run-time block
+scales) and ``FpqBlockDense`` (the exact block dot product). The C++ is ``hls/fpq_block.h``; its
+header comment says what travels on the wire (one word per value: element sign, element index,
+block scale code) and how every step stays exact. hls4ml has no block-scaled type or layer, and
+qonnx none either, so both layers and their C++ are fpq's own.
+
+The builder (fpq.hls.builder) hands every op that reads or writes a block-scaled tensor here
+(``handles``): the input quantizer and a Linear's output quantizer become ``FpqBlockQuant``, a
+Linear whose input and weight are block-scaled ``FpqBlockDense`` (weights as static element codes
+and per-block scale codes), a ReLU of block words an ``FpqQuantize`` (``fpq::block_relu``), and the
+network's block output an ``FpqQuantize`` decoding the words into their exact values
+(``fpq::block_decode``). Every width is computed here, exactly, from the formats (and the static
+weights' scale codes); io_parallel, and io_stream (the vector read whole, then the same circuit).
+
+Block sizes that do not divide the reduction axis are zero-padded, as fpq.numerics.blocks pads
+(OCP MX pads a vector): the padding changes no block scale and adds nothing to a sum.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from hls4ml.backends.template import FunctionCallTemplate, LayerConfigTemplate
+from hls4ml.model.layers import Attribute, Layer
+
+from ..formats import BlockFormat
+from ..numerics import block_hw
+from ..numerics.block_hw import Wire, dyadic_ints, exact_product, scale_sig_exp, value_grid
+from .types import FloatPort, HLSUnsupportedError, _Tensor
+
+HEADER = "nnet_utils/fpq_block.h"
+
+
+@dataclass(frozen=True)
+class WideFixed:
+    """An ap_fixed precision wider than fpq's Fixed allows (MAX_FIXED_WIDTH): the exact sums and
+    decoded values of E8M0 blocks span ~2^-140 .. 2^140. Spelled and compared as a Fixed."""
+
+    width: int
+    int_bits: int
+    signed: bool = True
+    rounding: str = "TRN"
+    overflow: str = "WRAP"
+
+    def __str__(self):
+        return f"{'fixed' if self.signed else 'ufixed'}<{self.width},{self.int_bits}>"
+
+
+def _word(bits: int) -> WideFixed:
+    return WideFixed(bits, bits, False)
+
+
+def _ctable(name: str, ctype: str, vals, ret: str | None = None) -> str:
+    lit = {"double": lambda v: repr(float(v)), "bool": lambda v: "true" if v else "false",
+           "int": lambda v: str(int(v)), "long long": lambda v: f"{int(v)}LL",
+           "unsigned": lambda v: f"{int(v)}u"}[ctype]
+    return (f"    static {ret or ctype} {name}(int i) {{\n        #pragma HLS INLINE\n"
+            f"        static const {ctype} t[{len(vals)}] = {{{', '.join(lit(v) for v in vals)}}};\n"
+            f"        return t[i];\n    }}")
+
+
+def _hls(fn, *args):
+    """A block_hw fact, its refusal as the HLS path's error."""
+    try:
+        return fn(*args)
+    except ValueError as e:
+        raise HLSUnsupportedError(str(e)) from None
+
+
+def make_wire(fmt: BlockFormat, scale, who: str) -> Wire:
+    return _hls(block_hw.make_wire, fmt, scale, who)
+
+
+def dense_widths(xw: Wire, ww: Wire, w, bias, who: str):
+    return _hls(block_hw.dense_widths, xw, ww, w, bias, who)
+
+
+def _quant_body(w: Wire, n_in: int) -> str:
+    k = w.fmt.k
+    lines = [f"    static const unsigned n_in = {n_in};", f"    static const unsigned k = {k};",
+             f"    static const unsigned n_blocks = {-(-n_in // k)};",
+             f"    static const bool po2 = {'true' if w.fmt.po2_scale else 'false'};",
+             f"    static const int emax_elem = {w.fmt.emax_elem};",
+             f"    static const int idx_bits = {w.elem.idx_bits};", f"    static const int word_bits = {w.word_bits};",
+             f"    static const int n_elem_mid = {len(w.elem.mids)};",
+             _ctable("elem_mid_sig", "long long", [block_hw.sig_exp(float(m))[0] for m in w.elem.mids]),
+             _ctable("elem_mid_exp", "int", [block_hw.sig_exp(float(m))[1] for m in w.elem.mids]),
+             _ctable("elem_up", "bool", w.elem.up)]
+    if not w.fmt.po2_scale:
+        sg = value_grid(w.fmt.scale, w.fmt.scale.min_normal)
+        c = float(w.fmt.elem_max) * w.st
+        th = [exact_product(float(m) * c, m, w.fmt.elem_max, w.st) for m in sg.mids]
+        ss = [block_hw.sig_exp(float(v)) for v in sg.pos]
+        st_sig, st_exp = block_hw.sig_exp(w.st)
+        top = max(block_hw.sig_exp(float(m))[0] for m in w.elem.mids) * max(s for s, _ in ss) * st_sig
+        if top >= 1 << 53:
+            raise AssertionError(f"{w.fmt}: a threshold has {top.bit_length()} significant bits")  # formats fit
+        lines += [f"    static const int n_scale_mid = {len(th)};", _ctable("scale_th", "double", th),
+                  _ctable("scale_up", "bool", sg.up), _ctable("scale_sig", "long long", [s for s, _ in ss]),
+                  _ctable("scale_exp", "int", [e for _, e in ss]),
+                  f"    static const long long st_sig = {st_sig}LL;", f"    static const int st_exp = {st_exp};"]
+    return "\n".join(lines)
+
+
+class FpqBlockQuant(Layer):
+    """A block quantizer: n_in values (float port or an exact sum) -> one block word each."""
+
+    _expected_attributes = [Attribute("n_in"), Attribute("config_body", value_type=str)]
+
+    def initialize(self):
+        inp = self.get_input_variable()
+        self.set_attr("n_in", inp.size())
+        self.add_output_variable(inp.shape)
+
+
+class FpqBlockDense(Layer):
+    """The exact dot product of block words with static block-coded weights, plus the bias."""
+
+    _expected_attributes = [Attribute("n_in"), Attribute("n_out"), Attribute("config_body", value_type=str)]
+
+    def initialize(self):
+        self.add_output_variable([self.get_attr("n_out")])
+
+
+_CONFIG = """struct config{index} {{
+    static const unsigned io_type = nnet::{iotype};
+    static const unsigned reuse_factor = {reuse};
+    // fpq {what} (hls/fpq_block.h)
+{body}
+}};\n"""
+
+
+def _templates(cls, what: str, fn: str):
+    class Config(LayerConfigTemplate):
+        def __init__(self):
+            super().__init__(cls)
+
+        def format(self, node):
+            params = self._default_config_params(node)
+            return _CONFIG.format(what=what, body=node.get_attr("config_body"), **params)
+
+    class Call(FunctionCallTemplate):
+        def __init__(self):
+            super().__init__(cls, include_header=[HEADER])
+
+        def format(self, node):
+            params = self._default_function_params(node)
+            return f"fpq::{fn}<{{input_t}}, {{output_t}}, {{config}}>({{input}}, {{output}});".format(**params)
+
+    return Config, Call
+
+
+TEMPLATES = _templates(FpqBlockQuant, "block quantizer", "block_quant_layer") + \
+    _templates(FpqBlockDense, "block dot product", "block_dense")
+
+
+def register(backend) -> None:
+    for t in TEMPLATES:
+        backend.register_template(t)
+
+
+# ---------------------------------------------------------------------------------- dot product
+def _dense_body(xw: Wire, ww: Wire, w: np.ndarray, bias, who: str) -> tuple[str, WideFixed]:
+    """The FpqBlockDense config of y = x @ w.T + bias and its exact result type."""
+    d = dense_widths(xw, ww, w, bias, who)
+    words = (np.asarray(d.w_idx, dtype=np.int64) << 1) | np.asarray(d.w_neg, dtype=np.int64)
+    body = "\n".join([
+        f"    static const unsigned n_in = {d.n_in};", f"    static const unsigned n_out = {d.n_out};",
+        f"    static const unsigned g = {d.g};", f"    static const unsigned n_sub = {d.n_sub};",
+        f"    static const unsigned kw = {ww.fmt.k};", f"    static const unsigned nbw = {d.nbw};",
+        f"    static const int x_idx_bits = {xw.elem.idx_bits};", f"    static const int x_word_bits = {xw.word_bits};",
+        f"    static const int w_idx_bits = {ww.elem.idx_bits};",
+        f"    static const int e_min = {d.e_min};", f"    static const long long cm = {d.cm}LL;",
+        f"    static const int acc_shift = {d.acc_shift};", f"    static const int bias_shift = {d.bias_shift};",
+        f"    typedef ap_int<{d.pw}> psum_t;", f"    typedef ap_int<{d.tw}> term_t;",
+        f"    typedef ap_int<{d.aw}> acc_t;", f"    typedef ap_int<{d.yw}> y_t;",
+        _ctable("x_elem", "long long", d.x_ints), _ctable("w_elem", "long long", d.w_ints),
+        _ctable("x_sig", "long long", d.x_sig), _ctable("x_exp", "int", d.x_exp),
+        _ctable("w_sig", "long long", d.w_sig), _ctable("w_exp", "int", d.w_exp),
+        _ctable("w_word", "unsigned", words.ravel()), _ctable("w_scale", "int", np.ravel(d.w_codes)),
+        _ctable("bias_int", "long long", d.b_int),
+    ])
+    return body, WideFixed(d.yw, d.yw + d.lsb_y)
+
+
+# ------------------------------------------------------------------------------------- building
+def _wires(builder) -> dict:
+    return builder.block_wires
+
+
+def _is_block(t) -> bool:
+    return t is not None and isinstance(t.format, BlockFormat)
+
+
+def handles(builder, op) -> bool:
+    """Whether ``op`` writes or reads a block-scaled tensor (then ``build`` builds or refuses it)."""
+    if op.kind in ("input_quant", "quant") and _is_block(op.quant.ttype):
+        return True
+    if op.kind == "linear" and (_is_block(op.types.get("input")) or _is_block(op.types.get("weight"))):
+        return True
+    wires = _wires(builder)
+    return any(name in builder.t and builder.t[name].layer in wires for name in op.inputs)
+
+
+def _out(builder, op, tensor: _Tensor, wire: Wire | None) -> None:
+    """The op's value is ``tensor``. No trace of a block layer is compared with the emulator's
+    op (its words are codes; its exact sum is not the emulator's rounded one): verify compares
+    the network output."""
+    builder.t[op.outputs[0]] = tensor
+    builder.plan.op_layer[op.name] = tensor.layer
+    if wire is not None:
+        _wires(builder)[tensor.layer] = wire
+
+
+def _flat(builder, op, src: _Tensor, who: str) -> None:
+    if len(src.hls_shape) != 1 or src.perm is not None:
+        raise HLSUnsupportedError(f"{who}: block-scaled HLS layers take flat vectors (an MLP's); its input has "
+                                  f"shape {src.torch_shape} (block-scaled convolutions are not built)")
+
+
+def build(builder, op) -> None:
+    who = f"{op.kind} {op.name!r}"
+    wires = _wires(builder)
+    p = builder.plan
+    if op.kind == "input_quant":
+        name = op.inputs[0]
+        if name not in builder.g.inputs or builder.uses.get(name, 0) != 1:
+            raise HLSUnsupportedError(f"{who}: an input quantizer must read the graph input, and be its only reader")
+        shape = tuple(int(d) for d in builder.g.input_shapes[name][1:])
+        if len(shape) != 1:
+            raise HLSUnsupportedError(f"{who}: block-scaled HLS layers take flat vectors; the input has shape {shape}")
+        p.input_shape, p.input_perm, p.input_float32 = shape, None, True
+        builder.add_layer({"class_name": "InputLayer", "name": p.input_name, "input_shape": list(shape)},
+                          {"result": FloatPort()})
+        src = _Tensor(p.input_name, FloatPort(), shape, shape, None)
+    elif op.kind != "linear":
+        src = builder.src(op)
+    if op.kind in ("input_quant", "quant"):
+        if src.layer in wires:
+            raise HLSUnsupportedError(f"{who}: re-quantizing block-scaled values is not built in HLS")
+        _flat(builder, op, src, who)
+        tt = op.quant.ttype
+        wire = make_wire(tt.format, tt.scale, who)
+        out = _word(wire.word_bits)
+        builder.add_layer({"class_name": "FpqBlockQuant", "name": op.name, "inputs": [src.layer],
+                           "config_body": _quant_body(wire, int(src.hls_shape[0]))}, {"result": out})
+        _out(builder, op, _Tensor(op.name, out, src.torch_shape, src.hls_shape, None), wire)
+    elif op.kind == "linear":
+        src = builder.src(op)
+        x_t, w_t = op.types.get("input"), op.types.get("weight")
+        if src.layer not in wires or not _is_block(w_t):
+            raise HLSUnsupportedError(
+                f"{who}: HLS builds a block-scaled Linear whose input and weights are both block-scaled; it has "
+                f"input {getattr(x_t, 'format', None)} and weights {getattr(w_t, 'format', None)}")
+        _flat(builder, op, src, who)
+        w = np.asarray(op.weight, dtype=np.float64)
+        ww = make_wire(w_t.format, w_t.scale, f"{who} (weight)")
+        body, res = _dense_body(wires[src.layer], ww, w, op.bias, who)
+        p.notes.append(f"{op.name}: block-scaled ({w_t.format} weights, {x_t.format} input), built fully unrolled "
+                       "(fpq::block_dense): the reuse factor does not apply")
+        builder.add_layer({"class_name": "FpqBlockDense", "name": op.name, "inputs": [src.layer],
+                           "n_in": w.shape[1], "n_out": w.shape[0], "config_body": body}, {"result": res})
+        _out(builder, op, _Tensor(op.name, res, (w.shape[0],), (w.shape[0],), None), None)
+    elif op.kind == "relu":
+        wire = wires[src.layer]
+        builder.add_layer({"class_name": "FpqQuantize", "name": op.name, "inputs": [src.layer],
+                           "quantizer": f"fpq::block_relu<in_T, out_T, {wire.elem.idx_bits}>({{x}})",
+                           "fpq_format": f"relu of {wire.fmt} words"}, {"result": src.fixed})
+        _out(builder, op, _Tensor(op.name, src.fixed, src.torch_shape, src.hls_shape, None), wire)
+    elif op.kind == "output":
+        _build_output(builder, op, src, wires[src.layer])
+    else:
+        raise HLSUnsupportedError(f"{who} reads block-scaled values; HLS builds Linear, ReLU and the network output "
+                                  "on them (quantize to a scalar format first for other ops)")
+
+
+def _build_output(builder, op, src: _Tensor, wire: Wire) -> None:
+    """The network output: block words decoded into their exact values (fpq::block_decode)."""
+    p = builder.plan
+    if p.output_layer:
+        raise HLSUnsupportedError("the HLS path takes networks with one output")
+    if src.layer != p.layers[-1]["name"]:
+        raise HLSUnsupportedError(f"the network output {op.inputs[0]!r} must be computed by the last layer")
+    el, _ = dyadic_ints(wire.elem.pos)
+    sig, exp, e_lo, _, _ = scale_sig_exp(wire)
+    stm, _ = block_hw.sig_exp(wire.st)
+    ow, lsb = block_hw.output_widths(wire)
+    if ow > block_hw.MAX_WIDTH:
+        raise HLSUnsupportedError(f"output {op.name!r}: its values need {ow} bits")
+    out = WideFixed(ow, ow + lsb)
+    name = f"{src.layer}_decode"
+    tables = (f"static const long long el[{len(el)}] = {{{', '.join(f'{v}LL' for v in el)}}}; "
+              f"static const long long sg[{len(sig)}] = {{{', '.join(f'{v}LL' for v in sig)}}}; "
+              f"static const int ex[{len(exp)}] = {{{', '.join(str(v) for v in exp)}}};")
+    call = (f"fpq::block_decode<in_T, out_T, {wire.elem.idx_bits}, {wire.scale_bits}>({{x}}, el, sg, ex, {stm}LL, "
+            f"{e_lo})")
+    builder.add_layer({"class_name": "FpqQuantize", "name": name, "inputs": [src.layer], "quantizer": call,
+                       "quantizer_tables": tables, "fpq_format": f"decode {wire.fmt} words"}, {"result": out})
+    p.output_layer, p.output_shape, p.output_perm = name, src.torch_shape, None
+    p.op_layer[op.name] = name

@@ -1,0 +1,312 @@
+// fpq_block.h: the block-scaled datapath (OCP MX, NVFP4, block<ELEM,SCALE,K>) of fpq's HLS
+// projects: fpq's hls4ml layers FpqBlockQuant and FpqBlockDense (fpq/hls/blocks.py). It computes
+// exactly what the numpy reference fpq.numerics.blocks (quantization) and fpq.numerics.block_dot
+// (the exact dot product, rounded to odd at 53 bits before the next quantizer) define.
+//
+// A block-quantized tensor travels as one word per value (``word_bits`` bits):
+//   bit 0                      the sign of the element
+//   bits 1 .. idx_bits         the element's magnitude index: its rank among the element format's
+//                              non-negative values (a minifloat's code without its sign bit)
+//   bits idx_bits + 1 ..       the block's scale code: E8M0's code e + 127, or the rank of the
+//                              block scale among the scale format's normal values (NVFP4: ue4m3)
+// Every value of a block carries its block's scale code (the wire of one block holds k copies;
+// a design that stores the scale once per block is the same circuit after sharing).
+//
+// Quantization (FpqBlockQuant): per block, amax = max |x|; E8M0: e = floor(log2 amax) - emax_elem
+// clamped to -127 .. 127 (-127 for a zero block: the leading-one position of amax); a scale with
+// mantissa bits: the rank of RNE(amax / (max_elem * s_t)) among the scale's normal values,
+// saturating, at least the smallest normal, found by comparing amax with the static thresholds
+// midpoint * max_elem * s_t (s_t: the static float32 tensor scale). Elements: RNE(|x| / S),
+// saturating, by comparing |x| with midpoint * S (per block: small integer products and exponent
+// adds). Every comparison is between exact numbers (the thresholds have at most ~40 significant
+// bits), so no division happens and none rounds. The comparisons are written on C++ doubles, which
+// hold every operand exactly (a sign, an exponent and a significand of at most 53 bits).
+// The input of a block quantizer is the float32 port or the exact sum of a FpqBlockDense; the sum
+// is first rounded to odd at 53 bits (exact_double), as the reference does: rounding to odd keeps
+// every comparison with a number of at most 52 significant bits, and floor(log2 |x|).
+//
+// Dot product (FpqBlockDense): per pair of (sub)blocks of g = gcd(k_x, k_w) values, the exact
+// integer sum of element products, times both scales' significands, shifted by the sum of both
+// scale exponents into an exact integer accumulator (a Kulisch accumulator: wide enough for every
+// exponent the two scale formats allow); then times the product of the two static tensor scales,
+// plus the bias, all exact. fpq computes every width in Python (fpq/hls/blocks.py).
+#ifndef FPQ_BLOCK_H_
+#define FPQ_BLOCK_H_
+
+#include <cmath>
+
+#include "ap_fixed.h"
+#include "ap_int.h"
+#include "hls_stream.h"
+#include "nnet_common.h"  // PRAGMA_DATA_PACK
+
+namespace fpq {
+
+// An integer v times 2^lsb as a double, rounded to odd at 53 bits (exact when it fits).
+template <int W> double ro53_int(ap_int<W> v, int lsb) {
+    #pragma HLS INLINE
+    const bool neg = v < 0;
+    ap_uint<W> m = neg ? ap_uint<W>(-v) : ap_uint<W>(v);  // |v| (2^(W-1) fits W unsigned bits)
+    int p = -1;
+BlockLeadingOne:
+    for (int i = 0; i < W; i++) {
+        #pragma HLS UNROLL
+        if (m[i]) p = i;
+    }
+    if (p < 0) return 0.0;
+    const int s = p > 52 ? p - 52 : 0;
+    ap_uint<W> top = m >> s;
+    unsigned long long t = top.to_uint64();
+    if (s > 0 && (top << s) != m) t |= 1ULL;  // sticky: round to odd
+    const double d = std::ldexp(double(t), s + lsb);
+    return neg ? -d : d;
+}
+
+inline double exact_double(float x) { return double(x); }
+inline double exact_double(double x) { return x; }
+
+template <int W, int I, ap_q_mode Q, ap_o_mode O, int N> double exact_double(ap_fixed<W, I, Q, O, N> x) {
+    #pragma HLS INLINE
+    ap_int<W> raw;
+    raw.range(W - 1, 0) = x.range(W - 1, 0);
+    return ro53_int<W>(raw, I - W);
+}
+
+template <int W, int I, ap_q_mode Q, ap_o_mode O, int N> double exact_double(ap_ufixed<W, I, Q, O, N> x) {
+    #pragma HLS INLINE
+    ap_int<W + 1> raw = 0;
+    raw.range(W - 1, 0) = x.range(W - 1, 0);
+    return ro53_int<W + 1>(raw, I - W);
+}
+
+// The number of ascending thresholds t_j = th(j) that a passes, ties to even:
+// a > t_j, or a == t_j and the value above t_j has an even code (up(j)).
+template <int N, class TH, class UP> int round_rank(double a, TH th, UP up) {
+    #pragma HLS INLINE
+    int lo = 0, hi = N;
+BlockRankSearch:
+    for (int step = 0; step < 12; step++) {  // 2^12 > any element or scale format fpq builds
+        #pragma HLS UNROLL
+        if (lo < hi) {
+            const int mid = (lo + hi) / 2;
+            const double t = th(mid);
+            if (a > t || (a == t && up(mid))) lo = mid + 1;
+            else hi = mid;
+        }
+    }
+    return lo;
+}
+
+struct table_th {
+    const double *t;
+    double operator()(int j) const { return t[j]; }
+};
+template <class CONFIG_T> struct elem_up {
+    bool operator()(int j) const { return CONFIG_T::elem_up(j); }
+};
+template <class CONFIG_T> struct scale_th {
+    double operator()(int j) const { return CONFIG_T::scale_th(j); }
+};
+template <class CONFIG_T> struct scale_up {
+    bool operator()(int j) const { return CONFIG_T::scale_up(j); }
+};
+
+// The block scale of a block of largest magnitude amax: its code and the value S = sig * 2^ex that
+// divides the elements (E8M0: sig = 1; else the block scale's significand times the static tensor
+// scale's, an integer product of at most 28 bits).
+template <class CONFIG_T, bool PO2> struct block_scale;
+
+template <class CONFIG_T> struct block_scale<CONFIG_T, true> {  // E8M0, scale rounding "floor"
+    static void of(double amax, int &scode, long long &sig, int &ex) {
+        #pragma HLS INLINE
+        int e = -127;  // a zero block: the smallest scale, code 0x00
+        if (amax != 0.0) {
+            int fe;
+            std::frexp(amax, &fe);  // amax = m 2^fe, m in [0.5, 1): floor(log2 amax) = fe - 1
+            e = fe - 1 - CONFIG_T::emax_elem;
+            if (e < -127) e = -127;
+            if (e > 127) e = 127;
+        }
+        scode = e + 127;
+        sig = 1;
+        ex = e;
+    }
+};
+
+template <class CONFIG_T> struct block_scale<CONFIG_T, false> {  // a scale with mantissa bits
+    static void of(double amax, int &scode, long long &sig, int &ex) {
+        #pragma HLS INLINE
+        scode = round_rank<CONFIG_T::n_scale_mid>(amax, scale_th<CONFIG_T>(), scale_up<CONFIG_T>());
+        sig = CONFIG_T::scale_sig(scode) * CONFIG_T::st_sig;
+        ex = CONFIG_T::scale_exp(scode) + CONFIG_T::st_exp;
+    }
+};
+
+// FpqBlockQuant (io_parallel): n_in values in blocks of k -> one word per value (see the top).
+// CONFIG_T: n_in, k, n_blocks, po2, emax_elem, idx_bits, word_bits, n_elem_mid, elem_mid_sig(j),
+// elem_mid_exp(j), elem_up(j); a tensor-scaled format also n_scale_mid, scale_th(j), scale_up(j),
+// scale_sig(c), scale_exp(c), st_sig, st_exp.
+template <class data_T, class res_T, typename CONFIG_T>
+void block_quant_layer(data_T data[CONFIG_T::n_in], res_T res[CONFIG_T::n_in]) {
+    #pragma HLS PIPELINE
+BlockQuantBlocks:
+    for (unsigned b = 0; b < CONFIG_T::n_blocks; b++) {
+        #pragma HLS UNROLL
+        double v[CONFIG_T::k];
+        double amax = 0.0;
+    BlockQuantMax:
+        for (unsigned t = 0; t < CONFIG_T::k; t++) {
+            #pragma HLS UNROLL
+            const unsigned i = b * CONFIG_T::k + t;
+            v[t] = i < CONFIG_T::n_in ? exact_double(data[i]) : 0.0;  // zero padding: no effect on amax
+            const double a = std::fabs(v[t]);
+            if (a > amax) amax = a;
+        }
+        int scode, ex;
+        long long sig;
+        block_scale<CONFIG_T, CONFIG_T::po2>::of(amax, scode, sig, ex);
+        double thr[CONFIG_T::n_elem_mid];  // the element grid's midpoints x S: exact (<= 53 bits)
+    BlockQuantThresholds:
+        for (int j = 0; j < CONFIG_T::n_elem_mid; j++) {
+            #pragma HLS UNROLL
+            thr[j] = std::ldexp(double(CONFIG_T::elem_mid_sig(j) * sig), CONFIG_T::elem_mid_exp(j) + ex);
+        }
+        const table_th th = {thr};
+    BlockQuantElements:
+        for (unsigned t = 0; t < CONFIG_T::k; t++) {
+            #pragma HLS UNROLL
+            const unsigned i = b * CONFIG_T::k + t;
+            if (i >= CONFIG_T::n_in) continue;
+            const int j = round_rank<CONFIG_T::n_elem_mid>(std::fabs(v[t]), th, elem_up<CONFIG_T>());
+            ap_uint<CONFIG_T::word_bits> w = ap_uint<CONFIG_T::word_bits>(scode);
+            w = (w << (CONFIG_T::idx_bits + 1)) | (ap_uint<CONFIG_T::word_bits>(j) << 1);
+            if (v[t] < 0 && j > 0) w[0] = 1;
+            res[i].range(CONFIG_T::word_bits - 1, 0) = w;
+        }
+    }
+}
+
+// ReLU of a block word: a negative element becomes +0 (the block's scale code stays).
+template <class in_T, class out_T, int IDX_BITS> out_T block_relu(in_T x) {
+    #pragma HLS INLINE
+    ap_uint<in_T::width> w = x.range(in_T::width - 1, 0);
+    if (w[0]) w.range(IDX_BITS, 0) = 0;
+    out_T r;
+    r.range(out_T::width - 1, 0) = w;
+    return r;
+}
+
+// A block word -> its exact value in out_T (ap_fixed with LSB 2^(elem lsb + lowest scale exponent
+// + tensor-scale exponent)): +-(elem_int * sig * STM) << (exp - EXP_MIN).
+template <class in_T, class out_T, int IDX_BITS, int SCALE_BITS>
+out_T block_decode(in_T x, const long long elem_int[], const long long sig[], const int exp[], long long STM,
+                   int EXP_MIN) {
+    #pragma HLS INLINE
+    ap_uint<in_T::width> w = x.range(in_T::width - 1, 0);
+    const int idx = w.range(IDX_BITS, 1).to_int();
+    const int sc = w.range(IDX_BITS + SCALE_BITS, IDX_BITS + 1).to_int();
+    ap_int<out_T::width> m = ap_int<out_T::width>(elem_int[idx]) * sig[sc] * STM;
+    m <<= (exp[sc] - EXP_MIN);
+    if (w[0]) m = -m;
+    out_T r;
+    r.range(out_T::width - 1, 0) = m.range(out_T::width - 1, 0);
+    return r;
+}
+
+// FpqBlockDense (io_parallel): y[o] = sum_i x[i] w[o][i] + b[o], exact (see the top).
+// CONFIG_T: n_in, n_out, g, n_sub, kw, nbw, x_idx_bits, x_word_bits, w_idx_bits, x_elem(i),
+// w_elem(i), x_sig(c), x_exp(c), w_sig(c), w_exp(c), w_word(n) (element sign | index),
+// w_scale(n) (per weight block), bias_int(o), e_min, cm (the tensor scales' product significand),
+// acc_shift, bias_shift; types psum_t, term_t, acc_t, y_t (ap_int of the exact widths).
+template <class data_T, class res_T, typename CONFIG_T>
+void block_dense(data_T data[CONFIG_T::n_in], res_T res[CONFIG_T::n_out]) {
+    #pragma HLS PIPELINE
+    typedef typename CONFIG_T::psum_t psum_t;
+    typedef typename CONFIG_T::term_t term_t;
+    typedef typename CONFIG_T::acc_t acc_t;
+    typedef typename CONFIG_T::y_t y_t;
+    const int XI = CONFIG_T::x_idx_bits, WI = CONFIG_T::w_idx_bits;
+BlockDenseOut:
+    for (unsigned o = 0; o < CONFIG_T::n_out; o++) {
+        #pragma HLS UNROLL
+        acc_t acc = 0;
+    BlockDenseSub:
+        for (unsigned s = 0; s < CONFIG_T::n_sub; s++) {
+            #pragma HLS UNROLL
+            const unsigned i0 = s * CONFIG_T::g;
+            if (i0 >= CONFIG_T::n_in) continue;  // a padded sub-block: zeros
+            psum_t p = 0;
+        BlockDenseProducts:
+            for (unsigned t = 0; t < CONFIG_T::g; t++) {
+                #pragma HLS UNROLL
+                const unsigned i = i0 + t;
+                if (i >= CONFIG_T::n_in) continue;
+                ap_uint<CONFIG_T::x_word_bits> xw = data[i].range(CONFIG_T::x_word_bits - 1, 0);
+                const unsigned ww = CONFIG_T::w_word(o * CONFIG_T::n_in + i);
+                psum_t xe = CONFIG_T::x_elem(xw.range(XI, 1).to_int());
+                psum_t we = CONFIG_T::w_elem((ww >> 1) & ((1u << WI) - 1));
+                psum_t pr = xe * we;
+                p += (xw[0] != (ww & 1u)) ? psum_t(-pr) : pr;
+            }
+            ap_uint<CONFIG_T::x_word_bits> x0 = data[i0].range(CONFIG_T::x_word_bits - 1, 0);
+            const int xc = (x0 >> (XI + 1)).to_int();
+            const int wc = CONFIG_T::w_scale(o * CONFIG_T::nbw + i0 / CONFIG_T::kw);
+            term_t term = term_t(p) * CONFIG_T::x_sig(xc) * CONFIG_T::w_sig(wc);
+            acc += acc_t(term) << (CONFIG_T::x_exp(xc) + CONFIG_T::w_exp(wc) - CONFIG_T::e_min);
+        }
+        y_t y = y_t(acc) * CONFIG_T::cm;
+        y <<= CONFIG_T::acc_shift;
+        y += y_t(CONFIG_T::bias_int(o)) << CONFIG_T::bias_shift;
+        res[o].range(res_T::width - 1, 0) = y.range(res_T::width - 1, 0);
+    }
+}
+
+// io_stream: both layers read their whole input vector (an MLP's activations: a few packets),
+// compute as in io_parallel, and write the result in the packets of res_T.
+template <class data_T, unsigned N> void block_read(hls::stream<data_T> &s, typename data_T::value_type a[N]) {
+BlockRead:
+    for (unsigned i = 0; i < N / data_T::size; i++) {
+        #pragma HLS PIPELINE
+        data_T p = s.read();
+        for (unsigned j = 0; j < data_T::size; j++) {
+            #pragma HLS UNROLL
+            a[i * data_T::size + j] = p[j];
+        }
+    }
+}
+
+template <class res_T, unsigned N> void block_write(const typename res_T::value_type a[N], hls::stream<res_T> &s) {
+BlockWrite:
+    for (unsigned i = 0; i < N / res_T::size; i++) {
+        #pragma HLS PIPELINE
+        res_T p;
+        PRAGMA_DATA_PACK(p)
+        for (unsigned j = 0; j < res_T::size; j++) {
+            #pragma HLS UNROLL
+            p[j] = a[i * res_T::size + j];
+        }
+        s.write(p);
+    }
+}
+
+template <class data_T, class res_T, typename CONFIG_T>
+void block_quant_layer(hls::stream<data_T> &data, hls::stream<res_T> &res) {
+    typename data_T::value_type in[CONFIG_T::n_in];
+    typename res_T::value_type out[CONFIG_T::n_in];
+    block_read<data_T, CONFIG_T::n_in>(data, in);
+    block_quant_layer<typename data_T::value_type, typename res_T::value_type, CONFIG_T>(in, out);
+    block_write<res_T, CONFIG_T::n_in>(out, res);
+}
+
+template <class data_T, class res_T, typename CONFIG_T>
+void block_dense(hls::stream<data_T> &data, hls::stream<res_T> &res) {
+    typename data_T::value_type in[CONFIG_T::n_in];
+    typename res_T::value_type out[CONFIG_T::n_out];
+    block_read<data_T, CONFIG_T::n_in>(data, in);
+    block_dense<typename data_T::value_type, typename res_T::value_type, CONFIG_T>(in, out);
+    block_write<res_T, CONFIG_T::n_out>(out, res);
+}
+
+}  // namespace fpq
+
+#endif
