@@ -19,6 +19,7 @@ cost model) sees one op per hardware layer:
   become ``reshape``; ``Identity`` / ``Dropout`` and float ``Cast`` (fpq layers widen to float64)
   are dropped (values unchanged);
 * ``Concat`` and nearest ``Resize`` / ``Upsample`` become ``concat`` / ``upsample`` (``fpq.export.moves``);
+  a ``MatMul`` of two quantized tensors (and a Mul by a power of two after it) one ``matmul`` (``fpq.export.matmul``);
 * outputs that are constants (Brevitas' QuantTensor metadata: scale, bit width) are ignored.
 
 Op kinds and their attributes, Quantizer and shape conventions: ``fpq.ir``. Where fpq's semantics
@@ -38,6 +39,7 @@ from ..formats import Fixed, Int
 from ..ir import MAC_KINDS, TYPE_PRESERVING, Graph, Op, Quantizer, UnsupportedGraphError
 from ..ir.plan import typeplan_from_graph
 from ..typeplan import LayerPlan, TensorType, fixed_union, sum_type, values_carrier
+from .matmul import matmul_op
 from .moves import concat_op, upsample_op
 from .qonnx_codec import (QONNX_DOMAINS, QUANT_OPS, _attrs, _flat_scale, half_step_partner, is_half_step, load_model, quantizer_of)
 
@@ -329,6 +331,8 @@ def read_graph(model) -> Graph:
             op = _fuse_div_quant_mul(r, node, ins, mod, x in graph_inputs) or \
                 Op(r.unique(_op_name("div", mod)), "div", [x], [node.output[0]],
                    attrs={"value": np.asarray(r.const(ins[1])[0], dtype=np.float32)}, onnx_nodes=[node.name])
+        elif op_type == "MatMul" and len(ins) == 2 and not r.is_const(ins[0]) and not r.is_const(ins[1]):
+            op = matmul_op(r, node, ins, _op_name("matmul", mod), [tt(i) for i in ins])   # fpq.export.matmul
         elif op_type in ("MatMul", "Gemm", "Conv"):
             op = _weighted(r, node, a, ins, mod)
         elif op_type == "Add":

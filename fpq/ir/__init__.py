@@ -30,6 +30,9 @@ Op kinds (``Op.kind``) and their attributes:
                     internal fixed types (exp, sum, reciprocal / sum, diff, variance, rsqrt, norm,
                     affine) and the output (ufixed<24,1> / fixed<24, I>, rounded by the quantizer after)
 ``add``             x0 + x1 (both dynamic)
+``matmul``          y = 2**alpha_exp * (x0 @ x1), both dynamic and quantized (attention's Q K^T, A V;
+                    ``fpq.export.matmul``): attrs "alpha_exp", "fan_in" (K); types "input" (x0), "other"
+                    (x1); the TypePlan derives "product" and the exact "accumulator" as for a linear
 ``mul`` / ``div``   x * c, x / c with a constant ``c`` (attrs["value"])
 ``add_const``       x + c with a constant ``c`` (attrs["value"]) that is not a layer's bias (an
                     input normalization); ONNX ``Sub(x, c)`` is ``add_const`` of -c (IEEE
@@ -100,6 +103,7 @@ OPS = {k.name: k for k in (
     # ORDER_KEEPING for a sum rounded to odd; its result is a fresh array a requantizer may reuse
     OpKind("clip", computes=True), OpKind("table", computes=True), OpKind("softmax", computes=True),
     OpKind("layernorm", computes=True), OpKind("add", computes=True), OpKind("mul", computes=True),
+    OpKind("matmul", computes=True),   # two activations: no constant operand (not a mac kind)
     OpKind("div", computes=True), OpKind("add_const", computes=True), OpKind("maxpool", type_preserving=True), OpKind("avgpool", computes=True),
     OpKind("global_avgpool", computes=True),
     OpKind("concat", moves=True), OpKind("upsample", type_preserving=True, moves=True),

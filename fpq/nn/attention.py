@@ -1,0 +1,248 @@
+"""Attention for fpq.convert: the product of two quantized activations (``FpqMatMul``), the
+attention scale folded exactly, and ``nn.MultiheadAttention`` rewritten into the hand-written
+form (Q/K/V Linear, ``q @ k.transpose(-2, -1)``, scale, softmax, ``@ v``, output Linear).
+
+``FpqMatMul``: y = Q_out(alpha * (a @ b)) for two tensors that each leave an fpq quantizer (through
+reshapes / transposes / ReLU only, checked at convert time). In eval mode the product is exact:
+one float64 matmul when the sum fits 53 bits, else summed in pieces and rounded to odd
+(``fpq.numerics.wide``), which the output quantizer rounds as it would the exact sum. ``alpha`` is
+a power of two (exact in float64); it exports as a standard ONNX MatMul (and a Mul by alpha),
+which the reader reads as one ``matmul`` op whose exact accumulator the TypePlan derives like a
+Linear's (``fpq.typeplan.LayerPlan.derive``).
+
+Why written here: Brevitas' QuantMultiheadAttention / QuantScaledDotProductAttention quantize with
+their own injector quantizers and export no matmul of two quantized tensors that fpq's reader or
+qonnx's executor could run exactly; fpq keeps its own quantizers and one export path.
+"""
+from __future__ import annotations
+
+import math
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from ..numerics.wide import exact_bilinear
+from .layers import FpqAct, _value
+
+MATMUL_FUNCTIONS = (torch.matmul, operator.matmul, torch.bmm)
+MATMUL_METHODS = ("matmul", "bmm", "__matmul__")
+_SCALE_FUNCTIONS = (operator.mul, torch.mul, operator.truediv, torch.div)
+# fx nodes that only move values (a subset of the input's, unchanged): an operand may pass them
+MOVING_METHODS = ("view", "reshape", "transpose", "permute", "contiguous", "flatten")
+MOVING_FUNCTIONS = (torch.transpose, torch.permute, torch.reshape, torch.flatten)
+REFUSED = {F.scaled_dot_product_attention: "F.scaled_dot_product_attention (write it out: q @ k.transpose(-2, -1) "
+                                           "* scale, softmax(-1), @ v; masks and dropout are not supported)"}
+
+
+class FpqMatMul(nn.Module):
+    """y = Q_out(alpha * (a @ b)) of two quantized activations (module docstring)."""
+
+    fpq_op = "matmul"
+
+    def __init__(self, fmt, scale_kind="po2", alpha: float = 1.0):
+        super().__init__()
+        self.quant = FpqAct(fmt, scale_kind)
+        self.alpha = float(alpha)
+
+    def extra_repr(self):
+        return f"alpha={self.alpha}"
+
+    @property
+    def fpq_output(self):
+        return self.quant.fpq_output
+
+    def forward(self, a, b):
+        a, b = _value(a), _value(b)
+        if self.training:
+            y = torch.matmul(a, b)
+            return self.quant(y * self.alpha if self.alpha != 1.0 else y)
+        a, b = a.to(torch.float64), b.to(torch.float64)
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            y = torch.matmul(a, b)   # the exported graph holds a plain MatMul
+        else:
+            # not strict: fpq.calibrate runs unquantized float data through here
+            y = exact_bilinear(torch.matmul, a, b, None, fan_in=a.shape[-1])[0]
+        return self.quant(y * self.alpha if self.alpha != 1.0 else y)
+
+
+def po2_exponent(c) -> int | None:
+    """e with c == 2**e exactly (c a positive float), else None."""
+    c = float(c)
+    if not c > 0 or math.isinf(c):
+        return None
+    m, e = math.frexp(c)
+    return e - 1 if m == 0.5 else None
+
+
+# ----------------------------------------------------------------- nn.MultiheadAttention rewrite
+
+class HandMultiheadAttention(nn.Module):
+    """The hand-written form of an ``nn.MultiheadAttention`` (batch_first, no mask, no bias_kv,
+    dropout ignored in eval), with its in_proj split into q_proj / k_proj / v_proj Linears. Its
+    forward takes MHA's arguments and refuses masks naming the module."""
+
+    def __init__(self, mha: nn.MultiheadAttention, path: str):
+        super().__init__()
+        self.path = path
+        d, h = mha.embed_dim, mha.num_heads
+        if not mha.batch_first:
+            raise ValueError(f"fpq.convert: nn.MultiheadAttention {path!r} has batch_first=False; fpq keeps dimension 0 "
+                             "the batch: build it with batch_first=True")
+        if mha.bias_k is not None or mha.add_zero_attn:
+            raise ValueError(f"fpq.convert: nn.MultiheadAttention {path!r} with add_bias_kv / add_zero_attn is not "
+                             "supported (only the plain Q/K/V projections)")
+        if not mha._qkv_same_embed_dim:
+            raise ValueError(f"fpq.convert: nn.MultiheadAttention {path!r} with kdim / vdim other than embed_dim is "
+                             "not supported")
+        self.num_heads, self.head_dim = h, d // h
+        has_bias = mha.in_proj_bias is not None
+        w = mha.in_proj_weight.detach()
+        b = mha.in_proj_bias.detach() if has_bias else None
+        for i, name in enumerate(("q_proj", "k_proj", "v_proj")):
+            lin = nn.Linear(d, d, bias=has_bias)
+            with torch.no_grad():
+                lin.weight.copy_(w[i * d:(i + 1) * d])
+                if has_bias:
+                    lin.bias.copy_(b[i * d:(i + 1) * d])
+            setattr(self, name, lin)
+        self.out_proj = nn.Linear(d, d, bias=mha.out_proj.bias is not None)
+        with torch.no_grad():
+            self.out_proj.weight.copy_(mha.out_proj.weight)
+            if mha.out_proj.bias is not None:
+                self.out_proj.bias.copy_(mha.out_proj.bias)
+        self.softmax = nn.Softmax(-1)
+        self.scale = 1.0 / math.sqrt(self.head_dim)
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                average_attn_weights=True, is_causal=False):
+        for what, v in (("key_padding_mask", key_padding_mask), ("attn_mask", attn_mask)):
+            if v is not None:
+                raise ValueError(f"fpq.convert: nn.MultiheadAttention {self.path!r} is called with {what}; attention "
+                                 "masks are not supported (fpq converts unmasked self- or cross-attention)")
+        if is_causal:
+            raise ValueError(f"fpq.convert: nn.MultiheadAttention {self.path!r} is called with is_causal=True; causal "
+                             "(decoder) masks are not supported")
+        h, dh = self.num_heads, self.head_dim
+
+        def heads(x, t):   # (B, T, d) -> (B, h, T, dh)
+            return x.reshape(x.size(0), t, h, dh).transpose(1, 2)
+
+        tq, tk = query.shape[1], key.shape[1]
+        q, k, v = heads(self.q_proj(query), tq), heads(self.k_proj(key), tk), heads(self.v_proj(value), tk)
+        a = self.softmax((q @ k.transpose(-2, -1)) * self.scale)
+        o = (a @ v).transpose(1, 2).reshape(query.size(0), tq, h * dh)
+        return self.out_proj(o), None
+
+
+def rewrite_multihead_attention(model: nn.Module) -> None:
+    """Replace (in place, on fpq.convert's copy) every nn.MultiheadAttention by its hand-written form."""
+    for path, m in list(model.named_modules()):
+        if type(m) is nn.MultiheadAttention:
+            parent, _, name = path.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, name, HandMultiheadAttention(m, path))
+
+
+# ----------------------------------------------------------------- the graph rewrite (fpq.convert)
+
+def _const_scalar(a):
+    return isinstance(a, (int, float)) and not isinstance(a, bool)
+
+
+def _scale_of(node: fx.Node, mm: fx.Node):
+    """The constant c of ``mm * c`` / ``c * mm`` / ``mm / c`` (as a multiplier), else None."""
+    if node.op != "call_function" or node.target not in _SCALE_FUNCTIONS or node.kwargs or len(node.args) != 2:
+        return None
+    a, b = node.args
+    if node.target in (operator.truediv, torch.div):
+        return 1.0 / float(b) if a is mm and _const_scalar(b) and b != 0 else None
+    if a is mm and _const_scalar(b):
+        return float(b)
+    if b is mm and _const_scalar(a):
+        return float(a)
+    return None
+
+
+def _is_moving(n: fx.Node) -> bool:
+    return (n.op == "call_method" and n.target in MOVING_METHODS) or \
+        (n.op == "call_function" and n.target in MOVING_FUNCTIONS)
+
+
+def _source(node: fx.Node, modules) -> tuple:
+    """(the module node whose fpq quantizer / Linear produced ``node``, the moving nodes between), or
+    (None, chain) when ``node`` leaves anything else."""
+    chain = []
+    while isinstance(node, fx.Node):
+        if node.op == "call_module":
+            return node, chain
+        if not _is_moving(node):
+            return None, chain
+        chain.append(node)
+        node = node.args[0]
+    return None, chain
+
+
+def _fold_into_linear(gm, mm: fx.Node, c: float, modules, where: str) -> None:
+    """A scale c that is not a power of two: fold it into the (float) Linear producing the matmul's
+    first operand, before quantization (the float model is unchanged up to one float32 rounding of
+    each weight and bias; the quantized model is exact as converted). Refused where the operand
+    does not leave a Linear that only it reads."""
+    src, chain = _source(mm.args[0], modules)
+    lin = modules.get(src.target) if src is not None else None
+    single = src is not None and all(len(n.users) == 1 for n in [src] + chain)
+    if not isinstance(lin, nn.Linear) or not single:
+        raise ValueError(f"fpq.convert: the attention scale {c!r} at {where!r} is not a power of two, so scaling the "
+                         "quantized scores would round; fpq folds it into the Linear that produces the matmul's first "
+                         "operand (q), but that operand does not come from a Linear used only there. Use a "
+                         "power-of-two scale (e.g. 2**-round(log2(sqrt(d_head)))) or compute q with its own Linear")
+    with torch.no_grad():
+        lin.weight.mul_(c)
+        if lin.bias is not None:
+            lin.bias.mul_(c)
+
+
+def attention_to_modules(gm: fx.GraphModule, fmt_of, scale_kind: str, unique_name, names_seen: set) -> None:
+    """Rewrite every product of two activations (torch.matmul / @ / torch.bmm / x.matmul) into an
+    ``FpqMatMul`` (format: ``fmt_of(node name)``, the activations format there), folding a constant
+    scale that follows it (power of two: alpha; else into q's Linear, ``_fold_into_linear``).
+    Refuses F.scaled_dot_product_attention and a matmul whose operand is a constant, naming the node."""
+    modules = dict(gm.named_modules())
+    for node in list(gm.graph.nodes):
+        if node.op == "call_function" and node.target in REFUSED:
+            raise ValueError(f"fpq.convert: node {node.name!r} is {REFUSED[node.target]}")
+        is_mm = (node.op == "call_function" and node.target in MATMUL_FUNCTIONS) or \
+            (node.op == "call_method" and node.target in MATMUL_METHODS)
+        if not is_mm:
+            continue
+        if len(node.args) != 2 or node.kwargs or not all(isinstance(a, fx.Node) for a in node.args):
+            raise ValueError(f"fpq.convert: matmul {node.name!r} must multiply two tensors (no out= or constant "
+                             "operand; a constant matrix is an nn.Linear)")
+        for i, a in enumerate(node.args):
+            src, _ = _source(a, modules)
+            if src is None:
+                raise ValueError(f"fpq.convert: operand {i} of matmul {node.name!r} ({a.name}) does not come from a "
+                                 "layer fpq quantizes (a Linear, softmax, activation, add) through reshapes / "
+                                 "transposes only, so its values are unknown; fpq supports the product of two "
+                                 "quantized activations")
+        alpha, out = 1.0, node
+        if len(node.users) == 1:
+            user = next(iter(node.users))
+            c = _scale_of(user, node)
+            if c is not None:
+                if po2_exponent(abs(c)) is not None and c > 0:
+                    alpha = c
+                else:
+                    _fold_into_linear(gm, node, c, modules, user.name)
+                out = user
+        fmt = fmt_of(node.name)
+        name = unique_name(gm, node.name)
+        gm.add_submodule(name, FpqMatMul(fmt, scale_kind, alpha))
+        with gm.graph.inserting_after(out):
+            new = gm.graph.call_module(name, tuple(node.args))
+        out.replace_all_uses_with(new)
+        if out is not node:
+            gm.graph.erase_node(out)
+        gm.graph.erase_node(node)
+        names_seen.add(node.name)
+    gm.recompile()
