@@ -164,6 +164,11 @@ def _scale_of(node: fx.Node, mm: fx.Node):
     return None
 
 
+def _is_meta(n: fx.Node) -> bool:
+    """A node reading a tensor's shape (x.size(0), x.shape), not its values."""
+    return (n.op == "call_method" and n.target == "size") or (n.op == "call_function" and n.target is getattr)
+
+
 def _is_moving(n: fx.Node) -> bool:
     return (n.op == "call_method" and n.target in MOVING_METHODS) or \
         (n.op == "call_function" and n.target in MOVING_FUNCTIONS)
@@ -190,7 +195,7 @@ def _fold_into_linear(gm, mm: fx.Node, c: float, modules, where: str) -> None:
     does not leave a Linear that only it reads."""
     src, chain = _source(mm.args[0], modules)
     lin = modules.get(src.target) if src is not None else None
-    single = src is not None and all(len(n.users) == 1 for n in [src] + chain)
+    single = src is not None and all(len([u for u in n.users if not _is_meta(u)]) == 1 for n in [src] + chain)
     if not isinstance(lin, nn.Linear) or not single:
         raise ValueError(f"fpq.convert: the attention scale {c!r} at {where!r} is not a power of two, so scaling the "
                          "quantized scores would round; fpq folds it into the Linear that produces the matmul's first "
