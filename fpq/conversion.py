@@ -28,7 +28,7 @@ from .nn.layers import (FpqAct, FpqAdd, FpqAvgPool, FpqClamp, FpqConv1d, FpqConv
                         FpqLinear, link_input_quantizers, quant_layer)
 from .nn.tables import FpqTable, table_spec
 from .nn.normalization import FpqLayerNorm, FpqSoftmax, from_module as normalization_layer
-from .nn.attention import FpqMatMul, attention_to_modules, rewrite_multihead_attention
+from .nn.attention import FpqMatMul, attention_to_modules, rewrite_multihead_attention, token_means
 
 SUPPORTED = ("Linear", "Conv1d", "Conv2d",
              "BatchNorm1d/2d (folded into the Conv/Linear before it, else element-wise)",
@@ -111,12 +111,8 @@ class FpqModel(fx.GraphModule):
         self.eval()
         ShapeProp(self).propagate(x)
         self.train(was)
-        shapes = {}
-        for node in self.graph.nodes:
-            tm = node.meta.get("tensor_meta")
-            if tm is not None and hasattr(tm, "shape"):
-                shapes[node.name] = tuple(tm.shape)
-        self.meta["fpq_shapes"] = shapes
+        metas = {node.name: node.meta.get("tensor_meta") for node in self.graph.nodes}
+        self.meta["fpq_shapes"] = {n: tuple(tm.shape) for n, tm in metas.items() if hasattr(tm, "shape")}
 
 
 def _unsupported(path: str, what: str) -> ValueError:
@@ -445,6 +441,7 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
     rewrite_multihead_attention(src)   # nn.MultiheadAttention -> Q/K/V Linears, matmuls, softmax
     gm = _trace(src)
     _remove_passthrough(gm)
+    token_means(gm)             # x.mean(1) of (B, T, d) tokens -> AdaptiveAvgPool1d(1) over T (fpq.nn.attention)
     functional_to_modules(gm)   # F.max_pool2d, F.hardtanh, x.mean((2, 3)), ... -> their modules
     if isinstance(batchnorm, dict):
         bns = [n for n, m in gm.named_modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]

@@ -1,6 +1,7 @@
 """Attention for fpq.convert: the product of two quantized activations (``FpqMatMul``), the
 attention scale folded exactly, and ``nn.MultiheadAttention`` rewritten into the hand-written
-form (Q/K/V Linear, ``q @ k.transpose(-2, -1)``, scale, softmax, ``@ v``, output Linear).
+form (Q/K/V Linear, ``q @ k.transpose(-2, -1)``, scale, softmax, ``@ v``, output Linear);
+``F.scaled_dot_product_attention`` with an explicit ``scale=`` is decomposed into that form.
 
 ``FpqMatMul``: y = Q_out(alpha * (a @ b)) for two tensors that each leave an fpq quantizer (through
 reshapes / transposes / ReLU only, checked at convert time). In eval mode the product is exact:
@@ -32,8 +33,7 @@ _SCALE_FUNCTIONS = (operator.mul, torch.mul, operator.truediv, torch.div)
 # fx nodes that only move values (a subset of the input's, unchanged): an operand may pass them
 MOVING_METHODS = ("view", "reshape", "transpose", "permute", "contiguous", "flatten")
 MOVING_FUNCTIONS = (torch.transpose, torch.permute, torch.reshape, torch.flatten)
-REFUSED = {F.scaled_dot_product_attention: "F.scaled_dot_product_attention (write it out: q @ k.transpose(-2, -1) "
-                                           "* scale, softmax(-1), @ v; masks and dropout are not supported)"}
+_SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
 
 
 class FpqMatMul(nn.Module):
@@ -207,15 +207,42 @@ def _fold_into_linear(gm, mm: fx.Node, c: float, modules, where: str) -> None:
             lin.bias.mul_(c)
 
 
+def _decompose_sdpa(gm: fx.GraphModule, node: fx.Node, unique_name) -> None:
+    """F.scaled_dot_product_attention(q, k, v, scale=c) -> softmax(q @ k.transpose(-2, -1) * c) @ v, the
+    nodes the matmul pass below then converts. Masks, causal attention, dropout and grouped-query heads
+    are refused; so is the default scale, 1/sqrt(q.size(-1)), which the traced graph does not know."""
+    a = dict(zip(_SDPA_ARGS, node.args), **node.kwargs)
+    why = ("attn_mask" if a.get("attn_mask") is not None else "is_causal=True" if a.get("is_causal") else
+           "dropout_p > 0" if a.get("dropout_p", 0.0) else "enable_gqa=True" if a.get("enable_gqa") else
+           "no scale= (the head dim is unknown when tracing)" if a.get("scale") is None else
+           "a scale that is not a number" if not _const_scalar(a["scale"]) else None)
+    if why is not None:
+        raise ValueError(f"fpq.convert: node {node.name!r} (F.scaled_dot_product_attention) with {why} is not "
+                         "supported; fpq decomposes unmasked attention without dropout given an explicit number "
+                         "scale= (e.g. scale=head_dim ** -0.5), or write it out: softmax(q @ k.transpose(-2, -1) * "
+                         "scale) @ v")
+    name = unique_name(gm, node.name + "_softmax")
+    gm.add_submodule(name, nn.Softmax(-1))
+    with gm.graph.inserting_before(node):
+        kt = gm.graph.call_method("transpose", (a["key"], -2, -1))
+        s = gm.graph.call_function(operator.mul, (gm.graph.call_function(operator.matmul, (a["query"], kt)),
+                                                  float(a["scale"])))
+        out = gm.graph.call_function(operator.matmul, (gm.graph.call_module(name, (s,)), a["value"]))
+    node.replace_all_uses_with(out)
+    gm.graph.erase_node(node)
+
+
 def attention_to_modules(gm: fx.GraphModule, fmt_of, scale_kind: str, unique_name, names_seen: set) -> None:
     """Rewrite every product of two activations (torch.matmul / @ / torch.bmm / x.matmul) into an
     ``FpqMatMul`` (format: ``fmt_of(node name)``, the activations format there), folding a constant
     scale that follows it (power of two: alpha; else into q's Linear, ``_fold_into_linear``).
-    Refuses F.scaled_dot_product_attention and a matmul whose operand is a constant, naming the node."""
+    F.scaled_dot_product_attention(q, k, v, scale=c) is decomposed first (``_decompose_sdpa``). Refuses a
+    matmul whose operand is a constant or does not leave a quantized layer, naming the node."""
+    for node in list(gm.graph.nodes):
+        if node.op == "call_function" and node.target is F.scaled_dot_product_attention:
+            _decompose_sdpa(gm, node, unique_name)
     modules = dict(gm.named_modules())
     for node in list(gm.graph.nodes):
-        if node.op == "call_function" and node.target in REFUSED:
-            raise ValueError(f"fpq.convert: node {node.name!r} is {REFUSED[node.target]}")
         is_mm = (node.op == "call_function" and node.target in MATMUL_FUNCTIONS) or \
             (node.op == "call_method" and node.target in MATMUL_METHODS)
         if not is_mm:
@@ -250,4 +277,33 @@ def attention_to_modules(gm: fx.GraphModule, fmt_of, scale_kind: str, unique_nam
             gm.graph.erase_node(out)
         gm.graph.erase_node(node)
         names_seen.add(node.name)
+    gm.recompile()
+
+
+def token_means(gm: fx.GraphModule) -> None:
+    """Rewrite ``x.mean(1)`` / ``torch.mean(x, 1)`` / ``x.mean(dim=1, keepdim=...)`` of a tensor that is not a
+    Conv / pool feature map (a (B, T, d) token tensor) into ``x.transpose(1, 2)`` -> ``nn.AdaptiveAvgPool1d(1)``
+    -> ``torch.flatten(., 1)`` (or a transpose back, keepdim=True): the mean over the tokens becomes fpq's exact
+    average pool with its quantizer, and exports as a Transpose and a global average the reader already reads.
+    Other means are left to fpq.functional (which takes the spatial means of feature maps)."""
+    from ..functional import _spatial_axes, unique_name
+    modules = dict(gm.named_modules())
+    for node in list(gm.graph.nodes):
+        if not ((node.op == "call_method" and node.target == "mean") or
+                (node.op == "call_function" and node.target is torch.mean)):
+            continue
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        keep = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+        if dim not in (1, (1,), [1]) or node.kwargs.get("dtype") is not None or not isinstance(keep, bool) \
+                or _spatial_axes(node.args[0], modules) is not None:
+            continue
+        name = unique_name(gm, node.name)
+        gm.add_submodule(name, nn.AdaptiveAvgPool1d(1))
+        with gm.graph.inserting_before(node):
+            t = gm.graph.call_method("transpose", (node.args[0], 1, 2))
+            pooled = gm.graph.call_module(name, (t,))
+            out = gm.graph.call_method("transpose", (pooled, 1, 2)) if keep else \
+                gm.graph.call_function(torch.flatten, (pooled, 1))
+        node.replace_all_uses_with(out)
+        gm.graph.erase_node(node)
     gm.recompile()

@@ -65,12 +65,11 @@ class TinyEncoder(nn.Module):
         super().__init__()
         self.embed = nn.Linear(features, d)
         self.blocks = nn.Sequential(*(EncoderBlock(d, heads, mha, scale) for _ in range(blocks)))
-        self.pool = nn.AdaptiveAvgPool1d(1)    # the mean over the tokens
         self.head = nn.Linear(d, classes)
 
     def forward(self, x):
         x = self.blocks(self.embed(x))
-        return self.head(torch.flatten(self.pool(x.transpose(1, 2)), 1))
+        return self.head(x.mean(1))    # mean pooling over the tokens
 
 
 def tiny_encoder(seed: int = 0, **kw) -> TinyEncoder:
