@@ -66,8 +66,7 @@ def test_matmul_accumulator_is_derived_like_a_linear():
     assert qk.tensors["product"] == ref.tensors["product"] and qk.tensors["accumulator"] == ref.tensors["accumulator"]
     acc = qk.tensors["accumulator"]
     assert qk.attrs["alpha_exp"] == -2
-    # a minifloat output quantizer is a lookup, not a cast: the exact (shifted) sum stays the output
-    assert "requant" not in qk.attrs and qk.tensors["output"] == Fixed(acc.width, acc.int_bits - 2, acc.signed)
+    assert qk.tensors["output"] == Fixed(acc.width, acc.int_bits - 2, acc.signed)   # the scale: a shift
     # e4m3 x e4m3: 19-bit carriers, 38-bit products, K = 8: the sum needs more than float32 holds
     assert acc.width > 24
 
@@ -250,8 +249,10 @@ def test_matmul_tensor_types_in_the_plan_name_both_operands():
     q = _calibrated(tiny_encoder(blocks=1, scale=0.25), fmt="int8")
     plan = fpq.plan(q, torch.zeros((1,) + SHAPE))
     qk, av = [lp for lp in plan if lp.op == "matmul"]
-    acc = qk.tensors["accumulator"]   # an int8 output quantizer is a cast: fused into the matmul (one HLS layer)
-    assert qk.attrs["requant"] and qk.attrs["exact_output"] == Fixed(acc.width, acc.int_bits - 2, acc.signed)
+    acc = qk.tensors["accumulator"]   # the output is the exact sum shifted by the scale; its quantizer follows
+    assert qk.tensors["output"] == Fixed(acc.width, acc.int_bits - 2, acc.signed)
+    requant = plan.layers[list(plan.layers)[list(plan.layers).index(qk.name) + 1]]
+    assert requant.op == "quant" and str(requant.tensors["output"].format) == "int8"
     assert isinstance(av.tensors["input"], TensorType) and isinstance(av.tensors["other"], TensorType)
     assert av.fan_in == 8 and av.attrs["alpha_exp"] == 0   # A (B, h, T, T) @ V (B, h, T, dh): K = T
     assert [r[2] for r in plan.rows() if r[0] == av.name][:2] == ["input", "other"]
