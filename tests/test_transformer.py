@@ -256,3 +256,37 @@ def test_matmul_tensor_types_in_the_plan_name_both_operands():
     assert isinstance(av.tensors["input"], TensorType) and isinstance(av.tensors["other"], TensorType)
     assert av.fan_in == 8 and av.attrs["alpha_exp"] == 0   # A (B, h, T, T) @ V (B, h, T, dh): K = T
     assert [r[2] for r in plan.rows() if r[0] == av.name][:2] == ["input", "other"]
+
+
+def test_matmuls_and_token_means_take_overrides_by_node_name():
+    """Each product of activations is a layer of the policy, named after its fx node; overrides reach it."""
+    q = fpq.convert(tiny_encoder(blocks=1, scale=0.25), fmt="int8", overrides={"matmul_1": "e4m3"})
+    mms = {n: m for n, m in q.named_modules() if isinstance(m, FpqMatMul)}
+    assert sorted(mms) == ["matmul", "matmul_1"] and mms["matmul"].alpha == 0.25
+    assert str(mms["matmul_1"].fpq_output.fmt) == "e4m3" and str(mms["matmul"].fpq_output.fmt) == "int8"
+    assert q.fpq_policy.layers["matmul_1"] == {"activations": "e4m3"}
+
+
+def test_token_mean_keepdim_and_feature_map_means_are_left_alone():
+    class Keep(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(16, 4)
+
+        def forward(self, x):
+            return self.fc(x).mean(dim=1, keepdim=True)   # (B, 1, 4)
+    m = Keep().eval()
+    q = _calibrated(m, fmt="int8")
+    x = torch.randn(3, 8, 16)
+    assert q(x).shape == (3, 1, 4) and torch.allclose(q(x), m(x), atol=0.1)
+    all_paths_exact(q, SHAPE, n=100, qonnx_subset=2)
+
+    class Conv(nn.Module):   # a conv map's mean over its channels stays refused by fpq.functional
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv1d(2, 4, 3)
+
+        def forward(self, x):
+            return self.c(x).mean(1)
+    with pytest.raises(ValueError, match="mean over dims \\[1\\] of a 3-D feature map"):
+        fpq.convert(Conv(), fmt="int8")

@@ -76,3 +76,32 @@ def tiny_encoder(seed: int = 0, **kw) -> TinyEncoder:
     """A TinyEncoder with seeded weights, in eval mode."""
     torch.manual_seed(seed)
     return TinyEncoder(**kw).eval()
+
+
+class PostLNBlock(nn.Module):
+    """A BERT-style (post-LayerNorm) encoder layer: x = LN1(x + attn(x)); x = LN2(x + fc2(GELU(fc1(x))))."""
+
+    def __init__(self, d: int, heads: int, hidden: int, eps: float = 1e-12):
+        super().__init__()
+        self.attn = SelfAttention(d, heads)
+        self.ln1, self.ln2 = nn.LayerNorm(d, eps=eps), nn.LayerNorm(d, eps=eps)
+        self.fc1, self.act, self.fc2 = nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, d)
+
+    def forward(self, x):
+        x = self.ln1(x + self.attn(x))
+        return self.ln2(x + self.fc2(self.act(self.fc1(x))))
+
+
+@torch.no_grad()
+def bert_layer(layer, heads: int) -> PostLNBlock:
+    """The PostLNBlock holding the weights of one HF ``BertLayer`` (attention.self.query / key / value,
+    attention.output.dense / LayerNorm, intermediate.dense, output.dense / LayerNorm; GELU (erf))."""
+    sa, so = layer.attention.self, layer.attention.output
+    d, hidden = sa.query.in_features, layer.intermediate.dense.out_features
+    block = PostLNBlock(d, heads, hidden, so.LayerNorm.eps)
+    pairs = [(block.attn.q, sa.query), (block.attn.k, sa.key), (block.attn.v, sa.value), (block.attn.out, so.dense),
+             (block.ln1, so.LayerNorm), (block.fc1, layer.intermediate.dense), (block.fc2, layer.output.dense),
+             (block.ln2, layer.output.LayerNorm)]
+    for mine, theirs in pairs:
+        mine.load_state_dict(theirs.state_dict())
+    return block.eval()
