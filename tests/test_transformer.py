@@ -290,3 +290,15 @@ def test_token_mean_keepdim_and_feature_map_means_are_left_alone():
             return self.c(x).mean(1)
     with pytest.raises(ValueError, match="mean over dims \\[1\\] of a 3-D feature map"):
         fpq.convert(Conv(), fmt="int8")
+
+
+def test_learned_positional_embedding_is_a_quantized_constant_added_exactly():
+    """x + self.pos: the parameter is quantized with the weights format, added exactly, and read back as a
+    typed add_const (input, other = the embedding's type, output = the exact sum's): exact on every path."""
+    q = _calibrated(tiny_encoder(blocks=1, scale=0.25, tokens=8), weights="e4m3", activations="int8")
+    pe = dict(q.named_modules())["pos"]
+    assert type(pe).__name__ == "FpqPositional" and str(pe.weight_quant.fpq_output.fmt) == "e4m3"
+    g, _ = all_paths_exact(q, SHAPE, n=200, qonnx_subset=2)
+    op = next(op for op in g if op.kind == "add_const")
+    assert str(op.types["other"].format) == "e4m3" and isinstance(op.types["output"].format, Fixed)
+    assert Emulator(g).exact[op.name]

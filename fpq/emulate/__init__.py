@@ -172,7 +172,9 @@ class Emulator:
                     t = op.types.get("output")
                     if t is None or t.format.width > FLOAT64_EXACT_BITS:
                         self.exact[op.name] = False
-                if op.kind in ("mul", "div", "add_const", "avgpool", "global_avgpool"):
+                typed = op.kind == "add_const" and op.types.get("output") is not None and \
+                    op.types["output"].format.width <= FLOAT64_EXACT_BITS   # a quantized constant (reader)
+                if op.kind in ("mul", "div", "add_const", "avgpool", "global_avgpool") and not typed:
                     self.exact[op.name] = False  # one float64 rounding, same as ONNX in double
             else:  # pragma: no cover - the reader only emits known kinds
                 raise UnsupportedGraphError(f"op {op.name}: kind {op.kind} has no emulation")

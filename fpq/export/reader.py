@@ -343,9 +343,9 @@ def read_graph(model) -> Graph:
                 if st is not None:
                     op.types["output"] = st
             else:
-                op = _add_const(r, node, ins, mod)
+                op = _add_const(r, node, ins, mod, tt)
         elif op_type == "Sub":
-            op = _add_const(r, node, ins, mod)
+            op = _add_const(r, node, ins, mod, tt)
         elif op_type == "Mul":
             c = next((i for i in ins if r.is_const(i)), None)
             if c is None:
@@ -543,9 +543,11 @@ def _pipeline(r: _Reader, node, x, mod, t_in) -> Op:
     return op
 
 
-def _add_const(r: _Reader, node, ins, mod) -> Op:
+def _add_const(r: _Reader, node, ins, mod, tt) -> Op:
     """Add(x, c) / Sub(x, c) with a constant c that is no layer's bias (an input normalization):
-    one ``add_const`` op of c / -c (x - c == x + (-c) exactly in IEEE arithmetic)."""
+    one ``add_const`` op of c / -c (x - c == x + (-c) exactly in IEEE arithmetic). An Add of a quantized
+    constant (a learned positional embedding, fpq.nn.attention.FpqPositional) is typed: ``other`` its
+    quantizer's type, ``output`` the exact sum's (``_add_type``, power-of-two scales)."""
     consts = [i for i in ins if r.is_const(i)]
     if len(ins) != 2 or len(consts) != 1:
         raise UnsupportedGraphError(f"{node.op_type} node {node.name!r}: fpq supports the {node.op_type} of two "
@@ -558,8 +560,12 @@ def _add_const(r: _Reader, node, ins, mod) -> Op:
     v = np.asarray(c, dtype=np.float32)
     if node.op_type == "Sub":
         v = -v
-    return Op(r.unique(_op_name("add_const", mod)), "add_const", [x], [node.output[0]], attrs={"value": v},
-              onnx_nodes=[node.name])
+    op = Op(r.unique(_op_name("add_const", mod)), "add_const", [x], [node.output[0]], attrs={"value": v},
+            onnx_nodes=[node.name])
+    st = _add_type(tt(x), cq.ttype) if cq is not None and node.op_type == "Add" else None
+    if st is not None:
+        op.types.update(other=cq.ttype, output=st)
+    return op
 
 
 def _add_type(t0, t1):

@@ -36,7 +36,9 @@ Op kinds (``Op.kind``) and their attributes:
 ``mul`` / ``div``   x * c, x / c with a constant ``c`` (attrs["value"])
 ``add_const``       x + c with a constant ``c`` (attrs["value"]) that is not a layer's bias (an
                     input normalization); ONNX ``Sub(x, c)`` is ``add_const`` of -c (IEEE
-                    x - c == x + (-c)). mul / div / add_const run once in float64
+                    x - c == x + (-c)). mul / div / add_const run once in float64; an add_const of a
+                    quantized constant (a learned positional embedding) has types "other" and "output"
+                    (the exact sum's) and is exact
 ``maxpool``         kernel, strides, pads, dilations, ceil_mode
 ``avgpool``         kernel, strides, pads, ceil_mode, count_include_pad
 ``global_avgpool``  mean over the spatial axes, keepdims

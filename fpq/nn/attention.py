@@ -67,6 +67,45 @@ class FpqMatMul(nn.Module):
         return self.quant(y * self.alpha if self.alpha != 1.0 else y)
 
 
+class PositionalEmbedding(nn.Module):
+    """A learned positional embedding ``x + weight`` (weight (1, T, d) or (T, d)), as found in the traced
+    graph (``token_means``); fpq.convert makes it an ``FpqPositional``."""
+
+    def __init__(self, weight):
+        super().__init__()
+        self.weight = nn.Parameter(weight.detach().clone())
+
+    def forward(self, x):
+        return x + self.weight
+
+
+class FpqPositional(nn.Module):
+    """y = Q_out(x + Q_w(weight)): a learned positional embedding quantized with the weights format (one
+    po2 scale from max |weight|, refreshed by fpq.calibrate) and added exactly (float64 in eval). Exports
+    as Quant(weight) -> Add -> Quant, which the reader reads as an ``add_const`` of a quantized constant
+    whose types (input, other, output) are exact."""
+
+    fpq_op = "add_const"
+
+    def __init__(self, weight, weights_fmt, fmt, scale_kind="po2"):
+        super().__init__()
+        from .calibration_stats import choose_scale
+        self.weight = nn.Parameter(torch.as_tensor(weight, dtype=torch.float32).detach().clone())
+        self.weight_quant, self.quant = FpqAct(weights_fmt, scale_kind), FpqAct(fmt, scale_kind)
+        tq = self.weight_quant.fpq_output
+        if tq is not None and tq.scale_kind != "none":
+            with torch.no_grad():
+                tq.set_scale(choose_scale(tq, self.weight.detach().abs().reshape(-1), "max"))
+
+    @property
+    def fpq_output(self):
+        return self.quant.fpq_output
+
+    def forward(self, x):
+        x, p = _value(x), _value(self.weight_quant(self.weight))
+        return self.quant(x + p if self.training else x.to(torch.float64) + p.to(torch.float64))
+
+
 def po2_exponent(c) -> int | None:
     """e with c == 2**e exactly (c a positive float), else None."""
     c = float(c)
@@ -232,15 +271,22 @@ def _decompose_sdpa(gm: fx.GraphModule, node: fx.Node, unique_name) -> None:
     gm.graph.erase_node(node)
 
 
-def attention_to_modules(gm: fx.GraphModule, fmt_of, scale_kind: str, unique_name, names_seen: set) -> None:
+def attention_to_modules(gm: fx.GraphModule, fmt_of, scale_kind: str, unique_name, names_seen: set,
+                         formats_of=None) -> None:
     """Rewrite every product of two activations (torch.matmul / @ / torch.bmm / x.matmul) into an
     ``FpqMatMul`` (format: ``fmt_of(node name)``, the activations format there), folding a constant
     scale that follows it (power of two: alpha; else into q's Linear, ``_fold_into_linear``).
-    F.scaled_dot_product_attention(q, k, v, scale=c) is decomposed first (``_decompose_sdpa``). Refuses a
+    F.scaled_dot_product_attention(q, k, v, scale=c) is decomposed first (``_decompose_sdpa``) and each
+    PositionalEmbedding becomes an FpqPositional (``formats_of(name)``: its formats). Refuses a
     matmul whose operand is a constant or does not leave a quantized layer, naming the node."""
     for node in list(gm.graph.nodes):
         if node.op == "call_function" and node.target is F.scaled_dot_product_attention:
             _decompose_sdpa(gm, node, unique_name)
+        elif node.op == "call_module" and isinstance(gm.get_submodule(node.target), PositionalEmbedding):
+            f = formats_of(node.target)   # weights and activations of that name
+            pe = gm.get_submodule(node.target)
+            gm.add_submodule(node.target, FpqPositional(pe.weight, f["weights"], f["activations"], scale_kind))
+            names_seen.add(node.target)
     modules = dict(gm.named_modules())
     for node in list(gm.graph.nodes):
         is_mm = (node.op == "call_function" and node.target in MATMUL_FUNCTIONS) or \
@@ -285,10 +331,15 @@ def token_means(gm: fx.GraphModule) -> None:
     Conv / pool feature map (a (B, T, d) token tensor) into ``x.transpose(1, 2)`` -> ``nn.AdaptiveAvgPool1d(1)``
     -> ``torch.flatten(., 1)`` (or a transpose back, keepdim=True): the mean over the tokens becomes fpq's exact
     average pool with its quantizer, and exports as a Transpose and a global average the reader already reads.
-    Other means are left to fpq.functional (which takes the spatial means of feature maps)."""
+    Other means are left to fpq.functional (which takes the spatial means of feature maps). Also
+    ``x + self.pos`` (a learned positional embedding) -> ``PositionalEmbedding`` (``_positional``)."""
     from ..functional import _spatial_axes, unique_name
     modules = dict(gm.named_modules())
     for node in list(gm.graph.nodes):
+        if node.op == "call_function" and node.target in (operator.add, torch.add) and len(node.args) == 2 \
+                and not node.kwargs:
+            _positional(gm, node, unique_name)
+            continue
         if not ((node.op == "call_method" and node.target == "mean") or
                 (node.op == "call_function" and node.target is torch.mean)):
             continue
@@ -307,3 +358,23 @@ def token_means(gm: fx.GraphModule) -> None:
         node.replace_all_uses_with(out)
         gm.graph.erase_node(node)
     gm.recompile()
+
+
+def _positional(gm: fx.GraphModule, node: fx.Node, unique_name) -> None:
+    """``x + self.pos`` (a parameter of shape (1, T, d) or (T, d) read only there) -> PositionalEmbedding."""
+    params = [a for a in node.args if isinstance(a, fx.Node) and a.op == "get_attr"]
+    others = [a for a in node.args if isinstance(a, fx.Node) and a.op != "get_attr"]
+    if len(params) != 1 or len(others) != 1 or len(params[0].users) != 1:
+        return
+    w = gm.get_parameter(params[0].target) if params[0].target in dict(gm.named_parameters()) else None
+    if w is None or w.dim() not in (2, 3) or (w.dim() == 3 and w.shape[0] != 1):
+        return
+    owner, _, attr = params[0].target.rpartition(".")
+    delattr(gm.get_submodule(owner) if owner else gm, attr)   # it moves into the PositionalEmbedding
+    name = unique_name(gm, params[0].target.replace(".", "_"))
+    gm.add_submodule(name, PositionalEmbedding(w))
+    with gm.graph.inserting_before(node):
+        new = gm.graph.call_module(name, (others[0],))
+    node.replace_all_uses_with(new)
+    gm.graph.erase_node(node)
+    gm.graph.erase_node(params[0])

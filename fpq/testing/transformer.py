@@ -61,14 +61,17 @@ class TinyEncoder(nn.Module):
     """(B, tokens, features) -> (B, classes)."""
 
     def __init__(self, features: int = 16, d: int = 16, heads: int = 2, blocks: int = 2, classes: int = 5,
-                 mha: bool = False, scale: float | None = None):
+                 mha: bool = False, scale: float | None = None, tokens: int | None = None):
         super().__init__()
         self.embed = nn.Linear(features, d)
+        # tokens: a learned positional embedding (1, tokens, d) added after the input Linear
+        self.pos = None if tokens is None else nn.Parameter(torch.randn(1, tokens, d) * 0.5)
         self.blocks = nn.Sequential(*(EncoderBlock(d, heads, mha, scale) for _ in range(blocks)))
         self.head = nn.Linear(d, classes)
 
     def forward(self, x):
-        x = self.blocks(self.embed(x))
+        x = self.embed(x)
+        x = self.blocks(x if self.pos is None else x + self.pos)
         return self.head(x.mean(1))    # mean pooling over the tokens
 
 
