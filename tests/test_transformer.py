@@ -302,3 +302,35 @@ def test_learned_positional_embedding_is_a_quantized_constant_added_exactly():
     op = next(op for op in g if op.kind == "add_const")
     assert str(op.types["other"].format) == "e4m3" and isinstance(op.types["output"].format, Fixed)
     assert Emulator(g).exact[op.name]
+
+
+@pytest.mark.parametrize("norm_first, activation", [(True, "gelu"), (False, "relu")])
+def test_torch_transformer_encoder_takes_the_hand_written_path(norm_first, activation):
+    """nn.TransformerEncoder of nn.TransformerEncoderLayer (batch_first): rewritten module by module; the
+    float rewrite equals torch's layer (eval), the converted model is exact on every path."""
+    from fpq.nn.attention import HandEncoder
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = nn.Linear(16, 16)
+            layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True, activation=activation, norm_first=norm_first)
+            self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+            self.head = nn.Linear(16, 3)
+
+        def forward(self, x):
+            return self.head(self.enc(self.inp(x)).mean(1))
+    torch.manual_seed(3)
+    m = M().eval()
+    x = torch.randn(4, 8, 16)
+    with torch.no_grad():
+        assert torch.allclose(HandEncoder(m.enc, "enc")(x), m.enc(x), atol=1e-5)
+    q = _calibrated(m, fmt="int8")
+    assert sum(isinstance(mm, FpqMatMul) for mm in q.modules()) == 4
+    all_paths_exact(q, SHAPE, n=150, qonnx_subset=2)
+
+    class Masked(M):
+        def forward(self, x):
+            return self.head(self.enc(self.inp(x), mask=torch.zeros(8, 8)).mean(1))
+    with pytest.raises(ValueError, match="TransformerEncoder 'enc' is called with a mask"):
+        fpq.convert(Masked(), fmt="int8")

@@ -1,5 +1,6 @@
 """Attention for fpq.convert: the product of two quantized activations (``FpqMatMul``), the
-attention scale folded exactly, and ``nn.MultiheadAttention`` rewritten into the hand-written
+attention scale folded exactly, and ``nn.MultiheadAttention`` (also inside ``nn.TransformerEncoder`` /
+``nn.TransformerEncoderLayer``) rewritten into the hand-written
 form (Q/K/V Linear, ``q @ k.transpose(-2, -1)``, scale, softmax, ``@ v``, output Linear);
 ``F.scaled_dot_product_attention`` with an explicit ``scale=`` is decomposed into that form.
 
@@ -175,12 +176,76 @@ class HandMultiheadAttention(nn.Module):
         return self.out_proj(o), None
 
 
+class HandEncoderLayer(nn.Module):
+    """The hand-written form of an ``nn.TransformerEncoderLayer`` (batch_first, ReLU or GELU, pre- or
+    post-LayerNorm, dropout removed in eval): its modules are the layer's own, its attention a
+    HandMultiheadAttention. Masks are refused naming the module."""
+
+    def __init__(self, layer: nn.TransformerEncoderLayer, path: str):
+        super().__init__()
+        self.path, self.norm_first = path, layer.norm_first
+        self.self_attn = HandMultiheadAttention(layer.self_attn, path + ".self_attn")
+        self.linear1, self.linear2, self.norm1, self.norm2 = layer.linear1, layer.linear2, layer.norm1, layer.norm2
+        act = layer.activation
+        if isinstance(act, nn.Module):
+            self.activation = act
+        elif act in (F.relu, F.gelu):
+            self.activation = nn.ReLU() if act is F.relu else nn.GELU()
+        else:
+            raise ValueError(f"fpq.convert: nn.TransformerEncoderLayer {path!r} has the activation {act!r}; fpq "
+                             "rewrites ReLU / GELU (functions) or an nn.Module activation")
+
+    def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal=False):
+        if src_mask is not None or src_key_padding_mask is not None or is_causal:
+            raise ValueError(f"fpq.convert: nn.TransformerEncoderLayer {self.path!r} is called with a mask "
+                             "(src_mask / src_key_padding_mask / is_causal); attention masks are not supported")
+
+        def sa(x):
+            return self.self_attn(x, x, x)[0]
+
+        def ff(x):
+            return self.linear2(self.activation(self.linear1(x)))
+        x = src
+        if self.norm_first:
+            x = x + sa(self.norm1(x))
+            return x + ff(self.norm2(x))
+        x = self.norm1(x + sa(x))
+        return self.norm2(x + ff(x))
+
+
+class HandEncoder(nn.Module):
+    """An ``nn.TransformerEncoder``'s layers (each a HandEncoderLayer) and its final norm, masks refused."""
+
+    def __init__(self, enc: nn.TransformerEncoder, path: str):
+        super().__init__()
+        self.path = path
+        self.layers = nn.Sequential(*(HandEncoderLayer(m, f"{path}.layers.{i}") for i, m in enumerate(enc.layers)))
+        self.norm = enc.norm
+
+    def forward(self, src, mask=None, src_key_padding_mask=None, is_causal=None):
+        if mask is not None or src_key_padding_mask is not None or is_causal:
+            raise ValueError(f"fpq.convert: nn.TransformerEncoder {self.path!r} is called with a mask (mask / "
+                             "src_key_padding_mask / is_causal); attention masks are not supported")
+        x = self.layers(src)
+        return x if self.norm is None else self.norm(x)
+
+
+_REWRITES = ((nn.TransformerEncoder, HandEncoder), (nn.TransformerEncoderLayer, HandEncoderLayer),
+             (nn.MultiheadAttention, HandMultiheadAttention))
+
+
 def rewrite_multihead_attention(model: nn.Module) -> None:
-    """Replace (in place, on fpq.convert's copy) every nn.MultiheadAttention by its hand-written form."""
+    """Replace (in place, on fpq.convert's copy) every nn.TransformerEncoder, nn.TransformerEncoderLayer and
+    nn.MultiheadAttention by its hand-written form (outermost first; their modules are kept)."""
+    done = []
     for path, m in list(model.named_modules()):
-        if type(m) is nn.MultiheadAttention:
-            parent, _, name = path.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, name, HandMultiheadAttention(m, path))
+        if any(path.startswith(p + ".") for p in done):
+            continue   # inside a module already rewritten
+        for cls, hand in _REWRITES:
+            if type(m) is cls:
+                parent, _, name = path.rpartition(".")
+                setattr(model.get_submodule(parent) if parent else model, name, hand(m, path))
+                done.append(path)
 
 
 # ----------------------------------------------------------------- the graph rewrite (fpq.convert)
