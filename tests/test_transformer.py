@@ -334,3 +334,21 @@ def test_torch_transformer_encoder_takes_the_hand_written_path(norm_first, activ
             return self.head(self.enc(self.inp(x), mask=torch.zeros(8, 8)).mean(1))
     with pytest.raises(ValueError, match="TransformerEncoder 'enc' is called with a mask"):
         fpq.convert(Masked(), fmt="int8")
+
+
+def test_a_converted_encoder_converts_again_and_trains():
+    """fpq.convert of a converted encoder (another format; matmuls, their scale and the positional
+    embedding come back as themselves, unchanged scales carried), and a QAT step reaches every Linear."""
+    q = _calibrated(tiny_encoder(blocks=1, scale=0.25, tokens=8), fmt="int8")
+    again = fpq.convert(q, fmt="int8", overrides={"matmul_1": "e4m3"})
+    mms = {n: m for n, m in again.named_modules() if isinstance(m, FpqMatMul)}
+    assert sorted(mms) == ["matmul", "matmul_1"] and mms["matmul"].alpha == 0.25
+    assert type(dict(again.named_modules())["pos"]).__name__ == "FpqPositional"
+    same = dict(q.named_modules())["matmul.quant"].fpq_output.log2_scale
+    assert torch.equal(mms["matmul"].quant.fpq_output.log2_scale, same)
+    x = torch.randn(64, 8, 16)
+    assert torch.equal(fpq.convert(q, fmt="int8")(x), q(x))   # same formats: the same model
+    q.train()
+    q(x).pow(2).mean().backward()
+    lins = [m for m in q.modules() if isinstance(m, nn.Linear)]
+    assert lins and all(m.weight.grad is not None and m.weight.grad.abs().sum() > 0 for m in lins)

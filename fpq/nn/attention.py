@@ -436,7 +436,14 @@ def _positional(gm: fx.GraphModule, node: fx.Node, unique_name) -> None:
         return
     owner, _, attr = params[0].target.rpartition(".")
     delattr(gm.get_submodule(owner) if owner else gm, attr)   # it moves into the PositionalEmbedding
-    name = unique_name(gm, params[0].target.replace(".", "_"))
+    holder = gm.get_submodule(owner) if owner else None
+    if holder is not None and not list(holder.children()) and not list(holder.parameters()) and \
+            not list(holder.buffers()):   # a module that held only it (a traced-through PositionalEmbedding)
+        parent, _, leaf = owner.rpartition(".")
+        delattr(gm.get_submodule(parent) if parent else gm, leaf)
+        name = owner
+    else:
+        name = unique_name(gm, params[0].target.replace(".", "_"))
     gm.add_submodule(name, PositionalEmbedding(w))
     with gm.graph.inserting_before(node):
         new = gm.graph.call_module(name, (others[0],))
