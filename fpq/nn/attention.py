@@ -12,9 +12,11 @@ a power of two (exact in float64); it exports as a standard ONNX MatMul (and a M
 which the reader reads as one ``matmul`` op whose exact accumulator the TypePlan derives like a
 Linear's (``fpq.typeplan.LayerPlan.derive``).
 
-Why written here: Brevitas' QuantMultiheadAttention / QuantScaledDotProductAttention quantize with
-their own injector quantizers and export no matmul of two quantized tensors that fpq's reader or
-qonnx's executor could run exactly; fpq keeps its own quantizers and one export path.
+Why written here: Brevitas' QuantMultiheadAttention / QuantScaledDotProductAttention configure their
+quantizers through Brevitas' own injectors, not from fpq Formats, and fpq's reader would need handlers
+for what they export; the product itself is one float64 matmul, so a small module whose quantizers are
+fpq's (FpqAct) keeps one quantizer family and one export path. (Not checked: whether Brevitas' layers
+would export exactly; fpq does not use them.)
 """
 from __future__ import annotations
 
