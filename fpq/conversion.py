@@ -29,6 +29,7 @@ from .nn.layers import (FpqAct, FpqAdd, FpqAvgPool, FpqClamp, FpqConv1d, FpqConv
 from .nn.tables import FpqTable, table_spec
 from .nn.normalization import FpqLayerNorm, FpqSoftmax, from_module as normalization_layer
 from .nn.attention import FpqMatMul, FpqPositional, attention_to_modules, rewrite_multihead_attention, token_means
+from .nn.embedding import FpqEmbedding
 
 SUPPORTED = ("Linear", "Conv1d", "Conv2d",
              "BatchNorm1d/2d (folded into the Conv/Linear before it, else element-wise)",
@@ -43,8 +44,9 @@ SUPPORTED = ("Linear", "Conv1d", "Conv2d",
              "(exact tables over an input of at most 16 bits) and their functional forms",
              "Softmax(dim=-1) / F.softmax / torch.softmax / x.softmax(-1), LayerNorm over the last axis (exact pipelines)",
              "a @ b / torch.matmul / torch.bmm of two quantized activations (* a constant scale), x.transpose / permute, "
-             "nn.MultiheadAttention (batch_first, unmasked)")
-_KEEP_MODULES = (nn.ReLU, nn.MaxPool1d, nn.MaxPool2d, nn.Flatten, nn.Upsample, FpqMatMul, FpqPositional)
+             "nn.MultiheadAttention / TransformerEncoder(Layer) (batch_first, unmasked), F.scaled_dot_product_attention"
+             "(scale=c), x.mean(1) over tokens, x + learned positional embedding, nn.Embedding (inputs='ufixed<b,b>')")
+_KEEP_MODULES = (nn.ReLU, nn.MaxPool1d, nn.MaxPool2d, nn.Flatten, nn.Upsample, FpqMatMul, FpqPositional, FpqEmbedding)
 _DROP_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)
 _KEEP_FUNCTIONS = (F.relu, torch.relu, torch.flatten, torch.transpose, torch.permute) + CAT_FUNCTIONS
 _KEEP_METHODS = ("view", "reshape", "flatten", "relu", "size", "contiguous", "transpose", "permute")
@@ -452,7 +454,7 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
     _check_graph(gm)
     names_seen = set()   # q @ k.transpose(-2, -1) * scale, a @ v: FpqMatMul (fpq.nn.attention)
     attention_to_modules(gm, lambda n: _act_format(policy, n, "matmul"), scale, unique_name, names_seen,
-                         lambda n: policy.layers.setdefault(n, _resolve(policy, n)))   # positional embeddings
+                         lambda n: policy.layers.setdefault(n, _resolve(policy, n)), policy.inputs)   # embeddings
     modules = dict(gm.named_modules())
     for node in list(gm.graph.nodes):
         if node.op == "call_module":

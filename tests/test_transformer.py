@@ -352,3 +352,37 @@ def test_a_converted_encoder_converts_again_and_trains():
     q(x).pow(2).mean().backward()
     lins = [m for m in q.modules() if isinstance(m, nn.Linear)]
     assert lins and all(m.weight.grad is not None and m.weight.grad.abs().sum() > 0 for m in lins)
+
+
+class _TokenModel(nn.Module):
+    """Token ids (B, 8) -> nn.Embedding(20, 16) + a learned positional embedding -> one block -> mean -> head."""
+
+    def __init__(self):
+        super().__init__()
+        from fpq.testing.transformer import EncoderBlock
+        self.emb, self.pos = nn.Embedding(20, 16), nn.Parameter(torch.randn(1, 8, 16) * 0.5)
+        self.block, self.head = EncoderBlock(16, 2, scale=0.25), nn.Linear(16, 3)
+
+    def forward(self, ids):
+        return self.head(self.block(self.emb(ids) + self.pos).mean(1))
+
+
+def test_token_embedding_is_an_exact_table_lookup():
+    """nn.Embedding reads float token ids through a ufixed<5,5> input quantizer (the identity on 0 .. 31);
+    its table (20 rows, padded with zeros to 32) quantized with the weights format; a gather op in the
+    graph; every path exact, probe ids (off-grid, ties, saturating) included."""
+    torch.manual_seed(4)
+    m = _TokenModel().eval()
+    with pytest.raises(ValueError, match=r"'emb' \(nn.Embedding of 20 tokens\) reads token ids.*inputs='ufixed<5,5"):
+        fpq.convert(m, fmt="int8")
+    q = fpq.convert(m, weights="e4m3", activations="int8", inputs="ufixed<5,5>")
+    ids = torch.randint(0, 20, (256, 8))
+    fpq.calibrate(q, [ids.float()], progress=False)
+    q.eval()
+    assert torch.equal(dict(q.named_modules())["emb"].weight[20:], torch.zeros(12, 16))
+    with torch.no_grad():   # on valid ids the lookup is the float table's rows, quantized
+        assert torch.allclose(q(ids[:16].float()), m(ids[:16]), atol=0.3)
+    g, _ = all_paths_exact(q, (8,), n=300, qonnx_subset=2)
+    op = next(op for op in g if op.kind == "gather")
+    assert op.weight.shape == (32, 16) and str(op.types["weight"].format) == "e4m3"
+    assert op.types["output"] == op.types["weight"] and "product" not in fpq.plan(g)[op.name].tensors

@@ -155,6 +155,8 @@ class Emulator:
                 self._bias_f32[op.name] = bits <= FLOAT32_EXACT_BITS
                 if bits_nb <= FLOAT32_EXACT_BITS < bits and op.name not in self._wrap:
                     odd_bias_candidates[op.name] = bits_nb
+            elif op.kind == "gather":   # table rows: float32 numbers, moved
+                self.acc_dtype[op.name] = "float32"
             elif op.kind == "matmul":   # two activations: exact in float64, or wide and rounded to odd
                 lp = self.typeplan[op.name]
                 acc = lp.exact_sum()
@@ -424,6 +426,8 @@ class Emulator:
             return lookup(op.attrs["x"], op.attrs["y"], x, f"table {op.name!r}").astype(np.float32)
         if k == "add":
             return x.astype(np.float64) + xs[1].astype(np.float64)
+        if k == "gather":   # ids are integers 0 .. rows - 1 (their ufixed<b,b> quantizer, checked by the reader)
+            return self._weights[op.name][0][x.astype(np.int64)]
         if k == "matmul":   # exact (plan above); 2**alpha_exp is a shift
             a, b = x.astype(np.float64), xs[1].astype(np.float64)
             y = exact_bilinear(np.matmul, a, b, None, op.attrs["fan_in"], strict=True)[0] \

@@ -194,6 +194,8 @@ class TorchProgram:
             return fn(x, op.attrs["recipe"], f"{k} {op.name!r}")
         if k == "add":
             return x.to(torch.float64) + xs[1].to(torch.float64)
+        if k == "gather":   # table rows by integer ids
+            return self._weights()[op.name][0][x.to(torch.int64)]
         if k == "matmul":   # exact (Emulator._plan); 2**alpha_exp is a shift
             a, b = x.to(torch.float64), xs[1].to(torch.float64)
             y = exact_bilinear(torch.matmul, a, b, None, op.attrs["fan_in"], strict=True)[0] \

@@ -40,7 +40,7 @@ from ..ir import MAC_KINDS, TYPE_PRESERVING, Graph, Op, Quantizer, UnsupportedGr
 from ..ir.plan import typeplan_from_graph
 from ..typeplan import LayerPlan, TensorType, fixed_union, sum_type, values_carrier
 from .matmul import matmul_op
-from .moves import concat_op, upsample_op
+from .moves import concat_op, gather_op, upsample_op
 from .qonnx_codec import (QONNX_DOMAINS, QUANT_OPS, _attrs, _flat_scale, half_step_partner, is_half_step, load_model, quantizer_of)
 
 # ops that only move or relabel constant data: evaluated when they sit on a weight / bias path
@@ -53,7 +53,7 @@ SUPPORTED_OPS = ("Quant", "FloatQuant", "BipolarQuant", "Trunc", "MatMul", "Gemm
                  "Mul", "Div", "Relu", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten",
                  "Reshape", "Transpose", "Identity", "Dropout", "Constant", "Cast", "Unsqueeze", "Squeeze",
                  "ReduceSum", "Clip", "FpqTable", "LeakyRelu", "FpqSoftmax", "FpqLayerNorm", "Concat", "Resize",
-                 "Upsample")
+                 "Upsample", "Gather")
 
 
 def _c_name(text: str) -> str:
@@ -304,6 +304,10 @@ def read_graph(model) -> Graph:
         if op_type in ("Identity", "Dropout"):
             r.alias[node.output[0]] = x
             continue
+        if op_type == "Cast" and a.get("to") == 7 and tt(x) is not None and str(tt(x).format).startswith("ufixed") \
+                and all(c.op_type == "Gather" for c in r.consumers.get(node.output[0], [])):
+            r.alias[node.output[0]] = x   # token ids (integers at scale 1) to int64 for a Gather: exact
+            continue
         if op_type == "Cast":
             # fpq layers widen to float64 in eval mode: exact for quantized values; a narrowing
             # cast would round and is refused
@@ -375,6 +379,8 @@ def read_graph(model) -> Graph:
             op = _pipeline(r, node, x, mod, tt(x))
         elif op_type == "Concat":   # values moved, no arithmetic (fpq.export.moves)
             op = concat_op(r, node, a, ins, _op_name("concat", mod), [tt(i) for i in ins])
+        elif op_type == "Gather":   # an embedding: rows of a quantized table (fpq.export.moves)
+            op = gather_op(r, node, a, ins, _op_name("gather", mod), tt(ins[1]) if len(ins) > 1 else None)
         elif op_type in ("Resize", "Upsample"):
             op = upsample_op(r, node, a, x, _op_name("upsample", mod))
         elif op_type in SIMPLE_KINDS:

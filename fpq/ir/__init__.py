@@ -29,6 +29,8 @@ Op kinds (``Op.kind``) and their attributes:
                     ``fpq.numerics.normalization`` SoftmaxRecipe / LayerNormRecipe); types hold the
                     internal fixed types (exp, sum, reciprocal / sum, diff, variance, rsqrt, norm,
                     affine) and the output (ufixed<24,1> / fixed<24, I>, rounded by the quantizer after)
+``gather``          y = weight[ids] (an embedding): weight (rows, d) a quantized table, ids the graph input
+                    quantized to ufixed<b,b> (2**b <= rows); types input (ids), weight, output (= weight's)
 ``add``             x0 + x1 (both dynamic)
 ``matmul``          y = 2**alpha_exp * (x0 @ x1), both dynamic and quantized (attention's Q K^T, A V;
                     ``fpq.export.matmul``): attrs "alpha_exp", "fan_in" (K); types "input" (x0), "other"
@@ -106,6 +108,7 @@ OPS = {k.name: k for k in (
     OpKind("clip", computes=True), OpKind("table", computes=True), OpKind("softmax", computes=True),
     OpKind("layernorm", computes=True), OpKind("add", computes=True), OpKind("mul", computes=True),
     OpKind("matmul", computes=True),   # two activations: no constant operand (not a mac kind)
+    OpKind("gather"),   # rows of a quantized table by token ids: no arithmetic, the output typed as the table
     OpKind("div", computes=True), OpKind("add_const", computes=True), OpKind("maxpool", type_preserving=True), OpKind("avgpool", computes=True),
     OpKind("global_avgpool", computes=True),
     OpKind("concat", moves=True), OpKind("upsample", type_preserving=True, moves=True),

@@ -108,7 +108,7 @@ def typeplan_from_graph(graph: Graph) -> TypePlan:
         tensors = {k: v for k, v in op.types.items()}
         if op.kind in WEIGHTED_KINDS:
             tensors.pop("output", None)  # the op's output is its accumulator (derived)
-        fan_in = op.attrs.get("fan_in") if op.kind == "matmul" else op.fan_in
+        fan_in = op.attrs.get("fan_in") if op.kind == "matmul" else None if op.kind == "gather" else op.fan_in
         lp = LayerPlan(op.name, op.kind, tensors, fan_in, values, attrs,
                        note="; ".join(q.note for q in (op.quant, op.weight_quant, op.bias_quant) if q and q.note))
         _derive(lp)

@@ -339,7 +339,7 @@ def _decompose_sdpa(gm: fx.GraphModule, node: fx.Node, unique_name) -> None:
 
 
 def attention_to_modules(gm: fx.GraphModule, fmt_of, scale_kind: str, unique_name, names_seen: set,
-                         formats_of=None) -> None:
+                         formats_of=None, inputs: str | None = None) -> None:
     """Rewrite every product of two activations (torch.matmul / @ / torch.bmm / x.matmul) into an
     ``FpqMatMul`` (format: ``fmt_of(node name)``, the activations format there), folding a constant
     scale that follows it (power of two: alpha; else into q's Linear, ``_fold_into_linear``).
@@ -349,6 +349,15 @@ def attention_to_modules(gm: fx.GraphModule, fmt_of, scale_kind: str, unique_nam
     for node in list(gm.graph.nodes):
         if node.op == "call_function" and node.target is F.scaled_dot_product_attention:
             _decompose_sdpa(gm, node, unique_name)
+        elif node.op == "call_module" and type(gm.get_submodule(node.target)) is nn.Embedding:
+            from .embedding import FpqEmbedding, check_ids_format
+            emb = gm.get_submodule(node.target)
+            if node.args[0].op != "placeholder":
+                raise ValueError(f"fpq.convert: nn.Embedding {node.target!r} must read the network input (the token "
+                                 "ids) directly")
+            bits = check_ids_format(inputs, emb.num_embeddings, repr(node.target))
+            gm.add_submodule(node.target, FpqEmbedding(emb, bits, formats_of(node.target)["weights"], scale_kind))
+            names_seen.add(node.target)
         elif node.op == "call_module" and isinstance(gm.get_submodule(node.target), PositionalEmbedding):
             f = formats_of(node.target)   # weights and activations of that name
             pe = gm.get_submodule(node.target)
