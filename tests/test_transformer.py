@@ -386,3 +386,5 @@ def test_token_embedding_is_an_exact_table_lookup():
     op = next(op for op in g if op.kind == "gather")
     assert op.weight.shape == (32, 16) and str(op.types["weight"].format) == "e4m3"
     assert op.types["output"] == op.types["weight"] and "product" not in fpq.plan(g)[op.name].tensors
+    again = fpq.convert(q, weights="e4m3", activations="int8", inputs="ufixed<5,5>")   # converts again, same model
+    assert torch.equal(again(ids[:64].float()), q(ids[:64].float()))

@@ -15,6 +15,7 @@ from .layers import FpqAdd, FpqAvgPool, FpqClamp, FpqConv1d, FpqConv2d, FpqInput
 from .tables import FpqTable, float_module
 from .normalization import FpqLayerNorm, FpqSoftmax, float_module as float_normalization
 from .attention import FpqMatMul, FpqPositional, PositionalEmbedding
+from .embedding import FpqEmbedding
 
 _WEIGHT_LAYERS = (FpqLinear, FpqConv1d, FpqConv2d)
 
@@ -65,6 +66,8 @@ def dequantize_model(q) -> tuple[nn.Module, dict]:
             delattr(owner, leaf)
         elif isinstance(m, FpqPositional):
             setattr(owner, leaf, PositionalEmbedding(m.weight))
+        elif isinstance(m, FpqEmbedding):   # its float table without the padding rows
+            setattr(owner, leaf, nn.Embedding.from_pretrained(m.weight.detach()[:m.vocabulary].clone(), freeze=False))
         elif isinstance(m, FpqAdd):
             with g.graph.inserting_after(node):
                 new = g.graph.call_function(operator.add, tuple(node.args))
