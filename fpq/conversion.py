@@ -5,8 +5,9 @@ per-module overrides) becomes fpq quantizers (``fpq.nn.quantizers``) inside Brev
 layers. The model is traced with torch.fx; BatchNorm is folded with Brevitas' merge_bn where it
 directly follows a Conv/Linear, else (or with ``batchnorm="keep"``) kept element-wise as an
 ``FpqBatchNorm`` (fpq.nn.batchnorm); Dropout is removed; residual adds become ``FpqAdd``
-modules; torch.cat and nearest upsampling stay as they are (values moved, no quantizer: the
-join's type is the union of its inputs'); an explicit input quantizer is the first op. The original model is never mutated.
+modules; torch.cat and nearest upsampling stay as they are (values moved, no quantizer: the join's type is the
+union of its inputs'); products of two activations become ``FpqMatMul`` and nn.MultiheadAttention its
+hand-written form (fpq.nn.attention); an explicit input quantizer is the first op. The original is never mutated.
 """
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ from .nn.layers import (FpqAct, FpqAdd, FpqAvgPool, FpqClamp, FpqConv1d, FpqConv
                         FpqLinear, link_input_quantizers, quant_layer)
 from .nn.tables import FpqTable, table_spec
 from .nn.normalization import FpqLayerNorm, FpqSoftmax, from_module as normalization_layer
+from .nn.attention import FpqMatMul, FpqPositional, attention_to_modules, rewrite_multihead_attention, token_means
+from .nn.embedding import FpqEmbedding
 
 SUPPORTED = ("Linear", "Conv1d", "Conv2d",
              "BatchNorm1d/2d (folded into the Conv/Linear before it, else element-wise)",
@@ -39,12 +42,14 @@ SUPPORTED = ("Linear", "Conv1d", "Conv2d",
              "nn.Upsample / F.interpolate (mode='nearest', integer scale_factor)",
              "Sigmoid, Tanh, SiLU, Hardswish, Hardsigmoid, GELU (erf / tanh), ELU, Softplus, LeakyReLU, PReLU "
              "(exact tables over an input of at most 16 bits) and their functional forms",
-             "Softmax(dim=-1) / F.softmax / torch.softmax / x.softmax(-1), LayerNorm over the last axis "
-             "(exact fixed-point pipelines)")
-_KEEP_MODULES = (nn.ReLU, nn.MaxPool1d, nn.MaxPool2d, nn.Flatten, nn.Upsample)
+             "Softmax(dim=-1) / F.softmax / torch.softmax / x.softmax(-1), LayerNorm over the last axis (exact pipelines)",
+             "a @ b / torch.matmul / torch.bmm of two quantized activations (* a constant scale), x.transpose / permute, "
+             "nn.MultiheadAttention / TransformerEncoder(Layer) (batch_first, unmasked), F.scaled_dot_product_attention"
+             "(scale=c), x.mean(1) over tokens, x + learned positional embedding, nn.Embedding (inputs='ufixed<b,b>')")
+_KEEP_MODULES = (nn.ReLU, nn.MaxPool1d, nn.MaxPool2d, nn.Flatten, nn.Upsample, FpqMatMul, FpqPositional, FpqEmbedding)
 _DROP_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)
-_KEEP_FUNCTIONS = (F.relu, torch.relu, torch.flatten) + CAT_FUNCTIONS
-_KEEP_METHODS = ("view", "reshape", "flatten", "relu", "size", "contiguous")
+_KEEP_FUNCTIONS = (F.relu, torch.relu, torch.flatten, torch.transpose, torch.permute) + CAT_FUNCTIONS
+_KEEP_METHODS = ("view", "reshape", "flatten", "relu", "size", "contiguous", "transpose", "permute")
 _ADD_FUNCTIONS = (operator.add, torch.add, operator.iadd)
 _DROPOUT_FUNCTIONS = (F.dropout,)
 DEFAULT_BIAS = "int16"
@@ -108,12 +113,8 @@ class FpqModel(fx.GraphModule):
         self.eval()
         ShapeProp(self).propagate(x)
         self.train(was)
-        shapes = {}
-        for node in self.graph.nodes:
-            tm = node.meta.get("tensor_meta")
-            if tm is not None and hasattr(tm, "shape"):
-                shapes[node.name] = tuple(tm.shape)
-        self.meta["fpq_shapes"] = shapes
+        metas = {node.name: node.meta.get("tensor_meta") for node in self.graph.nodes}
+        self.meta["fpq_shapes"] = {n: tuple(tm.shape) for n, tm in metas.items() if hasattr(tm, "shape")}
 
 
 def _unsupported(path: str, what: str) -> ValueError:
@@ -151,6 +152,14 @@ def _resolve(policy: Policy, path: str) -> dict:
             f = _fmt(value, f"override {pattern!r}")
             out["weights"] = out["activations"] = f
     return out
+
+
+def _act_format(policy: Policy, path: str, kind: str) -> str:
+    """The activations format of a layer that has no weights (recorded in policy.layers)."""
+    f = {"activations": _resolve(policy, path)["activations"]}
+    _block_only_linear(path, kind, f)
+    policy.layers[path] = f
+    return f["activations"]
 
 
 BN_SCALE_FOR_BINARY = "int8"
@@ -382,9 +391,7 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
     fpq.calibrate puts an integer bias on the products' grid for it. hadamard: with block-scaled
     activations, rotate every Linear's reduction axis by a block-diagonal Hadamard of the block
     size (folded into the weight, applied to the input right before the layer and requantized;
-    fpq.nn.hadamard).
-    Returns an
-    FpqModel in eval mode; ``.train()`` it for QAT.
+    fpq.nn.hadamard). Returns an FpqModel in eval mode; ``.train()`` it for QAT.
 
     scope="modules": weight-only conversion of any module tree, no tracing (fpq.nn.weight_only):
     a copy of ``model`` whose every Linear / Conv1d / Conv2d holds ``weights`` (Int or Minifloat)
@@ -433,8 +440,10 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
         if type(mod).__module__.startswith("brevitas."):  # fpq builds its own quantizers
             raise _unsupported(path, f"{type(mod).__name__} (an already quantized Brevitas layer: "
                                      "pass the float model, or a model returned by fpq.convert)")
+    rewrite_multihead_attention(src)   # nn.MultiheadAttention -> Q/K/V Linears, matmuls, softmax
     gm = _trace(src)
     _remove_passthrough(gm)
+    token_means(gm)             # x.mean(1) of (B, T, d) tokens -> AdaptiveAvgPool1d(1) over T (fpq.nn.attention)
     functional_to_modules(gm)   # F.max_pool2d, F.hardtanh, x.mean((2, 3)), ... -> their modules
     if isinstance(batchnorm, dict):
         bns = [n for n, m in gm.named_modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
@@ -443,8 +452,10 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
             raise ValueError(f"batchnorm entries {stray} match no BatchNorm; BatchNorm names: {bns}")
     gm = _fold_bn(gm, batchnorm)
     _check_graph(gm)
+    names_seen = set()   # q @ k.transpose(-2, -1) * scale, a @ v: FpqMatMul (fpq.nn.attention)
+    attention_to_modules(gm, lambda n: _act_format(policy, n, "matmul"), scale, unique_name, names_seen,
+                         lambda n: policy.layers.setdefault(n, _resolve(policy, n)), policy.inputs)   # embeddings
     modules = dict(gm.named_modules())
-    names_seen = set()
     for node in list(gm.graph.nodes):
         if node.op == "call_module":
             path, m = node.target, modules[node.target]
@@ -454,8 +465,7 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
                 if not isinstance(m, nn.Linear):
                     _block_only_linear(path, type(m).__name__, f)
                 policy.layers[path] = f
-                _set_module(gm, path, quant_layer(m, f["weights"], f["bias"], f["activations"],
-                                                  scale, granularity))
+                _set_module(gm, path, quant_layer(m, f["weights"], f["bias"], f["activations"], scale, granularity))
             elif type(m) in _TABLE_MODULES:
                 f = _resolve(policy, path)
                 policy.layers[path] = {"activations": f["activations"]}
@@ -466,19 +476,13 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
                 policy.layers[path] = dict(f) if isinstance(m, nn.LayerNorm) else {"activations": f["activations"]}
                 _set_module(gm, path, normalization_layer(m, f, scale, path))
             elif isinstance(m, (nn.ReLU6, nn.Hardtanh)):
-                f = _resolve(policy, path)
-                _block_only_linear(path, type(m).__name__, {"activations": f["activations"]})
-                policy.layers[path] = {"activations": f["activations"]}
-                _set_module(gm, path, FpqClamp(m.min_val, m.max_val, f["activations"], scale))
+                _set_module(gm, path, FpqClamp(m.min_val, m.max_val, _act_format(policy, path, type(m).__name__), scale))
             elif isinstance(m, (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
                 if isinstance(m, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
                     size = m.output_size if isinstance(m.output_size, tuple) else (m.output_size,)
                     if any(s != 1 for s in size):
                         raise _unsupported(path, f"{type(m).__name__}(output_size={m.output_size})")
-                f = _resolve(policy, path)
-                _block_only_linear(path, type(m).__name__, {"activations": f["activations"]})
-                policy.layers[path] = {"activations": f["activations"]}
-                _set_module(gm, path, FpqAvgPool(m, f["activations"], scale))
+                _set_module(gm, path, FpqAvgPool(m, _act_format(policy, path, type(m).__name__), scale))
             elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 if not m.track_running_stats or m.running_mean is None:
                     raise _unsupported(path, f"{type(m).__name__} without running statistics "
@@ -496,11 +500,8 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
                 tensors = [x for x in node.args if isinstance(x, fx.Node)]
                 if len(tensors) != 2 or len(node.args) != 2 or node.kwargs:
                     raise _unsupported(node.name, "add with a constant or alpha (only x + y of two tensors)")
-                f = _resolve(policy, node.name)
-                _block_only_linear(node.name, "add", {"activations": f["activations"]})
-                policy.layers[node.name] = {"activations": f["activations"]}
                 name = unique_name(gm, node.name)
-                gm.add_submodule(name, FpqAdd(f["activations"], scale))
+                gm.add_submodule(name, FpqAdd(_act_format(policy, node.name, "add"), scale))
                 with gm.graph.inserting_after(node):
                     new = gm.graph.call_module(name, tuple(node.args))
                 node.replace_all_uses_with(new)
@@ -508,7 +509,7 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
                 names_seen.add(node.name)
             elif node.target in CAT_FUNCTIONS:
                 check_cat(node, modules)   # along a constant non-batch axis: values moved, not computed
-            elif node.target is getattr or node.target is operator.getitem:
+            elif node.target in (getattr, operator.getitem):
                 continue
             elif node.target not in _KEEP_FUNCTIONS:
                 raise _unsupported(node.name, getattr(node.target, "__name__", str(node.target)))
@@ -570,8 +571,7 @@ def _check_tables(q: FpqModel) -> None:
 
 
 def _set_accumulator_bits(q: FpqModel, accumulator_bits) -> None:
-    """fpq_accumulator_bits on each Linear / Conv the option names (an int: all; a dict: by name,
-    ``_by_name``)."""
+    """fpq_accumulator_bits on each Linear / Conv the option names (an int: all; a dict: by name, ``_by_name``)."""
     if accumulator_bits is None:
         return
     layers = {n: m for n, m in q.named_modules() if isinstance(m, (FpqLinear, FpqConv1d, FpqConv2d))}

@@ -31,7 +31,7 @@ from .formats import Binary, BlockFormat, Fixed, Format, exact_fixed, parse_form
 from .formats.facts import MAX_ENUMERABLE_BITS, values as format_values
 from .numerics.reference import po2_exponents  # noqa: F401  (re-exported: callers read it here)
 
-ROLES_ORDER = ("input", "weight", "bias", "product", "accumulator", "output")
+ROLES_ORDER = ("input", "other", "weight", "bias", "product", "accumulator", "output")
 
 
 def is_block(t) -> bool:
@@ -212,9 +212,12 @@ class LayerPlan:
     def derive(self) -> "LayerPlan":
         """Fill product and accumulator from input, weight (and bias) when all are exact fixed;
         with a float (non-power-of-two) scale, ``attrs["value_accumulator"]`` instead."""
-        x, w = self.tensors.get("input"), self.tensors.get("weight")
+        # a matmul of two activations (attention) sums input x other exactly as a Linear sums input x weight
+        x, w = self.tensors.get("input"), self.tensors.get("other" if self.op == "matmul" else "weight")
         if x is None or w is None or self.fan_in is None:
             return self
+        if self.op == "matmul":
+            return self._derive_matmul(x, w)
         if is_block(x) or is_block(w):
             self._derive_block_sum(x, w)
             return self
@@ -243,6 +246,24 @@ class LayerPlan:
         self.tensors["accumulator"] = acc if bits is None else narrow_accumulator(acc, bits)
         if bits is not None:
             self.attrs["exact_accumulator"] = acc   # what the narrow one wraps (every path wraps alike)
+        return self
+
+    def _derive_matmul(self, x, w) -> "LayerPlan":
+        """Product, exact accumulator (as a Linear's, no bias) and ``output`` = 2**alpha_exp times it
+        of a matmul; with a non-power-of-two scale ``attrs["value_accumulator"]`` from both operands'
+        value carriers (None when a format is too wide to enumerate)."""
+        if is_block(x) or is_block(w):
+            raise ValueError(f"layer {self.name!r}: block-scaled operands of a matmul of two activations are not "
+                             "supported (give them a scalar format)")
+        if not (x.po2 and w.po2):
+            xc, wc = x.value_carrier(), w.value_carrier()
+            if xc is not None and wc is not None:
+                self.attrs["value_accumulator"] = sum_type(product_type(xc, wc), self.fan_in)
+            return self
+        prod = product_type(x.carrier(), w.carrier())
+        acc = sum_type(prod, self.fan_in)
+        e = int(self.attrs.get("alpha_exp", 0))
+        self.tensors.update(product=prod, accumulator=acc, output=Fixed(acc.width, acc.int_bits + e, acc.signed))
         return self
 
     def _derive_block_sum(self, x, w) -> None:

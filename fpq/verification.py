@@ -397,7 +397,8 @@ _DOUBLE_OPS = ("MatMul", "Gemm", "Add", "Sub", "Mul", "Div", "ReduceSum", "Floor
                "Concat")   # a Concat of float32 and float64 tensors: all in float64, exactly
 # value-preserving ops: exact in float32 and float64 alike
 _PASS_OPS = ("Relu", "MaxPool", "Flatten", "Reshape", "Transpose", "Identity", "Squeeze", "Unsqueeze",
-             "Resize", "Upsample")   # nearest (the reader accepts no other): values repeated
+             "Resize", "Upsample",   # nearest (the reader accepts no other): values repeated
+             "Gather")   # an embedding's rows of a quantized table
 
 
 def _is_custom(node):

@@ -155,12 +155,28 @@ class Emulator:
                 self._bias_f32[op.name] = bits <= FLOAT32_EXACT_BITS
                 if bits_nb <= FLOAT32_EXACT_BITS < bits and op.name not in self._wrap:
                     odd_bias_candidates[op.name] = bits_nb
+            elif op.kind == "gather":   # table rows: float32 numbers, moved
+                self.acc_dtype[op.name] = "float32"
+            elif op.kind == "matmul":   # two activations: exact in float64, or wide and rounded to odd
+                lp = self.typeplan[op.name]
+                acc = lp.exact_sum()
+                if acc is None:
+                    raise UnsupportedGraphError(f"layer {op.name}: no exact accumulator for this matmul ({lp.note}); "
+                                                "the emulator refuses rather than round")
+                if acc.width > WIDE_EXACT_BITS:
+                    raise UnsupportedGraphError(f"layer {op.name}: the exact accumulator needs {acc.width} bits, more "
+                                                f"than the {WIDE_EXACT_BITS} fpq sums exactly; narrow the formats")
+                self.acc_dtype[op.name] = "float64" if acc.width <= FLOAT64_EXACT_BITS else "wide"
+                if acc.width > FLOAT64_EXACT_BITS:
+                    self.rounded_to_odd.add(op.name)
             elif op.kind in OPS:
                 if op.kind in ("add",):
                     t = op.types.get("output")
                     if t is None or t.format.width > FLOAT64_EXACT_BITS:
                         self.exact[op.name] = False
-                if op.kind in ("mul", "div", "add_const", "avgpool", "global_avgpool"):
+                typed = op.kind == "add_const" and op.types.get("output") is not None and \
+                    op.types["output"].format.width <= FLOAT64_EXACT_BITS   # a quantized constant (reader)
+                if op.kind in ("mul", "div", "add_const", "avgpool", "global_avgpool") and not typed:
                     self.exact[op.name] = False  # one float64 rounding, same as ONNX in double
             else:  # pragma: no cover - the reader only emits known kinds
                 raise UnsupportedGraphError(f"op {op.name}: kind {op.kind} has no emulation")
@@ -410,6 +426,13 @@ class Emulator:
             return lookup(op.attrs["x"], op.attrs["y"], x, f"table {op.name!r}").astype(np.float32)
         if k == "add":
             return x.astype(np.float64) + xs[1].astype(np.float64)
+        if k == "gather":   # ids are integers 0 .. rows - 1 (their ufixed<b,b> quantizer, checked by the reader)
+            return self._weights[op.name][0][x.astype(np.int64)]
+        if k == "matmul":   # exact (plan above); 2**alpha_exp is a shift
+            a, b = x.astype(np.float64), xs[1].astype(np.float64)
+            y = exact_bilinear(np.matmul, a, b, None, op.attrs["fan_in"], strict=True)[0] \
+                if op.name in self.rounded_to_odd else np.matmul(a, b)
+            return np.ldexp(y, op.attrs["alpha_exp"]) if op.attrs["alpha_exp"] else y
         if k == "mul":
             return x.astype(np.float64) * op.attrs["value"].astype(np.float64)
         if k == "div":

@@ -194,6 +194,13 @@ class TorchProgram:
             return fn(x, op.attrs["recipe"], f"{k} {op.name!r}")
         if k == "add":
             return x.to(torch.float64) + xs[1].to(torch.float64)
+        if k == "gather":   # table rows by integer ids
+            return self._weights()[op.name][0][x.to(torch.int64)]
+        if k == "matmul":   # exact (Emulator._plan); 2**alpha_exp is a shift
+            a, b = x.to(torch.float64), xs[1].to(torch.float64)
+            y = exact_bilinear(torch.matmul, a, b, None, op.attrs["fan_in"], strict=True)[0] \
+                if op.name in self.emu.rounded_to_odd else torch.matmul(a, b)
+            return y * 2.0 ** op.attrs["alpha_exp"] if op.attrs["alpha_exp"] else y
         if k in ("mul", "div", "add_const"):
             c = torch.tensor(np.asarray(op.attrs["value"], dtype=np.float64), device=self.device)
             x = x.to(torch.float64)

@@ -190,6 +190,8 @@ def recorded_input(q):
     for node in getattr(graph, "nodes", ()):
         if node.op == "placeholder" and node.name in shapes:
             return torch.zeros((1,) + tuple(shapes[node.name][1:]))
+    if any(getattr(m, "fpq_op", None) == "matmul" for m in q.modules()):
+        return None    # a token model (attention): its first Linear's in_features does not tell the tokens
     for m in q.modules():
         if isinstance(m, nn.Linear):
             return torch.zeros(1, m.in_features)

@@ -125,3 +125,30 @@ def upsample_op(r, node, a, x, name: str) -> Op:
 
 
 __all__ = ["concat_op", "concat_type", "upsample_op", "UPSAMPLE_OK"]
+
+
+def gather_op(r, node, a, ins, name: str, t_ids) -> Op:
+    """``Gather(table, ids)`` of a quantized constant table (rows, d) by token ids (an nn.Embedding,
+    fpq.nn.embedding): a ``gather`` op whose ``weight`` is the table, along axis 0, the ids an input
+    quantized to integers at scale 1 (``ufixed<b,b>``) with 2**b <= rows. Any other Gather (a shape
+    computation, another axis, ids of unknown range) is refused naming the node."""
+    from ..ir import Quantizer  # noqa: F401  (the table's quantizer comes from the reader)
+    if len(ins) != 2 or not r.is_const(ins[0]) or r.is_const(ins[1]) or int(a.get("axis", 0)) != 0:
+        raise UnsupportedGraphError(f"Gather node {node.name!r}: fpq reads a Gather of rows (axis 0) of a quantized "
+                                    "constant table by dynamic token ids (an embedding) only; a shape computation "
+                                    "must be folded into constants first (qonnx FoldConstants)")
+    table, tq = r.const(ins[0])
+    table = np.asarray(table, dtype=np.float32)
+    if tq is None or table.ndim != 2:
+        raise UnsupportedGraphError(f"Gather node {node.name!r}: its table must be a 2-D quantized constant (Quant of "
+                                    "an initializer)")
+    f = getattr(t_ids, "format", None)
+    if not (isinstance(t_ids, TensorType) and isinstance(f, Fixed) and not f.signed and f.int_bits == f.width
+            and np.all(t_ids.scale == 1) and 2 ** f.width <= table.shape[0]):
+        raise UnsupportedGraphError(f"Gather node {node.name!r}: its ids must come from an input quantizer ufixed<b,b> "
+                                    f"(integers 0 .. 2**b - 1) with 2**b <= {table.shape[0]} table rows; got "
+                                    f"{t_ids.describe() if isinstance(t_ids, TensorType) else 'no quantizer'}")
+    op = Op(r.unique(name), "gather", [ins[1]], [node.output[0]], weight=table, weight_quant=tq,
+            onnx_nodes=[node.name])
+    op.types = {"input": t_ids, "weight": tq.ttype, "output": tq.ttype}
+    return op

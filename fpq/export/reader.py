@@ -19,6 +19,7 @@ cost model) sees one op per hardware layer:
   become ``reshape``; ``Identity`` / ``Dropout`` and float ``Cast`` (fpq layers widen to float64)
   are dropped (values unchanged);
 * ``Concat`` and nearest ``Resize`` / ``Upsample`` become ``concat`` / ``upsample`` (``fpq.export.moves``);
+  a ``MatMul`` of two quantized tensors (and a Mul by a power of two after it) one ``matmul`` (``fpq.export.matmul``);
 * outputs that are constants (Brevitas' QuantTensor metadata: scale, bit width) are ignored.
 
 Op kinds and their attributes, Quantizer and shape conventions: ``fpq.ir``. Where fpq's semantics
@@ -38,7 +39,8 @@ from ..formats import Fixed, Int
 from ..ir import MAC_KINDS, TYPE_PRESERVING, Graph, Op, Quantizer, UnsupportedGraphError
 from ..ir.plan import typeplan_from_graph
 from ..typeplan import LayerPlan, TensorType, fixed_union, sum_type, values_carrier
-from .moves import concat_op, upsample_op
+from .matmul import matmul_op
+from .moves import concat_op, gather_op, upsample_op
 from .qonnx_codec import (QONNX_DOMAINS, QUANT_OPS, _attrs, _flat_scale, half_step_partner, is_half_step, load_model, quantizer_of)
 
 # ops that only move or relabel constant data: evaluated when they sit on a weight / bias path
@@ -51,7 +53,7 @@ SUPPORTED_OPS = ("Quant", "FloatQuant", "BipolarQuant", "Trunc", "MatMul", "Gemm
                  "Mul", "Div", "Relu", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten",
                  "Reshape", "Transpose", "Identity", "Dropout", "Constant", "Cast", "Unsqueeze", "Squeeze",
                  "ReduceSum", "Clip", "FpqTable", "LeakyRelu", "FpqSoftmax", "FpqLayerNorm", "Concat", "Resize",
-                 "Upsample")
+                 "Upsample", "Gather")
 
 
 def _c_name(text: str) -> str:
@@ -302,6 +304,10 @@ def read_graph(model) -> Graph:
         if op_type in ("Identity", "Dropout"):
             r.alias[node.output[0]] = x
             continue
+        if op_type == "Cast" and a.get("to") == 7 and tt(x) is not None and str(tt(x).format).startswith("ufixed") \
+                and all(c.op_type == "Gather" for c in r.consumers.get(node.output[0], [])):
+            r.alias[node.output[0]] = x   # token ids (integers at scale 1) to int64 for a Gather: exact
+            continue
         if op_type == "Cast":
             # fpq layers widen to float64 in eval mode: exact for quantized values; a narrowing
             # cast would round and is refused
@@ -329,6 +335,8 @@ def read_graph(model) -> Graph:
             op = _fuse_div_quant_mul(r, node, ins, mod, x in graph_inputs) or \
                 Op(r.unique(_op_name("div", mod)), "div", [x], [node.output[0]],
                    attrs={"value": np.asarray(r.const(ins[1])[0], dtype=np.float32)}, onnx_nodes=[node.name])
+        elif op_type == "MatMul" and len(ins) == 2 and not r.is_const(ins[0]) and not r.is_const(ins[1]):
+            op = matmul_op(r, node, ins, _op_name("matmul", mod), [tt(i) for i in ins])   # fpq.export.matmul
         elif op_type in ("MatMul", "Gemm", "Conv"):
             op = _weighted(r, node, a, ins, mod)
         elif op_type == "Add":
@@ -339,9 +347,9 @@ def read_graph(model) -> Graph:
                 if st is not None:
                     op.types["output"] = st
             else:
-                op = _add_const(r, node, ins, mod)
+                op = _add_const(r, node, ins, mod, tt)
         elif op_type == "Sub":
-            op = _add_const(r, node, ins, mod)
+            op = _add_const(r, node, ins, mod, tt)
         elif op_type == "Mul":
             c = next((i for i in ins if r.is_const(i)), None)
             if c is None:
@@ -371,6 +379,8 @@ def read_graph(model) -> Graph:
             op = _pipeline(r, node, x, mod, tt(x))
         elif op_type == "Concat":   # values moved, no arithmetic (fpq.export.moves)
             op = concat_op(r, node, a, ins, _op_name("concat", mod), [tt(i) for i in ins])
+        elif op_type == "Gather":   # an embedding: rows of a quantized table (fpq.export.moves)
+            op = gather_op(r, node, a, ins, _op_name("gather", mod), tt(ins[1]) if len(ins) > 1 else None)
         elif op_type in ("Resize", "Upsample"):
             op = upsample_op(r, node, a, x, _op_name("upsample", mod))
         elif op_type in SIMPLE_KINDS:
@@ -539,9 +549,11 @@ def _pipeline(r: _Reader, node, x, mod, t_in) -> Op:
     return op
 
 
-def _add_const(r: _Reader, node, ins, mod) -> Op:
+def _add_const(r: _Reader, node, ins, mod, tt) -> Op:
     """Add(x, c) / Sub(x, c) with a constant c that is no layer's bias (an input normalization):
-    one ``add_const`` op of c / -c (x - c == x + (-c) exactly in IEEE arithmetic)."""
+    one ``add_const`` op of c / -c (x - c == x + (-c) exactly in IEEE arithmetic). An Add of a quantized
+    constant (a learned positional embedding, fpq.nn.attention.FpqPositional) is typed: ``other`` its
+    quantizer's type, ``output`` the exact sum's (``_add_type``, power-of-two scales)."""
     consts = [i for i in ins if r.is_const(i)]
     if len(ins) != 2 or len(consts) != 1:
         raise UnsupportedGraphError(f"{node.op_type} node {node.name!r}: fpq supports the {node.op_type} of two "
@@ -554,8 +566,12 @@ def _add_const(r: _Reader, node, ins, mod) -> Op:
     v = np.asarray(c, dtype=np.float32)
     if node.op_type == "Sub":
         v = -v
-    return Op(r.unique(_op_name("add_const", mod)), "add_const", [x], [node.output[0]], attrs={"value": v},
-              onnx_nodes=[node.name])
+    op = Op(r.unique(_op_name("add_const", mod)), "add_const", [x], [node.output[0]], attrs={"value": v},
+            onnx_nodes=[node.name])
+    st = _add_type(tt(x), cq.ttype) if cq is not None and node.op_type == "Add" else None
+    if st is not None:
+        op.types.update(other=cq.ttype, output=st)
+    return op
 
 
 def _add_type(t0, t1):

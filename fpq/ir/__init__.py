@@ -29,11 +29,18 @@ Op kinds (``Op.kind``) and their attributes:
                     ``fpq.numerics.normalization`` SoftmaxRecipe / LayerNormRecipe); types hold the
                     internal fixed types (exp, sum, reciprocal / sum, diff, variance, rsqrt, norm,
                     affine) and the output (ufixed<24,1> / fixed<24, I>, rounded by the quantizer after)
+``gather``          y = weight[ids] (an embedding): weight (rows, d) a quantized table, ids the graph input
+                    quantized to ufixed<b,b> (2**b <= rows); types input (ids), weight, output (= weight's)
 ``add``             x0 + x1 (both dynamic)
+``matmul``          y = 2**alpha_exp * (x0 @ x1), both dynamic and quantized (attention's Q K^T, A V;
+                    ``fpq.export.matmul``): attrs "alpha_exp", "fan_in" (K); types "input" (x0), "other"
+                    (x1); the TypePlan derives "product" and the exact "accumulator" as for a linear
 ``mul`` / ``div``   x * c, x / c with a constant ``c`` (attrs["value"])
 ``add_const``       x + c with a constant ``c`` (attrs["value"]) that is not a layer's bias (an
                     input normalization); ONNX ``Sub(x, c)`` is ``add_const`` of -c (IEEE
-                    x - c == x + (-c)). mul / div / add_const run once in float64
+                    x - c == x + (-c)). mul / div / add_const run once in float64; an add_const of a
+                    quantized constant (a learned positional embedding) has types "other" and "output"
+                    (the exact sum's) and is exact
 ``maxpool``         kernel, strides, pads, dilations, ceil_mode
 ``avgpool``         kernel, strides, pads, ceil_mode, count_include_pad
 ``global_avgpool``  mean over the spatial axes, keepdims
@@ -100,6 +107,8 @@ OPS = {k.name: k for k in (
     # ORDER_KEEPING for a sum rounded to odd; its result is a fresh array a requantizer may reuse
     OpKind("clip", computes=True), OpKind("table", computes=True), OpKind("softmax", computes=True),
     OpKind("layernorm", computes=True), OpKind("add", computes=True), OpKind("mul", computes=True),
+    OpKind("matmul", computes=True),   # two activations: no constant operand (not a mac kind)
+    OpKind("gather"),   # rows of a quantized table by token ids: no arithmetic, the output typed as the table
     OpKind("div", computes=True), OpKind("add_const", computes=True), OpKind("maxpool", type_preserving=True), OpKind("avgpool", computes=True),
     OpKind("global_avgpool", computes=True),
     OpKind("concat", moves=True), OpKind("upsample", type_preserving=True, moves=True),

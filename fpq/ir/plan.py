@@ -17,6 +17,7 @@ from . import WEIGHTED_KINDS, Graph, Op, Quantizer
 # type (the cost model prices that rounding with the op). Not wiring (a Reshape is an alias of
 # its input in hls4ml, so its result type would not be applied), not the input port (already a
 # quantizer), not mul / div (no HLS layer: their requantizer stays a layer the cost model prices).
+# (``matmul`` joins when fpq.hls builds it: tests/test_one_typeplan.py checks each kind has a builder)
 REQUANT_FUSING = WEIGHTED_KINDS + ("relu", "clip", "table", "softmax", "layernorm", "add", "maxpool", "avgpool", "global_avgpool")
 
 
@@ -107,7 +108,8 @@ def typeplan_from_graph(graph: Graph) -> TypePlan:
         tensors = {k: v for k, v in op.types.items()}
         if op.kind in WEIGHTED_KINDS:
             tensors.pop("output", None)  # the op's output is its accumulator (derived)
-        lp = LayerPlan(op.name, op.kind, tensors, op.fan_in, values, attrs,
+        fan_in = op.attrs.get("fan_in") if op.kind == "matmul" else None if op.kind == "gather" else op.fan_in
+        lp = LayerPlan(op.name, op.kind, tensors, fan_in, values, attrs,
                        note="; ".join(q.note for q in (op.quant, op.weight_quant, op.bias_quant) if q and q.note))
         _derive(lp)
         _sum_pool(lp, op)

@@ -14,6 +14,8 @@ from .batchnorm import FpqBatchNorm, to_batchnorm
 from .layers import FpqAdd, FpqAvgPool, FpqClamp, FpqConv1d, FpqConv2d, FpqInput, FpqLinear
 from .tables import FpqTable, float_module
 from .normalization import FpqLayerNorm, FpqSoftmax, float_module as float_normalization
+from .attention import FpqMatMul, FpqPositional, PositionalEmbedding
+from .embedding import FpqEmbedding
 
 _WEIGHT_LAYERS = (FpqLinear, FpqConv1d, FpqConv2d)
 
@@ -53,6 +55,19 @@ def dequantize_model(q) -> tuple[nn.Module, dict]:
             node.replace_all_uses_with(node.args[0])
             g.graph.erase_node(node)
             delattr(owner, leaf)
+        elif isinstance(m, FpqMatMul):   # back to a @ b (* alpha), named as the module (overrides keep matching)
+            with g.graph.inserting_after(node):
+                new = g.graph.call_function(operator.matmul, tuple(node.args))
+            with g.graph.inserting_after(new):
+                out = new if m.alpha == 1.0 else g.graph.call_function(operator.mul, (new, m.alpha))
+            node.replace_all_uses_with(out)
+            g.graph.erase_node(node)
+            new.name = node.target
+            delattr(owner, leaf)
+        elif isinstance(m, FpqPositional):
+            setattr(owner, leaf, PositionalEmbedding(m.weight))
+        elif isinstance(m, FpqEmbedding):   # its float table without the padding rows
+            setattr(owner, leaf, nn.Embedding.from_pretrained(m.weight.detach()[:m.vocabulary].clone(), freeze=False))
         elif isinstance(m, FpqAdd):
             with g.graph.inserting_after(node):
                 new = g.graph.call_function(operator.add, tuple(node.args))
