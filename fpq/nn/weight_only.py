@@ -73,7 +73,10 @@ def qmax_of(fmt) -> float:
 
 
 def check_weight_format(fmt, where: str):
-    fmt = parse_format(fmt)
+    try:
+        fmt = parse_format(fmt)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
     if not isinstance(fmt, (Int, Minifloat)) or (isinstance(fmt, Int) and fmt.width < 2):
         raise ValueError(f"{where}: weight-only layers take scaled Int (2..16 bits) or Minifloat formats, got {fmt}")
     return fmt
@@ -227,9 +230,9 @@ class WeightOnlyLayer(nn.Module):
         dev = self.keep_cols.device
         cols = torch.zeros(0, dtype=torch.long) if cols is None else torch.as_tensor(cols, dtype=torch.long).flatten()
         idx = torch.zeros(0, dtype=torch.long) if idx is None else torch.as_tensor(idx, dtype=torch.long).flatten()
-        for name, v, n in (("column", cols, fan_in), ("weight index", idx, out * fan_in)):
+        for name, v, n in (("columns", cols, fan_in), ("weight indices", idx, out * fan_in)):
             if v.numel() and (int(v.min()) < 0 or int(v.max()) >= n or torch.unique(v).numel() != v.numel()):
-                raise ValueError(f"{where}: kept {name}s must be distinct and in 0..{n - 1}")
+                raise ValueError(f"{where}: kept {name} must be distinct and in 0..{n - 1}")
         self.keep_cols = torch.sort(cols).values.to(dev)
         self.keep_idx = torch.sort(idx).values.to(dev)
         self.keep_format = fmt

@@ -124,16 +124,21 @@ def _refuse_kept(layers, method):
 
 
 def default_formats(fmt) -> list:
-    """Candidates of a layer whose format is ``fmt``: the integers 2..8 bits for an Int, else the
-    OCP minifloats of 4, 6 and 8 bits (e2m1, e3m2, e2m3, e4m3); always ``fmt`` itself."""
+    """Candidates of a layer whose format is ``fmt``: the integers of 2..8 bits for an Int, else
+    the OCP minifloats of 4, 6 and 8 bits (e2m1, e3m2, e2m3, e4m3) with int2 and int3 below them
+    (no OCP minifloat is narrower than 4 bits); always ``fmt`` itself."""
     from ..formats import Int
-    names = ["int2", "int3", "int4", "int5", "int6", "int8"] if isinstance(fmt, Int) else ["e2m1", "e3m2", "e2m3", "e4m3"]
+    names = (["int2", "int3", "int4", "int5", "int6", "int8"] if isinstance(fmt, Int)
+             else ["int2", "int3", "e2m1", "e3m2", "e2m3", "e4m3"])
     out = [parse_format(n) for n in names]
     return out if fmt in out else out + [fmt]
 
 
 def run_mixed(q, batches, call, *, mp_bits: float | None = None, mp_formats=None, fisher_probes: int = 1,
-              seed: int = 0, progress: bool = True, report: dict | None = None):
+              seed: int = 0, progress: bool = True, report: dict | None = None, write_back: bool = True):
+    """Choose the layers' formats; ``write_back``: store the round-to-nearest grid values as the
+    weights (as every rounding method leaves them), off when a rounding method follows and needs
+    the float weights."""
     from scipy.optimize import Bounds, LinearConstraint, milp
 
     layers = weight_only_layers(q)
@@ -187,6 +192,9 @@ def run_mixed(q, batches, call, *, mp_bits: float | None = None, mp_formats=None
         if chosen[1] != layer.fpq_weight.fmt:
             layer.set_format(chosen[1])
             q.fpq_weight_only["layers"][name] = str(chosen[1])
+        if write_back:
+            with torch.no_grad():
+                layer.weight.copy_(layer.quantized_weight())
         result[name] = {"format": str(chosen[1]), "error": chosen[2],
                         "error_rtn": current[2] if current is not None else float("nan"), "bits": chosen[3]}
     if report is not None:
