@@ -74,7 +74,7 @@ def write_md(rows, path, a, n_cal, n_ev):
         groups.setdefault((r["format"], r["group"], r["method"]), []).append(r)
     lines = [f"# all-MiniLM-L6-v2 weight-only PTQ (issue 19), written by `examples/minilm_ptq.py {' '.join(a.argv)}`",
              "",
-             f"{n_cal} calibration sentences (seeds {a.seeds}; means over the seeds that finished, `n`), {n_ev} held-out "
+             f"{n_cal} calibration sentences (seeds {sorted({r['seed'] for r in rows})}; `n`: the seeds averaged), {n_ev} held-out "
              f"evaluation sentences, max_length {a.max_length}, CPU ({a.threads} thread(s) on a shared 2-core machine: "
              "times are wall seconds under load). Cosine of the mean-pooled embedding to the float model; 10-NN: "
              "retrieval agreement of each sentence's 10 nearest neighbours with the float model's. Bits: effective "
@@ -91,6 +91,8 @@ def write_md(rows, path, a, n_cal, n_ev):
     if mp:
         lines += ["", "mixed_precision's formats (layers per format): " +
                   "; ".join(f"{r['format']} seed {r['seed']}: {r['formats']}" for r in mp)]
+    if a.note:
+        lines[1:1] = ["", a.note]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 
@@ -110,14 +112,25 @@ def main(argv=None):
     p.add_argument("--gwq-ratio", type=float, default=0.01)
     p.add_argument("--study", action="store_true", help="the issue-19 study (module docstring)")
     p.add_argument("--md", default=None, help="write the table of seed means here (markdown)")
+    p.add_argument("--md-from", nargs="+", default=None, metavar="LOG",
+                   help="only write --md from the JSON lines in these logs of earlier runs")
+    p.add_argument("--note", default=None, help="a line for the --md table's header (how its runs were made)")
     p.add_argument("--seeds", default="0", help="calibration samples, e.g. 0,1,2")
     p.add_argument("--exact-check", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     a.argv = list(argv) if argv is not None else __import__("sys").argv[1:]
+    if a.md_from:     # the table from the JSON lines that earlier runs printed (their logs)
+        rows = [json.loads(line) for f in a.md_from for line in open(f) if line.startswith('{"cos_mean"')]
+        write_md(rows, a.md, a, a.n_calib, a.n_eval or 512)
+        return rows
     if a.study:
-        a.methods, a.seeds, a.n_eval = "rtn,gptq,owq,gwq,mixed_precision", "0,1,2", a.n_eval or 512
+        if a.methods == p.get_default("methods"):
+            a.methods = "rtn,gptq,owq,gwq,mixed_precision"
+        if a.seeds == p.get_default("seeds"):
+            a.seeds = "0,1,2"
+        a.n_eval = a.n_eval or 512
     if a.quick:
         a.n_calib, a.n_eval, a.iters = 64, a.n_eval or 256, min(a.iters, 50)
         if a.methods == p.get_default("methods"):
