@@ -4,6 +4,7 @@
     pip install 'fpq[llm]'
     python examples/minilm_ptq.py --quick
     python examples/minilm_ptq.py --methods rtn,gptq,owq,signround --formats int4,int3,e2m1 --groups 128
+    python examples/minilm_ptq.py --study --md examples/results/minilm_ptq.md   # the issue-19 table
 
 The 36 encoder Linears are quantized (``fpq.convert(scope="modules")``; the pooler is unused by
 the sentence embedding and stays float), optionally improved by ``fpq.ptq(q, batches,
@@ -11,8 +12,12 @@ methods=[...])`` on calibration sentences, and compared with the float model on 
 sentences (fpq.testing.minilm: the sentence set, the metrics). Metrics run with the quantized
 weights in plain float32 (``layer_mode(q, "fast")``) for speed; ``--exact-check N`` runs N
 evaluation sentences through the exact eval forward as well and prints the largest embedding
-difference. Effective bits count the weights, their scales (float16: 16 bits each) and OWQ's kept
-columns and indices.
+difference. Effective bits count the weights, their scales (float16: 16 bits each) and the kept
+columns / weights of OWQ and GWQ with their indices (``fpq.nn.weight_only.layer_bits``).
+``mixed_precision`` chooses per-layer formats at the effective bits of the uniform format (the
+same memory as RTN). ``--study``: rtn, gptq, owq, gwq, mixed_precision on int4 g128, int3 g128 and
+e2m1 g32, calibration seeds 0,1,2 (RTN uses no calibration data: one run per format), 512
+evaluation sentences; ``--md`` writes the table of seed means.
 """
 from __future__ import annotations
 
@@ -36,6 +41,8 @@ def run_one(model, tok, cal, ev_batches, ev_order, ref, fmt, group, method, args
         opts = {"round_iters": args.iters} if method == "signround" else {}
         if method == "owq":
             opts["owq_ratio"] = args.owq_ratio
+        if method == "gwq":
+            opts["gwq_ratio"] = args.gwq_ratio
         fpq.ptq(q, cal_b, methods=[method], seed=seed, progress=False, report=rep, **opts)
     t_q = time.time() - t0
     with layer_mode(q, "fast"):
@@ -47,9 +54,47 @@ def run_one(model, tok, cal, ev_batches, ev_order, ref, fmt, group, method, args
     if method != "rtn":
         key = "loss" if method == "signround" else "error"
         r = rep[method]
-        out["kept"] = f"{sum(v['kept'] for v in r.values())}/{len(r)}"
+        if method == "mixed_precision":
+            fm = [v["format"] for v in r.values()]
+            out["formats"] = {f: fm.count(f) for f in sorted(set(fm))}
+        else:
+            out["kept"] = f"{sum(v['kept'] for v in r.values())}/{len(r)}"
         out["err_vs_rtn"] = sum(v[key] for v in r.values()) / sum(v[key + "_rtn"] for v in r.values())
     return out, q
+
+
+STUDY = [("int4", 128), ("int3", 128), ("e2m1", 32)]
+
+
+def write_md(rows, path, a, n_cal, n_ev):
+    """The table of seed means (RTN: one run, it uses no calibration data)."""
+    import statistics
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["format"], r["group"], r["method"]), []).append(r)
+    lines = [f"# all-MiniLM-L6-v2 weight-only PTQ (issue 19), written by `examples/minilm_ptq.py {' '.join(a.argv)}`",
+             "",
+             f"{n_cal} calibration sentences (seeds {sorted({r['seed'] for r in rows})}; `n`: the seeds averaged), {n_ev} held-out "
+             f"evaluation sentences, max_length {a.max_length}, CPU ({a.threads} thread(s) on a shared 2-core machine: "
+             "times are wall seconds under load). Cosine of the mean-pooled embedding to the float model; 10-NN: "
+             "retrieval agreement of each sentence's 10 nearest neighbours with the float model's. Bits: effective "
+             "bits per weight (weights, float16 scales, kept columns / weights with their indices).",
+             "", "| format | group | method | n | bits | mean cos | p5 cos | 10-NN | 10-NN - RTN | quantize s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for (fmt, g, meth), rs in groups.items():
+        m = {k: statistics.fmean(r[k] for r in rs) for k in ("bits", "cos_mean", "cos_p5", "knn_agree", "seconds")}
+        base = groups.get((fmt, g, "rtn"))
+        d = "" if base is None or meth == "rtn" else f"{m['knn_agree'] - statistics.fmean(r['knn_agree'] for r in base):+.3f}"
+        lines.append(f"| {fmt} | {g} | {meth} | {len(rs)} | {m['bits']:.3f} | {m['cos_mean']:.4f} | {m['cos_p5']:.4f} | "
+                     f"{m['knn_agree']:.3f} | {d} | {m['seconds']:.0f} |")
+    mp = [r for r in rows if r["method"] == "mixed_precision"]
+    if mp:
+        lines += ["", "mixed_precision's formats (layers per format): " +
+                  "; ".join(f"{r['format']} seed {r['seed']}: {r['formats']}" for r in mp)]
+    if a.note:
+        lines[1:1] = ["", a.note]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
 
 
 def main(argv=None):
@@ -64,11 +109,28 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--iters", type=int, default=200, help="signround steps per block")
     p.add_argument("--owq-ratio", type=float, default=0.005)
+    p.add_argument("--gwq-ratio", type=float, default=0.01)
+    p.add_argument("--study", action="store_true", help="the issue-19 study (module docstring)")
+    p.add_argument("--md", default=None, help="write the table of seed means here (markdown)")
+    p.add_argument("--md-from", nargs="+", default=None, metavar="LOG",
+                   help="only write --md from the JSON lines in these logs of earlier runs")
+    p.add_argument("--note", default=None, help="a line for the --md table's header (how its runs were made)")
     p.add_argument("--seeds", default="0", help="calibration samples, e.g. 0,1,2")
     p.add_argument("--exact-check", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
+    a.argv = list(argv) if argv is not None else __import__("sys").argv[1:]
+    if a.md_from:     # the table from the JSON lines that earlier runs printed (their logs)
+        rows = [json.loads(line) for f in a.md_from for line in open(f) if line.startswith('{"cos_mean"')]
+        write_md(rows, a.md, a, a.n_calib, a.n_eval or 512)
+        return rows
+    if a.study:
+        if a.methods == p.get_default("methods"):
+            a.methods = "rtn,gptq,owq,gwq,mixed_precision"
+        if a.seeds == p.get_default("seeds"):
+            a.seeds = "0,1,2"
+        a.n_eval = a.n_eval or 512
     if a.quick:
         a.n_calib, a.n_eval, a.iters = 64, a.n_eval or 256, min(a.iters, 50)
         if a.methods == p.get_default("methods"):
@@ -87,18 +149,22 @@ def main(argv=None):
         ref = M.embeddings(model, tok, ev, a.batch, a.max_length)
         print(f"# {len(sents)} sentences: calibration {len(cal)} (seed {seed}), evaluation {len(ev)}, "
               f"max_length {a.max_length}", flush=True)
-        for fmt in a.formats.split(","):
-            for g in [int(x) for x in a.groups.split(",")]:
-                for meth in a.methods.split(","):
-                    r, q = run_one(model, tok, cal, ev_b, ev_order, ref, fmt, g, meth, a, seed)
-                    rows.append(r)
-                    print(json.dumps(r), flush=True)
-                    if a.exact_check:
-                        sub = ev[:a.exact_check]
-                        with layer_mode(q, "fast"):
-                            fast = M.embeddings(q, tok, sub, a.batch, a.max_length)
-                        exact = M.embeddings(q, tok, sub, a.batch, a.max_length)
-                        print(f"# exact vs fast on {len(sub)} sentences: max |diff| {float((exact - fast).abs().max()):.2e}")
+        points = STUDY if a.study else [(f, int(g)) for f in a.formats.split(",") for g in a.groups.split(",")]
+        for fmt, g in points:
+            for meth in a.methods.split(","):
+                if meth == "rtn" and any(r["method"] == "rtn" and r["format"] == fmt and r["group"] == g for r in rows):
+                    continue    # RTN uses no calibration data: the same for every seed
+                r, q = run_one(model, tok, cal, ev_b, ev_order, ref, fmt, g, meth, a, seed)
+                rows.append(r)
+                print(json.dumps(r), flush=True)
+                if a.md:
+                    write_md(rows, a.md, a, len(cal), len(ev))
+                if a.exact_check:
+                    sub = ev[:a.exact_check]
+                    with layer_mode(q, "fast"):
+                        fast = M.embeddings(q, tok, sub, a.batch, a.max_length)
+                    exact = M.embeddings(q, tok, sub, a.batch, a.max_length)
+                    print(f"# exact vs fast on {len(sub)} sentences: max |diff| {float((exact - fast).abs().max()):.2e}")
     print("\n| method | format | group | bits | mean cos | p5 cos | 10-NN agreement | quantize s |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:

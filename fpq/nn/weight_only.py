@@ -5,7 +5,10 @@ of any module tree (a Hugging Face transformer, a model with data-dependent cont
 ``WeightOnlyLayer``; nothing is traced and the activations stay in float. The weights are
 quantized to an fpq Format with scales per tensor, per output channel or per group of
 ``group_size`` consecutive weights along the input axis (of the flattened (out, fan_in) weight),
-and a layer may keep some input columns in a wider format (OWQ's weak columns, ``keep_cols``).
+and a layer may keep some weights in a wider format (``keep_format``, float16 "e5m10" by default):
+whole input columns (OWQ's weak columns, ``keep_cols``) and single weights (GWQ's outliers,
+``keep_idx``, flat indices into the (out, fan_in) weight). A kept format other than e5m10 gets one
+float16 scale per output row (``keep_scale``); float16 needs none, it holds the weights as they are.
 
 Scales: "po2" (a power of two, 8 bits of exponent metadata) or "float" (a float16 number, 16
 bits: the scale is rounded to float16 with a straight-through gradient, as the 16-bit scales of
@@ -44,8 +47,8 @@ from .quantizers import _RoundSTE
 GRANULARITIES = ("tensor", "channel", "group")
 SCALE_KINDS = ("po2", "float")
 SCALE_BITS = {"po2": 8, "float": 16}   # metadata bits of one stored scale
-KEEP_FORMAT = "e5m10"                 # float16: OWQ's kept columns
-INDEX_BITS = 16                       # metadata of one kept column (its index)
+KEEP_FORMAT = "e5m10"                 # float16: the default format of kept columns / weights
+INDEX_BITS = 16                       # metadata of one kept column or weight (its index), of one CSR row count
 MODES = ("exact", "fast", "float", "soft")
 
 
@@ -54,8 +57,26 @@ def _to_half_ste(s: torch.Tensor) -> torch.Tensor:
     return s + (s.detach().to(torch.float16).to(s.dtype) - s.detach())
 
 
+def half_up(s: torch.Tensor) -> torch.Tensor:
+    """Positive scales rounded to float16 numbers: up (so that max |w| / s fits the format), unless
+    that overflows; at least float16's smallest subnormal."""
+    s = s.to(torch.float64)
+    h = s.to(torch.float16).to(torch.float64)
+    up = torch.nextafter(h.to(torch.float16), torch.tensor(math.inf, dtype=torch.float16)).to(torch.float64)
+    return torch.clamp(torch.where((h < s) & torch.isfinite(up), up, h), min=2.0 ** -24)
+
+
+def qmax_of(fmt) -> float:
+    """The largest |code| of a symmetric use of ``fmt``."""
+    info = finfo(fmt)
+    return float(max(abs(float(info.min)), float(info.max)))
+
+
 def check_weight_format(fmt, where: str):
-    fmt = parse_format(fmt)
+    try:
+        fmt = parse_format(fmt)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
     if not isinstance(fmt, (Int, Minifloat)) or (isinstance(fmt, Int) and fmt.width < 2):
         raise ValueError(f"{where}: weight-only layers take scaled Int (2..16 bits) or Minifloat formats, got {fmt}")
     return fmt
@@ -83,8 +104,7 @@ class WeightQuant(nn.Module):
         else:
             shape = (out_features if granularity == "channel" else 1, 1)
         self.shape2d = (out_features, fan_in)
-        info = finfo(self.fmt)
-        self.qmax = float(max(abs(float(info.min)), float(info.max)))   # symmetric range: max |code|
+        self.qmax = qmax_of(self.fmt)   # symmetric range: max |code|
         self.log2_scale = nn.Parameter(torch.zeros(shape, dtype=torch.float32))
 
     def scale(self) -> torch.Tensor:
@@ -116,12 +136,13 @@ class WeightQuant(nn.Module):
             self.log2_scale.copy_(torch.log2(half).float())
 
     @torch.no_grad()
-    def init_from(self, w2d: torch.Tensor, keep_cols: torch.Tensor | None = None) -> None:
-        """Scales mapping each block's max |w| (kept columns excluded) to the format's max |code|
-        (po2: rounded up to a power of two; float: to a float16 number, up unless that overflows)."""
+    def init_from(self, w2d: torch.Tensor, keep: torch.Tensor | None = None) -> None:
+        """Scales mapping each block's max |w| (kept weights excluded: ``keep`` a bool mask of the
+        (out, fan_in) weight or of its columns) to the format's max |code| (po2: rounded up to a
+        power of two; float: to a float16 number, up unless that overflows)."""
         a = w2d.detach().abs().to(torch.float64).clone()
-        if keep_cols is not None and keep_cols.numel():
-            a[:, keep_cols] = 0
+        if keep is not None:
+            a = torch.where(keep.to(a.device), torch.zeros_like(a), a)
         out = self.shape2d[0]
         if self.granularity == "tensor":
             m = a.max().reshape(1, 1)
@@ -130,14 +151,7 @@ class WeightQuant(nn.Module):
         else:
             m = a.reshape(out, -1, self.group_size).max(dim=2).values
         s = torch.where(m > 0, m / self.qmax, torch.ones_like(m))
-        if self.scale_kind == "po2":
-            s = torch.exp2(torch.ceil(torch.log2(s)))
-        else:
-            h = s.to(torch.float16).to(torch.float64)
-            up = torch.nextafter(h.to(torch.float16), torch.tensor(math.inf, dtype=torch.float16)).to(torch.float64)
-            s = torch.where((h < s) & torch.isfinite(up), up, h)
-            s = torch.clamp(s, min=2.0 ** -24)
-        self.set_scale(s)
+        self.set_scale(torch.exp2(torch.ceil(torch.log2(s))) if self.scale_kind == "po2" else half_up(s))
 
     def forward(self, w2d: torch.Tensor) -> torch.Tensor:
         return ste_apply_scaled(w2d.to(torch.float32), self.fmt, self.expand(self.scale()))
@@ -171,21 +185,84 @@ class WeightOnlyLayer(nn.Module):
         out, fan_in = self.weight.shape[0], self.weight[0].numel()
         self.fpq_weight = WeightQuant(fmt, out, fan_in, granularity, group_size, scale_kind, f"layer {name!r}")
         self.register_buffer("keep_cols", torch.zeros(0, dtype=torch.long))
+        self.register_buffer("keep_idx", torch.zeros(0, dtype=torch.long))
+        self.register_buffer("keep_scale", torch.ones(out, 1))
+        self.keep_format = parse_format(KEEP_FORMAT)
         self.fpq_mode = "exact"
         self.fpq_soft_weight = None   # set by signround while it learns: a callable returning (out, fan_in)
         self.fpq_weight.init_from(self.weight.reshape(out, -1))
 
     # -- weights ---------------------------------------------------------------------------
+    def has_kept(self) -> bool:
+        return bool(self.keep_cols.numel() or self.keep_idx.numel())
+
     def keep_mask(self) -> torch.Tensor:
-        m = torch.zeros(self.weight[0].numel(), dtype=torch.bool, device=self.weight.device)
-        m[self.keep_cols] = True
+        """(out, fan_in) bool: the weights kept in ``keep_format``."""
+        out, fan_in = self.fpq_weight.shape2d
+        m = torch.zeros(out * fan_in, dtype=torch.bool, device=self.weight.device)
+        m[self.keep_idx] = True
+        m = m.reshape(out, fan_in)
+        m[:, self.keep_cols] = True
         return m
 
+    def keep_scaled(self) -> bool:
+        return self.keep_format != parse_format(KEEP_FORMAT)
+
+    def quantize_kept(self, w2d: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """``w2d`` (out, n) in the kept format: float16 as is, another format at ``scale`` (default
+        the per-row ``keep_scale``)."""
+        if not self.keep_scaled():
+            return _to_half_ste(w2d.to(torch.float32))
+        s = self.keep_scale if scale is None else scale
+        return ste_apply_scaled(w2d.to(torch.float32), self.keep_format, s.expand(w2d.shape))
+
+    @torch.no_grad()
+    def set_keep(self, cols=None, idx=None, fmt=KEEP_FORMAT) -> None:
+        """Keep input columns ``cols`` and / or single weights ``idx`` (flat indices of the (out,
+        fan_in) weight) in ``fmt``, a format wider than the layer's; the layer's scales are re-fit
+        without them (``WeightQuant.init_from``) and a scaled kept format gets per-row scales."""
+        out, fan_in = self.fpq_weight.shape2d
+        where = f"layer {self.fpq_layer_name!r}"
+        fmt = check_weight_format(fmt, f"{where}: keep format")
+        if fmt.width <= self.fpq_weight.fmt.width:
+            raise ValueError(f"{where}: the keep format {fmt} must be wider than the layer's {self.fpq_weight.fmt} "
+                             f"({fmt.width} <= {self.fpq_weight.fmt.width} bits)")
+        dev = self.keep_cols.device
+        cols = torch.zeros(0, dtype=torch.long) if cols is None else torch.as_tensor(cols, dtype=torch.long).flatten()
+        idx = torch.zeros(0, dtype=torch.long) if idx is None else torch.as_tensor(idx, dtype=torch.long).flatten()
+        for name, v, n in (("columns", cols, fan_in), ("weight indices", idx, out * fan_in)):
+            if v.numel() and (int(v.min()) < 0 or int(v.max()) >= n or torch.unique(v).numel() != v.numel()):
+                raise ValueError(f"{where}: kept {name} must be distinct and in 0..{n - 1}")
+        self.keep_cols = torch.sort(cols).values.to(dev)
+        self.keep_idx = torch.sort(idx).values.to(dev)
+        self.keep_format = fmt
+        w = self.weight.detach().reshape(out, -1)
+        mask = self.keep_mask()
+        if self.keep_scaled():
+            m = torch.where(mask, w.abs().to(torch.float64), torch.zeros((), dtype=torch.float64)).amax(1, keepdim=True)
+            self.keep_scale.copy_(half_up(torch.where(m > 0, m / qmax_of(fmt), torch.ones_like(m))).float())
+        else:
+            self.keep_scale.fill_(1.0)
+        self.fpq_weight.init_from(w, mask)
+
+    @torch.no_grad()
+    def set_format(self, fmt) -> None:
+        """A new weight format for the layer (same granularity, group size, scale kind), its scales
+        fit to the current weights (kept weights excluded)."""
+        old = self.fpq_weight
+        g = old.granularity
+        new = WeightQuant(fmt, *old.shape2d, g, old.group_size or 128, old.scale_kind, f"layer {self.fpq_layer_name!r}")
+        new.to(old.log2_scale.device)
+        if self.has_kept() and self.keep_format.width <= new.fmt.width:
+            raise ValueError(f"layer {self.fpq_layer_name!r}: its kept weights ({self.keep_format}) are not wider than {new.fmt}")
+        new.init_from(self.weight.detach().reshape(old.shape2d), self.keep_mask() if self.has_kept() else None)
+        self.fpq_weight = new
+
     def quantize_weight2d(self, w2d: torch.Tensor) -> torch.Tensor:
-        """The quantized (out, fan_in) weights of ``w2d``: the layer's format and scales, kept columns in float16."""
+        """The quantized (out, fan_in) weights of ``w2d``: the layer's format and scales, kept weights in ``keep_format``."""
         q = self.fpq_weight(w2d)
-        if self.keep_cols.numel():
-            q = torch.where(self.keep_mask(), _to_half_ste(w2d.to(torch.float32)), q)
+        if self.has_kept():
+            q = torch.where(self.keep_mask(), self.quantize_kept(w2d), q)
         return q
 
     def quantized_weight(self) -> torch.Tensor:
@@ -214,6 +291,8 @@ class WeightOnlyLayer(nn.Module):
 
     def extra_repr(self) -> str:
         k = f", kept columns={self.keep_cols.numel()}" if self.keep_cols.numel() else ""
+        k += f", kept weights={self.keep_idx.numel()}" if self.keep_idx.numel() else ""
+        k += f", keep format={self.keep_format}" if self.has_kept() else ""
         return f"{self.op}, weight={tuple(self.weight.shape)}, bias={self.bias is not None}{k}"
 
 
@@ -274,16 +353,31 @@ def layer_mode(model: nn.Module, mode: str):
             m.fpq_mode = s
 
 
+def layer_bits(m: WeightOnlyLayer) -> int:
+    """Stored bits of a weight-only layer's weights: each weight at its format's width (kept ones
+    at the keep format's), every stored scale (po2 8 bits, float 16 bits; a scaled keep format one
+    float16 scale per output row), every kept column's or weight's index (16 bits) and, with kept
+    single weights, a 16-bit count per output row (their CSR row pointers)."""
+    out, fan_in = m.fpq_weight.shape2d
+    kept = int(m.keep_mask().sum()) if m.has_kept() else 0
+    bits = ((out * fan_in - kept) * m.fpq_weight.fmt.width + kept * m.keep_format.width
+            + m.fpq_weight.log2_scale.numel() * SCALE_BITS[m.fpq_weight.scale_kind]
+            + (m.keep_cols.numel() + m.keep_idx.numel()) * INDEX_BITS)
+    if m.keep_idx.numel():
+        bits += out * INDEX_BITS
+    if kept and m.keep_scaled():
+        bits += out * SCALE_BITS["float"]
+    return int(bits)
+
+
 def effective_bits(model: nn.Module) -> dict:
-    """Bits per weight of every weight-only layer and of the whole model, counted honestly: each
-    weight at its format's width (kept columns at 16), plus every stored scale (po2 8 bits, float
-    16 bits) and every kept column's index (16 bits). Float biases are not weights and not counted."""
+    """Bits per weight of every weight-only layer and of the whole model, counted honestly
+    (``layer_bits``: weights, kept weights, scales, indices). Float biases are not weights and
+    not counted."""
     layers, tot_bits, tot_n = {}, 0, 0
     for name, m in weight_only_layers(model):
         out, fan_in = m.fpq_weight.shape2d
-        k = int(m.keep_cols.numel())
-        bits = (out * (fan_in - k) * m.fpq_weight.fmt.width + out * k * 16
-                + m.fpq_weight.log2_scale.numel() * SCALE_BITS[m.fpq_weight.scale_kind] + k * INDEX_BITS)
+        bits = layer_bits(m)
         layers[name] = bits / (out * fan_in)
         tot_bits, tot_n = tot_bits + bits, tot_n + out * fan_in
     return {"layers": layers, "total": tot_bits / tot_n if tot_n else float("nan"), "weights": tot_n}
@@ -338,7 +432,7 @@ def convert_modules(model: nn.Module, weights, *, granularity: str = "group", gr
 
 
 __all__ = ["convert_modules", "WeightOnlyPolicy", "WeightQuant", "WeightOnlyLayer", "emulate_layer", "exact_forward", "layer_mode",
-           "weight_only_layers", "effective_bits", "GRANULARITIES", "SCALE_KINDS"]
+           "weight_only_layers", "effective_bits", "layer_bits", "GRANULARITIES", "SCALE_KINDS"]
 
 
 def convert_scope_modules(model, fmt, weights, scale, granularity, group_size, overrides, unused: dict):

@@ -37,9 +37,10 @@ ran in an earlier call (by default those from before this call's rounding, or th
 Returns ``q`` (modified in place); ``report`` (a dict, optional) receives what each method did.
 
 Weight-only models (``fpq.convert(model, weights=..., scope="modules")``, any module tree, e.g.
-a Hugging Face transformer) take their own methods, one per call: ``gptq``, ``owq`` and
-``signround`` (fpq/ptq/weight_only.py, signround.py); batches are then what the model is called
-with (a dict is passed as keyword arguments).
+a Hugging Face transformer) take their own methods: one rounding per call (``gptq``, ``owq``,
+``gwq`` or ``signround``), optionally preceded by ``mixed_precision`` (per-layer formats under an
+average-bit budget) in the same call (fpq/ptq/weight_only.py, importance.py, signround.py);
+batches are then what the model is called with (a dict is passed as keyword arguments).
 """
 from __future__ import annotations
 

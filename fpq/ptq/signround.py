@@ -91,7 +91,7 @@ class _Rounding:
         self.alpha = torch.ones_like(self.s0, requires_grad=self.learn_scale)
         self.v = torch.zeros_like(self.w, requires_grad=True)
         self.gap = _gap((self.w / tq.expand(self.s0)).to(torch.float64), tq.fmt)
-        self.keep = layer.keep_mask() if layer.keep_cols.numel() else None
+        self.keep = layer.keep_mask() if layer.has_kept() else None
 
     def params(self):
         return [self.v] + ([self.alpha] if self.learn_scale else [])
@@ -105,7 +105,7 @@ class _Rounding:
         s = tq.expand(self.scale())
         q = ste_quantize_unscaled(self.w / s + self.v * self.gap, tq.fmt) * s
         if self.keep is not None:
-            q = torch.where(self.keep, _to_half_ste(self.w), q)
+            q = torch.where(self.keep, self.layer.quantize_kept(self.w), q)
         return q
 
     @torch.no_grad()

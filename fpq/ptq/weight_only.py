@@ -14,10 +14,26 @@ rounding of the weights (one per call) and leaves grid values of each layer's fo
   weight-only layers are not, hence the compact implementation here (``gptq_columns``).
 * ``owq``   OWQ (Lee et al. 2024): per layer, input column j's sensitivity is
   H_jj * ||W[:, j] - RTN(W)[:, j]||^2 (H = X^T X over the calibration rows); the ``owq_ratio``
-  most sensitive columns stay in float16 (``keep_cols``), the scales are re-fit without them and
-  the rest is rounded by GPTQ with the kept columns ordered last, so they absorb the error
-  feedback. ``fpq.nn.weight_only.effective_bits`` counts them (16 bits each plus a 16-bit index).
+  most sensitive columns stay in ``keep_format`` (``keep_cols``; default float16 "e5m10", as in
+  the paper: no scale metadata and exact products with float32 inputs; "int8" or another format
+  wider than the layer's gets a float16 scale per output row), the scales are re-fit without
+  them and the rest is rounded by GPTQ with the kept columns ordered last, so they absorb the
+  error feedback. ``fpq.nn.weight_only.effective_bits`` counts them (their width plus a 16-bit
+  index each, and the per-row scales of a scaled keep format).
+* ``gwq`` and ``mixed_precision``  GWQ's gradient-located sparse outliers and the Fisher-importance
+  per-layer format allocator under an average-bit budget (fpq/ptq/importance.py).
+  ``mixed_precision`` may be listed with one rounding method: it chooses the formats first.
 * ``signround``  SignRound (Cheng et al. 2023, the method of Intel's auto-round; fpq/ptq/signround.py).
+
+Calibration rows of gptq / owq (``gptq_rows``): "relative" (default) weights each row (token) by
+1 / the mean square of the layer's float output on it (normalized to mean 1), so that H and the
+guard's error measure each token's error relative to its own output; "plain" is GPTQ's
+X^T X. Why: on all-MiniLM-L6-v2 the [CLS] token carries a massive activation (the first FFN
+output's norm is ~193 on it against ~6 on the other tokens), so with plain rows it makes ~96% of
+that layer's output MSE and GPTQ trades every other token's accuracy for it (their largest error
+doubled) while the next LayerNorm divides the [CLS] state by its huge norm anyway: int3 g128 GPTQ
+fell below round-to-nearest (10-NN agreement 0.584 against 0.680, 256 held-out sentences), with
+relative rows it is at 0.753 (int4: 0.870 against 0.849 plain, RTN 0.811).
 
 Each method is guarded like fpq's graph-model GPTQ: per layer (gptq, owq: the layer-output error
 mean((X (W - Wq)^T)^2)) or per block (signround: the block-output MSE against the float block),
@@ -29,12 +45,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..nn.weight_only import effective_bits, layer_mode, weight_only_layers
+from ..nn.weight_only import KEEP_FORMAT, check_weight_format, effective_bits, layer_mode, weight_only_layers
 from ..numerics.torch_ops import ste_apply_scaled
 
-METHODS = ("gptq", "owq", "signround")
-OPTIONS = {"gptq": ("max_rows", "gptq_damp", "gptq_block"),
-           "owq": ("max_rows", "gptq_damp", "gptq_block", "owq_ratio"),
+METHODS = ("mixed_precision", "gptq", "owq", "gwq", "signround")
+ROUNDING = ("gptq", "owq", "gwq", "signround")
+ROWS = ("relative", "plain")
+OPTIONS = {"gptq": ("max_rows", "gptq_damp", "gptq_block", "gptq_rows"),
+           "owq": ("max_rows", "gptq_damp", "gptq_block", "gptq_rows", "owq_ratio", "keep_format"),
+           "gwq": ("gwq_ratio", "keep_format", "fisher_probes"),
+           "mixed_precision": ("mp_bits", "mp_formats", "fisher_probes"),
            "signround": ("round_iters", "round_lr")}
 
 
@@ -50,9 +70,14 @@ class _Stop(Exception):
     """Raised by a capture hook: the module of interest has seen its input."""
 
 
-def each_call_input(q, module, batches, record) -> None:
-    """Run ``q`` (fast mode) on each batch until ``module`` is called, then stop that forward:
-    ``record(args, kwargs)`` gets the module's inputs of each batch."""
+def call_captured(block, inputs):
+    """``block`` called with captured (args, kwargs) (signround.capture)."""
+    return block(*inputs[0], **inputs[1])
+
+
+def each_call_input(q, module, batches, record, runner=call) -> None:
+    """Run ``q`` (fast mode) on each batch (``runner(q, batch)``) until ``module`` is called, then
+    stop that forward: ``record(args, kwargs)`` gets the module's inputs of each batch."""
     def hook(mod, args, kwargs):
         record(args, kwargs)
         raise _Stop
@@ -61,7 +86,7 @@ def each_call_input(q, module, batches, record) -> None:
         with layer_mode(q, "fast"):
             for b in batches:
                 try:
-                    call(q, b)
+                    runner(q, b)
                 except _Stop:
                     pass
     finally:
@@ -87,14 +112,16 @@ def rows_of(layer, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def layer_rows(q, name, batches, max_rows: int = 8192, seed: int = 0) -> torch.Tensor:
+def layer_rows(q, name, batches, max_rows: int = 8192, seed: int = 0, runner=call) -> torch.Tensor:
     """float64 (rows, fan_in) inputs of layer ``name`` on ``batches`` in the current quantized model
-    (fast mode), at most ``max_rows`` sampled with ``seed``; each forward stops at the layer."""
+    (fast mode), at most ``max_rows`` sampled with ``seed``; each forward stops at the layer.
+    ``q`` may be a block with ``batches`` its captured inputs and ``runner=call_captured``."""
     layer = q.get_submodule(name)
     parts = []
 
     each_call_input(q, layer, batches,
-                    lambda args, kwargs: parts.append(rows_of(layer, args[0].detach().to(torch.float32))))
+                    lambda args, kwargs: parts.append(rows_of(layer, args[0].detach().to(torch.float32))),
+                    runner)
     if not parts:
         raise ValueError(f"fpq.ptq: layer {name!r} is not called by the model on these batches")
     x = torch.cat(parts)
@@ -108,10 +135,11 @@ def column_quantizer(layer):
     with torch.no_grad():
         s = layer.fpq_weight.expand(layer.fpq_weight.scale()).detach()
     fmt, keep = layer.fpq_weight.fmt, set(layer.keep_cols.tolist())
+    ks = layer.keep_scale.detach()
 
     def f(w, j):
         if j in keep:
-            return w.to(torch.float32).to(torch.float16).to(torch.float64)
+            return layer.quantize_kept(w[:, None], ks).to(torch.float64)[:, 0]
         return ste_apply_scaled(w.to(torch.float32), fmt, s[:, j]).to(torch.float64)
     return f
 
@@ -156,22 +184,61 @@ def _set(layer, w2d):
         layer.weight.copy_(w2d.to(layer.weight.dtype).reshape(layer.weight.shape))
 
 
-def run_gptq(q, batches, *, owq_ratio=None, max_rows=8192, gptq_damp=0.01, gptq_block=128, seed=0,
-             progress=True, report=None, name="gptq"):
+def relative_rows(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Rows of ``x`` scaled by 1 / the root mean square of their float output x @ w.T (normalized
+    so that the mean weight is 1; rows with zero output keep weight 1)."""
+    y2 = torch.mean((x @ w.T) ** 2, dim=1)
+    pos = y2 > 0
+    if not bool(pos.any()):
+        return x
+    r = torch.ones_like(y2)
+    r[pos] = y2[pos].mean() / y2[pos]
+    return x * torch.sqrt(r / r.mean()).unsqueeze(1)
+
+
+def _with_block_inputs(q, batches):
+    """(layer name, layer, its block, the block's captured inputs) in order. A block's inputs are
+    captured when its turn comes (its predecessors already rounded), once; each layer's rows then
+    come from running that block alone: the rows a whole-model forward gives, in a third of the
+    time on MiniLM."""
+    from .signround import blocks, capture
+    for bname, members in blocks(q):
+        block = q.get_submodule(bname)
+        inputs = capture(q, block, batches)
+        for n, m in members:
+            yield n, m, block, inputs
+
+
+def run_gptq(q, batches, *, owq_ratio=None, keep_format=KEEP_FORMAT, max_rows=8192, gptq_damp=0.01, gptq_block=128,
+             gptq_rows="relative", seed=0, progress=True, report=None, name="gptq"):
     from tqdm.auto import tqdm
+    if gptq_rows not in ROWS:
+        raise ValueError(f"gptq_rows={gptq_rows!r} is not a row weighting; allowed: {', '.join(ROWS)}")
+    if not gptq_damp > 0:
+        raise ValueError(f"gptq_damp (the Hessian damping, a share of its mean diagonal) must be > 0, got {gptq_damp}")
+    if owq_ratio is not None:
+        check_weight_format(keep_format, "fpq.ptq owq: keep_format")
+        from .importance import _refuse_kept
+        _refuse_kept(weight_only_layers(q), "owq")
     result = {}
-    for lname, layer in tqdm(weight_only_layers(q), desc=f"fpq.ptq {name}", disable=not progress):
+    bar = tqdm(total=len(weight_only_layers(q)), desc=f"fpq.ptq {name}", disable=not progress)
+    for lname, layer, block, inputs in _with_block_inputs(q, batches):
+        bar.update()
         w = layer.weight.detach().reshape(layer.weight.shape[0], -1).clone().to(torch.float64)
-        x = layer_rows(q, lname, batches, max_rows, seed)
+        if not inputs:
+            raise ValueError(f"fpq.ptq: layer {lname!r} is not called by the model on these batches")
+        rel = next(n for n, mod in block.named_modules() if mod is layer)
+        x = layer_rows(block, rel, inputs, max_rows, seed, call_captured)
+        if gptq_rows == "relative":
+            x = relative_rows(x, w)
         h = x.T @ x
         if owq_ratio is not None:
             k = max(1, round(owq_ratio * w.shape[1]))
             with torch.no_grad():
                 rtn = layer.quantize_weight2d(w.float()).to(torch.float64)
+            e_plain = layer_error(x, w, rtn)
             sens = torch.diag(h) * ((w - rtn) ** 2).sum(0)
-            keep = torch.sort(torch.topk(sens, k).indices).values
-            layer.keep_cols = keep.to(layer.keep_cols.device)
-            layer.fpq_weight.init_from(w, keep)
+            layer.set_keep(cols=torch.topk(sens, k).indices, fmt=keep_format)
         with torch.no_grad():
             w_rtn = layer.quantize_weight2d(w.float()).to(torch.float64)
         keep_set = set(layer.keep_cols.tolist())
@@ -182,6 +249,8 @@ def run_gptq(q, batches, *, owq_ratio=None, max_rows=8192, gptq_damp=0.01, gptq_
         _set(layer, w_g if kept else w_rtn)
         result[lname] = {"kept": kept, "error": min(e_g, e_r), "error_rtn": e_r,
                          "kept_columns": len(keep_set)}
+        if owq_ratio is not None:    # the guard's reference: RTN with the same kept columns
+            result[lname]["error_rtn_plain"] = e_plain
     if report is not None:
         report[name] = result
         report["effective_bits"] = effective_bits(q)["total"]
@@ -196,8 +265,12 @@ def run(q, batches, methods, *, seed=0, progress=True, report=None, **options):
     if unknown:
         raise ValueError(f"fpq.ptq: method(s) {unknown} do not apply to a weight-only model "
                          f"(fpq.convert(scope='modules')); allowed: {', '.join(METHODS)}")
-    if len(methods) > 1:
-        raise ValueError(f"fpq.ptq: {' and '.join(methods)} all choose the weight rounding; pick one")
+    if len(set(methods)) != len(methods):
+        raise ValueError(f"fpq.ptq: a method is listed twice in {methods}")
+    rounding = [m for m in methods if m in ROUNDING]
+    if len(rounding) > 1:
+        raise ValueError(f"fpq.ptq: {' and '.join(rounding)} all choose the weight rounding; pick one "
+                         "(mixed_precision may go with it)")
     allowed = {o for m in methods for o in OPTIONS[m]}
     bad = sorted(set(options) - allowed)
     if bad:
@@ -211,18 +284,25 @@ def run(q, batches, methods, *, seed=0, progress=True, report=None, **options):
     was = q.training
     q.eval()
     try:
-        for m in methods:
-            if m == "gptq":
-                run_gptq(q, batches, seed=seed, progress=progress, report=report, **options)
+        for m in sorted(methods, key=METHODS.index):     # mixed_precision first
+            mine = {k: v for k, v in options.items() if k in OPTIONS[m]}
+            if m == "mixed_precision":
+                from .importance import run_mixed
+                run_mixed(q, batches, call, seed=seed, progress=progress, report=report, write_back=not rounding, **mine)
+            elif m == "gwq":
+                from .importance import run_gwq
+                run_gwq(q, batches, call, seed=seed, progress=progress, report=report, **mine)
+            elif m == "gptq":
+                run_gptq(q, batches, seed=seed, progress=progress, report=report, **mine)
             elif m == "owq":
-                opts = dict(options)
+                opts = dict(mine)
                 ratio = opts.pop("owq_ratio", 0.005)
                 if not 0 < ratio < 1:
-                    raise ValueError(f"owq_ratio (the share of input columns kept in float16) must be in (0, 1), got {ratio}")
+                    raise ValueError(f"owq_ratio (the share of input columns kept in keep_format) must be in (0, 1), got {ratio}")
                 run_gptq(q, batches, owq_ratio=ratio, seed=seed, progress=progress, report=report, name="owq", **opts)
             else:
                 from .signround import run as signround
-                signround(q, batches, seed=seed, progress=progress, report=report, **options)
+                signround(q, batches, seed=seed, progress=progress, report=report, **mine)
     finally:
         q.train(was)
     return q
