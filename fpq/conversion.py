@@ -23,6 +23,7 @@ from .formats import Binary, Fixed, parse_format
 from .functional import CAT_FUNCTIONS, check_cat, check_upsample, functional_to_modules, unique_name
 from .typeplan import narrow_accumulator
 from .nn.batchnorm import FpqBatchNorm, from_batchnorm
+from .nn.block_axes import check_block_layer, set_conv_input_axes
 from .nn.layers import (FpqAct, FpqAdd, FpqAvgPool, FpqClamp, FpqConv1d, FpqConv2d, FpqInput,
                         FpqLinear, link_input_quantizers, quant_layer)
 from .nn.tables import FpqTable, table_spec
@@ -119,18 +120,6 @@ class FpqModel(fx.GraphModule):
 def _unsupported(path: str, what: str) -> ValueError:
     return ValueError(f"fpq.convert: unsupported layer {path!r} of type {what}; "
                       f"supported: {', '.join(SUPPORTED)}")
-
-
-def _block_only_linear(path: str, kind: str, formats: dict) -> None:
-    """Block-scaled formats (mxfp4, nvfp4, ...) block along a Linear's reduction axis (the last);
-    other layers with them are refused, naming the layer."""
-    from .formats import BlockFormat, parse_format
-    for role, f in formats.items():
-        if isinstance(f, str) and isinstance(parse_format(f), BlockFormat):
-            raise ValueError(f"fpq.convert: layer {path!r} ({kind}) has the block-scaled {role} format {f}; block "
-                             "formats are built for Linear layers (blocks along the reduction axis) and the "
-                             "activations between them: give this layer a scalar format with overrides={"
-                             f"{path!r}: 'e4m3'}} (or int8, ...)")
 
 
 def _resolve(policy: Policy, path: str) -> dict:
@@ -451,8 +440,6 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
             names_seen.add(path)
             if type(m) in (nn.Linear, nn.Conv1d, nn.Conv2d):  # subclasses (e.g. Brevitas layers) differ
                 f = _resolve(policy, path)
-                if not isinstance(m, nn.Linear):
-                    _block_only_linear(path, type(m).__name__, f)
                 policy.layers[path] = f
                 _set_module(gm, path, quant_layer(m, f["weights"], f["bias"], f["activations"],
                                                   scale, granularity))
@@ -467,7 +454,7 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
                 _set_module(gm, path, normalization_layer(m, f, scale, path))
             elif isinstance(m, (nn.ReLU6, nn.Hardtanh)):
                 f = _resolve(policy, path)
-                _block_only_linear(path, type(m).__name__, {"activations": f["activations"]})
+                check_block_layer(path, type(m).__name__, {"activations": f["activations"]})
                 policy.layers[path] = {"activations": f["activations"]}
                 _set_module(gm, path, FpqClamp(m.min_val, m.max_val, f["activations"], scale))
             elif isinstance(m, (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
@@ -476,7 +463,7 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
                     if any(s != 1 for s in size):
                         raise _unsupported(path, f"{type(m).__name__}(output_size={m.output_size})")
                 f = _resolve(policy, path)
-                _block_only_linear(path, type(m).__name__, {"activations": f["activations"]})
+                check_block_layer(path, type(m).__name__, {"activations": f["activations"]})
                 policy.layers[path] = {"activations": f["activations"]}
                 _set_module(gm, path, FpqAvgPool(m, f["activations"], scale))
             elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
@@ -484,7 +471,7 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
                     raise _unsupported(path, f"{type(m).__name__} without running statistics "
                                              "(track_running_stats=False normalizes with batch statistics)")
                 f = _batchnorm_formats(policy, path)
-                _block_only_linear(path, type(m).__name__, f)
+                check_block_layer(path, type(m).__name__, f)
                 policy.layers[path] = dict(f, batchnorm="element-wise")
                 _set_module(gm, path, from_batchnorm(m, f["weights"], f["bias"], f["activations"], scale))
             elif isinstance(m, nn.Upsample):
@@ -497,7 +484,7 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
                 if len(tensors) != 2 or len(node.args) != 2 or node.kwargs:
                     raise _unsupported(node.name, "add with a constant or alpha (only x + y of two tensors)")
                 f = _resolve(policy, node.name)
-                _block_only_linear(node.name, "add", {"activations": f["activations"]})
+                check_block_layer(node.name, "add", {"activations": f["activations"]})
                 policy.layers[node.name] = {"activations": f["activations"]}
                 name = unique_name(gm, node.name)
                 gm.add_submodule(name, FpqAdd(f["activations"], scale))
@@ -539,6 +526,7 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
         to_biper(q, omega)
     _set_accumulator_bits(q, accumulator_bits)
     link_input_quantizers(q)
+    set_conv_input_axes(q)   # a Conv's block-scaled input: blocks of channels (fpq.nn.block_axes)
     _check_tables(q)
     return q.eval()
 
