@@ -6,10 +6,10 @@ along axis 1 (``k`` channels of one pixel share a scale) and its weight (O, C, *
 too (``k`` input channels of one output channel and one tap). Why not blocks over im2col's flattened
 C x kernel window:
 * an activation is then quantized once, where it is produced (one scale per pixel and channel
-  block), as in Microsoft's microxcaling reference of OCP MX (its convolutions quantize both
-  operands along the channel axis); im2col blocks would give the same activation a different scale
+  block), as the OCP MX reference library (Microsoft's microxcaling, mx/convolution.py, as we read
+  it; not re-checked offline) quantizes both conv operands along axis 1; im2col blocks would give the same activation a different scale
   in every window that covers it, so the quantizer would have to run per window, after the unfold
-  (k x kernel-size times the scale units, and the activation would no longer be one tensor);
+  (up to kernel-size times the scale units, and the activation would no longer be one tensor);
 * a 1x1 conv is then exactly a Linear over the channels, and a channels-last hardware datapath
   (hls4ml's io_stream / io_parallel convolutions read one pixel's channels at a time) sees whole
   blocks per tap.
