@@ -24,6 +24,7 @@ from .formats import Binary, Fixed, parse_format
 from .functional import CAT_FUNCTIONS, check_cat, check_upsample, functional_to_modules, unique_name
 from .typeplan import narrow_accumulator
 from .nn.batchnorm import FpqBatchNorm, from_batchnorm
+from .nn.block_axes import check_block_layer, set_conv_input_axes
 from .nn.layers import (FpqAct, FpqAdd, FpqAvgPool, FpqClamp, FpqConv1d, FpqConv2d, FpqInput,
                         FpqLinear, link_input_quantizers, quant_layer)
 from .nn.tables import FpqTable, table_spec
@@ -122,18 +123,6 @@ def _unsupported(path: str, what: str) -> ValueError:
                       f"supported: {', '.join(SUPPORTED)}")
 
 
-def _block_only_linear(path: str, kind: str, formats: dict) -> None:
-    """Block-scaled formats (mxfp4, nvfp4, ...) block along a Linear's reduction axis (the last);
-    other layers with them are refused, naming the layer."""
-    from .formats import BlockFormat, parse_format
-    for role, f in formats.items():
-        if isinstance(f, str) and isinstance(parse_format(f), BlockFormat):
-            raise ValueError(f"fpq.convert: layer {path!r} ({kind}) has the block-scaled {role} format {f}; block "
-                             "formats are built for Linear layers (blocks along the reduction axis) and the "
-                             "activations between them: give this layer a scalar format with overrides={"
-                             f"{path!r}: 'e4m3'}} (or int8, ...)")
-
-
 def _resolve(policy: Policy, path: str) -> dict:
     """Formats for one module: the policy defaults, then matching overrides (exact name wins)."""
     out = {"weights": policy.weights, "activations": policy.activations, "bias": policy.bias}
@@ -157,7 +146,7 @@ def _resolve(policy: Policy, path: str) -> dict:
 def _act_format(policy: Policy, path: str, kind: str) -> str:
     """The activations format of a layer that has no weights (recorded in policy.layers)."""
     f = {"activations": _resolve(policy, path)["activations"]}
-    _block_only_linear(path, kind, f)
+    check_block_layer(path, kind, f)
     policy.layers[path] = f
     return f["activations"]
 
@@ -462,8 +451,6 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
             names_seen.add(path)
             if type(m) in (nn.Linear, nn.Conv1d, nn.Conv2d):  # subclasses (e.g. Brevitas layers) differ
                 f = _resolve(policy, path)
-                if not isinstance(m, nn.Linear):
-                    _block_only_linear(path, type(m).__name__, f)
                 policy.layers[path] = f
                 _set_module(gm, path, quant_layer(m, f["weights"], f["bias"], f["activations"], scale, granularity))
             elif type(m) in _TABLE_MODULES:
@@ -488,7 +475,7 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
                     raise _unsupported(path, f"{type(m).__name__} without running statistics "
                                              "(track_running_stats=False normalizes with batch statistics)")
                 f = _batchnorm_formats(policy, path)
-                _block_only_linear(path, type(m).__name__, f)
+                check_block_layer(path, type(m).__name__, f)
                 policy.layers[path] = dict(f, batchnorm="element-wise")
                 _set_module(gm, path, from_batchnorm(m, f["weights"], f["bias"], f["activations"], scale))
             elif isinstance(m, nn.Upsample):
@@ -540,6 +527,7 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
         to_biper(q, omega)
     _set_accumulator_bits(q, accumulator_bits)
     link_input_quantizers(q)
+    set_conv_input_axes(q)   # a Conv's block-scaled input: blocks of channels (fpq.nn.block_axes)
     _check_tables(q)
     return q.eval()
 

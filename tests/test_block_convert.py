@@ -3,7 +3,7 @@ mxfp8_e4m3, mxint8 and weights="nvfp4", activations="mxfp8_e4m3" computes exactl
 reference's block quantization of its weights and activations (atol=0 in eval mode), trains with
 straight-through gradients (stochastic rounding only in training), exports to QONNX with fpq's
 BlockQuant node, which qonnx's executor runs (== torch, atol=0), and what is not built refuses it
-naming the layer (convolutions with block formats; a block-scaled bias; HLS of block weights with
+naming the layer (pools with block formats; a block-scaled bias; HLS of block weights with
 scalar activations)."""
 from __future__ import annotations
 
@@ -98,12 +98,12 @@ def test_refusals_name_the_layer(tmp_path):
     with pytest.raises(ValueError, match="linear 'linear_0': HLS builds a block-scaled Linear whose input and "
                                          "weights are both block-scaled"):
         fpq.to_hls(q, tmp_path / "p", x)
-    conv = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU())
-    with pytest.raises(ValueError, match="layer '0' \\(Conv2d\\) has the block-scaled weights format"):
+    conv = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AvgPool2d(2))   # block convs: tests/test_block_conv.py
+    with pytest.raises(ValueError, match="layer '2' \\(AvgPool2d\\) has the block-scaled activations format"):
         fpq.convert(conv, fmt="mxfp4")
     with pytest.raises(ValueError, match="a bias is added in the accumulator"):
         fpq.convert(mlp(), fmt="mxfp4", bias="mxfp4")
-    assert fpq.convert(conv, fmt="mxfp4", overrides={"0": "e4m3"}) is not None
+    assert fpq.convert(conv, fmt="mxfp4", overrides={"2": "e4m3"}) is not None
 
 
 def qonnx_outputs(mw, x: torch.Tensor) -> np.ndarray:

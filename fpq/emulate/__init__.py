@@ -100,9 +100,9 @@ class Emulator:
             if op.kind in WEIGHTED_KINDS:
                 t_in, t_w = op.types.get("input"), op.types.get("weight")
                 if is_block(t_in) or is_block(t_w):
-                    if op.kind != "linear":
+                    if op.kind not in ("linear",) + CONV_KINDS or op.attrs.get("groups", 1) != 1:
                         raise UnsupportedGraphError(f"layer {op.name}: block-scaled formats on a {op.kind} are not "
-                                                    "supported (linear layers only)")
+                                                    "supported (linear layers and convolutions of groups 1 only)")
                     if op.bias is not None and "bias" not in op.types:
                         raise UnsupportedGraphError(f"layer {op.name}: quantize the bias of a block-scaled layer")
                     self.acc_dtype[op.name] = "block"
@@ -357,10 +357,14 @@ class Emulator:
                 and len(self.graph.consumers(src)) == 1 and src not in outputs)
 
     def block_sum(self, op, x, w, b):
-        """A block-scaled linear op: fpq.numerics.block_dot.block_linear of float64 x, w (out, in) and
+        """A block-scaled linear / conv op: fpq.numerics.block_dot.block_linear of float64 x, w (out, in) and
         b (numpy or torch arrays, either backend), counting the values float64 alone could not sum."""
         from ..numerics.block_dot import block_linear
-        y, fits = block_linear(x, w, b, block_k(op))
+        if op.kind in CONV_KINDS:   # blocks of input channels per kernel tap (fpq.numerics.block_conv)
+            from ..numerics.block_conv import block_conv
+            y, fits = block_conv(x, w, b, op.attrs, block_k(op))
+        else:
+            y, fits = block_linear(x, w, b, block_k(op))
         self.block_inexact[op.name] += int((~fits).sum())
         return y
 
@@ -386,7 +390,7 @@ class Emulator:
         x = xs[0]
         if k in ("quant", "input_quant"):
             return apply_quantizer(op, x)
-        if k == "linear" and op.name in self.block_inexact:
+        if op.name in self.block_inexact:
             return self.block_sum(op, x.astype(np.float64), *self._weights[op.name])
         if k == "linear":
             w, b = self._weights_for(op, fast)

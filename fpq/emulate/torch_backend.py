@@ -154,7 +154,7 @@ class TorchProgram:
         k, x = op.kind, xs[0]
         if k in ("quant", "input_quant"):
             return self._quant(x, op.quant, k == "input_quant")
-        if k == "linear" and op.name in self.emu.block_inexact:
+        if op.name in self.emu.block_inexact:
             return self.emu.block_sum(op, x.to(torch.float64), *self._weights()[op.name])
         if k == "linear":
             w, b = self._weights(fast)[op.name]

@@ -52,6 +52,17 @@ class _ExactWBIOL:
             from ..numerics.block_dot import block_linear
             y = block_linear(x, w, b, k)[0]
             return y if acc is None else wrap(y, acc)
+        if k is not None and self.fpq_op in ("conv1d", "conv2d"):
+            # a block-scaled conv: blocks of input channels per kernel tap (fpq.numerics.block_conv)
+            from ..numerics.block_conv import block_conv, conv_attrs
+            nd = x.dim() - 2
+            pads = tuple(self.padding) * 2 if not isinstance(self.padding, str) else None
+            if pads is None:
+                raise ValueError(f"{type(self).__name__}: padding={self.padding!r}; block-scaled convolutions take "
+                                 "integer padding")
+            y = block_conv(x, w, b, conv_attrs(self.kernel_size[:nd], self.stride, pads, self.dilation,
+                                               self.groups), k)[0]
+            return y if acc is None else wrap(y, acc)
         # a sum wider than 53 bits (e5m2 x e5m2) is summed in pieces and rounded to odd, which the
         # output quantizer then rounds as it would the exact sum (fpq.numerics.wide)
         parent = super()
@@ -345,6 +356,8 @@ def quant_layer(module: nn.Module, weights, bias, output, scale_kind: str, granu
     else:
         if module.padding_mode != "zeros":
             raise ValueError(f"padding_mode={module.padding_mode!r} is not supported (only 'zeros')")
+        from .block_axes import conv_block_weights
+        kw["weight_quant"] = make_quant(conv_block_weights(module, weights), "weight", scale_kind, wch)
         cls = FpqConv1d if isinstance(module, nn.Conv1d) else FpqConv2d
         new = cls(module.in_channels, module.out_channels, module.kernel_size, stride=module.stride,
                   padding=module.padding, dilation=module.dilation, groups=module.groups,

@@ -226,7 +226,7 @@ class FpqBlockTensorQuant(FpqTensorQuant):
         return y, one
 
     def extra_repr(self) -> str:
-        return f"format={self.fmt}, block scales along the last axis"
+        return f"format={self.fmt}, block scales along axis {self.fmt.axis}"
 
 
 def block_format_quantizers(q) -> list:
@@ -266,9 +266,10 @@ def make_quant(fmt, role: str, scale_kind: str = "po2", channels: int = 0):
         if role == "bias":
             raise ValueError(f"a bias is added in the accumulator: it takes a scalar format (e.g. int16), not the "
                              f"block format {fmt}")
-        if fmt.axis not in (-1,) or channels:
-            raise ValueError(f"{fmt}: a layer's block format blocks along the last axis (the Linear reduction "
-                             "axis), per tensor; drop axis= and granularity='channel'")
+        if fmt.axis not in (-1, 1) or channels:
+            raise ValueError(f"{fmt}: a layer's block format blocks along its reduction axis, per tensor: the last "
+                             "axis of a Linear, axis 1 (input channels) of a Conv, which fpq.convert sets; drop "
+                             "axis= and granularity='channel'")
         proxy = WeightQuantProxyFromInjector if role == "weight" else ActQuantProxyFromInjector
         return type(f"FpqBlockQuant_{role}", (ExtendedInjector,), dict(
             proxy_class=proxy, tensor_quant=FpqBlockTensorQuant, fpq_format=str(fmt), fpq_scale_kind="none",
