@@ -479,11 +479,9 @@ def _minifloat_format(q) -> bool:
 
 
 def _float32_keys(values) -> np.ndarray:
-    """Order-preserving integer keys of float32 values (the threshold search's own: -0.0 and 0.0
-    share 0): the bit pattern for x >= 0, minus the magnitude bits for x < 0."""
-    bits = np.asarray(values, dtype=np.float32).view(np.uint32).astype(np.int64)
-    mag = bits & 0x7FFFFFFF
-    return np.where(bits >> 31, -mag, mag)
+    """Order-preserving integer keys of float32 values (the threshold search's own)."""
+    from ..numerics.thresholds import float32_keys
+    return float32_keys(values)
 
 
 def build(graph, pipeline_every: int = 1, top: str = "fpq_net") -> Writer:
