@@ -32,7 +32,8 @@ from .ops import OperatorCosts, csd_digits, default_costs, significant_bits, thr
 from .stream import (SRL_MAX_BITS, _add_stream_buffers, _bram18, _in_shape, add_clone_fifos, moving_stream, per_pixel,
                      stream_readers)
 
-STRATEGIES = ("latency", "resource")
+STRATEGIES = ("latency", "resource", "distributed_arithmetic")
+DA_NAMES = ("distributed_arithmetic", "da")   # the spellings hls4ml accepts
 IO_TYPES = ("io_parallel", "io_stream")
 DATAPATHS = ("carrier", "code")
 
@@ -389,8 +390,9 @@ def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", 
     setting, the rest of the report (stream buffers, lookups, totals) every time."""
     dev = get_device(device)
     strat = str(strategy).lower()
+    strat = "distributed_arithmetic" if strat in DA_NAMES else strat
     if strat not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; allowed: Latency, Resource")
+        raise ValueError(f"unknown strategy {strategy!r}; allowed: Latency, Resource, distributed_arithmetic")
     if io_type not in IO_TYPES:
         raise ValueError(f"unknown io_type {io_type!r}; allowed: {', '.join(IO_TYPES)}")
     if datapath not in DATAPATHS:
@@ -520,6 +522,9 @@ def _layer_row(lp, ops, dev, rfs, reuse_factor, strat, clock_period, dsp_thresho
     if not (lp.op.lower() in MAC_KINDS and "weight" in lp.tensors):
         return _other_layer(lp, ops, notes)
     rf = _reuse(lp, rfs, reuse_factor)
+    if strat == "distributed_arithmetic":   # da4ml's adder graph of the kernel, priced as synthesized
+        from .da import da_row
+        return da_row(lp, ops, dev, rf, float(clock_period), notes)
     row = _mac_layer(lp, ops, dev, rf, strat, float(clock_period), dsp_threshold, datapath, notes)
     wf = lp.tensors["weight"].format
     if isinstance(wf, Minifloat) or isinstance(lp.tensors["input"].format, Minifloat):
