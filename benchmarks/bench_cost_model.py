@@ -5,7 +5,10 @@
    are synthesized with the same yosys synth_xilinx flow; the estimate (operators: fit only, no
    lookup; dense layers: the full ``fpq.estimate_cost`` path on a TypePlan) is compared with the
    synthesized LUT count: median absolute relative error and Spearman rank correlation.
-2. The digits CNN (examples/digits_cnn.py), trained briefly in float, converted with int8
+2. Held-out quantizers (to_rtl's cast / minifloat / float32-input circuits), DA kernels (da4ml's
+   own cost and fpq's DA price vs da4ml's synthesized Verilog) and whole networks (fpq.estimate_cost
+   vs the synthesized netlist fpq.to_rtl writes: benchmarks/data/rtl_networks_xcup.csv).
+3. The digits CNN (examples/digits_cnn.py), trained briefly in float, converted with int8
    activations and int8 / int4 / e4m3 / e2m1 / binary weights, priced with fpq.estimate_cost.
 
     python benchmarks/bench_cost_model.py                 # reads the committed cost_model/holdout_xcup.csv
@@ -76,8 +79,9 @@ def fidelity(resynthesize: bool = False, regenerate: bool = False) -> bool:
     assert not overlap, f"held-out operators found in the calibration table: {overlap}"
     if resynthesize or regenerate:
         measured = synth.synthesize_many(jobs, workers=min(2, os.cpu_count() or 1))
-        if regenerate:
-            print(f"wrote {synth.write_table(measured, HOLDOUT)}")
+        if regenerate:   # the held-out quantizers (fpq.rtl.calibration) and DA kernels stay as they are
+            keep = [r for r in synth.read_table(HOLDOUT) if r["kind"] in ("castq", "mfq", "f32q")]
+            print(f"wrote {synth.write_table(measured + keep, HOLDOUT)}")
         rows = {r["name"]: r for r in measured}
     else:
         rows = {r["name"]: r for r in synth.read_table(HOLDOUT)}
@@ -110,6 +114,82 @@ def fidelity(resynthesize: bool = False, regenerate: bool = False) -> bool:
           f"{'met' if ok else 'NOT met'}")
     print("fits on the calibration table:", costs.summary())
     return ok
+
+
+def _fidelity_line(label: str, m, e) -> tuple[float, float]:
+    m, e = np.asarray(m, float), np.asarray(e, float)
+    mare = float(np.median(np.abs(e - m) / np.maximum(m, 1)))
+    rho = float(spearmanr(m, e).statistic) if len(m) > 2 else float("nan")
+    print(f"{label:28s} n={len(m):3d}  median |rel err| = {mare:.1%}  Spearman = {rho:.3f}")
+    return mare, rho
+
+
+def quantizers() -> None:
+    """Held-out requantizers (fpq.rtl.calibration's ``holdout`` grid: formats, accumulator widths and
+    input scales never fitted) against the fit ``estimate_cost`` prices them with."""
+    from fpq.cost_model.ops import quant_features
+
+    costs = OperatorCosts()
+    rows = [r for r in synth.read_table(HOLDOUT) if r["kind"] in ("castq", "mfq", "f32q")]
+    print(f"\nheld-out quantizers (to_rtl's circuits, python -m fpq.rtl.calibration)")
+    print(f"{'quantizer':36s} {'kind':6s} {'synth LUT':>9s} {'estimate':>9s} {'rel err':>8s}")
+    m, e = [], []
+    for r in rows:
+        p = r["params"]
+        if r["kind"] == "f32q":
+            est = costs.float32_lookup_luts(p["n"], p["cols"], p["lv_bits"])
+        else:
+            est = max(0.0, costs.quant_fits[r["kind"]](quant_features(r["kind"], p)))
+        m.append(r["lut"])
+        e.append(est)
+        print(f"{r['name']:36s} {r['kind']:6s} {r['lut']:9d} {est:9.1f} {(est - r['lut']) / max(r['lut'], 1):+8.1%}")
+    _fidelity_line("quantizers (held out)", m, e)
+
+
+def distributed_arithmetic() -> None:
+    """DA kernels (cost_model/da_xcup.csv): da4ml's own cost report and fpq's DA price (da4ml's cost
+    corrected by the fit on the ``fit`` rows) against yosys' synthesis of da4ml's Verilog."""
+    from fpq.cost_model import da
+
+    rows = da.read_table()
+    coef, n, mare = da.fit()
+    print(f"\nDA kernels: da4ml's Verilog synthesized (fit LUT = {coef[0]:.3f} x da4ml cost + {coef[1]:.2f} x n_out "
+          f"on {n} kernels, median |rel err| {mare:.1%} there)")
+    print(f"{'kernel':30s} {'split':7s} {'synth LUT':>9s} {'da4ml':>8s} {'err':>7s} {'fpq DA':>8s} {'err':>7s}")
+    held = [r for r in rows if r["split"] == "holdout"]
+    for r in rows:
+        p = da.price(r["da_cost"], r["n_out"])
+        print(f"{r['name']:30s} {r['split']:7s} {r['lut']:9d} {r['da_cost']:8.0f} {(r['da_cost'] - r['lut']) / r['lut']:+7.1%} "
+              f"{p:8.0f} {(p - r['lut']) / r['lut']:+7.1%}")
+    _fidelity_line("da4ml's own cost (held out)", [r["lut"] for r in held], [r["da_cost"] for r in held])
+    _fidelity_line("fpq DA price (held out)", [r["lut"] for r in held], [da.price(r["da_cost"], r["n_out"]) for r in held])
+
+
+def whole_networks() -> None:
+    """fpq.estimate_cost (Latency, reuse 1, multipliers in fabric) of each MLP against the yosys
+    synthesis of the Verilog fpq.to_rtl writes for it (benchmarks/data/rtl_networks_xcup.csv,
+    written by benchmarks/bench_rtl_networks.py). No network is in any fit: all are held out. The
+    estimate is recomputed here with the current model (the CSV's est_* columns are those of the
+    model when the network was synthesized)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_rtl_networks as brn
+
+    rows = brn.read_rows()
+    print(f"\nwhole networks: estimate vs synthesized to_rtl netlist ({rows[0]['yosys']}; {rows[0]['flags']})")
+    print(f"{'network':16s} {'format':7s} {'LUT synth':>9s} {'estimate':>9s} {'err':>7s} {'FF synth':>8s} "
+          f"{'estimate':>8s} {'err':>7s}")
+    m, e, fm, fe = [], [], [], []
+    for r in rows:
+        q, x0 = brn.model(r["network"], r["format"])
+        t = estimate_cost(q, strategy="Latency", reuse_factor=1, dsp_threshold=None, example_input=x0).total
+        lut, ff = float(r["lut"]), float(r["ff"])
+        m.append(lut), e.append(t["lut"]), fm.append(ff), fe.append(t["ff"])
+        print(f"{r['network']:16s} {r['format']:7s} {lut:9.0f} {t['lut']:9.0f} {(t['lut'] - lut) / lut:+7.1%} "
+              f"{ff:8.0f} {t['ff']:8.0f} {(t['ff'] - ff) / ff:+7.1%}")
+    _fidelity_line("networks LUT (held out)", m, e)
+    _fidelity_line("networks FF (held out)", fm, fe)
+    print("FF: the estimate models hls4ml's pipeline at 5 ns; to_rtl registers every 2 adder levels "
+          "(pipeline_every=2): not the same register placement")
 
 
 def digits_cnn_costs(epochs: int = 8) -> None:
@@ -155,6 +235,9 @@ def main() -> int:
     ap.add_argument("--no-cnn", action="store_true", help="skip the digits CNN table")
     a = ap.parse_args()
     ok = fidelity(resynthesize=a.resynthesize, regenerate=a.regenerate)
+    quantizers()
+    distributed_arithmetic()
+    whole_networks()
     if not a.no_cnn:
         digits_cnn_costs()
     return 0 if ok else 1

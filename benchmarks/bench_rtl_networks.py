@@ -39,7 +39,8 @@ COLUMNS = ["network", "format", "pipeline_every", "rtl_latency", "lut", "ff", "c
            "est_lut", "est_ff", "est_latency", "synth_s", "yosys", "flags"]
 
 
-def build(dims: str, fmt: str, every: int = 2):
+def model(dims: str, fmt: str):
+    """The converted, calibrated MLP of ``dims`` at ``fmt`` and an example input."""
     import torch
 
     import fpq
@@ -50,7 +51,13 @@ def build(dims: str, fmt: str, every: int = 2):
     q = fpq.convert(m, fmt=fmt)
     fpq.calibrate(q, [torch.randn((256,) + shape, generator=torch.Generator().manual_seed(1)) * 2])
     q.eval()
-    x0 = torch.zeros((1,) + shape)
+    return q, torch.zeros((1,) + shape)
+
+
+def build(dims: str, fmt: str, every: int = 2):
+    import fpq
+
+    q, x0 = model(dims, fmt)
     net = fpq.to_rtl(q, None, x0, pipeline_every=every, top="net_" + dims.replace("-", "_") + "_" +
                      fmt.replace("<", "").replace(">", "").replace(",", "_"))
     est = fpq.estimate_cost(q, strategy="Latency", reuse_factor=1, dsp_threshold=None, example_input=x0)

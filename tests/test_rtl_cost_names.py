@@ -4,9 +4,9 @@ cost model's per-layer breakdown (``fpq.estimate_cost``, Latency, reuse 1) names
 zero and power-of-two weights, input / weight carrier widths, accumulator width, and for a cast
 requantizer its input and output widths. No simulation or synthesis: the Verilog is only written.
 
-Where the two differ today the test says so (strict xfail): the input quantizer of a minifloat
-network is a circuit in ``to_rtl`` (a threshold lookup over the float32 port) and in the HLS
-project (``fpq::quantize_minifloat`` after a wide capture port), and free in the estimate.
+The input quantizer of a minifloat network is the threshold lookup over the float32 port that
+``to_rtl`` writes, priced as such (thresholds, input and output widths, one per element; its LUTs
+from the synthesized float32-input lookups, ``fpq.rtl.calibration``).
 """
 import numpy as np
 import pytest
@@ -72,13 +72,12 @@ def test_minifloat_requantizers_are_priced(pair):
         assert rows[li.name]["op"] == "quant" and rows[li.name]["lut"] > 0
 
 
-@pytest.mark.xfail(strict=True, reason="#23: the estimate prices the input quantizer of a minifloat network as "
-                   "free; to_rtl builds a threshold lookup over the float32 port")
 def test_minifloat_input_quantizer_is_priced_as_a_lookup():
     net, rows = _pair("e2m1")
     for li in net.layers:
         if li.circuit == "lookup":
             r = rows.get(li.name)
-            assert r is not None and r["op"] == "threshold_lookup", (li.name, r and r["op"])
+            assert r is not None and r.get("mapping") == "threshold-lookup", (li.name, r and r.get("mapping"))
+            assert r["lut"] > 0
             assert (r["thresholds"], r["in_bits"], r["out_bits"], r["lookups"]) == \
                 (li.params["thresholds"], li.params["in_bits"], li.params["out_bits"], li.params["n"])

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-TABLES = ("operators_xcup.csv", "holdout_xcup.csv")
+TABLES = ("operators_xcup.csv", "holdout_xcup.csv", "da_xcup.csv")
 
 
 @pytest.fixture(scope="module")

@@ -25,11 +25,13 @@ from ..ir import FREE_KINDS, MAC_KINDS, MOVING_KINDS
 from ..typeplan import TensorType, TypePlan, is_block, levels_carrier, po2_exponents, values_carrier
 from .costreport import CostReport
 from .devices import Device, dsp_tiles, get_device
+from .lookups import _elements, _t_add, is_cast, lookup_row, requant_luts
 from .ops import OperatorCosts, csd_digits, default_costs, significant_bits, thr_steps
 from .stream import (SRL_MAX_BITS, _add_stream_buffers, _bram18, _in_shape, add_clone_fifos, moving_stream, per_pixel,
                      stream_readers)
 
-STRATEGIES = ("latency", "resource")
+STRATEGIES = ("latency", "resource", "distributed_arithmetic")
+DA_NAMES = ("distributed_arithmetic", "da")   # the spellings hls4ml accepts
 IO_TYPES = ("io_parallel", "io_stream")
 DATAPATHS = ("carrier", "code")
 
@@ -122,15 +124,6 @@ def _reuse(lp, rfs: dict, default) -> int:
     return rfs.get(lp.name, 1)
 
 
-def _elements(lp) -> int | None:
-    shape = lp.attrs.get("out_shape")
-    if shape is None:
-        return None
-    return int(np.prod(shape[1:])) if len(shape) > 1 else int(np.prod(shape))
-
-
-def _t_add(dev: Device, bits: float) -> float:
-    return dev.lut_delay_ns + math.ceil(bits / 4) * dev.carry4_delay_ns
 
 
 # ----------------------------------------------------------------------------- MAC layers
@@ -231,8 +224,9 @@ def _mac_layer(lp, ops: OperatorCosts, dev: Device, rf: int, strategy: str, cloc
         # the layer requantizes its accumulator itself (fpq.convert models; in QONNX graphs the
         # quantizer is its own op): a rounding adder and a saturation mux per output channel.
         # A float-scaled output is a threshold lookup instead: its own row (estimate's _lookup_row)
-        ob = _carrier(out_t, notes, f"{lp.name} output").width
-        lut += n_out * (ops.add_luts(acc_bits) + math.ceil(ob / 2))
+        oc = _carrier(out_t, notes, f"{lp.name} output")
+        lut += n_out * (requant_luts(ops, out_t, acc, oc) if isinstance(acc, Fixed) else
+                        ops.add_luts(acc_bits) + math.ceil(oc.width / 2))
     ii = cycles_pixel * pixels
     latency = latency + (pixels - 1) * cycles_pixel
     # integer proxies (per output pixel, times pixels)
@@ -393,8 +387,9 @@ def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", 
     setting, the rest of the report (stream buffers, lookups, totals) every time."""
     dev = get_device(device)
     strat = str(strategy).lower()
+    strat = "distributed_arithmetic" if strat in DA_NAMES else strat
     if strat not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; allowed: Latency, Resource")
+        raise ValueError(f"unknown strategy {strategy!r}; allowed: Latency, Resource, distributed_arithmetic")
     if io_type not in IO_TYPES:
         raise ValueError(f"unknown io_type {io_type!r}; allowed: {', '.join(IO_TYPES)}")
     if datapath not in DATAPATHS:
@@ -453,7 +448,11 @@ def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", 
         in_t, out_t = (None, None) if row.get("block") else (lp.tensors.get("input"), lp.tensors.get("output"))
         op = lp.op.lower()
         n_avg = divided.get(src) if op == "quant" else None
-        if isinstance(out_t, TensorType) and (not out_t.po2 or n_avg) and out_t is not in_t and op != "output":
+        # a float-scaled quantizer, one after an average pool's sum, or an input quantizer no cast
+        # computes (to_rtl: a lookup over the float32 port): threshold lookups
+        lookup = isinstance(out_t, TensorType) and (not out_t.po2 or n_avg or (op == "input_quant" and not
+                                                                              is_cast(out_t)))
+        if lookup and out_t is not in_t and op != "output":
             # a float-scaled quantizer: the HLS project builds it as a threshold lookup over the
             # exact values of what feeds it
             if op == "input_quant":
@@ -464,7 +463,7 @@ def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", 
                 feed = produced.get(src)
             else:
                 feed = None
-            lk = _lookup_row(lp, out_t, feed, row.get("acc_bits"), ops, dev, float(clock_period), io_type, notes,
+            lk = lookup_row(lp, out_t, feed, row.get("acc_bits"), ops, dev, float(clock_period), io_type, notes,
                              divisor=n_avg or 1)
             if op in ("input_quant", "quant"):
                 lk.update(layer=row["layer"], op=row["op"])
@@ -475,6 +474,9 @@ def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", 
             produced[lp.name] = lk.pop("_out")
         elif isinstance(out_t, TensorType) and out_t is not in_t:
             produced[lp.name] = out_t.value_carrier()
+            if op == "quant" and isinstance(produced.get(src), Fixed) and _elements(lp):
+                # a cast or minifloat requantizer of its own: as fpq.to_rtl builds and yosys synthesized it
+                row["lut"] = float(_elements(lp) * requant_luts(ops, out_t, produced[src], produced[lp.name]))
         elif acc is not None and out_t is None:
             produced[lp.name] = acc
         elif lp.attrs.get("divisor"):
@@ -504,78 +506,6 @@ def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", 
     return report
 
 
-_TABLES: dict = {}
-
-
-def _table(fmt, scale: float, feed, divisor: int = 1):
-    """The lookup table of the HLS project (cached: the same quantizer over the same input type)."""
-    from ..numerics.thresholds import quantizer_table
-
-    key = (str(fmt), scale, str(feed), divisor)
-    if key not in _TABLES:
-        _TABLES[key] = quantizer_table(fmt, np.float32(scale), feed, divisor)
-    return _TABLES[key]
-
-
-def _lookup_row(lp, t: TensorType, feed, feed_bits, ops: OperatorCosts, dev: Device, clock: float, io_type: str,
-                notes: list, divisor: int = 1) -> dict:
-    """The threshold lookup (fpq::quantize_by_thresholds) of quantizer ``t`` on every element:
-    n thresholds of the input's exact type (W bits; the float32 port: 32), a binary search of
-    ceil(log2(n + 1)) comparator levels and a ROM of n + 1 levels. The table is the HLS
-    project's own where the input type is known, else bounded by the format's value count."""
-    from ..formats import values as format_values
-    from .rtl import threshold_span
-
-    name = lp.name if lp.op.lower() in ("input_quant", "quant") else f"{lp.name}:lookup"
-    n_el = _elements(lp)
-    shape = lp.attrs.get("out_shape")
-    if n_el is None:
-        notes.append(f"{name}: output shape unknown (calibrate or export first); lookup priced for one element")
-        n_el = 1
-    pixels = int(np.prod(shape[2:])) if shape is not None and len(shape) > 2 else 1
-    # io_parallel: FpqQuantize unrolls over every element; io_stream: one pixel (its channels) per
-    # cycle, as the conv layers are priced
-    units = n_el // pixels if io_type == "io_stream" else n_el
-    table = None
-    if np.size(t.scale) != 1:
-        why = "per-channel float scales (the HLS project refuses them)"
-    elif isinstance(feed, Fixed) and feed.width > 53:
-        why = f"its input {feed} is wider than 53 bits (the HLS project refuses it)"
-    elif feed is None:
-        why = "the exact type of its input is not known here"
-    else:
-        try:
-            table = _table(t.format, float(np.ravel(t.scale)[0]), feed if feed == "float32" else
-                           Fixed(feed.width, feed.int_bits, feed.signed), divisor)
-            why = ""
-        except ValueError as e:
-            why = f"no exact table ({e})"
-    if table is not None:
-        th, lv = table
-        n = len(th)
-        w = 32 if feed == "float32" else feed.width
-        span = 32 if feed == "float32" else threshold_span(w, feed.frac_bits, th)[0]
-        out = (levels_carrier(t, lv) if t.po2 else values_carrier(lv)) if n else Fixed(2, 2, True)
-        out_bits = out.width
-    else:
-        n = max(1, len(format_values(t.format)) - 1)
-        w = 32 if feed == "float32" else (feed.width if isinstance(feed, Fixed) else (feed_bits or 32))
-        span = w
-        out = t.value_carrier() or exact_fixed(t.format)
-        out_bits = out.width
-        notes.append(f"{name}: {t.describe()} lookup bounded: {n} thresholds (the format's values) over {w} "
-                     f"input bits, since {why}")
-    luts, carry = ops.thr_luts(w, n, out_bits, span)
-    steps = thr_steps(n)
-    depth_ns = steps * _t_add(dev, span) + dev.lut_delay_ns     # comparator levels, then the level ROM
-    stages = max(1, math.ceil(depth_ns / clock)) if n else 0
-    return dict(layer=name, op="threshold_lookup", lut=float(units * luts), ff=float(units * out_bits), dsp=0,
-                bram18=0, uram=0, latency_cycles=int(stages), ii=int(pixels if io_type == "io_stream" else 1),
-                bops=0.0, ebops=0.0, mapping="threshold-lookup", thresholds=int(n), in_bits=int(w),
-                in_span=int(span), out_bits=int(out_bits), lookups=int(units), carry=float(units * carry),
-                quantizer=t.describe(), _out=out)
-
-
 def _layer_row(lp, ops, dev, rfs, reuse_factor, strat, clock_period, dsp_threshold, datapath, notes, dp) -> dict:
     if any(is_block(t) for t in lp.tensors.values()):   # block-scaled: fpq.cost_model.blocks
         from .blocks import block_row
@@ -592,6 +522,9 @@ def _layer_row(lp, ops, dev, rfs, reuse_factor, strat, clock_period, dsp_thresho
     if not (lp.op.lower() in MAC_KINDS and "weight" in lp.tensors):
         return _other_layer(lp, ops, notes)
     rf = _reuse(lp, rfs, reuse_factor)
+    if strat == "distributed_arithmetic":   # da4ml's adder graph of the kernel, priced as synthesized
+        from .da import da_row
+        return da_row(lp, ops, dev, rf, float(clock_period), notes)
     row = _mac_layer(lp, ops, dev, rf, strat, float(clock_period), dsp_threshold, datapath, notes)
     wf = lp.tensors["weight"].format
     if isinstance(wf, Minifloat) or isinstance(lp.tensors["input"].format, Minifloat):

@@ -159,6 +159,69 @@ def thr_carry_features(n: int, span: int) -> list[float]:
     return [s * span if regular else 0.0, 0.0 if regular else s * span]
 
 
+def minifloat_quantizer_shape(fmt: Minifloat, scale_exp: int, in_bits: int, in_frac: int) -> tuple[int, int, int]:
+    """(binades with a rounding adder, select candidates, code bits) of the unrolled minifloat
+    quantizer ``fpq.to_rtl`` writes (``network.Writer._minifloat``, the HLS project's
+    ``fpq::quantize_minifloat``) for ``fmt`` x 2^scale_exp after a signed fixed input of ``in_bits``
+    bits, ``in_frac`` of them fractional: a binade above the input's range folds away, one below
+    its resolution is a plain shift."""
+    m = fmt.man_bits
+    emin = fmt.emin + scale_exp
+    emaxb = math.frexp(fmt.max_value)[1] - 1 + scale_exp
+    lowest = emin - 1 if not fmt.subnormals else emin
+    reach = in_bits + 1 - in_frac                 # |x| < 2^reach
+    rounders, cands = 0, int(emaxb + 1 < reach)   # the saturation candidate
+    for e in range(emaxb, lowest - 1, -1):
+        if e >= reach and e > lowest:
+            continue
+        cands += 1
+        ulp = emin if (not fmt.subnormals and e < emin) else max(e, emin) - m
+        rounders += int(ulp + in_frac > 0)
+    return rounders, cands, emaxb + m - emin + 2
+
+
+def quant_features(kind: str, p: dict) -> list[float]:
+    """Features of one element of a requantizer ``fpq.to_rtl`` writes (params as the calibration
+    rows hold them: fmt, scale_exp, in_bits, in_frac, out_bits, out_frac).
+
+    * ``castq`` (an ap_fixed cast): the rounding increment and the saturation compares on the
+      input bits kept after the shift, the sticky OR of the bits dropped, the output mux;
+    * ``mfq`` (a minifloat): |x| on the input bits, one (mantissa + 3)-bit rounding adder per binade
+      the input reaches and resolves, the priority select of the candidates' code bits, the sign
+      put back on the output."""
+    if kind == "castq":
+        dropped = max(0, p["in_frac"] - p["out_frac"])
+        kept = max(1, p["in_bits"] - dropped)
+        return [float(kept), float(dropped), float(p["out_bits"]), 1.0]
+    fmt = parse_format(p["fmt"])
+    r, c, cw = minifloat_quantizer_shape(fmt, p["scale_exp"], p["in_bits"], p["in_frac"])
+    return [float(p["in_bits"]), float(r * (fmt.man_bits + 3)), float(c * cw), float(p["out_bits"]), 1.0]
+
+
+def varying_bits(codes, width: int) -> int:
+    """Bit positions (of ``width``-bit two's complement codes) in which the codes are not all equal:
+    the bits a threshold ROM holds; a constant column folds away."""
+    m = (1 << width) - 1
+    ks = [int(c) & m for c in codes]
+    if not ks:
+        return 0
+    ors, ands = 0, m
+    for k in ks:
+        ors, ands = ors | k, ands & k
+    return bin(ors & ~ands & m).count("1")
+
+
+def f32q_features(n: int, cols: int, lv_bits: int) -> list[float]:
+    """Features of the float32 network-input lookup of n thresholds whose keys differ in ``cols``
+    bits, levels of ``lv_bits`` bits: one comparator of the varying bits per search level, the
+    level ROM, the 32-bit key negation of the port. (A float-scaled table varies in every mantissa
+    bit, a power-of-two one in few: the po2 e4m3 input table costs half the float-scaled one.)
+    Chosen on the 7 fitted lookups, checked on 3 held out (fpq.rtl.calibration)."""
+    if n <= 0:
+        return [0.0, 0.0, 0.0]
+    return [float(cols * thr_steps(n)), (n + 1) * lv_bits / 16, 32.0]
+
+
 @dataclass
 class Fit:
     coef: np.ndarray
@@ -254,6 +317,13 @@ class OperatorCosts:
             self.thr_carry_fit = _fit([feats(r, thr_carry_features) for r in thr], [r["carry"] for r in thr])
         else:
             self.thr_fit = self.thr_carry_fit = None
+        # to_rtl's requantizers, one element each (fpq.rtl.calibration): casts, minifloats, and the
+        # float32 network-input lookup (the threshold fit plus the port's key negation)
+        self.quant_fits = {k: _fit([quant_features(k, r["params"]) for r in rows_k], [r["lut"] for r in rows_k])
+                           for k in ("castq", "mfq") if (rows_k := [r for r in lut if r["kind"] == k])}
+        f32 = [r for r in lut if r["kind"] == "f32q"]
+        self.f32q_fit = _fit([f32q_features(r["params"]["n"], r["params"]["cols"], r["params"]["lv_bits"]) for r in f32],
+                             [r["lut"] for r in f32]) if f32 else None
 
     def _mul_model(self, a: int, b: int) -> float:
         return max(0.0, self.mul_fit(mul_features(a, b)))
@@ -356,6 +426,25 @@ class OperatorCosts:
         return (max(0.0, self.thr_fit(thr_features(n, span, out_bits))),
                 max(0.0, self.thr_carry_fit(thr_carry_features(n, span))))
 
+    def quant_luts(self, fmt, scale_exp: int, in_t, out_t) -> float:
+        """LUTs of one element of the requantizer to ``fmt`` x 2^scale_exp from the signed Fixed
+        ``in_t`` to the carrier ``out_t``: the circuit ``fpq.to_rtl`` (and the HLS project's cast /
+        ``fpq::quantize_minifloat``) builds, priced by the fit on the synthesized quantizers."""
+        kind = "mfq" if isinstance(fmt, Minifloat) else "castq"
+        if kind not in self.quant_fits:
+            raise RuntimeError(f"{self.path} has no {kind} rows: run `python -m fpq.rtl.calibration`")
+        p = dict(fmt=str(fmt), scale_exp=int(scale_exp), in_bits=int(in_t.width) + (0 if in_t.signed else 1),
+                 in_frac=int(in_t.frac_bits), out_bits=int(out_t.width), out_frac=int(out_t.frac_bits))
+        return max(0.0, self.quant_fits[kind](quant_features(kind, p)))
+
+    def float32_lookup_luts(self, n: int, cols: int, lv_bits: int) -> float:
+        """LUTs of one element of a network-input quantizer over the float32 port: the order-preserving
+        key of the float32 pattern and a lookup of ``n`` thresholds whose keys differ in ``cols``
+        bits (``varying_bits``), levels of ``lv_bits`` bits."""
+        if self.f32q_fit is None:
+            raise RuntimeError(f"{self.path} has no f32q rows: run `python -m fpq.rtl.calibration`")
+        return max(0.0, self.f32q_fit(f32q_features(n, cols, lv_bits))) if n > 0 else 0.0
+
     def xnorpop_luts(self, n: int) -> float:
         return max(0.0, self.xnorpop_fit([n, 1.0])) if n > 0 else 0.0
 
@@ -397,7 +486,7 @@ class OperatorCosts:
         return max(0.0, self.dense_fit(f))
 
     def summary(self) -> dict:
-        fits = {"mul": self.mul_fit, "cmul": self.cmul_fit, "mfmul": self.mfmul_fit, "add": self.add_fit,
+        fits = {**{f"quant_{k}": f for k, f in self.quant_fits.items()}, "f32q": self.f32q_fit, "mul": self.mul_fit, "cmul": self.cmul_fit, "mfmul": self.mfmul_fit, "add": self.add_fit,
                 "xnorpop": self.xnorpop_fit, "dense": self.dense_fit, "thr": self.thr_fit,
                 "thr_carry": self.thr_carry_fit}
         return {k: {"coef": [round(float(c), 4) for c in f.coef], "rows": f.n, "fit_mare": round(f.mare, 4)}

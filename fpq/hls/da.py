@@ -41,8 +41,9 @@ STRATEGY = "distributed_arithmetic"
 NAMES = ("distributed_arithmetic", "da")   # the spellings hls4ml accepts
 WEIGHTED = ("Dense", "Conv1D", "Conv2D")     # the layer classes hls4ml's DA pass implements
 CONV = ("Conv1D", "Conv2D")
-# hls4ml's hard depth constraint (DA_HARD_DC, default 2), one decomposition depth (da4ml's default)
-DEFAULT_OPTIONS = {"hard_dc": 2, "search_all_decompose_dc": False}
+# hls4ml's hard depth constraint (DA_HARD_DC, default 2), one decomposition depth (da4ml's default);
+# the cost model prices DA layers solved with the same options and the same call (cost_model.da.solve)
+from ..cost_model.da import DEFAULT_OPTIONS, solve as _solve  # noqa: E402
 
 
 def is_da(strategy) -> bool:
@@ -92,12 +93,6 @@ def layer_strategy(class_name: str) -> str:
     return STRATEGY if class_name in WEIGHTED else "Latency"
 
 
-def _kif(fixed) -> tuple[int, int, int]:
-    """da4ml's (keep sign, integer bits without the sign, fractional bits) of a Fixed."""
-    k = int(bool(fixed.signed))
-    return k, fixed.int_bits - k, fixed.width - fixed.int_bits
-
-
 def generate(plan: HLSPlan, *, io_type: str, options: dict | None = None) -> dict:
     """Solve every Dense / Conv kernel of ``plan`` with da4ml and put the HLS code into the layer
     dicts (``da_codegen``), as hls4ml's DistributedArithmeticCodegen would but with ``options``.
@@ -108,7 +103,6 @@ def generate(plan: HLSPlan, *, io_type: str, options: dict | None = None) -> dic
     The kernel input type is uniform (every input of a layer has the planned input precision),
     so im2col / padding (which only lower some inputs' ranges) leave it unchanged."""
     from da4ml.codegen.hls import hls_logic_and_bridge_gen
-    from da4ml.trace import FixedVariableArray, HWConfig, comb_trace
     from hls4ml.model.types import Source
 
     opts = dict(DEFAULT_OPTIONS if options is None else options)
@@ -121,11 +115,7 @@ def generate(plan: HLSPlan, *, io_type: str, options: dict | None = None) -> dic
         kernel = np.asarray(L["weight_data"], dtype=np.float64)
         kernel = kernel.reshape(-1, kernel.shape[-1])
         n_in, n_out = kernel.shape
-        k, i, f = _kif(src_type[L["inputs"][0]])
-        ones = np.ones(n_in, dtype=np.int16)
-        inp = FixedVariableArray.from_kif(ones * k, ones * i, ones * f, HWConfig(1, -1, -1), solver_options=opts)
-        out = inp @ kernel + np.asarray(L["bias_data"], dtype=np.float64).ravel()
-        sol = comb_trace(inp, out)
+        sol = _solve(src_type[L["inputs"][0]], kernel, L["bias_data"], opts)
         code, _ = hls_logic_and_bridge_gen(sol, f"dense_da_{index}", "vitis", pragmas=["#pragma HLS INLINE"],
                                            print_latency=True)
         if io_type != "io_parallel":

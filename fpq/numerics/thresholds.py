@@ -55,6 +55,15 @@ class _Float32Grid:
         return bits.view(np.float32)
 
 
+def float32_keys(values) -> np.ndarray:
+    """The order-preserving integer keys of float32 values (``_Float32Grid``'s, the search over a
+    float32 input compares them: -0.0 and 0.0 share 0): the bit pattern for x >= 0, minus the
+    magnitude bits for x < 0."""
+    bits = np.asarray(values, dtype=np.float32).view(np.uint32).astype(np.int64)
+    mag = bits & 0x7FFFFFFF
+    return np.where(bits >> 31, -mag, mag)
+
+
 def lookup_table(quantize, input_type) -> tuple[np.ndarray, np.ndarray]:
     """(thresholds, levels) of the monotone ``quantize`` (array -> array) over the values of
     ``input_type`` (a Fixed, or "float32" for a float32 network input): levels[k] is the output

@@ -19,7 +19,12 @@ layer is a sum of constant-coefficient products. The circuits per op:
   unrolled (round to nearest even in the binade of the leading one, saturating); any other (a
   float scale, a narrow int) the threshold lookup (``fpq.cost_model.rtl.threshold_quantizer``) over
   the exact values of its input, the HLS project's table.
-* ``relu``: max(x, 0) on the code. ``flatten`` / ``reshape`` of a vector, ``output``: wiring.
+* ``conv1d`` / ``conv2d``: fully unrolled over the output map (every output element its own dot
+  product, the ``linear`` circuit above, over the window's taps inside the map: padding zeros are
+  omitted; strides, dilations, groups), so the LUTs grow with the pixels. This is not hls4ml's
+  io_parallel conv, which the cost model prices as one kernel reused over the pixels.
+* ``relu``: max(x, 0) on the code. ``flatten`` (to (N, M): the elements are in C order already),
+  ``reshape`` of a vector, ``output``: wiring.
 
 Other ops are refused with :class:`RTLUnsupportedError` naming the op.
 """
@@ -37,7 +42,7 @@ from ..numerics.reference import po2_exponents
 from ..ir.plan import typeplan_from_graph
 from ..typeplan import constant_carrier, levels_carrier, values_carrier
 
-SUPPORTED = ("input_quant", "linear", "quant", "relu", "flatten", "reshape", "output")
+SUPPORTED = ("input_quant", "linear", "conv1d", "conv2d", "quant", "relu", "flatten", "reshape", "output")
 
 
 class RTLUnsupportedError(ValueError):
@@ -113,7 +118,7 @@ class Writer:
             if fn is None:
                 raise RTLUnsupportedError(
                     f"op {op.name!r} of kind {op.kind!r} is not built by fpq.to_rtl yet; supported: "
-                    f"{', '.join(SUPPORTED)} (Linear MLPs with ReLU and quantizers)")
+                    f"{', '.join(SUPPORTED)} (Linear / Conv networks with ReLU and quantizers)")
             fn(op)
         if not self.outputs:
             raise RTLUnsupportedError("the graph has no output op")
@@ -171,44 +176,87 @@ class Writer:
         self.set_out(op, sigs, 0)
 
     def op_linear(self, op):
-        lp = self.tp[op.name]
         xs = self.src(op)
-        stage = self.stage[op.inputs[0]]
-        W = np.asarray(op.weight, dtype=np.float64)      # (out, in)
-        n_out, n_in = W.shape
+        n_out, n_in = np.shape(op.weight)                # (out, in)
         if len(xs) != n_in:
             raise RTLUnsupportedError(f"linear {op.name!r} reads {len(xs)} values but has {n_in} inputs")
+        self._mac(op, xs, [[(i, (j, i)) for i in range(n_in)] for j in range(n_out)], list(range(n_out)), n_in)
+
+    def _conv(self, op):
+        """An N-d convolution fully unrolled: every output element (channel, position) is its own
+        constant-coefficient dot product over the window's inputs that lie inside the map (ONNX
+        pads: the padding's zeros contribute nothing, so those taps are omitted)."""
+        xs = self.src(op)
+        ins, outs = op.in_shapes[0] if op.in_shapes else None, op.out_shape
+        if ins is None or outs is None:
+            raise RTLUnsupportedError(f"{op.kind} {op.name!r}: input / output shape unknown (export with an "
+                                      "example input)")
+        W = np.shape(op.weight)                          # (out, in / groups, *kernel)
+        C, sp, O, osp = int(ins[1]), [int(d) for d in ins[2:]], int(outs[1]), [int(d) for d in outs[2:]]
+        if len(xs) != C * int(np.prod(sp)):
+            raise RTLUnsupportedError(f"{op.kind} {op.name!r} reads {len(xs)} values, expected {C}x{sp}")
+        g = int(op.attrs.get("groups", 1) or 1)
+        nd = len(sp)
+        kern = [int(k) for k in op.attrs.get("kernel", W[2:])]
+        st = [int(v) for v in op.attrs.get("strides", (1,) * nd)]
+        dil = [int(v) for v in op.attrs.get("dilations", (1,) * nd)]
+        pads = [int(v) for v in op.attrs.get("pads", (0,) * (2 * nd))]
+        cg, og = C // g, O // g
+        taps, chans = [], []
+        for o in range(O):
+            for pos in np.ndindex(*osp):
+                tj = []
+                for c in range(cg):
+                    ci = (o // og) * cg + c
+                    for kk in np.ndindex(*kern):
+                        at = [pos[d] * st[d] - pads[d] + kk[d] * dil[d] for d in range(nd)]
+                        if all(0 <= at[d] < sp[d] for d in range(nd)):
+                            tj.append((ci * int(np.prod(sp)) + int(np.ravel_multi_index(at, sp)), (o, c) + kk))
+                taps.append(tj)
+                chans.append(o)
+        self._mac(op, xs, taps, chans, cg * int(np.prod(kern)), pixels=int(np.prod(osp)))
+
+    op_conv1d = op_conv2d = _conv
+
+    def _mac(self, op, xs, taps, chans, fan_in: int, pixels: int = 1):
+        """Constant-coefficient dot products in the TypePlan's exact accumulator: output j sums
+        x[i] * weight[w] over its ``taps[j]`` [(input index i, weight index w)] and the bias of
+        channel ``chans[j]``, a balanced adder tree of ceil(log2(fan_in + 1)) levels (zero weights
+        omitted) registered every ``pipeline_every`` levels and at its root."""
+        lp = self.tp[op.name]
+        stage = self.stage[op.inputs[0]]
+        W = np.asarray(op.weight, dtype=np.float64)
         acc = lp.exact_sum()
         wc = constant_carrier(lp.tensors.get("weight"), op.weight)
         if acc is None or wc is None:
-            raise RTLUnsupportedError(f"linear {op.name!r}: no exact fixed-point accumulator in its TypePlan "
+            raise RTLUnsupportedError(f"{op.kind} {op.name!r}: no exact fixed-point accumulator in its TypePlan "
                                       f"({lp.note or 'input or weight type unknown'})")
         xt = xs[0].t
         pf = xt.frac_bits + wc.frac_bits
         if acc.frac_bits < pf:
-            raise RTLUnsupportedError(f"linear {op.name!r}: accumulator {acc} is coarser than its products "
+            raise RTLUnsupportedError(f"{op.kind} {op.name!r}: accumulator {acc} is coarser than its products "
                                       f"(2^-{pf})")
-        codes = oprtl._units(W, wc.frac_bits)        # the weights' codes in their carrier
+        codes = oprtl._units(W.ravel(), wc.frac_bits).reshape(W.shape)   # the weights' codes in their carrier
         K = np.vectorize(lambda k: int(k) << (acc.frac_bits - pf), otypes=[object])(codes)
         bias = None
         if op.bias is not None:
             bias = oprtl._units(np.asarray(op.bias, np.float64), acc.frac_bits)
         nm = _ident(op.name)
         xe = [_as_signed(s) for s in xs]
-        n_terms = n_in + (1 if bias is not None else 0)
+        n_terms = fan_in + (1 if bias is not None else 0)
         depth = math.ceil(math.log2(n_terms)) if n_terms > 1 else 0
         xw = xt.width + (0 if xt.signed else 1)
         outs, n_mul, regs = [], 0, 0
-        for j in range(n_out):
+        for j, tj in enumerate(taps):
             terms = []
-            for i in range(n_in):
-                k = int(K[j, i])
+            for i, widx in tj:
+                k = int(K[widx])
                 if k:
                     w = min(acc.width, xw + _bits_signed(k))
                     terms.append(self.wire(f"{nm}_p{j}_{i}", Fixed(w, w), f"{xe[i]} * {_lit(w, k)}"))
                     n_mul += 1
-            if bias is not None and int(bias[j]):
-                b = int(bias[j])
+            if bias is not None and int(bias[chans[j]]):
+                b = int(bias[chans[j]])
                 w = min(acc.width, _bits_signed(b))
                 terms.append(Sig(_lit(w, b), Fixed(w, w)))
             if not terms:
@@ -218,9 +266,9 @@ class Writer:
             outs.append(self.wire(f"{nm}_y{j}", acc, f"$signed({root.name})"))
         cycles = self._cycles(depth)
         self.layers.append(LayerInfo(op.name, op.kind, "mac", dict(
-            n_in=n_in, n_out=n_out, x_bits=xt.width, x_signed=xt.signed, w_bits=wc.width, acc_bits=acc.width,
-            consts=[int(k) for k in K.ravel()], weight_codes=[int(k) for k in codes.ravel()], multipliers=n_mul, adder_levels=depth, register_bits=regs),
-            cycles=cycles))
+            n_in=fan_in, n_out=W.shape[0], pixels=pixels, x_bits=xt.width, x_signed=xt.signed, w_bits=wc.width,
+            acc_bits=acc.width, consts=[int(k) for k in K.ravel()], weight_codes=[int(k) for k in codes.ravel()],
+            multipliers=n_mul, adder_levels=depth, register_bits=regs), cycles=cycles))
         self.set_out(op, outs, stage + cycles)
 
     def _cycles(self, depth: int) -> int:
@@ -421,6 +469,13 @@ class Writer:
         self.layers.append(LayerInfo(op.name, op.kind, "relu", dict(n=len(xs), bits=xs[0].t.width)))
         self.set_out(op, out, self.stage[op.inputs[0]])
 
+    def op_flatten(self, op):
+        """Flatten to (N, M): the elements are carried in C order already (wiring)."""
+        if op.out_shape is None or len(op.out_shape) != 2:
+            raise RTLUnsupportedError(f"flatten {op.name!r} to {op.out_shape}: to_rtl flattens to (N, M) only")
+        self.layers.append(LayerInfo(op.name, op.kind, "wire"))
+        self.set_out(op, self.src(op), self.stage[op.inputs[0]])
+
     def _vector(self, op):
         shapes = list(op.in_shapes or []) + [op.out_shape]
         if any(s is None or len([d for d in s[1:] if int(d) != 1]) > 1 for s in shapes):
@@ -429,7 +484,7 @@ class Writer:
         self.layers.append(LayerInfo(op.name, op.kind, "wire"))
         self.set_out(op, self.src(op), self.stage[op.inputs[0]])
 
-    op_flatten = op_reshape = _vector
+    op_reshape = _vector
 
     def op_output(self, op):
         xs = self.src(op)
@@ -479,11 +534,9 @@ def _minifloat_format(q) -> bool:
 
 
 def _float32_keys(values) -> np.ndarray:
-    """Order-preserving integer keys of float32 values (the threshold search's own: -0.0 and 0.0
-    share 0): the bit pattern for x >= 0, minus the magnitude bits for x < 0."""
-    bits = np.asarray(values, dtype=np.float32).view(np.uint32).astype(np.int64)
-    mag = bits & 0x7FFFFFFF
-    return np.where(bits >> 31, -mag, mag)
+    """Order-preserving integer keys of float32 values (the threshold search's own)."""
+    from ..numerics.thresholds import float32_keys
+    return float32_keys(values)
 
 
 def build(graph, pipeline_every: int = 1, top: str = "fpq_net") -> Writer:
