@@ -8,9 +8,17 @@ What is measured and what is modelled:
   fit on synthesized dense layers.
 * hls4ml's structure is modelled explicitly: reuse factor R shares ``ceil(n_in*n_out/R)``
   multipliers (hls4ml's block factor), which then multiply by weights read from a ROM / BRAM,
-  so they are general multipliers; multipliers whose weight carrier has >= ``dsp_threshold``
-  bits go to DSPs (hls4ml's own DSP estimator: "Vivado doesn't use DSP when precision < 9"),
-  tiled on the device's DSP port widths.
+  so they are general multipliers. Where multipliers go to DSPs (tiled on the device's DSP port
+  widths), the rule ``dsp_threshold`` sets:
+  - a multiplier whose weight carrier has >= ``dsp_threshold`` bits (default 9: hls4ml's own
+    DSP estimator, "Vivado doesn't use DSP when precision < 9"), at any reuse factor;
+  - unrolled (reuse 1) narrower weights are constants: shift-and-add logic in LUTs;
+  - a shared multiplier (reuse > 1; both operands are variables, the weight read from a ROM /
+    BRAM each cycle) whose two operands both have >= SHARED_DSP_BITS (8) bits: a DSP slice.
+    A variable 8 x 8 product takes ~60 LUTs of partial-product adders in fabric and fills the
+    DSP48's 25 x 18 multiplier, which is what the HLS binding uses it for (int8 x int8 and
+    wider); narrower variable products stay in LUTs. This rule is not calibrated against
+    Vivado (yosys gives no DSP binding); ``dsp_threshold=None`` keeps every multiplier in fabric.
 * an element-wise BatchNorm (x * s_c + t_c) is priced per element: a constant multiplication by
   its channel's s_c from the same tables and an adder (``_batchnorm_layer``).
 * FFs, BRAM mapping and latency are a structural model (pipeline registers, BRAM18 aspect
@@ -24,14 +32,16 @@ import numpy as np
 
 from ..formats import Binary, Fixed, Int, Minifloat, exact_fixed
 from ..ir import FREE_KINDS, MAC_KINDS, MOVING_KINDS
-from ..typeplan import TensorType, TypePlan, levels_carrier, po2_exponents, values_carrier
+from ..typeplan import TensorType, TypePlan, po2_exponents
 from .costreport import CostReport
-from .devices import Device, dsp_tiles, get_device
-from .ops import OperatorCosts, csd_digits, default_costs, significant_bits, thr_steps
-from .stream import (SRL_MAX_BITS, _add_stream_buffers, _bram18, _in_shape, add_clone_fifos, moving_stream, per_pixel,
-                     stream_readers)
+from .devices import Device, add_delay_ns, dsp_tiles, get_device
+from .lookup import _lookup_row
+from .ops import OperatorCosts, csd_digits, default_costs, significant_bits
+from .stream import (LUTRAM_MAX_DEPTH, SRL_MAX_BITS, _add_stream_buffers, _bram18, _in_shape, add_clone_fifos,
+                     moving_stream, per_pixel, stream_readers)
 
 STRATEGIES = ("latency", "resource")
+SHARED_DSP_BITS = 8   # a shared (variable x variable) multiplier with both operands this wide: a DSP
 IO_TYPES = ("io_parallel", "io_stream")
 DATAPATHS = ("carrier", "code")
 
@@ -131,8 +141,7 @@ def _elements(lp) -> int | None:
     return int(np.prod(shape[1:])) if len(shape) > 1 else int(np.prod(shape))
 
 
-def _t_add(dev: Device, bits: float) -> float:
-    return dev.lut_delay_ns + math.ceil(bits / 4) * dev.carry4_delay_ns
+_t_add = add_delay_ns
 
 
 # ----------------------------------------------------------------------------- MAC layers
@@ -172,6 +181,8 @@ def _mac_layer(lp, ops: OperatorCosts, dev: Device, rf: int, strategy: str, cloc
     n_mac = fan_in * n_out
     n_mult = math.ceil(n_mac / rf)                 # hls4ml's block factor
     use_dsp = dsp_threshold is not None and w_bits >= dsp_threshold and x_bits >= 2 and not binary
+    if rf > 1 and dsp_threshold is not None and not binary and min(x_bits, w_bits) >= SHARED_DSP_BITS:
+        use_dsp = True    # a shared variable x variable multiplier of int8 x int8 or wider (module docstring)
     lut = ff = dsp = bram = 0.0
     if K is None:  # unknown weights: every value of the format in turn stands in for them
         from ..formats import values
@@ -283,6 +294,8 @@ def _batchnorm_layer(lp, ops: OperatorCosts, dev: Device, rf: int, clock: float,
     nz = K != 0
     nontrivial = nz & (np.abs(K) & (np.abs(K) - 1) != 0)
     use_dsp = dsp_threshold is not None and w_bits >= dsp_threshold and x_bits >= 2
+    if rf > 1 and dsp_threshold is not None and min(x_bits, w_bits) >= SHARED_DSP_BITS:
+        use_dsp = True    # shared variable multipliers, as in _mac_layer
     lut = 0.0
     dsp = 0
     if rf == 1:
@@ -388,6 +401,26 @@ def _other_layer(lp, ops: OperatorCosts, notes: list) -> dict:
 
 
 # ----------------------------------------------------------------------------- entry point
+def _strategies(tp: TypePlan, strategy):
+    """"latency" / "resource" for every layer, or {plan name: that} from a {layer name or torch
+    module path: strategy} dict (hls4ml's per-layer Strategy; a layer it does not name: Latency)."""
+    def one(st, what):
+        s = str(st).lower()
+        if s not in STRATEGIES:
+            raise ValueError(f"unknown strategy {st!r}{what}; allowed: Latency, Resource")
+        return s
+    if not isinstance(strategy, dict):
+        return one(strategy, "")
+    out = {}
+    for key, st in strategy.items():
+        try:
+            name = tp[key].name
+        except KeyError as e:
+            raise ValueError(f"strategy names {key!r}: {e.args[0]}") from None
+        out[name] = one(st, f" for layer {key!r}")
+    return out
+
+
 def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", io_type="io_parallel",
              clock_period=5.0, datapath="carrier", dsp_threshold=9, costs: OperatorCosts | None = None,
              row_cache: dict | None = None) -> CostReport:
@@ -395,9 +428,7 @@ def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", 
     one plan at many reuse factors): each layer's own row is computed once per reuse factor and
     setting, the rest of the report (stream buffers, lookups, totals) every time."""
     dev = get_device(device)
-    strat = str(strategy).lower()
-    if strat not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; allowed: Latency, Resource")
+    strats = _strategies(tp, strategy)
     if io_type not in IO_TYPES:
         raise ValueError(f"unknown io_type {io_type!r}; allowed: {', '.join(IO_TYPES)}")
     if datapath not in DATAPATHS:
@@ -433,6 +464,7 @@ def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", 
             produced[lp.name] = produced.get(lp.attrs["fused_into"])
             prev = lp.name
             continue
+        strat = strats.get(lp.name, "latency") if isinstance(strats, dict) else strats
         key = (lp.name, _reuse(lp, rfs, reuse_factor), strat, float(clock_period), datapath, dsp_threshold,
                dev.name, id(ops))
         if row_cache is not None and key in row_cache:
@@ -500,83 +532,11 @@ def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", 
     if io_type == "io_stream":
         notes.append(f"io_stream: each layer's output FIFO (depth = its pixels, as hls4ml sizes them; a map read "
                      "by n layers n more, hls4ml's Clone) as SRL "
-                     f"LUTs up to {SRL_MAX_BITS} bits, else BRAM18; conv2d line buffers as SRL LUTs, the "
+                     f"LUTs up to {SRL_MAX_BITS} bits, LUTRAM up to {LUTRAM_MAX_DEPTH} words, else BRAM18; conv2d line buffers as SRL LUTs, the "
                      "kernel window as FFs (structural, not calibrated)")
     notes.append("LUTs from yosys synth_xilinx measurements (not Vivado); FF, BRAM mapping and latency "
                  "from a structural model of hls4ml")
     return report
-
-
-_TABLES: dict = {}
-
-
-def _table(fmt, scale: float, feed, divisor: int = 1):
-    """The lookup table of the HLS project (cached: the same quantizer over the same input type)."""
-    from ..numerics.thresholds import quantizer_table
-
-    key = (str(fmt), scale, str(feed), divisor)
-    if key not in _TABLES:
-        _TABLES[key] = quantizer_table(fmt, np.float32(scale), feed, divisor)
-    return _TABLES[key]
-
-
-def _lookup_row(lp, t: TensorType, feed, feed_bits, ops: OperatorCosts, dev: Device, clock: float, io_type: str,
-                notes: list, divisor: int = 1) -> dict:
-    """The threshold lookup (fpq::quantize_by_thresholds) of quantizer ``t`` on every element:
-    n thresholds of the input's exact type (W bits; the float32 port: 32), a binary search of
-    ceil(log2(n + 1)) comparator levels and a ROM of n + 1 levels. The table is the HLS
-    project's own where the input type is known, else bounded by the format's value count."""
-    from ..formats import values as format_values
-    from .rtl import threshold_span
-
-    name = lp.name if lp.op.lower() in ("input_quant", "quant") else f"{lp.name}:lookup"
-    n_el = _elements(lp)
-    shape = lp.attrs.get("out_shape")
-    if n_el is None:
-        notes.append(f"{name}: output shape unknown (calibrate or export first); lookup priced for one element")
-        n_el = 1
-    pixels = int(np.prod(shape[2:])) if shape is not None and len(shape) > 2 else 1
-    # io_parallel: FpqQuantize unrolls over every element; io_stream: one pixel (its channels) per
-    # cycle, as the conv layers are priced
-    units = n_el // pixels if io_type == "io_stream" else n_el
-    table = None
-    if np.size(t.scale) != 1:
-        why = "per-channel float scales (the HLS project refuses them)"
-    elif isinstance(feed, Fixed) and feed.width > 53:
-        why = f"its input {feed} is wider than 53 bits (the HLS project refuses it)"
-    elif feed is None:
-        why = "the exact type of its input is not known here"
-    else:
-        try:
-            table = _table(t.format, float(np.ravel(t.scale)[0]), feed if feed == "float32" else
-                           Fixed(feed.width, feed.int_bits, feed.signed), divisor)
-            why = ""
-        except ValueError as e:
-            why = f"no exact table ({e})"
-    if table is not None:
-        th, lv = table
-        n = len(th)
-        w = 32 if feed == "float32" else feed.width
-        span = 32 if feed == "float32" else threshold_span(w, feed.frac_bits, th)[0]
-        out = (levels_carrier(t, lv) if t.po2 else values_carrier(lv)) if n else Fixed(2, 2, True)
-        out_bits = out.width
-    else:
-        n = max(1, len(format_values(t.format)) - 1)
-        w = 32 if feed == "float32" else (feed.width if isinstance(feed, Fixed) else (feed_bits or 32))
-        span = w
-        out = t.value_carrier() or exact_fixed(t.format)
-        out_bits = out.width
-        notes.append(f"{name}: {t.describe()} lookup bounded: {n} thresholds (the format's values) over {w} "
-                     f"input bits, since {why}")
-    luts, carry = ops.thr_luts(w, n, out_bits, span)
-    steps = thr_steps(n)
-    depth_ns = steps * _t_add(dev, span) + dev.lut_delay_ns     # comparator levels, then the level ROM
-    stages = max(1, math.ceil(depth_ns / clock)) if n else 0
-    return dict(layer=name, op="threshold_lookup", lut=float(units * luts), ff=float(units * out_bits), dsp=0,
-                bram18=0, uram=0, latency_cycles=int(stages), ii=int(pixels if io_type == "io_stream" else 1),
-                bops=0.0, ebops=0.0, mapping="threshold-lookup", thresholds=int(n), in_bits=int(w),
-                in_span=int(span), out_bits=int(out_bits), lookups=int(units), carry=float(units * carry),
-                quantizer=t.describe(), _out=out)
 
 
 def _layer_row(lp, ops, dev, rfs, reuse_factor, strat, clock_period, dsp_threshold, datapath, notes, dp) -> dict:
