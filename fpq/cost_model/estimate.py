@@ -36,7 +36,7 @@ from ..typeplan import TensorType, TypePlan, po2_exponents
 from .costreport import CostReport
 from .devices import Device, add_delay_ns, dsp_tiles, get_device
 from .lookup import _lookup_row
-from .ops import OperatorCosts, csd_digits, default_costs, significant_bits
+from .ops import OperatorCosts, csd_digits, default_costs, significant_bits, significant_bits_array
 from .stream import (LUTRAM_MAX_DEPTH, SRL_MAX_BITS, _add_stream_buffers, _bram18, _in_shape, add_clone_fifos,
                      moving_stream, per_pixel, stream_readers)
 
@@ -252,7 +252,7 @@ def _mac_layer(lp, ops: OperatorCosts, dev: Device, rf: int, strategy: str, cloc
     b_w, b_a = w_t.format.width, x_t.format.width
     zf = 1.0 - float(nz.mean())
     bops = pixels * n_mac * ((1 - zf) * b_w * b_a + b_w + b_a + math.log2(max(fan_in, 1)))
-    eff = np.vectorize(lambda k: significant_bits(k) + (1 if k < 0 else 0))(K[nz]) if nz.any() else np.zeros(0)
+    eff = significant_bits_array(K[nz]) + (K[nz] < 0) if nz.any() else np.zeros(0)
     ebops = pixels * float(np.sum(eff)) * x_bits
     return dict(layer=lp.name, op=lp.op, lut=float(lut), ff=float(ff), dsp=int(dsp), bram18=int(bram), uram=0,
                 latency_cycles=int(latency), ii=int(ii), bops=float(bops), ebops=float(ebops),
@@ -465,7 +465,8 @@ def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", 
             prev = lp.name
             continue
         strat = strats.get(lp.name, "latency") if isinstance(strats, dict) else strats
-        key = (lp.name, _reuse(lp, rfs, reuse_factor), strat, float(clock_period), datapath, dsp_threshold,
+        rf_l = _reuse(lp, rfs, reuse_factor)   # unrolled (reuse 1), both strategies build the same layer
+        key = (lp.name, rf_l, strat if rf_l > 1 else "-", float(clock_period), datapath, dsp_threshold,
                dev.name, id(ops))
         if row_cache is not None and key in row_cache:
             row, new_notes, new_dp = row_cache[key]
