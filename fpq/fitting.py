@@ -359,9 +359,11 @@ def fit(q, part="xc7z020", budget=0.8, objective="latency", *, example_input=Non
         io, sts, chosen, rep, _, _ = min(runs, key=lambda r: (_excess(_shares(r[3].total, dev, budget)), r[5]))
         share = _shares(rep.total, dev, budget)
         caps = _caps(dev)
+        need = {k: round(rep.total[k]) for k in RESOURCES}      # whole units, so that need - allowed = over
+        allow = {k: round(budget * caps[k]) for k in RESOURCES}
         short = "; ".join(
-            f"{NAMES[k]}: needs {rep.total[k]:,.0f}, the budget allows {budget * caps[k]:,.0f} "
-            f"({100 * budget:.0f}% of {caps[k]:,}), {rep.total[k] - budget * caps[k]:,.0f} over ({share[k]:.2f}x; "
+            f"{NAMES[k]}: needs {need[k]:,}, the budget allows {allow[k]:,} "
+            f"({100 * budget:.0f}% of {caps[k]:,}), {need[k] - allow[k]:,} over ({share[k]:.2f}x; "
             f"most in {_largest(rep, k)})" for k in RESOURCES if share[k] > 1)
         top = max([rf for rf, _ in chosen.values()], default=1)
         raise FitError(f"the model does not fit {100 * budget:.0f}% of {dev.name} at any setting tried; at the "
