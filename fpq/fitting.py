@@ -17,8 +17,10 @@ When no move lowers the excess, the move that most lowers the most over-used res
 a layer's multipliers, adders and registers fall as 1 / R while its latency grows as R; it needs
 O(layers x log2(max R)) moves where an exhaustive search is exponential in the number of layers.
 Once it fits, each layer in turn (the slowest first) takes the setting of the fewest cycles that
-still fits (``_relax``: doubling overshoots). It is a heuristic: it can miss a setting with a
-lower latency. The same search with one strategy for every layer runs too, and of all runs that
+still fits (``_relax``: doubling overshoots). A second start, one reuse factor for every layer
+doubled until it fits and then relaxed the same way (``_uniform``), catches what moves of one
+layer at a time miss; the better of the two is kept. It is a heuristic: it can miss a setting
+with a lower latency. The same search with one strategy for every layer runs too, and of all runs that
 fit, ``objective="latency"`` takes the fewest latency cycles (then the lowest II), ``"throughput"``
 the lowest II (then the fewest cycles).
 
@@ -242,7 +244,9 @@ def _search(rows: _Rows, valid: dict, strategies: tuple, budget: float, objectiv
         t = rows.total(settings)
         share = _shares(t, dev, budget)
         if max(share.values()) <= 1.0:
-            return _relax(rows, settings, valid, strategies, budget, objective), True
+            found = [_relax(rows, settings, valid, strategies, budget, objective)]
+            found += [u for u in [_uniform(rows, valid, strategies, budget, objective)] if u is not None]
+            return min(found, key=lambda f: _cost(rows.total(f), objective)), True
         cands = []
         for n, (rf, st) in settings.items():
             higher = [v for v in valid[n] if v > rf]
@@ -268,14 +272,39 @@ def _search(rows: _Rows, valid: dict, strategies: tuple, budget: float, objectiv
             # large): raise the reuse factor of the layer holding most of the worst resource
             held = [(rows.row(n, s)[worst], n) for n, s in settings.items() if valid[n][-1] > s[0]]
             if not held or max(held)[0] <= 0:
-                return settings, False
+                u = _uniform(rows, valid, strategies, budget, objective)
+                return (u, True) if u is not None else (settings, False)
             n = max(held)[1]
             rf, st = settings[n]
             higher = [v for v in valid[n] if v > rf]
             best = dict(settings, **{n: (next((v for v in higher if v >= 2 * rf), higher[-1]), st)})
             rows.fetch([(n,) + best[n]])
         settings = best
-    return settings, False
+    u = _uniform(rows, valid, strategies, budget, objective)
+    return (u, True) if u is not None else (settings, False)
+
+
+def _uniform(rows: _Rows, valid: dict, strategies: tuple, budget: float, objective: str):
+    """The second starting point: one reuse factor R for every layer (each layer's smallest valid
+    one >= R), R doubling from 1 until it fits, for each strategy; then ``_relax``. Greedy moves of
+    one layer at a time can stop where trading between two layers would do better (a layer kept
+    unrolled in LUTs holding the budget that sharing everywhere would free). Returns the settings
+    of the fewest cycles, or None."""
+    best = None
+    for st in strategies:
+        r = 1
+        while True:
+            settings = {n: (next((v for v in valid[n] if v >= r), valid[n][-1]), st) for n in rows.sizes}
+            rows.fetch([(n,) + s for n, s in settings.items()])
+            if max(_shares(rows.total(settings), rows.dev, budget).values()) <= 1.0:
+                settings = _relax(rows, settings, valid, strategies, budget, objective)
+                if best is None or _cost(rows.total(settings), objective) < _cost(rows.total(best), objective):
+                    best = settings
+                break
+            if all(s[0] == valid[n][-1] for n, s in settings.items()):
+                break
+            r *= 2
+    return best
 
 
 def _relax(rows: _Rows, settings: dict, valid: dict, strategies: tuple, budget: float, objective: str) -> dict:

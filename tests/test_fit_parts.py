@@ -144,3 +144,20 @@ def test_reduced_resnet8_fitted_project_csim_equals_emulator(tmp_path):
     from fpq.export import as_graph
     x = np.asarray(probe_inputs(as_graph(q, zm.calibration(1)), 100, seed=3), dtype=np.float32)
     assert np.array_equal(proj.predict(x), np.asarray(fpq.emulate(q, torch.from_numpy(x))))
+
+
+def test_fit_no_slower_than_one_reuse_factor_for_every_layer():
+    """The search keeps the better of its per-layer descent and one reuse factor for every layer
+    (each layer's nearest valid one): no uniform setting that fits has fewer latency cycles."""
+    from fpq.fitting import _layer_sizes
+    q = _mlp("int8", 64, 128)
+    tp = fpq.plan(q)
+    res = fpq.fit(tp, part="xc7z020", io_types=("io_parallel",))
+    sizes = {n: _layer_sizes(tp[n]) for n in res.reuse_factor}
+    for st in ("Latency", "Resource"):
+        for r in (1, 2, 4, 8, 16, 32, 64, 128):
+            rfs = {n: next((v for v in valid_reuse_factors(*nm) if v >= r), valid_reuse_factors(*nm)[-1])
+                   for n, nm in sizes.items()}
+            t = estimate_cost(tp, part="xc7z020", reuse_factor=rfs, strategy=st).total
+            if all(t[k] <= 0.8 * c for k, c in (("lut", 53200), ("ff", 106400), ("dsp", 220), ("bram18", 280))):
+                assert res.latency_cycles <= t["latency_cycles"], (st, r)
