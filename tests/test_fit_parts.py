@@ -131,15 +131,19 @@ def test_fit_cli_choices(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_reduced_resnet8_fitted_project_csim_equals_emulator(tmp_path):
-    """The fit's hls_kwargs (io_stream, per-layer reuse factors and strategies) build the hls4ml
-    project of the reduced ResNet-8; its configs carry them and its C-sim equals the emulator."""
+    """The fit's hls_kwargs (io_stream, per-layer reuse factors) build the hls4ml project of the
+    reduced ResNet-8, with every other weighted layer switched to the Resource strategy so that the
+    per-layer Strategy path is built (tests/test_model_zoo.py builds the fit's own choice): the
+    layer configs carry each reuse factor and strategy, and the C-sim equals the emulator."""
     q, zm = _resnet8_quick()
     res = fpq.fit(q, part="xc7z020", budget=0.8, io_types=("io_stream",))
-    proj = fpq.to_hls(q, tmp_path / "prj", zm.calibration(1), **res.hls_kwargs)
+    mixed = {n: ("Resource" if i % 2 else "Latency") for i, n in enumerate(res.reuse_factor)}
+    proj = fpq.to_hls(q, tmp_path / "prj", zm.calibration(1), **dict(res.hls_kwargs, strategy=mixed))
     for name, rf in res.reuse_factor.items():
         layer = proj.hls_model.graph[name]
         assert layer.get_attr("reuse_factor") == rf, name
-        assert str(layer.get_attr("strategy")).lower() == res.strategies[name].lower(), name
+        assert str(layer.get_attr("strategy")).lower() == mixed[name].lower(), name
+    assert proj.info["strategy"] == mixed
     from fpq.testing.conformance import probe_inputs
     from fpq.export import as_graph
     x = np.asarray(probe_inputs(as_graph(q, zm.calibration(1)), 100, seed=3), dtype=np.float32)
@@ -161,3 +165,14 @@ def test_fit_no_slower_than_one_reuse_factor_for_every_layer():
             t = estimate_cost(tp, part="xc7z020", reuse_factor=rfs, strategy=st).total
             if all(t[k] <= 0.8 * c for k, c in (("lut", 53200), ("ff", 106400), ("dsp", 220), ("bram18", 280))):
                 assert res.latency_cycles <= t["latency_cycles"], (st, r)
+
+
+def test_to_hls_refuses_a_bad_per_layer_strategy(tmp_path):
+    """A per-layer strategy naming no weighted layer, or one that is not Latency / Resource, is
+    refused before any file is written."""
+    q = _mlp("int8")
+    with pytest.raises(ValueError, match="strategy names 'nope', which is no layer with weights"):
+        fpq.to_hls(q, tmp_path / "a", torch.zeros(1, 32), strategy={"nope": "Resource"})
+    with pytest.raises(ValueError, match="a per-layer strategy is Latency or Resource"):
+        fpq.to_hls(q, tmp_path / "b", torch.zeros(1, 32), strategy={"0": "distributed_arithmetic"})
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
