@@ -56,7 +56,11 @@ def _fit_cell(mw, part: str, budget: float) -> dict:
                          for k, (need, allow) in e.shortfall.items())
         return dict(fits=False, text=f"does not fit: {over}", seconds=time.perf_counter() - t0, error=str(e))
     t = r.report.total
-    text = (f"{r.io_type}, {r.strategy}, max reuse {max(r.reuse_factor.values(), default=1)}: "
+    st = r.strategy
+    if st == "per-layer":
+        n_res = sum(v == "Resource" for v in r.strategies.values())
+        st = f"Latency x{len(r.strategies) - n_res} / Resource x{n_res}"
+    text = (f"{r.io_type}, {st}, max reuse {max(r.reuse_factor.values(), default=1)}: "
             f"LUT {t['lut']:,.0f}, FF {t['ff']:,.0f}, DSP {t['dsp']:,.0f}, BRAM18 {t['bram18']:,.0f}; "
             f"II {r.ii:,}, latency {r.latency_cycles:,} cycles ({r.latency_ns / 1000:,.1f} us)")
     return dict(fits=True, text=text, seconds=time.perf_counter() - t0, result=r)
@@ -98,7 +102,8 @@ def markdown(rows: list, parts=PARTS, quick: bool = False) -> str:
     out.append("accuracy: none of these data sets ships offline; random-init weights, calibrated on seeded "
                "random inputs. exact: fpq.verify, torch == emulator (all inputs) == qonnx executor (first "
                "inputs), atol=0, on off-grid / tie / saturating probes. fit: fpq.fit at the budget, estimate "
-               "(io_type, strategy, largest per-layer reuse factor, resources, II and latency at 200 MHz), or "
+               "(io_type, strategy (or how many layers take each), largest per-layer reuse factor, resources, II and "
+               "latency at 200 MHz), or "
                "the resources over budget at the cheapest setting. time: convert+calibrate+export, verify, "
                "each fit.")
     return "\n".join(out)

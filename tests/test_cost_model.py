@@ -242,10 +242,12 @@ def test_io_stream_adds_fifos_and_line_buffers():
     par = fpq.estimate_cost(q, part="xcvu9p")
     st = fpq.estimate_cost(q, part="xcvu9p", io_type="io_stream")
     rows = {r["layer"]: r for r in st.layers}
-    # the first conv's output: 4 channels x 8 bits x 64 pixels > 1024 bits: block RAM; the second
-    # conv keeps two input rows in shift registers
-    assert rows["conv2d_0"]["fifo_bram18"] >= 1 and rows["conv2d_4"]["line_buffer_lut"] > 0
-    assert st.total["bram18"] > par.total["bram18"]
+    # the first conv's output: 4 channels x 8 bits x 64 pixels > 1024 bits, but only 64 words deep:
+    # distributed RAM (LUTRAM), not a BRAM18 7/8 empty; the second conv keeps two input rows in
+    # shift registers
+    from fpq.cost_model.stream import lutram_luts
+    assert rows["conv2d_0"]["fifo_bram18"] == 0 and rows["conv2d_0"]["fifo_lut"] == lutram_luts(32, 64)
+    assert rows["conv2d_4"]["line_buffer_lut"] > 0
     assert any("io_stream" in n for n in st.notes)
     # element-wise layers run one pixel (its channels) per cycle in io_stream: their datapath is
     # the io_parallel one over the map divided by the pixels, II the pixels
@@ -283,8 +285,9 @@ def test_grouped_conv_priced_as_the_dense_conv_hls_builds():
         assert g["op"] == "conv2d" and g["fan_in"] == d["fan_in"] == 36
         for key in ("dsp", "n_mult", "latency_cycles"):
             assert g[key] == d[key], key
-        # the grouped layer's accumulator is a bit narrower (its sums have 18 terms, not 36)
-        assert g["acc_bits"] <= d["acc_bits"] and g["lut"] == pytest.approx(d["lut"], rel=0.01)
+        # the grouped layer's accumulator is a bit narrower (its sums have 18 terms, not 36); at
+        # reuse 4 the 8 x 8 shared multipliers are DSPs and the LUTs left are mostly those adders
+        assert g["acc_bits"] <= d["acc_bits"] and g["lut"] == pytest.approx(d["lut"], rel=0.01 if g["dsp"] == 0 else 0.05)
     g4 = rows["grouped"][1]
     # hls4ml's Latency multiplier_limit: ceil(n_in * n_out / R) - n_zeros / R, at most the true MACs / R
     assert g4["n_mult"] == 36 * 8 // 4 - g4["zero_weights"] // 4 and g4["n_mult"] <= 18 * 8 // 4

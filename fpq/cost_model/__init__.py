@@ -20,10 +20,13 @@ def estimate_cost(q, part="xcvu9p", reuse_factor=1, strategy="Latency", io_type=
 
     ``q``: a TypePlan, a converted model, or a QONNX file / ModelWrapper. ``part``: the FPGA (one
     of ``DEVICES`` or a full part number). ``reuse_factor``: an int for every layer, or {layer
-    name: int}. ``datapath``: "carrier" prices the exact fixed-point carrier datapath the HLS
+    name: int}. ``strategy``: "Latency" / "Resource" for every layer, or {layer name: strategy}
+    (hls4ml's per-layer Strategy; layers it does not name: Latency). ``datapath``: "carrier" prices the exact fixed-point carrier datapath the HLS
     writer emits; "code" prices minifloat weights as codes decoded at the shared multipliers (only
     differs where multipliers are shared, reuse > 1). ``dsp_threshold``: weight carrier width from
-    which multipliers go to DSPs (hls4ml / Vivado: 9); None keeps every multiplier in fabric.
+    which multipliers go to DSPs (hls4ml / Vivado: 9); shared multipliers (reuse > 1, two
+    variable operands) of int8 x int8 and wider go to DSPs too (``estimate.SHARED_DSP_BITS``);
+    None keeps every multiplier in fabric.
     ``example_input``: the input shape of a converted model, as in ``fpq.plan``. ``device=``: the
     old name of ``part`` (deprecated: elsewhere in fpq ``device`` is a torch device).
     """

@@ -6,6 +6,7 @@ of one LUT level plus local routing, and of one 4-bit carry segment, per family 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -64,6 +65,11 @@ def get_device(name) -> Device:
             return DEVICES[dev]
     raise ValueError(f"unknown device {name!r}; known devices: {', '.join(DEVICES)} "
                      "(full part numbers such as xcvu9p-flga2104-2-e are accepted)")
+
+
+def add_delay_ns(dev: Device, bits: float) -> float:
+    """Delay of one ``bits``-bit adder: a LUT level and its carry chain (the coarse timing model above)."""
+    return dev.lut_delay_ns + math.ceil(bits / 4) * dev.carry4_delay_ns
 
 
 def dsp_tiles(a_bits: int, b_bits: int, device: Device, a_signed=True, b_signed=True) -> int:

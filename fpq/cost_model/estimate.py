@@ -2,13 +2,24 @@
 
 What is measured and what is modelled:
 
-* LUTs of the arithmetic come from the yosys synth_xilinx table (``ops.OperatorCosts``): unrolled layers price
-  every constant weight by its value (zero free, power of two a shift, otherwise by the constant multiplier fit /
-  lookup) plus the adder trees, with a layer-level fit on synthesized dense layers.
-* hls4ml's structure is modelled explicitly: reuse factor R shares ``ceil(n_in*n_out/R)`` multipliers (hls4ml's
-  block factor), which then multiply by weights read from a ROM / BRAM, so they are general multipliers;
-  multipliers whose weight carrier has >= ``dsp_threshold`` bits go to DSPs (hls4ml's own DSP estimator: "Vivado
-  doesn't use DSP when precision < 9"), tiled on the device's DSP port widths.
+* LUTs of the arithmetic come from the yosys synth_xilinx table (``ops.OperatorCosts``):
+  unrolled layers price every constant weight by its value (zero free, power of two a shift,
+  otherwise by the constant multiplier fit / lookup) plus the adder trees, with a layer-level
+  fit on synthesized dense layers.
+* hls4ml's structure is modelled explicitly: reuse factor R shares ``ceil(n_in*n_out/R)``
+  multipliers (hls4ml's block factor), which then multiply by weights read from a ROM / BRAM,
+  so they are general multipliers. Where multipliers go to DSPs (tiled on the device's DSP port
+  widths), the rule ``dsp_threshold`` sets:
+  - a multiplier whose weight carrier has >= ``dsp_threshold`` bits (default 9: hls4ml's own
+    DSP estimator, "Vivado doesn't use DSP when precision < 9"), at any reuse factor;
+  - unrolled (reuse 1) narrower weights are constants: shift-and-add logic in LUTs;
+  - a shared multiplier (reuse > 1; both operands are variables, the weight read from a ROM /
+    BRAM each cycle) whose two operands both have >= SHARED_DSP_BITS (8) bits: a DSP slice.
+    A variable 8 x 8 product takes ~60 LUTs of partial-product adders in fabric and fills the
+    DSP48's 25 x 18 multiplier, which is what the HLS binding uses it for (int8 x int8 and
+    wider); narrower variable products stay in LUTs. This rule is not calibrated against
+    Vivado (yosys gives no DSP binding); ``dsp_threshold=None`` keeps every multiplier in fabric.
+* block-scaled layers (mxfp4, nvfp4, ...): ``fpq.cost_model.blocks`` (an uncalibrated composition of the tables).
 * an element-wise BatchNorm (x * s_c + t_c) is priced per element: a constant multiplication by
   its channel's s_c from the same tables and an adder (``_batchnorm_layer``).
 * block-scaled layers (mxfp4, nvfp4, ...): ``fpq.cost_model.blocks`` (an uncalibrated composition of the tables).
@@ -26,12 +37,13 @@ from ..typeplan import TensorType, TypePlan, is_block, levels_carrier, po2_expon
 from .costreport import CostReport
 from .devices import Device, dsp_tiles, get_device
 from .lookups import _elements, _t_add, is_cast, lookup_row, requant_luts
-from .ops import OperatorCosts, csd_digits, default_costs, significant_bits, thr_steps
-from .stream import (SRL_MAX_BITS, _add_stream_buffers, _bram18, _in_shape, add_clone_fifos, moving_stream, per_pixel,
-                     stream_readers)
+from .ops import OperatorCosts, csd_digits, default_costs, significant_bits, significant_bits_array, thr_steps
+from .stream import (LUTRAM_MAX_DEPTH, SRL_MAX_BITS, _add_stream_buffers, _bram18, _in_shape, add_clone_fifos,
+                     moving_stream, per_pixel, stream_readers)
 
 STRATEGIES = ("latency", "resource", "distributed_arithmetic")
 DA_NAMES = ("distributed_arithmetic", "da")   # the spellings hls4ml accepts
+SHARED_DSP_BITS = 8   # a shared (variable x variable) multiplier with both operands this wide: a DSP
 IO_TYPES = ("io_parallel", "io_stream")
 DATAPATHS = ("carrier", "code")
 
@@ -163,6 +175,8 @@ def _mac_layer(lp, ops: OperatorCosts, dev: Device, rf: int, strategy: str, cloc
     n_mac = fan_in * n_out
     n_mult = math.ceil(n_mac / rf)                 # hls4ml's block factor
     use_dsp = dsp_threshold is not None and w_bits >= dsp_threshold and x_bits >= 2 and not binary
+    if rf > 1 and dsp_threshold is not None and not binary and min(x_bits, w_bits) >= SHARED_DSP_BITS:
+        use_dsp = True    # a shared variable x variable multiplier of int8 x int8 or wider (module docstring)
     lut = ff = dsp = bram = 0.0
     if K is None:  # unknown weights: every value of the format in turn stands in for them
         from ..formats import values
@@ -223,7 +237,7 @@ def _mac_layer(lp, ops: OperatorCosts, dev: Device, rf: int, strategy: str, cloc
     if isinstance(out_t, TensorType) and out_t.po2:
         # the layer requantizes its accumulator itself (fpq.convert models; in QONNX graphs the
         # quantizer is its own op): a rounding adder and a saturation mux per output channel.
-        # A float-scaled output is a threshold lookup instead: its own row (estimate's _lookup_row)
+        # A float-scaled output is a threshold lookup instead: its own row (lookups.lookup_row)
         oc = _carrier(out_t, notes, f"{lp.name} output")
         lut += n_out * (requant_luts(ops, out_t, acc, oc) if isinstance(acc, Fixed) else
                         ops.add_luts(acc_bits) + math.ceil(oc.width / 2))
@@ -233,7 +247,7 @@ def _mac_layer(lp, ops: OperatorCosts, dev: Device, rf: int, strategy: str, cloc
     b_w, b_a = w_t.format.width, x_t.format.width
     zf = 1.0 - float(nz.mean())
     bops = pixels * n_mac * ((1 - zf) * b_w * b_a + b_w + b_a + math.log2(max(fan_in, 1)))
-    eff = np.vectorize(lambda k: significant_bits(k) + (1 if k < 0 else 0))(K[nz]) if nz.any() else np.zeros(0)
+    eff = significant_bits_array(K[nz]) + (K[nz] < 0) if nz.any() else np.zeros(0)
     ebops = pixels * float(np.sum(eff)) * x_bits
     return dict(layer=lp.name, op=lp.op, lut=float(lut), ff=float(ff), dsp=int(dsp), bram18=int(bram), uram=0,
                 latency_cycles=int(latency), ii=int(ii), bops=float(bops), ebops=float(ebops),
@@ -274,6 +288,8 @@ def _batchnorm_layer(lp, ops: OperatorCosts, dev: Device, rf: int, clock: float,
     nz = K != 0
     nontrivial = nz & (np.abs(K) & (np.abs(K) - 1) != 0)
     use_dsp = dsp_threshold is not None and w_bits >= dsp_threshold and x_bits >= 2
+    if rf > 1 and dsp_threshold is not None and min(x_bits, w_bits) >= SHARED_DSP_BITS:
+        use_dsp = True    # shared variable multipliers, as in _mac_layer
     lut = 0.0
     dsp = 0
     if rf == 1:
@@ -379,6 +395,29 @@ def _other_layer(lp, ops: OperatorCosts, notes: list) -> dict:
 
 
 # ----------------------------------------------------------------------------- entry point
+def _strategies(tp: TypePlan, strategy):
+    """"latency" / "resource" for every layer, or {plan name: that} from a {layer name or torch
+    module path: strategy} dict (hls4ml's per-layer Strategy; a layer it does not name: Latency)."""
+    def one(st, what, allowed=("latency", "resource")):
+        s = str(st).lower()
+        s = "distributed_arithmetic" if s in DA_NAMES else s
+        if s not in allowed:
+            raise ValueError(f"unknown strategy {st!r}{what}; allowed: "
+                             + ", ".join({"latency": "Latency", "resource": "Resource"}.get(a, a) for a in allowed)
+                             + (" (distributed_arithmetic is for the whole model only)" if what else ""))
+        return s
+    if not isinstance(strategy, dict):
+        return one(strategy, "", STRATEGIES)
+    out = {}
+    for key, st in strategy.items():
+        try:
+            name = tp[key].name
+        except KeyError as e:
+            raise ValueError(f"strategy names {key!r}: {e.args[0]}") from None
+        out[name] = one(st, f" for layer {key!r}")
+    return out
+
+
 def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", io_type="io_parallel",
              clock_period=5.0, datapath="carrier", dsp_threshold=9, costs: OperatorCosts | None = None,
              row_cache: dict | None = None) -> CostReport:
@@ -386,10 +425,7 @@ def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", 
     one plan at many reuse factors): each layer's own row is computed once per reuse factor and
     setting, the rest of the report (stream buffers, lookups, totals) every time."""
     dev = get_device(device)
-    strat = str(strategy).lower()
-    strat = "distributed_arithmetic" if strat in DA_NAMES else strat
-    if strat not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; allowed: Latency, Resource, distributed_arithmetic")
+    strats = _strategies(tp, strategy)
     if io_type not in IO_TYPES:
         raise ValueError(f"unknown io_type {io_type!r}; allowed: {', '.join(IO_TYPES)}")
     if datapath not in DATAPATHS:
@@ -425,7 +461,9 @@ def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", 
             produced[lp.name] = produced.get(lp.attrs["fused_into"])
             prev = lp.name
             continue
-        key = (lp.name, _reuse(lp, rfs, reuse_factor), strat, float(clock_period), datapath, dsp_threshold,
+        strat = strats.get(lp.name, "latency") if isinstance(strats, dict) else strats
+        rf_l = _reuse(lp, rfs, reuse_factor)   # unrolled (reuse 1), both strategies build the same layer
+        key = (lp.name, rf_l, strat if rf_l > 1 else "-", float(clock_period), datapath, dsp_threshold,
                dev.name, id(ops))
         if row_cache is not None and key in row_cache:
             row, new_notes, new_dp = row_cache[key]
@@ -499,7 +537,7 @@ def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", 
     if io_type == "io_stream":
         notes.append(f"io_stream: each layer's output FIFO (depth = its pixels, as hls4ml sizes them; a map read "
                      "by n layers n more, hls4ml's Clone) as SRL "
-                     f"LUTs up to {SRL_MAX_BITS} bits, else BRAM18; conv2d line buffers as SRL LUTs, the "
+                     f"LUTs up to {SRL_MAX_BITS} bits, LUTRAM up to {LUTRAM_MAX_DEPTH} words, else BRAM18; conv2d line buffers as SRL LUTs, the "
                      "kernel window as FFs (structural, not calibrated)")
     notes.append("LUTs from yosys synth_xilinx measurements (not Vivado); FF, BRAM mapping and latency "
                  "from a structural model of hls4ml")

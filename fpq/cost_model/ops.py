@@ -50,6 +50,14 @@ def significant_bits(k: int) -> int:
     return (k >> trailing_zeros(k)).bit_length() if k else 0
 
 
+def significant_bits_array(K) -> np.ndarray:
+    """``significant_bits`` of every entry of an integer array (|k| < 2**53), vectorized: the cost
+    model prices every weight of a layer, at many reuse factors when fpq.fit searches."""
+    a = np.abs(np.asarray(K, dtype=np.int64))
+    odd = np.where(a > 0, a // np.maximum(a & -a, 1), 0)
+    return np.where(odd > 0, np.frexp(odd.astype(np.float64))[1], 0).astype(np.int64)
+
+
 # ----------------------------------------------------------------------------- features
 # Feature sets were chosen by leave-one-out cross-validation on the calibration table only
 # (median |relative error|: multipliers 4.5%, minifloat multipliers 11%, constants of wide x 10%).
@@ -456,19 +464,17 @@ class OperatorCosts:
     # -- the unrolled constant-weight dot products (hls4ml Latency, reuse factor 1)
     def dense_features(self, x_bits: int, K: np.ndarray, x_signed=True) -> list[float]:
         """Features of an unrolled layer with integer constant matrix K (n_in, n_out): the sum of
-        the constant multipliers' costs and the adder-tree bits of each output."""
+        the constant multipliers' costs and the adder-tree bits of each output. Each distinct
+        constant is priced once (a layer has many weights but few distinct codes)."""
         K = np.asarray(K, dtype=np.int64)
-        cm, tree, nz_out = 0.0, 0.0, 0
-        for j in range(K.shape[1]):
-            ks = [int(k) for k in K[:, j] if k]
-            if not ks:
-                continue
-            nz_out += 1
-            cm += sum(self.cmul_luts(x_bits, k, x_signed)[0] for k in ks)
-            # terms of x * k carry about x_bits + significant bits of k
-            widths = [x_bits + significant_bits(k) for k in ks]
-            tree += adder_bits(len(ks), float(np.mean(widths)))
-        return [cm, tree, float(nz_out)]
+        nz = K != 0
+        vals, counts = np.unique(K[nz], return_counts=True)
+        cm = float(sum(int(c) * self.cmul_luts(x_bits, int(v), x_signed)[0] for v, c in zip(vals, counts)))
+        # terms of x * k carry about x_bits + significant bits of k
+        n_col = nz.sum(0)
+        w_sum = np.where(nz, x_bits + significant_bits_array(K), 0).sum(0)
+        tree = sum(adder_bits(int(n), float(w) / int(n)) for n, w in zip(n_col, w_sum) if n)
+        return [cm, float(tree), float(np.count_nonzero(n_col))]
 
     def _fit_dense(self, rows) -> Fit:
         X, y = [], []

@@ -28,9 +28,23 @@ def _bram18(width_bits: int, depth: int) -> int:
 
 
 # hls4ml's io_stream: an hls::stream FIFO of (channels x bits) words between layers, its depth the
-# number of pixels; Vitis HLS keeps small FIFOs in shift registers (SRL32 LUTs) and puts large ones
-# in block RAM. The threshold is Vitis' auto_srl_max_bits default.
+# number of pixels (hls4ml's StreamVariableConverter). How the memory is inferred (priced in ``_fifo``):
+# * up to SRL_MAX_BITS (depth x width; Vitis' auto_srl_max_bits default) in shift registers: one
+#   SRL32 LUT per bit and 32 words;
+# * otherwise a RAM. Up to LUTRAM_MAX_DEPTH words it is distributed RAM (LUTRAM): a simple
+#   dual-port RAM32M (32 words x 6 bits) or RAM64M (64 x 3) per 4 LUTs. A BRAM18's shallowest
+#   shape is 512 x 36, so a <= 64-word memory would leave 7/8 of every block empty: Vivado's RAM
+#   inference keeps such shallow memories in LUTs. Deeper ones go to BRAM18s at the aspect
+#   ratio that needs the fewest (``_bram18``).
 SRL_MAX_BITS = 1024
+LUTRAM_MAX_DEPTH = 64
+
+
+def lutram_luts(width_bits: int, depth: int) -> int:
+    """LUTs of a simple dual-port distributed RAM of ``depth`` x ``width_bits`` (RAM32M / RAM64M:
+    4 LUTs hold 32 x 6 or 64 x 3 bits)."""
+    per = 6 if depth <= 32 else 3
+    return 4 * math.ceil(width_bits / per) * math.ceil(depth / 64 if depth > 32 else 1)
 
 
 def _bits_of(t) -> int | None:
@@ -44,7 +58,8 @@ def _bits_of(t) -> int | None:
 
 
 def _fifo(shape, bits) -> tuple:
-    """(LUTs, BRAM18) of one hls::stream FIFO of a feature map of ``shape`` (depth: its pixels)."""
+    """(LUTs, BRAM18) of one hls::stream FIFO of a feature map of ``shape`` (depth: its pixels):
+    SRL, LUTRAM or BRAM18 by depth x width as described above."""
     if shape is None or len(shape) <= 2 or not bits:
         return 0, 0
     width, depth = int(shape[1]) * bits, int(np.prod(shape[2:]))
@@ -52,6 +67,8 @@ def _fifo(shape, bits) -> tuple:
         return 0, 0
     if width * depth <= SRL_MAX_BITS:
         return width * math.ceil(depth / 32), 0
+    if depth <= LUTRAM_MAX_DEPTH:
+        return lutram_luts(width, depth), 0
     return 0, _bram18(width, depth)
 
 

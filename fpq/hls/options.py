@@ -15,7 +15,16 @@ def check_args(backend, io_type, strategy, reuse_factor, clock_period):
         raise ValueError(f"backend {backend!r} is not supported; allowed: Vitis, Vivado")
     if io_type not in IO_TYPES:
         raise ValueError(f"io_type {io_type!r} is not supported; allowed: {', '.join(IO_TYPES)}")
-    s = da.STRATEGY if da.is_da(strategy) else STRATEGIES.get(str(strategy).lower())
+    if isinstance(strategy, dict):   # per layer (fpq.fit's choice): Latency / Resource, others Latency
+        s = {}
+        for name, st in strategy.items():
+            one = STRATEGIES.get(str(st).lower())
+            if one is None or not isinstance(name, str):
+                raise ValueError(f"strategy of layer {name!r} is {st!r}; a per-layer strategy is Latency or Resource "
+                                 "(distributed_arithmetic applies to the whole model)")
+            s[name] = one
+    else:
+        s = da.STRATEGY if da.is_da(strategy) else STRATEGIES.get(str(strategy).lower())
     if s is None:
         raise ValueError(f"strategy {strategy!r} is not supported; allowed: Latency, Resource, distributed_arithmetic")
     for name, rf in (reuse_factor.items() if isinstance(reuse_factor, dict) else [(None, reuse_factor)]):
@@ -27,7 +36,16 @@ def check_args(backend, io_type, strategy, reuse_factor, clock_period):
     return b, s
 
 
-def layer_reuse_factors(graph, reuse_factor) -> tuple[int, dict]:
+def layer_strategies(graph, strategy) -> tuple[str, dict]:
+    """(model default, {IR op name: strategy}) from one strategy or a {layer name or torch module
+    path: strategy} dict (layers it does not name: Latency), resolved like ``layer_reuse_factors``."""
+    if not isinstance(strategy, dict):
+        return strategy, {}
+    _, per = layer_reuse_factors(graph, strategy, what="strategy")
+    return "Latency", per
+
+
+def layer_reuse_factors(graph, reuse_factor, what="reuse_factor") -> tuple[int, dict]:
     """(model default, {IR op name: reuse factor}) from an int or a {layer: int} dict whose keys
     are the layers' names (as estimate_cost and the TypePlan name them) or torch module paths;
     a layer the dict does not name gets 1, as in estimate_cost. hls4ml applies the per-layer
@@ -45,7 +63,7 @@ def layer_reuse_factors(graph, reuse_factor) -> tuple[int, dict]:
     per = {}
     for key, rf in reuse_factor.items():
         if key not in names:
-            raise ValueError(f"reuse_factor names {key!r}, which is no layer with weights of this model; known: "
+            raise ValueError(f"{what} names {key!r}, which is no layer with weights of this model; known: "
                              f"{', '.join(sorted(set(names.values())))} (or their torch module paths)")
         per[names[key]] = rf
     return 1, per

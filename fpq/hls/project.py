@@ -36,7 +36,7 @@ from ..export import as_graph
 from . import da
 from .builder import HLSPlan, HLSUnsupportedError, plan_hls
 from .csim import PROJECT_NAME, STACK_DEFAULT, _CSim, csim_stack_bytes  # noqa: F401
-from .options import check_args, layer_reuse_factors
+from .options import check_args, layer_reuse_factors, layer_strategies
 
 STAMP = "fpq_project.json"
 _LIBRARY = re.compile(rf"{PROJECT_NAME}-[0-9A-Za-z]+\.so")
@@ -347,7 +347,7 @@ def _check_no_paths(root: Path, files: list, paths: list) -> None:
 
 
 def _config(plan: HLSPlan, backend: str, io_type, part, clock_period, reuse_factor, strategy, outdir,
-            layer_reuse=None) -> dict:
+            layer_reuse=None, layer_strategy=None) -> dict:
     from hls4ml.backends import get_backend
 
     config = get_backend(backend).create_initial_config(part=part, clock_period=clock_period, io_type=io_type)
@@ -360,7 +360,8 @@ def _config(plan: HLSPlan, backend: str, io_type, part, clock_period, reuse_fact
     layer_cfg = {}
     classes = {L["name"]: L["class_name"] for L in plan.layers}
     for name, prec in plan.precisions.items():
-        s = da.layer_strategy(classes[name]) if strategy == da.STRATEGY else strategy  # see fpq.hls.da
+        s = da.layer_strategy(classes[name]) if strategy == da.STRATEGY else \
+            (layer_strategy or {}).get(name, strategy)  # see fpq.hls.da; hls4ml's per-layer Strategy
         layer_cfg[name] = {"Precision": {k: cpp.hls4ml_precision(v) for k, v in prec.items()}, "Trace": True,
                            "ReuseFactor": (layer_reuse or {}).get(name, reuse_factor), "Strategy": s}
     if strategy == da.STRATEGY:
@@ -424,7 +425,8 @@ def to_hls(q, outdir, example_input=None, *, backend="Vitis", io_type="io_parall
     ``strategy="distributed_arithmetic"`` (or "da"): da4ml shift-and-add kernels for the Dense /
     Conv layers, solved with ``da_options`` (da4ml solver options; see ``fpq.hls.da``).
     ``reuse_factor``: an int for every layer, or {layer name or torch module path: int} (others
-    1), e.g. ``fpq.fit(q, part=...).hls_kwargs``; hls4ml's Resource strategy replaces a reuse
+    1), e.g. ``fpq.fit(q, part=...).hls_kwargs``; ``strategy`` likewise one for every layer or
+    {layer: "Latency" | "Resource"} (others Latency); hls4ml's Resource strategy replaces a reuse
     factor that does not divide its layer by the closest one that does (``fpq.fitting.valid_reuse_factors``).
     ``outdir`` must be absent or empty, or ``overwrite=True``: then only the files of the fpq
     project there (its manifest) are replaced, anything else in the folder stays.
@@ -439,6 +441,7 @@ def to_hls(q, outdir, example_input=None, *, backend="Vitis", io_type="io_parall
         raise HLSUnsupportedError(f"layers {block} are block-scaled (fpq.hls.blocks), built with the Latency or "
                                   f"Resource strategy only; got strategy={strategy!r}")
     default_rf, layer_reuse = layer_reuse_factors(graph, reuse_factor)
+    strategy, per_strategy = layer_strategies(graph, strategy)
     if strategy == da.STRATEGY:
         da.check(plan, io_type=io_type, reuse_factor=max([default_rf, *layer_reuse.values()]))
         da.generate(plan, io_type=io_type, options=da_options)
@@ -454,7 +457,8 @@ def to_hls(q, outdir, example_input=None, *, backend="Vitis", io_type="io_parall
     # moved into place; the stamp with the manifest is written last.
     tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=outdir.parent))
     try:
-        config = _config(plan, backend, io_type, part, clock_period, default_rf, strategy, tmp, layer_reuse)
+        config = _config(plan, backend, io_type, part, clock_period, default_rf, strategy, tmp, layer_reuse,
+                         per_strategy)
         hls_model = ModelGraph.from_layer_list(config, plan.layers, inputs=[plan.input_name],
                                                outputs=[plan.output_layer])
         _check_precisions(hls_model, plan)
@@ -492,7 +496,8 @@ def to_hls(q, outdir, example_input=None, *, backend="Vitis", io_type="io_parall
     created = _install(tmp, outdir, files, dirs, old_files, old_dirs)
     hls_model.config.config["OutputDir"] = str(outdir)
     info = _project_info(hls_model, plan, dict(backend=backend, io_type=io_type, part=part, clock_period=clock_period,
-                                               reuse_factor=reuse_factor, strategy=strategy))
+                                               reuse_factor=reuse_factor,
+                                               strategy=dict(per_strategy) if per_strategy else strategy))
     info["compile_seconds"] = round(compile_s, 2)
     info["files"], info["dirs"] = files, created  # the manifest: what a later overwrite may remove
     (outdir / STAMP).write_text(json.dumps(info, indent=1))  # last: marks the project complete
