@@ -196,7 +196,8 @@ def _mac_layer(lp, ops: OperatorCosts, dev: Device, rf: int, strategy: str, cloc
             lut += sum(ops.cmul_luts(x_bits, int(k), xc.signed)[0] for k in K[nz & ~nontrivial])
             depth_ns = clock + _t_add(dev, acc_bits) * math.ceil(math.log2(max(fan_in, 2)))
         else:
-            lut = ops.dense_luts(x_bits, K, xc.signed)
+            wrap = acc.width if isinstance(acc, Fixed) and acc.overflow.startswith("WRAP") else None
+            lut = ops.dense_luts(x_bits, K, xc.signed, wrap)
             digits = max([csd_digits(int(k)) for k in K[nz]] or [1])
             depth_ns = (_t_add(dev, x_bits + w_bits) * math.ceil(math.log2(max(digits, 1)))
                         + _t_add(dev, acc_bits) * math.ceil(math.log2(max(int(nz.sum(0).max(initial=1)), 2))))
@@ -514,7 +515,11 @@ def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", 
             produced[lp.name] = out_t.value_carrier()
             if op == "quant" and isinstance(produced.get(src), Fixed) and _elements(lp):
                 # a cast or minifloat requantizer of its own: as fpq.to_rtl builds and yosys synthesized it
-                row["lut"] = float(_elements(lp) * requant_luts(ops, out_t, produced[src], produced[lp.name]))
+                # (io_stream: one pixel's channels per cycle, as per_pixel scales the other element-wise rows)
+                ins, n = _in_shape(lp), _elements(lp)
+                if io_type == "io_stream" and ins is not None and len(ins) > 2:
+                    n = max(1, n // int(np.prod(ins[2:])))
+                row["lut"] = float(n * requant_luts(ops, out_t, produced[src], produced[lp.name]))
         elif acc is not None and out_t is None:
             produced[lp.name] = acc
         elif lp.attrs.get("divisor"):

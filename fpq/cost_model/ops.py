@@ -122,15 +122,17 @@ def mfmul_features(params: dict, mul_model) -> list[float]:
     return [sig, params["out_bits"] * shift, prod_bits * shift, (sa + sb) * neg, params["out_bits"]]
 
 
-def adder_bits(n_terms: int, term_bits: float) -> float:
-    """Total bits of the adders of a balanced tree summing n_terms terms of term_bits bits."""
+def adder_bits(n_terms: int, term_bits: float, max_bits: float | None = None) -> float:
+    """Total bits of the adders of a balanced tree summing n_terms terms of term_bits bits; with
+    ``max_bits`` (a wrapping accumulator) no adder is wider than that: the bits above it wrap
+    away and synthesis drops them."""
     if n_terms <= 1:
         return 0.0
     total, level_bits, n = 0.0, term_bits, n_terms
     while n > 1:
         pairs = n // 2
         level_bits += 1
-        total += pairs * level_bits
+        total += pairs * (level_bits if max_bits is None else min(level_bits, max_bits))
         n = n - pairs
     return total
 
@@ -462,7 +464,7 @@ class OperatorCosts:
         return max(0.0, self.dsp_lut_fit([max(0, out_bits - 36) if tiles > 1 else 0.0, 1.0]))
 
     # -- the unrolled constant-weight dot products (hls4ml Latency, reuse factor 1)
-    def dense_features(self, x_bits: int, K: np.ndarray, x_signed=True) -> list[float]:
+    def dense_features(self, x_bits: int, K: np.ndarray, x_signed=True, wrap_bits=None) -> list[float]:
         """Features of an unrolled layer with integer constant matrix K (n_in, n_out): the sum of
         the constant multipliers' costs and the adder-tree bits of each output. Each distinct
         constant is priced once (a layer has many weights but few distinct codes)."""
@@ -473,7 +475,7 @@ class OperatorCosts:
         # terms of x * k carry about x_bits + significant bits of k
         n_col = nz.sum(0)
         w_sum = np.where(nz, x_bits + significant_bits_array(K), 0).sum(0)
-        tree = sum(adder_bits(int(n), float(w) / int(n)) for n, w in zip(n_col, w_sum) if n)
+        tree = sum(adder_bits(int(n), float(w) / int(n), wrap_bits) for n, w in zip(n_col, w_sum) if n)
         return [cm, float(tree), float(np.count_nonzero(n_col))]
 
     def _fit_dense(self, rows) -> Fit:
@@ -485,8 +487,9 @@ class OperatorCosts:
             y.append(r["lut"])
         return _fit(X, y)
 
-    def dense_luts(self, x_bits: int, K: np.ndarray, x_signed=True) -> float:
-        f = self.dense_features(x_bits, K, x_signed)
+    def dense_luts(self, x_bits: int, K: np.ndarray, x_signed=True, wrap_bits=None) -> float:
+        """``wrap_bits``: the width of a wrapping (narrow) accumulator, which caps the adder tree."""
+        f = self.dense_features(x_bits, K, x_signed, wrap_bits)
         if self.dense_fit is None:  # no layer-level calibration: operators plus adders as measured
             return f[0] + self.add_fit([f[1], 0.0])
         return max(0.0, self.dense_fit(f))
