@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.fpq-installed
 
-.PHONY: install system-deps test demo bench clean
+.PHONY: install system-deps test test-full demo bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ system-deps:
 
 test: $(STAMP) system-deps
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile
+
+# everything, the heavy cases marked `full` included
+test-full: $(STAMP) system-deps
+	FPQ_FULL=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile
 
 demo: $(STAMP)
 	$(PY) examples/demo.py

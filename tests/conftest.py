@@ -17,6 +17,17 @@ except ImportError:  # pragma: no cover - torch is a hard dependency; keep forma
     pass
 
 
+def pytest_collection_modifyitems(config, items):
+    """Cases marked ``full`` (minutes each) run only with FPQ_FULL=1 (``make test-full``), so that
+    ``make test`` stays under 20 minutes on CI's 2 cores."""
+    if os.environ.get("FPQ_FULL") == "1":
+        return
+    skip = pytest.mark.skip(reason="heavy case: run with FPQ_FULL=1 (make test-full)")
+    for item in items:
+        if "full" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def load_script():
     """Import a script of the repository (``examples/qfx_digits.py``, ``tests/golden/make_golden.py``) as a

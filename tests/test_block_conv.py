@@ -147,7 +147,7 @@ def test_block_conv_refusals():
         block_conv(np.zeros((1, 4, 3, 3)), np.zeros((2, 2, 1, 1)), None, conv_attrs((1, 1), groups=2), 4)
 
 
-@pytest.mark.slow
+@pytest.mark.full   # 2-2.5 min per format; test_cnn_torch_emulator_qonnx_exact runs qonnx on a subset
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_cnn_qonnx_executor_2000_inputs(fmt):
     model, x = cnn2d(), cnn_inputs()

@@ -143,7 +143,7 @@ def test_qonnx_export_runs_in_qonnx_executor_exactly(w_fmt, a_fmt, tmp_path):
     assert np.array_equal(qonnx_outputs(path, rows), q(rows).detach().double().numpy())
 
 
-@pytest.mark.slow
+@pytest.mark.full   # 30-50 s per format; the fast verify tests run qonnx on a subset
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_qonnx_executor_2000_inputs(fmt, tmp_path):
     x = inputs()

@@ -14,7 +14,7 @@ from fpq import data
 
 
 def _write(path, obj, protocol=4):   # 4: bytes as bytes (2 goes through _codecs.encode)
-    with gzip.open(path, "wb") as fh:
+    with gzip.open(path, "wb", compresslevel=1) as fh:   # level 9 on 220 MB of noise took minutes
         pickle.dump(obj, fh, protocol=protocol)
     return str(path)
 

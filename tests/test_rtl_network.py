@@ -149,7 +149,7 @@ def test_refuses_what_is_not_built():
         to_rtl(q, None, torch.zeros((1,) + shape), pipeline_every=-1)
 
 
-@pytest.mark.slow
+@pytest.mark.full   # ~50 s; the small networks' RTL == emulator tests stay in make test
 def test_jet_mlp_rtl_equals_emulator(tmp_path):
     """The 16-64-32-32-5 jet MLP at int4 (about 3,800 constant multipliers; 13 cycles at
     pipeline_every=2: 3 + 4 + 3 + 3 adder-level pairs): one CXXRTL build of the whole network,
