@@ -22,7 +22,6 @@ What is measured and what is modelled:
 * block-scaled layers (mxfp4, nvfp4, ...): ``fpq.cost_model.blocks`` (an uncalibrated composition of the tables).
 * an element-wise BatchNorm (x * s_c + t_c) is priced per element: a constant multiplication by
   its channel's s_c from the same tables and an adder (``_batchnorm_layer``).
-* block-scaled layers (mxfp4, nvfp4, ...): ``fpq.cost_model.blocks`` (an uncalibrated composition of the tables).
 * FFs, BRAM mapping and latency are a structural model (pipeline registers, BRAM18 aspect ratios, LUT/carry delays
   per family), not measurements: yosys reports neither timing nor Vivado's register retiming (see ``notes``).
 """
@@ -39,7 +38,7 @@ from .devices import Device, dsp_tiles, get_device
 from .lookups import _elements, _t_add, is_cast, lookup_row, requant_luts
 from .ops import OperatorCosts, csd_digits, default_costs, significant_bits, significant_bits_array, thr_steps
 from .stream import (LUTRAM_MAX_DEPTH, SRL_MAX_BITS, _add_stream_buffers, _bram18, _in_shape, add_clone_fifos,
-                     moving_stream, per_pixel, stream_readers)
+                     moving_stream, per_pixel, stream_pixels, stream_readers)
 
 STRATEGIES = ("latency", "resource", "distributed_arithmetic")
 DA_NAMES = ("distributed_arithmetic", "da")   # the spellings hls4ml accepts
@@ -136,6 +135,12 @@ def _reuse(lp, rfs: dict, default) -> int:
     return rfs.get(lp.name, 1)
 
 
+def _use_dsp(x_bits: int, w_bits: int, rf: int, dsp_threshold) -> bool:
+    """The DSP rule of the module docstring: a weight carrier of >= dsp_threshold bits, or a shared
+    (reuse > 1) variable x variable multiplier with both operands >= SHARED_DSP_BITS."""
+    if dsp_threshold is None:
+        return False
+    return (w_bits >= dsp_threshold and x_bits >= 2) or (rf > 1 and min(x_bits, w_bits) >= SHARED_DSP_BITS)
 
 
 # ----------------------------------------------------------------------------- MAC layers
@@ -174,9 +179,7 @@ def _mac_layer(lp, ops: OperatorCosts, dev: Device, rf: int, strategy: str, cloc
     binary = isinstance(x_t.format, Binary) and isinstance(w_t.format, Binary)
     n_mac = fan_in * n_out
     n_mult = math.ceil(n_mac / rf)                 # hls4ml's block factor
-    use_dsp = dsp_threshold is not None and w_bits >= dsp_threshold and x_bits >= 2 and not binary
-    if rf > 1 and dsp_threshold is not None and not binary and min(x_bits, w_bits) >= SHARED_DSP_BITS:
-        use_dsp = True    # a shared variable x variable multiplier of int8 x int8 or wider (module docstring)
+    use_dsp = not binary and _use_dsp(x_bits, w_bits, rf, dsp_threshold)
     lut = ff = dsp = bram = 0.0
     if K is None:  # unknown weights: every value of the format in turn stands in for them
         from ..formats import values
@@ -288,9 +291,7 @@ def _batchnorm_layer(lp, ops: OperatorCosts, dev: Device, rf: int, clock: float,
     acc_bits = acc.width if acc is not None else x_bits + w_bits + 1
     nz = K != 0
     nontrivial = nz & (np.abs(K) & (np.abs(K) - 1) != 0)
-    use_dsp = dsp_threshold is not None and w_bits >= dsp_threshold and x_bits >= 2
-    if rf > 1 and dsp_threshold is not None and min(x_bits, w_bits) >= SHARED_DSP_BITS:
-        use_dsp = True    # shared variable multipliers, as in _mac_layer
+    use_dsp = _use_dsp(x_bits, w_bits, rf, dsp_threshold)
     lut = 0.0
     dsp = 0
     if rf == 1:
@@ -515,10 +516,8 @@ def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", 
             produced[lp.name] = out_t.value_carrier()
             if op == "quant" and isinstance(produced.get(src), Fixed) and _elements(lp):
                 # a cast or minifloat requantizer of its own: as fpq.to_rtl builds and yosys synthesized it
-                # (io_stream: one pixel's channels per cycle, as per_pixel scales the other element-wise rows)
-                ins, n = _in_shape(lp), _elements(lp)
-                if io_type == "io_stream" and ins is not None and len(ins) > 2:
-                    n = max(1, n // int(np.prod(ins[2:])))
+                # (io_stream: one pixel's channels per cycle, the units per_pixel left in the row)
+                n = _elements(lp) // (stream_pixels(lp) if io_type == "io_stream" else 1)
                 row["lut"] = float(n * requant_luts(ops, out_t, produced[src], produced[lp.name]))
         elif acc is not None and out_t is None:
             produced[lp.name] = acc

@@ -11,12 +11,11 @@ import numpy as np
 
 from ..formats import Fixed, Int, exact_fixed
 from ..typeplan import TensorType, levels_carrier, po2_exponents, values_carrier
-from .devices import Device
+from .devices import Device, add_delay_ns
 from .ops import OperatorCosts, thr_steps
 
 
-def _t_add(dev: Device, bits: float) -> float:
-    return dev.lut_delay_ns + math.ceil(bits / 4) * dev.carry4_delay_ns
+_t_add = add_delay_ns   # the one adder-delay model (devices.py); the short name the rows use
 
 
 def is_cast(t: TensorType) -> bool:

@@ -127,13 +127,18 @@ def _add_stream_buffers(row: dict, lp) -> None:
 PER_PIXEL_OPS = ("relu", "clip", "add", "quant", "batchnorm") + POOL_KINDS
 
 
+def stream_pixels(lp) -> int:
+    """Pixels an io_stream element-wise / pooling layer takes one per cycle (1: not such a layer)."""
+    ins = _in_shape(lp)
+    if lp.op not in PER_PIXEL_OPS or ins is None or len(ins) <= 2:
+        return 1
+    return int(np.prod(ins[2:]))
+
+
 def per_pixel(row: dict, lp) -> None:
     """Scale an element-wise / pooling row priced over every element (io_parallel) to io_stream's
     one-pixel datapath: LUTs and FFs / pixels of its input map, II and latency + pixels."""
-    ins = _in_shape(lp)
-    if lp.op not in PER_PIXEL_OPS or ins is None or len(ins) <= 2:
-        return
-    pixels = int(np.prod(ins[2:]))
+    pixels = stream_pixels(lp)
     if pixels <= 1:
         return
     row["lut"] = row["lut"] / pixels

@@ -205,22 +205,23 @@ def run_local(todo: list, workers: int, payload: bytes, finish, running, fn=None
 _RAY_WORKER = {}
 
 
-def _ray_point(payload: bytes, key: str, spec_files: dict, cfg: dict) -> dict:
-    """One point in a Ray worker; the payload is unpickled once per worker process (by its hash)."""
+def _ray_payload(payload: bytes, key: str, spec_files: dict) -> dict:
+    """The sweep's payload in this Ray worker, unpickled once per worker process (by its hash)."""
     if _RAY_WORKER.get("key") != key:
         _one_thread()
         _RAY_WORKER.clear()
         _RAY_WORKER.update(w=_load_payload(spec_files, payload), key=key)
-    return _point(_RAY_WORKER["w"], cfg)
+    return _RAY_WORKER["w"]
+
+
+def _ray_point(payload: bytes, key: str, spec_files: dict, cfg: dict) -> dict:
+    """One point in a Ray worker."""
+    return _point(_ray_payload(payload, key, spec_files), cfg)
 
 
 def _ray_build(payload: bytes, key: str, spec_files: dict, jb: dict) -> dict:
     """One HLS build in a Ray worker (a task that holds one unit of ``builds.COMPILE_RESOURCE``)."""
-    if _RAY_WORKER.get("key") != key:
-        _one_thread()
-        _RAY_WORKER.clear()
-        _RAY_WORKER.update(w=_load_payload(spec_files, payload), key=key)
-    return _build(_RAY_WORKER["w"], jb)
+    return _build(_ray_payload(payload, key, spec_files), jb)
 
 
 def ray_module():
