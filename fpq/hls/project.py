@@ -479,6 +479,9 @@ def to_hls(q, outdir, example_input=None, *, backend="Vitis", io_type="io_parall
     try:
         hls_model._compile()  # g++ of the written project (write() already ran)
     except BaseException as err:
+        if not isinstance(err, Exception):  # Ctrl-C or a sweep's SIGTERM stopped it: not a failed compile
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         failed = _fresh_failed(outdir)
         os.replace(tmp, failed)
         raise RuntimeError(f"compiling the HLS project failed ({err}); its sources are in {failed} ({outdir} is "

@@ -159,6 +159,16 @@ def run_build(model, data, st, jb: dict) -> dict:
     return rec
 
 
+def rebuild_commands(command: str, python: str, plan: HlsPlan) -> dict:
+    """A point's ``fpq sweep ... --only ID`` command and ``fpq.sweep(..., only=[ID])`` call, made
+    to rebuild and C-simulate its HLS project as well ("all" of one point is that point). The
+    command line has no flags for ``hls_options``: with options only the Python call can say it."""
+    kw = f", hls='all', hls_samples={plan.samples}" + (f", hls_options={plan.options!r}" if plan.options else "")
+    python = python[:-1] + kw + ")" if python.endswith(")") else python
+    flags = f" --hls all --hls-samples {plan.samples}"
+    return {"command": command + flags if command and not plan.options else "", "python": python}
+
+
 def lost_record(jb: dict, why: BaseException) -> dict:
     """The record of a build its engine lost (worker died on every retry, or the task raised)."""
     return {"id": point_id(jb["cfg"]), "hls_exact": None, "hls_samples": int(jb["samples"]), "hls_mismatch": "",
@@ -198,8 +208,16 @@ class HlsPhase:
             self.finish(jb, run_build(model, data, st, jb))
 
     def merge(self, records: list) -> list:
-        """The records with their HLS fields (None where not built)."""
-        return [dict(r, **{k: self.done.get(r["id"], {}).get(k) for k in HLS_COLUMNS}) for r in records]
+        """The records with their HLS fields (None where not built); a built point's command and
+        Python call rebuild its HLS project too."""
+        out = []
+        for r in records:
+            built = self.done.get(r["id"])
+            r = dict(r, **{k: (built or {}).get(k) for k in HLS_COLUMNS})
+            if built is not None:
+                r.update(rebuild_commands(r.get("command") or "", r.get("python") or "", self.plan))
+            out.append(r)
+        return out
 
     def meta(self) -> dict:
         sel = select(self.records(), self.plan)
@@ -232,4 +250,4 @@ def task_options(max_retries: int) -> dict:
 
 
 __all__ = ["COMPILE_MEMORY", "COMPILE_RESOURCE", "HLS_OPTIONS", "HLS_SELECT", "HlsPhase", "HlsPlan", "check_hls",
-           "check_compile_nodes", "run_build", "select", "task_options"]
+           "check_compile_nodes", "rebuild_commands", "run_build", "select", "task_options"]

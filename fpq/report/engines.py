@@ -23,10 +23,11 @@ import os
 import pickle
 import sys
 import time
+from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
 from ..userfiles import SPEC_FILES, load_file_module
-from . import builds
+from . import builds, proctree
 
 ENGINES = ("local", "ray")
 
@@ -82,6 +83,19 @@ class _SigtermRaises:
         if kind is _Terminated:
             raise SystemExit(128 + int(signal.SIGTERM)) from None
         return False
+
+
+@contextmanager
+def in_process():
+    """Points or builds run in this process (the local engine with one worker): SIGTERM stops
+    them (exit 143 after the caller's cleanup), and whatever they started (a build's shell and
+    g++) is killed on the way out instead of compiling on as an orphan."""
+    with _SigtermRaises():
+        try:
+            yield
+        except BaseException:
+            proctree.kill_below([os.getpid()])
+            raise
 
 
 def _one_thread() -> None:
@@ -155,12 +169,16 @@ def _worker_build(jb: dict) -> dict:
 
 
 def _stop_pool(pool) -> None:
-    """Kill the pool's workers now (a point may run for minutes; shutdown would wait for it)."""
-    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+    """Kill the pool's workers now (a point may run for minutes; shutdown would wait for it), and
+    what they started (a build's shell and g++, which would outlive them)."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    below = proctree.descendants([p.pid for p in procs if p.pid])
+    for proc in procs:
         try:
             proc.kill()
         except (OSError, ValueError):
             pass  # already gone
+    proctree.kill(below)
     pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -248,52 +266,14 @@ def check_address(address) -> None:
 
 # The reaper of a Ray this driver started: SIGKILL of the driver takes down GCS, raylet and
 # workers (Ray fate-shares them), but leaves Ray's dashboard and runtime-env agents running as
-# orphans (measured with Ray 2.60). This small process notes the driver's descendants every
-# second and kills them once the driver is gone; a driver that ends normally stops it after
-# ray.shutdown. Written here because Ray offers no option for it. Linux (/proc) only.
-_REAPER = r"""
-import os, signal, sys, time
-drv, me = int(sys.argv[1]), os.getpid()
-def table():
-    out = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    st = f.read().rsplit(")", 1)[1].split()
-                out[int(d)] = (int(st[1]), st[19])  # parent, start time
-            except (OSError, ValueError, IndexError):
-                pass
-    return out
-def below(tab, roots):
-    found, stack = {}, list(roots)
-    while stack:
-        p = stack.pop()
-        for c, (par, start) in tab.items():
-            if par == p and c != me and c not in found:
-                found[c] = start
-                stack.append(c)
-    return found
-seen = {}
-while os.getppid() == drv:
-    seen.update(below(table(), [drv]))
-    time.sleep(1)
-tab = table()
-seen.update(below(tab, list(seen)))
-for pid, start in seen.items():
-    if tab.get(pid, (None, None))[1] == start:  # the same process, not a reused pid
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
-"""
-
-
+# orphans (measured with Ray 2.60), and a build task's g++. proctree's reaper kills the driver's
+# descendants once it is gone; a driver that ends normally stops it after ray.shutdown.
 def _start_reaper():
     if not sys.platform.startswith("linux"):
         return None
     import subprocess
-    return subprocess.Popen([sys.executable, "-c", _REAPER, str(os.getpid())], stdin=subprocess.DEVNULL,
+    # -I: the script's folder (fpq/report, with a html.py) must not shadow the standard library
+    return subprocess.Popen([sys.executable, "-I", proctree.__file__, str(os.getpid())], stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -364,11 +344,14 @@ def run_ray(todo: list, workers: int, payload: bytes, finish, running, address=N
                 ray.cancel(r, force=True)
             except Exception:  # noqa: BLE001 - already finished or the cluster is gone
                 pass
+        # what the Ray started here runs now (Ray's processes, a force-cancelled build's g++)
+        below = {} if reaper is None else proctree.descendants([os.getpid()], exclude=(reaper.pid,))
         if own and ray.is_initialized():
             ray.shutdown()  # stops the Ray this driver started; only disconnects from a cluster it joined
         if reaper is not None:
             reaper.kill()
             reaper.wait()
+            proctree.kill(below)  # what outlived ray.shutdown (a g++ is re-parented when its task is killed)
 
 
 def run_points(engine: str, todo: list, workers: int, payload: bytes, finish, running, address=None,

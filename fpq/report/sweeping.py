@@ -33,7 +33,7 @@ import numpy as np
 
 from ..userfiles import is_torch_module, load_spec
 from .builds import HlsPhase, check_hls
-from .engines import ENGINES, check_address, ray_module, run_points
+from .engines import ENGINES, check_address, in_process, ray_module, run_points
 from .grid import canonical_list, grid, points
 from .records import (CACHE, COLUMNS, PROGRESS, COST_FIELDS, SweepResult, _append_cache, _end_partial_line, _family,  # noqa: F401
                       load_results, point_id, read_cache, write_progress, write_tables)
@@ -514,13 +514,15 @@ def sweep(model, data=None, formats=None, methods=("max", "mse"), weights=None, 
                 if workers > 1 and len(todo) > 1:
                     run_points(engine, todo, workers, payload, finish, running)
                 else:
-                    for c in todo:
-                        running(1)
-                        finish(c, run_point(model, data, c, st, metric))
+                    with in_process():
+                        for c in todo:
+                            running(1)
+                            finish(c, run_point(model, data, c, st, metric))
                 if phase is not None and phase.plan.compile_workers > 1:
                     run_points(engine, [], workers, payload, finish, running, phase=phase)
                 elif phase is not None:
-                    phase.run_here(model, data, st)
+                    with in_process():
+                        phase.run_here(model, data, st)
             finally:
                 torch.set_num_threads(threads)
         state = "finished"
