@@ -336,16 +336,42 @@ def _relax(rows: _Rows, settings: dict, valid: dict, strategies: tuple, budget: 
 
 def fit(q, part="xc7z020", budget=0.8, objective="latency", *, example_input=None, clock_period=5.0,
         io_types=IO_TYPES, strategies=STRATEGIES, datapath="carrier", dsp_threshold=9) -> FitResult:
-    """Choose io_type and, per layer, the strategy and reuse factor so that ``fpq.estimate_cost`` of
-    ``q`` fits ``budget`` x every resource (LUT, FF, DSP, BRAM18) of ``part``.
+    """Choose io_type and, per layer, the strategy and reuse factor so the model fits an FPGA part.
 
-    ``q``: a TypePlan, a converted model or a QONNX file (as ``estimate_cost``). ``objective``:
-    "latency" (fewest cycles per inference) or "throughput" (lowest II). ``strategies``: the
-    hls4ml strategies a layer may take (each layer its own; one strategy: every layer that one).
-    ``dsp_threshold``: the DSP mapping rule of ``estimate_cost``. Returns a FitResult (achieved II
-    and latency in cycles and ns, the estimate, and ``hls_kwargs`` for ``fpq.to_hls``). Raises
-    FitError naming the resources that run out, and by how much, at the cheapest setting found,
-    when no setting fits.
+    Searches the settings ``fpq.estimate_cost`` prices so that every resource (LUT, FF, DSP,
+    BRAM18) stays within ``budget`` times the part's, optimizing ``objective``.
+
+    Args:
+        q (TypePlan | FpqModel | str | ModelWrapper): as ``fpq.estimate_cost`` takes it.
+        part (str | Device): the FPGA part (see ``fpq.estimate_cost``).
+        budget (float): the share of each resource the design may use, 0 < budget <= 1.
+        objective (str): "latency" (fewest cycles per inference) or "throughput" (lowest II).
+        example_input (torch.Tensor | None): the input shape of a converted model.
+        clock_period (float): target clock period in ns.
+        io_types (tuple[str, ...]): io types to try, among "io_parallel" and "io_stream".
+        strategies (tuple[str, ...]): hls4ml strategies a layer may take, among "Latency" and
+            "Resource" (one strategy: every layer that one).
+        datapath (str): as in ``fpq.estimate_cost``.
+        dsp_threshold (int | None): as in ``fpq.estimate_cost``.
+
+    Returns:
+        FitResult: the chosen ``io_type``, ``strategy``, ``reuse_factor`` per layer, achieved
+        ``ii`` and latency (cycles, ns), the estimate (``report``), and ``hls_kwargs`` to pass to
+        ``fpq.to_hls``.
+
+    Raises:
+        ValueError: a budget outside (0, 1], an unknown objective, io_type, strategy or part, or
+            empty ``io_types`` / ``strategies``.
+        FitError: no setting fits; the message names each resource that runs out and by how much,
+            at the cheapest setting found.
+
+    Example:
+        >>> import torch, fpq
+        >>> q = fpq.convert(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()), fmt="int4")
+        >>> _ = fpq.calibrate(q, [torch.randn(16, 4)], progress=False)
+        >>> fit = fpq.fit(q, part="xc7z020", budget=0.8)
+        >>> fit.hls_kwargs["io_type"], fit.hls_kwargs["reuse_factor"]
+        ('io_parallel', {'linear_0': 1})
     """
     from .export import plan
     from .typeplan import TypePlan

@@ -51,12 +51,43 @@ class RTLNetwork:
 
 
 def to_rtl(q, outdir=None, example_input=None, pipeline_every: int = 1, top: str = "fpq_net") -> RTLNetwork:
-    """Synthesizable Verilog of the quantized network ``q`` (a converted torch model, with
-    ``example_input`` for its export, a QONNX file or a Graph), fully unrolled: every weight a
-    constant, one adder tree per output, the TypePlan's exact accumulators; pipeline registers
-    after every ``pipeline_every`` adder levels and at each layer's tree root (0: none, the whole
-    network combinational). Writes ``<outdir>/<top>.v`` when ``outdir`` is given. Ops it does not
-    build raise :class:`RTLUnsupportedError` naming the op (``fpq.rtl.SUPPORTED``)."""
+    """Synthesizable Verilog of a quantized network, fully unrolled, with the TypePlan's exact types.
+
+    Every weight is a constant, each output has one adder tree, and the accumulators are the
+    TypePlan's exact ones; pipeline registers go after every ``pipeline_every`` adder levels and at
+    each layer's tree root. ``fpq.rtl.check`` / ``fpq.rtl.simulate`` compare it with the emulator
+    (they need Verilator or Icarus), ``fpq.rtl.synthesize`` runs yosys.
+
+    Args:
+        q (FpqModel | str | os.PathLike | Graph): a converted torch model (with ``example_input``
+            for its export), a QONNX file or a Graph.
+        outdir (str | os.PathLike | None): when given, ``<outdir>/<top>.v`` is written (the folder
+            is created).
+        example_input (torch.Tensor | None): an input of a torch model's shape.
+        pipeline_every (int): adder levels between pipeline registers; 0: none, the whole network
+            combinational.
+        top (str): the Verilog module name.
+
+    Returns:
+        RTLNetwork: ``verilog`` (the text), ``latency`` (clock cycles), ``inputs`` / ``outputs``
+        (port names), ``path`` (the file written, or None).
+
+    Raises:
+        RTLUnsupportedError: an op it does not build (``fpq.rtl.SUPPORTED`` lists those it does).
+
+    Example:
+        >>> import os, tempfile, torch, fpq
+        >>> _ = torch.manual_seed(0)
+        >>> q = fpq.convert(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()), fmt="int4")
+        >>> x = torch.randn(16, 4)
+        >>> _ = fpq.calibrate(q, [x], progress=False)
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     net = fpq.to_rtl(q, d, x[:1], pipeline_every=1)
+        ...     os.listdir(d)
+        ['fpq_net.v']
+        >>> net.latency, net.inputs[:2], net.verilog.startswith("module fpq_net(")
+        (3, ['x0', 'x1'], True)
+    """
     from ..export import as_graph
     from .network import build
 
