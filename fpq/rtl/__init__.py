@@ -69,8 +69,9 @@ def to_rtl(q, outdir=None, example_input=None, pipeline_every: int = 1, top: str
         top (str): the Verilog module name.
 
     Returns:
-        RTLNetwork: ``verilog`` (the text), ``latency`` (clock cycles), ``inputs`` / ``outputs``
-        (port names), ``path`` (the file written, or None).
+        RTLNetwork: ``verilog`` (the text), ``latency`` (clock cycles), ``inputs`` ((port name,
+        bits) pairs), ``outputs`` ((port name, bits, signed) triples), ``path`` (the file
+        written, or None).
 
     Raises:
         RTLUnsupportedError: an op it does not build (``fpq.rtl.SUPPORTED`` lists those it does).
@@ -85,8 +86,8 @@ def to_rtl(q, outdir=None, example_input=None, pipeline_every: int = 1, top: str
         ...     net = fpq.to_rtl(q, d, x[:1], pipeline_every=1)
         ...     os.listdir(d)
         ['fpq_net.v']
-        >>> net.latency, net.inputs[:2], net.verilog.startswith("module fpq_net(")
-        (3, ['x0', 'x1'], True)
+        >>> net.latency, net.inputs[:2], "module fpq_net(" in net.verilog
+        (3, [('x0', 4), ('x1', 4)], True)
     """
     from ..export import as_graph
     from .network import build
