@@ -301,11 +301,41 @@ class LayerPlan:
 
 @dataclass
 class TypePlan:
-    """Ordered per-layer types of a quantized network."""
+    """Ordered per-layer types of a quantized network: every tensor's exact Format and scale.
+
+    Computed by fpq from the formats (never hls4ml's ``auto``) and read by the emulator, the HLS
+    writer and the cost model alike; products and accumulators are derived exactly (no sum of
+    ``fan_in`` products plus the bias can overflow unless ``accumulator_bits`` narrows it). Get it
+    with ``fpq.plan``. Iterating gives the LayerPlans in execution order; ``plan[name]`` looks a
+    layer up by its op name or by the torch module it was made from; ``print(plan)`` shows a table.
+
+    Args:
+        layers (dict): {op name: LayerPlan} in execution order (``fpq.plan`` fills it).
+
+    Example:
+        >>> import torch, fpq
+        >>> _ = torch.manual_seed(0)
+        >>> q = fpq.convert(torch.nn.Sequential(torch.nn.Linear(4, 3)), fmt="int8", weights="e2m1")
+        >>> _ = fpq.calibrate(q, [torch.randn(16, 4)], progress=False)
+        >>> tp = fpq.plan(q)
+        >>> lp = tp["0"]                        # by torch module name
+        >>> lp.name, lp.op, str(lp.tensors["weight"].format), lp.tensors["product"] is not None
+        ('linear_0', 'linear', 'e2m1', True)
+        >>> print(tp.table().splitlines()[0])
+        layer        op           role         type
+    """
 
     layers: dict = field(default_factory=dict)   # name -> LayerPlan, in execution order
 
     def add(self, layer: LayerPlan) -> LayerPlan:
+        """Append a layer (at the end of the execution order; an existing name is replaced in place).
+
+        Args:
+            layer (LayerPlan): the layer to add.
+
+        Returns:
+            LayerPlan: ``layer``.
+        """
         self.layers[layer.name] = layer
         return layer
 
@@ -329,12 +359,23 @@ class TypePlan:
         return len(self.layers)
 
     def rows(self):
+        """Rows of the table: one per layer and role.
+
+        Returns:
+            Iterator[tuple[str, str, str, str]]: (layer name, op, role, type description), roles in the
+            order input, other, weight, bias, product, accumulator, output.
+        """
         for layer in self:
             for role in sorted(layer.tensors, key=lambda r: ROLES_ORDER.index(r) if r in ROLES_ORDER else 99):
                 t = layer.tensors[role]
                 yield layer.name, layer.op, role, (t.describe() if isinstance(t, TensorType) else str(t))
 
     def table(self) -> str:
+        """The plan as an aligned text table (layer, op, role, type); ``str(plan)`` is the same.
+
+        Returns:
+            str: the table, a header and a dashed line first.
+        """
         rows = [("layer", "op", "role", "type")] + list(self.rows())
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
