@@ -91,15 +91,15 @@ def _problems(name: str, obj) -> list[str]:
     if not first.rstrip().endswith((".", ":")):
         out.append(f"{name}: first line is not a one-line summary ending with a period: {first!r}")
     have = _sections(doc)
-    func = obj.__init__ if inspect.isclass(obj) else obj
-    if inspect.isclass(obj) and func is object.__init__:
-        func = None
+    func = obj
+    if inspect.isclass(obj):   # the constructor the class itself defines (or its dataclass fields)
+        func = vars(obj).get("__init__")   # inherited (FpqModel's GraphModule.__init__) is not fpq's API
     need = {"Example"}
     if func is not None and _params(func):
         need.add("Args")
     if not inspect.isclass(obj) and _returns_value(obj):
         need.add("Returns")
-    if (func is not None and _raises(func)) or _raises(getattr(obj, "__post_init__", None)):
+    if (func is not None and _raises(func)) or (inspect.isclass(obj) and _raises(vars(obj).get("__post_init__"))):
         need.add("Raises")
     out += [f"{name}: no {s}: section" for s in sorted(need - have)]
     if "Example" in have and ">>> " not in doc:
