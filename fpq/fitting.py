@@ -91,10 +91,30 @@ def _layer_sizes(lp) -> tuple[int, int] | None:
 
 @dataclass
 class FitResult:
-    """The chosen setting and its estimate. ``hls_kwargs`` go straight into
-    ``fpq.to_hls(q, outdir, **result.hls_kwargs)``. ``strategies``: {layer: "Latency" | "Resource"}
-    for every layer with a reuse factor; ``strategy`` is that one name when every layer has it, else
-    "per-layer"."""
+    """The setting ``fpq.fit`` chose and its estimate; ``hls_kwargs`` go straight into ``fpq.to_hls``.
+
+    Use it as ``fpq.to_hls(q, outdir, **result.hls_kwargs)``. ``print`` it for a summary.
+
+    Args:
+        device (Device): the FPGA fitted to.
+        budget (float): the share of each resource allowed.
+        objective (str): "latency" or "throughput".
+        io_type (str): the chosen io type.
+        strategies (dict): {layer: "Latency" | "Resource"} for every layer with a reuse factor.
+        reuse_factor (dict): {layer name: reuse factor}, every layer that has one.
+        clock_period (float): the clock period in ns.
+        report (CostReport): the estimate at the chosen setting.
+        tried (list): (io_type, strategies searched, fits, worst share of the budget) per search.
+        part (str): the full part number given, if any.
+
+    Example:
+        >>> import torch, fpq
+        >>> q = fpq.convert(torch.nn.Sequential(torch.nn.Linear(4, 3)), fmt="int4")
+        >>> _ = fpq.calibrate(q, [torch.randn(16, 4)], progress=False)
+        >>> fit = fpq.fit(q, part="xc7z020", objective="throughput")
+        >>> fit.strategy, fit.ii, fit.report is not None
+        ('Latency', 1, True)
+    """
 
     device: Device
     budget: float
@@ -109,26 +129,41 @@ class FitResult:
 
     @property
     def strategy(self) -> str:
+        """The strategy every layer has, 'per-layer' when they differ ('Latency' when no layer has one).
+        """
         names = set(self.strategies.values())
         return names.pop() if len(names) == 1 else ("per-layer" if names else "Latency")
 
     @property
     def ii(self) -> int:
+        """Initiation interval of the network in clock cycles.
+        """
         return int(self.report.total["ii"])
 
     @property
     def latency_cycles(self) -> int:
+        """Latency of one inference in clock cycles.
+        """
         return int(self.report.total["latency_cycles"])
 
     @property
     def latency_ns(self) -> float:
+        """Latency of one inference in ns at ``clock_period``.
+        """
         return float(self.report.total["latency_ns"])
 
     def utilization(self) -> dict:
+        """Share of the device's LUT / FF / DSP / BRAM18 the chosen setting needs.
+
+        Returns:
+            dict[str, float]: as ``CostReport.utilization``.
+        """
         return self.report.utilization()
 
     @property
     def hls_kwargs(self) -> dict:
+        """Keyword arguments of ``fpq.to_hls``: io_type, strategy, reuse_factor, part, clock_period.
+        """
         st = self.strategy if self.strategy != "per-layer" else dict(self.strategies)
         return dict(io_type=self.io_type, strategy=st, reuse_factor=dict(self.reuse_factor),
                     part=self.part or self.device.part or self.device.name, clock_period=self.clock_period)
@@ -145,6 +180,11 @@ class FitResult:
                 f"at {self.clock_period} ns")
 
     def to_dict(self) -> dict:
+        """The result as plain JSON-serializable data.
+
+        Returns:
+            dict: the setting, its II and latency, utilization and the estimate's totals.
+        """
         return {"device": self.device.name, "part": self.hls_kwargs["part"], "budget": self.budget,
                 "objective": self.objective, "io_type": self.io_type, "strategy": self.strategy,
                 "strategies": dict(self.strategies), "reuse_factor": dict(self.reuse_factor),

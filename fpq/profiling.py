@@ -47,7 +47,33 @@ class ProfileRow:
 
 @dataclass
 class ProfileResult:
-    """Latency / throughput rows plus the facts needed to read them."""
+    """What ``fpq.profile_torch`` measured: latency / throughput rows plus the facts needed to read them.
+
+    ``print`` it for a table; ``to_dict()`` for JSON.
+
+    Args:
+        device (str): the torch device timed on.
+        device_name (str): the CPU or GPU model.
+        torch_version (str): torch's version.
+        batch (int): inputs per forward.
+        threads (int): CPU threads used.
+        input_shape (tuple): one input's shape without the batch.
+        warmup (int): untimed runs before timing.
+        iters (int): timed runs.
+        rows (list[ProfileRow]): one per model and dtype: name, dtype, status ("ok" | "skipped"),
+            median_ms and p90_ms per batch, throughput (inferences/s), max_abs_diff (vs fp32),
+            reason.
+        gemms (list): (M, K, N, count) of the model's matrix products.
+        notes (list[str]): facts about the run.
+
+    Example:
+        >>> import torch, fpq
+        >>> prof = fpq.profile_torch(torch.nn.Sequential(torch.nn.Linear(4, 3)), batch=4, dtypes="fp32",
+        ...                          warmup=0, iters=1, gemm=False, progress=False)
+        >>> row = prof.row("float fp32")
+        >>> row.status, row.throughput > 0
+        ('ok', True)
+    """
 
     device: str
     device_name: str
@@ -62,12 +88,28 @@ class ProfileResult:
     notes: list = field(default_factory=list)
 
     def row(self, name: str) -> ProfileRow:
+        """The row of one model.
+
+        Args:
+            name (str): the row's name, e.g. "float fp32" or "fpq fake-quant".
+
+        Returns:
+            ProfileRow: that row.
+
+        Raises:
+            KeyError: no row of that name (the message lists them).
+        """
         for r in self.rows:
             if r.name == name:
                 return r
         raise KeyError(f"no row {name!r}; rows: {[r.name for r in self.rows]}")
 
     def to_dict(self) -> dict:
+        """The result as plain JSON-serializable data.
+
+        Returns:
+            dict: the run's facts, rows, gemms and notes.
+        """
         d = {k: getattr(self, k) for k in ("device", "device_name", "torch_version", "batch", "threads",
                                            "warmup", "iters")}
         d["input_shape"] = list(self.input_shape)
@@ -77,6 +119,11 @@ class ProfileResult:
         return d
 
     def table(self) -> str:
+        """The result as an aligned text table (``str(result)`` is the same).
+
+        Returns:
+            str: a header line with the run's facts, then one line per row and the notes.
+        """
         head = ("model", "dtype", "median ms", "p90 ms", "inf/s", "max|y-y32|", "note")
         rows = [head]
         for r in self.rows:

@@ -65,6 +65,7 @@ class VerifyReport:
         n_inputs (int): inputs compared.
         notes (list[str]): why a path was not comparable, or what is checked rather than proven.
         outputs (dict): path -> final output.
+        verified (bool): some path independent of the emulator was compared and counts.
 
     Example:
         >>> import torch, fpq

@@ -24,6 +24,17 @@ PUBLIC_EXTRA = [
     ("fpq.nn.multfree", "to_khot"),
     ("fpq.nn.multfree", "to_pow2"),
     ("fpq.nn.weight_only", "WeightOnlyLayer"),
+    # what the public functions return, whose fields and methods users read
+    ("fpq.formats.facts", "FormatInfo"),       # fpq.finfo
+    ("fpq.typeplan", "LayerPlan"),             # fpq.plan(q)[name]
+    ("fpq.typeplan", "TensorType"),            # its tensors
+    ("fpq.verification", "VerifyReport"),      # fpq.verify
+    ("fpq.cost_model", "CostReport"),          # fpq.estimate_cost
+    ("fpq.fitting", "FitResult"),              # fpq.fit
+    ("fpq.hls.project", "HLSProject"),         # fpq.to_hls
+    ("fpq.rtl", "RTLNetwork"),                 # fpq.to_rtl
+    ("fpq.profiling", "ProfileResult"),        # fpq.profile_torch
+    ("fpq.report.records", "SweepResult"),     # fpq.sweep
 ]
 
 

@@ -15,7 +15,27 @@ MAX_ENUMERABLE_BITS = 16
 
 @dataclass(frozen=True)
 class FormatInfo:
-    """Numeric limits of a format (at scale 1), like numpy's finfo."""
+    """Numeric limits of a format (at scale 1), like numpy's finfo; ``fpq.finfo`` returns it.
+
+    Args:
+        format (Format): the format described.
+        bits (int): bits of one code.
+        max (float): largest finite value.
+        min (float): most negative finite value (0 for unsigned).
+        smallest_normal (float): smallest positive normal value (the step for fixed / int).
+        smallest_subnormal (float): smallest positive value.
+        eps (float): gap between 1.0 and the next value (the step for fixed / int).
+        n_codes (int): 2**bits.
+        n_values (int): distinct finite values (+0 and -0 counted once).
+        has_inf (bool): the format has infinity codes.
+        has_nan (bool): the format has NaN codes.
+
+    Example:
+        >>> import fpq
+        >>> info = fpq.finfo("e2m1")
+        >>> info.max, info.min, info.eps, info.n_values
+        (6.0, -6.0, 0.5, 15)
+    """
 
     format: Format
     bits: int

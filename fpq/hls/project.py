@@ -51,13 +51,33 @@ def _perm(p):
 
 
 class HLSProject:
-    """A written, compiled hls4ml project of an fpq model.
+    """A written, compiled hls4ml project of an fpq model (what ``fpq.to_hls`` returns).
 
-    ``predict(x)`` runs the C simulation (torch layouts in and out, float64 values);
-    ``trace(x)`` returns every traced layer's output keyed by the IR op whose value it holds;
-    ``build(...)`` runs the vendor flow through hls4ml (Vivado / Vitis HLS must be installed).
-    ``hls_model`` is the hls4ml ModelGraph (for a project loaded from disk, hls4ml's linked
-    stand-in that can compile, predict and build).
+    ``predict(x)`` runs the C simulation (torch layouts in and out, float64 values); ``trace(x)``
+    returns every traced layer's output keyed by the IR op whose value it holds; ``build(...)``
+    runs the vendor flow through hls4ml (Vivado / Vitis HLS must be installed). ``hls_model`` is the
+    hls4ml ModelGraph (for a project loaded from disk with ``fpq.hls.load_project``, hls4ml's
+    linked stand-in that can compile, predict and build). Users get it from ``fpq.to_hls`` or
+    ``fpq.hls.load_project`` rather than constructing it.
+
+    Args:
+        outdir (str | os.PathLike): the project folder.
+        info (dict): the project's stamp (shapes, layouts, the C-sim library's name).
+        hls_model (hls4ml.model.graph.ModelGraph | None): the hls4ml model, if in memory.
+
+    Raises:
+        ValueError: a stamp whose library is not the C-sim library name of an fpq project.
+
+    Example:
+        Building compiles C++ (tens of seconds), so it is not run here:
+
+        >>> import torch, fpq
+        >>> q = fpq.convert(torch.nn.Sequential(torch.nn.Linear(4, 3)), fmt="int8")
+        >>> x = torch.randn(16, 4)
+        >>> _ = fpq.calibrate(q, [x], progress=False)
+        >>> proj = fpq.to_hls(q, "out/prj", x[:1])                                 # doctest: +SKIP
+        >>> bool((proj.predict(x.numpy()) == fpq.emulate(q, x)).all())              # doctest: +SKIP
+        True
     """
 
     def __init__(self, outdir, info: dict, hls_model=None):
@@ -77,6 +97,8 @@ class HLSProject:
 
     @property
     def hls_model(self):
+        """The hls4ml ModelGraph (linked from the folder on first use for a project loaded from disk).
+        """
         if self._hls_model is None:
             from hls4ml.converters import link_existing_project
 
@@ -88,10 +110,14 @@ class HLSProject:
 
     @property
     def input_shape(self) -> tuple:
+        """One input's shape without the batch, in torch layout.
+        """
         return tuple(self.info["input_shape"])
 
     @property
     def output_shape(self) -> tuple:
+        """One output's shape without the batch, in torch layout.
+        """
         return tuple(self.info["output_shape"])
 
     # -- inputs / outputs in torch layout
@@ -127,13 +153,33 @@ class HLSProject:
         return y.reshape((n,) + tuple(shape))
 
     def predict(self, x) -> np.ndarray:
-        """C-sim of the compiled project on ``x`` (batch, *input shape) -> (batch, *output shape)."""
+        """Run the C simulation of the compiled project.
+
+        Args:
+            x (array_like): floating-point inputs (batch, *input_shape), torch layout.
+
+        Returns:
+            numpy.ndarray: outputs (batch, *output_shape), float64, torch layout.
+
+        Raises:
+            ValueError: non-floating-point inputs, a wrong shape, or (for a float32 input port) values
+                float32 cannot hold.
+        """
         y = self._csim.run(self._prepare(x))
         return self._to_torch(y, self.output_shape, self.info["output_perm"])
 
     def trace(self, x) -> dict:
-        """{IR op name: its output} for every layer hls4ml traces (an op fused into its
-        producer, e.g. a re-quantization folded into a Dense result type, under its own name)."""
+        """Every traced layer's output from the C simulation.
+
+        An op fused into its producer (e.g. a re-quantization folded into a Dense result type) appears
+        under its own IR op name.
+
+        Args:
+            x (array_like): floating-point inputs (batch, *input_shape), torch layout.
+
+        Returns:
+            dict[str, numpy.ndarray]: {IR op name: its output}, torch layout.
+        """
         per_layer = self._csim.trace(self._prepare(x))
         out = {}
         for layer, (op_name, shape, perm) in self.info["layer_ops"].items():
@@ -142,7 +188,16 @@ class HLSProject:
         return out
 
     def build(self, **kwargs):
-        """Run the vendor HLS flow (hls4ml's ``build``: csim, synth, cosim, export...)."""
+        """Run the vendor HLS flow (hls4ml's ``build``: csim, synth, cosim, export, ...).
+
+        Vivado or Vitis HLS must be installed.
+
+        Args:
+            **kwargs: hls4ml ``ModelGraph.build`` options (e.g. ``csim=False, synth=True``).
+
+        Returns:
+            dict | None: what hls4ml's ``build`` returns (its parsed reports).
+        """
         return self.hls_model.build(**kwargs)
 
 
@@ -450,8 +505,10 @@ def to_hls(q, outdir, example_input=None, *, backend="Vitis", io_type="io_parall
         HLSUnsupportedError: (a ValueError) an op that cannot be exact in HLS, naming it and why,
             before anything is written.
         ValueError: an unknown backend, io_type or strategy, a bad reuse factor or clock period,
-            ``da_options`` without the DA strategy, or an ``outdir`` that is a file or not empty
-            (without ``overwrite``).
+            ``da_options`` without the DA strategy, a non-bool ``overwrite``, or an ``outdir`` with
+            a character that could end a quoted shell, Tcl or C++ string.
+        FileExistsError: ``outdir`` is a file, or a folder that is not empty (without
+            ``overwrite``).
 
     Example:
         Arguments are checked before anything is written or compiled:
