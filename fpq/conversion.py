@@ -399,8 +399,8 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
     The model is traced with torch.fx (a copy; ``model`` is unchanged), BatchNorms are folded or
     kept element-wise, and every Linear / Conv1d / Conv2d, activation, pooling, Softmax / LayerNorm,
     attention matmul and supported element-wise op becomes an fpq layer whose quantizers compute
-    ``fpq.quantize`` exactly. Scales start at 1: calibrate (``fpq.calibrate`` / ``fpq.ptq``) or
-    train before use.
+    ``fpq.quantize`` exactly. Weight and bias scales start from the weights, activation scales
+    at 1: calibrate (``fpq.calibrate`` / ``fpq.ptq``) or train before use.
 
     Args:
         model (torch.nn.Module): the float model, or a model ``fpq.convert`` returned (it is

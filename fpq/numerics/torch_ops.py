@@ -228,8 +228,8 @@ def quantize_torch(x: torch.Tensor, fmt, scale=1.0) -> torch.Tensor:
     """Torch twin of ``fpq.quantize``: identical values, with a straight-through gradient.
 
     The gradient with respect to ``x`` is 1 where ``x / scale`` lies within the format's range and 0
-    where it saturates (clipped straight-through estimator); a ``scale`` tensor that requires grad
-    gets the LSQ-style gradient. Runs on ``x``'s device.
+    where it saturates (clipped straight-through estimator); a ``scale`` tensor (not all ones) that
+    requires grad gets the LSQ-style gradient. Runs on ``x``'s device.
 
     Args:
         x (torch.Tensor): real values (float, or integers within +-2**53).
