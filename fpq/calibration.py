@@ -158,11 +158,41 @@ def _unwrapped(q):
 
 def calibrate(q, batches, method: str = "max", percentile: float = 99.99, progress: bool = True,
               max_batches: int | None = None):
-    """Set the scales of ``q`` (an ``fpq.convert`` model) from data; returns ``q``.
+    """Set the scales of a converted model from data (post-training calibration); returns the model.
 
-    batches: an iterable of input tensors or (inputs, targets) tuples (a DataLoader works).
-    method: "max" | "percentile" | "mse". NaN or Inf in a batch raises ValueError naming it.
-    Quantizers whose format carries its own scaling (Fixed) keep scale 1.
+    Activation scales come from the statistics of the values each quantizer sees over the batches
+    (a seeded sample, so calibration is reproducible), weight and bias scales from the weights.
+    Quantizers whose format carries its own scaling (Fixed) keep scale 1; block formats take their
+    scales from each block. Also records the input shape (for ``fpq.plan`` / export). Shows a tqdm
+    progress bar.
+
+    Args:
+        q (FpqModel): a model returned by ``fpq.convert`` (changed in place).
+        batches (Iterable): input tensors or (inputs, targets) tuples; a DataLoader works. Every
+            value must be finite.
+        method (str): "max" (largest magnitude), "percentile" (the ``percentile``-th percentile of
+            the magnitudes) or "mse" (the scale minimizing the squared quantization error).
+        percentile (float): the percentile used by ``method="percentile"``.
+        progress (bool): show the progress bar.
+        max_batches (int | None): read at most this many batches.
+
+    Returns:
+        FpqModel: ``q`` itself, with its training mode unchanged.
+
+    Raises:
+        ValueError: an unknown ``method``; no batches, or batches with no rows; a batch with NaN or
+            Inf (named by its index); inputs of the wrong shape for the model; a narrow accumulator
+            whose bias cannot be put on the products' grid.
+        TypeError: ``q`` is not a model returned by ``fpq.convert``.
+
+    Example:
+        >>> import torch, fpq
+        >>> _ = torch.manual_seed(0)
+        >>> q = fpq.convert(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()), fmt="int8")
+        >>> fpq.calibrate(q, [torch.randn(16, 4)], method="mse", progress=False) is q
+        True
+        >>> fpq.plan(q)["0"].tensors["weight"].describe()
+        'int8 x 2^-8'
     """
     from tqdm.auto import tqdm
 

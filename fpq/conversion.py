@@ -82,18 +82,47 @@ def _fmt(value, what: str) -> str:
 
 
 class FpqModel(fx.GraphModule):
-    """A converted model: a torch.fx GraphModule of fpq / Brevitas layers plus its policy."""
+    """A converted model: a torch.fx GraphModule of fpq / Brevitas layers plus its policy.
+
+    Returned by ``fpq.convert`` (the class of a converted ``nn.Sequential`` is a subclass named
+    ``SequentialFpq``); users do not construct it. It is an ``nn.Module`` like any other: run it,
+    train it (QAT), ``.to(device)`` it. Every fpq function that takes "a converted model" takes
+    it: ``fpq.calibrate``, ``fpq.ptq``, ``fpq.plan``, ``fpq.export_qonnx``, ``fpq.emulate``,
+    ``fpq.to_hls``, ``fpq.verify``, ``fpq.estimate_cost``.
+
+    Example:
+        >>> import torch, fpq
+        >>> q = fpq.convert(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()), fmt="int8")
+        >>> isinstance(q, fpq.conversion.FpqModel), q.fpq_policy.weights
+        (True, 'int8')
+    """
 
     @property
     def fpq_policy(self) -> Policy:
+        """The conversion's Policy: default formats per role, overrides and per-layer formats.
+        """
         return self.meta["fpq_policy"]
 
     def fpq_typeplan(self, example_input=None):
+        """The model's TypePlan (the same as ``fpq.plan(self, example_input)``).
+
+        Args:
+            example_input (torch.Tensor | None): an input of the model's shape; None uses the shape
+                ``fpq.calibrate`` recorded or a leading Linear's ``in_features``.
+
+        Returns:
+            TypePlan: every tensor's exact type, read from the model's in-memory QONNX export.
+        """
         from .export import typeplan_of   # the one TypePlan: read from the in-memory QONNX export
         return typeplan_of(self, example_input)
 
     def fpq_quantizers(self):
-        """(name, role, fpq tensor quantizer) for every quantizer, in module order."""
+        """Every tensor quantizer of the model, in module order.
+
+        Returns:
+            list[tuple[str, str, torch.nn.Module]]: (module name, role "weight" | "bias" | "output",
+            fpq tensor quantizer) triples.
+        """
         out = []
         for name, m in self.named_modules():
             if isinstance(m, (FpqLinear, FpqConv1d, FpqConv2d, FpqBatchNorm)):
@@ -108,7 +137,13 @@ class FpqModel(fx.GraphModule):
 
     @torch.no_grad()
     def fpq_record_shapes(self, x: torch.Tensor) -> None:
-        """Run ``x`` through the model once and keep every node's output shape (for the TypePlan)."""
+        """Run ``x`` through the model once (in eval mode) and keep every node's output shape.
+
+        The TypePlan reads these shapes; ``fpq.calibrate`` and ``fpq.ptq`` call this.
+
+        Args:
+            x (torch.Tensor): one batch of inputs of the model's shape.
+        """
         from torch.fx.passes.shape_prop import ShapeProp
         was = self.training
         self.eval()
@@ -359,35 +394,70 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
             scale: str | None = None, granularity: str | None = None, inputs=None, method: str = "ste",
             omega=None, batchnorm="fold", accumulator_bits=None, hadamard: bool = False, scope: str = "graph",
             group_size: int | None = None) -> FpqModel:
-    """Quantize ``model``: every Linear/Conv weight, bias and activation gets an fpq Format.
+    """Quantize a float torch model: every Linear / Conv weight, bias and activation gets an fpq Format.
 
-    fmt: default for weights and activations (and inputs). weights / activations / bias /
-    inputs: per role (bias defaults to int16 with its own scale). overrides: {module name or
-    glob: format string or {"weights", "activations", "bias"}}. scale: "po2" (default) | "float" (Fixed
-    formats carry their own scaling and ignore it). granularity: weight scales per "tensor"
-    or per output "channel". method: "ste" (straight-through quantizers) or "biper" (binary
-    weights become BiPer weights with frequency ``omega``, see fpq.nn.biper). batchnorm:
-    "fold" (default) folds each BatchNorm that directly follows a Conv/Linear (whose output it
-    alone uses) into that layer and keeps every other BatchNorm element-wise; "keep" keeps them
-    all element-wise; a dict {BatchNorm name or glob: "fold" | "keep"} chooses per layer
-    (unlisted: "fold"). An element-wise BatchNorm is an ``FpqBatchNorm``: y = Q_act(x * Q_w(s) +
-    Q_b(t)) with s = gamma / sqrt(var + eps) and t = beta - mean * s quantized per channel by the
-    layer's weight and bias formats (overrides by the BatchNorm's name apply; a binary default
-    weight format gives s int8 instead: see _batchnorm_formats). accumulator_bits: None (exact
-    accumulators: no sum can overflow), an int, or {Linear/Conv name or glob: int}: that layer's
-    accumulator keeps its exact LSB and only ``bits`` bits, wrapping on overflow as ap_fixed's
-    AP_WRAP does, identically in torch, QONNX, the emulator and HLS (fpq.typeplan.narrow_accumulator);
-    fpq.calibrate puts an integer bias on the products' grid for it. hadamard: with block-scaled
-    activations, rotate every Linear's reduction axis by a block-diagonal Hadamard of the block
-    size (folded into the weight, applied to the input right before the layer and requantized;
-    fpq.nn.hadamard). Returns an FpqModel in eval mode; ``.train()`` it for QAT.
+    The model is traced with torch.fx (a copy; ``model`` is unchanged), BatchNorms are folded or
+    kept element-wise, and every Linear / Conv1d / Conv2d, activation, pooling, Softmax / LayerNorm,
+    attention matmul and supported element-wise op becomes an fpq layer whose quantizers compute
+    ``fpq.quantize`` exactly. Weight and bias scales start from the weights, activation scales
+    at 1: calibrate (``fpq.calibrate`` / ``fpq.ptq``) or train before use.
 
-    scope="modules": weight-only conversion of any module tree, no tracing (fpq.nn.weight_only):
-    a copy of ``model`` whose every Linear / Conv1d / Conv2d holds ``weights`` (Int or Minifloat)
-    with scales per "tensor", "channel" or "group" (``group_size`` weights along the input axis,
-    default 128), scale "po2" or "float" (float16 numbers, the default there); activations and
-    biases stay float; overrides {name or glob: format or None (keep float)}. Only those options
-    apply.
+    Args:
+        model (torch.nn.Module): the float model, or a model ``fpq.convert`` returned (it is
+            converted again from its float weights). Already quantized Brevitas layers are refused.
+        fmt (str | Format | None): default format of weights, activations and inputs.
+        weights (str | Format | None): weight format (default ``fmt``).
+        activations (str | Format | None): activation format (default ``fmt``).
+        bias (str | Format | None): bias format (default ``int16`` with its own scale).
+        overrides (dict | None): {module name or glob: format, or {"weights" | "activations" |
+            "bias": format}} per layer; the exact name wins over globs.
+        scale (str | None): "po2" (power-of-two scales, the default) or "float"; Fixed formats
+            carry their own scaling and ignore it.
+        granularity (str | None): weight scales per "tensor" (default) or per output "channel".
+        inputs (str | Format | None): format of the network input quantizer (default the
+            activation format).
+        method (str): "ste" (straight-through quantizers) or "biper" (binary weights become BiPer
+            weights, see ``fpq.nn.biper``).
+        omega (float | None): BiPer's frequency; required with ``method="biper"`` and only there.
+        batchnorm (str | dict): "fold" (default: fold each BatchNorm that directly follows a Conv /
+            Linear into it, keep the others element-wise), "keep" (all element-wise), or {BatchNorm
+            name or glob: "fold" | "keep"} (unlisted: "fold").
+        accumulator_bits (int | dict | None): None (exact accumulators), an int, or {Linear / Conv
+            name or glob: int}: that accumulator keeps its exact LSB and only that many bits,
+            wrapping on overflow like ap_fixed's AP_WRAP, identically on every path.
+        hadamard (bool): with block-scaled activations, rotate every Linear's reduction axis by a
+            block-diagonal Hadamard of the block size (``fpq.nn.hadamard``).
+        scope (str): "graph" (default: trace and quantize everything, as above) or "modules":
+            weight-only conversion of any module tree, no tracing (``fpq.nn.weight_only``): every
+            Linear / Conv1d / Conv2d gets ``weights`` (Int or Minifloat) with scales per "tensor",
+            "channel" or "group" (default "group"), ``scale`` "po2" or "float" (default "float");
+            activations and biases stay float; ``overrides`` {name or glob: format or None}.
+        group_size (int | None): with ``scope="modules"`` only: weights per group along the input
+            axis (default 128; must divide each layer's fan-in).
+
+    Returns:
+        FpqModel: the converted model, in eval mode (``.train()`` it for QAT). With
+        ``scope="modules"``: a copy of ``model`` whose layers are ``WeightOnlyLayer``.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``, or ``batchnorm`` is neither a string nor a dict.
+        ValueError: an invalid format string, no format for a role, an unknown ``scale``,
+            ``granularity``, ``method``, ``batchnorm`` mode or ``scope``; ``omega`` without BiPer;
+            ``group_size`` or graph-only options with the wrong scope; an override or batchnorm
+            entry that matches no layer; a layer or op fpq cannot quantize (named in the message).
+
+    Example:
+        >>> import torch, fpq
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU())
+        >>> q = fpq.convert(model, fmt="int8", overrides={"0": {"weights": "e2m1"}})
+        >>> q.fpq_policy.layers["0"]
+        {'weights': 'e2m1', 'activations': 'int8', 'bias': 'int16'}
+        >>> q(torch.zeros(2, 4)).shape
+        torch.Size([2, 3])
+        >>> fpq.convert(model, fmt="int8", scale="log")
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown scale kind 'log'; allowed: 'po2', 'float'
     """
     if scope == "modules":   # weight-only, no tracing: fpq.nn.weight_only
         from .nn.weight_only import convert_scope_modules

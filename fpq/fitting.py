@@ -91,10 +91,30 @@ def _layer_sizes(lp) -> tuple[int, int] | None:
 
 @dataclass
 class FitResult:
-    """The chosen setting and its estimate. ``hls_kwargs`` go straight into
-    ``fpq.to_hls(q, outdir, **result.hls_kwargs)``. ``strategies``: {layer: "Latency" | "Resource"}
-    for every layer with a reuse factor; ``strategy`` is that one name when every layer has it, else
-    "per-layer"."""
+    """The setting ``fpq.fit`` chose and its estimate; ``hls_kwargs`` go straight into ``fpq.to_hls``.
+
+    Use it as ``fpq.to_hls(q, outdir, **result.hls_kwargs)``. ``print`` it for a summary.
+
+    Args:
+        device (Device): the FPGA fitted to.
+        budget (float): the share of each resource allowed.
+        objective (str): "latency" or "throughput".
+        io_type (str): the chosen io type.
+        strategies (dict): {layer: "Latency" | "Resource"} for every layer with a reuse factor.
+        reuse_factor (dict): {layer name: reuse factor}, every layer that has one.
+        clock_period (float): the clock period in ns.
+        report (CostReport): the estimate at the chosen setting.
+        tried (list): (io_type, strategies searched, fits, worst share of the budget) per search.
+        part (str): the full part number given, if any.
+
+    Example:
+        >>> import torch, fpq
+        >>> q = fpq.convert(torch.nn.Sequential(torch.nn.Linear(4, 3)), fmt="int4")
+        >>> _ = fpq.calibrate(q, [torch.randn(16, 4)], progress=False)
+        >>> fit = fpq.fit(q, part="xc7z020", objective="throughput")
+        >>> fit.strategy, fit.ii, fit.report is not None
+        ('Latency', 1, True)
+    """
 
     device: Device
     budget: float
@@ -109,26 +129,41 @@ class FitResult:
 
     @property
     def strategy(self) -> str:
+        """The strategy every layer has, 'per-layer' when they differ ('Latency' when no layer has one).
+        """
         names = set(self.strategies.values())
         return names.pop() if len(names) == 1 else ("per-layer" if names else "Latency")
 
     @property
     def ii(self) -> int:
+        """Initiation interval of the network in clock cycles.
+        """
         return int(self.report.total["ii"])
 
     @property
     def latency_cycles(self) -> int:
+        """Latency of one inference in clock cycles.
+        """
         return int(self.report.total["latency_cycles"])
 
     @property
     def latency_ns(self) -> float:
+        """Latency of one inference in ns at ``clock_period``.
+        """
         return float(self.report.total["latency_ns"])
 
     def utilization(self) -> dict:
+        """Share of the device's LUT / FF / DSP / BRAM18 the chosen setting needs.
+
+        Returns:
+            dict[str, float]: as ``CostReport.utilization``.
+        """
         return self.report.utilization()
 
     @property
     def hls_kwargs(self) -> dict:
+        """Keyword arguments of ``fpq.to_hls``: io_type, strategy, reuse_factor, part, clock_period.
+        """
         st = self.strategy if self.strategy != "per-layer" else dict(self.strategies)
         return dict(io_type=self.io_type, strategy=st, reuse_factor=dict(self.reuse_factor),
                     part=self.part or self.device.part or self.device.name, clock_period=self.clock_period)
@@ -145,6 +180,11 @@ class FitResult:
                 f"at {self.clock_period} ns")
 
     def to_dict(self) -> dict:
+        """The result as plain JSON-serializable data.
+
+        Returns:
+            dict: the setting, its II and latency, utilization and the estimate's totals.
+        """
         return {"device": self.device.name, "part": self.hls_kwargs["part"], "budget": self.budget,
                 "objective": self.objective, "io_type": self.io_type, "strategy": self.strategy,
                 "strategies": dict(self.strategies), "reuse_factor": dict(self.reuse_factor),
@@ -336,16 +376,42 @@ def _relax(rows: _Rows, settings: dict, valid: dict, strategies: tuple, budget: 
 
 def fit(q, part="xc7z020", budget=0.8, objective="latency", *, example_input=None, clock_period=5.0,
         io_types=IO_TYPES, strategies=STRATEGIES, datapath="carrier", dsp_threshold=9) -> FitResult:
-    """Choose io_type and, per layer, the strategy and reuse factor so that ``fpq.estimate_cost`` of
-    ``q`` fits ``budget`` x every resource (LUT, FF, DSP, BRAM18) of ``part``.
+    """Choose io_type and, per layer, the strategy and reuse factor so the model fits an FPGA part.
 
-    ``q``: a TypePlan, a converted model or a QONNX file (as ``estimate_cost``). ``objective``:
-    "latency" (fewest cycles per inference) or "throughput" (lowest II). ``strategies``: the
-    hls4ml strategies a layer may take (each layer its own; one strategy: every layer that one).
-    ``dsp_threshold``: the DSP mapping rule of ``estimate_cost``. Returns a FitResult (achieved II
-    and latency in cycles and ns, the estimate, and ``hls_kwargs`` for ``fpq.to_hls``). Raises
-    FitError naming the resources that run out, and by how much, at the cheapest setting found,
-    when no setting fits.
+    Searches the settings ``fpq.estimate_cost`` prices so that every resource (LUT, FF, DSP,
+    BRAM18) stays within ``budget`` times the part's, optimizing ``objective``.
+
+    Args:
+        q (TypePlan | FpqModel | str | ModelWrapper): as ``fpq.estimate_cost`` takes it.
+        part (str | Device): the FPGA part (see ``fpq.estimate_cost``).
+        budget (float): the share of each resource the design may use, 0 < budget <= 1.
+        objective (str): "latency" (fewest cycles per inference) or "throughput" (lowest II).
+        example_input (torch.Tensor | None): the input shape of a converted model.
+        clock_period (float): target clock period in ns.
+        io_types (tuple[str, ...]): io types to try, among "io_parallel" and "io_stream".
+        strategies (tuple[str, ...]): hls4ml strategies a layer may take, among "Latency" and
+            "Resource" (one strategy: every layer that one).
+        datapath (str): as in ``fpq.estimate_cost``.
+        dsp_threshold (int | None): as in ``fpq.estimate_cost``.
+
+    Returns:
+        FitResult: the chosen ``io_type``, ``strategy``, ``reuse_factor`` per layer, achieved
+        ``ii`` and latency (cycles, ns), the estimate (``report``), and ``hls_kwargs`` to pass to
+        ``fpq.to_hls``.
+
+    Raises:
+        ValueError: a budget outside (0, 1], an unknown objective, io_type, strategy or part, or
+            empty ``io_types`` / ``strategies``.
+        FitError: no setting fits; the message names each resource that runs out and by how much,
+            at the cheapest setting found.
+
+    Example:
+        >>> import torch, fpq
+        >>> q = fpq.convert(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()), fmt="int4")
+        >>> _ = fpq.calibrate(q, [torch.randn(16, 4)], progress=False)
+        >>> fit = fpq.fit(q, part="xc7z020", budget=0.8)
+        >>> fit.hls_kwargs["io_type"], fit.hls_kwargs["reuse_factor"]
+        ('io_parallel', {'linear_0': 1})
     """
     from .export import plan
     from .typeplan import TypePlan

@@ -47,7 +47,33 @@ class ProfileRow:
 
 @dataclass
 class ProfileResult:
-    """Latency / throughput rows plus the facts needed to read them."""
+    """What ``fpq.profile_torch`` measured: latency / throughput rows plus the facts needed to read them.
+
+    ``print`` it for a table; ``to_dict()`` for JSON.
+
+    Args:
+        device (str): the torch device timed on.
+        device_name (str): the CPU or GPU model.
+        torch_version (str): torch's version.
+        batch (int): inputs per forward.
+        threads (int): CPU threads used.
+        input_shape (tuple): one input's shape without the batch.
+        warmup (int): untimed runs before timing.
+        iters (int): timed runs.
+        rows (list[ProfileRow]): one per model and dtype: name, dtype, status ("ok" | "skipped"),
+            median_ms and p90_ms per batch, throughput (inferences/s), max_abs_diff (vs fp32),
+            reason.
+        gemms (list): (M, K, N, count) of the model's matrix products.
+        notes (list[str]): facts about the run.
+
+    Example:
+        >>> import torch, fpq
+        >>> prof = fpq.profile_torch(torch.nn.Sequential(torch.nn.Linear(4, 3)), batch=4, dtypes="fp32",
+        ...                          warmup=0, iters=1, gemm=False, progress=False)
+        >>> row = prof.row("float fp32")
+        >>> row.status, row.throughput > 0
+        ('ok', True)
+    """
 
     device: str
     device_name: str
@@ -62,12 +88,28 @@ class ProfileResult:
     notes: list = field(default_factory=list)
 
     def row(self, name: str) -> ProfileRow:
+        """The row of one model.
+
+        Args:
+            name (str): the row's name, e.g. "float fp32" or "fpq fake-quant".
+
+        Returns:
+            ProfileRow: that row.
+
+        Raises:
+            KeyError: no row of that name (the message lists them).
+        """
         for r in self.rows:
             if r.name == name:
                 return r
         raise KeyError(f"no row {name!r}; rows: {[r.name for r in self.rows]}")
 
     def to_dict(self) -> dict:
+        """The result as plain JSON-serializable data.
+
+        Returns:
+            dict: the run's facts, rows, gemms and notes.
+        """
         d = {k: getattr(self, k) for k in ("device", "device_name", "torch_version", "batch", "threads",
                                            "warmup", "iters")}
         d["input_shape"] = list(self.input_shape)
@@ -77,6 +119,11 @@ class ProfileResult:
         return d
 
     def table(self) -> str:
+        """The result as an aligned text table (``str(result)`` is the same).
+
+        Returns:
+            str: a header line with the run's facts, then one line per row and the notes.
+        """
         head = ("model", "dtype", "median ms", "p90 ms", "inf/s", "max|y-y32|", "note")
         rows = [head]
         for r in self.rows:
@@ -289,17 +336,49 @@ def profile_torch(q, batch: int = 256, device: str = "cpu", dtypes=("fp32", "bf1
                   iters: int = 30, input_shape=None, *, float_model: nn.Module | None = None,
                   example_input: torch.Tensor | None = None, fake_quant: bool = True, gemm: bool = True,
                   threads: int | None = None, progress: bool | None = None, seed: int = 0) -> ProfileResult:
-    """Time the float model (fp32 / bf16 / fp16), the fpq fake-quant forward and FP8 GEMMs.
+    """Time a model's float forward (fp32 / bf16 / fp16), its fpq fake-quant forward and FP8 GEMMs.
 
-    q: a model from ``fpq.convert`` (its float twin is recovered from it, or given as
-    ``float_model=``) or a plain float ``nn.Module`` (then there is no fake-quant row).
-    batch: inputs per forward; latency is per batch, throughput in inferences/s.
-    device: "cpu", "cuda" or "cuda:N" (a clear RuntimeError when no GPU is there).
-    dtypes: float-model precisions to time, among "fp32", "bf16", "fp16".
-    input_shape: one input's shape without the batch (found from the model when it can be).
-    gemm: also time the model's matrix products in bf16 and FP8 e4m3 (torch._scaled_mm).
-    threads: CPU threads for the run (default: torch's current setting; restored afterwards).
-    progress: True / False, or None for a bar that shows when the run takes more than 2 s.
+    Latency is per batch (median and p90 over ``iters`` timed runs after ``warmup``), throughput in
+    inferences/s; each row also gives the largest difference of its output from the fp32 model's.
+    Shows a progress bar when the run takes more than 2 s (``progress=None``).
+
+    Args:
+        q (torch.nn.Module): a model from ``fpq.convert`` (its float twin is recovered from it, or
+            given as ``float_model``) or a plain float model (then there is no fake-quant row).
+        batch (int): inputs per forward, >= 1.
+        device (str): "cpu", "cuda" or "cuda:N".
+        dtypes (str | tuple[str, ...]): float-model precisions to time, among "fp32", "bf16", "fp16".
+        warmup (int): untimed runs first, >= 0.
+        iters (int): timed runs, >= 1.
+        input_shape (tuple[int, ...] | None): one input's shape without the batch (found from the
+            model or ``example_input`` when it can be).
+        float_model (torch.nn.Module | None): the float model to time instead of the recovered one.
+        example_input (torch.Tensor | None): an input whose shape (without the batch) is used.
+        fake_quant (bool): time the fpq fake-quant forward.
+        gemm (bool): also time the model's matrix products in bf16 and FP8 e4m3 (``torch._scaled_mm``).
+        threads (int | None): CPU threads for the run (default: torch's current setting; restored
+            afterwards).
+        progress (bool | None): True / False, or None for a bar only when the run is slow.
+        seed (int): seed of the random inputs.
+
+    Returns:
+        ProfileResult: ``rows`` (one per model and dtype: median / p90 ms, inf/s, max |y - y32|),
+        ``gemms``, the device, batch and threads; ``print`` it for a table.
+
+    Raises:
+        TypeError: ``q`` or ``float_model`` is not an ``nn.Module``.
+        ValueError: a bad ``batch``, ``warmup``, ``iters`` or ``threads``, an unknown dtype or device, or no
+            input shape to be found.
+        RuntimeError: a CUDA device asked for where no GPU is there.
+
+    Example:
+        >>> import torch, fpq
+        >>> q = fpq.convert(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()), fmt="int8")
+        >>> _ = fpq.calibrate(q, [torch.randn(16, 4)], progress=False)
+        >>> prof = fpq.profile_torch(q, batch=8, dtypes="fp32", warmup=1, iters=2, gemm=False,
+        ...                          progress=False)
+        >>> [row.name for row in prof.rows]
+        ['float fp32', 'fpq fake-quant']
     """
     from tqdm.auto import tqdm
 

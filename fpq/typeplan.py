@@ -53,7 +53,23 @@ def block_exponent_range(fmt: BlockFormat) -> tuple:
 class TensorType:
     """A tensor's Format and scale: real value = format value * scale.
 
-    ``scale`` is a float32 array of shape () (per tensor) or (C,) (per output channel).
+    Args:
+        format (str | Format): the format (a string is parsed).
+        scale (array_like): float32, shape () (per tensor) or (C,) (per output channel).
+
+    Raises:
+        ValueError: an invalid format string.
+
+    Example:
+        >>> import fpq
+        >>> from fpq.typeplan import TensorType
+        >>> t = TensorType("int8", 2.0 ** -5)
+        >>> t.describe(), t.po2, str(t.carrier())
+        ('int8 x 2^-5', True, 'fixed<8,3,RND_CONV,SAT>')
+        >>> TensorType("int8", 0.3).carrier()
+        Traceback (most recent call last):
+        ...
+        ValueError: scale [0.3]... of int8 is not a power of two: no exact fixed-point carrier
     """
 
     format: Format
@@ -65,13 +81,20 @@ class TensorType:
 
     @property
     def po2(self) -> bool:
+        """True when every scale is a power of two (then the tensor has an exact fixed-point carrier).
+        """
         return po2_exponents(self.scale) is not None
 
     def carrier(self) -> Fixed:
         """The exact fixed-point type holding every value of this tensor (scale folded in).
 
         Per-channel power-of-two scales share one carrier wide enough for all channels.
-        A non-power-of-two scale has no exact fixed carrier: ValueError says so.
+
+        Returns:
+            Fixed: the carrier.
+
+        Raises:
+            ValueError: a scale that is not a power of two (no exact fixed carrier).
         """
         exps = po2_exponents(self.scale)
         if exps is None:
@@ -81,9 +104,15 @@ class TensorType:
         return fixed_union(carriers)
 
     def value_carrier(self) -> Fixed | None:
-        """The exact Fixed holding every value this tensor takes as stored (float32 of q * scale),
-        also for a scale that is not a power of two: from the format's values, when there are at
-        most 2**16 of them (else None)."""
+        """The exact Fixed holding every value this tensor takes as stored (float32 of q * scale).
+
+        Also for a scale that is not a power of two: computed from the format's values when there
+        are at most 2**16 of them.
+
+        Returns:
+            Fixed | None: the carrier, or None for a non-power-of-two scale on a format too wide to
+            enumerate.
+        """
         if self.po2:
             return self.carrier()
         if self.format.width > MAX_ENUMERABLE_BITS:
@@ -92,6 +121,11 @@ class TensorType:
         return values_carrier(levels.astype(np.float32))
 
     def describe(self) -> str:
+        """Short text of the type, e.g. ``int8 x 2^-5`` or ``e4m3 x per-channel[16] po2``.
+
+        Returns:
+            str: the format and the scale (a power of two as 2^e).
+        """
         s = self.scale.ravel()
         if s.size == 1:
             exps = po2_exponents(s)
@@ -190,7 +224,27 @@ def constant_carrier(t, values) -> Fixed | None:
 
 @dataclass
 class LayerPlan:
-    """One layer: its op and the TensorType of each role it has."""
+    """One layer of a TypePlan: its op and the type of each tensor role it has.
+
+    Args:
+        name (str): the IR op name (e.g. "linear_0").
+        op (str): the op kind (e.g. "linear", "conv2d", "relu", "quant").
+        tensors (dict): role ("input", "weight", "bias", "product", "accumulator", "output", ...)
+            -> TensorType, or Fixed for the derived product / accumulator.
+        fan_in (int | None): products summed per output (MAC layers).
+        values (dict): role -> numpy array of quantized values (weight, bias).
+        attrs (dict): op attributes: kernel, stride, padding, shapes, the torch module, ...
+        note (str): a remark for the table.
+
+    Example:
+        >>> import torch, fpq
+        >>> _ = torch.manual_seed(0)
+        >>> q = fpq.convert(torch.nn.Sequential(torch.nn.Linear(4, 3)), fmt="int8")
+        >>> _ = fpq.calibrate(q, [torch.randn(16, 4)], progress=False)
+        >>> lp = fpq.plan(q)["0"]
+        >>> lp.fan_in, lp.exact_sum() == lp.tensors["accumulator"]
+        (4, True)
+    """
 
     name: str
     op: str
@@ -201,8 +255,12 @@ class LayerPlan:
     note: str = ""
 
     def exact_sum(self) -> Fixed | None:
-        """The fixed type the layer's sum is formed in: its accumulator (po2 scales), else the
-        value accumulator of a float-scaled layer (``_derive_value_accumulator``), else None."""
+        """The fixed type the layer's sum is formed in.
+
+        Returns:
+            Fixed | None: its accumulator (power-of-two scales), else the value accumulator of a
+            float-scaled layer (``attrs["value_accumulator"]``), else None.
+        """
         acc = self.tensors.get("accumulator")
         if isinstance(acc, Fixed):
             return acc
@@ -210,8 +268,18 @@ class LayerPlan:
         return acc if isinstance(acc, Fixed) else None
 
     def derive(self) -> "LayerPlan":
-        """Fill product and accumulator from input, weight (and bias) when all are exact fixed;
-        with a float (non-power-of-two) scale, ``attrs["value_accumulator"]`` instead."""
+        """Fill the product and accumulator types from the input, weight (and bias) types.
+
+        When all are exact fixed point (power-of-two scales); with a float scale,
+        ``attrs["value_accumulator"]`` instead; a block-scaled layer gets ``attrs["block_sum"]``.
+
+        Returns:
+            LayerPlan: ``self``.
+
+        Raises:
+            ValueError: a narrow accumulator (``accumulator_bits``) with a bias finer than the products,
+                or with block-scaled operands (the message names the fix).
+        """
         # a matmul of two activations (attention) sums input x other exactly as a Linear sums input x weight
         x, w = self.tensors.get("input"), self.tensors.get("other" if self.op == "matmul" else "weight")
         if x is None or w is None or self.fan_in is None:
@@ -301,11 +369,41 @@ class LayerPlan:
 
 @dataclass
 class TypePlan:
-    """Ordered per-layer types of a quantized network."""
+    """Ordered per-layer types of a quantized network: every tensor's exact Format and scale.
+
+    Computed by fpq from the formats (never hls4ml's ``auto``) and read by the emulator, the HLS
+    writer and the cost model alike; products and accumulators are derived exactly (no sum of
+    ``fan_in`` products plus the bias can overflow unless ``accumulator_bits`` narrows it). Get it
+    with ``fpq.plan``. Iterating gives the LayerPlans in execution order; ``plan[name]`` looks a
+    layer up by its op name or by the torch module it was made from; ``print(plan)`` shows a table.
+
+    Args:
+        layers (dict): {op name: LayerPlan} in execution order (``fpq.plan`` fills it).
+
+    Example:
+        >>> import torch, fpq
+        >>> _ = torch.manual_seed(0)
+        >>> q = fpq.convert(torch.nn.Sequential(torch.nn.Linear(4, 3)), fmt="int8", weights="e2m1")
+        >>> _ = fpq.calibrate(q, [torch.randn(16, 4)], progress=False)
+        >>> tp = fpq.plan(q)
+        >>> lp = tp["0"]                        # by torch module name
+        >>> lp.name, lp.op, str(lp.tensors["weight"].format), lp.tensors["product"] is not None
+        ('linear_0', 'linear', 'e2m1', True)
+        >>> print(tp.table().splitlines()[0])
+        layer        op           role         type
+    """
 
     layers: dict = field(default_factory=dict)   # name -> LayerPlan, in execution order
 
     def add(self, layer: LayerPlan) -> LayerPlan:
+        """Append a layer (at the end of the execution order; an existing name is replaced in place).
+
+        Args:
+            layer (LayerPlan): the layer to add.
+
+        Returns:
+            LayerPlan: ``layer``.
+        """
         self.layers[layer.name] = layer
         return layer
 
@@ -329,12 +427,23 @@ class TypePlan:
         return len(self.layers)
 
     def rows(self):
+        """Rows of the table: one per layer and role.
+
+        Returns:
+            Iterator[tuple[str, str, str, str]]: (layer name, op, role, type description), roles in the
+            order input, other, weight, bias, product, accumulator, output.
+        """
         for layer in self:
             for role in sorted(layer.tensors, key=lambda r: ROLES_ORDER.index(r) if r in ROLES_ORDER else 99):
                 t = layer.tensors[role]
                 yield layer.name, layer.op, role, (t.describe() if isinstance(t, TensorType) else str(t))
 
     def table(self) -> str:
+        """The plan as an aligned text table (layer, op, role, type); ``str(plan)`` is the same.
+
+        Returns:
+            str: the table, a header and a dashed line first.
+        """
         rows = [("layer", "op", "role", "type")] + list(self.rows())
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]

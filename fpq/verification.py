@@ -51,6 +51,31 @@ class Mismatch:
 
 @dataclass
 class VerifyReport:
+    """What ``fpq.verify`` found: per layer and path, values compared and mismatches against the emulator.
+
+    ``exact`` is True only when at least one path independent of the emulator was compared and
+    nothing counted differs. ``print`` it for a table.
+
+    Args:
+        exact (bool): verified and no counted mismatch.
+        first_mismatch (Mismatch | None): the first counted difference (layer, path, index, values).
+        table (list[dict]): rows of layer, path, compared, mismatches, max_abs_diff.
+        paths (list[str]): "emulator" (the reference) and the paths compared with it ("torch",
+        "qonnx", "hls").
+        n_inputs (int): inputs compared.
+        notes (list[str]): why a path was not comparable, or what is checked rather than proven.
+        outputs (dict): path -> final output.
+        verified (bool): some path independent of the emulator was compared and counts.
+
+    Example:
+        >>> import torch, fpq
+        >>> q = fpq.convert(torch.nn.Sequential(torch.nn.Linear(4, 3)), fmt="int8")
+        >>> x = torch.randn(16, 4)
+        >>> _ = fpq.calibrate(q, [x], progress=False)
+        >>> rep = fpq.verify(q, x, qonnx_subset=0)
+        >>> rep.status, rep.paths, rep.first_mismatch
+        ('EXACT', ['emulator', 'torch'], None)
+    """
     exact: bool                          # verified and no counted mismatch
     first_mismatch: Mismatch | None
     table: list                          # rows: dict(layer, path, compared, mismatches, max_abs_diff)
@@ -62,7 +87,8 @@ class VerifyReport:
 
     @property
     def status(self) -> str:
-        """'EXACT', 'NOT EXACT' or 'NOT VERIFIED' (no independent path was compared)."""
+        """'EXACT', 'NOT EXACT' or 'NOT VERIFIED' (no independent path was compared).
+        """
         if not self.verified:
             return "NOT VERIFIED"
         return "EXACT" if self.exact else "NOT EXACT"
@@ -238,12 +264,43 @@ def _compare(ref: np.ndarray, other: np.ndarray):
 
 def verify(q, x=None, project=None, *, qonnx_subset: int = 64, n: int = 1000, seed: int = 0,
            model=None, chunk: int = 1024) -> VerifyReport:
-    """Compare every path on the same inputs; see the module docstring.
+    """Compare every path of a quantized network on the same inputs, bit for bit, layer by layer.
 
-    ``q``: a converted torch model or a QONNX path / ModelWrapper.
-    ``x``: inputs (N, ...); None draws ``n`` off-grid random inputs (``random_inputs``).
-    ``model``: the QONNX file to check against a torch ``q`` (default: ``q`` exported in memory).
-    ``chunk``: rows run and compared at a time (memory: one chunk's per-layer values per path).
+    The emulator (``fpq.emulate``) is the reference; compared with it, at atol=0 (NaN equal to NaN):
+    the torch model in eval mode (when ``q`` is one), qonnx's executor in float64 on the first
+    ``qonnx_subset`` inputs, and the HLS C simulation when ``project`` is given (see the module
+    docstring). Inputs run ``chunk`` rows at a time, so memory stays bounded.
+
+    Args:
+        q (FpqModel | str | os.PathLike | ModelWrapper): a converted torch model, or a QONNX file
+            path / ModelWrapper.
+        x (numpy.ndarray | torch.Tensor | None): inputs (N, ...), finite; compared in their own
+            dtype. None draws ``n`` off-grid random inputs (not with a torch model).
+        project (HLSProject | None): an ``fpq.to_hls`` project whose C simulation is compared too.
+        qonnx_subset (int): inputs run through qonnx's executor (it is slow, ~0.2 s a sample);
+            0 skips that path.
+        n (int): number of random inputs when ``x`` is None.
+        seed (int): seed of the random inputs.
+        model (str | ModelWrapper | None): with a torch ``q``: the QONNX file to check against it
+            (default: ``q`` exported in memory).
+        chunk (int): rows run and compared at a time (>= 1).
+
+    Returns:
+        VerifyReport: ``status`` "EXACT", "NOT EXACT" or "NOT VERIFIED", ``exact``,
+        ``first_mismatch``, the per-layer ``table`` and ``notes``.
+
+    Raises:
+        ValueError: ``chunk`` not a positive integer, a torch model without ``x``, ``model`` given
+            with a non-torch ``q``, or inputs of the wrong shape or with NaN / inf.
+
+    Example:
+        >>> import torch, fpq
+        >>> q = fpq.convert(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()), fmt="e3m2")
+        >>> x = torch.randn(16, 4) * 3          # off-grid values, some saturating
+        >>> _ = fpq.calibrate(q, [x], progress=False)
+        >>> rep = fpq.verify(q, x, qonnx_subset=2)
+        >>> rep.status, rep.exact, rep.paths
+        ('EXACT', True, ['emulator', 'torch', 'qonnx'])
     """
     from .emulate import Emulator, check_input
     from .export import export_qonnx

@@ -16,19 +16,47 @@ from .costreport import CostReport
 def estimate_cost(q, part="xcvu9p", reuse_factor=1, strategy="Latency", io_type="io_parallel",
                   clock_period=5, datapath="carrier", dsp_threshold=9, *, example_input=None,
                   device=None) -> CostReport:
-    """Per-layer and total LUT, FF, DSP, BRAM18/URAM, latency (cycles, ns), II, BOPs and EBOPs.
+    """Estimate the FPGA cost of a quantized network as hls4ml would build it.
 
-    ``q``: a TypePlan, a converted model, or a QONNX file / ModelWrapper. ``part``: the FPGA (one
-    of ``DEVICES`` or a full part number). ``reuse_factor``: an int for every layer, or {layer
-    name: int}. ``strategy``: "Latency" / "Resource" for every layer, or {layer name: strategy}
-    (hls4ml's per-layer Strategy; layers it does not name: Latency). ``datapath``: "carrier" prices the exact fixed-point carrier datapath the HLS
-    writer emits; "code" prices minifloat weights as codes decoded at the shared multipliers (only
-    differs where multipliers are shared, reuse > 1). ``dsp_threshold``: weight carrier width from
-    which multipliers go to DSPs (hls4ml / Vivado: 9); shared multipliers (reuse > 1, two
-    variable operands) of int8 x int8 and wider go to DSPs too (``estimate.SHARED_DSP_BITS``);
-    None keeps every multiplier in fabric.
-    ``example_input``: the input shape of a converted model, as in ``fpq.plan``. ``device=``: the
-    old name of ``part`` (deprecated: elsewhere in fpq ``device`` is a torch device).
+    Per layer and in total: LUT, FF, DSP, BRAM18 / URAM, latency (cycles and ns), II, BOPs and
+    EBOPs, from operator costs measured with yosys ``synth_xilinx`` and the hls4ml structure of each
+    layer. An estimate, not a synthesis result: see the README's cost-model section for how far it
+    can be trusted.
+
+    Args:
+        q (TypePlan | FpqModel | str | ModelWrapper): a TypePlan, a converted model, or a QONNX
+            file / ModelWrapper (anything ``fpq.plan`` accepts).
+        part (str | Device): the FPGA: a name in ``fpq.cost_model.DEVICES`` (e.g. "xcvu9p",
+            "xc7z020") or a full part number.
+        reuse_factor (int | dict): an int for every layer, or {layer name: int}.
+        strategy (str | dict): "Latency" or "Resource" for every layer, or {layer name: strategy}
+            (layers not named: Latency).
+        io_type (str): "io_parallel" or "io_stream".
+        clock_period (float): target clock period in ns.
+        datapath (str): "carrier" prices the exact fixed-point carrier datapath the HLS writer
+            emits; "code" prices minifloat weights as codes decoded at shared multipliers (differs
+            only where multipliers are shared, reuse > 1).
+        dsp_threshold (int | None): weight carrier width from which multipliers go to DSPs (9, as
+            hls4ml / Vivado); None keeps every multiplier in fabric.
+        example_input (torch.Tensor | None): the input shape of a converted model, as in ``fpq.plan``.
+        device (str | None): deprecated old name of ``part`` (warns).
+
+    Returns:
+        CostReport: ``layers`` (rows per layer), ``total``, ``utilization`` of the part, ``notes``;
+        ``print`` it for a table, ``to_dict()`` for JSON.
+
+    Raises:
+        ValueError: an unknown part, io_type, strategy or datapath, or a bad reuse factor.
+        TypeError: ``device=`` given a torch device ("cpu", "cuda", ...) instead of an FPGA part.
+
+    Example:
+        >>> import torch, fpq
+        >>> _ = torch.manual_seed(0)
+        >>> q = fpq.convert(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()), fmt="int4")
+        >>> _ = fpq.calibrate(q, [torch.randn(16, 4)], progress=False)
+        >>> cost = fpq.estimate_cost(q, part="xc7z020", reuse_factor=1)
+        >>> cost.total["dsp"], cost.total["latency_cycles"], cost.total["lut"] > 0
+        (0, 3, True)
     """
     from ..export import plan
     from ..typeplan import TypePlan

@@ -560,15 +560,43 @@ def odd_bias(b, p_exp: int) -> np.ndarray:
 
 
 def emulate(q, x, *, device=None, return_trace=False, example_input=None, backend=None):
-    """Run a quantized network bit-exactly: a converted torch model, a QONNX path, a
-    ModelWrapper / ModelProto, or a Graph. Returns the output (float64 for accumulators,
-    float32 for quantized tensors); with ``return_trace`` also {op name: output}.
+    """Run a quantized network bit-exactly with fpq's emulator (numpy, or torch on a GPU).
 
-    A torch model is exported in memory first (``example_input`` defaults to ``x[:1]``), on the
-    model's own device, and the compiled emulator is kept on the model: later calls reuse it
-    while no parameter, buffer, format or module of the model changed (``fpq.emulate.cache``).
-    ``device`` None: numpy on the CPU, or the torch backend on ``x``'s GPU when ``x`` is a CUDA
-    tensor (the model may stay on the CPU).
+    A torch model is exported in memory first, on the model's own device, and the compiled emulator
+    is kept on the model: later calls reuse it while no parameter, buffer, format or module of the
+    model changed (``fpq.emulate.cache``). The result equals the torch model's eval output, the
+    QONNX executor's and the HLS C simulation's, bit for bit.
+
+    Args:
+        q (FpqModel | str | os.PathLike | ModelWrapper | onnx.ModelProto | Graph): a converted
+            torch model, a QONNX file path / ModelWrapper / ModelProto, or an fpq graph IR.
+        x (numpy.ndarray | torch.Tensor): inputs with a batch dimension, finite.
+        device (str | torch.device | None): None runs numpy on the CPU, or the torch backend on
+            ``x``'s GPU when ``x`` is a CUDA tensor; else the torch device to run on.
+        return_trace (bool): also return every op's output.
+        example_input (torch.Tensor | None): input for the export of a torch model (default
+            ``x[:1]``).
+        backend (str | None): "numpy" or "torch"; None chooses from ``device``.
+
+    Returns:
+        numpy.ndarray | torch.Tensor | tuple: the network output (float32 for quantized tensors,
+        float64 for accumulators; a torch tensor on the torch backend); with ``return_trace``
+        ``(output, {op name: output})``.
+
+    Raises:
+        ValueError: an unknown ``backend``, inputs of the wrong shape or with NaN / inf, or a graph
+            op the emulator cannot run exactly (named in the message).
+
+    Example:
+        >>> import torch, fpq
+        >>> q = fpq.convert(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()), fmt="e2m1")
+        >>> x = torch.randn(8, 4)
+        >>> _ = fpq.calibrate(q, [x], progress=False)
+        >>> y, trace = fpq.emulate(q, x, return_trace=True)
+        >>> y.dtype, bool((torch.from_numpy(y) == q(x)).all())
+        (dtype('float32'), True)
+        >>> list(trace)
+        ['input_quant', 'linear_0', 'quant_0', 'relu_1', 'output']
     """
     if device is None and getattr(x, "is_cuda", False):
         device = x.device

@@ -90,10 +90,34 @@ def export_qonnx(q, path=None, example_input=None, *, input_name="input", output
     """Export a quantized torch model (``fpq.convert`` or plain Brevitas layers) to QONNX.
 
     The file keeps every weight quantizer (Quant / FloatQuant / BipolarQuant nodes), carries the
-    exact fpq Format of each quantizer in an ``fpq_format`` attribute, passes ``onnx.checker``
-    and runs in qonnx's executor. The export uses batch 1 (``example_input[:1]``); without
-    ``example_input``, the input shape the model recorded (``recorded_input``).
-    Returns ``path``; with ``path=None`` returns the qonnx ModelWrapper.
+    exact fpq Format of each quantizer in an ``fpq_format`` attribute, passes ``onnx.checker`` and
+    runs in qonnx's executor. The export uses batch 1 (``example_input[:1]``).
+
+    Args:
+        q (torch.nn.Module): the quantized model (exported in eval mode; its mode is restored).
+        path (str | os.PathLike | None): the .onnx file to write; None writes no file.
+        example_input (torch.Tensor | array_like | None): an input with a batch dimension; None
+            uses the input shape the model recorded (``fpq.calibrate``) or a leading Linear's
+            ``in_features``.
+        input_name (str): name of the graph input.
+        output_name (str): name of the graph output.
+
+    Returns:
+        str | qonnx.core.modelwrapper.ModelWrapper: ``path``; with ``path=None`` the ModelWrapper.
+
+    Raises:
+        ValueError: no ``example_input`` and no recorded input shape, an ``example_input`` without a
+            batch dimension, or an op the export cannot write exactly (named in the message).
+
+    Example:
+        >>> import os, tempfile, torch, fpq
+        >>> q = fpq.convert(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()), fmt="e4m3")
+        >>> x = torch.randn(8, 4)
+        >>> _ = fpq.calibrate(q, [x], progress=False)
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     path = fpq.export_qonnx(q, os.path.join(d, "m.onnx"), x)
+        ...     bool((torch.from_numpy(fpq.emulate(path, x)) == q(x)).all())
+        True
     """
     import onnx
     import torch
@@ -208,12 +232,36 @@ def typeplan_of(q, example_input=None):
 
 
 def plan(q, example_input=None) -> TypePlan:
-    """The TypePlan of a converted model (``fpq.convert``), a QONNX file / ModelWrapper / ModelProto
-    or a Graph (a TypePlan is returned as is).
+    """The TypePlan of a quantized network: every tensor's exact format, scale and derived type.
 
-    All are read from the same graph IR: a converted model through its in-memory QONNX export,
-    which needs its input shape (recorded by ``fpq.calibrate``, a leading Linear's
-    ``in_features``, or ``example_input``)."""
+    A converted model, a QONNX file and a Graph are all read from the same graph IR (a converted
+    model through its in-memory QONNX export), so ``fpq.plan(q)`` and ``fpq.plan("q.onnx")`` agree.
+    Products and accumulators are derived exactly from the operands' fixed-point carriers.
+
+    Args:
+        q (FpqModel | str | os.PathLike | ModelWrapper | onnx.ModelProto | Graph | TypePlan): a
+            model from ``fpq.convert``, a QONNX file path / ModelWrapper / ModelProto, an fpq graph
+            IR, or a TypePlan (returned as is).
+        example_input (torch.Tensor | None): for a converted model: an input of its shape; None uses
+            the shape ``fpq.calibrate`` recorded or a leading Linear's ``in_features``.
+
+    Returns:
+        TypePlan: per-layer types in execution order; ``print`` it for a table.
+
+    Raises:
+        ValueError: a converted model with no known input shape, or a graph with an op fpq does not
+            know (named in the message).
+
+    Example:
+        >>> import torch, fpq
+        >>> q = fpq.convert(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()), fmt="int8")
+        >>> _ = fpq.calibrate(q, [torch.randn(16, 4)], progress=False)
+        >>> tp = fpq.plan(q)
+        >>> [layer.name for layer in tp]
+        ['input_quant', 'linear_0', 'quant_0', 'relu_1', 'output']
+        >>> str(tp["0"].tensors["accumulator"])    # exact: no sum can overflow
+        'fixed<22,6,RND_CONV,SAT>'
+    """
     if isinstance(q, TypePlan):
         return q
     builder = getattr(q, "fpq_typeplan", None)

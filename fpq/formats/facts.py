@@ -15,7 +15,27 @@ MAX_ENUMERABLE_BITS = 16
 
 @dataclass(frozen=True)
 class FormatInfo:
-    """Numeric limits of a format (at scale 1), like numpy's finfo."""
+    """Numeric limits of a format (at scale 1), like numpy's finfo; ``fpq.finfo`` returns it.
+
+    Args:
+        format (Format): the format described.
+        bits (int): bits of one code.
+        max (float): largest finite value.
+        min (float): most negative finite value (0 for unsigned).
+        smallest_normal (float): smallest positive normal value (the step for fixed / int).
+        smallest_subnormal (float): smallest positive value.
+        eps (float): gap between 1.0 and the next value (the step for fixed / int).
+        n_codes (int): 2**bits.
+        n_values (int): distinct finite values (+0 and -0 counted once).
+        has_inf (bool): the format has infinity codes.
+        has_nan (bool): the format has NaN codes.
+
+    Example:
+        >>> import fpq
+        >>> info = fpq.finfo("e2m1")
+        >>> info.max, info.min, info.eps, info.n_values
+        (6.0, -6.0, 0.5, 15)
+    """
 
     format: Format
     bits: int
@@ -31,6 +51,29 @@ class FormatInfo:
 
 
 def finfo(fmt) -> FormatInfo:
+    """Numeric limits of a format at scale 1, like ``numpy.finfo``.
+
+    Args:
+        fmt (str | Format): a format string (see ``fpq.parse_format``) or a Format. A block format
+            describes its element format at block scale 1; ``e8m0`` its scale values.
+
+    Returns:
+        FormatInfo: ``bits``, ``max`` (largest finite value), ``min`` (most negative finite value,
+        0 for unsigned), ``smallest_normal``, ``smallest_subnormal`` (smallest positive value),
+        ``eps`` (gap after 1.0; the step for fixed point / integers), ``n_codes`` (2**bits),
+        ``n_values`` (distinct finite values, +0 and -0 once), ``has_inf``, ``has_nan``.
+
+    Raises:
+        ValueError: ``fmt`` is not a valid format string (the message lists the accepted forms).
+
+    Example:
+        >>> import fpq
+        >>> info = fpq.finfo("e4m3")
+        >>> info.max, info.smallest_subnormal, info.n_values, info.has_nan
+        (448.0, 0.001953125, 253, True)
+        >>> fpq.finfo("fixed<8,3>").eps
+        0.03125
+    """
     fmt = parse_format(fmt)
     return _finfo(fmt)
 
@@ -66,8 +109,29 @@ def _count_values(fmt: Minifloat) -> int:
 
 
 def decode(codes, fmt) -> np.ndarray:
-    """Value (float64) of each integer code; bit layout sign | exponent | mantissa (or two's
-    complement for fixed / int; 1 -> +1, 0 -> -1 for binary). NaN / inf per the specials."""
+    """Value (float64) of each integer code of a format.
+
+    The bit layout is sign | exponent | mantissa for minifloats, two's complement for fixed point
+    and integers, and 1 -> +1, 0 -> -1 for binary. NaN / inf codes decode per the format's
+    specials; a block format decodes its element codes at block scale 1.
+
+    Args:
+        codes (array_like of int): codes, each in [0, 2**width).
+        fmt (str | Format): the format (see ``fpq.parse_format``).
+
+    Returns:
+        numpy.ndarray: float64 values, the shape of ``codes``.
+
+    Raises:
+        ValueError: a code outside [0, 2**width), or an invalid format string.
+
+    Example:
+        >>> import fpq
+        >>> fpq.decode([0, 1, 7, 8, 15], "e2m1").tolist()
+        [0.0, 0.5, 6.0, -0.0, -6.0]
+        >>> fpq.decode([255], "int8").tolist()
+        [-1.0]
+    """
     fmt = parse_format(fmt)
     c = np.asarray(codes, dtype=np.int64)
     if np.any((c < 0) | (c >= (1 << fmt.width))):
@@ -119,8 +183,25 @@ def _code_table(fmt: Format) -> tuple[np.ndarray, np.ndarray]:
 
 
 def values(fmt) -> np.ndarray:
-    """Every finite representable value, sorted ascending, as float64 (+0 and -0 once); for a
-    block format, every element value at block scale 1."""
+    """Every finite representable value of a format, sorted ascending (+0 and -0 once).
+
+    Args:
+        fmt (str | Format): the format, at most 16 bits wide; a block format gives its element
+            values at block scale 1.
+
+    Returns:
+        numpy.ndarray: float64 values, ascending.
+
+    Raises:
+        ValueError: an invalid format string, or a format wider than 16 bits (too many values).
+
+    Example:
+        >>> import fpq
+        >>> fpq.values("e2m1").tolist()
+        [-6.0, -4.0, -3.0, -2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
+        >>> fpq.values("int8_narrow")[0]
+        np.float64(-127.0)
+    """
     fmt = parse_format(fmt)
     if isinstance(fmt, BlockFormat):
         fmt = fmt.elem
@@ -128,9 +209,32 @@ def values(fmt) -> np.ndarray:
 
 
 def encode(x, fmt) -> np.ndarray:
-    """Code of each value of ``x``, which must already be representable (use quantize first).
-    NaN maps to the format's NaN code; raises for values not in the format. A block format's
-    element codes: pass element values (at block scale 1)."""
+    """Code of each value of ``x``, which must already be a value of the format.
+
+    Quantize first (``fpq.quantize``): a value that is not representable is refused, never
+    rounded. NaN maps to the format's NaN code and +-inf to its infinity codes. For a block format
+    pass element values (at block scale 1): the element codes come back.
+
+    Args:
+        x (array_like of float): values of the format.
+        fmt (str | Format): the format, at most 16 bits wide.
+
+    Returns:
+        numpy.ndarray: int64 codes, the shape of ``x`` (``fpq.decode`` inverts it).
+
+    Raises:
+        ValueError: a value that is not in the format, a NaN / inf the format has no code for, an
+            invalid format string, or a format wider than 16 bits.
+
+    Example:
+        >>> import fpq
+        >>> fpq.encode([0.5, -6.0], "e2m1").tolist()
+        [1, 15]
+        >>> fpq.encode([0.7], "e2m1")
+        Traceback (most recent call last):
+        ...
+        ValueError: 0.7 is not a value of e2m1; quantize before encoding
+    """
     fmt = parse_format(fmt)
     if isinstance(fmt, BlockFormat):
         fmt = fmt.elem
@@ -161,15 +265,33 @@ def encode(x, fmt) -> np.ndarray:
                 ok |= sel
     if not ok.all():
         bad = x[~ok].ravel()[0]
-        raise ValueError(f"{bad!r} is not a value of {fmt}; quantize before encoding")
+        raise ValueError(f"{float(bad)!r} is not a value of {fmt}; quantize before encoding")
     return out.reshape(shape)
 
 
 def exact_fixed(fmt, scale_exp: int = 0) -> Fixed:
     """The smallest Fixed that holds every finite value of ``fmt`` times ``2**scale_exp`` exactly.
 
-    This is the carrier that lets minifloat weights and products live in ap_fixed arithmetic
-    with no rounding, e.g. e2m1 -> fixed<5,4>, e4m3 -> fixed<19,10>.
+    This carrier lets minifloat weights and products live in ap_fixed arithmetic with no rounding
+    (the HLS writer and the TypePlan use it).
+
+    Args:
+        fmt (str | Format): a fixed-point, integer, binary or minifloat format.
+        scale_exp (int): power-of-two scale exponent the values are multiplied by.
+
+    Returns:
+        Fixed: signed when ``fmt`` is, ties-to-even and saturating (a Fixed input keeps its modes).
+
+    Raises:
+        ValueError: a block format or ``e8m0`` (values span 2**-127 .. 2**127), a minifloat that
+            needs a carrier wider than 64 bits, or an invalid format string.
+
+    Example:
+        >>> import fpq
+        >>> str(fpq.exact_fixed("e2m1")), str(fpq.exact_fixed("e4m3"))
+        ('fixed<5,4,RND_CONV,SAT>', 'fixed<19,10,RND_CONV,SAT>')
+        >>> str(fpq.exact_fixed("int8", scale_exp=-5))
+        'fixed<8,3,RND_CONV,SAT>'
     """
     fmt = parse_format(fmt)
     if isinstance(fmt, (BlockFormat, E8M0)):

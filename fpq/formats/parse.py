@@ -76,7 +76,40 @@ def _bad(text: str, why: str) -> ValueError:
 
 
 def parse_format(text) -> Format:
-    """Parse a format string (or pass a Format through). Raises ValueError naming the problem."""
+    """Parse a format string into its Format (a Format passes through unchanged).
+
+    Accepted spellings (case-insensitive, spaces only around ``<``, ``,``, ``>``):
+    ``fixed<W,I[,ROUNDING[,OVERFLOW]]>`` / ``ufixed<...>`` (fpq defaults RND_CONV, SAT),
+    ``ap_fixed<W,I[,AP_Q[,AP_O]]>`` / ``ap_ufixed<...>`` (ap_fixed defaults TRN, WRAP),
+    ``intN`` / ``uintN`` / ``intN_narrow``,
+    ``[u]eXmY[_bBIAS][_ieee|_fn|_fnuz|_none][_nosub][_nosat]`` (3 .. 16 bits), ``e8m0`` (a block
+    scale), ``block<ELEM,SCALE,K[,axis=A][,rounding=floor|ceil|even|rceil]>``, ``binary``, and
+    aliases such as ``fp4``, ``fp8``, ``fp16``, ``bf16``, ``mxfp4``, ``nvfp4``. ``str(fmt)`` gives the
+    canonical spelling back.
+
+    Args:
+        text (str | Format): the format string, or a Format.
+
+    Returns:
+        Format: a Fixed, Int, Minifloat, Binary, E8M0 or BlockFormat.
+
+    Raises:
+        ValueError: ``text`` is not a string or Format, or not a valid spelling; the message names
+            the problem and lists the accepted forms.
+
+    Example:
+        >>> import fpq
+        >>> fpq.parse_format("e2m1")
+        Minifloat(exp_bits=2, man_bits=1, bias=1, signed=True, subnormals=True, specials='none', saturate=True)
+        >>> str(fpq.parse_format("ap_fixed<8, 3>"))
+        'fixed<8,3,TRN,WRAP>'
+        >>> str(fpq.parse_format("mxfp4"))
+        'block<e2m1,e8m0,32>'
+        >>> fpq.parse_format("int0")
+        Traceback (most recent call last):
+        ...
+        ValueError: invalid format 'int0': an integer needs at least 1 bit, got 0. Accepted forms: ...
+    """
     if isinstance(text, Format):
         return text
     if not isinstance(text, str):

@@ -51,7 +51,19 @@ def default_specials(exp_bits: int, man_bits: int) -> str:
 
 
 class Format:
-    """Base class of all formats. Subclasses are frozen dataclasses."""
+    """Base class of every number format (Fixed, Int, Minifloat, Binary and the block formats).
+
+    Subclasses are frozen dataclasses validated when constructed; their bit width is derived, never
+    stored. ``str(fmt)`` is the canonical spelling and ``fpq.parse_format(str(fmt)) == fmt``.
+    Construct a subclass, or parse a string with ``fpq.parse_format``; ``Format`` itself holds no
+    value set.
+
+    Example:
+        >>> import fpq
+        >>> fmt = fpq.parse_format("e4m3")
+        >>> isinstance(fmt, fpq.Format), str(fmt)
+        (True, 'e4m3')
+    """
 
     kind: ClassVar[str] = "format"
 
@@ -82,11 +94,33 @@ MAX_FIXED_WIDTH = 128
 
 @dataclass(frozen=True, eq=True, repr=True)
 class Fixed(Format):
-    """Two's complement (or unsigned) fixed point exactly as ``ap_fixed<W, I, Q, O>``.
+    """Two's complement (or unsigned) fixed point, exactly as ``ap_fixed<W, I, Q, O>``.
 
-    ``width`` bits in all, ``int_bits`` of them left of the binary point (may be negative or
-    larger than ``width``, as in ap_fixed). Values are ``k * 2**-(width - int_bits)`` for an
-    integer ``k`` in the signed or unsigned ``width``-bit range.
+    Values are ``k * 2**-(width - int_bits)`` for an integer ``k`` in the signed or unsigned
+    ``width``-bit range. Quantizing to it (``fpq.quantize``) rounds with ``rounding`` and handles
+    values out of range with ``overflow``, bit-exactly as the ap_fixed headers do.
+
+    Args:
+        width (int): total bits, 1 .. 128 (tensors are quantized to at most 64; wider types are
+            derived accumulators).
+        int_bits (int): bits left of the binary point, sign included; may be negative or larger than
+            ``width``, as in ap_fixed.
+        signed (bool): two's complement (True) or unsigned (False).
+        rounding (str): an ap_fixed quantization mode: "RND", "RND_ZERO", "RND_MIN_INF", "RND_INF",
+            "RND_CONV" (ties to even, the default), "TRN", "TRN_ZERO".
+        overflow (str): an ap_fixed overflow mode: "SAT" (default), "SAT_ZERO", "SAT_SYM", "WRAP".
+
+    Raises:
+        ValueError: a non-integer or out-of-range width / int_bits, a non-bool ``signed``, or an
+            unknown rounding or overflow mode (the message lists the allowed ones).
+
+    Example:
+        >>> import fpq
+        >>> f = fpq.Fixed(8, 3)
+        >>> str(f), f.step, f.int_range
+        ('fixed<8,3,RND_CONV,SAT>', 0.03125, (-128, 127))
+        >>> fpq.parse_format("ap_fixed<8,3>") == fpq.Fixed(8, 3, rounding="TRN", overflow="WRAP")
+        True
     """
 
     width: int
@@ -111,15 +145,20 @@ class Fixed(Format):
 
     @property
     def frac_bits(self) -> int:
+        """Number of bits right of the binary point (``width - int_bits``).
+        """
         return self.width - self.int_bits
 
     @property
     def step(self) -> float:
+        """Value of one least significant bit, ``2**-frac_bits``.
+        """
         return math.ldexp(1.0, -self.frac_bits)
 
     @property
     def int_range(self) -> tuple[int, int]:
-        """Range of the integer code k (value = k * step)."""
+        """Range (lo, hi) of the integer code k, value = k * step.
+        """
         if self.signed:
             return -(1 << (self.width - 1)), (1 << (self.width - 1)) - 1
         return 0, (1 << self.width) - 1
@@ -129,7 +168,24 @@ class Fixed(Format):
 class Int(Format):
     """Integer codes used with a scale: value = k * scale, k in the (narrow) integer range.
 
-    Rounding is half to even (as torch.round and Brevitas); out-of-range values saturate.
+    Rounding is half to even (as torch.round and Brevitas); values out of range saturate.
+
+    Args:
+        bits (int): code width, 1 .. 32 (a signed integer needs at least 2).
+        signed (bool): two's complement codes (True) or unsigned (False).
+        narrow (bool): signed only: drop the most negative code, so the range is symmetric
+            (-(2**(bits-1) - 1) .. 2**(bits-1) - 1).
+
+    Raises:
+        ValueError: non-integer or out-of-range ``bits``, a 1-bit signed integer (use
+            ``Binary``), non-bool flags, or ``narrow`` with ``signed=False``.
+
+    Example:
+        >>> import fpq
+        >>> fpq.Int(4).int_range, fpq.Int(8, narrow=True).int_range
+        ((-8, 7), (-127, 127))
+        >>> str(fpq.Int(4, signed=False))
+        'uint4'
     """
 
     bits: int
@@ -152,30 +208,67 @@ class Int(Format):
 
     @property
     def width(self) -> int:
+        """Bits of one code (``bits``).
+        """
         return self.bits
 
     @property
     def int_range(self) -> tuple[int, int]:
+        """Range (lo, hi) of the integer code (narrow: lo is -hi).
+        """
         if self.signed:
             lo = -(1 << (self.bits - 1))
             return (lo + 1 if self.narrow else lo), (1 << (self.bits - 1)) - 1
         return 0, (1 << self.bits) - 1
 
     def as_fixed(self) -> Fixed:
-        """The Fixed format with the same value set at scale 1."""
+        """The Fixed format with the same value set at scale 1.
+
+        Returns:
+            Fixed: ``fixed<bits, bits>`` with ties-to-even rounding, saturating (``SAT_SYM`` when narrow).
+
+        Example:
+            >>> import fpq
+            >>> str(fpq.Int(8, narrow=True).as_fixed())
+            'fixed<8,8,RND_CONV,SAT_SYM>'
+        """
         return Fixed(self.bits, self.bits, self.signed, "RND_CONV", "SAT_SYM" if self.narrow else "SAT")
 
 
 @dataclass(frozen=True, eq=True)
 class Minifloat(Format):
-    """A small floating-point format ExMy: sign (optional), exponent, mantissa bits.
+    """A small floating-point format ExMy: an optional sign bit, exponent bits and mantissa bits.
 
     value = (-1)**s * 2**(e - bias) * (1 + m / 2**M) for normal codes (e > 0) and
     (-1)**s * 2**(1 - bias) * (m / 2**M) for subnormal codes (e == 0) when ``subnormals``;
-    without subnormals an exponent field of 0 encodes zero only. ``specials`` says which codes
-    are inf / NaN (see SPECIALS); left as None it follows ``default_specials``. Rounding is to
-    nearest, ties to even (with no mantissa bit, M=0, ties go away from zero). ``saturate``: values
-    beyond the largest finite clamp to it; otherwise they become inf (ieee) or NaN (fn, fnuz).
+    without subnormals an exponent field of 0 encodes zero only. Rounding is to nearest, ties to
+    even (with no mantissa bit, M=0, ties go away from zero).
+
+    Args:
+        exp_bits (int): exponent bits E >= 1.
+        man_bits (int): mantissa bits M >= 0; sign + E + M must be 3 .. 16 bits.
+        bias (int | None): exponent bias, |bias| <= 1000; None: ``2**(E-1) - 1``.
+        signed (bool): has a sign bit.
+        subnormals (bool): exponent field 0 holds subnormal values (True) or only zero (False).
+        specials (str | None): which codes are inf / NaN: "none" (every code finite), "ieee"
+            (top exponent holds inf and NaN), "fn" (no inf, all-ones code is NaN, as
+            float8_e4m3fn), "fnuz" (no inf, no -0; its code is the NaN). None: "fn" for e4m3,
+            "ieee" for e5m2 / e5m10 / e8m7, "none" otherwise (OCP / ml_dtypes conventions).
+        saturate (bool): values beyond the largest finite one clamp to it (True) or become inf
+            (ieee) / NaN (fn, fnuz) (False; not allowed with specials "none").
+
+    Raises:
+        ValueError: a field of the wrong type or range, a width outside 3 .. 16 bits, or a
+            combination the code layout cannot hold (e.g. "fnuz" unsigned, "ieee" with one
+            exponent bit, "none" without saturation); the message names it.
+
+    Example:
+        >>> import fpq
+        >>> f = fpq.Minifloat(2, 1)
+        >>> str(f), f.max_value, f.min_subnormal
+        ('e2m1', 6.0, 0.5)
+        >>> fpq.Minifloat(4, 3).max_value   # float8_e4m3fn
+        448.0
     """
 
     exp_bits: int
@@ -224,10 +317,14 @@ class Minifloat(Format):
 
     @property
     def width(self) -> int:
+        """Bits of one code: sign + exponent + mantissa.
+        """
         return int(self.signed) + self.exp_bits + self.man_bits
 
     @property
     def default_bias(self) -> int:
+        """The IEEE-style bias ``2**(exp_bits-1) - 1``.
+        """
         return (1 << (self.exp_bits - 1)) - 1
 
     @property
@@ -258,26 +355,42 @@ class Minifloat(Format):
 
     @property
     def min_normal(self) -> float:
+        """Smallest positive normal value, ``2**emin``.
+        """
         return math.ldexp(1.0, self.emin)
 
     @property
     def min_subnormal(self) -> float:
+        """Smallest positive value (the smallest normal without subnormals or mantissa bits).
+        """
         if not self.subnormals or self.man_bits == 0:
             return self.min_normal
         return math.ldexp(1.0, self.emin - self.man_bits)
 
     @property
     def has_inf(self) -> bool:
+        """True when the format has infinity codes (specials 'ieee').
+        """
         return self.specials == "ieee"
 
     @property
     def has_nan(self) -> bool:
+        """True when the format has NaN codes (any specials but 'none').
+        """
         return self.specials != "none"
 
 
 @dataclass(frozen=True, eq=True)
 class Binary(Format):
-    """Bipolar binary: every value is -1 or +1 (times the scale). sign(0) = +1, as BipolarQuant."""
+    """Bipolar binary: every value is -1 or +1 (times the scale); sign(0) = +1, as QONNX BipolarQuant.
+
+    Takes no arguments; spelled ``"binary"``.
+
+    Example:
+        >>> import fpq
+        >>> fpq.parse_format("binary") == fpq.Binary(), fpq.values("binary").tolist()
+        (True, [-1.0, 1.0])
+    """
 
     kind: ClassVar[str] = "binary"
 
@@ -285,10 +398,14 @@ class Binary(Format):
 
     @property
     def width(self) -> int:
+        """Bits of one code: 1.
+        """
         return 1
 
     @property
     def signed(self) -> bool:
+        """Always True: the values are -1 and +1.
+        """
         return True
 
 
@@ -299,7 +416,26 @@ ROLES = ("weight", "bias", "input", "output", "accumulator")
 
 @dataclass(frozen=True)
 class QuantSpec:
-    """How one tensor is quantized: its Format, the kind of scale and its granularity."""
+    """How one tensor is quantized: its Format, the kind of scale and its granularity.
+
+    Args:
+        format (Format): the value format (a Format object, not a string).
+        scale (str): "none" (scale 1), "po2" (power of two, default), "float" or "block".
+        granularity (str): "tensor" (one scale), "channel" (one per output channel) or "block".
+        role (str): "weight", "bias", "input", "output" or "accumulator".
+        block_size (int | None): values per scale; required with granularity "block", else None.
+
+    Raises:
+        ValueError: ``format`` not a Format, an unknown scale / granularity / role (the message
+            lists the allowed ones), or ``block_size`` given without block granularity or missing
+            with it.
+
+    Example:
+        >>> import fpq
+        >>> spec = fpq.QuantSpec(fpq.parse_format("int8"), scale="po2", granularity="channel")
+        >>> str(spec.format), spec.granularity
+        ('int8', 'channel')
+    """
 
     format: Format
     scale: str = "po2"

@@ -51,13 +51,33 @@ def _perm(p):
 
 
 class HLSProject:
-    """A written, compiled hls4ml project of an fpq model.
+    """A written, compiled hls4ml project of an fpq model (what ``fpq.to_hls`` returns).
 
-    ``predict(x)`` runs the C simulation (torch layouts in and out, float64 values);
-    ``trace(x)`` returns every traced layer's output keyed by the IR op whose value it holds;
-    ``build(...)`` runs the vendor flow through hls4ml (Vivado / Vitis HLS must be installed).
-    ``hls_model`` is the hls4ml ModelGraph (for a project loaded from disk, hls4ml's linked
-    stand-in that can compile, predict and build).
+    ``predict(x)`` runs the C simulation (torch layouts in and out, float64 values); ``trace(x)``
+    returns every traced layer's output keyed by the IR op whose value it holds; ``build(...)``
+    runs the vendor flow through hls4ml (Vivado / Vitis HLS must be installed). ``hls_model`` is the
+    hls4ml ModelGraph (for a project loaded from disk with ``fpq.hls.load_project``, hls4ml's
+    linked stand-in that can compile, predict and build). Users get it from ``fpq.to_hls`` or
+    ``fpq.hls.load_project`` rather than constructing it.
+
+    Args:
+        outdir (str | os.PathLike): the project folder.
+        info (dict): the project's stamp (shapes, layouts, the C-sim library's name).
+        hls_model (hls4ml.model.graph.ModelGraph | None): the hls4ml model, if in memory.
+
+    Raises:
+        ValueError: a stamp whose library is not the C-sim library name of an fpq project.
+
+    Example:
+        Building compiles C++ (tens of seconds), so it is not run here:
+
+        >>> import torch, fpq
+        >>> q = fpq.convert(torch.nn.Sequential(torch.nn.Linear(4, 3)), fmt="int8")
+        >>> x = torch.randn(16, 4)
+        >>> _ = fpq.calibrate(q, [x], progress=False)
+        >>> proj = fpq.to_hls(q, "out/prj", x[:1])                                 # doctest: +SKIP
+        >>> bool((proj.predict(x.numpy()) == fpq.emulate(q, x)).all())              # doctest: +SKIP
+        True
     """
 
     def __init__(self, outdir, info: dict, hls_model=None):
@@ -77,6 +97,8 @@ class HLSProject:
 
     @property
     def hls_model(self):
+        """The hls4ml ModelGraph (linked from the folder on first use for a project loaded from disk).
+        """
         if self._hls_model is None:
             from hls4ml.converters import link_existing_project
 
@@ -88,10 +110,14 @@ class HLSProject:
 
     @property
     def input_shape(self) -> tuple:
+        """One input's shape without the batch, in torch layout.
+        """
         return tuple(self.info["input_shape"])
 
     @property
     def output_shape(self) -> tuple:
+        """One output's shape without the batch, in torch layout.
+        """
         return tuple(self.info["output_shape"])
 
     # -- inputs / outputs in torch layout
@@ -127,13 +153,33 @@ class HLSProject:
         return y.reshape((n,) + tuple(shape))
 
     def predict(self, x) -> np.ndarray:
-        """C-sim of the compiled project on ``x`` (batch, *input shape) -> (batch, *output shape)."""
+        """Run the C simulation of the compiled project.
+
+        Args:
+            x (array_like): floating-point inputs (batch, *input_shape), torch layout.
+
+        Returns:
+            numpy.ndarray: outputs (batch, *output_shape), float64, torch layout.
+
+        Raises:
+            ValueError: non-floating-point inputs, a wrong shape, or (for a float32 input port) values
+                float32 cannot hold.
+        """
         y = self._csim.run(self._prepare(x))
         return self._to_torch(y, self.output_shape, self.info["output_perm"])
 
     def trace(self, x) -> dict:
-        """{IR op name: its output} for every layer hls4ml traces (an op fused into its
-        producer, e.g. a re-quantization folded into a Dense result type, under its own name)."""
+        """Every traced layer's output from the C simulation.
+
+        An op fused into its producer (e.g. a re-quantization folded into a Dense result type) appears
+        under its own IR op name.
+
+        Args:
+            x (array_like): floating-point inputs (batch, *input_shape), torch layout.
+
+        Returns:
+            dict[str, numpy.ndarray]: {IR op name: its output}, torch layout.
+        """
         per_layer = self._csim.trace(self._prepare(x))
         out = {}
         for layer, (op_name, shape, perm) in self.info["layer_ops"].items():
@@ -142,7 +188,16 @@ class HLSProject:
         return out
 
     def build(self, **kwargs):
-        """Run the vendor HLS flow (hls4ml's ``build``: csim, synth, cosim, export...)."""
+        """Run the vendor HLS flow (hls4ml's ``build``: csim, synth, cosim, export, ...).
+
+        Vivado or Vitis HLS must be installed.
+
+        Args:
+            **kwargs: hls4ml ``ModelGraph.build`` options (e.g. ``csim=False, synth=True``).
+
+        Returns:
+            dict | None: what hls4ml's ``build`` returns (its parsed reports).
+        """
         return self.hls_model.build(**kwargs)
 
 
@@ -416,20 +471,62 @@ def to_hls(q, outdir, example_input=None, *, backend="Vitis", io_type="io_parall
            clock_period=5, reuse_factor=1, strategy="Latency", da_options=None, overwrite=False) -> HLSProject:
     """Write an exact hls4ml project of a quantized model and compile it for C simulation.
 
-    ``q``: a model from ``fpq.convert``, a QONNX file path, a qonnx ModelWrapper / onnx
-    ModelProto, or an fpq graph IR. ``example_input`` (a tensor of the input shape) exports a torch
-    model; without it the shape calibration recorded is used, or the ``in_features`` of a
-    model whose first layer is a Linear. Every precision comes from fpq's
-    TypePlan (never hls4ml's ``auto``). Raises ``HLSUnsupportedError`` (a ValueError) naming the
-    op and the reason, before writing anything, for what cannot be exact in HLS.
-    ``strategy="distributed_arithmetic"`` (or "da"): da4ml shift-and-add kernels for the Dense /
-    Conv layers, solved with ``da_options`` (da4ml solver options; see ``fpq.hls.da``).
-    ``reuse_factor``: an int for every layer, or {layer name or torch module path: int} (others
-    1), e.g. ``fpq.fit(q, part=...).hls_kwargs``; ``strategy`` likewise one for every layer or
-    {layer: "Latency" | "Resource"} (others Latency); hls4ml's Resource strategy replaces a reuse
-    factor that does not divide its layer by the closest one that does (``fpq.fitting.valid_reuse_factors``).
-    ``outdir`` must be absent or empty, or ``overwrite=True``: then only the files of the fpq
-    project there (its manifest) are replaced, anything else in the folder stays.
+    Every precision comes from fpq's TypePlan (never hls4ml's ``auto``); fpq's own C++ layers
+    (``hls/``) keep minifloat, block and narrow-accumulator arithmetic exact, so the C simulation
+    equals ``fpq.emulate`` bit for bit. Ops that cannot be exact in HLS are refused before any file
+    is written.
+
+    Args:
+        q (FpqModel | str | os.PathLike | ModelWrapper | onnx.ModelProto | Graph): a converted
+            model, a QONNX file path / ModelWrapper / ModelProto, or an fpq graph IR.
+        outdir (str | os.PathLike): the project folder; it must be absent or empty, or
+            ``overwrite=True``.
+        example_input (torch.Tensor | None): an input of a torch model's shape for its export; None
+            uses the shape calibration recorded or a leading Linear's ``in_features``.
+        backend (str): "Vitis" or "Vivado".
+        io_type (str): "io_parallel" or "io_stream".
+        part (str): the FPGA part number written into the project.
+        clock_period (float): clock period in ns (> 0).
+        reuse_factor (int | dict): an int >= 1 for every layer, or {layer name or torch module path:
+            int} (others 1), e.g. ``fpq.fit(q, part=...).hls_kwargs``; hls4ml's Resource strategy
+            replaces a reuse factor that does not divide its layer by the closest one that does.
+        strategy (str | dict): "Latency", "Resource" or "distributed_arithmetic" ("da": da4ml
+            shift-and-add kernels for Dense / Conv) for every layer, or {layer: "Latency" |
+            "Resource"} (others Latency).
+        da_options (dict | None): da4ml solver options; only with the distributed_arithmetic strategy.
+        overwrite (bool): replace the files of an fpq project already in ``outdir`` (its manifest);
+            anything else in the folder stays.
+
+    Returns:
+        HLSProject: the compiled project: ``predict(x)`` runs the C simulation, ``trace(x)`` gives
+        per-layer values; ``fpq.verify(q, x, project=...)`` compares it with the other paths.
+
+    Raises:
+        HLSUnsupportedError: (a ValueError) an op that cannot be exact in HLS, naming it and why,
+            before anything is written.
+        ValueError: an unknown backend, io_type or strategy, a bad reuse factor or clock period,
+            ``da_options`` without the DA strategy, a non-bool ``overwrite``, or an ``outdir`` with
+            a character that could end a quoted shell, Tcl or C++ string.
+        FileExistsError: ``outdir`` is a file, or a folder that is not empty (without
+            ``overwrite``).
+
+    Example:
+        Arguments are checked before anything is written or compiled:
+
+        >>> import torch, fpq
+        >>> q = fpq.convert(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()), fmt="int8")
+        >>> fpq.to_hls(q, "prj", torch.randn(1, 4), io_type="io_serial")
+        Traceback (most recent call last):
+        ...
+        ValueError: io_type 'io_serial' is not supported; allowed: io_parallel, io_stream
+
+        Building compiles the generated C++ with g++ (tens of seconds), so it is not run here:
+
+        >>> x = torch.randn(64, 4)
+        >>> _ = fpq.calibrate(q, [x], progress=False)
+        >>> proj = fpq.to_hls(q, "out/prj", x[:1], io_type="io_parallel")  # doctest: +SKIP
+        >>> fpq.verify(q, x, project=proj).status                          # doctest: +SKIP
+        'EXACT'
     """
     backend, strategy = check_args(backend, io_type, strategy, reuse_factor, clock_period)
     outdir = check_outdir_path(outdir)

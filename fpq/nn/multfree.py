@@ -144,12 +144,42 @@ def khot_quantizers(model: nn.Module) -> list:
 
 def to_khot(model: nn.Module, k: int = 2, *, width: int | None = None, granularity: str = "channel",
             layers=None) -> int:
-    """Make the weight quantizers of an ``fpq.convert`` model K-hot (in place; K=1: power of two).
+    """Make the weight quantizers of a converted model K-hot: multiplier-free weights (in place).
 
-    width: code width W (default: the width of each layer's converted Int / Fixed weight format).
-    granularity: power-of-two scale per output "channel" or per "tensor". layers: names of the
-    layers to change (default: every Linear / Conv). Scales start at the least-squared-error
-    power of two. Returns how many layers changed.
+    Each weight becomes ``2**e * k`` with an integer code k of at most K nonzero signed
+    power-of-two digits (canonical signed digits) in the symmetric W-bit range, trainable with a
+    straight-through gradient (see the module docstring). Every K-hot weight is still a value of
+    ``Int(W)`` at a power-of-two scale, so export, emulation and HLS see plain int-W weights, and
+    the cost model prices each constant as K - 1 adders. Scales start at the least-squared-error
+    power of two.
+
+    Args:
+        model (FpqModel): a model from ``fpq.convert``.
+        k (int): nonzero power-of-two terms per weight, 1, 2 or 3 (1: power of two).
+        width (int | None): code width W, 2 .. 16 (default: the width of each layer's converted Int
+            / Fixed weight format).
+        granularity (str): power-of-two scale per output "channel" or per "tensor".
+        layers (Iterable[str] | None): names of the layers to change (default: every Linear / Conv).
+
+    Returns:
+        int: how many layers changed.
+
+    Raises:
+        ValueError: an unknown ``granularity``, a layer name that is no weight layer, ``k`` or
+            ``width`` out of range, a weight format with no integer width (pass ``width``), or a
+            model with no quantized Linear / Conv weight.
+
+    Example:
+        >>> import torch, fpq
+        >>> from fpq.nn import multfree
+        >>> _ = torch.manual_seed(0)
+        >>> q = fpq.convert(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()), fmt="int4")
+        >>> x = torch.randn(16, 4)
+        >>> _ = fpq.calibrate(q, [x], progress=False)
+        >>> multfree.to_khot(q, k=2)
+        1
+        >>> bool((torch.from_numpy(fpq.emulate(q, x)) == q(x)).all())
+        True
     """
     if granularity not in ("tensor", "channel"):
         raise ValueError(f"unknown granularity {granularity!r}; allowed: 'tensor', 'channel'")
@@ -184,7 +214,27 @@ def to_khot(model: nn.Module, k: int = 2, *, width: int | None = None, granulari
 
 
 def to_pow2(model: nn.Module, **kw) -> int:
-    """Power-of-two weights: ``to_khot`` with K = 1 (each weight one signed shift, or zero)."""
+    """Make the weights of a converted model powers of two: ``to_khot`` with K = 1 (in place).
+
+    Each weight is one signed shift (or zero) of a power-of-two scale.
+
+    Args:
+        model (FpqModel): a model from ``fpq.convert``.
+        **kw: ``width``, ``granularity`` and ``layers``, as ``to_khot`` takes them.
+
+    Returns:
+        int: how many layers changed.
+
+    Raises:
+        ValueError: as ``to_khot``.
+
+    Example:
+        >>> import torch, fpq
+        >>> from fpq.nn import multfree
+        >>> q = fpq.convert(torch.nn.Sequential(torch.nn.Linear(4, 3)), fmt="int4")
+        >>> multfree.to_pow2(q, granularity="tensor")
+        1
+    """
     return to_khot(model, 1, **kw)
 
 

@@ -274,16 +274,44 @@ def qfx_quantizers(model: nn.Module) -> list:
 def make_trainable(q: nn.Module, *, weights: bool = True, activations: bool = True,
                    granularity: str = "tensor", learn_width: bool = False, min_width: int = 2,
                    max_width: int = 16, init: str = "max") -> int:
-    """Give every Fixed weight / activation quantizer of an ``fpq.convert`` model a learned binary
-    point (in place). Returns how many quantizers changed; ValueError if none is Fixed.
+    """Give every Fixed weight / activation quantizer of a converted model a learned binary point (QFX).
 
-    An element-wise BatchNorm (``fpq.nn.batchnorm``) counts as weights for its scale s and shift
-    t (each trained when its format is Fixed) and as an activation for its output.
-    granularity: "tensor" or "channel" (weights and BatchNorm s / t; activations stay per tensor).
-    learn_width: also learn the integer bits (then ``bit_penalty`` trades width for accuracy).
-    init: "max" puts each weight's binary point where max |w| just fits (activations keep the
-    converted format's point until ``init_activations`` sees data); "format" keeps the
-    converted format's binary point everywhere.
+    Changes ``q`` in place: each quantizer whose format is Fixed gets a real parameter for its
+    fractional bits (and, with ``learn_width``, its integer bits) that any torch optimizer trains
+    (see the module docstring for the gradient). Non-Fixed quantizers are left alone. An
+    element-wise BatchNorm (``fpq.nn.batchnorm``) counts as weights for its scale s and shift t
+    (each trained when its format is Fixed) and as an activation for its output. ``freeze``
+    turns the result back into plain fixed-point quantizers.
+
+    Args:
+        q (FpqModel): a model from ``fpq.convert`` with Fixed formats, e.g. ``fmt="fixed<8,3>"``.
+        weights (bool): make weight and bias quantizers trainable.
+        activations (bool): make activation (output) quantizers trainable.
+        granularity (str): "tensor" or "channel" (one binary point per output channel for weights
+            and BatchNorm s / t; activations stay per tensor).
+        learn_width (bool): also learn the integer bits (``bit_penalty`` then trades width for
+            accuracy).
+        min_width (int): smallest width a learned width may take.
+        max_width (int): largest width a learned width may take.
+        init (str): "max" puts each weight's binary point where max |w| just fits (activations keep
+            the converted format's point until ``init_activations`` sees data); "format" keeps the
+            converted format's binary point everywhere.
+
+    Returns:
+        int: how many quantizers became trainable.
+
+    Raises:
+        ValueError: an unknown ``granularity`` or ``init``, or no Fixed quantizer to train.
+
+    Example:
+        >>> import torch, fpq
+        >>> from fpq.nn import qfx
+        >>> _ = torch.manual_seed(0)
+        >>> q = fpq.convert(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()), fmt="fixed<8,3>")
+        >>> qfx.make_trainable(q)               # input, weight and output quantizers (the bias is int16)
+        3
+        >>> opt = torch.optim.SGD(q.parameters(), lr=0.01)
+        >>> q.train()(torch.randn(16, 4)).square().mean().backward(); opt.step()
     """
     if granularity not in ("tensor", "channel"):
         raise ValueError(f"unknown granularity {granularity!r}; allowed: 'tensor', 'channel'")
@@ -366,10 +394,31 @@ def bit_penalty(q: nn.Module, weight_by: str = "count", *, costs=None) -> torch.
 
 @torch.no_grad()
 def freeze(q: nn.Module) -> list:
-    """Replace every QFX quantizer by an ordinary fpq quantizer with its learned Fixed format (in
-    place): per tensor Fixed(W, W - F) at scale 1 ("none"), per channel Int(W) at power-of-two
-    channel scales 2**-F_c (each channel a fixed<W, W - F_c>). Returns
-    (module name, role, format string) for each frozen quantizer."""
+    """Replace every QFX quantizer by an ordinary fpq quantizer with its learned Fixed format.
+
+    In place. Per tensor the format is ``Fixed(W, W - F)`` at scale 1; per channel ``Int(W)``
+    at power-of-two channel scales 2**-F_c (each channel a ``fixed<W, W - F_c>``). The frozen
+    model's outputs are identical, and export, emulation, HLS and the cost model see plain
+    fixed-point types.
+
+    Args:
+        q (FpqModel): a model ``make_trainable`` changed (quantizers that are not QFX are left alone).
+
+    Returns:
+        list[tuple[str, str, str]]: (module name, role, format string) of each frozen quantizer.
+
+    Example:
+        >>> import torch, fpq
+        >>> from fpq.nn import qfx
+        >>> q = fpq.convert(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()), fmt="fixed<8,3>")
+        >>> _ = qfx.make_trainable(q, activations=False)
+        >>> x = torch.randn(16, 4)
+        >>> y = q(x)
+        >>> [(name, role) for name, role, fmt in qfx.freeze(q)]
+        [('0', 'weight')]
+        >>> bool((q(x) == y).all())
+        True
+    """
     from .quantizers import FpqTensorQuant as Plain
     out = []
     for name, role, proxy, m in _proxies(q):

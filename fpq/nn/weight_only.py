@@ -162,8 +162,46 @@ class WeightQuant(nn.Module):
 
 
 class WeightOnlyLayer(nn.Module):
-    """A float Linear / Conv1d / Conv2d whose weights are quantized (fpq.convert(scope="modules")).
-    The bias stays float. See the module docstring for the eval forward's exactness contract."""
+    """A float Linear / Conv1d / Conv2d whose weights are quantized (``fpq.convert(scope="modules")``).
+
+    The bias and the activations stay float. Weights are quantized to ``fmt`` with scales per
+    tensor, output channel or group; some may be kept in a wider format (``set_keep``: OWQ's
+    columns, GWQ's single weights). The eval forward computes ``RN(x . Wq + b)``: the exact dot
+    product of the float input with the quantized weights plus the bias, rounded once to the
+    input's dtype, so it does not depend on the summation order (CPU or GPU, any BLAS give the
+    same bits; see the module docstring). Training mode runs a plain float32 forward with the
+    quantized weights (straight-through gradients).
+
+    Args:
+        module (torch.nn.Module): the float ``nn.Linear``, ``nn.Conv1d`` or ``nn.Conv2d`` (its
+            weight and bias are copied; convolutions need explicit zero padding).
+        fmt (str | Format): the weight format, an Int or a Minifloat.
+        granularity (str): scales per "tensor", "channel" (output channel) or "group".
+        group_size (int): weights per group along the input axis (granularity "group"); must
+            divide the fan-in.
+        scale_kind (str): "po2" (power-of-two scales) or "float" (float16 scales).
+        name (str): the layer's name in messages.
+
+    Raises:
+        TypeError: ``module`` is not a Linear / Conv1d / Conv2d.
+        ValueError: a convolution with non-zero or implicit ("same") padding, a format that is not
+            an Int or Minifloat, an unknown granularity or scale kind, or a group size that does
+            not divide the fan-in.
+
+    Example:
+        >>> import torch, fpq
+        >>> from fpq.nn.weight_only import WeightOnlyLayer
+        >>> _ = torch.manual_seed(0)
+        >>> layer = WeightOnlyLayer(torch.nn.Linear(8, 3), "int4", granularity="group", group_size=4)
+        >>> len(torch.unique(layer.quantized_weight()[0, :4])) <= 16   # one group: int4 codes x one scale
+        True
+        >>> layer(torch.randn(2, 8)).shape
+        torch.Size([2, 3])
+        >>> model = fpq.convert(torch.nn.Sequential(torch.nn.Linear(8, 3)), weights="int4", scope="modules",
+        ...                     group_size=4)
+        >>> type(model[0]).__name__
+        'WeightOnlyLayer'
+    """
 
     def __init__(self, module: nn.Module, fmt, granularity: str = "group", group_size: int = 128,
                  scale_kind: str = "float", name: str = "layer"):
@@ -194,10 +232,19 @@ class WeightOnlyLayer(nn.Module):
 
     # -- weights ---------------------------------------------------------------------------
     def has_kept(self) -> bool:
+        """Whether some weights are kept in ``keep_format`` (``set_keep`` was called with any).
+
+        Returns:
+            bool: True when kept columns or single kept weights exist.
+        """
         return bool(self.keep_cols.numel() or self.keep_idx.numel())
 
     def keep_mask(self) -> torch.Tensor:
-        """(out, fan_in) bool: the weights kept in ``keep_format``."""
+        """Which weights are kept in ``keep_format``.
+
+        Returns:
+            torch.Tensor: (out, fan_in) bool mask.
+        """
         out, fan_in = self.fpq_weight.shape2d
         m = torch.zeros(out * fan_in, dtype=torch.bool, device=self.weight.device)
         m[self.keep_idx] = True
@@ -206,11 +253,23 @@ class WeightOnlyLayer(nn.Module):
         return m
 
     def keep_scaled(self) -> bool:
+        """Whether the kept format has per-row scales (any kept format but float16, e5m10).
+
+        Returns:
+            bool: True when ``keep_format`` is not e5m10.
+        """
         return self.keep_format != parse_format(KEEP_FORMAT)
 
     def quantize_kept(self, w2d: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
-        """``w2d`` (out, n) in the kept format: float16 as is, another format at ``scale`` (default
-        the per-row ``keep_scale``)."""
+        """Weights ``w2d`` in the kept format: float16 as they are, another format at ``scale``.
+
+        Args:
+            w2d (torch.Tensor): (out, n) weights.
+            scale (torch.Tensor | None): per-row scales; None: the layer's ``keep_scale``.
+
+        Returns:
+            torch.Tensor: (out, n) float32 values, with a straight-through gradient.
+        """
         if not self.keep_scaled():
             return _to_half_ste(w2d.to(torch.float32))
         s = self.keep_scale if scale is None else scale
@@ -218,9 +277,19 @@ class WeightOnlyLayer(nn.Module):
 
     @torch.no_grad()
     def set_keep(self, cols=None, idx=None, fmt=KEEP_FORMAT) -> None:
-        """Keep input columns ``cols`` and / or single weights ``idx`` (flat indices of the (out,
-        fan_in) weight) in ``fmt``, a format wider than the layer's; the layer's scales are re-fit
-        without them (``WeightQuant.init_from``) and a scaled kept format gets per-row scales."""
+        """Keep input columns and / or single weights in a wider format; re-fit the layer's scales without them.
+
+        A scaled kept format (any but float16, e5m10) gets per-row scales.
+
+        Args:
+            cols (Sequence[int] | torch.Tensor | None): input columns to keep (0 .. fan_in - 1, distinct).
+            idx (Sequence[int] | torch.Tensor | None): flat indices of single weights of the (out,
+                fan_in) weight to keep (distinct).
+            fmt (str | Format): the kept format, wider than the layer's (default float16, "e5m10").
+
+        Raises:
+            ValueError: a kept format not wider than the layer's, or indices out of range or repeated.
+        """
         out, fan_in = self.fpq_weight.shape2d
         where = f"layer {self.fpq_layer_name!r}"
         fmt = check_weight_format(fmt, f"{where}: keep format")
@@ -247,8 +316,16 @@ class WeightOnlyLayer(nn.Module):
 
     @torch.no_grad()
     def set_format(self, fmt) -> None:
-        """A new weight format for the layer (same granularity, group size, scale kind), its scales
-        fit to the current weights (kept weights excluded)."""
+        """Give the layer a new weight format (same granularity, group size and scale kind).
+
+        Its scales are fit to the current weights, kept weights excluded.
+
+        Args:
+            fmt (str | Format): the new weight format, an Int or a Minifloat.
+
+        Raises:
+            ValueError: an invalid format, or kept weights not wider than the new format.
+        """
         old = self.fpq_weight
         g = old.granularity
         new = WeightQuant(fmt, *old.shape2d, g, old.group_size or 128, old.scale_kind, f"layer {self.fpq_layer_name!r}")
@@ -259,13 +336,26 @@ class WeightOnlyLayer(nn.Module):
         self.fpq_weight = new
 
     def quantize_weight2d(self, w2d: torch.Tensor) -> torch.Tensor:
-        """The quantized (out, fan_in) weights of ``w2d``: the layer's format and scales, kept weights in ``keep_format``."""
+        """Quantize (out, fan_in) weights with the layer's format and scales, kept weights in ``keep_format``.
+
+        Args:
+            w2d (torch.Tensor): (out, fan_in) weights.
+
+        Returns:
+            torch.Tensor: the quantized (out, fan_in) weights.
+        """
         q = self.fpq_weight(w2d)
         if self.has_kept():
             q = torch.where(self.keep_mask(), self.quantize_kept(w2d), q)
         return q
 
     def quantized_weight(self) -> torch.Tensor:
+        """The layer's quantized weights, in the shape of ``weight``.
+
+        Returns:
+            torch.Tensor: the values the forward multiplies by (while signround learns: its soft
+            weights).
+        """
         if self.fpq_soft_weight is not None and self.fpq_mode == "soft":
             q = self.fpq_soft_weight()
         else:
@@ -280,6 +370,14 @@ class WeightOnlyLayer(nn.Module):
         return conv(x, w, b, **self.conv)
 
     def forward(self, x):
+        """Apply the layer: exact ``RN(x . Wq + b)`` in eval mode, a float32 forward in training mode.
+
+        Args:
+            x (torch.Tensor): floating-point input of the wrapped layer's shape.
+
+        Returns:
+            torch.Tensor: the output, in ``x``'s dtype.
+        """
         if self.fpq_mode == "float":
             return self._f(x, self.weight, self.bias)
         if self.training or self.fpq_mode in ("fast", "soft"):
@@ -290,6 +388,11 @@ class WeightOnlyLayer(nn.Module):
         return exact_forward(self, x, w)
 
     def extra_repr(self) -> str:
+        """The op, weight shape, bias and kept weights, for ``repr``.
+
+        Returns:
+            str: the description.
+        """
         k = f", kept columns={self.keep_cols.numel()}" if self.keep_cols.numel() else ""
         k += f", kept weights={self.keep_idx.numel()}" if self.keep_idx.numel() else ""
         k += f", keep format={self.keep_format}" if self.has_kept() else ""

@@ -138,9 +138,37 @@ def _as_scale(scale, x: np.ndarray) -> np.ndarray:
 
 
 def quantize(x, fmt, scale=1.0) -> np.ndarray:
-    """Quantize ``x`` to ``fmt`` with ``scale`` (scalar or array that broadcasts to ``x``'s shape).
-    A block format (mxfp4, nvfp4, block<...>) computes its own scales: the values come back as
-    float64 (fpq.numerics.blocks)."""
+    """Quantize ``x`` to ``fmt`` with ``scale``: ``Q(x / scale) * scale``, the numpy reference.
+
+    ``Q`` rounds and saturates exactly as the format says (bit-exact to ap_fixed for fixed point,
+    to ml_dtypes for the OCP minifloats); it runs in float64 and the result is returned in ``x``'s
+    float dtype. A block format (``mxfp4``, ``nvfp4``, ``block<...>``) computes its own block scales
+    (``fpq.numerics.blocks``) and returns float64.
+
+    Args:
+        x (array_like): real values (float or integer); a float dtype narrower than float64 must
+            hold the format's values exactly.
+        fmt (str | Format): the format (see ``fpq.parse_format``).
+        scale (float | array_like): finite, > 0; a scalar or an array that broadcasts to ``x``'s
+            shape (e.g. one per channel shaped (C, 1)). Must be 1 for a block format.
+
+    Returns:
+        numpy.ndarray: the quantized values, ``x``'s shape.
+
+    Raises:
+        ValueError: an invalid format; a format fpq cannot quantize to exactly (``e8m0``, fixed
+            point wider than 64 bits or with values float64 cannot hold, or one the dtype of ``x``
+            cannot hold); a scale that is not real, not finite, not > 0 or does not broadcast to
+            ``x``; a scale other than 1 with a block format.
+
+    Example:
+        >>> import numpy as np, fpq
+        >>> x = np.array([0.3, -1.26, 100.0])
+        >>> fpq.quantize(x, "fixed<8,3>").tolist()          # step 1/32, saturates at 127/32
+        [0.3125, -1.25, 3.96875]
+        >>> fpq.quantize(x, "e2m1", scale=0.5).tolist()     # e2m1 values times 0.5
+        [0.25, -1.5, 3.0]
+    """
     fmt = parse_format(fmt)
     if isinstance(fmt, BlockFormat):
         if not (np.ndim(scale) == 0 and float(scale) == 1.0):

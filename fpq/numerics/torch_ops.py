@@ -225,8 +225,34 @@ def ste_apply_scaled(x: torch.Tensor, fmt: Format, scale: torch.Tensor | None) -
 
 
 def quantize_torch(x: torch.Tensor, fmt, scale=1.0) -> torch.Tensor:
-    """Torch twin of ``fpq.quantize``: identical values (and the same refusals), straight-through
-    gradient."""
+    """Torch twin of ``fpq.quantize``: identical values, with a straight-through gradient.
+
+    The gradient with respect to ``x`` is 1 where ``x / scale`` lies within the format's range and 0
+    where it saturates (clipped straight-through estimator); a ``scale`` tensor (not all ones) that
+    requires grad gets the LSQ-style gradient. Runs on ``x``'s device.
+
+    Args:
+        x (torch.Tensor): real values (float, or integers within +-2**53).
+        fmt (str | Format): the format (see ``fpq.parse_format``); not a block format.
+        scale (float | torch.Tensor | array_like): finite, > 0, broadcasting to ``x``'s shape.
+
+    Returns:
+        torch.Tensor: the quantized values, ``x``'s shape and dtype.
+
+    Raises:
+        ValueError: ``x`` not a tensor or complex; a format fpq cannot quantize to exactly (as
+            ``fpq.quantize``, plus block formats); a scale that is not real, does not broadcast to
+            ``x``, or (on the CPU) is not finite and > 0.
+
+    Example:
+        >>> import torch, fpq
+        >>> x = torch.tensor([0.3, -1.26, 100.0], requires_grad=True)
+        >>> y = fpq.quantize_torch(x, "e2m1", scale=0.5)
+        >>> y.tolist()
+        [0.25, -1.5, 3.0]
+        >>> y.sum().backward(); x.grad.tolist()     # 100.0 saturated: no gradient
+        [1.0, 1.0, 0.0]
+    """
     fmt = parse_format(fmt)
     check_quantizable(fmt)
     if not torch.is_tensor(x):

@@ -86,13 +86,53 @@ OPTIONS = {
 
 def ptq(q, batches, methods, *, seed: int = 0, progress: bool = True,
         calibration: str | None = "max", report: dict | None = None, **options):
-    """Apply the PTQ ``methods`` (names from ``ORDER``; [] only calibrates) to ``q``, an
-    ``fpq.convert`` model, using ``batches``.
+    """Post-training quantization: apply the PTQ ``methods`` to a converted model, in one call.
 
-    batches: an iterable of input tensors or (inputs, targets) tuples, read several times (a list
-    or a DataLoader). calibration: "max" | "percentile" | "mse" | None (keep current scales).
-    seed: makes sampling (rows, learned-round minibatches) reproducible. See the module
-    docstring for the order and ``OPTIONS`` for the keyword options of each method.
+    Methods run in the fixed order of ``fpq.ptq.ORDER`` whatever order they are listed in:
+    weight_equalization, act_equalization, act_channel_scales, calibration (``fpq.calibrate``
+    with ``calibration``), act_search, format_search, the weight rounding (at most one of gptq,
+    learned_round, block_round), bias_correction (see the module docstring). Every method leaves an
+    fpq model, so export, emulation, HLS and verify take the result unchanged. Weight-only models
+    (``fpq.convert(..., scope="modules")``) take their own methods: one rounding per call (gptq,
+    owq, gwq or signround), optionally preceded by mixed_precision.
+
+    Args:
+        q (FpqModel): a model returned by ``fpq.convert`` (changed in place).
+        batches (Iterable): input tensors or (inputs, targets) tuples, read several times (a list
+            or a DataLoader); for a weight-only model, what the model is called with (a dict is
+            passed as keyword arguments).
+        methods (str | list[str]): method names from ``fpq.ptq.ORDER``; ``[]`` only calibrates.
+        seed (int): seeds row sampling and learned-round minibatches (reproducible results).
+        progress (bool): show tqdm progress bars.
+        calibration (str | None): "max" | "percentile" | "mse", or None to keep the current scales
+            (not allowed with an equalization or channel-scale method).
+        report (dict | None): receives what each method did, {method: details}.
+        **options: keyword options of the methods given (``fpq.ptq.OPTIONS`` lists them per
+            method, e.g. ``alpha`` for act_equalization, ``format_candidates`` for format_search).
+
+    Returns:
+        FpqModel: ``q`` itself.
+
+    Raises:
+        TypeError: ``q`` is not a model returned by ``fpq.convert``.
+        ValueError: an unknown or repeated method, two rounding methods, an option no listed method
+            uses, ``calibration=None`` with an equalization, no batches, inputs of the wrong shape,
+            a model converted with ``method="biper"``, or a layer a method cannot apply to (named).
+
+    Example:
+        >>> import torch, fpq
+        >>> _ = torch.manual_seed(0)
+        >>> q = fpq.convert(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()), fmt="int4")
+        >>> done = {}
+        >>> fpq.ptq(q, [torch.randn(32, 4)], methods=["bias_correction", "gptq"], progress=False,
+        ...         report=done) is q
+        True
+        >>> list(done)          # the fixed order: rounding first, then bias correction
+        ['gptq', 'bias_correction']
+        >>> fpq.ptq(q, [torch.randn(32, 4)], methods=["gptq", "learned_round"])
+        Traceback (most recent call last):
+        ...
+        ValueError: fpq.ptq: gptq and learned_round all choose the weight rounding; pick one
     """
     import torch
 

@@ -157,9 +157,42 @@ def summary_lines(records, meta, front_by_cost) -> list:
 
 
 def report(results, out_dir: str = "out/report", title: str = "fpq sweep report", costs=tuple(COSTS)) -> str:
-    """Write plots (PNG + SVG), results.csv/json and index.html into ``out_dir``; returns the page's path.
+    """Write an HTML report of a sweep: plots, Pareto fronts, every point and its command.
 
-    results: what ``fpq.sweep`` returned, a list of records, or a results.json / results.csv path.
+    Writes into ``out_dir``: the plots (PNG and SVG; the Pareto plots are interactive SVG inlined
+    in the page: hover a point for its details, click it for its row), ``results.csv`` /
+    ``results.json`` and ``index.html``. Every value read from the results is HTML-escaped. A
+    sweep still running is reported with the points stored so far.
+
+    Args:
+        results (SweepResult | list[dict] | str | os.PathLike): what ``fpq.sweep`` returned, a list
+            of its records, or a results.json / results.csv path (or a sweep's ``out`` folder).
+        out_dir (str): the folder to write (created if missing).
+        title (str): the page title.
+        costs (Sequence[str]): the cost axes of the Pareto fronts, among "lut", "dsp", "latency_ns".
+
+    Returns:
+        str: the path of ``index.html``.
+
+    Raises:
+        ValueError: no points to report, records that lack the fields ``fpq.sweep`` writes, or a
+            results path that does not exist or is not a results file.
+
+    Example:
+        >>> import os, tempfile, torch, fpq
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+        >>> data = (torch.randn(64, 4), torch.randint(0, 3, (64,)), torch.randn(32, 4), torch.randint(0, 3, (32,)))
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     res = fpq.sweep(model, data, formats=["int4"], methods="max", out=os.path.join(d, "sweep"),
+        ...                     workers=1, verify_samples=8, verify_qonnx=0, calib_samples=32, progress=False)
+        ...     page = fpq.report(res, os.path.join(d, "report"), costs=("lut",))
+        ...     os.path.basename(page), "results.csv" in os.listdir(os.path.dirname(page))
+        ('index.html', True)
+        >>> fpq.report([], "unused")
+        Traceback (most recent call last):
+        ...
+        ValueError: fpq.report: no sweep points to report
     """
     records, meta = load_results(results)
     prog = meta.get("progress") if isinstance(meta.get("progress"), dict) else None

@@ -318,6 +318,29 @@ def write_tables(records: list, meta: dict, out: str) -> tuple[str, str]:
 
 @dataclass
 class SweepResult:
+    """What ``fpq.sweep`` returned: one record per point, the sweep's facts and where the tables are.
+
+    ``fpq.report`` takes it (or the results.json / results.csv it names).
+
+    Args:
+        records (list[dict]): one row per point (id, weights, activations, method, accuracy, exact,
+            the cost fields, status, error, command, ...; ``COLUMNS`` lists them).
+        meta (dict): the sweep's facts (float accuracy, seed, workers, timing, ...).
+        out (str): the sweep's folder.
+        csv_path (str): results.csv.
+        json_path (str): results.json.
+        computed (int): points evaluated in this call (the rest came from the cache).
+
+    Example:
+        >>> import os, tempfile, torch, fpq
+        >>> _ = torch.manual_seed(0)
+        >>> data = (torch.randn(64, 4), torch.randint(0, 3, (64,)), torch.randn(32, 4), torch.randint(0, 3, (32,)))
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     res = fpq.sweep(torch.nn.Sequential(torch.nn.Linear(4, 3)), data, formats=["int4"], methods="max",
+        ...                     out=d, workers=1, verify_samples=4, verify_qonnx=0, calib_samples=32, progress=False)
+        >>> len(res.records), len(res.ok()), os.path.basename(res.json_path)
+        (1, 1, 'results.json')
+    """
     records: list
     meta: dict
     out: str
@@ -326,6 +349,11 @@ class SweepResult:
     computed: int     # points evaluated in this call (the rest came from the cache)
 
     def ok(self) -> list:
+        """The records of the points that did not fail.
+
+        Returns:
+            list[dict]: records whose status is not "error".
+        """
         return [r for r in self.records if r["status"] != "error"]
 
 

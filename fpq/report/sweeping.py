@@ -361,31 +361,87 @@ def sweep(model, data=None, formats=None, methods=("max", "mse"), weights=None, 
           calib_samples: int = 1024, verify_qonnx: int = 2, profile=None,
           trust_pickle: bool = False, engine: str = "local", address: str | None = None,
           hls: str | None = None, hls_samples: int = 16, hls_options=None, compile_workers: int = 1) -> SweepResult:
-    """Evaluate every (weights x activations x first_last x method) point; see the module docstring.
+    """Evaluate accuracy, FPGA cost and bit-exactness over a grid of formats x calibration methods.
 
-    model: a float ``nn.Module`` (trained) or a spec ``FILE.py:NAME`` / ``MODULE:NAME`` / ``FILE.pt``
-    (with specs the results carry ``fpq sweep`` commands). data: see ``as_sweep_data``, or a spec
-    (default ``fpq.data:load_digits_split``). formats: both axes (default ``grid()``: int and every
-    minifloat split, 3..8 bits); weights / activations: one axis each. first_last: formats for
-    the first and last Linear/Conv (and the input quantizer); None keeps the policy. methods:
-    calibration methods (``fpq.calibrate``). only: point ids to run (others skipped). fresh:
-    ignore the cache. metric: callable(logits, targets) -> float, higher is better (default
-    top-1 accuracy in %); must be picklable for workers > 1. cost: keyword arguments for
-    ``fpq.estimate_cost``. workers <= 1 runs in this process. verify_samples: off-grid inputs
-    compared torch == emulator (0: no verify); the QONNX executor runs the first
-    ``verify_qonnx`` of them (it takes ~0.2 s a sample, the largest share of a point's time).
-    profile: keyword arguments of ``fpq.profile_torch`` (e.g. ``{"device": "cuda", "batch": 4096}``)
-    to record each point's measured float fp32 and fake-quant inferences/s; None skips it.
-    trust_pickle: allow a model spec ``FILE.pt`` written by ``torch.save(model)`` (a pickle: loading
-    it runs any code it holds; only for files you trust).
-    engine: "local" (this machine's processes; ``workers`` of them) or "ray" (Ray tasks; needs
-    ``pip install 'fpq[ray]'``). address: the Ray cluster ("auto", "ray://HOST:PORT" or the head's
-    "HOST:PORT"); None starts a local Ray with ``workers`` CPUs. Same points, same records.
-    hls: None, "front" (the Pareto-front points) or "all": after the points, build those points'
-    HLS projects (``fpq.to_hls`` with ``hls_options``) and C-simulate the first ``hls_samples`` verify
-    inputs against torch and the emulator (``hls_exact`` in the results); builds are stored and
-    resumed like points, and run on ``compile_workers`` local processes or as Ray tasks that need
-    the ``fpq_compile`` resource (see ``fpq.report.builds``).
+    Every (weights x activations x first_last x method) point converts the float model, calibrates
+    it (optionally a few QAT epochs) and records the metric on the held-out data, the
+    ``fpq.estimate_cost`` totals and ``fpq.verify`` on off-grid inputs (see the module docstring).
+    Finished points are stored in ``out/cache.jsonl``, so a stopped sweep resumes; at the end
+    ``results.csv`` and ``results.json`` hold one row per point with the command that rebuilds it.
+    Everything is checked before any point runs.
+
+    Args:
+        model (torch.nn.Module | str): a trained float model, or a spec ``FILE.py:NAME`` /
+            ``MODULE:NAME`` / ``FILE.pt`` (then the results carry ``fpq sweep`` commands).
+        data (object | tuple | dict | str | None): an object with ``x_train``, ``y_train``,
+            ``x_test``, ``y_test`` (e.g. ``fpq.data.load_digits_split()``), a 4-tuple of them,
+            {"train": (x, y), "test": (x, y)}, or a spec; None: ``fpq.data:load_digits_split``.
+        formats (list[str] | None): formats of both axes (default ``fpq.report.grid.grid()``: int
+            and every minifloat split, 3 .. 8 bits).
+        methods (str | Sequence[str]): calibration methods of ``fpq.calibrate`` ("max",
+            "percentile", "mse").
+        weights (list[str] | None): the weight axis (default ``formats``).
+        activations (list[str] | None): the activation axis (default ``formats``).
+        first_last (list[str] | None): formats for the first and last Linear / Conv (and the input
+            quantizer); None keeps the point's formats there.
+        qat_epochs (int): QAT epochs after calibration, >= 0.
+        out (str): the folder of the cache and the results tables.
+        workers (int): processes (or Ray CPUs); <= 1 runs in this process.
+        seed (int): torch seed each point starts from.
+        verify_samples (int): off-grid inputs compared torch == emulator (0: no verify).
+        progress (bool): show a progress bar.
+        only (str | list[str] | None): point ids to run (others skipped).
+        fresh (bool): ignore the cache and recompute.
+        metric (Callable | None): ``metric(logits, targets) -> float``, higher is better (default
+            top-1 accuracy in %); must be picklable for workers > 1.
+        cost (dict | None): keyword arguments of ``fpq.estimate_cost``.
+        scale (str): "po2" or "float" (``fpq.convert``'s scale).
+        granularity (str): "tensor" or "channel" (``fpq.convert``'s granularity).
+        calib_samples (int): training inputs used for calibration, >= 1.
+        verify_qonnx (int): of the verify inputs, how many also run qonnx's executor (~0.2 s each).
+        profile (dict | None): keyword arguments of ``fpq.profile_torch`` to record measured float
+            and fake-quant inferences/s per point; None skips it.
+        trust_pickle (bool): allow a ``FILE.pt`` model spec written by ``torch.save(model)``
+            (loading a pickle runs any code it holds: only for files you trust).
+        engine (str): "local" (this machine's processes) or "ray" (Ray tasks; ``pip install
+            'fpq[ray]'``).
+        address (str | None): the Ray cluster ("auto", "ray://HOST:PORT" or "HOST:PORT"); None
+            starts a local Ray. Only with ``engine="ray"``.
+        hls (str | None): None, "front" (the Pareto-front points) or "all": build those points' HLS
+            projects with ``hls_options`` and C-simulate ``hls_samples`` verify inputs
+            (``hls_exact`` in the results).
+        hls_samples (int): verify inputs the HLS C simulation runs.
+        hls_options (dict | None): keyword arguments of ``fpq.to_hls``.
+        compile_workers (int): local processes compiling HLS projects.
+
+    Returns:
+        SweepResult: ``records`` (one dict per point: id, weights, activations, method, accuracy,
+        exact, lut, ff, dsp, latency_ns, ..., status), ``meta``, ``csv_path``, ``json_path`` and
+        ``computed`` (points evaluated in this call, the rest came from the cache).
+
+    Raises:
+        TypeError: ``model`` is neither an ``nn.Module`` nor a spec string, or ``data`` has none of
+            the accepted shapes.
+        ValueError: an unknown engine or calibration method, ``address`` without Ray, an invalid
+            format, an empty grid, negative counts, ``only`` ids not in the grid, unusable data
+            (empty, mismatched lengths, NaN / Inf), bad HLS options, or a model that cannot go
+            through the fpq pipeline (the message names the step and the formats).
+
+    Example:
+        One point (int4 weights and activations, "max" calibration) on random data:
+
+        >>> import os, tempfile, torch, fpq
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+        >>> data = (torch.randn(64, 4), torch.randint(0, 3, (64,)), torch.randn(32, 4), torch.randint(0, 3, (32,)))
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     res = fpq.sweep(model, data, formats=["int4"], methods="max", out=os.path.join(d, "sweep"),
+        ...                     workers=1, verify_samples=8, verify_qonnx=0, calib_samples=32, progress=False)
+        ...     sorted(os.listdir(os.path.join(d, "sweep")))
+        ['cache.jsonl', 'progress.json', 'results.csv', 'results.json']
+        >>> r = res.records[0]
+        >>> r["weights"], r["activations"], r["method"], r["exact"], res.computed
+        ('int4', 'int4', 'max', True, 1)
     """
     import torch
 

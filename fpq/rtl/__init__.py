@@ -16,8 +16,37 @@ from .network import LayerInfo, RTLUnsupportedError, SUPPORTED
 
 @dataclass
 class RTLNetwork:
-    """What ``to_rtl`` wrote: the Verilog (``top`` and the modules it instantiates), its ports and
-    the cycles from an input to its output (0: combinational; otherwise one sample per clock)."""
+    """What ``fpq.to_rtl`` built: the Verilog, its ports and its latency.
+
+    The Verilog holds ``top`` and the modules it instantiates; a clocked design takes one sample
+    per clock and answers ``latency`` cycles later (0: combinational).
+
+    Args:
+        top (str): the top module's name.
+        verilog (str): the Verilog text.
+        inputs (list[tuple[str, int]]): (port, width) of x0, x1, ...: codes of ``input_type``, or
+            float32 bit patterns.
+        outputs (list[tuple[str, int, bool]]): (port, width, signed) of y0, y1, ...: codes of
+            ``output_type``.
+        input_kind (str): "codes" or "float32".
+        input_type (Fixed | None): the carrier of the input codes ("codes"), else None.
+        output_type (Fixed): the carrier of the output codes.
+        latency (int): clock cycles from an input to its output.
+        pipeline_every (int): adder levels between pipeline registers.
+        layers (list[LayerInfo]): per-layer facts (name, op, ...).
+        graph (Graph | None): the graph IR built from.
+        plan (TypePlan | None): its TypePlan.
+        path (pathlib.Path | None): the file written, if any.
+
+    Example:
+        >>> import torch, fpq
+        >>> q = fpq.convert(torch.nn.Sequential(torch.nn.Linear(4, 3)), fmt="int4")
+        >>> x = torch.randn(16, 4)
+        >>> _ = fpq.calibrate(q, [x], progress=False)
+        >>> net = fpq.to_rtl(q, example_input=x[:1], pipeline_every=0)
+        >>> net.clocked, net.latency, net.input_kind, net.path is None
+        (False, 0, 'codes', True)
+    """
 
     top: str
     verilog: str
@@ -35,15 +64,32 @@ class RTLNetwork:
 
     @property
     def clocked(self) -> bool:
+        """True when the design has registers (latency > 0).
+        """
         return self.latency > 0
 
     def operator(self):
-        """The network as one ``fpq.cost_model.rtl.Operator`` (for ``cost_model.sim``)."""
+        """The network as one ``fpq.cost_model.rtl.Operator`` (for ``fpq.cost_model.sim``).
+
+        Returns:
+            Operator: the Verilog, ports and latency as the cost model's simulator takes them.
+        """
         from ..cost_model.rtl import Operator
         return Operator(self.top, "network", self.verilog, list(self.inputs), list(self.outputs),
                         dict(latency=self.latency, pipeline_every=self.pipeline_every), clocked=self.clocked)
 
     def layer(self, name: str) -> LayerInfo:
+        """The facts of one layer.
+
+        Args:
+            name (str): the layer's (IR op) name.
+
+        Returns:
+            LayerInfo: that layer's entry of ``layers``.
+
+        Raises:
+            KeyError: no layer of that name (the message lists them).
+        """
         for li in self.layers:
             if li.name == name:
                 return li
@@ -51,12 +97,44 @@ class RTLNetwork:
 
 
 def to_rtl(q, outdir=None, example_input=None, pipeline_every: int = 1, top: str = "fpq_net") -> RTLNetwork:
-    """Synthesizable Verilog of the quantized network ``q`` (a converted torch model, with
-    ``example_input`` for its export, a QONNX file or a Graph), fully unrolled: every weight a
-    constant, one adder tree per output, the TypePlan's exact accumulators; pipeline registers
-    after every ``pipeline_every`` adder levels and at each layer's tree root (0: none, the whole
-    network combinational). Writes ``<outdir>/<top>.v`` when ``outdir`` is given. Ops it does not
-    build raise :class:`RTLUnsupportedError` naming the op (``fpq.rtl.SUPPORTED``)."""
+    """Synthesizable Verilog of a quantized network, fully unrolled, with the TypePlan's exact types.
+
+    Every weight is a constant, each output has one adder tree, and the accumulators are the
+    TypePlan's exact ones; pipeline registers go after every ``pipeline_every`` adder levels and at
+    each layer's tree root. ``fpq.rtl.check`` / ``fpq.rtl.simulate`` compare it with the emulator
+    (yosys' CXXRTL and g++), ``fpq.rtl.synthesize`` runs yosys.
+
+    Args:
+        q (FpqModel | str | os.PathLike | Graph): a converted torch model (with ``example_input``
+            for its export), a QONNX file or a Graph.
+        outdir (str | os.PathLike | None): when given, ``<outdir>/<top>.v`` is written (the folder
+            is created).
+        example_input (torch.Tensor | None): an input of a torch model's shape.
+        pipeline_every (int): adder levels between pipeline registers; 0: none, the whole network
+            combinational.
+        top (str): the Verilog module name.
+
+    Returns:
+        RTLNetwork: ``verilog`` (the text), ``latency`` (clock cycles), ``inputs`` ((port name,
+        bits) pairs), ``outputs`` ((port name, bits, signed) triples), ``path`` (the file
+        written, or None).
+
+    Raises:
+        RTLUnsupportedError: an op it does not build (``fpq.rtl.SUPPORTED`` lists those it does).
+
+    Example:
+        >>> import os, tempfile, torch, fpq
+        >>> _ = torch.manual_seed(0)
+        >>> q = fpq.convert(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()), fmt="int4")
+        >>> x = torch.randn(16, 4)
+        >>> _ = fpq.calibrate(q, [x], progress=False)
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     net = fpq.to_rtl(q, d, x[:1], pipeline_every=1)
+        ...     os.listdir(d)
+        ['fpq_net.v']
+        >>> net.latency, net.inputs[:2], "module fpq_net(" in net.verilog
+        (3, [('x0', 4), ('x1', 4)], True)
+    """
     from ..export import as_graph
     from .network import build
 
