@@ -124,3 +124,21 @@ def test_unbuildable_op_is_refused_before_any_file(tmp_path):
         fpq.to_hls(q, tmp_path / "prj", torch.zeros(1, 4, 8))
     assert not (tmp_path / "prj").exists() and not list(tmp_path.iterdir())
 
+
+
+def test_cost_prices_the_encoder_and_fit_runs():
+    """fpq.estimate_cost prices each matmul as the FpqMatMul circuit (g M N K general multipliers, the adder
+    trees, the fused requantizer), said to be an uncalibrated composition; a Linear over the tokens counts
+    every token; fpq.fit chooses a setting for a one-block encoder on an xcu250."""
+    shape = (4, 8)
+    q = _calibrated(tiny_encoder(features=8, d=8, heads=2, blocks=1, classes=3), shape, fmt="int8")
+    rep = fpq.estimate_cost(q, example_input=torch.zeros((1,) + shape))
+    rows = {r["layer"]: r for r in rep.layers}
+    mm = [r for r in rep.layers if r["op"] == "matmul"]
+    assert len(mm) == 2 and all(r["lut"] + r["dsp"] > 0 and "uncalibrated" in r["approximate"] for r in mm)
+    assert [r["n_mult"] for r in mm] == [2 * 4 * 4 * 4] * 2          # heads x T x T x head_dim, then x T x dh x T
+    assert "requantizer" in mm[0]["parts"]                             # its int8 quantizer is a fused cast
+    assert rows["linear_blocks_0_fc1"]["pixels"] == 4                  # one row per token
+    assert any("matmul of two activations" in n for n in rep.notes)
+    fit = fpq.fit(q, part="xcu250", example_input=torch.zeros((1,) + shape))
+    assert fit.hls_kwargs["part"].startswith("xcu250")
