@@ -25,7 +25,8 @@ from fpq.testing.transformer import EncoderBlock, tiny_encoder
 
 FORMATS = {"int8": dict(fmt="int8"), "e4m3": dict(fmt="e4m3"), "e2m1": dict(fmt="e2m1"),
            # int8 first and last layers, e4m3 weights x e2m1 activations in the blocks
-           "mixed": dict(weights="e4m3", activations="e2m1", inputs="int8", overrides={"embed": "int8", "head": "int8"})}
+           "mixed": dict(weights="e4m3", activations="e2m1", inputs="int8",
+                         overrides={"embed": "int8", "head": "int8"})}
 N = 2000
 
 

@@ -44,7 +44,8 @@ def _carrier(t, what: str) -> Fixed:
 
 def _row(lp, parts: dict, ff: float, cycles: int, **extra) -> dict:
     return dict(layer=lp.name, op=lp.op, lut=float(sum(parts.values())), ff=float(ff), dsp=int(extra.pop("dsp", 0)),
-                bram18=0, uram=0, latency_cycles=int(cycles), ii=int(extra.pop("ii", 1)), bops=float(extra.pop("bops", 0)),
+                bram18=0, uram=0, latency_cycles=int(cycles), ii=int(extra.pop("ii", 1)),
+                bops=float(extra.pop("bops", 0)),
                 ebops=0.0, parts={k: round(v, 1) for k, v in parts.items()}, approximate=APPROX, **extra)
 
 

@@ -591,7 +591,8 @@ class _Builder:
 
     def op_transpose(self, op):
         """No layer: the stored values stay, their torch order changes (``attention.transposed``)."""
-        grid = [c.name for c in self.g.consumers(op.outputs[0]) if c.kind in ("conv1d", "conv2d", "maxpool", "avgpool")]
+        grid = [c.name for c in self.g.consumers(op.outputs[0])
+                if c.kind in ("conv1d", "conv2d", "maxpool", "avgpool")]
         if grid:
             raise HLSUnsupportedError(f"op {op.name!r} of kind 'transpose' (ONNX {', '.join(op.onnx_nodes)}) feeds "
                                       f"{grid}: {NO_HLS_WHY['transpose']}")
