@@ -249,10 +249,11 @@ def test_matmul_tensor_types_in_the_plan_name_both_operands():
     q = _calibrated(tiny_encoder(blocks=1, scale=0.25), fmt="int8")
     plan = fpq.plan(q, torch.zeros((1,) + SHAPE))
     qk, av = [lp for lp in plan if lp.op == "matmul"]
-    acc = qk.tensors["accumulator"]   # the output is the exact sum shifted by the scale; its quantizer follows
-    assert qk.tensors["output"] == Fixed(acc.width, acc.int_bits - 2, acc.signed)
+    acc = qk.tensors["accumulator"]   # the exact sum shifted by the scale; its int8 quantizer (a cast) is fused
+    assert qk.attrs["exact_output"] == Fixed(acc.width, acc.int_bits - 2, acc.signed)
     requant = plan.layers[list(plan.layers)[list(plan.layers).index(qk.name) + 1]]
     assert requant.op == "quant" and str(requant.tensors["output"].format) == "int8"
+    assert requant.attrs["fused_into"] == qk.name and qk.tensors["output"] == requant.tensors["output"]
     assert isinstance(av.tensors["input"], TensorType) and isinstance(av.tensors["other"], TensorType)
     assert av.fan_in == 8 and av.attrs["alpha_exp"] == 0   # A (B, h, T, T) @ V (B, h, T, dh): K = T
     assert [r[2] for r in plan.rows() if r[0] == av.name][:2] == ["input", "other"]

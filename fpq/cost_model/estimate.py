@@ -20,6 +20,9 @@ What is measured and what is modelled:
     wider); narrower variable products stay in LUTs. This rule is not calibrated against
     Vivado (yosys gives no DSP binding); ``dsp_threshold=None`` keeps every multiplier in fabric.
 * block-scaled layers (mxfp4, nvfp4, ...): ``fpq.cost_model.blocks`` (an uncalibrated composition of the tables).
+* transformer ops (matmul of two activations, an embedding, a positional embedding): ``fpq.cost_model.attention``
+  (an uncalibrated composition of the tables); a Linear over tokens (..., d) is priced as the kernel-1 Conv1D
+  fpq.hls builds, one token per cycle.
 * an element-wise BatchNorm (x * s_c + t_c) is priced per element: a constant multiplication by
   its channel's s_c from the same tables and an adder (``_batchnorm_layer``).
 * FFs, BRAM mapping and latency are a structural model (pipeline registers, BRAM18 aspect ratios, LUT/carry delays
@@ -120,9 +123,12 @@ def _dense_from_groups(K: np.ndarray, groups: int) -> np.ndarray:
 
 
 def _pixels(lp) -> tuple[int, str]:
+    shape = lp.attrs.get("out_shape")
+    if lp.op == "linear" and shape is not None and len(shape) > 2:
+        # a Linear over the last axis of tokens (..., d): fpq.hls builds hls4ml's Conv1D (kernel 1) over the rows
+        return int(np.prod(shape[1:-1])), ""
     if not lp.op.startswith("conv"):
         return 1, ""
-    shape = lp.attrs.get("out_shape")
     if shape is None:
         return 1, f"{lp.name}: output shape unknown (calibrate or export first); priced for one output pixel"
     return int(np.prod(shape[2:])) if len(shape) > 2 else 1, ""
@@ -521,6 +527,8 @@ def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", 
                 row["lut"] = float(n * requant_luts(ops, out_t, produced[src], produced[lp.name]))
         elif acc is not None and out_t is None:
             produced[lp.name] = acc
+        elif op == "matmul" and isinstance(out_t, Fixed):
+            produced[lp.name] = out_t   # the exact sum x 2^alpha (no requantizer fused)
         elif lp.attrs.get("divisor"):
             # the HLS layer holds the exact window sums; the quantizer after it divides (a lookup)
             produced[lp.name] = lp.attrs.get("exact_output")
@@ -561,6 +569,14 @@ def _layer_row(lp, ops, dev, rfs, reuse_factor, strat, clock_period, dsp_thresho
     if lp.op.lower() in ("softmax", "layernorm"):   # the exact integer pipelines
         from .normalization import normalization_row
         return normalization_row(lp, ops, dev, float(clock_period), notes, _t_add)
+    if lp.op.lower() in ("matmul", "gather") or (lp.op.lower() == "add_const" and "other" in lp.tensors):
+        from . import attention   # the transformer ops (an uncalibrated composition of the tables)
+        if lp.op.lower() == "matmul":
+            return attention.matmul_row(lp, ops, dev, _reuse(lp, rfs, reuse_factor), float(clock_period),
+                                        dsp_threshold, notes, _t_add, requant_luts)
+        if lp.op.lower() == "gather":
+            return attention.gather_row(lp, ops, dev, notes)
+        return attention.add_const_row(lp, ops, notes)
     if not (lp.op.lower() in MAC_KINDS and "weight" in lp.tensors):
         return _other_layer(lp, ops, notes)
     rf = _reuse(lp, rfs, reuse_factor)

@@ -33,6 +33,11 @@ Exactness, layer by layer:
   fpq.numerics.normalization in ap_int arithmetic; result its exact output or the fused cast.
 * add: the exact sum type of both inputs.
 * concat / upsample: hls4ml's Concatenate (the exact union type) and nearest Resize (fpq.hls.moves).
+* transformer ops (fpq.hls.attention): a Linear over the last axis of a token tensor (hls4ml's Conv1D,
+  kernel 1), matmul of two activations (``FpqMatMul``: the exact sum, times 2^alpha, cast by the fused
+  quantizer), gather (hls4ml's Embedding), a quantized constant added (positional embedding), and
+  reshape / transpose as free relabellings of the stored values (``FpqPermute`` where a layer needs
+  torch order). A network whose input feeds Linears (tokens) keeps its input in torch order.
 * batchnorm (element-wise): hls4ml's BatchNormalization, scale / bias in their exact carriers,
   the result the exact x * s + t (or the cast of the quantizer that follows).
 * a quantizer that no cast expresses: ``FpqQuantize`` (hls/fpq_minifloat.h).
@@ -48,6 +53,7 @@ from ..formats import Binary, Fixed, exact_fixed
 from ..ir.plan import native_pool, sum_divisor, typeplan_from_graph
 from ..typeplan import fixed_union, levels_carrier, product_type, sum_type
 from . import cpp
+from . import attention
 from .moves import build_concat, build_upsample, pad_shared_conv1d_input
 from .types import (FloatPort, HLSPlan, HLSUnsupportedError, _carrier, _check_format, _is_channels_last,  # noqa: F401
                     _same_perm, _scale_exp, _Tensor, _ungroup, c_array, channels_last_perm, hls_shape_of,
@@ -56,12 +62,15 @@ from .types import (FloatPort, HLSPlan, HLSUnsupportedError, _carrier, _check_fo
 
 # IR kinds the HLS path refuses, and what the user can do (a foreign QONNX file's ops)
 NO_HLS_WHY = {
-    "transpose": "a layout change (a channels-last file's NHWC <-> NCHW around each op) has no HLS layer here; "
-                 "fpq.emulate and fpq.verify run the file, the HLS path needs it exported channels-first",
+    "transpose": "a layout change in front of a convolution or pooling (a channels-last file's NHWC <-> NCHW around "
+                 "each op) has no HLS layer here; fpq.emulate and fpq.verify run the file, the HLS path needs it "
+                 "exported channels-first",
     **{k: "an element-wise constant op (e.g. an input normalization) is rounded in float, not exact in fixed "
           "point; apply it to the data in software and strip it from the file, so that the input quantizer "
           "reads the graph input" for k in ("mul", "div", "add_const")},
 }
+# ops that read their input as rows of its last axis: a network input they read is kept in torch order
+_ROW_KINDS = ("linear", "layernorm", "softmax")
 
 class _Builder:
     def __init__(self, graph, typeplan):
@@ -141,8 +150,13 @@ class _Builder:
             raise HLSUnsupportedError("the graph input must feed the input quantizer only")
         tt = op.quant.ttype
         p = self.plan
-        p.input_shape, p.input_perm = shape, channels_last_perm(shape)
-        hshape = hls_shape_of(shape)
+        readers = self.g.consumers(op.outputs[0])
+        if len(shape) > 1 and readers and all(c.kind in _ROW_KINDS for c in readers):
+            p.input_shape, p.input_perm = shape, None   # tokens (T, d): rows of features, torch order
+            hshape = attention.rows_shape(shape)
+        else:
+            p.input_shape, p.input_perm = shape, channels_last_perm(shape)
+            hshape = hls_shape_of(shape)
         if not tt.po2:  # a float scale: a float32 port and the quantizer as a lookup on float32 values
             port = FloatPort()
             p.input_float32 = True
@@ -265,6 +279,9 @@ class _Builder:
 
     def op_linear(self, op):
         src = self.src(op)
+        if len(src.torch_shape) > 1:   # over the last axis of each row (tokens)
+            attention.build_token_linear(self, op, src)
+            return
         if len(src.hls_shape) != 1:
             raise HLSUnsupportedError(f"linear {op.name!r}: input of shape {src.torch_shape} (flatten it first)")
         w = np.asarray(op.weight, dtype=np.float64)  # (out, in)
@@ -527,6 +544,8 @@ class _Builder:
 
     def op_add(self, op):
         a, b = self.src(op, 0), self.src(op, 1)
+        if a.torch_shape == b.torch_shape and (a.hls_shape != b.hls_shape or not _same_perm(a.perm, b.perm)):
+            a, b = attention.contiguous(self, op, a, 0), attention.contiguous(self, op, b, 1)
         if a.hls_shape != b.hls_shape or not _same_perm(a.perm, b.perm):
             raise HLSUnsupportedError(f"add {op.name!r}: inputs of shapes {a.torch_shape} and {b.torch_shape} "
                                       "(broadcasting adds are not supported in HLS)")
@@ -562,9 +581,34 @@ class _Builder:
 
     def op_reshape(self, op):
         out = self.torch_shape(op)
-        if len(out) != 1:
-            raise HLSUnsupportedError(f"reshape {op.name!r} to {out}: only a flatten to (batch, n) is supported in HLS")
+        if len(out) != 1:   # torch's flat order is kept: the same stored values, seen with another shape
+            src = self.src(op)
+            if int(np.prod(out)) != int(np.prod(src.torch_shape)):
+                raise HLSUnsupportedError(f"reshape {op.name!r}: {src.torch_shape} -> {out} changes the size")
+            self.set_out(op, attention.relabel(src, out, src.perm))
+            return
         self._flatten_to(op, out[0])
+
+    def op_transpose(self, op):
+        """No layer: the stored values stay, their torch order changes (``attention.transposed``)."""
+        grid = [c.name for c in self.g.consumers(op.outputs[0])
+                if c.kind in ("conv1d", "conv2d", "maxpool", "avgpool")]
+        if grid:
+            raise HLSUnsupportedError(f"op {op.name!r} of kind 'transpose' (ONNX {', '.join(op.onnx_nodes)}) feeds "
+                                      f"{grid}: {NO_HLS_WHY['transpose']}")
+        perm = tuple(int(a) for a in op.attrs["perm"])
+        if perm[0] != 0:
+            raise HLSUnsupportedError(f"transpose {op.name!r}: perm {perm} moves the batch axis")
+        self.set_out(op, attention.transposed(self.src(op), tuple(a - 1 for a in perm[1:])))
+
+    def op_matmul(self, op):
+        attention.build_matmul(self, op)
+
+    def op_gather(self, op):
+        attention.build_gather(self, op)
+
+    def op_add_const(self, op):
+        attention.build_add_const(self, op, NO_HLS_WHY["add_const"])
 
     def op_output(self, op):
         src = self.src(op)  # a pool's window sums are refused here: no quantizer folds in its 1/N

@@ -16,6 +16,7 @@ HLS_DIR = Path(__file__).resolve().parent / "include"
 MINIFLOAT_HEADER = HLS_DIR / "fpq_minifloat.h"
 NORMALIZATION_HEADER = HLS_DIR / "fpq_normalization.h"
 BLOCK_HEADER = HLS_DIR / "fpq_block.h"
+ATTENTION_HEADER = HLS_DIR / "fpq_attention.h"
 
 
 def header_path(path: Path = MINIFLOAT_HEADER) -> Path:

@@ -15,6 +15,8 @@
   NVFP4), the run-time block quantizer and the exact block dot product (``hls/fpq_block.h``).
 * ``FpqPool``: a max or an exact window sum with any stride and padding (``fpq::pool_layer``),
   for the pools hls4ml's pooling cannot build exactly (see ``fpq.ir.plan.pool_build``).
+* ``FpqMatMul`` / ``FpqPermute`` (``fpq.hls.attention``): the exact product of two quantized
+  activations (attention) and a re-layout of a tensor (``hls/fpq_attention.h``).
 """
 from __future__ import annotations
 
@@ -144,6 +146,9 @@ def register() -> None:
     from . import blocks
     register_layer("FpqBlockQuant", blocks.FpqBlockQuant)
     register_layer("FpqBlockDense", blocks.FpqBlockDense)
+    from . import attention
+    register_layer("FpqMatMul", attention.FpqMatMul)
+    register_layer("FpqPermute", attention.FpqPermute)
     header = cpp.header_path()
     for name in BACKENDS:
         backend = get_backend(name)
@@ -156,4 +161,6 @@ def register() -> None:
         backend.register_source(cpp.header_path(cpp.NORMALIZATION_HEADER))
         blocks.register(backend)
         backend.register_source(cpp.header_path(cpp.BLOCK_HEADER))
+        attention.register(backend)
+        backend.register_source(cpp.header_path(cpp.ATTENTION_HEADER))
     _registered = True

@@ -17,8 +17,9 @@ from . import WEIGHTED_KINDS, Graph, Op, Quantizer
 # type (the cost model prices that rounding with the op). Not wiring (a Reshape is an alias of
 # its input in hls4ml, so its result type would not be applied), not the input port (already a
 # quantizer), not mul / div (no HLS layer: their requantizer stays a layer the cost model prices).
-# (``matmul`` joins when fpq.hls builds it: tests/test_one_typeplan.py checks each kind has a builder)
-REQUANT_FUSING = WEIGHTED_KINDS + ("relu", "clip", "table", "softmax", "layernorm", "add", "maxpool", "avgpool", "global_avgpool")
+# (tests/test_one_typeplan.py checks each kind has a builder)
+REQUANT_FUSING = WEIGHTED_KINDS + ("relu", "clip", "table", "softmax", "layernorm", "add", "matmul", "maxpool", "avgpool",
+                                   "global_avgpool")
 
 
 def pool_window(kind: str, attrs: dict, in_shape) -> int | None:

@@ -1,0 +1,1 @@
+../../../hls/fpq_attention.h
