@@ -127,3 +127,30 @@ def test_mnist_example_quick_all_rows(load_script):
     _mnist_or_skip()
     rows = load_script("examples/mnist.py").main(["--quick"])
     assert len(rows) == 12 and all(r["status"] == "EXACT" for r in rows if r["label"] != "float")
+
+
+def test_ds_cnn_int8_does_not_fit_pynq_z2_and_says_why():
+    """The full DS-CNN at int8 in io_stream on xc7z020 (80%): no setting fits, and the FitError
+    names BRAM18 with the amount over, and that its io_stream FIFOs alone exceed the budget (the
+    part no reuse factor or strategy changes: the same at reuse 1 and at each layer's largest)."""
+    from fpq.fitting import FitError, _layer_sizes, valid_reuse_factors
+
+    zm = ZOO["ds_cnn"]()
+    q = fpq.convert(zm.model, fmt="int8")
+    fpq.calibrate(q, [zm.calibration(64)], progress=False)
+    tp = fpq.plan(q)
+    with pytest.raises(FitError) as e:
+        fpq.fit(tp, part="xc7z020", budget=0.8, io_types=("io_stream",))
+    need, allowed = e.value.shortfall["bram18"]
+    assert allowed == 0.8 * 280 and need > allowed
+    fixed = e.value.fixed["bram18"]
+    assert fixed > allowed
+    assert f"BRAM18: needs {round(need):,}, the budget allows 224" in str(e.value)
+    assert f"over the budget by {round(fixed - allowed):,} alone" in str(e.value)
+    top = {lp.name: valid_reuse_factors(*_layer_sizes(lp))[-1] for lp in tp
+           if not lp.attrs.get("fused_into") and _layer_sizes(lp) is not None}
+    for rf, st in ((1, "Latency"), (top, "Resource")):
+        rep = fpq.estimate_cost(tp, part="xc7z020", io_type="io_stream", reuse_factor=rf, strategy=st)
+        fifo = sum(r.get("fifo_bram18", 0) + r.get("clone_fifo_bram18", 0) if r["layer"] in top else r["bram18"]
+                   for r in rep.layers)
+        assert fifo == fixed and rep.total["bram18"] >= fifo
