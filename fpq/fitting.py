@@ -49,11 +49,14 @@ NAMES = {"lut": "LUT", "ff": "FF", "dsp": "DSP", "bram18": "BRAM18"}
 class FitError(ValueError):
     """No setting fits the budget; the message says which resource runs out and by how much.
     ``shortfall``: {resource ("lut", "ff", "dsp", "bram18"): (needed, allowed)} at the cheapest
-    setting tried, for the resources over the budget."""
+    setting tried, for the resources over the budget. ``fixed``: {resource: how much of that need
+    no reuse factor or strategy changes} (io_stream FIFOs and line buffers, layers without
+    weights): where it exceeds the allowed amount, no setting of fit's can fit."""
 
-    def __init__(self, message: str, shortfall: dict | None = None):
+    def __init__(self, message: str, shortfall: dict | None = None, fixed: dict | None = None):
         super().__init__(message)
         self.shortfall = dict(shortfall or {})
+        self.fixed = dict(fixed or {})
 
 
 def valid_reuse_factors(n_in: int, n_out: int) -> list[int]:
@@ -206,6 +209,19 @@ def _shares(total: dict, dev: Device, budget: float) -> dict:
 
 def _excess(share: dict) -> float:
     return sum(max(0.0, v - 1.0) for v in share.values())
+
+
+# the parts of a weighted layer's row that no reuse factor or strategy changes: its io_stream
+# output FIFO, clone FIFOs and line buffer (stream._add_stream_buffers, add_clone_fifos)
+_FIXED_PARTS = {"lut": ("fifo_lut", "clone_fifo_lut", "line_buffer_lut"), "bram18": ("fifo_bram18", "clone_fifo_bram18"),
+                "ff": (), "dsp": ()}
+
+
+def _fixed(rep: CostReport, sizes, k: str) -> float:
+    """How much of resource ``k`` no setting fit chooses can change: every row of a layer without
+    a reuse factor, and the stream buffers of the layers with one."""
+    return float(sum(r[k] if r["layer"] not in sizes else sum(r.get(p, 0) for p in _FIXED_PARTS[k])
+                     for r in rep.layers))
 
 
 def _largest(rep: CostReport, k: str) -> str:
@@ -456,15 +472,20 @@ def fit(q, part="xc7z020", budget=0.8, objective="latency", *, example_input=Non
         caps = _caps(dev)
         need = {k: round(rep.total[k]) for k in RESOURCES}      # whole units, so that need - allowed = over
         allow = {k: round(budget * caps[k]) for k in RESOURCES}
+        fixed = {k: round(_fixed(rep, sizes, k)) for k in RESOURCES}
         short = "; ".join(
             f"{NAMES[k]}: needs {need[k]:,}, the budget allows {allow[k]:,} "
             f"({100 * budget:.0f}% of {caps[k]:,}), {need[k] - allow[k]:,} over ({share[k]:.2f}x; "
-            f"most in {_largest(rep, k)})" for k in RESOURCES if share[k] > 1)
+            f"most in {_largest(rep, k)}"
+            + (f"; {fixed[k]:,} of it is {io} FIFOs, line buffers and layers without weights, which no reuse "
+               f"factor or strategy changes: over the budget by {fixed[k] - allow[k]:,} alone"
+               if fixed[k] > allow[k] else "") + ")" for k in RESOURCES if share[k] > 1)
         top = max([rf for rf, _ in chosen.values()], default=1)
         raise FitError(f"the model does not fit {100 * budget:.0f}% of {dev.name} at any setting tried; at the "
                        f"cheapest found ({io}, strategies {'/'.join(sts)}, reuse factors up to {top}) {short}. Use "
                        "narrower formats, a larger part or a larger budget",
-                       {k: (float(rep.total[k]), float(budget * caps[k])) for k in RESOURCES if share[k] > 1})
+                       {k: (float(rep.total[k]), float(budget * caps[k])) for k in RESOURCES if share[k] > 1},
+                       {k: float(fixed[k]) for k in RESOURCES if share[k] > 1})
 
     io, sts, chosen, rep, _, _ = min(fitting, key=lambda r: _cost(r[3].total, objective) + (r[5],))
     return FitResult(dev, budget, objective, io, {n: st for n, (_, st) in chosen.items()},

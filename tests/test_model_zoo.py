@@ -42,10 +42,15 @@ def test_zoo_shapes_and_sources():
     assert sum(p.numel() for p in mb.parameters()) + 2 * bn == 221_794
     assert ZOO["ds_cnn"]().input_shape == (1, 49, 10) and ZOO["resnet8"]().input_shape == (3, 32, 32)
     assert set(MLPERF_TINY) <= set(ZOO)
+    r18 = ZOO["resnet18"]()   # torchvision's resnet18: 11,689,512 parameters
+    assert sum(p.numel() for p in r18.model.parameters()) == 11_689_512 and r18.input_shape == (3, 224, 224)
+    names = {n for n, _ in r18.model.named_parameters()}
+    assert {"conv1.weight", "layer2.0.downsample.0.weight", "layer4.1.bn2.bias", "fc.weight"} <= names
 
 
 @pytest.mark.parametrize("fmt", ["int8", "e2m1"])
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "mobilenet_v1" else n for n in ZOO])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in ("mobilenet_v1", "resnet18") else n
+                                  for n in ZOO])
 def test_zoo_verifies_exact(name, fmt, tmp_path):
     zm, q, path = _converted(name, fmt, tmp_path)
     x = probe_inputs(read_graph(path), 64, seed=3)
@@ -69,7 +74,7 @@ def test_model_zoo_example_quick(load_script, tmp_path):
     zoo = load_script("examples/model_zoo.py")
     out = tmp_path / "zoo.md"
     rows = zoo.main(["--quick", "--models", "jet_mlp", "ad_autoencoder", "--formats", "int8", "mixed",
-                     "--n-verify", "32", "--out", str(out)])
+                     "--n-verify", "32", "--n-csim", "0", "--out", str(out)])
     assert [(r["model"], r["fmt"]) for r in rows] == [("jet_mlp", "int8"), ("jet_mlp", "mixed"),
                                                       ("ad_autoencoder", "int8"), ("ad_autoencoder", "mixed")]
     assert all(r["exact"] for r in rows)
@@ -127,3 +132,30 @@ def test_mnist_example_quick_all_rows(load_script):
     _mnist_or_skip()
     rows = load_script("examples/mnist.py").main(["--quick"])
     assert len(rows) == 12 and all(r["status"] == "EXACT" for r in rows if r["label"] != "float")
+
+
+def test_ds_cnn_int8_does_not_fit_pynq_z2_and_says_why():
+    """The full DS-CNN at int8 in io_stream on xc7z020 (80%): no setting fits, and the FitError
+    names BRAM18 with the amount over, and that its io_stream FIFOs alone exceed the budget (the
+    part no reuse factor or strategy changes: the same at reuse 1 and at each layer's largest)."""
+    from fpq.fitting import FitError, _layer_sizes, valid_reuse_factors
+
+    zm = ZOO["ds_cnn"]()
+    q = fpq.convert(zm.model, fmt="int8")
+    fpq.calibrate(q, [zm.calibration(64)], progress=False)
+    tp = fpq.plan(q)
+    with pytest.raises(FitError) as e:
+        fpq.fit(tp, part="xc7z020", budget=0.8, io_types=("io_stream",))
+    need, allowed = e.value.shortfall["bram18"]
+    assert allowed == 0.8 * 280 and need > allowed
+    fixed = e.value.fixed["bram18"]
+    assert fixed > allowed
+    assert f"BRAM18: needs {round(need):,}, the budget allows 224" in str(e.value)
+    assert f"over the budget by {round(fixed - allowed):,} alone" in str(e.value)
+    top = {lp.name: valid_reuse_factors(*_layer_sizes(lp))[-1] for lp in tp
+           if not lp.attrs.get("fused_into") and _layer_sizes(lp) is not None}
+    for rf, st in ((1, "Latency"), (top, "Resource")):
+        rep = fpq.estimate_cost(tp, part="xc7z020", io_type="io_stream", reuse_factor=rf, strategy=st)
+        fifo = sum(r.get("fifo_bram18", 0) + r.get("clone_fifo_bram18", 0) if r["layer"] in top else r["bram18"]
+                   for r in rep.layers)
+        assert fifo == fixed and rep.total["bram18"] >= fifo

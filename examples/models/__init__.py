@@ -3,7 +3,7 @@ module's docstring names its source; the code is ours). Every entry gives a floa
 its input shape (without the batch axis) and seeded calibration inputs of that shape.
 
 None of these models' data sets ships offline (jet substructure, CIFAR-10, Speech Commands,
-COCO visual wake words, ToyADMOS), so the zoo carries random-init weights and random (seeded)
+COCO visual wake words, ToyADMOS, ImageNet), so the zoo carries random-init weights and random (seeded)
 calibration inputs: what it measures is exactness, resources and timing, not accuracy.
 
 ``ZOO[name](quick=False)`` -> ``ZooModel``; ``quick=True`` gives the same topology at reduced
@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import ad_autoencoder, ds_cnn, jet_mlp, mobilenet_v1, resnet8
+from . import ad_autoencoder, ds_cnn, jet_mlp, mobilenet_v1, resnet8, resnet18
 
 
 @dataclass
@@ -53,6 +53,7 @@ ZOO = {
     "ds_cnn": _entry(ds_cnn, "ds_cnn"),
     "mobilenet_v1": _entry(mobilenet_v1, "mobilenet_v1"),
     "ad_autoencoder": _entry(ad_autoencoder, "ad_autoencoder"),
+    "resnet18": _entry(resnet18, "resnet18"),   # torchvision's, written here (see its module)
 }
 
 # The MLPerf Tiny models (their hls4ml submissions ran on a Pynq-Z2, xc7z020).

@@ -94,7 +94,7 @@ def add_clone_fifos(row: dict, lp, readers: dict) -> None:
     lut, bram = _fifo(lp.attrs.get("out_shape"), bits)
     row["lut"] += n * lut
     row["bram18"] += n * bram
-    row["clone_fifos"] = n
+    row.update(clone_fifos=n, clone_fifo_lut=n * lut, clone_fifo_bram18=n * bram)
 
 
 def _add_stream_buffers(row: dict, lp) -> None:
