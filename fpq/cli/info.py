@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..formats import Binary, BlockFormat, E8M0, Fixed, Int, Minifloat, decode, exact_fixed, finfo, parse_format
-from ..formats.types import SCALE_ROUNDINGS
+from ..formats.block import SCALE_ROUNDINGS
 from ..formats.parse import ACCEPTED_FORMS
 
 MAX_LISTED_BITS = 8

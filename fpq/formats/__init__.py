@@ -1,6 +1,7 @@
 """Formats: the single source of truth for number formats (numpy only, no torch import)."""
-from .types import (OVERFLOW_MODES, QONNX_ROUNDING, ROUNDING_MODES, ROUNDING_TO_QONNX, SCALE_ROUNDINGS, SPECIALS,
-                    Binary, BlockFormat, E8M0, Fixed, Format, Int, Minifloat, QuantSpec, default_specials)
+from .types import (OVERFLOW_MODES, QONNX_ROUNDING, ROUNDING_MODES, ROUNDING_TO_QONNX, SPECIALS,
+                    Binary, Fixed, Format, Int, Minifloat, QuantSpec, default_specials)
+from .block import SCALE_ROUNDINGS, BlockFormat, E8M0
 from .parse import ACCEPTED_FORMS, format_to_str, parse_format
 from .facts import FormatInfo, decode, encode, exact_fixed, finfo, values
 

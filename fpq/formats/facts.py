@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .parse import parse_format
-from .types import Binary, BlockFormat, E8M0, Fixed, Format, Int, Minifloat
+from .types import Binary, Fixed, Format, Int, Minifloat
+from .block import BlockFormat, E8M0
 
 MAX_ENUMERABLE_BITS = 16
 

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import re
 
-from .types import (MAX_QUANTIZE_WIDTH, OVERFLOW_MODES, ROUNDING_MODES, SCALE_ROUNDINGS, SPECIALS, Binary,
-                    BlockFormat, E8M0, Fixed, Format, Int, Minifloat, default_specials)
+from .types import (MAX_QUANTIZE_WIDTH, OVERFLOW_MODES, ROUNDING_MODES, SPECIALS, Binary, Fixed, Format, Int,
+                    Minifloat, default_specials)
+from .block import SCALE_ROUNDINGS, BlockFormat, E8M0
 
 ALIASES = {
     "fp4": "e2m1",

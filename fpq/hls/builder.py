@@ -10,6 +10,11 @@ layers are built channels-last, as hls4ml's HLS code expects; the torch (NCHW) o
 tensor is tracked as a permutation so that weights after a flatten are re-ordered and the
 project's predict() takes and returns torch layouts.
 
+Over 600 lines because ``_Builder`` is one pass over the graph whose state (the hls4ml layer list,
+the config, each tensor's torch permutation) every layer kind reads and extends; the kinds with
+C++ of their own (attention, normalization, block formats, data moves) already live in their own
+modules and take that state as an argument.
+
 Exactness, layer by layer:
 * network input: the input port type IS the first quantizer when an ap_fixed cast expresses it
   (fixed / int with a power-of-two scale: the float -> ap_fixed conversion rounds from all the

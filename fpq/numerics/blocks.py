@@ -7,7 +7,7 @@ raises a block's amax, so the padding changes no scale), and the padding is drop
 
 E8M0 scales (OCP MX v1.0, section 6.3), amax the largest magnitude of the block:
   X = 2**e, e = floor(log2(amax)) - emax_elem under scale_rounding "floor" (the spec), or
-  ceil / even / rceil as torchao names them (see ``formats.types.SCALE_ROUNDINGS``), then
+  ceil / even / rceil as torchao names them (see ``formats.block.SCALE_ROUNDINGS``), then
   clamped to E8M0's range -127 .. 127 (code e + 127); elements P = RNE(v / X) in the element
   format, saturating; the value is P * X. Choices where the spec leaves freedom:
   * a block of zeros has no log2(amax); any X gives the same (zero) elements. fpq stores the
@@ -38,7 +38,7 @@ import numpy as np
 
 from ..formats import BlockFormat, Minifloat, parse_format
 from ..formats.facts import encode
-from ..formats.types import element_precision
+from ..formats.block import element_precision
 from .reference import quantize_unscaled
 
 E8M0_MIN_EXP, E8M0_MAX_EXP = -127, 127

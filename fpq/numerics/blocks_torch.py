@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..formats import BlockFormat, Minifloat, values
-from ..formats.types import element_precision
+from ..formats.block import element_precision
 from .blocks import E8M0_MAX_EXP, E8M0_MIN_EXP, _tensor_scale_from_amax, as_block_format, check_tensor_scale
 from .torch_ops import quantize_unscaled_torch
 

@@ -33,6 +33,7 @@ import numpy as np
 
 from ..userfiles import is_torch_module, load_spec
 from .builds import HlsPhase, check_hls
+from .codehash import source_hash
 from .engines import ENGINES, check_address, in_process, ray_module, run_points
 from .grid import canonical_list, grid, points
 from .records import (CACHE, COLUMNS, PROGRESS, COST_FIELDS, SweepResult, _append_cache, _end_partial_line, _family,  # noqa: F401
@@ -115,26 +116,6 @@ def _digest(h, t) -> None:
     t = torch.as_tensor(t).detach().cpu().contiguous()
     h.update(str((t.dtype, tuple(t.shape))).encode())
     h.update(t.numpy().tobytes())
-
-
-# files of this package that only present results (editing them keeps the cache valid)
-_PRESENTATION = ("html.py", "plots.py", "pareto.py")
-
-
-def source_hash() -> str:
-    """Hash of fpq's code and the measured cost tables: a point cached by other code is recomputed."""
-    from pathlib import Path
-    root = Path(__file__).resolve().parents[1]
-    # the command line and the test harnesses compute nothing a point's result depends on (the
-    # model itself is in context_hash)
-    files = sorted(p for p in root.rglob("*.py") if not (p.parent.name == "report" and p.name in _PRESENTATION)
-                   and p.parent.name not in ("cli", "testing"))
-    files += sorted((root / "cost_model" / "data").glob("*.csv"))  # the operator tables estimate_cost reads
-    h = hashlib.sha256()
-    for p in files:
-        h.update(str(p.relative_to(root.parent)).encode())
-        h.update(p.read_bytes())
-    return h.hexdigest()[:16]
 
 
 def context_hash(model, data: SweepData, settings: Settings, metric) -> str:
