@@ -487,7 +487,8 @@ class ComputeInDouble(Transformation):
                     # except BipolarQuant, which keeps its input's dtype: cast its +-scale values
                     # (exact in float32) back to float32, as the other quantizers give
                     out = node.output[0]
-                    node.output[0] = f"{out}__f64"
+                    # (a name of its own: consumers' casts of ``out`` back to float64 are named out__f64)
+                    node.output[0] = f"{out}__bipolar_f64"
                     dtype[node.output[0]] = TensorProto.DOUBLE
                     new_nodes.append(helper.make_node("Cast", [node.output[0]], [out], to=TensorProto.FLOAT,
                                                       name=f"fpq_bipolar_cast_{len(new_nodes)}"))

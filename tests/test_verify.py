@@ -30,6 +30,18 @@ def test_verify_exact_on_a_good_model():
     assert str(rep).startswith("fpq.verify: EXACT over 300 inputs")
 
 
+def test_verify_binary_linear_chain():
+    """Two binary Linears back to back (no ReLU between): qonnx's BipolarQuant keeps a float64
+    input's dtype, and the cast fpq adds for it must not collide with the consumer's own cast."""
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 4))
+    q = fpq.convert(m, fmt="binary", granularity="channel")
+    x = torch.randn(64, 8)
+    fpq.calibrate(q, [x])
+    rep = fpq.verify(q, x, qonnx_subset=4)
+    assert rep.exact and "qonnx" in rep.paths
+
+
 def test_verify_names_the_corrupted_layer(tmp_path):
     q, shape = _model("int8")
     path = fpq.export_qonnx(q, tmp_path / "good.onnx", torch.zeros(1, *shape))
