@@ -61,7 +61,15 @@ class FitError(ValueError):
 
 def valid_reuse_factors(n_in: int, n_out: int) -> list[int]:
     """hls4ml's valid reuse factors of a layer with ``n_in`` inputs and ``n_out`` outputs per
-    multiply (Dense: its sizes; Conv: n_chan x kernel, n_filt), ascending."""
+    multiply (Dense: its sizes; Conv: n_chan x kernel, n_filt), ascending.
+
+    Args:
+        n_in: inputs per multiply.
+        n_out: outputs per multiply.
+
+    Returns:
+        list[int]: the valid reuse factors, ascending.
+    """
     n = n_in * n_out
     divs = set()
     for d in range(1, math.isqrt(n) + 1):

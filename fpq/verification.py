@@ -61,7 +61,7 @@ class VerifyReport:
         first_mismatch (Mismatch | None): the first counted difference (layer, path, index, values).
         table (list[dict]): rows of layer, path, compared, mismatches, max_abs_diff.
         paths (list[str]): "emulator" (the reference) and the paths compared with it ("torch",
-        "qonnx", "hls").
+            "qonnx", "hls").
         n_inputs (int): inputs compared.
         notes (list[str]): why a path was not comparable, or what is checked rather than proven.
         outputs (dict): path -> final output.
@@ -124,7 +124,17 @@ def _is_module(q) -> bool:
 
 def random_inputs(graph: Graph, n: int, seed: int = 0, *, spread: float = 1.5) -> np.ndarray:
     """Off-grid float32 inputs for ``graph``: uniform over +-spread x the input format's range
-    (so about a third saturate) mixed with small normal values near the fine grid."""
+    (so about a third saturate) mixed with small normal values near the fine grid.
+
+    Args:
+        graph: the graph IR.
+        n: how many inputs.
+        seed: the random seed.
+        spread: the range multiple of the input format's range.
+
+    Returns:
+        np.ndarray: float32 inputs of the graph's input shape.
+    """
     from .formats import finfo
     rng = np.random.default_rng(seed)
     name = graph.inputs[0]
@@ -209,7 +219,15 @@ def _torch_trace(q, x, graph: Graph):
 
 def qonnx_double_model(model, input_dtype=np.float32):
     """A copy of a QONNX model whose sums run exactly in float64 (``ComputeInDouble``);
-    ``input_dtype`` float64 declares the graph input double, so the value given is quantized."""
+    ``input_dtype`` float64 declares the graph input double, so the value given is quantized.
+
+    Args:
+        model: the QONNX model.
+        input_dtype: the dtype of the values given.
+
+    Returns:
+        ModelWrapper: the float64 copy.
+    """
     from onnx import TensorProto
     from .export.qonnx_codec import load_model
     from .export.transforms import RemoveFloatCasts, RemoveInitializersFromInputs
@@ -223,7 +241,17 @@ def qonnx_double_model(model, input_dtype=np.float32):
 
 def qonnx_trace(model, x, graph: Graph, mw=None):
     """qonnx's executor, one sample at a time: final output and {IR op: value}. ``mw``: the
-    ``qonnx_double_model`` of ``model`` for x's dtype, when already built."""
+    ``qonnx_double_model`` of ``model`` for x's dtype, when already built.
+
+    Args:
+        model: the QONNX model.
+        x: the inputs.
+        graph: its graph IR.
+        mw: the float64 copy, when already built.
+
+    Returns:
+        tuple: the outputs and the per-op values.
+    """
     from qonnx.core.onnx_exec import execute_onnx
     x = np.asarray(x)
     dt = np.float64 if x.dtype == np.float64 else np.float32

@@ -28,6 +28,7 @@ class Device:
     part: str = ""        # a full part number of the die (package, speed grade) for the vendor tools
 
     def describe(self) -> str:
+        """One line naming the device and its LUT, FF, DSP, BRAM18 and URAM counts."""
         return (f"{self.name} ({self.family}): {self.lut} LUT, {self.ff} FF, {self.dsp} {self.dsp_cell} "
                 f"({self.dsp_a}x{self.dsp_b}), {self.bram18} BRAM18, {self.uram} URAM")
 
@@ -54,7 +55,17 @@ DEVICES = {d.name: d for d in (
 
 
 def get_device(name) -> Device:
-    """A Device by name; full part numbers (``xcvu9p-flga2104-2-e``) resolve to their die."""
+    """A Device by name; full part numbers (``xcvu9p-flga2104-2-e``) resolve to their die.
+
+    Args:
+        name: a die name (``xcvu9p``) or a full part number.
+
+    Returns:
+        Device: its resources and family.
+
+    Raises:
+        ValueError: an unknown part (the message lists the known ones).
+    """
     if isinstance(name, Device):
         return name
     key = str(name).lower().strip()

@@ -55,7 +55,15 @@ FLOAT64_EXACT_BITS = 53
 
 
 def as_graph(q_or_onnx, example_input=None) -> Graph:
-    """Graph IR of a converted torch model, a QONNX path, a ModelWrapper / ModelProto or a Graph."""
+    """Graph IR of a converted torch model, a QONNX path, a ModelWrapper / ModelProto or a Graph.
+
+    Args:
+        q_or_onnx: the model or file.
+        example_input: for a torch model, an input of its shape (else the recorded one).
+
+    Returns:
+        Graph: fpq's graph IR.
+    """
     from ..export import as_graph as _as_graph
     return _as_graph(q_or_onnx, example_input)
 

@@ -48,6 +48,13 @@ def quantize_fast(x: np.ndarray, q: Quantizer) -> np.ndarray:
 
     The fast path is the same arithmetic: a power-of-two scale makes x / scale and q * scale
     exact in any float dtype, so only rint and clip remain.
+
+    Args:
+        x: the values to quantize.
+        q: the IR quantizer (format, scale, optional pre-scale).
+
+    Returns:
+        np.ndarray: float32 values on the quantizer's grid.
     """
     return apply_scaled(x, q.format, q.scale, q.pre_scale)
 

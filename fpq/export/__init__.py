@@ -227,7 +227,15 @@ def recorded_input(q):
 def typeplan_of(q, example_input=None):
     """The one TypePlan of a converted model: read from its in-memory QONNX export, so that
     ``fpq.plan(q)`` and ``fpq.plan("q.onnx")`` are the same plan (the cost model, the emulator and
-    the HLS builder all read this one)."""
+    the HLS builder all read this one).
+
+    Args:
+        q: a model from ``fpq.convert``.
+        example_input: an input of its shape (None: the recorded one).
+
+    Returns:
+        TypePlan: the plan.
+    """
     return typeplan_from_graph(as_graph(q, example_input))
 
 

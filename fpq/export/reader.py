@@ -248,7 +248,17 @@ def block_quantizer_of(n) -> Quantizer:
 
 
 def read_graph(model) -> Graph:
-    """Read a QONNX model (path, ModelWrapper or ModelProto) into fpq's graph IR."""
+    """Read a QONNX model (path, ModelWrapper or ModelProto) into fpq's graph IR.
+
+    Args:
+        model: a QONNX path, ModelWrapper or ModelProto.
+
+    Returns:
+        Graph: the graph IR (fused layers, quantizers, shapes).
+
+    Raises:
+        UnsupportedGraphError: nodes fpq cannot read, all named in one message.
+    """
     mw = load_model(model)
     r = _Reader(mw)
     g = mw.graph
@@ -864,5 +874,12 @@ def _simple_attrs(r, node, kind, a, ins) -> dict:
 
 
 def typeplan_from_qonnx(model):
-    """The TypePlan of a QONNX file / ModelWrapper / ModelProto (or an already read Graph)."""
+    """The TypePlan of a QONNX file / ModelWrapper / ModelProto (or an already read Graph).
+
+    Args:
+        model: a QONNX path, ModelWrapper, ModelProto or Graph.
+
+    Returns:
+        TypePlan: the exact type of every tensor.
+    """
     return typeplan_from_graph(model if isinstance(model, Graph) else read_graph(model))

@@ -265,7 +265,14 @@ def _parse_minifloat(s: str, original: str) -> Minifloat:
 
 
 def format_to_str(fmt: Format) -> str:
-    """Canonical string of a Format."""
+    """Canonical string of a Format.
+
+    Args:
+        fmt: the Format.
+
+    Returns:
+        str: the spelling ``parse_format`` reads back to ``fmt``.
+    """
     if isinstance(fmt, Binary):
         return "binary"
     if isinstance(fmt, Int):

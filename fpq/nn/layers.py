@@ -213,6 +213,7 @@ class FpqAct(QuantIdentity):
 
     @property
     def fpq_output(self):
+        """The fpq tensor quantizer of the activation's output."""
         return tensor_quant_of(self.act_quant)
 
 
@@ -239,6 +240,7 @@ class FpqAdd(nn.Module):
 
     @property
     def fpq_output(self):
+        """The fpq tensor quantizer of the sum."""
         return self.quant.fpq_output
 
 
@@ -276,6 +278,11 @@ class FpqAvgPool(nn.Module):
         return n
 
     def exact_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """The window mean computed exactly: the window sum (exact in float64), then one division.
+
+        Args:
+            x: the float64 input.
+        """
         p = self.pool
         if isinstance(p, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
             dims = (-1,) if isinstance(p, nn.AdaptiveAvgPool1d) else (-2, -1)
@@ -298,6 +305,7 @@ class FpqAvgPool(nn.Module):
 
     @property
     def fpq_output(self):
+        """The fpq tensor quantizer of the pooled output."""
         return self.quant.fpq_output
 
 
@@ -323,6 +331,7 @@ class FpqClamp(nn.Module):
 
     @property
     def fpq_output(self):
+        """The fpq tensor quantizer of the clamped output."""
         return self.quant.fpq_output
 
     def extra_repr(self):

@@ -16,7 +16,17 @@ from .reference import po2_exponents, quantize_scaled
 
 def apply_scaled(x: np.ndarray, fmt: Format, scale, pre_scale=None) -> np.ndarray:
     """``Q_fmt(x / scale) * scale`` in x's dtype, stored as float32; ``pre_scale`` (a Trunc's input
-    grid) first rounds x to multiples of it. ``scale`` broadcasts against x (its layout)."""
+    grid) first rounds x to multiples of it. ``scale`` broadcasts against x (its layout).
+
+    Args:
+        x: the values.
+        fmt: the Format.
+        scale: the scale (scalar or broadcasting array).
+        pre_scale: an optional grid x is first rounded to.
+
+    Returns:
+        np.ndarray: float32 quantized values.
+    """
     s = np.asarray(scale, dtype=np.float32)
     if pre_scale is not None:
         x = round_to_grid(x, pre_scale)
