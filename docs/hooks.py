@@ -307,14 +307,24 @@ def on_files(files, config):
     pages = dict(api_pages())
     pages["reference/cli.md"] = cli_page()
     for md in sorted((ROOT / "examples" / "results").glob("*.md")):
-        cmd = RESULT_COMMANDS.get(md.stem, f"python examples/{md.stem}.py")
-        body = md.read_text()
-        pages[f"results/{md.stem}.md"] = (body.split("\n", 1)[0] + "\n\n" + f"Reproduce: `{cmd}` (writes "
-                                          f"`examples/results/{md.name}`, which this page shows).\n\n" +
-                                          (body.split("\n", 1)[1] if "\n" in body else ""))
+        pages[f"results/{md.stem}.md"] = result_page(md)
     for uri, content in pages.items():
         files.append(File.generated(config, uri, content=content))
     return files
+
+
+def result_page(md: Path) -> str:
+    """A result study of ``examples/results`` as a page: its title, the command that reproduces it,
+    then the file as the script wrote it."""
+    body = md.read_text()
+    first, _, rest = body.partition("\n")
+    if first.startswith("# "):
+        title, body = first[2:].strip(), rest
+    else:
+        title = md.stem.replace("_", " ").capitalize()
+    cmd = RESULT_COMMANDS.get(md.stem, f"python examples/{md.stem}.py")
+    return (f"# {title}\n\nReproduce: `{cmd}` (it writes `examples/results/{md.name}`, shown here as "
+            f"written).\n\n{body.lstrip()}")
 
 
 def on_page_markdown(markdown, page, config, files):
