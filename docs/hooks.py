@@ -266,9 +266,14 @@ _RUNS: dict[str, concurrent.futures.Future] = {}
 
 
 def _start_tutorials(docs_dir: Path) -> None:
-    """Start every page with exec blocks at once (they run while the rest of the site builds)."""
+    """Start every page with exec blocks at once (they run while the rest of the site builds).
+
+    ``FPQ_DOCS_TUTORIALS=skip`` builds the site without running them (the fast check of links,
+    references and docstrings in the default test suite): their blocks then say so."""
     global _POOL
     _RUNS.clear()
+    if os.environ.get("FPQ_DOCS_TUTORIALS") == "skip":
+        return
     workers = max(1, min(4, os.cpu_count() or 1))
     _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
     for path in sorted(docs_dir.rglob("*.md")):
@@ -330,9 +335,12 @@ def result_page(md: Path) -> str:
 def on_page_markdown(markdown, page, config, files):
     """Put the executed tutorials' outputs under their blocks."""
     fut = _RUNS.get(page.file.src_uri)
-    if fut is None:
-        return markdown
-    return render_executed(markdown, fut.result())
+    if fut is not None:
+        return render_executed(markdown, fut.result())
+    blocks = exec_blocks(markdown)
+    if blocks:   # a build with FPQ_DOCS_TUTORIALS=skip
+        return render_executed(markdown, ["(not executed in this build: FPQ_DOCS_TUTORIALS=skip)"] * len(blocks))
+    return markdown
 
 
 def on_post_build(config):
