@@ -110,7 +110,7 @@ def api_page(modname: str, rows) -> str:
         text.append("Everything this module exports is documented on an earlier page.")
     for name, obj in rows:
         text += [f"## `{modname}.{name}`", "", f"::: {_canonical(obj)}", "    options:",
-                 "      show_root_heading: false", "      heading_level: 3", ""]
+                 "      show_root_heading: false", "      show_root_toc_entry: false", "      heading_level: 3", ""]
     return "\n".join(text)
 
 
