@@ -57,6 +57,7 @@ def default_specials(exp_bits: int, man_bits: int) -> str:
         str: "fn" for e4m3, "ieee" for e5m2, fp16 and bf16, "none" for every other split.
 
     Example:
+        >>> from fpq.formats import default_specials
         >>> default_specials(4, 3), default_specials(2, 1)
         ('fn', 'none')
     """
