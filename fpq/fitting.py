@@ -69,6 +69,11 @@ def valid_reuse_factors(n_in: int, n_out: int) -> list[int]:
 
     Returns:
         list[int]: the valid reuse factors, ascending.
+
+    Example:
+        >>> from fpq.fitting import valid_reuse_factors
+        >>> valid_reuse_factors(16, 4)
+        [1, 2, 4, 8, 16, 32, 64]
     """
     n = n_in * n_out
     divs = set()

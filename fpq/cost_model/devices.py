@@ -65,6 +65,11 @@ def get_device(name) -> Device:
 
     Raises:
         ValueError: an unknown part (the message lists the known ones).
+
+    Example:
+        >>> from fpq.cost_model import get_device
+        >>> get_device("xc7z020").describe()
+        'xc7z020 (7series): 53200 LUT, 106400 FF, 220 DSP48E1 (25x18), 280 BRAM18, 0 URAM'
     """
     if isinstance(name, Device):
         return name

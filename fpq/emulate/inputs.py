@@ -38,6 +38,14 @@ def refuse_nonfinite(x: np.ndarray, who: str = "input") -> None:
 
     Raises:
         ValueError: ``x`` holds NaN or +-inf.
+
+    Example:
+        >>> import numpy as np
+        >>> from fpq.emulate.inputs import refuse_nonfinite
+        >>> refuse_nonfinite(np.array([1.0, np.nan]))
+        Traceback (most recent call last):
+        ...
+        ValueError: input: 1 input value(s) are NaN or infinite (the first at index (1,): nan); ...
     """
     with np.errstate(over="ignore", invalid="ignore"):
         total = np.sum(x, dtype=np.float64)   # NaN / inf propagate; no extra array the size of x
@@ -73,6 +81,12 @@ def check_input(x, float32_only: bool = False, who: str = "input") -> np.ndarray
 
     Raises:
         ValueError: NaN / inf, complex values, or (float32_only) a double float32 cannot hold.
+
+    Example:
+        >>> import numpy as np
+        >>> from fpq.emulate.inputs import check_input
+        >>> check_input([1, 2]).dtype, check_input(np.ones(2, np.float32)).dtype
+        (dtype('float64'), dtype('float32'))
     """
     if _is_tensor(x):
         x = x.detach().cpu().numpy()

@@ -272,6 +272,12 @@ def format_to_str(fmt: Format) -> str:
 
     Returns:
         str: the spelling ``parse_format`` reads back to ``fmt``.
+
+    Example:
+        >>> import fpq
+        >>> from fpq.formats import format_to_str
+        >>> format_to_str(fpq.parse_format("fixed<8,3>"))
+        'fixed<8,3,RND_CONV,SAT>'
     """
     if isinstance(fmt, Binary):
         return "binary"

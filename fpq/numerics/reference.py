@@ -239,6 +239,12 @@ def quantize_unscaled(x: np.ndarray, fmt: Format) -> np.ndarray:
 
     Returns:
         np.ndarray: float64 values of the format.
+
+    Example:
+        >>> import numpy as np, fpq
+        >>> from fpq.numerics import quantize_unscaled
+        >>> quantize_unscaled(np.array([0.3, 7.0, -0.26]), fpq.parse_format("e2m1"))
+        array([ 0.5,  6. , -0.5])
     """
     raise TypeError(f"no numpy quantizer for {type(fmt).__name__}")
 
@@ -265,6 +271,12 @@ def round_fixed(s: np.ndarray, rounding: str) -> np.ndarray:
 
     Returns:
         np.ndarray: float64 integers.
+
+    Example:
+        >>> import numpy as np
+        >>> from fpq.numerics import round_fixed
+        >>> round_fixed(np.array([0.5, 1.5, -2.5, 2.7]), "RND_CONV"), round_fixed(np.array([0.5, 2.7]), "TRN")
+        (array([ 0.,  2., -2.,  3.]), array([0., 2.]))
     """
     if rounding == "RND_CONV":
         return np.rint(s)
@@ -302,6 +314,13 @@ def overflow_fixed(k: np.ndarray, lo: int, hi: int, width: int, signed: bool, ov
 
     Returns:
         np.ndarray: float64 codes within [lo, hi].
+
+    Example:
+        >>> import numpy as np
+        >>> from fpq.numerics import overflow_fixed
+        >>> k = np.array([130.0, -200.0, 5.0])
+        >>> overflow_fixed(k, -128, 127, 8, True, "SAT"), overflow_fixed(k, -128, 127, 8, True, "WRAP")
+        (array([ 127., -128.,    5.]), array([-126.,   56.,    5.]))
     """
     if overflow == "SAT":
         return np.clip(k, lo, hi)

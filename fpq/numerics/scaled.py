@@ -26,6 +26,12 @@ def apply_scaled(x: np.ndarray, fmt: Format, scale, pre_scale=None) -> np.ndarra
 
     Returns:
         np.ndarray: float32 quantized values.
+
+    Example:
+        >>> import numpy as np, fpq
+        >>> from fpq.numerics import apply_scaled
+        >>> apply_scaled(np.array([0.3, 1.0, -5.0], np.float32), fpq.parse_format("int4"), 0.25)
+        array([ 0.25,  1.  , -2.  ], dtype=float32)
     """
     s = np.asarray(scale, dtype=np.float32)
     if pre_scale is not None:

@@ -23,6 +23,11 @@ def minifloat_splits(bits: int, min_exp: int = 1, min_man: int = 1) -> list[str]
 
     Returns:
         list[str]: format strings.
+
+    Example:
+        >>> from fpq.report import minifloat_splits
+        >>> minifloat_splits(5)
+        ['e1m3', 'e2m2', 'e3m1']
     """
     return [f"e{e}m{bits - 1 - e}" for e in range(min_exp, bits) if bits - 1 - e >= min_man]
 
@@ -44,6 +49,11 @@ def grid(bits=range(3, 9), kinds=("int", "minifloat"), *, fixed_int_bits: int = 
 
     Returns:
         list[str]: canonical format strings.
+
+    Example:
+        >>> from fpq.report import grid
+        >>> grid(bits=[4])
+        ['int4', 'e1m2', 'e2m1']
     """
     bits = list(bits)
     kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)

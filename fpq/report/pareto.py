@@ -25,6 +25,12 @@ def pareto_front(records, cost: str = "lut", accuracy: str = "accuracy") -> list
 
     Returns:
         list: the front's records.
+
+    Example:
+        >>> from fpq.report import pareto_front
+        >>> recs = [dict(accuracy=90, lut=100), dict(accuracy=95, lut=300), dict(accuracy=92, lut=400)]
+        >>> pareto_front(recs, cost="lut")
+        [{'accuracy': 90, 'lut': 100}, {'accuracy': 95, 'lut': 300}]
     """
     pts = [r for r in records if _usable(r, accuracy, cost)]
     # sort by cost, best accuracy first among equal costs; a point is on the front iff its
@@ -54,6 +60,11 @@ def dominated(a: dict, b: dict, cost: str, accuracy: str = "accuracy") -> bool:
 
     Returns:
         bool: whether ``b`` dominates ``a``.
+
+    Example:
+        >>> from fpq.report import dominated
+        >>> dominated(dict(accuracy=92, lut=400), dict(accuracy=95, lut=300), "lut")
+        True
     """
     aa, ac, ba, bc = float(a[accuracy]), float(a[cost]), float(b[accuracy]), float(b[cost])
     return ba >= aa and bc <= ac and (ba > aa or bc < ac)
