@@ -184,6 +184,16 @@ def test_make_docs_and_its_extra():
         assert pin in pyproject, pin
 
 
+def test_readme_is_short_and_links_to_pages_that_exist():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme) < 8000
+    assert readme.index("make demo") < readme.index("```python")   # the two commands first
+    links = re.findall(r"\]\(([^)#]+)\)", readme)
+    assert len(links) >= 20
+    for link in links:
+        assert (ROOT / link).is_file(), link
+
+
 # ----------------------------------------------------------------------------- the built site
 
 def _build(site: Path, tutorials: bool) -> subprocess.CompletedProcess:
