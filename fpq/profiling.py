@@ -175,6 +175,12 @@ def device_name(dev: torch.device) -> str:
 
     Returns:
         str: a readable name.
+
+    Example:
+        >>> import torch
+        >>> from fpq.profiling import device_name
+        >>> isinstance(device_name(torch.device("cpu")), str)
+        True
     """
     if dev.type == "cuda":
         cap = torch.cuda.get_device_capability(dev)

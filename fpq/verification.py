@@ -134,6 +134,17 @@ def random_inputs(graph: Graph, n: int, seed: int = 0, *, spread: float = 1.5) -
 
     Returns:
         np.ndarray: float32 inputs of the graph's input shape.
+
+    Example:
+        >>> import torch, fpq
+        >>> _ = torch.manual_seed(0)
+        >>> q = fpq.convert(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()), fmt="int8")
+        >>> _ = fpq.calibrate(q, [torch.randn(16, 4)], progress=False)
+        >>> from fpq.emulate import as_graph
+        >>> from fpq.verification import random_inputs
+        >>> x = random_inputs(as_graph(q), 5, seed=0)
+        >>> x.shape, x.dtype
+        ((5, 4), dtype('float32'))
     """
     from .formats import finfo
     rng = np.random.default_rng(seed)
@@ -227,6 +238,19 @@ def qonnx_double_model(model, input_dtype=np.float32):
 
     Returns:
         ModelWrapper: the float64 copy.
+
+    Example:
+        >>> import os, tempfile
+        >>> import torch, fpq
+        >>> _ = torch.manual_seed(0)
+        >>> q = fpq.convert(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()), fmt="int8")
+        >>> _ = fpq.calibrate(q, [torch.randn(16, 4)], progress=False)
+        >>> from fpq.verification import qonnx_double_model
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     _ = fpq.export_qonnx(q, os.path.join(d, "m.onnx"), torch.randn(1, 4))
+        ...     mw = qonnx_double_model(os.path.join(d, "m.onnx"))
+        >>> type(mw).__name__
+        'ModelWrapper'
     """
     from onnx import TensorProto
     from .export.qonnx_codec import load_model

@@ -235,6 +235,15 @@ def typeplan_of(q, example_input=None):
 
     Returns:
         TypePlan: the plan.
+
+    Example:
+        >>> import torch, fpq
+        >>> _ = torch.manual_seed(0)
+        >>> q = fpq.convert(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()), fmt="int8")
+        >>> _ = fpq.calibrate(q, [torch.randn(16, 4)], progress=False)
+        >>> from fpq.export import typeplan_of
+        >>> [layer.name for layer in typeplan_of(q)]
+        ['input_quant', 'linear_0', 'quant_0', 'relu_1', 'output']
     """
     return typeplan_from_graph(as_graph(q, example_input))
 
