@@ -60,8 +60,10 @@ class FitError(ValueError):
 
 
 def valid_reuse_factors(n_in: int, n_out: int) -> list[int]:
-    """hls4ml's valid reuse factors of a layer with ``n_in`` inputs and ``n_out`` outputs per
-    multiply (Dense: its sizes; Conv: n_chan x kernel, n_filt), ascending.
+    """hls4ml's valid reuse factors of a layer, ascending.
+
+    The layer has ``n_in`` inputs and ``n_out`` outputs per multiply (Dense: its sizes; Conv:
+    n_chan x kernel, n_filt).
 
     Args:
         n_in: inputs per multiply.

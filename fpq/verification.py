@@ -39,6 +39,19 @@ REFERENCE = "emulator"
 
 @dataclass
 class Mismatch:
+    """The first value a path computes differently from the emulator (``VerifyReport.first_mismatch``).
+
+    Args:
+        layer: the IR op whose value differs.
+        path: the path that differs ("torch", "qonnx" or "hls").
+        index: the first differing index, sample first.
+        values: path -> the value at that index.
+
+    Example:
+        >>> from fpq.verification import Mismatch
+        >>> print(Mismatch("linear_0", "hls", (3, 1), {"emulator": 0.5, "hls": 0.25}))
+        layer 'linear_0': hls differs from emulator at index (3, 1) (emulator=0.5, hls=0.25)
+    """
     layer: str
     path: str          # the path that differs from the emulator
     index: tuple       # first differing index (sample first)
@@ -123,8 +136,9 @@ def _is_module(q) -> bool:
 
 
 def random_inputs(graph: Graph, n: int, seed: int = 0, *, spread: float = 1.5) -> np.ndarray:
-    """Off-grid float32 inputs for ``graph``: uniform over +-spread x the input format's range
-    (so about a third saturate) mixed with small normal values near the fine grid.
+    """Off-grid float32 inputs for ``graph``.
+
+    Uniform over +-spread x the input format's range (so about a third saturate), mixed with small normal values near the fine grid.
 
     Args:
         graph: the graph IR.
@@ -229,7 +243,8 @@ def _torch_trace(q, x, graph: Graph):
 
 
 def qonnx_double_model(model, input_dtype=np.float32):
-    """A copy of a QONNX model whose sums run exactly in float64 (``ComputeInDouble``);
+    """A copy of a QONNX model whose sums run exactly in float64 (``ComputeInDouble``).
+
     ``input_dtype`` float64 declares the graph input double, so the value given is quantized.
 
     Args:
@@ -264,8 +279,9 @@ def qonnx_double_model(model, input_dtype=np.float32):
 
 
 def qonnx_trace(model, x, graph: Graph, mw=None):
-    """qonnx's executor, one sample at a time: final output and {IR op: value}. ``mw``: the
-    ``qonnx_double_model`` of ``model`` for x's dtype, when already built.
+    """Run qonnx's executor one sample at a time: the final output and {IR op: value}.
+
+    ``mw``: the ``qonnx_double_model`` of ``model`` for x's dtype, when already built.
 
     Args:
         model: the QONNX model.

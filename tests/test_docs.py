@@ -8,6 +8,7 @@ with every tutorial executed.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import re
@@ -70,10 +71,20 @@ class _Cls:
         return 1
 
 
+@dataclasses.dataclass
+class _Record:
+    x: int
+
+
+class _Sub(_Documented := type("_Documented", (), {"__doc__": "A documented base."})):
+    pass
+
+
 def test_docstring_check_catches_what_is_missing():
     problems = hooks.docstring_problems([("f", _undocumented), ("g", _documented_without_args),
-                                         ("h", _documented), ("C", _Cls)])
-    assert problems == ["f: no docstring", "g: no Args: section", "C.method: no docstring", "C.prop: no docstring"]
+                                         ("h", _documented), ("C", _Cls), ("R", _Record), ("S", _Sub)])
+    assert problems == ["f: no docstring", "g: no Args: section", "C.method: no docstring", "C.prop: no docstring",
+                        "R: no docstring", "S: no docstring"]
 
 
 def test_docstring_check_fails_the_build():

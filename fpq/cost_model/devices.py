@@ -12,6 +12,30 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Device:
+    """One FPGA die: its resources, DSP multiplier widths and the coarse delays of the latency model.
+
+    Args:
+        name: the die (``xcvu9p``).
+        family: "7series", "ultrascale+" or "versal".
+        lut: LUTs.
+        ff: flip-flops.
+        dsp: DSP slices.
+        bram18: 18 Kb block RAMs (a 36 Kb block counts as two).
+        uram: 288 Kb UltraRAMs.
+        dsp_cell: the DSP primitive (DSP48E1, DSP48E2, DSP58).
+        dsp_a: the signed width of one multiplier port.
+        dsp_b: the signed width of the other port.
+        lut_delay_ns: one LUT level with local routing (an assumption, not a measurement).
+        carry4_delay_ns: one 4-bit carry segment.
+        synth_family: yosys ``synth_xilinx -family``.
+        part: a full part number of the die for the vendor tools.
+
+    Example:
+        >>> from fpq.cost_model import get_device
+        >>> d = get_device("xcvu9p")
+        >>> d.family, d.dsp_cell
+        ('ultrascale+', 'DSP48E2')
+    """
     name: str
     family: str           # 7series, ultrascale+, versal
     lut: int

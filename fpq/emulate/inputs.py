@@ -66,8 +66,9 @@ def refuse_nonfinite(x: np.ndarray, who: str = "input") -> None:
 
 
 def check_input(x, float32_only: bool = False, who: str = "input") -> np.ndarray:
-    """The inputs rule of every fpq path (module docstring): a numpy array holding the value the
-    user gave -- float64 kept, integers as float64, other floats as float32 -- refusing NaN / inf,
+    """Check an input by the inputs rule of every fpq path and return it as a numpy array.
+
+    The array holds the value the user gave (see the module docstring) -- float64 kept, integers as float64, other floats as float32 -- refusing NaN / inf,
     complex values, and (``float32_only``: a float-scaled input quantizer, which divides in float32)
     float64 values that are not float32 numbers.
 

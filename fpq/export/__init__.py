@@ -225,8 +225,9 @@ def recorded_input(q):
 
 
 def typeplan_of(q, example_input=None):
-    """The one TypePlan of a converted model: read from its in-memory QONNX export, so that
-    ``fpq.plan(q)`` and ``fpq.plan("q.onnx")`` are the same plan (the cost model, the emulator and
+    """The one TypePlan of a converted model, read from its in-memory QONNX export.
+
+    So ``fpq.plan(q)`` and ``fpq.plan("q.onnx")`` are the same plan (the cost model, the emulator and
     the HLS builder all read this one).
 
     Args:

@@ -15,8 +15,10 @@ from .reference import po2_exponents, quantize_scaled
 
 
 def apply_scaled(x: np.ndarray, fmt: Format, scale, pre_scale=None) -> np.ndarray:
-    """``Q_fmt(x / scale) * scale`` in x's dtype, stored as float32; ``pre_scale`` (a Trunc's input
-    grid) first rounds x to multiples of it. ``scale`` broadcasts against x (its layout).
+    """Apply a scaled quantizer: ``Q_fmt(x / scale) * scale``.
+
+    Computed in x's dtype, stored as float32; ``pre_scale`` (a Trunc's input grid) first rounds x
+    to multiples of it. ``scale`` broadcasts against x (its layout).
 
     Args:
         x: the values.
