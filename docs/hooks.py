@@ -14,7 +14,10 @@ when the documentation and the code disagree:
 - **Executed tutorials.** Every fenced block opened with ```` ```python exec ```` runs when the
   docs build, top to bottom, one Python process per page (the pages run in parallel, each in a
   scratch folder), and its printed output is put under the block. A block that raises fails the
-  build, naming the page, the block and the traceback.
+  build, naming the page, the block and the traceback. Outputs of a successful run are kept in
+  ``out/docs-cache/`` and reused while the page's code, fpq's sources (``fpq/``, ``hls/``,
+  ``cost_model/``), the key packages' versions and the environment are unchanged
+  (``FPQ_DOCS_CACHE=0``: run every page).
 - **Result studies** come from ``examples/results/*.md`` (written by the scripts themselves),
   each preceded by the command that reproduces it.
 """
@@ -232,6 +235,51 @@ def exec_blocks(markdown: str) -> list[str]:
     return [m.group(1) for m in EXEC_FENCE.finditer(markdown)]
 
 
+CACHE_DIR = ROOT / "out" / "docs-cache"
+# what a tutorial's output depends on besides its own code: fpq's sources and data, and these packages
+CACHE_SOURCES = ("fpq", "hls", "cost_model")
+CACHE_PACKAGES = ("torch", "numpy", "brevitas", "qonnx", "hls4ml", "onnx", "onnxruntime", "scikit-learn")
+
+
+def _sources_digest() -> str:
+    import hashlib
+    from importlib import metadata
+    h = hashlib.sha256()
+    for top in CACHE_SOURCES:
+        for path in sorted((ROOT / top).rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts and path.suffix not in (".pyc", ".so"):
+                h.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+    for pkg in CACHE_PACKAGES:
+        try:
+            h.update(f"{pkg}=={metadata.version(pkg)}".encode())
+        except metadata.PackageNotFoundError:
+            h.update(f"{pkg} missing".encode())
+    h.update(sys.version.encode())
+    return h.hexdigest()
+
+
+def _cache_key(blocks: list[str], sources: str) -> str:
+    import hashlib
+    shared = os.environ.get("FPQ_SHARED_MODELS") or str(ROOT.parent / "shared" / "models")
+    env = f"{shared}:{os.path.isdir(shared)}:{os.environ.get('CUDA_VISIBLE_DEVICES')}"
+    return hashlib.sha256(json.dumps([blocks, sources, env]).encode()).hexdigest()[:32]
+
+
+def run_blocks_cached(blocks: list[str], name: str, sources: str, cache_dir: Path = CACHE_DIR) -> list[str]:
+    """``run_blocks``, reusing the outputs of an earlier successful run of the same blocks on the same
+    fpq sources, package versions and environment (``FPQ_DOCS_CACHE=0`` turns the cache off). A
+    failing run is never stored, so a failing tutorial fails every build."""
+    path = cache_dir / f"{re.sub(r'[^A-Za-z0-9]+', '_', name)}-{_cache_key(blocks, sources)}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    outputs = run_blocks(blocks, name)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(outputs))
+    tmp.replace(path)
+    return outputs
+
+
 def run_blocks(blocks: list[str], name: str = "page", timeout: float = TUTORIAL_TIMEOUT_S) -> list[str]:
     """Run ``blocks`` in one fresh Python process (a scratch folder as its working directory);
     returns each block's printed output. Fails (PluginError) naming the block when one raises."""
@@ -282,11 +330,14 @@ def _start_tutorials(docs_dir: Path) -> None:
         return
     workers = max(1, min(4, os.cpu_count() or 1))
     _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
+    cached = os.environ.get("FPQ_DOCS_CACHE", "1") != "0"
+    sources = _sources_digest() if cached else None
     for path in sorted(docs_dir.rglob("*.md")):
         blocks = exec_blocks(path.read_text())
         if blocks:
             rel = path.relative_to(docs_dir).as_posix()
-            _RUNS[rel] = _POOL.submit(run_blocks, blocks, rel)
+            _RUNS[rel] = (_POOL.submit(run_blocks_cached, blocks, rel, sources) if cached
+                          else _POOL.submit(run_blocks, blocks, rel))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -180,6 +180,19 @@ def test_a_failing_tutorial_fails_the_build():
     assert "tutorials/bad.md" in msg and "block 2" in msg and "boom in the tutorial" in msg
 
 
+def test_tutorial_outputs_are_reused_only_for_the_same_code_and_sources(tmp_path):
+    blocks = ["import os; print(os.urandom(8).hex())"]
+    first = hooks.run_blocks_cached(blocks, "tutorials/t.md", "sources-A", cache_dir=tmp_path)
+    assert hooks.run_blocks_cached(blocks, "tutorials/t.md", "sources-A", cache_dir=tmp_path) == first   # reused
+    assert hooks.run_blocks_cached(blocks, "tutorials/t.md", "sources-B", cache_dir=tmp_path) != first   # fpq changed
+    assert hooks.run_blocks_cached(blocks + ["pass"], "tutorials/t.md", "sources-A", cache_dir=tmp_path)[0] != first[0]
+    bad = ["raise ValueError('always')"]
+    for _ in range(2):   # a failure is never stored: it fails every build
+        with pytest.raises(PluginError, match="always"):
+            hooks.run_blocks_cached(bad, "tutorials/bad.md", "sources-A", cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.json"))) == 3
+
+
 def test_every_tutorial_page_has_executed_blocks():
     for name in ("digits", "qat-qfx", "biper", "sweep", "foreign-qonnx", "gpu"):
         assert hooks.exec_blocks((ROOT / "docs" / "tutorials" / f"{name}.md").read_text()), name
@@ -209,7 +222,9 @@ def test_readme_is_short_and_links_to_pages_that_exist():
 
 def _build(site: Path, tutorials: bool) -> subprocess.CompletedProcess:
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    if not tutorials:
+    if tutorials:
+        env["FPQ_DOCS_CACHE"] = "0"   # run every tutorial, whatever an earlier make docs left
+    else:
         env["FPQ_DOCS_TUTORIALS"] = "skip"
     return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
