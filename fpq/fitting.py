@@ -60,8 +60,23 @@ class FitError(ValueError):
 
 
 def valid_reuse_factors(n_in: int, n_out: int) -> list[int]:
-    """hls4ml's valid reuse factors of a layer with ``n_in`` inputs and ``n_out`` outputs per
-    multiply (Dense: its sizes; Conv: n_chan x kernel, n_filt), ascending."""
+    """hls4ml's valid reuse factors of a layer, ascending.
+
+    The layer has ``n_in`` inputs and ``n_out`` outputs per multiply (Dense: its sizes; Conv:
+    n_chan x kernel, n_filt).
+
+    Args:
+        n_in: inputs per multiply.
+        n_out: outputs per multiply.
+
+    Returns:
+        list[int]: the valid reuse factors, ascending.
+
+    Example:
+        >>> from fpq.fitting import valid_reuse_factors
+        >>> valid_reuse_factors(16, 4)
+        [1, 2, 4, 8, 16, 32, 64]
+    """
     n = n_in * n_out
     divs = set()
     for d in range(1, math.isqrt(n) + 1):

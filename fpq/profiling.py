@@ -168,7 +168,20 @@ def _check_device(device) -> torch.device:
 
 
 def device_name(dev: torch.device) -> str:
-    """The GPU's name, or the CPU model from /proc/cpuinfo (platform.processor() elsewhere)."""
+    """The GPU's name, or the CPU model from /proc/cpuinfo (platform.processor() elsewhere).
+
+    Args:
+        dev: the torch device.
+
+    Returns:
+        str: a readable name.
+
+    Example:
+        >>> import torch
+        >>> from fpq.profiling import device_name
+        >>> isinstance(device_name(torch.device("cpu")), str)
+        True
+    """
     if dev.type == "cuda":
         cap = torch.cuda.get_device_capability(dev)
         return f"{torch.cuda.get_device_name(dev)} (compute capability {cap[0]}.{cap[1]})"

@@ -39,6 +39,19 @@ REFERENCE = "emulator"
 
 @dataclass
 class Mismatch:
+    """The first value a path computes differently from the emulator (``VerifyReport.first_mismatch``).
+
+    Args:
+        layer: the IR op whose value differs.
+        path: the path that differs ("torch", "qonnx" or "hls").
+        index: the first differing index, sample first.
+        values: path -> the value at that index.
+
+    Example:
+        >>> from fpq.verification import Mismatch
+        >>> print(Mismatch("linear_0", "hls", (3, 1), {"emulator": 0.5, "hls": 0.25}))
+        layer 'linear_0': hls differs from emulator at index (3, 1) (emulator=0.5, hls=0.25)
+    """
     layer: str
     path: str          # the path that differs from the emulator
     index: tuple       # first differing index (sample first)
@@ -61,7 +74,7 @@ class VerifyReport:
         first_mismatch (Mismatch | None): the first counted difference (layer, path, index, values).
         table (list[dict]): rows of layer, path, compared, mismatches, max_abs_diff.
         paths (list[str]): "emulator" (the reference) and the paths compared with it ("torch",
-        "qonnx", "hls").
+            "qonnx", "hls").
         n_inputs (int): inputs compared.
         notes (list[str]): why a path was not comparable, or what is checked rather than proven.
         outputs (dict): path -> final output.
@@ -123,8 +136,30 @@ def _is_module(q) -> bool:
 
 
 def random_inputs(graph: Graph, n: int, seed: int = 0, *, spread: float = 1.5) -> np.ndarray:
-    """Off-grid float32 inputs for ``graph``: uniform over +-spread x the input format's range
-    (so about a third saturate) mixed with small normal values near the fine grid."""
+    """Off-grid float32 inputs for ``graph``.
+
+    Uniform over +-spread x the input format's range (so about a third saturate), mixed with small normal values near the fine grid.
+
+    Args:
+        graph: the graph IR.
+        n: how many inputs.
+        seed: the random seed.
+        spread: the range multiple of the input format's range.
+
+    Returns:
+        np.ndarray: float32 inputs of the graph's input shape.
+
+    Example:
+        >>> import torch, fpq
+        >>> _ = torch.manual_seed(0)
+        >>> q = fpq.convert(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()), fmt="int8")
+        >>> _ = fpq.calibrate(q, [torch.randn(16, 4)], progress=False)
+        >>> from fpq.emulate import as_graph
+        >>> from fpq.verification import random_inputs
+        >>> x = random_inputs(as_graph(q), 5, seed=0)
+        >>> x.shape, x.dtype
+        ((5, 4), dtype('float32'))
+    """
     from .formats import finfo
     rng = np.random.default_rng(seed)
     name = graph.inputs[0]
@@ -208,8 +243,30 @@ def _torch_trace(q, x, graph: Graph):
 
 
 def qonnx_double_model(model, input_dtype=np.float32):
-    """A copy of a QONNX model whose sums run exactly in float64 (``ComputeInDouble``);
-    ``input_dtype`` float64 declares the graph input double, so the value given is quantized."""
+    """A copy of a QONNX model whose sums run exactly in float64 (``ComputeInDouble``).
+
+    ``input_dtype`` float64 declares the graph input double, so the value given is quantized.
+
+    Args:
+        model: the QONNX model.
+        input_dtype: the dtype of the values given.
+
+    Returns:
+        ModelWrapper: the float64 copy.
+
+    Example:
+        >>> import os, tempfile
+        >>> import torch, fpq
+        >>> _ = torch.manual_seed(0)
+        >>> q = fpq.convert(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()), fmt="int8")
+        >>> _ = fpq.calibrate(q, [torch.randn(16, 4)], progress=False)
+        >>> from fpq.verification import qonnx_double_model
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     _ = fpq.export_qonnx(q, os.path.join(d, "m.onnx"), torch.randn(1, 4))
+        ...     mw = qonnx_double_model(os.path.join(d, "m.onnx"))
+        >>> type(mw).__name__
+        'ModelWrapper'
+    """
     from onnx import TensorProto
     from .export.qonnx_codec import load_model
     from .export.transforms import RemoveFloatCasts, RemoveInitializersFromInputs
@@ -222,8 +279,19 @@ def qonnx_double_model(model, input_dtype=np.float32):
 
 
 def qonnx_trace(model, x, graph: Graph, mw=None):
-    """qonnx's executor, one sample at a time: final output and {IR op: value}. ``mw``: the
-    ``qonnx_double_model`` of ``model`` for x's dtype, when already built."""
+    """Run qonnx's executor one sample at a time: the final output and {IR op: value}.
+
+    ``mw``: the ``qonnx_double_model`` of ``model`` for x's dtype, when already built.
+
+    Args:
+        model: the QONNX model.
+        x: the inputs.
+        graph: its graph IR.
+        mw: the float64 copy, when already built.
+
+    Returns:
+        tuple: the outputs and the per-op values.
+    """
     from qonnx.core.onnx_exec import execute_onnx
     x = np.asarray(x)
     dt = np.float64 if x.dtype == np.float64 else np.float32

@@ -1,7 +1,7 @@
 """Every public function and class of fpq has a Google-style docstring (summary, Args, Returns,
 Raises, Example) and its examples run as doctests.
 
-The public API is ``fpq.__all__`` plus the entry points the README documents in subpackages
+The public API is ``fpq.__all__`` plus the entry points the documentation (docs/) tells users to call
 (``PUBLIC_EXTRA``); for each class, its public methods and properties are checked too.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 
 import fpq
 
-# entry points outside fpq.__all__ that the README tells users to call (module, name)
+# entry points outside fpq.__all__ that the documentation (docs/) tells users to call (module, name)
 PUBLIC_EXTRA = [
     ("fpq.conversion", "FpqModel"),
     ("fpq.nn.qfx", "make_trainable"),

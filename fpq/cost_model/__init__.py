@@ -20,8 +20,8 @@ def estimate_cost(q, part="xcvu9p", reuse_factor=1, strategy="Latency", io_type=
 
     Per layer and in total: LUT, FF, DSP, BRAM18 / URAM, latency (cycles and ns), II, BOPs and
     EBOPs, from operator costs measured with yosys ``synth_xilinx`` and the hls4ml structure of each
-    layer. An estimate, not a synthesis result: see the README's cost-model section for how far it
-    can be trusted.
+    layer. An estimate, not a synthesis result: the documentation's cost-model page
+    (docs/concepts/cost-model.md) says how far it can be trusted.
 
     Args:
         q (TypePlan | FpqModel | str | ModelWrapper): a TypePlan, a converted model, or a QONNX

@@ -12,6 +12,30 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Device:
+    """One FPGA die: its resources, DSP multiplier widths and the coarse delays of the latency model.
+
+    Args:
+        name: the die (``xcvu9p``).
+        family: "7series", "ultrascale+" or "versal".
+        lut: LUTs.
+        ff: flip-flops.
+        dsp: DSP slices.
+        bram18: 18 Kb block RAMs (a 36 Kb block counts as two).
+        uram: 288 Kb UltraRAMs.
+        dsp_cell: the DSP primitive (DSP48E1, DSP48E2, DSP58).
+        dsp_a: the signed width of one multiplier port.
+        dsp_b: the signed width of the other port.
+        lut_delay_ns: one LUT level with local routing (an assumption, not a measurement).
+        carry4_delay_ns: one 4-bit carry segment.
+        synth_family: yosys ``synth_xilinx -family``.
+        part: a full part number of the die for the vendor tools.
+
+    Example:
+        >>> from fpq.cost_model import get_device
+        >>> d = get_device("xcvu9p")
+        >>> d.family, d.dsp_cell
+        ('ultrascale+', 'DSP48E2')
+    """
     name: str
     family: str           # 7series, ultrascale+, versal
     lut: int
@@ -28,6 +52,7 @@ class Device:
     part: str = ""        # a full part number of the die (package, speed grade) for the vendor tools
 
     def describe(self) -> str:
+        """One line naming the device and its LUT, FF, DSP, BRAM18 and URAM counts."""
         return (f"{self.name} ({self.family}): {self.lut} LUT, {self.ff} FF, {self.dsp} {self.dsp_cell} "
                 f"({self.dsp_a}x{self.dsp_b}), {self.bram18} BRAM18, {self.uram} URAM")
 
@@ -54,7 +79,22 @@ DEVICES = {d.name: d for d in (
 
 
 def get_device(name) -> Device:
-    """A Device by name; full part numbers (``xcvu9p-flga2104-2-e``) resolve to their die."""
+    """A Device by name; full part numbers (``xcvu9p-flga2104-2-e``) resolve to their die.
+
+    Args:
+        name: a die name (``xcvu9p``) or a full part number.
+
+    Returns:
+        Device: its resources and family.
+
+    Raises:
+        ValueError: an unknown part (the message lists the known ones).
+
+    Example:
+        >>> from fpq.cost_model import get_device
+        >>> get_device("xc7z020").describe()
+        'xc7z020 (7series): 53200 LUT, 106400 FF, 220 DSP48E1 (25x18), 280 BRAM18, 0 URAM'
+    """
     if isinstance(name, Device):
         return name
     key = str(name).lower().strip()

@@ -55,7 +55,24 @@ FLOAT64_EXACT_BITS = 53
 
 
 def as_graph(q_or_onnx, example_input=None) -> Graph:
-    """Graph IR of a converted torch model, a QONNX path, a ModelWrapper / ModelProto or a Graph."""
+    """Graph IR of a converted torch model, a QONNX path, a ModelWrapper / ModelProto or a Graph.
+
+    Args:
+        q_or_onnx: the model or file.
+        example_input: for a torch model, an input of its shape (else the recorded one).
+
+    Returns:
+        Graph: fpq's graph IR.
+
+    Example:
+        >>> import torch, fpq
+        >>> _ = torch.manual_seed(0)
+        >>> q = fpq.convert(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()), fmt="int8")
+        >>> _ = fpq.calibrate(q, [torch.randn(16, 4)], progress=False)
+        >>> from fpq.emulate import as_graph
+        >>> [op.name for op in as_graph(q).ops]
+        ['input_quant', 'linear_0', 'quant_0', 'relu_1', 'output']
+    """
     from ..export import as_graph as _as_graph
     return _as_graph(q_or_onnx, example_input)
 

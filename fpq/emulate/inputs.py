@@ -30,7 +30,23 @@ NONFINITE_RULE = ("fixed-point hardware has neither NaN nor infinity, so every f
 
 
 def refuse_nonfinite(x: np.ndarray, who: str = "input") -> None:
-    """One ValueError naming how many values of ``x`` are NaN / +-inf and the first one's index."""
+    """One ValueError naming how many values of ``x`` are NaN / +-inf and the first one's index.
+
+    Args:
+        x: the array to check.
+        who: the name used in the message.
+
+    Raises:
+        ValueError: ``x`` holds NaN or +-inf.
+
+    Example:
+        >>> import numpy as np
+        >>> from fpq.emulate.inputs import refuse_nonfinite
+        >>> refuse_nonfinite(np.array([1.0, np.nan]))
+        Traceback (most recent call last):
+        ...
+        ValueError: input: 1 input value(s) are NaN or infinite (the first at index (1,): nan); ...
+    """
     with np.errstate(over="ignore", invalid="ignore"):
         total = np.sum(x, dtype=np.float64)   # NaN / inf propagate; no extra array the size of x
     if np.isfinite(total):
@@ -50,10 +66,29 @@ def refuse_nonfinite(x: np.ndarray, who: str = "input") -> None:
 
 
 def check_input(x, float32_only: bool = False, who: str = "input") -> np.ndarray:
-    """The inputs rule of every fpq path (module docstring): a numpy array holding the value the
-    user gave -- float64 kept, integers as float64, other floats as float32 -- refusing NaN / inf,
+    """Check an input by the inputs rule of every fpq path and return it as a numpy array.
+
+    The array holds the value the user gave (see the module docstring) -- float64 kept, integers as float64, other floats as float32 -- refusing NaN / inf,
     complex values, and (``float32_only``: a float-scaled input quantizer, which divides in float32)
-    float64 values that are not float32 numbers."""
+    float64 values that are not float32 numbers.
+
+    Args:
+        x: the input (array-like).
+        float32_only: refuse float64 values that are not float32 numbers.
+        who: the name used in error messages.
+
+    Returns:
+        np.ndarray: float64 or float32 values.
+
+    Raises:
+        ValueError: NaN / inf, complex values, or (float32_only) a double float32 cannot hold.
+
+    Example:
+        >>> import numpy as np
+        >>> from fpq.emulate.inputs import check_input
+        >>> check_input([1, 2]).dtype, check_input(np.ones(2, np.float32)).dtype
+        (dtype('float64'), dtype('float32'))
+    """
     if _is_tensor(x):
         x = x.detach().cpu().numpy()
     x = np.asarray(x)

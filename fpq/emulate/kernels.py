@@ -48,6 +48,24 @@ def quantize_fast(x: np.ndarray, q: Quantizer) -> np.ndarray:
 
     The fast path is the same arithmetic: a power-of-two scale makes x / scale and q * scale
     exact in any float dtype, so only rint and clip remain.
+
+    Args:
+        x: the values to quantize.
+        q: the IR quantizer (format, scale, optional pre-scale).
+
+    Returns:
+        np.ndarray: float32 values on the quantizer's grid.
+
+    Example:
+        >>> import numpy as np
+        >>> import torch, fpq
+        >>> _ = torch.manual_seed(0)
+        >>> q = fpq.convert(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()), fmt="int8")
+        >>> _ = fpq.calibrate(q, [torch.randn(16, 4)], progress=False)
+        >>> from fpq.emulate import as_graph, quantize_fast
+        >>> quant = as_graph(q).ops[0].quant          # the input quantizer: int8 x 2^-5
+        >>> quantize_fast(np.array([0.3, 1.0], np.float32), quant)
+        array([0.3125, 1.    ], dtype=float32)
     """
     return apply_scaled(x, q.format, q.scale, q.pre_scale)
 

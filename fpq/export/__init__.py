@@ -225,9 +225,27 @@ def recorded_input(q):
 
 
 def typeplan_of(q, example_input=None):
-    """The one TypePlan of a converted model: read from its in-memory QONNX export, so that
-    ``fpq.plan(q)`` and ``fpq.plan("q.onnx")`` are the same plan (the cost model, the emulator and
-    the HLS builder all read this one)."""
+    """The one TypePlan of a converted model, read from its in-memory QONNX export.
+
+    So ``fpq.plan(q)`` and ``fpq.plan("q.onnx")`` are the same plan (the cost model, the emulator and
+    the HLS builder all read this one).
+
+    Args:
+        q: a model from ``fpq.convert``.
+        example_input: an input of its shape (None: the recorded one).
+
+    Returns:
+        TypePlan: the plan.
+
+    Example:
+        >>> import torch, fpq
+        >>> _ = torch.manual_seed(0)
+        >>> q = fpq.convert(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()), fmt="int8")
+        >>> _ = fpq.calibrate(q, [torch.randn(16, 4)], progress=False)
+        >>> from fpq.export import typeplan_of
+        >>> [layer.name for layer in typeplan_of(q)]
+        ['input_quant', 'linear_0', 'quant_0', 'relu_1', 'output']
+    """
     return typeplan_from_graph(as_graph(q, example_input))
 
 

@@ -248,7 +248,30 @@ def block_quantizer_of(n) -> Quantizer:
 
 
 def read_graph(model) -> Graph:
-    """Read a QONNX model (path, ModelWrapper or ModelProto) into fpq's graph IR."""
+    """Read a QONNX model (path, ModelWrapper or ModelProto) into fpq's graph IR.
+
+    Args:
+        model: a QONNX path, ModelWrapper or ModelProto.
+
+    Returns:
+        Graph: the graph IR (fused layers, quantizers, shapes).
+
+    Raises:
+        UnsupportedGraphError: nodes fpq cannot read, all named in one message.
+
+    Example:
+        >>> import os, tempfile
+        >>> import torch, fpq
+        >>> _ = torch.manual_seed(0)
+        >>> q = fpq.convert(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()), fmt="int8")
+        >>> _ = fpq.calibrate(q, [torch.randn(16, 4)], progress=False)
+        >>> from fpq.export import read_graph
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     _ = fpq.export_qonnx(q, os.path.join(d, "m.onnx"), torch.randn(1, 4))
+        ...     g = read_graph(os.path.join(d, "m.onnx"))
+        >>> [op.kind for op in g.ops]
+        ['input_quant', 'linear', 'quant', 'relu', 'output']
+    """
     mw = load_model(model)
     r = _Reader(mw)
     g = mw.graph
@@ -864,5 +887,25 @@ def _simple_attrs(r, node, kind, a, ins) -> dict:
 
 
 def typeplan_from_qonnx(model):
-    """The TypePlan of a QONNX file / ModelWrapper / ModelProto (or an already read Graph)."""
+    """The TypePlan of a QONNX file / ModelWrapper / ModelProto (or an already read Graph).
+
+    Args:
+        model: a QONNX path, ModelWrapper, ModelProto or Graph.
+
+    Returns:
+        TypePlan: the exact type of every tensor.
+
+    Example:
+        >>> import os, tempfile
+        >>> import torch, fpq
+        >>> _ = torch.manual_seed(0)
+        >>> q = fpq.convert(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()), fmt="int8")
+        >>> _ = fpq.calibrate(q, [torch.randn(16, 4)], progress=False)
+        >>> from fpq.export import typeplan_from_qonnx
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     _ = fpq.export_qonnx(q, os.path.join(d, "m.onnx"), torch.randn(1, 4))
+        ...     tp = typeplan_from_qonnx(os.path.join(d, "m.onnx"))
+        >>> [layer.name for layer in tp]
+        ['input_quant', 'linear_0', 'quant_0', 'relu_1', 'output']
+    """
     return typeplan_from_graph(model if isinstance(model, Graph) else read_graph(model))

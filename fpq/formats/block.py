@@ -24,18 +24,22 @@ class E8M0(Format):
 
     @property
     def width(self) -> int:
+        """8: the bits of one E8M0 scale code."""
         return 8
 
     @property
     def signed(self) -> bool:
+        """False: an E8M0 scale is a power of two, never negative."""
         return False
 
     @property
     def max_value(self) -> float:
+        """2**127, the largest E8M0 scale."""
         return math.ldexp(1.0, 127)
 
     @property
     def min_value(self) -> float:
+        """2**-127, the smallest E8M0 scale."""
         return math.ldexp(1.0, -127)
 
 
@@ -135,10 +139,12 @@ class BlockFormat(Format):
 
     @property
     def signed(self) -> bool:
+        """Whether the elements are signed (the element format's)."""
         return self.elem.signed
 
     @property
     def bits_per_value(self) -> float:
+        """Storage bits per value: the element width plus the shared scale's width over the block size."""
         return self.elem.width + self.scale.width / self.k
 
     @property
@@ -148,6 +154,7 @@ class BlockFormat(Format):
 
     @property
     def elem_max(self) -> float:
+        """The largest element value (before the scale)."""
         if isinstance(self.elem, Minifloat):
             return self.elem.max_value
         hi = self.elem.int_range[1]

@@ -265,7 +265,20 @@ def _parse_minifloat(s: str, original: str) -> Minifloat:
 
 
 def format_to_str(fmt: Format) -> str:
-    """Canonical string of a Format."""
+    """Canonical string of a Format.
+
+    Args:
+        fmt: the Format.
+
+    Returns:
+        str: the spelling ``parse_format`` reads back to ``fmt``.
+
+    Example:
+        >>> import fpq
+        >>> from fpq.formats import format_to_str
+        >>> format_to_str(fpq.parse_format("fixed<8,3>"))
+        'fixed<8,3,RND_CONV,SAT>'
+    """
     if isinstance(fmt, Binary):
         return "binary"
     if isinstance(fmt, Int):

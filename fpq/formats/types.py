@@ -47,6 +47,20 @@ DEFAULT_SPECIALS = {(4, 3): "fn", (5, 2): "ieee", (5, 10): "ieee", (8, 7): "ieee
 
 
 def default_specials(exp_bits: int, man_bits: int) -> str:
+    """The special values a bare ExMy name implies (OCP / ml_dtypes conventions).
+
+    Args:
+        exp_bits: exponent bits E.
+        man_bits: mantissa bits M.
+
+    Returns:
+        str: "fn" for e4m3, "ieee" for e5m2, fp16 and bf16, "none" for every other split.
+
+    Example:
+        >>> from fpq.formats import default_specials
+        >>> default_specials(4, 3), default_specials(2, 1)
+        ('fn', 'none')
+    """
     return DEFAULT_SPECIALS.get((exp_bits, man_bits), "none")
 
 

@@ -201,7 +201,14 @@ class HLSProject:
 
 def load_project(outdir) -> HLSProject:
     """An fpq HLS project written earlier by ``to_hls`` (its compiled C-sim library is reused).
-    A project may have been moved or copied since: nothing in it depends on where it was built."""
+    A project may have been moved or copied since: nothing in it depends on where it was built.
+
+    Args:
+        outdir: the project folder.
+
+    Returns:
+        HLSProject: the project, ready to ``predict``.
+    """
     outdir = Path(outdir)
     stamp = outdir / STAMP
     if not stamp.is_file():

@@ -151,6 +151,7 @@ class Quantizer:
 
     @property
     def format(self) -> Format:
+        """The Format this quantizer rounds to (its TensorType's)."""
         return self.ttype.format
 
     @property
@@ -200,6 +201,7 @@ class Op:
 
     @property
     def fan_in(self) -> int | None:
+        """Inputs per output of a weight layer (the weight's size past its first axis), else None."""
         if self.weight is None:
             return None
         return int(np.prod(self.weight.shape[1:]))
@@ -231,6 +233,11 @@ class Graph:
         raise KeyError(f"no op named {name!r}; ops: {[o.name for o in self.ops]}")
 
     def producer(self, tensor: str) -> Op | None:
+        """The op that writes ``tensor``, or None for a graph input or an unknown name.
+
+        Args:
+            tensor: a tensor name of the graph.
+        """
         for op in self.ops:
             if tensor in op.outputs:
                 return op
@@ -241,12 +248,18 @@ class Graph:
         return [op for op in self.ops if tensor in op.inputs]
 
     def tensor_type(self, tensor: str) -> TensorType | None:
+        """The TensorType of ``tensor`` as its producer outputs it, or None (a graph input).
+
+        Args:
+            tensor: a tensor name of the graph.
+        """
         for op in self.ops:
             if tensor in op.outputs:
                 return op.types.get("output")
         return None
 
     def summary(self) -> str:
+        """One line per op: name, kind, output shape and output type."""
         lines = []
         for op in self.ops:
             t = op.types.get("output")

@@ -46,6 +46,13 @@ class FpqBatchNorm(_ExactWBIOL, QuantScaleBias):
         self.dims = int(dims)   # 1: BatchNorm1d, 2: BatchNorm2d (for the way back to a float model)
 
     def inner_forward_impl(self, x, quant_weight, quant_bias):
+        """Brevitas' layer hook: ``x * s + t`` per channel, exact in float64 in eval mode.
+
+        Args:
+            x: the layer input.
+            quant_weight: the quantized per-channel scale s.
+            quant_bias: the quantized per-channel shift t.
+        """
         x, w, b = _value(x), _value(quant_weight), _value(quant_bias)
         shape = _shape(x)
         if self.training:

@@ -192,14 +192,59 @@ def tensor_type_of(tq) -> TensorType:
 
 
 class FpqLinear(_ExactWBIOL, QuantLinear):
+    """A quantized Linear, exact on every path.
+
+    Built by ``fpq.convert`` from a torch ``nn.Linear`` (the constructor is Brevitas' ``QuantLinear``, with
+    fpq's quantizers); in eval mode it computes in float64 so that its sum is exact, and
+    ``fpq_accumulator_bits`` narrows its accumulator (wrapping) when ``fpq.convert`` is given
+    ``accumulator_bits``.
+
+    Example:
+        >>> import torch, fpq
+        >>> from fpq.nn import FpqLinear
+        >>> q = fpq.convert(torch.nn.Sequential(torch.nn.Linear(4, 3)), fmt="int8")
+        >>> isinstance(q.get_submodule("0"), FpqLinear)
+        True
+    """
+
     fpq_op = "linear"
 
 
 class FpqConv1d(_ExactWBIOL, QuantConv1d):
+    """A quantized Conv1d, exact on every path.
+
+    Built by ``fpq.convert`` from a torch ``nn.Conv1d`` (the constructor is Brevitas' ``QuantConv1d``, with
+    fpq's quantizers); in eval mode it computes in float64 so that its sum is exact, and
+    ``fpq_accumulator_bits`` narrows its accumulator (wrapping) when ``fpq.convert`` is given
+    ``accumulator_bits``.
+
+    Example:
+        >>> import torch, fpq
+        >>> from fpq.nn import FpqConv1d
+        >>> q = fpq.convert(torch.nn.Sequential(torch.nn.Conv1d(2, 3, 3)), fmt="int8")
+        >>> isinstance(q.get_submodule("0"), FpqConv1d)
+        True
+    """
+
     fpq_op = "conv1d"
 
 
 class FpqConv2d(_ExactWBIOL, QuantConv2d):
+    """A quantized Conv2d, exact on every path.
+
+    Built by ``fpq.convert`` from a torch ``nn.Conv2d`` (the constructor is Brevitas' ``QuantConv2d``, with
+    fpq's quantizers); in eval mode it computes in float64 so that its sum is exact, and
+    ``fpq_accumulator_bits`` narrows its accumulator (wrapping) when ``fpq.convert`` is given
+    ``accumulator_bits``.
+
+    Example:
+        >>> import torch, fpq
+        >>> from fpq.nn import FpqConv2d
+        >>> q = fpq.convert(torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3)), fmt="int8")
+        >>> isinstance(q.get_submodule("0"), FpqConv2d)
+        True
+    """
+
     fpq_op = "conv2d"
 
 
@@ -213,6 +258,7 @@ class FpqAct(QuantIdentity):
 
     @property
     def fpq_output(self):
+        """The fpq tensor quantizer of the activation's output."""
         return tensor_quant_of(self.act_quant)
 
 
@@ -239,6 +285,7 @@ class FpqAdd(nn.Module):
 
     @property
     def fpq_output(self):
+        """The fpq tensor quantizer of the sum."""
         return self.quant.fpq_output
 
 
@@ -276,6 +323,11 @@ class FpqAvgPool(nn.Module):
         return n
 
     def exact_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """The window mean computed exactly: the window sum (exact in float64), then one division.
+
+        Args:
+            x: the float64 input.
+        """
         p = self.pool
         if isinstance(p, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
             dims = (-1,) if isinstance(p, nn.AdaptiveAvgPool1d) else (-2, -1)
@@ -298,6 +350,7 @@ class FpqAvgPool(nn.Module):
 
     @property
     def fpq_output(self):
+        """The fpq tensor quantizer of the pooled output."""
         return self.quant.fpq_output
 
 
@@ -323,6 +376,7 @@ class FpqClamp(nn.Module):
 
     @property
     def fpq_output(self):
+        """The fpq tensor quantizer of the clamped output."""
         return self.quant.fpq_output
 
     def extra_repr(self):

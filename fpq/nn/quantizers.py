@@ -145,6 +145,11 @@ class FpqTensorQuant(nn.Module):
         return s
 
     def quantize(self, x: torch.Tensor):
+        """Quantize ``x`` to the format at the current scale (straight-through gradient in training).
+
+        Args:
+            x: the tensor to quantize.
+        """
         s = self.scale()
         if x.dim() == 0 or not torch.is_floating_point(x):
             x = x.float()
@@ -260,7 +265,17 @@ def minifloat_special_codes(f: Minifloat):
 
 
 def make_quant(fmt, role: str, scale_kind: str = "po2", channels: int = 0):
-    """A Brevitas injector class quantizing to ``fmt`` for ``role`` (weight|bias|act)."""
+    """A Brevitas injector class quantizing to ``fmt`` for ``role`` (weight|bias|act).
+
+    Args:
+        fmt: a Format or format string.
+        role: "weight", "bias" or "act".
+        scale_kind: "po2", "float" or "none".
+        channels: per-channel scales for this many channels (0: per tensor).
+
+    Returns:
+        type: a Brevitas injector class.
+    """
     fmt = parse_format(fmt)
     if isinstance(fmt, BlockFormat):
         if role == "bias":
@@ -315,7 +330,14 @@ def observing(observers):
 
 
 def tensor_quant_of(proxy):
-    """The fpq tensor quantizer inside a Brevitas proxy (None when quantization is off)."""
+    """The fpq tensor quantizer inside a Brevitas proxy (None when quantization is off).
+
+    Args:
+        proxy: a Brevitas quantizer proxy.
+
+    Returns:
+        FpqTensorQuant | None: its fpq quantizer.
+    """
     if proxy is None:
         return None
     tq = getattr(proxy, "tensor_quant", None)

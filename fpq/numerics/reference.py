@@ -231,7 +231,21 @@ def dispatch_on_format(func):
 
 @dispatch_on_format
 def quantize_unscaled(x: np.ndarray, fmt: Format) -> np.ndarray:
-    """Exact quantization at scale 1, float64 in and out. One function per Format class."""
+    """Exact quantization at scale 1, float64 in and out. One function per Format class.
+
+    Args:
+        x: float64 values.
+        fmt: the Format.
+
+    Returns:
+        np.ndarray: float64 values of the format.
+
+    Example:
+        >>> import numpy as np, fpq
+        >>> from fpq.numerics import quantize_unscaled
+        >>> quantize_unscaled(np.array([0.3, 7.0, -0.26]), fpq.parse_format("e2m1"))
+        array([ 0.5,  6. , -0.5])
+    """
     raise TypeError(f"no numpy quantizer for {type(fmt).__name__}")
 
 
@@ -248,7 +262,22 @@ def _(x: np.ndarray, fmt: Int) -> np.ndarray:
 
 
 def round_fixed(s: np.ndarray, rounding: str) -> np.ndarray:
-    """Round the real numbers ``s`` (float64, exact) to integers by an ap_fixed mode."""
+    """Round the real numbers ``s`` (float64, exact) to integers by an ap_fixed mode.
+
+    Args:
+        s: float64 values, exact.
+        rounding: an ap_fixed rounding mode (RND, RND_ZERO, RND_MIN_INF, RND_INF, RND_CONV, TRN,
+            TRN_ZERO).
+
+    Returns:
+        np.ndarray: float64 integers.
+
+    Example:
+        >>> import numpy as np
+        >>> from fpq.numerics import round_fixed
+        >>> round_fixed(np.array([0.5, 1.5, -2.5, 2.7]), "RND_CONV"), round_fixed(np.array([0.5, 2.7]), "TRN")
+        (array([ 0.,  2., -2.,  3.]), array([0., 2.]))
+    """
     if rounding == "RND_CONV":
         return np.rint(s)
     if rounding == "TRN":
@@ -273,7 +302,26 @@ def _ties(rounding: str) -> tuple[bool, bool]:
 
 
 def overflow_fixed(k: np.ndarray, lo: int, hi: int, width: int, signed: bool, overflow: str) -> np.ndarray:
-    """Apply an ap_fixed overflow mode to integer codes ``k`` (float64 holding integers)."""
+    """Apply an ap_fixed overflow mode to integer codes ``k`` (float64 holding integers).
+
+    Args:
+        k: float64 integer codes.
+        lo: the smallest code.
+        hi: the largest code.
+        width: the bit width (for WRAP).
+        signed: whether the type is signed.
+        overflow: an ap_fixed overflow mode (SAT, SAT_ZERO, SAT_SYM, WRAP).
+
+    Returns:
+        np.ndarray: float64 codes within [lo, hi].
+
+    Example:
+        >>> import numpy as np
+        >>> from fpq.numerics import overflow_fixed
+        >>> k = np.array([130.0, -200.0, 5.0])
+        >>> overflow_fixed(k, -128, 127, 8, True, "SAT"), overflow_fixed(k, -128, 127, 8, True, "WRAP")
+        (array([ 127., -128.,    5.]), array([-126.,   56.,    5.]))
+    """
     if overflow == "SAT":
         return np.clip(k, lo, hi)
     if overflow == "SAT_ZERO":

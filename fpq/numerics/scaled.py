@@ -15,8 +15,26 @@ from .reference import po2_exponents, quantize_scaled
 
 
 def apply_scaled(x: np.ndarray, fmt: Format, scale, pre_scale=None) -> np.ndarray:
-    """``Q_fmt(x / scale) * scale`` in x's dtype, stored as float32; ``pre_scale`` (a Trunc's input
-    grid) first rounds x to multiples of it. ``scale`` broadcasts against x (its layout)."""
+    """Apply a scaled quantizer: ``Q_fmt(x / scale) * scale``.
+
+    Computed in x's dtype, stored as float32; ``pre_scale`` (a Trunc's input grid) first rounds x
+    to multiples of it. ``scale`` broadcasts against x (its layout).
+
+    Args:
+        x: the values.
+        fmt: the Format.
+        scale: the scale (scalar or broadcasting array).
+        pre_scale: an optional grid x is first rounded to.
+
+    Returns:
+        np.ndarray: float32 quantized values.
+
+    Example:
+        >>> import numpy as np, fpq
+        >>> from fpq.numerics import apply_scaled
+        >>> apply_scaled(np.array([0.3, 1.0, -5.0], np.float32), fpq.parse_format("int4"), 0.25)
+        array([ 0.25,  1.  , -2.  ], dtype=float32)
+    """
     s = np.asarray(scale, dtype=np.float32)
     if pre_scale is not None:
         x = round_to_grid(x, pre_scale)

@@ -14,7 +14,21 @@ KINDS = ("int", "minifloat", "fixed")
 
 
 def minifloat_splits(bits: int, min_exp: int = 1, min_man: int = 1) -> list[str]:
-    """Every signed ExMy with 1 + E + M == bits (E >= min_exp, M >= min_man), fewest exponent bits first."""
+    """Every signed ExMy with 1 + E + M == bits (E >= min_exp, M >= min_man), fewest exponent bits first.
+
+    Args:
+        bits: the width, sign included.
+        min_exp: the fewest exponent bits.
+        min_man: the fewest mantissa bits.
+
+    Returns:
+        list[str]: format strings.
+
+    Example:
+        >>> from fpq.report import minifloat_splits
+        >>> minifloat_splits(5)
+        ['e1m3', 'e2m2', 'e3m1']
+    """
     return [f"e{e}m{bits - 1 - e}" for e in range(min_exp, bits) if bits - 1 - e >= min_man]
 
 
@@ -25,6 +39,21 @@ def grid(bits=range(3, 9), kinds=("int", "minifloat"), *, fixed_int_bits: int = 
     ``bits``: widths (sign included). ``kinds``: any of "int" (intN, scaled), "minifloat" (every
     ExMy split of each width, E >= min_exp, M >= min_man; E = 0 would be an integer), "fixed"
     (fixed<N, fixed_int_bits>: carries its own scaling, no calibrated scale).
+
+    Args:
+        bits: the widths.
+        kinds: the format kinds.
+        fixed_int_bits: integer bits of the "fixed" kind.
+        min_exp: the fewest exponent bits of a minifloat.
+        min_man: the fewest mantissa bits of a minifloat.
+
+    Returns:
+        list[str]: canonical format strings.
+
+    Example:
+        >>> from fpq.report import grid
+        >>> grid(bits=[4])
+        ['int4', 'e1m2', 'e2m1']
     """
     bits = list(bits)
     kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)

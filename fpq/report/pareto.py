@@ -17,6 +17,20 @@ def pareto_front(records, cost: str = "lut", accuracy: str = "accuracy") -> list
 
     Points with an error or a missing value are left out. Identical points are all kept. The
     front is returned by increasing cost (then decreasing accuracy).
+
+    Args:
+        records: sweep records (dicts).
+        cost: the cost field (lower is better).
+        accuracy: the accuracy field (higher is better).
+
+    Returns:
+        list: the front's records.
+
+    Example:
+        >>> from fpq.report import pareto_front
+        >>> recs = [dict(accuracy=90, lut=100), dict(accuracy=95, lut=300), dict(accuracy=92, lut=400)]
+        >>> pareto_front(recs, cost="lut")
+        [{'accuracy': 90, 'lut': 100}, {'accuracy': 95, 'lut': 300}]
     """
     pts = [r for r in records if _usable(r, accuracy, cost)]
     # sort by cost, best accuracy first among equal costs; a point is on the front iff its
@@ -36,7 +50,22 @@ def pareto_front(records, cost: str = "lut", accuracy: str = "accuracy") -> list
 
 
 def dominated(a: dict, b: dict, cost: str, accuracy: str = "accuracy") -> bool:
-    """True when ``b`` dominates ``a``."""
+    """True when ``b`` dominates ``a``.
+
+    Args:
+        a: a record.
+        b: another record.
+        cost: the cost field.
+        accuracy: the accuracy field.
+
+    Returns:
+        bool: whether ``b`` dominates ``a``.
+
+    Example:
+        >>> from fpq.report import dominated
+        >>> dominated(dict(accuracy=92, lut=400), dict(accuracy=95, lut=300), "lut")
+        True
+    """
     aa, ac, ba, bc = float(a[accuracy]), float(a[cost]), float(b[accuracy]), float(b[cost])
     return ba >= aa and bc <= ac and (ba > aa or bc < ac)
 

@@ -37,7 +37,14 @@ TABLE_COLUMNS = COLUMNS + HLS_COLUMNS
 
 
 def point_id(cfg: dict) -> str:
-    """Short stable id of one configuration (formats, method, QAT epochs, seed)."""
+    """Short stable id of one configuration (formats, method, QAT epochs, seed).
+
+    Args:
+        cfg: the point's configuration.
+
+    Returns:
+        str: its id.
+    """
     keys = ("weights", "activations", "first_last", "method", "qat_epochs", "seed")
     blob = json.dumps({k: cfg.get(k) for k in keys}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
@@ -358,7 +365,17 @@ class SweepResult:
 
 
 def load_results(results) -> tuple[list, dict]:
-    """(records, meta) from a SweepResult, a list of records, or a results.json / results.csv path."""
+    """(records, meta) from a SweepResult, a list of records, or a results.json / results.csv path.
+
+    Args:
+        results: a SweepResult, a list of records or a results file path.
+
+    Returns:
+        tuple[list, dict]: the records and the sweep's metadata.
+
+    Raises:
+        ValueError: no results at the path, or a record ``fpq.sweep`` could not have written (named).
+    """
     if isinstance(results, SweepResult):
         return list(results.records), dict(results.meta)
     if isinstance(results, (str, os.PathLike)):

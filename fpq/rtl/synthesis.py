@@ -13,7 +13,17 @@ from ..cost_model.yosys import run_script, yosys_version
 
 def synthesize(net, flow: str = "lut", workdir=None, timeout: float = 3600) -> dict:
     """One yosys run over ``net.verilog`` with ``net.top`` as top: a row of cell counts (lut,
-    lut_logic, srl, muxf, carry, ff, dsp, bram) plus the flags and the yosys version."""
+    lut_logic, srl, muxf, carry, ff, dsp, bram) plus the flags and the yosys version.
+
+    Args:
+        net: an RTLNetwork (or operator) with ``verilog`` and ``top``.
+        flow: "lut" (fabric only) or the DSP flow.
+        workdir: where yosys runs (None: a temporary folder).
+        timeout: seconds before yosys is stopped.
+
+    Returns:
+        dict: the cell counts and flags.
+    """
     if flow not in FLOWS:
         raise ValueError(f"unknown flow {flow!r}; allowed: {', '.join(FLOWS)}")
     with tempfile.TemporaryDirectory(prefix="fpq_rtl_synth_") as tmp:

@@ -59,14 +59,34 @@ class Simulator:
 
 
 def simulate(net, x, workdir=None) -> np.ndarray:
-    """Output values of ``net``'s Verilog on float32 inputs ``x`` (one build)."""
+    """Output values of ``net``'s Verilog on float32 inputs ``x`` (one build).
+
+    Args:
+        net: an RTLNetwork from ``fpq.to_rtl``.
+        x: float32 inputs.
+        workdir: where to build (None: a temporary folder).
+
+    Returns:
+        np.ndarray: the outputs.
+    """
     return Simulator(net, workdir)(x)
 
 
 def check(net, x, workdir=None, simulator: Simulator | None = None, index: int = 0) -> dict:
     """Simulate ``net`` on ``x`` and compare with ``fpq.emulate`` of the same graph (atol=0):
     {"n": samples, "mismatches": differing output values, "first": (sample, output) or None,
-    "got" / "want": the values}. ``simulator``/``index``: an already compiled model holding ``net``."""
+    "got" / "want": the values}. ``simulator``/``index``: an already compiled model holding ``net``.
+
+    Args:
+        net: an RTLNetwork from ``fpq.to_rtl``.
+        x: float32 inputs.
+        workdir: where to build (None: a temporary folder).
+        simulator: an already compiled simulator holding ``net``.
+        index: ``net``'s index in that simulator.
+
+    Returns:
+        dict: the comparison.
+    """
     from ..emulate import emulate
     s = simulator or Simulator(net, workdir)
     got = s(x, index)
