@@ -123,6 +123,7 @@ class PnRResult:
         workdir (pathlib.Path | None): the folder of the tools' files, when kept.
 
     Example:
+        >>> from fpq.rtl import PnRResult
         >>> r = PnRResult("t", "LFE5U-25F-6CABGA381", 360.2, 250.0, 2.8, 30, 29, 38, 0, 0, 152, 24288)
         >>> r.row()["fmax_mhz"]
         360.2
@@ -156,6 +157,7 @@ class PnRResult:
             dict: every field but ``cells`` and ``workdir``.
 
         Example:
+            >>> from fpq.rtl import PnRResult
             >>> PnRResult("t", "p", None, 250.0, 3.1, 1, 0, 0, 0, 0, 1, 24288).row()["fmax_mhz"] is None
             True
         """
