@@ -41,14 +41,17 @@ def test_tiny_network_is_placed_and_routed(tiny, tmp_path):
     assert r.ff <= sum(li.params["register_bits"] for li in net.layers if li.circuit == "mac")
     assert r.yosys.startswith("Yosys") and "nextpnr" in r.nextpnr and "--out-of-context" in r.flags
     assert (tmp_path / "work" / "report.json").exists()
-    comb = place_and_route(fpq.to_rtl(tiny, None, torch.zeros(1, 2), pipeline_every=0), part="LFE5U-25F")
-    assert comb.fmax_mhz is None and comb.ff == 0 and comb.latency == 0 and comb.workdir is None
-
+    assert r.io_ff == 16 and "registered IO" in r.flags     # 2 x 4-bit inputs, 2 x 4-bit outputs registered
+    # alone (no IO registers), a combinational design has no clocked path: no Fmax; its cells are the same
+    comb = fpq.to_rtl(tiny, None, torch.zeros(1, 2), pipeline_every=0)
+    alone = place_and_route(comb, part="LFE5U-25F", register_io=False)
+    assert alone.fmax_mhz is None and alone.ff == 0 == alone.io_ff and alone.latency == 0 and alone.workdir is None
 
 @pytest.mark.parametrize("kw, err, msg", [
     (dict(part="xc7z020"), ValueError, "unknown ECP5 part"), (dict(package="QFN"), ValueError, "package"),
     (dict(speed=9), ValueError, "speed grade"), (dict(freq_mhz=0), ValueError, "freq_mhz"),
-    (dict(seed=-1), ValueError, "seed"), (dict(top="1bad name"), ValueError, "Verilog identifier")])
+    (dict(seed=-1), ValueError, "seed"), (dict(top="1bad name"), ValueError, "Verilog identifier"),
+    (dict(top="other"), ValueError, "no module 'other'")])
 def test_bad_settings_refused_before_any_work(tiny, tmp_path, kw, err, msg):
     net = fpq.to_rtl(tiny, None, torch.zeros(1, 2), pipeline_every=1)
     with pytest.raises(err, match=msg):
@@ -67,6 +70,8 @@ def test_bad_design_refused(tmp_path):
     (tmp_path / "b.v").write_text("module b(); endmodule\n")
     with pytest.raises(ValueError, match="top="):
         place_and_route(tmp_path)
+    with pytest.raises(ValueError, match="register_io=False"):   # ports not declared as to_rtl declares them
+        place_and_route(tmp_path / "a.v")
 
 
 def test_missing_tool_names_the_extra(tiny, tmp_path, monkeypatch):

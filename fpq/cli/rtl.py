@@ -31,6 +31,9 @@ def cli_register(subparsers) -> None:
     p.add_argument("--package", default="CABGA381", choices=list(PACKAGES), help="ECP5 package for --pnr")
     p.add_argument("--speed", type=int, default=6, choices=[6, 7, 8], help="ECP5 speed grade for --pnr")
     p.add_argument("--freq", type=float, default=250.0, help="clock target of --pnr in MHz")
+    p.add_argument("--no-io-registers", action="store_true",
+                   help="--pnr the design alone (default: inside registers on every input and output, so that "
+                        "every path is timed)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=run)
 
@@ -90,7 +93,8 @@ def run(args) -> int:
         lines.append(f"yosys ({r['flags']}): {r['lut']} LUT, {r['ff']} FF, {r['carry']} CARRY")
     if args.pnr:
         from ..rtl.pnr import place_and_route
-        r = place_and_route(net, part=args.part, package=args.package, speed=args.speed, freq_mhz=args.freq)
+        r = place_and_route(net, part=args.part, package=args.package, speed=args.speed, freq_mhz=args.freq,
+                            register_io=not args.no_io_registers)
         res["pnr"] = r.row()
         fmax = "no clock (combinational)" if r.fmax_mhz is None else f"Fmax {r.fmax_mhz:.1f} MHz"
         lines.append(f"nextpnr-ecp5 {r.part}: {fmax}, {r.lut4} LUT4, {r.ff} FF, {r.carry} CCU2C, "

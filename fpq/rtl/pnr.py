@@ -107,11 +107,12 @@ class PnRResult:
         critical_path_ns (float | None): the longest reported clocked path (None without a clock:
             nextpnr times register paths; an out-of-context design's ports are not timed).
         lut4 (int): LUT4 cells after ``synth_ecp5`` (carry chains not included).
-        ff (int): TRELLIS_FF cells.
+        ff (int): TRELLIS_FF cells of the design (the IO wrapper's not included).
         carry (int): CCU2C cells (two bits of carry chain each).
         dsp (int): MULT18X18D cells.
         bram (int): DP16KD cells.
         comb (int): TRELLIS_COMB used after packing (LUT4 and carry halves).
+        io_ff (int): TRELLIS_FF cells of the IO wrapper (``register_io``), 0 without it.
         comb_available (int): TRELLIS_COMB of the part.
         cells (dict): every cell type yosys counted.
         latency (int | None): the design's cycles, when given an ``RTLNetwork``.
@@ -141,6 +142,7 @@ class PnRResult:
     bram: int
     comb: int
     comb_available: int
+    io_ff: int = 0
     cells: dict = field(default_factory=dict)
     latency: int | None = None
     yosys: str = ""
@@ -201,9 +203,67 @@ def _sources(design, top) -> tuple[list[str], str, int | None]:
     return [f.read_text() for f in files], top, None
 
 
+_PORT = re.compile(r"(input|output)\s+wire\s+(signed\s+)?(?:\[(\d+):0\]\s+)?(\w+)")
+IO_PREFIX = "fpq_ioreg_"   # the wrapper's registers
+
+
+def _ports(text: str, top: str) -> list[tuple[str, str, int]]:
+    """(direction, name, width) of the ports of module ``top`` as fpq.to_rtl declares them."""
+    m = re.search(rf"\bmodule\s+{re.escape(top)}\s*\((.*?)\);", text, re.S)
+    if m is None:
+        raise ValueError(f"no module {top!r} with an ANSI port list found: give register_io=False")
+    ports = []
+    for decl in m.group(1).split(","):
+        pm = _PORT.fullmatch(decl.strip())
+        if pm is None:
+            raise ValueError(f"port {decl.strip()!r} of {top!r} is not of the form fpq.to_rtl writes: give "
+                             "register_io=False")
+        ports.append((pm.group(1), pm.group(4), int(pm.group(3)) + 1 if pm.group(3) else 1))
+    return ports
+
+
+def io_wrapper(top: str, ports: list) -> tuple[str, str, int]:
+    """A module registering every input and output of ``top``, so that every path of it is timed.
+
+    Args:
+        top (str): the design's module.
+        ports (list[tuple[str, str, int]]): its (direction, name, width) ports; ``clk`` is the clock.
+
+    Returns:
+        tuple[str, str, int]: (wrapper module name, its Verilog, its register bits).
+
+    Example:
+        >>> name, text, bits = io_wrapper("net", [("input", "x0", 4), ("output", "y0", 3)])
+        >>> name, bits, "net u_net(.x0(fpq_ioreg_x0), .y0(fpq_iow_y0));" in text
+        ('net_pnr_io', 7, True)
+    """
+    name = f"{top}_pnr_io"
+    decl, body, conn, bits = ["input wire clk"], [], [], 0
+    for d, p, w in ports:
+        if p == "clk":
+            conn.append(".clk(clk)")
+            continue
+        decl.append(f"{d} wire [{w - 1}:0] {p}")
+        bits += w
+        if d == "input":
+            body.append(f"reg [{w - 1}:0] {IO_PREFIX}{p};")
+            body.append(f"always @(posedge clk) {IO_PREFIX}{p} <= {p};")
+            conn.append(f".{p}({IO_PREFIX}{p})")
+        else:
+            body.append(f"wire [{w - 1}:0] fpq_iow_{p};")
+            body.append(f"reg [{w - 1}:0] {IO_PREFIX}{p};")
+            body.append(f"always @(posedge clk) {IO_PREFIX}{p} <= fpq_iow_{p};")
+            body.append(f"assign {p} = {IO_PREFIX}{p};")
+            conn.append(f".{p}(fpq_iow_{p})")
+    body.append(f"{top} u_net({', '.join(conn)});")
+    text = f"module {name}(\n  " + ",\n  ".join(decl) + "\n);\n" + "\n".join("  " + b for b in body) + \
+        "\nendmodule\n"
+    return name, text, bits
+
+
 def place_and_route(rtl_dir_or_result, part: str = "LFE5U-85F", package: str = "CABGA381", speed: int = 6,
                     freq_mhz: float = 250.0, top: str | None = None, dsp: bool = False, out_of_context: bool = True,
-                    seed: int = 1, workdir=None, timeout: float = 3600) -> PnRResult:
+                    seed: int = 1, register_io: bool = True, workdir=None, timeout: float = 3600) -> PnRResult:
     """Synthesize Verilog with yosys ``synth_ecp5`` and place and route it with nextpnr-ecp5.
 
     Args:
@@ -218,6 +278,12 @@ def place_and_route(rtl_dir_or_result, part: str = "LFE5U-85F", package: str = "
         out_of_context (bool): no IO buffers (nextpnr ``--out-of-context``), so the ports need no
             pins; False places IO buffers on the package's pins.
         seed (int): nextpnr's placement seed.
+        register_io (bool): place the design inside a wrapper that registers every input and
+            output (``io_wrapper``), so that every path, the input quantizers and the last stage
+            included, is register to register and timed (and a design without registers gets an
+            Fmax). The design is synthesized as a module of its own (``keep_hierarchy``), so its
+            cells are counted apart from the wrapper's registers (``io_ff``). False: the design
+            alone (only its internal register-to-register paths are timed).
         workdir (str | os.PathLike | None): keep the tools' files (netlist, reports, logs) there;
             default a temporary folder, removed.
         timeout (float): seconds each tool may run.
@@ -233,6 +299,8 @@ def place_and_route(rtl_dir_or_result, part: str = "LFE5U-85F", package: str = "
         FileNotFoundError: the file or folder does not exist or holds no .v file.
         ToolMissingError: nextpnr-ecp5 is not installed (``pip install fpq[pnr]``).
         RuntimeError: yosys or nextpnr failed (the message holds the log's tail).
+        ValueError: with ``register_io``, a top module whose ports are not declared as fpq.to_rtl
+            declares them.
 
     Example:
         >>> import torch, fpq
@@ -254,8 +322,15 @@ def place_and_route(rtl_dir_or_result, part: str = "LFE5U-85F", package: str = "
     texts, top, latency = _sources(rtl_dir_or_result, top)
     if not isinstance(top, str) or not _IDENT.match(top):
         raise ValueError(f"top module {top!r} is not a Verilog identifier")
+    synth_top = top
+    if register_io:
+        ports = next((_ports(t, top) for t in texts if re.search(rf"\bmodule\s+{re.escape(top)}\b", t)), None)
+        if ports is None:
+            raise ValueError(f"no module {top!r} in the Verilog given")
+        synth_top, wrapper, _ = io_wrapper(top, ports)
+        texts = texts + [wrapper]
     pnr = nextpnr_cmd()     # missing tool: one clear error before any work
-    synth_flags = f"synth_ecp5 -top {top}" + ("" if dsp else " -nodsp")
+    synth_flags = f"synth_ecp5 -top {synth_top}" + ("" if dsp else " -nodsp")
     pnr_flags = [ECP5_PARTS[part], "--package", package, "--speed", str(speed), "--freq", f"{float(freq_mhz):g}",
                  "--timing-allow-fail", "--seed", str(seed)] + (["--out-of-context"] if out_of_context else [])
     with tempfile.TemporaryDirectory(prefix="fpq_pnr_") as tmp:
@@ -266,13 +341,19 @@ def place_and_route(rtl_dir_or_result, part: str = "LFE5U-85F", package: str = "
             names.append(f"src{i}.v")
             (wd / names[-1]).write_text(t)
         t0 = time.perf_counter()
-        run_script("".join(f"read_verilog -sv {n}\n" for n in names) + f"{synth_flags} -json net.json\n"
+        keep = f"setattr -mod -set keep_hierarchy 1 {top}\n" if register_io else ""
+        run_script("".join(f"read_verilog -sv {n}\n" for n in names) + keep + f"{synth_flags} -json net.json\n"
                    "tee -q -o stat.json stat -json\n", wd, timeout=timeout)
         synth_s = time.perf_counter() - t0
         stat = json.loads((wd / "stat.json").read_text())
         mods = stat["modules"]
-        key = "\\" + top if "\\" + top in mods else top
+        key = "\\" + synth_top if "\\" + synth_top in mods else synth_top
         cells = dict(mods[key].get("num_cells_by_type", {})) if key in mods else {}
+        io_ff = 0
+        if register_io:   # the design kept as its own module: its cells apart from the wrapper's registers
+            io_ff = int(cells.get("TRELLIS_FF", 0))
+            dkey = "\\" + top if "\\" + top in mods else top
+            cells = dict(mods[dkey].get("num_cells_by_type", {})) if dkey in mods else {}
         t0 = time.perf_counter()
         r = subprocess.run(pnr + ["--json", "net.json", "--report", "report.json", "-q", "-l", "nextpnr.log"]
                            + pnr_flags, cwd=wd, capture_output=True, text=True, timeout=timeout)
@@ -288,10 +369,11 @@ def place_and_route(rtl_dir_or_result, part: str = "LFE5U-85F", package: str = "
     comb = util.get("TRELLIS_COMB", {})
     return PnRResult(top=top, part=f"{part}-{speed}{package}", fmax_mhz=None if clk is None else round(float(clk["achieved"]), 2),
                      target_mhz=float(freq_mhz), critical_path_ns=round(max(paths), 3) if paths else None,
-                     lut4=int(cells.get("LUT4", 0)), ff=int(cells.get("TRELLIS_FF", 0)),
+                     lut4=int(cells.get("LUT4", 0)), ff=int(cells.get("TRELLIS_FF", 0)), io_ff=io_ff,
                      carry=int(cells.get("CCU2C", 0)), dsp=int(cells.get("MULT18X18D", 0)),
                      bram=int(cells.get("DP16KD", 0)), comb=int(comb.get("used", 0)),
                      comb_available=int(comb.get("available", 0)), cells=cells, latency=latency,
                      yosys=yosys_version(), nextpnr=nextpnr_version(),
-                     flags=f"{synth_flags}; nextpnr-ecp5 {' '.join(pnr_flags)}", synth_s=round(synth_s, 2),
+                     flags=f"{'registered IO; ' if register_io else ''}{synth_flags}; nextpnr-ecp5 "
+                           f"{' '.join(pnr_flags)}", synth_s=round(synth_s, 2),
                      pnr_s=round(pnr_s, 2), workdir=Path(workdir) if workdir is not None else None)
