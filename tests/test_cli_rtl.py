@@ -34,7 +34,8 @@ def _pnr_available() -> bool:
 
 def test_rtl_writes_verilog_and_prices_it(onnx, tmp_path, capsys):
     extra = ["--pnr", "--part", "LFE5U-25F"] if _pnr_available() else []
-    assert main(["rtl", onnx, "--out", str(tmp_path / "o"), "--pipeline-every", "2", "--estimate", "--json"] + extra) == 0
+    argv = ["rtl", onnx, "--out", str(tmp_path / "o"), "--pipeline-every", "2", "--estimate", "--json"]
+    assert main(argv + extra) == 0
     res = json.loads(capsys.readouterr().out)
     assert "module fpq_net(" in (tmp_path / "o" / "fpq_net.v").read_text()
     assert res["latency"] == res["estimate"]["latency"] > 0 and res["estimate"]["ff"] > 0

@@ -26,7 +26,8 @@ def cli_register(subparsers) -> None:
     p.add_argument("--estimate", action="store_true",
                    help="fpq.estimate_cost of the same circuit (LUT, FF = its pipeline registers, latency)")
     p.add_argument("--synth", action="store_true", help="synthesize with yosys synth_xilinx (xcup, no DSP)")
-    p.add_argument("--pnr", action="store_true", help="place and route on an ECP5 with nextpnr-ecp5 (pip install fpq[pnr])")
+    p.add_argument("--pnr", action="store_true",
+                   help="place and route on an ECP5 with nextpnr-ecp5 (pip install fpq[pnr])")
     p.add_argument("--part", default="LFE5U-85F", choices=list(ECP5_PARTS), help="ECP5 part for --pnr")
     p.add_argument("--package", default="CABGA381", choices=list(PACKAGES), help="ECP5 package for --pnr")
     p.add_argument("--speed", type=int, default=6, choices=[6, 7, 8], help="ECP5 speed grade for --pnr")

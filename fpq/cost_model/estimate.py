@@ -434,7 +434,8 @@ def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", 
     one plan at many reuse factors): each layer's own row is computed once per reuse factor and
     setting, the rest of the report (stream buffers, lookups, totals) every time. ``pipeline_every``:
     FF and latency of fpq.to_rtl's registers (``fpq.cost_model.pipeline``) instead of hls4ml's."""
-    every = None if pipeline_every is None else check_rtl_settings(tp, pipeline_every, reuse_factor, strategy, io_type)
+    every = (None if pipeline_every is None else
+             check_rtl_settings(tp, pipeline_every, reuse_factor, strategy, io_type))
     dev = get_device(device)
     strats = _strategies(tp, strategy)
     if io_type not in IO_TYPES:

@@ -367,7 +367,8 @@ def place_and_route(rtl_dir_or_result, part: str = "LFE5U-85F", package: str = "
     paths = [sum(float(s.get("delay", 0.0)) for s in p.get("path", [])) for p in rep.get("critical_paths", [])]
     util = rep.get("utilization", {})
     comb = util.get("TRELLIS_COMB", {})
-    return PnRResult(top=top, part=f"{part}-{speed}{package}", fmax_mhz=None if clk is None else round(float(clk["achieved"]), 2),
+    return PnRResult(top=top, part=f"{part}-{speed}{package}",
+                     fmax_mhz=None if clk is None else round(float(clk["achieved"]), 2),
                      target_mhz=float(freq_mhz), critical_path_ns=round(max(paths), 3) if paths else None,
                      lut4=int(cells.get("LUT4", 0)), ff=int(cells.get("TRELLIS_FF", 0)), io_ff=io_ff,
                      carry=int(cells.get("CCU2C", 0)), dsp=int(cells.get("MULT18X18D", 0)),
