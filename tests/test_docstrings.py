@@ -33,6 +33,8 @@ PUBLIC_EXTRA = [
     ("fpq.fitting", "FitResult"),              # fpq.fit
     ("fpq.hls.project", "HLSProject"),         # fpq.to_hls
     ("fpq.rtl", "RTLNetwork"),                 # fpq.to_rtl
+    ("fpq.rtl", "place_and_route"),            # nextpnr-ecp5 on to_rtl's Verilog
+    ("fpq.rtl", "PnRResult"),                  # its result
     ("fpq.profiling", "ProfileResult"),        # fpq.profile_torch
     ("fpq.report.records", "SweepResult"),     # fpq.sweep
 ]

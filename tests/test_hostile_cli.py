@@ -58,7 +58,8 @@ def test_the_four_reported_cases(capsys, bad_files, tmp_path):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("cmd,extra", [("verify", []), ("cost", []), ("export", []), ("hls", ["--out", "HLSOUT"])])
+@pytest.mark.parametrize("cmd,extra", [("verify", []), ("cost", []), ("export", []), ("hls", ["--out", "HLSOUT"]),
+                                       ("rtl", ["--out", "HLSOUT"])])
 def test_qonnx_commands_refuse_bad_files(capsys, bad_files, tmp_path, cmd, extra):
     extra = [str(tmp_path / "hls") if e == "HLSOUT" else e for e in extra]
     _one_error_line(capsys, cmd, bad_files["missing"], *extra, match="does not exist")

@@ -81,3 +81,68 @@ def test_minifloat_input_quantizer_is_priced_as_a_lookup():
             assert r["lut"] > 0
             assert (r["thresholds"], r["in_bits"], r["out_bits"], r["lookups"]) == \
                 (li.params["thresholds"], li.params["in_bits"], li.params["out_bits"], li.params["n"])
+
+
+# --------------------------------------------------------------- pipeline registers (fpq.cost_model.pipeline)
+def _conv_q(fmt):
+    from torch import nn
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, stride=2), nn.ReLU(), nn.Conv2d(4, 4, 2, groups=2),
+                      nn.ReLU(), nn.Flatten(), nn.Linear(4, 3)).eval()
+    q = fpq.convert(m, fmt=fmt)
+    fpq.calibrate(q, [torch.randn((128, 2, 4, 4), generator=torch.Generator().manual_seed(2)) * 2], progress=False)
+    return q.eval(), torch.zeros((1, 2, 4, 4))
+
+
+def _mlp_q(fmt):
+    m, shape = mlp((8, 16, 8, 4), seed=0)
+    q = fpq.convert(m, fmt=fmt)
+    fpq.calibrate(q, [torch.randn((256,) + shape, generator=torch.Generator().manual_seed(1)) * 2], progress=False)
+    return q.eval(), torch.zeros((1,) + shape)
+
+
+def _registers(verilog: str, prefix: str) -> tuple[int, int]:
+    """(registers, bits) declared in the Verilog for the trees of one layer."""
+    import re
+    regs = re.findall(rf"^\s*reg signed \[(\d+):0\] {prefix}_s\d+_l\d+_\d+;$", verilog, re.M)
+    return len(regs), sum(int(h) + 1 for h in regs)
+
+
+@pytest.mark.parametrize("case", [("mlp", "int8", 1), ("mlp", "e2m1", 2), ("mlp", "binary", 3), ("conv", "int4", 1),
+                                  ("conv", "e4m3", 2)])
+def test_pipeline_registers_priced_are_those_emitted(case):
+    kind, fmt, every = case
+    q, x0 = (_mlp_q if kind == "mlp" else _conv_q)(fmt)
+    net = fpq.to_rtl(q, None, x0, pipeline_every=every)
+    est = fpq.estimate_cost(q, reuse_factor=1, dsp_threshold=None, example_input=x0, pipeline_every=every)
+    rows = {r["layer"]: r for r in est.layers}
+    macs = [li for li in net.layers if li.circuit == "mac"]
+    assert macs
+    for li in macs:
+        r = rows[li.name]
+        n, bits = _registers(net.verilog, li.name)
+        assert (r["registers"], r["register_bits"]) == (n, bits) == (n, li.params["register_bits"]), li.name
+        assert (r["adder_levels"], r["latency_cycles"]) == (li.params["adder_levels"], li.cycles), li.name
+        assert r["ff"] == bits
+    assert est.total["ff"] == sum(li.params["register_bits"] for li in macs)
+    assert est.total["latency_cycles"] == net.latency > 0
+    assert all(r["ff"] == 0 and r["latency_cycles"] == 0 for r in est.layers if r["layer"] not in
+               {li.name for li in macs})
+
+
+def test_combinational_rtl_is_priced_without_registers():
+    q, x0 = _mlp_q("int4")
+    est = fpq.estimate_cost(q, example_input=x0, pipeline_every=0)
+    assert est.total["ff"] == 0 and est.total["latency_cycles"] == 0 == fpq.to_rtl(q, None, x0, 0).latency
+    assert any("to_rtl's pipeline registers" in n for n in est.notes)
+
+
+@pytest.mark.parametrize("kw, msg", [(dict(pipeline_every=-1), "integer >= 0"), (dict(pipeline_every=1.5), "integer"),
+                                     (dict(pipeline_every=True), "integer"),
+                                     (dict(pipeline_every=1, reuse_factor=2), "reuse_factor=1"),
+                                     (dict(pipeline_every=1, io_type="io_stream"), "io_parallel"),
+                                     (dict(pipeline_every=1, strategy="Resource"), "Latency")])
+def test_pipeline_every_refused_where_to_rtl_has_no_such_circuit(kw, msg):
+    q, x0 = _mlp_q("int4")
+    with pytest.raises(ValueError, match=msg):
+        fpq.estimate_cost(q, example_input=x0, **kw)

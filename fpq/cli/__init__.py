@@ -20,7 +20,7 @@ from ..userfiles import TRUST_PICKLE_HELP, _one_line, check_input_file, check_on
 BUILTIN = ("formats", "info")
 BUILTIN_MODULES = ("fpq.cli.formats", "fpq.cli.info")
 # the other commands, in the order `fpq --help` lists them
-CLI_MODULES = ("fpq.cli.convert", "fpq.cli.export", "fpq.cli.hls", "fpq.cli.verify", "fpq.cli.cost",
+CLI_MODULES = ("fpq.cli.convert", "fpq.cli.export", "fpq.cli.hls", "fpq.cli.rtl", "fpq.cli.verify", "fpq.cli.cost",
                "fpq.cli.fit", "fpq.cli.profile", "fpq.cli.sweep", "fpq.cli.report")
 
 
@@ -60,7 +60,7 @@ def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
 
 # commands whose positional MODEL is a QONNX file: main() checks it before the command runs, so that a
 # missing, unreadable or corrupt file is one error line whichever library then reads it
-ONNX_INPUT_COMMANDS = ("verify", "cost", "fit", "export", "hls")
+ONNX_INPUT_COMMANDS = ("verify", "cost", "fit", "export", "hls", "rtl")
 
 
 def _user_error_types() -> tuple:

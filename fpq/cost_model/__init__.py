@@ -15,7 +15,7 @@ from .costreport import CostReport
 
 def estimate_cost(q, part="xcvu9p", reuse_factor=1, strategy="Latency", io_type="io_parallel",
                   clock_period=5, datapath="carrier", dsp_threshold=9, *, example_input=None,
-                  device=None) -> CostReport:
+                  device=None, pipeline_every=None) -> CostReport:
     """Estimate the FPGA cost of a quantized network as hls4ml would build it.
 
     Per layer and in total: LUT, FF, DSP, BRAM18 / URAM, latency (cycles and ns), II, BOPs and
@@ -40,13 +40,19 @@ def estimate_cost(q, part="xcvu9p", reuse_factor=1, strategy="Latency", io_type=
             hls4ml / Vivado); None keeps every multiplier in fabric.
         example_input (torch.Tensor | None): the input shape of a converted model, as in ``fpq.plan``.
         device (str | None): deprecated old name of ``part`` (warns).
+        pipeline_every (int | None): price the circuit ``fpq.to_rtl(..., pipeline_every=N)`` writes
+            instead of hls4ml's: its FFs are the pipeline registers of that Verilog (every N adder
+            levels and at each tree root, widths as emitted) and its latency is that Verilog's, in
+            cycles (``fpq.cost_model.pipeline``, the rule both read). Needs reuse 1, Latency,
+            io_parallel and a network of the ops ``fpq.to_rtl`` builds. None: hls4ml's stages.
 
     Returns:
         CostReport: ``layers`` (rows per layer), ``total``, ``utilization`` of the part, ``notes``;
         ``print`` it for a table, ``to_dict()`` for JSON.
 
     Raises:
-        ValueError: an unknown part, io_type, strategy or datapath, or a bad reuse factor.
+        ValueError: an unknown part, io_type, strategy or datapath, a bad reuse factor, or a
+            ``pipeline_every`` with settings or ops ``fpq.to_rtl``'s circuit does not have.
         TypeError: ``device=`` given a torch device ("cpu", "cuda", ...) instead of an FPGA part.
 
     Example:
@@ -57,6 +63,8 @@ def estimate_cost(q, part="xcvu9p", reuse_factor=1, strategy="Latency", io_type=
         >>> cost = fpq.estimate_cost(q, part="xc7z020", reuse_factor=1)
         >>> cost.total["dsp"], cost.total["latency_cycles"], cost.total["lut"] > 0
         (0, 3, True)
+        >>> fpq.estimate_cost(q, pipeline_every=1).total["latency_cycles"] == fpq.to_rtl(q, pipeline_every=1).latency
+        True
     """
     from ..export import plan
     from ..typeplan import TypePlan
@@ -65,7 +73,8 @@ def estimate_cost(q, part="xcvu9p", reuse_factor=1, strategy="Latency", io_type=
     part = _part_from_device(part, device)
     tp = q if isinstance(q, TypePlan) else plan(q, example_input)
     return estimate(tp, device=part, reuse_factor=reuse_factor, strategy=strategy, io_type=io_type,
-                    clock_period=clock_period, datapath=datapath, dsp_threshold=dsp_threshold)
+                    clock_period=clock_period, datapath=datapath, dsp_threshold=dsp_threshold,
+                    pipeline_every=pipeline_every)
 
 
 TORCH_DEVICES = ("cpu", "cuda", "mps", "xpu", "meta")

@@ -39,6 +39,7 @@ from ..typeplan import TensorType, TypePlan, is_block, levels_carrier, po2_expon
 from .costreport import CostReport
 from .devices import Device, dsp_tiles, get_device
 from .lookups import _elements, _t_add, is_cast, lookup_row, requant_luts
+from .pipeline import apply_registers, check_rtl_settings
 from .ops import OperatorCosts, csd_digits, default_costs, significant_bits, significant_bits_array, thr_steps
 from .stream import (LUTRAM_MAX_DEPTH, SRL_MAX_BITS, _add_stream_buffers, _bram18, _in_shape, add_clone_fifos,
                      moving_stream, per_pixel, stream_pixels, stream_readers)
@@ -428,10 +429,13 @@ def _strategies(tp: TypePlan, strategy):
 
 def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", io_type="io_parallel",
              clock_period=5.0, datapath="carrier", dsp_threshold=9, costs: OperatorCosts | None = None,
-             row_cache: dict | None = None) -> CostReport:
+             row_cache: dict | None = None, pipeline_every=None) -> CostReport:
     """``row_cache``: a dict the caller keeps between calls on the same TypePlan (fpq.fit prices
     one plan at many reuse factors): each layer's own row is computed once per reuse factor and
-    setting, the rest of the report (stream buffers, lookups, totals) every time."""
+    setting, the rest of the report (stream buffers, lookups, totals) every time. ``pipeline_every``:
+    FF and latency of fpq.to_rtl's registers (``fpq.cost_model.pipeline``) instead of hls4ml's."""
+    every = (None if pipeline_every is None else
+             check_rtl_settings(tp, pipeline_every, reuse_factor, strategy, io_type))
     dev = get_device(device)
     strats = _strategies(tp, strategy)
     if io_type not in IO_TYPES:
@@ -553,6 +557,8 @@ def estimate(tp: TypePlan, device="xcvu9p", reuse_factor=1, strategy="Latency", 
                      "kernel window as FFs (structural, not calibrated)")
     notes.append("LUTs from yosys synth_xilinx measurements (not Vivado); FF, BRAM mapping and latency "
                  "from a structural model of hls4ml")
+    if every is not None:
+        apply_registers(tp, report, every)
     return report
 
 

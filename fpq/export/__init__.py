@@ -272,6 +272,7 @@ def plan(q, example_input=None) -> TypePlan:
 
     Example:
         >>> import torch, fpq
+        >>> _ = torch.manual_seed(0)   # the accumulator's width follows the weights and the bias
         >>> q = fpq.convert(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()), fmt="int8")
         >>> _ = fpq.calibrate(q, [torch.randn(16, 4)], progress=False)
         >>> tp = fpq.plan(q)

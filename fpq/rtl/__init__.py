@@ -152,6 +152,7 @@ def to_rtl(q, outdir=None, example_input=None, pipeline_every: int = 1, top: str
 
 from .testbench import Simulator, check, simulate  # noqa: E402  (uses RTLNetwork)
 from .synthesis import synthesize  # noqa: E402
+from .pnr import PnRResult, ToolMissingError, place_and_route  # noqa: E402
 
 __all__ = ["to_rtl", "RTLNetwork", "RTLUnsupportedError", "LayerInfo", "SUPPORTED", "Simulator", "simulate",
-           "check", "synthesize"]
+           "check", "synthesize", "place_and_route", "PnRResult", "ToolMissingError"]

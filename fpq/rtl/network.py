@@ -36,13 +36,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..cost_model import pipeline as pipe
 from ..cost_model import rtl as oprtl
 from ..formats import Fixed, Int, Minifloat
 from ..numerics.reference import po2_exponents
 from ..ir.plan import typeplan_from_graph
 from ..typeplan import constant_carrier, levels_carrier, values_carrier
 
-SUPPORTED = ("input_quant", "linear", "conv1d", "conv2d", "quant", "relu", "flatten", "reshape", "output")
+SUPPORTED = pipe.RTL_KINDS   # the ops it builds (fpq.cost_model.pipeline prices their registers)
 
 
 class RTLUnsupportedError(ValueError):
@@ -85,18 +86,14 @@ def _lit(width: int, k: int) -> str:
     return f"-{width}'sd{-k}" if k < 0 else f"{width}'sd{k}"
 
 
-def _bits_signed(k: int) -> int:
-    """Bits of k as a signed two's complement number."""
-    return (k if k >= 0 else ~k).bit_length() + 1
+_bits_signed = pipe.bits_signed
 
 
 class Writer:
     """One pass over the graph: Verilog lines of the top module, extra modules, tensor signals."""
 
     def __init__(self, graph, plan, pipeline_every: int, top: str):
-        if isinstance(pipeline_every, bool) or not isinstance(pipeline_every, int) or pipeline_every < 0:
-            raise ValueError(f"pipeline_every must be an integer >= 0 (0: no registers), got {pipeline_every!r}")
-        self.g, self.tp, self.every, self.top = graph, plan, pipeline_every, top
+        self.g, self.tp, self.every, self.top = graph, plan, pipe.check_every(pipeline_every), top
         self.lines: list[str] = []
         self.modules: list[str] = []
         self.t: dict[str, list[Sig]] = {}
@@ -180,7 +177,7 @@ class Writer:
         n_out, n_in = np.shape(op.weight)                # (out, in)
         if len(xs) != n_in:
             raise RTLUnsupportedError(f"linear {op.name!r} reads {len(xs)} values but has {n_in} inputs")
-        self._mac(op, xs, [[(i, (j, i)) for i in range(n_in)] for j in range(n_out)], list(range(n_out)), n_in)
+        self._mac(op, xs, *pipe.linear_taps(n_out, n_in), n_in)
 
     def _conv(self, op):
         """An N-d convolution fully unrolled: every output element (channel, position) is its own
@@ -192,29 +189,11 @@ class Writer:
             raise RTLUnsupportedError(f"{op.kind} {op.name!r}: input / output shape unknown (export with an "
                                       "example input)")
         W = np.shape(op.weight)                          # (out, in / groups, *kernel)
-        C, sp, O, osp = int(ins[1]), [int(d) for d in ins[2:]], int(outs[1]), [int(d) for d in outs[2:]]
+        C, sp = int(ins[1]), [int(d) for d in ins[2:]]
         if len(xs) != C * int(np.prod(sp)):
             raise RTLUnsupportedError(f"{op.kind} {op.name!r} reads {len(xs)} values, expected {C}x{sp}")
-        g = int(op.attrs.get("groups", 1) or 1)
-        nd = len(sp)
-        kern = [int(k) for k in op.attrs.get("kernel", W[2:])]
-        st = [int(v) for v in op.attrs.get("strides", (1,) * nd)]
-        dil = [int(v) for v in op.attrs.get("dilations", (1,) * nd)]
-        pads = [int(v) for v in op.attrs.get("pads", (0,) * (2 * nd))]
-        cg, og = C // g, O // g
-        taps, chans = [], []
-        for o in range(O):
-            for pos in np.ndindex(*osp):
-                tj = []
-                for c in range(cg):
-                    ci = (o // og) * cg + c
-                    for kk in np.ndindex(*kern):
-                        at = [pos[d] * st[d] - pads[d] + kk[d] * dil[d] for d in range(nd)]
-                        if all(0 <= at[d] < sp[d] for d in range(nd)):
-                            tj.append((ci * int(np.prod(sp)) + int(np.ravel_multi_index(at, sp)), (o, c) + kk))
-                taps.append(tj)
-                chans.append(o)
-        self._mac(op, xs, taps, chans, cg * int(np.prod(kern)), pixels=int(np.prod(osp)))
+        taps, chans, fan_in, pixels = pipe.conv_taps(ins, outs, W, op.attrs)
+        self._mac(op, xs, taps, chans, fan_in, pixels=pixels)
 
     op_conv1d = op_conv2d = _conv
 
@@ -244,7 +223,7 @@ class Writer:
         nm = _ident(op.name)
         xe = [_as_signed(s) for s in xs]
         n_terms = fan_in + (1 if bias is not None else 0)
-        depth = math.ceil(math.log2(n_terms)) if n_terms > 1 else 0
+        depth = pipe.tree_depth(n_terms)
         xw = xt.width + (0 if xt.signed else 1)
         outs, n_mul, regs = [], 0, 0
         for j, tj in enumerate(taps):
@@ -252,7 +231,7 @@ class Writer:
             for i, widx in tj:
                 k = int(K[widx])
                 if k:
-                    w = min(acc.width, xw + _bits_signed(k))
+                    w = pipe.product_width(xw, k, acc.width)
                     terms.append(self.wire(f"{nm}_p{j}_{i}", Fixed(w, w), f"{xe[i]} * {_lit(w, k)}"))
                     n_mul += 1
             if bias is not None and int(bias[chans[j]]):
@@ -264,33 +243,26 @@ class Writer:
             root, r = self._tree(f"{nm}_s{j}", terms, depth, acc.width)
             regs += r
             outs.append(self.wire(f"{nm}_y{j}", acc, f"$signed({root.name})"))
-        cycles = self._cycles(depth)
+        cycles = pipe.cycles(depth, self.every)
         self.layers.append(LayerInfo(op.name, op.kind, "mac", dict(
             n_in=fan_in, n_out=W.shape[0], pixels=pixels, x_bits=xt.width, x_signed=xt.signed, w_bits=wc.width,
             acc_bits=acc.width, consts=[int(k) for k in K.ravel()], weight_codes=[int(k) for k in codes.ravel()],
             multipliers=n_mul, adder_levels=depth, register_bits=regs), cycles=cycles))
         self.set_out(op, outs, stage + cycles)
 
-    def _cycles(self, depth: int) -> int:
-        return 0 if self.every == 0 or depth == 0 else math.ceil(depth / self.every)
-
     def _tree(self, prefix: str, nodes: list[Sig], depth: int, cap: int) -> tuple[Sig, int]:
         """A balanced adder tree of exactly ``depth`` levels (a lone node passes through), each
         node as wide as its exact sum (capped at the accumulator: a narrow one wraps); registers
         after every ``pipeline_every`` levels and after the last. Returns (root, register bits)."""
         regs = 0
-        for lev in range(1, depth + 1):
-            reg = self.every > 0 and (lev % self.every == 0 or lev == depth)
+        for level in pipe.adder_tree([n.t.width for n in nodes], depth, self.every, cap):
             nxt = []
-            for k in range(0, len(nodes), 2):
-                pair = nodes[k:k + 2]
-                if len(pair) == 2:
-                    w = min(cap, max(p.t.width for p in pair) + 1)
-                    expr = f"$signed({pair[0].name}) + $signed({pair[1].name})"
-                else:
-                    w, expr = pair[0].t.width, f"$signed({pair[0].name})"
-                name = f"{prefix}_l{lev}_{k // 2}"
-                if reg:
+            for k, w in enumerate(level.widths):
+                pair = nodes[2 * k:2 * k + 2]
+                expr = (f"$signed({pair[0].name}) + $signed({pair[1].name})" if len(pair) == 2
+                        else f"$signed({pair[0].name})")
+                name = f"{prefix}_l{level.level}_{k}"
+                if level.registered:
                     self.lines.append(f"reg signed [{w - 1}:0] {name};")
                     self.lines.append(f"always @(posedge clk) {name} <= {expr};")
                     regs += w
