@@ -116,14 +116,28 @@ template <class CONFIG_T> struct scale_up {
 // scale's, an integer product of at most 28 bits).
 template <class CONFIG_T, bool PO2> struct block_scale;
 
-template <class CONFIG_T> struct block_scale<CONFIG_T, true> {  // E8M0, scale rounding "floor"
+// E8M0 scale rounding (CONFIG_T::scale_mode; fpq.numerics.blocks.e8m0_exponents is the reference):
+//   0 floor (OCP MX v1.0): e = floor(log2 amax) - emax_elem
+//   1 ceil:  one more unless amax is a power of two
+//   2 even:  one more when amax, rounded half-up to the element's P significant bits, carries into
+//            the next binade: its significand m (amax = m 2^fe, m in [0.5, 1)) >= even_th = 1 - 2^-(P+1)
+//   3 rceil: the smallest e with elem_max 2^e >= amax: with elem_max = me 2^ee, e = fe - ee + (m > me)
+// (torchao's names for 1..3). Only exact comparisons of significands: frexp is exact. torchao 0.18's
+// rceil is one code low in a corner case (measured: a block maximum one float32 ulp above
+// elem_max 2^e, e.g. mxfp4 amax = 96.0000076 -> torchao code 131, its largest element then
+// saturates); fpq follows the definition (no element saturates), as its numpy reference does
+// (tests/test_block_formats.py::test_rceil_corner_vs_torchao, tests/test_block_hls_cpp.py).
+template <class CONFIG_T> struct block_scale<CONFIG_T, true> {
     static void of(double amax, int &scode, long long &sig, int &ex) {
         #pragma HLS INLINE
         int e = -127;  // a zero block: the smallest scale, code 0x00
         if (amax != 0.0) {
             int fe;
-            std::frexp(amax, &fe);  // amax = m 2^fe, m in [0.5, 1): floor(log2 amax) = fe - 1
+            const double m = std::frexp(amax, &fe);  // amax = m 2^fe, m in [0.5, 1): floor(log2 amax) = fe - 1
             e = fe - 1 - CONFIG_T::emax_elem;
+            if (CONFIG_T::scale_mode == 1) e += (m != 0.5);
+            if (CONFIG_T::scale_mode == 2) e += (m >= CONFIG_T::even_th);
+            if (CONFIG_T::scale_mode == 3) e = fe - CONFIG_T::max_ee + (m > CONFIG_T::max_me);
             if (e < -127) e = -127;
             if (e > 127) e = 127;
         }
@@ -143,7 +157,7 @@ template <class CONFIG_T> struct block_scale<CONFIG_T, false> {  // a scale with
 };
 
 // FpqBlockQuant (io_parallel): n_in values in blocks of k -> one word per value (see the top).
-// CONFIG_T: n_in, k, n_blocks, po2, emax_elem, idx_bits, word_bits, n_elem_mid, elem_mid_sig(j),
+// CONFIG_T: n_in, k, n_blocks, po2, emax_elem, scale_mode, even_th, max_me, max_ee, idx_bits, word_bits, n_elem_mid, elem_mid_sig(j),
 // elem_mid_exp(j), elem_up(j); a tensor-scaled format also n_scale_mid, scale_th(j), scale_up(j),
 // scale_sig(c), scale_exp(c), st_sig, st_exp.
 template <class data_T, class res_T, typename CONFIG_T>

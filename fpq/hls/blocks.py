@@ -18,6 +18,7 @@ Block sizes that do not divide the reduction axis are zero-padded, as fpq.numeri
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +26,7 @@ from hls4ml.backends.template import FunctionCallTemplate, LayerConfigTemplate
 from hls4ml.model.layers import Attribute, Layer
 
 from ..formats import BlockFormat
+from ..formats.block import element_precision
 from ..numerics import block_hw
 from ..numerics.block_hw import Wire, dyadic_ints, exact_product, scale_sig_exp, value_grid
 from .types import FloatPort, HLSUnsupportedError, _Tensor
@@ -76,12 +78,24 @@ def dense_widths(xw: Wire, ww: Wire, w, bias, who: str):
     return _hls(block_hw.dense_widths, xw, ww, w, bias, who)
 
 
+SCALE_MODES = {"floor": 0, "ceil": 1, "even": 2, "rceil": 3}   # hls/fpq_block.h, block_scale
+
+
+def _scale_mode(fmt: BlockFormat) -> list[str]:
+    """The E8M0 scale rounding's constants (exact doubles: frexp's significands)."""
+    me, ee = math.frexp(float(fmt.elem_max))
+    even_th = 1.0 - 2.0 ** -(element_precision(fmt.elem) + 1)
+    return [f"    static const int scale_mode = {SCALE_MODES[fmt.scale_rounding]};",
+            f"    static constexpr double even_th = {even_th!r};", f"    static constexpr double max_me = {me!r};",
+            f"    static const int max_ee = {ee};"]
+
+
 def _quant_body(w: Wire, n_in: int) -> str:
     k = w.fmt.k
     lines = [f"    static const unsigned n_in = {n_in};", f"    static const unsigned k = {k};",
              f"    static const unsigned n_blocks = {-(-n_in // k)};",
              f"    static const bool po2 = {'true' if w.fmt.po2_scale else 'false'};",
-             f"    static const int emax_elem = {w.fmt.emax_elem};",
+             f"    static const int emax_elem = {w.fmt.emax_elem};", *_scale_mode(w.fmt),
              f"    static const int idx_bits = {w.elem.idx_bits};", f"    static const int word_bits = {w.word_bits};",
              f"    static const int n_elem_mid = {len(w.elem.mids)};",
              _ctable("elem_mid_sig", "long long", [block_hw.sig_exp(float(m))[0] for m in w.elem.mids]),

@@ -100,9 +100,6 @@ class Wire:
 
 
 def make_wire(fmt: BlockFormat, scale, who: str) -> Wire:
-    if fmt.scale_rounding != "floor":
-        raise ValueError(f"{who}: {fmt} rounds its e8m0 scales with {fmt.scale_rounding!r}; the HLS block "
-                                  "quantizer builds OCP MX's 'floor' only")
     if fmt.axis not in (-1,):
         raise ValueError(f"{who}: {fmt} blocks along axis {fmt.axis}; HLS blocks the last axis")
     st = float(np.ravel(scale)[0])
