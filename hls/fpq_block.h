@@ -1,5 +1,5 @@
 // fpq_block.h: the block-scaled datapath (OCP MX, NVFP4, block<ELEM,SCALE,K>) of fpq's HLS
-// projects: fpq's hls4ml layers FpqBlockQuant and FpqBlockDense (fpq/hls/blocks.py). It computes
+// projects: fpq's hls4ml layers FpqBlockQuant, FpqBlockDense and FpqBlockConv (fpq/hls/blocks.py). It computes
 // exactly what the numpy reference fpq.numerics.blocks (quantization) and fpq.numerics.block_dot
 // (the exact dot product, rounded to odd at 53 bits before the next quantizer) define.
 //
@@ -156,46 +156,59 @@ template <class CONFIG_T> struct block_scale<CONFIG_T, false> {  // a scale with
     }
 };
 
-// FpqBlockQuant (io_parallel): n_in values in blocks of k -> one word per value (see the top).
-// CONFIG_T: n_in, k, n_blocks, po2, emax_elem, scale_mode, even_th, max_me, max_ee, idx_bits, word_bits, n_elem_mid, elem_mid_sig(j),
-// elem_mid_exp(j), elem_up(j); a tensor-scaled format also n_scale_mid, scale_th(j), scale_up(j),
-// scale_sig(c), scale_exp(c), st_sig, st_exp.
+// FpqBlockQuant (io_parallel): n_in values in rows of n_chan, each row in blocks of k (the last one
+// zero-padded) -> one word per value (see the top). Value c of row r is data[(r / row_inner) *
+// row_outer + r % row_inner + c * row_stride]: an MLP's vector is one row (stride 1); a channels-last
+// feature map blocked along its channels a row per pixel (inner 1, outer n_chan, stride 1); blocked
+// along its width (torch's last axis) a row per (height, channel) (inner C, outer W C, stride C).
+// CONFIG_T: n_in, n_chan, row_inner, row_outer, row_stride, k, n_blocks (per row), po2, emax_elem, scale_mode, even_th, max_me, max_ee, idx_bits,
+// word_bits, n_elem_mid, elem_mid_sig(j), elem_mid_exp(j), elem_up(j); a tensor-scaled format also
+// n_scale_mid, scale_th(j), scale_up(j), scale_sig(c), scale_exp(c), st_sig, st_exp.
+template <typename CONFIG_T> unsigned block_index(unsigned r, unsigned c) {
+    #pragma HLS INLINE
+    return (r / CONFIG_T::row_inner) * CONFIG_T::row_outer + r % CONFIG_T::row_inner + c * CONFIG_T::row_stride;
+}
+
 template <class data_T, class res_T, typename CONFIG_T>
 void block_quant_layer(data_T data[CONFIG_T::n_in], res_T res[CONFIG_T::n_in]) {
     #pragma HLS PIPELINE
-BlockQuantBlocks:
-    for (unsigned b = 0; b < CONFIG_T::n_blocks; b++) {
+BlockQuantRows:
+    for (unsigned r = 0; r < CONFIG_T::n_in / CONFIG_T::n_chan; r++) {
         #pragma HLS UNROLL
-        double v[CONFIG_T::k];
-        double amax = 0.0;
-    BlockQuantMax:
-        for (unsigned t = 0; t < CONFIG_T::k; t++) {
+    BlockQuantBlocks:
+        for (unsigned b = 0; b < CONFIG_T::n_blocks; b++) {
             #pragma HLS UNROLL
-            const unsigned i = b * CONFIG_T::k + t;
-            v[t] = i < CONFIG_T::n_in ? exact_double(data[i]) : 0.0;  // zero padding: no effect on amax
-            const double a = std::fabs(v[t]);
-            if (a > amax) amax = a;
-        }
-        int scode, ex;
-        long long sig;
-        block_scale<CONFIG_T, CONFIG_T::po2>::of(amax, scode, sig, ex);
-        double thr[CONFIG_T::n_elem_mid];  // the element grid's midpoints x S: exact (<= 53 bits)
-    BlockQuantThresholds:
-        for (int j = 0; j < CONFIG_T::n_elem_mid; j++) {
-            #pragma HLS UNROLL
-            thr[j] = std::ldexp(double(CONFIG_T::elem_mid_sig(j) * sig), CONFIG_T::elem_mid_exp(j) + ex);
-        }
-        const table_th th = {thr};
-    BlockQuantElements:
-        for (unsigned t = 0; t < CONFIG_T::k; t++) {
-            #pragma HLS UNROLL
-            const unsigned i = b * CONFIG_T::k + t;
-            if (i >= CONFIG_T::n_in) continue;
-            const int j = round_rank<CONFIG_T::n_elem_mid>(std::fabs(v[t]), th, elem_up<CONFIG_T>());
-            ap_uint<CONFIG_T::word_bits> w = ap_uint<CONFIG_T::word_bits>(scode);
-            w = (w << (CONFIG_T::idx_bits + 1)) | (ap_uint<CONFIG_T::word_bits>(j) << 1);
-            if (v[t] < 0 && j > 0) w[0] = 1;
-            res[i].range(CONFIG_T::word_bits - 1, 0) = w;
+            double v[CONFIG_T::k];
+            double amax = 0.0;
+        BlockQuantMax:
+            for (unsigned t = 0; t < CONFIG_T::k; t++) {
+                #pragma HLS UNROLL
+                const unsigned c = b * CONFIG_T::k + t;
+                v[t] = c < CONFIG_T::n_chan ? exact_double(data[block_index<CONFIG_T>(r, c)]) : 0.0;  // zero padding
+                const double a = std::fabs(v[t]);
+                if (a > amax) amax = a;
+            }
+            int scode, ex;
+            long long sig;
+            block_scale<CONFIG_T, CONFIG_T::po2>::of(amax, scode, sig, ex);
+            double thr[CONFIG_T::n_elem_mid];  // the element grid's midpoints x S: exact (<= 53 bits)
+        BlockQuantThresholds:
+            for (int j = 0; j < CONFIG_T::n_elem_mid; j++) {
+                #pragma HLS UNROLL
+                thr[j] = std::ldexp(double(CONFIG_T::elem_mid_sig(j) * sig), CONFIG_T::elem_mid_exp(j) + ex);
+            }
+            const table_th th = {thr};
+        BlockQuantElements:
+            for (unsigned t = 0; t < CONFIG_T::k; t++) {
+                #pragma HLS UNROLL
+                const unsigned c = b * CONFIG_T::k + t;
+                if (c >= CONFIG_T::n_chan) continue;
+                const int j = round_rank<CONFIG_T::n_elem_mid>(std::fabs(v[t]), th, elem_up<CONFIG_T>());
+                ap_uint<CONFIG_T::word_bits> w = ap_uint<CONFIG_T::word_bits>(scode);
+                w = (w << (CONFIG_T::idx_bits + 1)) | (ap_uint<CONFIG_T::word_bits>(j) << 1);
+                if (v[t] < 0 && j > 0) w[0] = 1;
+                res[block_index<CONFIG_T>(r, c)].range(CONFIG_T::word_bits - 1, 0) = w;
+            }
         }
     }
 }
@@ -227,6 +240,55 @@ out_T block_decode(in_T x, const long long elem_int[], const long long sig[], co
     return r;
 }
 
+// One row of a block dot product into the exact accumulator: the n values x[0 .. n) (block words)
+// against row ``wrow`` of the static weights (element words w_word(wrow * n + i), block scale codes
+// w_scale(wrow * nbw + i / kw)), per sub-block of g values (n_sub = ceil(n / g); zero padding adds
+// nothing). A sub-block lies inside one block of each operand (g divides both block sizes).
+template <class data_T, typename CONFIG_T>
+void block_dot_row(const data_T *x, unsigned n, unsigned wrow, typename CONFIG_T::acc_t &acc) {
+    #pragma HLS INLINE
+    typedef typename CONFIG_T::psum_t psum_t;
+    typedef typename CONFIG_T::term_t term_t;
+    typedef typename CONFIG_T::acc_t acc_t;
+    const int XI = CONFIG_T::x_idx_bits, WI = CONFIG_T::w_idx_bits;
+BlockDotSub:
+    for (unsigned s = 0; s < CONFIG_T::n_sub; s++) {
+        #pragma HLS UNROLL
+        const unsigned i0 = s * CONFIG_T::g;
+        if (i0 >= n) continue;  // a padded sub-block: zeros
+        psum_t p = 0;
+    BlockDotProducts:
+        for (unsigned t = 0; t < CONFIG_T::g; t++) {
+            #pragma HLS UNROLL
+            const unsigned i = i0 + t;
+            if (i >= n) continue;
+            ap_uint<CONFIG_T::x_word_bits> xw = x[i].range(CONFIG_T::x_word_bits - 1, 0);
+            const unsigned ww = CONFIG_T::w_word(wrow * n + i);
+            psum_t xe = CONFIG_T::x_elem(xw.range(XI, 1).to_int());
+            psum_t we = CONFIG_T::w_elem((ww >> 1) & ((1u << WI) - 1));
+            psum_t pr = xe * we;
+            p += (xw[0] != (ww & 1u)) ? psum_t(-pr) : pr;
+        }
+        ap_uint<CONFIG_T::x_word_bits> x0 = x[i0].range(CONFIG_T::x_word_bits - 1, 0);
+        const int xc = (x0 >> (XI + 1)).to_int();
+        const int wc = CONFIG_T::w_scale(wrow * CONFIG_T::nbw + i0 / CONFIG_T::kw);
+        term_t term = term_t(p) * CONFIG_T::x_sig(xc) * CONFIG_T::w_sig(wc);
+        acc += acc_t(term) << (CONFIG_T::x_exp(xc) + CONFIG_T::w_exp(wc) - CONFIG_T::e_min);
+    }
+}
+
+// The exact result of output o: the accumulator times the tensor scales' product, plus the bias.
+template <class res_T, typename CONFIG_T> res_T block_finish(typename CONFIG_T::acc_t acc, unsigned o) {
+    #pragma HLS INLINE
+    typedef typename CONFIG_T::y_t y_t;
+    y_t y = y_t(acc) * CONFIG_T::cm;
+    y <<= CONFIG_T::acc_shift;
+    y += y_t(CONFIG_T::bias_int(o)) << CONFIG_T::bias_shift;
+    res_T r;
+    r.range(res_T::width - 1, 0) = y.range(res_T::width - 1, 0);
+    return r;
+}
+
 // FpqBlockDense (io_parallel): y[o] = sum_i x[i] w[o][i] + b[o], exact (see the top).
 // CONFIG_T: n_in, n_out, g, n_sub, kw, nbw, x_idx_bits, x_word_bits, w_idx_bits, x_elem(i),
 // w_elem(i), x_sig(c), x_exp(c), w_sig(c), w_exp(c), w_word(n) (element sign | index),
@@ -235,48 +297,55 @@ out_T block_decode(in_T x, const long long elem_int[], const long long sig[], co
 template <class data_T, class res_T, typename CONFIG_T>
 void block_dense(data_T data[CONFIG_T::n_in], res_T res[CONFIG_T::n_out]) {
     #pragma HLS PIPELINE
-    typedef typename CONFIG_T::psum_t psum_t;
-    typedef typename CONFIG_T::term_t term_t;
-    typedef typename CONFIG_T::acc_t acc_t;
-    typedef typename CONFIG_T::y_t y_t;
-    const int XI = CONFIG_T::x_idx_bits, WI = CONFIG_T::w_idx_bits;
 BlockDenseOut:
     for (unsigned o = 0; o < CONFIG_T::n_out; o++) {
         #pragma HLS UNROLL
-        acc_t acc = 0;
-    BlockDenseSub:
-        for (unsigned s = 0; s < CONFIG_T::n_sub; s++) {
-            #pragma HLS UNROLL
-            const unsigned i0 = s * CONFIG_T::g;
-            if (i0 >= CONFIG_T::n_in) continue;  // a padded sub-block: zeros
-            psum_t p = 0;
-        BlockDenseProducts:
-            for (unsigned t = 0; t < CONFIG_T::g; t++) {
-                #pragma HLS UNROLL
-                const unsigned i = i0 + t;
-                if (i >= CONFIG_T::n_in) continue;
-                ap_uint<CONFIG_T::x_word_bits> xw = data[i].range(CONFIG_T::x_word_bits - 1, 0);
-                const unsigned ww = CONFIG_T::w_word(o * CONFIG_T::n_in + i);
-                psum_t xe = CONFIG_T::x_elem(xw.range(XI, 1).to_int());
-                psum_t we = CONFIG_T::w_elem((ww >> 1) & ((1u << WI) - 1));
-                psum_t pr = xe * we;
-                p += (xw[0] != (ww & 1u)) ? psum_t(-pr) : pr;
-            }
-            ap_uint<CONFIG_T::x_word_bits> x0 = data[i0].range(CONFIG_T::x_word_bits - 1, 0);
-            const int xc = (x0 >> (XI + 1)).to_int();
-            const int wc = CONFIG_T::w_scale(o * CONFIG_T::nbw + i0 / CONFIG_T::kw);
-            term_t term = term_t(p) * CONFIG_T::x_sig(xc) * CONFIG_T::w_sig(wc);
-            acc += acc_t(term) << (CONFIG_T::x_exp(xc) + CONFIG_T::w_exp(wc) - CONFIG_T::e_min);
-        }
-        y_t y = y_t(acc) * CONFIG_T::cm;
-        y <<= CONFIG_T::acc_shift;
-        y += y_t(CONFIG_T::bias_int(o)) << CONFIG_T::bias_shift;
-        res[o].range(res_T::width - 1, 0) = y.range(res_T::width - 1, 0);
+        typename CONFIG_T::acc_t acc = 0;
+        block_dot_row<data_T, CONFIG_T>(data, CONFIG_T::n_in, o, acc);
+        res[o] = block_finish<res_T, CONFIG_T>(acc, o);
     }
 }
 
-// io_stream: both layers read their whole input vector (an MLP's activations: a few packets),
-// compute as in io_parallel, and write the result in the packets of res_T.
+// FpqBlockConv (io_parallel): a Conv1D / Conv2D (groups 1) of a channels-last feature map of block
+// words whose blocks run along the channels of each pixel, with static weights blocked along the
+// input channels of each output channel and kernel tap (fpq.numerics.block_conv, the emulator's
+// layout): per output pixel and channel, the exact sum over the taps that fall inside the input
+// (padding: zeros, nothing added) of block_dot_row over that pixel's n_chan words; weight row
+// o * taps + tap. Any stride, dilation and padding; a Conv1D has in_height = out_height = 1.
+// CONFIG_T: as FpqBlockDense (n_sub, nbw per pixel row of n_chan) plus in_height, in_width, n_chan,
+// out_height, out_width, n_filt, filt_height, filt_width, stride_*, dilation_*, pad_top, pad_left.
+template <class data_T, class res_T, typename CONFIG_T>
+void block_conv(data_T data[CONFIG_T::in_height * CONFIG_T::in_width * CONFIG_T::n_chan],
+                res_T res[CONFIG_T::out_height * CONFIG_T::out_width * CONFIG_T::n_filt]) {
+    #pragma HLS PIPELINE
+BlockConvPixel:
+    for (unsigned op = 0; op < CONFIG_T::out_height * CONFIG_T::out_width; op++) {
+        #pragma HLS UNROLL
+        const int oh = op / CONFIG_T::out_width, ow = op % CONFIG_T::out_width;
+    BlockConvOut:
+        for (unsigned o = 0; o < CONFIG_T::n_filt; o++) {
+            #pragma HLS UNROLL
+            typename CONFIG_T::acc_t acc = 0;
+        BlockConvTap:
+            for (unsigned tap = 0; tap < CONFIG_T::filt_height * CONFIG_T::filt_width; tap++) {
+                #pragma HLS UNROLL
+                const int ih = oh * int(CONFIG_T::stride_height) + int(tap / CONFIG_T::filt_width) *
+                               int(CONFIG_T::dilation_height) - int(CONFIG_T::pad_top);
+                const int iw = ow * int(CONFIG_T::stride_width) + int(tap % CONFIG_T::filt_width) *
+                               int(CONFIG_T::dilation_width) - int(CONFIG_T::pad_left);
+                if (ih < 0 || ih >= int(CONFIG_T::in_height) || iw < 0 || iw >= int(CONFIG_T::in_width)) continue;
+                const data_T *x = data + (ih * CONFIG_T::in_width + iw) * CONFIG_T::n_chan;
+                block_dot_row<data_T, CONFIG_T>(x, CONFIG_T::n_chan, o * CONFIG_T::filt_height *
+                                                CONFIG_T::filt_width + tap, acc);
+            }
+            res[op * CONFIG_T::n_filt + o] = block_finish<res_T, CONFIG_T>(acc, o);
+        }
+    }
+}
+
+// io_stream: the layers read their whole input (an MLP's vector, or a feature map: one packet of
+// n_chan values per pixel), compute as in io_parallel, and write the result in the packets of res_T
+// (a whole-map buffer, not a line buffer: the same circuit as io_parallel behind a stream interface).
 template <class data_T, unsigned N> void block_read(hls::stream<data_T> &s, typename data_T::value_type a[N]) {
 BlockRead:
     for (unsigned i = 0; i < N / data_T::size; i++) {
@@ -319,6 +388,17 @@ void block_dense(hls::stream<data_T> &data, hls::stream<res_T> &res) {
     block_read<data_T, CONFIG_T::n_in>(data, in);
     block_dense<typename data_T::value_type, typename res_T::value_type, CONFIG_T>(in, out);
     block_write<res_T, CONFIG_T::n_out>(out, res);
+}
+
+template <class data_T, class res_T, typename CONFIG_T>
+void block_conv(hls::stream<data_T> &data, hls::stream<res_T> &res) {
+    const unsigned N_IN = CONFIG_T::in_height * CONFIG_T::in_width * CONFIG_T::n_chan;
+    const unsigned N_OUT = CONFIG_T::out_height * CONFIG_T::out_width * CONFIG_T::n_filt;
+    typename data_T::value_type in[N_IN];
+    typename res_T::value_type out[N_OUT];
+    block_read<data_T, N_IN>(data, in);
+    block_conv<typename data_T::value_type, typename res_T::value_type, CONFIG_T>(in, out);
+    block_write<res_T, N_OUT>(out, res);
 }
 
 }  // namespace fpq

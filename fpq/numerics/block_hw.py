@@ -100,8 +100,9 @@ class Wire:
 
 
 def make_wire(fmt: BlockFormat, scale, who: str) -> Wire:
-    if fmt.axis not in (-1,):
-        raise ValueError(f"{who}: {fmt} blocks along axis {fmt.axis}; HLS blocks the last axis")
+    if fmt.axis not in (-1, 1):
+        raise ValueError(f"{who}: {fmt} blocks along axis {fmt.axis}; HLS blocks the last axis of a vector or "
+                         "axis 1 (the channels) of a feature map or a convolution's weight")
     st = float(np.ravel(scale)[0])
     if fmt.po2_scale:
         if st != 1.0:
@@ -201,10 +202,14 @@ class DenseWidths:
     yw: int                 # the result (times the tensor scales, plus the bias)
 
 
-def dense_widths(xw: Wire, ww: Wire, w: np.ndarray, bias, who: str) -> DenseWidths:
+def dense_widths(xw: Wire, ww: Wire, w: np.ndarray, bias, who: str, taps: int = 1) -> DenseWidths:
     """The exact widths of y = x @ w.T + bias with x on wire ``xw`` (run-time block scales over the
-    whole range of its scale format) and the static weights ``w`` on ``ww`` (their own codes)."""
-    n_out, n_in = w.shape
+    whole range of its scale format) and the static weights ``w`` on ``ww`` (their own codes).
+    A convolution (``taps`` > 1, fpq::block_conv): ``w`` holds n_out * taps rows (output channel
+    major, then kernel tap) of n_in = input channels, each row blocked on its own, and every output
+    sums ``taps`` rows (the widths, w_idx / w_codes per row; n_out is rows / taps)."""
+    rows, n_in = w.shape
+    n_out = rows // taps
     w_idx, w_neg, w_codes = weight_codes(w, ww, who)
     g = math.gcd(xw.fmt.k, ww.fmt.k)
     n_sub, nbw = -(-n_in // g), -(-n_in // ww.fmt.k)
@@ -215,7 +220,7 @@ def dense_widths(xw: Wire, ww: Wire, w: np.ndarray, bias, who: str) -> DenseWidt
     maxp = g * max(x_ints) * max(w_ints)                  # |sum of one sub-block's element products|
     term_max = maxp * xs_max * ws_max
     e_min = xe_lo + we_lo
-    acc_max = (n_sub * term_max) << (xe_hi + we_hi - e_min)
+    acc_max = (taps * n_sub * term_max) << (xe_hi + we_hi - e_min)
     lsb = e_min + lx + lw                                 # the accumulator's LSB: 2^lsb
     c = Fraction(xw.st) * Fraction(ww.st)                 # the static tensor scales' product
     cm, ce = c.numerator, -(c.denominator.bit_length() - 1)
