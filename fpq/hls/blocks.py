@@ -332,6 +332,12 @@ def build(builder, op) -> None:
         _out(builder, op, _Tensor(op.name, src.fixed, src.torch_shape, src.hls_shape, src.perm), wire)
     elif op.kind == "output":
         _build_output(builder, op, src, wires[src.layer])
+    elif op.kind in ("flatten", "reshape") and len(src.torch_shape) > 1:
+        raise HLSUnsupportedError(
+            f"{who} flattens a block-scaled feature map; HLS does not build a block-scaled Linear after a flattened "
+            "map (its weight blocks run in torch's channel-major order, the map arrives channels-last). Allowed on "
+            "block-scaled values: Linear on a flat input, Conv1d / Conv2d, ReLU and the network output; end the "
+            "network with a convolution, or give the layers after the flatten a scalar format")
     else:
         raise HLSUnsupportedError(f"{who} reads block-scaled values; HLS builds Linear, Conv1d / Conv2d, ReLU and the "
                                   "network output on them (quantize to a scalar format first for other ops)")
