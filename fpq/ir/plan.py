@@ -66,6 +66,35 @@ def module_of(op: Op) -> str:
     return op.name[len(op.kind) + 1:] if op.name.startswith(op.kind + "_") else op.name
 
 
+def rotation_refusal(layers, what: str, verb: str = "build") -> str | None:
+    """The one error of a path that does not build Hadamard rotations (fpq.convert(hadamard=True):
+    the reader's ``linear`` ops with ``attrs["hadamard"]``), naming the first; None when there is none.
+
+    Args:
+        layers: IR ops or TypePlan layers (each with ``name`` and ``attrs``).
+        what (str): the refusing path, e.g. "fpq.to_hls".
+        verb (str): what that path does ("build", "price").
+
+    Returns:
+        str | None: the message.
+
+    Raises:
+        Nothing.
+
+    Example:
+        >>> rotation_refusal([], "fpq.to_hls") is None
+        True
+    """
+    for lp in layers:
+        k = lp.attrs.get("hadamard")
+        if k:
+            return (f"{what}: layer {lp.name!r} is a Hadamard rotation (fpq.convert(hadamard=True), blocks of {k}), "
+                    f"which {what} does not {verb}; it takes block-scaled Linear / Conv1d / Conv2d, their quantizers, "
+                    "ReLU and the output. Convert without hadamard=True for hardware (fpq.export_qonnx, fpq.emulate "
+                    "and fpq.verify run the rotated model exactly)")
+    return None
+
+
 # every float path (torch's eval forward, both emulator backends) sums exactly up to WIDE_BITS bits
 NOT_EXACT = f"float64 paths are exact only up to {WIDE_BITS}-bit sums: not guaranteed exact for this layer"
 
