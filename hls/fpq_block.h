@@ -39,6 +39,7 @@
 #include "ap_int.h"
 #include "hls_stream.h"
 #include "nnet_common.h"  // PRAGMA_DATA_PACK
+#include "fpq_stream.h"  // stream_to_array, array_to_stream
 
 namespace fpq {
 
@@ -346,48 +347,22 @@ BlockConvPixel:
 // io_stream: the layers read their whole input (an MLP's vector, or a feature map: one packet of
 // n_chan values per pixel), compute as in io_parallel, and write the result in the packets of res_T
 // (a whole-map buffer, not a line buffer: the same circuit as io_parallel behind a stream interface).
-template <class data_T, unsigned N> void block_read(hls::stream<data_T> &s, typename data_T::value_type a[N]) {
-BlockRead:
-    for (unsigned i = 0; i < N / data_T::size; i++) {
-        #pragma HLS PIPELINE
-        data_T p = s.read();
-        for (unsigned j = 0; j < data_T::size; j++) {
-            #pragma HLS UNROLL
-            a[i * data_T::size + j] = p[j];
-        }
-    }
-}
-
-template <class res_T, unsigned N> void block_write(const typename res_T::value_type a[N], hls::stream<res_T> &s) {
-BlockWrite:
-    for (unsigned i = 0; i < N / res_T::size; i++) {
-        #pragma HLS PIPELINE
-        res_T p;
-        PRAGMA_DATA_PACK(p)
-        for (unsigned j = 0; j < res_T::size; j++) {
-            #pragma HLS UNROLL
-            p[j] = a[i * res_T::size + j];
-        }
-        s.write(p);
-    }
-}
-
 template <class data_T, class res_T, typename CONFIG_T>
 void block_quant_layer(hls::stream<data_T> &data, hls::stream<res_T> &res) {
     typename data_T::value_type in[CONFIG_T::n_in];
     typename res_T::value_type out[CONFIG_T::n_in];
-    block_read<data_T, CONFIG_T::n_in>(data, in);
+    stream_to_array<data_T, CONFIG_T::n_in>(data, in);
     block_quant_layer<typename data_T::value_type, typename res_T::value_type, CONFIG_T>(in, out);
-    block_write<res_T, CONFIG_T::n_in>(out, res);
+    array_to_stream<res_T, CONFIG_T::n_in>(out, res);
 }
 
 template <class data_T, class res_T, typename CONFIG_T>
 void block_dense(hls::stream<data_T> &data, hls::stream<res_T> &res) {
     typename data_T::value_type in[CONFIG_T::n_in];
     typename res_T::value_type out[CONFIG_T::n_out];
-    block_read<data_T, CONFIG_T::n_in>(data, in);
+    stream_to_array<data_T, CONFIG_T::n_in>(data, in);
     block_dense<typename data_T::value_type, typename res_T::value_type, CONFIG_T>(in, out);
-    block_write<res_T, CONFIG_T::n_out>(out, res);
+    array_to_stream<res_T, CONFIG_T::n_out>(out, res);
 }
 
 template <class data_T, class res_T, typename CONFIG_T>
@@ -396,9 +371,9 @@ void block_conv(hls::stream<data_T> &data, hls::stream<res_T> &res) {
     const unsigned N_OUT = CONFIG_T::out_height * CONFIG_T::out_width * CONFIG_T::n_filt;
     typename data_T::value_type in[N_IN];
     typename res_T::value_type out[N_OUT];
-    block_read<data_T, N_IN>(data, in);
+    stream_to_array<data_T, N_IN>(data, in);
     block_conv<typename data_T::value_type, typename res_T::value_type, CONFIG_T>(in, out);
-    block_write<res_T, N_OUT>(out, res);
+    array_to_stream<res_T, N_OUT>(out, res);
 }
 
 }  // namespace fpq

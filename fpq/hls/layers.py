@@ -165,4 +165,5 @@ def register() -> None:
         backend.register_source(cpp.header_path(cpp.BLOCK_HEADER))
         attention.register(backend)
         backend.register_source(cpp.header_path(cpp.ATTENTION_HEADER))
+        backend.register_source(cpp.header_path(cpp.STREAM_HEADER))
     _registered = True
