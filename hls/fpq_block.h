@@ -12,7 +12,8 @@
 // Every value of a block carries its block's scale code (the wire of one block holds k copies;
 // a design that stores the scale once per block is the same circuit after sharing).
 //
-// Quantization (FpqBlockQuant): per block, amax = max |x|; E8M0: e = floor(log2 amax) - emax_elem
+// Quantization (FpqBlockQuant): per block, amax = max |x|; E8M0: e = floor(log2 amax) - emax_elem (OCP;
+// ceil / even / rceil: block_scale)
 // clamped to -127 .. 127 (-127 for a zero block: the leading-one position of amax); a scale with
 // mantissa bits: the rank of RNE(amax / (max_elem * s_t)) among the scale's normal values,
 // saturating, at least the smallest normal, found by comparing amax with the static thresholds
@@ -30,6 +31,8 @@
 // scale exponents into an exact integer accumulator (a Kulisch accumulator: wide enough for every
 // exponent the two scale formats allow); then times the product of the two static tensor scales,
 // plus the bias, all exact. fpq computes every width in Python (fpq/hls/blocks.py).
+// Convolution (FpqBlockConv): the same dot product per output pixel, output channel and kernel tap
+// over one input pixel's channels (blocks along the channels, fpq.numerics.block_conv's layout).
 #ifndef FPQ_BLOCK_H_
 #define FPQ_BLOCK_H_
 

@@ -20,6 +20,9 @@ cost model) sees one op per hardware layer:
   are dropped (values unchanged);
 * ``Concat`` and nearest ``Resize`` / ``Upsample`` become ``concat`` / ``upsample`` (``fpq.export.moves``);
   a ``MatMul`` of two quantized tensors (and a Mul by a power of two after it) one ``matmul`` (``fpq.export.matmul``);
+* a ``MatMul`` by an unquantized block-diagonal Hadamard constant (fpq.nn.hadamard's rotation) is a
+  ``linear`` op with ``attrs["hadamard"] = k`` and an exact two-bit weight type; any other
+  unquantized weight is an error;
 * outputs that are constants (Brevitas' QuantTensor metadata: scale, bit width) are ignored.
 
 Op kinds and their attributes, Quantizer and shape conventions: ``fpq.ir``. Where fpq's semantics
