@@ -82,7 +82,8 @@ def _dense(lp, ops, dev, clock, t_add, pixels: int = 1) -> dict:
     taps = int(np.prod(W.shape[2:])) if W.ndim > 2 else 1
     if W.ndim > 2:   # (O, C, *kernel) -> (o, tap) rows of input channels, as fpq.hls.blocks lays them out
         W = np.swapaxes(W.reshape(W.shape[0], W.shape[1], taps), 1, 2).reshape(-1, W.shape[1])
-    d = dense_widths(xw, ww, W, lp.values.get("bias"), f"layer {lp.name}", taps)
+    perm = np.arange(W.shape[1]) if lp.attrs.get("flat_of_map") else None   # one scale pair per product
+    d = dense_widths(xw, ww, W, lp.values.get("bias"), f"layer {lp.name}", taps, perm)
     xb, wb = max(d.x_ints).bit_length() + 1, max(d.w_ints).bit_length() + 1
     cm_cache: dict = {}
 
@@ -157,6 +158,8 @@ def block_row(lp, ops, dev, clock: float, notes: list, t_add) -> dict:
     elif op == "relu" and n is not None:
         wire = make_wire(lp.tensors["input"].format, lp.tensors["input"].scale, f"layer {lp.name}")
         row = _row(lp, {"clear": n * math.ceil((wire.elem.idx_bits + 2) / 2)}, 0, dev.lut_delay_ns, clock)
+    elif op in ("flatten", "reshape") and n is not None:
+        row = _row(lp, {}, 0, 0.0, clock)     # the words relabelled: wiring
     elif op == "output":
         t = lp.tensors["input"]
         wire = make_wire(t.format, t.scale, f"layer {lp.name}")
@@ -169,7 +172,7 @@ def block_row(lp, ops, dev, clock: float, notes: list, t_add) -> dict:
         raise ValueError(f"layer {lp.name} ({lp.op}): output shape unknown; calibrate or export first")
     else:
         raise ValueError(f"layer {lp.name} ({lp.op}) reads block-scaled values; fpq builds (and prices) Linear, "
-                         "Conv1d / Conv2d, ReLU and the network output on them")
+                         "Conv1d / Conv2d, ReLU, flatten and the network output on them")
     notes.append(f"{lp.name}: block-scaled ({row['mapping']}), built fully unrolled whatever the reuse factor; an "
                  "uncalibrated composition of calibrated operator tables, shifters and decode ROMs analytic")
     return row

@@ -14,9 +14,9 @@ pixel and kernel tap, blocks along the input channels as fpq.numerics.block_conv
 ReLU of block words an ``FpqQuantize`` (``fpq::block_relu``), and the network's block output an
 ``FpqQuantize`` decoding the words into their exact values (``fpq::block_decode``). Every width is
 computed here, exactly, from the formats (and the static weights' scale codes); io_parallel, and
-io_stream (the vector or map read whole, then the same circuit). Not built: a block-scaled Linear
-after a flattened feature map (its weight blocks run in torch's channel-major order, the map
-arrives channels-last).
+io_stream (the vector or map read whole, then the same circuit). A flatten relabels the words; a
+Linear after a flattened map reads it in channels-last order, where its blocks no longer line up
+with the weights' (torch order), so each product there has its own pair of scales (g = 1).
 
 Block sizes that do not divide the reduction axis are zero-padded, as fpq.numerics.blocks pads
 (OCP MX pads a vector): the padding changes no block scale and adds nothing to a sum.
@@ -79,8 +79,8 @@ def make_wire(fmt: BlockFormat, scale, who: str) -> Wire:
     return _hls(block_hw.make_wire, fmt, scale, who)
 
 
-def dense_widths(xw: Wire, ww: Wire, w, bias, who: str, taps: int = 1):
-    return _hls(block_hw.dense_widths, xw, ww, w, bias, who, taps)
+def dense_widths(xw: Wire, ww: Wire, w, bias, who: str, taps: int = 1, perm=None):
+    return _hls(block_hw.dense_widths, xw, ww, w, bias, who, taps, perm)
 
 
 SCALE_MODES = {"floor": 0, "ceil": 1, "even": 2, "rceil": 3}   # hls/fpq_block.h, block_scale
@@ -198,15 +198,16 @@ def register(backend) -> None:
 
 
 # ---------------------------------------------------------------------------------- dot product
-def _dense_body(xw: Wire, ww: Wire, w: np.ndarray, bias, who: str, taps: int = 1) -> tuple[str, WideFixed]:
-    """The FpqBlockDense config of y = x @ w.T + bias (FpqBlockConv's: ``taps`` rows of w per output,
-    block_hw.dense_widths) and its exact result type."""
-    d = dense_widths(xw, ww, w, bias, who, taps)
+def _dense_body(xw: Wire, ww: Wire, w: np.ndarray, bias, who: str, taps: int = 1,
+                perm=None) -> tuple[str, WideFixed]:
+    """The FpqBlockDense config of y = x @ w.T + bias (FpqBlockConv's: ``taps`` rows of w per output;
+    ``perm``: the input in channels-last order; block_hw.dense_widths) and its exact result type."""
+    d = dense_widths(xw, ww, w, bias, who, taps, perm)
     words = (np.asarray(d.w_idx, dtype=np.int64) << 1) | np.asarray(d.w_neg, dtype=np.int64)
     body = "\n".join([
         f"    static const unsigned n_in = {d.n_in};", f"    static const unsigned n_out = {d.n_out};",
         f"    static const unsigned g = {d.g};", f"    static const unsigned n_sub = {d.n_sub};",
-        f"    static const unsigned kw = {ww.fmt.k};", f"    static const unsigned nbw = {d.nbw};",
+        f"    static const unsigned kw = {d.kw};", f"    static const unsigned nbw = {d.nbw};",
         f"    static const int x_idx_bits = {xw.elem.idx_bits};", f"    static const int x_word_bits = {xw.word_bits};",
         f"    static const int w_idx_bits = {ww.elem.idx_bits};",
         f"    static const int e_min = {d.e_min};", f"    static const long long cm = {d.cm}LL;",
@@ -253,12 +254,9 @@ def _out(builder, op, tensor: _Tensor, wire: Wire | None) -> None:
 
 
 def _flat(builder, op, src: _Tensor, who: str) -> None:
-    if len(src.hls_shape) != 1 or src.perm is not None:
-        raise HLSUnsupportedError(
-            f"{who}: a block-scaled Linear takes a flat vector in torch order (an MLP's); its input has shape "
-            f"{src.torch_shape}{' in channels-last order (a flattened feature map)' if src.perm is not None else ''}. "
-            "HLS builds block-scaled Conv1d / Conv2d, ReLU and the network output on feature maps; end the network "
-            "with a convolution, or use a scalar format for the Linear after a flatten")
+    if len(src.hls_shape) != 1:
+        raise HLSUnsupportedError(f"{who}: a block-scaled Linear takes a flat vector; its input has shape "
+                                  f"{src.torch_shape} (flatten it first)")
 
 
 def _rows(src: _Tensor, fmt: BlockFormat, who: str) -> tuple:
@@ -318,9 +316,11 @@ def build(builder, op) -> None:
         _flat(builder, op, src, who)
         w = np.asarray(op.weight, dtype=np.float64)
         ww = make_wire(w_t.format, w_t.scale, f"{who} (weight)")
-        body, res = _dense_body(wires[src.layer], ww, w, op.bias, who)
+        body, res = _dense_body(wires[src.layer], ww, w, op.bias, who, perm=src.perm)
         p.notes.append(f"{op.name}: block-scaled ({w_t.format} weights, {x_t.format} input), built fully unrolled "
-                       "(fpq::block_dense): the reuse factor does not apply")
+                       "(fpq::block_dense): the reuse factor does not apply" +
+                       ("; its input is a flattened feature map (channels-last), whose blocks do not line up with "
+                        "the weights': one scale pair per product" if src.perm is not None else ""))
         builder.add_layer({"class_name": "FpqBlockDense", "name": op.name, "inputs": [src.layer],
                            "n_in": w.shape[1], "n_out": w.shape[0], "config_body": body}, {"result": res})
         _out(builder, op, _Tensor(op.name, res, (w.shape[0],), (w.shape[0],), None), None)
@@ -332,15 +332,16 @@ def build(builder, op) -> None:
         _out(builder, op, _Tensor(op.name, src.fixed, src.torch_shape, src.hls_shape, src.perm), wire)
     elif op.kind == "output":
         _build_output(builder, op, src, wires[src.layer])
-    elif op.kind in ("flatten", "reshape") and len(src.torch_shape) > 1:
-        raise HLSUnsupportedError(
-            f"{who} flattens a block-scaled feature map; HLS does not build a block-scaled Linear after a flattened "
-            "map (its weight blocks run in torch's channel-major order, the map arrives channels-last). Allowed on "
-            "block-scaled values: Linear on a flat input, Conv1d / Conv2d, ReLU and the network output; end the "
-            "network with a convolution, or give the layers after the flatten a scalar format")
+    elif op.kind in ("flatten", "reshape") and len(builder.torch_shape(op)) == 1:
+        builder.op_flatten(op) if op.kind == "flatten" else builder.op_reshape(op)   # the words, relabelled
+        layer = builder.t[op.outputs[0]].layer
+        wires[layer] = wires[src.layer]
+        if layer != src.layer:
+            p.layer_op.pop(layer, None)   # words, not the emulator's values: no trace compares them (_out)
     else:
-        raise HLSUnsupportedError(f"{who} reads block-scaled values; HLS builds Linear, Conv1d / Conv2d, ReLU and the "
-                                  "network output on them (quantize to a scalar format first for other ops)")
+        raise HLSUnsupportedError(f"{who} reads block-scaled values; HLS builds Linear, Conv1d / Conv2d, ReLU, "
+                                  "flatten and the network output on them (quantize to a scalar format first for other "
+                                  "ops)")
 
 
 def _build_conv(builder, op, who: str) -> None:

@@ -130,6 +130,8 @@ def typeplan_from_graph(graph: Graph) -> TypePlan:
         attrs["out_shape"] = op.out_shape
         attrs["module"] = module_of(op)
         attrs["inputs"] = [src.name for src in map(graph.producer, op.inputs) if src is not None]
+        if op.kind == "linear" and _flat_of_map(graph, op.inputs[0]):
+            attrs["flat_of_map"] = True   # its input is a flattened feature map (channels-last in HLS)
         values = {}
         if op.weight is not None:
             values["weight"] = op.weight
@@ -156,6 +158,16 @@ def typeplan_from_graph(graph: Graph) -> TypePlan:
                 fused.attrs["requant"] = op.name
                 lp.attrs["fused_into"] = src.name
     return tp
+
+
+def _flat_of_map(graph: Graph, tensor: str) -> bool:
+    """Whether ``tensor`` is a feature map flattened (through flatten / reshape, and element-wise
+    ReLU or quantizers after it): the HLS path holds it in channels-last order, not torch's."""
+    src = graph.producer(tensor)
+    while src is not None and src.kind in ("relu", "quant") and src.inputs:
+        src = graph.producer(src.inputs[0])
+    return src is not None and src.kind in ("flatten", "reshape") and bool(src.in_shapes) and \
+        len(src.in_shapes[0]) > 2
 
 
 def _sum_pool(lp: LayerPlan, op: Op) -> None:
