@@ -21,6 +21,7 @@
 #include "ap_fixed.h"
 #include "hls_stream.h"
 #include "nnet_common.h"
+#include "fpq_stream.h"  // stream_to_array, array_to_stream
 
 namespace fpq {
 
@@ -56,35 +57,6 @@ void matmul(in0_T a[CONFIG_T::n_batch * CONFIG_T::n_m * CONFIG_T::n_k],
             res_T res[CONFIG_T::n_batch * CONFIG_T::n_m * CONFIG_T::n_n]) {
     #pragma HLS PIPELINE II = CONFIG_T::reuse_factor
     matmul_core<in0_T, in1_T, res_T, CONFIG_T>(a, b, res);
-}
-
-// io_stream: read one packed stream into a flat buffer, and write one back, in order
-template <class data_T, unsigned N>
-void stream_to_array(hls::stream<data_T> &s, typename data_T::value_type buf[N]) {
-ReadWords:
-    for (unsigned w = 0; w < N / data_T::size; w++) {
-        #pragma HLS PIPELINE
-        data_T in = s.read();
-        for (unsigned j = 0; j < data_T::size; j++) {
-            #pragma HLS UNROLL
-            buf[w * data_T::size + j] = in[j];
-        }
-    }
-}
-
-template <class res_T, unsigned N>
-void array_to_stream(const typename res_T::value_type buf[N], hls::stream<res_T> &s) {
-WriteWords:
-    for (unsigned w = 0; w < N / res_T::size; w++) {
-        #pragma HLS PIPELINE
-        res_T o;
-        PRAGMA_DATA_PACK(o)
-        for (unsigned j = 0; j < res_T::size; j++) {
-            #pragma HLS UNROLL
-            o[j] = buf[w * res_T::size + j];
-        }
-        s.write(o);
-    }
 }
 
 template <class in0_T, class in1_T, class res_T, typename CONFIG_T>

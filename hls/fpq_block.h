@@ -1,5 +1,5 @@
 // fpq_block.h: the block-scaled datapath (OCP MX, NVFP4, block<ELEM,SCALE,K>) of fpq's HLS
-// projects: fpq's hls4ml layers FpqBlockQuant and FpqBlockDense (fpq/hls/blocks.py). It computes
+// projects: fpq's hls4ml layers FpqBlockQuant, FpqBlockDense and FpqBlockConv (fpq/hls/blocks.py). It computes
 // exactly what the numpy reference fpq.numerics.blocks (quantization) and fpq.numerics.block_dot
 // (the exact dot product, rounded to odd at 53 bits before the next quantizer) define.
 //
@@ -12,7 +12,8 @@
 // Every value of a block carries its block's scale code (the wire of one block holds k copies;
 // a design that stores the scale once per block is the same circuit after sharing).
 //
-// Quantization (FpqBlockQuant): per block, amax = max |x|; E8M0: e = floor(log2 amax) - emax_elem
+// Quantization (FpqBlockQuant): per block, amax = max |x|; E8M0: e = floor(log2 amax) - emax_elem (OCP;
+// ceil / even / rceil: block_scale)
 // clamped to -127 .. 127 (-127 for a zero block: the leading-one position of amax); a scale with
 // mantissa bits: the rank of RNE(amax / (max_elem * s_t)) among the scale's normal values,
 // saturating, at least the smallest normal, found by comparing amax with the static thresholds
@@ -30,6 +31,8 @@
 // scale exponents into an exact integer accumulator (a Kulisch accumulator: wide enough for every
 // exponent the two scale formats allow); then times the product of the two static tensor scales,
 // plus the bias, all exact. fpq computes every width in Python (fpq/hls/blocks.py).
+// Convolution (FpqBlockConv): the same dot product per output pixel, output channel and kernel tap
+// over one input pixel's channels (blocks along the channels, fpq.numerics.block_conv's layout).
 #ifndef FPQ_BLOCK_H_
 #define FPQ_BLOCK_H_
 
@@ -39,6 +42,7 @@
 #include "ap_int.h"
 #include "hls_stream.h"
 #include "nnet_common.h"  // PRAGMA_DATA_PACK
+#include "fpq_stream.h"  // stream_to_array, array_to_stream
 
 namespace fpq {
 
@@ -116,14 +120,28 @@ template <class CONFIG_T> struct scale_up {
 // scale's, an integer product of at most 28 bits).
 template <class CONFIG_T, bool PO2> struct block_scale;
 
-template <class CONFIG_T> struct block_scale<CONFIG_T, true> {  // E8M0, scale rounding "floor"
+// E8M0 scale rounding (CONFIG_T::scale_mode; fpq.numerics.blocks.e8m0_exponents is the reference):
+//   0 floor (OCP MX v1.0): e = floor(log2 amax) - emax_elem
+//   1 ceil:  one more unless amax is a power of two
+//   2 even:  one more when amax, rounded half-up to the element's P significant bits, carries into
+//            the next binade: its significand m (amax = m 2^fe, m in [0.5, 1)) >= even_th = 1 - 2^-(P+1)
+//   3 rceil: the smallest e with elem_max 2^e >= amax: with elem_max = me 2^ee, e = fe - ee + (m > me)
+// (torchao's names for 1..3). Only exact comparisons of significands: frexp is exact. torchao 0.18's
+// rceil is one code low in a corner case (measured: a block maximum one float32 ulp above
+// elem_max 2^e, e.g. mxfp4 amax = 96.0000076 -> torchao code 131, its largest element then
+// saturates); fpq follows the definition (no element saturates), as its numpy reference does
+// (tests/test_block_formats.py::test_rceil_corner_vs_torchao, tests/test_block_hls_cpp.py).
+template <class CONFIG_T> struct block_scale<CONFIG_T, true> {
     static void of(double amax, int &scode, long long &sig, int &ex) {
         #pragma HLS INLINE
         int e = -127;  // a zero block: the smallest scale, code 0x00
         if (amax != 0.0) {
             int fe;
-            std::frexp(amax, &fe);  // amax = m 2^fe, m in [0.5, 1): floor(log2 amax) = fe - 1
+            const double m = std::frexp(amax, &fe);  // amax = m 2^fe, m in [0.5, 1): floor(log2 amax) = fe - 1
             e = fe - 1 - CONFIG_T::emax_elem;
+            if (CONFIG_T::scale_mode == 1) e += (m != 0.5);
+            if (CONFIG_T::scale_mode == 2) e += (m >= CONFIG_T::even_th);
+            if (CONFIG_T::scale_mode == 3) e = fe - CONFIG_T::max_ee + (m > CONFIG_T::max_me);
             if (e < -127) e = -127;
             if (e > 127) e = 127;
         }
@@ -142,46 +160,59 @@ template <class CONFIG_T> struct block_scale<CONFIG_T, false> {  // a scale with
     }
 };
 
-// FpqBlockQuant (io_parallel): n_in values in blocks of k -> one word per value (see the top).
-// CONFIG_T: n_in, k, n_blocks, po2, emax_elem, idx_bits, word_bits, n_elem_mid, elem_mid_sig(j),
-// elem_mid_exp(j), elem_up(j); a tensor-scaled format also n_scale_mid, scale_th(j), scale_up(j),
-// scale_sig(c), scale_exp(c), st_sig, st_exp.
+// FpqBlockQuant (io_parallel): n_in values in rows of n_chan, each row in blocks of k (the last one
+// zero-padded) -> one word per value (see the top). Value c of row r is data[(r / row_inner) *
+// row_outer + r % row_inner + c * row_stride]: an MLP's vector is one row (stride 1); a channels-last
+// feature map blocked along its channels a row per pixel (inner 1, outer n_chan, stride 1); blocked
+// along its width (torch's last axis) a row per (height, channel) (inner C, outer W C, stride C).
+// CONFIG_T: n_in, n_chan, row_inner, row_outer, row_stride, k, n_blocks (per row), po2, emax_elem, scale_mode, even_th, max_me, max_ee, idx_bits,
+// word_bits, n_elem_mid, elem_mid_sig(j), elem_mid_exp(j), elem_up(j); a tensor-scaled format also
+// n_scale_mid, scale_th(j), scale_up(j), scale_sig(c), scale_exp(c), st_sig, st_exp.
+template <typename CONFIG_T> unsigned block_index(unsigned r, unsigned c) {
+    #pragma HLS INLINE
+    return (r / CONFIG_T::row_inner) * CONFIG_T::row_outer + r % CONFIG_T::row_inner + c * CONFIG_T::row_stride;
+}
+
 template <class data_T, class res_T, typename CONFIG_T>
 void block_quant_layer(data_T data[CONFIG_T::n_in], res_T res[CONFIG_T::n_in]) {
     #pragma HLS PIPELINE
-BlockQuantBlocks:
-    for (unsigned b = 0; b < CONFIG_T::n_blocks; b++) {
+BlockQuantRows:
+    for (unsigned r = 0; r < CONFIG_T::n_in / CONFIG_T::n_chan; r++) {
         #pragma HLS UNROLL
-        double v[CONFIG_T::k];
-        double amax = 0.0;
-    BlockQuantMax:
-        for (unsigned t = 0; t < CONFIG_T::k; t++) {
+    BlockQuantBlocks:
+        for (unsigned b = 0; b < CONFIG_T::n_blocks; b++) {
             #pragma HLS UNROLL
-            const unsigned i = b * CONFIG_T::k + t;
-            v[t] = i < CONFIG_T::n_in ? exact_double(data[i]) : 0.0;  // zero padding: no effect on amax
-            const double a = std::fabs(v[t]);
-            if (a > amax) amax = a;
-        }
-        int scode, ex;
-        long long sig;
-        block_scale<CONFIG_T, CONFIG_T::po2>::of(amax, scode, sig, ex);
-        double thr[CONFIG_T::n_elem_mid];  // the element grid's midpoints x S: exact (<= 53 bits)
-    BlockQuantThresholds:
-        for (int j = 0; j < CONFIG_T::n_elem_mid; j++) {
-            #pragma HLS UNROLL
-            thr[j] = std::ldexp(double(CONFIG_T::elem_mid_sig(j) * sig), CONFIG_T::elem_mid_exp(j) + ex);
-        }
-        const table_th th = {thr};
-    BlockQuantElements:
-        for (unsigned t = 0; t < CONFIG_T::k; t++) {
-            #pragma HLS UNROLL
-            const unsigned i = b * CONFIG_T::k + t;
-            if (i >= CONFIG_T::n_in) continue;
-            const int j = round_rank<CONFIG_T::n_elem_mid>(std::fabs(v[t]), th, elem_up<CONFIG_T>());
-            ap_uint<CONFIG_T::word_bits> w = ap_uint<CONFIG_T::word_bits>(scode);
-            w = (w << (CONFIG_T::idx_bits + 1)) | (ap_uint<CONFIG_T::word_bits>(j) << 1);
-            if (v[t] < 0 && j > 0) w[0] = 1;
-            res[i].range(CONFIG_T::word_bits - 1, 0) = w;
+            double v[CONFIG_T::k];
+            double amax = 0.0;
+        BlockQuantMax:
+            for (unsigned t = 0; t < CONFIG_T::k; t++) {
+                #pragma HLS UNROLL
+                const unsigned c = b * CONFIG_T::k + t;
+                v[t] = c < CONFIG_T::n_chan ? exact_double(data[block_index<CONFIG_T>(r, c)]) : 0.0;  // zero padding
+                const double a = std::fabs(v[t]);
+                if (a > amax) amax = a;
+            }
+            int scode, ex;
+            long long sig;
+            block_scale<CONFIG_T, CONFIG_T::po2>::of(amax, scode, sig, ex);
+            double thr[CONFIG_T::n_elem_mid];  // the element grid's midpoints x S: exact (<= 53 bits)
+        BlockQuantThresholds:
+            for (int j = 0; j < CONFIG_T::n_elem_mid; j++) {
+                #pragma HLS UNROLL
+                thr[j] = std::ldexp(double(CONFIG_T::elem_mid_sig(j) * sig), CONFIG_T::elem_mid_exp(j) + ex);
+            }
+            const table_th th = {thr};
+        BlockQuantElements:
+            for (unsigned t = 0; t < CONFIG_T::k; t++) {
+                #pragma HLS UNROLL
+                const unsigned c = b * CONFIG_T::k + t;
+                if (c >= CONFIG_T::n_chan) continue;
+                const int j = round_rank<CONFIG_T::n_elem_mid>(std::fabs(v[t]), th, elem_up<CONFIG_T>());
+                ap_uint<CONFIG_T::word_bits> w = ap_uint<CONFIG_T::word_bits>(scode);
+                w = (w << (CONFIG_T::idx_bits + 1)) | (ap_uint<CONFIG_T::word_bits>(j) << 1);
+                if (v[t] < 0 && j > 0) w[0] = 1;
+                res[block_index<CONFIG_T>(r, c)].range(CONFIG_T::word_bits - 1, 0) = w;
+            }
         }
     }
 }
@@ -213,6 +244,55 @@ out_T block_decode(in_T x, const long long elem_int[], const long long sig[], co
     return r;
 }
 
+// One row of a block dot product into the exact accumulator: the n values x[0 .. n) (block words)
+// against row ``wrow`` of the static weights (element words w_word(wrow * n + i), block scale codes
+// w_scale(wrow * nbw + i / kw)), per sub-block of g values (n_sub = ceil(n / g); zero padding adds
+// nothing). A sub-block lies inside one block of each operand (g divides both block sizes).
+template <class data_T, typename CONFIG_T>
+void block_dot_row(const data_T *x, unsigned n, unsigned wrow, typename CONFIG_T::acc_t &acc) {
+    #pragma HLS INLINE
+    typedef typename CONFIG_T::psum_t psum_t;
+    typedef typename CONFIG_T::term_t term_t;
+    typedef typename CONFIG_T::acc_t acc_t;
+    const int XI = CONFIG_T::x_idx_bits, WI = CONFIG_T::w_idx_bits;
+BlockDotSub:
+    for (unsigned s = 0; s < CONFIG_T::n_sub; s++) {
+        #pragma HLS UNROLL
+        const unsigned i0 = s * CONFIG_T::g;
+        if (i0 >= n) continue;  // a padded sub-block: zeros
+        psum_t p = 0;
+    BlockDotProducts:
+        for (unsigned t = 0; t < CONFIG_T::g; t++) {
+            #pragma HLS UNROLL
+            const unsigned i = i0 + t;
+            if (i >= n) continue;
+            ap_uint<CONFIG_T::x_word_bits> xw = x[i].range(CONFIG_T::x_word_bits - 1, 0);
+            const unsigned ww = CONFIG_T::w_word(wrow * n + i);
+            psum_t xe = CONFIG_T::x_elem(xw.range(XI, 1).to_int());
+            psum_t we = CONFIG_T::w_elem((ww >> 1) & ((1u << WI) - 1));
+            psum_t pr = xe * we;
+            p += (xw[0] != (ww & 1u)) ? psum_t(-pr) : pr;
+        }
+        ap_uint<CONFIG_T::x_word_bits> x0 = x[i0].range(CONFIG_T::x_word_bits - 1, 0);
+        const int xc = (x0 >> (XI + 1)).to_int();
+        const int wc = CONFIG_T::w_scale(wrow * CONFIG_T::nbw + i0 / CONFIG_T::kw);
+        term_t term = term_t(p) * CONFIG_T::x_sig(xc) * CONFIG_T::w_sig(wc);
+        acc += acc_t(term) << (CONFIG_T::x_exp(xc) + CONFIG_T::w_exp(wc) - CONFIG_T::e_min);
+    }
+}
+
+// The exact result of output o: the accumulator times the tensor scales' product, plus the bias.
+template <class res_T, typename CONFIG_T> res_T block_finish(typename CONFIG_T::acc_t acc, unsigned o) {
+    #pragma HLS INLINE
+    typedef typename CONFIG_T::y_t y_t;
+    y_t y = y_t(acc) * CONFIG_T::cm;
+    y <<= CONFIG_T::acc_shift;
+    y += y_t(CONFIG_T::bias_int(o)) << CONFIG_T::bias_shift;
+    res_T r;
+    r.range(res_T::width - 1, 0) = y.range(res_T::width - 1, 0);
+    return r;
+}
+
 // FpqBlockDense (io_parallel): y[o] = sum_i x[i] w[o][i] + b[o], exact (see the top).
 // CONFIG_T: n_in, n_out, g, n_sub, kw, nbw, x_idx_bits, x_word_bits, w_idx_bits, x_elem(i),
 // w_elem(i), x_sig(c), x_exp(c), w_sig(c), w_exp(c), w_word(n) (element sign | index),
@@ -221,90 +301,82 @@ out_T block_decode(in_T x, const long long elem_int[], const long long sig[], co
 template <class data_T, class res_T, typename CONFIG_T>
 void block_dense(data_T data[CONFIG_T::n_in], res_T res[CONFIG_T::n_out]) {
     #pragma HLS PIPELINE
-    typedef typename CONFIG_T::psum_t psum_t;
-    typedef typename CONFIG_T::term_t term_t;
-    typedef typename CONFIG_T::acc_t acc_t;
-    typedef typename CONFIG_T::y_t y_t;
-    const int XI = CONFIG_T::x_idx_bits, WI = CONFIG_T::w_idx_bits;
 BlockDenseOut:
     for (unsigned o = 0; o < CONFIG_T::n_out; o++) {
         #pragma HLS UNROLL
-        acc_t acc = 0;
-    BlockDenseSub:
-        for (unsigned s = 0; s < CONFIG_T::n_sub; s++) {
+        typename CONFIG_T::acc_t acc = 0;
+        block_dot_row<data_T, CONFIG_T>(data, CONFIG_T::n_in, o, acc);
+        res[o] = block_finish<res_T, CONFIG_T>(acc, o);
+    }
+}
+
+// FpqBlockConv (io_parallel): a Conv1D / Conv2D (groups 1) of a channels-last feature map of block
+// words whose blocks run along the channels of each pixel, with static weights blocked along the
+// input channels of each output channel and kernel tap (fpq.numerics.block_conv, the emulator's
+// layout): per output pixel and channel, the exact sum over the taps that fall inside the input
+// (padding: zeros, nothing added) of block_dot_row over that pixel's n_chan words; weight row
+// o * taps + tap. Any stride, dilation and padding; a Conv1D has in_height = out_height = 1.
+// CONFIG_T: as FpqBlockDense (n_sub, nbw per pixel row of n_chan) plus in_height, in_width, n_chan,
+// out_height, out_width, n_filt, filt_height, filt_width, stride_*, dilation_*, pad_top, pad_left.
+template <class data_T, class res_T, typename CONFIG_T>
+void block_conv(data_T data[CONFIG_T::in_height * CONFIG_T::in_width * CONFIG_T::n_chan],
+                res_T res[CONFIG_T::out_height * CONFIG_T::out_width * CONFIG_T::n_filt]) {
+    #pragma HLS PIPELINE
+BlockConvPixel:
+    for (unsigned op = 0; op < CONFIG_T::out_height * CONFIG_T::out_width; op++) {
+        #pragma HLS UNROLL
+        const int oh = op / CONFIG_T::out_width, ow = op % CONFIG_T::out_width;
+    BlockConvOut:
+        for (unsigned o = 0; o < CONFIG_T::n_filt; o++) {
             #pragma HLS UNROLL
-            const unsigned i0 = s * CONFIG_T::g;
-            if (i0 >= CONFIG_T::n_in) continue;  // a padded sub-block: zeros
-            psum_t p = 0;
-        BlockDenseProducts:
-            for (unsigned t = 0; t < CONFIG_T::g; t++) {
+            typename CONFIG_T::acc_t acc = 0;
+        BlockConvTap:
+            for (unsigned tap = 0; tap < CONFIG_T::filt_height * CONFIG_T::filt_width; tap++) {
                 #pragma HLS UNROLL
-                const unsigned i = i0 + t;
-                if (i >= CONFIG_T::n_in) continue;
-                ap_uint<CONFIG_T::x_word_bits> xw = data[i].range(CONFIG_T::x_word_bits - 1, 0);
-                const unsigned ww = CONFIG_T::w_word(o * CONFIG_T::n_in + i);
-                psum_t xe = CONFIG_T::x_elem(xw.range(XI, 1).to_int());
-                psum_t we = CONFIG_T::w_elem((ww >> 1) & ((1u << WI) - 1));
-                psum_t pr = xe * we;
-                p += (xw[0] != (ww & 1u)) ? psum_t(-pr) : pr;
+                const int ih = oh * int(CONFIG_T::stride_height) + int(tap / CONFIG_T::filt_width) *
+                               int(CONFIG_T::dilation_height) - int(CONFIG_T::pad_top);
+                const int iw = ow * int(CONFIG_T::stride_width) + int(tap % CONFIG_T::filt_width) *
+                               int(CONFIG_T::dilation_width) - int(CONFIG_T::pad_left);
+                if (ih < 0 || ih >= int(CONFIG_T::in_height) || iw < 0 || iw >= int(CONFIG_T::in_width)) continue;
+                const data_T *x = data + (ih * CONFIG_T::in_width + iw) * CONFIG_T::n_chan;
+                block_dot_row<data_T, CONFIG_T>(x, CONFIG_T::n_chan, o * CONFIG_T::filt_height *
+                                                CONFIG_T::filt_width + tap, acc);
             }
-            ap_uint<CONFIG_T::x_word_bits> x0 = data[i0].range(CONFIG_T::x_word_bits - 1, 0);
-            const int xc = (x0 >> (XI + 1)).to_int();
-            const int wc = CONFIG_T::w_scale(o * CONFIG_T::nbw + i0 / CONFIG_T::kw);
-            term_t term = term_t(p) * CONFIG_T::x_sig(xc) * CONFIG_T::w_sig(wc);
-            acc += acc_t(term) << (CONFIG_T::x_exp(xc) + CONFIG_T::w_exp(wc) - CONFIG_T::e_min);
-        }
-        y_t y = y_t(acc) * CONFIG_T::cm;
-        y <<= CONFIG_T::acc_shift;
-        y += y_t(CONFIG_T::bias_int(o)) << CONFIG_T::bias_shift;
-        res[o].range(res_T::width - 1, 0) = y.range(res_T::width - 1, 0);
-    }
-}
-
-// io_stream: both layers read their whole input vector (an MLP's activations: a few packets),
-// compute as in io_parallel, and write the result in the packets of res_T.
-template <class data_T, unsigned N> void block_read(hls::stream<data_T> &s, typename data_T::value_type a[N]) {
-BlockRead:
-    for (unsigned i = 0; i < N / data_T::size; i++) {
-        #pragma HLS PIPELINE
-        data_T p = s.read();
-        for (unsigned j = 0; j < data_T::size; j++) {
-            #pragma HLS UNROLL
-            a[i * data_T::size + j] = p[j];
+            res[op * CONFIG_T::n_filt + o] = block_finish<res_T, CONFIG_T>(acc, o);
         }
     }
 }
 
-template <class res_T, unsigned N> void block_write(const typename res_T::value_type a[N], hls::stream<res_T> &s) {
-BlockWrite:
-    for (unsigned i = 0; i < N / res_T::size; i++) {
-        #pragma HLS PIPELINE
-        res_T p;
-        PRAGMA_DATA_PACK(p)
-        for (unsigned j = 0; j < res_T::size; j++) {
-            #pragma HLS UNROLL
-            p[j] = a[i * res_T::size + j];
-        }
-        s.write(p);
-    }
-}
-
+// io_stream: the layers read their whole input (an MLP's vector, or a feature map: one packet of
+// n_chan values per pixel), compute as in io_parallel, and write the result in the packets of res_T
+// (a whole-map buffer, not a line buffer: the same circuit as io_parallel behind a stream interface).
 template <class data_T, class res_T, typename CONFIG_T>
 void block_quant_layer(hls::stream<data_T> &data, hls::stream<res_T> &res) {
     typename data_T::value_type in[CONFIG_T::n_in];
     typename res_T::value_type out[CONFIG_T::n_in];
-    block_read<data_T, CONFIG_T::n_in>(data, in);
+    stream_to_array<data_T, CONFIG_T::n_in>(data, in);
     block_quant_layer<typename data_T::value_type, typename res_T::value_type, CONFIG_T>(in, out);
-    block_write<res_T, CONFIG_T::n_in>(out, res);
+    array_to_stream<res_T, CONFIG_T::n_in>(out, res);
 }
 
 template <class data_T, class res_T, typename CONFIG_T>
 void block_dense(hls::stream<data_T> &data, hls::stream<res_T> &res) {
     typename data_T::value_type in[CONFIG_T::n_in];
     typename res_T::value_type out[CONFIG_T::n_out];
-    block_read<data_T, CONFIG_T::n_in>(data, in);
+    stream_to_array<data_T, CONFIG_T::n_in>(data, in);
     block_dense<typename data_T::value_type, typename res_T::value_type, CONFIG_T>(in, out);
-    block_write<res_T, CONFIG_T::n_out>(out, res);
+    array_to_stream<res_T, CONFIG_T::n_out>(out, res);
+}
+
+template <class data_T, class res_T, typename CONFIG_T>
+void block_conv(hls::stream<data_T> &data, hls::stream<res_T> &res) {
+    const unsigned N_IN = CONFIG_T::in_height * CONFIG_T::in_width * CONFIG_T::n_chan;
+    const unsigned N_OUT = CONFIG_T::out_height * CONFIG_T::out_width * CONFIG_T::n_filt;
+    typename data_T::value_type in[N_IN];
+    typename res_T::value_type out[N_OUT];
+    stream_to_array<data_T, N_IN>(data, in);
+    block_conv<typename data_T::value_type, typename res_T::value_type, CONFIG_T>(in, out);
+    array_to_stream<res_T, N_OUT>(out, res);
 }
 
 }  // namespace fpq

@@ -361,6 +361,26 @@ def test_mx_vs_torchao(torchao_mx, mode):
         assert np.array_equal(q.values[keep], ref[keep], equal_nan=True), name
 
 
+def test_rceil_corner_vs_torchao(torchao_mx):
+    """rceil is the smallest e8m0 scale at which no element saturates (elem_max * X >= amax). torchao
+    0.18 gives one code less for some block maxima one float32 ulp above elem_max * 2**e (its largest
+    element then saturates); fpq follows the definition, in the reference and in HLS (fpq_block.h)."""
+    import torch
+    f = parse_format("mxfp4")
+    f = BlockFormat(f.elem, f.scale, 32, scale_rounding="rceil")
+    amax = np.array([np.nextafter(np.float32(6.0), np.float32(9.0)) * np.float32(2.0 ** j) for j in range(-5, 6)])
+    x = np.zeros((len(amax), 32), dtype=np.float32)
+    x[:, 0], x[:, 1] = amax, 1e-3
+    t = torchao_mx.MXTensor.to_mx(torch.from_numpy(x), torch.float4_e2m1fn_x2, 32,
+                                  torchao_mx.ScaleCalculationMode("rceil"))
+    theirs = t.scale.view(torch.uint8).numpy().reshape(-1).astype(np.int64)
+    ours = block_quantize(x.astype(np.float64), f).scale_codes[:, 0]
+    e = np.arange(-5, 6)                          # amax = 6 * 2**e * (1 + 2**-23)
+    assert np.array_equal(ours, e + 1 + 127)       # 6 * 2**e < amax: the next scale
+    low = theirs != ours
+    assert low.any() and np.array_equal(theirs[low], ours[low] - 1), (theirs, ours)   # measured: 3 of 11
+
+
 def test_nvfp4_vs_torchao(torchao_mx):
     import torch
     from torchao.prototype.mx_formats.kernels import f4_unpacked_to_f32, unpack_uint4

@@ -107,3 +107,33 @@ def test_qat_and_refusals():
         fpq.convert(mlp(48), fmt="mxfp4", hadamard=True)
     with pytest.raises(ValueError, match="hadamard must be True or False"):
         fpq.convert(mlp(), fmt="mxfp4", hadamard="yes")
+
+
+@pytest.mark.parametrize("fmt", ["mxfp4", pytest.param("nvfp4", marks=pytest.mark.full)])
+def test_export_emulate_verify_exact_and_hardware_refuses(fmt, tmp_path):
+    """The rotated model exports to QONNX (the rotation a MatMul by its +-1 constant, read back as a
+    ``linear`` op marked ``hadamard``), emulates and verifies EXACT (torch == emulator == qonnx);
+    fpq.to_hls and fpq.estimate_cost refuse it with one error naming the rotation and what they take,
+    before any file is written."""
+    from fpq.hls.types import HLSUnsupportedError
+    q = fpq.convert(mlp(), fmt=fmt, hadamard=True)
+    x = inputs(100)
+    fpq.calibrate(q, [x], progress=False)
+    path = fpq.export_qonnx(q, tmp_path / "h.onnx", x[:1])
+    g = fpq.export.read_graph(path)
+    assert [(op.name, op.attrs["hadamard"]) for op in g.ops if op.attrs.get("hadamard")] == \
+        [("linear_0_hadamard", fpq.parse_format(fmt).k), ("linear_2_hadamard", fpq.parse_format(fmt).k)]
+    want = q(x).detach().double().numpy()
+    assert np.array_equal(np.asarray(fpq.emulate(path, x), dtype=np.float64), want)
+    r = fpq.verify(q, x, qonnx_subset=16)
+    assert r.status == "EXACT", (r.first_mismatch, r.notes)
+    why = (r"layer 'linear_0_hadamard' is a Hadamard rotation \(fpq.convert\(hadamard=True\), blocks of \d+\), which "
+           r"fpq.{} does not {}; it takes block-scaled Linear / Conv1d / Conv2d, their quantizers, ReLU and the "
+           r"output. Convert without hadamard=True for hardware")
+    with pytest.raises(HLSUnsupportedError, match=why.format("to_hls", "build")):
+        fpq.to_hls(q, tmp_path / "prj", x[:1])
+    assert not (tmp_path / "prj").exists()
+    with pytest.raises(ValueError, match=why.format("estimate_cost", "price")):
+        fpq.estimate_cost(q, example_input=x[:1])
+    with pytest.raises(ValueError, match=why.format("estimate_cost", "price")):
+        fpq.estimate_cost(path)

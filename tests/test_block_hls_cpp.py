@@ -15,12 +15,18 @@ import pytest
 
 import fpq
 from fpq.hls import cpp
+from fpq.formats.block import element_precision
 from fpq.hls.blocks import _quant_body
 from fpq.numerics.block_hw import make_wire
 from fpq.numerics.blocks import block_quantize, tensor_scale_of
 
 HLS4ML_TEMPLATES = Path(__import__("hls4ml").__file__).parent / "templates" / "vivado"
-FORMATS = ["mxfp4", "nvfp4", "mxfp8_e4m3", "mxint8", "mxfp6_e3m2", "mxfp8_e5m2", "block<e2m1,ue5m3,16>"]
+FORMATS = ["mxfp4", "nvfp4", "mxfp8_e4m3", "mxint8", "mxfp6_e3m2", "mxfp8_e5m2", "block<e2m1,ue5m3,16>",
+           # the E8M0 scale rounding modes (torchao's names; floor is OCP's), hls/fpq_block.h block_scale
+           "block<e2m1,e8m0,32,rounding=ceil>", "block<e4m3,e8m0,32,rounding=even>",
+           "block<e2m1,e8m0,32,rounding=even>", "block<e2m1,e8m0,32,rounding=rceil>",
+           "block<e4m3,e8m0,32,rounding=rceil>", "block<fixed<8,2,RND_CONV,SAT_SYM>,e8m0,32,rounding=rceil>",
+           "block<fixed<8,2,RND_CONV,SAT_SYM>,e8m0,32,rounding=even>"]
 N_IN = 70        # two whole blocks of 32 (four of 16) and a padded one
 
 
@@ -32,7 +38,7 @@ def edge_rows(fmt, rng) -> np.ndarray:
     for _ in range(400):
         j = int(rng.integers(-30, 30))
         r = rng.standard_normal(N_IN) * np.exp2(rng.integers(-12, 4, size=N_IN)) * 2.0 ** j
-        kind = int(rng.integers(0, 6))
+        kind = int(rng.integers(0, 7))
         if kind == 1:       # ties: grid midpoints next to a maximum that pins the scale
             r = rng.choice(mids, N_IN) * rng.choice([-1.0, 1.0], N_IN) * 2.0 ** j
             r[::f.k] = f.elem_max * 2.0 ** j
@@ -43,6 +49,14 @@ def edge_rows(fmt, rng) -> np.ndarray:
             r[: f.k] = 0.0
         elif kind == 4:     # one huge outlier: the rest underflows or saturates
             r[int(rng.integers(0, N_IN))] = 3e4 * 2.0 ** j
+        elif kind == 5:     # a block maximum on an edge of a scale rounding mode: a power of two, the
+            # largest element times one (rceil), the half-up carry of the element's precision (even),
+            # and the doubles next to each
+            p = element_precision(f.elem)
+            edges = np.array([1.0, f.elem_max, 2.0 - 2.0 ** -p, 1.5, f.elem_max * 0.75])
+            edges = np.concatenate([edges, np.nextafter(edges, 0), np.nextafter(edges, 9)])
+            r = r * 2.0 ** -20    # below every block's maximum, which is the edge
+            r[::f.k] = rng.choice(edges, len(r[::f.k])) * 2.0 ** j * rng.choice([-1.0, 1.0], len(r[::f.k]))
         rows.append(r)
     rows += [np.full(N_IN, 2.0 ** -140), np.full(N_IN, -(2.0 ** 140)), np.full(N_IN, 1e300) *
              np.resize([1.0, -0.3], N_IN), np.zeros(N_IN)]

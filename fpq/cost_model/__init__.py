@@ -51,8 +51,9 @@ def estimate_cost(q, part="xcvu9p", reuse_factor=1, strategy="Latency", io_type=
         ``print`` it for a table, ``to_dict()`` for JSON.
 
     Raises:
-        ValueError: an unknown part, io_type, strategy or datapath, a bad reuse factor, or a
-            ``pipeline_every`` with settings or ops ``fpq.to_rtl``'s circuit does not have.
+        ValueError: an unknown part, io_type, strategy or datapath, a bad reuse factor, a
+            ``pipeline_every`` with settings or ops ``fpq.to_rtl``'s circuit does not have, or a
+            model with a Hadamard rotation (fpq.convert(hadamard=True)), named.
         TypeError: ``device=`` given a torch device ("cpu", "cuda", ...) instead of an FPGA part.
 
     Example:
@@ -67,11 +68,15 @@ def estimate_cost(q, part="xcvu9p", reuse_factor=1, strategy="Latency", io_type=
         True
     """
     from ..export import plan
+    from ..ir.plan import rotation_refusal
     from ..typeplan import TypePlan
     from .estimate import estimate
 
     part = _part_from_device(part, device)
     tp = q if isinstance(q, TypePlan) else plan(q, example_input)
+    why = rotation_refusal(tp, "fpq.estimate_cost", "price")
+    if why:
+        raise ValueError(why)
     return estimate(tp, device=part, reuse_factor=reuse_factor, strategy=strategy, io_type=io_type,
                     clock_period=clock_period, datapath=datapath, dsp_threshold=dsp_threshold,
                     pipeline_every=pipeline_every)

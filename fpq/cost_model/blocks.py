@@ -1,5 +1,8 @@
 """The cost of the block-scaled datapath (mxfp4, nvfp4, mxfp8_e4m3, mxint8, ``block<...>``): the
-circuit fpq.hls builds (``hls/fpq_block.h``: FpqBlockQuant, FpqBlockDense, fully unrolled), priced operator by operator from the same widths (``fpq.numerics.block_hw``).
+circuit fpq.hls builds (``hls/fpq_block.h``: FpqBlockQuant, FpqBlockDense, FpqBlockConv, fully
+unrolled), priced operator by operator from the same widths (``fpq.numerics.block_hw``). A block
+convolution is one block dot product of taps x input channels per output pixel and channel, priced
+once per output pixel (the unrolled circuit; taps on the padding are priced too).
 
 Calibration: an UNCALIBRATED composition of calibrated operator tables. Every adder, adder tree,
 comparator, constant multiplier, general multiplier and threshold search is priced with the yosys
@@ -64,15 +67,23 @@ def _row(lp, parts: dict, ff: float, depth_ns: float, clock: float, **extra) -> 
                 **extra)
 
 
-def _dense(lp, ops, dev, clock, t_add) -> dict:
+def _dense(lp, ops, dev, clock, t_add, pixels: int = 1) -> dict:
+    """A block Linear, or (``pixels`` > 1 or a conv op) a block convolution: fpq::block_conv unrolls
+    one dot product of taps x input channels per output pixel and channel, so every part is
+    ``pixels`` times one output pixel's (taps that fall on the padding are priced too)."""
     x_t, w_t = lp.tensors["input"], lp.tensors["weight"]
     W = lp.values.get("weight")
     if W is None or not isinstance(x_t.format, BlockFormat) or not isinstance(w_t.format, BlockFormat):
-        raise ValueError(f"layer {lp.name}: a block-scaled Linear is priced (and built) with block-scaled input and "
-                         "weights and known weight values")
+        raise ValueError(f"layer {lp.name}: a block-scaled Linear / convolution is priced (and built) with "
+                         "block-scaled input and weights and known weight values")
     xw = make_wire(x_t.format, x_t.scale, f"layer {lp.name} (input)")
     ww = make_wire(w_t.format, w_t.scale, f"layer {lp.name} (weight)")
-    d = dense_widths(xw, ww, np.asarray(W, dtype=np.float64), lp.values.get("bias"), f"layer {lp.name}")
+    W = np.asarray(W, dtype=np.float64)
+    taps = int(np.prod(W.shape[2:])) if W.ndim > 2 else 1
+    if W.ndim > 2:   # (O, C, *kernel) -> (o, tap) rows of input channels, as fpq.hls.blocks lays them out
+        W = np.swapaxes(W.reshape(W.shape[0], W.shape[1], taps), 1, 2).reshape(-1, W.shape[1])
+    perm = np.arange(W.shape[1]) if lp.attrs.get("flat_of_map") else None   # one scale pair per product
+    d = dense_widths(xw, ww, W, lp.values.get("bias"), f"layer {lp.name}", taps, perm)
     xb, wb = max(d.x_ints).bit_length() + 1, max(d.w_ints).bit_length() + 1
     cm_cache: dict = {}
 
@@ -82,33 +93,36 @@ def _dense(lp, ops, dev, clock, t_add) -> dict:
         return cm_cache[(bits, k)]
 
     k_int = np.asarray(d.w_ints)[d.w_idx]
-    pairs = d.n_out * d.n_sub
+    pairs = d.n_out * d.n_sub * taps
     xs_bits = max(d.x_sig).bit_length()
-    parts = {"elem_decode": d.n_in * _rom(1 << xw.elem.idx_bits, xb),
+    parts = {"elem_decode": d.n_in * taps * _rom(1 << xw.elem.idx_bits, xb),
              "elem_mult": float(sum(cmul(xb, k) for k in k_int[k_int != 0])),
              "block_tree": pairs * ops.tree_luts(d.g, xb + wb),
              "scale_mult": (pairs * ops.mul_luts(d.pw, xs_bits, True, False)[0] if xs_bits > 1 else 0.0) +
                            float(sum(cmul(d.pw, d.w_sig[c]) for c in np.ravel(d.w_codes) if d.w_sig[c] > 1)),
              "exp_add": pairs * ops.add_luts(max(abs(e) for e in d.x_exp).bit_length() + 2),
              "shifter": pairs * _shifter(d.aw, d.x_e_span),
-             "accumulate": d.n_out * ops.tree_luts(d.n_sub, d.aw),
+             "accumulate": d.n_out * ops.tree_luts(d.n_sub * taps, d.aw),
              "tensor_scale": d.n_out * cmul(d.aw, d.cm) if d.cm != 1 else 0.0,
              "bias": d.n_out * ops.add_luts(d.yw),
              "round_to_odd": d.n_out * (math.ceil(d.yw / 2) + _shifter(53, d.yw))}
     depth = [t_add(dev, xb + wb)] * 2 + [t_add(dev, d.pw)] * max(1, math.ceil(math.log2(d.g))) + \
         [dev.lut_delay_ns] * ((d.x_e_span.bit_length() + 1) // 2) + \
-        [t_add(dev, d.aw)] * max(1, math.ceil(math.log2(max(d.n_sub, 2)))) + [t_add(dev, d.yw)] * 2
-    return _row(lp, parts, d.n_out * d.yw, sum(depth), clock, n_mult=int((k_int != 0).sum()), fan_in=d.n_in,
-                n_out=d.n_out, acc_bits=d.aw, x_type=str(x_t.format), w_type=str(w_t.format),
+        [t_add(dev, d.aw)] * max(1, math.ceil(math.log2(max(d.n_sub * taps, 2)))) + [t_add(dev, d.yw)] * 2
+    parts = {k: v * pixels for k, v in parts.items()}
+    return _row(lp, parts, pixels * d.n_out * d.yw, sum(depth), clock, n_mult=pixels * int((k_int != 0).sum()),
+                fan_in=d.n_in * taps, n_out=d.n_out * pixels, acc_bits=d.aw, x_type=str(x_t.format), w_type=str(w_t.format),
                 block_sum=f"sub-blocks of {d.g}: products {d.pw} bits, accumulator {d.aw} bits "
                           f"(scale exponents over {d.e_span} binades), result {d.yw} bits")
 
 
-def _quant(lp, ops, dev, clock, t_add, n: int) -> dict:
+def _quant(lp, ops, dev, clock, t_add, n: int, shape) -> dict:
     t = lp.tensors["output"]
     wire = make_wire(t.format, t.scale, f"layer {lp.name}")
     k = t.format.k
-    nb = -(-n // k)
+    # blocks per row along the format's axis (a feature map: per pixel, or per row of its width), padded
+    row = int(shape[t.format.axis]) if shape is not None and len(shape) > 2 else n
+    nb = (n // row) * -(-row // k)
     in_bits = 32 if lp.op.lower() == "input_quant" else DOUBLE_BITS
     n_mid = len(wire.elem.mids)
     mids = [sig_exp(float(m)) for m in wire.elem.mids]
@@ -137,11 +151,15 @@ def block_row(lp, ops, dev, clock: float, notes: list, t_add) -> dict:
     n = int(np.prod(shape[1:])) if shape is not None else None
     if op == "linear":
         row = _dense(lp, ops, dev, clock, t_add)
+    elif op in ("conv1d", "conv2d") and n is not None:
+        row = _dense(lp, ops, dev, clock, t_add, pixels=int(np.prod(shape[2:])))
     elif op in ("input_quant", "quant") and n is not None:
-        row = _quant(lp, ops, dev, clock, t_add, n)
+        row = _quant(lp, ops, dev, clock, t_add, n, shape)
     elif op == "relu" and n is not None:
         wire = make_wire(lp.tensors["input"].format, lp.tensors["input"].scale, f"layer {lp.name}")
         row = _row(lp, {"clear": n * math.ceil((wire.elem.idx_bits + 2) / 2)}, 0, dev.lut_delay_ns, clock)
+    elif op in ("flatten", "reshape") and n is not None:
+        row = _row(lp, {}, 0, 0.0, clock)     # the words relabelled: wiring
     elif op == "output":
         t = lp.tensors["input"]
         wire = make_wire(t.format, t.scale, f"layer {lp.name}")
@@ -154,7 +172,7 @@ def block_row(lp, ops, dev, clock: float, notes: list, t_add) -> dict:
         raise ValueError(f"layer {lp.name} ({lp.op}): output shape unknown; calibrate or export first")
     else:
         raise ValueError(f"layer {lp.name} ({lp.op}) reads block-scaled values; fpq builds (and prices) Linear, "
-                         "ReLU and the network output on them")
+                         "Conv1d / Conv2d, ReLU, flatten and the network output on them")
     notes.append(f"{lp.name}: block-scaled ({row['mapping']}), built fully unrolled whatever the reuse factor; an "
                  "uncalibrated composition of calibrated operator tables, shifters and decode ROMs analytic")
     return row

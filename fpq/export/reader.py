@@ -20,6 +20,9 @@ cost model) sees one op per hardware layer:
   are dropped (values unchanged);
 * ``Concat`` and nearest ``Resize`` / ``Upsample`` become ``concat`` / ``upsample`` (``fpq.export.moves``);
   a ``MatMul`` of two quantized tensors (and a Mul by a power of two after it) one ``matmul`` (``fpq.export.matmul``);
+* a ``MatMul`` by an unquantized block-diagonal Hadamard constant (fpq.nn.hadamard's rotation) is a
+  ``linear`` op with ``attrs["hadamard"] = k`` and an exact two-bit weight type; any other
+  unquantized weight is an error;
 * outputs that are constants (Brevitas' QuantTensor metadata: scale, bit width) are ignored.
 
 Op kinds and their attributes, Quantizer and shape conventions: ``fpq.ir``. Where fpq's semantics
@@ -719,6 +722,11 @@ def _weighted(r: _Reader, node, a, ins, mod) -> Op:
             onnx_nodes=fused)
     if wq is not None:
         op.types["weight"] = wq.ttype
+    elif op_type == "MatMul" and _rotation_size(weight):
+        # fpq.nn.hadamard's activation-side rotation x R (R = blockdiag(H_k), entries +-1 and 0): a
+        # weight no quantizer needs (every entry is exact in two bits); kept visible as ``hadamard``
+        op.attrs["hadamard"] = _rotation_size(weight)
+        op.types["weight"] = TensorType(Fixed(2, 2, True), 1.0)
     else:
         raise UnsupportedGraphError(f"{op_type} node {node.name!r}: the weight has no quantizer "
                                     "(Quant/FloatQuant/BipolarQuant); fpq needs quantized weights")
@@ -727,6 +735,20 @@ def _weighted(r: _Reader, node, a, ins, mod) -> Op:
         if bt is not None:
             op.types["bias"] = bt
     return op
+
+
+def _rotation_size(w: np.ndarray) -> int:
+    """k when ``w`` is a block-diagonal Hadamard rotation blockdiag(H_k, ...) (fpq.nn.hadamard: +-1
+    entries in k x k diagonal blocks, R R^T = k I, k a power of two), else 0."""
+    if w.ndim != 2 or w.shape[0] != w.shape[1] or not np.isin(w, (-1.0, 0.0, 1.0)).all():
+        return 0
+    k = int(np.count_nonzero(w[0]))
+    n = w.shape[0]
+    if k < 1 or k & (k - 1) or n % k:
+        return 0
+    blocks = np.kron(np.eye(n // k), np.ones((k, k)))
+    wd = np.asarray(w, dtype=np.float64)
+    return k if np.array_equal(wd != 0, blocks != 0) and np.array_equal(wd @ wd.T, k * np.eye(n)) else 0
 
 
 def _read_wrap(r: _Reader, op: Op) -> None:

@@ -11,8 +11,9 @@
   argument types, so one function template serves both.
 * ``FpqRowNorm`` (``fpq.hls.normalization``): softmax / LayerNorm over the last axis, the exact
   integer pipelines (``hls/fpq_normalization.h``).
-* ``FpqBlockQuant`` / ``FpqBlockDense`` (``fpq.hls.blocks``): block-scaled formats (OCP MX,
-  NVFP4), the run-time block quantizer and the exact block dot product (``hls/fpq_block.h``).
+* ``FpqBlockQuant`` / ``FpqBlockDense`` / ``FpqBlockConv`` (``fpq.hls.blocks``): block-scaled formats
+  (OCP MX, NVFP4), the run-time block quantizer, the exact block dot product and convolution
+  (``hls/fpq_block.h``).
 * ``FpqPool``: a max or an exact window sum with any stride and padding (``fpq::pool_layer``),
   for the pools hls4ml's pooling cannot build exactly (see ``fpq.ir.plan.pool_build``).
 * ``FpqMatMul`` / ``FpqPermute`` (``fpq.hls.attention``): the exact product of two quantized
@@ -146,6 +147,7 @@ def register() -> None:
     from . import blocks
     register_layer("FpqBlockQuant", blocks.FpqBlockQuant)
     register_layer("FpqBlockDense", blocks.FpqBlockDense)
+    register_layer("FpqBlockConv", blocks.FpqBlockConv)
     from . import attention
     register_layer("FpqMatMul", attention.FpqMatMul)
     register_layer("FpqPermute", attention.FpqPermute)
@@ -163,4 +165,5 @@ def register() -> None:
         backend.register_source(cpp.header_path(cpp.BLOCK_HEADER))
         attention.register(backend)
         backend.register_source(cpp.header_path(cpp.ATTENTION_HEADER))
+        backend.register_source(cpp.header_path(cpp.STREAM_HEADER))
     _registered = True

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ..export import as_graph
+from ..ir.plan import rotation_refusal
 from . import da
 from .builder import HLSPlan, HLSUnsupportedError, plan_hls
 from .csim import PROJECT_NAME, STACK_DEFAULT, _CSim, csim_stack_bytes  # noqa: F401
@@ -347,6 +348,9 @@ def to_hls(q, outdir, example_input=None, *, backend="Vitis", io_type="io_parall
     outdir = check_outdir_path(outdir)
     _check_target(outdir, overwrite)
     graph = as_graph(q, example_input)
+    why = rotation_refusal(graph.ops, "fpq.to_hls")
+    if why:
+        raise HLSUnsupportedError(why)
     plan = plan_hls(graph)  # refusals happen here, before any file
     block = [L["name"] for L in plan.layers if L["class_name"].startswith("FpqBlock")]
     if block and strategy == da.STRATEGY:

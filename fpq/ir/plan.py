@@ -66,6 +66,35 @@ def module_of(op: Op) -> str:
     return op.name[len(op.kind) + 1:] if op.name.startswith(op.kind + "_") else op.name
 
 
+def rotation_refusal(layers, what: str, verb: str = "build") -> str | None:
+    """The one error of a path that does not build Hadamard rotations (fpq.convert(hadamard=True):
+    the reader's ``linear`` ops with ``attrs["hadamard"]``), naming the first; None when there is none.
+
+    Args:
+        layers: IR ops or TypePlan layers (each with ``name`` and ``attrs``).
+        what (str): the refusing path, e.g. "fpq.to_hls".
+        verb (str): what that path does ("build", "price").
+
+    Returns:
+        str | None: the message.
+
+    Raises:
+        Nothing.
+
+    Example:
+        >>> rotation_refusal([], "fpq.to_hls") is None
+        True
+    """
+    for lp in layers:
+        k = lp.attrs.get("hadamard")
+        if k:
+            return (f"{what}: layer {lp.name!r} is a Hadamard rotation (fpq.convert(hadamard=True), blocks of {k}), "
+                    f"which {what} does not {verb}; it takes block-scaled Linear / Conv1d / Conv2d, their quantizers, "
+                    "ReLU and the output. Convert without hadamard=True for hardware (fpq.export_qonnx, fpq.emulate "
+                    "and fpq.verify run the rotated model exactly)")
+    return None
+
+
 # every float path (torch's eval forward, both emulator backends) sums exactly up to WIDE_BITS bits
 NOT_EXACT = f"float64 paths are exact only up to {WIDE_BITS}-bit sums: not guaranteed exact for this layer"
 
@@ -101,6 +130,8 @@ def typeplan_from_graph(graph: Graph) -> TypePlan:
         attrs["out_shape"] = op.out_shape
         attrs["module"] = module_of(op)
         attrs["inputs"] = [src.name for src in map(graph.producer, op.inputs) if src is not None]
+        if op.kind == "linear" and _flat_of_map(graph, op.inputs[0]):
+            attrs["flat_of_map"] = True   # its input is a flattened feature map (channels-last in HLS)
         values = {}
         if op.weight is not None:
             values["weight"] = op.weight
@@ -127,6 +158,16 @@ def typeplan_from_graph(graph: Graph) -> TypePlan:
                 fused.attrs["requant"] = op.name
                 lp.attrs["fused_into"] = src.name
     return tp
+
+
+def _flat_of_map(graph: Graph, tensor: str) -> bool:
+    """Whether ``tensor`` is a feature map flattened (through flatten / reshape, and element-wise
+    ReLU or quantizers after it): the HLS path holds it in channels-last order, not torch's."""
+    src = graph.producer(tensor)
+    while src is not None and src.kind in ("relu", "quant") and src.inputs:
+        src = graph.producer(src.inputs[0])
+    return src is not None and src.kind in ("flatten", "reshape") and bool(src.in_shapes) and \
+        len(src.in_shapes[0]) > 2
 
 
 def _sum_pool(lp: LayerPlan, op: Op) -> None:

@@ -14,6 +14,12 @@ eval forward and the QONNX MatMul under fpq's double executor). Requires k a pow
 so the input reaches the rotation already block-quantized once (the recipe keeps it in high
 precision until the GEMM); the rotation still lowers outlier error (tests/test_block_hadamard.py:
 -18% mean squared error of the first layer's sum with one outlier channel, mxfp4).
+
+Through the path: fpq.export_qonnx writes the rotation as a MatMul by its +-1 constant; fpq's reader
+takes it back as a ``linear`` op marked ``attrs["hadamard"] = k`` (its weight exact in two bits), so
+fpq.emulate and fpq.verify run the rotated model exactly (torch == emulator == qonnx). fpq.to_hls
+and fpq.estimate_cost refuse it with one error naming the rotation (fpq.ir.plan.rotation_refusal):
+no HLS layer rotates block words yet (the rotated sum would have to be re-quantized in hardware).
 """
 from __future__ import annotations
 

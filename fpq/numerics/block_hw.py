@@ -100,11 +100,9 @@ class Wire:
 
 
 def make_wire(fmt: BlockFormat, scale, who: str) -> Wire:
-    if fmt.scale_rounding != "floor":
-        raise ValueError(f"{who}: {fmt} rounds its e8m0 scales with {fmt.scale_rounding!r}; the HLS block "
-                                  "quantizer builds OCP MX's 'floor' only")
-    if fmt.axis not in (-1,):
-        raise ValueError(f"{who}: {fmt} blocks along axis {fmt.axis}; HLS blocks the last axis")
+    if fmt.axis not in (-1, 1):
+        raise ValueError(f"{who}: {fmt} blocks along axis {fmt.axis}; HLS blocks the last axis of a vector or "
+                         "axis 1 (the channels) of a feature map or a convolution's weight")
     st = float(np.ravel(scale)[0])
     if fmt.po2_scale:
         if st != 1.0:
@@ -202,15 +200,27 @@ class DenseWidths:
     tw: int                 # ... times both scale significands
     aw: int                 # the exact accumulator
     yw: int                 # the result (times the tensor scales, plus the bias)
+    kw: int = 0             # weight values per weight scale code (the block size; 1 per element)
 
 
-def dense_widths(xw: Wire, ww: Wire, w: np.ndarray, bias, who: str) -> DenseWidths:
+def dense_widths(xw: Wire, ww: Wire, w: np.ndarray, bias, who: str, taps: int = 1, perm=None) -> DenseWidths:
     """The exact widths of y = x @ w.T + bias with x on wire ``xw`` (run-time block scales over the
-    whole range of its scale format) and the static weights ``w`` on ``ww`` (their own codes)."""
-    n_out, n_in = w.shape
+    whole range of its scale format) and the static weights ``w`` on ``ww`` (their own codes).
+    A convolution (``taps`` > 1, fpq::block_conv): ``w`` holds n_out * taps rows (output channel
+    major, then kernel tap) of n_in = input channels, each row blocked on its own, and every output
+    sums ``taps`` rows (the widths, w_idx / w_codes per row; n_out is rows / taps).
+    ``perm`` (a Linear after a flattened feature map, which arrives in channels-last order: input i
+    is torch feature perm[i]): the two operands' blocks no longer line up, so every product is its
+    own sub-block (g = 1) with its own pair of scales, the weights' codes given per input in that
+    order (kw = 1)."""
+    rows, n_in = w.shape
+    n_out = rows // taps
     w_idx, w_neg, w_codes = weight_codes(w, ww, who)
-    g = math.gcd(xw.fmt.k, ww.fmt.k)
-    n_sub, nbw = -(-n_in // g), -(-n_in // ww.fmt.k)
+    g, kw = math.gcd(xw.fmt.k, ww.fmt.k), ww.fmt.k
+    if perm is not None:
+        w_codes = np.repeat(w_codes, kw, axis=1)[:, :n_in][:, perm]
+        w_idx, w_neg, g, kw = w_idx[:, perm], w_neg[:, perm], 1, 1
+    n_sub, nbw = -(-n_in // g), -(-n_in // kw)
     x_ints, lx = dyadic_ints(xw.elem.pos)
     w_ints, lw = dyadic_ints(ww.elem.pos)
     xsig, xexp, xe_lo, xe_hi, xs_max = scale_sig_exp(xw)
@@ -218,7 +228,7 @@ def dense_widths(xw: Wire, ww: Wire, w: np.ndarray, bias, who: str) -> DenseWidt
     maxp = g * max(x_ints) * max(w_ints)                  # |sum of one sub-block's element products|
     term_max = maxp * xs_max * ws_max
     e_min = xe_lo + we_lo
-    acc_max = (n_sub * term_max) << (xe_hi + we_hi - e_min)
+    acc_max = (taps * n_sub * term_max) << (xe_hi + we_hi - e_min)
     lsb = e_min + lx + lw                                 # the accumulator's LSB: 2^lsb
     c = Fraction(xw.st) * Fraction(ww.st)                 # the static tensor scales' product
     cm, ce = c.numerator, -(c.denominator.bit_length() - 1)
@@ -239,7 +249,7 @@ def dense_widths(xw: Wire, ww: Wire, w: np.ndarray, bias, who: str) -> DenseWidt
             f"more than the {MAX_WIDTH} an ap_int holds; use block formats of a narrower scale range")
     return DenseWidths(n_in, n_out, g, n_sub, nbw, x_ints, lx, w_ints, lw, xsig, xexp, wsig, wexp, w_idx, w_neg,
                        w_codes, e_min, xe_hi + we_hi - e_min, xe_hi - xe_lo, cm, acc_shift, bias_shift, b_int, ly,
-                       maxp.bit_length() + 1, term_max.bit_length() + 1, acc_max.bit_length() + 1, yw)
+                       maxp.bit_length() + 1, term_max.bit_length() + 1, acc_max.bit_length() + 1, yw, kw)
 
 
 def output_widths(wire: Wire) -> tuple[int, int]:

@@ -1,0 +1,1 @@
+../../../hls/fpq_stream.h
