@@ -300,7 +300,7 @@ def _set_module(gm: nn.Module, path: str, module: nn.Module) -> None:
 def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=None, overrides=None,
             scale: str | None = None, granularity: str | None = None, inputs=None, method: str = "ste",
             omega=None, batchnorm="fold", accumulator_bits=None, hadamard: bool = False, scope: str = "graph",
-            group_size: int | None = None) -> FpqModel:
+            group_size: int | None = None, sequence_length: int | None = None) -> FpqModel:
     """Quantize a float torch model: every Linear / Conv weight, bias and activation gets an fpq Format.
 
     The model is traced with torch.fx (a copy; ``model`` is unchanged), BatchNorms are folded or
@@ -341,6 +341,9 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
             activations and biases stay float; ``overrides`` {name or glob: format or None}.
         group_size (int | None): with ``scope="modules"`` only: weights per group along the input
             axis (default 128; must divide each layer's fan-in).
+        sequence_length (int | None): for a Hugging Face ``BertModel`` only, and required there: the
+            fixed number of tokens T; the model is rebuilt whole (``fpq.nn.bert.from_bert``) and its
+            inputs format defaults to the token ids' ``ufixed<b,b>``.
 
     Returns:
         FpqModel: the converted model, in eval mode (``.train()`` it for QAT). With
@@ -371,12 +374,14 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
         return convert_scope_modules(model, fmt, weights, scale, granularity, group_size, overrides, dict(
             activations=activations, bias=bias, inputs=inputs, omega=omega, accumulator_bits=accumulator_bits,
             method=None if method == "ste" else method, batchnorm=None if batchnorm == "fold" else batchnorm,
-            hadamard=hadamard or None))
+            hadamard=hadamard or None, sequence_length=sequence_length))
     if scope != "graph":
         raise ValueError(f"unknown scope {scope!r}; allowed: 'graph' (trace the model, quantize everything), "
                          "'modules' (weight-only, any module tree)")
     if group_size is not None:
         raise ValueError("group_size applies to scope='modules' (weight-only conversion) only")
+    from .nn.bert import prepare   # a Hugging Face BertModel -> its fixed-length encoder form
+    model, inputs = prepare(model, sequence_length, inputs)
     scale = "po2" if scale is None else scale
     granularity = "tensor" if granularity is None else granularity
     if not isinstance(model, nn.Module):
