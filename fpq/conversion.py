@@ -31,7 +31,7 @@ from .nn.tables import FpqTable, table_spec
 from .nn.normalization import FpqLayerNorm, FpqSoftmax, from_module as normalization_layer
 from .nn.attention import FpqMatMul, FpqPositional, attention_to_modules, rewrite_multihead_attention, token_means
 from .nn.embedding import FpqEmbedding
-from .graphcheck import _TABLE_MODULES, _check_graph
+from .graphcheck import _TABLE_MODULES, _check_graph, _check_modules
 
 SUPPORTED = ("Linear", "Conv1d", "Conv2d",
              "BatchNorm1d/2d (folded into the Conv/Linear before it, else element-wise)",
@@ -47,7 +47,8 @@ SUPPORTED = ("Linear", "Conv1d", "Conv2d",
              "Softmax(dim=-1) / F.softmax / torch.softmax / x.softmax(-1), LayerNorm over the last axis (exact pipelines)",
              "a @ b / torch.matmul / torch.bmm of two quantized activations (* a constant scale), x.transpose / permute, "
              "nn.MultiheadAttention / TransformerEncoder(Layer) (batch_first, unmasked), F.scaled_dot_product_attention"
-             "(scale=c), x.mean(1) over tokens, x + learned positional embedding, nn.Embedding (inputs='ufixed<b,b>')")
+             "(scale=c), x.mean(1) over tokens, x + learned positional embedding, nn.Embedding (inputs='ufixed<b,b>')",
+             "a Hugging Face BertModel whole (sequence_length=T, fpq.nn.bert)")
 _KEEP_MODULES = (nn.ReLU, nn.MaxPool1d, nn.MaxPool2d, nn.Flatten, nn.Upsample, FpqMatMul, FpqPositional, FpqEmbedding)
 _DROP_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)
 _KEEP_FUNCTIONS = (F.relu, torch.relu, torch.flatten, torch.transpose, torch.permute) + CAT_FUNCTIONS
@@ -354,7 +355,9 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
         ValueError: an invalid format string, no format for a role, an unknown ``scale``,
             ``granularity``, ``method``, ``batchnorm`` mode or ``scope``; ``omega`` without BiPer;
             ``group_size`` or graph-only options with the wrong scope; an override or batchnorm
-            entry that matches no layer; a layer or op fpq cannot quantize (named in the message).
+            entry that matches no layer; a layer or op fpq cannot quantize (named in the message); a
+            Hugging Face model ``fpq.nn.bert`` cannot rebuild at a fixed length, or ``sequence_length``
+            given with another model.
 
     Example:
         >>> import torch, fpq
@@ -411,6 +414,7 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
         if type(mod).__module__.startswith("brevitas."):  # fpq builds its own quantizers
             raise _unsupported(path, f"{type(mod).__name__} (an already quantized Brevitas layer: "
                                      "pass the float model, or a model returned by fpq.convert)")
+    _check_modules(src)
     rewrite_multihead_attention(src)   # nn.MultiheadAttention -> Q/K/V Linears, matmuls, softmax
     gm = _trace(src)
     _remove_passthrough(gm)

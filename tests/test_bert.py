@@ -14,7 +14,9 @@ from torch import nn
 
 import fpq
 from fpq.nn.bert import from_bert
-from fpq.testing.conformance import all_paths_exact
+from fpq.emulate import Emulator
+from fpq.export import read_graph
+from fpq.testing.conformance import all_paths_exact, probe_inputs
 
 transformers = pytest.importorskip("transformers")
 
@@ -71,9 +73,10 @@ def test_fixed_length_ids_fold_the_mask(minilm):
 
 def test_small_bert_float_rebuild_and_convert_exact():
     """A BertModel through fpq.convert(sequence_length=8) at e4m3 x e4m3 (int12 LayerNorm inputs): inputs
-    default to the token ids' ufixed<7,7>; torch == numpy emulator == torch emulator == qonnx bit for bit on
-    probe ids; the quantized embedding is close to the float one."""
-    bert, T = _small_bert(), 8
+    default to the token ids' ufixed<7,7>; torch == numpy emulator == torch emulator bit for bit on probe
+    ids (off-grid, ties, saturating ones included; qonnx's executor: the ``full`` case below); the quantized
+    embedding is close to the float one."""
+    bert, T = _small_bert(num_hidden_layers=1), 8
     ids = torch.randint(0, 100, (64, T))
     with torch.no_grad():
         ref = bert(input_ids=ids).last_hidden_state.mean(1)
@@ -86,10 +89,23 @@ def test_small_bert_float_rebuild_and_convert_exact():
     with torch.no_grad():
         cos = torch.nn.functional.cosine_similarity(q(ids.float()).double(), ref.double())
     assert float(cos.mean()) > 0.97
-    g, _ = all_paths_exact(q, (T,), n=64, qonnx_subset=2)
+    g = read_graph(fpq.export_qonnx(q, None, ids[:1].float()))
+    x = np.concatenate([probe_inputs(g, 48), ids[:16].numpy().astype(np.float32)])
+    with torch.no_grad():
+        y = q(torch.from_numpy(x)).numpy()
+    assert np.array_equal(y, Emulator(g)(x)) and np.array_equal(y, Emulator(g, backend="torch")(torch.from_numpy(x)).numpy())
     kinds = [op.kind for op in g]
-    assert kinds.count("layernorm") == 5 and kinds.count("matmul") == 4 and kinds.count("gather") == 1
+    assert kinds.count("layernorm") == 3 and kinds.count("matmul") == 2 and kinds.count("gather") == 1
     assert str(fpq.plan(g)["add_1"].tensors["output"].format).startswith("int12")
+
+
+@pytest.mark.full
+def test_small_bert_all_paths_exact_with_qonnx():
+    """The same with 2 layers, fpq.verify counting qonnx's executor."""
+    bert, T = _small_bert(), 8
+    q = fpq.convert(bert, weights="e4m3", activations="int8", sequence_length=T)
+    fpq.calibrate(q, [torch.randint(0, 100, (64, T)).float()], progress=False)
+    all_paths_exact(q.eval(), (T,), n=300, qonnx_subset=4)
 
 
 def test_refusals_name_what_is_unsupported():
@@ -139,8 +155,6 @@ def test_rotary_embeddings_refused_by_name():
 def test_minilm_whole_converted_exact(minilm):
     """The whole all-MiniLM-L6-v2 (T=16) at e4m3 x int8: torch == numpy emulator == torch emulator on real
     sentences, and the embedding close to the float one."""
-    from fpq.emulate import Emulator
-    from fpq.export import read_graph
     from fpq.testing import minilm as M
     tok, model = minilm
     cal_s, ev_s = M.split(M.load_sentences(), 512, 64)

@@ -82,6 +82,7 @@ class BertEncoderForm(nn.Module):
 
     Example:
         >>> import torch
+        >>> from fpq.nn.bert import BertEncoderForm
         >>> m = BertEncoderForm(vocabulary=50, d=8, heads=2, hidden=16, layers=1, tokens=4).eval()
         >>> m(torch.randint(0, 50, (3, 4))).shape
         torch.Size([3, 8])
@@ -123,6 +124,7 @@ def check_hf_model(model, sequence_length) -> None:
 
     Example:
         >>> import transformers
+        >>> from fpq.nn.bert import check_hf_model
         >>> cfg = transformers.BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1,
         ...                               num_attention_heads=2, intermediate_size=16)
         >>> check_hf_model(transformers.BertModel(cfg), None)
@@ -177,6 +179,7 @@ def from_bert(model, sequence_length: int) -> BertEncoderForm:
 
     Example:
         >>> import torch, transformers
+        >>> from fpq.nn.bert import from_bert
         >>> cfg = transformers.BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1,
         ...                               num_attention_heads=2, intermediate_size=16)
         >>> bert = transformers.BertModel(cfg, add_pooling_layer=False).eval()
@@ -205,7 +208,7 @@ def from_bert(model, sequence_length: int) -> BertEncoderForm:
 def prepare(model, sequence_length, inputs):
     """What fpq.convert converts: (model, inputs format). A Hugging Face model is checked and rebuilt
     (``from_bert``), its inputs format defaulting to the token ids' ``ufixed<b,b>``; any other model passes
-    unchanged, ``sequence_length`` refused there. Modules whose class names a rotary embedding are refused."""
+    unchanged, ``sequence_length`` refused there."""
     from .embedding import ids_format
     if _is_hf(model):
         form = from_bert(model, sequence_length)
@@ -213,8 +216,4 @@ def prepare(model, sequence_length, inputs):
     if sequence_length is not None:
         raise ValueError(f"fpq.convert: sequence_length applies to a Hugging Face BertModel only, not to "
                          f"{type(model).__name__} (its shapes come from the example input)")
-    for path, m in model.named_modules():
-        if "rotary" in type(m).__name__.lower() or "rope" == type(m).__name__.lower()[:4]:
-            raise ValueError(f"fpq.convert: module {path!r} ({type(m).__name__}) is a rotary position embedding, "
-                             "which fpq does not build; use a learned (added) positional embedding")
     return model, inputs
