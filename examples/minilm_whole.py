@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import statistics
 import time
 
@@ -48,6 +49,8 @@ CONFIGS = {
     "e4m3 x int8": dict(weights="e4m3", activations="int8"),
     "e4m3 x int8 / int12 LN in + branches": dict(weights="e4m3", activations="int8", overrides={**LN_IN, **BRANCHES}),
     "int8 x int8 / int12 LN in + branches": dict(weights="int8", activations="int8", overrides={**LN_IN, **BRANCHES}),
+    "e4m3 x int8 / int12 LN in": dict(weights="e4m3", activations="int8", overrides=LN_IN),
+    "int8 x int8 / int12 LN in": dict(weights="int8", activations="int8", overrides=LN_IN),
     "int8 everywhere": dict(fmt="int8"),
 }
 
@@ -95,7 +98,7 @@ def run(name, kw, model, T, cal, ev, ref, a):
 
 
 def write_md(rows, path, a, info):
-    lines = [f"# all-MiniLM-L6-v2 converted whole (issue 22), written by `examples/minilm_whole.py {' '.join(a.argv)}`",
+    lines = [f"# all-MiniLM-L6-v2 converted whole (issue 22), written by `examples/minilm_whole.py {shlex.join(a.argv)}`",
              "", info, "",
              "| config (weights x activations) | method | mean cos | p5 cos | 10-NN | exact (torch == emulators) "
              "| layer 0 LUT | FF | DSP | BRAM18 |", "|---|---|---|---|---|---|---|---|---|---|"]
