@@ -47,9 +47,12 @@ def _check_view(node: fx.Node) -> None:
 
 def _check_modules(model: nn.Module) -> None:
     """Refuse, before tracing, modules fpq cannot build that tracing would inline: a rotary position
-    embedding (a module whose class name says Rotary / RoPE), named by its path."""
+    embedding (a submodule whose class name says Rotary / RoPE), named by its path. (A model that is
+    itself one is traced and refused by ``_check_graph``, naming the node.)"""
     for path, m in model.named_modules():
         name = type(m).__name__
+        if not path:
+            continue
         if "rotary" in name.lower() or name.lower().startswith("rope"):
             raise ValueError(f"fpq.convert: module {path!r} ({name}) is a rotary position embedding, which fpq does "
                              "not build; use a learned (added) positional embedding")

@@ -99,6 +99,14 @@ class BertEncoderForm(nn.Module):
         self.layers = nn.ModuleList(_Layer(d, heads, hidden, eps) for _ in range(layers))
 
     def forward(self, ids):
+        """The mean-pooled sentence embedding of token ids.
+
+        Args:
+            ids (torch.Tensor): token ids (B, T), int64 (a float tensor of integers once converted).
+
+        Returns:
+            torch.Tensor: (B, d), the last hidden state averaged over the T tokens (not normalized).
+        """
         x = self.ln(self.word(ids) + self.pos)
         for layer in self.layers:
             x = layer(x)
