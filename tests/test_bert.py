@@ -153,14 +153,15 @@ def test_rotary_embeddings_refused_by_name():
 
 @pytest.mark.full
 def test_minilm_whole_converted_exact(minilm):
-    """The whole all-MiniLM-L6-v2 (T=16) at e4m3 x int8: torch == numpy emulator == torch emulator on real
+    """The whole all-MiniLM-L6-v2 (T=16) at e4m3 x int8 (int12 LayerNorm inputs): torch == numpy emulator == torch emulator on real
     sentences, and the embedding close to the float one."""
     from fpq.testing import minilm as M
     tok, model = minilm
     cal_s, ev_s = M.split(M.load_sentences(), 512, 64)
     cal, _ = M.fixed_length_ids(tok, cal_s[:64], 16)
     ev, _ = M.fixed_length_ids(tok, ev_s, 16)
-    q = fpq.convert(model, weights="e4m3", activations="int8", sequence_length=16)
+    ln_in = {"pos": {"activations": "int12"}, "add*": {"activations": "int12"}}   # int8 LayerNorm inputs: cos ~0.3
+    q = fpq.convert(model, weights="e4m3", activations="int8", overrides=ln_in, sequence_length=16)
     fpq.calibrate(q, [cal.float()], progress=False)
     q.eval()
     x = ev[:4].float()
@@ -169,4 +170,4 @@ def test_minilm_whole_converted_exact(minilm):
         y = q(x).numpy()
     assert np.array_equal(y, Emulator(g)(x.numpy())) and np.array_equal(y, Emulator(g, backend="torch")(x).numpy())
     cos = (M.fixed_length_embed(model, ev[:16]) * M.fixed_length_embed(q, ev[:16], float_ids=True)).sum(1)
-    assert float(cos.mean()) > 0.6
+    assert float(cos.mean()) > 0.7    # 0.80 on 172 sentences (examples/results/minilm_whole_ln_only.md)
