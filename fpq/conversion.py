@@ -31,7 +31,7 @@ from .nn.tables import FpqTable, table_spec
 from .nn.normalization import FpqLayerNorm, FpqSoftmax, from_module as normalization_layer
 from .nn.attention import FpqMatMul, FpqPositional, attention_to_modules, rewrite_multihead_attention, token_means
 from .nn.embedding import FpqEmbedding
-from .graphcheck import _TABLE_MODULES, _check_graph
+from .graphcheck import _TABLE_MODULES, _check_graph, _check_modules
 
 SUPPORTED = ("Linear", "Conv1d", "Conv2d",
              "BatchNorm1d/2d (folded into the Conv/Linear before it, else element-wise)",
@@ -47,7 +47,8 @@ SUPPORTED = ("Linear", "Conv1d", "Conv2d",
              "Softmax(dim=-1) / F.softmax / torch.softmax / x.softmax(-1), LayerNorm over the last axis (exact pipelines)",
              "a @ b / torch.matmul / torch.bmm of two quantized activations (* a constant scale), x.transpose / permute, "
              "nn.MultiheadAttention / TransformerEncoder(Layer) (batch_first, unmasked), F.scaled_dot_product_attention"
-             "(scale=c), x.mean(1) over tokens, x + learned positional embedding, nn.Embedding (inputs='ufixed<b,b>')")
+             "(scale=c), x.mean(1) over tokens, x + learned positional embedding, nn.Embedding (inputs='ufixed<b,b>')",
+             "a Hugging Face BertModel whole (sequence_length=T, fpq.nn.bert)")
 _KEEP_MODULES = (nn.ReLU, nn.MaxPool1d, nn.MaxPool2d, nn.Flatten, nn.Upsample, FpqMatMul, FpqPositional, FpqEmbedding)
 _DROP_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)
 _KEEP_FUNCTIONS = (F.relu, torch.relu, torch.flatten, torch.transpose, torch.permute) + CAT_FUNCTIONS
@@ -300,7 +301,7 @@ def _set_module(gm: nn.Module, path: str, module: nn.Module) -> None:
 def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=None, overrides=None,
             scale: str | None = None, granularity: str | None = None, inputs=None, method: str = "ste",
             omega=None, batchnorm="fold", accumulator_bits=None, hadamard: bool = False, scope: str = "graph",
-            group_size: int | None = None) -> FpqModel:
+            group_size: int | None = None, sequence_length: int | None = None) -> FpqModel:
     """Quantize a float torch model: every Linear / Conv weight, bias and activation gets an fpq Format.
 
     The model is traced with torch.fx (a copy; ``model`` is unchanged), BatchNorms are folded or
@@ -341,6 +342,9 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
             activations and biases stay float; ``overrides`` {name or glob: format or None}.
         group_size (int | None): with ``scope="modules"`` only: weights per group along the input
             axis (default 128; must divide each layer's fan-in).
+        sequence_length (int | None): for a Hugging Face ``BertModel`` only, and required there: the
+            fixed number of tokens T; the model is rebuilt whole (``fpq.nn.bert.from_bert``) and its
+            inputs format defaults to the token ids' ``ufixed<b,b>``.
 
     Returns:
         FpqModel: the converted model, in eval mode (``.train()`` it for QAT). With
@@ -351,7 +355,9 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
         ValueError: an invalid format string, no format for a role, an unknown ``scale``,
             ``granularity``, ``method``, ``batchnorm`` mode or ``scope``; ``omega`` without BiPer;
             ``group_size`` or graph-only options with the wrong scope; an override or batchnorm
-            entry that matches no layer; a layer or op fpq cannot quantize (named in the message).
+            entry that matches no layer; a layer or op fpq cannot quantize (named in the message); a
+            Hugging Face model ``fpq.nn.bert`` cannot rebuild at a fixed length, or ``sequence_length``
+            given with another model.
 
     Example:
         >>> import torch, fpq
@@ -371,12 +377,14 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
         return convert_scope_modules(model, fmt, weights, scale, granularity, group_size, overrides, dict(
             activations=activations, bias=bias, inputs=inputs, omega=omega, accumulator_bits=accumulator_bits,
             method=None if method == "ste" else method, batchnorm=None if batchnorm == "fold" else batchnorm,
-            hadamard=hadamard or None))
+            hadamard=hadamard or None, sequence_length=sequence_length))
     if scope != "graph":
         raise ValueError(f"unknown scope {scope!r}; allowed: 'graph' (trace the model, quantize everything), "
                          "'modules' (weight-only, any module tree)")
     if group_size is not None:
         raise ValueError("group_size applies to scope='modules' (weight-only conversion) only")
+    from .nn.bert import prepare   # a Hugging Face BertModel -> its fixed-length encoder form
+    model, inputs = prepare(model, sequence_length, inputs)
     scale = "po2" if scale is None else scale
     granularity = "tensor" if granularity is None else granularity
     if not isinstance(model, nn.Module):
@@ -406,6 +414,7 @@ def convert(model: nn.Module, fmt=None, *, weights=None, activations=None, bias=
         if type(mod).__module__.startswith("brevitas."):  # fpq builds its own quantizers
             raise _unsupported(path, f"{type(mod).__name__} (an already quantized Brevitas layer: "
                                      "pass the float model, or a model returned by fpq.convert)")
+    _check_modules(src)
     rewrite_multihead_attention(src)   # nn.MultiheadAttention -> Q/K/V Linears, matmuls, softmax
     gm = _trace(src)
     _remove_passthrough(gm)

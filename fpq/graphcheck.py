@@ -45,6 +45,19 @@ def _check_view(node: fx.Node) -> None:
         raise _refuse(node, what + f": fixes the batch size to {shape[0]}", _KEEP_BATCH)
 
 
+def _check_modules(model: nn.Module) -> None:
+    """Refuse, before tracing, modules fpq cannot build that tracing would inline: a rotary position
+    embedding (a submodule whose class name says Rotary / RoPE), named by its path. (A model that is
+    itself one is traced and refused by ``_check_graph``, naming the node.)"""
+    for path, m in model.named_modules():
+        name = type(m).__name__
+        if not path:
+            continue
+        if "rotary" in name.lower() or name.lower().startswith("rope"):
+            raise ValueError(f"fpq.convert: module {path!r} ({name}) is a rotary position embedding, which fpq does "
+                             "not build; use a learned (added) positional embedding")
+
+
 def _check_graph(gm: fx.GraphModule) -> None:
     """Refuse, before any work, what traces but fpq cannot quantize, export or build: several
     inputs, a quantized module called more than once, a parameter used outside a layer, indexing

@@ -24,6 +24,8 @@ PUBLIC_EXTRA = [
     ("fpq.nn.multfree", "to_khot"),
     ("fpq.nn.multfree", "to_pow2"),
     ("fpq.nn.weight_only", "WeightOnlyLayer"),
+    ("fpq.nn.bert", "from_bert"),              # a HF BertModel in fpq's encoder form (fpq.convert calls it)
+    ("fpq.nn.bert", "BertEncoderForm"),
     # what the public functions return, whose fields and methods users read
     ("fpq.formats.facts", "FormatInfo"),       # fpq.finfo
     ("fpq.typeplan", "LayerPlan"),             # fpq.plan(q)[name]

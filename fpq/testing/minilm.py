@@ -150,3 +150,42 @@ def metrics(ref: torch.Tensor, emb: torch.Tensor, k: int = 10) -> dict:
     a, b = knn(ref), knn(emb)
     agree = np.mean([len(set(x.tolist()) & set(y.tolist())) / k for x, y in zip(a, b)])
     return {"cos_mean": float(cos.mean()), "cos_p5": float(torch.quantile(cos, 0.05)), "knn_agree": float(agree)}
+
+
+def fixed_length_ids(tokenizer, sentences: list, tokens: int, short: str = "drop"):
+    """Token ids (N, ``tokens``) for a model built at a fixed length T (``fpq.convert(bert,
+    sequence_length=T)``), which has no attention-mask input: all T positions are attended to and
+    pooled. The mask is folded in honestly, i.e. every kept row's mask is all ones:
+
+    - a sentence of more than T tokens is truncated by the tokenizer to [CLS] + its first T - 2
+      word pieces + [SEP] (its float reference is the float model on the same T ids);
+    - a sentence of fewer than T tokens is, with ``short="drop"`` (default), left out (no padding
+      is ever computed), or with ``short="pad"`` padded with [PAD] ids that the network then
+      attends to and averages like words (so its embedding is not the sentence-transformer's
+      masked one; use only where the reference is computed on the same padded ids, unmasked).
+
+    Returns (ids int64 (N, T), kept: the indices into ``sentences`` of the N rows)."""
+    if short not in ("drop", "pad"):
+        raise ValueError(f"short must be 'drop' or 'pad', got {short!r}")
+    enc = tokenizer(sentences, truncation=True, max_length=tokens, padding=False)["input_ids"]
+    kept = [i for i, ids in enumerate(enc) if len(ids) == tokens or short == "pad"]
+    pad = tokenizer.pad_token_id
+    rows = [list(enc[i]) + [pad] * (tokens - len(enc[i])) for i in kept]
+    return torch.tensor(rows, dtype=torch.int64).reshape(len(rows), tokens), kept
+
+
+@torch.no_grad()
+def fixed_length_embed(model, ids: torch.Tensor, batch_size: int = 64, float_ids: bool = False) -> torch.Tensor:
+    """Mean-pooled, L2-normalized float64 embeddings of fixed-length ids (``fixed_length_ids``): a Hugging
+    Face BertModel gets an attention mask of ones and its last hidden state is averaged over the T tokens;
+    any other model must return the pooled (B, d) vectors itself (``fpq.nn.bert.BertEncoderForm``, or the
+    model fpq.convert made of it, which reads the ids as a float tensor: ``float_ids=True``)."""
+    outs = []
+    for i in range(0, len(ids), batch_size):
+        b = ids[i:i + batch_size]
+        if type(model).__module__.startswith("transformers."):
+            e = model(input_ids=b, attention_mask=torch.ones_like(b)).last_hidden_state.mean(1)
+        else:
+            e = model(b.to(torch.float32) if float_ids else b)
+        outs.append(torch.nn.functional.normalize(e.to(torch.float64), dim=1))
+    return torch.cat(outs)
