@@ -55,7 +55,7 @@ OPTIONS = {"gptq": ("max_rows", "gptq_damp", "gptq_block", "gptq_rows"),
            "owq": ("max_rows", "gptq_damp", "gptq_block", "gptq_rows", "owq_ratio", "keep_format"),
            "gwq": ("gwq_ratio", "keep_format", "fisher_probes"),
            "mixed_precision": ("mp_bits", "mp_formats", "fisher_probes"),
-           "signround": ("round_iters", "round_lr")}
+           "signround": ("round_iters", "round_lr", "round_eval")}
 
 
 def call(model, b):
