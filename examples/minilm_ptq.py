@@ -36,14 +36,17 @@ def run_one(model, tok, cal, ev_batches, ev_order, ref, fmt, group, method, args
     t0 = time.time()
     q = fpq.convert(model, weights=fmt, scope="modules", group_size=group, overrides={"pooler.*": None})
     rep = {}
+    meths = method.split("+")          # e.g. "mg_ptq+gptq": an allocator, then a rounding method
     if method != "rtn":
         cal_b, _ = M.batches(tok, cal, args.batch, args.max_length)
-        opts = {"round_iters": args.iters} if method == "signround" else {}
-        if method == "owq":
+        opts = {"round_iters": args.iters} if "signround" in meths else {}
+        if "owq" in meths:
             opts["owq_ratio"] = args.owq_ratio
-        if method == "gwq":
+        if "gwq" in meths:
             opts["gwq_ratio"] = args.gwq_ratio
-        fpq.ptq(q, cal_b, methods=[method], seed=seed, progress=False, report=rep, **opts)
+        if "mg_ptq" in meths:
+            opts["mg_steps"] = args.mg_steps
+        fpq.ptq(q, cal_b, methods=meths, seed=seed, progress=False, report=rep, **opts)
     t_q = time.time() - t0
     with layer_mode(q, "fast"):
         e = M.embed(q, ev_batches)
@@ -53,10 +56,14 @@ def run_one(model, tok, cal, ev_batches, ev_order, ref, fmt, group, method, args
                bits=effective_bits(q)["total"], seconds=round(t_q, 1))
     if method != "rtn":
         key = "loss" if method == "signround" else "error"
-        r = rep[method]
-        if method == "mixed_precision":
+        r = rep[meths[0]]
+        if meths[0] == "mixed_precision":
             fm = [v["format"] for v in r.values()]
             out["formats"] = {f: fm.count(f) for f in sorted(set(fm))}
+        elif meths[0] == "mg_ptq":
+            fm = [v["format"] + (f"+{v['high_cols']}x{v['high_format']}" if v["high_cols"] else "") for v in r.values()]
+            out["formats"] = {f: fm.count(f) for f in sorted(set(fm))}
+            out["mg_chosen"] = {c: [v["chosen"] for v in r.values()].count(c) for c in ("uniform", "base", "gnn", "diag")}
         else:
             out["kept"] = f"{sum(v['kept'] for v in r.values())}/{len(r)}"
         out["err_vs_rtn"] = sum(v[key] for v in r.values()) / sum(v[key + "_rtn"] for v in r.values())
@@ -109,6 +116,7 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--iters", type=int, default=200, help="signround steps per block")
     p.add_argument("--owq-ratio", type=float, default=0.005)
+    p.add_argument("--mg-steps", type=int, default=100, help="mg_ptq's GNN training steps per layer and candidate")
     p.add_argument("--gwq-ratio", type=float, default=0.01)
     p.add_argument("--study", action="store_true", help="the issue-19 study (module docstring)")
     p.add_argument("--md", default=None, help="write the table of seed means here (markdown)")
