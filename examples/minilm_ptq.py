@@ -76,32 +76,58 @@ STUDY = [("int4", 128), ("int3", 128), ("e2m1", 32)]
 def write_md(rows, path, a, n_cal, n_ev):
     """The table of seed means (RTN: one run, it uses no calibration data)."""
     import statistics
-    groups = {}
-    for r in rows:
+    groups, fmts = {}, list(dict.fromkeys((r["format"], r["group"]) for r in rows))
+    order = ["rtn", "gptq", "owq", "gwq", "mixed_precision", "signround", "mg_ptq"]
+    for r in sorted(rows, key=lambda r: (fmts.index((r["format"], r["group"])),
+                                         order.index(r["method"]) if r["method"] in order else len(order))):
         groups.setdefault((r["format"], r["group"], r["method"]), []).append(r)
     lines = [f"# all-MiniLM-L6-v2 weight-only PTQ (issue 19), written by `examples/minilm_ptq.py {' '.join(a.argv)}`",
              "",
-             f"{n_cal} calibration sentences (seeds {sorted({r['seed'] for r in rows})}; `n`: the seeds averaged), {n_ev} held-out "
+             f"{n_cal} calibration sentences (seeds {sorted({r['seed'] for r in rows if r['seed'] is not None} | ({0, 1, 2} if any(r['seed'] is None for r in rows) else set()))}; `n`: the seeds averaged), {n_ev} held-out "
              f"evaluation sentences, max_length {a.max_length}, CPU ({a.threads} thread(s) on a shared 2-core machine: "
              "times are wall seconds under load). Cosine of the mean-pooled embedding to the float model; 10-NN: "
              "retrieval agreement of each sentence's 10 nearest neighbours with the float model's. Bits: effective "
              "bits per weight (weights, float16 scales, kept columns / weights with their indices).",
              "", "| format | group | method | n | bits | mean cos | p5 cos | 10-NN | 10-NN - RTN | quantize s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
+    def mean(rs, k):       # rows read back from an earlier table stand for their n seeds
+        return statistics.fmean([r[k] for r in rs], [r.get("n", 1) for r in rs])
     for (fmt, g, meth), rs in groups.items():
-        m = {k: statistics.fmean(r[k] for r in rs) for k in ("bits", "cos_mean", "cos_p5", "knn_agree", "seconds")}
+        m = {k: mean(rs, k) for k in ("bits", "cos_mean", "cos_p5", "knn_agree", "seconds")}
         base = groups.get((fmt, g, "rtn"))
-        d = "" if base is None or meth == "rtn" else f"{m['knn_agree'] - statistics.fmean(r['knn_agree'] for r in base):+.3f}"
-        lines.append(f"| {fmt} | {g} | {meth} | {len(rs)} | {m['bits']:.3f} | {m['cos_mean']:.4f} | {m['cos_p5']:.4f} | "
-                     f"{m['knn_agree']:.3f} | {d} | {m['seconds']:.0f} |")
-    mp = [r for r in rows if r["method"] == "mixed_precision"]
-    if mp:
-        lines += ["", "mixed_precision's formats (layers per format): " +
-                  "; ".join(f"{r['format']} seed {r['seed']}: {r['formats']}" for r in mp)]
+        d = "" if base is None or meth == "rtn" else f"{m['knn_agree'] - mean(base, 'knn_agree'):+.3f}"
+        lines.append(f"| {fmt} | {g} | {meth} | {sum(r.get('n', 1) for r in rs)} | {m['bits']:.3f} | {m['cos_mean']:.4f} | "
+                     f"{m['cos_p5']:.4f} | {m['knn_agree']:.3f} | {d} | {m['seconds']:.0f} |")
+    lines += getattr(a, "kept_notes", [])
+    for alloc in ("mixed_precision", "mg_ptq", "mg_ptq+gptq"):
+        mp = [r for r in rows if r["method"] == alloc and "formats" in r]
+        if mp:
+            lines += ["", f"{alloc}'s formats (layers per format" + (", base+kept columns x their format" if "mg" in alloc else "")
+                      + "): " + "; ".join(f"{r['format']} seed {r['seed']}: {r['formats']}" for r in mp)]
+        if "mg" in alloc and mp:
+            lines += ["", f"{alloc}'s choice per layer (uniform / lower format alone / GNN columns / plain-importance "
+                      "columns): " + "; ".join(f"{r['format']} seed {r['seed']}: {r['mg_chosen']}" for r in mp)]
     if a.note:
         lines[1:1] = ["", a.note]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
+
+
+def read_md(path, a) -> list:
+    """The rows of an earlier ``--md`` table (seed means, each standing for its ``n`` seeds) and its
+    notes on the formats chosen (kept in ``a.kept_notes``): for adding methods to a table whose run
+    logs are gone."""
+    rows, notes = [], []
+    for line in open(path):
+        c = [x.strip() for x in line.strip().strip("|").split("|")]
+        if len(c) == 10 and c[1].isdigit():
+            rows.append(dict(format=c[0], group=int(c[1]), method=c[2], n=int(c[3]), bits=float(c[4]),
+                             cos_mean=float(c[5]), cos_p5=float(c[6]), knn_agree=float(c[7]), seconds=float(c[9]),
+                             seed=None))
+        elif line.startswith("mixed_precision's formats"):
+            notes += ["", line.rstrip("\n")]
+    a.kept_notes = notes
+    return rows
 
 
 def main(argv=None):
@@ -129,8 +155,10 @@ def main(argv=None):
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     a.argv = list(argv) if argv is not None else __import__("sys").argv[1:]
-    if a.md_from:     # the table from the JSON lines that earlier runs printed (their logs)
-        rows = [json.loads(line) for f in a.md_from for line in open(f) if line.startswith('{"cos_mean"')]
+    if a.md_from:     # the table from the JSON lines that earlier runs printed (their logs) and earlier tables
+        rows = [r for f in a.md_from if f.endswith(".md") for r in read_md(f, a)]
+        rows += [json.loads(line) for f in a.md_from if not f.endswith(".md")
+                 for line in open(f) if line.startswith('{"cos_mean"')]
         write_md(rows, a.md, a, a.n_calib, a.n_eval or 512)
         return rows
     if a.study:
