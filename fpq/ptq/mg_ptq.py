@@ -32,7 +32,8 @@ formats; rows weighted as gptq's default "relative" rows, fpq/ptq/weight_only.py
 * the plain importance allocator on the same budget: the top-k columns by
   H_jj (||e_j(base)||^2 - ||e_j(high)||^2) (OWQ's sensitivity). Its exact error is computed too and
   reported (``error_diag`` against ``error_gnn``); the layer takes whichever candidate (base format,
-  GNN or plain selection) has the lower exact error, and then the layer is set (the base format's
+  GNN or plain selection; ``chosen`` says which, "gnn" only where its columns are strictly better
+  than the plain ones) has the lower exact error, and then the layer is set (the base format's
   scales re-fit without the kept columns) and its error recomputed. Guard: if that is above the
   uniform format's round-to-nearest error (``error_rtn``), the layer stays uniform.
 
@@ -239,7 +240,7 @@ def run_mg(q, batches, *, mg_bits=None, mg_high=None, mg_topk: int = 8, mg_steps
                     continue
                 gnn, plain, eg, ep = select(h, w, e_lo, e_his[hf], k, topk=mg_topk, steps=mg_steps, seed=seed)
                 info[f"{f}+{hf}"] = {"high_cols": k, "error_gnn": eg, "error_diag": ep}
-                for tag, idx, e in (("gnn", gnn, eg), ("diag", plain, ep)):
+                for tag, idx, e in (("diag", plain, ep), ("gnn", gnn, eg)):   # "gnn" only when strictly better
                     if e < best[4]:
                         best = (tag, f, hf, idx, e)
         tag, f, hf, idx, _ = best
