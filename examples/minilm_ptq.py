@@ -46,13 +46,16 @@ def run_one(model, tok, cal, ev_batches, ev_order, ref, fmt, group, method, args
             opts["gwq_ratio"] = args.gwq_ratio
         if "mg_ptq" in meths:
             opts["mg_steps"] = args.mg_steps
+        if "mixed_precision" in meths and args.mp_sensitivity != "fisher":
+            opts["mp_sensitivity"] = args.mp_sensitivity
         fpq.ptq(q, cal_b, methods=meths, seed=seed, progress=False, report=rep, **opts)
     t_q = time.time() - t0
     with layer_mode(q, "fast"):
         e = M.embed(q, ev_batches)
     emb = torch.empty_like(e)
     emb[torch.tensor(ev_order)] = e
-    out = dict(M.metrics(ref, emb), method=method, format=fmt, group=group, seed=seed,
+    label = method + (f"[{args.mp_sensitivity}]" if "mixed_precision" in meths and args.mp_sensitivity != "fisher" else "")
+    out = dict(M.metrics(ref, emb), method=label, format=fmt, group=group, seed=seed,
                bits=effective_bits(q)["total"], seconds=round(t_q, 1))
     if method != "rtn":
         key = "loss" if method == "signround" else "error"
@@ -99,7 +102,7 @@ def write_md(rows, path, a, n_cal, n_ev):
         lines.append(f"| {fmt} | {g} | {meth} | {sum(r.get('n', 1) for r in rs)} | {m['bits']:.3f} | {m['cos_mean']:.4f} | "
                      f"{m['cos_p5']:.4f} | {m['knn_agree']:.3f} | {d} | {m['seconds']:.0f} |")
     lines += getattr(a, "kept_notes", [])
-    for alloc in ("mixed_precision", "mg_ptq", "mg_ptq+gptq"):
+    for alloc in ("mixed_precision", "mixed_precision[output]", "mg_ptq", "mg_ptq+gptq"):
         mp = [r for r in rows if r["method"] == alloc and "formats" in r]
         if mp:
             lines += ["", f"{alloc}'s formats (layers per format" + (", base+kept columns x their format" if "mg" in alloc else "")
@@ -142,6 +145,8 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--iters", type=int, default=200, help="signround steps per block")
     p.add_argument("--owq-ratio", type=float, default=0.005)
+    p.add_argument("--mp-sensitivity", default="fisher", choices=["fisher", "output"],
+                   help="mixed_precision's layer sensitivity: the Fisher estimate or the measured output error")
     p.add_argument("--mg-steps", type=int, default=100, help="mg_ptq's GNN training steps per layer and candidate")
     p.add_argument("--gwq-ratio", type=float, default=0.01)
     p.add_argument("--study", action="store_true", help="the issue-19 study (module docstring)")

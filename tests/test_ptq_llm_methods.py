@@ -201,3 +201,26 @@ def test_signround_round_eval_refused():
     q = fpq.convert(tiny_bert(), weights="int4", scope="modules", group_size=32)
     with pytest.raises(ValueError, match="round_eval .* must be >= 1"):
         fpq.ptq(q, _batches(), methods=["signround"], round_eval=0, progress=False)
+
+
+def test_mixed_precision_measured_output_sensitivity():
+    """mp_sensitivity="output": each layer's cost per format is the measured model-output MSE with that
+    layer alone quantized (recomputed here for one layer); the knapsack keeps the budget."""
+    from fpq.ptq.weight_only import call
+    b = _batches()
+    q = fpq.convert(tiny_bert(), weights="int4", scope="modules", group_size=32)
+    bits0 = effective_bits(q)["total"]
+    rep = {}
+    fpq.ptq(q, b, methods=["mixed_precision"], mp_sensitivity="output", mp_formats=["int3", "int4", "int5"], report=rep,
+            progress=False)
+    r = rep["mixed_precision"]
+    assert effective_bits(q)["total"] <= bits0 + 1e-12
+    assert sum(v["error"] for v in r.values()) <= sum(v["error_rtn"] for v in r.values())
+    q0 = fpq.convert(tiny_bert(), weights="int4", scope="modules", group_size=32)
+    with torch.no_grad(), layer_mode(q0, "float"):
+        ref = [call(q0, x)[0] for x in b]
+        with layer_mode(q0.get_submodule(FIRST), "fast"):
+            got = sum(float(torch.mean((call(q0, x)[0] - y) ** 2)) for x, y in zip(b, ref)) / len(b)
+    assert r[FIRST]["error_rtn"] == pytest.approx(got, rel=1e-6)
+    with pytest.raises(ValueError, match="mp_sensitivity='hessian'; allowed: fisher, output"):
+        fpq.ptq(q0, b, methods=["mixed_precision"], mp_sensitivity="hessian", progress=False)

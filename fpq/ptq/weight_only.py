@@ -59,7 +59,7 @@ ROWS = ("relative", "plain")
 OPTIONS = {"gptq": ("max_rows", "gptq_damp", "gptq_block", "gptq_rows"),
            "owq": ("max_rows", "gptq_damp", "gptq_block", "gptq_rows", "owq_ratio", "keep_format"),
            "gwq": ("gwq_ratio", "keep_format", "fisher_probes"),
-           "mixed_precision": ("mp_bits", "mp_formats", "fisher_probes"),
+           "mixed_precision": ("mp_bits", "mp_formats", "fisher_probes", "mp_sensitivity"),
            "signround": ("round_iters", "round_lr", "round_eval"),
            "mg_ptq": ("mg_bits", "mg_high", "mg_topk", "mg_steps", "max_rows")}
 
