@@ -17,7 +17,15 @@ columns / weights of OWQ and GWQ with their indices (``fpq.nn.weight_only.layer_
 ``mixed_precision`` chooses per-layer formats at the effective bits of the uniform format (the
 same memory as RTN). ``--study``: rtn, gptq, owq, gwq, mixed_precision on int4 g128, int3 g128 and
 e2m1 g32, calibration seeds 0,1,2 (RTN uses no calibration data: one run per format), 512
-evaluation sentences; ``--md`` writes the table of seed means.
+evaluation sentences; ``--md`` writes the table of seed means. A method may be an allocator followed
+by a rounding method, e.g. ``mg_ptq+gptq``. ``--md-from`` writes the table from earlier runs' logs
+(their JSON lines) and earlier ``--md`` tables (each row standing for its n seeds), e.g. the
+signround and mg_ptq rows added to the first study:
+
+    python examples/minilm_ptq.py --methods signround --formats int4,int3 --groups 128 --seeds 0,1,2 \
+        --n-eval 512 > signround.log
+    python examples/minilm_ptq.py --md-from examples/results/minilm_ptq.md signround.log mg.log \
+        --md examples/results/minilm_ptq.md
 """
 from __future__ import annotations
 
