@@ -92,7 +92,8 @@ def write_md(rows, path, a, n_cal, n_ev):
     for r in sorted(rows, key=lambda r: (fmts.index((r["format"], r["group"])),
                                          order.index(r["method"]) if r["method"] in order else len(order))):
         groups.setdefault((r["format"], r["group"], r["method"]), []).append(r)
-    lines = [f"# all-MiniLM-L6-v2 weight-only PTQ (issue 19), written by `examples/minilm_ptq.py {' '.join(a.argv)}`",
+    argv = ["NOTE" if i and a.argv[i - 1] == "--note" else v for i, v in enumerate(a.argv)]   # the note follows
+    lines = [f"# all-MiniLM-L6-v2 weight-only PTQ (issue 19), written by `examples/minilm_ptq.py {' '.join(argv)}`",
              "",
              f"{n_cal} calibration sentences (seeds {sorted({r['seed'] for r in rows if r['seed'] is not None} | ({0, 1, 2} if any(r['seed'] is None for r in rows) else set()))}; `n`: the seeds averaged), {n_ev} held-out "
              f"evaluation sentences, max_length {a.max_length}, CPU ({a.threads} thread(s) on a shared 2-core machine: "
@@ -117,7 +118,8 @@ def write_md(rows, path, a, n_cal, n_ev):
                       + "): " + "; ".join(f"{r['format']} seed {r['seed']}: {r['formats']}" for r in mp)]
         if "mg" in alloc and mp:
             lines += ["", f"{alloc}'s choice per layer (uniform / lower format alone / GNN columns / plain-importance "
-                      "columns): " + "; ".join(f"{r['format']} seed {r['seed']}: {r['mg_chosen']}" for r in mp)]
+                      "columns): " + "; ".join(f"{r['format']} seed {r['seed']}: {r['mg_chosen']}" for r in mp
+                                                    if "mg_chosen" in r)]
     if a.note:
         lines[1:1] = ["", a.note]
     with open(path, "w") as f:
