@@ -17,7 +17,15 @@ columns / weights of OWQ and GWQ with their indices (``fpq.nn.weight_only.layer_
 ``mixed_precision`` chooses per-layer formats at the effective bits of the uniform format (the
 same memory as RTN). ``--study``: rtn, gptq, owq, gwq, mixed_precision on int4 g128, int3 g128 and
 e2m1 g32, calibration seeds 0,1,2 (RTN uses no calibration data: one run per format), 512
-evaluation sentences; ``--md`` writes the table of seed means.
+evaluation sentences; ``--md`` writes the table of seed means. A method may be an allocator followed
+by a rounding method, e.g. ``mg_ptq+gptq``. ``--md-from`` writes the table from earlier runs' logs
+(their JSON lines) and earlier ``--md`` tables (each row standing for its n seeds), e.g. the
+signround and mg_ptq rows added to the first study:
+
+    python examples/minilm_ptq.py --methods signround --formats int4,int3 --groups 128 --seeds 0,1,2 \
+        --n-eval 512 > signround.log
+    python examples/minilm_ptq.py --md-from examples/results/minilm_ptq.md signround.log mg.log \
+        --md examples/results/minilm_ptq.md
 """
 from __future__ import annotations
 
@@ -36,27 +44,37 @@ def run_one(model, tok, cal, ev_batches, ev_order, ref, fmt, group, method, args
     t0 = time.time()
     q = fpq.convert(model, weights=fmt, scope="modules", group_size=group, overrides={"pooler.*": None})
     rep = {}
+    meths = method.split("+")          # e.g. "mg_ptq+gptq": an allocator, then a rounding method
     if method != "rtn":
         cal_b, _ = M.batches(tok, cal, args.batch, args.max_length)
-        opts = {"round_iters": args.iters} if method == "signround" else {}
-        if method == "owq":
+        opts = {"round_iters": args.iters} if "signround" in meths else {}
+        if "owq" in meths:
             opts["owq_ratio"] = args.owq_ratio
-        if method == "gwq":
+        if "gwq" in meths:
             opts["gwq_ratio"] = args.gwq_ratio
-        fpq.ptq(q, cal_b, methods=[method], seed=seed, progress=False, report=rep, **opts)
+        if "mg_ptq" in meths:
+            opts["mg_steps"] = args.mg_steps
+        if "mixed_precision" in meths and args.mp_sensitivity != "fisher":
+            opts["mp_sensitivity"] = args.mp_sensitivity
+        fpq.ptq(q, cal_b, methods=meths, seed=seed, progress=False, report=rep, **opts)
     t_q = time.time() - t0
     with layer_mode(q, "fast"):
         e = M.embed(q, ev_batches)
     emb = torch.empty_like(e)
     emb[torch.tensor(ev_order)] = e
-    out = dict(M.metrics(ref, emb), method=method, format=fmt, group=group, seed=seed,
+    label = method + (f"[{args.mp_sensitivity}]" if "mixed_precision" in meths and args.mp_sensitivity != "fisher" else "")
+    out = dict(M.metrics(ref, emb), method=label, format=fmt, group=group, seed=seed,
                bits=effective_bits(q)["total"], seconds=round(t_q, 1))
     if method != "rtn":
         key = "loss" if method == "signround" else "error"
-        r = rep[method]
-        if method == "mixed_precision":
+        r = rep[meths[0]]
+        if meths[0] == "mixed_precision":
             fm = [v["format"] for v in r.values()]
             out["formats"] = {f: fm.count(f) for f in sorted(set(fm))}
+        elif meths[0] == "mg_ptq":
+            fm = [v["format"] + (f"+{v['high_cols']}x{v['high_format']}" if v["high_cols"] else "") for v in r.values()]
+            out["formats"] = {f: fm.count(f) for f in sorted(set(fm))}
+            out["mg_chosen"] = {c: [v["chosen"] for v in r.values()].count(c) for c in ("uniform", "base", "gnn", "diag")}
         else:
             out["kept"] = f"{sum(v['kept'] for v in r.values())}/{len(r)}"
         out["err_vs_rtn"] = sum(v[key] for v in r.values()) / sum(v[key + "_rtn"] for v in r.values())
@@ -69,32 +87,60 @@ STUDY = [("int4", 128), ("int3", 128), ("e2m1", 32)]
 def write_md(rows, path, a, n_cal, n_ev):
     """The table of seed means (RTN: one run, it uses no calibration data)."""
     import statistics
-    groups = {}
-    for r in rows:
+    groups, fmts = {}, list(dict.fromkeys((r["format"], r["group"]) for r in rows))
+    order = ["rtn", "gptq", "owq", "gwq", "mixed_precision", "signround", "mg_ptq"]
+    for r in sorted(rows, key=lambda r: (fmts.index((r["format"], r["group"])),
+                                         order.index(r["method"]) if r["method"] in order else len(order))):
         groups.setdefault((r["format"], r["group"], r["method"]), []).append(r)
-    lines = [f"# all-MiniLM-L6-v2 weight-only PTQ (issue 19), written by `examples/minilm_ptq.py {' '.join(a.argv)}`",
+    argv = ["NOTE" if i and a.argv[i - 1] == "--note" else v for i, v in enumerate(a.argv)]   # the note follows
+    lines = [f"# all-MiniLM-L6-v2 weight-only PTQ (issue 19), written by `examples/minilm_ptq.py {' '.join(argv)}`",
              "",
-             f"{n_cal} calibration sentences (seeds {sorted({r['seed'] for r in rows})}; `n`: the seeds averaged), {n_ev} held-out "
+             f"{n_cal} calibration sentences (seeds {sorted({r['seed'] for r in rows if r['seed'] is not None} | ({0, 1, 2} if any(r['seed'] is None for r in rows) else set()))}; `n`: the seeds averaged), {n_ev} held-out "
              f"evaluation sentences, max_length {a.max_length}, CPU ({a.threads} thread(s) on a shared 2-core machine: "
              "times are wall seconds under load). Cosine of the mean-pooled embedding to the float model; 10-NN: "
              "retrieval agreement of each sentence's 10 nearest neighbours with the float model's. Bits: effective "
              "bits per weight (weights, float16 scales, kept columns / weights with their indices).",
              "", "| format | group | method | n | bits | mean cos | p5 cos | 10-NN | 10-NN - RTN | quantize s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
+    def mean(rs, k):       # rows read back from an earlier table stand for their n seeds
+        return statistics.fmean([r[k] for r in rs], [r.get("n", 1) for r in rs])
     for (fmt, g, meth), rs in groups.items():
-        m = {k: statistics.fmean(r[k] for r in rs) for k in ("bits", "cos_mean", "cos_p5", "knn_agree", "seconds")}
+        m = {k: mean(rs, k) for k in ("bits", "cos_mean", "cos_p5", "knn_agree", "seconds")}
         base = groups.get((fmt, g, "rtn"))
-        d = "" if base is None or meth == "rtn" else f"{m['knn_agree'] - statistics.fmean(r['knn_agree'] for r in base):+.3f}"
-        lines.append(f"| {fmt} | {g} | {meth} | {len(rs)} | {m['bits']:.3f} | {m['cos_mean']:.4f} | {m['cos_p5']:.4f} | "
-                     f"{m['knn_agree']:.3f} | {d} | {m['seconds']:.0f} |")
-    mp = [r for r in rows if r["method"] == "mixed_precision"]
-    if mp:
-        lines += ["", "mixed_precision's formats (layers per format): " +
-                  "; ".join(f"{r['format']} seed {r['seed']}: {r['formats']}" for r in mp)]
+        d = "" if base is None or meth == "rtn" else f"{m['knn_agree'] - mean(base, 'knn_agree'):+.3f}"
+        lines.append(f"| {fmt} | {g} | {meth} | {sum(r.get('n', 1) for r in rs)} | {m['bits']:.3f} | {m['cos_mean']:.4f} | "
+                     f"{m['cos_p5']:.4f} | {m['knn_agree']:.3f} | {d} | {m['seconds']:.0f} |")
+    lines += getattr(a, "kept_notes", [])
+    for alloc in ("mixed_precision", "mixed_precision[output]", "mg_ptq", "mg_ptq+gptq"):
+        mp = [r for r in rows if r["method"] == alloc and "formats" in r]
+        if mp:
+            lines += ["", f"{alloc}'s formats (layers per format" + (", base+kept columns x their format" if "mg" in alloc else "")
+                      + "): " + "; ".join(f"{r['format']} seed {r['seed']}: {r['formats']}" for r in mp)]
+        if "mg" in alloc and mp:
+            lines += ["", f"{alloc}'s choice per layer (uniform / lower format alone / GNN columns / plain-importance "
+                      "columns): " + "; ".join(f"{r['format']} seed {r['seed']}: {r['mg_chosen']}" for r in mp
+                                                    if "mg_chosen" in r)]
     if a.note:
         lines[1:1] = ["", a.note]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
+
+
+def read_md(path, a) -> list:
+    """The rows of an earlier ``--md`` table (seed means, each standing for its ``n`` seeds) and its
+    notes on the formats chosen (kept in ``a.kept_notes``): for adding methods to a table whose run
+    logs are gone."""
+    rows, notes = [], []
+    for line in open(path):
+        c = [x.strip() for x in line.strip().strip("|").split("|")]
+        if len(c) == 10 and c[1].isdigit():
+            rows.append(dict(format=c[0], group=int(c[1]), method=c[2], n=int(c[3]), bits=float(c[4]),
+                             cos_mean=float(c[5]), cos_p5=float(c[6]), knn_agree=float(c[7]), seconds=float(c[9]),
+                             seed=None))
+        elif line.startswith("mixed_precision's formats"):
+            notes += ["", line.rstrip("\n")]
+    a.kept_notes = notes
+    return rows
 
 
 def main(argv=None):
@@ -109,6 +155,9 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--iters", type=int, default=200, help="signround steps per block")
     p.add_argument("--owq-ratio", type=float, default=0.005)
+    p.add_argument("--mp-sensitivity", default="fisher", choices=["fisher", "output"],
+                   help="mixed_precision's layer sensitivity: the Fisher estimate or the measured output error")
+    p.add_argument("--mg-steps", type=int, default=100, help="mg_ptq's GNN training steps per layer and candidate")
     p.add_argument("--gwq-ratio", type=float, default=0.01)
     p.add_argument("--study", action="store_true", help="the issue-19 study (module docstring)")
     p.add_argument("--md", default=None, help="write the table of seed means here (markdown)")
@@ -121,8 +170,10 @@ def main(argv=None):
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     a.argv = list(argv) if argv is not None else __import__("sys").argv[1:]
-    if a.md_from:     # the table from the JSON lines that earlier runs printed (their logs)
-        rows = [json.loads(line) for f in a.md_from for line in open(f) if line.startswith('{"cos_mean"')]
+    if a.md_from:     # the table from the JSON lines that earlier runs printed (their logs) and earlier tables
+        rows = [r for f in a.md_from if f.endswith(".md") for r in read_md(f, a)]
+        rows += [json.loads(line) for f in a.md_from if not f.endswith(".md")
+                 for line in open(f) if line.startswith('{"cos_mean"')]
         write_md(rows, a.md, a, a.n_calib, a.n_eval or 512)
         return rows
     if a.study:

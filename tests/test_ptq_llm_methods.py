@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import fpq
-from fpq.nn.weight_only import effective_bits, emulate_layer, layer_bits, weight_only_layers
+from fpq.nn.weight_only import effective_bits, emulate_layer, layer_bits, layer_mode, weight_only_layers
 
 pytest.importorskip("transformers")
 from test_weight_only import bert_inputs, oracle_linear, tiny_bert  # noqa: E402
@@ -165,3 +165,62 @@ def test_refusals():
     fpq.ptq(q, b, methods=["gwq"], progress=False)
     with pytest.raises(ValueError, match="already keep weights in a wider format"):
         fpq.ptq(q, b, methods=["owq"], progress=False)
+
+
+@pytest.mark.parametrize("fmt", ["int4", "e2m1", "e4m3"])
+def test_signround_keeps_its_best_step_and_stays_exact(fmt):
+    """SignRound scores V / alpha on all calibration batches every ``round_eval`` steps and keeps the
+    best; the block-output MSE it reports is recomputed here from the written weights and is never
+    above round-to-nearest's (step 0, V = 0, alpha = 1, is one of the scored candidates)."""
+    from fpq.ptq.signround import _first, blocks, capture
+    batches = _batches()
+    m = tiny_bert()
+    q = fpq.convert(m, weights=fmt, scope="modules", group_size=32)
+    rep = {}
+    fpq.ptq(q, batches, methods=["signround"], round_iters=30, round_lr=0.2, round_eval=3, report=rep, progress=False)
+    r = rep["signround"]
+    assert set(r) == {b for b, _ in blocks(q)}
+    assert all(v["loss"] <= v["loss_rtn"] and 0 <= v["best_step"] <= 30 and v["best_step"] % 3 == 0 for v in r.values())
+    q0 = fpq.convert(m, weights=fmt, scope="modules", group_size=32)
+    block, block0 = q.encoder.layer[0], q0.encoder.layer[0]
+    inputs = capture(q0, block0, batches)                      # the first block's inputs do not depend on rounding
+    with torch.no_grad(), layer_mode(block0, "float"):
+        tg = [_first(block0(*a, **k)) for a, k in inputs]
+    mse = lambda b: sum(float(torch.mean((_first(b(*a, **k)) - t) ** 2)) for (a, k), t in zip(inputs, tg)) / 3  # noqa: E731
+    with torch.no_grad(), layer_mode(block, "fast"), layer_mode(block0, "fast"):
+        assert mse(block) == pytest.approx(r["encoder.layer.0"]["loss"], rel=1e-5)
+        assert mse(block) <= mse(block0)
+    layers = dict(weight_only_layers(q))
+    for n, layer in layers.items():
+        assert torch.equal(layer.quantized_weight(), layer.weight)
+    _exact_checks(layers["encoder.layer.1.intermediate.dense"])
+    _exact_checks(layers[FIRST])
+
+
+def test_signround_round_eval_refused():
+    q = fpq.convert(tiny_bert(), weights="int4", scope="modules", group_size=32)
+    with pytest.raises(ValueError, match="round_eval .* must be >= 1"):
+        fpq.ptq(q, _batches(), methods=["signround"], round_eval=0, progress=False)
+
+
+def test_mixed_precision_measured_output_sensitivity():
+    """mp_sensitivity="output": each layer's cost per format is the measured model-output MSE with that
+    layer alone quantized (recomputed here for one layer); the knapsack keeps the budget."""
+    from fpq.ptq.weight_only import call
+    b = _batches()
+    q = fpq.convert(tiny_bert(), weights="int4", scope="modules", group_size=32)
+    bits0 = effective_bits(q)["total"]
+    rep = {}
+    fpq.ptq(q, b, methods=["mixed_precision"], mp_sensitivity="output", mp_formats=["int3", "int4", "int5"], report=rep,
+            progress=False)
+    r = rep["mixed_precision"]
+    assert effective_bits(q)["total"] <= bits0 + 1e-12
+    assert sum(v["error"] for v in r.values()) <= sum(v["error_rtn"] for v in r.values())
+    q0 = fpq.convert(tiny_bert(), weights="int4", scope="modules", group_size=32)
+    with torch.no_grad(), layer_mode(q0, "float"):
+        ref = [call(q0, x)[0] for x in b]
+        with layer_mode(q0.get_submodule(FIRST), "fast"):
+            got = sum(float(torch.mean((call(q0, x)[0] - y) ** 2)) for x, y in zip(b, ref)) / len(b)
+    assert r[FIRST]["error_rtn"] == pytest.approx(got, rel=1e-6)
+    with pytest.raises(ValueError, match="mp_sensitivity='hessian'; allowed: fisher, output"):
+        fpq.ptq(q0, b, methods=["mixed_precision"], mp_sensitivity="hessian", progress=False)

@@ -39,7 +39,8 @@ Returns ``q`` (modified in place); ``report`` (a dict, optional) receives what e
 Weight-only models (``fpq.convert(model, weights=..., scope="modules")``, any module tree, e.g.
 a Hugging Face transformer) take their own methods: one rounding per call (``gptq``, ``owq``,
 ``gwq`` or ``signround``), optionally preceded by ``mixed_precision`` (per-layer formats under an
-average-bit budget) in the same call (fpq/ptq/weight_only.py, importance.py, signround.py);
+average-bit budget) or ``mg_ptq`` (per-column formats chosen by a graph neural network under such
+a budget) in the same call (fpq/ptq/weight_only.py, importance.py, signround.py);
 batches are then what the model is called with (a dict is passed as keyword arguments).
 """
 from __future__ import annotations
@@ -94,7 +95,8 @@ def ptq(q, batches, methods, *, seed: int = 0, progress: bool = True,
     learned_round, block_round), bias_correction (see the module docstring). Every method leaves an
     fpq model, so export, emulation, HLS and verify take the result unchanged. Weight-only models
     (``fpq.convert(..., scope="modules")``) take their own methods: one rounding per call (gptq,
-    owq, gwq or signround), optionally preceded by mixed_precision.
+    owq, gwq or signround), optionally preceded by an allocator of formats under an average-bit
+    budget (mixed_precision: per layer; mg_ptq: per input column, by a graph neural network).
 
     Args:
         q (FpqModel): a model returned by ``fpq.convert`` (changed in place).

@@ -24,6 +24,10 @@ rounding of the weights (one per call) and leaves grid values of each layer's fo
   per-layer format allocator under an average-bit budget (fpq/ptq/importance.py).
   ``mixed_precision`` may be listed with one rounding method: it chooses the formats first.
 * ``signround``  SignRound (Cheng et al. 2023, the method of Intel's auto-round; fpq/ptq/signround.py).
+* ``mg_ptq``  MG-PTQ's graph-neural-network allocator of per-column formats under an average-bit
+  budget (a lower base format with the columns it selects kept in a wider one; fpq/ptq/mg_ptq.py).
+  Like ``mixed_precision`` it may be listed with one rounding method, which then rounds the
+  chosen formats (e.g. ``methods=["mg_ptq", "gptq"]``); the two allocators exclude each other.
 
 Calibration rows of gptq / owq (``gptq_rows``): "relative" (default) weights each row (token) by
 1 / the mean square of the layer's float output on it (normalized to mean 1), so that H and the
@@ -48,14 +52,16 @@ import torch.nn.functional as F
 from ..nn.weight_only import KEEP_FORMAT, check_weight_format, effective_bits, layer_mode, weight_only_layers
 from ..numerics.torch_ops import ste_apply_scaled
 
-METHODS = ("mixed_precision", "gptq", "owq", "gwq", "signround")
+METHODS = ("mixed_precision", "mg_ptq", "gptq", "owq", "gwq", "signround")
+ALLOCATORS = ("mixed_precision", "mg_ptq")
 ROUNDING = ("gptq", "owq", "gwq", "signround")
 ROWS = ("relative", "plain")
 OPTIONS = {"gptq": ("max_rows", "gptq_damp", "gptq_block", "gptq_rows"),
            "owq": ("max_rows", "gptq_damp", "gptq_block", "gptq_rows", "owq_ratio", "keep_format"),
            "gwq": ("gwq_ratio", "keep_format", "fisher_probes"),
-           "mixed_precision": ("mp_bits", "mp_formats", "fisher_probes"),
-           "signround": ("round_iters", "round_lr")}
+           "mixed_precision": ("mp_bits", "mp_formats", "fisher_probes", "mp_sensitivity"),
+           "signround": ("round_iters", "round_lr", "round_eval"),
+           "mg_ptq": ("mg_bits", "mg_high", "mg_topk", "mg_steps", "max_rows")}
 
 
 def call(model, b):
@@ -271,6 +277,9 @@ def run(q, batches, methods, *, seed=0, progress=True, report=None, **options):
     if len(rounding) > 1:
         raise ValueError(f"fpq.ptq: {' and '.join(rounding)} all choose the weight rounding; pick one "
                          "(mixed_precision may go with it)")
+    alloc = [m for m in methods if m in ALLOCATORS]
+    if len(alloc) > 1:
+        raise ValueError("fpq.ptq: mixed_precision and mg_ptq both choose the formats; pick one")
     allowed = {o for m in methods for o in OPTIONS[m]}
     bad = sorted(set(options) - allowed)
     if bad:
@@ -284,9 +293,12 @@ def run(q, batches, methods, *, seed=0, progress=True, report=None, **options):
     was = q.training
     q.eval()
     try:
-        for m in sorted(methods, key=METHODS.index):     # mixed_precision first
+        for m in sorted(methods, key=METHODS.index):     # the allocator first
             mine = {k: v for k, v in options.items() if k in OPTIONS[m]}
-            if m == "mixed_precision":
+            if m == "mg_ptq":
+                from .mg_ptq import run_mg
+                run_mg(q, batches, seed=seed, progress=progress, report=report, write_back=not rounding, **mine)
+            elif m == "mixed_precision":
                 from .importance import run_mixed
                 run_mixed(q, batches, call, seed=seed, progress=progress, report=report, write_back=not rounding, **mine)
             elif m == "gwq":
