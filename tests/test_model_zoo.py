@@ -127,7 +127,7 @@ def test_mnist_example_quick(load_script, tmp_path):
     assert "held-out 1,000 test images" in out.read_text()
 
 
-@pytest.mark.slow
+@pytest.mark.full   # 100 s on 2 cores; test_mnist_example_quick keeps the example's path in make test
 def test_mnist_example_quick_all_rows(load_script):
     _mnist_or_skip()
     rows = load_script("examples/mnist.py").main(["--quick"])
