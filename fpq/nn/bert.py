@@ -20,17 +20,22 @@ and pooled; ``fpq.testing.minilm.fixed_length_ids`` says how sentences are fitte
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 
-class _Attention(nn.Module):
-    """Multi-head self-attention written out (the form fpq.convert takes)."""
+class SelfAttention(nn.Module):
+    """Multi-head self-attention written out; ``scale`` None: 1/sqrt(head_dim) (what
+    nn.MultiheadAttention uses; a power of two only for head_dim 4, 16, 64, ...)."""
 
-    def __init__(self, d: int, heads: int):
+    def __init__(self, d: int = 16, heads: int = 2, scale: float | None = None):
         super().__init__()
+        if d % heads:
+            raise ValueError(f"d={d} is not a multiple of heads={heads}")
         self.heads, self.head_dim = heads, d // heads
-        self.scale = self.head_dim ** -0.5
+        self.scale = 1.0 / math.sqrt(self.head_dim) if scale is None else float(scale)
         self.q, self.k, self.v, self.out = (nn.Linear(d, d) for _ in range(4))
         self.softmax = nn.Softmax(-1)
 
@@ -39,8 +44,9 @@ class _Attention(nn.Module):
         q = self.q(x).view(b, -1, h, dh).transpose(1, 2)      # (B, h, T, dh)
         k = self.k(x).view(b, -1, h, dh).transpose(1, 2)
         v = self.v(x).view(b, -1, h, dh).transpose(1, 2)
-        a = self.softmax(q @ k.transpose(-2, -1) * self.scale)
-        return self.out((a @ v).transpose(1, 2).reshape(b, -1, h * dh))
+        a = self.softmax(q @ k.transpose(-2, -1) * self.scale)   # (B, h, T, T)
+        o = (a @ v).transpose(1, 2).reshape(b, -1, h * dh)        # (B, T, d)
+        return self.out(o)
 
 
 class _Layer(nn.Module):
@@ -48,7 +54,7 @@ class _Layer(nn.Module):
 
     def __init__(self, d: int, heads: int, hidden: int, eps: float):
         super().__init__()
-        self.attn = _Attention(d, heads)
+        self.attn = SelfAttention(d, heads, scale=(d // heads) ** -0.5)   # as the results were measured
         self.ln1, self.ln2 = nn.LayerNorm(d, eps=eps), nn.LayerNorm(d, eps=eps)
         self.fc1, self.act, self.fc2 = nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, d)
 

@@ -10,28 +10,7 @@ import math
 import torch
 from torch import nn
 
-
-class SelfAttention(nn.Module):
-    """Multi-head self-attention written out; ``scale`` None: 1/sqrt(head_dim) (what
-    nn.MultiheadAttention uses; a power of two only for head_dim 4, 16, 64, ...)."""
-
-    def __init__(self, d: int = 16, heads: int = 2, scale: float | None = None):
-        super().__init__()
-        if d % heads:
-            raise ValueError(f"d={d} is not a multiple of heads={heads}")
-        self.heads, self.head_dim = heads, d // heads
-        self.scale = 1.0 / math.sqrt(self.head_dim) if scale is None else float(scale)
-        self.q, self.k, self.v, self.out = (nn.Linear(d, d) for _ in range(4))
-        self.softmax = nn.Softmax(-1)
-
-    def forward(self, x):
-        b, h, dh = x.size(0), self.heads, self.head_dim
-        q = self.q(x).view(b, -1, h, dh).transpose(1, 2)      # (B, h, T, dh)
-        k = self.k(x).view(b, -1, h, dh).transpose(1, 2)
-        v = self.v(x).view(b, -1, h, dh).transpose(1, 2)
-        a = self.softmax(q @ k.transpose(-2, -1) * self.scale)   # (B, h, T, T)
-        o = (a @ v).transpose(1, 2).reshape(b, -1, h * dh)        # (B, T, d)
-        return self.out(o)
+from ..nn.bert import SelfAttention  # noqa: F401  (the written-out attention, defined once there)
 
 
 class MHAWrapper(nn.Module):
