@@ -5,8 +5,6 @@ mean over the tokens -> a classifier head. The attention is the hand-written for
 (``mha=True``), which fpq.convert rewrites into the same form."""
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
