@@ -29,7 +29,25 @@ def _shape(x: torch.Tensor) -> tuple:
 
 
 class FpqBatchNorm(_ExactWBIOL, QuantScaleBias):
-    """y = Q_out(x * Q_w(s) + Q_b(t)) with channel dim 1 of x; ``weight`` = s, ``bias`` = t."""
+    """y = Q_out(x * Q_w(s) + Q_b(t)) with channel dim 1 of x; ``weight`` = s, ``bias`` = t.
+
+    Args:
+        num_features: the number of channels.
+        weights: the Format (or string) of the scale s.
+        bias: the Format of the shift t.
+        output: the Format of the output.
+        scale_kind: "po2", "float" or "none".
+        dims: 1 for a BatchNorm1d, 2 for a BatchNorm2d (the way back to a float model).
+        device: torch device of the parameters.
+        dtype: torch dtype of the parameters.
+
+    Example:
+        >>> import torch
+        >>> from fpq.nn import FpqBatchNorm
+        >>> bn = FpqBatchNorm(2, "int8", "int16", "int8", dims=1).eval()   # s = 1, t = 0
+        >>> bn(torch.tensor([[1.0, -2.0]])).tolist()
+        [[1.0, -2.0]]
+    """
 
     fpq_op = "batchnorm"
 

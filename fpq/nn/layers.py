@@ -249,7 +249,19 @@ class FpqConv2d(_ExactWBIOL, QuantConv2d):
 
 
 class FpqAct(QuantIdentity):
-    """An activation quantizer (network input, or requantization after add / pool / clamp)."""
+    """An activation quantizer (network input, or requantization after add / pool / clamp).
+
+    Args:
+        fmt: the activation's Format or format string.
+        scale_kind: "po2", "float" or "none" (fpq.nn.make_quant).
+
+    Example:
+        >>> import torch
+        >>> from fpq.nn import FpqAct
+        >>> act = FpqAct("int8").eval()
+        >>> act(torch.tensor([1.2, -3.0])).tolist()
+        [1.0, -3.0]
+    """
 
     fpq_op = "quant"
 
@@ -263,13 +275,35 @@ class FpqAct(QuantIdentity):
 
 
 class FpqInput(FpqAct):
-    """The explicit input quantizer, first op of every converted network."""
+    """The explicit input quantizer, first op of every converted network.
+
+    Args:
+        fmt: the input's Format or format string.
+        scale_kind: "po2", "float" or "none".
+
+    Example:
+        >>> from fpq.nn import FpqInput
+        >>> FpqInput("int8").fpq_op
+        'input'
+    """
 
     fpq_op = "input"
 
 
 class FpqAdd(nn.Module):
-    """Residual add: exact sum (float64 in eval) then the activation quantizer."""
+    """Residual add: exact sum (float64 in eval) then the activation quantizer.
+
+    Args:
+        fmt: the sum's Format or format string.
+        scale_kind: "po2", "float" or "none".
+
+    Example:
+        >>> import torch
+        >>> from fpq.nn import FpqAdd
+        >>> add = FpqAdd("int8").eval()
+        >>> add(torch.tensor([1.0]), torch.tensor([0.3])).tolist()
+        [1.0]
+    """
 
     fpq_op = "add"
 
@@ -278,6 +312,12 @@ class FpqAdd(nn.Module):
         self.quant = FpqAct(fmt, scale_kind)
 
     def forward(self, a, b):
+        """The quantized sum ``a + b``.
+
+        Args:
+            a: a tensor (or Brevitas QuantTensor).
+            b: a tensor of a shape that broadcasts with ``a``.
+        """
         a, b = _value(a), _value(b)
         if not self.training:
             a, b = a.to(torch.float64), b.to(torch.float64)
@@ -296,6 +336,20 @@ class FpqAvgPool(nn.Module):
     float64 division by the window size, so an exact tie of the next quantizer stays a tie
     (torch's own float64 average may multiply by a rounded reciprocal instead). Windows must
     have a constant size: no ceil_mode, and padding only with count_include_pad=True.
+
+    Args:
+        pool: the torch pooling module (AvgPool1d / AvgPool2d / AdaptiveAvgPool1d / 2d to 1).
+        fmt: the output's Format or format string.
+        scale_kind: "po2", "float" or "none".
+
+    Raises:
+        ValueError: an AvgPool with ceil_mode, divisor_override or count_include_pad=False and padding.
+
+    Example:
+        >>> import torch; from fpq.nn import FpqAvgPool
+        >>> pool = FpqAvgPool(torch.nn.AvgPool2d(2), "int8").eval()
+        >>> pool.exact_mean(torch.arange(4.0, dtype=torch.float64).reshape(1, 1, 2, 2)).item()
+        1.5
     """
 
     fpq_op = "avgpool"
@@ -312,7 +366,11 @@ class FpqAvgPool(nn.Module):
         self.quant = FpqAct(fmt, scale_kind)
 
     def window(self) -> int | None:
-        """Number of elements averaged (None: the whole spatial extent)."""
+        """Number of elements averaged (None: the whole spatial extent).
+
+        Returns:
+            int | None: the window size.
+        """
         p = self.pool
         if isinstance(p, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
             return None
@@ -327,6 +385,9 @@ class FpqAvgPool(nn.Module):
 
         Args:
             x: the float64 input.
+
+        Returns:
+            torch.Tensor: the float64 window means.
         """
         p = self.pool
         if isinstance(p, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
@@ -343,6 +404,11 @@ class FpqAvgPool(nn.Module):
         return s / self.window()
 
     def forward(self, x):
+        """The quantized window means.
+
+        Args:
+            x: the input tensor (or Brevitas QuantTensor).
+        """
         x = _value(x)
         if self.training:
             return self.quant(self.pool(x))
@@ -360,7 +426,24 @@ class FpqClamp(nn.Module):
     The bounds are kept as float32 numbers (None: no bound): a float model clamps its float32
     activations with the float32 rounding of a bound such as Hardtanh's 1.3, and the exported
     Clip, the emulator and the HLS project use that same number (fpq's eval forward runs in
-    float64, where 1.3 itself would be another bound)."""
+    float64, where 1.3 itself would be another bound).
+
+    Args:
+        min_val: the lower bound (None: none).
+        max_val: the upper bound (None: none).
+        fmt: the output's Format or format string.
+        scale_kind: "po2", "float" or "none".
+
+    Raises:
+        ValueError: ``min_val > max_val``.
+
+    Example:
+        >>> import torch
+        >>> from fpq.nn import FpqClamp
+        >>> relu6 = FpqClamp(0.0, 6.0, "uint8").eval()
+        >>> relu6(torch.tensor([-1.0, 7.0, 2.1])).tolist()
+        [0.0, 6.0, 2.0]
+    """
 
     fpq_op = "clip"
 
@@ -372,6 +455,11 @@ class FpqClamp(nn.Module):
         self.quant = FpqAct(fmt, scale_kind)
 
     def forward(self, x):
+        """The quantized clamp of ``x``.
+
+        Args:
+            x: the input tensor (or Brevitas QuantTensor).
+        """
         return self.quant(torch.clamp(_value(x), self.min_val, self.max_val))
 
     @property

@@ -75,7 +75,21 @@ def po2_round_scale(value: float) -> float:
 class FpqTensorQuant(nn.Module):
     """Quantize a tensor to an fpq Format; returns Brevitas' (value, scale, zero_point, bit_width).
 
-    ``channels``: number of output channels for per-channel scales (weights, biases), else None.
+    Args:
+        fpq_format: the format string.
+        fpq_scale_kind: "po2", "float" or "none".
+        fpq_channels: number of output channels for per-channel scales (weights, biases), 0: per tensor.
+        fpq_role: "weight", "bias" or "act".
+
+    Example:
+        >>> import torch
+        >>> from fpq.nn import FpqTensorQuant
+        >>> q = FpqTensorQuant("int8", "po2", 0, "act")
+        >>> q.init_from_max(3.0)
+        >>> q.scale().item()
+        0.03125
+        >>> q(torch.tensor([1.3]))[0].tolist()
+        [1.3125]
     """
 
     def __init__(self, fpq_format: str, fpq_scale_kind: str, fpq_channels: int, fpq_role: str):
@@ -100,7 +114,11 @@ class FpqTensorQuant(nn.Module):
 
     # -- scale ---------------------------------------------------------------------------
     def scale(self) -> torch.Tensor:
-        """The current float32 scale (shape () or (C,))."""
+        """The current float32 scale.
+
+        Returns:
+            torch.Tensor: the scale, shape () or (C,).
+        """
         t = self.log2_scale
         if self.scale_kind == "po2":
             t = _RoundSTE.apply(t)
@@ -110,7 +128,14 @@ class FpqTensorQuant(nn.Module):
 
     @torch.no_grad()
     def set_scale(self, scale) -> None:
-        """Set the scale (tensor/array/float, > 0); po2 scales must be powers of two."""
+        """Set the scale; po2 scales must be powers of two.
+
+        Args:
+            scale: tensor / array / float, > 0 (1 for a format with its own scaling).
+
+        Raises:
+            ValueError: a scale that is not finite and > 0, not a power of two for po2, or not 1 for "none".
+        """
         s = torch.as_tensor(scale, dtype=torch.float64).reshape(self.log2_scale.shape)
         if self.scale_kind == "none":
             if not torch.all(s == 1):
@@ -128,6 +153,9 @@ class FpqTensorQuant(nn.Module):
         """Scale so that ``maxabs`` (per tensor or per channel) maps to the format's maximum.
 
         po2: rounded up to a power of two (ceil), so the maximum is never clipped.
+
+        Args:
+            maxabs: the largest magnitude (float, or a (C,) tensor per channel).
         """
         if self.scale_kind == "none":
             return
@@ -163,21 +191,52 @@ class FpqTensorQuant(nn.Module):
 
     def brevitas_scale(self, s: torch.Tensor) -> torch.Tensor:
         """The scale in Brevitas / QONNX terms (value = integer code * scale): a Fixed format's
-        own step 2**-frac_bits is part of it, so Quant(bit_width=W, scale=2**-F) is fixed<W, W-F>."""
+        own step 2**-frac_bits is part of it, so Quant(bit_width=W, scale=2**-F) is fixed<W, W-F>.
+
+        Args:
+            s: the fpq scale.
+
+        Returns:
+            torch.Tensor: the Brevitas scale.
+        """
         if isinstance(self.fmt, Fixed):
             return s * (2.0 ** -self.fmt.frac_bits)
         return s
 
     def forward(self, x: torch.Tensor):
+        """Brevitas' (value, scale, zero_point, bit_width) of ``x`` quantized.
+
+        Args:
+            x: the tensor to quantize.
+        """
         y, s = self.quantize(x)
         return y, self.brevitas_scale(s), self.zero_t.to(s.dtype), self.bit_width_t
 
     def extra_repr(self) -> str:
+        """The format, scale kind and channels, for ``repr``.
+
+        Returns:
+            str: e.g. ``format=int8, scale=po2, channels=tensor``.
+        """
         return f"format={self.fmt}, scale={self.scale_kind}, channels={self.channels or 'tensor'}"
 
 
 class FpqFloatTensorQuant(FpqTensorQuant):
-    """Minifloat version: returns the 9-tuple Brevitas' float proxies expect."""
+    """Minifloat version: returns the 9-tuple Brevitas' float proxies expect.
+
+    Args:
+        fpq_format: the minifloat format string.
+        fpq_scale_kind: "po2", "float" or "none".
+        fpq_channels: number of channels for per-channel scales, 0: per tensor.
+        fpq_role: "weight", "bias" or "act".
+
+    Example:
+        >>> import torch
+        >>> from fpq.nn import FpqFloatTensorQuant
+        >>> out = FpqFloatTensorQuant("e4m3", "po2", 0, "act")(torch.tensor([0.3]))
+        >>> len(out), out[0].tolist()
+        (9, [0.3125])
+    """
 
     def __init__(self, fpq_format: str, fpq_scale_kind: str, fpq_channels: int, fpq_role: str):
         super().__init__(fpq_format, fpq_scale_kind, fpq_channels, fpq_role)
@@ -188,6 +247,11 @@ class FpqFloatTensorQuant(FpqTensorQuant):
         self.inf_values, self.nan_values = minifloat_special_codes(f)
 
     def forward(self, x: torch.Tensor):
+        """Brevitas' float 9-tuple (value, scale, zero point, exponent / mantissa widths, bias, ...) of ``x``.
+
+        Args:
+            x: the tensor to quantize.
+        """
         y, s = self.quantize(x)
         return (y, s, self.zero_t.to(s.dtype), self.exp_bw, self.man_bw, self.exp_bias,
                 self.fmt.saturate, self.inf_values, self.nan_values)
@@ -275,6 +339,15 @@ def make_quant(fmt, role: str, scale_kind: str = "po2", channels: int = 0):
 
     Returns:
         type: a Brevitas injector class.
+
+    Raises:
+        ValueError: a block format for a bias, or with an axis other than the reduction axis or per channel.
+
+    Example:
+        >>> from fpq.nn import make_quant
+        >>> q = make_quant("int8", "weight")
+        >>> q.fpq_format, q.fpq_scale_kind
+        ('int8', 'po2')
     """
     fmt = parse_format(fmt)
     if isinstance(fmt, BlockFormat):
@@ -337,6 +410,12 @@ def tensor_quant_of(proxy):
 
     Returns:
         FpqTensorQuant | None: its fpq quantizer.
+
+    Example:
+        >>> from fpq.nn import FpqAct, tensor_quant_of
+        >>> act = FpqAct("int8")
+        >>> str(tensor_quant_of(act.act_quant).fmt)
+        'int8'
     """
     if proxy is None:
         return None
