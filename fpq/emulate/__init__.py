@@ -78,7 +78,31 @@ def as_graph(q_or_onnx, example_input=None) -> Graph:
 
 
 class Emulator:
-    """A compiled executor of one Graph. ``emu(x)`` -> outputs; ``emu(x, return_trace=True)``."""
+    """A compiled executor of one Graph. ``emu(x)`` -> outputs; ``emu(x, return_trace=True)``.
+
+    Args:
+        graph: an fpq.ir Graph, a QONNX / ONNX model or path, or a converted fpq model (``as_graph``).
+        device: None / "cpu" (numpy), or a torch device (the torch backend).
+        example_input: an example input, to export a torch model.
+        blas_threads: BLAS threads while running (None: as configured).
+        backend: "numpy" or "torch" (None: from ``device``).
+
+    Raises:
+        ValueError: an unknown backend.
+        UnsupportedGraphError: a block-scaled format on an op other than a linear / conv of groups 1.
+
+    Example:
+        >>> import numpy as np
+        >>> from fpq.emulate import Emulator
+        >>> from fpq.formats import parse_format
+        >>> from fpq.ir import Graph, Op, Quantizer
+        >>> from fpq.typeplan import TensorType
+        >>> t = TensorType(parse_format("int8"), np.float32(0.5))
+        >>> op = Op("q", "input_quant", ["x"], ["y"], quant=Quantizer(t, np.float32(0.5), "q", "Quant"),
+        ...         types={"output": t}, out_shape=(1, 2))
+        >>> Emulator(Graph([op], ["x"], ["y"], {"x": (1, 2)}))(np.array([[0.3, 100.0]], np.float32)).tolist()
+        [[0.5, 63.5]]
+    """
 
     def __init__(self, graph, device=None, example_input=None, blas_threads=1, backend=None):
         self.graph = as_graph(graph, example_input)
@@ -377,7 +401,14 @@ class Emulator:
 
     def block_sum(self, op, x, w, b):
         """A block-scaled linear / conv op: fpq.numerics.block_dot.block_linear of float64 x, w (out, in) and
-        b (numpy or torch arrays, either backend), counting the values float64 alone could not sum."""
+        b (numpy or torch arrays, either backend), counting the values float64 alone could not sum.
+
+        Args:
+            op: the block-scaled linear / conv Op.
+            x: its float64 input.
+            w: its weight.
+            b: its bias (or None).
+        """
         from ..numerics.block_dot import block_linear
         if op.kind in CONV_KINDS:   # blocks of input channels per kernel tap (fpq.numerics.block_conv)
             from ..numerics.block_conv import block_conv
@@ -397,7 +428,13 @@ class Emulator:
 
     def dense_conv(self, op, in_shape, w):
         """(matrix, output shape) of a small convolution unrolled into one dense matrix, or None
-        (see dense_conv_matrix); built once per op, input shape and weight dtype."""
+        (see dense_conv_matrix); built once per op, input shape and weight dtype.
+
+        Args:
+            op: the conv Op.
+            in_shape: its input shape.
+            w: its weight.
+        """
         key = (op.name, tuple(in_shape), w.dtype)
         if key not in self._dense:
             self._dense[key] = dense_conv_matrix(w, op.attrs, tuple(in_shape))

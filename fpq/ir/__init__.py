@@ -79,14 +79,22 @@ from ..typeplan import TensorType
 class OpKind:
     """What every consumer needs to know of an op kind, said once.
 
-    ``mac``: sums of products of a dynamic input and constant weights over a fan-in (linear,
-    conv); ``weighted``: has weight / bias constants (mac kinds and batchnorm); the TypePlan
-    derives their product and accumulator, and a cast requantizer after them is their output.
-    ``type_preserving``: the output values are a subset of the input's (its type passes through).
-    ``free``: wiring only, no circuit (the cost model prices nothing). ``computes``: forms a new,
-    unquantized value (a sum, product or mean) that a quantizer after it rounds. ``moves``: every
-    output value is one of its inputs' values, moved without arithmetic (concat; its type is the
-    union of its inputs', so it is not type-preserving, but it keeps a rounded-to-odd sum's meaning).
+    Args:
+        name: the kind's name (an ``Op.kind``).
+        mac: sums of products of a dynamic input and constant weights over a fan-in (linear, conv).
+        weighted: has weight / bias constants (mac kinds and batchnorm); the TypePlan derives their
+            product and accumulator, and a cast requantizer after them is their output.
+        type_preserving: the output values are a subset of the input's (its type passes through).
+        free: wiring only, no circuit (the cost model prices nothing).
+        computes: forms a new, unquantized value (a sum, product or mean) that a quantizer after it rounds.
+        moves: every output value is one of its inputs' values, moved without arithmetic (concat; its
+            type is the union of its inputs', so it is not type-preserving, but it keeps a
+            rounded-to-odd sum's meaning).
+
+    Example:
+        >>> from fpq.ir import OPS
+        >>> OPS["linear"].mac, OPS["relu"].type_preserving, OPS["flatten"].free
+        (True, True, True)
     """
 
     name: str
@@ -129,7 +137,13 @@ MOVING_KINDS = tuple(k for k, o in OPS.items() if o.moves)           # concat, u
 POOL_KINDS = ("maxpool", "avgpool", "global_avgpool")
 
 class UnsupportedGraphError(ValueError):
-    """A QONNX graph fpq cannot represent exactly (the message names the node and why)."""
+    """A QONNX graph fpq cannot represent exactly (the message names the node and why).
+
+    Example:
+        >>> from fpq.ir import UnsupportedGraphError
+        >>> issubclass(UnsupportedGraphError, ValueError)
+        True
+    """
 
 
 @dataclass(frozen=True)
@@ -139,6 +153,24 @@ class Quantizer:
     ``scale`` is float32 in the tensor's broadcast layout (e.g. (C, 1) for a linear weight,
     (1, C, 1, 1) for a conv activation); ``ttype.scale`` is the same scale flattened to () or
     (C,). ``pre_scale`` (Trunc only): the input is first rounded to multiples of it.
+
+    Args:
+        ttype: the output's TensorType (format and flattened scale).
+        scale: the float32 scale in the tensor's broadcast layout.
+        node: the QONNX node's name.
+        op_type: the QONNX op type of the node (e.g. Quant, Trunc).
+        qonnx_exact: QONNX's own semantics give the same values as fpq's.
+        note: why not, when not.
+        pre_scale: Trunc only: the input grid.
+
+    Example:
+        >>> import numpy as np
+        >>> from fpq.formats import parse_format
+        >>> from fpq.ir import Quantizer
+        >>> from fpq.typeplan import TensorType
+        >>> q = Quantizer(TensorType(parse_format("int8"), np.float32(0.5)), np.float32(0.5), "q0", "Quant")
+        >>> q(np.array([0.3, 100.0])).tolist()
+        [0.5, 63.5]
     """
 
     ttype: TensorType
@@ -181,7 +213,31 @@ class Quantizer:
 
 @dataclass
 class Op:
-    """One IR op. ``inputs`` / ``outputs`` are ONNX tensor names (dynamic tensors only)."""
+    """One IR op. ``inputs`` / ``outputs`` are ONNX tensor names (dynamic tensors only).
+
+    Args:
+        name: the op's name.
+        kind: its kind (a key of ``OPS``).
+        inputs: the names of its dynamic input tensors.
+        outputs: the names of its output tensors.
+        in_shapes: the input shapes.
+        out_shape: the output shape, when known.
+        attrs: kind-specific attributes (strides, axes, ...).
+        weight: float32 weight, on its grid.
+        bias: float32 bias (on its grid when quantized).
+        quant: the quantizer of a quant / input_quant op.
+        weight_quant: the weight's quantizer.
+        bias_quant: the bias' quantizer.
+        types: role ("output", "weight", "bias", "input", ...) -> TensorType.
+        onnx_nodes: the ONNX nodes the op was read from.
+        module: the torch module path the op was exported from, when known.
+
+    Example:
+        >>> import numpy as np
+        >>> from fpq.ir import Op
+        >>> Op("fc", "linear", ["x"], ["y"], weight=np.zeros((4, 3), np.float32)).fan_in
+        3
+    """
 
     name: str
     kind: str
@@ -212,7 +268,21 @@ class Op:
 
 @dataclass
 class Graph:
-    """Ops in execution order; ``inputs`` / ``outputs`` are the graph's ONNX tensor names."""
+    """Ops in execution order; ``inputs`` / ``outputs`` are the graph's ONNX tensor names.
+
+    Args:
+        ops: the Ops, in execution order.
+        inputs: the graph's input tensor names.
+        outputs: its output tensor names.
+        input_shapes: input name -> shape.
+        name: the model's name.
+
+    Example:
+        >>> from fpq.ir import Graph, Op
+        >>> g = Graph([Op("r", "relu", ["x"], ["y"])], ["x"], ["y"], {"x": (1, 4)})
+        >>> g.producer("y").name, [op.name for op in g.consumers("x")], len(g)
+        ('r', ['r'], 1)
+    """
 
     ops: list
     inputs: list
@@ -237,6 +307,9 @@ class Graph:
 
         Args:
             tensor: a tensor name of the graph.
+
+        Returns:
+            Op | None: its producer.
         """
         for op in self.ops:
             if tensor in op.outputs:
@@ -244,7 +317,14 @@ class Graph:
         return None
 
     def consumers(self, tensor: str) -> list:
-        """The ops that read ``tensor``, in execution order."""
+        """The ops that read ``tensor``, in execution order.
+
+        Args:
+            tensor: a tensor name of the graph.
+
+        Returns:
+            list[Op]: its consumers (empty for a graph output).
+        """
         return [op for op in self.ops if tensor in op.inputs]
 
     def tensor_type(self, tensor: str) -> TensorType | None:
@@ -252,6 +332,9 @@ class Graph:
 
         Args:
             tensor: a tensor name of the graph.
+
+        Returns:
+            TensorType | None: its type.
         """
         for op in self.ops:
             if tensor in op.outputs:
@@ -259,7 +342,11 @@ class Graph:
         return None
 
     def summary(self) -> str:
-        """One line per op: name, kind, output shape and output type."""
+        """One line per op: name, kind, output shape and output type.
+
+        Returns:
+            str: the table, one line per op.
+        """
         lines = []
         for op in self.ops:
             t = op.types.get("output")
