@@ -209,6 +209,18 @@ def load_project(outdir) -> HLSProject:
 
     Returns:
         HLSProject: the project, ready to ``predict``.
+
+    Raises:
+        FileNotFoundError: ``outdir`` is not a complete fpq HLS project.
+
+    Example:
+        >>> import tempfile
+        >>> from fpq.hls import load_project
+        >>> try:
+        ...     load_project(tempfile.mkdtemp())
+        ... except FileNotFoundError as e:
+        ...     print("not a project")
+        not a project
     """
     outdir = Path(outdir)
     stamp = outdir / STAMP

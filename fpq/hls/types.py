@@ -22,7 +22,13 @@ def c_array(values: np.ndarray) -> str:
 
 
 class HLSUnsupportedError(ValueError):
-    """The network (a layer, a format or a scale) cannot be made exact in HLS: the message says which and why."""
+    """The network (a layer, a format or a scale) cannot be made exact in HLS: the message says which and why.
+
+    Example:
+        >>> from fpq.hls import HLSUnsupportedError
+        >>> issubclass(HLSUnsupportedError, ValueError)
+        True
+    """
 
 
 @dataclass

@@ -47,7 +47,13 @@ SUPPORTED = pipe.RTL_KINDS   # the ops it builds (fpq.cost_model.pipeline prices
 
 
 class RTLUnsupportedError(ValueError):
-    """An op (or a type of an op) ``to_rtl`` does not build; the message names it."""
+    """An op (or a type of an op) ``to_rtl`` does not build; the message names it.
+
+    Example:
+        >>> from fpq.rtl import RTLUnsupportedError
+        >>> issubclass(RTLUnsupportedError, ValueError)
+        True
+    """
 
 
 @dataclass
@@ -60,7 +66,20 @@ class Sig:
 
 @dataclass
 class LayerInfo:
-    """What ``to_rtl`` built for one op (read by the tests and the cost comparison)."""
+    """What ``to_rtl`` built for one op (read by the tests and the cost comparison).
+
+    Args:
+        name: the op's name.
+        kind: its IR kind.
+        circuit: "mac", "cast", "lookup", "relu", "wire" or "port".
+        params: the circuit's sizes (bits, fan-in, multipliers, ...).
+        cycles: the register stages it adds.
+
+    Example:
+        >>> from fpq.rtl import LayerInfo
+        >>> LayerInfo("quant_0", "quant", "cast", {"n": 3, "in_bits": 24, "out_bits": 4}).circuit
+        'cast'
+    """
 
     name: str
     kind: str

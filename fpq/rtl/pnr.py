@@ -35,8 +35,15 @@ _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*\Z")
 
 
 class ToolMissingError(ImportError, RuntimeError):
-    """A place-and-route tool is not installed (a missing optional dependency); the message says
-    what to install."""
+    """A place-and-route tool is not installed (a missing optional dependency).
+
+    The message says what to install.
+
+    Example:
+        >>> from fpq.rtl import ToolMissingError
+        >>> issubclass(ToolMissingError, ImportError), issubclass(ToolMissingError, RuntimeError)
+        (True, True)
+    """
 
 
 def nextpnr_cmd() -> list[str]:

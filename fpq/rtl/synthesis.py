@@ -12,8 +12,10 @@ from ..cost_model.yosys import run_script, yosys_version
 
 
 def synthesize(net, flow: str = "lut", workdir=None, timeout: float = 3600) -> dict:
-    """One yosys run over ``net.verilog`` with ``net.top`` as top: a row of cell counts (lut,
-    lut_logic, srl, muxf, carry, ff, dsp, bram) plus the flags and the yosys version.
+    """One yosys run over ``net.verilog`` with ``net.top`` as top.
+
+    The row holds the cell counts (lut, lut_logic, srl, muxf, carry, ff, dsp, bram) plus the flags
+    and the yosys version.
 
     Args:
         net: an RTLNetwork (or operator) with ``verilog`` and ``top``.
@@ -23,6 +25,18 @@ def synthesize(net, flow: str = "lut", workdir=None, timeout: float = 3600) -> d
 
     Returns:
         dict: the cell counts and flags.
+
+    Raises:
+        ValueError: an unknown flow.
+
+    Example:
+        >>> import torch, fpq
+        >>> from fpq.rtl import synthesize
+        >>> q = fpq.convert(torch.nn.Sequential(torch.nn.Linear(4, 3)), fmt="int4")
+        >>> _ = fpq.calibrate(q, [torch.randn(16, 4)], progress=False)
+        >>> net = fpq.to_rtl(q, example_input=torch.randn(1, 4), pipeline_every=0)
+        >>> synthesize(net, flow="lut")["lut"] > 0   # runs yosys  # doctest: +SKIP
+        True
     """
     if flow not in FLOWS:
         raise ValueError(f"unknown flow {flow!r}; allowed: {', '.join(FLOWS)}")

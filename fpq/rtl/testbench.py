@@ -11,8 +11,30 @@ from ..cost_model import sim
 
 
 class Simulator:
-    """The compiled CXXRTL model of one ``RTLNetwork`` (or of several, in one g++ run: ``index``
-    picks one); call it on float32 inputs (n, *shape)."""
+    """The compiled CXXRTL model of one or several ``RTLNetwork``s (one yosys run and one g++ compile).
+
+    Call it on float32 inputs (n, *shape); ``index`` picks one of several networks.
+
+    Args:
+        nets: an RTLNetwork or a list of them (distinct ``top`` names).
+        workdir: where to build (None: a temporary folder).
+
+    Raises:
+        ValueError: networks with the same top name.
+
+    Example:
+        >>> import torch, fpq
+        >>> from fpq.rtl import Simulator
+        >>> q = fpq.convert(torch.nn.Sequential(torch.nn.Linear(4, 3)), fmt="int4")
+        >>> _ = fpq.calibrate(q, [torch.randn(16, 4)], progress=False)
+        >>> net = fpq.to_rtl(q, example_input=torch.randn(1, 4), pipeline_every=0)
+        >>> Simulator([net, net])   # checked before anything is compiled
+        Traceback (most recent call last):
+        ...
+        ValueError: networks simulated together need distinct top names (to_rtl(..., top=...))
+        >>> Simulator(net)(torch.randn(2, 4).numpy()).shape   # doctest: +SKIP
+        (2, 3)
+    """
 
     def __init__(self, nets, workdir=None):
         self.nets = list(nets) if isinstance(nets, (list, tuple)) else [nets]
@@ -27,7 +49,18 @@ class Simulator:
 
     def input_codes(self, x, index: int = 0) -> dict:
         """Port -> codes for float32 inputs: float32 bit patterns, or the input quantizer's codes
-        (computed with the graph's own quantizer, as the host does for the HLS project's port)."""
+        (computed with the graph's own quantizer, as the host does for the HLS project's port).
+
+        Args:
+            x: float32 inputs (n, *shape).
+            index: which of the simulated networks.
+
+        Returns:
+            dict: port name -> int64 codes, one per sample.
+
+        Raises:
+            ValueError: ``x`` has another number of inputs per sample than the network.
+        """
         net = self.nets[index]
         x = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
         if x.shape[1] != len(net.inputs):
@@ -68,6 +101,15 @@ def simulate(net, x, workdir=None) -> np.ndarray:
 
     Returns:
         np.ndarray: the outputs.
+
+    Example:
+        >>> import torch, fpq
+        >>> from fpq.rtl import simulate
+        >>> q = fpq.convert(torch.nn.Sequential(torch.nn.Linear(4, 3)), fmt="int4")
+        >>> _ = fpq.calibrate(q, [torch.randn(16, 4)], progress=False)
+        >>> net = fpq.to_rtl(q, example_input=torch.randn(1, 4), pipeline_every=0)
+        >>> simulate(net, torch.randn(2, 4).numpy()).shape   # compiles with yosys and g++  # doctest: +SKIP
+        (2, 3)
     """
     return Simulator(net, workdir)(x)
 
@@ -86,6 +128,15 @@ def check(net, x, workdir=None, simulator: Simulator | None = None, index: int =
 
     Returns:
         dict: the comparison.
+
+    Example:
+        >>> import torch, fpq
+        >>> from fpq.rtl import check
+        >>> q = fpq.convert(torch.nn.Sequential(torch.nn.Linear(4, 3)), fmt="int4")
+        >>> _ = fpq.calibrate(q, [torch.randn(16, 4)], progress=False)
+        >>> net = fpq.to_rtl(q, example_input=torch.randn(1, 4), pipeline_every=0)
+        >>> check(net, torch.randn(8, 4).numpy())["mismatches"]   # compiles with yosys and g++  # doctest: +SKIP
+        0
     """
     from ..emulate import emulate
     s = simulator or Simulator(net, workdir)
