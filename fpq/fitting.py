@@ -48,10 +48,21 @@ NAMES = {"lut": "LUT", "ff": "FF", "dsp": "DSP", "bram18": "BRAM18"}
 
 class FitError(ValueError):
     """No setting fits the budget; the message says which resource runs out and by how much.
-    ``shortfall``: {resource ("lut", "ff", "dsp", "bram18"): (needed, allowed)} at the cheapest
-    setting tried, for the resources over the budget. ``fixed``: {resource: how much of that need
-    no reuse factor or strategy changes} (io_stream FIFOs and line buffers, layers without
-    weights): where it exceeds the allowed amount, no setting of fit's can fit."""
+
+    Args:
+        message: the error message.
+        shortfall: {resource ("lut", "ff", "dsp", "bram18"): (needed, allowed)} at the cheapest
+            setting tried, for the resources over the budget.
+        fixed: {resource: how much of that need no reuse factor or strategy changes} (io_stream
+            FIFOs and line buffers, layers without weights): where it exceeds the allowed amount,
+            no setting of fit's can fit.
+
+    Example:
+        >>> from fpq.fitting import FitError
+        >>> err = FitError("LUT: needs 120, allowed 100", shortfall={"lut": (120, 100)})
+        >>> err.shortfall, isinstance(err, ValueError)
+        ({'lut': (120, 100)}, True)
+    """
 
     def __init__(self, message: str, shortfall: dict | None = None, fixed: dict | None = None):
         super().__init__(message)

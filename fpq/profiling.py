@@ -33,7 +33,23 @@ _GEMM_ALIGN = 16  # torch._scaled_mm on CUDA needs K and N divisible by 16
 
 @dataclass
 class ProfileRow:
-    """One measured (or skipped) configuration."""
+    """One measured (or skipped) configuration.
+
+    Args:
+        name: the configuration's name.
+        dtype: the dtype it ran in.
+        status: "ok" or "skipped".
+        median_ms: median latency per batch.
+        p90_ms: 90th-percentile latency per batch.
+        throughput: inferences per second at the median.
+        max_abs_diff: largest difference to the float model in fp32 (same input).
+        reason: why skipped, or what the row measures.
+
+    Example:
+        >>> from fpq.profiling import ProfileRow
+        >>> ProfileRow("fp32", "float32", "ok", median_ms=1.5).median_ms
+        1.5
+    """
 
     name: str
     dtype: str

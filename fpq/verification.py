@@ -291,6 +291,20 @@ def qonnx_trace(model, x, graph: Graph, mw=None):
 
     Returns:
         tuple: the outputs and the per-op values.
+
+    Example:
+        >>> import os, tempfile
+        >>> import numpy as np, torch, fpq
+        >>> from fpq.emulate import as_graph
+        >>> from fpq.verification import qonnx_trace
+        >>> q = fpq.convert(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()), fmt="int8")
+        >>> _ = fpq.calibrate(q, [torch.randn(16, 4)], progress=False)
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     path = os.path.join(d, "m.onnx")
+        ...     _ = fpq.export_qonnx(q, path, torch.randn(1, 4))
+        ...     out, per_op = qonnx_trace(path, np.zeros((2, 4), np.float32), as_graph(path))
+        >>> out.shape, sorted(per_op)
+        ((2, 3), ['input_quant', 'linear_0', 'output', 'quant_0', 'relu_1'])
     """
     from qonnx.core.onnx_exec import execute_onnx
     x = np.asarray(x)

@@ -52,7 +52,11 @@ class Device:
     part: str = ""        # a full part number of the die (package, speed grade) for the vendor tools
 
     def describe(self) -> str:
-        """One line naming the device and its LUT, FF, DSP, BRAM18 and URAM counts."""
+        """One line naming the device and its LUT, FF, DSP, BRAM18 and URAM counts.
+
+        Returns:
+            str: e.g. ``xc7z020 (7series): 53200 LUT, 106400 FF, ...``.
+        """
         return (f"{self.name} ({self.family}): {self.lut} LUT, {self.ff} FF, {self.dsp} {self.dsp_cell} "
                 f"({self.dsp_a}x{self.dsp_b}), {self.bram18} BRAM18, {self.uram} URAM")
 

@@ -13,9 +13,16 @@ from .types import Fixed, Format, Int, Minifloat, _check_int
 
 @dataclass(frozen=True, eq=True)
 class E8M0(Format):
-    """OCP MX's shared block scale (ml_dtypes' float8_e8m0fnu): 8 bits, the value of code c is
-    2**(c - 127) for c in 0..254 and 0xFF is NaN; no sign, no zero, no inf. A scale format only:
-    fpq quantizes no tensor to it (``block<ELEM,e8m0,K>`` uses it)."""
+    """OCP MX's shared block scale (ml_dtypes' float8_e8m0fnu).
+
+    8 bits, the value of code c is 2**(c - 127) for c in 0..254 and 0xFF is NaN; no sign, no zero,
+    no inf. A scale format only: fpq quantizes no tensor to it (``block<ELEM,e8m0,K>`` uses it).
+
+    Example:
+        >>> from fpq.formats import E8M0
+        >>> str(E8M0()), E8M0().width, E8M0().max_value == 2.0 ** 127
+        ('e8m0', 8, True)
+    """
 
     kind: ClassVar[str] = "e8m0"
     bias: ClassVar[int] = 127
@@ -71,6 +78,23 @@ class BlockFormat(Format):
     with mantissa bits (NVFP4 style: the block scale is amax_block / max_elem / s_t rounded to the
     scale format, clamped to its smallest and largest values, with one float32 tensor scale s_t =
     amax_tensor / (max_scale * max_elem)). The numerics are fpq.numerics.blocks.
+
+    Args:
+        elem: the element Format.
+        scale: the block scale Format (E8M0 or an unsigned minifloat).
+        k: the block size (1 .. 4096).
+        axis: the axis the blocks run along.
+        scale_rounding: how an E8M0 scale's exponent is chosen (a key of ``SCALE_ROUNDINGS``).
+
+    Raises:
+        ValueError: an element or scale format, block size, axis or scale rounding fpq does not support.
+
+    Example:
+        >>> import fpq
+        >>> from fpq.formats import BlockFormat, E8M0
+        >>> f = BlockFormat(fpq.parse_format("e2m1"), E8M0(), 32)
+        >>> str(f), f == fpq.parse_format("mxfp4")
+        ('block<e2m1,e8m0,32>', True)
     """
 
     elem: Format

@@ -273,6 +273,9 @@ def format_to_str(fmt: Format) -> str:
     Returns:
         str: the spelling ``parse_format`` reads back to ``fmt``.
 
+    Raises:
+        TypeError: ``fmt`` is not a Format.
+
     Example:
         >>> import fpq
         >>> from fpq.formats import format_to_str

@@ -240,6 +240,9 @@ def quantize_unscaled(x: np.ndarray, fmt: Format) -> np.ndarray:
     Returns:
         np.ndarray: float64 values of the format.
 
+    Raises:
+        TypeError: a Format class with no numpy quantizer.
+
     Example:
         >>> import numpy as np, fpq
         >>> from fpq.numerics import quantize_unscaled
@@ -314,6 +317,9 @@ def overflow_fixed(k: np.ndarray, lo: int, hi: int, width: int, signed: bool, ov
 
     Returns:
         np.ndarray: float64 codes within [lo, hi].
+
+    Raises:
+        ValueError: an unknown overflow mode.
 
     Example:
         >>> import numpy as np

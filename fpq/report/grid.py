@@ -50,6 +50,9 @@ def grid(bits=range(3, 9), kinds=("int", "minifloat"), *, fixed_int_bits: int = 
     Returns:
         list[str]: canonical format strings.
 
+    Raises:
+        ValueError: an unknown kind, or a width outside 2..16.
+
     Example:
         >>> from fpq.report import grid
         >>> grid(bits=[4])

@@ -44,6 +44,11 @@ def point_id(cfg: dict) -> str:
 
     Returns:
         str: its id.
+
+    Example:
+        >>> from fpq.report import point_id
+        >>> point_id({"weights": "int8", "activations": "int8"})
+        '84cb9e1ac592'
     """
     keys = ("weights", "activations", "first_last", "method", "qat_epochs", "seed")
     blob = json.dumps({k: cfg.get(k) for k in keys}, sort_keys=True)
@@ -375,6 +380,12 @@ def load_results(results) -> tuple[list, dict]:
 
     Raises:
         ValueError: no results at the path, or a record ``fpq.sweep`` could not have written (named).
+        TypeError: ``results`` is none of these.
+
+    Example:
+        >>> from fpq.report import load_results
+        >>> load_results([{"weights": "int8", "activations": "int8"}])
+        ([{'weights': 'int8', 'activations': 'int8'}], {})
     """
     if isinstance(results, SweepResult):
         return list(results.records), dict(results.meta)
