@@ -2,15 +2,19 @@
 Raises, Example) and its examples run as doctests.
 
 The public API is ``fpq.__all__`` plus the entry points the documentation (docs/) tells users to call
-(``PUBLIC_EXTRA``); for each class, its public methods and properties are checked too.
+(``PUBLIC_EXTRA``), plus every function and class a subpackage exports in its ``__all__`` (the
+subpackage API pages, enumerated as docs/hooks.py does); for each class, its public methods and
+properties are checked too.
 """
 from __future__ import annotations
 
 import doctest
 import importlib
+import importlib.util
 import inspect
 import re
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -42,11 +46,26 @@ PUBLIC_EXTRA = [
 ]
 
 
+def _subpackage_objects() -> dict:
+    """{dotted name: object} of the subpackage API pages' objects (docs/hooks.py's api_objects:
+    each object once, the names fpq itself exports not repeated)."""
+    path = Path(__file__).resolve().parents[1] / "docs" / "hooks.py"
+    spec = importlib.util.spec_from_file_location("fpq_docs_hooks", path)
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    return {f"{mod}.{n}": obj for mod, rows in hooks.api_objects().items() if mod != "fpq" for n, obj in rows}
+
+
 def public_objects() -> dict:
     """{dotted name: object} of every public function and class (not their members)."""
     out = {f"fpq.{n}": getattr(fpq, n) for n in fpq.__all__}
     for mod, name in PUBLIC_EXTRA:
         out[f"{mod}.{name}"] = getattr(importlib.import_module(mod), name)
+    seen = {id(o) for o in out.values()}
+    for name, obj in _subpackage_objects().items():
+        if id(obj) not in seen:
+            seen.add(id(obj))
+            out[name] = obj
     return out
 
 
