@@ -20,6 +20,7 @@
 #include "ap_int.h"
 #include "hls_stream.h"
 #include "nnet_common.h"
+#include "fpq_stream.h"
 
 namespace fpq {
 
@@ -148,30 +149,12 @@ void rownorm_layer(hls::stream<data_T> &data, hls::stream<res_T> &res) {
     typedef typename res_T::value_type out_t;
     in_t buf[CONFIG_T::n_in];
     out_t out[CONFIG_T::n_in];
-ReadWords:
-    for (unsigned w = 0; w < CONFIG_T::n_in / data_T::size; w++) {
-        #pragma HLS PIPELINE
-        data_T in = data.read();
-        for (unsigned j = 0; j < data_T::size; j++) {
-            #pragma HLS UNROLL
-            buf[w * data_T::size + j] = in[j];
-        }
-    }
+    stream_to_array<data_T, CONFIG_T::n_in>(data, buf);
 Rows:
     for (unsigned r = 0; r < CONFIG_T::n_in / CONFIG_T::n_row; r++) {
         CONFIG_T::template row<in_t, out_t>(buf + r * CONFIG_T::n_row, out + r * CONFIG_T::n_row);
     }
-WriteWords:
-    for (unsigned w = 0; w < CONFIG_T::n_in / res_T::size; w++) {
-        #pragma HLS PIPELINE
-        res_T o;
-        PRAGMA_DATA_PACK(o)
-        for (unsigned j = 0; j < res_T::size; j++) {
-            #pragma HLS UNROLL
-            o[j] = out[w * res_T::size + j];
-        }
-        res.write(o);
-    }
+    array_to_stream<res_T, CONFIG_T::n_in>(out, res);
 }
 
 } // namespace fpq

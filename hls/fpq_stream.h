@@ -1,5 +1,6 @@
-// fpq_stream.h: io_stream helpers shared by fpq's HLS layers (fpq_attention.h, fpq_block.h): read one
-// packed hls::stream of N values into a flat array, and write a flat array back as packets, in order.
+// fpq_stream.h: io_stream helpers shared by fpq's HLS layers (fpq_attention.h, fpq_block.h,
+// fpq_normalization.h): read one packed hls::stream of N values into a flat array, and write a flat
+// array back as packets, in order.
 // A layer that needs its whole input at once (a matmul, a permutation, the block datapath) wraps its
 // io_parallel function between the two.
 #ifndef FPQ_STREAM_H_

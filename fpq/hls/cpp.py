@@ -17,7 +17,7 @@ MINIFLOAT_HEADER = HLS_DIR / "fpq_minifloat.h"
 NORMALIZATION_HEADER = HLS_DIR / "fpq_normalization.h"
 BLOCK_HEADER = HLS_DIR / "fpq_block.h"
 ATTENTION_HEADER = HLS_DIR / "fpq_attention.h"
-STREAM_HEADER = HLS_DIR / "fpq_stream.h"   # io_stream helpers included by the two above
+STREAM_HEADER = HLS_DIR / "fpq_stream.h"   # io_stream helpers included by the three above
 
 
 def header_path(path: Path = MINIFLOAT_HEADER) -> Path:
